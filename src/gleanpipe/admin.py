@@ -1,0 +1,152 @@
+"""The local admin API of `gleanpipe serve`, and its client.
+
+DuckDB lets one process write a database file. While `serve` runs it owns the file, so
+`gleanpipe query`, `status` and `replay` talk to it over this API instead of opening the
+file: loopback only, with a random token kept in ``<data dir>/serve.json`` (mode 0600).
+When no server is running, the CLI opens the file itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import threading
+import urllib.error
+import urllib.request
+from datetime import date, datetime
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from uuid import UUID
+
+import orjson
+
+STATE_FILE = "serve.json"
+TOKEN_HEADER = "X-Gleanpipe-Token"
+
+
+def to_jsonable(value):
+    """orjson default= for warehouse values (Decimal, UUID, bytes, ...)."""
+    if isinstance(value, (Decimal, UUID)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return str(value)
+
+
+def dumps(obj) -> bytes:
+    return orjson.dumps(obj, default=to_jsonable, option=orjson.OPT_NON_STR_KEYS)
+
+
+class AdminServer:
+    """Serves /status, /query and /load for the process that owns the warehouse."""
+
+    def __init__(self, *, status, query, load_keys):
+        self.token = secrets.token_urlsafe(24)
+        handlers = {"/status": lambda body: status(), "/query": lambda body: _query(query, body),
+                    "/load": lambda body: load_keys(body["keys"])}
+        token = self.token
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                if not hmac.compare_digest(self.headers.get(TOKEN_HEADER, ""), token):
+                    return self._send(403, {"error": "bad or missing token"})
+                fn = handlers.get(self.path)
+                if fn is None:
+                    return self._send(404, {"error": f"no endpoint {self.path}"})
+                try:
+                    body = orjson.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                    return self._send(200, fn(body))
+                except Exception as exc:  # report to the CLI instead of dropping the connection
+                    return self._send(400, {"error": f"{type(exc).__name__}: {exc}"})
+
+            def _send(self, status: int, payload) -> None:
+                data = dumps(payload)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="gleanpipe-admin", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _query(query, body: dict) -> dict:
+    columns, rows = query(body["sql"], body.get("params"))
+    return {"columns": columns, "rows": rows}
+
+
+def write_state(data_dir: Path, state: dict) -> Path:
+    path = Path(data_dir) / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, path)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class AdminClient:
+    def __init__(self, url: str, token: str):
+        self.url, self.token = url, token
+
+    @classmethod
+    def find(cls, data_dir: Path) -> "AdminClient | None":
+        """The running server for this data dir, or None (a stale state file is ignored)."""
+        path = Path(data_dir) / STATE_FILE
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not _alive(int(state.get("pid", 0))):
+            return None
+        return cls(state["admin_url"], state["token"])
+
+    def call(self, endpoint: str, payload: dict | None = None, timeout: float = 600):
+        req = urllib.request.Request(
+            self.url + endpoint, data=dumps(payload or {}), method="POST",
+            headers={TOKEN_HEADER: self.token, "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return orjson.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = orjson.loads(exc.read() or b"{}").get("error", exc.reason)
+            raise RuntimeError(f"gleanpipe serve answered {exc.code}: {detail}") from None
+
+    def query(self, sql: str, params=None):
+        out = self.call("/query", {"sql": sql, "params": params})
+        return out["columns"], [tuple(r) for r in out["rows"]]
+
+    def status(self) -> dict:
+        return self.call("/status")
+
+    def load_keys(self, keys: list[str]) -> dict:
+        return self.call("/load", {"keys": keys})

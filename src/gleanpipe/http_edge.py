@@ -1,0 +1,229 @@
+"""The submit edge: checks a request and stores it, answering the way the Glean SDK needs.
+
+Status codes (the SDK deletes a ping on any 4xx and retries on 5xx):
+  200 stored (or already stored under the same document id: nothing new is written)
+  400 bad ping: path segment, empty body, bad gzip, not JSON, not a Glean ping
+  404 not a /submit/<app-id>/<doc-type>/<version>/<document-id> path
+  405 method other than POST or PUT
+  413 body over GLEANPIPE_MAX_WIRE_BYTES, or payload over GLEANPIPE_MAX_PAYLOAD_BYTES
+  414 path over GLEANPIPE_MAX_URI_BYTES
+  431 a kept header over GLEANPIPE_MAX_HEADER_BYTES
+  503 the store failed (raw or error area): the SDK keeps the ping and retries
+
+Every 4xx except 404/405 writes a record (error type, message, metadata, the first
+GLEANPIPE_MAX_ERROR_BYTES of the body) to the store's ``errors/`` area first; if that
+write fails the answer is 503, so no ping is dropped without its reason kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import orjson
+
+from . import rawobject
+from .config import Config
+from .naming import ERROR_PREFIX, PathError, parse_segments
+from .storage import RawStore, StoreError
+from .validation import PingValidator, default_validator
+
+GZIP_MAGIC = b"\x1f\x8b"
+METHODS = ("POST", "PUT")
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, error_type: str, message: str):
+        super().__init__(message)
+        self.status, self.error_type, self.message = status, error_type, message
+
+
+def _error(status: int, error_type: str, message: str, **headers: str) -> Response:
+    body = orjson.dumps({"error_type": error_type, "error_message": message})
+    return Response(status, body, {"Content-Type": "application/json", **headers})
+
+
+def decompress(body: bytes, limit: int) -> bytes:
+    """Gunzip ``body`` (all members), never producing more than ``limit`` bytes."""
+    out = bytearray()
+    data = body
+    while data:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = d.decompress(data, limit + 1 - len(out))
+            while True:
+                out += chunk
+                if len(out) > limit:
+                    raise Rejected(413, "payload_too_large", f"payload is over {limit} bytes after decompression")
+                if not d.unconsumed_tail:
+                    break
+                chunk = d.decompress(d.unconsumed_tail, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise Rejected(400, "decompress", f"invalid gzip body: {exc}") from None
+        if not d.eof:
+            raise Rejected(400, "decompress", "truncated gzip body")
+        data = d.unused_data
+        if data and not data.startswith(GZIP_MAGIC):
+            raise Rejected(400, "decompress", "trailing bytes after the gzip stream")
+    return bytes(out)
+
+
+class SubmitHandler:
+    """Framework-free core of submit: (method, path, headers, body) -> Response."""
+
+    def __init__(self, config: Config, store: RawStore, validator: PingValidator | None = None,
+                 now: Callable[[], datetime] | None = None):
+        self.config = config
+        self.store = store
+        self.validator = validator or default_validator()
+        self.now = now or (lambda: datetime.now(timezone.utc))
+
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
+               declared_length: int | None = None) -> Response:
+        """``declared_length``: the Content-Length, when the adapter did not read an oversized body."""
+        cfg = self.config
+        if len(path.encode("utf-8", "surrogateescape")) > cfg.max_uri_bytes:
+            return _error(414, "uri_too_long", f"path is over {cfg.max_uri_bytes} bytes")
+        parts = path.split("/")
+        if len(parts) != 6 or parts[0] != "" or parts[1] != "submit":
+            return _error(404, "not_found", "use /submit/<app-id>/<doc-type>/<version>/<document-id>")
+        if method not in METHODS:
+            return _error(405, "method_not_allowed", f"use POST or PUT, not {method}", Allow="POST, PUT")
+        received = self.now()
+        meta = {
+            "submission_timestamp": received.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "uri": path,
+            "headers": {h: headers.get(h.replace("_", "-")) for h in rawobject.KEPT_HEADERS},
+            "content_encoding": headers.get("content-encoding"),
+        }
+        try:
+            payload = self._check(parts, meta, body, max(len(body), declared_length or 0))
+            created = self.store.put_new(meta["key"], rawobject.encode(meta, payload))
+        except Rejected as rej:
+            return self._reject(rej, meta, body)
+        except StoreError as exc:
+            return _error(503, "store_unavailable", f"could not store the ping, retry later ({exc})",
+                          **{"Retry-After": "5"})
+        return Response(200, b"", {"X-Gleanpipe-Stored": "new" if created else "duplicate"})
+
+    def _check(self, parts: list[str], meta: dict, body: bytes, size: int) -> bytes:
+        cfg = self.config
+        try:
+            doc_path = parse_segments(*parts[2:])
+        except PathError as exc:
+            raise Rejected(400, "uri", str(exc)) from None
+        meta.update(app_id=doc_path.app_id, doc_type=doc_path.doc_type, version=doc_path.version,
+                    document_id=doc_path.document_id, key=doc_path.key)
+        for name, value in meta["headers"].items():
+            if value is not None and len(value) > cfg.max_header_bytes:
+                raise Rejected(431, "header_too_large", f"{name} header is over {cfg.max_header_bytes} bytes")
+        if size > cfg.max_wire_bytes:
+            raise Rejected(413, "body_too_large", f"body is over {cfg.max_wire_bytes} bytes")
+        if not body:
+            raise Rejected(400, "empty_body", "the request has no body")
+        if body.startswith(GZIP_MAGIC):
+            payload = decompress(body, cfg.max_payload_bytes)
+        elif len(body) > cfg.max_payload_bytes:
+            raise Rejected(413, "payload_too_large", f"payload is over {cfg.max_payload_bytes} bytes")
+        else:
+            payload = body
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise Rejected(400, "json", f"body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise Rejected(400, "schema", f"a ping is a JSON object, not {type(doc).__name__}")
+        errors = self.validator.validate(doc)
+        if errors:
+            raise Rejected(400, "schema", self.validator.render(errors))
+        return payload
+
+    def _reject(self, rej: Rejected, meta: dict, body: bytes) -> Response:
+        """Keep the reason and the (bounded) original bytes, then answer the 4xx."""
+        keep = body[: self.config.max_error_bytes]
+        record = {
+            **meta,
+            "error_type": rej.error_type,
+            "error_message": rej.message,
+            "status": rej.status,
+            "body_bytes_kept": len(keep),
+            "body_truncated": len(keep) < len(body) or rej.error_type == "body_too_large",
+            "body_base64": base64.b64encode(keep).decode("ascii"),
+        }
+        day = meta["submission_timestamp"][:10]
+        key = f"{ERROR_PREFIX}{day}/{rej.error_type}/{uuid.uuid4()}.json"
+        try:
+            self.store.put_new(key, orjson.dumps(record), notify=False)
+        except StoreError as exc:
+            return _error(503, "store_unavailable", f"could not record the rejection, retry later ({exc})",
+                          **{"Retry-After": "5"})
+        return _error(rej.status, rej.error_type, rej.message)
+
+
+# --- adapters -----------------------------------------------------------------------
+
+STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+               411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
+               431: "Request Header Fields Too Large", 500: "Internal Server Error",
+               503: "Service Unavailable"}
+
+
+class _EnvironHeaders:
+    """Case-insensitive header lookup over a WSGI environ."""
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: dict):
+        self.environ = environ
+
+    def get(self, name: str, default=None):
+        key = name.upper().replace("-", "_")
+        if key in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            return self.environ.get(key) or default
+        return self.environ.get("HTTP_" + key, default)
+
+
+def read_body(stream, content_length: int | None, limit: int) -> bytes:
+    """Read at most limit + 1 bytes (enough to tell 'over the limit')."""
+    want = limit + 1 if content_length is None else min(content_length, limit + 1)
+    chunks, got = [], 0
+    while got < want:
+        chunk = stream.read(want - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def make_wsgi_app(handler: SubmitHandler) -> Callable:
+    """A plain WSGI app for `gleanpipe serve` (no framework in the hot path)."""
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        headers = _EnvironHeaders(environ)
+        raw_length = environ.get("CONTENT_LENGTH")
+        try:
+            length = int(raw_length) if raw_length else None
+        except ValueError:
+            length = None
+        limit = handler.config.max_wire_bytes
+        # Never read a body we will refuse: over the limit, the 413 comes from its declared size.
+        body = read_body(environ["wsgi.input"], length, limit) if length is None or length <= limit else b""
+        response = handler.handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), headers, body,
+                                  declared_length=length)
+        out_headers = [("Content-Length", str(len(response.body)))] + list(response.headers.items())
+        start_response(f"{response.status} {STATUS_TEXT.get(response.status, '')}", out_headers)
+        return [response.body]
+
+    return app

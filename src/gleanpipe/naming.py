@@ -1,0 +1,102 @@
+"""Names: submit paths, object keys, datasets, tables and columns.
+
+Every path segment is checked against a strict pattern here before it can reach a file
+path, an object key or an SQL identifier; everything downstream builds names only from
+a ``DocumentPath`` that passed these checks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Glean sends the app id with every char outside [A-Za-z0-9] turned into "-", lower-cased;
+# we also accept "." and "_" so application ids typed by hand work, and upper case.
+APP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Upstream limit for ping names: 30 chars of [a-z0-9-_].
+DOC_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,29}")
+VERSION_RE = re.compile(r"[0-9]{1,4}")
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+SUPPORTED_VERSIONS = ("1",)
+
+RAW_PREFIX = "raw/"
+ERROR_PREFIX = "errors/"
+
+
+class PathError(ValueError):
+    """A submit path segment that does not pass its check."""
+
+
+@dataclass(frozen=True)
+class DocumentPath:
+    app_id: str
+    doc_type: str
+    version: str
+    document_id: str
+
+    @property
+    def key(self) -> str:
+        """Object key: the same document id always maps to the same key (edge dedupe)."""
+        return f"{RAW_PREFIX}{self.app_id}/{self.doc_type}/{self.version}/{self.document_id}.json"
+
+    @property
+    def dataset(self) -> str:
+        return dataset_name(self.app_id)
+
+    @property
+    def table(self) -> str:
+        return table_name(self.doc_type, self.version)
+
+
+def parse_segments(app_id: str, doc_type: str, version: str, document_id: str) -> DocumentPath:
+    """Check each segment; raise PathError naming the first bad one."""
+    if not APP_ID_RE.fullmatch(app_id):
+        raise PathError("app id must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit")
+    if not DOC_TYPE_RE.fullmatch(doc_type):
+        raise PathError("document type must be 1-30 chars of [a-z0-9_-], starting with a letter or digit")
+    if not VERSION_RE.fullmatch(version):
+        raise PathError("document version must be a number")
+    if version not in SUPPORTED_VERSIONS:
+        raise PathError(f"document version {version} has no schema (supported: {', '.join(SUPPORTED_VERSIONS)})")
+    if not UUID_RE.fullmatch(document_id):
+        raise PathError("document id must be a UUID")
+    return DocumentPath(app_id.lower(), doc_type, version, document_id.lower())
+
+
+def parse_key(key: str) -> DocumentPath | None:
+    """Inverse of DocumentPath.key; None for keys that are not raw pings."""
+    if not key.startswith(RAW_PREFIX) or not key.endswith(".json"):
+        return None
+    parts = key[len(RAW_PREFIX) : -len(".json")].split("/")
+    if len(parts) != 4:
+        return None
+    try:
+        path = parse_segments(*parts)
+    except PathError:
+        return None
+    return path if path.key == key else None
+
+
+def dataset_name(app_id: str) -> str:
+    """Mozilla's rule: lower-case, '-' and '.' -> '_' (org.example.toolbox -> org_example_toolbox)."""
+    return app_id.lower().replace("-", "_").replace(".", "_")
+
+
+def table_name(doc_type: str, version: str) -> str:
+    """deletion-request, 1 -> deletion_request_v1."""
+    return f"{doc_type.replace('-', '_')}_v{version}"
+
+
+def column_name(metric_id: str) -> str:
+    """Metric id to column name: toolbox.launch_count -> toolbox_launch_count."""
+    return metric_id.replace(".", "_")
+
+
+IDENT_RE = re.compile(r"[A-Za-z0-9_]{1,128}")
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier; refuses anything but [A-Za-z0-9_] so nothing can escape."""
+    if not IDENT_RE.fullmatch(name):
+        raise ValueError(f"not a safe identifier: {name!r}")
+    return f'"{name}"'

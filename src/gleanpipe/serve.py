@@ -1,0 +1,154 @@
+"""`gleanpipe serve`: the whole pipeline on one machine.
+
+One process owns the DuckDB file and runs:
+- the submit edge: gunicorn (``gleanpipe.wsgi:app``, GLEANPIPE_WORKERS processes x
+  GLEANPIPE_THREADS threads) as a child process;
+- the in-process trigger: a loader thread that drains the store's inbox (objects stored
+  but not yet loaded) every GLEANPIPE_LOAD_INTERVAL_MS, at-least-once; what was stored
+  before a crash or stop is loaded on the next start;
+- the admin API (admin.py) for `query`, `status` and `replay`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .admin import STATE_FILE, AdminServer, write_state
+from .config import Config
+from .load import Loader
+from .storage import RawStore, open_store
+from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
+
+log = logging.getLogger("gleanpipe.serve")
+
+
+class LoaderThread(threading.Thread):
+    """Drains store.pending() into the warehouse; acks only what was loaded."""
+
+    def __init__(self, store: RawStore, loader: Loader, batch: int, interval_s: float):
+        super().__init__(name="gleanpipe-loader", daemon=True)
+        self.store, self.loader, self.batch, self.interval = store, loader, batch, interval_s
+        self.stopping = threading.Event()
+        self.loaded = 0
+
+    def run(self) -> None:
+        backoff = self.interval
+        while not self.stopping.is_set():
+            try:
+                pending = self.store.pending(self.batch)
+                if not pending:
+                    self.stopping.wait(self.interval)
+                    continue
+                result = self.loader.load_keys([key for _, key in pending])
+                self.store.ack([receipt for receipt, _ in pending])
+                self.loaded += result.inserted
+                backoff = self.interval
+            except Exception as exc:  # transient (locked, disk): keep the inbox, retry later
+                log.warning("load failed, will retry: %s", exc)
+                backoff = min(backoff * 2, 5.0)
+                self.stopping.wait(backoff)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=30)
+
+
+def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the HTTP server exited with code {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the HTTP server did not listen on {host}:{port} within {timeout:.0f}s")
+
+
+class LocalPipeline:
+    def __init__(self, config: Config):
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = open_store(config.store_url)
+        try:
+            self.warehouse: Warehouse = open_warehouse(config.warehouse_url)
+        except WarehouseUnavailable as exc:
+            raise RuntimeError(
+                f"{exc}\nIs another `gleanpipe serve` (or a `load` function) using this warehouse? "
+                "Stop it, or give this one another --data-dir."
+            ) from None
+        self.loader = Loader(self.store, self.warehouse)
+        self.loader_thread = LoaderThread(self.store, self.loader, config.load_batch,
+                                          config.load_interval_ms / 1000)
+        self.admin = AdminServer(status=self.status, query=self.warehouse.query, load_keys=self.load_keys)
+        self.http: subprocess.Popen | None = None
+
+    def status(self) -> dict:
+        out = self.warehouse.status()
+        out["pending"] = len(self.store.pending(1_000_000))
+        return out
+
+    def load_keys(self, keys: list[str]) -> dict:
+        return self.loader.load_keys(keys).as_dict()
+
+    def start(self) -> None:
+        cfg = self.config
+        self.loader_thread.start()
+        self.admin.start()
+        env = {**os.environ, "GLEANPIPE_STORE_URL": cfg.store_url, "GLEANPIPE_DATA_DIR": str(cfg.data_dir)}
+        for name, value in asdict(cfg).items():
+            if name.startswith("max_"):
+                env[f"GLEANPIPE_{name.upper()}"] = str(value)
+        cmd = [
+            sys.executable, "-m", "gunicorn", "gleanpipe.wsgi:app",
+            "--bind", f"{cfg.host}:{cfg.port}", "--workers", str(cfg.workers), "--threads", str(cfg.threads),
+            "--worker-class", "gthread", "--log-level", "warning", "--keep-alive", "5",
+            "--graceful-timeout", "10", "--timeout", "60",
+        ]
+        self.http = subprocess.Popen(cmd, env=env)
+        wait_for_port(cfg.host if cfg.host not in ("0.0.0.0", "::") else "127.0.0.1", cfg.port, self.http)
+        write_state(cfg.data_dir, {
+            "pid": os.getpid(), "submit_url": f"http://{cfg.host}:{cfg.port}", "admin_url": self.admin.url,
+            "token": self.admin.token, "warehouse_url": cfg.warehouse_url, "store_url": cfg.store_url,
+        })
+
+    def stop(self) -> None:
+        if self.http and self.http.poll() is None:
+            self.http.terminate()
+            try:
+                self.http.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.http.kill()
+        self.loader_thread.stop()
+        self.admin.stop()
+        self.warehouse.close()
+        try:
+            (Path(self.config.data_dir) / STATE_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+    def run_forever(self, on_ready=None) -> int:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        self.start()
+        if on_ready:
+            on_ready(self)
+        try:
+            while not stop.wait(0.5):
+                if self.http.poll() is not None:
+                    log.error("the HTTP server exited with code %s", self.http.returncode)
+                    return 1
+        finally:
+            self.stop()
+        return 0

@@ -1,0 +1,51 @@
+"""The raw store interface: create-only objects under keys, plus listing.
+
+A backend promises two things the whole pipeline rests on:
+- ``put_new`` returns only once the object is durable, and never overwrites: a second
+  write of the same key returns False (edge dedupe) without touching the first.
+- failures raise ``StoreError`` so the edge can answer 503 and the SDK retries.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+
+class StoreError(RuntimeError):
+    """The store could not do what was asked (disk full, permission, network...)."""
+
+
+class ObjectMissing(StoreError):
+    """get() of a key that does not exist."""
+
+
+class RawStore(ABC):
+    url: str
+
+    @abstractmethod
+    def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
+        """Write ``data`` under ``key`` only if no object is there. True if written.
+
+        ``notify`` asks the backend to tell the loader about the new object; cloud
+        backends do that through their own notifications and ignore it.
+        """
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The object's bytes; ObjectMissing if there is none."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix``, in sorted order."""
+
+    def pending(self, limit: int) -> list[tuple[str, str]]:
+        """(receipt, key) of objects written with notify=True and not yet acknowledged.
+
+        Only backends that deliver their own notifications in-process (the local
+        folder) implement this; the others return [] (their trigger is the cloud's).
+        """
+        return []
+
+    def ack(self, receipts: list[str]) -> None:
+        """Forget pending notifications once their objects are loaded."""

@@ -1,0 +1,126 @@
+"""``file://PATH``: a local folder as the bucket.
+
+Durability: each object is written to a temporary file and fsynced, then hard-linked into
+place with ``os.link``, which fails if the name exists (atomic create-only), and the
+directory is fsynced before ``put_new`` returns.
+
+Notifications: before the object is linked into place, it is also linked into
+``.inbox/`` under a time-ordered name. The loader drains the inbox and removes entries
+once loaded, so an object stored but not yet loaded is found again after a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from .base import ObjectMissing, RawStore, StoreError
+
+KEY_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+INBOX = ".inbox"
+TMP = ".tmp"
+_SEP = "+"  # never in a key, so "<receipt-stamp>+<key with / as :>" splits cleanly
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore(RawStore):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).absolute()
+        self.url = f"file://{self.root}"
+        self.inbox = self.root / INBOX
+        self.tmp = self.root / TMP
+        try:
+            for d in (self.root, self.inbox, self.tmp):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create store folder {self.root}: {exc}") from exc
+
+    def _path(self, key: str) -> Path:
+        if not KEY_RE.fullmatch(key) or any(p in (".", "..") or p.startswith(".") for p in key.split("/")):
+            raise ValueError(f"unsafe object key: {key!r}")
+        return self.root / key
+
+    def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
+        path = self._path(key)
+        tmp = self.tmp / uuid.uuid4().hex
+        receipt = None
+        try:
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                for parent in path.parent.relative_to(self.root).parents:
+                    _fsync_dir(self.root / parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if notify:
+                receipt = self.inbox / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{_SEP}{key.replace('/', ':')}"
+                os.link(tmp, receipt)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                if receipt is not None:
+                    os.unlink(receipt)
+                return False
+            _fsync_dir(path.parent)
+            if receipt is not None:
+                _fsync_dir(self.inbox)
+            return True
+        except OSError as exc:
+            raise StoreError(f"cannot write {key}: {exc.strerror or exc}") from exc
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissing(f"no object {key}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {key}: {exc.strerror or exc}") from exc
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel_dir = os.path.relpath(dirpath, base)
+            if rel_dir == ".":
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            else:
+                dirnames.sort()
+            for name in sorted(filenames):
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if key.startswith(prefix):
+                    yield key
+
+    def pending(self, limit: int) -> list[tuple[str, str]]:
+        names = []
+        with os.scandir(self.inbox) as it:
+            for entry in it:
+                names.append(entry.name)
+        names.sort()
+        return [(n, n.split(_SEP, 1)[1].replace(":", "/")) for n in names[:limit] if _SEP in n]
+
+    def ack(self, receipts: list[str]) -> None:
+        for receipt in receipts:
+            try:
+                os.unlink(self.inbox / receipt)
+            except FileNotFoundError:
+                pass

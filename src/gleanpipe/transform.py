@@ -1,0 +1,298 @@
+"""Raw object -> typed rows: one ping-table row, its events_stream rows, and the metric
+columns the row needs. Follows Mozilla's normalisation rules (see README, "Table layout").
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+import orjson
+
+from . import rawobject
+from .naming import DocumentPath, column_name, parse_segments, PathError
+from .table_schema import CLIENT_INFO, METRIC_TYPES, PING_INFO, T
+
+DELETION_REQUEST = "deletion-request"
+
+
+class TransformError(ValueError):
+    """A stored object that cannot become a row (kept in the errors table, not retried)."""
+
+    def __init__(self, error_type: str, message: str):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass
+class PingRow:
+    key: str
+    path: DocumentPath
+    row: dict
+    events: list[dict]
+    metrics: dict[str, dict[str, T]] = field(default_factory=dict)  # type -> column -> T
+    client_id: str | None = None
+
+    @property
+    def is_deletion_request(self) -> bool:
+        return self.path.doc_type == DELETION_REQUEST
+
+
+# --- normalisation (Mozilla's rules) --------------------------------------------------
+
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+OS_VERSION_RE = re.compile(r"[0-9]+(\.[0-9]+){0,2}")
+CHANNELS = ("release", "esr", "beta", "aurora", "nightly")
+
+
+def sample_id(client_id: str | None) -> int | None:
+    if not client_id or not UUID_RE.fullmatch(client_id):
+        return None
+    return zlib.crc32(client_id.lower().encode("utf-8")) % 100
+
+
+def normalize_channel(channel: str | None) -> str:
+    if channel in CHANNELS:
+        return channel
+    if channel:
+        if channel.startswith("beta"):
+            return "beta"
+        if channel.startswith("nightly-cck-"):
+            return "nightly"
+    return "Other"
+
+
+def normalize_os(os_name: str | None) -> str:
+    if not os_name:
+        return "Other"
+    if os_name.startswith(("Windows", "WINNT")):
+        return "Windows"
+    if os_name.startswith("Darwin"):
+        return "Mac"
+    if any(s in os_name for s in ("Linux", "BSD", "SunOS", "Solaris")):
+        return "Linux"
+    if os_name.startswith("iOS") or "iPhone" in os_name:
+        return "iOS"
+    if os_name.startswith("Android"):
+        return "Android"
+    return "Other"
+
+
+def normalize_os_version(version: str | None) -> str | None:
+    m = OS_VERSION_RE.match(version or "")
+    return m.group(0) if m else None
+
+
+GLEAN_TS_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2})(?::(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?)?)?(Z|[+-]\d{2}:?\d{2})?"
+)
+
+
+def parse_glean_time(value) -> str | None:
+    """Glean datetime string (any resolution) -> ISO UTC string, or None if unparseable."""
+    if not isinstance(value, str):
+        return None
+    m = GLEAN_TS_RE.fullmatch(value)
+    if not m:
+        return None
+    y, mo, d, h, mi, s, frac, tz = m.groups()
+    iso = f"{y}-{mo}-{d}T{h or '00'}:{mi or '00'}:{s or '00'}"
+    if frac:
+        iso += "." + frac[:6].ljust(6, "0")
+    iso += "+00:00" if tz in (None, "Z") else (tz if ":" in tz else tz[:3] + ":" + tz[3:])
+    try:
+        return datetime.fromisoformat(iso).astimezone(timezone.utc).isoformat()
+    except ValueError:
+        return None
+
+
+def parse_http_date(value) -> str | None:
+    try:
+        return parsedate_to_datetime(value).astimezone(timezone.utc).isoformat() if value else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+# --- metric values -------------------------------------------------------------------
+
+
+def _kv(mapping: dict, convert=lambda v: v) -> list[dict]:
+    return [{"key": k, "value": convert(v)} for k, v in mapping.items()]
+
+
+def _distribution(value: dict, extra: dict) -> dict:
+    left = {k: v for k, v in value.items() if k not in ("sum", "values")}
+    if left:
+        extra.update(left)
+    return {"sum": value.get("sum"), "values": [{"key": int(k), "value": v} for k, v in value["values"].items()]}
+
+
+def convert_metric(metric_type: str, value, leftovers: dict):
+    """A validated metric value -> the row value for its column type."""
+    if metric_type.startswith("labeled_") or metric_type == "dual_labeled_counter":
+        inner = "counter" if metric_type == "dual_labeled_counter" else metric_type[len("labeled_"):]
+        if metric_type == "dual_labeled_counter":
+            return [{"key": k, "value": _kv(v)} for k, v in value.items()]
+        if inner.endswith("distribution"):
+            return [{"key": k, "value": _distribution(v, leftovers.setdefault(k, {}))} for k, v in value.items()]
+        return _kv(value)
+    if metric_type.endswith("distribution"):
+        return _distribution(value, leftovers)
+    if metric_type == "rate":
+        return {"numerator": value["numerator"], "denominator": value["denominator"]}
+    if metric_type == "timespan":
+        return {"time_unit": value.get("time_unit"), "value": value.get("value")}
+    return value
+
+
+def _split_known(section: dict, struct_type: T) -> tuple[dict, dict]:
+    known = {name for name, _ in struct_type.fields}
+    kept = {k: v for k, v in section.items() if k in known}
+    extra = {k: v for k, v in section.items() if k not in known}
+    return kept, extra
+
+
+# --- the transform -------------------------------------------------------------------
+
+
+def transform(key: str, data: bytes) -> PingRow:
+    """Build the row for one raw object. Raises TransformError for objects that cannot load."""
+    try:
+        meta, payload = rawobject.decode(data)
+    except rawobject.RawObjectError as exc:
+        raise TransformError("raw_object", str(exc)) from None
+    try:
+        path = parse_segments(meta["app_id"], meta["doc_type"], meta["version"], meta["document_id"])
+    except (KeyError, TypeError, PathError) as exc:
+        raise TransformError("raw_object", f"bad path metadata: {exc}") from None
+    try:
+        ping = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise TransformError("json", f"payload is not JSON: {exc}") from None
+    if not isinstance(ping, dict):
+        raise TransformError("schema", "payload is not a JSON object")
+    try:
+        return _build(key, path, meta, ping)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TransformError("transform", f"{type(exc).__name__}: {exc}") from None
+
+
+def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
+    additional: dict = {k: v for k, v in ping.items() if k not in ("client_info", "ping_info", "metrics", "events")}
+    client_info, extra = _split_known(ping.get("client_info") or {}, CLIENT_INFO)
+    if extra:
+        additional["client_info"] = extra
+    ping_info, extra = _split_known(ping.get("ping_info") or {}, PING_INFO)
+    if extra:
+        additional["ping_info"] = extra
+    if ping_info:
+        ping_info["parsed_start_time"] = parse_glean_time(ping_info.get("start_time"))
+        ping_info["parsed_end_time"] = parse_glean_time(ping_info.get("end_time"))
+        if isinstance(ping_info.get("experiments"), dict):
+            ping_info["experiments"] = _kv(ping_info["experiments"])
+
+    metrics_row: dict[str, dict] = {}
+    metric_columns: dict[str, dict[str, T]] = {}
+    metric_extra: dict = {}
+    for metric_type, values in (ping.get("metrics") or {}).items():
+        col_type = METRIC_TYPES.get(metric_type)
+        if col_type is None or not isinstance(values, dict):
+            metric_extra[metric_type] = values
+            continue
+        columns: dict = {}
+        for metric_id, value in values.items():
+            col = column_name(metric_id)
+            if col in columns:  # two ids that differ only by '.' vs '_': keep the second aside
+                metric_extra.setdefault(metric_type, {})[metric_id] = value
+                continue
+            leftovers: dict = {}
+            columns[col] = convert_metric(metric_type, value, leftovers)
+            if any(leftovers.values()) if metric_type.startswith("labeled_") else leftovers:
+                metric_extra.setdefault(metric_type, {})[metric_id] = leftovers
+        if columns:
+            metrics_row[metric_type] = columns
+            metric_columns[metric_type] = {c: col_type for c in columns}
+    if metric_extra:
+        additional["metrics"] = metric_extra
+
+    client_id = client_info.get("client_id")
+    client_id = client_id.lower() if isinstance(client_id, str) else None
+    if client_id:
+        client_info["client_id"] = client_id
+    headers = meta.get("headers") or {}
+    source_tags = headers.get("x_source_tags")
+    submission_timestamp = meta["submission_timestamp"]
+    norm = {
+        "sample_id": sample_id(client_id),
+        "normalized_channel": normalize_channel(client_info.get("app_channel")),
+        "normalized_os": normalize_os(client_info.get("os")),
+        "normalized_os_version": normalize_os_version(client_info.get("os_version")),
+    }
+
+    events = []
+    stream = []
+    for index, event in enumerate(ping.get("events") or []):
+        event_extra = event.get("extra") or {}
+        events.append({
+            "category": event.get("category"),
+            "name": event.get("name"),
+            "timestamp": event.get("timestamp"),
+            "extra": _kv(event_extra),
+            "session": event.get("session"),
+        })
+        glean_ts = event_extra.get("glean_timestamp")
+        stream.append({
+            "submission_timestamp": submission_timestamp,
+            "document_id": path.document_id,
+            "event_index": index,
+            "client_id": client_id,
+            "ping": path.doc_type,
+            "sample_id": norm["sample_id"],
+            "normalized_channel": norm["normalized_channel"],
+            "normalized_os": norm["normalized_os"],
+            "app_display_version": client_info.get("app_display_version"),
+            "category": event.get("category"),
+            "name": event.get("name"),
+            "timestamp": event.get("timestamp"),
+            "event_timestamp": _unix_ms(glean_ts),
+            "extra": _kv(event_extra),
+        })
+
+    row = {
+        "submission_timestamp": submission_timestamp,
+        "document_id": path.document_id,
+        **norm,
+        "client_info": client_info or None,
+        "ping_info": ping_info or None,
+        "metadata": {
+            "header": {
+                "date": headers.get("date"),
+                "parsed_date": parse_http_date(headers.get("date")),
+                "x_debug_id": headers.get("x_debug_id"),
+                "x_source_tags": source_tags,
+                "parsed_x_source_tags": [t.strip() for t in source_tags.split(",")] if source_tags else None,
+                "x_telemetry_agent": headers.get("x_telemetry_agent"),
+                "user_agent": headers.get("user_agent"),
+                "content_length": headers.get("content_length"),
+            },
+            "app_id": path.app_id,
+            "document_type": path.doc_type,
+            "document_version": path.version,
+        },
+        "events": events or None,
+        "additional_properties": orjson.dumps(additional).decode() if additional else None,
+    }
+    if metrics_row:
+        row["metrics"] = metrics_row
+    return PingRow(key, path, row, stream, metric_columns, client_id)
+
+
+def _unix_ms(value) -> str | None:
+    try:
+        ms = int(value)
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None

@@ -1,0 +1,62 @@
+"""The warehouse interface: typed rows in, SQL out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from ..transform import PingRow
+
+
+class WarehouseUnavailable(RuntimeError):
+    """Transient: locked, down, out of space. The trigger must retry the load."""
+
+
+class RowDataError(ValueError):
+    """A row the warehouse refused for its values; the loader retries rows one by one."""
+
+
+@dataclass
+class LoadError:
+    object_key: str
+    error_type: str
+    error_message: str
+    app_id: str | None = None
+    doc_type: str | None = None
+    document_id: str | None = None
+
+
+@dataclass
+class WriteResult:
+    inserted: int = 0
+    duplicates: int = 0
+    skipped_deleted: int = 0
+    events: int = 0
+    deletions: int = 0
+    errors: int = 0
+    tables: set[str] = field(default_factory=set)
+
+    def add(self, other: "WriteResult") -> "WriteResult":
+        for name in ("inserted", "duplicates", "skipped_deleted", "events", "deletions", "errors"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.tables |= other.tables
+        return self
+
+
+class Warehouse(ABC):
+    url: str
+
+    @abstractmethod
+    def write(self, rows: list[PingRow], errors: list[LoadError]) -> WriteResult:
+        """Insert rows (once per document_id), run deletion requests, record errors; atomically."""
+
+    @abstractmethod
+    def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        """Run SQL; (column names, rows)."""
+
+    @abstractmethod
+    def status(self) -> dict:
+        """Row counts per table and error/deletion counts."""
+
+    def close(self) -> None:
+        pass

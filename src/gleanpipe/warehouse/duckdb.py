@@ -1,0 +1,298 @@
+"""``duckdb://PATH``: one DuckDB file; a schema per app (the BigQuery dataset), a table per ping.
+
+Writes go through newline-delimited JSON read by DuckDB's ``read_json`` with the table's
+own column types, so nested STRUCT/LIST values are parsed in C++, not row by row in
+Python. Each ``write`` is one transaction: tables created or widened, rows inserted once
+per document_id (anti-join), deletion requests carried out, errors recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import orjson
+
+from ..naming import quote_ident as q
+from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, PING_COLUMNS, T
+from ..transform import PingRow
+from .base import LoadError, RowDataError, Warehouse, WarehouseUnavailable, WriteResult
+
+META = "_gleanpipe"  # app datasets start with a letter or digit, so this never collides
+DELETION_TABLE = "deletion_request_v1"
+
+INTERNAL_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {META};
+CREATE TABLE IF NOT EXISTS {META}.errors (
+    object_key VARCHAR, app_id VARCHAR, doc_type VARCHAR, document_id VARCHAR,
+    error_type VARCHAR, error_message VARCHAR, failed_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS {META}.deletions (
+    dataset VARCHAR, client_id VARCHAR, document_id VARCHAR, requested_at TIMESTAMPTZ,
+    executed_at TIMESTAMPTZ, rows_deleted BIGINT);
+"""
+
+DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.TypeMismatchException,
+               duckdb.OutOfRangeException)
+
+
+def _columns_ddl(columns) -> str:
+    return ", ".join(f"{q(name)} {t.duckdb()}" for name, t in columns)
+
+
+class DuckDBWarehouse(Warehouse):
+    def __init__(self, path: str, *, read_only: bool = False):
+        self.path = path
+        self.url = f"duckdb://{path}"
+        self.read_only = read_only
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            raise WarehouseUnavailable(f"cannot open {path}: {exc}") from exc
+        self.con.execute("SET TimeZone = 'UTC'")
+        self._lock = threading.Lock()
+        self._types: dict[tuple[str, str], dict[str, str]] = {}  # (dataset, table) -> column -> type
+        self._metrics: dict[tuple[str, str], dict[str, set[str]] | None] = {}
+        self._deleted: dict[str, set[str]] = {}
+        self._tmp = tempfile.mkdtemp(prefix="gleanpipe-load-")
+        if not read_only:
+            self.con.execute(INTERNAL_DDL)
+
+    # --- schema management --------------------------------------------------------
+
+    def _table_types(self, dataset: str, table: str) -> dict[str, str]:
+        key = (dataset, table)
+        if key not in self._types:
+            rows = self.con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
+                "ORDER BY column_index",
+                [dataset, table],
+            ).fetchall()
+            self._types[key] = dict(rows)
+        return self._types[key]
+
+    def _ensure_table(self, dataset: str, table: str, columns) -> None:
+        if self._table_types(dataset, table):
+            return
+        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {q(dataset)}")
+        self.con.execute(f"CREATE TABLE IF NOT EXISTS {q(dataset)}.{q(table)} ({_columns_ddl(columns)})")
+        self._types.pop((dataset, table), None)
+
+    def _metric_fields(self, dataset: str, table: str) -> dict[str, set[str]] | None:
+        key = (dataset, table)
+        if key not in self._metrics:
+            if "metrics" not in self._table_types(dataset, table):
+                self._metrics[key] = None
+            else:
+                struct = self.con.sql(f"SELECT metrics FROM {q(dataset)}.{q(table)} LIMIT 0").types[0]
+                self._metrics[key] = {name: {c for c, _ in t.children} for name, t in struct.children}
+        return self._metrics[key]
+
+    def _ensure_metrics(self, dataset: str, table: str, needed: dict[str, dict[str, T]]) -> None:
+        """Widen ``metrics`` with every (type, column) not there yet. Old rows read NULL."""
+        if not needed:
+            return
+        have = self._metric_fields(dataset, table)
+        target = f"{q(dataset)}.{q(table)}"
+        if have is None:
+            ddl = ", ".join(
+                f"{q(mtype)} STRUCT({_columns_ddl(sorted(cols.items()))})" for mtype, cols in sorted(needed.items())
+            )
+            self.con.execute(f"ALTER TABLE {target} ADD COLUMN metrics STRUCT({ddl})")
+        else:
+            for mtype, cols in sorted(needed.items()):
+                if mtype not in have:
+                    self.con.execute(
+                        f"ALTER TABLE {target} ADD COLUMN metrics.{q(mtype)} "
+                        f"STRUCT({_columns_ddl(sorted(cols.items()))})"
+                    )
+                    continue
+                for col, t in sorted(cols.items()):
+                    if col not in have[mtype]:
+                        self.con.execute(f"ALTER TABLE {target} ADD COLUMN metrics.{q(mtype)}.{q(col)} {t.duckdb()}")
+        self._types.pop((dataset, table), None)
+        self._metrics.pop((dataset, table), None)
+
+    # --- writing ------------------------------------------------------------------
+
+    def _insert(self, dataset: str, table: str, rows: list[dict]) -> int:
+        """Insert rows whose document_id is not in the table yet; returns rows inserted."""
+        if not rows:
+            return 0
+        types = self._table_types(dataset, table)
+        spec = "{" + ", ".join(f"'{name}': '{t}'" for name, t in types.items()) + "}"
+        path = os.path.join(self._tmp, "rows.ndjson")
+        with open(path, "wb") as f:
+            f.write(b"\n".join(orjson.dumps(r) for r in rows))
+        target = f"{q(dataset)}.{q(table)}"
+        sql = (
+            f"INSERT INTO {target} BY NAME SELECT * FROM read_json(?, format = 'newline_delimited', "
+            f"columns = {spec}, maximum_object_size = 268435456) AS new "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS old WHERE old.document_id = new.document_id)"
+        )
+        return self.con.execute(sql, [path]).fetchone()[0]
+
+    def _deleted_clients(self, dataset: str) -> set[str]:
+        if dataset not in self._deleted:
+            rows = self.con.execute(f"SELECT client_id FROM {META}.deletions WHERE dataset = ?", [dataset]).fetchall()
+            self._deleted[dataset] = {r[0] for r in rows}
+        return self._deleted[dataset]
+
+    def _delete_client(self, dataset: str, row: PingRow, now: str) -> int:
+        """Delete every row of this client in the app's tables (deletion-request pings stay)."""
+        deleted = 0
+        tables = self.con.execute(
+            "SELECT DISTINCT table_name FROM duckdb_columns() WHERE schema_name = ? AND column_name IN "
+            "('client_info', 'client_id') AND table_name <> ? ORDER BY 1",
+            [dataset, DELETION_TABLE],
+        ).fetchall()
+        for (table,) in tables:
+            where = "client_id = ?" if table == EVENTS_STREAM_TABLE else "client_info.client_id = ?"
+            deleted += self.con.execute(
+                f"DELETE FROM {q(dataset)}.{q(table)} WHERE {where}", [row.client_id]
+            ).fetchone()[0]
+        self.con.execute(
+            f"INSERT INTO {META}.deletions VALUES (?, ?, ?, ?, ?, ?)",
+            [dataset, row.client_id, row.path.document_id, row.row["submission_timestamp"], now, deleted],
+        )
+        self._deleted_clients(dataset).add(row.client_id)
+        return deleted
+
+    def _record_errors(self, errors: list[LoadError], now: str) -> None:
+        if not errors:
+            return
+        keys = [e.object_key for e in errors]
+        self.con.execute(f"DELETE FROM {META}.errors WHERE list_contains(?, object_key)", [keys])
+        self.con.executemany(
+            f"INSERT INTO {META}.errors VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [[e.object_key, e.app_id, e.doc_type, e.document_id, e.error_type, e.error_message, now] for e in errors],
+        )
+
+    def write(self, rows: list[PingRow], errors: list[LoadError]) -> WriteResult:
+        if self.read_only:
+            raise RuntimeError("warehouse opened read-only")
+        result = WriteResult(errors=len(errors))
+        now = datetime.now(timezone.utc).isoformat()
+        groups: dict[tuple[str, str], dict[str, PingRow]] = {}
+        for r in rows:  # first row per document_id within the batch
+            groups.setdefault((r.path.dataset, r.path.table), {}).setdefault(r.path.document_id, r)
+        with self._lock:
+            try:
+                self.con.begin()
+                for (dataset, table), by_id in groups.items():
+                    deleted = self._deleted_clients(dataset)
+                    batch = [r for r in by_id.values() if r.is_deletion_request or r.client_id not in deleted]
+                    result.skipped_deleted += len(by_id) - len(batch)
+                    self._ensure_table(dataset, table, PING_COLUMNS)
+                    needed: dict[str, dict[str, T]] = {}
+                    for r in batch:
+                        for mtype, cols in r.metrics.items():
+                            needed.setdefault(mtype, {}).update(cols)
+                    self._ensure_metrics(dataset, table, needed)
+                    inserted = self._insert(dataset, table, [r.row for r in batch])
+                    result.inserted += inserted
+                    result.duplicates += len(batch) - inserted
+                    result.tables.add(f"{dataset}.{table}")
+                    events = [e for r in batch for e in r.events]
+                    if events:
+                        self._ensure_table(dataset, EVENTS_STREAM_TABLE, EVENTS_STREAM_COLUMNS)
+                        result.events += self._insert_events(dataset, events)
+                    for r in batch:
+                        if r.is_deletion_request and r.client_id:
+                            self._delete_client(dataset, r, now)
+                            result.deletions += 1
+                loaded_keys = [r.key for by_id in groups.values() for r in by_id.values()]
+                if loaded_keys:  # an object that loads now (after a fix) is no longer an error
+                    self.con.execute(f"DELETE FROM {META}.errors WHERE list_contains(?, object_key)", [loaded_keys])
+                self._record_errors(errors, now)
+                self.con.commit()
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, DATA_ERRORS):
+                    raise RowDataError(str(exc).splitlines()[0]) from exc
+                if isinstance(exc, (duckdb.IOException, duckdb.TransactionException)):
+                    raise WarehouseUnavailable(str(exc)) from exc
+                raise
+        return result
+
+    def _insert_events(self, dataset: str, events: list[dict]) -> int:
+        """events_stream rows, once per (document_id, event_index)."""
+        ids = sorted({e["document_id"] for e in events})
+        present = {
+            r[0]
+            for r in self.con.execute(
+                f"SELECT DISTINCT document_id FROM {q(dataset)}.{q(EVENTS_STREAM_TABLE)} "
+                "WHERE list_contains(?, document_id)",
+                [ids],
+            ).fetchall()
+        }
+        fresh = [e for e in events if e["document_id"] not in present]
+        if not fresh:
+            return 0
+        types = self._table_types(dataset, EVENTS_STREAM_TABLE)
+        spec = "{" + ", ".join(f"'{name}': '{t}'" for name, t in types.items()) + "}"
+        path = os.path.join(self._tmp, "events.ndjson")
+        with open(path, "wb") as f:
+            f.write(b"\n".join(orjson.dumps(e) for e in fresh))
+        return self.con.execute(
+            f"INSERT INTO {q(dataset)}.{q(EVENTS_STREAM_TABLE)} BY NAME SELECT * FROM read_json(?, "
+            f"format = 'newline_delimited', columns = {spec})",
+            [path],
+        ).fetchone()[0]
+
+    def _rollback(self) -> None:
+        try:
+            self.con.rollback()
+        except duckdb.Error:
+            pass
+        self._types.clear()  # DDL inside the transaction was undone too
+        self._metrics.clear()
+        self._deleted.clear()
+
+    # --- reading ------------------------------------------------------------------
+
+    def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        cur = self.con.cursor()
+        try:
+            cur.execute("SET TimeZone = 'UTC'")
+            cur.execute(sql, params or [])
+            if cur.description is None:
+                return [], []
+            return [d[0] for d in cur.description], cur.fetchall()
+        finally:
+            cur.close()
+
+    def status(self) -> dict:
+        cur = self.con.cursor()
+        try:
+            tables = cur.execute(
+                "SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name <> ? ORDER BY 1, 2", [META]
+            ).fetchall()
+            counts = []
+            for schema, table in tables:
+                n = cur.execute(f"SELECT count(*) FROM {q(schema)}.{q(table)}").fetchone()[0]
+                counts.append({"dataset": schema, "table": table, "rows": n})
+            load_errors = cur.execute(
+                f"SELECT error_type, count(*) FROM {META}.errors GROUP BY 1 ORDER BY 1"
+            ).fetchall() if self._has_meta(cur) else []
+            deletions = cur.execute(f"SELECT count(*) FROM {META}.deletions").fetchone()[0] if self._has_meta(cur) else 0
+        finally:
+            cur.close()
+        return {"tables": counts, "load_errors": dict(load_errors), "deletions": deletions}
+
+    @staticmethod
+    def _has_meta(cur) -> bool:
+        return bool(cur.execute("SELECT 1 FROM duckdb_schemas() WHERE schema_name = ?", [META]).fetchall())
+
+    def close(self) -> None:
+        try:
+            self.con.close()
+        finally:
+            for name in os.listdir(self._tmp):
+                os.unlink(os.path.join(self._tmp, name))
+            os.rmdir(self._tmp)

@@ -1,0 +1,285 @@
+"""Tests for gleanpipe.validation and schemas/glean.1.schema.json."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+try:
+    import gleanpipe.validation  # noqa: F401
+except ModuleNotFoundError:  # not installed: run from the source tree
+    sys.path.insert(0, str(REPO / "src"))
+
+from gleanpipe.validation import PingValidator, default_validator, load_schema, render, validate_ping  # noqa: E402
+
+# ../shared beside the repo checkout (REPO.parent / "shared").
+SAMPLES = REPO.parent / "shared" / "reference" / "mozilla-pipeline-schemas" / "validation" / "glean"
+
+# Substrings each upstream *.fail.json must produce (the path of the offending field, plus the cause).
+FAIL_EXPECT: dict[str, list[str]] = {
+    "events_session_extra_properties": ["events[0].session:", "unknown_field"],
+    "events_session_invalid_sample_rate": ["events[0].session.session_sample_rate:", "1.5"],
+    "events_session_missing_required": ["events[0].session:", "'event_seq' is a required property"],
+    "events_session_negative_sample_rate": ["events[0].session.session_sample_rate:", "-0.1"],
+    "invalid_timing_distribution": ["metrics.timing_distribution.performance.time.load_event_end.values:"],
+    "invalid_use_counter": ["metrics:", "use_counter", "number", "enumeration", "usage"],
+    "null_timestamp": ["metrics.timespan.test.timespan.value:", "None is not of type 'integer'"],
+    "too_long_text": ["metrics.text.test.text:", "is too long"],
+}
+
+
+def _samples(kind: str) -> list[Any]:
+    if not SAMPLES.is_dir():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"upstream samples not found at {SAMPLES}"))]
+    return [pytest.param(p, id=p.name) for p in sorted(SAMPLES.glob(f"glean.1.*.{kind}.json"))]
+
+
+@pytest.mark.parametrize("path", _samples("pass"))
+def test_upstream_pass_samples(path: Path) -> None:
+    assert validate_ping(json.loads(path.read_text(encoding="utf-8"))) == []
+
+
+@pytest.mark.parametrize("path", _samples("fail"))
+def test_upstream_fail_samples(path: Path) -> None:
+    name = path.name[len("glean.1.") : -len(".fail.json")]
+    assert name in FAIL_EXPECT, f"no expectation for new fail sample {path.name}"
+    errors = validate_ping(json.loads(path.read_text(encoding="utf-8")))
+    assert errors, f"{path.name} unexpectedly validated"
+    joined = " | ".join(errors)
+    for needle in FAIL_EXPECT[name]:
+        assert needle in joined, f"{needle!r} not in {joined!r}"
+
+
+def test_every_fail_expectation_has_a_sample() -> None:
+    if not SAMPLES.is_dir():
+        pytest.skip(f"upstream samples not found at {SAMPLES}")
+    present = {p.name[len("glean.1.") : -len(".fail.json")] for p in SAMPLES.glob("glean.1.*.fail.json")}
+    assert set(FAIL_EXPECT) <= present
+
+
+# --- wire-format doc (docs/glean-wire-format.md) -------------------------------------------------
+
+CLIENT_INFO = {
+    "app_build": "1",
+    "app_channel": "production",
+    "app_display_version": "0.1.0",
+    "architecture": "x86_64",
+    "build_date": "1970-01-01T00:00:00+00:00",
+    "client_id": "0b0e4a36-1f33-4d0b-8a1b-5f3b2c8f0e11",
+    "first_run_date": "2026-11-22+00:00",
+    "os": "Linux",
+    "os_version": "6.8.0",
+    "telemetry_sdk_build": "71.0.0",
+    "locale": "en-US",
+}
+PING_INFO = {
+    "seq": 0,
+    "start_time": "2026-11-22T12:34:25.443+00:00",
+    "end_time": "2026-11-22T12:34+00:00",
+    "reason": "active",
+    "experiments": {"exp-1": {"branch": "b", "extra": {"k": "v"}}},
+}
+
+
+def ping(**sections: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"client_info": copy.deepcopy(CLIENT_INFO), "ping_info": copy.deepcopy(PING_INFO)}
+    doc.update(sections)
+    return doc
+
+
+DIST = {"sum": 135174545, "values": {"2097152": 1, "15384774": 2}}
+WIRE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "boolean": {"toolbox.dark_mode_enabled": True},
+    "counter": {"toolbox.launch_count": 1},
+    "quantity": {"toolbox.launch_count": 1},
+    "string": {"toolbox.active_theme": "monokai"},
+    "text": {"toolbox.active_theme": "monokai"},
+    "jwe": {"toolbox.token": "eyJhbGciOiJ"},
+    "uuid": {"toolbox.install_id": "c3757f87-7bcb-453d-87ba-567157e38e0d"},
+    "url": {"toolbox.homepage": "https://example.org/path?q=1"},
+    "string_list": {"toolbox.enabled_plugins": ["git", "lint"]},
+    "datetime": {"toolbox.last_sync_time": "2024-05-17T13:45:12.345+02:00", "toolbox.day": "2024-01-02+00:00"},
+    "timespan": {"toolbox.startup_duration": {"time_unit": "millisecond", "value": 1234}},
+    "rate": {"toolbox.cache_hit_rate": {"numerator": 7, "denominator": 10}},
+    "timing_distribution": {"toolbox.render_time": DIST},
+    "memory_distribution": {"toolbox.heap_usage": {"sum": 7864320, "values": {"524287": 1}}},
+    "custom_distribution": {"toolbox.batch_sizes": {"sum": 1050, "values": {"1": 1, "4": 2}}},
+    "labeled_counter": {"toolbox.tool_used": {"hammer": 2, "pliers": 1}},
+    "labeled_quantity": {"toolbox.tool_used": {"hammer": 2, "pliers": 1}},
+    "labeled_boolean": {"toolbox.tool_ok": {"hammer": True, "pliers": False}},
+    "labeled_string": {"toolbox.tool_state": {"hammer": "idle"}},
+    "labeled_rate": {"toolbox.hits": {"hammer": {"numerator": 1, "denominator": 2}}},
+    "labeled_timing_distribution": {"toolbox.load_time_by_tool": {"hammer": DIST}},
+    "labeled_memory_distribution": {"toolbox.mem_by_tool": {"hammer": DIST}},
+    "labeled_custom_distribution": {"toolbox.size_by_tool": {"hammer": DIST}},
+    "dual_labeled_counter": {"toolbox.clicks": {"hammer": {"left": 4}}},
+    "object": {"toolbox.open_tabs": [{"id": 1, "title": "Docs"}], "toolbox.layout": {"cols": 2}},
+}
+
+
+def test_schema_knows_exactly_the_25_metric_types() -> None:
+    types = set(load_schema()["properties"]["metrics"]["properties"])
+    assert types == set(WIRE_EXAMPLES) and len(types) == 25
+
+
+def test_schema_has_no_format_keyword() -> None:
+    assert '"format"' not in json.dumps(load_schema())
+
+
+@pytest.mark.parametrize("metric_type", sorted(WIRE_EXAMPLES))
+def test_wire_format_metric_examples_pass(metric_type: str) -> None:
+    assert validate_ping(ping(metrics={metric_type: WIRE_EXAMPLES[metric_type]})) == []
+
+
+def test_wire_format_all_metrics_and_events_in_one_ping() -> None:
+    events = [
+        {"category": "glean", "name": "session_start", "timestamp": 0, "extra": {"glean_timestamp": "1763814865443"}},
+        {"category": "toolbox", "name": "opened", "timestamp": 12, "extra": {"tool": "hammer"}},
+    ]
+    assert validate_ping(ping(metrics=WIRE_EXAMPLES, events=events)) == []
+
+
+def test_legacy_distribution_fields_pass() -> None:
+    legacy = {"values": {"1": 0}, "sum": 1, "count": 1, "bucket_count": 10, "overflow": 0, "underflow": 0,
+              "range": [1, 100], "histogram_type": "linear", "time_unit": "millisecond"}
+    assert validate_ping(ping(metrics={"timing_distribution": {"a.b": legacy}})) == []
+
+
+def test_ping_without_info_sections_passes() -> None:
+    assert validate_ping({"metrics": {"counter": {"toolbox.launch_count": 3}}}) == []
+
+
+def test_empty_document_passes() -> None:
+    assert validate_ping({}) == []
+
+
+def test_unknown_keys_in_info_sections_pass() -> None:
+    doc = ping()
+    doc["client_info"]["new_sdk_field"] = {"x": 1}
+    doc["ping_info"]["new_sdk_field"] = 1
+    assert validate_ping(doc) == []
+
+
+@pytest.mark.parametrize("present,missing", [("ping_info", "client_info"), ("client_info", "ping_info")])
+def test_info_sections_require_each_other(present: str, missing: str) -> None:
+    doc = ping()
+    del doc[missing]
+    errors = validate_ping(doc)
+    assert errors == [f"$: '{missing}' is a dependency of '{present}'"]
+
+
+def test_unknown_top_level_key_fails() -> None:
+    assert "$: Additional properties are not allowed ('extra' was unexpected)" in validate_ping({"extra": 1})
+
+
+def test_unknown_metric_type_fails() -> None:
+    errors = validate_ping(ping(metrics={"use_counter": {"a.b": 1}}))
+    assert len(errors) == 1 and errors[0].startswith("metrics: ") and "use_counter" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "doc,expected",
+    [
+        (ping(metrics={"counter": {"toolbox.launch_count": "x"}}),
+         "metrics.counter.toolbox.launch_count: 'x' is not of type 'integer'"),
+        (ping(metrics={"boolean": {"a.b": 1}}), "metrics.boolean.a.b: 1 is not of type 'boolean'"),
+        (ping(metrics={"string_list": {"a.b": ["x", 2]}}), "metrics.string_list.a.b[1]: 2 is not of type 'string'"),
+        (ping(metrics={"uuid": {"a.b": "nope"}}), "metrics.uuid.a.b: 'nope' does not match"),
+        (ping(metrics={"url": {"a.b": "data:text/plain,hi"}}), "metrics.url.a.b: 'data:text/plain,hi' does not match"),
+        (ping(metrics={"datetime": {"a.b": "yesterday"}}), "metrics.datetime.a.b: 'yesterday' does not match"),
+        (ping(metrics={"timespan": {"a.b": {"value": 1, "time_unit": "fortnight"}}}),
+         "metrics.timespan.a.b.time_unit: 'fortnight' is not one of"),
+        (ping(metrics={"rate": {"a.b": {"numerator": -1, "denominator": 1}}}),
+         "metrics.rate.a.b.numerator: -1 is less than the minimum of 0"),
+        (ping(metrics={"rate": {"a.b": {"numerator": 1, "denominator": 1, "x": 1}}}),
+         "metrics.rate.a.b: Additional properties are not allowed ('x' was unexpected)"),
+        (ping(metrics={"custom_distribution": {"a.b": {"sum": 1}}}),
+         "metrics.custom_distribution.a.b: 'values' is a required property"),
+        (ping(metrics={"labeled_counter": {"a.b": {"hammer": 1.5}}}),
+         "metrics.labeled_counter.a.b.hammer: 1.5 is not of type 'integer'"),
+        (ping(metrics={"dual_labeled_counter": {"a.b": {"k": {"c": "1"}}}}),
+         "metrics.dual_labeled_counter.a.b.k.c: '1' is not of type 'integer'"),
+        (ping(metrics={"object": {"a.b": "x"}}), "metrics.object.a.b: 'x' is not of type 'object', 'array'"),
+        (ping(metrics={"counter": {"Bad.Name": 1}}), "metrics.counter: 'Bad.Name' does not match"),
+        (ping(events=[{"category": "a", "name": "b", "timestamp": -1}]),
+         "events[0].timestamp: -1 is less than the minimum of 0"),
+        (ping(events=[{"category": "a", "name": "b", "timestamp": 1, "extra": {"n": 1}}]),
+         "events[0].extra.n: 1 is not of type 'string'"),
+        (ping(events=[{"category": "a", "name": "b", "timestamp": 1, "value": 1}]),
+         "events[0]: Additional properties are not allowed ('value' was unexpected)"),
+        ({"client_info": {**CLIENT_INFO, "client_id": "not-a-uuid"}, "ping_info": PING_INFO},
+         "client_info.client_id: 'not-a-uuid' does not match"),
+        ({"client_info": {**CLIENT_INFO, "windows_build_number": "22631"}, "ping_info": PING_INFO},
+         "client_info.windows_build_number: '22631' is not of type 'integer'"),
+        ({"client_info": CLIENT_INFO, "ping_info": {**PING_INFO, "seq": "1"}},
+         "ping_info.seq: '1' is not of type 'integer'"),
+        ({"client_info": CLIENT_INFO, "ping_info": {**PING_INFO, "reason": "r" * 31}}, "ping_info.reason: "),
+        ({"client_info": CLIENT_INFO, "ping_info": {**PING_INFO, "experiments": {"e": {"extra": None}}}},
+         "ping_info.experiments.e: 'branch' is a required property"),
+        ([], "$: [] is not of type 'object'"),
+    ],
+)
+def test_wrong_values_fail_naming_the_path(doc: Any, expected: str) -> None:
+    errors = validate_ping(doc)
+    assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_all_errors_collected_and_sorted() -> None:
+    doc = {
+        "client_info": {k: v for k, v in CLIENT_INFO.items() if k != "os"},
+        "ping_info": {**PING_INFO, "seq": "one"},
+        "metrics": {"counter": {"a.b": "x"}, "boolean": {"a.c": "y"}},
+        "events": [{"category": "a", "name": "b"}],
+    }
+    assert validate_ping(doc) == [
+        "client_info: 'os' is a required property",
+        "events[0]: 'timestamp' is a required property",
+        "metrics.boolean.a.c: 'y' is not of type 'boolean'",
+        "metrics.counter.a.b: 'x' is not of type 'integer'",
+        "ping_info.seq: 'one' is not of type 'integer'",
+    ]
+
+
+def test_long_instances_are_truncated() -> None:
+    errors = validate_ping({"metrics": {"counter": {"a.b": "z" * 5000}}})
+    assert len(errors) == 1 and len(errors[0]) < 120
+    assert errors[0].startswith("metrics.counter.a.b: 'zzz") and "..." in errors[0]
+
+
+def test_validators_disagreeing_never_yield_empty() -> None:
+    # Python's re lets '$' match before a trailing newline (jsonschema); fastjsonschema does not.
+    errors = validate_ping({"metrics": {"counter": {"a.b\n": 1}}})
+    assert len(errors) == 1
+
+
+def test_render_limit_and_more_suffix() -> None:
+    errors = [f"metrics.counter.m{i}: bad" for i in range(13)]
+    text = render(errors, limit=10)
+    assert text.endswith("; metrics.counter.m9: bad (+3 more)")
+    assert text.count("; ") == 9
+    assert render(errors[:2]) == "metrics.counter.m0: bad; metrics.counter.m1: bad"
+    assert render([]) == ""
+
+
+def test_render_caps_length_keeping_suffix() -> None:
+    errors = ["x" * 300] * 12
+    text = PingValidator.render(errors)
+    assert len(text) == 1024 and text.endswith("... (+2 more)")
+
+
+def test_default_validator_is_shared() -> None:
+    assert default_validator() is default_validator()
+
+
+def test_schema_path_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    custom = tmp_path / "s.json"
+    custom.write_text(json.dumps({"type": "object", "required": ["x"]}), encoding="utf-8")
+    monkeypatch.setenv("GLEANPIPE_SCHEMA_PATH", str(custom))
+    assert load_schema() == {"type": "object", "required": ["x"]}
+    assert PingValidator().validate({}) == ["$: 'x' is a required property"]
