@@ -96,7 +96,7 @@ class SubmitHandler:
         if len(path.encode("utf-8", "surrogateescape")) > cfg.max_uri_bytes:
             return _error(414, "uri_too_long", f"path is over {cfg.max_uri_bytes} bytes")
         parts = path.split("/")
-        if len(parts) != 6 or parts[0] != "" or parts[1] != "submit":
+        if len(parts) != 6 or parts[0] != "" or parts[1] != "submit" or not all(parts[2:]):
             return _error(404, "not_found", "use /submit/<app-id>/<doc-type>/<version>/<document-id>")
         if method not in METHODS:
             return _error(405, "method_not_allowed", f"use POST or PUT, not {method}", Allow="POST, PUT")

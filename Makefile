@@ -1,0 +1,28 @@
+# gleanpipe: every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## run: start the whole pipeline locally (http://127.0.0.1:8080, data in ./data)
+run: $(STAMP)
+	$(VENV)/bin/gleanpipe serve
+
+## test: the full test suite against real components
+test: $(STAMP)
+	$(PY) -m pytest
+
+## bench: throughput and latency figures (see BENCHMARKS.md)
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache test-artifacts

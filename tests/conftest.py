@@ -1,0 +1,211 @@
+"""Shared fixtures: real stores, real DuckDB files, a real `gleanpipe serve` on loopback."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gleanpipe import functions as gp_functions
+from gleanpipe.admin import AdminClient
+from gleanpipe.config import Config
+from gleanpipe.storage.local import LocalStore
+from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+APP = "org-example-toolbox"
+DATASET = "org_example_toolbox"
+
+CLIENT_INFO = {
+    "app_build": "42",
+    "app_channel": "beta-3",
+    "app_display_version": "1.2.3",
+    "architecture": "x86_64",
+    "first_run_date": "2026-11-22+00:00",
+    "os": "Linux",
+    "os_version": "6.1.0-13-amd64",
+    "telemetry_sdk_build": "71.0.0",
+    "locale": "en-US",
+}
+
+
+def make_ping(client_id: str | None = None, metrics: dict | None = None, events: list | None = None,
+              seq: int = 0, **extra) -> dict:
+    """A ping shaped like the ones the Glean SDK sends (see shared/docs/glean-wire-format.md)."""
+    client_info = copy.deepcopy(CLIENT_INFO)
+    if client_id:
+        client_info["client_id"] = client_id
+    ping = {
+        "client_info": client_info,
+        "ping_info": {"seq": seq, "start_time": "2026-11-22T12:34:25.443+00:00",
+                      "end_time": "2026-11-22T12:40+00:00", "reason": "active"},
+    }
+    if metrics is not None:
+        ping["metrics"] = metrics
+    if events is not None:
+        ping["events"] = events
+    ping.update(extra)
+    return ping
+
+
+def gz(doc) -> bytes:
+    return gzip.compress(orjson.dumps(doc) if not isinstance(doc, bytes) else doc)
+
+
+def submit_path(doc_type: str = "baseline", document_id: str | None = None, app: str = APP) -> str:
+    return f"/submit/{app}/{doc_type}/1/{document_id or uuid.uuid4()}"
+
+
+SDK_HEADERS = {
+    "Content-Type": "application/json; charset=utf-8",
+    "Content-Encoding": "gzip",
+    "Date": "Mon, 23 Nov 2026 08:00:00 GMT",
+    "X-Telemetry-Agent": "Glean/71.0.0 (python on Linux)",
+}
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def config(data_dir) -> Config:
+    return Config.from_env(environ={}, data_dir=data_dir)
+
+
+@pytest.fixture
+def store(config) -> LocalStore:
+    return LocalStore(config.store_url[len("file://"):])
+
+
+@pytest.fixture
+def warehouse(config):
+    wh = DuckDBWarehouse(config.warehouse_url[len("duckdb://"):])
+    yield wh
+    wh.close()
+
+
+@pytest.fixture
+def fn_env(monkeypatch, data_dir):
+    """Environment for functions/main.py: local defaults under a temp data dir."""
+    for name in list(os.environ):
+        if name.startswith("GLEANPIPE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("GLEANPIPE_DATA_DIR", str(data_dir))
+    gp_functions.submit_handler.cache_clear()
+    gp_functions.loader.cache_clear()
+    yield data_dir
+    if gp_functions.loader.cache_info().currsize:
+        gp_functions.loader().warehouse.close()
+    gp_functions.submit_handler.cache_clear()
+    gp_functions.loader.cache_clear()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """`gleanpipe serve` as a user runs it, in a subprocess on a free loopback port."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, env: dict | None = None):
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> "ServeProcess":
+        self.log = open(self.data_dir.parent / f"serve-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(self.data_dir),
+             "--port", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.read_log()}")
+            if AdminClient.find(self.data_dir):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"serve did not start: {self.read_log()}")
+
+    def read_log(self) -> str:
+        return (self.data_dir.parent / f"serve-{self.port}.log").read_text(errors="replace")
+
+    @property
+    def admin(self) -> AdminClient:
+        return AdminClient.find(self.data_dir)
+
+    def query(self, sql: str):
+        return self.admin.query(sql)
+
+    def try_query(self, sql: str):
+        """Rows of `sql`, or None while its table does not exist yet."""
+        try:
+            return self.query(sql)[1]
+        except RuntimeError as exc:
+            if "does not exist" in str(exc):
+                return None
+            raise
+
+    def wait_rows(self, sql: str, expected: int, timeout: float = 10):
+        """Poll until `sql` (a count query) returns `expected`; returns the last value."""
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            got = self.try_query(sql)
+            value = got[0][0] if got else None
+            if value == expected:
+                return value
+            time.sleep(0.05)
+        return value
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def serve(data_dir):
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = ServeProcess(data_dir).start()
+    yield server
+    server.stop()
+
+
+def post(url: str, body: bytes, headers: dict | None = None, method: str = "POST"):
+    """(status, json body or None, headers) for one request, without raising on 4xx/5xx."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or SDK_HEADERS)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw, status, hdrs = resp.read(), resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        raw, status, hdrs = exc.read(), exc.code, dict(exc.headers)
+    return status, (json.loads(raw) if raw else None), hdrs

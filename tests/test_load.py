@@ -1,0 +1,319 @@
+"""load, in process: hand-built storage CloudEvents through functions-framework, real DuckDB files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+from functions_framework import create_app
+
+from gleanpipe import rawobject
+from gleanpipe.load import Loader
+from gleanpipe.naming import DocumentPath
+from gleanpipe.storage.local import LocalStore
+from gleanpipe.warehouse import WarehouseUnavailable
+from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+from conftest import APP, DATASET, ROOT, make_ping
+
+CLIENT_A = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+CLIENT_B = "0b4c2d1e-9f8a-4b7c-8d6e-5f4a3b2c1d0e"
+
+
+def put_ping(store: LocalStore, ping: dict, doc_type: str = "baseline", document_id: str | None = None,
+             headers: dict | None = None, ts: str = "2026-11-23T08:00:00.000000Z") -> str:
+    path = DocumentPath(APP, doc_type, "1", document_id or str(uuid.uuid4()))
+    meta = {"submission_timestamp": ts, "uri": f"/submit/{APP}/{doc_type}/1/{path.document_id}",
+            "headers": headers or {"date": "Mon, 23 Nov 2026 08:00:00 GMT",
+                                   "x_telemetry_agent": "Glean/71.0.0 (python on Linux)"},
+            "app_id": APP, "doc_type": doc_type, "version": "1", "document_id": path.document_id, "key": path.key}
+    assert store.put_new(path.key, rawobject.encode(meta, json.dumps(ping).encode()))
+    return path.key
+
+
+def storage_event(name: str, bucket: str = "local") -> tuple[dict, bytes]:
+    """A binary-mode CloudEvent as Eventarc delivers google.cloud.storage.object.v1.finalized."""
+    headers = {
+        "ce-id": str(uuid.uuid4()),
+        "ce-specversion": "1.0",
+        "ce-source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
+        "ce-type": "google.cloud.storage.object.v1.finalized",
+        "ce-subject": f"objects/{name}",
+        "ce-time": datetime.now(timezone.utc).isoformat(),
+        "Content-Type": "application/json",
+    }
+    data = {"bucket": bucket, "name": name, "contentType": "application/octet-stream",
+            "timeCreated": datetime.now(timezone.utc).isoformat(), "size": "100"}
+    return headers, json.dumps(data).encode()
+
+
+@pytest.fixture
+def load_client(fn_env):
+    app = create_app(target="load", source=str(ROOT / "functions" / "main.py"), signature_type="cloudevent")
+    return app.test_client()
+
+
+@pytest.fixture
+def fn_store(fn_env):
+    return LocalStore(fn_env / "store")
+
+
+def rows(fn_env_or_wh, sql):
+    from gleanpipe import functions
+
+    return functions.loader().warehouse.query(sql)[1]
+
+
+FULL_METRICS = {
+    "boolean": {"toolbox.dark_mode_enabled": True},
+    "counter": {"toolbox.launch_count": 6},
+    "quantity": {"toolbox.window_width": 1280},
+    "string": {"toolbox.active_theme": "monokai"},
+    "uuid": {"toolbox.install_id": "8d5b2f1e-4c3a-4b2d-9e1f-0a9b8c7d6e5f"},
+    "url": {"toolbox.homepage": "https://example.com/x"},
+    "text": {"toolbox.notes": "hello\nworld"},
+    "datetime": {"toolbox.last_sync_time": "2024-05-17T13:45:12.345+02:00"},
+    "string_list": {"toolbox.enabled_plugins": ["git", "lint"]},
+    "timespan": {"toolbox.startup_duration": {"time_unit": "millisecond", "value": 1234}},
+    "rate": {"toolbox.cache_hit_rate": {"numerator": 7, "denominator": 10}},
+    "timing_distribution": {"toolbox.render_time": {"sum": 135174545, "values": {"2097152": 1, "15384774": 2}}},
+    "memory_distribution": {"toolbox.heap_usage": {"sum": 7864320, "values": {"524287": 1}}},
+    "custom_distribution": {"toolbox.batch_sizes": {"sum": 1050, "values": {"1": 1, "4": 2}}},
+    "labeled_counter": {"toolbox.tool_used": {"hammer": 2, "pliers": 1}},
+    "labeled_boolean": {"toolbox.feature_on": {"a": True, "b": False}},
+    "labeled_string": {"toolbox.choice": {"x": "y"}},
+    "labeled_quantity": {"toolbox.sizes": {"s": 3}},
+    "labeled_rate": {"toolbox.hits": {"l1": {"numerator": 1, "denominator": 2}}},
+    "labeled_timing_distribution": {"toolbox.load_time_by_tool": {"hammer": {"sum": 10, "values": {"8": 1}}}},
+    "labeled_memory_distribution": {"toolbox.mem_by_tool": {"hammer": {"sum": 10, "values": {"8": 1}}}},
+    "labeled_custom_distribution": {"toolbox.cd_by_tool": {"hammer": {"sum": 10, "values": {"8": 1}}}},
+    "dual_labeled_counter": {"toolbox.clicks": {"hammer": {"left": 4, "right": 1}}},
+    "object": {"toolbox.open_tabs": [{"id": 1, "title": "Docs"}]},
+    "jwe": {"toolbox.secret": "eyJ.a.b.c.d"},
+}
+
+EVENTS = [
+    {"category": "toolbox", "name": "tool_opened", "timestamp": 0,
+     "extra": {"tool": "hammer", "glean_timestamp": "1763814865443"}},
+    {"category": "toolbox", "name": "tool_closed", "timestamp": 1500},
+]
+
+
+def test_load_event_writes_one_typed_row(load_client, fn_store):
+    key = put_ping(fn_store, make_ping(CLIENT_A, metrics=FULL_METRICS, events=EVENTS),
+                   headers={"date": "Mon, 23 Nov 2026 08:00:00 GMT", "x_debug_id": "tag1",
+                            "x_source_tags": "automation, ci", "x_telemetry_agent": "Glean/71.0.0"})
+    headers, body = storage_event(key)
+    resp = load_client.post("/", headers=headers, data=body)
+    assert resp.status_code == 200
+    cols = ("document_id, sample_id, normalized_channel, normalized_os, normalized_os_version, "
+            "client_info.client_id, client_info.locale, ping_info.seq, ping_info.parsed_start_time, "
+            "ping_info.parsed_end_time, metadata.header.x_debug_id, metadata.header.parsed_x_source_tags, "
+            "metadata.header.parsed_date, submission_timestamp")
+    [row] = rows(None, f"SELECT {cols} FROM {DATASET}.baseline_v1")
+    import zlib
+
+    assert row[0] == key.rsplit("/", 1)[1][:-5]
+    assert row[1] == zlib.crc32(CLIENT_A.encode()) % 100
+    assert row[2:5] == ("beta", "Linux", "6.1.0")
+    assert row[5:8] == (CLIENT_A, "en-US", 0)
+    assert row[8] == datetime(2026, 11, 22, 12, 34, 25, 443000, tzinfo=timezone.utc)
+    assert row[9] == datetime(2026, 11, 22, 12, 40, tzinfo=timezone.utc)
+    assert row[10:12] == ("tag1", ["automation", "ci"])
+    assert row[12] == datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
+    assert row[13] == datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
+
+
+def test_every_metric_type_lands_in_its_typed_column(load_client, fn_store):
+    key = put_ping(fn_store, make_ping(CLIENT_A, metrics=FULL_METRICS))
+    load_client.post("/", headers=storage_event(key)[0], data=storage_event(key)[1])
+    m = "metrics"
+    [row] = rows(None, f"""SELECT
+        {m}.boolean.toolbox_dark_mode_enabled, {m}.counter.toolbox_launch_count,
+        {m}.quantity.toolbox_window_width, {m}.string.toolbox_active_theme, {m}.uuid.toolbox_install_id,
+        {m}.url.toolbox_homepage, {m}.text.toolbox_notes, {m}.datetime.toolbox_last_sync_time,
+        {m}.string_list.toolbox_enabled_plugins, {m}.timespan.toolbox_startup_duration,
+        {m}.rate.toolbox_cache_hit_rate, {m}.timing_distribution.toolbox_render_time,
+        {m}.memory_distribution.toolbox_heap_usage.sum, {m}.custom_distribution.toolbox_batch_sizes.values,
+        {m}.labeled_counter.toolbox_tool_used, {m}.labeled_boolean.toolbox_feature_on,
+        {m}.labeled_string.toolbox_choice, {m}.labeled_quantity.toolbox_sizes, {m}.labeled_rate.toolbox_hits,
+        {m}.labeled_timing_distribution.toolbox_load_time_by_tool,
+        {m}.labeled_memory_distribution.toolbox_mem_by_tool[1].value.sum,
+        {m}.labeled_custom_distribution.toolbox_cd_by_tool[1].key,
+        {m}.dual_labeled_counter.toolbox_clicks, {m}.object.toolbox_open_tabs, {m}.jwe.toolbox_secret
+        FROM {DATASET}.baseline_v1""")
+    assert row[:9] == (True, 6, 1280, "monokai", "8d5b2f1e-4c3a-4b2d-9e1f-0a9b8c7d6e5f", "https://example.com/x",
+                       "hello\nworld", "2024-05-17T13:45:12.345+02:00", ["git", "lint"])
+    assert row[9] == {"time_unit": "millisecond", "value": 1234}
+    assert row[10] == {"numerator": 7, "denominator": 10}
+    assert row[11] == {"sum": 135174545, "values": [{"key": 2097152, "value": 1}, {"key": 15384774, "value": 2}]}
+    assert row[12] == 7864320
+    assert row[13] == [{"key": 1, "value": 1}, {"key": 4, "value": 2}]
+    assert row[14] == [{"key": "hammer", "value": 2}, {"key": "pliers", "value": 1}]
+    assert row[15] == [{"key": "a", "value": True}, {"key": "b", "value": False}]
+    assert row[16] == [{"key": "x", "value": "y"}]
+    assert row[17] == [{"key": "s", "value": 3}]
+    assert row[18] == [{"key": "l1", "value": {"numerator": 1, "denominator": 2}}]
+    assert row[19] == [{"key": "hammer", "value": {"sum": 10, "values": [{"key": 8, "value": 1}]}}]
+    assert row[20:22] == (10, "hammer")
+    assert row[22] == [{"key": "hammer", "value": [{"key": "left", "value": 4}, {"key": "right", "value": 1}]}]
+    assert json.loads(row[23]) == [{"id": 1, "title": "Docs"}]
+    assert row[24] == "eyJ.a.b.c.d"
+
+
+def test_labeled_counter_unnest_query(load_client, fn_store):
+    for _ in range(2):
+        key = put_ping(fn_store, make_ping(CLIENT_A, metrics={"labeled_counter": FULL_METRICS["labeled_counter"]}))
+        load_client.post("/", headers=storage_event(key)[0], data=storage_event(key)[1])
+    got = rows(None, f"""SELECT tool.key, SUM(tool.value) FROM {DATASET}.baseline_v1,
+                        UNNEST(metrics.labeled_counter.toolbox_tool_used) AS t(tool) GROUP BY 1 ORDER BY 1""")
+    assert got == [("hammer", 4), ("pliers", 2)]
+
+
+def test_events_column_and_events_stream(load_client, fn_store):
+    key = put_ping(fn_store, make_ping(CLIENT_A, events=EVENTS), doc_type="events")
+    load_client.post("/", headers=storage_event(key)[0], data=storage_event(key)[1])
+    [(events,)] = rows(None, f"SELECT events FROM {DATASET}.events_v1")
+    assert events[0]["category"] == "toolbox" and events[0]["name"] == "tool_opened"
+    assert events[0]["extra"] == [{"key": "tool", "value": "hammer"}, {"key": "glean_timestamp", "value": "1763814865443"}]
+    assert events[1]["timestamp"] == 1500 and events[1]["extra"] == []
+    stream = rows(None, f"""SELECT event_index, client_id, ping, category, name, timestamp, event_timestamp, extra
+                          FROM {DATASET}.events_stream ORDER BY event_index""")
+    assert stream[0][:6] == (0, CLIENT_A, "events", "toolbox", "tool_opened", 0)
+    assert stream[0][6] == datetime(2025, 11, 22, 12, 34, 25, 443000, tzinfo=timezone.utc)
+    assert stream[1][:6] == (1, CLIENT_A, "events", "toolbox", "tool_closed", 1500)
+    assert stream[1][6] is None and stream[1][7] == []
+
+
+def test_loading_the_same_object_twice_leaves_one_row(load_client, fn_store):
+    key = put_ping(fn_store, make_ping(CLIENT_A, events=EVENTS))
+    for _ in range(3):
+        assert load_client.post("/", headers=storage_event(key)[0], data=storage_event(key)[1]).status_code == 200
+    assert rows(None, f"SELECT count(*) FROM {DATASET}.baseline_v1") == [(1,)]
+    assert rows(None, f"SELECT count(*) FROM {DATASET}.events_stream") == [(2,)]
+
+
+def test_error_area_and_foreign_objects_are_ignored(load_client, fn_store):
+    fn_store.put_new("errors/2026-11-23/json/x.json", b"{}", notify=False)
+    fn_store.put_new("something/else.txt", b"hi", notify=False)
+    for name in ("errors/2026-11-23/json/x.json", "something/else.txt", "raw/never/written.json"):
+        assert load_client.post("/", headers=storage_event(name)[0], data=storage_event(name)[1]).status_code == 200
+    from gleanpipe import functions
+
+    assert functions.loader().warehouse.status()["tables"] == []
+
+
+def test_object_that_cannot_transform_goes_to_errors_table(load_client, fn_store):
+    path = DocumentPath(APP, "baseline", "1", str(uuid.uuid4()))
+    fn_store.put_new(path.key, b"this is not a raw object")
+    load_client.post("/", headers=storage_event(path.key)[0], data=storage_event(path.key)[1])
+    assert rows(None, "SELECT object_key, error_type, document_id FROM _gleanpipe.errors") == [
+        (path.key, "raw_object", path.document_id)]
+
+
+def test_schema_evolution_adds_columns_and_old_rows_read_null(config, store, warehouse):
+    loader = Loader(store, warehouse)
+    loader.load_keys([put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.a": 1}}))])
+    loader.load_keys([put_ping(store, make_ping(CLIENT_B, metrics={"counter": {"toolbox.b": 2},
+                                                                     "string": {"toolbox.s": "new"}}))])
+    got = warehouse.query(f"""SELECT client_info.client_id, metrics.counter.toolbox_a, metrics.counter.toolbox_b,
+                              metrics.string.toolbox_s FROM {DATASET}.baseline_v1 ORDER BY 2 NULLS LAST""")[1]
+    assert got == [(CLIENT_A, 1, None, None), (CLIENT_B, None, 2, "new")]
+    # a table created by a ping with no metrics at all still takes metrics later
+    loader.load_keys([put_ping(store, make_ping(CLIENT_A), doc_type="metrics")])
+    loader.load_keys([put_ping(store, make_ping(CLIENT_A, metrics={"boolean": {"toolbox.x": True}}),
+                               doc_type="metrics")])
+    assert warehouse.query(f"SELECT metrics.boolean.toolbox_x FROM {DATASET}.metrics_v1 ORDER BY 1")[1] == [
+        (True,), (None,)]
+
+
+def test_unknown_fields_are_kept_in_additional_properties(store, warehouse):
+    ping = make_ping(CLIENT_A, metrics={"timing_distribution": {"toolbox.t": {
+        "sum": 3, "values": {"1": 3}, "bucket_count": 100, "histogram_type": "exponential"}}})
+    ping["client_info"]["brand_new_field"] = "v"
+    ping["ping_info"]["server_knobs_config"] = {"metrics_enabled": {"toolbox.t": True}}
+    Loader(store, warehouse).load_keys([put_ping(store, ping)])
+    [(extra, dist)] = warehouse.query(
+        f"SELECT additional_properties, metrics.timing_distribution.toolbox_t FROM {DATASET}.baseline_v1")[1]
+    assert json.loads(extra) == {
+        "client_info": {"brand_new_field": "v"},
+        "ping_info": {"server_knobs_config": {"metrics_enabled": {"toolbox.t": True}}},
+        "metrics": {"timing_distribution": {"toolbox.t": {"bucket_count": 100, "histogram_type": "exponential"}}},
+    }
+    assert dist == {"sum": 3, "values": [{"key": 1, "value": 3}]}
+
+
+def test_deletion_request_deletes_the_clients_rows_everywhere(store, warehouse):
+    loader = Loader(store, warehouse)
+    keys = [put_ping(store, make_ping(CLIENT_A, events=EVENTS)),
+            put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.a": 1}}), doc_type="metrics"),
+            put_ping(store, make_ping(CLIENT_B, events=EVENTS))]
+    loader.load_keys(keys)
+    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    result = loader.load_keys([deletion])
+    assert result.deletions == 1
+    q = warehouse.query
+    assert q(f"SELECT client_info.client_id FROM {DATASET}.baseline_v1")[1] == [(CLIENT_B,)]
+    assert q(f"SELECT count(*) FROM {DATASET}.metrics_v1")[1] == [(0,)]
+    assert q(f"SELECT DISTINCT client_id FROM {DATASET}.events_stream")[1] == [(CLIENT_B,)]
+    assert q(f"SELECT client_info.client_id FROM {DATASET}.deletion_request_v1")[1] == [(CLIENT_A,)]
+    [(dataset, client, doc, rows_deleted)] = q(
+        "SELECT dataset, client_id, document_id, rows_deleted FROM _gleanpipe.deletions")[1]
+    assert (dataset, client, doc, rows_deleted) == (DATASET, CLIENT_A, deletion.rsplit("/", 1)[1][:-5], 4)
+    # a late ping of the deleted client (a retry, a replay in another order) is not loaded again
+    late = loader.load_keys([put_ping(store, make_ping(CLIENT_A, seq=7))])
+    assert late.skipped_deleted == 1 and late.inserted == 0
+    assert q(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE client_info.client_id = ?", [CLIENT_A])[1] == [(0,)]
+
+
+def test_replay_into_fresh_warehouse_applies_deletions_in_any_order(config, store, tmp_path):
+    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    ping = put_ping(store, make_ping(CLIENT_A))
+    wh = DuckDBWarehouse(str(tmp_path / "fresh.duckdb"))
+    try:
+        Loader(store, wh).load_keys([deletion, ping])
+        assert wh.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(0,)]
+    finally:
+        wh.close()
+
+
+def test_locked_warehouse_is_transient(tmp_path):
+    """Another process holding the DuckDB file: a real lock, not a mock."""
+    path = tmp_path / "locked.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import duckdb, sys, time
+            con = duckdb.connect({str(path)!r})
+            print("locked", flush=True)
+            sys.stdin.read()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WarehouseUnavailable):
+            DuckDBWarehouse(str(path))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+def test_bad_row_in_a_batch_does_not_block_the_others(store, warehouse):
+    """Two ids that map to one column with different types: the second row cannot load."""
+    good = put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.a": 1}}))
+    Loader(store, warehouse).load_keys([good])
+    # force a type clash the schema cannot catch: an existing BIGINT column fed a value out of range
+    huge = put_ping(store, make_ping(CLIENT_B, metrics={"counter": {"toolbox.a": 2**70}}))
+    fine = put_ping(store, make_ping(CLIENT_B, metrics={"counter": {"toolbox.a": 5}}))
+    result = Loader(store, warehouse).load_keys([huge, fine])
+    assert result.inserted == 1 and result.errors == 1
+    assert warehouse.query(f"SELECT metrics.counter.toolbox_a FROM {DATASET}.baseline_v1 ORDER BY 1")[1] == [
+        (1,), (5,)]
+    [(key, etype)] = warehouse.query("SELECT object_key, error_type FROM _gleanpipe.errors")[1]
+    assert key == huge and etype == "warehouse"

@@ -1,0 +1,141 @@
+"""`gleanpipe serve` and the CLI as a user runs them: real processes, real HTTP, a real DuckDB file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from gleanpipe.admin import AdminClient
+
+from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path
+
+CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+
+
+def cli(*args, data_dir, check=True):
+    proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args, "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gleanpipe {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+def test_ping_is_queryable_within_a_second_of_its_200(serve):
+    doc_id = str(uuid.uuid4())
+    status, _, _ = post(serve.url + submit_path("baseline", doc_id),
+                        gz(make_ping(CLIENT, metrics={"counter": {"toolbox.launch_count": 3}})))
+    ok_at = time.monotonic()
+    assert status == 200
+    seen = None
+    while time.monotonic() - ok_at < 5:
+        got = serve.try_query(f"SELECT metrics.counter.toolbox_launch_count FROM {DATASET}.baseline_v1 "
+                              f"WHERE document_id = '{doc_id}'")
+        if got:
+            seen = time.monotonic() - ok_at
+            assert got == [(3,)]
+            break
+        time.sleep(0.01)
+    assert seen is not None and seen < 1.0, f"visible after {seen}s"
+
+
+def test_submit_edge_answers_over_real_http(serve):
+    assert post(serve.url + "/nope", b"{}")[0] == 404
+    assert post(serve.url + submit_path(), b"", method="GET")[0] == 405
+    status, body, _ = post(serve.url + submit_path(), gz(b"{not json"))
+    assert status == 400 and body["error_type"] == "json"
+    big = b"x" * (1024 * 1024 + 10)
+    status, body, _ = post(serve.url + submit_path(), big, headers={"Content-Type": "application/json"})
+    assert status == 413 and body["error_type"] == "body_too_large"
+    doc_id = str(uuid.uuid4())
+    assert post(serve.url + submit_path("baseline", doc_id), gz(make_ping(CLIENT)))[0] == 200
+    assert post(serve.url + submit_path("baseline", doc_id), gz(make_ping(CLIENT)))[0] == 200
+    assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
+    time.sleep(0.3)  # a second load would have happened by now
+    assert serve.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(1,)]
+
+
+def test_cli_query_status_replay_while_serving(serve):
+    for seq in range(3):
+        assert post(serve.url + submit_path(), gz(make_ping(CLIENT, seq=seq)))[0] == 200
+    post(serve.url + submit_path(), gz(b"[]"))  # one rejected ping
+    assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 3) == 3
+
+    out = cli("query", "--format", "json", f"SELECT ping_info.seq AS seq FROM {DATASET}.baseline_v1 ORDER BY 1",
+              data_dir=serve.data_dir)
+    assert json.loads(out.stdout) == [{"seq": 0}, {"seq": 1}, {"seq": 2}]
+    out = cli("query", "--format", "csv", f"SELECT count(*) AS n FROM {DATASET}.baseline_v1",
+              data_dir=serve.data_dir)
+    assert out.stdout.splitlines() == ["n", "3"]
+    out = cli("query", f"SELECT normalized_channel, count(*) AS n FROM {DATASET}.baseline_v1 GROUP BY 1",
+              data_dir=serve.data_dir)
+    assert out.stdout.splitlines()[0].split() == ["normalized_channel", "n"]
+    assert out.stdout.splitlines()[2].split() == ["beta", "3"] and "(1 row)" in out.stdout
+
+    status = json.loads(cli("status", "--json", data_dir=serve.data_dir).stdout)
+    assert status["server"] == "running"
+    assert {"dataset": DATASET, "table": "baseline_v1", "rows": 3} in status["tables"]
+    assert status["rejected"] == {"schema": 1}
+
+    out = cli("replay", "--no-progress", data_dir=serve.data_dir)
+    assert "replayed 3 objects" in out.stdout and "inserted 0" in out.stdout and "duplicates 3" in out.stdout
+    assert serve.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(3,)]
+
+    bad = cli("query", "SELECT * FROM no_such_table", data_dir=serve.data_dir, check=False)
+    assert bad.returncode == 1 and "no_such_table" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_stored_but_unloaded_pings_load_after_a_restart(data_dir):
+    """Pings stored while no loader runs (functions-framework submit alone, or a crash) load on start."""
+    from gleanpipe.config import Config
+    from gleanpipe.http_edge import SubmitHandler
+    from gleanpipe.storage.local import LocalStore
+
+    config = Config.from_env(environ={}, data_dir=data_dir)
+    handler = SubmitHandler(config, LocalStore(data_dir / "store"))
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    for i, doc_id in enumerate(ids):
+        assert handler.handle("POST", submit_path("metrics", doc_id), {}, gz(make_ping(CLIENT, seq=i))).status == 200
+    server = ServeProcess(data_dir).start()
+    try:
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 5) == 5
+        got = server.query(f"SELECT document_id FROM {DATASET}.metrics_v1 ORDER BY ping_info.seq")[1]
+        assert [r[0] for r in got] == ids
+    finally:
+        assert server.stop() == 0
+    assert AdminClient.find(data_dir) is None  # state file removed on a clean stop
+    # after the stop the CLI reads the file directly
+    out = cli("query", "--format", "csv", f"SELECT count(*) AS n FROM {DATASET}.metrics_v1", data_dir=data_dir)
+    assert out.stdout.splitlines() == ["n", "5"]
+
+
+def test_replay_rebuilds_a_deleted_warehouse(data_dir):
+    server = ServeProcess(data_dir).start()
+    try:
+        for seq in range(4):
+            assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=seq)))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 4) == 4
+    finally:
+        server.stop()
+    (data_dir / "warehouse.duckdb").unlink()
+    out = cli("replay", data_dir=data_dir)
+    assert "replayed 4 objects" in out.stdout and "inserted 4" in out.stdout
+    assert "100%" in out.stderr  # the progress bar
+    out = cli("query", "--format", "json", f"SELECT sum(ping_info.seq) AS s FROM {DATASET}.baseline_v1",
+              data_dir=data_dir)
+    assert json.loads(out.stdout) == [{"s": 6}]
+
+
+def test_second_serve_on_the_same_data_dir_is_refused(serve):
+    proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(serve.data_dir),
+                           "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "already running" in proc.stderr
+
+
+def test_query_without_any_data_says_what_to_do(tmp_path):
+    out = cli("query", "SELECT 1", data_dir=tmp_path / "empty", check=False)
+    assert out.returncode == 1 and "gleanpipe serve" in out.stderr

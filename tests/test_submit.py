@@ -1,0 +1,288 @@
+"""submit, in process, through functions-framework's own test client and functions/main.py."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import zlib
+
+import orjson
+import pytest
+from functions_framework import create_app
+
+from gleanpipe import rawobject
+from gleanpipe.storage.local import LocalStore
+
+from conftest import APP, ROOT, SDK_HEADERS, gz, make_ping, submit_path
+
+CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+
+
+@pytest.fixture
+def client(fn_env):
+    app = create_app(target="submit", source=str(ROOT / "functions" / "main.py"))
+    return app.test_client()
+
+
+@pytest.fixture
+def local_store(fn_env):
+    return LocalStore(fn_env / "store")
+
+
+def raw_keys(store):
+    return list(store.list("raw/"))
+
+
+def error_records(store):
+    return [json.loads(store.get(k)) for k in store.list("errors/")]
+
+
+def test_accepts_gzip_ping_and_stores_exact_payload_with_metadata(client, local_store):
+    payload = orjson.dumps(make_ping(CLIENT, metrics={"counter": {"toolbox.launch_count": 3}}))
+    doc_id = "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
+    headers = {**SDK_HEADERS, "X-Debug-ID": "my-tag", "X-Source-Tags": "automation,ci", "User-Agent": "curl/8"}
+    resp = client.post(submit_path("baseline", doc_id), data=gzip.compress(payload), headers=headers)
+    assert resp.status_code == 200
+    [key] = raw_keys(local_store)
+    assert key == f"raw/{APP}/baseline/1/{doc_id}.json"
+    meta, stored = rawobject.decode(local_store.get(key))
+    assert stored == payload  # exactly as received, decompressed
+    assert meta["document_id"] == doc_id and meta["doc_type"] == "baseline" and meta["app_id"] == APP
+    assert meta["headers"]["x_debug_id"] == "my-tag"
+    assert meta["headers"]["x_source_tags"] == "automation,ci"
+    assert meta["headers"]["x_telemetry_agent"] == "Glean/71.0.0 (python on Linux)"
+    assert meta["headers"]["user_agent"] == "curl/8"
+    assert meta["headers"]["date"] == "Mon, 23 Nov 2026 08:00:00 GMT"
+    assert meta["headers"]["content_length"] == str(len(gzip.compress(payload)))
+    assert "remote_addr" not in json.dumps(meta) and "127.0.0.1" not in json.dumps(meta)
+
+
+def test_submission_timestamp_is_server_utc(client, local_store):
+    from datetime import datetime, timezone
+
+    before = datetime.now(timezone.utc)
+    assert client.post(submit_path(), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS).status_code == 200
+    meta, _ = rawobject.decode(local_store.get(raw_keys(local_store)[0]))
+    ts = datetime.fromisoformat(meta["submission_timestamp"].replace("Z", "+00:00"))
+    assert before <= ts <= datetime.now(timezone.utc)
+
+
+def test_plain_json_and_put_are_accepted(client, local_store):
+    resp = client.put(submit_path("metrics"), data=orjson.dumps(make_ping(CLIENT)),
+                      headers={"Content-Type": "application/json"})
+    assert resp.status_code == 200
+    assert len(raw_keys(local_store)) == 1
+
+
+def test_gzip_detected_by_magic_bytes_not_header(client, local_store):
+    # gzip body without a Content-Encoding header, and a plain body that claims gzip
+    assert client.post(submit_path(), data=gz(make_ping(CLIENT)), headers={}).status_code == 200
+    assert client.post(submit_path(), data=orjson.dumps(make_ping(CLIENT)),
+                       headers={"Content-Encoding": "gzip"}).status_code == 200
+    assert len(raw_keys(local_store)) == 2
+
+
+def test_resent_document_id_answers_200_and_writes_nothing_new(client, local_store):
+    path = submit_path("baseline", "11111111-2222-4333-8444-555555555555")
+    first = client.post(path, data=gz(make_ping(CLIENT, seq=1)), headers=SDK_HEADERS)
+    again = client.post(path, data=gz(make_ping(CLIENT, seq=99)), headers=SDK_HEADERS)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert first.headers["X-Gleanpipe-Stored"] == "new" and again.headers["X-Gleanpipe-Stored"] == "duplicate"
+    [key] = raw_keys(local_store)
+    assert json.loads(rawobject.decode(local_store.get(key))[1])["ping_info"]["seq"] == 1
+    assert len(local_store.pending(10)) == 1  # one load for one document
+
+
+def test_uppercase_document_id_is_the_same_document(client, local_store):
+    doc_id = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
+    client.post(submit_path(document_id=doc_id), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    client.post(submit_path(document_id=doc_id.upper()), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    assert raw_keys(local_store) == [f"raw/{APP}/baseline/1/{doc_id}.json"]
+
+
+@pytest.mark.parametrize("path", ["/", "/submit", "/submit/a/b/1", f"/submit/{APP}/baseline/1/x/extra",
+                                  "/other/a/b/1/9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "/submit/a/b/1/"])
+def test_other_paths_are_404(client, local_store, path):
+    resp = client.post(path, data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    assert resp.status_code == 404
+    assert resp.get_json()["error_type"] == "not_found"
+    assert raw_keys(local_store) == [] and error_records(local_store) == []
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PATCH", "HEAD"])
+def test_other_methods_are_405(client, method):
+    resp = client.open(submit_path(), method=method)
+    assert resp.status_code == 405
+    assert resp.headers["Allow"] == "POST, PUT"
+
+
+BAD_SEGMENTS = [
+    ("..", "baseline", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "app id"),
+    (".hidden", "baseline", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "app id"),
+    ("app;DROP TABLE x", "baseline", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "app id"),
+    ("app\"x", "baseline", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "app id"),
+    ("a" * 101, "baseline", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "app id"),
+    (APP, "..", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "document type"),
+    (APP, "base'line", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "document type"),
+    (APP, "Baseline", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "document type"),
+    (APP, "x" * 31, "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "document type"),
+    (APP, "baseline", "v1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "version"),
+    (APP, "baseline", "2", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "version 2 has no schema"),
+    (APP, "baseline", "1", "not-a-uuid", "document id"),
+    (APP, "baseline", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b'--", "document id"),
+]
+
+
+@pytest.mark.parametrize("app,doc_type,version,doc_id,named", BAD_SEGMENTS)
+def test_bad_path_segments_are_400_and_kept(client, local_store, app, doc_type, version, doc_id, named):
+    resp = client.post(f"/submit/{app}/{doc_type}/{version}/{doc_id}", data=gz(make_ping(CLIENT)),
+                       headers=SDK_HEADERS)
+    assert resp.status_code == 400
+    body = resp.get_json()
+    assert body["error_type"] == "uri" and named in body["error_message"]
+    assert raw_keys(local_store) == []
+    [record] = error_records(local_store)
+    assert record["error_type"] == "uri" and record["status"] == 400
+    assert gzip.decompress(base64.b64decode(record["body_base64"])) == orjson.dumps(make_ping(CLIENT))
+
+
+def test_percent_encoded_traversal_never_leaves_the_store(client, fn_env, local_store):
+    resp = client.post("/submit/%2e%2e/%2e%2e/1/9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+                       data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    assert resp.status_code == 400
+    outside = [p for p in fn_env.parent.rglob("*") if fn_env not in p.parents and p != fn_env]
+    assert outside == []
+
+
+def test_empty_body_is_400(client, local_store):
+    resp = client.post(submit_path(), data=b"", headers=SDK_HEADERS)
+    assert resp.status_code == 400 and resp.get_json()["error_type"] == "empty_body"
+    assert [r["error_type"] for r in error_records(local_store)] == ["empty_body"]
+
+
+def test_invalid_json_is_400(client, local_store):
+    resp = client.post(submit_path(), data=gz(b'{"client_info": '), headers=SDK_HEADERS)
+    assert resp.status_code == 400 and resp.get_json()["error_type"] == "json"
+    assert raw_keys(local_store) == []
+
+
+def test_json_that_is_not_an_object_is_400(client):
+    resp = client.post(submit_path(), data=gz(b"[1, 2]"), headers=SDK_HEADERS)
+    assert resp.status_code == 400 and resp.get_json()["error_type"] == "schema"
+
+
+def test_truncated_gzip_is_400(client, local_store):
+    body = gz(make_ping(CLIENT))
+    resp = client.post(submit_path(), data=body[: len(body) // 2], headers=SDK_HEADERS)
+    assert resp.status_code == 400
+    assert resp.get_json() == {"error_type": "decompress", "error_message": "truncated gzip body"}
+    [record] = error_records(local_store)
+    assert base64.b64decode(record["body_base64"]) == body[: len(body) // 2]
+
+
+def test_corrupt_gzip_is_400(client):
+    body = bytearray(gz(make_ping(CLIENT)))
+    body[12:20] = b"\xff" * 8
+    resp = client.post(submit_path(), data=bytes(body), headers=SDK_HEADERS)
+    assert resp.status_code == 400 and resp.get_json()["error_type"] == "decompress"
+
+
+def test_gzip_bomb_is_413_without_inflating_it(client, local_store):
+    bomb = gzip.compress(b"{" + b" " * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB inflated
+    assert len(bomb) < 1024 * 1024  # passes the wire limit...
+    resp = client.post(submit_path(), data=bomb, headers=SDK_HEADERS)
+    assert resp.status_code == 413  # ...but not the 8 MiB payload limit
+    assert resp.get_json()["error_type"] == "payload_too_large"
+    [record] = error_records(local_store)
+    assert record["error_type"] == "payload_too_large" and record["body_bytes_kept"] == len(bomb)
+
+
+def test_decompress_never_holds_more_than_the_limit():
+    from gleanpipe.http_edge import Rejected, decompress
+
+    bomb = gzip.compress(b"0" * (32 * 1024 * 1024))
+    with pytest.raises(Rejected) as exc:
+        decompress(bomb, 1000)
+    assert exc.value.status == 413
+    assert decompress(gzip.compress(b"a") + gzip.compress(b"b"), 10) == b"ab"  # multi-member gzip
+
+
+def test_oversized_body_is_413_and_kept_bounded(client, local_store):
+    body = b"x" * (1024 * 1024 + 1)
+    resp = client.post(submit_path(), data=body, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413 and resp.get_json()["error_type"] == "body_too_large"
+    [record] = error_records(local_store)
+    assert record["body_truncated"] is True
+    assert len(base64.b64decode(record["body_base64"])) <= 1024 * 1024
+
+
+def test_oversized_plain_payload_is_413(client, fn_env, monkeypatch):
+    from gleanpipe import functions
+
+    monkeypatch.setenv("GLEANPIPE_MAX_PAYLOAD_BYTES", "100")
+    functions.submit_handler.cache_clear()
+    resp = client.post(submit_path(), data=orjson.dumps(make_ping(CLIENT)), headers={})
+    assert resp.status_code == 413 and resp.get_json()["error_type"] == "payload_too_large"
+
+
+def test_long_uri_is_414(client):
+    resp = client.post("/submit/" + "a" * 600, data=b"{}", headers={})
+    assert resp.status_code == 414
+
+
+def test_oversized_header_is_431(client, local_store):
+    resp = client.post(submit_path(), data=gz(make_ping(CLIENT)),
+                       headers={**SDK_HEADERS, "X-Source-Tags": "t" * 1025})
+    assert resp.status_code == 431
+    assert error_records(local_store)[0]["error_type"] == "header_too_large"
+
+
+def test_schema_errors_are_all_collected_compactly(client, local_store):
+    ping = make_ping(CLIENT, metrics={"counter": {"toolbox.a": "x", "toolbox.b": 1.5}, "bogus_type": {}})
+    del ping["client_info"]["os"]
+    resp = client.post(submit_path(), data=gz(ping), headers=SDK_HEADERS)
+    assert resp.status_code == 400
+    body = resp.get_json()
+    assert body["error_type"] == "schema"
+    msg = body["error_message"]
+    for fragment in ("client_info: 'os' is a required property", "metrics.counter.toolbox.a:",
+                     "metrics.counter.toolbox.b:", "bogus_type"):
+        assert fragment in msg
+    assert len(msg) <= 1024
+    assert raw_keys(local_store) == []
+
+
+def test_ping_without_info_sections_is_accepted(client, local_store):
+    resp = client.post(submit_path("no-info"), data=gz({"metrics": {"counter": {"toolbox.x": 1}}}),
+                       headers=SDK_HEADERS)
+    assert resp.status_code == 200
+    [key] = raw_keys(local_store)
+    assert key.startswith(f"raw/{APP}/no-info/1/")
+
+
+def test_store_failure_is_503_so_the_sdk_retries(client, fn_env, local_store):
+    # A real fault: the app's folder in the store is a file, so the write cannot happen.
+    (fn_env / "store" / "raw").mkdir(parents=True, exist_ok=True)
+    (fn_env / "store" / "raw" / APP).write_text("not a folder")
+    resp = client.post(submit_path(), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    assert resp.status_code == 503
+    assert resp.get_json()["error_type"] == "store_unavailable"
+    assert resp.headers["Retry-After"] == "5"
+
+
+def test_error_store_failure_is_503_not_a_silent_400(client, fn_env, local_store):
+    (fn_env / "store" / "errors").write_text("not a folder")
+    resp = client.post(submit_path(), data=gz(b"not json"), headers=SDK_HEADERS)
+    assert resp.status_code == 503
+
+
+def test_unsafe_keys_are_refused_by_the_store(local_store):
+    for key in ("../x", "raw/../../x", "/etc/passwd", ".inbox/x", "raw/a b"):
+        with pytest.raises(ValueError):
+            local_store.put_new(key, b"x")
+
+
+def test_zlib_stream_is_not_gzip(client):
+    resp = client.post(submit_path(), data=zlib.compress(orjson.dumps(make_ping(CLIENT))), headers=SDK_HEADERS)
+    assert resp.status_code == 400 and resp.get_json()["error_type"] == "json"
