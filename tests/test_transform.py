@@ -1,0 +1,80 @@
+"""Normalisation rules and names (Mozilla's, see shared/docs/anchors.md)."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from gleanpipe.naming import dataset_name, parse_key, table_name, DocumentPath
+from gleanpipe.transform import (normalize_channel, normalize_os, normalize_os_version, parse_glean_time,
+                                 parse_http_date, sample_id)
+
+
+def test_dataset_and_table_names():
+    assert dataset_name("org.example.toolbox") == "org_example_toolbox"
+    assert dataset_name("org-example-toolbox") == "org_example_toolbox"
+    assert dataset_name("Org.Mozilla.Fenix") == "org_mozilla_fenix"
+    assert table_name("deletion-request", "1") == "deletion_request_v1"
+    assert table_name("baseline", "1") == "baseline_v1"
+
+
+def test_keys_round_trip_and_foreign_keys_are_none():
+    path = DocumentPath("org-example-toolbox", "baseline", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b")
+    assert path.key == "raw/org-example-toolbox/baseline/1/9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b.json"
+    assert parse_key(path.key) == path
+    for key in ("errors/2026-11-23/json/x.json", "raw/a/b/1/not-a-uuid.json", "raw/a/b/1.json",
+                "raw/../b/1/9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b.json",
+                "raw/A/b/1/9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b.json"):
+        assert parse_key(key) is None
+
+
+def test_sample_id_is_crc32_of_lowercased_client_id_mod_100():
+    cid = "3F5B6A8E-1C2D-4E5F-8A9B-0C1D2E3F4A5B"
+    assert sample_id(cid) == zlib.crc32(cid.lower().encode()) % 100
+    assert sample_id("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b") == 38  # binascii.crc32 computed separately
+    assert sample_id(None) is None and sample_id("not-a-uuid") is None
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("release", "release"), ("esr", "esr"), ("beta", "beta"), ("aurora", "aurora"), ("nightly", "nightly"),
+    ("beta-3", "beta"), ("nightly-cck-foo", "nightly"), ("Release", "Other"), ("testing", "Other"),
+    (None, "Other"), ("", "Other"),
+])
+def test_normalized_channel(raw, expected):
+    assert normalize_channel(raw) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("Windows_NT", "Windows"), ("WINNT", "Windows"), ("Darwin", "Mac"), ("Linux", "Linux"),
+    ("FreeBSD", "Linux"), ("SunOS", "Linux"), ("iOS", "iOS"), ("iPhone OS", "iOS"), ("Android", "Android"),
+    ("Plan9", "Other"), (None, "Other"),
+])
+def test_normalized_os(raw, expected):
+    assert normalize_os(raw) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("6.1.0-13-amd64", "6.1.0"), ("10.0.19045", "10.0.19045"), ("23", "23"), ("1.2.3.4", "1.2.3"),
+    ("Unknown", None), (None, None),
+])
+def test_normalized_os_version(raw, expected):
+    assert normalize_os_version(raw) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("2026-11-22T12:34:25.443+00:00", "2026-11-22T12:34:25.443000+00:00"),
+    ("2026-11-22T12:34+00:00", "2026-11-22T12:34:00+00:00"),
+    ("2026-11-22T14:34:25.123456789+02:00", "2026-11-22T12:34:25.123456+00:00"),
+    ("2026-11-22+00:00", "2026-11-22T00:00:00+00:00"),
+    ("2026-11-22T12-05:00", "2026-11-22T17:00:00+00:00"),
+    ("2026-11-22T12:34:25Z", "2026-11-22T12:34:25+00:00"),
+    ("2026-13-40T00:00+00:00", None), ("yesterday", None), (None, None), (5, None),
+])
+def test_parse_glean_time(raw, expected):
+    assert parse_glean_time(raw) == expected
+
+
+def test_parse_http_date():
+    assert parse_http_date("Mon, 23 Nov 2026 08:00:00 GMT") == "2026-11-23T08:00:00+00:00"
+    assert parse_http_date("garbage") is None and parse_http_date(None) is None
