@@ -1,0 +1,76 @@
+"""`functions-framework --target=submit` / `--target=load` work as is, with local defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import APP, DATASET, ROOT, gz, make_ping, post, submit_path, free_port
+
+FF = str(Path(sys.executable).parent / "functions-framework")
+
+
+def start(target: str, cwd: Path, *extra: str):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    proc = subprocess.Popen([FF, "--source", str(ROOT / "functions" / "main.py"), "--target", target,
+                             "--host", "127.0.0.1", "--port", str(port), *extra],
+                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode())
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("functions-framework did not start")
+
+
+def test_submit_then_load_under_functions_framework(tmp_path):
+    submit, submit_url = start("submit", tmp_path)
+    try:
+        doc_id = str(uuid.uuid4())
+        status, _, _ = post(submit_url + submit_path("baseline", doc_id),
+                            gz(make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+                                         metrics={"counter": {"toolbox.launch_count": 9}})))
+        assert status == 200
+        assert post(submit_url + "/elsewhere", b"{}")[0] == 404
+    finally:
+        submit.terminate()
+        submit.wait(timeout=10)
+    key = f"raw/{APP}/baseline/1/{doc_id}.json"
+    assert (tmp_path / "data" / "store" / key).is_file()  # local default: ./data/store
+
+    load, load_url = start("load", tmp_path, "--signature-type", "cloudevent")
+    try:
+        event = {"specversion": "1.0", "id": str(uuid.uuid4()), "type": "google.cloud.storage.object.v1.finalized",
+                 "source": "//storage.googleapis.com/projects/_/buckets/local", "subject": f"objects/{key}",
+                 "datacontenttype": "application/json", "data": {"bucket": "local", "name": key}}
+        req = urllib.request.Request(load_url + "/", data=json.dumps(event).encode(), method="POST",
+                                     headers={"Content-Type": "application/cloudevents+json"})
+        for _ in range(2):  # at-least-once delivery: the second one changes nothing
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                assert resp.status == 200
+    finally:
+        load.terminate()
+        load.wait(timeout=10)
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"), read_only=True)
+    try:
+        assert con.execute(f"SELECT document_id, metrics.counter.toolbox_launch_count FROM {DATASET}.baseline_v1"
+                           ).fetchall() == [(doc_id, 9)]
+    finally:
+        con.close()
