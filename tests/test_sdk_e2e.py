@@ -76,7 +76,7 @@ def test_every_ping_and_metric_type_from_the_real_sdk(serve, tmp_path):
                    "automation,e2e", "--require-delivery")
     client_id = sent["client_id"]
     assert client_id and all(u["status"] == 200 for u in sent["uploads"])
-    tables = {"toolbox_usage_v1": 1, "anonymous_report_v1": 1, "no_info_v1": 1, "baseline_v1": 2,
+    tables = {"toolbox_usage_v1": 1, "metrics_v1": 1, "anonymous_report_v1": 1, "no_info_v1": 1, "baseline_v1": 2,
               "events_v1": 1, "health_v1": 1}
     for table, n in tables.items():
         assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.{table}", n) == n, table
@@ -99,6 +99,10 @@ def test_every_ping_and_metric_type_from_the_real_sdk(serve, tmp_path):
     assert row[:8] == (client_id, "1.2.3", "testing", "Other", "manual", True,
                        zlib.crc32(client_id.encode()) % 100, "e2e-tag")
     assert row[8] == ["automation", "e2e"] and row[9].startswith("Glean/71")
+
+    # the built-in metrics ping
+    assert serve.query(f"SELECT ping_info.reason, metrics.quantity.toolbox_open_windows, client_info.client_id "
+                       f"FROM {DATASET}.metrics_v1")[1] == [("today", 3, client_id)]
 
     # a ping without client_id, and one without any info section
     assert serve.query(f"SELECT client_info.client_id, sample_id, metrics.counter.toolbox_crash_count "

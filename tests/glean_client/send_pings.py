@@ -25,7 +25,7 @@ Every request is `POST /submit/org-example-toolbox/<doc-type>/1/<uuid>`.
 
 Scenarios and what each sends (doc types, in submission order):
 
-`all` -> doc types {health, toolbox-usage, anonymous-report, no-info, baseline, events}
+`all` -> doc types {health, toolbox-usage, metrics, anonymous-report, no-info, baseline, events}
     health            reason pre_init (sent by Glean.initialize itself; only glean.* metrics)
     toolbox-usage     reason "manual", with client_id; every app metric type:
                       boolean, counter, quantity, string, uuid, url, text, datetime,
@@ -37,6 +37,8 @@ Scenarios and what each sends (doc types, in submission order):
                       (fixed values, see ALL_VALUES; e.g. counter toolbox.launch_count
                       = 6 (3 x add(2)), labeled_counter toolbox.tool_used =
                       {"hammer": 2, "pliers": 1}, string toolbox.active_theme = "monokai")
+    metrics           reason "today" (the built-in ping, submitted by hand: the Python SDK
+                      never schedules it): quantity toolbox.open_windows = 3
     anonymous-report  no reason, NO client_id: counter toolbox.crash_count = 1,
                       string toolbox.crash_signature
     no-info           NO ping_info / client_info at all (include_info_sections: false):
@@ -47,7 +49,7 @@ Scenarios and what each sends (doc types, in submission order):
     events            reason "inactive" (handle_client_inactive()): event
                       toolbox.tool_opened twice with extra {"tool": "hammer"} (the SDK
                       adds extra.glean_timestamp) plus the SDK's own glean.session_start
-    => 7 requests: 2 x baseline, 1 x each other doc type.
+    => 8 requests: 2 x baseline, 1 x each other doc type.
 
 `deletion` -> doc types {health, toolbox-usage, deletion-request}
     health            reason pre_init
@@ -450,11 +452,18 @@ class Client:
 
         usage = self._snapshot("toolbox-usage", list(ALL_VALUES), ALL_VALUES)
         baseline = self._snapshot("baseline", ["launch_count"], ALL_VALUES)
+        metrics_ping = self._snapshot("metrics", ["open_windows"], ALL_VALUES)
         events = t.tool_opened.test_get_value("events") or []
         got_extras = [dict(e.extra or {}) for e in events]
         if got_extras != TOOL_OPENED_EXTRAS:
             raise ScenarioError(f"tool_opened events: SDK has {got_extras}")
         self._submit_usage(usage)
+
+        # The built-in `metrics` ping: the Python SDK never schedules it, so submit it by hand.
+        from glean._builtins import pings as builtin_pings
+
+        builtin_pings.metrics.submit(builtin_pings.metrics_reason_codes.TODAY.value)
+        self._add("metrics", reason="today", metrics=metrics_ping)
 
         t.crash_count.add(1)
         t.crash_signature.set("OOM@toolbox::render")

@@ -26,7 +26,7 @@ PATH_RE = re.compile(
     r"(?P<doc_id>[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})$"
 )
 
-ALL_DOC_TYPES = {"health", "toolbox-usage", "anonymous-report", "no-info", "baseline", "events"}
+ALL_DOC_TYPES = {"health", "toolbox-usage", "metrics", "anonymous-report", "no-info", "baseline", "events"}
 # Every metric type the `all` scenario must put into toolbox-usage.
 ALL_METRIC_TYPES = {
     "boolean", "counter", "quantity", "string", "uuid", "url", "text", "datetime",
