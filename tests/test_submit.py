@@ -286,3 +286,39 @@ def test_unsafe_keys_are_refused_by_the_store(local_store):
 def test_zlib_stream_is_not_gzip(client):
     resp = client.post(submit_path(), data=zlib.compress(orjson.dumps(make_ping(CLIENT))), headers=SDK_HEADERS)
     assert resp.status_code == 400 and resp.get_json()["error_type"] == "json"
+
+
+def test_error_record_keeps_at_most_max_error_bytes(client, fn_env, monkeypatch, local_store):
+    from gleanpipe import functions
+
+    monkeypatch.setenv("GLEANPIPE_MAX_ERROR_BYTES", "100")
+    functions.submit_handler.cache_clear()
+    body = b"{" + b"x" * 499
+    resp = client.post(submit_path(), data=body, headers={})
+    assert resp.status_code == 400
+    [record] = error_records(local_store)
+    assert base64.b64decode(record["body_base64"]) == body[:100]
+    assert record["body_truncated"] is True and record["body_bytes_kept"] == 100
+
+
+def test_limits_are_settings(fn_env, monkeypatch, client):
+    from gleanpipe import functions
+
+    monkeypatch.setenv("GLEANPIPE_MAX_WIRE_BYTES", "50")
+    functions.submit_handler.cache_clear()
+    assert client.post(submit_path(), data=b"x" * 51, headers={}).status_code == 413
+    monkeypatch.setenv("GLEANPIPE_MAX_URI_BYTES", "20")
+    functions.submit_handler.cache_clear()
+    assert client.post(submit_path(), data=b"{}", headers={}).status_code == 414
+
+
+def test_bad_setting_is_a_clear_error():
+    from gleanpipe.config import Config
+
+    with pytest.raises(ValueError, match="GLEANPIPE_MAX_WIRE_BYTES must be a whole number"):
+        Config.from_env(environ={"GLEANPIPE_MAX_WIRE_BYTES": "1MB"})
+    with pytest.raises(ValueError, match="GLEANPIPE_PORT must be positive"):
+        Config.from_env(environ={"GLEANPIPE_PORT": "-1"})
+    cfg = Config.from_env(environ={})
+    assert (cfg.max_wire_bytes, cfg.max_payload_bytes, cfg.port) == (1024 * 1024, 8 * 1024 * 1024, 8080)
+    assert cfg.store_url == "file://data/store" and cfg.warehouse_url == "duckdb://data/warehouse.duckdb"

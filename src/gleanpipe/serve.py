@@ -141,10 +141,10 @@ class LocalPipeline:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        self.start()
-        if on_ready:
-            on_ready(self)
         try:
+            self.start()
+            if on_ready:
+                on_ready(self)
             while not stop.wait(0.5):
                 if self.http.poll() is not None:
                     log.error("the HTTP server exited with code %s", self.http.returncode)
