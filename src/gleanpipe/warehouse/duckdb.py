@@ -120,22 +120,26 @@ class DuckDBWarehouse(Warehouse):
 
     # --- writing ------------------------------------------------------------------
 
-    def _insert(self, dataset: str, table: str, rows: list[dict]) -> int:
-        """Insert rows whose document_id is not in the table yet; returns rows inserted."""
-        if not rows:
-            return 0
+    def _insert_json(self, dataset: str, table: str, rows: list[dict], where: str = "") -> int:
+        """INSERT rows (as NDJSON read with the table's own column types); returns rows inserted."""
         types = self._table_types(dataset, table)
         spec = "{" + ", ".join(f"'{name}': '{t}'" for name, t in types.items()) + "}"
         path = os.path.join(self._tmp, "rows.ndjson")
         with open(path, "wb") as f:
             f.write(b"\n".join(orjson.dumps(r) for r in rows))
-        target = f"{q(dataset)}.{q(table)}"
         sql = (
-            f"INSERT INTO {target} BY NAME SELECT * FROM read_json(?, format = 'newline_delimited', "
-            f"columns = {spec}, maximum_object_size = 268435456) AS new "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS old WHERE old.document_id = new.document_id)"
+            f"INSERT INTO {q(dataset)}.{q(table)} BY NAME SELECT * FROM read_json(?, format = 'newline_delimited', "
+            f"columns = {spec}, maximum_object_size = 268435456) AS new {where}"
         )
         return self.con.execute(sql, [path]).fetchone()[0]
+
+    def _insert(self, dataset: str, table: str, rows: list[dict]) -> int:
+        """Insert rows whose document_id is not in the table yet; returns rows inserted."""
+        if not rows:
+            return 0
+        target = f"{q(dataset)}.{q(table)}"
+        return self._insert_json(dataset, table, rows, f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS old "
+                                                        "WHERE old.document_id = new.document_id)")
 
     def _deleted_clients(self, dataset: str) -> set[str]:
         if dataset not in self._deleted:
@@ -232,18 +236,7 @@ class DuckDBWarehouse(Warehouse):
             ).fetchall()
         }
         fresh = [e for e in events if e["document_id"] not in present]
-        if not fresh:
-            return 0
-        types = self._table_types(dataset, EVENTS_STREAM_TABLE)
-        spec = "{" + ", ".join(f"'{name}': '{t}'" for name, t in types.items()) + "}"
-        path = os.path.join(self._tmp, "events.ndjson")
-        with open(path, "wb") as f:
-            f.write(b"\n".join(orjson.dumps(e) for e in fresh))
-        return self.con.execute(
-            f"INSERT INTO {q(dataset)}.{q(EVENTS_STREAM_TABLE)} BY NAME SELECT * FROM read_json(?, "
-            f"format = 'newline_delimited', columns = {spec})",
-            [path],
-        ).fetchone()[0]
+        return self._insert_json(dataset, EVENTS_STREAM_TABLE, fresh) if fresh else 0
 
     def _rollback(self) -> None:
         try:
