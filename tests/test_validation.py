@@ -253,7 +253,7 @@ def test_long_instances_are_truncated() -> None:
 
 
 def test_validators_disagreeing_never_yield_empty() -> None:
-    # Python's re lets '$' match before a trailing newline (jsonschema); fastjsonschema does not.
+    # Python's re lets '$' match before a trailing newline (jsonschema); jsonschema-rs does not.
     errors = validate_ping({"metrics": {"counter": {"a.b\n": 1}}})
     assert len(errors) == 1
 
