@@ -2,7 +2,9 @@
 
 Durability: each object is written to a temporary file and fsynced, then hard-linked into
 place with ``os.link``, which fails if the name exists (atomic create-only), and the
-directory is fsynced before ``put_new`` returns.
+directory is fsynced before ``put_new`` returns. Directory fsyncs are group-committed:
+threads that linked names at the same time share one fsync per directory (``GroupSync``),
+which is what lets the edge take more pings per second than the disk takes fsyncs.
 
 Notifications: before the object is linked into place, it is also linked into
 ``.inbox/`` under a time-ordered name. The loader drains the inbox and removes entries
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,12 +29,62 @@ TMP = ".tmp"
 _SEP = "+"  # never in a key, so "<receipt-stamp>+<key with / as :>" splits cleanly
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class GroupSync:
+    """Group commit of directory fsyncs across the threads of one process.
+
+    A caller adds its directories and waits until a round that started after that has
+    fsynced them. The first waiter leads a round (fsyncs everything pending, outside the
+    lock); the others wait and are covered by that round or the next one.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: set[str] = set()
+        self._started = 0
+        self._completed = 0
+        self._leading = False
+        self._failed: dict[int, OSError] = {}
+
+    def sync(self, dirs) -> None:
+        with self._cond:
+            self._pending.update(dirs)
+            mine = self._started + 1  # the first round to start from now on covers my dirs
+            while self._completed < mine:
+                if self._leading:
+                    self._cond.wait()
+                    continue
+                self._leading = True
+                self._started += 1
+                round_, batch, self._pending = self._started, self._pending, set()
+                error = None
+                self._cond.release()
+                try:
+                    for d in sorted(batch):
+                        _fsync_dir(d)
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._leading = False
+                    self._completed = round_
+                    if error is not None:
+                        self._failed[round_] = error
+                        for old in [r for r in self._failed if r < round_ - 64]:
+                            del self._failed[old]
+                    self._cond.notify_all()
+            if mine in self._failed:
+                raise self._failed[mine]
+
+
+_GROUP_SYNC = GroupSync()
 
 
 class LocalStore(RawStore):
@@ -40,6 +93,8 @@ class LocalStore(RawStore):
         self.url = f"file://{self.root}"
         self.inbox = self.root / INBOX
         self.tmp = self.root / TMP
+        self._inbox, self._tmp = str(self.inbox), str(self.tmp)
+        self._dirs: set[str] = set()  # directories known to exist (and be durable)
         try:
             for d in (self.root, self.inbox, self.tmp):
                 d.mkdir(parents=True, exist_ok=True)
@@ -51,15 +106,21 @@ class LocalStore(RawStore):
             raise ValueError(f"unsafe object key: {key!r}")
         return self.root / key
 
+    def _ensure_dir(self, parent: Path) -> None:
+        if str(parent) in self._dirs:
+            return
+        if not parent.is_dir():
+            parent.mkdir(parents=True, exist_ok=True)
+            for ancestor in parent.relative_to(self.root).parents:
+                _fsync_dir(self.root / ancestor)
+        self._dirs.add(str(parent))
+
     def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
         path = self._path(key)
-        tmp = self.tmp / uuid.uuid4().hex
+        tmp = os.path.join(self._tmp, uuid.uuid4().hex)
         receipt = None
         try:
-            if not path.parent.is_dir():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                for parent in path.parent.relative_to(self.root).parents:
-                    _fsync_dir(self.root / parent)
+            self._ensure_dir(path.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 view = memoryview(data)
@@ -69,7 +130,8 @@ class LocalStore(RawStore):
             finally:
                 os.close(fd)
             if notify:
-                receipt = self.inbox / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{_SEP}{key.replace('/', ':')}"
+                receipt = os.path.join(
+                    self._inbox, f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{_SEP}{key.replace('/', ':')}")
                 os.link(tmp, receipt)
             try:
                 os.link(tmp, path)
@@ -77,9 +139,7 @@ class LocalStore(RawStore):
                 if receipt is not None:
                     os.unlink(receipt)
                 return False
-            _fsync_dir(path.parent)
-            if receipt is not None:
-                _fsync_dir(self.inbox)
+            _GROUP_SYNC.sync((str(path.parent), self._inbox) if receipt is not None else (str(path.parent),))
             return True
         except OSError as exc:
             raise StoreError(f"cannot write {key}: {exc.strerror or exc}") from exc
