@@ -130,6 +130,26 @@ def test_replay_rebuilds_a_deleted_warehouse(data_dir):
     assert json.loads(out.stdout) == [{"s": 6}]
 
 
+def test_replay_with_worker_processes_loads_each_object_once(data_dir):
+    from gleanpipe.config import Config
+    from gleanpipe.http_edge import SubmitHandler
+    from gleanpipe.storage.local import LocalStore
+
+    handler = SubmitHandler(Config.from_env(environ={}, data_dir=data_dir), LocalStore(data_dir / "store"))
+    for seq in range(7):
+        doc_type = "events" if seq % 2 else "baseline"
+        ping = make_ping(CLIENT, seq=seq, events=[{"category": "c", "name": "n", "timestamp": seq}])
+        assert handler.handle("POST", submit_path(doc_type), {}, gz(ping)).status == 200
+    handler.handle("POST", submit_path(), {}, gz(b"[]"))  # rejected: lands in errors/, which replay skips
+    for _ in range(2):
+        out = cli("replay", "--batch", "2", "--workers", "2", "--no-progress", data_dir=data_dir)
+    assert "replayed 7 objects: inserted 0, duplicates 7" in out.stdout
+    out = cli("query", "--format", "json", f"""SELECT (SELECT count(*) FROM {DATASET}.baseline_v1) AS b,
+              (SELECT count(*) FROM {DATASET}.events_v1) AS e, (SELECT count(*) FROM {DATASET}.events_stream) AS s,
+              (SELECT sum(timestamp) FROM {DATASET}.events_stream) AS t""", data_dir=data_dir)
+    assert json.loads(out.stdout) == [{"b": 4, "e": 3, "s": 7, "t": 21}]
+
+
 def test_second_serve_on_the_same_data_dir_is_refused(serve):
     proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(serve.data_dir),
                            "--port", "0"], capture_output=True, text=True, timeout=60)

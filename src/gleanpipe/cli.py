@@ -153,8 +153,10 @@ def _store(config: Config):
 @WAREHOUSE
 @click.option("--batch", type=int, envvar="GLEANPIPE_LOAD_BATCH", default=None, help="Objects per load [default: 1000].")
 @click.option("--prefix", default="raw/", show_default=True, help="Only objects under this key prefix.")
+@click.option("--workers", type=int, default=None,
+              help="Processes that read and transform in parallel [default: cores, at most 4; 0: none].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def replay(data_dir, store_url, warehouse_url, batch, prefix, no_progress) -> None:
+def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progress) -> None:
     """Load every raw object again (idempotent: rows already there are kept as they are)."""
     from tqdm import tqdm
 
@@ -162,24 +164,24 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, no_progress) -> No
     store = _store(config)
     keys = list(store.list(prefix))
     client = AdminClient.find(config.data_dir)
-    if client:
-        load, close = client.load_keys, (lambda: None)
-    else:
-        from .load import Loader
+    with tqdm(total=len(keys), unit="obj", disable=no_progress, file=sys.stderr) as bar:
+        if client:  # the running server owns the warehouse: send it the batches
+            from .replay import add_counts, chunks
 
-        wh = _open_local(config, read_only=False)
-        loader = Loader(store, wh)
-        load, close = (lambda ks: loader.load_keys(ks).as_dict()), wh.close
-    totals: dict[str, int] = {}
-    try:
-        with tqdm(total=len(keys), unit="obj", disable=no_progress, file=sys.stderr) as bar:
-            for i in range(0, len(keys), config.load_batch):
-                chunk = keys[i : i + config.load_batch]
-                for name, value in load(chunk).items():
-                    totals[name] = totals.get(name, 0) + value
+            totals: dict[str, int] = {}
+            for chunk in chunks(keys, config.load_batch):
+                add_counts(totals, client.load_keys(chunk))
                 bar.update(len(chunk))
-    finally:
-        close()
+        else:
+            from .load import Loader
+            from .replay import replay_local
+
+            wh = _open_local(config, read_only=False)
+            try:
+                totals = replay_local(Loader(store, wh), keys, config.load_batch, workers,
+                                      on_batch=lambda n, _: bar.update(n))
+            finally:
+                wh.close()
     click.echo(f"replayed {len(keys)} objects: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
 
 

@@ -33,31 +33,48 @@ class LoadResult(WriteResult):
         }
 
 
+@dataclass
+class Prepared:
+    """Objects read and transformed, ready for one warehouse write."""
+
+    rows: list[PingRow] = field(default_factory=list)
+    errors: list[LoadError] = field(default_factory=list)
+    ignored: int = 0
+    missing: list[str] = field(default_factory=list)
+
+
+def prepare(store: RawStore, keys: list[str]) -> Prepared:
+    """Read and transform: the part of a load that needs no warehouse (and can run in parallel)."""
+    out = Prepared()
+    for key in keys:
+        path = parse_key(key)
+        if path is None:
+            out.ignored += 1
+            continue
+        try:
+            data = store.get(key)
+        except ObjectMissing:
+            log.warning("object %s is gone; nothing to load", key)
+            out.missing.append(key)
+            continue
+        try:
+            out.rows.append(transform(key, data, path))
+        except TransformError as exc:
+            out.errors.append(LoadError(key, exc.error_type, str(exc), path.app_id, path.doc_type, path.document_id))
+    return out
+
+
 class Loader:
     def __init__(self, store: RawStore, warehouse: Warehouse):
         self.store = store
         self.warehouse = warehouse
 
     def load_keys(self, keys: list[str]) -> LoadResult:
-        result = LoadResult()
-        rows: list[PingRow] = []
-        errors: list[LoadError] = []
-        for key in keys:
-            path = parse_key(key)
-            if path is None:
-                result.ignored += 1
-                continue
-            try:
-                data = self.store.get(key)
-            except ObjectMissing:
-                log.warning("object %s is gone; nothing to load", key)
-                result.missing.append(key)
-                continue
-            try:
-                rows.append(transform(key, data))
-            except TransformError as exc:
-                errors.append(LoadError(key, exc.error_type, str(exc), path.app_id, path.doc_type, path.document_id))
-        result.add(self._write(rows, errors))
+        return self.write(prepare(self.store, keys))
+
+    def write(self, prepared: Prepared) -> LoadResult:
+        result = LoadResult(ignored=prepared.ignored, missing=prepared.missing)
+        result.add(self._write(prepared.rows, prepared.errors))
         return result
 
     def _write(self, rows: list[PingRow], errors: list[LoadError]) -> WriteResult:

@@ -7,6 +7,7 @@ a ``DocumentPath`` that passed these checks.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -87,6 +88,7 @@ def table_name(doc_type: str, version: str) -> str:
     return f"{doc_type.replace('-', '_')}_v{version}"
 
 
+@functools.lru_cache(maxsize=65536)
 def column_name(metric_id: str) -> str:
     """Metric id to column name: toolbox.launch_count -> toolbox_launch_count."""
     return metric_id.replace(".", "_")

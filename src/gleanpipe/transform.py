@@ -4,9 +4,10 @@ columns the row needs. Follows Mozilla's normalisation rules (see README, "Table
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -14,7 +15,7 @@ import orjson
 
 from . import rawobject
 from .naming import DocumentPath, column_name, parse_segments, PathError
-from .table_schema import CLIENT_INFO, METRIC_TYPES, PING_INFO, T
+from .table_schema import CLIENT_INFO, METRIC_TYPES, PING_INFO
 
 DELETION_REQUEST = "deletion-request"
 
@@ -29,12 +30,20 @@ class TransformError(ValueError):
 
 @dataclass
 class PingRow:
+    """One ping, ready to insert: the row and its events_stream rows as JSON (cheap to pass
+    between processes), plus what the warehouse needs to know without parsing them."""
+
     key: str
     path: DocumentPath
-    row: dict
-    events: list[dict]
-    metrics: dict[str, dict[str, T]] = field(default_factory=dict)  # type -> column -> T
-    client_id: str | None = None
+    row_json: bytes
+    events_json: list[bytes]
+    metrics: dict[str, tuple[str, ...]]  # metric type -> columns the row fills
+    client_id: str | None
+    submission_timestamp: str
+
+    @property
+    def row(self) -> dict:
+        return orjson.loads(self.row_json)
 
     @property
     def is_deletion_request(self) -> bool:
@@ -109,6 +118,7 @@ def parse_glean_time(value) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)  # the Date header repeats within a second: parse each value once
 def parse_http_date(value) -> str | None:
     try:
         return parsedate_to_datetime(value).astimezone(timezone.utc).isoformat() if value else None
@@ -119,53 +129,75 @@ def parse_http_date(value) -> str | None:
 # --- metric values -------------------------------------------------------------------
 
 
-def _kv(mapping: dict, convert=lambda v: v) -> list[dict]:
-    return [{"key": k, "value": convert(v)} for k, v in mapping.items()]
+def _kv(mapping: dict) -> list[dict]:
+    return [{"key": k, "value": v} for k, v in mapping.items()]
 
 
-def _distribution(value: dict, extra: dict) -> dict:
-    left = {k: v for k, v in value.items() if k not in ("sum", "values")}
-    if left:
-        extra.update(left)
+def _distribution(value: dict, leftovers: dict) -> dict:
+    if len(value) > 2 or "sum" not in value:  # legacy fields (count, bucket_count, ...) are kept aside
+        leftovers.update((k, v) for k, v in value.items() if k not in ("sum", "values"))
     return {"sum": value.get("sum"), "values": [{"key": int(k), "value": v} for k, v in value["values"].items()]}
+
+
+def _labeled_distribution(value: dict, leftovers: dict) -> list[dict]:
+    return [{"key": k, "value": _distribution(v, leftovers.setdefault(k, {}))} for k, v in value.items()]
+
+
+def _rate(value: dict, leftovers: dict) -> dict:
+    return {"numerator": value["numerator"], "denominator": value["denominator"]}
+
+
+def _labeled_rate(value: dict, leftovers: dict) -> list[dict]:
+    return [{"key": k, "value": _rate(v, leftovers)} for k, v in value.items()]
+
+
+# Glean metric type -> converter(value as sent, leftovers) -> value for its column (table_schema.METRIC_TYPES).
+CONVERTERS = {
+    **{t: (lambda v, _: v) for t in ("boolean", "counter", "quantity", "string", "uuid", "url", "text", "jwe",
+                                     "datetime", "string_list", "object")},
+    "timespan": lambda v, _: {"time_unit": v.get("time_unit"), "value": v.get("value")},
+    "rate": _rate,
+    **{t: _distribution for t in ("timing_distribution", "memory_distribution", "custom_distribution")},
+    **{t: (lambda v, _: _kv(v)) for t in ("labeled_boolean", "labeled_counter", "labeled_quantity",
+                                          "labeled_string")},
+    "labeled_rate": _labeled_rate,
+    **{t: _labeled_distribution for t in ("labeled_timing_distribution", "labeled_memory_distribution",
+                                          "labeled_custom_distribution")},
+    "dual_labeled_counter": lambda v, _: [{"key": k, "value": _kv(inner)} for k, inner in v.items()],
+}
+assert CONVERTERS.keys() == METRIC_TYPES.keys()
 
 
 def convert_metric(metric_type: str, value, leftovers: dict):
     """A validated metric value -> the row value for its column type."""
-    if metric_type.startswith("labeled_") or metric_type == "dual_labeled_counter":
-        inner = "counter" if metric_type == "dual_labeled_counter" else metric_type[len("labeled_"):]
-        if metric_type == "dual_labeled_counter":
-            return [{"key": k, "value": _kv(v)} for k, v in value.items()]
-        if inner.endswith("distribution"):
-            return [{"key": k, "value": _distribution(v, leftovers.setdefault(k, {}))} for k, v in value.items()]
-        return _kv(value)
-    if metric_type.endswith("distribution"):
-        return _distribution(value, leftovers)
-    if metric_type == "rate":
-        return {"numerator": value["numerator"], "denominator": value["denominator"]}
-    if metric_type == "timespan":
-        return {"time_unit": value.get("time_unit"), "value": value.get("value")}
-    return value
+    return CONVERTERS[metric_type](value, leftovers)
 
 
-def _split_known(section: dict, struct_type: T) -> tuple[dict, dict]:
-    known = {name for name, _ in struct_type.fields}
-    kept = {k: v for k, v in section.items() if k in known}
-    extra = {k: v for k, v in section.items() if k not in known}
-    return kept, extra
+KNOWN_CLIENT_INFO = frozenset(name for name, _ in CLIENT_INFO.fields)
+KNOWN_PING_INFO = frozenset(name for name, _ in PING_INFO.fields)
+
+
+def _split_known(section: dict, known: frozenset) -> tuple[dict, dict]:
+    if section.keys() <= known:
+        return dict(section), {}
+    return ({k: v for k, v in section.items() if k in known}, {k: v for k, v in section.items() if k not in known})
 
 
 # --- the transform -------------------------------------------------------------------
 
 
-def transform(key: str, data: bytes) -> PingRow:
-    """Build the row for one raw object. Raises TransformError for objects that cannot load."""
+def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRow:
+    """Build the row for one raw object. Raises TransformError for objects that cannot load.
+
+    ``path``: the object's parsed key, when the caller has it (the metadata must agree).
+    """
     try:
         meta, payload = rawobject.decode(data)
     except rawobject.RawObjectError as exc:
         raise TransformError("raw_object", str(exc)) from None
     try:
-        path = parse_segments(meta["app_id"], meta["doc_type"], meta["version"], meta["document_id"])
+        if path is None or meta.get("key") != path.key:
+            path = parse_segments(meta["app_id"], meta["doc_type"], meta["version"], meta["document_id"])
     except (KeyError, TypeError, PathError) as exc:
         raise TransformError("raw_object", f"bad path metadata: {exc}") from None
     try:
@@ -182,10 +214,10 @@ def transform(key: str, data: bytes) -> PingRow:
 
 def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
     additional: dict = {k: v for k, v in ping.items() if k not in ("client_info", "ping_info", "metrics", "events")}
-    client_info, extra = _split_known(ping.get("client_info") or {}, CLIENT_INFO)
+    client_info, extra = _split_known(ping.get("client_info") or {}, KNOWN_CLIENT_INFO)
     if extra:
         additional["client_info"] = extra
-    ping_info, extra = _split_known(ping.get("ping_info") or {}, PING_INFO)
+    ping_info, extra = _split_known(ping.get("ping_info") or {}, KNOWN_PING_INFO)
     if extra:
         additional["ping_info"] = extra
     if ping_info:
@@ -195,26 +227,26 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
             ping_info["experiments"] = _kv(ping_info["experiments"])
 
     metrics_row: dict[str, dict] = {}
-    metric_columns: dict[str, dict[str, T]] = {}
+    metric_columns: dict[str, tuple[str, ...]] = {}
     metric_extra: dict = {}
     for metric_type, values in (ping.get("metrics") or {}).items():
-        col_type = METRIC_TYPES.get(metric_type)
-        if col_type is None or not isinstance(values, dict):
+        if metric_type not in METRIC_TYPES or not isinstance(values, dict):
             metric_extra[metric_type] = values
             continue
         columns: dict = {}
+        convert = CONVERTERS[metric_type]
         for metric_id, value in values.items():
             col = column_name(metric_id)
             if col in columns:  # two ids that differ only by '.' vs '_': keep the second aside
                 metric_extra.setdefault(metric_type, {})[metric_id] = value
                 continue
             leftovers: dict = {}
-            columns[col] = convert_metric(metric_type, value, leftovers)
+            columns[col] = convert(value, leftovers)
             if any(leftovers.values()) if metric_type.startswith("labeled_") else leftovers:
                 metric_extra.setdefault(metric_type, {})[metric_id] = leftovers
         if columns:
             metrics_row[metric_type] = columns
-            metric_columns[metric_type] = {c: col_type for c in columns}
+            metric_columns[metric_type] = tuple(columns)
     if metric_extra:
         additional["metrics"] = metric_extra
 
@@ -236,11 +268,12 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
     stream = []
     for index, event in enumerate(ping.get("events") or []):
         event_extra = event.get("extra") or {}
+        extra_kv = _kv(event_extra)
         events.append({
             "category": event.get("category"),
             "name": event.get("name"),
             "timestamp": event.get("timestamp"),
-            "extra": _kv(event_extra),
+            "extra": extra_kv,
             "session": event.get("session"),
         })
         glean_ts = event_extra.get("glean_timestamp")
@@ -258,7 +291,7 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
             "name": event.get("name"),
             "timestamp": event.get("timestamp"),
             "event_timestamp": _unix_ms(glean_ts),
-            "extra": _kv(event_extra),
+            "extra": extra_kv,
         })
 
     row = {
@@ -287,7 +320,8 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
     }
     if metrics_row:
         row["metrics"] = metrics_row
-    return PingRow(key, path, row, stream, metric_columns, client_id)
+    return PingRow(key, path, orjson.dumps(row), [orjson.dumps(e) for e in stream], metric_columns, client_id,
+                   submission_timestamp)
 
 
 def _unix_ms(value) -> str | None:

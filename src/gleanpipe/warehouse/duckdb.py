@@ -15,10 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
-import orjson
 
 from ..naming import quote_ident as q
-from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, PING_COLUMNS, T
+from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, METRIC_TYPES, PING_COLUMNS
 from ..transform import PingRow
 from .base import LoadError, RowDataError, Warehouse, WarehouseUnavailable, WriteResult
 
@@ -41,6 +40,10 @@ DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.
 
 def _columns_ddl(columns) -> str:
     return ", ".join(f"{q(name)} {t.duckdb()}" for name, t in columns)
+
+
+def _metric_ddl(metric_type: str, columns) -> str:
+    return _columns_ddl((col, METRIC_TYPES[metric_type]) for col in sorted(columns))
 
 
 class DuckDBWarehouse(Warehouse):
@@ -93,47 +96,48 @@ class DuckDBWarehouse(Warehouse):
                 self._metrics[key] = {name: {c for c, _ in t.children} for name, t in struct.children}
         return self._metrics[key]
 
-    def _ensure_metrics(self, dataset: str, table: str, needed: dict[str, dict[str, T]]) -> None:
+    def _ensure_metrics(self, dataset: str, table: str, needed: dict[str, set[str]]) -> None:
         """Widen ``metrics`` with every (type, column) not there yet. Old rows read NULL."""
         if not needed:
             return
         have = self._metric_fields(dataset, table)
+        if have is not None and all(mtype in have and cols <= have[mtype] for mtype, cols in needed.items()):
+            return
         target = f"{q(dataset)}.{q(table)}"
         if have is None:
-            ddl = ", ".join(
-                f"{q(mtype)} STRUCT({_columns_ddl(sorted(cols.items()))})" for mtype, cols in sorted(needed.items())
-            )
+            ddl = ", ".join(f"{q(mtype)} STRUCT({_metric_ddl(mtype, cols)})" for mtype, cols in sorted(needed.items()))
             self.con.execute(f"ALTER TABLE {target} ADD COLUMN metrics STRUCT({ddl})")
         else:
             for mtype, cols in sorted(needed.items()):
                 if mtype not in have:
                     self.con.execute(
                         f"ALTER TABLE {target} ADD COLUMN metrics.{q(mtype)} "
-                        f"STRUCT({_columns_ddl(sorted(cols.items()))})"
+                        f"STRUCT({_metric_ddl(mtype, cols)})"
                     )
                     continue
-                for col, t in sorted(cols.items()):
-                    if col not in have[mtype]:
-                        self.con.execute(f"ALTER TABLE {target} ADD COLUMN metrics.{q(mtype)}.{q(col)} {t.duckdb()}")
+                for col in sorted(cols - have[mtype]):
+                    self.con.execute(
+                        f"ALTER TABLE {target} ADD COLUMN metrics.{q(mtype)}.{q(col)} {METRIC_TYPES[mtype].duckdb()}"
+                    )
         self._types.pop((dataset, table), None)
         self._metrics.pop((dataset, table), None)
 
     # --- writing ------------------------------------------------------------------
 
-    def _insert_json(self, dataset: str, table: str, rows: list[dict], where: str = "") -> int:
-        """INSERT rows (as NDJSON read with the table's own column types); returns rows inserted."""
+    def _insert_json(self, dataset: str, table: str, rows: list[bytes], where: str = "") -> int:
+        """INSERT rows (JSON objects, read with the table's own column types); returns rows inserted."""
         types = self._table_types(dataset, table)
         spec = "{" + ", ".join(f"'{name}': '{t}'" for name, t in types.items()) + "}"
         path = os.path.join(self._tmp, "rows.ndjson")
         with open(path, "wb") as f:
-            f.write(b"\n".join(orjson.dumps(r) for r in rows))
+            f.write(b"\n".join(rows))
         sql = (
             f"INSERT INTO {q(dataset)}.{q(table)} BY NAME SELECT * FROM read_json(?, format = 'newline_delimited', "
             f"columns = {spec}, maximum_object_size = 268435456) AS new {where}"
         )
         return self.con.execute(sql, [path]).fetchone()[0]
 
-    def _insert(self, dataset: str, table: str, rows: list[dict]) -> int:
+    def _insert(self, dataset: str, table: str, rows: list[bytes]) -> int:
         """Insert rows whose document_id is not in the table yet; returns rows inserted."""
         if not rows:
             return 0
@@ -162,7 +166,7 @@ class DuckDBWarehouse(Warehouse):
             ).fetchone()[0]
         self.con.execute(
             f"INSERT INTO {META}.deletions VALUES (?, ?, ?, ?, ?, ?)",
-            [dataset, row.client_id, row.path.document_id, row.row["submission_timestamp"], now, deleted],
+            [dataset, row.client_id, row.path.document_id, row.submission_timestamp, now, deleted],
         )
         self._deleted_clients(dataset).add(row.client_id)
         return deleted
@@ -193,19 +197,19 @@ class DuckDBWarehouse(Warehouse):
                     batch = [r for r in by_id.values() if r.is_deletion_request or r.client_id not in deleted]
                     result.skipped_deleted += len(by_id) - len(batch)
                     self._ensure_table(dataset, table, PING_COLUMNS)
-                    needed: dict[str, dict[str, T]] = {}
+                    needed: dict[str, set[str]] = {}
                     for r in batch:
                         for mtype, cols in r.metrics.items():
-                            needed.setdefault(mtype, {}).update(cols)
+                            needed.setdefault(mtype, set()).update(cols)
                     self._ensure_metrics(dataset, table, needed)
-                    inserted = self._insert(dataset, table, [r.row for r in batch])
+                    inserted = self._insert(dataset, table, [r.row_json for r in batch])
                     result.inserted += inserted
                     result.duplicates += len(batch) - inserted
                     result.tables.add(f"{dataset}.{table}")
-                    events = [e for r in batch for e in r.events]
-                    if events:
+                    with_events = [r for r in batch if r.events_json]
+                    if with_events:
                         self._ensure_table(dataset, EVENTS_STREAM_TABLE, EVENTS_STREAM_COLUMNS)
-                        result.events += self._insert_events(dataset, events)
+                        result.events += self._insert_events(dataset, with_events)
                     for r in batch:
                         if r.is_deletion_request and r.client_id:
                             self._delete_client(dataset, r, now)
@@ -224,9 +228,9 @@ class DuckDBWarehouse(Warehouse):
                 raise
         return result
 
-    def _insert_events(self, dataset: str, events: list[dict]) -> int:
-        """events_stream rows, once per (document_id, event_index)."""
-        ids = sorted({e["document_id"] for e in events})
+    def _insert_events(self, dataset: str, rows: list[PingRow]) -> int:
+        """events_stream rows, once per document (a document's events go in together)."""
+        ids = sorted({r.path.document_id for r in rows})
         present = {
             r[0]
             for r in self.con.execute(
@@ -235,7 +239,7 @@ class DuckDBWarehouse(Warehouse):
                 [ids],
             ).fetchall()
         }
-        fresh = [e for e in events if e["document_id"] not in present]
+        fresh = [e for r in rows if r.path.document_id not in present for e in r.events_json]
         return self._insert_json(dataset, EVENTS_STREAM_TABLE, fresh) if fresh else 0
 
     def _rollback(self) -> None:

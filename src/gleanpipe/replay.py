@@ -1,0 +1,67 @@
+"""replay: load every raw object again, in batches.
+
+Locally, reading and transforming run in worker processes while the main process writes
+the previous batch to the warehouse (DuckDB has one writer), so replay uses every core.
+Through a running `serve`, batches go to its admin API instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+from .load import Loader, Prepared, prepare
+from .storage import RawStore, open_store
+
+_worker_store: RawStore | None = None
+
+
+def _init_worker(store_url: str) -> None:
+    global _worker_store
+    _worker_store = open_store(store_url)
+
+
+def _prepare_chunk(keys: list[str]) -> Prepared:
+    return prepare(_worker_store, keys)
+
+
+def add_counts(totals: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
+    for name, value in counts.items():
+        totals[name] = totals.get(name, 0) + value
+    return totals
+
+
+def chunks(keys: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(keys), size):
+        yield keys[i : i + size]
+
+
+def replay_local(loader: Loader, keys: list[str], batch: int, workers: int | None = None,
+                 on_batch: Callable[[int, dict], None] | None = None) -> dict[str, int]:
+    """Load ``keys`` with ``loader``; ``workers`` processes prepare batches (0: all in this process)."""
+    totals: dict[str, int] = {}
+
+    def add(n: int, result) -> None:
+        counts = result.as_dict()
+        add_counts(totals, counts)
+        if on_batch:
+            on_batch(n, counts)
+
+    workers = min(os.cpu_count() or 1, 4) if workers is None else workers
+    if workers <= 0 or len(keys) <= batch:
+        for chunk in chunks(keys, batch):
+            add(len(chunk), loader.load_keys(chunk))
+        return totals
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(loader.store.url,)) as pool:
+        window: deque = deque()
+        for chunk in chunks(keys, batch):
+            window.append((len(chunk), pool.submit(_prepare_chunk, chunk)))
+            if len(window) > workers:  # keep a few batches in flight, not the whole store in memory
+                n, future = window.popleft()
+                add(n, loader.write(future.result()))
+        while window:
+            n, future = window.popleft()
+            add(n, loader.write(future.result()))
+    return totals
