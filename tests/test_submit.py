@@ -322,3 +322,28 @@ def test_bad_setting_is_a_clear_error():
     cfg = Config.from_env(environ={})
     assert (cfg.max_wire_bytes, cfg.max_payload_bytes, cfg.port) == (1024 * 1024, 8 * 1024 * 1024, 8080)
     assert cfg.store_url == "file://data/store" and cfg.warehouse_url == "duckdb://data/warehouse.duckdb"
+
+
+def test_store_recovers_when_a_folder_is_removed_under_it(local_store):
+    import shutil
+
+    assert local_store.put_new("raw/a/b/1/x.json", b"1")
+    shutil.rmtree(local_store.root / "raw" / "a")
+    assert local_store.put_new("raw/a/b/1/y.json", b"2")
+    assert local_store.get("raw/a/b/1/y.json") == b"2"
+    assert [k for _, k in local_store.pending(10)] == ["raw/a/b/1/x.json", "raw/a/b/1/y.json"]
+
+
+def test_failed_write_leaves_no_inbox_receipt(local_store):
+    import shutil
+
+    from gleanpipe.storage import StoreError
+
+    assert local_store.put_new("raw/a/b/1/x.json", b"1")
+    local_store.ack([r for r, _ in local_store.pending(10)])
+    shutil.rmtree(local_store.root / "raw" / "a" / "b")
+    (local_store.root / "raw" / "a" / "b").write_text("not a folder")  # the link into place fails
+    with pytest.raises(StoreError, match="cannot write raw/a/b/1/y.json"):
+        local_store.put_new("raw/a/b/1/y.json", b"2")
+    assert local_store.pending(10) == []
+    assert list((local_store.root / ".tmp").iterdir()) == []

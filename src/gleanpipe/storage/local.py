@@ -134,18 +134,31 @@ class LocalStore(RawStore):
                     self._inbox, f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{_SEP}{key.replace('/', ':')}")
                 os.link(tmp, receipt)
             try:
-                os.link(tmp, path)
+                self._link(tmp, path)
             except FileExistsError:
-                if receipt is not None:
-                    os.unlink(receipt)
+                self._drop(receipt)
                 return False
             _GROUP_SYNC.sync((str(path.parent), self._inbox) if receipt is not None else (str(path.parent),))
             return True
         except OSError as exc:
+            self._drop(receipt)
             raise StoreError(f"cannot write {key}: {exc.strerror or exc}") from exc
         finally:
+            self._drop(tmp)
+
+    def _link(self, tmp: str, path: Path) -> None:
+        try:
+            os.link(tmp, path)
+        except FileNotFoundError:  # its folder was removed since we saw it: make it again, once
+            self._dirs.discard(str(path.parent))
+            self._ensure_dir(path.parent)
+            os.link(tmp, path)
+
+    @staticmethod
+    def _drop(name: str | None) -> None:
+        if name is not None:
             try:
-                os.unlink(tmp)
+                os.unlink(name)
             except OSError:
                 pass
 
