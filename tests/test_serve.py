@@ -159,3 +159,31 @@ def test_second_serve_on_the_same_data_dir_is_refused(serve):
 def test_query_without_any_data_says_what_to_do(tmp_path):
     out = cli("query", "SELECT 1", data_dir=tmp_path / "empty", check=False)
     assert out.returncode == 1 and "gleanpipe serve" in out.stderr
+
+
+def test_loader_waits_for_an_object_whose_receipt_came_first(config, store, warehouse):
+    """The inbox receipt is linked just before the object: the loader must not drop it."""
+    import os
+
+    from gleanpipe import rawobject
+    from gleanpipe.load import Loader
+    from gleanpipe.naming import DocumentPath
+    from gleanpipe.serve import LoaderThread
+
+    path = DocumentPath(APP, "baseline", "1", str(uuid.uuid4()))
+    meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": APP,
+            "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
+    data = rawobject.encode(meta, json.dumps(make_ping(CLIENT)).encode())
+    receipt = f"{time.time_ns():020d}-abcdef12+{path.key.replace('/', ':')}"
+    (store.inbox / receipt).write_bytes(data)  # the receipt is there, the object not yet
+    thread = LoaderThread(store, Loader(store, warehouse), batch=10, interval_s=0.01)
+    assert thread.step() == 0
+    assert [k for _, k in store.pending(10)] == [path.key]
+    os.makedirs(store.root / os.path.dirname(path.key), exist_ok=True)
+    os.link(store.inbox / receipt, store.root / path.key)  # the edge links the object into place
+    assert thread.step() == 1 and store.pending(10) == []
+    assert warehouse.query(f"SELECT document_id FROM {DATASET}.baseline_v1")[1] == [(path.document_id,)]
+    # a receipt whose object never comes (a crashed write) is dropped after the grace period
+    stale = f"{time.time_ns() - 120 * 10**9:020d}-abcdef12+raw:{APP}:baseline:1:{uuid.uuid4()}.json"
+    (store.inbox / stale).write_bytes(b"x")
+    assert thread.step() == 1 and store.pending(10) == []

@@ -54,7 +54,7 @@ def prepare(store: RawStore, keys: list[str]) -> Prepared:
         try:
             data = store.get(key)
         except ObjectMissing:
-            log.warning("object %s is gone; nothing to load", key)
+            log.info("object %s is not there (not written yet, or gone); nothing to load", key)
             out.missing.append(key)
             continue
         try:

@@ -31,8 +31,17 @@ from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 log = logging.getLogger("gleanpipe.serve")
 
 
+MISSING_GRACE_S = 60.0
+
+
 class LoaderThread(threading.Thread):
-    """Drains store.pending() into the warehouse; acks only what was loaded."""
+    """Drains store.pending() into the warehouse; acks only what was loaded.
+
+    A receipt is written just before its object is linked into place, so the loader can
+    see a receipt whose object is not there yet: that receipt stays for the next round.
+    Only after MISSING_GRACE_S (a write that failed or crashed half-way, which its client
+    retries) is it dropped.
+    """
 
     def __init__(self, store: RawStore, loader: Loader, batch: int, interval_s: float):
         super().__init__(name="gleanpipe-loader", daemon=True)
@@ -40,17 +49,30 @@ class LoaderThread(threading.Thread):
         self.stopping = threading.Event()
         self.loaded = 0
 
+    def step(self) -> int:
+        """Load one batch of pending objects; returns how many receipts were acknowledged."""
+        pending = self.store.pending(self.batch)
+        if not pending:
+            return 0
+        result = self.loader.load_keys([key for _, key in pending])
+        missing = set(result.missing)
+        done = []
+        for receipt, key in pending:
+            if key in missing:
+                if self.store.receipt_age(receipt) < MISSING_GRACE_S:
+                    continue
+                log.warning("object %s never appeared; its receipt is dropped", key)
+            done.append(receipt)
+        self.store.ack(done)
+        self.loaded += result.inserted
+        return len(done)
+
     def run(self) -> None:
         backoff = self.interval
         while not self.stopping.is_set():
             try:
-                pending = self.store.pending(self.batch)
-                if not pending:
+                if not self.step():
                     self.stopping.wait(self.interval)
-                    continue
-                result = self.loader.load_keys([key for _, key in pending])
-                self.store.ack([receipt for receipt, _ in pending])
-                self.loaded += result.inserted
                 backoff = self.interval
             except Exception as exc:  # transient (locked, disk): keep the inbox, retry later
                 log.warning("load failed, will retry: %s", exc)

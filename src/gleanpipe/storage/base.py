@@ -49,3 +49,7 @@ class RawStore(ABC):
 
     def ack(self, receipts: list[str]) -> None:
         """Forget pending notifications once their objects are loaded."""
+
+    def receipt_age(self, receipt: str) -> float:
+        """Seconds since the pending notification was written."""
+        return float("inf")

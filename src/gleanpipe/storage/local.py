@@ -191,6 +191,12 @@ class LocalStore(RawStore):
         names.sort()
         return [(n, n.split(_SEP, 1)[1].replace(":", "/")) for n in names[:limit] if _SEP in n]
 
+    def receipt_age(self, receipt: str) -> float:
+        try:
+            return max(0.0, (time.time_ns() - int(receipt[:20])) / 1e9)
+        except ValueError:
+            return float("inf")
+
     def ack(self, receipts: list[str]) -> None:
         for receipt in receipts:
             try:
