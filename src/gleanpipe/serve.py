@@ -47,7 +47,6 @@ class LoaderThread(threading.Thread):
         super().__init__(name="gleanpipe-loader", daemon=True)
         self.store, self.loader, self.batch, self.interval = store, loader, batch, interval_s
         self.stopping = threading.Event()
-        self.loaded = 0
 
     def step(self) -> int:
         """Load one batch of pending objects; returns how many receipts were acknowledged."""
@@ -64,7 +63,6 @@ class LoaderThread(threading.Thread):
                 log.warning("object %s never appeared; its receipt is dropped", key)
             done.append(receipt)
         self.store.ack(done)
-        self.loaded += result.inserted
         return len(done)
 
     def run(self) -> None:

@@ -42,10 +42,6 @@ class PingRow:
     submission_timestamp: str
 
     @property
-    def row(self) -> dict:
-        return orjson.loads(self.row_json)
-
-    @property
     def is_deletion_request(self) -> bool:
         return self.path.doc_type == DELETION_REQUEST
 
@@ -166,11 +162,6 @@ CONVERTERS = {
     "dual_labeled_counter": lambda v, _: [{"key": k, "value": _kv(inner)} for k, inner in v.items()],
 }
 assert CONVERTERS.keys() == METRIC_TYPES.keys()
-
-
-def convert_metric(metric_type: str, value, leftovers: dict):
-    """A validated metric value -> the row value for its column type."""
-    return CONVERTERS[metric_type](value, leftovers)
 
 
 KNOWN_CLIENT_INFO = frozenset(name for name, _ in CLIENT_INFO.fields)
