@@ -214,3 +214,68 @@ class _Out:
     @property
     def text(self):
         return "".join(self.parts)
+
+
+# --- the plan against the real Google Cloud CLI's own argument parsers ---------------------------
+
+def _no_account_env(tmp_path) -> dict[str, str]:
+    # An empty gcloud configuration (no account), no GCE metadata probe, no update check and no usage
+    # reporting: gcloud and bq parse the arguments, then stop at "no active account" before any call.
+    return clean_env(CLOUDSDK_CONFIG=str(tmp_path / "gcloud-config"), CLOUDSDK_CORE_CHECK_GCE_METADATA="false",
+                     CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK="1", CLOUDSDK_CORE_DISABLE_USAGE_REPORTING="1",
+                     CLOUDSDK_CORE_DISABLE_PROMPTS="1")
+
+
+VERBS = {"create", "describe", "update", "add-iam-policy-binding", "remove-iam-policy-binding", "deploy", "delete",
+         "add-invoker-policy-binding", "service-agent", "mk", "query"}
+
+
+def _shape(argv) -> tuple:
+    """Command words and flag names: commands of the same shape are checked once (each gcloud start takes
+    seconds)."""
+    words = []
+    for item in argv:
+        if not item.startswith("-"):
+            words.append(item)
+            if item in VERBS:
+                break
+    flags = frozenset(a.split("=", 1)[0] for a in argv if a.startswith("--"))
+    return (*words, flags)
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None or shutil.which("bq") is None,
+                    reason="the Google Cloud CLI is not installed here")
+def test_every_kind_of_command_in_the_plans_is_accepted_by_gcloud_and_bq(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gleanpipe.deploy.package import build_function_source
+    from gleanpipe.deploy.plan import undeploy_plan
+    from gleanpipe.deploy.runner import write_files
+
+    settings = load_settings({**ENV, "GLEANPIPE_DEPLOY_BUILD_SERVICE_ACCOUNT": "b-1234@gp-test-123.iam.gserviceaccount.com"})
+    plan = deploy_plan(settings, str(tmp_path / "function"), str(tmp_path / "lifecycle.json"))
+    write_files(plan)
+    build_function_source(tmp_path / "function")
+    kinds: dict[tuple, list[str]] = {}
+    for step in plan.steps + undeploy_plan(settings).steps:
+        for argv in (step.argv, step.skip_if, step.only_if):
+            # `services enable` is left out: it resolves a host name before it looks for an account.
+            if argv and argv[1] != "services":
+                kinds.setdefault(_shape(argv), [a.replace("${GCS_SERVICE_AGENT}", "service-1@gs-project-accounts."
+                                                          "iam.gserviceaccount.com") for a in argv])
+    env = _no_account_env(tmp_path)
+
+    def run(argv):
+        return argv, subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
+    # A control that must fail: shows this check notices a flag gcloud does not know.
+    control = ["gcloud", "functions", "deploy", "x", "--region=us-central1", "--trigger-bukket=b"]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(run, [control, *kinds.values()]))
+    (_, bad), results = results[0], results[1:]
+    assert bad.returncode == 2 and "unrecognized arguments: --trigger-bukket=b" in bad.stderr, bad.stderr
+    assert len(results) == 17
+    for argv, result in results:
+        # Exit 2 and "unrecognized arguments" / "Unknown command line flag" would mean a wrong flag.
+        assert result.returncode == 1, (argv, result.stderr)
+        assert "You do not currently have an active account selected" in result.stderr, (argv, result.stderr)
