@@ -139,10 +139,10 @@ def test_deploy_with_a_logged_out_gcloud_fails_early(tmp_path):
     # that gcloud does not probe for a metadata server (no network use at all).
     env = clean_env(CLOUDSDK_CONFIG=str(tmp_path / "gcloud-config"), CLOUDSDK_CORE_CHECK_GCE_METADATA="false",
                     CLOUDSDK_CORE_DISABLE_PROMPTS="1", **ENV)
-    result = subprocess.run([sys.executable, "infra/deploy.py", "deploy", "--build-dir", str(tmp_path / "b")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
+    result = make("deploy", "DRY_RUN=0", f"DEPLOY_BUILD_DIR={tmp_path / 'b'}", env=env)  # 0: a real deploy
+    assert result.returncode != 0
     assert "error: gcloud is not authenticated: no active account. Run `gcloud auth login`" in result.stderr
+    assert "DRY RUN" not in result.stdout
     assert "[1/" not in result.stdout  # no step started
     assert not (tmp_path / "b").exists()
 
