@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean deploy undeploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ test: $(STAMP)
 ## bench: throughput and latency figures (see BENCHMARKS.md)
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+## deploy: deploy to Google Cloud (settings: GLEANPIPE_DEPLOY_* or SETTINGS=FILE); DRY_RUN=1 only prints
+DEPLOY_BUILD_DIR ?= build/deploy
+DEPLOY_ARGS = $(if $(filter-out 0,$(DRY_RUN)),--dry-run) $(if $(SETTINGS),--settings $(SETTINGS)) --build-dir $(DEPLOY_BUILD_DIR)
+deploy: $(STAMP)
+	$(PY) infra/deploy.py deploy $(DEPLOY_ARGS)
+
+## undeploy: remove the functions, grants and service accounts (keeps bucket and datasets)
+undeploy: $(STAMP)
+	$(PY) infra/deploy.py undeploy $(DEPLOY_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache test-artifacts

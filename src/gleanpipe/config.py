@@ -117,3 +117,34 @@ class Config:
             if value is not None:
                 values[key] = value
         return cls(**values)
+
+
+# `make deploy` (src/gleanpipe/deploy/): read by the deploy planner only, never by the functions.
+SETTINGS.update(
+    {
+        s.env: s
+        for s in (
+            Setting("GLEANPIPE_DEPLOY_SETTINGS", "", "KEY=VALUE file with GLEANPIPE_DEPLOY_* settings (env wins)."),
+            Setting("GLEANPIPE_DEPLOY_PROJECT", "", "Google Cloud project id to deploy to (required)."),
+            Setting("GLEANPIPE_DEPLOY_REGION", "us-central1", "Region of the functions, the bucket and the trigger."),
+            Setting("GLEANPIPE_DEPLOY_BUCKET", "", "Raw bucket name. Empty: <project>-gleanpipe-raw."),
+            Setting("GLEANPIPE_DEPLOY_STORE_PREFIX", "gleanpipe", "Object prefix in the bucket (gs://<bucket>/<prefix>)."),
+            Setting("GLEANPIPE_DEPLOY_APPS", "", "Comma-separated app ids whose BigQuery datasets are created and granted."),
+            Setting("GLEANPIPE_DEPLOY_BQ_LOCATION", "", "BigQuery location of the datasets. Empty: the region."),
+            Setting("GLEANPIPE_DEPLOY_RAW_DAYS", "90", "Age in days after which the lifecycle rule acts on raw objects."),
+            Setting("GLEANPIPE_DEPLOY_RAW_ACTION", "delete", "Lifecycle action on old raw objects: delete or archive."),
+            Setting("GLEANPIPE_DEPLOY_NAME_PREFIX", "gleanpipe", "Prefix of function and service account names."),
+            Setting("GLEANPIPE_DEPLOY_RUNTIME", "python312", "Cloud Functions Python runtime."),
+            Setting("GLEANPIPE_DEPLOY_SUBMIT_MEMORY", "256Mi", "Memory of the submit function."),
+            Setting("GLEANPIPE_DEPLOY_SUBMIT_MAX_INSTANCES", "10", "Most submit instances at once."),
+            Setting("GLEANPIPE_DEPLOY_LOAD_MEMORY", "512Mi", "Memory of the load function."),
+            Setting("GLEANPIPE_DEPLOY_LOAD_MAX_INSTANCES", "5", "Most load instances at once."),
+            Setting("GLEANPIPE_DEPLOY_LOAD_TIMEOUT", "120", "Seconds a load may run before it fails (and is retried)."),
+            Setting(
+                "GLEANPIPE_DEPLOY_BUILD_SERVICE_ACCOUNT",
+                "",
+                "Service account email for Cloud Build. Empty: the project's default build account.",
+            ),
+        )
+    }
+)

@@ -1,0 +1,241 @@
+"""GLEANPIPE_DEPLOY_* settings: defaults < settings file < environment, every value checked.
+
+All problems are collected and reported together, each naming its variable, so one run of
+``make deploy DRY_RUN=1`` tells a user everything that is wrong with their settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import SETTINGS
+from ..naming import APP_ID_RE, dataset_name
+
+PREFIX = "GLEANPIPE_DEPLOY_"
+NAMES = tuple(name for name in SETTINGS if name.startswith(PREFIX))
+
+# https://cloud.google.com/resource-manager/docs/creating-managing-projects: 6-30 characters,
+# lower-case letters, digits and hyphens, starting with a letter, not ending with a hyphen.
+PROJECT_RE = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+# Bucket names: 3-63 of [a-z0-9_-], starting and ending with a letter or digit. Dotted names are
+# refused on purpose: they need a verified domain, which a deploy script cannot arrange.
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]")
+# Regions look like us-central1, europe-west4, northamerica-northeast1, me-central2.
+REGION_RE = re.compile(r"[a-z]+(-[a-z]+)+[0-9]{1,2}")
+# BigQuery location: a region, or the multi-regions US and EU.
+MULTI_REGIONS = ("US", "EU")
+PREFIX_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,61}(/[a-z0-9][a-z0-9_-]{0,61}){0,3}")
+NAME_PREFIX_RE = re.compile(r"[a-z][a-z0-9-]{0,20}[a-z0-9]")
+MEMORY_RE = re.compile(r"([0-9]+)(Mi|Gi)")
+RUNTIME_RE = re.compile(r"python3[0-9]{1,2}")
+SA_EMAIL_RE = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.iam\.gserviceaccount\.com|[0-9]+-compute@developer\.gserviceaccount\.com|[0-9]+@cloudbuild\.gserviceaccount\.com")
+ACTIONS = ("delete", "archive")
+INTERNAL_DATASET = "_gleanpipe"
+
+
+class DeploySettingsError(ValueError):
+    """One or more settings are missing or wrong; the message lists every one."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("deploy settings are not valid:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    project: str
+    region: str
+    bucket: str
+    store_prefix: str
+    apps: tuple[str, ...]
+    bq_location: str
+    raw_days: int
+    raw_action: str
+    name_prefix: str
+    runtime: str
+    submit_memory: str
+    submit_max_instances: int
+    load_memory: str
+    load_max_instances: int
+    load_timeout: int
+    build_service_account: str
+
+    # Derived names, all from checked parts.
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The app datasets (Mozilla's naming) and gleanpipe's own, in a stable order."""
+        names = sorted({dataset_name(app) for app in self.apps})
+        return (*names, INTERNAL_DATASET)
+
+    @property
+    def store_url(self) -> str:
+        return f"gs://{self.bucket}/{self.store_prefix}"
+
+    @property
+    def warehouse_url(self) -> str:
+        return f"bigquery://{self.project}/{self.bq_location}"
+
+    def function_name(self, role: str) -> str:
+        return f"{self.name_prefix}-{role}"
+
+    def service_account_id(self, role: str) -> str:
+        return f"{self.name_prefix}-{role}"
+
+    def service_account(self, role: str) -> str:
+        return f"{self.service_account_id(role)}@{self.project}.iam.gserviceaccount.com"
+
+
+def read_settings_file(path: str | os.PathLike) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines and # comments ignored; one level of quotes stripped."""
+    values: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DeploySettingsError([f"GLEANPIPE_DEPLOY_SETTINGS: cannot read {path}: {exc.strerror}"]) from None
+    problems = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].strip()
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            problems.append(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
+            continue
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    if problems:
+        raise DeploySettingsError(problems)
+    return values
+
+
+def load_settings(environ: dict[str, str] | None = None, settings_file: str | None = None) -> DeploySettings:
+    """Settings from defaults, then the settings file (argument or GLEANPIPE_DEPLOY_SETTINGS), then env."""
+    env = dict(os.environ if environ is None else environ)
+    path = settings_file or env.get("GLEANPIPE_DEPLOY_SETTINGS", "")
+    raw: dict[str, str] = {}
+    problems: list[str] = []
+    if path:
+        file_values = read_settings_file(path)
+        for key in file_values:
+            if key not in NAMES or key == "GLEANPIPE_DEPLOY_SETTINGS":
+                problems.append(f"{key} (in {path}): not a deploy setting; known: {', '.join(NAMES[1:])}")
+        raw.update({k: v for k, v in file_values.items() if k in NAMES})
+    for key, value in env.items():
+        if key.startswith(PREFIX):
+            if key not in NAMES:
+                problems.append(f"{key}: not a deploy setting (typo?); known: {', '.join(NAMES)}")
+            elif value != "":
+                raw[key] = value
+
+    def get(name: str) -> str:
+        return raw.get(name, SETTINGS[name].default).strip()
+
+    def positive(name: str, upper: int) -> int:
+        text = get(name)
+        try:
+            value = int(text)
+        except ValueError:
+            problems.append(f"{name}: must be a whole number, got {text!r}")
+            return 1
+        if not 1 <= value <= upper:
+            problems.append(f"{name}: must be between 1 and {upper}, got {value}")
+        return value
+
+    def memory(name: str) -> str:
+        text = get(name)
+        m = MEMORY_RE.fullmatch(text)
+        mib = int(m.group(1)) * (1024 if m.group(2) == "Gi" else 1) if m else 0
+        if not m or not 128 <= mib <= 32 * 1024:
+            problems.append(f"{name}: must be a size like 256Mi or 1Gi between 128Mi and 32Gi, got {text!r}")
+        return text
+
+    project = get("GLEANPIPE_DEPLOY_PROJECT")
+    if not project:
+        problems.append("GLEANPIPE_DEPLOY_PROJECT: missing; set it to your Google Cloud project id")
+    elif not PROJECT_RE.fullmatch(project):
+        problems.append(
+            f"GLEANPIPE_DEPLOY_PROJECT: {project!r} is not a project id (6-30 characters of a-z, 0-9 and '-', "
+            "starting with a letter, not ending with '-'; the id, not the display name or number)"
+        )
+
+    region = get("GLEANPIPE_DEPLOY_REGION")
+    if not REGION_RE.fullmatch(region):
+        problems.append(f"GLEANPIPE_DEPLOY_REGION: {region!r} is not a region name like us-central1 or europe-west4")
+
+    bucket = get("GLEANPIPE_DEPLOY_BUCKET") or (f"{project}-gleanpipe-raw" if project else "")
+    if bucket and not _bucket_ok(bucket):
+        problems.append(
+            f"GLEANPIPE_DEPLOY_BUCKET: {bucket!r} is not a usable bucket name (3-63 characters of a-z, 0-9, '-' "
+            "and '_', starting and ending with a letter or digit, no dots, "
+            "not starting with 'goog' nor containing 'google')"
+        )
+
+    store_prefix = get("GLEANPIPE_DEPLOY_STORE_PREFIX").strip("/")
+    if not PREFIX_RE.fullmatch(store_prefix):
+        problems.append(
+            f"GLEANPIPE_DEPLOY_STORE_PREFIX: {store_prefix!r} must be 1-4 '/'-separated parts of a-z, 0-9, '-', '_'"
+        )
+
+    apps = tuple(a.strip() for a in get("GLEANPIPE_DEPLOY_APPS").split(",") if a.strip())
+    for app in apps:
+        if not APP_ID_RE.fullmatch(app):
+            problems.append(f"GLEANPIPE_DEPLOY_APPS: {app!r} is not an app id (1-100 of A-Z a-z 0-9 . _ -)")
+
+    bq_location = get("GLEANPIPE_DEPLOY_BQ_LOCATION") or region
+    if bq_location.upper() in MULTI_REGIONS:
+        bq_location = bq_location.upper()
+    elif not REGION_RE.fullmatch(bq_location):
+        problems.append(f"GLEANPIPE_DEPLOY_BQ_LOCATION: {bq_location!r} must be US, EU or a region like europe-west4")
+
+    raw_action = get("GLEANPIPE_DEPLOY_RAW_ACTION").lower()
+    if raw_action not in ACTIONS:
+        problems.append(f"GLEANPIPE_DEPLOY_RAW_ACTION: must be one of {', '.join(ACTIONS)}, got {raw_action!r}")
+
+    name_prefix = get("GLEANPIPE_DEPLOY_NAME_PREFIX")
+    if not NAME_PREFIX_RE.fullmatch(name_prefix):
+        problems.append(
+            f"GLEANPIPE_DEPLOY_NAME_PREFIX: {name_prefix!r} must be 2-22 characters of a-z, 0-9 and '-', starting "
+            "with a letter (service account ids are at most 30 characters)"
+        )
+
+    runtime = get("GLEANPIPE_DEPLOY_RUNTIME")
+    if not RUNTIME_RE.fullmatch(runtime):
+        problems.append(f"GLEANPIPE_DEPLOY_RUNTIME: must be a Python runtime like python312, got {runtime!r}")
+
+    build_sa = get("GLEANPIPE_DEPLOY_BUILD_SERVICE_ACCOUNT")
+    if build_sa and not SA_EMAIL_RE.fullmatch(build_sa):
+        problems.append(f"GLEANPIPE_DEPLOY_BUILD_SERVICE_ACCOUNT: {build_sa!r} is not a service account email")
+
+    values = dict(
+        project=project,
+        region=region,
+        bucket=bucket,
+        store_prefix=store_prefix,
+        apps=apps,
+        bq_location=bq_location,
+        raw_days=positive("GLEANPIPE_DEPLOY_RAW_DAYS", 36500),
+        raw_action=raw_action,
+        name_prefix=name_prefix,
+        runtime=runtime,
+        submit_memory=memory("GLEANPIPE_DEPLOY_SUBMIT_MEMORY"),
+        submit_max_instances=positive("GLEANPIPE_DEPLOY_SUBMIT_MAX_INSTANCES", 1000),
+        load_memory=memory("GLEANPIPE_DEPLOY_LOAD_MEMORY"),
+        load_max_instances=positive("GLEANPIPE_DEPLOY_LOAD_MAX_INSTANCES", 1000),
+        load_timeout=positive("GLEANPIPE_DEPLOY_LOAD_TIMEOUT", 540),
+        build_service_account=build_sa,
+    )
+    if problems:
+        raise DeploySettingsError(problems)
+    return DeploySettings(**values)
+
+
+def _bucket_ok(name: str) -> bool:
+    # No dots are allowed, so a name can never be an IP address.
+    return bool(BUCKET_RE.fullmatch(name)) and not name.startswith("goog") and "google" not in name

@@ -1,0 +1,306 @@
+"""`make deploy`: the plan of gcloud/bq commands, its settings, and least privilege.
+
+The plan is asserted on its argv lists (what would run). Nothing here talks to Google Cloud.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gleanpipe.config import SETTINGS
+from gleanpipe.deploy.plan import PROJECT_LEVEL_GRANTS, deploy_plan, lifecycle_rules, undeploy_plan
+from gleanpipe.deploy.settings import DeploySettingsError, load_settings
+
+from conftest import ROOT
+
+PROJECT = "gp-test-123"
+BUCKET = "gp-test-123-gleanpipe-raw"
+ENV = {
+    "GLEANPIPE_DEPLOY_PROJECT": PROJECT,
+    "GLEANPIPE_DEPLOY_REGION": "europe-west1",
+    "GLEANPIPE_DEPLOY_APPS": "org.example.toolbox, org-example-other",
+}
+SA = {role: f"gleanpipe-{role}@{PROJECT}.iam.gserviceaccount.com" for role in ("submit", "load", "trigger")}
+GCS_AGENT = "serviceAccount:${GCS_SERVICE_AGENT}"
+
+
+def make_plan(**env):
+    settings = load_settings({**ENV, **env})
+    return deploy_plan(settings, "build/deploy/function", "build/deploy/lifecycle.json")
+
+
+def commands(plan, *prefix):
+    """argv lists that start with prefix."""
+    return [list(s.argv) for s in plan.steps if tuple(s.argv[: len(prefix)]) == prefix]
+
+
+def flag(argv, name):
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
+    assert len(values) == 1, (name, argv)
+    return values[0]
+
+
+def deploy_of(plan, name):
+    (argv,) = [a for a in commands(plan, "gcloud", "functions", "deploy") if a[3] == name]
+    return argv
+
+
+def env_of(argv):
+    return dict(item.split("=", 1) for item in flag(argv, "set-env-vars").split(","))
+
+
+# --- resources ---------------------------------------------------------------------------------
+
+def test_plan_creates_exactly_these_resources():
+    plan = make_plan()
+    assert commands(plan, "gcloud", "services", "enable")[0][3:13] == [
+        "cloudfunctions.googleapis.com", "run.googleapis.com", "cloudbuild.googleapis.com",
+        "artifactregistry.googleapis.com", "eventarc.googleapis.com", "pubsub.googleapis.com",
+        "storage.googleapis.com", "bigquery.googleapis.com", "iam.googleapis.com", "logging.googleapis.com"]
+    assert [a[4] for a in commands(plan, "gcloud", "iam", "service-accounts", "create")] == [
+        "gleanpipe-submit", "gleanpipe-load", "gleanpipe-trigger"]
+    assert [a[4] for a in commands(plan, "gcloud", "storage", "buckets", "create")] == [f"gs://{BUCKET}"]
+    assert [a[-1] for a in commands(plan, "bq") if "mk" in a] == [
+        f"{PROJECT}:org_example_other", f"{PROJECT}:org_example_toolbox", f"{PROJECT}:_gleanpipe"]
+    assert [a[3] for a in commands(plan, "gcloud", "functions", "deploy")] == ["gleanpipe-submit", "gleanpipe-load"]
+    # Nothing is ever deleted by a deploy.
+    assert not [s for s in plan.steps if {"delete", "rm", "remove-iam-policy-binding"} & set(s.argv)]
+
+
+def test_bucket_is_private_uniform_regional_with_lifecycle():
+    plan = make_plan()
+    (create,) = commands(plan, "gcloud", "storage", "buckets", "create")
+    (update,) = commands(plan, "gcloud", "storage", "buckets", "update")
+    for argv in (create, update):
+        assert "--uniform-bucket-level-access" in argv
+        assert "--public-access-prevention" in argv
+        assert "--no-public-access-prevention" not in argv
+        assert flag(argv, "lifecycle-file") == "build/deploy/lifecycle.json"
+    assert flag(create, "location") == "europe-west1"
+    rules = json.loads(plan.files["build/deploy/lifecycle.json"])
+    assert rules == {"rule": [{"action": {"type": "Delete"},
+                               "condition": {"age": 90, "matchesPrefix": ["gleanpipe/"]}}]}
+    # The create is skipped when the bucket exists; the update re-applies the settings either way.
+    (step,) = [s for s in plan.steps if s.argv[:4] == ("gcloud", "storage", "buckets", "create")]
+    assert step.skip_if == ("gcloud", "storage", "buckets", "describe", f"gs://{BUCKET}", f"--project={PROJECT}",
+                            "--format=value(name)")
+
+
+def test_lifecycle_archive_and_days_settings():
+    settings = load_settings({**ENV, "GLEANPIPE_DEPLOY_RAW_ACTION": "archive", "GLEANPIPE_DEPLOY_RAW_DAYS": "30",
+                              "GLEANPIPE_DEPLOY_STORE_PREFIX": "pings/prod"})
+    assert lifecycle_rules(settings) == {"rule": [{
+        "action": {"type": "SetStorageClass", "storageClass": "ARCHIVE"},
+        "condition": {"age": 30, "matchesPrefix": ["pings/prod/"], "matchesStorageClass": ["STANDARD"]}}]}
+
+
+def test_no_public_or_broad_member_anywhere_but_the_submit_invoker():
+    plan = make_plan()
+    everything = " ".join(" ".join(s.argv) for s in plan.steps)
+    assert "allUsers" not in everything and "allAuthenticatedUsers" not in everything
+    assert "roles/owner" not in everything and "roles/editor" not in everything
+    assert "set-iam-policy" not in everything  # only additive bindings, never a whole policy
+    for argv in commands(plan, "gcloud", "storage", "buckets"):
+        assert not [a for a in argv if a.startswith("--member=") and "allUsers" in a or "allAuthenticated" in a]
+    public = [a for a in commands(plan, "gcloud", "functions", "deploy") if "--allow-unauthenticated" in a]
+    assert [a[3] for a in public] == ["gleanpipe-submit"]
+    assert "--no-allow-unauthenticated" in deploy_of(plan, "gleanpipe-load")
+
+
+def test_project_level_roles_are_exactly_the_justified_ones():
+    plan = make_plan()
+    project_bindings = sorted(
+        (flag(a, "member"), flag(a, "role")) for a in commands(plan, "gcloud", "projects", "add-iam-policy-binding"))
+    assert project_bindings == sorted([
+        (f"serviceAccount:{SA['load']}", "roles/bigquery.jobUser"),
+        (f"serviceAccount:{SA['trigger']}", "roles/eventarc.eventReceiver"),
+        (GCS_AGENT, "roles/pubsub.publisher"),
+    ])
+    # Each is documented with its reason, and the structured grants agree with the commands.
+    assert {role for _, role, why in PROJECT_LEVEL_GRANTS if len(why) > 40} == {r for _, r in project_bindings}
+    assert sorted((g.member, g.role) for g in plan.grants if g.scope == "project") == project_bindings
+    # The submit account gets nothing on the project.
+    assert not [b for b in project_bindings if SA["submit"] in b[0]]
+
+
+def test_bucket_grants_are_object_create_for_submit_and_object_read_for_load():
+    plan = make_plan()
+    bindings = [(a[4], flag(a, "member"), flag(a, "role"))
+                for a in commands(plan, "gcloud", "storage", "buckets", "add-iam-policy-binding")]
+    assert bindings == [
+        (f"gs://{BUCKET}", f"serviceAccount:{SA['submit']}", "roles/storage.objectCreator"),
+        (f"gs://{BUCKET}", f"serviceAccount:{SA['load']}", "roles/storage.objectViewer"),
+    ]
+
+
+def test_load_gets_data_editor_on_its_datasets_only():
+    plan = make_plan()
+    grants = [a[-1] for a in commands(plan, "bq") if "query" in a]
+    assert grants == [
+        f'GRANT `roles/bigquery.dataEditor` ON SCHEMA `{PROJECT}.{ds}` TO "serviceAccount:{SA["load"]}"'
+        for ds in ("org_example_other", "org_example_toolbox", "_gleanpipe")
+    ]
+    for argv in commands(plan, "bq"):
+        assert "--location=europe-west1" in argv and f"--project_id={PROJECT}" in argv
+    assert all("--force" in a for a in commands(plan, "bq") if "mk" in a)  # keeps an existing dataset
+
+
+def test_functions_run_as_their_own_accounts_with_their_settings():
+    plan = make_plan(GLEANPIPE_DEPLOY_SUBMIT_MEMORY="512Mi", GLEANPIPE_DEPLOY_LOAD_MAX_INSTANCES="3")
+    submit, load = deploy_of(plan, "gleanpipe-submit"), deploy_of(plan, "gleanpipe-load")
+    for argv in (submit, load):
+        assert "--gen2" in argv
+        assert flag(argv, "region") == "europe-west1"
+        assert flag(argv, "runtime") == "python312"
+        assert flag(argv, "source") == "build/deploy/function"
+    assert flag(submit, "service-account") == SA["submit"]
+    assert flag(load, "service-account") == SA["load"]
+    assert flag(submit, "entry-point") == "submit" and "--trigger-http" in submit
+    assert flag(load, "entry-point") == "load"
+    assert env_of(submit) == {"GLEANPIPE_STORE_URL": f"gs://{BUCKET}/gleanpipe", "GLEANPIPE_DATA_DIR": "/tmp/gleanpipe"}
+    assert env_of(load) == {"GLEANPIPE_STORE_URL": f"gs://{BUCKET}/gleanpipe", "GLEANPIPE_DATA_DIR": "/tmp/gleanpipe",
+                            "GLEANPIPE_WAREHOUSE_URL": f"bigquery://{PROJECT}/europe-west1"}
+    assert flag(submit, "memory") == "512Mi" and flag(submit, "max-instances") == "10"
+    assert flag(load, "memory") == "512Mi" and flag(load, "max-instances") == "3"
+    assert not [a for a in submit + load if a.startswith("--build-service-account")]
+
+
+def test_load_is_triggered_by_the_raw_bucket_with_retries_as_the_trigger_account():
+    plan = make_plan()
+    load, submit = deploy_of(plan, "gleanpipe-load"), deploy_of(plan, "gleanpipe-submit")
+    assert "--retry" in load and "--retry" not in submit
+    assert [a for a in load if a.startswith("--trigger-event-filters=")] == [
+        "--trigger-event-filters=type=google.cloud.storage.object.v1.finalized",
+        f"--trigger-event-filters=bucket={BUCKET}"]
+    assert flag(load, "trigger-location") == "europe-west1"
+    assert flag(load, "trigger-service-account") == SA["trigger"]
+    (invoker,) = commands(plan, "gcloud", "functions", "add-invoker-policy-binding")
+    assert invoker[3] == "gleanpipe-load" and flag(invoker, "member") == f"serviceAccount:{SA['trigger']}"
+    # Grants the trigger depends on come before the deploy that creates it.
+    titles = [s.title for s in plan.steps]
+    load_at = titles.index("Deploy gleanpipe-load (storage trigger on gs://gp-test-123-gleanpipe-raw, retried)")
+    for needed in ("gcs-agent: roles/pubsub.publisher", "trigger: roles/eventarc.eventReceiver"):
+        assert [i for i, t in enumerate(titles) if t.startswith(needed)][0] < load_at
+
+
+def test_gcs_service_agent_is_read_before_it_is_used():
+    plan = make_plan()
+    captured_at = [i for i, s in enumerate(plan.steps) if s.capture == "GCS_SERVICE_AGENT"]
+    used_at = [i for i, s in enumerate(plan.steps) if any("${GCS_SERVICE_AGENT}" in a for a in s.argv)]
+    assert captured_at == [1] and used_at and min(used_at) > 1
+    assert plan.steps[1].argv == ("gcloud", "storage", "service-agent", f"--project={PROJECT}")
+
+
+def test_every_creating_step_is_safe_to_run_again():
+    plan = make_plan()
+    for step in plan.steps:
+        if "create" in step.argv:
+            assert step.skip_if and "describe" in step.skip_if, step.title
+        if step.argv[0] == "bq" and "mk" in step.argv:
+            assert "--force" in step.argv
+
+
+def test_build_service_account_setting():
+    plan = make_plan(GLEANPIPE_DEPLOY_BUILD_SERVICE_ACCOUNT=f"builder@{PROJECT}.iam.gserviceaccount.com")
+    for name in ("gleanpipe-submit", "gleanpipe-load"):
+        assert flag(deploy_of(plan, name), "build-service-account") == (
+            f"projects/{PROJECT}/serviceAccounts/builder@{PROJECT}.iam.gserviceaccount.com")
+
+
+def test_undeploy_keeps_data_and_removes_only_what_deploy_made():
+    plan = undeploy_plan(load_settings(ENV))
+    argvs = [list(s.argv) for s in plan.steps]
+    assert [a[:4] for a in argvs if a[1] == "functions"] == [["gcloud", "functions", "delete", "gleanpipe-load"],
+                                                            ["gcloud", "functions", "delete", "gleanpipe-submit"]]
+    assert [a[4] for a in argvs if a[1:4] == ["iam", "service-accounts", "delete"]] == list(SA.values())
+    removed = sorted(flag(a, "role") for a in argvs if "remove-iam-policy-binding" in a)
+    assert removed == ["roles/bigquery.jobUser", "roles/eventarc.eventReceiver"]
+    assert not [a for a in argvs if a[0] == "bq" or "buckets" in a or "rm" in a]
+    assert f"gs://{BUCKET}" in plan.notes[0] and "_gleanpipe" in plan.notes[0]
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+def test_defaults():
+    s = load_settings({"GLEANPIPE_DEPLOY_PROJECT": PROJECT})
+    assert (s.region, s.bucket, s.store_prefix, s.apps, s.bq_location) == (
+        "us-central1", BUCKET, "gleanpipe", (), "us-central1")
+    assert (s.raw_days, s.raw_action, s.submit_memory, s.load_memory) == (90, "delete", "256Mi", "512Mi")
+    assert s.datasets == ("_gleanpipe",)
+    assert s.store_url == f"gs://{BUCKET}/gleanpipe" and s.warehouse_url == f"bigquery://{PROJECT}/us-central1"
+    assert load_settings({**ENV, "GLEANPIPE_DEPLOY_BQ_LOCATION": "eu"}).bq_location == "EU"
+
+
+def test_missing_project_is_a_clear_error():
+    with pytest.raises(DeploySettingsError) as exc:
+        load_settings({})
+    assert exc.value.problems == ["GLEANPIPE_DEPLOY_PROJECT: missing; set it to your Google Cloud project id"]
+
+
+@pytest.mark.parametrize("bucket", ["UPPER-case", "ab", "my.dotted.bucket", "goog-raw", "x-google-raw",
+                                    "has space", "-starts-with-dash", "ends-with-dash-", "a" * 64])
+def test_bad_bucket_names(bucket):
+    with pytest.raises(DeploySettingsError) as exc:
+        load_settings({**ENV, "GLEANPIPE_DEPLOY_BUCKET": bucket})
+    (problem,) = exc.value.problems
+    assert problem.startswith(f"GLEANPIPE_DEPLOY_BUCKET: {bucket!r} is not a usable bucket name")
+
+
+@pytest.mark.parametrize("region", ["us-central", "US", "europe_west1", "europe-west1 ", "eu-west-1a", "mars"])
+def test_bad_regions(region):
+    with pytest.raises(DeploySettingsError) as exc:
+        load_settings({**ENV, "GLEANPIPE_DEPLOY_REGION": region + "x" if region.endswith(" ") else region})
+    assert exc.value.problems[0].startswith("GLEANPIPE_DEPLOY_REGION: ")
+    assert "is not a region name like us-central1" in exc.value.problems[0]
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(DeploySettingsError) as exc:
+        load_settings({"GLEANPIPE_DEPLOY_PROJECT": "My Project", "GLEANPIPE_DEPLOY_REGION": "nowhere",
+                       "GLEANPIPE_DEPLOY_RAW_DAYS": "ninety", "GLEANPIPE_DEPLOY_RAW_ACTION": "shred",
+                       "GLEANPIPE_DEPLOY_SUBMIT_MEMORY": "64Mi", "GLEANPIPE_DEPLOY_LOAD_MAX_INSTANCES": "0",
+                       "GLEANPIPE_DEPLOY_APPS": "ok.app,bad app", "GLEANPIPE_DEPLOY_PROJCT": "typo"})
+    names = [p.split(":")[0] for p in exc.value.problems]
+    assert sorted(names) == sorted([
+        "GLEANPIPE_DEPLOY_PROJCT", "GLEANPIPE_DEPLOY_PROJECT", "GLEANPIPE_DEPLOY_REGION", "GLEANPIPE_DEPLOY_BUCKET",
+        "GLEANPIPE_DEPLOY_APPS", "GLEANPIPE_DEPLOY_BQ_LOCATION", "GLEANPIPE_DEPLOY_RAW_ACTION",
+        "GLEANPIPE_DEPLOY_RAW_DAYS", "GLEANPIPE_DEPLOY_SUBMIT_MEMORY", "GLEANPIPE_DEPLOY_LOAD_MAX_INSTANCES"])
+    text = str(exc.value)
+    assert "'My Project' is not a project id" in text
+    assert "'bad app' is not an app id" in text
+    assert "GLEANPIPE_DEPLOY_RAW_DAYS: must be a whole number, got 'ninety'" in text
+    assert "GLEANPIPE_DEPLOY_PROJCT: not a deploy setting (typo?)" in text
+
+
+def test_settings_file_then_environment(tmp_path):
+    path = tmp_path / "deploy.env"
+    path.write_text("# my project\nGLEANPIPE_DEPLOY_PROJECT=from-file-1\n"
+                    "export GLEANPIPE_DEPLOY_REGION='asia-east1'\nGLEANPIPE_DEPLOY_RAW_DAYS=\"7\"\n\n")
+    s = load_settings({"GLEANPIPE_DEPLOY_RAW_DAYS": "14"}, settings_file=str(path))
+    assert (s.project, s.region, s.raw_days) == ("from-file-1", "asia-east1", 14)
+    s = load_settings({"GLEANPIPE_DEPLOY_SETTINGS": str(path)})
+    assert (s.project, s.raw_days) == ("from-file-1", 7)
+    path.write_text("GLEANPIPE_DEPLOY_PROJECT=from-file-1\nnot a setting line\nGLEANPIPE_DEPLOY_REGOIN=x\n")
+    with pytest.raises(DeploySettingsError) as exc:
+        load_settings({}, settings_file=str(path))
+    assert exc.value.problems == [f"{path}:2: expected KEY=VALUE, got 'not a setting line'"]
+    path.write_text("GLEANPIPE_DEPLOY_PROJECT=from-file-1\nGLEANPIPE_DEPLOY_REGOIN=x\n")
+    with pytest.raises(DeploySettingsError) as exc:
+        load_settings({}, settings_file=str(path))
+    assert exc.value.problems[0].startswith(f"GLEANPIPE_DEPLOY_REGOIN (in {path}): not a deploy setting")
+    with pytest.raises(DeploySettingsError, match="cannot read"):
+        load_settings({}, settings_file=str(tmp_path / "missing.env"))
+
+
+def test_every_deploy_setting_is_in_the_readme_with_its_default():
+    readme = (ROOT / "README.md").read_text()
+    names = [n for n in SETTINGS if n.startswith("GLEANPIPE_DEPLOY_")]
+    assert len(names) == 17
+    for name in names:
+        default = SETTINGS[name].default
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{name}` |")]
+        assert len(rows) == 1, name
+        if default:
+            assert f"`{default}`" in rows[0], name
