@@ -18,6 +18,7 @@ import pytest
 from conftest import SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path
 from gleanpipe.config import Config
 from gleanpipe.debug_index import DEBUG_PREFIX, INVALID_GROUP, DebugIndex
+from gleanpipe.debug_viewer import DebugViewer
 from gleanpipe.storage.local import LocalStore
 from gleanpipe.wsgi_mounts import PrefixDispatcher
 
@@ -261,6 +262,30 @@ def test_dispatcher_moves_the_prefix_to_script_name():
         d.mount("/debug", app("again"))
     with pytest.raises(ValueError):
         d.mount("dictionary/", app("bad"))
+
+
+def test_viewer_works_whether_or_not_the_dispatcher_moves_the_prefix(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    config = Config.from_env(environ={}, data_dir=tmp_path)
+    viewer = DebugViewer.from_config(config, store)
+    DebugIndex.from_config(config, store).record(
+        {"headers": {"x_debug_id": "t1"}, "submission_timestamp": "2026-11-23T08:00:00.000000Z"}, "rejected", 400,
+        None, "uri", "document id must be a UUID")
+
+    def call(script_name, path_info):
+        out = {}
+        body = b"".join(viewer({"REQUEST_METHOD": "GET", "SCRIPT_NAME": script_name, "PATH_INFO": path_info},
+                               lambda status, headers: out.update(status=status, headers=dict(headers))))
+        return out["status"], body
+
+    for script_name, path_info in (("/debug", "/api/tags/t1"), ("", "/debug/api/tags/t1")):
+        status, body = call(script_name, path_info)
+        pings = orjson.loads(body)["pings"]
+        assert status == "200 OK" and [(p["error_type"], p["note"]) for p in pings] == [
+            ("uri", "the request was refused before it was stored")]
+    for script_name, path_info in (("/debug", ""), ("", "/debug")):
+        status, body = call(script_name, path_info)
+        assert status == "200 OK" and b'href="/debug/t1"' in body
 
 
 def test_store_listing_starts_at_the_prefix_folder(tmp_path):

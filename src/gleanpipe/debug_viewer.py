@@ -50,9 +50,10 @@ class _NotFound(Exception):
 
 
 class DebugViewer:
-    def __init__(self, index: DebugIndex, max_payload_bytes: int):
+    def __init__(self, index: DebugIndex, max_payload_bytes: int, prefix: str = "/debug"):
         self.index = index
         self.max_payload_bytes = max_payload_bytes
+        self.prefix = prefix
 
     @classmethod
     def from_config(cls, config, store: RawStore) -> "DebugViewer":
@@ -63,7 +64,11 @@ class DebugViewer:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         base = environ.get("SCRIPT_NAME", "").rstrip("/")
-        path = environ.get("PATH_INFO", "") or "/"
+        path = environ.get("PATH_INFO", "")
+        # Mounted by a dispatcher that leaves the prefix in PATH_INFO: move it to the base here.
+        if not base.endswith(self.prefix) and (path == self.prefix or path.startswith(self.prefix + "/")):
+            base, path = base + self.prefix, path[len(self.prefix):]
+        path = path or "/"
         query = parse_qs(environ.get("QUERY_STRING", ""))
         is_api = path.startswith("/api/")
         if method not in ("GET", "HEAD"):
