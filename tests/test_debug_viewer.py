@@ -300,3 +300,55 @@ def test_store_listing_starts_at_the_prefix_folder(tmp_path):
     store.delete("debug/t/1.json")
     store.delete("debug/t/1.json")  # already gone: no error
     assert list(store.list("debug/")) == []
+
+
+# --- in a real browser: the page updates itself and never runs what a ping carries -------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")
+def test_page_updates_itself_in_headless_chromium_without_running_ping_content(debug_serve, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    evil = '<img src=x onerror="window.pwned=1">'
+    _, _, first = send(debug_serve, make_ping(metrics={"string": {"toolbox.active_theme": "first"}}), "tag-browser")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            dialogs = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            outside = []
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(debug_serve.url) else None)
+            page.goto(f"{debug_serve.url}/debug/tag-browser")
+            assert page.locator("li.ping").count() == 1
+            # a new accepted ping carrying markup, and a rejected one, arrive while the page is open
+            _, _, second = send(debug_serve, make_ping(metrics={"string": {"toolbox.active_theme": evil}}),
+                                "tag-browser")
+            _, err, third = send(debug_serve, make_ping(metrics={"counter": {"toolbox.launch_count": evil}}),
+                                 "tag-browser")
+            page.locator("li.ping").nth(2).wait_for(timeout=20_000)  # the page polls every 2 s
+            ids = page.eval_on_selector_all("li.ping dd:first-of-type", "els => els.map(e => e.textContent)")
+            assert ids == [third, second, first]  # newest on top, without a reload
+            rejected = page.locator("li.ping").first
+            assert "rejected 400" in rejected.locator(".status").text_content()
+            assert err["error_message"] in rejected.inner_text()
+            shown = json.loads(page.locator("li.ping").nth(1).locator("pre").first.text_content())
+            assert shown["metrics"]["string"]["toolbox.active_theme"] == evil  # shown as text, in the JSON
+            assert page.locator("img").count() == 0 and page.evaluate("window.pwned") is None
+            assert dialogs == [] and outside == []
+            page.screenshot(path=str(tmp_path / "debug-viewer.png"), full_page=True)
+            artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
+            artifacts.mkdir(exist_ok=True)
+            (artifacts / "debug-viewer.png").write_bytes((tmp_path / "debug-viewer.png").read_bytes())
+        finally:
+            browser.close()
+
+
+def test_new_settings_are_in_the_readme_settings_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for env, default in (("GLEANPIPE_DEBUG_MAX_PINGS", "100"), ("GLEANPIPE_DEBUG_RETENTION_HOURS", "504"),
+                         ("GLEANPIPE_EXPLORE_PORT", "8001")):
+        assert f"| `{env}` | `{default}`" in readme

@@ -42,7 +42,7 @@ def _iso(micros: int) -> str:
 
 
 def _pretty(value) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 
 class _NotFound(Exception):
