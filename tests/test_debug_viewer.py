@@ -114,6 +114,15 @@ def test_live_polling_returns_only_newer_pings(debug_serve):
     assert again["ids"][1] == newest and len(again["ids"]) == 2
 
 
+def test_a_resent_ping_is_listed_as_duplicate_of_the_stored_one(debug_serve):
+    doc = make_ping(metrics={"counter": {"toolbox.launch_count": 3}})
+    _, _, doc_id = send(debug_serve, doc, "tag-dup")
+    assert send(debug_serve, doc, "tag-dup", document_id=doc_id)[0] == 200
+    pings = api(debug_serve, "tags/tag-dup")["pings"]
+    assert [(p["status"], p["document_id"]) for p in pings] == [("duplicate", doc_id), ("accepted", doc_id)]
+    assert pings[0]["object_key"] == pings[1]["object_key"] and pings[0]["ping"] == pings[1]["ping"] == doc
+
+
 def test_each_tag_keeps_at_most_the_configured_number(debug_serve):
     ids = [send(debug_serve, make_ping(seq=i), "tag-bound")[2] for i in range(MAX_PER_TAG + 2)]
     data = api(debug_serve, "tags/tag-bound")
