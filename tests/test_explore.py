@@ -196,6 +196,26 @@ def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_data
     assert con.execute("SELECT count(*) FROM metrics_v1 WHERE document_id = ?", [extra]).fetchone()[0] == 1
 
 
+def test_keyset_pages_keep_rows_whose_document_id_is_null(tmp_path):
+    """The paging used through serve, run on a DuckDB file behind the same query interface."""
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE SCHEMA _gleanpipe; CREATE TABLE _gleanpipe.errors (object_key VARCHAR, document_id VARCHAR, "
+                "error_type VARCHAR)")
+    con.execute("INSERT INTO _gleanpipe.errors VALUES ('raw/a', NULL, 'key'), ('raw/b', 'd-1', 'transform'), "
+                "('raw/c', NULL, 'key'), ('raw/d', 'd-2', 'transform'), ('raw/e', NULL, 'key')")
+
+    class DuckDBQuery:
+        def query(self, sql, params=None):
+            cur = con.execute(sql, params or [])
+            return [d[0] for d in cur.description], cur.fetchall()
+
+    result = ex.export(ex.Source.from_server(DuckDBQuery()), tmp_path / "out", page_rows=2)
+    con.close()
+    out = sqlite3.connect(result.databases["gleanpipe_internal"])
+    assert out.execute("SELECT object_key, document_id FROM errors ORDER BY 1").fetchall() == [
+        ("raw/a", None), ("raw/b", "d-1"), ("raw/c", None), ("raw/d", "d-2"), ("raw/e", None)]
+
+
 def test_column_types_map_to_sqlite_values(tmp_path):
     con = duckdb.connect(str(tmp_path / "w.duckdb"))
     con.execute("CREATE SCHEMA app; CREATE TABLE app.t (document_id VARCHAR, ok BOOLEAN, n BIGINT, x DOUBLE, "

@@ -109,7 +109,7 @@ class Relation:
             return []
         if {"document_id", "event_index"} <= names:
             return ["document_id", "event_index"]
-        for key in ("document_id", "object_key"):
+        for key in ("object_key", "document_id"):  # _gleanpipe.errors: object_key (document_id may be NULL)
             if key in names:
                 return [key]
         return []
