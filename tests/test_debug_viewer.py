@@ -349,6 +349,17 @@ def test_page_updates_itself_in_headless_chromium_without_running_ping_content(d
             assert page.locator("img").count() == 0 and page.evaluate("window.pwned") is None
             assert dialogs == [] and outside == []
             page.screenshot(path=str(tmp_path / "debug-viewer.png"), full_page=True)
+            # the tag list updates itself too: a tag that gets its first ping while the page is open
+            page.goto(f"{debug_serve.url}/debug")
+            assert page.locator('tr[data-tag="tag-late"]').count() == 0
+            send(debug_serve, make_ping(), "tag-late")
+            row = page.locator('tr[data-tag="tag-late"]')
+            row.wait_for(timeout=20_000)
+            assert row.locator("td").nth(1).text_content() == "1"
+            assert page.locator("#tags tbody tr").first.get_attribute("data-tag") == "tag-late"  # newest first
+            row.locator("a").click()
+            page.wait_for_url(f"{debug_serve.url}/debug/tag-late")
+            assert page.locator("li.ping").count() == 1
             artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
             artifacts.mkdir(exist_ok=True)
             (artifacts / "debug-viewer.png").write_bytes((tmp_path / "debug-viewer.png").read_bytes())
