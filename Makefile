@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean deploy undeploy
+.PHONY: run test bench clean deploy undeploy chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ run: $(STAMP)
 	$(VENV)/bin/gleanpipe serve
 
 ## test: the full test suite against real components
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest
+
+## chromium: Debian's Chromium for the browser tests (skipped, with a note, where it cannot be installed)
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium is not installed: the browser tests will be skipped"
 
 ## bench: throughput and latency figures (see BENCHMARKS.md)
 bench: $(STAMP)

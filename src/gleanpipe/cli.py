@@ -224,5 +224,67 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     click.echo("rejected at submit: " + (", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"))
 
 
+@main.command()
+@DATA_DIR
+@STORE
+@WAREHOUSE
+@click.option("--port", envvar="GLEANPIPE_EXPLORE_PORT", type=click.IntRange(1, 65535),
+              default=int(SETTINGS["GLEANPIPE_EXPLORE_PORT"].default), show_default=True,
+              help="Port Datasette listens on (always 127.0.0.1).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the SQLite copies [default: <data dir>/explore].")
+@click.option("--no-open", is_flag=True, help="Do not open a web browser.")
+@click.option("--export-only", is_flag=True, help="Write the SQLite files and exit; do not start Datasette.")
+@click.option("--force", is_flag=True, help="Export every dataset, even the ones unchanged since the last run.")
+def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only, force) -> None:
+    """Open the warehouse in Datasette (read-only copy as SQLite; works while `serve` runs)."""
+    import subprocess
+
+    from . import explore as ex
+
+    config = _config(data_dir, store_url, warehouse_url)
+    if not config.warehouse_url.startswith("duckdb://"):
+        raise click.ClickException("explore works on a duckdb:// warehouse")
+    out_dir = out or config.data_dir / "explore"
+    client = AdminClient.find(config.data_dir)
+    wh = None
+    try:
+        if client:
+            source = ex.Source.from_server(client)
+        else:
+            wh = _open_local(config, read_only=True)
+            source = ex.Source.from_duckdb(wh.con, wh.path)
+        result = ex.export(source, out_dir, force=force)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise click.ClickException(f"export failed: {exc}") from None
+    finally:
+        if wh is not None:
+            wh.close()
+    click.echo(result.summary())
+    for name, path in result.databases.items():
+        click.echo(f"  {name}: {path}")
+    if export_only:
+        return
+    try:
+        import datasette  # noqa: F401
+    except ImportError:
+        raise click.ClickException("Datasette is not installed: pip install 'gleanpipe[explore]'") from None
+    metadata_path = out_dir / "datasette-metadata.json"
+    metadata_path.write_bytes(orjson.dumps(ex.datasette_metadata(result), option=orjson.OPT_INDENT_2))
+    click.echo(f"Datasette on http://127.0.0.1:{port}/ (read-only; Ctrl-C stops)")
+    import signal
+
+    proc = subprocess.Popen(ex.datasette_command(result, "127.0.0.1", port, not no_open, metadata_path))
+
+    def stop(*_):  # Ctrl-C or a kill of this command stops Datasette too
+        if proc.poll() is None:
+            proc.terminate()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    code = proc.wait()
+    sys.exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code)
+
+
 if __name__ == "__main__":
     main()

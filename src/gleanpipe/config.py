@@ -50,6 +50,17 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_MAX_HEADER_BYTES", "1024", "Longest kept header value accepted (431 above)."),
         Setting("GLEANPIPE_LOAD_BATCH", "1000", "Objects loaded into the warehouse per write."),
         Setting("GLEANPIPE_LOAD_INTERVAL_MS", "50", "How often `serve`'s loader looks for new objects."),
+        Setting(
+            "GLEANPIPE_DEBUG_MAX_PINGS",
+            "100",
+            "Pings kept per X-Debug-ID tag in the debug viewer's index (`debug/` in the store); oldest go first.",
+        ),
+        Setting(
+            "GLEANPIPE_DEBUG_RETENTION_HOURS",
+            "504",
+            "Hours a debug ping stays listed at /debug (504 = 3 weeks, as Mozilla's Debug Ping Viewer).",
+        ),
+        Setting("GLEANPIPE_EXPLORE_PORT", "8001", "Port `gleanpipe explore` runs Datasette on (loopback)."),
     )
 }
 
@@ -87,6 +98,9 @@ class Config:
     max_header_bytes: int
     load_batch: int
     load_interval_ms: int
+    debug_max_pings: int
+    debug_retention_hours: int
+    explore_port: int
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":
@@ -109,6 +123,9 @@ class Config:
             max_header_bytes=_int("GLEANPIPE_MAX_HEADER_BYTES", environ),
             load_batch=_int("GLEANPIPE_LOAD_BATCH", environ),
             load_interval_ms=_int("GLEANPIPE_LOAD_INTERVAL_MS", environ),
+            debug_max_pings=_int("GLEANPIPE_DEBUG_MAX_PINGS", environ),
+            debug_retention_hours=_int("GLEANPIPE_DEBUG_RETENTION_HOURS", environ),
+            explore_port=_int("GLEANPIPE_EXPLORE_PORT", environ),
         )
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

@@ -28,6 +28,7 @@ import orjson
 
 from . import rawobject
 from .config import Config
+from .debug_index import DebugIndex
 from .naming import ERROR_PREFIX, PathError, parse_segments
 from .storage import RawStore, StoreError
 from .validation import PingValidator, default_validator
@@ -83,9 +84,10 @@ class SubmitHandler:
     """Framework-free core of submit: (method, path, headers, body) -> Response."""
 
     def __init__(self, config: Config, store: RawStore, validator: PingValidator | None = None,
-                 now: Callable[[], datetime] | None = None):
+                 now: Callable[[], datetime] | None = None, debug_index: DebugIndex | None = None):
         self.config = config
         self.store = store
+        self.debug = debug_index or DebugIndex.from_config(config, store)  # what /debug lists
         self.validator = validator or default_validator()
         self.now = now or (lambda: datetime.now(timezone.utc))
 
@@ -115,6 +117,8 @@ class SubmitHandler:
         except StoreError as exc:
             return _error(503, "store_unavailable", f"could not store the ping, retry later ({exc})",
                           **{"Retry-After": "5"})
+        if meta["headers"]["x_debug_id"] is not None:
+            self.debug.record(meta, "accepted" if created else "duplicate", 200, meta["key"])
         return Response(200, b"", {"X-Gleanpipe-Stored": "new" if created else "duplicate"})
 
     def _check(self, parts: list[str], meta: dict, body: bytes, size: int) -> bytes:
@@ -168,6 +172,8 @@ class SubmitHandler:
         except StoreError as exc:
             return _error(503, "store_unavailable", f"could not record the rejection, retry later ({exc})",
                           **{"Retry-After": "5"})
+        if meta["headers"]["x_debug_id"] is not None:
+            self.debug.record(meta, "rejected", rej.status, key, rej.error_type, rej.message)
         return _error(rej.status, rej.error_type, rej.message)
 
 

@@ -1,13 +1,20 @@
 """WSGI app of the submit edge, as `gleanpipe serve` runs it under gunicorn.
 
     gunicorn gleanpipe.wsgi:app   # settings from GLEANPIPE_* environment variables
+
+Beside /submit, apps are mounted by path prefix (wsgi_mounts.py): /debug, the debug ping viewer.
 """
 
 from .config import Config
+from .debug_viewer import DebugViewer
 from .http_edge import SubmitHandler, make_wsgi_app
 from .storage import open_store
 from .validation import default_validator
+from .wsgi_mounts import PrefixDispatcher
 
 _config = Config.from_env()
+_store = open_store(_config.store_url)
 default_validator()  # compile the schema before the first request
-app = make_wsgi_app(SubmitHandler(_config, open_store(_config.store_url)))
+app = PrefixDispatcher(make_wsgi_app(SubmitHandler(_config, _store)), {
+    "/debug": DebugViewer.from_config(_config, _store),
+})

@@ -39,6 +39,13 @@ class RawStore(ABC):
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix``, in sorted order."""
 
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key``; no error if there is none.
+
+        Only housekeeping uses it (the bounded ``debug/`` index); raw pings are never deleted.
+        """
+        raise StoreError(f"{type(self).__name__} cannot delete objects")
+
     def pending(self, limit: int) -> list[tuple[str, str]]:
         """(receipt, key) of objects written with notify=True and not yet acknowledged.
 

@@ -170,9 +170,23 @@ class LocalStore(RawStore):
         except OSError as exc:
             raise StoreError(f"cannot read {key}: {exc.strerror or exc}") from exc
 
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot delete {key}: {exc.strerror or exc}") from exc
+
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self.root
-        for dirpath, dirnames, filenames in os.walk(base):
+        # Walk only the deepest folder the prefix names (listing debug/ must not walk raw/).
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        safe = KEY_RE.fullmatch(folder) and not any(p.startswith(".") for p in folder.split("/"))
+        start = base / folder if safe else base
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
             rel_dir = os.path.relpath(dirpath, base)
             if rel_dir == ".":
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

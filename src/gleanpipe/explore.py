@@ -1,0 +1,362 @@
+"""`gleanpipe explore`: the DuckDB warehouse as SQLite files, opened in Datasette.
+
+Datasette reads SQLite; the warehouse is DuckDB, and DuckDB's sqlite extension is a download
+(not possible offline). So the warehouse is exported, with Python's sqlite3, into one SQLite
+file per DuckDB schema (``<out>/<app dataset>.db``; ``_gleanpipe`` becomes
+``gleanpipe_internal.db``), each Datasette database being one app, as each BigQuery dataset is:
+
+- every table and view keeps its name and its rows; scalar columns keep their values
+  (TIMESTAMPTZ as ISO-8601 text in UTC, BOOLEAN as 0/1), nested STRUCT/LIST/MAP columns become
+  JSON text (DuckDB ``to_json``), which Datasette shows as JSON and SQLite's JSON functions read;
+- every ping table also gets a view ``<table>_flat``: the plain columns, one column per
+  ``client_info``/``ping_info`` field and one column per metric (``"counter.toolbox_launch_count"``,
+  labeled and distribution metrics as JSON), built with SQLite's ``json_extract``.
+
+Where the rows come from: while `gleanpipe serve` runs it owns the DuckDB file, so rows are read
+through its admin API (admin.AdminClient.query) in pages of ``page_rows``, keyed on
+document_id (and event_index), so rows loaded meanwhile do not shift the pages; otherwise the
+file is opened read-only and read in batches.
+
+Refresh: each run compares a fingerprint per table (row count, XOR of row-key hashes, column
+types) with the last export (``export.json``) and rewrites only the files of datasets that
+changed. A file is written beside its final name and renamed into place, so a half-written
+export is never opened.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import orjson
+
+from .naming import quote_ident as q
+
+META_SCHEMA = "_gleanpipe"
+META_DB = "gleanpipe_internal"
+MANIFEST = "export.json"
+PAGE_ROWS = 20_000
+NESTED = {"struct", "list", "map", "union", "array"}
+INTEGER = {"boolean", "tinyint", "smallint", "integer", "bigint", "utinyint", "usmallint", "uinteger"}
+REAL = {"float", "double", "decimal"}
+ISO_UTC = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def db_name(schema: str) -> str:
+    return META_DB if schema == META_SCHEMA else schema
+
+
+@dataclass
+class Column:
+    name: str
+    duck_type: str
+
+    @property
+    def kind(self) -> str:
+        if self.duck_type.upper() == "JSON":
+            return "json"
+        try:
+            return duckdb.type(self.duck_type).id
+        except (duckdb.Error, ValueError):
+            return "other"
+
+    def select(self) -> str:
+        """DuckDB expression that yields what SQLite stores."""
+        col, kind = q(self.name), self.kind
+        if kind in NESTED:
+            return f"to_json({col})::VARCHAR"
+        if kind == "timestamp with time zone":
+            return f"strftime({col}, '{ISO_UTC}')"
+        if kind == "boolean":
+            return f"{col}::INTEGER"
+        if kind == "decimal":
+            return f"{col}::DOUBLE"
+        if kind in INTEGER or kind in REAL or kind in ("varchar", "blob"):
+            return col
+        return f"{col}::VARCHAR"  # json, uuid, date, timestamp, interval, hugeint, ...
+
+    @property
+    def sqlite_type(self) -> str:
+        kind = self.kind
+        return "INTEGER" if kind in INTEGER else "REAL" if kind in REAL else "BLOB" if kind == "blob" else "TEXT"
+
+    @property
+    def is_json(self) -> bool:
+        return self.kind in NESTED or self.kind == "json"
+
+
+@dataclass
+class Relation:
+    schema: str
+    name: str
+    is_view: bool
+    columns: list[Column] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{q(self.schema)}.{q(self.name)}"
+
+    @property
+    def keys(self) -> list[str]:
+        """Columns that identify a row (for paging and the fingerprint); [] when none is known."""
+        names = {c.name for c in self.columns}
+        if self.is_view:
+            return []
+        if {"document_id", "event_index"} <= names:
+            return ["document_id", "event_index"]
+        for key in ("object_key", "document_id"):  # _gleanpipe.errors: object_key (document_id may be NULL)
+            if key in names:
+                return [key]
+        return []
+
+
+# --- where the rows come from ------------------------------------------------------------
+
+Query = Callable[[str, list | None], tuple[list[str], list[tuple]]]
+
+
+class Source:
+    """Rows of the warehouse: ``query`` for small answers, ``batches`` for a whole relation."""
+
+    def __init__(self, query: Query, batches: Callable[[Relation, str, int], Iterator[list[tuple]]], where: str):
+        self.query, self.batches, self.where = query, batches, where
+
+    @classmethod
+    def from_server(cls, client) -> "Source":
+        """Through the running `gleanpipe serve` (it owns the DuckDB file): keyset pages."""
+
+        def batches(rel: Relation, select: str, size: int):
+            if not rel.keys:  # views and small internal tables: one answer
+                yield client.query(f"SELECT {select} FROM {rel.ref}")[1]
+                return
+            keys = rel.keys
+            order = ", ".join(q(k) for k in keys)
+            last = None
+            while True:
+                if last is None:
+                    where, params = "", []
+                elif len(keys) == 1:
+                    where, params = f"WHERE {q(keys[0])} > ?", [last[0]]
+                else:
+                    where = f"WHERE {q(keys[0])} > ? OR ({q(keys[0])} = ? AND {q(keys[1])} > ?)"
+                    params = [last[0], last[0], last[1]]
+                sql = f"SELECT {order}, {select} FROM {rel.ref} {where} ORDER BY {order} LIMIT {int(size)}"
+                rows = client.query(sql, params)[1]
+                if not rows:
+                    return
+                last = rows[-1][: len(keys)]
+                yield [r[len(keys):] for r in rows]
+                if len(rows) < size:
+                    return
+
+        return cls(client.query, batches, "gleanpipe serve (admin API)")
+
+    @classmethod
+    def from_duckdb(cls, con: "duckdb.DuckDBPyConnection", path: str) -> "Source":
+        """The DuckDB file itself, opened read-only by the caller."""
+        con.execute("SET TimeZone = 'UTC'")
+
+        def query(sql, params=None):
+            cur = con.cursor()
+            try:
+                cur.execute("SET TimeZone = 'UTC'")
+                cur.execute(sql, params or [])
+                return [d[0] for d in cur.description], cur.fetchall()
+            finally:
+                cur.close()
+
+        def batches(rel: Relation, select: str, size: int):
+            cur = con.cursor()
+            try:
+                cur.execute("SET TimeZone = 'UTC'")
+                cur.execute(f"SELECT {select} FROM {rel.ref}")
+                while rows := cur.fetchmany(size):
+                    yield rows
+            finally:
+                cur.close()
+
+        return cls(query, batches, f"{path} (read-only)")
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    databases: dict[str, Path]
+    written: list[str]
+    unchanged: list[str]
+    rows: int
+    seconds: float
+    source: str
+
+    def summary(self) -> str:
+        parts = [f"exported {self.rows} rows into {len(self.written)} file(s) in {self.seconds:.1f}s from {self.source}"]
+        if self.unchanged:
+            parts.append(f"unchanged since the last export: {', '.join(self.unchanged)}")
+        return "; ".join(parts)
+
+
+def relations(source: Source) -> list[Relation]:
+    _, tables = source.query(
+        "SELECT schema_name, table_name, false FROM duckdb_tables() WHERE NOT internal "
+        "UNION ALL SELECT schema_name, view_name, true FROM duckdb_views() WHERE NOT internal "
+        "AND schema_name NOT IN ('information_schema', 'pg_catalog') ORDER BY 1, 2", None)
+    _, cols = source.query(
+        "SELECT schema_name, table_name, column_name, data_type FROM duckdb_columns() WHERE NOT internal "
+        "ORDER BY schema_name, table_name, column_index", None)
+    by_rel: dict[tuple[str, str], list[Column]] = {}
+    for schema, table, name, dtype in cols:
+        by_rel.setdefault((schema, table), []).append(Column(name, dtype))
+    out = []
+    for schema, name, is_view in tables:
+        if schema == "main" and name.startswith("duckdb_"):
+            continue
+        out.append(Relation(schema, name, bool(is_view), by_rel.get((schema, name), [])))
+    return out
+
+
+def fingerprint(source: Source, rel: Relation) -> list:
+    keyed = ", ".join(q(k) for k in rel.keys)
+    row_hash = f"hash({keyed})" if keyed else "hash(to_json(t))"
+    _, rows = source.query(f"SELECT count(*), coalesce(bit_xor({row_hash}), 0)::VARCHAR FROM {rel.ref} AS t", None)
+    return [rows[0][0], rows[0][1], [[c.name, c.duck_type] for c in rel.columns]]
+
+
+def export(source: Source, out_dir: Path, *, page_rows: int = PAGE_ROWS, force: bool = False) -> ExportResult:
+    """Write (or refresh) one SQLite file per DuckDB schema under ``out_dir``."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST
+    try:
+        old = orjson.loads(manifest_path.read_bytes()) if not force else {}
+    except (OSError, orjson.JSONDecodeError):
+        old = {}
+    old_dbs = old.get("databases", {}) if isinstance(old, dict) else {}
+    by_schema: dict[str, list[Relation]] = {}
+    for rel in relations(source):
+        by_schema.setdefault(rel.schema, []).append(rel)
+    databases, written, unchanged, total = {}, [], [], 0
+    new_dbs = {}
+    for schema, rels in sorted(by_schema.items()):
+        name = db_name(schema)
+        path = out_dir / f"{name}.db"
+        prints = {rel.name: fingerprint(source, rel) for rel in rels}
+        databases[name] = path
+        new_dbs[name] = {"schema": schema, "tables": prints}
+        if path.exists() and old_dbs.get(name, {}).get("tables") == prints:
+            unchanged.append(name)
+            continue
+        total += _write_db(source, rels, path, page_rows)
+        written.append(name)
+    for stale in set(old_dbs) - set(new_dbs):  # a schema that is gone from the warehouse
+        try:
+            (out_dir / f"{stale}.db").unlink()
+        except FileNotFoundError:
+            pass
+    tmp = manifest_path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps({"source": source.where, "databases": new_dbs}, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, manifest_path)
+    return ExportResult(out_dir, databases, written, unchanged, total, time.perf_counter() - started, source.where)
+
+
+def _write_db(source: Source, rels: list[Relation], path: Path, page_rows: int) -> int:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    con = sqlite3.connect(tmp)
+    rows_total = 0
+    try:
+        con.execute("PRAGMA journal_mode = OFF")
+        con.execute("PRAGMA synchronous = OFF")
+        for rel in rels:
+            if not rel.columns:
+                continue
+            cols = ", ".join(f"{_sq(c.name)} {c.sqlite_type}" for c in rel.columns)
+            con.execute(f"CREATE TABLE {_sq(rel.name)} ({cols})")
+            insert = f"INSERT INTO {_sq(rel.name)} VALUES ({', '.join('?' for _ in rel.columns)})"
+            select = ", ".join(c.select() for c in rel.columns)
+            for batch in source.batches(rel, select, page_rows):
+                con.executemany(insert, batch)
+                rows_total += len(batch)
+            for key in rel.keys[:1]:
+                con.execute(f"CREATE INDEX {_sq(f'{rel.name}_{key}')} ON {_sq(rel.name)} ({_sq(key)})")
+            flat = flat_view_sql(rel)
+            if flat:
+                con.execute(flat)
+        con.commit()
+    finally:
+        con.close()
+    os.replace(tmp, path)
+    return rows_total
+
+
+def _sq(name: str) -> str:
+    """SQLite identifier quoting (names come from DuckDB's catalog, which gleanpipe made safe)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def flat_view_sql(rel: Relation) -> str | None:
+    """``<table>_flat``: one column per client_info/ping_info field and per metric."""
+    by_name = {c.name: c for c in rel.columns}
+    if rel.is_view or "metrics" not in by_name and "client_info" not in by_name:
+        return None
+    select = []
+    for c in rel.columns:
+        if c.name in ("client_info", "ping_info") and c.kind == "struct":
+            for fname, ftype in duckdb.type(c.duck_type).children:
+                select.append(f"json_extract({_sq(c.name)}, '$.{_json_key(fname)}') AS {_sq(f'{c.name}.{fname}')}")
+        elif c.name == "metrics" and c.kind == "struct":
+            for mtype, t in duckdb.type(c.duck_type).children:
+                for metric, _ in t.children:
+                    path = f"$.{_json_key(mtype)}.{_json_key(metric)}"
+                    select.append(f"json_extract({_sq(c.name)}, '{path}') AS {_sq(f'{mtype}.{metric}')}")
+        elif c.name != "metadata":
+            select.append(_sq(c.name))
+    return f"CREATE VIEW {_sq(rel.name + '_flat')} AS SELECT {', '.join(select)} FROM {_sq(rel.name)}"
+
+
+def _json_key(name: str) -> str:
+    if not all(ch.isalnum() or ch == "_" for ch in name):
+        raise ValueError(f"unexpected field name {name!r}")
+    return name
+
+
+# --- Datasette ------------------------------------------------------------------------------
+
+
+def datasette_metadata(result: ExportResult) -> dict:
+    dbs = {}
+    for name in result.databases:
+        dbs[name] = {
+            "description": ("gleanpipe's own tables: load errors and deletion requests carried out"
+                            if name == META_DB else
+                            f"App dataset {name}: one table per ping; <table>_flat views have one column per metric"),
+        }
+    return {
+        "title": "gleanpipe warehouse",
+        "description": ("A read-only copy of the gleanpipe DuckDB warehouse. Nested columns are JSON text; "
+                        "the *_flat views have one column per client_info/ping_info field and per metric."),
+        "source": result.source,
+        "databases": dbs,
+    }
+
+
+def datasette_command(result: ExportResult, host: str, port: int, open_browser: bool,
+                      metadata_path: Path) -> list[str]:
+    import sys
+
+    cmd = [sys.executable, "-m", "datasette", "serve"]
+    for path in result.databases.values():
+        cmd += ["-i", str(path)]  # immutable: opened read-only
+    cmd += ["--host", host, "--port", str(port), "--metadata", str(metadata_path),
+            "--setting", "sql_time_limit_ms", "10000"]
+    if open_browser:
+        cmd.append("--open")
+    return cmd

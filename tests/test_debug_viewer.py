@@ -1,0 +1,374 @@
+"""The debug ping viewer (/debug) on a real `gleanpipe serve`, fed by real requests and the real Glean SDK."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from conftest import SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path
+from gleanpipe.config import Config
+from gleanpipe.debug_index import DEBUG_PREFIX, INVALID_GROUP, DebugIndex
+from gleanpipe.debug_viewer import DebugViewer
+from gleanpipe.storage.local import LocalStore
+from gleanpipe.wsgi_mounts import PrefixDispatcher
+
+MAX_PER_TAG = 3
+CLIENT_SCRIPT = Path(__file__).parent / "glean_client" / "send_pings.py"
+
+
+@pytest.fixture(scope="module")
+def debug_serve(tmp_path_factory):
+    """One serve for this module, with a small per-tag bound so the bound can be shown."""
+    data_dir = tmp_path_factory.mktemp("debug") / "data"
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_DEBUG_MAX_PINGS": str(MAX_PER_TAG)}).start()
+    yield server
+    server.stop()
+
+
+def get(url: str):
+    """(status, body bytes, headers) without raising on 4xx/5xx."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def api(server, path: str):
+    status, body, headers = get(f"{server.url}/debug/api/{path}")
+    assert status == 200, body
+    assert headers["Content-Type"] == "application/json"
+    return orjson.loads(body)
+
+
+def send(server, doc, tag: str | None, doc_type: str = "metrics", document_id: str | None = None):
+    document_id = document_id or str(uuid.uuid4())
+    headers = dict(SDK_HEADERS)
+    if tag is not None:
+        headers["X-Debug-ID"] = tag
+    status, body, _ = post(server.url + submit_path(doc_type, document_id), gz(doc), headers)
+    return status, body, document_id
+
+
+def test_accepted_and_rejected_debug_pings_are_listed_newest_first(debug_serve):
+    good = make_ping(client_id=str(uuid.uuid4()), metrics={"counter": {"toolbox.launch_count": 7}})
+    bad = make_ping(metrics={"counter": {"toolbox.launch_count": "seven"}})  # wrong type: schema error
+    s1, _, good_id = send(debug_serve, good, "tag-a")
+    s2, err, bad_id = send(debug_serve, bad, "tag-a")
+    s3, _, plain_id = send(debug_serve, make_ping(), None)  # no X-Debug-ID: never listed
+    s4, _, other_id = send(debug_serve, make_ping(), "tag-other")
+    assert (s1, s2, s3, s4) == (200, 400, 200, 200)
+
+    data = api(debug_serve, "tags/tag-a")
+    assert [p["document_id"] for p in data["pings"]] == [bad_id, good_id]  # newest first
+    assert data["ids"] == [p["id"] for p in data["pings"]]
+    rejected, accepted = data["pings"]
+    assert rejected["status"] == "rejected" and rejected["http_status"] == 400
+    assert rejected["error_type"] == "schema" == err["error_type"]
+    assert rejected["error_message"] == err["error_message"] and "launch_count" in rejected["error_message"]
+    assert rejected["ping"] == bad  # the kept body, gunzipped and parsed
+    assert rejected["object_key"].startswith("errors/") and rejected["metadata"]["error_type"] == "schema"
+    assert accepted["status"] == "accepted" and accepted["error_type"] is None
+    assert accepted["ping"] == good
+    assert accepted["tag"] == "tag-a" and accepted["app_id"] == "org-example-toolbox"
+    assert accepted["object_key"] == f"raw/org-example-toolbox/metrics/1/{good_id}.json"
+    assert accepted["metadata"]["headers"]["x_debug_id"] == "tag-a"
+    assert accepted["metadata"]["headers"]["x_telemetry_agent"] == SDK_HEADERS["X-Telemetry-Agent"]
+
+    tags = api(debug_serve, "tags")
+    by_tag = {t["tag"]: t for t in tags["tags"]}
+    assert by_tag["tag-a"]["count"] == 2 and by_tag["tag-other"]["count"] == 1
+    assert tags["max_pings_per_tag"] == MAX_PER_TAG and tags["retention_hours"] == 504
+    listed = {p["document_id"] for t in by_tag for p in api(debug_serve, f"tags/{t}")["pings"]}
+    assert plain_id not in listed and other_id in listed
+
+    # the same on the server-rendered page, newest first
+    status, page, headers = get(f"{debug_serve.url}/debug/tag-a")
+    html = page.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert html.index(bad_id) < html.index(good_id)
+    assert "launch_count" in html and "schema" in html
+    assert plain_id not in html
+
+
+def test_live_polling_returns_only_newer_pings(debug_serve):
+    _, _, first = send(debug_serve, make_ping(), "tag-live")
+    seen = api(debug_serve, "tags/tag-live")
+    assert [p["document_id"] for p in seen["pings"]] == [first]
+    newest = seen["ids"][0]
+    assert api(debug_serve, f"tags/tag-live?after={newest}")["pings"] == []
+    _, _, second = send(debug_serve, make_ping(), "tag-live")
+    again = api(debug_serve, f"tags/tag-live?after={newest}")
+    assert [p["document_id"] for p in again["pings"]] == [second]
+    assert again["ids"][1] == newest and len(again["ids"]) == 2
+
+
+def test_a_resent_ping_is_listed_as_duplicate_of_the_stored_one(debug_serve):
+    doc = make_ping(metrics={"counter": {"toolbox.launch_count": 3}})
+    _, _, doc_id = send(debug_serve, doc, "tag-dup")
+    assert send(debug_serve, doc, "tag-dup", document_id=doc_id)[0] == 200
+    pings = api(debug_serve, "tags/tag-dup")["pings"]
+    assert [(p["status"], p["document_id"]) for p in pings] == [("duplicate", doc_id), ("accepted", doc_id)]
+    assert pings[0]["object_key"] == pings[1]["object_key"] and pings[0]["ping"] == pings[1]["ping"] == doc
+
+
+def test_each_tag_keeps_at_most_the_configured_number(debug_serve):
+    ids = [send(debug_serve, make_ping(seq=i), "tag-bound")[2] for i in range(MAX_PER_TAG + 2)]
+    data = api(debug_serve, "tags/tag-bound")
+    assert [p["document_id"] for p in data["pings"]] == ids[::-1][:MAX_PER_TAG]
+    folder = debug_serve.data_dir / "store" / "debug" / "tag-bound"
+    assert len(list(folder.iterdir())) == MAX_PER_TAG
+    # the pings themselves are not touched: all five are still in raw/
+    raw = debug_serve.data_dir / "store" / "raw" / "org-example-toolbox" / "metrics" / "1"
+    assert all((raw / f"{i}.json").exists() for i in ids)
+
+
+def test_ping_content_is_escaped(debug_serve):
+    evil = "<script>alert('x')</script>"
+    doc = make_ping(metrics={"string": {"toolbox.active_theme": evil}})
+    _, _, good_id = send(debug_serve, doc, "tag-xss")
+    # a rejected body that is not JSON at all, carrying markup
+    headers = {**SDK_HEADERS, "X-Debug-ID": "tag-xss", "Content-Encoding": "identity"}
+    status, _, _ = post(debug_serve.url + submit_path("metrics"), b'<img src=x onerror="alert(1)">', headers)
+    assert status == 400
+    status, page, headers = get(f"{debug_serve.url}/debug/tag-xss")
+    html = page.decode()
+    assert status == 200
+    assert evil not in html and "<img" not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    # the API gives the values back as JSON strings, which the page script only sets as text
+    pings = api(debug_serve, "tags/tag-xss")["pings"]
+    assert pings[0]["body_text"] == '<img src=x onerror="alert(1)">' and pings[0]["error_type"] == "json"
+    assert pings[1]["ping"]["metrics"]["string"]["toolbox.active_theme"] == evil
+    js = get(f"{debug_serve.url}/debug/static/viewer.js")[1].decode()
+    assert "innerHTML" not in js and "textContent" in js
+
+
+def test_invalid_tag_does_not_reject_the_ping(debug_serve):
+    for tag in ("has space!", "x" * 21, "<b>bold</b>"):
+        status, _, document_id = send(debug_serve, make_ping(), tag)
+        assert status == 200  # stored like any other ping
+        assert (debug_serve.data_dir / "store" / "raw" / "org-example-toolbox" / "metrics" / "1"
+                / f"{document_id}.json").exists()
+    data = api(debug_serve, f"tags/{INVALID_GROUP}")
+    assert [p["tag"] for p in data["pings"]] == ["<b>bold</b>", "x" * 21, "has space!"]
+    assert all(p["tag_valid"] is False and p["status"] == "accepted" for p in data["pings"])
+    page = get(f"{debug_serve.url}/debug/{INVALID_GROUP}")[1].decode()
+    assert "<b>bold" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+    tags = {t["tag"]: t for t in api(debug_serve, "tags")["tags"]}
+    assert tags[INVALID_GROUP]["valid"] is False
+
+
+def test_bad_requests_get_clear_errors(debug_serve):
+    status, body, _ = get(f"{debug_serve.url}/debug/api/tags/bad%20tag")
+    assert status == 404 and "not a debug tag" in orjson.loads(body)["error"]
+    status, body, _ = get(f"{debug_serve.url}/debug/api/tags/tag-a/00000000000000000-deadbeef")
+    assert status == 404 and "no debug ping" in orjson.loads(body)["error"]
+    status, body, _ = get(f"{debug_serve.url}/debug/api/tags/tag-a/../../raw")
+    assert status == 404
+    status, body, _ = get(f"{debug_serve.url}/debug/api/nothing")
+    assert status == 404 and orjson.loads(body)["error"] == "no API endpoint /api/nothing"
+    status, body, headers = get(f"{debug_serve.url}/debug/a/b/c")
+    assert status == 404 and headers["Content-Type"].startswith("text/html")
+    status, body, headers = post(f"{debug_serve.url}/debug/api/tags", b"{}", {"Content-Type": "application/json"})
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    # paths that only look like the mount still go to submit
+    status, body, _ = get(f"{debug_serve.url}/debugging")
+    assert status == 404 and body and orjson.loads(body)["error_type"] == "not_found"
+
+
+def test_tags_page_lists_tags_and_updates_itself(debug_serve):
+    send(debug_serve, make_ping(), "tag-page")
+    status, page, _ = get(f"{debug_serve.url}/debug")
+    html = page.decode()
+    assert status == 200 and 'href="/debug/tag-page"' in html
+    assert 'data-mode="tags"' in html and 'src="/debug/static/viewer.js"' in html
+    assert "http://" not in html and "https://" not in html  # no CDN or other outside asset
+    status, css, headers = get(f"{debug_serve.url}/debug/static/viewer.css")
+    assert status == 200 and headers["Content-Type"].startswith("text/css") and b"li.ping" in css
+
+
+@pytest.mark.e2e
+def test_real_glean_sdk_debug_tag(debug_serve, tmp_path):
+    """The official SDK with GLEAN_DEBUG_VIEW_TAG (the Python SDK's way to set the debug view tag)."""
+    proc = subprocess.run(
+        [sys.executable, str(CLIENT_SCRIPT), "--endpoint", debug_serve.url, "--data-dir", str(tmp_path / "glean"),
+         "--scenario", "one", "--debug-tag", "sdk-run-1", "--require-delivery"],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    sent = {u["doc_id"]: u["doc_type"] for u in report["uploads"] if u.get("status") == 200}
+    data = api(debug_serve, "tags/sdk-run-1")
+    listed = {p["document_id"]: p for p in data["pings"]}
+    assert set(listed) == set(sent) and set(sent.values()) == {"health", "toolbox-usage"}
+    usage = next(p for p in data["pings"] if p["doc_type"] == "toolbox-usage")
+    assert usage["status"] == "accepted"
+    assert usage["ping"]["metrics"]["counter"]["toolbox.launch_count"] == 1
+    assert usage["ping"]["client_info"]["client_id"] == report["client_id"]
+    assert usage["metadata"]["headers"]["x_debug_id"] == "sdk-run-1"
+    assert usage["metadata"]["headers"]["x_telemetry_agent"].startswith("Glean/")
+    received = [p["received"] for p in data["pings"]]
+    assert received == sorted(received, reverse=True)
+
+
+# --- the index and the dispatcher on their own -------------------------------------------------
+
+
+def test_retention_drops_old_entries_of_every_tag(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    index = DebugIndex(store, max_per_tag=10, retention_hours=1)
+    hour = 3_600_000_000
+    now = 1_800_000_000 * 1_000_000
+    meta = {"headers": {"x_debug_id": "old"}, "submission_timestamp": "t", "key": "raw/a"}
+    index.record(meta, "accepted", 200, "raw/a", now_us=now - 2 * hour)
+    index.record({**meta, "headers": {"x_debug_id": "new"}}, "accepted", 200, "raw/b", now_us=now - hour // 2)
+    assert len(list(store.list(DEBUG_PREFIX))) == 2
+    tags = index.tags(now_us=now)  # listing sweeps what expired, in any tag
+    assert [t["tag"] for t in tags] == ["new"]
+    assert list(store.list(f"{DEBUG_PREFIX}old/")) == []
+    assert len(index.entry_ids("new", now_us=now)) == 1
+
+
+def test_debug_settings_are_read_and_checked():
+    config = Config.from_env(environ={"GLEANPIPE_DEBUG_MAX_PINGS": "7", "GLEANPIPE_DEBUG_RETENTION_HOURS": "2"})
+    assert (config.debug_max_pings, config.debug_retention_hours) == (7, 2)
+    with pytest.raises(ValueError, match="GLEANPIPE_DEBUG_MAX_PINGS must be positive"):
+        Config.from_env(environ={"GLEANPIPE_DEBUG_MAX_PINGS": "0"})
+    with pytest.raises(ValueError, match="GLEANPIPE_DEBUG_RETENTION_HOURS must be a whole number"):
+        Config.from_env(environ={"GLEANPIPE_DEBUG_RETENTION_HOURS": "3w"})
+
+
+def test_dispatcher_moves_the_prefix_to_script_name():
+    seen = []
+
+    def app(name):
+        def _app(environ, start_response):
+            seen.append((name, environ.get("SCRIPT_NAME", ""), environ["PATH_INFO"]))
+            return [b""]
+        return _app
+
+    d = PrefixDispatcher(app("submit"), {"/debug": app("debug"), "/debug/deep": app("deep")})
+    for path in ("/debug", "/debug/", "/debug/api/tags", "/debug/deep/x", "/debugx", "/submit/a/b/1/c"):
+        d({"PATH_INFO": path}, None)
+    assert seen == [("debug", "/debug", ""), ("debug", "/debug", "/"), ("debug", "/debug", "/api/tags"),
+                    ("deep", "/debug/deep", "/x"), ("submit", "", "/debugx"), ("submit", "", "/submit/a/b/1/c")]
+    with pytest.raises(ValueError):
+        d.mount("/debug", app("again"))
+    with pytest.raises(ValueError):
+        d.mount("dictionary/", app("bad"))
+
+
+def test_viewer_works_whether_or_not_the_dispatcher_moves_the_prefix(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    config = Config.from_env(environ={}, data_dir=tmp_path)
+    viewer = DebugViewer.from_config(config, store)
+    DebugIndex.from_config(config, store).record(
+        {"headers": {"x_debug_id": "t1"}, "submission_timestamp": "2026-11-23T08:00:00.000000Z"}, "rejected", 400,
+        None, "uri", "document id must be a UUID")
+
+    def call(script_name, path_info):
+        out = {}
+        body = b"".join(viewer({"REQUEST_METHOD": "GET", "SCRIPT_NAME": script_name, "PATH_INFO": path_info},
+                               lambda status, headers: out.update(status=status, headers=dict(headers))))
+        return out["status"], body
+
+    for script_name, path_info in (("/debug", "/api/tags/t1"), ("", "/debug/api/tags/t1")):
+        status, body = call(script_name, path_info)
+        pings = orjson.loads(body)["pings"]
+        assert status == "200 OK" and [(p["error_type"], p["note"]) for p in pings] == [
+            ("uri", "the request was refused before it was stored")]
+    for script_name, path_info in (("/debug", ""), ("", "/debug")):
+        status, body = call(script_name, path_info)
+        assert status == "200 OK" and b'href="/debug/t1"' in body
+
+
+def test_store_listing_starts_at_the_prefix_folder(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    for key in ("raw/app-a/x.json", "raw/app-b/y.json", "debug/t/1.json", "errors/d/e.json"):
+        store.put_new(key, b"{}", notify=False)
+    assert list(store.list("debug/")) == ["debug/t/1.json"]
+    assert list(store.list("raw/app-")) == ["raw/app-a/x.json", "raw/app-b/y.json"]
+    assert list(store.list("nothing/here/")) == []
+    assert list(store.list("../")) == []
+    assert len(list(store.list())) == 4
+    store.delete("debug/t/1.json")
+    store.delete("debug/t/1.json")  # already gone: no error
+    assert list(store.list("debug/")) == []
+
+
+# --- in a real browser: the page updates itself and never runs what a ping carries -------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")
+def test_page_updates_itself_in_headless_chromium_without_running_ping_content(debug_serve, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    evil = '<img src=x onerror="window.pwned=1">'
+    _, _, first = send(debug_serve, make_ping(metrics={"string": {"toolbox.active_theme": "first"}}), "tag-browser")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            dialogs = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            outside = []
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(debug_serve.url) else None)
+            page.goto(f"{debug_serve.url}/debug/tag-browser")
+            assert page.locator("li.ping").count() == 1
+            # a new accepted ping carrying markup, and a rejected one, arrive while the page is open
+            _, _, second = send(debug_serve, make_ping(metrics={"string": {"toolbox.active_theme": evil}}),
+                                "tag-browser")
+            _, err, third = send(debug_serve, make_ping(metrics={"counter": {"toolbox.launch_count": evil}}),
+                                 "tag-browser")
+            page.locator("li.ping").nth(2).wait_for(timeout=20_000)  # the page polls every 2 s
+            ids = page.eval_on_selector_all("li.ping dd:first-of-type", "els => els.map(e => e.textContent)")
+            assert ids == [third, second, first]  # newest on top, without a reload
+            rejected = page.locator("li.ping").first
+            assert "rejected 400" in rejected.locator(".status").text_content()
+            assert err["error_message"] in rejected.inner_text()
+            shown = json.loads(page.locator("li.ping").nth(1).locator("pre").first.text_content())
+            assert shown["metrics"]["string"]["toolbox.active_theme"] == evil  # shown as text, in the JSON
+            assert page.locator("img").count() == 0 and page.evaluate("window.pwned") is None
+            assert dialogs == [] and outside == []
+            page.screenshot(path=str(tmp_path / "debug-viewer.png"), full_page=True)
+            # the tag list updates itself too: a tag that gets its first ping while the page is open
+            page.goto(f"{debug_serve.url}/debug")
+            assert page.locator('tr[data-tag="tag-late"]').count() == 0
+            send(debug_serve, make_ping(), "tag-late")
+            row = page.locator('tr[data-tag="tag-late"]')
+            row.wait_for(timeout=20_000)
+            assert row.locator("td").nth(1).text_content() == "1"
+            assert page.locator("#tags tbody tr").first.get_attribute("data-tag") == "tag-late"  # newest first
+            row.locator("a").click()
+            page.wait_for_url(f"{debug_serve.url}/debug/tag-late")
+            assert page.locator("li.ping").count() == 1
+            artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
+            artifacts.mkdir(exist_ok=True)
+            (artifacts / "debug-viewer.png").write_bytes((tmp_path / "debug-viewer.png").read_bytes())
+        finally:
+            browser.close()
+
+
+def test_new_settings_are_in_the_readme_settings_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for env, default in (("GLEANPIPE_DEBUG_MAX_PINGS", "100"), ("GLEANPIPE_DEBUG_RETENTION_HOURS", "504"),
+                         ("GLEANPIPE_EXPLORE_PORT", "8001")):
+        assert f"| `{env}` | `{default}`" in readme

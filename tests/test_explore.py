@@ -1,0 +1,251 @@
+"""`gleanpipe explore`: the warehouse exported to SQLite and served by a real Datasette process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import duckdb
+import pytest
+
+from conftest import DATASET, ServeProcess, free_port, gz, make_ping, post, submit_path
+from gleanpipe import explore as ex
+
+CLIENT = str(uuid.uuid4())
+METRICS = {
+    "counter": {"toolbox.launch_count": 7},
+    "string": {"toolbox.active_theme": "monokai ✓"},
+    "string_list": {"toolbox.enabled_plugins": ["git", "lint"]},
+    "labeled_counter": {"toolbox.tool_used": {"hammer": 2, "pliers": 1}},
+    "timing_distribution": {"toolbox.render_time": {"sum": 32500000, "values": {"1982579": 1, "15379236": 2}}},
+    "object": {"toolbox.open_tabs": [{"id": 1, "title": "Docs"}]},
+}
+EVENTS = [{"category": "toolbox", "name": "tool_opened", "timestamp": 0, "extra": {"tool": "hammer"}},
+          {"category": "toolbox", "name": "tool_opened", "timestamp": 15, "extra": {"tool": "saw"}}]
+
+
+def gleanpipe(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def send_known_pings(server: ServeProcess, n_plain: int = 4) -> dict:
+    """One ping with known metrics and events, plus n_plain counters; waits until all are loaded."""
+    ids = {"known": str(uuid.uuid4()), "plain": [str(uuid.uuid4()) for _ in range(n_plain)]}
+    status, _, _ = post(server.url + submit_path("metrics", ids["known"]),
+                        gz(make_ping(client_id=CLIENT, metrics=METRICS, events=EVENTS)))
+    assert status == 200
+    for i, doc_id in enumerate(ids["plain"]):
+        doc = make_ping(client_id=str(uuid.uuid4()), metrics={"counter": {"toolbox.launch_count": i}})
+        assert post(server.url + submit_path("metrics", doc_id), gz(doc))[0] == 200
+    assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", n_plain + 1) == n_plain + 1
+    assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.events_stream", 2) == 2
+    return ids
+
+
+def fetch_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"explore exited with {proc.returncode}: {proc.stdout.read()}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.2)
+    raise AssertionError(f"Datasette did not answer on {url}")
+
+
+def assert_known_row(row: dict, ids: dict) -> None:
+    """The ping with known values, read back from an exported row (nested columns are JSON text)."""
+    assert row["document_id"] == ids["known"]
+    assert json.loads(row["client_info"])["client_id"] == CLIENT
+    assert json.loads(row["ping_info"])["reason"] == "active"
+    metrics = json.loads(row["metrics"])
+    assert metrics["counter"]["toolbox_launch_count"] == 7
+    assert metrics["string"]["toolbox_active_theme"] == "monokai ✓"
+    assert metrics["string_list"]["toolbox_enabled_plugins"] == ["git", "lint"]
+    assert metrics["labeled_counter"]["toolbox_tool_used"] == [{"key": "hammer", "value": 2},
+                                                                {"key": "pliers", "value": 1}]
+    assert metrics["timing_distribution"]["toolbox_render_time"] == {
+        "sum": 32500000, "values": [{"key": 1982579, "value": 1}, {"key": 15379236, "value": 2}]}
+    assert metrics["object"]["toolbox_open_tabs"] == [{"id": 1, "title": "Docs"}]  # JSON column: embedded
+    events = json.loads(row["events"])
+    assert [(e["name"], e["extra"]) for e in events] == [("tool_opened", [{"key": "tool", "value": "hammer"}]),
+                                                         ("tool_opened", [{"key": "tool", "value": "saw"}])]
+    assert row["normalized_channel"] == "beta" and isinstance(row["sample_id"], int)
+    assert row["submission_timestamp"].endswith("Z") and row["submission_timestamp"][10] == "T"
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("explore") / "data"
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir).start()
+    try:
+        ids = send_known_pings(server)
+        yield server, ids
+    finally:
+        server.stop()
+
+
+def test_explore_while_serve_runs_serves_the_warehouse_in_datasette(loaded):
+    server, ids = loaded
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "explore", "--data-dir", str(server.data_dir),
+                             "--port", str(port), "--no-open"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/-/versions.json", proc)
+        rows = fetch_json(f"{base}/{DATASET}/metrics_v1.json?_shape=array&document_id={ids['known']}")
+        assert len(rows) == 1
+        assert_known_row(rows[0], ids)
+        # the warehouse's own timestamp, read through serve, is the exported one
+        _, wh = server.query(f"SELECT strftime(submission_timestamp, '%Y-%m-%dT%H:%M:%S.%fZ') "
+                             f"FROM {DATASET}.metrics_v1 WHERE document_id = '{ids['known']}'")
+        assert rows[0]["submission_timestamp"] == wh[0][0]
+
+        flat = fetch_json(f"{base}/{DATASET}/metrics_v1_flat.json?_shape=array&_sort=document_id")
+        by_id = {r["document_id"]: r for r in flat}
+        assert set(by_id) == {ids["known"], *ids["plain"]}
+        known = by_id[ids["known"]]
+        assert known["counter.toolbox_launch_count"] == 7
+        assert known["string.toolbox_active_theme"] == "monokai ✓"
+        assert known["client_info.client_id"] == CLIENT
+        assert json.loads(known["labeled_counter.toolbox_tool_used"]) == [{"key": "hammer", "value": 2},
+                                                                           {"key": "pliers", "value": 1}]
+        assert sorted(by_id[i]["counter.toolbox_launch_count"] for i in ids["plain"]) == [0, 1, 2, 3]
+        assert by_id[ids["plain"][0]]["string.toolbox_active_theme"] is None  # old rows read NULL
+
+        events = fetch_json(f"{base}/{DATASET}/events_stream.json?_shape=array&_sort=event_index")
+        assert [(e["event_index"], e["name"], json.loads(e["extra"])) for e in events] == [
+            (0, "tool_opened", [{"key": "tool", "value": "hammer"}]), (1, "tool_opened", [{"key": "tool", "value": "saw"}])]
+        assert {e["client_id"] for e in events} == {CLIENT}
+
+        # read-only: the files are opened immutable, and SQL that writes is refused
+        dbs = {d["name"]: d for d in fetch_json(f"{base}/-/databases.json")}
+        assert dbs[DATASET]["is_mutable"] is False and "gleanpipe_internal" in dbs
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{base}/{DATASET}.json?sql=DELETE+FROM+metrics_v1", timeout=10)
+        assert len(fetch_json(f"{base}/{DATASET}/metrics_v1.json?_shape=array")) == 5
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    assert "from gleanpipe serve (admin API)" in out
+    with pytest.raises(OSError):  # Datasette stopped with it
+        urllib.request.urlopen(f"{base}/-/versions.json", timeout=2)
+
+
+def test_paged_export_through_serve_reads_every_row_once(loaded, tmp_path):
+    server, ids = loaded
+    result = ex.export(ex.Source.from_server(server.admin), tmp_path / "out", page_rows=2)
+    con = sqlite3.connect(result.databases[DATASET])
+    got = sorted(r[0] for r in con.execute("SELECT document_id FROM metrics_v1"))
+    assert got == sorted([ids["known"], *ids["plain"]])
+    assert con.execute("SELECT document_id, event_index FROM events_stream ORDER BY 2").fetchall() == [
+        (ids["known"], 0), (ids["known"], 1)]
+    assert result.rows == 5 + 2 and result.written == ["gleanpipe_internal", DATASET]
+
+
+def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_datasets(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir).start()
+    ids = send_known_pings(server, n_plain=1)
+    server.stop()
+
+    first = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only")
+    assert first.returncode == 0, first.stderr
+    assert "exported 4 rows into 2 file(s)" in first.stdout and "(read-only)" in first.stdout
+    con = sqlite3.connect(data_dir / "explore" / f"{DATASET}.db")
+    con.row_factory = sqlite3.Row
+    assert_known_row(dict(con.execute("SELECT * FROM metrics_v1 WHERE document_id = ?", [ids["known"]]).fetchone()),
+                     ids)
+    con.close()
+
+    again = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only")
+    assert "exported 0 rows into 0 file(s)" in again.stdout
+    assert f"unchanged since the last export: gleanpipe_internal, {DATASET}" in again.stdout
+
+    # the read-only open left the file free: serve starts, takes a new ping, and the next run sees it
+    server = ServeProcess(data_dir).start()
+    try:
+        extra = str(uuid.uuid4())
+        assert post(server.url + submit_path("metrics", extra), gz(make_ping()))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 3) == 3
+    finally:
+        server.stop()
+    third = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only")
+    assert "exported 5 rows into 1 file(s)" in third.stdout and "unchanged since the last export: gleanpipe_internal" \
+        in third.stdout
+    con = sqlite3.connect(data_dir / "explore" / f"{DATASET}.db")
+    assert con.execute("SELECT count(*) FROM metrics_v1 WHERE document_id = ?", [extra]).fetchone()[0] == 1
+
+
+def test_keyset_pages_keep_rows_whose_document_id_is_null(tmp_path):
+    """The paging used through serve, run on a DuckDB file behind the same query interface."""
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE SCHEMA _gleanpipe; CREATE TABLE _gleanpipe.errors (object_key VARCHAR, document_id VARCHAR, "
+                "error_type VARCHAR)")
+    con.execute("INSERT INTO _gleanpipe.errors VALUES ('raw/a', NULL, 'key'), ('raw/b', 'd-1', 'transform'), "
+                "('raw/c', NULL, 'key'), ('raw/d', 'd-2', 'transform'), ('raw/e', NULL, 'key')")
+
+    class DuckDBQuery:
+        def query(self, sql, params=None):
+            cur = con.execute(sql, params or [])
+            return [d[0] for d in cur.description], cur.fetchall()
+
+    result = ex.export(ex.Source.from_server(DuckDBQuery()), tmp_path / "out", page_rows=2)
+    con.close()
+    out = sqlite3.connect(result.databases["gleanpipe_internal"])
+    assert out.execute("SELECT object_key, document_id FROM errors ORDER BY 1").fetchall() == [
+        ("raw/a", None), ("raw/b", "d-1"), ("raw/c", None), ("raw/d", "d-2"), ("raw/e", None)]
+
+
+def test_column_types_map_to_sqlite_values(tmp_path):
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE SCHEMA app; CREATE TABLE app.t (document_id VARCHAR, ok BOOLEAN, n BIGINT, x DOUBLE, "
+                "d DECIMAL(10, 2), day DATE, ts TIMESTAMPTZ, u UUID, m MAP(VARCHAR, INTEGER), l INTEGER[], "
+                "j JSON, s STRUCT(a VARCHAR, b STRUCT(c INTEGER)))")
+    con.execute("INSERT INTO app.t VALUES ('doc-1', true, 9007199254740993, 1.5, 12.34, DATE '2026-11-23', "
+                "TIMESTAMPTZ '2026-11-23 08:00:00.25+00', '5f0e6a2c-1b3d-4c5e-8f70-9a1b2c3d4e5f', "
+                "MAP {'k': 1}, [1, 2], '{\"z\": [1]}', {'a': 'x\"y', 'b': {'c': 3}})")
+    con.execute("CREATE VIEW app.v AS SELECT document_id, n FROM app.t")
+    result = ex.export(ex.Source.from_duckdb(con, "w"), tmp_path / "out")
+    con.close()
+    out = sqlite3.connect(result.databases["app"])
+    row = out.execute("SELECT * FROM t").fetchone()
+    assert row[:8] == ("doc-1", 1, 9007199254740993, 1.5, 12.34, "2026-11-23", "2026-11-23T08:00:00.250000Z",
+                       "5f0e6a2c-1b3d-4c5e-8f70-9a1b2c3d4e5f")
+    assert json.loads(row[8]) == {"k": 1} and json.loads(row[9]) == [1, 2] and json.loads(row[10]) == {"z": [1]}
+    assert json.loads(row[11]) == {"a": 'x"y', "b": {"c": 3}}
+    assert out.execute("SELECT * FROM v").fetchall() == [("doc-1", 9007199254740993)]  # views are exported too
+    assert [r[1] for r in out.execute("PRAGMA table_info(t)")] == [
+        "document_id", "ok", "n", "x", "d", "day", "ts", "u", "m", "l", "j", "s"]
+
+
+def test_explore_says_what_is_wrong(tmp_path):
+    missing = gleanpipe("explore", "--data-dir", str(tmp_path / "nothing"), "--export-only")
+    assert missing.returncode != 0 and "no warehouse at" in missing.stderr
+    other = gleanpipe("explore", "--data-dir", str(tmp_path), "--warehouse-url", "bigquery://p/l", "--export-only")
+    assert other.returncode != 0 and "explore works on a duckdb:// warehouse" in other.stderr
+    bad_port = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "explore", "--data-dir", str(tmp_path)],
+                              capture_output=True, text=True, env={**__import__("os").environ,
+                                                                   "GLEANPIPE_EXPLORE_PORT": "eighty"})
+    assert bad_port.returncode == 2 and "'--port': 'eighty' is not a valid integer" in bad_port.stderr
+    zero = gleanpipe("explore", "--data-dir", str(tmp_path), "--port", "0")
+    assert zero.returncode == 2 and "0 is not in the range 1<=x<=65535" in zero.stderr
