@@ -50,6 +50,22 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_MAX_HEADER_BYTES", "1024", "Longest kept header value accepted (431 above)."),
         Setting("GLEANPIPE_LOAD_BATCH", "1000", "Objects loaded into the warehouse per write."),
         Setting("GLEANPIPE_LOAD_INTERVAL_MS", "50", "How often `serve`'s loader looks for new objects."),
+        Setting(
+            "GLEANPIPE_STORE_TIMEOUT_S",
+            "10",
+            "Seconds one request to a gs:// or s3:// store may take (connect, then read).",
+        ),
+        Setting(
+            "GLEANPIPE_STORE_RETRY_S",
+            "15",
+            "Seconds a gs:// or s3:// store call keeps retrying transient failures (5xx, 429, network) "
+            "before it fails (submit then answers 503). 0: no retries.",
+        ),
+        Setting(
+            "GLEANPIPE_WORKER_WAIT_S",
+            "20",
+            "`gleanpipe worker`: SQS long-poll wait per receive, in seconds (0-20).",
+        ),
     )
 }
 

@@ -39,6 +39,15 @@ class RawStore(ABC):
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix``, in sorted order."""
 
+    def object_key(self, bucket: str, name: str) -> str | None:
+        """The key of object ``name`` in ``bucket`` as named by a storage notification, or None
+        when that object is not in this store (another bucket, or outside the store's prefix).
+        A local folder has no bucket name: every name is its own key."""
+        return name
+
+    def close(self) -> None:
+        """Release connections (cloud backends)."""
+
     def pending(self, limit: int) -> list[tuple[str, str]]:
         """(receipt, key) of objects written with notify=True and not yet acknowledged.
 
