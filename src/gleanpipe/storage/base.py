@@ -39,10 +39,10 @@ class RawStore(ABC):
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix``, in sorted order."""
 
-    def object_key(self, bucket: str, name: str) -> str | None:
-        """The key of object ``name`` in ``bucket`` as named by a storage notification, or None
-        when that object is not in this store (another bucket, or outside the store's prefix).
-        A local folder has no bucket name: every name is its own key."""
+    def object_key(self, bucket: str | None, name: str) -> str | None:
+        """The key of object ``name`` in ``bucket`` (None: not said) as named by a storage
+        notification, or None when that object is not in this store (another bucket, or outside
+        the store's prefix). A local folder has no bucket name: every name is its own key."""
         return name
 
     def close(self) -> None:

@@ -96,8 +96,8 @@ class GCSStore(RawStore):
         self._bucket = self._client.bucket(bucket)
         self._upload_url = f"{self.endpoint}/upload/storage/v1/b/{bucket}/o"
 
-    def object_key(self, bucket: str, name: str) -> str | None:
-        if bucket != self.bucket_name or not name.startswith(self.prefix):
+    def object_key(self, bucket: str | None, name: str) -> str | None:
+        if (bucket is not None and bucket != self.bucket_name) or not name.startswith(self.prefix):
             return None
         return name[len(self.prefix):]
 

@@ -81,8 +81,8 @@ class S3Store(RawStore):
         self.options = options or CloudOptions.from_env()
         self._client = make_client("s3", self.options)
 
-    def object_key(self, bucket: str, name: str) -> str | None:
-        if bucket != self.bucket or not name.startswith(self.prefix):
+    def object_key(self, bucket: str | None, name: str) -> str | None:
+        if (bucket is not None and bucket != self.bucket) or not name.startswith(self.prefix):
             return None
         return name[len(self.prefix):]
 
