@@ -23,6 +23,9 @@ Function-scoped fixtures that point gleanpipe (and the client libraries) at them
 region), and ``cloud_store(kind)`` -> a fresh, empty store URL of kind "local", "gcs" or "s3"
 (a new bucket or prefix per test), used by the parametrized storage tests.
 
+``FunctionProcess(target, workdir, env)`` runs functions/main.py under functions-framework as
+a real process on a free loopback port (``.url``, ``.read_log()``, ``.stop()``).
+
 A fixture skips its tests only when the emulator's program is not installed at all (with
 the reason); any other failure to start is an error. Every process is stopped at the end of
 the session (SIGTERM to its process group, SIGKILL after 10 s).
@@ -243,11 +246,13 @@ class PubSubEmulator:
         port = free_port()
         log = workdir / f"pubsub-{port}.log"
         config_dir = workdir / "gcloud-config"  # keep gcloud from writing to the user's ~/.config
+        data_dir = workdir / "pubsub-data"
+        data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "CLOUDSDK_CONFIG": str(config_dir), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
-                 f"--project={PROJECT}", f"--data-dir={workdir / 'pubsub-data'}"],
+                 f"--project={PROJECT}", f"--data-dir={data_dir}"],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         emulator = cls(proc, port, log)
         try:
@@ -307,5 +312,46 @@ def cloud_store_url(request, tmp_path, monkeypatch):
     return f"s3://{bucket}/some/prefix"
 
 
-__all__ = ["FakeGCS", "MotoServer", "PubSubEmulator", "PROJECT", "STORE_KINDS", "closed_port", "free_port",
+__all__ = ["FakeGCS", "FunctionProcess", "MotoServer", "PubSubEmulator", "PROJECT", "STORE_KINDS", "closed_port", "free_port",
            "http", "stop_group", "unique_bucket", "wait_until_ready"]
+
+
+# --- functions-framework processes ---------------------------------------------------------
+
+class FunctionProcess:
+    """``functions-framework --source functions/main.py --target=<target>`` on a free loopback port,
+    with the given environment (GLEANPIPE_* from the test's own environment are dropped first).
+    Its output goes to ``workdir/<target>-<port>.log``. Stop it with ``.stop()``."""
+
+    def __init__(self, target: str, workdir: Path, env: dict[str, str], signature_type: str | None = None):
+        import sys
+
+        root = Path(__file__).resolve().parents[1]
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"{target}-{self.port}.log"
+        args = [str(Path(sys.executable).parent / "functions-framework"), "--source", str(root / "functions" / "main.py"),
+                "--target", target, "--host", "127.0.0.1", "--port", str(self.port)]
+        if signature_type:
+            args += ["--signature-type", signature_type]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+        full_env.update(env)
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(args, cwd=workdir, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+        def listening() -> bool:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+
+        try:
+            wait_until_ready(self.proc, listening, f"functions-framework --target={target}", self.log, timeout=60)
+        except BaseException:
+            self.stop()
+            raise
+
+    def read_log(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_group(self.proc)
