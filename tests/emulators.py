@@ -191,6 +191,9 @@ class MotoServer:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
 
     def start(self) -> "MotoServer":
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request otherwise
         self._server.start()
         wait_until_ready(None, lambda: http("GET", f"{self.url}/moto-api/data.json", timeout=2)[0] == 200,
                          "moto server", None, timeout=30)

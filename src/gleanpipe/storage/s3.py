@@ -38,10 +38,10 @@ def endpoint_configured(service: str) -> bool:
     return bool(os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL"))
 
 
-def make_client(service: str, options: CloudOptions):
+def make_client(service: str, options: CloudOptions, read_timeout_s: float | None = None):
     """A boto3 client with our timeouts and no retries of its own (see cloud.with_retries)."""
     session = boto3.session.Session()
-    config = BotoConfig(connect_timeout=options.timeout_s, read_timeout=options.timeout_s,
+    config = BotoConfig(connect_timeout=options.timeout_s, read_timeout=read_timeout_s or options.timeout_s,
                         retries={"total_max_attempts": 1}, max_pool_connections=POOL_SIZE)
     if session.get_credentials() is None and endpoint_configured(service):
         config = config.merge(BotoConfig(signature_version=botocore.UNSIGNED))
