@@ -87,6 +87,15 @@ def test_list_with_prefix_is_sorted_and_strips_the_store_prefix(store):
     assert store.get("raw/a-app/events/1/3.json") == b"3"
 
 
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_listing_follows_pages(store):
+    store.list_page_size = 2  # 7 keys -> 4 listing requests
+    keys = [f"raw/app/metrics/1/{i:02d}.json" for i in range(7)]
+    for key in reversed(keys):
+        assert store.put_new(key, b"x", notify=False)
+    assert list(store.list("raw/")) == keys
+
+
 @EVERY_STORE
 def test_large_payload_round_trips_and_stays_create_only(store):
     # Over 8 MiB: the size at which google-cloud-storage would switch to a resumable upload,

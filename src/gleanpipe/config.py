@@ -25,7 +25,8 @@ SETTINGS: dict[str, Setting] = {
     s.env: s
     for s in (
         Setting("GLEANPIPE_DATA_DIR", "./data", "Folder for local mode: raw store, DuckDB file, server state."),
-        Setting("GLEANPIPE_STORE_URL", "", "Raw store URL (file://PATH). Empty: file://<data dir>/store."),
+        Setting("GLEANPIPE_STORE_URL", "", "Raw store URL (file://PATH, gs://BUCKET/PREFIX, s3://BUCKET/PREFIX). "
+                "Empty: file://<data dir>/store."),
         Setting(
             "GLEANPIPE_WAREHOUSE_URL",
             "",

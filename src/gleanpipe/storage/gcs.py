@@ -71,6 +71,8 @@ def _describe(exc: BaseException) -> str:
 
 
 class GCSStore(RawStore):
+    list_page_size = 1000  # names per listing request (the service's maximum)
+
     def __init__(self, bucket: str, prefix: str, options: CloudOptions | None = None):
         self.bucket_name, self.prefix = bucket, prefix
         self.url = f"gs://{bucket}/{prefix}".rstrip("/")
@@ -151,7 +153,7 @@ class GCSStore(RawStore):
 
             def page():
                 it = self._client.list_blobs(self._bucket, prefix=self.prefix + prefix, page_token=page_token,
-                                             max_results=None, fields="items(name),nextPageToken",
+                                             page_size=self.list_page_size, fields="items(name),nextPageToken",
                                              timeout=self.options.timeout_s, retry=None)
                 first = next(it.pages)
                 return [b.name for b in first], it.next_page_token

@@ -75,6 +75,8 @@ def describe(exc: BaseException) -> str:
 
 
 class S3Store(RawStore):
+    list_page_size = 1000  # keys per ListObjectsV2 request (the service's maximum)
+
     def __init__(self, bucket: str, prefix: str, options: CloudOptions | None = None):
         self.bucket, self.prefix = bucket, prefix
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
@@ -122,7 +124,7 @@ class S3Store(RawStore):
         token = None
         cut = len(self.prefix)
         while True:
-            args = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+            args = {"Bucket": self.bucket, "Prefix": self.prefix + prefix, "MaxKeys": self.list_page_size}
             if token:
                 args["ContinuationToken"] = token
             page = with_retries(f"cannot list {self.url}/{prefix}", lambda: self._client.list_objects_v2(**args),
