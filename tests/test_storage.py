@@ -177,3 +177,15 @@ def test_options_from_env_are_checked():
 def test_bad_store_urls_get_a_clear_error(url, message):
     with pytest.raises(ValueError, match=message):
         open_store(url)
+
+
+def test_gcs_without_credentials_is_a_store_error_on_use(monkeypatch, tmp_path):
+    """No emulator and no Application Default Credentials anywhere (a real, empty environment)."""
+    for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud-config"))
+    monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{closed_port()}")  # no metadata server either
+    monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{closed_port()}")
+    store = open_store("gs://some-bucket/p")  # opening does not need them yet
+    with pytest.raises(StoreError, match="no Google Cloud credentials"):
+        store.put_new(KEY, b"x")

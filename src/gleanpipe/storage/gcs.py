@@ -7,7 +7,8 @@ client library switches to a resumable upload above 8 MiB, and fake-gcs-server i
 preconditions on those, so the edge dedupe could not be tested there. The upload carries
 the object's CRC32C in its metadata, which Cloud Storage checks before it keeps the object.
 
-Credentials: Application Default Credentials. With ``STORAGE_EMULATOR_HOST`` set (the
+Credentials: Application Default Credentials, looked up on first use (so a missing credential
+makes submit answer 503, not the function fail to start). With ``STORAGE_EMULATOR_HOST`` set (the
 variable google-cloud-storage itself honours, e.g. ``http://127.0.0.1:4443``), requests go
 there with anonymous credentials. The client and its HTTP session are made once per store
 and shared by all threads (urllib3's connection pool is thread-safe).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -78,25 +80,38 @@ class GCSStore(RawStore):
         self.url = f"gs://{bucket}/{prefix}".rstrip("/")
         self.options = options or CloudOptions.from_env()
         emulator = os.environ.get("STORAGE_EMULATOR_HOST", "").rstrip("/")
-        if emulator:
-            if "://" not in emulator:
-                emulator = f"http://{emulator}"
-            credentials, project = AnonymousCredentials(), os.environ.get("GOOGLE_CLOUD_PROJECT") or "gleanpipe"
-        else:
-            try:
-                credentials, project = google.auth.default(scopes=SCOPES)
-            except google.auth.exceptions.DefaultCredentialsError as exc:
-                raise StoreError(f"no Google Cloud credentials for {self.url}: {exc}") from exc
+        if emulator and "://" not in emulator:
+            emulator = f"http://{emulator}"
+        self._emulated = bool(emulator)
         self.endpoint = emulator or PUBLIC_ENDPOINT
-        self._session = AuthorizedSession(credentials)
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        # One session for the library's reads and listings and for our uploads.
-        self._client = storage.Client(project=project or "gleanpipe", credentials=credentials, _http=self._session,
-                                      client_options={"api_endpoint": self.endpoint})
-        self._bucket = self._client.bucket(bucket)
         self._upload_url = f"{self.endpoint}/upload/storage/v1/b/{bucket}/o"
+        self._lock = threading.Lock()
+        self._session = self._client = self._bucket = None
+
+    def _connect(self) -> None:
+        """Find credentials and make the session and client, once, on first use: missing
+        credentials then fail a request (503 at the edge), not the process start."""
+        if self._bucket is not None:
+            return
+        with self._lock:
+            if self._bucket is not None:
+                return
+            if self._emulated:
+                credentials, project = AnonymousCredentials(), os.environ.get("GOOGLE_CLOUD_PROJECT") or "gleanpipe"
+            else:
+                try:
+                    credentials, project = google.auth.default(scopes=SCOPES)
+                except google.auth.exceptions.DefaultCredentialsError as exc:
+                    raise StoreError(f"no Google Cloud credentials for {self.url}: {exc}") from exc
+            session = AuthorizedSession(credentials)
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            # One session for the library's reads and listings and for our uploads.
+            client = storage.Client(project=project or "gleanpipe", credentials=credentials, _http=session,
+                                    client_options={"api_endpoint": self.endpoint})
+            self._session, self._client = session, client
+            self._bucket = client.bucket(self.bucket_name)
 
     def object_key(self, bucket: str | None, name: str) -> str | None:
         if (bucket is not None and bucket != self.bucket_name) or not name.startswith(self.prefix):
@@ -107,6 +122,7 @@ class GCSStore(RawStore):
 
     def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
         name = self.prefix + check_key(key)
+        self._connect()
         crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode("ascii")
         metadata = {"name": name, "contentType": "application/octet-stream", "crc32c": crc}
         boundary = f"gleanpipe-{uuid.uuid4().hex}"
@@ -134,7 +150,9 @@ class GCSStore(RawStore):
     # --- reads ----------------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
-        blob = self._bucket.blob(self.prefix + check_key(key))
+        name = self.prefix + check_key(key)
+        self._connect()
+        blob = self._bucket.blob(name)
 
         def download() -> bytes:
             try:
@@ -146,6 +164,7 @@ class GCSStore(RawStore):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix`` in Cloud Storage's (lexicographic) order, page by page."""
+        self._connect()
         token = None
         cut = len(self.prefix)
         while True:
@@ -166,4 +185,5 @@ class GCSStore(RawStore):
                 return
 
     def close(self) -> None:
-        self._session.close()
+        if self._session is not None:
+            self._session.close()
