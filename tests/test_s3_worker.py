@@ -19,7 +19,7 @@ from gleanpipe.storage import open_store
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 from gleanpipe.worker import S3QueueWorker
 
-from conftest import APP, DATASET, ROOT, SDK_HEADERS, gz, make_ping, submit_path
+from conftest import DATASET, ROOT, SDK_HEADERS, gz, make_ping, submit_path
 from emulators import closed_port, unique_bucket
 
 CLIENT = "7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d"

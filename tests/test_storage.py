@@ -96,6 +96,17 @@ def test_listing_follows_pages(store):
     assert list(store.list("raw/")) == keys
 
 
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_delete_removes_one_object_and_tolerates_a_missing_one(store):
+    assert store.put_new("debug/tag/1.json", b"1", notify=False)
+    assert store.put_new("debug/tag/2.json", b"2", notify=False)
+    store.delete("debug/tag/1.json")
+    store.delete("debug/tag/1.json")  # already gone: no error
+    assert list(store.list("debug/")) == ["debug/tag/2.json"]
+    assert store.put_new("debug/tag/1.json", b"again", notify=False)  # the name is free again
+    assert store.get("debug/tag/1.json") == b"again"
+
+
 @EVERY_STORE
 def test_large_payload_round_trips_and_stays_create_only(store):
     # Over 8 MiB: the size at which google-cloud-storage would switch to a resumable upload,
@@ -144,6 +155,8 @@ def test_unreachable_endpoint_raises_store_error_within_the_retry_budget(cloud_s
         store.get(KEY)
     with pytest.raises(StoreError, match="cannot list"):
         list(store.list("raw/"))
+    with pytest.raises(StoreError, match="cannot delete"):
+        store.delete(KEY)
     assert time.monotonic() - started < 20
     assert not isinstance(info.value, ObjectMissing)
 

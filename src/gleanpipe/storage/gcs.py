@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import orjson
 
 from .base import ObjectMissing, RawStore, StoreError
-from .cloud import TRANSIENT_STATUS, CloudOptions, check_key, parse_location, with_retries
+from .cloud import TRANSIENT_STATUS, CloudOptions, check_key, with_retries
 
 try:
     import google.auth
@@ -161,6 +161,20 @@ class GCSStore(RawStore):
                 raise ObjectMissing(f"no object {key} in {self.url}") from None
 
         return with_retries(f"cannot read {self.url}/{key}", download, _transient, self.options.retry_s, _describe)
+
+    def delete(self, key: str) -> None:
+        """Remove the object (housekeeping only); no error if there is none."""
+        name = self.prefix + check_key(key)
+        self._connect()
+        blob = self._bucket.blob(name)
+
+        def remove() -> None:
+            try:
+                blob.delete(timeout=self.options.timeout_s, retry=None)
+            except gexc.NotFound:
+                pass
+
+        with_retries(f"cannot delete {self.url}/{key}", remove, _transient, self.options.retry_s, _describe)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix`` in Cloud Storage's (lexicographic) order, page by page."""

@@ -119,6 +119,12 @@ class S3Store(RawStore):
 
         return with_retries(f"cannot read {self.url}/{key}", read, transient, self.options.retry_s, describe)
 
+    def delete(self, key: str) -> None:
+        """Remove the object (housekeeping only); no error if there is none (S3's own rule)."""
+        name = self.prefix + check_key(key)
+        with_retries(f"cannot delete {self.url}/{key}", lambda: self._client.delete_object(Bucket=self.bucket, Key=name),
+                     transient, self.options.retry_s, describe)
+
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix`` in S3's order (UTF-8 binary, the same as sorted()), page by page."""
         token = None
