@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 
 import pytest
 from cloudevents.http import CloudEvent
@@ -69,10 +67,3 @@ def test_s3_keys_are_url_decoded_and_test_events_ignored():
 def test_malformed_s3_messages(body, error):
     with pytest.raises(BadNotification, match=error):
         from_s3_message(body)
-
-
-def test_worker_wait_setting_is_checked(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", "http://127.0.0.1:1/q",
-                           "--data-dir", str(tmp_path)], env={"GLEANPIPE_WORKER_WAIT_S": "21", "PATH": ""},
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "0<=x<=20" in proc.stderr
