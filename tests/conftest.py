@@ -23,6 +23,8 @@ from gleanpipe.config import Config
 from gleanpipe.storage.local import LocalStore
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
+pytest_plugins = ["emulators"]  # fake-gcs-server, moto, Pub/Sub emulator fixtures (tests/emulators.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 APP = "org-example-toolbox"

@@ -286,5 +286,47 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
     sys.exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code)
 
 
+@main.command()
+@DATA_DIR
+@STORE
+@WAREHOUSE
+@click.option("--queue", "queue_url", required=True, help="URL of the SQS queue the raw bucket notifies.")
+@click.option("--wait", "wait_s", type=click.IntRange(0, 20), envvar="GLEANPIPE_WORKER_WAIT_S",
+              default=int(SETTINGS["GLEANPIPE_WORKER_WAIT_S"].default), show_default=True,
+              help="Long-poll seconds per receive.")
+@click.option("--once", is_flag=True, help="One receive, its loads, then exit.")
+@click.option("--max-messages", type=click.IntRange(min=1), default=None,
+              help="Exit after handling this many messages.")
+def worker(data_dir, store_url, warehouse_url, queue_url, wait_s, once, max_messages) -> None:
+    """Load objects as S3 announces them: consume ObjectCreated notifications from SQS.
+
+    A message is deleted only after its objects are loaded; on failure SQS delivers it again.
+    """
+    import signal
+
+    from .load import Loader
+    from .worker import S3QueueWorker
+
+    config = _config(data_dir, store_url, warehouse_url)
+    store = _store(config)
+    wh = _open_local(config, read_only=False)
+    try:
+        try:
+            w = S3QueueWorker(queue_url, Loader(store, wh), wait_s=wait_s)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: w.stopping.set())
+        click.echo(f"gleanpipe worker: {queue_url} -> {config.warehouse_url} (store {config.store_url})", err=True)
+        try:
+            stats = w.run(max_messages=max_messages, once=once)
+        except Exception as exc:  # a wrong queue URL, no permission...: say so, no traceback
+            raise click.ClickException(f"cannot consume {queue_url}: {exc}") from None
+    finally:
+        wh.close()
+        store.close()
+    click.echo(orjson.dumps(stats.as_dict()).decode())
+
+
 if __name__ == "__main__":
     main()

@@ -25,7 +25,8 @@ SETTINGS: dict[str, Setting] = {
     s.env: s
     for s in (
         Setting("GLEANPIPE_DATA_DIR", "./data", "Folder for local mode: raw store, DuckDB file, server state."),
-        Setting("GLEANPIPE_STORE_URL", "", "Raw store URL (file://PATH). Empty: file://<data dir>/store."),
+        Setting("GLEANPIPE_STORE_URL", "", "Raw store URL (file://PATH, gs://BUCKET/PREFIX, s3://BUCKET/PREFIX). "
+                "Empty: file://<data dir>/store."),
         Setting(
             "GLEANPIPE_WAREHOUSE_URL",
             "",
@@ -61,6 +62,22 @@ SETTINGS: dict[str, Setting] = {
             "Hours a debug ping stays listed at /debug (504 = 3 weeks, as Mozilla's Debug Ping Viewer).",
         ),
         Setting("GLEANPIPE_EXPLORE_PORT", "8001", "Port `gleanpipe explore` runs Datasette on (loopback)."),
+        Setting(
+            "GLEANPIPE_STORE_TIMEOUT_S",
+            "10",
+            "Seconds one request to a gs:// or s3:// store may take (connect, then read).",
+        ),
+        Setting(
+            "GLEANPIPE_STORE_RETRY_S",
+            "15",
+            "Seconds a gs:// or s3:// store call keeps retrying transient failures (5xx, 429, network) "
+            "before it fails (submit then answers 503). 0: no retries.",
+        ),
+        Setting(
+            "GLEANPIPE_WORKER_WAIT_S",
+            "20",
+            "`gleanpipe worker`: SQS long-poll wait per receive, in seconds (0-20).",
+        ),
     )
 }
 

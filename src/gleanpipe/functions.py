@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 
+from . import notifications
 from .config import Config
 from .http_edge import SubmitHandler, read_body
 from .load import Loader, LoadResult
@@ -17,7 +18,7 @@ from .warehouse import open_warehouse
 
 log = logging.getLogger(__name__)
 
-FINALIZED = "google.cloud.storage.object.v1.finalized"
+FINALIZED = notifications.FINALIZED
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,19 +44,34 @@ def submit(request):
 
 
 def object_name(cloud_event) -> str:
-    """The object key of a storage-finalized CloudEvent."""
-    data = cloud_event.data if hasattr(cloud_event, "data") else cloud_event["data"]
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        raise ValueError("CloudEvent data has no object name")
-    return data["name"]
+    """The object name of a storage notification CloudEvent (Eventarc or Pub/Sub)."""
+    note = notifications.from_cloud_event(cloud_event)
+    if not isinstance(note, notifications.Created):
+        raise notifications.BadNotification(f"not an object creation: {note.reason}")
+    return note.name
 
 
 def load(cloud_event) -> LoadResult:
-    """CloudEvent target: load the object the event names. Raises on transient trouble (retry)."""
-    event_type = cloud_event["type"]
-    if event_type != FINALIZED:
-        log.warning("ignoring CloudEvent of type %s", event_type)
+    """CloudEvent target: load the object the event names. Raises on transient trouble (retry).
+
+    Accepts ``google.cloud.storage.object.v1.finalized`` (Eventarc) and Cloud Storage
+    notifications through Pub/Sub (``google.cloud.pubsub.topic.v1.messagePublished``, which is
+    also what functions-framework makes of a raw Pub/Sub push request). Other events, and
+    malformed ones (a retry could never help), are logged and acknowledged.
+    """
+    try:
+        note = notifications.from_cloud_event(cloud_event)
+    except notifications.BadNotification as exc:
+        log.error("ignoring malformed notification (CloudEvent id %s): %s", cloud_event["id"], exc)
         return LoadResult(ignored=1)
-    result = loader().load_keys([object_name(cloud_event)])
-    log.info("load %s: %s", object_name(cloud_event), result.as_dict())
+    if isinstance(note, notifications.Ignored):
+        log.warning("ignoring %s (only object creation is loaded)", note.reason)
+        return LoadResult(ignored=1)
+    ldr = loader()
+    key = ldr.store.object_key(note.bucket, note.name)
+    if key is None:
+        log.warning("ignoring gs://%s/%s: not in the raw store %s", note.bucket, note.name, ldr.store.url)
+        return LoadResult(ignored=1)
+    result = ldr.load_keys([key])
+    log.info("load %s: %s", key, result.as_dict())
     return result

@@ -99,6 +99,9 @@ class LocalPipeline:
     def __init__(self, config: Config):
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        if not config.store_url.startswith("file://"):
+            raise RuntimeError(f"serve loads in-process from a file:// store only, not {config.store_url}: with a cloud "
+                               "store run the load function (gs://) or `gleanpipe worker` (s3://)")
         self.store = open_store(config.store_url)
         try:
             self.warehouse: Warehouse = open_warehouse(config.warehouse_url)

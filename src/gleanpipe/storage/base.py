@@ -60,3 +60,12 @@ class RawStore(ABC):
     def receipt_age(self, receipt: str) -> float:
         """Seconds since the pending notification was written."""
         return float("inf")
+
+    def object_key(self, bucket: str | None, name: str) -> str | None:
+        """The key of object ``name`` in ``bucket`` (None: not said) as named by a storage
+        notification, or None when that object is not in this store (another bucket, or outside
+        the store's prefix). A local folder has no bucket name: every name is its own key."""
+        return name
+
+    def close(self) -> None:
+        """Release connections (cloud backends)."""

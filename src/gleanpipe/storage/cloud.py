@@ -1,0 +1,96 @@
+"""What the gs:// and s3:// stores share: URL parsing, the key prefix, timeouts and retries.
+
+A cloud store is ``<scheme>://BUCKET/PREFIX``. Keys are the pipeline's keys
+(``raw/<app>/<doc-type>/<version>/<document-id>.json``); the object name in the bucket is
+``PREFIX/`` + key. ``list`` takes and returns keys, never object names.
+
+Retries are ours, not the client libraries' (theirs run for minutes by default): a call is
+retried on transient trouble (HTTP 408/429/5xx, connection errors, timeouts) for at most
+GLEANPIPE_STORE_RETRY_S seconds with doubling pauses, then raises StoreError so the edge
+answers 503 and the Glean SDK retries later. A create-only write whose first attempt
+reached the store but whose answer was lost comes back as "already there" (False) on the
+retry: the object is stored either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ..config import SETTINGS, _get
+from .base import StoreError
+from .local import KEY_RE
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Bucket names both services accept (lower-case letters, digits, dots, dashes, underscores).
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+PREFIX_RE = re.compile(r"[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*")
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def _seconds(env: str, environ=None, *, allow_zero: bool) -> float:
+    raw = _get(env, environ)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{env} must be a number of seconds, got {raw!r}") from None
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        raise ValueError(f"{env} must be {'zero or ' if allow_zero else ''}positive, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class CloudOptions:
+    timeout_s: float = float(SETTINGS["GLEANPIPE_STORE_TIMEOUT_S"].default)
+    retry_s: float = float(SETTINGS["GLEANPIPE_STORE_RETRY_S"].default)
+
+    @classmethod
+    def from_env(cls, environ=None) -> "CloudOptions":
+        return cls(timeout_s=_seconds("GLEANPIPE_STORE_TIMEOUT_S", environ, allow_zero=False),
+                   retry_s=_seconds("GLEANPIPE_STORE_RETRY_S", environ, allow_zero=True))
+
+
+def parse_location(scheme: str, rest: str) -> tuple[str, str]:
+    """``bucket/some/prefix`` -> ("bucket", "some/prefix/"); ``bucket`` -> ("bucket", "")."""
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not BUCKET_RE.fullmatch(bucket):
+        raise ValueError(f"{scheme}:// store URL needs a bucket name (3-222 of a-z 0-9 . - _), got {bucket!r}")
+    if prefix and (not PREFIX_RE.fullmatch(prefix) or any(p in (".", "..") for p in prefix.split("/"))):
+        raise ValueError(f"{scheme}:// store prefix may hold only A-Z a-z 0-9 . _ = - and /, got {prefix!r}")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def check_key(key: str) -> str:
+    if not KEY_RE.fullmatch(key) or any(p in (".", "..") for p in key.split("/")):
+        raise ValueError(f"unsafe object key: {key!r}")
+    return key
+
+
+def with_retries(what: str, call: Callable[[], T], is_transient: Callable[[BaseException], bool],
+                 retry_s: float, describe: Callable[[BaseException], str] = str) -> T:
+    """``call()``; transient failures are retried until ``retry_s`` has passed, then StoreError."""
+    deadline = time.monotonic() + retry_s
+    pause = 0.1
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified right below
+            transient = is_transient(exc)
+            if not transient or time.monotonic() + pause > deadline:
+                tail = f" (gave up after {attempt} attempts)" if transient and attempt > 1 else ""
+                raise StoreError(f"{what}: {describe(exc)}{tail}") from exc
+            log.info("%s: %s; retrying in %.1fs", what, describe(exc), pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+            attempt += 1

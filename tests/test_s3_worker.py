@@ -1,0 +1,177 @@
+"""The S3 trigger on moto: submit -> s3:// store -> S3 ObjectCreated notification -> SQS ->
+`gleanpipe worker` -> DuckDB rows. The store prefix holds a `=`, which S3 sends URL-encoded
+(`env%3Dprod`), so a key that was not decoded would not be found."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import orjson
+import pytest
+from functions_framework import create_app
+
+from gleanpipe.load import Loader
+from gleanpipe.storage import open_store
+from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+from gleanpipe.worker import S3QueueWorker
+
+from conftest import DATASET, ROOT, SDK_HEADERS, gz, make_ping, submit_path
+from emulators import closed_port, unique_bucket
+
+CLIENT = "7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d"
+PREFIX = "env=prod/pings"
+
+
+@pytest.fixture
+def s3_pipeline(aws_env, fn_env, monkeypatch, tmp_path):
+    bucket = unique_bucket()
+    aws_env.create_bucket(bucket)
+    queue_url = aws_env.sqs.create_queue(QueueName=f"raw-{uuid.uuid4().hex[:12]}",
+                                         Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+    arn = aws_env.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    aws_env.s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [{
+        "QueueArn": arn, "Events": ["s3:ObjectCreated:*"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": f"{PREFIX}/raw/"}]}}}]})
+    url = f"s3://{bucket}/{PREFIX}"
+    monkeypatch.setenv("GLEANPIPE_STORE_URL", url)
+    return {"bucket": bucket, "queue": queue_url, "store_url": url, "sqs": aws_env.sqs, "s3": aws_env.s3,
+            "warehouse": tmp_path / "worker.duckdb"}
+
+
+def submit(count: int, launches_from: int = 1) -> list[str]:
+    client = create_app(target="submit", source=str(ROOT / "functions" / "main.py")).test_client()
+    ids = []
+    for i in range(count):
+        doc_id = str(uuid.uuid4())
+        ping = make_ping(CLIENT, metrics={"counter": {"toolbox.launch_count": launches_from + i}})
+        assert client.post(submit_path("baseline", doc_id), data=gz(ping), headers=SDK_HEADERS).status_code == 200
+        ids.append(doc_id)
+    return ids
+
+
+def queue_depth(p) -> int:
+    attrs = p["sqs"].get_queue_attributes(QueueUrl=p["queue"], AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def rows(path):
+    wh = DuckDBWarehouse(str(path), read_only=True)
+    try:
+        return wh.query(f"SELECT document_id, metrics.counter.toolbox_launch_count FROM {DATASET}.baseline_v1 "
+                        f"ORDER BY 2")[1]
+    finally:
+        wh.close()
+
+
+def rows_of(w: S3QueueWorker):
+    return w.loader.warehouse.query(f"SELECT document_id, metrics.counter.toolbox_launch_count FROM {DATASET}.baseline_v1")[1]
+
+
+def worker_for(p, store=None) -> tuple[S3QueueWorker, DuckDBWarehouse]:
+    wh = DuckDBWarehouse(str(p["warehouse"]))
+    return S3QueueWorker(p["queue"], Loader(store or open_store(p["store_url"]), wh), wait_s=1), wh
+
+
+def drain(w: S3QueueWorker, rounds: int = 5) -> None:
+    """Receive until a receive comes back empty (at most ``rounds`` receives)."""
+    for _ in range(rounds):
+        if not w.poll_once():
+            return
+
+
+def test_worker_cli_loads_what_s3_announces(s3_pipeline, tmp_path):
+    docs = submit(3, launches_from=5)
+    p = s3_pipeline
+    proc = subprocess.run(
+        [sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", p["queue"], "--store-url", p["store_url"],
+         "--warehouse-url", f"duckdb://{p['warehouse']}", "--wait", "1", "--max-messages", "4"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    # four messages: the s3:TestEvent S3 sends when notifications are configured, then one per ping
+    assert stats["received"] == 4 and stats["deleted"] == 4 and stats["ignored"] == 1
+    assert stats["objects"] == 3 and stats["load"]["inserted"] == 3 and stats["load"]["errors"] == 0
+    assert rows(p["warehouse"]) == [(docs[0], 5), (docs[1], 6), (docs[2], 7)]
+    assert queue_depth(p) == 0
+
+
+def test_a_message_delivered_twice_leaves_one_row(s3_pipeline):
+    p = s3_pipeline
+    [doc] = submit(1)
+    received = p["sqs"].receive_message(QueueUrl=p["queue"], MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    bodies = [m["Body"] for m in received if "Records" in orjson.loads(m["Body"])]
+    [body] = bodies
+    record = orjson.loads(body)["Records"][0]
+    assert record["eventName"].startswith("ObjectCreated:")
+    assert record["s3"]["object"]["key"].startswith("env%3Dprod")  # keys come URL-encoded (moto: "/" too)
+    for m in received:  # put them back: the worker gets the original delivery...
+        p["sqs"].change_message_visibility(QueueUrl=p["queue"], ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+    w, wh = worker_for(p)
+    try:
+        drain(w, rounds=2)
+        assert rows_of(w) == [(doc, 1)]
+        p["sqs"].send_message(QueueUrl=p["queue"], MessageBody=body)  # ...and then the same notification again
+        drain(w, rounds=2)
+    finally:
+        wh.close()
+    assert w.stats.objects == 2 and w.stats.counts["inserted"] == 1 and w.stats.counts["duplicates"] == 1
+    assert rows(p["warehouse"]) == [(doc, 1)]
+    assert queue_depth(p) == 0
+
+
+def test_a_failed_load_leaves_the_message_for_redelivery(s3_pipeline, monkeypatch):
+    p = s3_pipeline
+    [doc] = submit(1, launches_from=42)
+    # The worker's S3 reads go to a closed port (a real connection failure); SQS still works.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("GLEANPIPE_STORE_RETRY_S", "0.2")
+    broken, wh = worker_for(p)
+    try:
+        drain(broken, rounds=2)
+    finally:
+        wh.close()
+    assert broken.stats.left_for_retry >= 1 and broken.stats.objects == 0
+    assert queue_depth(p) == 1  # the ObjectCreated message is still there
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    time.sleep(1.2)  # the queue's visibility timeout: SQS delivers it again
+    healthy, wh = worker_for(p)
+    try:
+        drain(healthy, rounds=2)
+    finally:
+        wh.close()
+    assert rows(p["warehouse"]) == [(doc, 42)]
+    assert queue_depth(p) == 0
+
+
+def test_test_events_other_events_foreign_objects_and_junk_are_deleted_without_loading(s3_pipeline, caplog):
+    p = s3_pipeline
+    record = {"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": p["bucket"]},
+                                                          "object": {"key": f"{PREFIX}/raw/x.json"}}}
+    foreign = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "not-our-bucket"},
+                                                        "object": {"key": f"{PREFIX}/raw/x.json"}}}
+    for body in ({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": p["bucket"]},
+                 {"Records": [record]}, {"Records": [foreign]}, "not json at all", {"Records": "nope"}):
+        p["sqs"].send_message(QueueUrl=p["queue"], MessageBody=body if isinstance(body, str) else json.dumps(body))
+    w, wh = worker_for(p)
+    try:
+        drain(w, rounds=3)
+    finally:
+        wh.close()
+    assert w.stats.objects == 0 and w.stats.ignored >= 3 and w.stats.malformed == 2
+    assert queue_depth(p) == 0
+    text = caplog.text
+    assert "not an S3 notification" in text and "not-our-bucket" in text
+
+
+def test_worker_cli_rejects_a_queue_that_does_not_exist(aws_env, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", f"{aws_env.url}/123456789012/missing-queue",
+         "--data-dir", str(tmp_path), "--store-url", f"s3://{unique_bucket()}", "--wait", "0", "--once"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "cannot consume" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,204 @@
+"""The RawStore contract on every backend: a local folder, fake-gcs-server (gs://) and moto (s3://).
+
+Each test gets a fresh bucket with a key prefix (see emulators.cloud_store_url), so the
+prefix handling is exercised everywhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from gleanpipe.storage import ObjectMissing, StoreError, open_store
+from gleanpipe.storage.cloud import CloudOptions
+
+from emulators import STORE_KINDS, closed_port, unique_bucket
+
+KEY = "raw/org-example-toolbox/baseline/1/0a1b2c3d-0000-4000-8000-000000000001.json"
+
+EVERY_STORE = pytest.mark.parametrize("cloud_store_url", STORE_KINDS, indirect=True)
+
+
+@pytest.fixture
+def store(cloud_store_url):
+    s = open_store(cloud_store_url)
+    yield s
+    s.close()
+
+
+@EVERY_STORE
+def test_put_new_is_create_only(store):
+    assert store.put_new(KEY, b"first bytes") is True
+    assert store.put_new(KEY, b"second bytes, never stored") is False
+    assert store.get(KEY) == b"first bytes"
+    assert list(store.list("raw/")) == [KEY]
+
+
+@EVERY_STORE
+def test_concurrent_writers_of_one_key_exactly_one_wins(store):
+    results: dict[int, bool] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def write(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = store.put_new(KEY, f"writer {i}".encode())
+        except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    winners = [i for i, won in results.items() if won]
+    assert len(results) == 8 and len(winners) == 1
+    assert store.get(KEY) == f"writer {winners[0]}".encode()  # the winner's bytes, whole
+
+
+@EVERY_STORE
+def test_get_of_a_missing_key_raises_object_missing(store):
+    with pytest.raises(ObjectMissing):
+        store.get("raw/org-example-toolbox/baseline/1/never-written.json")
+    assert issubclass(ObjectMissing, StoreError)  # callers that only know StoreError still see it
+
+
+@EVERY_STORE
+def test_list_with_prefix_is_sorted_and_strips_the_store_prefix(store):
+    keys = [
+        "raw/b-app/metrics/1/2.json",
+        "raw/a-app/baseline/1/1.json",
+        "raw/a-app/baseline/1/0.json",
+        "raw/a-app/events/1/3.json",
+        "errors/2026-11-23/schema/4.json",
+    ]
+    for i, key in enumerate(keys):
+        assert store.put_new(key, f"{i}".encode(), notify=False)
+    assert list(store.list("raw/a-app/")) == [
+        "raw/a-app/baseline/1/0.json", "raw/a-app/baseline/1/1.json", "raw/a-app/events/1/3.json"]
+    assert list(store.list("errors/")) == ["errors/2026-11-23/schema/4.json"]
+    assert list(store.list("raw/zzz/")) == []
+    everything = [k for k in store.list("") if not k.startswith(".")]
+    assert everything == sorted(keys)
+    assert store.get("raw/a-app/events/1/3.json") == b"3"
+
+
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_listing_follows_pages(store):
+    store.list_page_size = 2  # 7 keys -> 4 listing requests
+    keys = [f"raw/app/metrics/1/{i:02d}.json" for i in range(7)]
+    for key in reversed(keys):
+        assert store.put_new(key, b"x", notify=False)
+    assert list(store.list("raw/")) == keys
+
+
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_delete_removes_one_object_and_tolerates_a_missing_one(store):
+    assert store.put_new("debug/tag/1.json", b"1", notify=False)
+    assert store.put_new("debug/tag/2.json", b"2", notify=False)
+    store.delete("debug/tag/1.json")
+    store.delete("debug/tag/1.json")  # already gone: no error
+    assert list(store.list("debug/")) == ["debug/tag/2.json"]
+    assert store.put_new("debug/tag/1.json", b"again", notify=False)  # the name is free again
+    assert store.get("debug/tag/1.json") == b"again"
+
+
+@EVERY_STORE
+def test_large_payload_round_trips_and_stays_create_only(store):
+    # Over 8 MiB: the size at which google-cloud-storage would switch to a resumable upload,
+    # where fake-gcs-server ignores the create-only precondition.
+    big = bytes(range(256)) * (33 * 1024 + 7)
+    assert len(big) > 8 * 1024 * 1024
+    assert store.put_new(KEY, big) is True
+    assert store.put_new(KEY, b"small") is False
+    assert store.get(KEY) == big
+
+
+@EVERY_STORE
+def test_unsafe_keys_are_refused(store):
+    for key in ("../escape.json", "raw/../../x", "", "raw/a b.json"):
+        with pytest.raises(ValueError):
+            store.put_new(key, b"x")
+
+
+@EVERY_STORE
+def test_object_key_maps_notification_names_back_to_keys(store, cloud_store_url):
+    if cloud_store_url.startswith("file://"):
+        assert store.object_key("anything", KEY) == KEY
+        return
+    bucket = cloud_store_url.split("/")[2]
+    assert store.object_key(bucket, f"some/prefix/{KEY}") == KEY
+    assert store.object_key(bucket, KEY) is None  # outside the store's prefix
+    assert store.object_key("another-bucket", f"some/prefix/{KEY}") is None
+
+
+# --- failures: StoreError, never a hang ------------------------------------------------------
+
+
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_unreachable_endpoint_raises_store_error_within_the_retry_budget(cloud_store_url, monkeypatch):
+    port = closed_port()  # a real closed loopback port: connections are refused
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GLEANPIPE_STORE_RETRY_S", "0.5")
+    monkeypatch.setenv("GLEANPIPE_STORE_TIMEOUT_S", "2")
+    store = open_store(cloud_store_url)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="cannot write") as info:
+        store.put_new(KEY, b"x")
+    assert "gave up after" in str(info.value)  # it did retry, then stopped
+    with pytest.raises(StoreError, match="cannot read"):
+        store.get(KEY)
+    with pytest.raises(StoreError, match="cannot list"):
+        list(store.list("raw/"))
+    with pytest.raises(StoreError, match="cannot delete"):
+        store.delete(KEY)
+    assert time.monotonic() - started < 20
+    assert not isinstance(info.value, ObjectMissing)
+
+
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_missing_bucket_is_a_store_error_not_a_duplicate(cloud_store_url):
+    scheme = cloud_store_url.split("://")[0]
+    store = open_store(f"{scheme}://{unique_bucket()}/p")  # never created
+    with pytest.raises(StoreError) as info:
+        store.put_new(KEY, b"x")
+    assert "404" in str(info.value)
+
+
+def test_options_from_env_are_checked():
+    assert CloudOptions.from_env({}) == CloudOptions(timeout_s=10.0, retry_s=15.0)
+    assert CloudOptions.from_env({"GLEANPIPE_STORE_RETRY_S": "0", "GLEANPIPE_STORE_TIMEOUT_S": "2.5"}) == \
+        CloudOptions(timeout_s=2.5, retry_s=0.0)
+    for env, raw in (("GLEANPIPE_STORE_TIMEOUT_S", "0"), ("GLEANPIPE_STORE_TIMEOUT_S", "soon"),
+                     ("GLEANPIPE_STORE_RETRY_S", "-1"), ("GLEANPIPE_STORE_RETRY_S", "nan")):
+        with pytest.raises(ValueError, match=env):
+            CloudOptions.from_env({env: raw})
+
+
+@pytest.mark.parametrize("url, message", [
+    ("gs://", "store URL must look like"),
+    ("gs://UPPER/x", "bucket name"),
+    ("s3://ok-bucket/bad prefix", "prefix may hold only"),
+    ("s3://ok-bucket/../x", "prefix may hold only"),
+    ("ftp://x/y", "unknown store scheme"),
+])
+def test_bad_store_urls_get_a_clear_error(url, message):
+    with pytest.raises(ValueError, match=message):
+        open_store(url)
+
+
+def test_gcs_without_credentials_is_a_store_error_on_use(monkeypatch, tmp_path):
+    """No emulator and no Application Default Credentials anywhere (a real, empty environment)."""
+    for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud-config"))
+    monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{closed_port()}")  # no metadata server either
+    monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{closed_port()}")
+    store = open_store("gs://some-bucket/p")  # opening does not need them yet
+    with pytest.raises(StoreError, match="no Google Cloud credentials"):
+        store.put_new(KEY, b"x")
