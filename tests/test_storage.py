@@ -96,7 +96,7 @@ def test_listing_follows_pages(store):
     assert list(store.list("raw/")) == keys
 
 
-@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+@pytest.mark.parametrize("cloud_store_url", ["local", "gcs", "s3"], indirect=True)
 def test_delete_removes_one_object_and_tolerates_a_missing_one(store):
     assert store.put_new("debug/tag/1.json", b"1", notify=False)
     assert store.put_new("debug/tag/2.json", b"2", notify=False)
