@@ -50,6 +50,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_MAX_HEADER_BYTES", "1024", "Longest kept header value accepted (431 above)."),
         Setting("GLEANPIPE_LOAD_BATCH", "1000", "Objects loaded into the warehouse per write."),
         Setting("GLEANPIPE_LOAD_INTERVAL_MS", "50", "How often `serve`'s loader looks for new objects."),
+        Setting("GLEANPIPE_BIGQUERY_ENDPOINT", "",
+                "BigQuery API endpoint for bigquery:// (an emulator; no credentials are sent). Empty: Google's."),
+        Setting("GLEANPIPE_BIGQUERY_RETRY_S", "60",
+                "Seconds one BigQuery call is retried on transient errors before the load fails (and is retried)."),
+        Setting("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "60",
+                "How often a BigQuery loader re-reads the deleted clients (requests made by other instances)."),
     )
 }
 
