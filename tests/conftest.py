@@ -23,6 +23,8 @@ from gleanpipe.config import Config
 from gleanpipe.storage.local import LocalStore
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
+pytest_plugins = ["bq_emulator"]  # the BigQuery emulator fixtures (tests/bq_emulator.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 APP = "org-example-toolbox"
