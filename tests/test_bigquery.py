@@ -1,0 +1,218 @@
+"""BigQuery-only behaviour: pending deletions and `gleanpipe deletions`, refused rows, settings.
+
+bqemulator allows DML on rows that were just streamed and never refuses a streamed row for its
+values (it answers 500), where real BigQuery refuses both. Those refusals are injected into the
+real client's calls below, each with BigQuery's own error shape, and say so.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from google.api_core.exceptions import BadRequest
+
+from gleanpipe.load import Loader
+from gleanpipe.warehouse import RowDataError, WarehouseUnavailable, open_warehouse
+from gleanpipe.warehouse.bigquery import BigQueryWarehouse, parse_url
+
+from conftest import DATASET, make_ping
+from test_load import CLIENT_A, CLIENT_B, EVENTS, put_ping
+
+# The message BigQuery gives for DML over rows still in the streaming buffer.
+STREAMING_BUFFER_ERROR = ("UPDATE or DELETE statement over table {table} would affect rows in the streaming buffer, "
+                          "which is not supported")
+
+
+@pytest.fixture
+def bq(bq_warehouse_url, monkeypatch):
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_RETRY_S", "10")
+    wh = open_warehouse(bq_warehouse_url)
+    yield wh
+    wh.close()
+
+
+def refuse_deletes_in_streaming_buffer(wh: BigQueryWarehouse):
+    """Fault injection (bqemulator lets DML touch just-streamed rows; BigQuery refuses for up to
+    ~30 min): DELETEs on the app's tables raise the BadRequest BigQuery raises. Returns undo()."""
+    real = wh.client.query
+
+    def query(sql, *args, **kwargs):
+        if sql.startswith("DELETE FROM") and f"`{DATASET}`" in sql:
+            table = sql.split()[2].replace("`", "")
+            raise BadRequest(STREAMING_BUFFER_ERROR.format(table=table))
+        return real(sql, *args, **kwargs)
+
+    wh.client.query = query
+    return lambda: setattr(wh.client, "query", real)
+
+
+def gleanpipe(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_deletion_refused_by_the_streaming_buffer_stays_pending_until_a_retry_succeeds(
+        store, bq, bq_warehouse_url, tmp_path):
+    loader = Loader(store, bq)
+    loader.load_keys([put_ping(store, make_ping(CLIENT_A, events=EVENTS)),
+                      put_ping(store, make_ping(CLIENT_B))])
+    undo = refuse_deletes_in_streaming_buffer(bq)
+    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    doc = deletion.rsplit("/", 1)[1][:-5]
+    assert loader.load_keys([deletion]).deletions == 1
+    query = lambda sql: bq.query(sql)[1]
+    [(executed, deleted, attempts, error)] = query(
+        "SELECT executed_at, rows_deleted, attempts, last_error FROM _gleanpipe.deletions")
+    assert (executed, deleted, attempts) == (None, 0, 1) and "streaming buffer" in error
+    assert bq.status()["deletions_pending"] == 1 and bq.status()["deletions"] == 0
+    # the client is already treated as deleted: a late ping is not loaded
+    assert loader.load_keys([put_ping(store, make_ping(CLIENT_A, seq=9))]).skipped_deleted == 1
+    # retried while BigQuery still refuses: still pending, never dropped
+    [attempt] = bq.retry_deletions()
+    assert (attempt.document_id, attempt.done, attempt.rows_deleted) == (doc, False, 0)
+    assert "streaming buffer" in attempt.error
+    assert query("SELECT attempts, executed_at FROM _gleanpipe.deletions") == [(2, None)]
+    assert query(f"SELECT count(*) FROM {DATASET}.baseline WHERE client_info.client_id = '{CLIENT_A}'") == [(1,)]
+    undo()
+
+    # the scheduled `gleanpipe deletions`, as a user runs it, once the buffer is flushed
+    env = {"GLEANPIPE_WAREHOUSE_URL": bq_warehouse_url, "GLEANPIPE_DATA_DIR": str(tmp_path / "unused")}
+    out = gleanpipe("deletions", env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"done     {DATASET}  client {CLIENT_A}  (request {doc}): 3 rows deleted" in out.stdout
+    assert "1 carried out, 0 still pending" in out.stdout
+    [(executed, deleted, attempts, error)] = query(
+        "SELECT executed_at IS NOT NULL, rows_deleted, attempts, last_error FROM _gleanpipe.deletions")
+    assert (executed, deleted, attempts, error) == (True, 3, 3, None)
+    assert query(f"SELECT client_info.client_id FROM {DATASET}.baseline") == [(CLIENT_B,)]
+    assert query(f"SELECT count(*) FROM {DATASET}.events_stream") == [(0,)]
+    out = gleanpipe("deletions", env=env)
+    assert out.returncode == 0 and "0 carried out, 0 still pending" in out.stdout
+
+
+def test_a_deletion_request_loaded_twice_is_recorded_once(store, bq):
+    loader = Loader(store, bq)
+    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    loader.load_keys([deletion])
+    loader.load_keys([deletion])
+    assert bq.query("SELECT client_id, attempts FROM _gleanpipe.deletions")[1] == [(CLIENT_A, 2)]
+
+
+def test_deletions_made_by_another_instance_are_seen_after_the_refresh(store, bq_warehouse_url, monkeypatch):
+    """Two loaders (two function instances) on one project: the second learns of the first's
+    deletion request when it re-reads _gleanpipe.deletions (GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S)."""
+    import time
+
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "1")
+    one, two = open_warehouse(bq_warehouse_url), open_warehouse(bq_warehouse_url)
+    try:
+        assert Loader(store, two).load_keys([put_ping(store, make_ping(CLIENT_A))]).inserted == 1  # reads the list
+        Loader(store, one).load_keys([put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")])
+        time.sleep(1.1)
+        assert Loader(store, two).load_keys([put_ping(store, make_ping(CLIENT_A))]).skipped_deleted == 1
+    finally:
+        one.close()
+        two.close()
+
+
+def refuse_rows(wh: BigQueryWarehouse, bad_ids: set[str], message: str, reason: str = "invalid"):
+    """Fault injection: insertAll's per-row refusal, in the shape BigQuery answers it (bqemulator
+    answers a bad value with a 500 instead). Rows of a request with a refused row are 'stopped'."""
+    real = wh.client.insert_rows_json
+
+    def insert(table, rows, row_ids=None, **kwargs):
+        bad = [i for i, rid in enumerate(row_ids or []) if rid in bad_ids]
+        if not bad:
+            return real(table, rows, row_ids=row_ids, **kwargs)
+        return [{"index": i, "errors": [{"reason": reason, "location": "metrics.counter.toolbox_a", "message": message}
+                                        if i in bad else {"reason": "stopped", "message": ""}]}
+                for i in range(len(rows))]
+
+    wh.client.insert_rows_json = insert
+
+
+def test_a_refused_row_goes_to_errors_and_the_rest_of_the_batch_loads(store, bq):
+    good = put_ping(store, make_ping(CLIENT_A))
+    bad = put_ping(store, make_ping(CLIENT_B))
+    bad_id = bad.rsplit("/", 1)[1][:-5]
+    refuse_rows(bq, {bad_id}, "Cannot convert value to integer (bad value): 1180591620717411303424")
+    result = Loader(store, bq).load_keys([good, bad])
+    assert (result.inserted, result.errors) == (1, 1)
+    assert bq.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_A,)]
+    [(key, etype, message)] = bq.query("SELECT object_key, error_type, error_message FROM _gleanpipe.errors")[1]
+    assert (key, etype) == (bad, "warehouse") and "Cannot convert value to integer" in message
+
+
+def test_fields_not_yet_visible_to_streaming_make_the_load_retry(store, bq):
+    """Right after update_table, BigQuery's streaming system may not know the new fields for a
+    while and refuses rows with 'no such field': that is transient, the trigger must retry."""
+    key = put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.a": 1}}))
+    refuse_rows(bq, {key.rsplit("/", 1)[1][:-5]}, "no such field: metrics.counter.toolbox_a.")
+    with pytest.raises(WarehouseUnavailable, match="not visible to streaming yet"):
+        Loader(store, bq).load_keys([key])
+
+
+def test_an_emulator_that_is_down_is_transient(store, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_RETRY_S", "1")
+    wh = open_warehouse("bigquery://nobody-here/US")
+    try:
+        with pytest.raises(WarehouseUnavailable):
+            Loader(store, wh).load_keys([put_ping(store, make_ping(CLIENT_A))])
+    finally:
+        wh.close()
+
+
+@pytest.mark.parametrize("url", ["bigquery://", "bigquery://proj", "bigquery://proj/", "bigquery://Proj!/US",
+                                 "bigquery://proj/US/extra"])
+def test_bad_bigquery_urls_say_what_they_should_look_like(url):
+    with pytest.raises(ValueError, match="bigquery://PROJECT/LOCATION"):
+        open_warehouse(url)
+
+
+def test_url_parts():
+    assert parse_url("bigquery://my-project/europe-west1") == ("my-project", "europe-west1")
+
+
+def test_bad_retry_setting_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_RETRY_S", "soon")
+    with pytest.raises(ValueError, match="GLEANPIPE_BIGQUERY_RETRY_S must be a whole number"):
+        open_warehouse("bigquery://p1/US")
+
+
+def test_cli_reports_a_bad_warehouse_url_without_a_traceback(tmp_path):
+    out = gleanpipe("deletions", "--data-dir", str(tmp_path), "--warehouse-url", "bigquery://only-a-project")
+    assert out.returncode == 1 and "bigquery://PROJECT/LOCATION" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_deletions_command_on_duckdb(tmp_path):
+    """DuckDB carries out a deletion inside the load, so nothing is pending; a record left
+    pending (as an older tool or a crash between steps could leave it) is carried out."""
+    from gleanpipe.storage.local import LocalStore
+
+    data = tmp_path / "data"
+    store = LocalStore(data / "store")
+    wh = open_warehouse(f"duckdb://{data / 'warehouse.duckdb'}")
+    Loader(store, wh).load_keys([put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_B))])
+    wh.con.execute("INSERT INTO _gleanpipe.deletions (dataset, client_id, document_id, requested_at) "
+                   "VALUES (?, ?, 'd0c', now())", [DATASET, CLIENT_B])
+    wh.close()
+    out = gleanpipe("deletions", "--data-dir", str(data))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f"done     {DATASET}  client {CLIENT_B}  (request d0c): 1 rows deleted",
+        f"1 carried out, 0 still pending (duckdb://{data / 'warehouse.duckdb'})"]
+    out = gleanpipe("deletions", "--data-dir", str(data))
+    assert out.stdout.splitlines()[-1].startswith("0 carried out, 0 still pending")
+    wh = open_warehouse(f"duckdb://{data / 'warehouse.duckdb'}", read_only=True)
+    try:
+        assert wh.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_A,)]
+        assert wh.query("SELECT rows_deleted, attempts FROM _gleanpipe.deletions")[1] == [(1, 1)]
+    finally:
+        wh.close()
