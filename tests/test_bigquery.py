@@ -216,3 +216,8 @@ def test_deletions_command_on_duckdb(tmp_path):
         assert wh.query("SELECT rows_deleted, attempts FROM _gleanpipe.deletions")[1] == [(1, 1)]
     finally:
         wh.close()
+
+
+def test_status_and_deletions_on_an_empty_project(bq):
+    assert bq.status() == {"tables": [], "load_errors": {}, "deletions": 0, "deletions_pending": 0}
+    assert bq.retry_deletions() == []

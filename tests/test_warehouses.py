@@ -359,3 +359,47 @@ def test_readme_queries_run_unchanged_on_both(store, wh):
     assert tools == [("hammer", 3), ("pliers", 1)]
     assert sorted((str(day), c, n, k) for day, c, n, k in events) == [
         ("2026-11-23", "toolbox", "tool_closed", 1), ("2026-11-23", "toolbox", "tool_opened", 1)]
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+def test_events_stream_is_not_a_ping_name():
+    from gleanpipe.naming import PathError, parse_segments
+
+    for doc_type in ("events-stream", "events_stream"):
+        with pytest.raises(PathError, match="reserved"):
+            parse_segments("org-example-toolbox", doc_type, "1", str(uuid.uuid4()))
+
+
+def test_a_ping_named_like_a_table_gets_no_view(store, tmp_path):
+    """Ping `foo-v1` has table foo_v1_v1; its view would be foo_v1, the table of ping `foo`."""
+    wh = WH("duckdb", open_warehouse(f"duckdb://{tmp_path / 'names.duckdb'}"))
+    try:
+        load(store, wh, put_ping(store, make_ping(CLIENT_A), doc_type="foo-v1"),
+             put_ping(store, make_ping(CLIENT_B), doc_type="foo"))
+        assert wh.objects(DATASET) == {"foo_v1_v1": "TABLE", "foo_v1": "TABLE", "foo": "VIEW"}
+        assert wh.q(f"SELECT client_info.client_id FROM {DATASET}.foo") == [(CLIENT_B,)]
+    finally:
+        wh.wh.close()
+
+
+def test_a_duckdb_file_from_before_the_views_is_upgraded(tmp_path):
+    """Earlier versions named the per-event table events_stream; it becomes events_stream_v1
+    with the events_stream view over it, rows kept."""
+    import duckdb
+
+    from gleanpipe.table_schema import EVENTS_STREAM_COLUMNS
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    cols = ", ".join(f'"{n}" {t.duckdb()}' for n, t in EVENTS_STREAM_COLUMNS)
+    con.execute(f"CREATE SCHEMA {DATASET}; CREATE TABLE {DATASET}.events_stream ({cols})")
+    con.execute(f"INSERT INTO {DATASET}.events_stream (document_id, event_index, category) VALUES ('d', 0, 'c')")
+    con.close()
+    wh = WH("duckdb", open_warehouse(f"duckdb://{path}"))
+    try:
+        assert wh.objects(DATASET) == {"events_stream_v1": "TABLE", "events_stream": "VIEW"}
+        assert wh.q(f"SELECT document_id, category FROM {DATASET}.events_stream") == [("d", "c")]
+    finally:
+        wh.wh.close()

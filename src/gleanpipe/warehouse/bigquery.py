@@ -302,16 +302,11 @@ class BigQueryWarehouse(Warehouse):
     def _deleted_clients(self, dataset: str) -> set[str]:
         """Clients with a deletion request (done or pending), re-read every
         GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S so other instances' requests count too."""
-        from google.api_core import exceptions as gexc
-
         read_at, clients = self._deleted.get(dataset, (0.0, set()))
         if time.monotonic() - read_at >= self.deletions_refresh_s:
-            try:
-                _, rows = self._run(f"SELECT DISTINCT client_id FROM {self._sql_ref(META, 'deletions')} "
-                                    "WHERE dataset = ?", [dataset])
-                clients = {r[0] for r in rows}
-            except gexc.NotFound:
-                clients = set()
+            _, rows = self._run(f"SELECT DISTINCT client_id FROM {self._sql_ref(META, 'deletions')} "
+                                "WHERE dataset = ?", [dataset])
+            clients = {r[0] for r in rows}
             self._deleted[dataset] = (time.monotonic(), clients)
         return clients
 
@@ -327,8 +322,7 @@ class BigQueryWarehouse(Warehouse):
         groups: dict[tuple[str, str], dict[str, PingRow]] = {}
         for r in rows:  # first row per document_id within the batch
             groups.setdefault((r.path.dataset, r.path.table), {}).setdefault(r.path.document_id, r)
-        if errors or any(r.is_deletion_request for r in rows):
-            self._ensure_meta()
+        self._ensure_meta()  # once per process: the deletions list is read before any row goes in
         for (dataset, table), by_id in groups.items():
             deleted = self._deleted_clients(dataset)
             batch = [r for r in by_id.values() if r.is_deletion_request or r.client_id not in deleted]
@@ -371,14 +365,9 @@ class BigQueryWarehouse(Warehouse):
     # --- errors -------------------------------------------------------------------------
 
     def _known_error_keys(self) -> set[str]:
-        from google.api_core import exceptions as gexc
-
         if self._error_keys is None:
-            try:
-                _, rows = self._run(f"SELECT DISTINCT object_key FROM {self._sql_ref(META, 'errors')}")
-                self._error_keys = {r[0] for r in rows}
-            except gexc.NotFound:
-                self._error_keys = set()
+            _, rows = self._run(f"SELECT DISTINCT object_key FROM {self._sql_ref(META, 'errors')}")
+            self._error_keys = {r[0] for r in rows}
         return self._error_keys
 
     def _forget_errors(self, keys: list[str]) -> None:
@@ -450,15 +439,12 @@ class BigQueryWarehouse(Warehouse):
     def retry_deletions(self) -> list[DeletionAttempt]:
         if self.read_only:
             raise RuntimeError("warehouse opened read-only")
-        from google.api_core import exceptions as gexc
-
         with self._lock:
-            try:
-                _, pending = self._guard(self._run, f"SELECT dataset, client_id, document_id FROM "
-                                         f"{self._sql_ref(META, 'deletions')} WHERE executed_at IS NULL "
-                                         "ORDER BY requested_at, document_id")
-            except gexc.NotFound:
+            if not self._guard(self._has_meta):
                 return []
+            _, pending = self._guard(self._run, f"SELECT dataset, client_id, document_id FROM "
+                                     f"{self._sql_ref(META, 'deletions')} WHERE executed_at IS NULL "
+                                     "ORDER BY requested_at, document_id")
             return [self._guard(self._attempt_deletion, *row.values()) for row in pending]
 
     # --- reading ------------------------------------------------------------------------
@@ -469,9 +455,19 @@ class BigQueryWarehouse(Warehouse):
             return [], []
         return [f.name for f in result.schema], [tuple(r.values()) for r in result]
 
-    def status(self) -> dict:
+    def _has_meta(self) -> bool:
         from google.api_core import exceptions as gexc
 
+        if (META, "deletions") in self._schemas:
+            return True
+        try:
+            self.client.get_table(self._ref(META, "deletions"), retry=self.retry)
+            self.client.get_table(self._ref(META, "errors"), retry=self.retry)
+        except gexc.NotFound:
+            return False
+        return True
+
+    def status(self) -> dict:
         def run():
             counts = []
             for ds in sorted(d.dataset_id for d in self.client.list_datasets(retry=self.retry)):
@@ -481,15 +477,14 @@ class BigQueryWarehouse(Warehouse):
                                  if t.table_type == "TABLE")):
                     n = self._run(f"SELECT COUNT(*) FROM {self._sql_ref(ds, t)}")[1]
                     counts.append({"dataset": ds, "table": t, "rows": next(iter(n))[0]})
-            try:
+            load_errors, done, pending = {}, 0, 0
+            if self._has_meta():
                 errs = self._run(f"SELECT error_type, COUNT(DISTINCT object_key) FROM "
                                  f"{self._sql_ref(META, 'errors')} GROUP BY 1 ORDER BY 1")[1]
                 load_errors = {r[0]: r[1] for r in errs}
                 done, pending = next(iter(self._run(
                     f"SELECT COUNTIF(executed_at IS NOT NULL), COUNTIF(executed_at IS NULL) "
                     f"FROM {self._sql_ref(META, 'deletions')}")[1])).values()
-            except gexc.NotFound:
-                load_errors, done, pending = {}, 0, 0
             return {"tables": counts, "load_errors": load_errors, "deletions": done or 0,
                     "deletions_pending": pending or 0}
 
