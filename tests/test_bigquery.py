@@ -221,3 +221,15 @@ def test_deletions_command_on_duckdb(tmp_path):
 def test_status_and_deletions_on_an_empty_project(bq):
     assert bq.status() == {"tables": [], "load_errors": {}, "deletions": 0, "deletions_pending": 0}
     assert bq.retry_deletions() == []
+
+
+def test_bigquery_settings_are_declared_and_documented():
+    from gleanpipe.config import SETTINGS
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for name, default in (("GLEANPIPE_BIGQUERY_ENDPOINT", ""), ("GLEANPIPE_BIGQUERY_RETRY_S", "60"),
+                          ("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "60")):
+        assert SETTINGS[name].default == default
+        assert f"| `{name}` |" in readme
