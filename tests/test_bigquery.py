@@ -233,3 +233,30 @@ def test_bigquery_settings_are_declared_and_documented():
                           ("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "60")):
         assert SETTINGS[name].default == default
         assert f"| `{name}` |" in readme
+
+
+def test_load_function_and_cli_query_on_bigquery(bq_emulator, bq_warehouse_url, fn_env, monkeypatch, tmp_path):
+    """The same `load` CloudEvent function as in local mode, with only the warehouse URL changed;
+    then the README's labeled-counter query through `gleanpipe query` against the emulator."""
+    import json
+
+    from functions_framework import create_app
+
+    from conftest import ROOT
+    from gleanpipe.storage.local import LocalStore
+    from test_load import storage_event
+    from test_warehouses import readme_queries
+
+    monkeypatch.setenv("GLEANPIPE_WAREHOUSE_URL", bq_warehouse_url)  # fn_env cleared GLEANPIPE_*: set again
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_ENDPOINT", bq_emulator.endpoint)
+    client = create_app(target="load", source=str(ROOT / "functions" / "main.py"),
+                        signature_type="cloudevent").test_client()
+    store = LocalStore(fn_env / "store")
+    for tools in ({"hammer": 2, "pliers": 1}, {"hammer": 5}):
+        key = put_ping(store, make_ping(CLIENT_A, metrics={"labeled_counter": {"toolbox.tool_used": tools}}),
+                       doc_type="metrics")
+        headers, body = storage_event(key)
+        assert client.post("/", headers=headers, data=body).status_code == 200
+    out = gleanpipe("query", "--format", "json", "--data-dir", str(tmp_path / "none"), readme_queries()[1])
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [{"tool_name": "hammer", "uses": 7}, {"tool_name": "pliers", "uses": 1}]
