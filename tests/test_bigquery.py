@@ -260,3 +260,22 @@ def test_load_function_and_cli_query_on_bigquery(bq_emulator, bq_warehouse_url, 
     out = gleanpipe("query", "--format", "json", "--data-dir", str(tmp_path / "none"), readme_queries()[1])
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [{"tool_name": "hammer", "uses": 7}, {"tool_name": "pliers", "uses": 1}]
+
+
+def test_a_request_refused_whole_goes_to_errors(store, bq):
+    """insertAll refuses a request over its 10 MB limit with a 400 (bqemulator has no such limit):
+    injected for one ping, which lands in the errors table while the other loads."""
+    good, big = put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_B))
+    big_id = big.rsplit("/", 1)[1][:-5]
+    real = bq.client.insert_rows_json
+
+    def insert(table, rows, row_ids=None, **kwargs):
+        if big_id in (row_ids or []):
+            raise BadRequest("Request payload size exceeds the limit: 10485760 bytes.")
+        return real(table, rows, row_ids=row_ids, **kwargs)
+
+    bq.client.insert_rows_json = insert
+    result = Loader(store, bq).load_keys([good, big])
+    assert (result.inserted, result.errors) == (1, 1)
+    [(key, message)] = bq.query("SELECT object_key, error_message FROM _gleanpipe.errors")[1]
+    assert key == big and "payload size exceeds the limit" in message

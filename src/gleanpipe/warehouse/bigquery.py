@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9.:-]{0,62}[a-z0-9]")
 LOCATION_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,40}")
+TABLE_RE = re.compile(r"[a-z0-9_]+_v[0-9]+")  # gleanpipe's tables; anything else in the dataset is left alone
 
 PING_CLUSTERING = ["normalized_channel", "sample_id"]  # as Mozilla's Glean tables
 EVENTS_CLUSTERING = ["category", "name", "sample_id"]
@@ -274,6 +275,8 @@ class BigQueryWarehouse(Warehouse):
         """Streaming insert in requests under BigQuery's limits. A refused row raises RowDataError
         (the loader then retries rows one by one); a field BigQuery does not know yet right after
         a widening (it takes a while to reach the streaming system) raises WarehouseUnavailable."""
+        from google.api_core.exceptions import BadRequest
+
         start = 0
         while start < len(rows):
             end, size = start, 0
@@ -282,8 +285,12 @@ class BigQueryWarehouse(Warehouse):
                 if size > MAX_INSERT_BYTES and end > start:
                     break
                 end += 1
-            errors = self.client.insert_rows_json(self._ref(dataset, table), rows[start:end],
-                                                  row_ids=row_ids[start:end], retry=self.retry, timeout=self.retry_s)
+            try:
+                errors = self.client.insert_rows_json(self._ref(dataset, table), rows[start:end],
+                                                      row_ids=row_ids[start:end], retry=self.retry,
+                                                      timeout=self.retry_s)
+            except BadRequest as exc:  # the request refused whole (a row over BigQuery's size limits, say)
+                raise RowDataError(f"{dataset}.{table}: {exc.message}") from exc
             if errors:
                 self._raise_insert_errors(dataset, table, errors, row_ids[start:end])
             start = end
@@ -416,7 +423,7 @@ class BigQueryWarehouse(Warehouse):
 
         deleted, error = 0, None
         tables = [t.table_id for t in self.client.list_tables(f"{self.project}.{dataset}", retry=self.retry)
-                  if t.table_type == "TABLE" and t.table_id != DELETION_TABLE]
+                  if t.table_type == "TABLE" and TABLE_RE.fullmatch(t.table_id) and t.table_id != DELETION_TABLE]
         for table in sorted(tables):
             where = "client_id = ?" if table == EVENTS_STREAM_TABLE else "client_info.client_id = ?"
             try:
