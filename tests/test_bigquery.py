@@ -279,3 +279,36 @@ def test_a_request_refused_whole_goes_to_errors(store, bq):
     assert (result.inserted, result.errors) == (1, 1)
     [(key, message)] = bq.query("SELECT object_key, error_message FROM _gleanpipe.errors")[1]
     assert key == big and "payload size exceeds the limit" in message
+
+
+def test_a_missing_view_is_made_by_the_next_loader(store, bq, bq_warehouse_url):
+    """A loader that created the table but stopped before its view: the next process makes it."""
+    Loader(store, bq).load_keys([put_ping(store, make_ping(CLIENT_A))])
+    bq.client.delete_table(f"{bq.project}.{DATASET}.baseline")
+    other = open_warehouse(bq_warehouse_url)
+    try:
+        Loader(store, other).load_keys([put_ping(store, make_ping(CLIENT_B))])
+        assert other.query(f"SELECT count(*) FROM {DATASET}.baseline")[1] == [(2,)]
+    finally:
+        other.close()
+
+
+def test_a_table_streaming_does_not_know_yet_makes_the_load_retry(store, bq):
+    """Streaming into a table created a moment ago can answer 404 on BigQuery (never on the
+    emulator): injected once; the load fails as transient, and its retry loads the ping."""
+    from google.api_core.exceptions import NotFound
+
+    real, calls = bq.client.insert_rows_json, []
+
+    def insert(table, rows, **kwargs):
+        calls.append(table)
+        if len(calls) == 1:
+            raise NotFound(f"Table {table} not found.")
+        return real(table, rows, **kwargs)
+
+    bq.client.insert_rows_json = insert
+    key = put_ping(store, make_ping(CLIENT_A))
+    with pytest.raises(WarehouseUnavailable, match="not visible to streaming yet"):
+        Loader(store, bq).load_keys([key])
+    assert Loader(store, bq).load_keys([key]).inserted == 1
+    assert bq.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_A,)]

@@ -235,10 +235,10 @@ class BigQueryWarehouse(Warehouse):
                     t.clustering_fields = clustering
                 t = self.client.create_table(t, exists_ok=True, retry=self.retry, timeout=self.retry_s)
                 self._schemas[key] = [f.to_api_repr() for f in t.schema]
-                if view:
-                    v = bigquery.Table(self._ref(dataset, view))
-                    v.view_query = dedup_view_query(self._sql_ref(dataset, table), view_key)
-                    self.client.create_table(v, exists_ok=True, retry=self.retry, timeout=self.retry_s)
+            if view:  # once per process, so a view is made even if whoever made the table stopped first
+                v = bigquery.Table(self._ref(dataset, view))
+                v.view_query = dedup_view_query(self._sql_ref(dataset, table), view_key)
+                self.client.create_table(v, exists_ok=True, retry=self.retry, timeout=self.retry_s)
         if widen(self._schemas[key], schema) is not None:
             self._widen(dataset, table, schema)
 
@@ -275,7 +275,7 @@ class BigQueryWarehouse(Warehouse):
         """Streaming insert in requests under BigQuery's limits. A refused row raises RowDataError
         (the loader then retries rows one by one); a field BigQuery does not know yet right after
         a widening (it takes a while to reach the streaming system) raises WarehouseUnavailable."""
-        from google.api_core.exceptions import BadRequest
+        from google.api_core.exceptions import BadRequest, NotFound
 
         start = 0
         while start < len(rows):
@@ -291,6 +291,8 @@ class BigQueryWarehouse(Warehouse):
                                                       timeout=self.retry_s)
             except BadRequest as exc:  # the request refused whole (a row over BigQuery's size limits, say)
                 raise RowDataError(f"{dataset}.{table}: {exc.message}") from exc
+            except NotFound as exc:  # a table just created can be unknown to streaming for a moment
+                raise WarehouseUnavailable(f"{dataset}.{table} not visible to streaming yet: {exc.message}") from exc
             if errors:
                 self._raise_insert_errors(dataset, table, errors, row_ids[start:end])
             start = end
@@ -432,12 +434,13 @@ class BigQueryWarehouse(Warehouse):
                 error = f"{table}: {exc.message}"
                 continue  # the other tables are still worth doing now
             deleted += job.num_dml_affected_rows or 0
-        now = datetime.now(timezone.utc)
+        # no NULL parameters: BigQuery types a NULL parameter as STRING, which a TIMESTAMP refuses
+        outcome = "last_error = ?" if error else "executed_at = CURRENT_TIMESTAMP(), last_error = NULL"
         self._run(
-            f"UPDATE {self._sql_ref(META, 'deletions')} SET executed_at = ?, last_error = ?, "
+            f"UPDATE {self._sql_ref(META, 'deletions')} SET {outcome}, "
             "rows_deleted = COALESCE(rows_deleted, 0) + ?, attempts = COALESCE(attempts, 0) + 1 "
             "WHERE dataset = ? AND document_id = ?",
-            [None if error else now, error, deleted, dataset, document_id],
+            ([error] if error else []) + [deleted, dataset, document_id],
         )
         if error:
             log.warning("deletion request %s (%s) pending: %s", document_id, dataset, error)
