@@ -385,8 +385,8 @@ def test_a_ping_named_like_a_table_gets_no_view(store, tmp_path):
 
 
 def test_a_duckdb_file_from_before_the_views_is_upgraded(tmp_path):
-    """Earlier versions named the per-event table events_stream; it becomes events_stream_v1
-    with the events_stream view over it, rows kept."""
+    """Earlier versions named the per-event table events_stream and made no views: it becomes
+    events_stream_v1 with the events_stream view over it, each ping table gets its view, rows kept."""
     import duckdb
 
     from gleanpipe.table_schema import EVENTS_STREAM_COLUMNS
@@ -396,10 +396,15 @@ def test_a_duckdb_file_from_before_the_views_is_upgraded(tmp_path):
     cols = ", ".join(f'"{n}" {t.duckdb()}' for n, t in EVENTS_STREAM_COLUMNS)
     con.execute(f"CREATE SCHEMA {DATASET}; CREATE TABLE {DATASET}.events_stream ({cols})")
     con.execute(f"INSERT INTO {DATASET}.events_stream (document_id, event_index, category) VALUES ('d', 0, 'c')")
+    con.execute(f"CREATE TABLE {DATASET}.baseline_v1 (document_id VARCHAR, submission_timestamp TIMESTAMPTZ)")
+    con.execute(f"CREATE TABLE {DATASET}.foo_v1_v1 (document_id VARCHAR, submission_timestamp TIMESTAMPTZ)")
+    con.execute(f"INSERT INTO {DATASET}.baseline_v1 VALUES ('b', now()), ('b', now() + INTERVAL 1 HOUR)")
     con.close()
     wh = WH("duckdb", open_warehouse(f"duckdb://{path}"))
     try:
-        assert wh.objects(DATASET) == {"events_stream_v1": "TABLE", "events_stream": "VIEW"}
+        assert wh.objects(DATASET) == {"events_stream_v1": "TABLE", "events_stream": "VIEW", "baseline_v1": "TABLE",
+                                       "baseline": "VIEW", "foo_v1_v1": "TABLE"}
         assert wh.q(f"SELECT document_id, category FROM {DATASET}.events_stream") == [("d", "c")]
+        assert wh.q(f"SELECT document_id FROM {DATASET}.baseline") == [("b",)]
     finally:
         wh.wh.close()

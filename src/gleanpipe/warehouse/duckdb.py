@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from ..naming import quote_ident as q
+from ..naming import view_name
 from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
 from ..transform import PingRow
 from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
@@ -70,9 +71,23 @@ class DuckDBWarehouse(Warehouse):
         self._tmp = tempfile.mkdtemp(prefix="gleanpipe-load-")
         if not read_only:
             self.con.execute(INTERNAL_DDL)
-            for (schema,) in self.con.execute(RENAME_EVENTS_TABLE).fetchall():
-                self.con.execute(f"ALTER TABLE {q(schema)}.{q(EVENTS_STREAM_VIEW)} RENAME TO {q(EVENTS_STREAM_TABLE)}")
-                self._create_view(schema, EVENTS_STREAM_TABLE)
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Files from before the views: events_stream (a table then) becomes events_stream_v1, and
+        every ping table gets its view."""
+        for (schema,) in self.con.execute(RENAME_EVENTS_TABLE).fetchall():
+            self.con.execute(f"ALTER TABLE {q(schema)}.{q(EVENTS_STREAM_VIEW)} RENAME TO {q(EVENTS_STREAM_TABLE)}")
+        missing = self.con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name <> ? AND NOT EXISTS ("
+            "SELECT 1 FROM duckdb_views() v WHERE v.schema_name = duckdb_tables.schema_name "
+            "AND v.view_name = regexp_replace(duckdb_tables.table_name, '_v[0-9]+$', '')) "
+            "AND regexp_matches(table_name, '_v[0-9]+$')", [META]).fetchall()
+        for schema, table in missing:
+            view = EVENTS_STREAM_VIEW if table == EVENTS_STREAM_TABLE else view_name(table.rsplit("_v", 1)[0])
+            if view and not self.con.execute("SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
+                                             [schema, view]).fetchall():
+                self._create_view(schema, table, view)
 
     # --- schema management --------------------------------------------------------
 
