@@ -85,7 +85,7 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
         click.echo(f"gleanpipe {__version__} serving http://{host}:{port}/submit/<app-id>/<doc-type>/1/<document-id>")
         click.echo(f"  raw store:  {config.store_url}")
         click.echo(f"  warehouse:  {config.warehouse_url}")
-        click.echo("  query it:   gleanpipe query \"SELECT * FROM <app>.baseline_v1\"   (Ctrl-C stops)")
+        click.echo("  query it:   gleanpipe query \"SELECT * FROM <app>.baseline\"   (Ctrl-C stops)")
 
     try:
         code = pipeline.run_forever(on_ready=ready)
