@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from google.api_core.exceptions import BadRequest
@@ -29,6 +30,8 @@ STREAMING_BUFFER_ERROR = ("UPDATE or DELETE statement over table {table} would a
 @pytest.fixture
 def bq(bq_warehouse_url, monkeypatch):
     monkeypatch.setenv("GLEANPIPE_BIGQUERY_RETRY_S", "10")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "1")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "1")
     wh = open_warehouse(bq_warehouse_url)
     yield wh
     wh.close()
@@ -77,6 +80,7 @@ def test_deletion_refused_by_the_streaming_buffer_stays_pending_until_a_retry_su
     assert query("SELECT attempts, executed_at FROM _gleanpipe.deletions") == [(2, None)]
     assert query(f"SELECT count(*) FROM {DATASET}.baseline WHERE client_info.client_id = '{CLIENT_A}'") == [(1,)]
     undo()
+    time.sleep(1.1)  # GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S
 
     # the scheduled `gleanpipe deletions`, as a user runs it, once the buffer is flushed
     env = {"GLEANPIPE_WAREHOUSE_URL": bq_warehouse_url, "GLEANPIPE_DATA_DIR": str(tmp_path / "unused")}
@@ -93,12 +97,61 @@ def test_deletion_refused_by_the_streaming_buffer_stays_pending_until_a_retry_su
     assert out.returncode == 0 and "0 carried out, 0 still pending" in out.stdout
 
 
-def test_a_deletion_request_loaded_twice_is_recorded_once(store, bq):
-    loader = Loader(store, bq)
-    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
-    loader.load_keys([deletion])
-    loader.load_keys([deletion])
-    assert bq.query("SELECT client_id, attempts FROM _gleanpipe.deletions")[1] == [(CLIENT_A, 2)]
+def test_a_deletion_request_loaded_twice_is_recorded_once(store, bq_warehouse_url, monkeypatch):
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "3600")  # stays pending throughout
+    wh = open_warehouse(bq_warehouse_url)
+    try:
+        loader = Loader(store, wh)
+        deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+        loader.load_keys([deletion])
+        loader.load_keys([deletion])
+        assert wh.query("SELECT client_id, attempts, executed_at FROM _gleanpipe.deletions")[1] == [
+            (CLIENT_A, 2, None)]
+    finally:
+        wh.close()
+
+
+def test_late_ping_from_an_instance_that_did_not_know_yet_is_deleted_by_the_final_run(
+        store, bq_warehouse_url, monkeypatch):
+    """Instance `two` read the deleted clients before `one` recorded the request, so it still loads
+    a late ping of that client. `one`'s DELETE succeeded, but the request stays pending until the
+    settle time has passed; the run after that (`gleanpipe deletions`) deletes the late row."""
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "3600")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "3600")
+    one, two = open_warehouse(bq_warehouse_url), open_warehouse(bq_warehouse_url)
+    try:
+        Loader(store, two).load_keys([put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_B))])
+        Loader(store, one).load_keys([put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")])
+        [(executed, deleted, error)] = one.query("SELECT executed_at, rows_deleted, last_error "
+                                                 "FROM _gleanpipe.deletions")[1]
+        assert (executed, deleted) == (None, 1) and error.startswith("rows deleted; to run again from 3600 s")
+        late = put_ping(store, make_ping(CLIENT_A, seq=5))
+        assert Loader(store, two).load_keys([late]).inserted == 1  # `two` does not know yet
+        [attempt] = one.retry_deletions()  # too early: still pending
+        assert (attempt.done, attempt.rows_deleted) == (False, 1)
+    finally:
+        one.close()
+        two.close()
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "1")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "1")
+    time.sleep(1.1)
+    later = open_warehouse(bq_warehouse_url)
+    try:
+        [attempt] = later.retry_deletions()
+        assert (attempt.done, attempt.rows_deleted, attempt.error) == (True, 0, None)
+        assert later.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_B,)]
+        assert later.query("SELECT rows_deleted, attempts, executed_at IS NOT NULL FROM _gleanpipe.deletions")[1] == [
+            (2, 3, True)]
+    finally:
+        later.close()
+
+
+def test_settle_time_shorter_than_the_refresh_is_refused(monkeypatch):
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "60")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "30")
+    with pytest.raises(ValueError, match="SETTLE_S must be at least"):
+        open_warehouse("bigquery://p1/US")
 
 
 def test_deletions_made_by_another_instance_are_seen_after_the_refresh(store, bq_warehouse_url, monkeypatch):
@@ -230,7 +283,8 @@ def test_bigquery_settings_are_declared_and_documented():
 
     readme = (ROOT / "README.md").read_text()
     for name, default in (("GLEANPIPE_BIGQUERY_ENDPOINT", ""), ("GLEANPIPE_BIGQUERY_RETRY_S", "60"),
-                          ("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "60")):
+                          ("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "60"),
+                          ("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "300")):
         assert SETTINGS[name].default == default
         assert f"| `{name}` |" in readme
 

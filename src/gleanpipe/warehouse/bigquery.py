@@ -51,7 +51,8 @@ STREAMING_BUFFER = "streaming buffer"
 ERRORS_COLUMNS = (("object_key", STR), ("app_id", STR), ("doc_type", STR), ("document_id", STR),
                   ("error_type", STR), ("error_message", STR), ("failed_at", TS))
 DELETIONS_COLUMNS = (("dataset", STR), ("client_id", STR), ("document_id", STR), ("requested_at", TS),
-                     ("executed_at", TS), ("rows_deleted", INT), ("attempts", INT), ("last_error", STR))
+                     ("executed_at", TS), ("rows_deleted", INT), ("attempts", INT), ("last_error", STR),
+                     ("recorded_at", TS))
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -164,6 +165,11 @@ class BigQueryWarehouse(Warehouse):
         self.read_only = read_only
         self.retry_s = _int("GLEANPIPE_BIGQUERY_RETRY_S", environ)
         self.deletions_refresh_s = _int("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", environ)
+        self.deletions_settle_s = _int("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", environ)
+        if self.deletions_settle_s < self.deletions_refresh_s:
+            raise ValueError("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S must be at least "
+                             "GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S (a deletion is final only after every "
+                             "loader has re-read the deleted clients)")
         self.retry = DEFAULT_RETRY.with_deadline(self.retry_s)
         self.client = client or make_client(project, location, _get("GLEANPIPE_BIGQUERY_ENDPOINT", environ))
         self._lock = threading.Lock()
@@ -410,22 +416,32 @@ class BigQueryWarehouse(Warehouse):
         self._run(
             f"MERGE {deletions} AS d USING (SELECT ? AS dataset, ? AS client_id, ? AS document_id, "
             "? AS requested_at) AS n ON d.dataset = n.dataset AND d.document_id = n.document_id "
-            "WHEN NOT MATCHED THEN INSERT (dataset, client_id, document_id, requested_at, rows_deleted, attempts) "
-            "VALUES (n.dataset, n.client_id, n.document_id, n.requested_at, 0, 0)",
-            [dataset, r.client_id, r.path.document_id, datetime.fromisoformat(r.submission_timestamp.replace("Z", "+00:00"))],
+            "WHEN NOT MATCHED THEN INSERT (dataset, client_id, document_id, requested_at, recorded_at, rows_deleted, "
+            "attempts) VALUES (n.dataset, n.client_id, n.document_id, n.requested_at, CURRENT_TIMESTAMP(), 0, 0)",
+            [dataset, r.client_id, r.path.document_id,
+             datetime.fromisoformat(r.submission_timestamp.replace("Z", "+00:00"))],
         )
         read_at, clients = self._deleted.get(dataset, (time.monotonic(), set()))
         self._deleted[dataset] = (read_at, clients | {r.client_id})
-        self._attempt_deletion(dataset, r.client_id, r.path.document_id)
+        [(executed, recorded)] = [tuple(row.values()) for row in self._run(
+            f"SELECT executed_at, recorded_at FROM {deletions} WHERE dataset = ? AND document_id = ?",
+            [dataset, r.path.document_id])[1]]
+        if executed is None:
+            self._attempt_deletion(dataset, r.client_id, r.path.document_id, recorded)
 
-    def _attempt_deletion(self, dataset: str, client_id: str, document_id: str) -> DeletionAttempt:
-        """Delete the client's rows from every table of the app; on a streaming-buffer refusal
-        (or any other BigQuery refusal) the request stays pending with the reason."""
+    def _attempt_deletion(self, dataset: str, client_id: str, document_id: str,
+                          recorded_at: datetime | None) -> DeletionAttempt:
+        """Delete the client's rows from every table of the app. The request stays pending
+        - when BigQuery refuses a DELETE (rows still in the streaming buffer), with its reason;
+        - until GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S after it was recorded: another instance
+          that has not re-read the deleted clients yet may still add a late ping of the client,
+          and only a DELETE after that is final."""
         from google.api_core import exceptions as gexc
 
         deleted, error = 0, None
         tables = [t.table_id for t in self.client.list_tables(f"{self.project}.{dataset}", retry=self.retry)
                   if t.table_type == "TABLE" and TABLE_RE.fullmatch(t.table_id) and t.table_id != DELETION_TABLE]
+        started = datetime.now(timezone.utc)
         for table in sorted(tables):
             where = "client_id = ?" if table == EVENTS_STREAM_TABLE else "client_info.client_id = ?"
             try:
@@ -434,6 +450,10 @@ class BigQueryWarehouse(Warehouse):
                 error = f"{table}: {exc.message}"
                 continue  # the other tables are still worth doing now
             deleted += job.num_dml_affected_rows or 0
+        settled = recorded_at is None or (started - recorded_at).total_seconds() >= self.deletions_settle_s
+        if not error and not settled:
+            error = (f"rows deleted; to run again from {self.deletions_settle_s} s after the request, for late "
+                     "pings other loaders may still add")
         # no NULL parameters: BigQuery types a NULL parameter as STRING, which a TIMESTAMP refuses
         outcome = "last_error = ?" if error else "executed_at = CURRENT_TIMESTAMP(), last_error = NULL"
         self._run(
@@ -443,7 +463,7 @@ class BigQueryWarehouse(Warehouse):
             ([error] if error else []) + [deleted, dataset, document_id],
         )
         if error:
-            log.warning("deletion request %s (%s) pending: %s", document_id, dataset, error)
+            log.info("deletion request %s (%s) pending: %s", document_id, dataset, error)
         return DeletionAttempt(dataset, client_id, document_id, error is None, deleted, error)
 
     def retry_deletions(self) -> list[DeletionAttempt]:
@@ -452,7 +472,7 @@ class BigQueryWarehouse(Warehouse):
         with self._lock:
             if not self._guard(self._has_meta):
                 return []
-            _, pending = self._guard(self._run, f"SELECT dataset, client_id, document_id FROM "
+            _, pending = self._guard(self._run, f"SELECT dataset, client_id, document_id, recorded_at FROM "
                                      f"{self._sql_ref(META, 'deletions')} WHERE executed_at IS NULL "
                                      "ORDER BY requested_at, document_id")
             return [self._guard(self._attempt_deletion, *row.values()) for row in pending]

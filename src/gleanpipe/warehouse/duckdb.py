@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS {META}.deletions (
     executed_at TIMESTAMPTZ, rows_deleted BIGINT);
 ALTER TABLE {META}.deletions ADD COLUMN IF NOT EXISTS attempts BIGINT;
 ALTER TABLE {META}.deletions ADD COLUMN IF NOT EXISTS last_error VARCHAR;
+ALTER TABLE {META}.deletions ADD COLUMN IF NOT EXISTS recorded_at TIMESTAMPTZ;
 """
 
 # Files written before events_stream became a view: the table takes its new name.
@@ -202,8 +203,8 @@ class DuckDBWarehouse(Warehouse):
         deleted = self._delete_rows(dataset, row.client_id)
         self.con.execute(
             f"INSERT INTO {META}.deletions (dataset, client_id, document_id, requested_at, executed_at, rows_deleted, "
-            "attempts) VALUES (?, ?, ?, ?, ?, ?, 1)",
-            [dataset, row.client_id, row.path.document_id, row.submission_timestamp, now, deleted],
+            "attempts, recorded_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+            [dataset, row.client_id, row.path.document_id, row.submission_timestamp, now, deleted, now],
         )
         self._deleted_clients(dataset).add(row.client_id)
         return deleted
