@@ -366,3 +366,32 @@ def test_a_table_streaming_does_not_know_yet_makes_the_load_retry(store, bq):
         Loader(store, bq).load_keys([key])
     assert Loader(store, bq).load_keys([key]).inserted == 1
     assert bq.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_A,)]
+
+
+def test_error_rows_still_in_the_streaming_buffer_stay_until_they_can_go(store, bq):
+    """An object that failed and then loads: its error rows are deleted, but BigQuery refuses while
+    they are in the streaming buffer (injected: bqemulator allows it). The load still succeeds and
+    status counts the object once; a later load of it deletes the rows."""
+    from gleanpipe.naming import DocumentPath
+
+    path = DocumentPath("org-example-toolbox", "baseline", "1", "5d0e7c1a-3b2f-4e6d-9a8b-7c6d5e4f3a2b")
+    store.put_new(path.key, b"broken")
+    for _ in range(2):
+        assert Loader(store, bq).load_keys([path.key]).errors == 1
+    assert bq.status()["load_errors"] == {"raw_object": 1}
+    (store.root / path.key).unlink()
+    put_ping(store, make_ping(CLIENT_A), document_id=path.document_id)
+    real = bq.client.query
+
+    def query(sql, *args, **kwargs):
+        if sql.startswith("DELETE FROM") and "`errors`" in sql:
+            raise BadRequest(STREAMING_BUFFER_ERROR.format(table=f"{bq.project}._gleanpipe.errors"))
+        return real(sql, *args, **kwargs)
+
+    bq.client.query = query
+    assert Loader(store, bq).load_keys([path.key]).inserted == 1
+    assert bq.query("SELECT count(*) FROM _gleanpipe.errors")[1] == [(1,)]
+    bq.client.query = real
+    Loader(store, bq).load_keys([path.key])
+    assert bq.query("SELECT count(*) FROM _gleanpipe.errors")[1] == [(0,)]
+    assert bq.query(f"SELECT count(*) FROM {DATASET}.baseline")[1] == [(1,)]
