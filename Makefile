@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean deploy undeploy chromium
+.PHONY: run test bench clean bqemu deploy undeploy chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/gleanpipe serve
 
+## bqemu: the BigQuery emulator in its own venv (.venv-bqemu), used by the BigQuery tests
+BQEMU       ?= .venv-bqemu
+BQEMU_STAMP  = $(BQEMU)/.installed
+$(BQEMU_STAMP): tests/bqemu/requirements.txt tests/bqemu/install_spatial.py
+	$(PYTHON) -m venv $(BQEMU)
+	$(BQEMU)/bin/python -m pip install --quiet -r tests/bqemu/requirements.txt
+	$(BQEMU)/bin/python tests/bqemu/install_spatial.py
+	touch $(BQEMU_STAMP)
+bqemu: $(BQEMU_STAMP)
+
 ## test: the full test suite against real components
-test: $(STAMP) chromium
+test: $(STAMP) $(BQEMU_STAMP) chromium
 	$(PY) -m pytest
 
 ## chromium: Debian's Chromium for the browser tests (skipped, with a note, where it cannot be installed)
@@ -41,4 +51,4 @@ undeploy: $(STAMP)
 	$(PY) infra/deploy.py undeploy $(DEPLOY_ARGS)
 
 clean:
-	rm -rf $(VENV) data .pytest_cache test-artifacts
+	rm -rf $(VENV) $(BQEMU) data .pytest_cache test-artifacts

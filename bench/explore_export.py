@@ -78,7 +78,7 @@ def main() -> None:
         ds = subprocess.Popen(explore[:-1] + ["--no-open", "--port", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            url = f"http://127.0.0.1:{port}/{bench.DATASET}/events_stream.json?_size=100"
+            url = f"http://127.0.0.1:{port}/{bench.DATASET}/events_stream_v1.json?_size=100"
             while True:
                 try:
                     with urllib.request.urlopen(url, timeout=60) as resp:

@@ -23,7 +23,7 @@ from gleanpipe.config import Config
 from gleanpipe.storage.local import LocalStore
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
-pytest_plugins = ["emulators"]  # fake-gcs-server, moto, Pub/Sub emulator fixtures (tests/emulators.py)
+pytest_plugins = ["emulators", "bq_emulator"]  # fake-gcs-server, moto, Pub/Sub (tests/emulators.py); bqemulator (tests/bq_emulator.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -130,7 +130,7 @@ def test_explore_while_serve_runs_serves_the_warehouse_in_datasette(loaded):
         assert sorted(by_id[i]["counter.toolbox_launch_count"] for i in ids["plain"]) == [0, 1, 2, 3]
         assert by_id[ids["plain"][0]]["string.toolbox_active_theme"] is None  # old rows read NULL
 
-        events = fetch_json(f"{base}/{DATASET}/events_stream.json?_shape=array&_sort=event_index")
+        events = fetch_json(f"{base}/{DATASET}/events_stream_v1.json?_shape=array&_sort=event_index")
         assert [(e["event_index"], e["name"], json.loads(e["extra"])) for e in events] == [
             (0, "tool_opened", [{"key": "tool", "value": "hammer"}]), (1, "tool_opened", [{"key": "tool", "value": "saw"}])]
         assert {e["client_id"] for e in events} == {CLIENT}
@@ -156,7 +156,7 @@ def test_paged_export_through_serve_reads_every_row_once(loaded, tmp_path):
     con = sqlite3.connect(result.databases[DATASET])
     got = sorted(r[0] for r in con.execute("SELECT document_id FROM metrics_v1"))
     assert got == sorted([ids["known"], *ids["plain"]])
-    assert con.execute("SELECT document_id, event_index FROM events_stream ORDER BY 2").fetchall() == [
+    assert con.execute("SELECT document_id, event_index FROM events_stream_v1 ORDER BY 2").fetchall() == [
         (ids["known"], 0), (ids["known"], 1)]
     assert result.rows == 5 + 2 and result.written == ["gleanpipe_internal", DATASET]
 

@@ -45,6 +45,8 @@ def _open_local(config: Config, *, read_only: bool):
             )
     try:
         return open_warehouse(config.warehouse_url, read_only=read_only)
+    except ValueError as exc:  # a bad URL or setting, a missing extra
+        raise click.ClickException(str(exc)) from None
     except WarehouseUnavailable as exc:
         raise click.ClickException(f"{exc}\n(is a `gleanpipe serve` for another data dir using it?)") from None
 
@@ -83,7 +85,7 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
         click.echo(f"gleanpipe {__version__} serving http://{host}:{port}/submit/<app-id>/<doc-type>/1/<document-id>")
         click.echo(f"  raw store:  {config.store_url}")
         click.echo(f"  warehouse:  {config.warehouse_url}")
-        click.echo("  query it:   gleanpipe query \"SELECT * FROM <app>.baseline_v1\"   (Ctrl-C stops)")
+        click.echo("  query it:   gleanpipe query \"SELECT * FROM <app>.baseline\"   (Ctrl-C stops)")
 
     try:
         code = pipeline.run_forever(on_ready=ready)
@@ -219,7 +221,9 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     click.echo(_format(["dataset", "table", "rows"], [[t["dataset"], t["table"], t["rows"]] for t in info["tables"]],
                        "table"))
     click.echo(f"waiting to load: {info['pending']}")
-    click.echo(f"deletion requests carried out: {info['deletions']}")
+    click.echo(f"deletion requests carried out: {info['deletions']}"
+               + (f", pending: {info['deletions_pending']} (retry: gleanpipe deletions)"
+                  if info.get("deletions_pending") else ""))
     click.echo("load errors: " + (", ".join(f"{k} {v}" for k, v in info["load_errors"].items()) or "none"))
     click.echo("rejected at submit: " + (", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"))
 
@@ -326,6 +330,44 @@ def worker(data_dir, store_url, warehouse_url, queue_url, wait_s, once, max_mess
         wh.close()
         store.close()
     click.echo(orjson.dumps(stats.as_dict()).decode())
+
+
+@main.command()
+@DATA_DIR
+@STORE
+@WAREHOUSE
+def deletions(data_dir, store_url, warehouse_url) -> None:
+    """Retry every pending deletion request (BigQuery refuses to delete rows still in its
+    streaming buffer). Run it on a schedule; a request stays pending until it succeeds."""
+    config = _config(data_dir, store_url, warehouse_url)
+    client = AdminClient.find(config.data_dir) if config.warehouse_url.startswith("duckdb://") else None
+    if client:  # serve owns the DuckDB file and carries out deletions as it loads them
+        _, rows = client.query("SELECT dataset, client_id, document_id FROM _gleanpipe.deletions "
+                               "WHERE executed_at IS NULL ORDER BY requested_at")
+        for dataset, client_id, document_id in rows:
+            click.echo(f"pending  {dataset}  client {client_id}  (request {document_id})")
+        click.echo(f"{len(rows)} pending; `gleanpipe serve` is running and owns {config.warehouse_url}"
+                   + ("" if not rows else ": stop it and run `gleanpipe deletions` again to retry them"))
+        if rows:
+            sys.exit(1)
+        return
+    from .warehouse import WarehouseUnavailable
+
+    wh = _open_local(config, read_only=False)
+    try:
+        attempts = wh.retry_deletions()
+    except WarehouseUnavailable as exc:
+        raise click.ClickException(f"{exc} (the pending deletions stay recorded; run this again)") from None
+    finally:
+        wh.close()
+    for a in attempts:
+        if a.done:
+            click.echo(f"done     {a.dataset}  client {a.client_id}  (request {a.document_id}): "
+                       f"{a.rows_deleted} rows deleted")
+        else:
+            click.echo(f"pending  {a.dataset}  client {a.client_id}  (request {a.document_id}): {a.error}")
+    done = sum(a.done for a in attempts)
+    click.echo(f"{done} carried out, {len(attempts) - done} still pending ({config.warehouse_url})")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,15 @@ SETTINGS: dict[str, Setting] = {
             "20",
             "`gleanpipe worker`: SQS long-poll wait per receive, in seconds (0-20).",
         ),
+        Setting("GLEANPIPE_BIGQUERY_ENDPOINT", "",
+                "BigQuery API endpoint for bigquery:// (an emulator; no credentials are sent). Empty: Google's."),
+        Setting("GLEANPIPE_BIGQUERY_RETRY_S", "60",
+                "Seconds one BigQuery call is retried on transient errors before the load fails (and is retried)."),
+        Setting("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "60",
+                "How often a BigQuery loader re-reads the deleted clients (requests made by other instances)."),
+        Setting("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "300",
+                "A BigQuery deletion is final only when its DELETE ran this long after the request was recorded "
+                "(late pings loaded by instances that had not re-read the deleted clients yet)."),
     )
 }
 

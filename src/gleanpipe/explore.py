@@ -206,8 +206,12 @@ class ExportResult:
 def relations(source: Source) -> list[Relation]:
     _, tables = source.query(
         "SELECT schema_name, table_name, false FROM duckdb_tables() WHERE NOT internal "
-        "UNION ALL SELECT schema_name, view_name, true FROM duckdb_views() WHERE NOT internal "
-        "AND schema_name NOT IN ('information_schema', 'pg_catalog') ORDER BY 1, 2", None)
+        "UNION ALL SELECT v.schema_name, v.view_name, true FROM duckdb_views() AS v WHERE NOT v.internal "
+        "AND v.schema_name NOT IN ('information_schema', 'pg_catalog') "
+        # gleanpipe's dedup views (<ping> over <ping>_vN) hold the rows of their table: not copied twice
+        "AND NOT EXISTS (SELECT 1 FROM duckdb_tables() AS t WHERE t.schema_name = v.schema_name "
+        "AND regexp_matches(t.table_name, '_v[0-9]+$') "
+        "AND regexp_replace(t.table_name, '_v[0-9]+$', '') = v.view_name) ORDER BY 1, 2", None)
     _, cols = source.query(
         "SELECT schema_name, table_name, column_name, data_type FROM duckdb_columns() WHERE NOT internal "
         "ORDER BY schema_name, table_name, column_index", None)

@@ -19,6 +19,8 @@ DOC_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,29}")
 VERSION_RE = re.compile(r"[0-9]{1,4}")
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 SUPPORTED_VERSIONS = ("1",)
+# events_stream (view) and events_stream_v1 (table) hold one row per event of every ping of an app.
+RESERVED_DOC_TYPES = frozenset({"events_stream"})
 
 RAW_PREFIX = "raw/"
 ERROR_PREFIX = "errors/"
@@ -48,6 +50,10 @@ class DocumentPath:
     def table(self) -> str:
         return table_name(self.doc_type, self.version)
 
+    @property
+    def view(self) -> str | None:
+        return view_name(self.doc_type)
+
 
 def parse_segments(app_id: str, doc_type: str, version: str, document_id: str) -> DocumentPath:
     """Check each segment; raise PathError naming the first bad one."""
@@ -55,6 +61,8 @@ def parse_segments(app_id: str, doc_type: str, version: str, document_id: str) -
         raise PathError("app id must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit")
     if not DOC_TYPE_RE.fullmatch(doc_type):
         raise PathError("document type must be 1-30 chars of [a-z0-9_-], starting with a letter or digit")
+    if doc_type.replace("-", "_") in RESERVED_DOC_TYPES:
+        raise PathError(f"document type {doc_type} is reserved (the per-event table has that name)")
     if not VERSION_RE.fullmatch(version):
         raise PathError("document version must be a number")
     if version not in SUPPORTED_VERSIONS:
@@ -86,6 +94,17 @@ def dataset_name(app_id: str) -> str:
 def table_name(doc_type: str, version: str) -> str:
     """deletion-request, 1 -> deletion_request_v1."""
     return f"{doc_type.replace('-', '_')}_v{version}"
+
+
+VERSIONED_RE = re.compile(r".*_v[0-9]+")
+
+
+def view_name(doc_type: str) -> str | None:
+    """The deduplicated view over a ping's tables: Mozilla's user-facing name, the ping name
+    (deletion-request -> deletion_request). None for a ping whose name ends like a table
+    (``foo-v1`` -> ``foo_v1``, which is the table of ping ``foo``): it gets no view."""
+    name = doc_type.replace("-", "_")
+    return None if VERSIONED_RE.fullmatch(name) else name
 
 
 @functools.lru_cache(maxsize=65536)

@@ -8,6 +8,7 @@ STRUCT <-> RECORD, LIST <-> REPEATED.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,21 @@ class T:
         if self.kind == "LIST":
             return f"{self.item.duckdb()}[]"
         return self.kind
+
+    def bigquery(self, name: str, mode: str = "NULLABLE") -> dict:
+        """This type as a BigQuery schema field (API form): STRUCT -> RECORD, LIST -> REPEATED."""
+        if self.kind == "LIST":
+            if self.item.kind == "LIST":
+                raise ValueError(f"{name}: BigQuery has no list of lists")
+            return self.item.bigquery(name, "REPEATED")
+        if self.kind == "STRUCT":
+            return {"name": name, "type": "RECORD", "mode": mode,
+                    "fields": [t.bigquery(n) for n, t in self.fields]}
+        return {"name": name, "type": BIGQUERY_TYPES[self.kind], "mode": mode}
+
+
+BIGQUERY_TYPES = {"BOOLEAN": "BOOLEAN", "BIGINT": "INTEGER", "DOUBLE": "FLOAT", "VARCHAR": "STRING",
+                  "TIMESTAMPTZ": "TIMESTAMP", "JSON": "JSON"}
 
 
 def struct(**fields: T) -> T:
@@ -136,7 +152,16 @@ PING_COLUMNS: tuple[tuple[str, T], ...] = (
     ("additional_properties", STR),
 )
 
-EVENTS_STREAM_TABLE = "events_stream"
+def metrics_struct(columns: dict[str, "Iterable[str]"]) -> T:
+    """The ``metrics`` column for these metric columns: metric type -> STRUCT of its columns."""
+    return T("STRUCT", tuple((mtype, T("STRUCT", tuple((c, METRIC_TYPES[mtype]) for c in sorted(cols))))
+                             for mtype, cols in sorted(columns.items())))
+
+
+# Each table `<ping>_v<version>` has a view `<ping>` (Mozilla's user-facing name), first row per
+# document_id; events_stream_v1 has the view events_stream (first row per document_id, event_index).
+EVENTS_STREAM_TABLE = "events_stream_v1"
+EVENTS_STREAM_VIEW = "events_stream"
 EVENTS_STREAM_COLUMNS: tuple[tuple[str, T], ...] = (
     ("submission_timestamp", TS),
     ("document_id", STR),

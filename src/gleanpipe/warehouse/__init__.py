@@ -8,14 +8,18 @@ __all__ = ["open_warehouse", "Warehouse", "WarehouseUnavailable", "RowDataError"
 
 
 def open_warehouse(url: str, *, read_only: bool = False) -> Warehouse:
-    """``duckdb://PATH`` (a DuckDB file; ``duckdb://:memory:`` for a throwaway one)."""
+    """``duckdb://PATH`` (a DuckDB file; ``duckdb://:memory:`` for a throwaway one) or
+    ``bigquery://PROJECT/LOCATION`` (a dataset per app in that project)."""
     scheme, sep, rest = url.partition("://")
     if not sep or not rest:
-        raise ValueError(f"warehouse URL must look like duckdb://PATH, got {url!r}")
+        raise ValueError(f"warehouse URL must look like duckdb://PATH or bigquery://PROJECT/LOCATION, got {url!r}")
     if scheme == "duckdb":
         from .duckdb import DuckDBWarehouse
 
         return DuckDBWarehouse(rest, read_only=read_only)
     if scheme == "bigquery":
-        raise ValueError("bigquery:// warehouses are not available in this version of gleanpipe (use duckdb://)")
-    raise ValueError(f"unknown warehouse scheme {scheme!r} in {url!r} (use duckdb://PATH)")
+        from .bigquery import BigQueryWarehouse, parse_url
+
+        project, location = parse_url(url)
+        return BigQueryWarehouse(project, location, read_only=read_only)
+    raise ValueError(f"unknown warehouse scheme {scheme!r} in {url!r} (use duckdb://PATH or bigquery://PROJECT/LOCATION)")

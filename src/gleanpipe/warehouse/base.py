@@ -8,6 +8,30 @@ from dataclasses import dataclass, field
 from ..transform import PingRow
 
 
+META = "_gleanpipe"  # app datasets start with a letter or digit, so this never collides
+DELETION_TABLE = "deletion_request_v1"
+EVENTS_KEY = "document_id, event_index"
+
+
+def dedup_view_query(table_ref: str, key: str = "document_id") -> str:
+    """The query of a deduplicated view: the first row (by submission_timestamp) per key.
+    The same SQL runs on DuckDB and BigQuery (QUALIFY with a WHERE, as BigQuery wants)."""
+    return (f"SELECT * FROM {table_ref} WHERE TRUE "
+            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY submission_timestamp) = 1")
+
+
+@dataclass
+class DeletionAttempt:
+    """What `gleanpipe deletions` did for one pending deletion request."""
+
+    dataset: str
+    client_id: str
+    document_id: str
+    done: bool
+    rows_deleted: int
+    error: str | None = None
+
+
 class WarehouseUnavailable(RuntimeError):
     """Transient: locked, down, out of space. The trigger must retry the load."""
 
@@ -57,6 +81,10 @@ class Warehouse(ABC):
     @abstractmethod
     def status(self) -> dict:
         """Row counts per table and error/deletion counts."""
+
+    @abstractmethod
+    def retry_deletions(self) -> list[DeletionAttempt]:
+        """Try every deletion request still pending again; each stays pending until it succeeds."""
 
     def close(self) -> None:
         pass

@@ -17,12 +17,11 @@ from pathlib import Path
 import duckdb
 
 from ..naming import quote_ident as q
-from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, METRIC_TYPES, PING_COLUMNS
+from ..naming import view_name
+from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
 from ..transform import PingRow
-from .base import LoadError, RowDataError, Warehouse, WarehouseUnavailable, WriteResult
-
-META = "_gleanpipe"  # app datasets start with a letter or digit, so this never collides
-DELETION_TABLE = "deletion_request_v1"
+from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
+                   WarehouseUnavailable, WriteResult, dedup_view_query)
 
 INTERNAL_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {META};
@@ -32,6 +31,14 @@ CREATE TABLE IF NOT EXISTS {META}.errors (
 CREATE TABLE IF NOT EXISTS {META}.deletions (
     dataset VARCHAR, client_id VARCHAR, document_id VARCHAR, requested_at TIMESTAMPTZ,
     executed_at TIMESTAMPTZ, rows_deleted BIGINT);
+ALTER TABLE {META}.deletions ADD COLUMN IF NOT EXISTS attempts BIGINT;
+ALTER TABLE {META}.deletions ADD COLUMN IF NOT EXISTS last_error VARCHAR;
+ALTER TABLE {META}.deletions ADD COLUMN IF NOT EXISTS recorded_at TIMESTAMPTZ;
+"""
+
+# Files written before events_stream became a view: the table takes its new name.
+RENAME_EVENTS_TABLE = f"""
+SELECT schema_name FROM duckdb_tables() WHERE table_name = '{EVENTS_STREAM_VIEW}' AND schema_name <> '{META}'
 """
 
 DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.TypeMismatchException,
@@ -65,6 +72,23 @@ class DuckDBWarehouse(Warehouse):
         self._tmp = tempfile.mkdtemp(prefix="gleanpipe-load-")
         if not read_only:
             self.con.execute(INTERNAL_DDL)
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Files from before the views: events_stream (a table then) becomes events_stream_v1, and
+        every ping table gets its view."""
+        for (schema,) in self.con.execute(RENAME_EVENTS_TABLE).fetchall():
+            self.con.execute(f"ALTER TABLE {q(schema)}.{q(EVENTS_STREAM_VIEW)} RENAME TO {q(EVENTS_STREAM_TABLE)}")
+        missing = self.con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name <> ? AND NOT EXISTS ("
+            "SELECT 1 FROM duckdb_views() v WHERE v.schema_name = duckdb_tables.schema_name "
+            "AND v.view_name = regexp_replace(duckdb_tables.table_name, '_v[0-9]+$', '')) "
+            "AND regexp_matches(table_name, '_v[0-9]+$')", [META]).fetchall()
+        for schema, table in missing:
+            view = EVENTS_STREAM_VIEW if table == EVENTS_STREAM_TABLE else view_name(table.rsplit("_v", 1)[0])
+            if view and not self.con.execute("SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
+                                             [schema, view]).fetchall():
+                self._create_view(schema, table, view)
 
     # --- schema management --------------------------------------------------------
 
@@ -85,6 +109,17 @@ class DuckDBWarehouse(Warehouse):
         self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {q(dataset)}")
         self.con.execute(f"CREATE TABLE IF NOT EXISTS {q(dataset)}.{q(table)} ({_columns_ddl(columns)})")
         self._types.pop((dataset, table), None)
+
+    def _create_view(self, dataset: str, table: str, view: str | None = None) -> None:
+        """The deduplicated view (one row per document_id; trivially so here, as inserts are
+        exactly once) under the same name as on BigQuery, so queries move unchanged."""
+        if table == EVENTS_STREAM_TABLE:
+            view, key = EVENTS_STREAM_VIEW, EVENTS_KEY
+        else:
+            key = "document_id"
+        if view:
+            self.con.execute(f"CREATE OR REPLACE VIEW {q(dataset)}.{q(view)} AS "
+                             + dedup_view_query(f"{q(dataset)}.{q(table)}", key))
 
     def _metric_fields(self, dataset: str, table: str) -> dict[str, set[str]] | None:
         key = (dataset, table)
@@ -151,25 +186,54 @@ class DuckDBWarehouse(Warehouse):
             self._deleted[dataset] = {r[0] for r in rows}
         return self._deleted[dataset]
 
-    def _delete_client(self, dataset: str, row: PingRow, now: str) -> int:
+    def _delete_rows(self, dataset: str, client_id: str) -> int:
         """Delete every row of this client in the app's tables (deletion-request pings stay)."""
         deleted = 0
         tables = self.con.execute(
-            "SELECT DISTINCT table_name FROM duckdb_columns() WHERE schema_name = ? AND column_name IN "
-            "('client_info', 'client_id') AND table_name <> ? ORDER BY 1",
+            "SELECT DISTINCT table_name FROM duckdb_columns() JOIN duckdb_tables() USING (schema_name, table_name) "
+            "WHERE schema_name = ? AND column_name IN ('client_info', 'client_id') AND table_name <> ? ORDER BY 1",
             [dataset, DELETION_TABLE],
         ).fetchall()
         for (table,) in tables:
             where = "client_id = ?" if table == EVENTS_STREAM_TABLE else "client_info.client_id = ?"
-            deleted += self.con.execute(
-                f"DELETE FROM {q(dataset)}.{q(table)} WHERE {where}", [row.client_id]
-            ).fetchone()[0]
+            deleted += self.con.execute(f"DELETE FROM {q(dataset)}.{q(table)} WHERE {where}", [client_id]).fetchone()[0]
+        return deleted
+
+    def _delete_client(self, dataset: str, row: PingRow, now: str) -> int:
+        deleted = self._delete_rows(dataset, row.client_id)
         self.con.execute(
-            f"INSERT INTO {META}.deletions VALUES (?, ?, ?, ?, ?, ?)",
-            [dataset, row.client_id, row.path.document_id, row.submission_timestamp, now, deleted],
+            f"INSERT INTO {META}.deletions (dataset, client_id, document_id, requested_at, executed_at, rows_deleted, "
+            "attempts, recorded_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+            [dataset, row.client_id, row.path.document_id, row.submission_timestamp, now, deleted, now],
         )
         self._deleted_clients(dataset).add(row.client_id)
         return deleted
+
+    def retry_deletions(self) -> list[DeletionAttempt]:
+        """Deletions run inside the load's transaction here, so none is normally pending; a row
+        left with no executed_at (written by another tool, say) is carried out now."""
+        if self.read_only:
+            raise RuntimeError("warehouse opened read-only")
+        out = []
+        with self._lock:
+            pending = self.con.execute(
+                f"SELECT dataset, client_id, document_id FROM {META}.deletions WHERE executed_at IS NULL "
+                "ORDER BY requested_at").fetchall()
+            for dataset, client_id, document_id in pending:
+                self.con.begin()
+                try:
+                    n = self._delete_rows(dataset, client_id)
+                    self.con.execute(
+                        f"UPDATE {META}.deletions SET executed_at = ?, rows_deleted = coalesce(rows_deleted, 0) + ?, "
+                        "attempts = coalesce(attempts, 0) + 1, last_error = NULL WHERE document_id = ? AND dataset = ?",
+                        [datetime.now(timezone.utc), n, document_id, dataset])
+                    self.con.commit()
+                except duckdb.Error as exc:
+                    self._rollback()
+                    out.append(DeletionAttempt(dataset, client_id, document_id, False, 0, str(exc).splitlines()[0]))
+                    continue
+                out.append(DeletionAttempt(dataset, client_id, document_id, True, n))
+        return out
 
     def _record_errors(self, errors: list[LoadError], now: str) -> None:
         if not errors:
@@ -196,7 +260,9 @@ class DuckDBWarehouse(Warehouse):
                     deleted = self._deleted_clients(dataset)
                     batch = [r for r in by_id.values() if r.is_deletion_request or r.client_id not in deleted]
                     result.skipped_deleted += len(by_id) - len(batch)
-                    self._ensure_table(dataset, table, PING_COLUMNS)
+                    if not self._table_types(dataset, table):
+                        self._ensure_table(dataset, table, PING_COLUMNS)
+                        self._create_view(dataset, table, next(iter(by_id.values())).path.view)
                     needed: dict[str, set[str]] = {}
                     for r in batch:
                         for mtype, cols in r.metrics.items():
@@ -208,7 +274,9 @@ class DuckDBWarehouse(Warehouse):
                     result.tables.add(f"{dataset}.{table}")
                     with_events = [r for r in batch if r.events_json]
                     if with_events:
-                        self._ensure_table(dataset, EVENTS_STREAM_TABLE, EVENTS_STREAM_COLUMNS)
+                        if not self._table_types(dataset, EVENTS_STREAM_TABLE):
+                            self._ensure_table(dataset, EVENTS_STREAM_TABLE, EVENTS_STREAM_COLUMNS)
+                            self._create_view(dataset, EVENTS_STREAM_TABLE)
                         result.events += self._insert_events(dataset, with_events)
                     for r in batch:
                         if r.is_deletion_request and r.client_id:
@@ -277,10 +345,13 @@ class DuckDBWarehouse(Warehouse):
             load_errors = cur.execute(
                 f"SELECT error_type, count(*) FROM {META}.errors GROUP BY 1 ORDER BY 1"
             ).fetchall() if self._has_meta(cur) else []
-            deletions = cur.execute(f"SELECT count(*) FROM {META}.deletions").fetchone()[0] if self._has_meta(cur) else 0
+            deletions, pending = cur.execute(
+                f"SELECT count(executed_at), count(*) FILTER (executed_at IS NULL) FROM {META}.deletions").fetchone() \
+                if self._has_meta(cur) else (0, 0)
         finally:
             cur.close()
-        return {"tables": counts, "load_errors": dict(load_errors), "deletions": deletions}
+        return {"tables": counts, "load_errors": dict(load_errors), "deletions": deletions,
+                "deletions_pending": pending}
 
     @staticmethod
     def _has_meta(cur) -> bool:

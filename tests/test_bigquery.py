@@ -1,0 +1,397 @@
+"""BigQuery-only behaviour: pending deletions and `gleanpipe deletions`, refused rows, settings.
+
+bqemulator allows DML on rows that were just streamed and never refuses a streamed row for its
+values (it answers 500), where real BigQuery refuses both. Those refusals are injected into the
+real client's calls below, each with BigQuery's own error shape, and say so.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from google.api_core.exceptions import BadRequest
+
+from gleanpipe.load import Loader
+from gleanpipe.warehouse import RowDataError, WarehouseUnavailable, open_warehouse
+from gleanpipe.warehouse.bigquery import BigQueryWarehouse, parse_url
+
+from conftest import DATASET, make_ping
+from test_load import CLIENT_A, CLIENT_B, EVENTS, put_ping
+
+# The message BigQuery gives for DML over rows still in the streaming buffer.
+STREAMING_BUFFER_ERROR = ("UPDATE or DELETE statement over table {table} would affect rows in the streaming buffer, "
+                          "which is not supported")
+
+
+@pytest.fixture
+def bq(bq_warehouse_url, monkeypatch):
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_RETRY_S", "10")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "1")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "1")
+    wh = open_warehouse(bq_warehouse_url)
+    yield wh
+    wh.close()
+
+
+def refuse_deletes_in_streaming_buffer(wh: BigQueryWarehouse):
+    """Fault injection (bqemulator lets DML touch just-streamed rows; BigQuery refuses for up to
+    ~30 min): DELETEs on the app's tables raise the BadRequest BigQuery raises. Returns undo()."""
+    real = wh.client.query
+
+    def query(sql, *args, **kwargs):
+        if sql.startswith("DELETE FROM") and f"`{DATASET}`" in sql:
+            table = sql.split()[2].replace("`", "")
+            raise BadRequest(STREAMING_BUFFER_ERROR.format(table=table))
+        return real(sql, *args, **kwargs)
+
+    wh.client.query = query
+    return lambda: setattr(wh.client, "query", real)
+
+
+def gleanpipe(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_deletion_refused_by_the_streaming_buffer_stays_pending_until_a_retry_succeeds(
+        store, bq, bq_warehouse_url, tmp_path):
+    loader = Loader(store, bq)
+    loader.load_keys([put_ping(store, make_ping(CLIENT_A, events=EVENTS)),
+                      put_ping(store, make_ping(CLIENT_B))])
+    undo = refuse_deletes_in_streaming_buffer(bq)
+    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    doc = deletion.rsplit("/", 1)[1][:-5]
+    assert loader.load_keys([deletion]).deletions == 1
+    query = lambda sql: bq.query(sql)[1]
+    [(executed, deleted, attempts, error)] = query(
+        "SELECT executed_at, rows_deleted, attempts, last_error FROM _gleanpipe.deletions")
+    assert (executed, deleted, attempts) == (None, 0, 1) and "streaming buffer" in error
+    assert bq.status()["deletions_pending"] == 1 and bq.status()["deletions"] == 0
+    # the client is already treated as deleted: a late ping is not loaded
+    assert loader.load_keys([put_ping(store, make_ping(CLIENT_A, seq=9))]).skipped_deleted == 1
+    # retried while BigQuery still refuses: still pending, never dropped
+    [attempt] = bq.retry_deletions()
+    assert (attempt.document_id, attempt.done, attempt.rows_deleted) == (doc, False, 0)
+    assert "streaming buffer" in attempt.error
+    assert query("SELECT attempts, executed_at FROM _gleanpipe.deletions") == [(2, None)]
+    assert query(f"SELECT count(*) FROM {DATASET}.baseline WHERE client_info.client_id = '{CLIENT_A}'") == [(1,)]
+    undo()
+    time.sleep(1.1)  # GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S
+
+    # the scheduled `gleanpipe deletions`, as a user runs it, once the buffer is flushed
+    env = {"GLEANPIPE_WAREHOUSE_URL": bq_warehouse_url, "GLEANPIPE_DATA_DIR": str(tmp_path / "unused")}
+    out = gleanpipe("deletions", env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"done     {DATASET}  client {CLIENT_A}  (request {doc}): 3 rows deleted" in out.stdout
+    assert "1 carried out, 0 still pending" in out.stdout
+    [(executed, deleted, attempts, error)] = query(
+        "SELECT executed_at IS NOT NULL, rows_deleted, attempts, last_error FROM _gleanpipe.deletions")
+    assert (executed, deleted, attempts, error) == (True, 3, 3, None)
+    assert query(f"SELECT client_info.client_id FROM {DATASET}.baseline") == [(CLIENT_B,)]
+    assert query(f"SELECT count(*) FROM {DATASET}.events_stream") == [(0,)]
+    out = gleanpipe("deletions", env=env)
+    assert out.returncode == 0 and "0 carried out, 0 still pending" in out.stdout
+
+
+def test_a_deletion_request_loaded_twice_is_recorded_once(store, bq_warehouse_url, monkeypatch):
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "3600")  # stays pending throughout
+    wh = open_warehouse(bq_warehouse_url)
+    try:
+        loader = Loader(store, wh)
+        deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+        loader.load_keys([deletion])
+        loader.load_keys([deletion])
+        assert wh.query("SELECT client_id, attempts, executed_at FROM _gleanpipe.deletions")[1] == [
+            (CLIENT_A, 2, None)]
+    finally:
+        wh.close()
+
+
+def test_late_ping_from_an_instance_that_did_not_know_yet_is_deleted_by_the_final_run(
+        store, bq_warehouse_url, monkeypatch):
+    """Instance `two` read the deleted clients before `one` recorded the request, so it still loads
+    a late ping of that client. `one`'s DELETE succeeded, but the request stays pending until the
+    settle time has passed; the run after that (`gleanpipe deletions`) deletes the late row."""
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "3600")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "3600")
+    one, two = open_warehouse(bq_warehouse_url), open_warehouse(bq_warehouse_url)
+    try:
+        Loader(store, two).load_keys([put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_B))])
+        Loader(store, one).load_keys([put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")])
+        [(executed, deleted, error)] = one.query("SELECT executed_at, rows_deleted, last_error "
+                                                 "FROM _gleanpipe.deletions")[1]
+        assert (executed, deleted) == (None, 1) and error.startswith("rows deleted; to run again from 3600 s")
+        late = put_ping(store, make_ping(CLIENT_A, seq=5))
+        assert Loader(store, two).load_keys([late]).inserted == 1  # `two` does not know yet
+        [attempt] = one.retry_deletions()  # too early: still pending
+        assert (attempt.done, attempt.rows_deleted) == (False, 1)
+    finally:
+        one.close()
+        two.close()
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "1")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "1")
+    time.sleep(1.1)
+    later = open_warehouse(bq_warehouse_url)
+    try:
+        [attempt] = later.retry_deletions()
+        assert (attempt.done, attempt.rows_deleted, attempt.error) == (True, 0, None)
+        assert later.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_B,)]
+        assert later.query("SELECT rows_deleted, attempts, executed_at IS NOT NULL FROM _gleanpipe.deletions")[1] == [
+            (2, 3, True)]
+    finally:
+        later.close()
+
+
+def test_settle_time_shorter_than_the_refresh_is_refused(monkeypatch):
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "60")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "30")
+    with pytest.raises(ValueError, match="SETTLE_S must be at least"):
+        open_warehouse("bigquery://p1/US")
+
+
+def test_deletions_made_by_another_instance_are_seen_after_the_refresh(store, bq_warehouse_url, monkeypatch):
+    """Two loaders (two function instances) on one project: the second learns of the first's
+    deletion request when it re-reads _gleanpipe.deletions (GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S)."""
+    import time
+
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "1")
+    one, two = open_warehouse(bq_warehouse_url), open_warehouse(bq_warehouse_url)
+    try:
+        assert Loader(store, two).load_keys([put_ping(store, make_ping(CLIENT_A))]).inserted == 1  # reads the list
+        Loader(store, one).load_keys([put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")])
+        time.sleep(1.1)
+        assert Loader(store, two).load_keys([put_ping(store, make_ping(CLIENT_A))]).skipped_deleted == 1
+    finally:
+        one.close()
+        two.close()
+
+
+def refuse_rows(wh: BigQueryWarehouse, bad_ids: set[str], message: str, reason: str = "invalid"):
+    """Fault injection: insertAll's per-row refusal, in the shape BigQuery answers it (bqemulator
+    answers a bad value with a 500 instead). Rows of a request with a refused row are 'stopped'."""
+    real = wh.client.insert_rows_json
+
+    def insert(table, rows, row_ids=None, **kwargs):
+        bad = [i for i, rid in enumerate(row_ids or []) if rid in bad_ids]
+        if not bad:
+            return real(table, rows, row_ids=row_ids, **kwargs)
+        return [{"index": i, "errors": [{"reason": reason, "location": "metrics.counter.toolbox_a", "message": message}
+                                        if i in bad else {"reason": "stopped", "message": ""}]}
+                for i in range(len(rows))]
+
+    wh.client.insert_rows_json = insert
+
+
+def test_a_refused_row_goes_to_errors_and_the_rest_of_the_batch_loads(store, bq):
+    good = put_ping(store, make_ping(CLIENT_A))
+    bad = put_ping(store, make_ping(CLIENT_B))
+    bad_id = bad.rsplit("/", 1)[1][:-5]
+    refuse_rows(bq, {bad_id}, "Cannot convert value to integer (bad value): 1180591620717411303424")
+    result = Loader(store, bq).load_keys([good, bad])
+    assert (result.inserted, result.errors) == (1, 1)
+    assert bq.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_A,)]
+    [(key, etype, message)] = bq.query("SELECT object_key, error_type, error_message FROM _gleanpipe.errors")[1]
+    assert (key, etype) == (bad, "warehouse") and "Cannot convert value to integer" in message
+
+
+def test_fields_not_yet_visible_to_streaming_make_the_load_retry(store, bq):
+    """Right after update_table, BigQuery's streaming system may not know the new fields for a
+    while and refuses rows with 'no such field': that is transient, the trigger must retry."""
+    key = put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.a": 1}}))
+    refuse_rows(bq, {key.rsplit("/", 1)[1][:-5]}, "no such field: metrics.counter.toolbox_a.")
+    with pytest.raises(WarehouseUnavailable, match="not visible to streaming yet"):
+        Loader(store, bq).load_keys([key])
+
+
+def test_an_emulator_that_is_down_is_transient(store, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_RETRY_S", "1")
+    wh = open_warehouse("bigquery://nobody-here/US")
+    try:
+        with pytest.raises(WarehouseUnavailable):
+            Loader(store, wh).load_keys([put_ping(store, make_ping(CLIENT_A))])
+    finally:
+        wh.close()
+
+
+@pytest.mark.parametrize("url", ["bigquery://", "bigquery://proj", "bigquery://proj/", "bigquery://Proj!/US",
+                                 "bigquery://proj/US/extra"])
+def test_bad_bigquery_urls_say_what_they_should_look_like(url):
+    with pytest.raises(ValueError, match="bigquery://PROJECT/LOCATION"):
+        open_warehouse(url)
+
+
+def test_url_parts():
+    assert parse_url("bigquery://my-project/europe-west1") == ("my-project", "europe-west1")
+
+
+def test_bad_retry_setting_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_RETRY_S", "soon")
+    with pytest.raises(ValueError, match="GLEANPIPE_BIGQUERY_RETRY_S must be a whole number"):
+        open_warehouse("bigquery://p1/US")
+
+
+def test_cli_reports_a_bad_warehouse_url_without_a_traceback(tmp_path):
+    out = gleanpipe("deletions", "--data-dir", str(tmp_path), "--warehouse-url", "bigquery://only-a-project")
+    assert out.returncode == 1 and "bigquery://PROJECT/LOCATION" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_deletions_command_on_duckdb(tmp_path):
+    """DuckDB carries out a deletion inside the load, so nothing is pending; a record left
+    pending (as an older tool or a crash between steps could leave it) is carried out."""
+    from gleanpipe.storage.local import LocalStore
+
+    data = tmp_path / "data"
+    store = LocalStore(data / "store")
+    wh = open_warehouse(f"duckdb://{data / 'warehouse.duckdb'}")
+    Loader(store, wh).load_keys([put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_B))])
+    wh.con.execute("INSERT INTO _gleanpipe.deletions (dataset, client_id, document_id, requested_at) "
+                   "VALUES (?, ?, 'd0c', now())", [DATASET, CLIENT_B])
+    wh.close()
+    out = gleanpipe("deletions", "--data-dir", str(data))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f"done     {DATASET}  client {CLIENT_B}  (request d0c): 1 rows deleted",
+        f"1 carried out, 0 still pending (duckdb://{data / 'warehouse.duckdb'})"]
+    out = gleanpipe("deletions", "--data-dir", str(data))
+    assert out.stdout.splitlines()[-1].startswith("0 carried out, 0 still pending")
+    wh = open_warehouse(f"duckdb://{data / 'warehouse.duckdb'}", read_only=True)
+    try:
+        assert wh.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_A,)]
+        assert wh.query("SELECT rows_deleted, attempts FROM _gleanpipe.deletions")[1] == [(1, 1)]
+    finally:
+        wh.close()
+
+
+def test_status_and_deletions_on_an_empty_project(bq):
+    assert bq.status() == {"tables": [], "load_errors": {}, "deletions": 0, "deletions_pending": 0}
+    assert bq.retry_deletions() == []
+
+
+def test_bigquery_settings_are_declared_and_documented():
+    from gleanpipe.config import SETTINGS
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for name, default in (("GLEANPIPE_BIGQUERY_ENDPOINT", ""), ("GLEANPIPE_BIGQUERY_RETRY_S", "60"),
+                          ("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "60"),
+                          ("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "300")):
+        assert SETTINGS[name].default == default
+        assert f"| `{name}` |" in readme
+
+
+def test_load_function_and_cli_query_on_bigquery(bq_emulator, bq_warehouse_url, fn_env, monkeypatch, tmp_path):
+    """The same `load` CloudEvent function as in local mode, with only the warehouse URL changed;
+    then the README's labeled-counter query through `gleanpipe query` against the emulator."""
+    import json
+
+    from functions_framework import create_app
+
+    from conftest import ROOT
+    from gleanpipe.storage.local import LocalStore
+    from test_load import storage_event
+    from test_warehouses import readme_queries
+
+    monkeypatch.setenv("GLEANPIPE_WAREHOUSE_URL", bq_warehouse_url)  # fn_env cleared GLEANPIPE_*: set again
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_ENDPOINT", bq_emulator.endpoint)
+    client = create_app(target="load", source=str(ROOT / "functions" / "main.py"),
+                        signature_type="cloudevent").test_client()
+    store = LocalStore(fn_env / "store")
+    for tools in ({"hammer": 2, "pliers": 1}, {"hammer": 5}):
+        key = put_ping(store, make_ping(CLIENT_A, metrics={"labeled_counter": {"toolbox.tool_used": tools}}),
+                       doc_type="metrics")
+        headers, body = storage_event(key)
+        assert client.post("/", headers=headers, data=body).status_code == 200
+    out = gleanpipe("query", "--format", "json", "--data-dir", str(tmp_path / "none"), readme_queries()[1])
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [{"tool_name": "hammer", "uses": 7}, {"tool_name": "pliers", "uses": 1}]
+
+
+def test_a_request_refused_whole_goes_to_errors(store, bq):
+    """insertAll refuses a request over its 10 MB limit with a 400 (bqemulator has no such limit):
+    injected for one ping, which lands in the errors table while the other loads."""
+    good, big = put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_B))
+    big_id = big.rsplit("/", 1)[1][:-5]
+    real = bq.client.insert_rows_json
+
+    def insert(table, rows, row_ids=None, **kwargs):
+        if big_id in (row_ids or []):
+            raise BadRequest("Request payload size exceeds the limit: 10485760 bytes.")
+        return real(table, rows, row_ids=row_ids, **kwargs)
+
+    bq.client.insert_rows_json = insert
+    result = Loader(store, bq).load_keys([good, big])
+    assert (result.inserted, result.errors) == (1, 1)
+    [(key, message)] = bq.query("SELECT object_key, error_message FROM _gleanpipe.errors")[1]
+    assert key == big and "payload size exceeds the limit" in message
+
+
+def test_a_missing_view_is_made_by_the_next_loader(store, bq, bq_warehouse_url):
+    """A loader that created the table but stopped before its view: the next process makes it."""
+    Loader(store, bq).load_keys([put_ping(store, make_ping(CLIENT_A))])
+    bq.client.delete_table(f"{bq.project}.{DATASET}.baseline")
+    other = open_warehouse(bq_warehouse_url)
+    try:
+        Loader(store, other).load_keys([put_ping(store, make_ping(CLIENT_B))])
+        assert other.query(f"SELECT count(*) FROM {DATASET}.baseline")[1] == [(2,)]
+    finally:
+        other.close()
+
+
+def test_a_table_streaming_does_not_know_yet_makes_the_load_retry(store, bq):
+    """Streaming into a table created a moment ago can answer 404 on BigQuery (never on the
+    emulator): injected once; the load fails as transient, and its retry loads the ping."""
+    from google.api_core.exceptions import NotFound
+
+    real, calls = bq.client.insert_rows_json, []
+
+    def insert(table, rows, **kwargs):
+        calls.append(table)
+        if len(calls) == 1:
+            raise NotFound(f"Table {table} not found.")
+        return real(table, rows, **kwargs)
+
+    bq.client.insert_rows_json = insert
+    key = put_ping(store, make_ping(CLIENT_A))
+    with pytest.raises(WarehouseUnavailable, match="not visible to streaming yet"):
+        Loader(store, bq).load_keys([key])
+    assert Loader(store, bq).load_keys([key]).inserted == 1
+    assert bq.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_A,)]
+
+
+def test_error_rows_still_in_the_streaming_buffer_stay_until_they_can_go(store, bq):
+    """An object that failed and then loads: its error rows are deleted, but BigQuery refuses while
+    they are in the streaming buffer (injected: bqemulator allows it). The load still succeeds and
+    status counts the object once; a later load of it deletes the rows."""
+    from gleanpipe.naming import DocumentPath
+
+    path = DocumentPath("org-example-toolbox", "baseline", "1", "5d0e7c1a-3b2f-4e6d-9a8b-7c6d5e4f3a2b")
+    store.put_new(path.key, b"broken")
+    for _ in range(2):
+        assert Loader(store, bq).load_keys([path.key]).errors == 1
+    assert bq.status()["load_errors"] == {"raw_object": 1}
+    (store.root / path.key).unlink()
+    put_ping(store, make_ping(CLIENT_A), document_id=path.document_id)
+    real = bq.client.query
+
+    def query(sql, *args, **kwargs):
+        if sql.startswith("DELETE FROM") and "`errors`" in sql:
+            raise BadRequest(STREAMING_BUFFER_ERROR.format(table=f"{bq.project}._gleanpipe.errors"))
+        return real(sql, *args, **kwargs)
+
+    bq.client.query = query
+    assert Loader(store, bq).load_keys([path.key]).inserted == 1
+    assert bq.query("SELECT count(*) FROM _gleanpipe.errors")[1] == [(1,)]
+    bq.client.query = real
+    Loader(store, bq).load_keys([path.key])
+    assert bq.query("SELECT count(*) FROM _gleanpipe.errors")[1] == [(0,)]
+    assert bq.query(f"SELECT count(*) FROM {DATASET}.baseline")[1] == [(1,)]

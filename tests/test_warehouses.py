@@ -1,0 +1,419 @@
+"""The Warehouse interface, the same tests over DuckDB (a real file) and BigQuery (a real
+bqemulator process, see bq_emulator.py). Where bqemulator cannot show a BigQuery behaviour,
+the test says so and covers the code path another way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from gleanpipe.load import Loader
+from gleanpipe.naming import DocumentPath
+from gleanpipe.warehouse import open_warehouse
+
+from conftest import DATASET, ROOT, make_ping
+from test_load import CLIENT_A, CLIENT_B, EVENTS, FULL_METRICS, put_ping
+
+TS = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
+
+
+class WH:
+    """A warehouse under test plus the backend-specific ways to look behind its interface."""
+
+    def __init__(self, kind: str, wh, emulator=None):
+        self.kind, self.wh, self.emulator = kind, wh, emulator
+
+    def q(self, sql: str, params=None):
+        return self.wh.query(sql, params)[1]
+
+    def objects(self, dataset: str) -> dict[str, str]:
+        """name -> TABLE or VIEW in a dataset (a DuckDB schema)."""
+        if self.kind == "duckdb":
+            rows = self.wh.con.execute(
+                "SELECT table_name, 'TABLE' FROM duckdb_tables() WHERE schema_name = ? UNION ALL "
+                "SELECT view_name, 'VIEW' FROM duckdb_views() WHERE schema_name = ?", [dataset, dataset]).fetchall()
+            return dict(rows)
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return {t.table_id: t.table_type for t in self.wh.client.list_tables(f"{self.wh.project}.{dataset}")}
+        except NotFound:
+            return {}
+
+    def insert_raw(self, table: str, rows: list[dict]) -> None:
+        """Rows straight into a base table, past the loader (to make duplicates on purpose)."""
+        if self.kind == "duckdb":
+            for r in rows:
+                cols = ", ".join(r)
+                self.wh.con.execute(f"INSERT INTO {DATASET}.{table} ({cols}) VALUES ({', '.join('?' * len(r))})",
+                                    list(r.values()))
+        else:
+            assert self.wh.client.insert_rows_json(f"{self.wh.project}.{DATASET}.{table}", rows,
+                                                   row_ids=[None] * len(rows)) == []
+
+
+@pytest.fixture(params=["duckdb", "bigquery"])
+def wh(request, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_RETRY_S", "10")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "1")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "3")
+    if request.param == "duckdb":
+        warehouse = open_warehouse(f"duckdb://{tmp_path / 'wh.duckdb'}")
+        emulator = None
+    else:
+        url = request.getfixturevalue("bq_warehouse_url")
+        emulator = request.getfixturevalue("bq_emulator")
+        warehouse = open_warehouse(url)
+    yield WH(request.param, warehouse, emulator)
+    warehouse.close()
+
+
+def load(store, wh: WH, *keys):
+    return Loader(store, wh.wh).load_keys(list(keys))
+
+
+def as_json(value):
+    """JSON columns read back as text on both (BigQuery's client may also parse them)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+# --- tables, views, layout ------------------------------------------------------------
+
+
+def test_tables_and_views_are_created_on_first_use(store, wh):
+    assert wh.objects(DATASET) == {}
+    load(store, wh, put_ping(store, make_ping(CLIENT_A, events=EVENTS)),
+         put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request"))
+    assert wh.objects(DATASET) == {"baseline_v1": "TABLE", "baseline": "VIEW",
+                                   "events_stream_v1": "TABLE", "events_stream": "VIEW",
+                                   "deletion_request_v1": "TABLE", "deletion_request": "VIEW"}
+    assert {"errors", "deletions"} <= set(wh.objects("_gleanpipe"))
+    status = wh.wh.status()
+    assert {(t["table"], t["rows"]) for t in status["tables"]} == {
+        ("baseline_v1", 0), ("events_stream_v1", 0), ("deletion_request_v1", 1)}  # the client's rows are deleted
+    # on BigQuery a deletion is final only after GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S (test_bigquery.py)
+    assert status["deletions"] + status["deletions_pending"] == 1
+
+
+@pytest.mark.parametrize("wh", ["bigquery"], indirect=True)
+def test_bigquery_tables_are_partitioned_by_day_and_clustered(store, wh):
+    load(store, wh, put_ping(store, make_ping(CLIENT_A, events=EVENTS)))
+    client, p = wh.wh.client, wh.wh.project
+    for table, clustering in (("baseline_v1", ["normalized_channel", "sample_id"]),
+                              ("events_stream_v1", ["category", "name", "sample_id"])):
+        t = client.get_table(f"{p}.{DATASET}.{table}")
+        assert (t.time_partitioning.type_, t.time_partitioning.field) == ("DAY", "submission_timestamp")
+        assert t.clustering_fields == clustering
+    view = client.get_table(f"{p}.{DATASET}.baseline")
+    assert view.table_type == "VIEW"  # (bqemulator does not return view_query; the views' rows are tested below)
+    # the layout comes from the same type tree as DuckDB's: STRUCT -> RECORD, LIST -> REPEATED
+    fields = {f.name: f for f in client.get_table(f"{p}.{DATASET}.baseline_v1").schema}
+    assert (fields["submission_timestamp"].field_type, fields["sample_id"].field_type) == ("TIMESTAMP", "INTEGER")
+    events = fields["events"]
+    assert (events.field_type, events.mode) == ("RECORD", "REPEATED")
+    extra = {f.name: f for f in events.fields}["extra"]
+    assert (extra.mode, [(f.name, f.field_type) for f in extra.fields]) == (
+        "REPEATED", [("key", "STRING"), ("value", "STRING")])
+    header = {f.name: f for f in {f.name: f for f in fields["metadata"].fields}["header"].fields}
+    assert (header["parsed_x_source_tags"].field_type, header["parsed_x_source_tags"].mode) == ("STRING", "REPEATED")
+
+
+EXPECTED_METRICS = {
+    "boolean": {"toolbox_dark_mode_enabled": True},
+    "counter": {"toolbox_launch_count": 6},
+    "quantity": {"toolbox_window_width": 1280},
+    "string": {"toolbox_active_theme": "monokai"},
+    "uuid": {"toolbox_install_id": "8d5b2f1e-4c3a-4b2d-9e1f-0a9b8c7d6e5f"},
+    "url": {"toolbox_homepage": "https://example.com/x"},
+    "text": {"toolbox_notes": "hello\nworld"},
+    "datetime": {"toolbox_last_sync_time": "2024-05-17T13:45:12.345+02:00"},
+    "string_list": {"toolbox_enabled_plugins": ["git", "lint"]},
+    "timespan": {"toolbox_startup_duration": {"time_unit": "millisecond", "value": 1234}},
+    "rate": {"toolbox_cache_hit_rate": {"numerator": 7, "denominator": 10}},
+    "timing_distribution": {"toolbox_render_time": {"sum": 135174545, "values": [
+        {"key": 2097152, "value": 1}, {"key": 15384774, "value": 2}]}},
+    "memory_distribution": {"toolbox_heap_usage": {"sum": 7864320, "values": [{"key": 524287, "value": 1}]}},
+    "custom_distribution": {"toolbox_batch_sizes": {"sum": 1050, "values": [
+        {"key": 1, "value": 1}, {"key": 4, "value": 2}]}},
+    "labeled_counter": {"toolbox_tool_used": [{"key": "hammer", "value": 2}, {"key": "pliers", "value": 1}]},
+    "labeled_boolean": {"toolbox_feature_on": [{"key": "a", "value": True}, {"key": "b", "value": False}]},
+    "labeled_string": {"toolbox_choice": [{"key": "x", "value": "y"}]},
+    "labeled_quantity": {"toolbox_sizes": [{"key": "s", "value": 3}]},
+    "labeled_rate": {"toolbox_hits": [{"key": "l1", "value": {"numerator": 1, "denominator": 2}}]},
+    "labeled_timing_distribution": {"toolbox_load_time_by_tool": [
+        {"key": "hammer", "value": {"sum": 10, "values": [{"key": 8, "value": 1}]}}]},
+    "labeled_memory_distribution": {"toolbox_mem_by_tool": [
+        {"key": "hammer", "value": {"sum": 10, "values": [{"key": 8, "value": 1}]}}]},
+    "labeled_custom_distribution": {"toolbox_cd_by_tool": [
+        {"key": "hammer", "value": {"sum": 10, "values": [{"key": 8, "value": 1}]}}]},
+    "dual_labeled_counter": {"toolbox_clicks": [
+        {"key": "hammer", "value": [{"key": "left", "value": 4}, {"key": "right", "value": 1}]}]},
+    "object": {"toolbox_open_tabs": [{"id": 1, "title": "Docs"}]},
+    "jwe": {"toolbox_secret": "eyJ.a.b.c.d"},
+}
+
+
+def test_every_metric_type_round_trips(store, wh):
+    key = put_ping(store, make_ping(CLIENT_A, metrics=FULL_METRICS),
+                   headers={"date": "Mon, 23 Nov 2026 08:00:00 GMT", "x_source_tags": "automation, ci"})
+    assert load(store, wh, key).inserted == 1
+    [(doc, ts, sample, channel, metrics, client, seq, start, tags)] = wh.q(
+        f"""SELECT document_id, submission_timestamp, sample_id, normalized_channel, metrics, client_info.client_id,
+        ping_info.seq, ping_info.parsed_start_time, metadata.header.parsed_x_source_tags FROM {DATASET}.baseline""")
+    assert doc == key.rsplit("/", 1)[1][:-5] and ts == TS and channel == "beta" and client == CLIENT_A
+    assert sample == 38 and seq == 0 and tags == ["automation", "ci"]
+    assert start == datetime(2026, 11, 22, 12, 34, 25, 443000, tzinfo=timezone.utc)
+    metrics["object"]["toolbox_open_tabs"] = as_json(metrics["object"]["toolbox_open_tabs"])
+    assert metrics == EXPECTED_METRICS
+
+
+def test_events_stream_rows(store, wh):
+    key = put_ping(store, make_ping(CLIENT_A, events=EVENTS), doc_type="events")
+    assert load(store, wh, key).events == 2
+    doc = key.rsplit("/", 1)[1][:-5]
+    got = wh.q(f"""SELECT document_id, event_index, client_id, ping, sample_id, category, name, timestamp,
+                  event_timestamp, extra, submission_timestamp FROM {DATASET}.events_stream ORDER BY event_index""")
+    assert got == [
+        (doc, 0, CLIENT_A, "events", 38, "toolbox", "tool_opened", 0,
+         datetime(2025, 11, 22, 12, 34, 25, 443000, tzinfo=timezone.utc),
+         [{"key": "tool", "value": "hammer"}, {"key": "glean_timestamp", "value": "1763814865443"}], TS),
+        (doc, 1, CLIENT_A, "events", 38, "toolbox", "tool_closed", 1500, None, [], TS),
+    ]
+    [(events,)] = wh.q(f"SELECT events FROM {DATASET}.events")
+    assert [(e["category"], e["name"], e["timestamp"]) for e in events] == [
+        ("toolbox", "tool_opened", 0), ("toolbox", "tool_closed", 1500)]
+
+
+def test_loading_again_leaves_one_row_in_the_views(store, wh):
+    """DuckDB inserts exactly once. On BigQuery the insertId (document_id, and document_id/index
+    per event) makes BigQuery drop a retry within its dedupe window; bqemulator does no insertId
+    dedupe, so there the base table keeps every copy and the views must hide them. The insertIds
+    sent are checked on the real client call."""
+    calls = []
+    if wh.kind == "bigquery":
+        real = wh.wh.client.insert_rows_json
+
+        def spy(table, rows, row_ids=None, **kw):  # passes through to the emulator
+            calls.append((str(table).rsplit(".", 1)[1], list(row_ids)))
+            return real(table, rows, row_ids=row_ids, **kw)
+
+        wh.wh.client.insert_rows_json = spy
+    key = put_ping(store, make_ping(CLIENT_A, events=EVENTS))
+    for _ in range(3):
+        load(store, wh, key)
+    doc = key.rsplit("/", 1)[1][:-5]
+    assert wh.q(f"SELECT document_id FROM {DATASET}.baseline") == [(doc,)]
+    assert wh.q(f"SELECT document_id, event_index FROM {DATASET}.events_stream ORDER BY 2") == [(doc, 0), (doc, 1)]
+    [(copies,)] = wh.q(f"SELECT count(*) FROM {DATASET}.baseline_v1")
+    if wh.kind == "duckdb":
+        assert copies == 1
+    else:
+        assert copies == 3  # bqemulator: no insertId dedupe (real BigQuery would keep 1)
+        assert calls == [("baseline_v1", [doc]), ("events_stream_v1", [f"{doc}/0", f"{doc}/1"])] * 3
+
+
+def test_view_returns_the_first_row_per_document_id(store, wh):
+    """Duplicates put straight into the base tables (as a streaming retry past BigQuery's dedupe
+    window leaves them): the views return the earliest row of each document_id, and of each
+    (document_id, event_index) for events_stream."""
+    key = put_ping(store, make_ping(CLIENT_A, events=EVENTS[:1]))
+    load(store, wh, key)
+    doc = key.rsplit("/", 1)[1][:-5]
+    later = "2026-11-23T09:00:00+00:00"
+    wh.insert_raw("baseline_v1", [{"document_id": doc, "submission_timestamp": later, "normalized_channel": "copy"},
+                                  {"document_id": doc, "submission_timestamp": later, "normalized_channel": "copy"}])
+    wh.insert_raw("events_stream_v1", [{"document_id": doc, "event_index": 0, "submission_timestamp": later,
+                                        "category": "copy"}])
+    assert wh.q(f"SELECT count(*) FROM {DATASET}.baseline_v1") == [(3,)]
+    assert wh.q(f"SELECT document_id, normalized_channel, submission_timestamp FROM {DATASET}.baseline") == [
+        (doc, "beta", TS)]
+    assert wh.q(f"SELECT category, submission_timestamp FROM {DATASET}.events_stream") == [("toolbox", TS)]
+
+
+# --- schema evolution -----------------------------------------------------------------
+
+
+def test_new_metrics_widen_the_table(store, wh):
+    """DuckDB: end to end, old rows read NULL. bqemulator's update_table changes only metadata
+    (inserts into a widened table fail there), so for BigQuery this checks the exact schema sent
+    to update_table (read back with get_table) and that an unchanged schema sends nothing; the
+    insert after a widening is only shown on DuckDB."""
+    load(store, wh, put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.a": 1}})))
+    wider = make_ping(CLIENT_B, metrics={"counter": {"toolbox.b": 2}, "labeled_counter": {"toolbox.l": {"x": 1}}})
+    if wh.kind == "duckdb":
+        load(store, wh, put_ping(store, wider))
+        assert wh.q(f"""SELECT client_info.client_id, metrics.counter.toolbox_a, metrics.counter.toolbox_b,
+                    metrics.labeled_counter.toolbox_l FROM {DATASET}.baseline ORDER BY 2 NULLS LAST""") == [
+            (CLIENT_A, 1, None, None), (CLIENT_B, None, 2, [{"key": "x", "value": 1}])]
+        return
+    from gleanpipe.table_schema import PING_COLUMNS, metrics_struct
+    from gleanpipe.warehouse.bigquery import schema_of
+
+    client, ref = wh.wh.client, f"{wh.wh.project}.{DATASET}.baseline_v1"
+    sent = []
+    real = client.update_table
+    client.update_table = lambda t, fields, **kw: sent.append([f.to_api_repr() for f in t.schema]) or real(
+        t, fields, **kw)
+    want = schema_of(PING_COLUMNS + (("metrics", metrics_struct({"counter": {"toolbox_b"},
+                                                                "labeled_counter": {"toolbox_l"}})),))
+    for _ in range(2):  # the second time there is nothing to add
+        wh.wh._ensure_table(DATASET, "baseline_v1", want, partition="submission_timestamp", clustering=None)
+    assert len(sent) == 1
+    metrics = {f.name: f for f in client.get_table(ref).schema}["metrics"]
+    shape = {f.name: [(g.name, g.field_type, g.mode) for g in f.fields] for f in metrics.fields}
+    assert shape == {
+        "counter": [("toolbox_a", "INTEGER", "NULLABLE"), ("toolbox_b", "INTEGER", "NULLABLE")],
+        "labeled_counter": [("toolbox_l", "RECORD", "REPEATED")],
+    }
+    assert [f.name for f in client.get_table(ref).schema][:len(PING_COLUMNS)] == [n for n, _ in PING_COLUMNS]
+
+
+def test_widen_adds_nested_fields_and_keeps_existing_ones():
+    from gleanpipe.warehouse.bigquery import widen
+
+    have = [{"name": "a", "type": "STRING", "mode": "NULLABLE"},
+            {"name": "m", "type": "RECORD", "mode": "NULLABLE", "fields": [
+                {"name": "counter", "type": "RECORD", "mode": "NULLABLE", "fields": [
+                    {"name": "x", "type": "INTEGER", "mode": "NULLABLE"}]}]}]
+    want = [{"name": "a", "type": "INTEGER", "mode": "NULLABLE"},  # a type change is never sent
+            {"name": "m", "type": "RECORD", "mode": "NULLABLE", "fields": [
+                {"name": "counter", "type": "RECORD", "mode": "NULLABLE", "fields": [
+                    {"name": "y", "type": "INTEGER", "mode": "NULLABLE"}]},
+                {"name": "string", "type": "RECORD", "mode": "NULLABLE", "fields": [
+                    {"name": "s", "type": "STRING", "mode": "NULLABLE"}]}]}]
+    assert widen(have, want) == [
+        {"name": "a", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "m", "type": "RECORD", "mode": "NULLABLE", "fields": [
+            {"name": "counter", "type": "RECORD", "mode": "NULLABLE", "fields": [
+                {"name": "x", "type": "INTEGER", "mode": "NULLABLE"},
+                {"name": "y", "type": "INTEGER", "mode": "NULLABLE"}]},
+            {"name": "string", "type": "RECORD", "mode": "NULLABLE", "fields": [
+                {"name": "s", "type": "STRING", "mode": "NULLABLE"}]}]}]
+    assert widen(have, have) is None
+    assert widen(have, [have[0]]) is None  # fields the table has and the row does not: nothing to do
+
+
+# --- deletions and errors ---------------------------------------------------------------
+
+
+def test_deletion_request_deletes_the_client_and_skips_late_pings(store, wh):
+    load(store, wh, put_ping(store, make_ping(CLIENT_A, events=EVENTS)),
+         put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.a": 1}}), doc_type="metrics"),
+         put_ping(store, make_ping(CLIENT_B, events=EVENTS)))
+    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    assert load(store, wh, deletion).deletions == 1
+    assert wh.q(f"SELECT client_info.client_id FROM {DATASET}.baseline") == [(CLIENT_B,)]
+    assert wh.q(f"SELECT count(*) FROM {DATASET}.metrics") == [(0,)]
+    assert wh.q(f"SELECT DISTINCT client_id FROM {DATASET}.events_stream") == [(CLIENT_B,)]
+    assert wh.q(f"SELECT client_info.client_id FROM {DATASET}.deletion_request") == [(CLIENT_A,)]
+    if wh.kind == "bigquery":  # final after the settle time (3 s here), by a `gleanpipe deletions` run
+        time.sleep(3.1)
+        [attempt] = wh.wh.retry_deletions()
+        assert (attempt.client_id, attempt.done, attempt.rows_deleted) == (CLIENT_A, True, 0)
+    [(dataset, client, doc, rows_deleted, executed, attempts, error)] = wh.q(
+        "SELECT dataset, client_id, document_id, rows_deleted, executed_at IS NOT NULL, attempts, last_error "
+        "FROM _gleanpipe.deletions")
+    assert (dataset, client, doc, rows_deleted, executed, error) == (
+        DATASET, CLIENT_A, deletion.rsplit("/", 1)[1][:-5], 4, True, None)
+    assert attempts == (1 if wh.kind == "duckdb" else 2)
+    late = load(store, wh, put_ping(store, make_ping(CLIENT_A, seq=7)))
+    assert (late.skipped_deleted, late.inserted) == (1, 0)
+    assert wh.q(f"SELECT count(*) FROM {DATASET}.baseline WHERE client_info.client_id = ?", [CLIENT_A]) == [(0,)]
+    assert wh.wh.retry_deletions() == []  # nothing pending
+
+
+def test_object_that_cannot_load_goes_to_the_errors_table_until_it_loads(store, wh):
+    path = DocumentPath("org-example-toolbox", "baseline", "1", str(uuid.uuid4()))
+    store.put_new(path.key, b"this is not a raw object")
+    result = load(store, wh, path.key)
+    assert (result.errors, result.inserted) == (1, 0)
+    [(key, app, doc_type, doc, etype, message)] = wh.q(
+        "SELECT object_key, app_id, doc_type, document_id, error_type, error_message FROM _gleanpipe.errors")
+    assert (key, app, doc_type, doc, etype) == (path.key, "org-example-toolbox", "baseline", path.document_id,
+                                                "raw_object")
+    assert message
+    assert wh.wh.status()["load_errors"] == {"raw_object": 1}
+    # the object is fixed in the store (as after a bug fix and a replay): it loads, its error goes
+    (store.root / path.key).unlink()
+    put_ping(store, make_ping(CLIENT_A), document_id=path.document_id)
+    assert load(store, wh, path.key).inserted == 1
+    assert wh.q("SELECT count(*) FROM _gleanpipe.errors") == [(0,)]
+
+
+# --- the README's queries -----------------------------------------------------------------
+
+
+def readme_queries() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return [m.group(1) for m in re.finditer(r'```sh\ngleanpipe query "\n(.*?)"\n```', text, re.S)]
+
+
+def test_readme_queries_run_unchanged_on_both(store, wh):
+    """The README's example queries, as printed, against the views of either warehouse."""
+    queries = readme_queries()
+    assert len(queries) == 3
+    ping = lambda c, doc_type="baseline", **kw: put_ping(store, make_ping(c, **kw), doc_type=doc_type)
+    load(store, wh, ping(CLIENT_A), ping(CLIENT_B), ping(CLIENT_A, seq=1),
+         ping(CLIENT_A, "metrics", metrics={"labeled_counter": {"toolbox.tool_used": {"hammer": 2, "pliers": 1}}}),
+         ping(CLIENT_B, "metrics", metrics={"labeled_counter": {"toolbox.tool_used": {"hammer": 1}}}),
+         ping(CLIENT_B, "events", events=EVENTS))
+    daily, tools, events = (wh.q(sql) for sql in queries)
+    assert [(str(day), n) for day, n in daily] == [("2026-11-23", 2)]
+    assert tools == [("hammer", 3), ("pliers", 1)]
+    assert sorted((str(day), c, n, k) for day, c, n, k in events) == [
+        ("2026-11-23", "toolbox", "tool_closed", 1), ("2026-11-23", "toolbox", "tool_opened", 1)]
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+def test_events_stream_is_not_a_ping_name():
+    from gleanpipe.naming import PathError, parse_segments
+
+    for doc_type in ("events-stream", "events_stream"):
+        with pytest.raises(PathError, match="reserved"):
+            parse_segments("org-example-toolbox", doc_type, "1", str(uuid.uuid4()))
+
+
+def test_a_ping_named_like_a_table_gets_no_view(store, tmp_path):
+    """Ping `foo-v1` has table foo_v1_v1; its view would be foo_v1, the table of ping `foo`."""
+    wh = WH("duckdb", open_warehouse(f"duckdb://{tmp_path / 'names.duckdb'}"))
+    try:
+        load(store, wh, put_ping(store, make_ping(CLIENT_A), doc_type="foo-v1"),
+             put_ping(store, make_ping(CLIENT_B), doc_type="foo"))
+        assert wh.objects(DATASET) == {"foo_v1_v1": "TABLE", "foo_v1": "TABLE", "foo": "VIEW"}
+        assert wh.q(f"SELECT client_info.client_id FROM {DATASET}.foo") == [(CLIENT_B,)]
+    finally:
+        wh.wh.close()
+
+
+def test_a_duckdb_file_from_before_the_views_is_upgraded(tmp_path):
+    """Earlier versions named the per-event table events_stream and made no views: it becomes
+    events_stream_v1 with the events_stream view over it, each ping table gets its view, rows kept."""
+    import duckdb
+
+    from gleanpipe.table_schema import EVENTS_STREAM_COLUMNS
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    cols = ", ".join(f'"{n}" {t.duckdb()}' for n, t in EVENTS_STREAM_COLUMNS)
+    con.execute(f"CREATE SCHEMA {DATASET}; CREATE TABLE {DATASET}.events_stream ({cols})")
+    con.execute(f"INSERT INTO {DATASET}.events_stream (document_id, event_index, category) VALUES ('d', 0, 'c')")
+    con.execute(f"CREATE TABLE {DATASET}.baseline_v1 (document_id VARCHAR, submission_timestamp TIMESTAMPTZ)")
+    con.execute(f"CREATE TABLE {DATASET}.foo_v1_v1 (document_id VARCHAR, submission_timestamp TIMESTAMPTZ)")
+    con.execute(f"INSERT INTO {DATASET}.baseline_v1 VALUES ('b', now()), ('b', now() + INTERVAL 1 HOUR)")
+    con.close()
+    wh = WH("duckdb", open_warehouse(f"duckdb://{path}"))
+    try:
+        assert wh.objects(DATASET) == {"events_stream_v1": "TABLE", "events_stream": "VIEW", "baseline_v1": "TABLE",
+                                       "baseline": "VIEW", "foo_v1_v1": "TABLE"}
+        assert wh.q(f"SELECT document_id, category FROM {DATASET}.events_stream") == [("d", "c")]
+        assert wh.q(f"SELECT document_id FROM {DATASET}.baseline") == [("b",)]
+    finally:
+        wh.wh.close()
