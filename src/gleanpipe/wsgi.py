@@ -4,10 +4,13 @@
 """
 
 from .config import Config
+from .dictionary.web import PREFIX as DICTIONARY, admin_query, make_dictionary_app
+from .dispatch import mount
 from .http_edge import SubmitHandler, make_wsgi_app
 from .storage import open_store
 from .validation import default_validator
 
 _config = Config.from_env()
 default_validator()  # compile the schema before the first request
-app = make_wsgi_app(SubmitHandler(_config, open_store(_config.store_url)))
+app = mount(make_wsgi_app(SubmitHandler(_config, open_store(_config.store_url))),
+            {DICTIONARY: make_dictionary_app(admin_query(_config.data_dir))})
