@@ -228,10 +228,11 @@ class Catalog:
                 pings[name] = {"name": name, "table": table_name(name, "1"), "defined": False, "builtin": True,
                                "description": text}
         known_tables = {p["table"] for p in pings.values()}
+        announced = {table_name(p, "1"): p for m in metric_defs for p in m.get("send_in_pings") or []}
         for t in tables:
             if t != EVENTS_STREAM_TABLE and t not in known_tables:
                 stats = self._table_stats(dataset, t)
-                name = stats["doc_type"] or t.rsplit("_v", 1)[0]
+                name = stats["doc_type"] or announced.get(t) or t.rsplit("_v", 1)[0]
                 pings[name] = {"name": name, "table": t, "defined": False, "builtin": False, "description": None}
         for p in pings.values():
             p.update(self._table_stats(dataset, p["table"]) if p["table"] in tables
@@ -318,7 +319,8 @@ class Catalog:
         metric_defs, _ = self._definitions(dataset)
         definition = next((m for m in metric_defs if m["id"] == metric_id), {})
         tables = set(self._tables().get(dataset, []))
-        out = {**definition, **summary, "app_id": app["app_id"], "dataset": dataset}
+        out = {**definition, **summary, "app_id": app["app_id"], "dataset": dataset,
+               "app_pings": [p["name"] for p in app["pings"]]}
         out.setdefault("labels", None)
         if summary["type"] == "event":
             category, _, name = metric_id.rpartition(".")

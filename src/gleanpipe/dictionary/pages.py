@@ -31,7 +31,7 @@ input[type=search]{width:100%;padding:8px 10px;font-size:15px;border:1px solid #
 button.copy{float:right;margin:4px;padding:3px 10px;cursor:pointer}.sql{position:relative}
 svg.chart{background:#fff;border:1px solid #d9dde3;max-width:100%;height:auto}svg .grid{stroke:#e9ecef}
 svg .axis,svg .legend,svg .empty{font-size:11px;fill:#555}dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px}
-dt{font-weight:600}dd{margin:0}
+dt{font-weight:600}dd{margin:0}h1 code{font-size:inherit}td.when{white-space:nowrap}
 """
 
 JS = """
@@ -206,7 +206,8 @@ def render_metric(m: dict) -> str:
                          for k, v in extra.items())
     rows = [("type", f"<code>{e(m['type'])}</code>"), ("status", badge(m["status"])),
             ("lifetime", e(m.get("lifetime") or "unknown")), ("expires", e(m.get("expires") or "unknown")),
-            ("sent in pings", ", ".join(link(ping_href(root, ds, p), p) for p in m.get("send_in_pings") or [])
+            ("sent in pings", ", ".join(link(ping_href(root, ds, p) if p in m.get("app_pings", []) else None, p)
+                                       for p in m.get("send_in_pings") or [])
              or '<span class="muted">not defined</span>'),
             ("labels", ", ".join(f"<code>{e(x)}</code>" for x in labels) if isinstance(labels, list) and labels
              else ('<span class="muted">dynamic</span>' if m["type"].startswith("labeled_") else '<span class="muted">none</span>')),
