@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ run: $(STAMP)
 	$(VENV)/bin/gleanpipe serve
 
 ## test: the full test suite against real components
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+## browser: Debian's chromium for the dictionary's browser test (Playwright never downloads one)
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 ## bench: throughput and latency figures (see BENCHMARKS.md)
 bench: $(STAMP)

@@ -1,22 +1,12 @@
-"""The dictionary against a real `gleanpipe serve`: apps add, classification, pre-created
-columns, the JSON API, the pages (escaping), the static build.
-
-One serve for the module (starting it and running the real Glean SDK is the slow part):
-definitions for org.example.toolbox (tests/glean_client/*.yaml) and for an app whose
-description is an XSS attempt, pings from the real SDK, and hand-built pings carrying an
-undocumented metric and hostile labels.
-"""
+"""The dictionary against a real `gleanpipe serve` (dictionary_site.site): apps add,
+classification, pre-created columns, the JSON API, the pages (escaping), the static build."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import urllib.error
-import urllib.request
-from html.parser import HTMLParser
 from pathlib import Path
+from html.parser import HTMLParser
 
 import duckdb
 import pytest
@@ -25,93 +15,10 @@ from gleanpipe.dictionary.catalog import split_struct
 from gleanpipe.dictionary.pages import PAGE_ID_RE
 from gleanpipe.table_schema import METRIC_TYPES
 
-from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path
+from conftest import DATASET, post
+from dictionary_site import EVIL_EVENT, EVIL_LABEL, GLEAN, api, cli, get, site  # noqa: F401 (site: fixture)
 
 pytestmark = pytest.mark.e2e
-HERE = Path(__file__).parent
-GLEAN = HERE / "glean_client"
-EVIL = '</script><script>window.__xss=1</script><img src=x onerror="window.__xss=2"> & done'
-EVIL_LABEL = '<img src=x onerror="window.__xss=3">'
-EVIL_EVENT = "<svg onload=window.__xss=4>"
-XSS_METRICS = f"""---
-$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0
-evil:
-  payload:
-    type: counter
-    description: {json.dumps(EVIL)}
-    lifetime: ping
-    send_in_pings: [metrics]
-    bugs: [https://example.com/bug/1]
-    data_reviews: [https://example.com/review/1]
-    notification_emails: [x@example.com]
-    expires: never
-  label_set:
-    type: labeled_counter
-    description: Fixed labels.
-    labels: [alpha, beta]
-    lifetime: ping
-    send_in_pings: [custom-thing]
-    bugs: [https://example.com/bug/1]
-    data_reviews: [https://example.com/review/1]
-    notification_emails: [x@example.com]
-    expires: never
-"""
-
-
-def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args, "--data-dir", str(data_dir)],
-                          capture_output=True, text=True, timeout=120)
-
-
-def get(url: str):
-    """(status, headers, body bytes), without raising on 4xx/5xx, without following redirects."""
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *a, **k):
-            return None
-
-    opener = urllib.request.build_opener(NoRedirect)
-    try:
-        with opener.open(url, timeout=60) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
-def api(server, path: str):
-    status, headers, body = get(f"{server.url}/dictionary/api/{path}")
-    assert status == 200, body[:500]
-    assert headers["Content-Type"] == "application/json"
-    return json.loads(body)
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dictionary")
-    data_dir = root / "data"
-    data_dir.mkdir()
-    server = ServeProcess(data_dir).start()
-    try:
-        added = cli(data_dir, "apps", "add", "org.example.toolbox", "--metrics", str(GLEAN / "metrics.yaml"),
-                    "--pings", str(GLEAN / "pings.yaml"))
-        assert added.returncode == 0, added.stderr
-        (root / "xss.yaml").write_text(XSS_METRICS)
-        assert cli(data_dir, "apps", "add", "org.example.xss", "--metrics", str(root / "xss.yaml")).returncode == 0
-        sdk = subprocess.run([sys.executable, str(GLEAN / "send_pings.py"), "--endpoint", server.url, "--data-dir",
-                              str(root / "glean"), "--scenario", "all", "--require-delivery"],
-                             capture_output=True, text=True, timeout=120)
-        assert sdk.returncode == 0, sdk.stderr[-3000:]
-        ping = make_ping("5d0c7f4e-2b1a-4c3d-9e8f-7a6b5c4d3e2f",
-                         {"counter": {"toolbox.secret_counter": 9},
-                          "labeled_counter": {"toolbox.hostile": {EVIL_LABEL: 4}},
-                          "string": {"toolbox.active_theme": EVIL}},
-                         events=[{"category": EVIL_EVENT, "name": "x", "timestamp": 1}])
-        status, body, _ = post(server.url + submit_path("metrics"), gz(ping), SDK_HEADERS)
-        assert status == 200, body
-        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 2) == 2
-        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.events_v1", 1) == 1
-        yield server
-    finally:
-        server.stop()
 
 
 def test_apps_add_reports_what_it_created(tmp_path):
@@ -320,3 +227,12 @@ def test_static_build_matches_the_api_and_links_resolve(site, tmp_path):
     static = (out / "apps" / DATASET / "metrics" / "toolbox.launch_count.html").read_text()
     strip = lambda h: re.sub(r"\d{2}:\d{2}:\d{2}", "", h)
     assert strip(served) == strip(static)  # same template, same data
+
+
+def test_readme_metric_daily_example_runs(site):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "metric_daily" in b)
+    sql = re.search(r'gleanpipe query "(.*)"', block, re.S).group(1)
+    out = cli(site.data_dir, "query", "--format", "json", sql)
+    assert out.returncode == 0, out.stderr
+    assert [(r["label"], r["sum_value"]) for r in json.loads(out.stdout)] == [("hammer", 2.0), ("pliers", 1.0)]

@@ -8,12 +8,11 @@ in `gleanpipe dictionary build`.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 
 import orjson
 
-from ..naming import IDENT_RE, column_name, dataset_name, quote_ident as q, table_name
+from ..naming import IDENT_RE, column_name, quote_ident as q, table_name
 from ..table_schema import EVENTS_STREAM_TABLE
 from ..views import TABLE_RE
 from . import sqlgen

@@ -226,7 +226,8 @@ def render_metric(m: dict) -> str:
         + (f"<h2>Extra keys</h2><dl>{extra_html}</dl>" if extra_html else "")
         + f"<h2>Where it is stored</h2><ul>{where or '<li class=muted>nowhere yet</li>'}</ul>"
         + "<h2>Values over time</h2>"
-        + (f"<p class=\"muted\">{e(chart['title'])} · <code>{e(chart['table'])}</code></p>"
-           + chart_svg(chart["series"], title=chart["title"]) if chart else chart_svg([], title="no data"))
+        + ("".join(f"<p class=\"muted\">{e(c['title'])} · <code>{e(c['table'])}</code></p>"
+                   + chart_svg(c["series"], title=c["title"]) for c in (m.get("charts") or [chart]))
+           if chart else chart_svg([], title="no data"))
         + "<h2>Query it</h2>" + _sql_blocks(m.get("queries") or [], "metric-sql"))
     return page(m["id"], root, body, m, [(app_href(root, ds), m["app_id"]), (None, m["id"])])
