@@ -4,6 +4,9 @@ classification, pre-created columns, the JSON API, the pages (escaping), the sta
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import re
 from pathlib import Path
 from html.parser import HTMLParser
@@ -100,6 +103,7 @@ def test_observed_and_defined_metrics_are_classified(site):
     pings = {p["name"]: p for p in app["pings"]}
     assert pings["toolbox-usage"]["status"] == "defined" and pings["toolbox-usage"]["rows"] == 1
     assert pings["baseline"]["status"] == "built-in" and pings["baseline"]["rows"] == 2
+    assert len(app["daily_active_clients"]) == 1 and app["daily_active_clients"][0]["clients"] == 1
     apps = {a["dataset"]: a for a in api(site, "apps.json")}
     assert apps[DATASET]["pings_received"] == 9 and apps[DATASET]["ping_types"] == 7
     assert apps["org_example_xss"]["pings_received"] == 0 and apps["org_example_xss"]["last_seen"] is None
@@ -236,3 +240,27 @@ def test_readme_metric_daily_example_runs(site):
     out = cli(site.data_dir, "query", "--format", "json", sql)
     assert out.returncode == 0, out.stderr
     assert [(r["label"], r["sum_value"]) for r in json.loads(out.stdout)] == [("hammer", 2.0), ("pliers", 1.0)]
+
+
+def test_dictionary_setting_turns_the_pages_off(tmp_path):
+    from conftest import APP, SDK_HEADERS, ServeProcess, gz, make_ping, submit_path
+    from gleanpipe.config import SETTINGS, Config
+
+    assert SETTINGS["GLEANPIPE_DICTIONARY"].default == "on"
+    assert Config.from_env(environ={}).dictionary is True
+    assert Config.from_env(environ={"GLEANPIPE_DICTIONARY": "off"}).dictionary is False
+    with pytest.raises(ValueError, match="GLEANPIPE_DICTIONARY must be on or off, got 'maybe'"):
+        Config.from_env(environ={"GLEANPIPE_DICTIONARY": "maybe"})
+    bad = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "GLEANPIPE_DICTIONARY": "maybe"})
+    assert bad.returncode == 2 and "GLEANPIPE_DICTIONARY must be on or off" in bad.stderr
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir, env={"GLEANPIPE_DICTIONARY": "off"}).start()
+    try:
+        assert get(f"{server.url}/dictionary/")[0] == 404
+        assert get(f"{server.url}/dictionary/api/apps.json")[0] == 404
+        status, _, _ = post(server.url + submit_path("baseline", app=APP), gz(make_ping()), SDK_HEADERS)
+        assert status == 200
+    finally:
+        server.stop()

@@ -50,6 +50,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_MAX_HEADER_BYTES", "1024", "Longest kept header value accepted (431 above)."),
         Setting("GLEANPIPE_LOAD_BATCH", "1000", "Objects loaded into the warehouse per write."),
         Setting("GLEANPIPE_LOAD_INTERVAL_MS", "50", "How often `serve`'s loader looks for new objects."),
+        Setting("GLEANPIPE_DICTIONARY", "on", "Serve the data dictionary at /dictionary on the submit port (on/off)."),
     )
 }
 
@@ -58,6 +59,15 @@ def _get(env: str, environ: os._Environ | dict | None = None) -> str:
     source = os.environ if environ is None else environ
     value = source.get(env, "")
     return value if value != "" else SETTINGS[env].default
+
+
+def _bool(env: str, environ=None) -> bool:
+    raw = _get(env, environ).strip().lower()
+    if raw in ("on", "true", "yes", "1"):
+        return True
+    if raw in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"{env} must be on or off, got {raw!r}")
 
 
 def _int(env: str, environ=None) -> int:
@@ -87,6 +97,7 @@ class Config:
     max_header_bytes: int
     load_batch: int
     load_interval_ms: int
+    dictionary: bool = True
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":
@@ -109,6 +120,7 @@ class Config:
             max_header_bytes=_int("GLEANPIPE_MAX_HEADER_BYTES", environ),
             load_batch=_int("GLEANPIPE_LOAD_BATCH", environ),
             load_interval_ms=_int("GLEANPIPE_LOAD_INTERVAL_MS", environ),
+            dictionary=_bool("GLEANPIPE_DICTIONARY", environ),
         )
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

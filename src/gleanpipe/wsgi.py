@@ -13,4 +13,4 @@ from .validation import default_validator
 _config = Config.from_env()
 default_validator()  # compile the schema before the first request
 app = mount(make_wsgi_app(SubmitHandler(_config, open_store(_config.store_url))),
-            {DICTIONARY: make_dictionary_app(admin_query(_config.data_dir))})
+            {DICTIONARY: make_dictionary_app(admin_query(_config.data_dir))} if _config.dictionary else {})

@@ -281,9 +281,14 @@ class Catalog:
                             "values_seen": obs["rows"], "last_seen": obs["last_seen"],
                             "where": [{"table": EVENTS_STREAM_TABLE, "column": None}]})
         metrics.sort(key=lambda m: m["id"])
+        dau = []
+        if self.rows("SELECT 1 FROM duckdb_views() WHERE schema_name = ? AND view_name = 'daily_active_clients'",
+                     [dataset]):
+            dau = [{"day": _iso(r["day"]), "clients": r["clients"]} for r in self.rows(
+                f"SELECT day, clients FROM {q(dataset)}.daily_active_clients ORDER BY day")]
         return {"dataset": dataset, "app_id": defined_apps.get(dataset, {}).get("app_id") or dataset,
                 "defined": dataset in defined_apps, "pings": sorted(pings.values(), key=lambda p: p["name"]),
-                "metrics": metrics}
+                "metrics": metrics, "daily_active_clients": dau}
 
     def ping(self, dataset: str, name: str) -> dict:
         app = self.app(dataset)

@@ -51,7 +51,8 @@ JS = """
   Array.prototype.forEach.call(document.querySelectorAll('button.copy'),function(b){
     b.addEventListener('click',function(){
       var pre=document.getElementById(b.getAttribute('data-target'));var text=pre?pre.textContent:'';
-      var done=function(){b.textContent='Copied';setTimeout(function(){b.textContent='Copy';},1500);};
+      var done=function(){b.textContent='Copied';b.setAttribute('data-copied',String((+b.getAttribute('data-copied')||0)+1));
+        setTimeout(function(){b.textContent='Copy';},1500);};
       if(navigator.clipboard&&window.isSecureContext){navigator.clipboard.writeText(text).then(done,function(){fallback();});}
       else{fallback();}
       function fallback(){var ta=document.createElement('textarea');ta.value=text;document.body.appendChild(ta);
@@ -145,7 +146,11 @@ def render_app(app: dict) -> str:
         f"<h1>{e(app['app_id'])}</h1><p class=\"muted\">Dataset <code>{e(ds)}</code>. "
         + ("Definitions from metrics.yaml / pings.yaml." if app["defined"]
            else "No definitions: add them with <code>gleanpipe apps add</code>.") + "</p>"
-        f"<h2>Pings</h2><table id=\"pings\"><thead><tr><th>ping</th><th>description</th><th>table</th><th>rows</th>"
+        "<h2>Daily active clients</h2><p class=\"muted\">Distinct client ids in baseline pings "
+        f"(view <code>{e(ds)}.daily_active_clients</code>).</p>"
+        + chart_svg([{"name": "clients", "points": [[d["day"], d["clients"]] for d in app.get("daily_active_clients", [])]}],
+                    title="daily active clients", bars=True, css_class="chart dau")
+        + f"<h2>Pings</h2><table id=\"pings\"><thead><tr><th>ping</th><th>description</th><th>table</th><th>rows</th>"
         f"<th>last seen</th><th></th></tr></thead><tbody>{ping_rows}</tbody></table>"
         "<h2>Metrics</h2><label for=\"metric-search\">Search metric names and descriptions</label>"
         "<input type=\"search\" id=\"metric-search\" placeholder=\"e.g. launch, counter, theme\" autocomplete=\"off\">"
