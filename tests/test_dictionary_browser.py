@@ -65,7 +65,8 @@ def search_and_open_metric(pg, shot: str) -> None:
     assert "toolbox.tool_used" in visible and "toolbox.launch_count" not in visible
     pg.locator("#metric-search").fill("launch")
     pg.get_by_role("link", name="toolbox.launch_count").click()
-    pg.wait_for_selector("svg.chart")
+    pg.wait_for_url("**/metrics/toolbox.launch_count.html")
+    pg.wait_for_selector("pre.sql-duckdb")
     assert pg.locator("h1").inner_text() == "toolbox.launch_count"
     chart = pg.locator("svg.chart").first
     assert chart.is_visible() and chart.locator("circle.point").count() >= 1
@@ -84,7 +85,9 @@ def test_served_dictionary_in_chromium(site, page):
     search_and_open_metric(page, "dictionary-metric-served.png")
     button = page.locator("button.copy").first
     button.click()
-    page.wait_for_function("document.querySelector('button.copy').getAttribute('data-copied') === '1'")
+    from playwright.sync_api import expect
+
+    expect(button).to_have_attribute("data-copied", "1")  # (wait_for_function would need eval: the CSP forbids it)
     sql = page.locator("pre.sql-duckdb").first.text_content()
     assert page.evaluate("navigator.clipboard.readText()") == sql
     # Hostile description, labels and event names are shown as text and never run.
