@@ -151,3 +151,12 @@ def test_views_exist_but_are_empty_without_their_tables(store, warehouse):
     # views are not tables: status and deletion requests do not see them
     assert all(t["table"] not in ("metric_daily", "events_daily", "daily_active_clients")
                for t in warehouse.status()["tables"])
+
+
+def test_deletion_requests_still_work_beside_the_views(loaded, store):
+    key = put(store, make_ping(A), "deletion-request", DAY2)
+    result = Loader(store, loaded).load_keys([key])
+    assert result.deletions == 1
+    got = rows(loaded, f"SELECT CAST(day AS VARCHAR) AS day, clients FROM {DATASET}.daily_active_clients ORDER BY day")
+    assert got == [{"day": "2026-11-21", "clients": 1}, {"day": "2026-11-22", "clients": 1}]  # only B is left
+    assert rows(loaded, f"SELECT count(*) AS n FROM {DATASET}.events_daily") == [{"n": 0}]  # A's events are gone

@@ -14,7 +14,7 @@ import orjson
 
 from ..naming import IDENT_RE, column_name, quote_ident as q, table_name
 from ..table_schema import EVENTS_STREAM_TABLE
-from ..views import TABLE_RE
+from ..views import AGGREGATED_TYPES, DISTRIBUTIONS, TABLE_RE
 from . import sqlgen
 from .definitions import columns_to_create
 
@@ -354,8 +354,6 @@ class Catalog:
                 "series": [{"name": "events", "points": [[_iso(r["day"]), r["events"]] for r in rows]}] if rows else []}
 
     def _metric_chart(self, dataset: str, table: str, wire: str, column: str) -> dict | None:
-        from ..views import AGGREGATED_TYPES, DISTRIBUTIONS
-
         if wire in DISTRIBUTIONS:
             return self._percentile_chart(dataset, table, wire, column)
         base = {"table": table}

@@ -80,10 +80,10 @@ def metric_sql(dialect: str, dataset: str, table: str, wire_type: str | None, co
         return (f"SELECT {day}, label.key AS label, {agg}(label.value) AS value\n"
                 f"FROM {src}, UNNEST({col}) AS label\nGROUP BY 1, 2\nORDER BY 1, 3 DESC")
     elif wire_type == "dual_labeled_counter":
-        return (f"SELECT {day}, outer_label.key AS \"key\", inner_label.key AS category, "
+        return (f"SELECT {day}, outer_label.key AS label, inner_label.key AS category, "
                 "SUM(inner_label.value) AS total\n"
                 f"FROM {src}, UNNEST({col}) AS outer_label, UNNEST(outer_label.value) AS inner_label\n"
-                "GROUP BY 1, 2, 3\nORDER BY 1, 4 DESC").replace('"key"', '"key"' if dialect == "duckdb" else "`key`")
+                "GROUP BY 1, 2, 3\nORDER BY 1, 4 DESC")
     else:  # uuid, url, text, jwe, datetime, string_list, object: the latest values
         return (f"SELECT submission_timestamp, client_info.client_id, {col} AS value\nFROM {src}\n{where}"
                 "ORDER BY submission_timestamp DESC\nLIMIT 100")
