@@ -160,3 +160,14 @@ def test_deletion_requests_still_work_beside_the_views(loaded, store):
     got = rows(loaded, f"SELECT CAST(day AS VARCHAR) AS day, clients FROM {DATASET}.daily_active_clients ORDER BY day")
     assert got == [{"day": "2026-11-21", "clients": 1}, {"day": "2026-11-22", "clients": 1}]  # only B is left
     assert rows(loaded, f"SELECT count(*) AS n FROM {DATASET}.events_daily") == [{"n": 0}]  # A's events are gone
+
+
+def test_percentile_from_buckets_and_struct_type_parsing():
+    from gleanpipe.dictionary.catalog import percentile, split_struct
+
+    buckets = [(5, 3), (1, 2), (100, 1)]  # 6 samples: 1, 1, 5, 5, 5, 100
+    assert [percentile(buckets, p) for p in (10, 33, 34, 50, 83, 84, 95, 100)] == [1, 1, 5, 5, 5, 100, 100, 100]
+    assert percentile([], 50) is None and percentile([(3, 0)], 50) is None
+    assert split_struct('STRUCT(counter STRUCT(a_b BIGINT, "values" BIGINT), "x y" VARCHAR[])') == [
+        ("counter", 'STRUCT(a_b BIGINT, "values" BIGINT)'), ("x y", "VARCHAR[]")]
+    assert split_struct("BIGINT") == []
