@@ -171,3 +171,4 @@ def test_percentile_from_buckets_and_struct_type_parsing():
     assert split_struct('STRUCT(counter STRUCT(a_b BIGINT, "values" BIGINT), "x y" VARCHAR[])') == [
         ("counter", 'STRUCT(a_b BIGINT, "values" BIGINT)'), ("x y", "VARCHAR[]")]
     assert split_struct("BIGINT") == []
+

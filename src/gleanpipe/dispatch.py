@@ -1,4 +1,7 @@
-"""Mount WSGI apps by path prefix in front of the submit edge (one string test per request)."""
+"""Mount WSGI apps by path prefix in front of the submit edge (one string test per request).
+
+As WSGI mounts do, the prefix moves from PATH_INFO to SCRIPT_NAME for the mounted app.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ def mount(default: Callable, prefixes: dict[str, Callable]) -> Callable:
         path = environ.get("PATH_INFO", "")
         for prefix, target in routes:
             if path == prefix or path.startswith(prefix + "/"):
+                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "").rstrip("/") + prefix
+                environ["PATH_INFO"] = path[len(prefix):]
                 return target(environ, start_response)
         return default(environ, start_response)
 

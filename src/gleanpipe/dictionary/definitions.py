@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import warnings
 from pathlib import Path
 
 from ..naming import APP_ID_RE, column_name, dataset_name, table_name
@@ -76,6 +77,12 @@ def _labels(serialized: dict):
 
 def parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> dict:
     """Parse the files; returns {"app_id", "dataset", "metrics": [...], "pings": [...]}."""
+    with warnings.catch_warnings():  # glean_parser's own use of deprecated jsonschema APIs
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _parse(app_id, metrics_files, pings_files)
+
+
+def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> dict:
     from glean_parser import parser
 
     if not APP_ID_RE.fullmatch(app_id):

@@ -39,11 +39,13 @@ def admin_query(data_dir: Path) -> Callable:
 
 def make_dictionary_app(query: Callable, prefix: str = PREFIX) -> Callable:
     def app(environ: dict, start_response: Callable):
-        path = environ.get("PATH_INFO", "")
-        if path == prefix:  # relative links need the trailing slash
-            start_response("301 Moved Permanently", [("Location", prefix + "/"), ("Content-Length", "0")])
+        script, path = environ.get("SCRIPT_NAME", "").rstrip("/"), environ.get("PATH_INFO", "")
+        if not script.endswith(prefix):  # called with the full path (not through a mounting dispatcher)
+            script, path = script + prefix, path[len(prefix):] if path.startswith(prefix) else path
+        if not path:  # relative links need the trailing slash
+            start_response("301 Moved Permanently", [("Location", script + "/"), ("Content-Length", "0")])
             return [b""]
-        rel = path[len(prefix) + 1:]
+        rel = path[1:]
         found = route(rel)
         is_api = rel.startswith("api/")
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
