@@ -43,3 +43,19 @@ def test_dictionary_wsgi_app_in_process_mounted_or_not(warehouse):
         assert call(app, "/dictionary/api/apps.json", "DELETE")[0] == "405 Method Not Allowed"
     assert call(mounted, "/submit/x")[2] == b"submit"
     assert call(mounted, "/dictionaryx")[2] == b"submit"
+
+
+def test_parsing_definitions_leaves_submit_error_messages_alone():
+    """glean_parser patches jsonschema's classes process-wide; parse() must undo that, or the
+    submit edge's 400 messages change wording after an in-process `apps add`."""
+    from pathlib import Path
+
+    from gleanpipe.dictionary.definitions import parse
+    from gleanpipe.validation import PingValidator
+
+    doc = {"client_info": {"client_id": "x"}, "ping_info": {}}
+    before = PingValidator().validate(doc)
+    glean = Path(__file__).parent / "glean_client"
+    assert len(parse("org.example.toolbox", [glean / "metrics.yaml"], [])["metrics"]) == 28
+    after = PingValidator().validate(doc)
+    assert after == before and any("is a required property" in m for m in after)

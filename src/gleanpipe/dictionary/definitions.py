@@ -6,6 +6,7 @@ glean_parser's own errors are long (the YAML node, then the schema's documentati
 
 from __future__ import annotations
 
+import contextlib
 import re
 import textwrap
 import warnings
@@ -77,9 +78,28 @@ def _labels(serialized: dict):
 
 def parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> dict:
     """Parse the files; returns {"app_id", "dataset", "metrics": [...], "pings": [...]}."""
-    with warnings.catch_warnings():  # glean_parser's own use of deprecated jsonschema APIs
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with warnings.catch_warnings(), _jsonschema_untouched():
+        warnings.simplefilter("ignore", DeprecationWarning)  # glean_parser's use of deprecated jsonschema APIs
         return _parse(app_id, metrics_files, pings_files)
+
+
+@contextlib.contextmanager
+def _jsonschema_untouched():
+    """glean_parser replaces the ``required`` check of jsonschema's validator classes, for the
+    whole process, to word its messages its own way. The submit edge's error messages come from
+    those classes too (validation.py), so what glean_parser changes is put back afterwards."""
+    import jsonschema
+
+    classes = [getattr(jsonschema, name) for name in ("Draft3Validator", "Draft4Validator", "Draft6Validator",
+                                                       "Draft7Validator", "Draft201909Validator",
+                                                       "Draft202012Validator") if hasattr(jsonschema, name)]
+    saved = [(cls, dict(cls.VALIDATORS)) for cls in classes]
+    try:
+        yield
+    finally:
+        for cls, checks in saved:
+            cls.VALIDATORS.clear()
+            cls.VALIDATORS.update(checks)
 
 
 def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> dict:
