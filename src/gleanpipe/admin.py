@@ -45,10 +45,10 @@ def dumps(obj) -> bytes:
 class AdminServer:
     """Serves /status, /query and /load for the process that owns the warehouse."""
 
-    def __init__(self, *, status, query, load_keys):
+    def __init__(self, *, status, query, load_keys, extra=None):
         self.token = secrets.token_urlsafe(24)
         handlers = {"/status": lambda body: status(), "/query": lambda body: _query(query, body),
-                    "/load": lambda body: load_keys(body["keys"])}
+                    "/load": lambda body: load_keys(body["keys"]), **(extra or {})}
         token = self.token
 
         class Handler(BaseHTTPRequestHandler):

@@ -370,5 +370,108 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
     click.echo(f"{done} carried out, {len(attempts) - done} still pending ({config.warehouse_url})")
 
 
+# --- app definitions and the data dictionary (issue #4) ----------------------------------
+
+
+def _read_query(config: Config):
+    """(query callable, close) through the running serve, or on the file opened read-only."""
+    client = AdminClient.find(config.data_dir)
+    if client:
+        return client.query, lambda: None
+    wh = _open_local(config, read_only=True)
+    return wh.query, wh.close
+
+
+@main.group()
+def apps() -> None:
+    """App definitions (metrics.yaml / pings.yaml) for the dictionary."""
+
+
+@apps.command("add")
+@DATA_DIR
+@STORE
+@WAREHOUSE
+@click.argument("app_id")
+@click.option("--metrics", "metrics_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A metrics.yaml (repeatable).")
+@click.option("--pings", "pings_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A pings.yaml (repeatable).")
+def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_files) -> None:
+    """Parse an app's definitions with glean_parser, store them and pre-create their columns."""
+    from .dictionary.definitions import DefinitionError, parse
+
+    config = _config(data_dir, store_url, warehouse_url)
+    try:
+        app = parse(app_id, list(metrics_files), list(pings_files))
+    except DefinitionError as exc:
+        raise click.ClickException("the definitions do not parse:\n  " + "\n  ".join(exc.messages)) from None
+    client = AdminClient.find(config.data_dir)
+    try:
+        if client:
+            result = client.call("/apps/add", {"app": app}, timeout=120)
+        else:
+            from .dictionary.catalog import store_app
+
+            wh = _open_local(config, read_only=False)
+            try:
+                result = store_app(wh, app)
+            finally:
+                wh.close()
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{result['app_id']} (dataset {result['dataset']}): {result['metrics']} metrics, "
+               f"{result['pings']} pings; {len(result['columns_added'])} columns created in "
+               f"{', '.join(result['tables']) or 'no table'}")
+
+
+@apps.command("list")
+@DATA_DIR
+@STORE
+@WAREHOUSE
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def apps_list(data_dir, store_url, warehouse_url, fmt) -> None:
+    """Apps with definitions or data: ping types, pings received, metrics defined, last seen."""
+    from .dictionary.catalog import Catalog
+
+    config = _config(data_dir, store_url, warehouse_url)
+    query, close = _read_query(config)
+    try:
+        listed = Catalog(query).apps()
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        close()
+    columns = ["app_id", "dataset", "defined", "ping_types", "pings_received", "metrics_defined", "last_seen"]
+    click.echo(_format(columns, [[a[c] for c in columns] for a in listed], fmt))
+
+
+@main.group()
+def dictionary() -> None:
+    """The data dictionary (served by `gleanpipe serve` under /dictionary)."""
+
+
+@dictionary.command("build")
+@DATA_DIR
+@STORE
+@WAREHOUSE
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the static copy (created if missing).")
+def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
+    """Write the dictionary as static files (open OUT/index.html, or serve OUT with any web server)."""
+    from .dictionary.build import build
+
+    config = _config(data_dir, store_url, warehouse_url)
+    query, close = _read_query(config)
+    try:
+        counts = build(query, out)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc}") from None
+    finally:
+        close()
+    click.echo(f"wrote {counts['files']} files to {out}: {counts['apps']} apps, {counts['pings']} pings, "
+               f"{counts['metrics']} metrics; open {out / 'index.html'}")
+
 if __name__ == "__main__":
     main()

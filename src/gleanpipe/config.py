@@ -87,6 +87,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "300",
                 "A BigQuery deletion is final only when its DELETE ran this long after the request was recorded "
                 "(late pings loaded by instances that had not re-read the deleted clients yet)."),
+        Setting("GLEANPIPE_DICTIONARY", "on", "Serve the data dictionary at /dictionary on the submit port (on/off)."),
     )
 }
 
@@ -95,6 +96,15 @@ def _get(env: str, environ: os._Environ | dict | None = None) -> str:
     source = os.environ if environ is None else environ
     value = source.get(env, "")
     return value if value != "" else SETTINGS[env].default
+
+
+def _bool(env: str, environ=None) -> bool:
+    raw = _get(env, environ).strip().lower()
+    if raw in ("on", "true", "yes", "1"):
+        return True
+    if raw in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"{env} must be on or off, got {raw!r}")
 
 
 def _int(env: str, environ=None) -> int:
@@ -127,6 +137,7 @@ class Config:
     debug_max_pings: int
     debug_retention_hours: int
     explore_port: int
+    dictionary: bool = True
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":
@@ -152,6 +163,7 @@ class Config:
             debug_max_pings=_int("GLEANPIPE_DEBUG_MAX_PINGS", environ),
             debug_retention_hours=_int("GLEANPIPE_DEBUG_RETENTION_HOURS", environ),
             explore_port=_int("GLEANPIPE_EXPLORE_PORT", environ),
+            dictionary=_bool("GLEANPIPE_DICTIONARY", environ),
         )
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

@@ -113,7 +113,8 @@ class LocalPipeline:
         self.loader = Loader(self.store, self.warehouse)
         self.loader_thread = LoaderThread(self.store, self.loader, config.load_batch,
                                           config.load_interval_ms / 1000)
-        self.admin = AdminServer(status=self.status, query=self.warehouse.query, load_keys=self.load_keys)
+        self.admin = AdminServer(status=self.status, query=self.warehouse.query, load_keys=self.load_keys,
+                                 extra={"/apps/add": self.add_app})
         self.http: subprocess.Popen | None = None
 
     def status(self) -> dict:
@@ -123,6 +124,12 @@ class LocalPipeline:
 
     def load_keys(self, keys: list[str]) -> dict:
         return self.loader.load_keys(keys).as_dict()
+
+    def add_app(self, body: dict) -> dict:
+        """Store app definitions parsed by `gleanpipe apps add` (this process owns the warehouse)."""
+        from .dictionary.catalog import store_app
+
+        return store_app(self.warehouse, body["app"])
 
     def start(self) -> None:
         cfg = self.config

@@ -86,5 +86,16 @@ class Warehouse(ABC):
     def retry_deletions(self) -> list[DeletionAttempt]:
         """Try every deletion request still pending again; each stays pending until it succeeds."""
 
+    def ensure_columns(self, tables: dict[tuple[str, str], dict[str, set[str]]]) -> list[str]:
+        """Create ping tables and metric columns ahead of data (app definitions); returns what was added."""
+        raise NotImplementedError(f"{type(self).__name__} cannot pre-create columns")
+
+    def execute(self, statements: list[tuple[str, list | None]]) -> None:
+        """Run statements in one transaction (gleanpipe's own tables)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run statements")
+
+    def refresh_views(self) -> None:
+        """Rebuild the derived views (views.py), where the backend has them."""
+
     def close(self) -> None:
         pass

@@ -8,6 +8,7 @@ per document_id (anti-join), deletion requests carried out, errors recorded.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -22,6 +23,7 @@ from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_ST
 from ..transform import PingRow
 from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
                    WarehouseUnavailable, WriteResult, dedup_view_query)
+log = logging.getLogger("gleanpipe.warehouse")
 
 INTERNAL_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {META};
@@ -70,9 +72,11 @@ class DuckDBWarehouse(Warehouse):
         self._metrics: dict[tuple[str, str], dict[str, set[str]] | None] = {}
         self._deleted: dict[str, set[str]] = {}
         self._tmp = tempfile.mkdtemp(prefix="gleanpipe-load-")
+        self._reshaped: set[str] = set()  # datasets whose tables changed shape (views to refresh)
         if not read_only:
             self.con.execute(INTERNAL_DDL)
             self._upgrade()
+            self._refresh_views(None)
 
     def _upgrade(self) -> None:
         """Files from before the views: events_stream (a table then) becomes events_stream_v1, and
@@ -109,6 +113,7 @@ class DuckDBWarehouse(Warehouse):
         self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {q(dataset)}")
         self.con.execute(f"CREATE TABLE IF NOT EXISTS {q(dataset)}.{q(table)} ({_columns_ddl(columns)})")
         self._types.pop((dataset, table), None)
+        self._reshaped.add(dataset)
 
     def _create_view(self, dataset: str, table: str, view: str | None = None) -> None:
         """The deduplicated view (one row per document_id; trivially so here, as inserts are
@@ -156,6 +161,60 @@ class DuckDBWarehouse(Warehouse):
                     )
         self._types.pop((dataset, table), None)
         self._metrics.pop((dataset, table), None)
+        self._reshaped.add(dataset)
+
+    def _refresh_views(self, datasets) -> None:
+        """Rebuild the derived views (views.py) after tables changed shape; never fails a load."""
+        from ..views import refresh
+
+        try:
+            refresh(self.con, sorted(datasets) if datasets is not None else None)
+        except duckdb.Error as exc:
+            log.warning("could not refresh the derived views: %s", exc)
+
+    def ensure_columns(self, tables: dict[tuple[str, str], dict[str, set[str]]]) -> list[str]:
+        """Create ping tables and metric columns before data arrives (from app definitions).
+
+        ``tables``: (dataset, table) -> metric type -> columns. Returns the columns added.
+        """
+        if self.read_only:
+            raise RuntimeError("warehouse opened read-only")
+        added = []
+        with self._lock:
+            try:
+                self.con.begin()
+                for (dataset, table), needed in sorted(tables.items()):
+                    self._ensure_table(dataset, table, PING_COLUMNS)
+                    have = self._metric_fields(dataset, table) or {}
+                    added += [f"{dataset}.{table}.metrics.{mtype}.{col}" for mtype, cols in sorted(needed.items())
+                              for col in sorted(cols - have.get(mtype, set()))]
+                    self._ensure_metrics(dataset, table, {m: set(c) for m, c in needed.items() if c})
+                self.con.commit()
+            except BaseException:
+                self._rollback()
+                raise
+            if self._reshaped:
+                self._refresh_views(self._reshaped)
+                self._reshaped.clear()
+        return added
+
+    def execute(self, statements: list[tuple[str, list | None]]) -> None:
+        """Run statements in one transaction (used for gleanpipe's own tables, e.g. the dictionary)."""
+        if self.read_only:
+            raise RuntimeError("warehouse opened read-only")
+        with self._lock:
+            try:
+                self.con.begin()
+                for sql, params in statements:
+                    self.con.execute(sql, params or [])
+                self.con.commit()
+            except BaseException:
+                self._rollback()
+                raise
+
+    def refresh_views(self) -> None:
+        with self._lock:
+            self._refresh_views(None)
 
     # --- writing ------------------------------------------------------------------
 
@@ -294,6 +353,9 @@ class DuckDBWarehouse(Warehouse):
                 if isinstance(exc, (duckdb.IOException, duckdb.TransactionException)):
                     raise WarehouseUnavailable(str(exc)) from exc
                 raise
+            if self._reshaped:
+                self._refresh_views(self._reshaped)
+                self._reshaped.clear()
         return result
 
     def _insert_events(self, dataset: str, rows: list[PingRow]) -> int:
@@ -318,6 +380,7 @@ class DuckDBWarehouse(Warehouse):
         self._types.clear()  # DDL inside the transaction was undone too
         self._metrics.clear()
         self._deleted.clear()
+        self._reshaped.clear()
 
     # --- reading ------------------------------------------------------------------
 

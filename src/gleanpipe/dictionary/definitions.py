@@ -1,0 +1,160 @@
+"""metrics.yaml / pings.yaml -> plain definitions (JSON-able dicts), parsed by glean_parser.
+
+glean_parser's own errors are long (the YAML node, then the schema's documentation of it);
+``DefinitionError`` keeps the file, the node and the one-line reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import textwrap
+import warnings
+from pathlib import Path
+
+from ..naming import APP_ID_RE, column_name, dataset_name, table_name
+from ..table_schema import METRIC_TYPES
+
+# glean_parser metric type -> the key it has under "metrics" in a ping (table_schema.METRIC_TYPES).
+WIRE_TYPE = {name: name for name in METRIC_TYPES}
+WIRE_TYPE["denominator"] = "counter"  # an external denominator is sent as a counter
+
+# Fields of a metric definition the dictionary shows and stores (the rest of glean_parser's
+# serialisation is code-generation detail).
+METRIC_FIELDS = ("type", "description", "lifetime", "send_in_pings", "labels", "extra_keys", "expires",
+                 "data_reviews", "bugs", "notification_emails", "data_sensitivity", "unit", "time_unit",
+                 "memory_unit", "range_min", "range_max", "bucket_count", "histogram_type", "disabled",
+                 "version", "dual_labels", "denominator_metric", "numerators", "structure")
+PING_FIELDS = ("description", "include_client_id", "send_if_empty", "reasons", "bugs", "data_reviews",
+               "notification_emails", "include_info_sections", "enabled", "metadata")
+
+
+class DefinitionError(ValueError):
+    """metrics.yaml / pings.yaml that glean_parser refuses; str() is the compact list."""
+
+    def __init__(self, messages: list[str]):
+        self.messages = messages
+        super().__init__("\n".join(messages))
+
+
+def compact_error(message: str) -> str:
+    """One glean_parser error as "file: category.metric: reason", without the schema documentation."""
+    text = str(message).split("Documentation for this node:")[0]
+    head, _, rest = text.partition("\n")
+    body = textwrap.dedent(rest).strip()
+    node, reason = [], []
+    fenced = False
+    for line in body.splitlines():
+        if line.strip() == "```":
+            fenced = not fenced
+        elif fenced:
+            if line.rstrip().endswith(":"):  # a key whose value is the next, deeper lines
+                node.append(line.strip()[:-1])
+        elif line.strip():
+            reason.append(line.strip())
+    where = ".".join(node)
+    reason_text = " ".join(" ".join(reason).split())
+    return ": ".join(x for x in (head.rstrip(":"), where, reason_text) if x)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "name"):  # enums
+        return value.name
+    return str(value)
+
+
+def _labels(serialized: dict):
+    labels = serialized.get("labels")
+    if isinstance(labels, (list, set, tuple)):
+        return sorted(labels)
+    return labels
+
+
+def parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> dict:
+    """Parse the files; returns {"app_id", "dataset", "metrics": [...], "pings": [...]}."""
+    with warnings.catch_warnings(), _jsonschema_untouched():
+        warnings.simplefilter("ignore", DeprecationWarning)  # glean_parser's use of deprecated jsonschema APIs
+        return _parse(app_id, metrics_files, pings_files)
+
+
+@contextlib.contextmanager
+def _jsonschema_untouched():
+    """glean_parser replaces the ``required`` check of jsonschema's validator classes, for the
+    whole process, to word its messages its own way. The submit edge's error messages come from
+    those classes too (validation.py), so what glean_parser changes is put back afterwards."""
+    import jsonschema
+
+    classes = [getattr(jsonschema, name) for name in ("Draft3Validator", "Draft4Validator", "Draft6Validator",
+                                                       "Draft7Validator", "Draft201909Validator",
+                                                       "Draft202012Validator") if hasattr(jsonschema, name)]
+    saved = [(cls, dict(cls.VALIDATORS)) for cls in classes]
+    try:
+        yield
+    finally:
+        for cls, checks in saved:
+            cls.VALIDATORS.clear()
+            cls.VALIDATORS.update(checks)
+
+
+def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> dict:
+    from glean_parser import parser
+
+    if not APP_ID_RE.fullmatch(app_id):
+        raise DefinitionError([f"app id {app_id!r}: must be 1-100 chars of [A-Za-z0-9._-], "
+                               "starting with a letter or digit"])
+    files = [Path(p) for p in [*metrics_files, *pings_files]]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise DefinitionError([f"{p}: no such file" for p in missing])
+    if not files:
+        raise DefinitionError(["give at least one --metrics or --pings file"])
+    result = parser.parse_objects(files)
+    try:
+        errors = [compact_error(e) for e in result]
+    except Exception as exc:  # glean_parser raises on some unreadable input instead of yielding
+        raise DefinitionError([f"{type(exc).__name__}: {exc}"]) from None
+    if errors:
+        raise DefinitionError(errors)
+    metrics, pings = [], []
+    for category, objects in result.value.items():
+        if category == "tags":
+            continue
+        for name, obj in objects.items():
+            serialized = obj.serialize()
+            if category == "pings":
+                ping = {"name": name, "table": table_name(name, "1")}
+                ping.update({k: _jsonable(serialized.get(k)) for k in PING_FIELDS})
+                ping["reasons"] = ping["reasons"] or {}
+                pings.append(ping)
+                continue
+            metric = {"id": obj.identifier(), "category": obj.category, "name": name}
+            metric.update({k: _jsonable(serialized.get(k)) for k in METRIC_FIELDS if k in serialized})
+            metric["labels"] = _labels(serialized)
+            metric["wire_type"] = WIRE_TYPE.get(metric["type"])  # None for events
+            metric["column"] = column_name(metric["id"])
+            metrics.append(metric)
+    metrics.sort(key=lambda m: m["id"])
+    pings.sort(key=lambda p: p["name"])
+    return {"app_id": app_id, "dataset": dataset_name(app_id), "metrics": metrics, "pings": pings}
+
+
+def columns_to_create(app: dict) -> dict[str, dict[str, set[str]]]:
+    """Table -> metric type -> columns that the definitions say will arrive there."""
+    out: dict[str, dict[str, set[str]]] = {}
+    for ping in app["pings"]:
+        out.setdefault(ping["table"], {})
+    for metric in app["metrics"]:
+        wire = metric.get("wire_type")
+        if not wire:
+            continue
+        for ping in metric.get("send_in_pings") or []:
+            if ping == "all-pings" or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,29}", ping):
+                continue
+            out.setdefault(table_name(ping, "1"), {}).setdefault(wire, set()).add(metric["column"])
+    return out

@@ -1,0 +1,266 @@
+"""The dictionary against a real `gleanpipe serve` (dictionary_site.site): apps add,
+classification, pre-created columns, the JSON API, the pages (escaping), the static build."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import re
+from pathlib import Path
+from html.parser import HTMLParser
+
+import duckdb
+import pytest
+
+from gleanpipe.dictionary.catalog import split_struct
+from gleanpipe.dictionary.pages import PAGE_ID_RE
+from gleanpipe.table_schema import METRIC_TYPES
+
+from conftest import DATASET, post
+from dictionary_site import EVIL_EVENT, EVIL_LABEL, GLEAN, api, cli, get, site  # noqa: F401 (site: fixture)
+
+pytestmark = pytest.mark.e2e
+
+
+def test_apps_add_reports_what_it_created(tmp_path):
+    # No serve running: apps add opens the warehouse file itself.
+    out = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", "--metrics", str(GLEAN / "metrics.yaml"),
+              "--pings", str(GLEAN / "pings.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert "28 metrics, 3 pings" in out.stdout
+    assert "toolbox_usage_v1" in out.stdout and "baseline_v1" in out.stdout
+    # Adding it again replaces the definitions and creates nothing new.
+    again = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", "--metrics", str(GLEAN / "metrics.yaml"))
+    assert again.returncode == 0 and "0 columns created" in again.stdout
+    listed = json.loads(cli(tmp_path / "data", "apps", "list", "--format", "json").stdout)
+    assert listed == [{"app_id": "org.example.toolbox", "dataset": DATASET, "defined": True, "ping_types": 0,
+                       "pings_received": 0, "metrics_defined": 28, "last_seen": None}]
+
+
+def test_apps_add_shows_parse_errors_compactly(tmp_path):
+    bad = tmp_path / "metrics.yaml"
+    bad.write_text("---\n$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0\ntoolbox:\n  x:\n    type: countr\n")
+    out = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", "--metrics", str(bad))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and "Documentation for this node" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0] == "Error: the definitions do not parse:"
+    assert any(line.strip().startswith(f"{bad}: toolbox.x: 'countr' is not one of") for line in lines)
+    assert any("toolbox.x: Missing required properties" in line for line in lines)
+    missing = cli(tmp_path / "data", "apps", "add", "x", "--metrics", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 1 and "nope.yaml: no such file" in missing.stderr
+    badid = cli(tmp_path / "data", "apps", "add", "../etc", "--metrics", str(GLEAN / "metrics.yaml"))
+    assert badid.returncode == 1 and "app id" in badid.stderr and "Traceback" not in badid.stderr
+    assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # nothing written on bad input
+
+
+def test_definitions_precreate_columns_with_the_loader_types(site):
+    app = api(site, f"apps/{DATASET}.json")
+    by_table: dict[str, dict[tuple[str, str], str]] = {}
+    for table, data_type in site.query(f"SELECT table_name, data_type FROM duckdb_columns() WHERE schema_name = "
+                                       f"'{DATASET}' AND column_name = 'metrics'")[1]:
+        by_table[table] = {(m, c): t for m, ts in split_struct(data_type) for c, t in split_struct(ts)}
+    scratch = duckdb.connect()
+    checked = 0
+    for metric in app["metrics"]:
+        if not metric["defined"] or metric["type"] == "event":
+            continue
+        wire = "counter" if metric["type"] == "denominator" else metric["type"]
+        scratch.execute(f"CREATE OR REPLACE TABLE t (c {METRIC_TYPES[wire].duckdb()})")
+        expected = scratch.execute("SELECT data_type FROM duckdb_columns() WHERE table_name = 't'").fetchone()[0]
+        for where in metric["where"]:
+            column = where["column"].split(".")[-1]
+            assert by_table[where["table"]][(wire, column)] == expected, metric["id"]
+            checked += 1
+    assert checked >= 28
+    # An app with definitions but no data: its tables exist, typed, and empty.
+    cols, rows = site.query("SELECT table_name, data_type FROM duckdb_columns() WHERE schema_name = 'org_example_xss' "
+                            "AND column_name = 'metrics' ORDER BY 1")
+    assert rows == [("custom_thing_v1", 'STRUCT(labeled_counter STRUCT(evil_label_set STRUCT("key" VARCHAR, '
+                                        '"value" BIGINT)[]))'),
+                    ("metrics_v1", "STRUCT(counter STRUCT(evil_payload BIGINT))")]
+    assert site.query("SELECT count(*) FROM org_example_xss.metrics_v1")[1] == [(0,)]
+    # Values the SDK sent landed in the pre-created columns.
+    assert site.query(f"SELECT metrics.counter.toolbox_launch_count FROM {DATASET}.toolbox_usage_v1")[1] == [(6,)]
+
+
+def test_observed_and_defined_metrics_are_classified(site):
+    app = api(site, f"apps/{DATASET}.json")
+    m = {x["id"]: x for x in app["metrics"]}
+    assert (m["toolbox.launch_count"]["status"], m["toolbox.launch_count"]["values_seen"]) == ("defined", 2)
+    assert {w["table"] for w in m["toolbox.launch_count"]["where"]} == {"baseline_v1", "toolbox_usage_v1"}
+    assert m["toolbox.tool_opened"]["type"] == "event" and m["toolbox.tool_opened"]["values_seen"] == 2
+    assert m["toolbox_secret_counter"] == {**m["toolbox_secret_counter"], "defined": False, "status": "undocumented",
+                                           "type": "counter", "values_seen": 1}
+    assert m["toolbox_hostile"]["status"] == "undocumented"
+    assert m["glean_validation_pings_submitted"]["status"] == "built-in (Glean SDK)"
+    assert m["glean.session_start"]["status"] == "built-in (Glean SDK)"
+    assert all(x["status"] == "defined" for x in app["metrics"] if x["defined"])  # the SDK sent every one
+    xss = {x["id"]: x for x in api(site, "apps/org_example_xss.json")["metrics"]}
+    assert xss["evil.payload"]["status"] == "no data yet" and xss["evil.payload"]["values_seen"] == 0
+    pings = {p["name"]: p for p in app["pings"]}
+    assert pings["toolbox-usage"]["status"] == "defined" and pings["toolbox-usage"]["rows"] == 1
+    assert pings["baseline"]["status"] == "built-in" and pings["baseline"]["rows"] == 2
+    assert len(app["daily_active_clients"]) == 1 and app["daily_active_clients"][0]["clients"] == 1
+    apps = {a["dataset"]: a for a in api(site, "apps.json")}
+    assert apps[DATASET]["pings_received"] == 9 and apps[DATASET]["ping_types"] == 7
+    assert apps["org_example_xss"]["pings_received"] == 0 and apps["org_example_xss"]["last_seen"] is None
+
+
+def test_ping_api_and_page(site):
+    p = api(site, f"apps/{DATASET}/pings/toolbox-usage.json")
+    assert sorted(p["reasons"]) == ["manual", "shutdown"] and p["include_client_id"] is True
+    assert p["table"] == "toolbox_usage_v1" and p["rows"] == 1 and p["last_seen"]
+    assert len(p["daily"]) == 1 and p["daily"][0]["pings"] == 1 and p["daily"][0]["clients"] == 1
+    assert "toolbox.launch_count" in p["metrics"]
+    assert api(site, f"apps/{DATASET}/pings/anonymous-report.json")["include_client_id"] is False
+    status, headers, body = get(f"{site.url}/dictionary/apps/{DATASET}/pings/toolbox-usage.html")
+    html = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert '<dd id="row-count">1</dd>' in html and "<svg" in html and 'class="bar"' in html
+    assert "org_example_toolbox.toolbox_usage_v1" in html
+
+
+def test_every_metric_page_has_runnable_sql_and_chart_data(site):
+    app = api(site, f"apps/{DATASET}.json")
+    for summary in app["metrics"]:
+        if not PAGE_ID_RE.fullmatch(summary["id"]):  # the hostile event name: listed, no page
+            assert summary["id"] == f"{EVIL_EVENT}.x"
+            continue
+        m = api(site, f"apps/{DATASET}/metrics/{summary['id']}.json")
+        assert m["queries"], summary["id"]
+        for q in m["queries"]:
+            assert q["table"] in q["sql"]["duckdb"] and f"`{DATASET}." in q["sql"]["bigquery"]
+            site.query(q["sql"]["duckdb"])  # ready to run: raises on any error
+        assert m["chart"] and m["chart"]["series"], summary["id"]
+    launch = api(site, f"apps/{DATASET}/metrics/toolbox.launch_count.json")
+    assert launch["chart"]["title"] == "daily sum"
+    assert [pt[1] for pt in launch["chart"]["series"][0]["points"]] == [6.0]
+    assert {c["table"]: c["series"][0]["points"][0][1] for c in launch["charts"]} == {"baseline_v1": 6.0,
+                                                                                   "toolbox_usage_v1": 6.0}
+    used = api(site, f"apps/{DATASET}/metrics/toolbox.tool_used.json")
+    assert {s["name"]: s["points"][0][1] for s in used["chart"]["series"]} == {"hammer": 2.0, "pliers": 1.0}
+    assert used["labels"] == ["hammer", "pliers", "saw"]
+    timing = api(site, f"apps/{DATASET}/metrics/toolbox.render_time.json")
+    assert [s["name"] for s in timing["chart"]["series"]] == ["p50", "p95"]
+    assert all(isinstance(s["points"][0][1], int) for s in timing["chart"]["series"])
+    event = api(site, f"apps/{DATASET}/metrics/toolbox.tool_opened.json")
+    assert event["chart"]["series"][0]["points"][0][1] == 2 and "extra_keys" in event
+    assert "WHERE category = 'toolbox' AND name = 'tool_opened'" in event["queries"][0]["sql"]["duckdb"]
+    assert site.query(event["queries"][0]["sql"]["duckdb"])[1][0][1:] == (2, 1)
+
+
+def test_metric_page_html(site):
+    status, _, body = get(f"{site.url}/dictionary/apps/{DATASET}/metrics/toolbox.launch_count.html")
+    html = body.decode()
+    assert status == 200
+    assert 'class="chart"' in html and "<polyline" in html or "<circle" in html
+    assert 'class="sql-duckdb"' in html and 'class="sql-bigquery"' in html and "button class=\"copy\"" in html
+    assert "SUM(metrics.counter.toolbox_launch_count)" in html
+    assert "How many times a tool was launched" in html
+    assert "https://github.com/example/gleanpipe/issues/1" in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html.replace(
+        'href="https://github.com/example/gleanpipe/issues/1"', ""))  # no network assets
+
+
+def test_user_text_is_escaped(site):
+    _, headers, body = get(f"{site.url}/dictionary/apps/org_example_xss/metrics/evil.payload.html")
+    html = body.decode()
+    assert "<script>window.__xss" not in html and "<img src=x" not in html
+    assert "&lt;/script&gt;&lt;script&gt;window.__xss=1&lt;/script&gt;" in html
+    assert html.count("<script") == 2  # the page's own JSON and JS, nothing else
+    assert "\\u003c/script\\u003e" in html  # inside the embedded JSON
+    assert "script-src 'unsafe-inline'" in headers["Content-Security-Policy"]
+    _, _, body = get(f"{site.url}/dictionary/apps/{DATASET}/index.html")
+    app_html = body.decode()
+    assert EVIL_LABEL not in app_html and EVIL_EVENT not in app_html
+    assert "&lt;svg onload=window.__xss=4&gt;.x" in app_html  # listed, escaped, without a page link
+    _, _, body = get(f"{site.url}/dictionary/apps/{DATASET}/metrics/toolbox_hostile.html")
+    assert EVIL_LABEL not in body.decode() and "&lt;img src=x onerror=&quot;window.__xss=3&quot;&gt;" in body.decode()
+    _, _, body = get(f"{site.url}/dictionary/apps/{DATASET}/metrics/toolbox.active_theme.html")
+    assert "<script>window.__xss" not in body.decode()
+
+
+def test_bad_requests_get_clear_errors(site):
+    status, headers, body = get(f"{site.url}/dictionary/api/apps/nope.json")
+    assert status == 404 and json.loads(body) == {"error": "no app 'nope'"}
+    status, _, body = get(f"{site.url}/dictionary/api/apps/{DATASET}/metrics/no.such.json")
+    assert status == 404 and "no metric 'no.such'" in json.loads(body)["error"]
+    status, headers, body = get(f"{site.url}/dictionary/apps/{DATASET}/pings/nope.html")
+    assert status == 404 and headers["Content-Type"].startswith("text/html") and b"no ping" in body
+    for path in ("/dictionary/apps/..%2F..%2Fetc/index.html", "/dictionary/apps/a/b/c/d", "/dictionary/x';--"):
+        assert get(site.url + path)[0] == 404
+    status, headers, _ = get(f"{site.url}/dictionary")
+    assert status == 301 and headers["Location"] == "/dictionary/"
+    status, _, _ = post(f"{site.url}/dictionary/api/apps.json", b"{}", {"Content-Type": "application/json"})
+    assert status == 405
+    assert get(f"{site.url}/dictionary/")[0] == 200
+    assert get(f"{site.url}/submit")[0] == 404  # the submit edge still answers its own paths
+    assert get(f"{site.url}/dictionaryx")[0] == 404
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href" and v]
+
+
+def test_static_build_matches_the_api_and_links_resolve(site, tmp_path):
+    out = tmp_path / "site"
+    built = cli(site.data_dir, "dictionary", "build", "--out", str(out))
+    assert built.returncode == 0, built.stderr
+    assert re.search(r"wrote \d+ files .*: 2 apps, \d+ pings, \d+ metrics", built.stdout)
+    assert json.loads((out / "api" / f"apps/{DATASET}.json").read_text()) == api(site, f"apps/{DATASET}.json")
+    pages = list(out.rglob("*.html"))
+    assert len(pages) > 40
+    for page in pages:
+        parser = Links()
+        parser.feed(page.read_text())
+        for href in parser.hrefs:
+            if href.startswith("https://"):
+                continue
+            assert not href.startswith("/"), (page, href)  # relative only: works from file://
+            assert (page.parent / href).resolve().is_file(), (page, href)
+    served = get(f"{site.url}/dictionary/apps/{DATASET}/metrics/toolbox.launch_count.html")[2].decode()
+    static = (out / "apps" / DATASET / "metrics" / "toolbox.launch_count.html").read_text()
+    strip = lambda h: re.sub(r"\d{2}:\d{2}:\d{2}", "", h)
+    assert strip(served) == strip(static)  # same template, same data
+
+
+def test_readme_metric_daily_example_runs(site):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "metric_daily" in b)
+    sql = re.search(r'gleanpipe query "(.*)"', block, re.S).group(1)
+    out = cli(site.data_dir, "query", "--format", "json", sql)
+    assert out.returncode == 0, out.stderr
+    assert [(r["label"], r["sum_value"]) for r in json.loads(out.stdout)] == [("hammer", 2.0), ("pliers", 1.0)]
+
+
+def test_dictionary_setting_turns_the_pages_off(tmp_path):
+    from conftest import APP, SDK_HEADERS, ServeProcess, gz, make_ping, submit_path
+    from gleanpipe.config import SETTINGS, Config
+
+    assert SETTINGS["GLEANPIPE_DICTIONARY"].default == "on"
+    assert Config.from_env(environ={}).dictionary is True
+    assert Config.from_env(environ={"GLEANPIPE_DICTIONARY": "off"}).dictionary is False
+    with pytest.raises(ValueError, match="GLEANPIPE_DICTIONARY must be on or off, got 'maybe'"):
+        Config.from_env(environ={"GLEANPIPE_DICTIONARY": "maybe"})
+    bad = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "GLEANPIPE_DICTIONARY": "maybe"})
+    assert bad.returncode == 2 and "GLEANPIPE_DICTIONARY must be on or off" in bad.stderr
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir, env={"GLEANPIPE_DICTIONARY": "off"}).start()
+    try:
+        assert get(f"{server.url}/dictionary/")[0] == 404
+        assert get(f"{server.url}/dictionary/api/apps.json")[0] == 404
+        status, _, _ = post(server.url + submit_path("baseline", app=APP), gz(make_ping()), SDK_HEADERS)
+        assert status == 200
+    finally:
+        server.stop()

@@ -1,0 +1,61 @@
+"""The /dictionary WSGI app in process, on a real DuckDB file (no serve)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import DATASET
+
+
+def test_dictionary_wsgi_app_in_process_mounted_or_not(warehouse):
+    """The /dictionary WSGI app on a real DuckDB file, called through the mounting dispatcher
+    (prefix moved to SCRIPT_NAME) and directly with the full path: same answers."""
+    from pathlib import Path
+    from wsgiref.util import setup_testing_defaults
+
+    from gleanpipe.dictionary.catalog import store_app
+    from gleanpipe.dictionary.definitions import parse
+    from gleanpipe.dictionary.web import make_dictionary_app
+    from gleanpipe.wsgi_mounts import PrefixDispatcher
+
+    glean = Path(__file__).parent / "glean_client"
+    store_app(warehouse, parse("org.example.toolbox", [glean / "metrics.yaml"], [glean / "pings.yaml"]))
+    direct = make_dictionary_app(warehouse.query)
+    submit = lambda environ, start_response: (start_response("404 Not Found", []), [b"submit"])[1]
+    mounted = PrefixDispatcher(submit, {"/dictionary": direct})
+
+    def call(app, path, method="GET"):
+        environ = {"PATH_INFO": path, "REQUEST_METHOD": method}
+        setup_testing_defaults(environ)
+        out = {}
+        body = b"".join(app(environ, lambda status, headers: out.update(status=status, headers=dict(headers))))
+        return out["status"], out["headers"], body
+
+    for app in (direct, mounted):
+        status, headers, body = call(app, f"/dictionary/api/apps/{DATASET}.json")
+        assert status == "200 OK" and headers["Content-Type"] == "application/json"
+        metrics = {m["id"]: m for m in json.loads(body)["metrics"]}
+        assert metrics["toolbox.launch_count"]["status"] == "no data yet"
+        assert call(app, "/dictionary")[:2] == ("301 Moved Permanently", {"Location": "/dictionary/",
+                                                                         "Content-Length": "0"})
+        status, _, body = call(app, f"/dictionary/apps/{DATASET}/metrics/toolbox.launch_count.html")
+        assert status == "200 OK" and b"no data yet" in body
+        assert call(app, "/dictionary/api/apps.json", "DELETE")[0] == "405 Method Not Allowed"
+    assert call(mounted, "/submit/x")[2] == b"submit"
+    assert call(mounted, "/dictionaryx")[2] == b"submit"
+
+
+def test_parsing_definitions_leaves_submit_error_messages_alone():
+    """glean_parser patches jsonschema's classes process-wide; parse() must undo that, or the
+    submit edge's 400 messages change wording after an in-process `apps add`."""
+    from pathlib import Path
+
+    from gleanpipe.dictionary.definitions import parse
+    from gleanpipe.validation import PingValidator
+
+    doc = {"client_info": {"client_id": "x"}, "ping_info": {}}
+    before = PingValidator().validate(doc)
+    glean = Path(__file__).parent / "glean_client"
+    assert len(parse("org.example.toolbox", [glean / "metrics.yaml"], [])["metrics"]) == 28
+    after = PingValidator().validate(doc)
+    assert after == before and any("is a required property" in m for m in after)
