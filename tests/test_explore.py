@@ -158,7 +158,8 @@ def test_paged_export_through_serve_reads_every_row_once(loaded, tmp_path):
     assert got == sorted([ids["known"], *ids["plain"]])
     assert con.execute("SELECT document_id, event_index FROM events_stream_v1 ORDER BY 2").fetchall() == [
         (ids["known"], 0), (ids["known"], 1)]
-    assert result.rows == 5 + 2 and result.written == ["gleanpipe_internal", DATASET]
+    # 5 ping rows + 2 events + 6 rows of the derived views (daily_active_clients, events_daily, metric_daily)
+    assert result.rows == 5 + 2 + 6 and result.written == ["gleanpipe_internal", DATASET]
 
 
 def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_datasets(tmp_path):
@@ -170,7 +171,7 @@ def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_data
 
     first = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only")
     assert first.returncode == 0, first.stderr
-    assert "exported 4 rows into 2 file(s)" in first.stdout and "(read-only)" in first.stdout
+    assert "exported 10 rows into 2 file(s)" in first.stdout and "(read-only)" in first.stdout
     con = sqlite3.connect(data_dir / "explore" / f"{DATASET}.db")
     con.row_factory = sqlite3.Row
     assert_known_row(dict(con.execute("SELECT * FROM metrics_v1 WHERE document_id = ?", [ids["known"]]).fetchone()),
@@ -190,7 +191,7 @@ def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_data
     finally:
         server.stop()
     third = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only")
-    assert "exported 5 rows into 1 file(s)" in third.stdout and "unchanged since the last export: gleanpipe_internal" \
+    assert "exported 11 rows into 1 file(s)" in third.stdout and "unchanged since the last export: gleanpipe_internal" \
         in third.stdout
     con = sqlite3.connect(data_dir / "explore" / f"{DATASET}.db")
     assert con.execute("SELECT count(*) FROM metrics_v1 WHERE document_id = ?", [extra]).fetchone()[0] == 1
