@@ -50,6 +50,14 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_MAX_HEADER_BYTES", "1024", "Longest kept header value accepted (431 above)."),
         Setting("GLEANPIPE_LOAD_BATCH", "1000", "Objects loaded into the warehouse per write."),
         Setting("GLEANPIPE_LOAD_INTERVAL_MS", "50", "How often `serve`'s loader looks for new objects."),
+        Setting(
+            "GLEANPIPE_SPOOL",
+            "on",
+            "`serve` only: `on` = HTTP workers append accepted pings to a write-ahead spool, one shared "
+            "fdatasync per batch, and serve turns them into objects; `off` = one fsynced object per ping.",
+        ),
+        Setting("GLEANPIPE_SPOOL_SEGMENT_BYTES", str(16 * MIB), "A worker starts a new spool file after this many bytes."),
+        Setting("GLEANPIPE_SPOOL_SEGMENT_SECONDS", "30", "A worker starts a new spool file after this many seconds."),
     )
 }
 
@@ -71,6 +79,13 @@ def _int(env: str, environ=None) -> int:
     return value
 
 
+def _on_off(env: str, environ=None) -> bool:
+    raw = _get(env, environ).strip().lower()
+    if raw not in ("on", "off"):
+        raise ValueError(f"{env} must be on or off, got {raw!r}")
+    return raw == "on"
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: Path
@@ -87,6 +102,9 @@ class Config:
     max_header_bytes: int
     load_batch: int
     load_interval_ms: int
+    spool: bool = True
+    spool_segment_bytes: int = 16 * MIB
+    spool_segment_seconds: int = 30
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":
@@ -109,6 +127,9 @@ class Config:
             max_header_bytes=_int("GLEANPIPE_MAX_HEADER_BYTES", environ),
             load_batch=_int("GLEANPIPE_LOAD_BATCH", environ),
             load_interval_ms=_int("GLEANPIPE_LOAD_INTERVAL_MS", environ),
+            spool=_on_off("GLEANPIPE_SPOOL", environ),
+            spool_segment_bytes=_int("GLEANPIPE_SPOOL_SEGMENT_BYTES", environ),
+            spool_segment_seconds=_int("GLEANPIPE_SPOOL_SEGMENT_SECONDS", environ),
         )
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

@@ -1,8 +1,10 @@
 """`gleanpipe serve`: the whole pipeline on one machine.
 
 One process owns the DuckDB file and runs:
-- the submit edge: gunicorn (``gleanpipe.wsgi:app``, GLEANPIPE_WORKERS processes x
-  GLEANPIPE_THREADS threads) as a child process;
+- the submit edge: gunicorn (``gleanpipe.wsgi:spool_app``, GLEANPIPE_WORKERS processes x
+  GLEANPIPE_THREADS threads) as a child process; with GLEANPIPE_SPOOL=on (default) the
+  workers append pings to a write-ahead spool that the loader thread turns into objects
+  (storage/spool.py), with =off they write one fsynced object each (``wsgi:app``);
 - the in-process trigger: a loader thread that drains the store's inbox (objects stored
   but not yet loaded) every GLEANPIPE_LOAD_INTERVAL_MS, at-least-once; what was stored
   before a crash or stop is loaded on the next start;
@@ -26,6 +28,8 @@ from .admin import STATE_FILE, AdminServer, write_state
 from .config import Config
 from .load import Loader
 from .storage import RawStore, open_store
+from .storage.local import LocalStore
+from .storage.spool import SpoolReader
 from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 
 log = logging.getLogger("gleanpipe.serve")
@@ -100,6 +104,8 @@ class LocalPipeline:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(config.store_url)
+        if config.spool and isinstance(self.store, LocalStore):
+            self.store = SpoolReader(self.store)  # drains the HTTP workers' spool (storage/spool.py)
         try:
             self.warehouse: Warehouse = open_warehouse(config.warehouse_url)
         except WarehouseUnavailable as exc:
@@ -127,10 +133,12 @@ class LocalPipeline:
         self.admin.start()
         env = {**os.environ, "GLEANPIPE_STORE_URL": cfg.store_url, "GLEANPIPE_DATA_DIR": str(cfg.data_dir)}
         for name, value in asdict(cfg).items():
-            if name.startswith("max_"):
+            if name.startswith(("max_", "spool_")):
                 env[f"GLEANPIPE_{name.upper()}"] = str(value)
+        env["GLEANPIPE_SPOOL"] = "on" if cfg.spool else "off"
+        app = "gleanpipe.wsgi:spool_app" if isinstance(self.store, SpoolReader) else "gleanpipe.wsgi:app"
         cmd = [
-            sys.executable, "-m", "gunicorn", "gleanpipe.wsgi:app",
+            sys.executable, "-m", "gunicorn", app,
             "--bind", f"{cfg.host}:{cfg.port}", "--workers", str(cfg.workers), "--threads", str(cfg.threads),
             "--worker-class", "gthread", "--log-level", "warning", "--keep-alive", "5",
             "--graceful-timeout", "10", "--timeout", "60",

@@ -146,6 +146,45 @@ class LocalStore(RawStore):
         finally:
             self._drop(tmp)
 
+    def put_unsynced(self, key: str, data: bytes) -> bool:
+        """Create-only like put_new, but no fsync and no inbox receipt: for objects whose
+        durable copy is elsewhere (serve's spool, see spool.py), made durable later in bulk."""
+        path = self._path(key)
+        tmp = self._write_tmp(data)
+        try:
+            self._ensure_dir(path.parent)
+            try:
+                self._link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            self._drop(tmp)
+
+    def replace_unsynced(self, key: str, data: bytes) -> None:
+        """Atomically put ``data`` under ``key`` even if something is there (repair after a crash)."""
+        path = self._path(key)
+        tmp = self._write_tmp(data)
+        try:
+            self._ensure_dir(path.parent)
+            os.replace(tmp, path)
+        finally:
+            self._drop(tmp)
+
+    def _write_tmp(self, data: bytes) -> str:
+        tmp = os.path.join(self._tmp, uuid.uuid4().hex)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            self._drop(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
     def _link(self, tmp: str, path: Path) -> None:
         try:
             os.link(tmp, path)
