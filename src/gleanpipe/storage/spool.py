@@ -377,8 +377,14 @@ class SpoolReader(RawStore):
                 seg = self._segments[name] = _Segment(name, replayed=int(name[:20]) < self._started)
             if seg.finished:
                 continue
-            path = self.dir / name
-            gone = self._writer_gone(path)  # checked before reading: no record can follow what we read
+            want = self._read(seg, want)
+        self._retire()
+
+    def _read(self, seg: _Segment, want: int) -> int:
+        """Materialise up to ``want`` records of one segment; returns how many more are wanted."""
+        path = self.dir / seg.name
+        gone = self._writer_gone(path)  # checked before reading: no record can follow what we read
+        while want > 0 and not seg.finished:
             size = READ_CHUNK
             while True:
                 try:
@@ -386,33 +392,34 @@ class SpoolReader(RawStore):
                         f.seek(seg.offset)
                         buf = f.read(size)
                 except FileNotFoundError:
-                    buf, seg.finished = b"", True
-                    break
+                    seg.finished = True
+                    return want
                 at_end = len(buf) < size
                 if at_end or next(decode_records(buf), None) is not None or size > MAX_BODY:
                     break
                 size *= 2  # one record larger than what was read
-            if seg.finished:
-                continue
             pos = 0
             for _start, end, key, data in decode_records(buf):
                 self._materialise(key, data, seg.replayed)
                 self._seq += 1
-                self._queue[f"{_RECEIPT}{name}:{seg.offset + end}:{self._seq}"] = (key, time.monotonic())
+                self._queue[f"{_RECEIPT}{seg.name}:{seg.offset + end}:{self._seq}"] = (key, time.monotonic())
                 seg.outstanding += 1
                 pos = end
                 want -= 1
                 if want <= 0:
                     break
             seg.offset += pos
-            if gone and at_end and want > 0:
-                if len(buf) > pos:
-                    self._resync(seg, buf[pos:])
-                else:
-                    seg.finished = True
-        self._retire()
+            if want <= 0:
+                break
+            if pos < len(buf) and gone and (at_end or pos == 0):
+                self._resync(seg, buf[pos:], at_end)  # not an intact record, and nobody is writing it
+            elif at_end and pos == len(buf) and gone:
+                seg.finished = True
+            elif pos == 0:
+                break  # a record still being written: next time
+        return want
 
-    def _resync(self, seg: _Segment, rest: bytes) -> None:
+    def _resync(self, seg: _Segment, rest: bytes, at_end: bool) -> None:
         """The writer is gone and what follows is no intact record: a torn tail (crash while
         appending; that record was never acknowledged), or damage in the middle. Skip to the
         next intact record if any, else to the end."""
@@ -426,7 +433,7 @@ class SpoolReader(RawStore):
         log.warning("spool segment %s: skipped %d bytes that are not an intact record at offset %d "
                     "(a write cut short by a crash, never acknowledged)", seg.name, skipped, seg.offset)
         seg.offset += skipped
-        if at == -1:
+        if at == -1 and at_end:
             seg.finished = True
 
     def _materialise(self, key: str, data: bytes, check_existing: bool) -> None:
