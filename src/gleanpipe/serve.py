@@ -125,6 +125,9 @@ class LocalPipeline:
         return out
 
     def load_keys(self, keys: list[str]) -> dict:
+        if isinstance(self.store, SpoolReader):  # not while the spool is writing objects in place
+            with self.store.lock:
+                return self.loader.load_keys(keys).as_dict()
         return self.loader.load_keys(keys).as_dict()
 
     def start(self) -> None:

@@ -235,8 +235,7 @@ class SpoolingStore(RawStore):
     def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
         if not notify:
             return self.local.put_new(key, data, notify=False)
-        path = self.local._path(key)  # validates the key
-        if os.path.lexists(path):
+        if os.path.lexists(self.local.key_path(key)):  # key_path validates the key
             return False
         with self._recent_lock:
             if key in self._recent:
@@ -296,7 +295,7 @@ class SpoolReader(RawStore):
         self.url = local.url
         self.dir = local.root / SPOOL
         self.dir.mkdir(exist_ok=True)
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         self._segments: dict[str, _Segment] = {}
         self._queue: OrderedDict[str, tuple[str, float]] = OrderedDict()  # receipt -> (key, materialised at)
         self._seq = 0
@@ -314,7 +313,7 @@ class SpoolReader(RawStore):
         return self.local.list(prefix)
 
     def pending(self, limit: int) -> list[tuple[str, str]]:
-        with self._lock:
+        with self.lock:
             if len(self._queue) < limit:
                 self._scan(limit - len(self._queue))
             out = [(r, k) for r, (k, _) in list(self._queue.items())[:limit]]
@@ -325,7 +324,7 @@ class SpoolReader(RawStore):
     def receipt_age(self, receipt: str) -> float:
         if not receipt.startswith(_RECEIPT):
             return self.local.receipt_age(receipt)
-        with self._lock:
+        with self.lock:
             item = self._queue.get(receipt)
         return time.monotonic() - item[1] if item else float("inf")
 
@@ -333,7 +332,7 @@ class SpoolReader(RawStore):
         inbox = [r for r in receipts if not r.startswith(_RECEIPT)]
         if inbox:
             self.local.ack(inbox)
-        with self._lock:
+        with self.lock:
             for r in receipts:
                 if r.startswith(_RECEIPT) and self._queue.pop(r, None) is not None:
                     seg = self._segments.get(r.split(":", 2)[1])
@@ -343,7 +342,7 @@ class SpoolReader(RawStore):
 
     def backlog(self) -> int:
         """Records spooled and not yet acknowledged (materialised or not), for `status`."""
-        with self._lock:
+        with self.lock:
             self._scan(10**9)
             return len(self._queue)
 
