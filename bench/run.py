@@ -23,7 +23,7 @@ from gleanpipe.storage.local import LocalStore
 BENCH = Path(__file__).resolve().parent
 PY, GLEANPIPE = sys.executable, str(Path(sys.executable).parent / "gleanpipe")
 APP, DATASET, AGENT = "org-example-bench", "org_example_bench", "Glean/60.1.0 (Rust on Linux)"
-GUNICORN = ["--workers", "2", "--threads", "4", "--worker-class", "gthread", "--keep-alive", "5",
+GUNICORN = ["--workers", "2", "--threads", "8", "--worker-class", "gthread", "--keep-alive", "5",
             "--log-level", "warning", "--graceful-timeout", "10", "--timeout", "60"]  # as serve.py starts it
 THREADS, CONNS = 2, 32
 WRK: str | None = None

@@ -34,7 +34,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_HOST", "127.0.0.1", "Address `serve` listens on (0.0.0.0 to accept other hosts)."),
         Setting("GLEANPIPE_PORT", "8080", "Port `serve` listens on for /submit."),
         Setting("GLEANPIPE_WORKERS", "2", "HTTP worker processes `serve` starts for submit."),
-        Setting("GLEANPIPE_THREADS", "4", "Threads per HTTP worker."),
+        Setting("GLEANPIPE_THREADS", "8", "Threads per HTTP worker (more threads share more of each spool fdatasync)."),
         Setting("GLEANPIPE_MAX_WIRE_BYTES", str(1 * MIB), "Largest request body accepted as sent (413 above)."),
         Setting(
             "GLEANPIPE_MAX_PAYLOAD_BYTES",
