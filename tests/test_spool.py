@@ -6,6 +6,8 @@ import errno
 import http.client
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -341,6 +343,12 @@ def test_kill_9_of_serve_and_gunicorn_mid_load_loses_no_acknowledged_ping(data_d
         stop.set()
         [t.join(10) for t in threads]
     assert list((data_dir / "store" / SPOOL).glob("*.seg")), "the crash left no spool segment to replay"
+    # every acknowledged ping is in a spool file the crash left behind (no file was finished yet)
+    status = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "status", "--json", "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, timeout=60, check=True)
+    spooled = {k for s in (data_dir / "store" / SPOOL).glob("*.seg") for _, _, k, _ in decode_records(s.read_bytes())}
+    assert {f"raw/{APP}/metrics/1/{d}.json" for d in acked} <= spooled
+    assert orjson.loads(status.stdout)["pending"] == len(spooled)
     restarted = ServeProcess(data_dir).start()  # replays the spool left by the crash
     try:
         _check_loaded_once(restarted, acked)
@@ -370,5 +378,20 @@ def test_kill_9_of_the_http_workers_mid_load_loses_no_acknowledged_ping(data_dir
         [t.join(10) for t in threads]
     try:
         _check_loaded_once(server, acked)
+    finally:
+        assert server.stop() == 0
+
+
+def test_serve_with_the_spool_off_writes_one_object_per_ping(data_dir):
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "off"}).start()
+    try:
+        doc_id = str(uuid.uuid4())
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("POST", submit_path("metrics", doc_id), gz(make_ping(CLIENT, seq=3)), SDK_HEADERS)
+        assert conn.getresponse().status == 200
+        assert (data_dir / "store" / f"raw/{APP}/metrics/1/{doc_id}.json").exists()  # before any load
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 1) == 1
+        assert list((data_dir / "store" / SPOOL).glob("*.seg")) == []
     finally:
         assert server.stop() == 0

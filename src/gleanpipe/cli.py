@@ -204,7 +204,7 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
             info = wh.status()
         finally:
             wh.close()
-        info["pending"] = len(_store(config).pending(1_000_000))
+        info["pending"] = len(_store(config).pending(1_000_000)) + _spooled(config)
     rejected: dict[str, int] = {}
     for key in _store(config).list(ERROR_PREFIX):
         parts = key.split("/")
@@ -222,6 +222,15 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     click.echo(f"deletion requests carried out: {info['deletions']}")
     click.echo("load errors: " + (", ".join(f"{k} {v}" for k, v in info["load_errors"].items()) or "none"))
     click.echo("rejected at submit: " + (", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"))
+
+
+def _spooled(config: Config) -> int:
+    """Pings in serve's write-ahead spool (storage/spool.py), loaded when serve starts."""
+    from .storage.local import LocalStore
+    from .storage.spool import spooled_records
+
+    store = _store(config)
+    return spooled_records(store) if isinstance(store, LocalStore) else 0
 
 
 if __name__ == "__main__":
