@@ -73,8 +73,9 @@ class LoaderThread(threading.Thread):
         backoff = self.interval
         while not self.stopping.is_set():
             try:
-                if not self.step():
-                    self.stopping.wait(self.interval)
+                started = time.monotonic()
+                if self.step() < self.batch:  # caught up: let the next batch fill for one interval
+                    self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
                 backoff = self.interval
             except Exception as exc:  # transient (locked, disk): keep the inbox, retry later
                 log.warning("load failed, will retry: %s", exc)
