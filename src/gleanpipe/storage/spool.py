@@ -122,12 +122,18 @@ class SpoolWriter:
     def _open(self) -> None:
         os.makedirs(self.dir, exist_ok=True)
         name = os.path.join(self.dir, f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}")
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        # Locked before it gets its .seg name: a reader must never see it unlocked while in use.
+        fd = os.open(name + ".new", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(name + ".new", name)
             _fsync_dir(self.dir)  # the segment's name must survive a crash before any record is acked
         except OSError:
             os.close(fd)
+            try:
+                os.unlink(name + ".new")
+            except OSError:
+                pass
             raise
         self._fd, self._pid, self._opened, self._size, self._broken = fd, os.getpid(), time.monotonic(), 0, False
 
@@ -161,6 +167,8 @@ class SpoolWriter:
                 if self._fd is not None and self._pid != os.getpid():  # forked: the segment is the parent's
                     self._fd = None
                     self._written = self._synced = 0
+                while self._broken and self._leading:  # never append to a segment whose sync failed
+                    self._cond.wait()
                 if self._fd is not None and not self._leading and (
                         self._broken or self._size >= self.segment_bytes
                         or time.monotonic() - self._opened >= self.segment_seconds):
