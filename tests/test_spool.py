@@ -259,6 +259,23 @@ def test_segments_rotate_by_size_and_finished_ones_are_deleted(store):
     assert segments(store) == []
 
 
+def test_segments_rotate_by_age_and_a_stale_unnamed_segment_is_removed(store):
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 1)
+    writer.append(*raw(seq=1))
+    time.sleep(1.05)
+    writer.append(*raw(seq=2))  # over GLEANPIPE_SPOOL_SEGMENT_SECONDS: a new segment
+    assert len(segments(store)) == 2
+    writer.close()
+    # what a crash between creating a segment and naming it leaves (never written to)
+    stale = store.root / SPOOL / f"{time.time_ns() - 120 * 10**9:020d}-1-deadbeef.seg.new"
+    fresh = store.root / SPOOL / f"{time.time_ns():020d}-1-cafef00d.seg.new"
+    stale.write_bytes(b"")
+    fresh.write_bytes(b"")
+    reader = SpoolReader(store)
+    reader.ack([r for r, _ in reader.pending(10)])
+    assert segments(store) == [] and not stale.exists() and fresh.exists()
+
+
 # --- real processes: kill -9 in the middle of the load ----------------------------------------
 
 

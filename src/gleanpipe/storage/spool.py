@@ -61,6 +61,7 @@ MAGIC = b"GPS1"
 HEAD = struct.Struct("<4sII")  # magic, body length, crc32(body)
 KEYLEN = struct.Struct("<H")
 MAX_BODY = 64 * 1024 * 1024  # larger than any object the edge accepts (8 MiB payload + metadata)
+NEW_GRACE_NS = 60 * 10**9  # a segment still being created is at most this old
 READ_CHUNK = 4 * 1024 * 1024  # bytes of a segment read per look
 RECENT_KEYS = 100_000  # keys one worker remembers for in-window dedupe
 _RECEIPT = "spool:"
@@ -370,10 +371,18 @@ class SpoolReader(RawStore):
 
     def _scan(self, want: int) -> None:
         try:
-            names = sorted(n for n in os.listdir(self.dir) if n.endswith(SUFFIX))
+            listing = os.listdir(self.dir)
         except FileNotFoundError:
             self.dir.mkdir(exist_ok=True)
             return
+        names = sorted(n for n in listing if n.endswith(SUFFIX))
+        for n in listing:  # a writer that died between creating and naming its segment: nothing in it
+            if n.endswith(SUFFIX + ".new") and n[:20].isdigit() and \
+                    time.time_ns() - int(n[:20]) > NEW_GRACE_NS and self._writer_gone(self.dir / n):
+                try:
+                    os.unlink(self.dir / n)
+                except FileNotFoundError:
+                    pass
         for name in names:
             if want <= 0:
                 break
