@@ -266,6 +266,9 @@ class SpoolingStore(RawStore):
     def list(self, prefix: str = "") -> Iterator[str]:
         return self.local.list(prefix)
 
+    def delete(self, key: str) -> None:  # housekeeping of non-ping objects: the folder's own
+        self.local.delete(key)
+
 
 # --- loader side ----------------------------------------------------------------------------
 
@@ -320,6 +323,9 @@ class SpoolReader(RawStore):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         return self.local.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.local.delete(key)
 
     def pending(self, limit: int) -> list[tuple[str, str]]:
         with self.lock:
