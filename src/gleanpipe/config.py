@@ -102,9 +102,9 @@ class Config:
     max_header_bytes: int
     load_batch: int
     load_interval_ms: int
-    spool: bool = True
-    spool_segment_bytes: int = 16 * MIB
-    spool_segment_seconds: int = 30
+    spool: bool
+    spool_segment_bytes: int
+    spool_segment_seconds: int
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":
