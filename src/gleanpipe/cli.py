@@ -206,7 +206,7 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
             info = wh.status()
         finally:
             wh.close()
-        info["pending"] = len(_store(config).pending(1_000_000))
+        info["pending"] = len(_store(config).pending(1_000_000)) + _spooled(config)
     rejected: dict[str, int] = {}
     for key in _store(config).list(ERROR_PREFIX):
         parts = key.split("/")
@@ -472,6 +472,15 @@ def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
         close()
     click.echo(f"wrote {counts['files']} files to {out}: {counts['apps']} apps, {counts['pings']} pings, "
                f"{counts['metrics']} metrics; open {out / 'index.html'}")
+
+def _spooled(config: Config) -> int:
+    """Pings in serve's write-ahead spool (storage/spool.py), loaded when serve starts."""
+    from .storage.local import LocalStore
+    from .storage.spool import spooled_records
+
+    store = _store(config)
+    return spooled_records(store) if isinstance(store, LocalStore) else 0
+
 
 if __name__ == "__main__":
     main()

@@ -35,7 +35,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_HOST", "127.0.0.1", "Address `serve` listens on (0.0.0.0 to accept other hosts)."),
         Setting("GLEANPIPE_PORT", "8080", "Port `serve` listens on for /submit."),
         Setting("GLEANPIPE_WORKERS", "2", "HTTP worker processes `serve` starts for submit."),
-        Setting("GLEANPIPE_THREADS", "4", "Threads per HTTP worker."),
+        Setting("GLEANPIPE_THREADS", "8", "Threads per HTTP worker (more threads share more of each spool fdatasync)."),
         Setting("GLEANPIPE_MAX_WIRE_BYTES", str(1 * MIB), "Largest request body accepted as sent (413 above)."),
         Setting(
             "GLEANPIPE_MAX_PAYLOAD_BYTES",
@@ -88,6 +88,14 @@ SETTINGS: dict[str, Setting] = {
                 "A BigQuery deletion is final only when its DELETE ran this long after the request was recorded "
                 "(late pings loaded by instances that had not re-read the deleted clients yet)."),
         Setting("GLEANPIPE_DICTIONARY", "on", "Serve the data dictionary at /dictionary on the submit port (on/off)."),
+        Setting(
+            "GLEANPIPE_SPOOL",
+            "on",
+            "`serve` only: `on` = HTTP workers append accepted pings to a write-ahead spool, one shared "
+            "fdatasync per batch, and serve turns them into objects; `off` = one fsynced object per ping.",
+        ),
+        Setting("GLEANPIPE_SPOOL_SEGMENT_BYTES", str(16 * MIB), "A worker starts a new spool file after this many bytes."),
+        Setting("GLEANPIPE_SPOOL_SEGMENT_SECONDS", "30", "A worker starts a new spool file after this many seconds."),
     )
 }
 
@@ -137,6 +145,9 @@ class Config:
     debug_max_pings: int
     debug_retention_hours: int
     explore_port: int
+    spool: bool
+    spool_segment_bytes: int
+    spool_segment_seconds: int
     dictionary: bool = True
 
     @classmethod
@@ -164,6 +175,9 @@ class Config:
             debug_retention_hours=_int("GLEANPIPE_DEBUG_RETENTION_HOURS", environ),
             explore_port=_int("GLEANPIPE_EXPLORE_PORT", environ),
             dictionary=_bool("GLEANPIPE_DICTIONARY", environ),
+            spool=_bool("GLEANPIPE_SPOOL", environ),
+            spool_segment_bytes=_int("GLEANPIPE_SPOOL_SEGMENT_BYTES", environ),
+            spool_segment_seconds=_int("GLEANPIPE_SPOOL_SEGMENT_SECONDS", environ),
         )
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

@@ -1,8 +1,10 @@
 """`gleanpipe serve`: the whole pipeline on one machine.
 
 One process owns the DuckDB file and runs:
-- the submit edge: gunicorn (``gleanpipe.wsgi:app``, GLEANPIPE_WORKERS processes x
-  GLEANPIPE_THREADS threads) as a child process;
+- the submit edge: gunicorn (``gleanpipe.wsgi:spool_app``, GLEANPIPE_WORKERS processes x
+  GLEANPIPE_THREADS threads) as a child process; with GLEANPIPE_SPOOL=on (default) the
+  workers append pings to a write-ahead spool that the loader thread turns into objects
+  (storage/spool.py), with =off they write one fsynced object each (``wsgi:app``);
 - the in-process trigger: a loader thread that drains the store's inbox (objects stored
   but not yet loaded) every GLEANPIPE_LOAD_INTERVAL_MS, at-least-once; what was stored
   before a crash or stop is loaded on the next start;
@@ -26,6 +28,8 @@ from .admin import STATE_FILE, AdminServer, write_state
 from .config import Config
 from .load import Loader
 from .storage import RawStore, open_store
+from .storage.local import LocalStore
+from .storage.spool import SpoolReader
 from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 
 log = logging.getLogger("gleanpipe.serve")
@@ -69,8 +73,9 @@ class LoaderThread(threading.Thread):
         backoff = self.interval
         while not self.stopping.is_set():
             try:
-                if not self.step():
-                    self.stopping.wait(self.interval)
+                started = time.monotonic()
+                if self.step() < self.batch:  # caught up: let the next batch fill for one interval
+                    self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
                 backoff = self.interval
             except Exception as exc:  # transient (locked, disk): keep the inbox, retry later
                 log.warning("load failed, will retry: %s", exc)
@@ -103,6 +108,8 @@ class LocalPipeline:
             raise RuntimeError(f"serve loads in-process from a file:// store only, not {config.store_url}: with a cloud "
                                "store run the load function (gs://) or `gleanpipe worker` (s3://)")
         self.store = open_store(config.store_url)
+        if config.spool and isinstance(self.store, LocalStore):
+            self.store = SpoolReader(self.store)  # drains the HTTP workers' spool (storage/spool.py)
         try:
             self.warehouse: Warehouse = open_warehouse(config.warehouse_url)
         except WarehouseUnavailable as exc:
@@ -123,6 +130,9 @@ class LocalPipeline:
         return out
 
     def load_keys(self, keys: list[str]) -> dict:
+        if isinstance(self.store, SpoolReader):  # not while the spool is writing objects in place
+            with self.store.lock:
+                return self.loader.load_keys(keys).as_dict()
         return self.loader.load_keys(keys).as_dict()
 
     def add_app(self, body: dict) -> dict:
@@ -137,10 +147,12 @@ class LocalPipeline:
         self.admin.start()
         env = {**os.environ, "GLEANPIPE_STORE_URL": cfg.store_url, "GLEANPIPE_DATA_DIR": str(cfg.data_dir)}
         for name, value in asdict(cfg).items():
-            if name.startswith("max_"):
+            if name.startswith(("max_", "spool_")):
                 env[f"GLEANPIPE_{name.upper()}"] = str(value)
+        env["GLEANPIPE_SPOOL"] = "on" if cfg.spool else "off"
+        app = "gleanpipe.wsgi:spool_app" if isinstance(self.store, SpoolReader) else "gleanpipe.wsgi:app"
         cmd = [
-            sys.executable, "-m", "gunicorn", "gleanpipe.wsgi:app",
+            sys.executable, "-m", "gunicorn", app,
             "--bind", f"{cfg.host}:{cfg.port}", "--workers", str(cfg.workers), "--threads", str(cfg.threads),
             "--worker-class", "gthread", "--log-level", "warning", "--keep-alive", "5",
             "--graceful-timeout", "10", "--timeout", "60",

@@ -93,13 +93,19 @@ class LocalStore(RawStore):
         self.url = f"file://{self.root}"
         self.inbox = self.root / INBOX
         self.tmp = self.root / TMP
-        self._inbox, self._tmp = str(self.inbox), str(self.tmp)
+        self._inbox, self._tmp, self._root = str(self.inbox), str(self.tmp), str(self.root)
         self._dirs: set[str] = set()  # directories known to exist (and be durable)
         try:
             for d in (self.root, self.inbox, self.tmp):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create store folder {self.root}: {exc}") from exc
+
+    def key_path(self, key: str) -> str:
+        """The file name of ``key`` as a string (the edge's fast path); ValueError if unsafe."""
+        if not KEY_RE.fullmatch(key) or any(p in (".", "..") or p.startswith(".") for p in key.split("/")):
+            raise ValueError(f"unsafe object key: {key!r}")
+        return f"{self._root}/{key}"
 
     def _path(self, key: str) -> Path:
         if not KEY_RE.fullmatch(key) or any(p in (".", "..") or p.startswith(".") for p in key.split("/")):
@@ -145,6 +151,57 @@ class LocalStore(RawStore):
             raise StoreError(f"cannot write {key}: {exc.strerror or exc}") from exc
         finally:
             self._drop(tmp)
+
+    def put_unsynced(self, key: str, data: bytes) -> bool:
+        """Create-only like put_new, but no fsync, no temp file and no inbox receipt: for
+        objects whose durable copy is elsewhere (serve's spool, see spool.py) and that are
+        made durable later in bulk. The file is created with O_EXCL (create-only) and written
+        in place, so a reader on another thread could see it half-written for a moment;
+        serve's only such reader (a replay through the admin API) takes the spool's lock."""
+        path = self._path(key)
+        self._ensure_dir(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:  # its folder was removed since we saw it
+            self._dirs.discard(str(path.parent))
+            self._ensure_dir(path.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            self._drop(str(path))  # never leave a cut object behind: create-only would keep it
+            raise
+        os.close(fd)
+        return True
+
+    def replace_unsynced(self, key: str, data: bytes) -> None:
+        """Atomically put ``data`` under ``key`` even if something is there (repair after a crash)."""
+        path = self._path(key)
+        tmp = self._write_tmp(data)
+        try:
+            self._ensure_dir(path.parent)
+            os.replace(tmp, path)
+        finally:
+            self._drop(tmp)
+
+    def _write_tmp(self, data: bytes) -> str:
+        tmp = os.path.join(self._tmp, uuid.uuid4().hex)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            self._drop(tmp)
+            raise
+        os.close(fd)
+        return tmp
 
     def _link(self, tmp: str, path: Path) -> None:
         try:

@@ -1,0 +1,414 @@
+"""The write-ahead spool of `gleanpipe serve` (storage/spool.py): real files, real processes."""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, gz, make_ping, submit_path
+from gleanpipe import rawobject
+from gleanpipe.config import Config
+from gleanpipe.http_edge import SubmitHandler
+from gleanpipe.load import Loader
+from gleanpipe.naming import DocumentPath
+from gleanpipe.serve import LoaderThread
+from gleanpipe.storage import StoreError
+from gleanpipe.storage.local import LocalStore
+from gleanpipe.storage.spool import (SPOOL, SpoolingStore, SpoolReader, SpoolWriter, decode_records,
+                                     encode_record)
+
+CLIENT = "5a4e6c2b-3f7d-4d8e-9a1b-0c2d3e4f5a6b"
+
+
+def raw(doc_id: str | None = None, seq: int = 0, doc_type: str = "baseline") -> tuple[str, bytes]:
+    """(key, object bytes) of a ping as the edge would store it."""
+    path = DocumentPath(APP, doc_type, "1", doc_id or str(uuid.uuid4()))
+    meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": APP,
+            "doc_type": doc_type, "version": "1", "document_id": path.document_id, "key": path.key}
+    return path.key, rawobject.encode(meta, orjson.dumps(make_ping(CLIENT, seq=seq)))
+
+
+def segments(store: LocalStore) -> list[Path]:
+    return sorted((store.root / SPOOL).glob("*.seg"))
+
+
+def test_records_round_trip_and_a_damaged_record_is_not_read():
+    recs = [encode_record(f"raw/k{i}.json", bytes([i]) * (i * 100)) for i in range(3)]
+    buf = b"".join(recs)
+    got = [(k, d) for _, _, k, d in decode_records(buf)]
+    assert got == [(f"raw/k{i}.json", bytes([i]) * (i * 100)) for i in range(3)]
+    flipped = bytearray(buf)
+    flipped[len(recs[0]) + 20] ^= 0xFF  # inside the second record's body: its crc no longer matches
+    assert [k for _, _, k, _ in decode_records(bytes(flipped))] == ["raw/k0.json"]
+    assert [k for _, _, k, _ in decode_records(buf[:-1])] == ["raw/k0.json", "raw/k1.json"]  # cut short
+
+
+def test_torn_tail_is_skipped_once_its_writer_is_gone(store, warehouse):
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
+    pings = [raw(seq=i) for i in range(3)]
+    for key, data in pings:
+        writer.append(key, data)
+    writer.close()
+    (seg,) = segments(store)
+    torn_key, torn_data = raw(seq=99)
+    torn = encode_record(torn_key, torn_data)[:-10]  # a crash in the middle of the 4th write
+    with open(seg, "ab") as f:
+        f.write(torn)
+    reader = SpoolReader(store)
+    thread = LoaderThread(reader, Loader(reader, warehouse), batch=100, interval_s=0.01)
+    assert thread.step() == 3
+    assert reader.stats["torn_bytes"] == len(torn)
+    assert sorted(warehouse.query(f"SELECT ping_info.seq FROM {DATASET}.baseline_v1 ORDER BY 1")[1]) == [(0,), (1,), (2,)]
+    assert [store.get(k) for k, _ in pings] == [d for _, d in pings]
+    assert not (store.root / torn_key).exists()
+    assert segments(store) == [] and reader.stats["segments_deleted"] == 1  # loaded, synced, deleted
+    assert reader.pending(10) == []
+
+
+def test_damage_in_the_middle_skips_only_the_damaged_record(store):
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
+    pings = [raw(seq=i) for i in range(3)]
+    for key, data in pings:
+        writer.append(key, data)
+    writer.close()
+    (seg,) = segments(store)
+    buf = bytearray(seg.read_bytes())
+    first_len = len(encode_record(*pings[0]))
+    buf[first_len + 30] ^= 0xFF
+    seg.write_bytes(bytes(buf))
+    reader = SpoolReader(store)
+    assert [k for _, k in reader.pending(10)] == [pings[0][0], pings[2][0]]
+    assert reader.stats["torn_bytes"] == len(encode_record(*pings[1]))
+
+
+def test_a_record_being_written_is_waited_for_not_skipped(store):
+    """While the writer holds its segment, a partial record at the end is not a torn tail."""
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
+    first, second = raw(seq=1), raw(seq=2)
+    writer.append(*first)
+    (seg,) = segments(store)
+    record = encode_record(*second)
+    with open(seg, "ab") as f:  # the first half of a write() another thread is doing
+        f.write(record[:25])
+    reader = SpoolReader(store)
+    assert [k for _, k in reader.pending(10)] == [first[0]]
+    assert reader.stats["torn_bytes"] == 0
+    with open(seg, "ab") as f:
+        f.write(record[25:])
+    assert [k for _, k in reader.pending(10)] == [first[0], second[0]]
+    reader.ack([r for r, _ in reader.pending(10)])
+    assert segments(store) == [seg]  # still held by its writer: kept
+    writer.close()
+    assert reader.pending(10) == []
+    reader.ack([])
+    assert segments(store) == []
+
+
+def test_concurrent_appends_each_return_after_an_fsync_that_covers_them(store, monkeypatch):
+    """32 threads x 40 pings. Each append must return only after an fdatasync that started
+    when the file already held its record. The real fdatasync runs; the wrapper only records
+    (file size at its start, order of completion)."""
+    writer = SpoolWriter(store.root / SPOOL, 64 << 20, 3600)
+    lock, clock, syncs, acks = threading.Lock(), [0], [], {}
+    real = os.fdatasync
+
+    def recording_fdatasync(fd):
+        size = os.fstat(fd).st_size
+        real(fd)
+        with lock:
+            clock[0] += 1
+            syncs.append((clock[0], size))
+
+    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+
+    def worker(n):
+        for i in range(40):
+            key, data = f"raw/t{n}-{i}.json", os.urandom(200 + n)
+            writer.append(key, data)
+            with lock:
+                acks[key] = (clock[0], data)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(32)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    (seg,) = segments(store)
+    buf = seg.read_bytes()
+    ends = {key: (end, data) for _, end, key, data in decode_records(buf)}
+    assert len(ends) == len(acks) == 32 * 40 and sum(1 for _ in decode_records(buf)) == 32 * 40
+    for key, (acked_at, data) in acks.items():
+        end, stored = ends[key]
+        assert stored == data
+        assert any(done <= acked_at and size >= end for done, size in syncs), key
+    assert writer.syncs == len(syncs) <= 32 * 40
+    writer.close()
+
+
+def test_a_failed_fdatasync_fails_the_request_and_a_new_segment_takes_the_next(store, monkeypatch):
+    """A mock: a disk error on fdatasync cannot be caused on demand here."""
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
+    real, calls = os.fdatasync, []
+
+    def failing_once(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing_once)
+    with pytest.raises(StoreError, match="Input/output error"):
+        writer.append(*raw(seq=1))
+    ok = raw(seq=2)
+    writer.append(*ok)
+    writer.close()
+    assert len(segments(store)) == 2  # the failed segment is never written to again
+    keys = [k for s in segments(store) for _, _, k, _ in decode_records(s.read_bytes())]
+    assert keys[-1] == ok[0]
+
+
+def test_edge_dedupe_answers_duplicate_without_spooling(config, store):
+    spooling = SpoolingStore(store, 1 << 20, 3600)
+    handler = SubmitHandler(config, spooling)
+    doc_id = str(uuid.uuid4())
+    body = gz(make_ping(CLIENT))
+    first = handler.handle("POST", submit_path("baseline", doc_id), {}, body)
+    again = handler.handle("POST", submit_path("baseline", doc_id), {}, body)
+    assert (first.status, first.headers["X-Gleanpipe-Stored"]) == (200, "new")
+    assert (again.status, again.headers["X-Gleanpipe-Stored"]) == (200, "duplicate")
+    reader = SpoolReader(store)
+    assert len(reader.pending(10)) == 1  # one record spooled
+    # once the object exists, any worker answers "duplicate" from the store itself
+    other_worker = SubmitHandler(config, SpoolingStore(store, 1 << 20, 3600))
+    assert other_worker.handle("POST", submit_path("baseline", doc_id), {}, body).headers["X-Gleanpipe-Stored"] == "duplicate"
+    # rejected pings are not spooled: they are written to errors/ directly, fsynced
+    bad = handler.handle("POST", submit_path("baseline"), {}, b"{not json")
+    assert bad.status == 400 and len(list(store.list("errors/"))) == 1
+    spooling.writer.close()
+
+
+def test_a_duplicate_inside_the_spool_window_gives_one_object_and_one_row(store, warehouse):
+    """Two workers take the same document id before either copy is materialised."""
+    doc_id = str(uuid.uuid4())
+    key, first = raw(doc_id, seq=1)
+    _, second = raw(doc_id, seq=2)
+    w1, w2 = SpoolingStore(store, 1 << 20, 3600), SpoolingStore(store, 1 << 20, 3600)
+    assert w1.put_new(key, first) is True
+    assert w2.put_new(key, second) is True  # that worker cannot know: both copies are spooled
+    w1.writer.close()
+    w2.writer.close()
+    reader = SpoolReader(store)
+    thread = LoaderThread(reader, Loader(reader, warehouse), batch=100, interval_s=0.01)
+    assert thread.step() == 2
+    assert store.get(key) == first  # first written wins, create-only
+    assert reader.stats == {**reader.stats, "materialised": 1, "duplicates": 1}
+    assert warehouse.query(f"SELECT document_id, ping_info.seq FROM {DATASET}.baseline_v1")[1] == [(doc_id, 1)]
+    assert segments(store) == []
+
+
+def test_replay_after_a_crash_repairs_an_object_that_was_linked_but_not_synced(store, warehouse):
+    key, data = raw(seq=5)
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
+    writer.append(key, data)
+    writer.close()
+    # what a crash before serve's syncfs can leave: the name linked, the bytes never written
+    (store.root / key).parent.mkdir(parents=True, exist_ok=True)
+    (store.root / key).write_bytes(b"")
+    time.sleep(0.001)
+    reader = SpoolReader(store)  # a new serve: segments older than it are replayed with checks
+    thread = LoaderThread(reader, Loader(reader, warehouse), batch=100, interval_s=0.01)
+    assert thread.step() == 1
+    assert store.get(key) == data and reader.stats["repaired"] == 1
+    assert warehouse.query(f"SELECT ping_info.seq FROM {DATASET}.baseline_v1")[1] == [(5,)]
+
+
+def test_spool_setting_is_checked():
+    assert Config.from_env(environ={}).spool is True
+    assert Config.from_env(environ={"GLEANPIPE_SPOOL": "off"}).spool is False
+    with pytest.raises(ValueError, match="GLEANPIPE_SPOOL must be on or off"):
+        Config.from_env(environ={"GLEANPIPE_SPOOL": "maybe"})
+    cfg = Config.from_env(environ={"GLEANPIPE_SPOOL_SEGMENT_BYTES": "4096", "GLEANPIPE_SPOOL_SEGMENT_SECONDS": "2"})
+    assert (cfg.spool_segment_bytes, cfg.spool_segment_seconds) == (4096, 2)
+    with pytest.raises(ValueError, match="GLEANPIPE_SPOOL_SEGMENT_BYTES must be positive"):
+        Config.from_env(environ={"GLEANPIPE_SPOOL_SEGMENT_BYTES": "0"})
+
+
+def test_segments_rotate_by_size_and_finished_ones_are_deleted(store):
+    writer = SpoolWriter(store.root / SPOOL, 3000, 3600)
+    pings = [raw(seq=i) for i in range(6)]  # about 1 KB each: a new segment every 3 records
+    for key, data in pings:
+        writer.append(key, data)
+    assert len(segments(store)) == 2
+    reader = SpoolReader(store)
+    got = reader.pending(100)
+    assert [k for _, k in got] == [k for k, _ in pings]
+    reader.ack([r for r, _ in got])
+    assert len(segments(store)) == 1  # the finished one is gone, the open one is kept
+    writer.close()
+    reader.pending(100)
+    reader.ack([])
+    assert segments(store) == []
+
+
+def test_segments_rotate_by_age_and_a_stale_unnamed_segment_is_removed(store):
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 1)
+    writer.append(*raw(seq=1))
+    time.sleep(1.05)
+    writer.append(*raw(seq=2))  # over GLEANPIPE_SPOOL_SEGMENT_SECONDS: a new segment
+    assert len(segments(store)) == 2
+    writer.close()
+    # what a crash between creating a segment and naming it leaves (never written to)
+    stale = store.root / SPOOL / f"{time.time_ns() - 120 * 10**9:020d}-1-deadbeef.seg.new"
+    fresh = store.root / SPOOL / f"{time.time_ns():020d}-1-cafef00d.seg.new"
+    stale.write_bytes(b"")
+    fresh.write_bytes(b"")
+    reader = SpoolReader(store)
+    reader.ack([r for r, _ in reader.pending(10)])
+    assert segments(store) == [] and not stale.exists() and fresh.exists()
+
+
+# --- real processes: kill -9 in the middle of the load ----------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc."""
+    parents = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += [c for c, pp in parents.items() if pp == p]
+    return out
+
+
+def _load(port: int, acked: list, stop: threading.Event, n_threads: int = 8) -> list[threading.Thread]:
+    """Threads that POST distinct pings until stop; each 200 goes into ``acked``."""
+
+    def run(t):
+        conn, i = None, 0
+        while not stop.is_set() and i < 5000:
+            doc_id = str(uuid.uuid4())
+            try:
+                conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("POST", submit_path("metrics", doc_id), gz(make_ping(CLIENT, seq=i)), SDK_HEADERS)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    acked.append(doc_id)
+            except (OSError, http.client.HTTPException):
+                if conn:
+                    conn.close()
+                conn = None
+                time.sleep(0.01)
+            i += 1
+
+    threads = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(n_threads)]
+    [t.start() for t in threads]
+    return threads
+
+
+def _wait_acks(acked: list, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(acked) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(acked) >= n, f"only {len(acked)} pings acknowledged"
+
+
+def _check_loaded_once(server: ServeProcess, acked: list) -> None:
+    sql = f"SELECT count(*) FROM {DATASET}.metrics_v1"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = server.try_query(f"SELECT document_id, count(*) FROM {DATASET}.metrics_v1 GROUP BY 1")
+        if rows is not None and set(acked) <= {r[0] for r in rows}:
+            break
+        time.sleep(0.1)
+    counts = dict(server.query(f"SELECT document_id, count(*) FROM {DATASET}.metrics_v1 GROUP BY 1")[1])
+    missing = [d for d in acked if d not in counts]
+    assert missing == [], f"{len(missing)} of {len(acked)} acknowledged pings not loaded"
+    assert set(counts.values()) == {1}, "a ping was loaded twice"
+    assert server.query(sql)[1][0][0] == len(counts)
+
+
+def test_kill_9_of_serve_and_gunicorn_mid_load_loses_no_acknowledged_ping(data_dir):
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir).start()
+    acked, stop = [], threading.Event()
+    threads = _load(server.port, acked, stop)
+    try:
+        _wait_acks(acked, 400)
+        for pid in _tree(server.proc.pid):  # the whole pipeline dies at once, mid-request
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        server.proc.wait()
+    finally:
+        stop.set()
+        [t.join(10) for t in threads]
+    assert list((data_dir / "store" / SPOOL).glob("*.seg")), "the crash left no spool segment to replay"
+    # every acknowledged ping is in a spool file the crash left behind (no file was finished yet)
+    status = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "status", "--json", "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, timeout=60, check=True)
+    spooled = {k for s in (data_dir / "store" / SPOOL).glob("*.seg") for _, _, k, _ in decode_records(s.read_bytes())}
+    assert {f"raw/{APP}/metrics/1/{d}.json" for d in acked} <= spooled
+    assert orjson.loads(status.stdout)["pending"] == len(spooled)
+    restarted = ServeProcess(data_dir).start()  # replays the spool left by the crash
+    try:
+        _check_loaded_once(restarted, acked)
+        assert restarted.admin.status()["pending"] == 0
+    finally:
+        assert restarted.stop() == 0
+    assert sorted(p.name for p in (data_dir / "store" / SPOOL).iterdir()) == []  # all replayed and deleted
+    server.log.close()
+
+
+def test_kill_9_of_the_http_workers_mid_load_loses_no_acknowledged_ping(data_dir):
+    """gunicorn restarts killed workers; serve keeps running and finishes their segments."""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir).start()
+    acked, stop = [], threading.Event()
+    threads = _load(server.port, acked, stop)
+    try:
+        _wait_acks(acked, 300)
+        (master,) = [p for p in _tree(server.proc.pid) if p != server.proc.pid and
+                     server.proc.pid == int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])]
+        for pid in _tree(master)[1:]:
+            os.kill(pid, signal.SIGKILL)
+        n = len(acked)
+        _wait_acks(acked, n + 300)  # the new workers take pings again
+    finally:
+        stop.set()
+        [t.join(10) for t in threads]
+    try:
+        _check_loaded_once(server, acked)
+    finally:
+        assert server.stop() == 0
+
+
+def test_serve_with_the_spool_off_writes_one_object_per_ping(data_dir):
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "off"}).start()
+    try:
+        doc_id = str(uuid.uuid4())
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("POST", submit_path("metrics", doc_id), gz(make_ping(CLIENT, seq=3)), SDK_HEADERS)
+        assert conn.getresponse().status == 200
+        assert (data_dir / "store" / f"raw/{APP}/metrics/1/{doc_id}.json").exists()  # before any load
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 1) == 1
+        assert list((data_dir / "store" / SPOOL).glob("*.seg")) == []
+    finally:
+        assert server.stop() == 0
