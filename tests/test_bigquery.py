@@ -395,3 +395,30 @@ def test_error_rows_still_in_the_streaming_buffer_stay_until_they_can_go(store, 
     Loader(store, bq).load_keys([path.key])
     assert bq.query("SELECT count(*) FROM _gleanpipe.errors")[1] == [(0,)]
     assert bq.query(f"SELECT count(*) FROM {DATASET}.baseline")[1] == [(1,)]
+
+
+def test_a_loader_allowed_only_on_its_datasets_uses_an_existing_one_and_names_a_missing_one(bq, store):
+    """A deployed loader has dataEditor on its datasets only (make deploy creates them) and no
+    bigquery.datasets.create. bqemulator has no IAM, so the refusal of a create is injected with
+    the error BigQuery gives (403); get_dataset and everything after it run on the emulator."""
+    from google.api_core.exceptions import Forbidden
+
+    real = bq.client.create_dataset
+    created = []
+
+    def create_dataset(ds, *args, **kwargs):
+        created.append(ds.dataset_id)
+        raise Forbidden(f"Access Denied: Project {bq.project}: User does not have bigquery.datasets.create permission")
+
+    real(f"{bq.project}._gleanpipe", exists_ok=True)  # make deploy creates it beside the configured apps
+    bq.client.create_dataset = create_dataset
+    with pytest.raises(WarehouseUnavailable, match="does not exist and this loader may not create it.*GLEANPIPE_DEPLOY_APPS"):
+        Loader(store, bq).load_keys([put_ping(store, make_ping(CLIENT_A))])
+    assert created == [DATASET]
+
+    real(f"{bq.project}.{DATASET}")  # what `make deploy` does for a configured app
+    created.clear()
+    result = Loader(store, bq).load_keys([put_ping(store, make_ping(CLIENT_B))])
+    assert (result.inserted, created) == (1, [])  # the dataset was found, never created
+    _, rows = bq.query(f"SELECT client_info.client_id FROM {DATASET}.baseline_v1")
+    assert rows == [(CLIENT_B,)]

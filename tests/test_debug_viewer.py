@@ -45,11 +45,27 @@ def get(url: str):
         return exc.code, exc.read(), dict(exc.headers)
 
 
-def api(server, path: str):
-    status, body, headers = get(f"{server.url}/debug/api/{path}")
-    assert status == 200, body
-    assert headers["Content-Type"] == "application/json"
-    return orjson.loads(body)
+def api(server, path: str, timeout: float = 10):
+    """The JSON at /debug/api/<path>, once no ping in it is pending (serve's spool acknowledges a
+    ping before its object is written; the object follows within moments)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body, headers = get(f"{server.url}/debug/api/{path}")
+        assert status == 200, body
+        assert headers["Content-Type"] == "application/json"
+        data = orjson.loads(body)
+        pings = data.get("pings", [data]) if isinstance(data, dict) else []
+        if not any(isinstance(p, dict) and p.get("pending") for p in pings) or time.monotonic() > deadline:
+            return data
+        time.sleep(0.05)
+
+
+def wait_for_object(path, timeout: float = 10) -> bool:
+    """serve acknowledges a ping once it is in the write-ahead spool; its object follows within moments."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path.exists()
 
 
 def send(server, doc, tag: str | None, doc_type: str = "metrics", document_id: str | None = None):
@@ -142,6 +158,7 @@ def test_ping_content_is_escaped(debug_serve):
     headers = {**SDK_HEADERS, "X-Debug-ID": "tag-xss", "Content-Encoding": "identity"}
     status, _, _ = post(debug_serve.url + submit_path("metrics"), b'<img src=x onerror="alert(1)">', headers)
     assert status == 400
+    api(debug_serve, "tags/tag-xss")  # until the accepted ping's object is written (serve's spool)
     status, page, headers = get(f"{debug_serve.url}/debug/tag-xss")
     html = page.decode()
     assert status == 200
@@ -162,8 +179,8 @@ def test_invalid_tag_does_not_reject_the_ping(debug_serve):
     for tag in ("has space!", "x" * 21, "<b>bold</b>"):
         status, _, document_id = send(debug_serve, make_ping(), tag)
         assert status == 200  # stored like any other ping
-        assert (debug_serve.data_dir / "store" / "raw" / "org-example-toolbox" / "metrics" / "1"
-                / f"{document_id}.json").exists()
+        assert wait_for_object(debug_serve.data_dir / "store" / "raw" / "org-example-toolbox" / "metrics" / "1"
+                               / f"{document_id}.json")
     data = api(debug_serve, f"tags/{INVALID_GROUP}")
     assert [p["tag"] for p in data["pings"]] == ["<b>bold</b>", "x" * 21, "has space!"]
     assert all(p["tag_valid"] is False and p["status"] == "accepted" for p in data["pings"])

@@ -171,7 +171,7 @@ class DebugIndex:
         entry = self.entry(group, entry_id)
         if entry is None:
             return None
-        out = {**entry, "metadata": None, "ping": None, "body_text": None, "note": None}
+        out = {**entry, "metadata": None, "ping": None, "body_text": None, "note": None, "pending": False}
         key = entry.get("object_key")
         if not isinstance(key, str):
             out["note"] = "the request was refused before it was stored"
@@ -179,6 +179,9 @@ class DebugIndex:
         try:
             data = self.store.get(key)
         except ObjectMissing:
+            # serve answers 200 once a ping is in its write-ahead spool; the object follows within
+            # moments (storage/spool.py). The page asks again for entries marked pending.
+            out["pending"] = entry.get("status") != "rejected"
             out["note"] = f"{key} is not in the store (yet)"
             return out
         except (StoreError, ValueError) as exc:

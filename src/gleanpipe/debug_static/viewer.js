@@ -64,7 +64,7 @@
   }
 
   function renderPing(p) {
-    var li = el("li", null, "ping " + String(p.status) + " fresh");
+    var li = el("li", null, "ping " + String(p.status) + " fresh" + (p.pending ? " pending" : ""));
     li.setAttribute("data-id", p.id);
     var head = el("div", null, "head");
     head.appendChild(el("span", String(p.status) + " " + (p.http_status || ""), "status"));
@@ -91,7 +91,7 @@
   }
 
   function newestId(list) {
-    var first = list.querySelector("li.ping");
+    var first = list.querySelector("li.ping:not(.pending)");  // pending ones are asked for again
     return first ? first.getAttribute("data-id") : "";
   }
 
@@ -104,7 +104,12 @@
     });
     // data.pings is newest first: insert from the oldest so the newest ends on top
     data.pings.slice().reverse().forEach(function (p) {
-      if (list.querySelector('li.ping[data-id="' + String(p.id).replace(/[^0-9a-f-]/g, "") + '"]')) { return; }
+      var have = list.querySelector('li.ping[data-id="' + String(p.id).replace(/[^0-9a-f-]/g, "") + '"]');
+      if (have && have.classList.contains("pending") && !p.pending) {
+        list.replaceChild(renderPing(p), have);  // its object is written now: show the ping
+        return;
+      }
+      if (have) { return; }
       list.insertBefore(renderPing(p), list.firstChild);
     });
     document.getElementById("empty").hidden = data.ids.length > 0;

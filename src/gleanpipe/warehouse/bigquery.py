@@ -212,11 +212,22 @@ class BigQueryWarehouse(Warehouse):
     def _ensure_dataset(self, dataset: str) -> None:
         if dataset in self._datasets:
             return
+        from google.api_core import exceptions as gexc
         from google.cloud import bigquery
 
-        ds = bigquery.Dataset(f"{self.project}.{dataset}")
-        ds.location = self.location
-        self.client.create_dataset(ds, exists_ok=True, retry=self.retry, timeout=self.retry_s)
+        # Look before creating: a deployed loader has dataEditor on its datasets only (make deploy
+        # creates them), and BigQuery refuses a create from it (403) even when the dataset exists.
+        try:
+            self.client.get_dataset(f"{self.project}.{dataset}", retry=self.retry, timeout=self.retry_s)
+        except gexc.NotFound:
+            ds = bigquery.Dataset(f"{self.project}.{dataset}")
+            ds.location = self.location
+            try:
+                self.client.create_dataset(ds, exists_ok=True, retry=self.retry, timeout=self.retry_s)
+            except gexc.Forbidden as exc:
+                raise WarehouseUnavailable(
+                    f"BigQuery dataset {dataset} does not exist and this loader may not create it ({exc.message}); "
+                    "add the app to GLEANPIPE_DEPLOY_APPS and run `make deploy` again") from exc
         self._datasets.add(dataset)
 
     def _ensure_table(self, dataset: str, table: str, schema: list[dict], *, partition: str | None,
