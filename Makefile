@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean bqemu deploy undeploy chromium
+.PHONY: run test bench clean bqemu deploy undeploy chromium emulate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ chromium:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium is not installed: the browser tests will be skipped"
+
+## emulate: the Google Cloud shape on this machine (fake GCS -> Pub/Sub push -> load -> bqemulator); Ctrl-C stops it
+emulate: $(STAMP) $(BQEMU_STAMP)
+	$(VENV)/bin/gleanpipe emulate
 
 ## bench: throughput and latency figures (see BENCHMARKS.md)
 bench: $(STAMP)

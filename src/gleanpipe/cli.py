@@ -149,6 +149,15 @@ def _store(config: Config):
         raise click.ClickException(str(exc)) from None
 
 
+def _spooled(config: Config) -> int:
+    """Pings in serve's write-ahead spool (storage/spool.py), loaded when serve starts."""
+    from .storage.local import LocalStore
+    from .storage.spool import spooled_records
+
+    store = _store(config)
+    return spooled_records(store) if isinstance(store, LocalStore) else 0
+
+
 @main.command()
 @DATA_DIR
 @STORE
@@ -472,15 +481,6 @@ def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
         close()
     click.echo(f"wrote {counts['files']} files to {out}: {counts['apps']} apps, {counts['pings']} pings, "
                f"{counts['metrics']} metrics; open {out / 'index.html'}")
-
-def _spooled(config: Config) -> int:
-    """Pings in serve's write-ahead spool (storage/spool.py), loaded when serve starts."""
-    from .storage.local import LocalStore
-    from .storage.spool import spooled_records
-
-    store = _store(config)
-    return spooled_records(store) if isinstance(store, LocalStore) else 0
-
 
 @main.command()
 @click.option("--port", envvar="GLEANPIPE_PORT", type=int, default=int(SETTINGS["GLEANPIPE_PORT"].default),

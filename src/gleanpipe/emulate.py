@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +69,7 @@ class Process:
     argv: list[str]
     port: int
     log_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] | None = None  # the whole environment of the process (None: this one's)
     ready_path: str = "/"
     cwd: Path | None = None
     popen: subprocess.Popen | None = None
@@ -87,7 +87,7 @@ class Process:
         with open(self.log_path, "ab") as log:  # a file, not a pipe: a full pipe blocks the server
             self.popen = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env}, cwd=self.cwd, start_new_session=True,
+                env=self.env, cwd=self.cwd, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -101,19 +101,37 @@ class Process:
         self.stop()
         raise EmulatorError(f"{self.name} did not answer on {self.url} within {timeout:.0f}s; see {self.log_path}")
 
-    def stop(self) -> None:
-        if self.popen is None or self.popen.poll() is not None:
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the process group, SIGKILL after ``timeout``; returns once the group is gone
+        (the Pub/Sub emulator's JVM outlives its gcloud launcher by a moment)."""
+        if self.popen is None:
             return
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                os.killpg(self.popen.pid, sig)
+                os.killpg(self.popen.pid, 0)
             except ProcessLookupError:
-                return
-            try:
-                self.popen.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+                break
+            if time.monotonic() > deadline:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                deadline = time.monotonic() + timeout
+            self.popen.poll()  # reap the leader so the group can disappear
+            time.sleep(0.1)
+        self.popen.wait()
+
+
+def environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment without GLEANPIPE_* (the stack says what its processes use)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    env.update(extra)
+    return env
 
 
 # --- locating the tools -------------------------------------------------------------------
@@ -143,34 +161,46 @@ def gcloud_binary() -> str:
 # --- the processes ------------------------------------------------------------------------
 
 
-def pubsub_emulator(log_dir: Path, port: int | None = None) -> Process:
+def pubsub_emulator(log_dir: Path, port: int | None = None, project: str = PROJECT) -> Process:
+    """The Pub/Sub emulator, with its own gcloud config and data folders under ``log_dir``."""
     port = port or free_port()
+    if not shutil.which("java"):
+        raise EmulatorError("the Pub/Sub emulator needs Java, which is not on PATH")
+    data_dir = Path(log_dir) / "pubsub-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
     argv = [gcloud_binary(), "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
-            f"--project={PROJECT}", "--quiet"]
-    return Process("pubsub", argv, port, log_dir)
+            f"--project={project}", f"--data-dir={data_dir}", "--quiet"]
+    env = environment({"CLOUDSDK_CONFIG": str(Path(log_dir) / "gcloud-config"),  # never the user's ~/.config
+                       "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"})
+    return Process("pubsub", argv, port, Path(log_dir), env=env)
 
 
-def fake_gcs(log_dir: Path, port: int | None = None, *, pubsub: Process | None = None) -> Process:
-    """In-memory fake-gcs-server; with ``pubsub`` it publishes finalize events of the raw bucket."""
+def fake_gcs(log_dir: Path, port: int | None = None, *, pubsub_host: str | None = None, project: str = PROJECT,
+             topic: str = TOPIC, object_prefix: str | None = None) -> Process:
+    """In-memory fake-gcs-server; with ``pubsub_host`` it publishes finalize events to ``topic``."""
     port = port or free_port()
     argv = [str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
             "-port", str(port), "-log-level", "warn", "-public-host", f"127.0.0.1:{port}"]
     env = {}
-    if pubsub is not None:
-        argv += ["-event.pubsub-project-id", PROJECT, "-event.pubsub-topic", TOPIC, "-event.list", "finalize"]
-        env["PUBSUB_EMULATOR_HOST"] = f"127.0.0.1:{pubsub.port}"
-    return Process("gcs", argv, port, log_dir, env=env, ready_path="/storage/v1/b")
+    if pubsub_host is not None:
+        argv += ["-event.pubsub-project-id", project, "-event.pubsub-topic", topic, "-event.list", "finalize"]
+        if object_prefix:
+            argv += ["-event.object-prefix", object_prefix]
+        env["PUBSUB_EMULATOR_HOST"] = pubsub_host
+    return Process("gcs", argv, port, Path(log_dir), env=environment(env), ready_path="/storage/v1/b")
 
 
-def function(target: str, log_dir: Path, env: dict[str, str], port: int | None = None) -> Process:
+def function(target: str, log_dir: Path, env: dict[str, str], port: int | None = None,
+             signature_type: str | None = None) -> Process:
     """``functions-framework --target=<target>`` serving functions/main.py, as Cloud Functions does."""
     port = port or free_port()
     ff = Path(sys.executable).with_name("functions-framework")
     argv = [str(ff), f"--target={target}", "--source", str(ROOT / "functions" / "main.py"),
             "--host", "127.0.0.1", "--port", str(port)]
-    if target == "load":
-        argv += ["--signature-type", "cloudevent"]
-    return Process(target, argv, port, log_dir, env={"WORKERS": "1", "THREADS": "4", **env}, cwd=ROOT)
+    if signature_type:
+        argv += ["--signature-type", signature_type]
+    return Process(target, argv, port, Path(log_dir), env=environment({"WORKERS": "1", "THREADS": "4", **env}),
+                   cwd=Path(log_dir))
 
 
 # --- wiring -------------------------------------------------------------------------------
@@ -216,7 +246,8 @@ def bqemulator(log_dir: Path, port: int | None = None, project: str = PROJECT) -
     argv = [str(bqemulator_binary()), "start", "--rest-host", "127.0.0.1", "--rest-port", str(port),
             "--grpc-host", "127.0.0.1", "--grpc-port", str(free_port()), "--ephemeral",
             "--project", project, "--log-level", "warning"]
-    return Process("bigquery", argv, port, log_dir, ready_path=f"/bigquery/v2/projects/{project}/datasets")
+    return Process("bigquery", argv, port, Path(log_dir), env=environment({}),
+                   ready_path=f"/bigquery/v2/projects/{project}/datasets")
 
 
 class Stack:
@@ -235,7 +266,7 @@ class Stack:
     def start(self) -> "Stack":
         try:
             pubsub = self._start(pubsub_emulator(self.log_dir))
-            gcs = self._start(fake_gcs(self.log_dir, pubsub=pubsub))
+            gcs = self._start(fake_gcs(self.log_dir, pubsub_host=f"127.0.0.1:{pubsub.port}"))
             create_bucket(gcs)
             bq = self._start(bqemulator(self.log_dir))
             self.env = {
@@ -245,7 +276,7 @@ class Stack:
                 "GLEANPIPE_BIGQUERY_ENDPOINT": bq.url,
                 "GOOGLE_CLOUD_PROJECT": PROJECT,
             }
-            load = self._start(function("load", self.log_dir, self.env))
+            load = self._start(function("load", self.log_dir, self.env, signature_type="cloudevent"))
             wire_push(pubsub, load.url + "/")
             self.submit = self._start(function("submit", self.log_dir, self.env, port=self.submit_port))
         except BaseException:
