@@ -29,6 +29,13 @@ TMP = ".tmp"
 _SEP = "+"  # never in a key, so "<receipt-stamp>+<key with / as :>" splits cleanly
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may take fewer bytes than it was given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _fsync_dir(path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -129,9 +136,7 @@ class LocalStore(RawStore):
             self._ensure_dir(path.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -169,9 +174,7 @@ class LocalStore(RawStore):
             self._ensure_dir(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         except BaseException:
             os.close(fd)
             self._drop(str(path))  # never leave a cut object behind: create-only would keep it
@@ -193,9 +196,7 @@ class LocalStore(RawStore):
         tmp = os.path.join(self._tmp, uuid.uuid4().hex)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         except BaseException:
             os.close(fd)
             self._drop(tmp)
