@@ -304,6 +304,15 @@ def test_deletions_schedule_setting():
     assert load_settings(ENV).deletions_schedule == "*/30 * * * *"
 
 
+def test_deletions_schedule_from_the_example_settings_file(tmp_path):
+    example = (ROOT / "infra" / "deploy.env.example").read_text()
+    assert "# GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE=*/30 * * * *\n" in example
+    path = tmp_path / "deploy.env"
+    path.write_text(example.replace("# GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE=*/30 * * * *",
+                                    "GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE='0 */6 * * *'"))
+    assert load_settings({}, settings_file=str(path)).deletions_schedule == "0 */6 * * *"
+
+
 @pytest.mark.parametrize("schedule, why", [
     ("every 30 minutes", "5 fields expected (minute hour day-of-month month day-of-week), got 3"),
     ("@hourly", "5 fields expected (minute hour day-of-month month day-of-week), got 1"),
