@@ -2,6 +2,7 @@
 
     functions-framework --source functions/main.py --target=submit
     functions-framework --source functions/main.py --target=load --signature-type=cloudevent
+    functions-framework --source functions/main.py --target=deletions   (POST: retry pending deletions)
 """
 
 import functions_framework
@@ -17,3 +18,8 @@ def submit(request):
 @functions_framework.cloud_event
 def load(cloud_event):
     gleanpipe_functions.load(cloud_event)
+
+
+@functions_framework.http
+def deletions(request):
+    return gleanpipe_functions.deletions(request)

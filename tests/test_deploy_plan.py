@@ -22,7 +22,7 @@ ENV = {
     "GLEANPIPE_DEPLOY_REGION": "europe-west1",
     "GLEANPIPE_DEPLOY_APPS": "org.example.toolbox, org-example-other",
 }
-SA = {role: f"gleanpipe-{role}@{PROJECT}.iam.gserviceaccount.com" for role in ("submit", "load", "trigger")}
+SA = {role: f"gleanpipe-{role}@{PROJECT}.iam.gserviceaccount.com" for role in ("submit", "load", "trigger", "cron")}
 GCS_AGENT = "serviceAccount:${GCS_SERVICE_AGENT}"
 
 
@@ -55,16 +55,19 @@ def env_of(argv):
 
 def test_plan_creates_exactly_these_resources():
     plan = make_plan()
-    assert commands(plan, "gcloud", "services", "enable")[0][3:13] == [
+    assert commands(plan, "gcloud", "services", "enable")[0][3:14] == [
         "cloudfunctions.googleapis.com", "run.googleapis.com", "cloudbuild.googleapis.com",
         "artifactregistry.googleapis.com", "eventarc.googleapis.com", "pubsub.googleapis.com",
-        "storage.googleapis.com", "bigquery.googleapis.com", "iam.googleapis.com", "logging.googleapis.com"]
+        "storage.googleapis.com", "bigquery.googleapis.com", "iam.googleapis.com", "logging.googleapis.com",
+        "cloudscheduler.googleapis.com"]
     assert [a[4] for a in commands(plan, "gcloud", "iam", "service-accounts", "create")] == [
-        "gleanpipe-submit", "gleanpipe-load", "gleanpipe-trigger"]
+        "gleanpipe-submit", "gleanpipe-load", "gleanpipe-trigger", "gleanpipe-cron"]
     assert [a[4] for a in commands(plan, "gcloud", "storage", "buckets", "create")] == [f"gs://{BUCKET}"]
     assert [a[-1] for a in commands(plan, "bq") if "mk" in a] == [
         f"{PROJECT}:org_example_other", f"{PROJECT}:org_example_toolbox", f"{PROJECT}:_gleanpipe"]
-    assert [a[3] for a in commands(plan, "gcloud", "functions", "deploy")] == ["gleanpipe-submit", "gleanpipe-load"]
+    assert [a[3] for a in commands(plan, "gcloud", "functions", "deploy")] == [
+        "gleanpipe-submit", "gleanpipe-load", "gleanpipe-deletions"]
+    assert [a[5] for a in commands(plan, "gcloud", "scheduler", "jobs", "create", "http")] == ["gleanpipe-deletions"]
     # Nothing is ever deleted by a deploy.
     assert not [s for s in plan.steps if {"delete", "rm", "remove-iam-policy-binding"} & set(s.argv)]
 
@@ -107,6 +110,9 @@ def test_no_public_or_broad_member_anywhere_but_the_submit_invoker():
     public = [a for a in commands(plan, "gcloud", "functions", "deploy") if "--allow-unauthenticated" in a]
     assert [a[3] for a in public] == ["gleanpipe-submit"]
     assert "--no-allow-unauthenticated" in deploy_of(plan, "gleanpipe-load")
+    assert "--no-allow-unauthenticated" in deploy_of(plan, "gleanpipe-deletions")
+    assert not [g for g in plan.grants if g.member in ("allUsers", "allAuthenticatedUsers")
+                and g.resource != "gleanpipe-submit"]
 
 
 def test_project_level_roles_are_exactly_the_justified_ones():
@@ -121,8 +127,8 @@ def test_project_level_roles_are_exactly_the_justified_ones():
     # Each is documented with its reason, and the structured grants agree with the commands.
     assert {role for _, role, why in PROJECT_LEVEL_GRANTS if len(why) > 40} == {r for _, r in project_bindings}
     assert sorted((g.member, g.role) for g in plan.grants if g.scope == "project") == project_bindings
-    # The submit account gets nothing on the project.
-    assert not [b for b in project_bindings if SA["submit"] in b[0]]
+    # The submit and cron accounts get nothing on the project.
+    assert not [b for b in project_bindings if SA["submit"] in b[0] or SA["cron"] in b[0]]
 
 
 def test_bucket_grants_are_object_create_for_submit_and_object_read_for_load():
@@ -176,8 +182,8 @@ def test_load_is_triggered_by_the_raw_bucket_with_retries_as_the_trigger_account
         f"--trigger-event-filters=bucket={BUCKET}"]
     assert flag(load, "trigger-location") == "europe-west1"
     assert flag(load, "trigger-service-account") == SA["trigger"]
-    (invoker,) = commands(plan, "gcloud", "functions", "add-invoker-policy-binding")
-    assert invoker[3] == "gleanpipe-load" and flag(invoker, "member") == f"serviceAccount:{SA['trigger']}"
+    invokers = [(a[3], flag(a, "member")) for a in commands(plan, "gcloud", "functions", "add-invoker-policy-binding")]
+    assert [m for name, m in invokers if name == "gleanpipe-load"] == [f"serviceAccount:{SA['trigger']}"]
     # Grants the trigger depends on come before the deploy that creates it.
     titles = [s.title for s in plan.steps]
     load_at = titles.index("Deploy gleanpipe-load (storage trigger on gs://gp-test-123-gleanpipe-raw, retried)")
@@ -204,7 +210,7 @@ def test_every_creating_step_is_safe_to_run_again():
 
 def test_build_service_account_setting():
     plan = make_plan(GLEANPIPE_DEPLOY_BUILD_SERVICE_ACCOUNT=f"builder@{PROJECT}.iam.gserviceaccount.com")
-    for name in ("gleanpipe-submit", "gleanpipe-load"):
+    for name in ("gleanpipe-submit", "gleanpipe-load", "gleanpipe-deletions"):
         assert flag(deploy_of(plan, name), "build-service-account") == (
             f"projects/{PROJECT}/serviceAccounts/builder@{PROJECT}.iam.gserviceaccount.com")
 
@@ -212,13 +218,119 @@ def test_build_service_account_setting():
 def test_undeploy_keeps_data_and_removes_only_what_deploy_made():
     plan = undeploy_plan(load_settings(ENV))
     argvs = [list(s.argv) for s in plan.steps]
-    assert [a[:4] for a in argvs if a[1] == "functions"] == [["gcloud", "functions", "delete", "gleanpipe-load"],
+    assert argvs[0] == ["gcloud", "scheduler", "jobs", "delete", "gleanpipe-deletions", "--location=europe-west1",
+                        f"--project={PROJECT}", "--quiet"]  # first: nothing calls deletions while it goes
+    assert plan.steps[0].only_if[:5] == ("gcloud", "scheduler", "jobs", "describe", "gleanpipe-deletions")
+    assert [a[:4] for a in argvs if a[1] == "functions"] == [["gcloud", "functions", "delete", "gleanpipe-deletions"],
+                                                            ["gcloud", "functions", "delete", "gleanpipe-load"],
                                                             ["gcloud", "functions", "delete", "gleanpipe-submit"]]
     assert [a[4] for a in argvs if a[1:4] == ["iam", "service-accounts", "delete"]] == list(SA.values())
     removed = sorted(flag(a, "role") for a in argvs if "remove-iam-policy-binding" in a)
     assert removed == ["roles/bigquery.jobUser", "roles/eventarc.eventReceiver"]
     assert not [a for a in argvs if a[0] == "bq" or "buckets" in a or "rm" in a]
     assert f"gs://{BUCKET}" in plan.notes[0] and "_gleanpipe" in plan.notes[0]
+
+
+# --- deletions: the function and its schedule ------------------------------------------------
+
+def test_deletions_is_a_private_http_function_running_as_load():
+    plan = make_plan(GLEANPIPE_DEPLOY_LOAD_MEMORY="1Gi")
+    argv = deploy_of(plan, "gleanpipe-deletions")
+    assert flag(argv, "entry-point") == "deletions" and "--trigger-http" in argv
+    assert "--no-allow-unauthenticated" in argv and "--allow-unauthenticated" not in argv
+    assert "--retry" not in argv  # HTTP: the scheduler retries, not Eventarc
+    assert flag(argv, "service-account") == SA["load"]  # the same BigQuery rights as load, nothing new
+    assert env_of(argv) == {"GLEANPIPE_DATA_DIR": "/tmp/gleanpipe",
+                            "GLEANPIPE_WAREHOUSE_URL": f"bigquery://{PROJECT}/europe-west1"}  # no store
+    assert (flag(argv, "memory"), flag(argv, "max-instances"), flag(argv, "timeout")) == ("1Gi", "1", "1800s")
+    assert "--gen2" in argv and flag(argv, "region") == "europe-west1" and flag(argv, "runtime") == "python312"
+
+
+def test_only_the_cron_account_may_invoke_deletions_and_it_may_invoke_nothing_else():
+    plan = make_plan()
+    invokers = sorted((a[3], flag(a, "member"))
+                      for a in commands(plan, "gcloud", "functions", "add-invoker-policy-binding"))
+    assert invokers == [("gleanpipe-deletions", f"serviceAccount:{SA['cron']}"),
+                        ("gleanpipe-load", f"serviceAccount:{SA['trigger']}")]
+    # The cron account's only grant anywhere: invoker on the deletions function.
+    assert [(g.scope, g.resource, g.role) for g in plan.grants if g.member == f"serviceAccount:{SA['cron']}"] == [
+        ("function", "gleanpipe-deletions", "roles/run.invoker")]
+    everything = [a for s in plan.steps for a in s.argv]
+    # Where the cron account appears at all: its invoker grant, and the job's identity (create, update).
+    assert [a for a in everything if SA["cron"] in a] == [f"--member=serviceAccount:{SA['cron']}"] + [
+        f"--oidc-service-account-email={SA['cron']}"] * 2
+    # deletions adds no grant for the load account: the plan grants load exactly what it did before.
+    load = sorted((g.scope, g.resource, g.role) for g in plan.grants if g.member == f"serviceAccount:{SA['load']}")
+    assert load == sorted([("bucket", BUCKET, "roles/storage.objectViewer"),
+                           ("project", PROJECT, "roles/bigquery.jobUser")]
+                          + [("dataset", ds, "roles/bigquery.dataEditor")
+                             for ds in ("org_example_other", "org_example_toolbox", "_gleanpipe")])
+
+
+def test_the_scheduler_job_calls_the_deletions_url_with_an_oidc_token_of_the_cron_account():
+    plan = make_plan()
+    (create,) = commands(plan, "gcloud", "scheduler", "jobs", "create", "http")
+    (update,) = commands(plan, "gcloud", "scheduler", "jobs", "update", "http")
+    assert create[6:] == update[6:]  # the update re-applies exactly what the create sets
+    for argv in (create, update):
+        assert argv[5] == "gleanpipe-deletions"
+        assert flag(argv, "location") == "europe-west1" and flag(argv, "project") == PROJECT
+        assert flag(argv, "schedule") == "*/30 * * * *" and flag(argv, "time-zone") == "Etc/UTC"
+        assert flag(argv, "uri") == "${DELETIONS_URL}" and flag(argv, "oidc-token-audience") == "${DELETIONS_URL}"
+        assert flag(argv, "http-method") == "POST"
+        assert flag(argv, "oidc-service-account-email") == SA["cron"]
+        assert not [a for a in argv if a.startswith("--oauth")]  # OIDC (Cloud Run), not an OAuth access token
+        assert flag(argv, "attempt-deadline") == "1800s" and flag(argv, "max-retry-attempts") == "3"
+    # The URL is read from the deployed function before the job uses it.
+    titles = [s.title for s in plan.steps]
+    (read_at,) = [i for i, s in enumerate(plan.steps) if s.capture == "DELETIONS_URL"]
+    assert plan.steps[read_at].argv == ("gcloud", "functions", "describe", "gleanpipe-deletions",
+                                        "--region=europe-west1", f"--project={PROJECT}",
+                                        "--format=value(serviceConfig.uri)")
+    used_at = [i for i, s in enumerate(plan.steps) if any("${DELETIONS_URL}" in a for a in s.argv)]
+    assert used_at and min(used_at) > read_at
+    assert titles.index("Deploy gleanpipe-deletions (private HTTP, retries pending deletion requests)") < read_at
+    assert titles.index("cron: roles/run.invoker on gleanpipe-deletions") < min(used_at)
+    (step,) = [s for s in plan.steps if s.argv[:5] == ("gcloud", "scheduler", "jobs", "create", "http")]
+    assert step.skip_if == ("gcloud", "scheduler", "jobs", "describe", "gleanpipe-deletions",
+                            "--location=europe-west1", f"--project={PROJECT}", "--format=value(name)")
+    assert any("gcloud scheduler jobs run gleanpipe-deletions --location=europe-west1" in n for n in plan.notes)
+
+
+def test_deletions_schedule_setting():
+    plan = make_plan(GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE="  5   */2 * * MON-FRI ")
+    for argv in commands(plan, "gcloud", "scheduler", "jobs"):
+        assert flag(argv, "schedule") == "5 */2 * * MON-FRI"
+    assert load_settings(ENV).deletions_schedule == "*/30 * * * *"
+
+
+def test_deletions_schedule_from_the_example_settings_file(tmp_path):
+    example = (ROOT / "infra" / "deploy.env.example").read_text()
+    assert "# GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE=*/30 * * * *\n" in example
+    path = tmp_path / "deploy.env"
+    path.write_text(example.replace("# GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE=*/30 * * * *",
+                                    "GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE='0 */6 * * *'"))
+    assert load_settings({}, settings_file=str(path)).deletions_schedule == "0 */6 * * *"
+
+
+@pytest.mark.parametrize("schedule, why", [
+    ("every 30 minutes", "5 fields expected (minute hour day-of-month month day-of-week), got 3"),
+    ("@hourly", "5 fields expected (minute hour day-of-month month day-of-week), got 1"),
+    ("*/30 * * *", "5 fields expected (minute hour day-of-month month day-of-week), got 4"),
+    ("60 * * * *", "minute: 60 is outside 0-59"),
+    ("*/0 * * * *", "minute: step 0 must be between 1 and 59"),
+    ("0 20-4 * * *", "hour: range '20-4' runs backwards"),
+    ("0 0 0 * *", "day of month: 0 is outside 1-31"),
+    ("0 0 * FOO *", "month: 'FOO' is not a number or one of JAN, FEB, MAR, APR, MAY, JUN, JUL, AUG, SEP, OCT, "
+                    "NOV, DEC"),
+    ("0 0 * * 1;rm", "day of week: '1;rm' is not *, */N, A, A-B or A-B/N"),
+])
+def test_a_bad_deletions_schedule_is_a_clear_error(schedule, why):
+    with pytest.raises(DeploySettingsError) as exc:
+        load_settings({**ENV, "GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE": schedule})
+    (problem,) = exc.value.problems
+    assert problem == (f"GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE: {' '.join(schedule.split())!r} is not a unix-cron "
+                       f"schedule ({why}); for example '*/30 * * * *' (every 30 minutes) or '15 * * * *' (hourly)")
 
 
 # --- settings ----------------------------------------------------------------------------------
@@ -297,7 +409,7 @@ def test_settings_file_then_environment(tmp_path):
 def test_every_deploy_setting_is_in_the_readme_with_its_default():
     readme = (ROOT / "README.md").read_text()
     names = [n for n in SETTINGS if n.startswith("GLEANPIPE_DEPLOY_")]
-    assert len(names) == 17
+    assert len(names) == 18
     for name in names:
         default = SETTINGS[name].default
         rows = [line for line in readme.splitlines() if line.startswith(f"| `{name}` |")]

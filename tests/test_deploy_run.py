@@ -66,11 +66,16 @@ def test_make_deploy_dry_run_prints_every_command_and_calls_nothing(tmp_path, sp
     for number, step in enumerate(plan.steps, 1):
         assert f"{number:>3}. {step.title}\n     " in out
         assert f"     $ {step.render()}\n" in out
-    assert len(plan.steps) == 20
+    assert len(plan.steps) == 26
     for resource in ("bucket     gs://gp-test-123-gleanpipe-raw (uniform access, public access prevention enforced, "
                      "delete objects under gleanpipe/ after 90 days)",
                      "dataset    gp-test-123:org_example_toolbox", "dataset    gp-test-123:_gleanpipe",
-                     "account    gleanpipe-trigger@gp-test-123.iam.gserviceaccount.com"):
+                     "account    gleanpipe-trigger@gp-test-123.iam.gserviceaccount.com",
+                     "account    gleanpipe-cron@gp-test-123.iam.gserviceaccount.com",
+                     "function   gleanpipe-deletions: private HTTP, retries pending deletion requests, runs as "
+                     "gleanpipe-load@gp-test-123.iam.gserviceaccount.com",
+                     "job        gleanpipe-deletions: Cloud Scheduler, '*/30 * * * *' (UTC), calls gleanpipe-deletions "
+                     "as gleanpipe-cron@gp-test-123.iam.gserviceaccount.com"):
         assert resource in out
     assert '"age": 90' in out
     # The files the commands refer to were written locally.
@@ -95,6 +100,9 @@ def test_make_deploy_dry_run_with_a_settings_file_and_bad_settings(tmp_path, spi
     assert result.returncode == 0, result.stderr
     assert "$ gcloud functions delete gleanpipe-load --gen2 --region=us-central1 --project=from-file-42 --quiet" \
         in result.stdout
+    assert "  1. Delete Cloud Scheduler job gleanpipe-deletions\n" in result.stdout
+    assert "$ gcloud scheduler jobs delete gleanpipe-deletions --location=us-central1 --project=from-file-42 " \
+           "--quiet" in result.stdout
     assert "Kept, because they hold data: bucket gs://from-file-42-gleanpipe-raw" in result.stdout
     assert not log.exists()
 
@@ -262,7 +270,9 @@ def test_every_kind_of_command_in_the_plans_is_accepted_by_gcloud_and_bq(tmp_pat
             # `services enable` is left out: it resolves a host name before it looks for an account.
             if argv and argv[1] != "services":
                 kinds.setdefault(_shape(argv), [a.replace("${GCS_SERVICE_AGENT}", "service-1@gs-project-accounts."
-                                                          "iam.gserviceaccount.com") for a in argv])
+                                                          "iam.gserviceaccount.com")
+                                                .replace("${DELETIONS_URL}", "https://gleanpipe-deletions-x.a.run.app")
+                                                for a in argv])
     env = _no_account_env(tmp_path)
 
     def run(argv):
@@ -274,7 +284,7 @@ def test_every_kind_of_command_in_the_plans_is_accepted_by_gcloud_and_bq(tmp_pat
         results = list(pool.map(run, [control, *kinds.values()]))
     (_, bad), results = results[0], results[1:]
     assert bad.returncode == 2 and "unrecognized arguments: --trigger-bukket=b" in bad.stderr, bad.stderr
-    assert len(results) == 17
+    assert len(results) == 22
     for argv, result in results:
         # Exit 2 and "unrecognized arguments" / "Unknown command line flag" would mean a wrong flag.
         assert result.returncode == 1, (argv, result.stderr)

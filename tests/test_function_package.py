@@ -51,10 +51,11 @@ RUN_ALONE = textwrap.dedent('''
     loaded = load.post("/", json=event, headers={"Content-Type": "application/cloudevents+json"})
     import gleanpipe.functions
     gleanpipe.functions.loader().warehouse.close()
+    deletions = create_app("deletions", folder + "/main.py", "http").test_client().post("/")
     print(json.dumps({"gleanpipe": gleanpipe.__file__, "main": sys.modules["main"].__file__,
                       "deploy_importable": importlib.util.find_spec("gleanpipe.deploy") is not None,
                       "submit": resp.status_code, "bad": bad.status_code, "load": loaded.status_code,
-                      "doc_id": doc_id}))
+                      "deletions": [deletions.status_code, deletions.get_json()], "doc_id": doc_id}))
 ''')
 
 
@@ -113,6 +114,8 @@ def test_built_folder_imports_and_runs_alone(tmp_path):
     assert got["main"] == str(out / "main.py")
     assert got["deploy_importable"] is False  # proves the checkout's own package was not on the path
     assert (got["submit"], got["bad"], got["load"]) == (200, 400, 200)
+    assert got["deletions"] == [200, {"warehouse": f"duckdb://{tmp_path / 'warehouse.duckdb'}", "carried_out": 0,
+                                      "still_pending": 0, "rows_deleted": 0, "requests": []}]
     key = f"raw/{APP}/baseline/1/{got['doc_id']}.json"
     assert (tmp_path / "store" / key).is_file()
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)

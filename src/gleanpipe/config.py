@@ -214,6 +214,11 @@ SETTINGS.update(
                 "",
                 "Service account email for Cloud Build. Empty: the project's default build account.",
             ),
+            Setting(
+                "GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE",
+                "*/30 * * * *",
+                "Cron schedule (UTC) of the Cloud Scheduler job that retries pending deletion requests.",
+            ),
         )
     }
 )

@@ -1,4 +1,5 @@
-"""The two deployable functions, framework side: Flask request -> submit, CloudEvent -> load.
+"""The deployable functions, framework side: Flask request -> submit, CloudEvent -> load,
+Flask request -> deletions (retry pending deletion requests; called by Cloud Scheduler).
 
 ``functions/main.py`` only decorates these. Backends come from the environment (see
 config.py) and are opened once per process, on first use.
@@ -9,12 +10,14 @@ from __future__ import annotations
 import functools
 import logging
 
+import orjson
+
 from . import notifications
 from .config import Config
 from .http_edge import SubmitHandler, read_body
 from .load import Loader, LoadResult
 from .storage import open_store
-from .warehouse import open_warehouse
+from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +78,49 @@ def load(cloud_event) -> LoadResult:
     result = ldr.load_keys([key])
     log.info("load %s: %s", key, result.as_dict())
     return result
+
+
+@functools.lru_cache(maxsize=1)
+def deletions_warehouse() -> Warehouse:
+    return open_warehouse(Config.from_env().warehouse_url)
+
+
+def _json(body: dict, status: int):
+    return orjson.dumps(body), status, {"Content-Type": "application/json"}
+
+
+def deletions(request):
+    """HTTP target: what `gleanpipe deletions` does, for a scheduler. POST only.
+
+    200 with a summary when every pending request was tried (those BigQuery still refuses stay
+    pending, recorded, for the next run); 503 when the warehouse cannot be reached or is locked,
+    so Cloud Scheduler retries. Client ids are left out of the answer and the log: the request
+    is to forget that client.
+    """
+    if request.method != "POST":
+        return _json({"error_type": "method", "error_message": "use POST"}, 405)
+    url = Config.from_env().warehouse_url
+    # A DuckDB file has one writer process: hold it only for this run, so `serve` or a later
+    # load can open it. A BigQuery client is kept for the next run.
+    local = url.startswith("duckdb://")
+    try:
+        wh = open_warehouse(url) if local else deletions_warehouse()
+        try:
+            attempts = wh.retry_deletions()
+        finally:
+            if local:
+                wh.close()
+    except WarehouseUnavailable as exc:
+        log.warning("deletions: warehouse unavailable, pending requests stay recorded: %s", exc)
+        return _json({"error_type": "warehouse_unavailable", "error_message": str(exc)}, 503)
+    done = [a for a in attempts if a.done]
+    summary = {
+        "warehouse": wh.url,
+        "carried_out": len(done),
+        "still_pending": len(attempts) - len(done),
+        "rows_deleted": sum(a.rows_deleted for a in attempts),
+        "requests": [{"dataset": a.dataset, "document_id": a.document_id, "done": a.done,
+                      "rows_deleted": a.rows_deleted, "error": a.error} for a in attempts],
+    }
+    log.info("deletions: %d carried out, %d still pending", summary["carried_out"], summary["still_pending"])
+    return _json(summary, 200)

@@ -15,11 +15,21 @@ load SA                            roles/bigquery.dataEditor               each 
 load SA                            roles/bigquery.jobUser                  project (GCP: jobs are project resources)
 trigger SA                         roles/eventarc.eventReceiver            project (GCP: granted on the project only)
 trigger SA                         roles/run.invoker                       the load function only
+cron SA                            roles/run.invoker                       the deletions function only
 Cloud Storage service agent        roles/pubsub.publisher                  project (GCP: Eventarc makes the topic at deploy)
 allUsers                           roles/run.invoker (via deploy flag)     the submit function only
 =================================  ======================================  ==========================
 
 ``PROJECT_LEVEL_GRANTS`` below is that list's project rows; the tests allow exactly those.
+
+The third function, ``deletions``, retries pending deletion requests (BigQuery refuses to
+delete rows still in its streaming buffer, and a request is final only after
+GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S). It runs as the load SA, because it needs exactly load's
+BigQuery rights (DML jobs on the app datasets and _gleanpipe) and nothing more, so no new grant
+is needed for it. A Cloud Scheduler job calls it on GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE with an
+OIDC token of its own account, ``cron``, which may invoke that function and nothing else. Not
+the trigger SA: that one also holds eventarc.eventReceiver on the project and may invoke load,
+so sharing it would let either caller reach the other function.
 """
 
 from __future__ import annotations
@@ -42,8 +52,18 @@ APIS = (
     "bigquery.googleapis.com",  # the warehouse
     "iam.googleapis.com",  # the service accounts
     "logging.googleapis.com",  # function and build logs
+    "cloudscheduler.googleapis.com",  # the job that runs deletions on a schedule
 )
-ROLES = ("submit", "load", "trigger")
+# Service accounts. Their ids are <prefix>-<role>: a role of at most 7 characters keeps them
+# within 30 characters for the longest prefix (22).
+ROLES = ("submit", "load", "trigger", "cron")
+# deletions: a run may carry out many requests, each a DML job per table. Cloud Scheduler waits
+# at most 30 minutes for an HTTP target; the function gets the same, and one instance (Cloud
+# Scheduler never starts a run while the previous one is outstanding; a manual call then waits).
+DELETIONS_TIMEOUT_S = 1800
+DELETIONS_RETRIES = 3  # Cloud Scheduler's own retries of a failed run (503: BigQuery unavailable)
+DELETIONS_MIN_BACKOFF_S = 60
+DELETIONS_MAX_BACKOFF_S = 600
 
 # (member kind, role, why) for every project-level grant the plan makes. Nothing else is granted
 # on the project; tests/test_deploy_plan.py checks the plan against this list.
@@ -128,6 +148,8 @@ def lifecycle_rules(s: DeploySettings) -> dict:
 
 def function_env(s: DeploySettings, role: str) -> dict[str, str]:
     """Environment of each function: the store everywhere, the warehouse only where it is used."""
+    if role == "deletions":  # the warehouse only: it never reads the store
+        return {"GLEANPIPE_DATA_DIR": "/tmp/gleanpipe", "GLEANPIPE_WAREHOUSE_URL": s.warehouse_url}
     env = {"GLEANPIPE_STORE_URL": s.store_url, "GLEANPIPE_DATA_DIR": "/tmp/gleanpipe"}
     if role == "load":
         env["GLEANPIPE_WAREHOUSE_URL"] = s.warehouse_url
@@ -166,6 +188,7 @@ def deploy_plan(s: DeploySettings, source_dir: str, lifecycle_path: str) -> Plan
         "submit": "gleanpipe submit: writes raw pings to the bucket (create only)",
         "load": "gleanpipe load: reads raw pings, writes BigQuery rows",
         "trigger": "gleanpipe trigger: Eventarc identity that invokes load",
+        "cron": "gleanpipe cron: Cloud Scheduler identity that invokes deletions",
     }
     for role in ROLES:
         steps.append(Step(
@@ -267,6 +290,46 @@ def deploy_plan(s: DeploySettings, source_dir: str, lifecycle_path: str) -> Plan
         why="Eventarc delivers with the trigger account's identity; only it may call load.",
         attempts=3, grant=Grant("function", s.function_name("load"), member["trigger"], "roles/run.invoker"),
     ))
+    deletions = s.function_name("deletions")
+    steps.append(Step(
+        f"Deploy {deletions} (private HTTP, retries pending deletion requests)",
+        ("gcloud", "functions", "deploy", deletions, *common, "--entry-point=deletions", "--trigger-http",
+         "--no-allow-unauthenticated", f"--service-account={sa['load']}", f"--memory={s.load_memory}",
+         "--max-instances=1", f"--timeout={DELETIONS_TIMEOUT_S}s", _env_flag(function_env(s, "deletions"))),
+        why="Runs what `gleanpipe deletions` runs. As the load account: it needs load's BigQuery rights and "
+            "no others, so nothing new is granted. Not public: only the cron account may call it (next step).",
+        attempts=2,
+    ))
+    steps.append(Step(
+        f"cron: roles/run.invoker on {deletions}",
+        ("gcloud", "functions", "add-invoker-policy-binding", deletions, f"--region={s.region}", p,
+         f"--member={member['cron']}"),
+        why="Cloud Scheduler calls deletions with an OIDC token of the cron account; only it may call it.",
+        attempts=3, grant=Grant("function", deletions, member["cron"], "roles/run.invoker"),
+    ))
+    steps.append(Step(
+        "Read the deletions URL",
+        ("gcloud", "functions", "describe", deletions, f"--region={s.region}", p,
+         "--format=value(serviceConfig.uri)"),
+        why="The job calls this URL, and it is the audience of the job's OIDC token.",
+        capture="DELETIONS_URL",
+    ))
+    job = scheduler_job_flags(s)
+    steps.append(Step(
+        f"Cloud Scheduler job {deletions} ({s.deletions_schedule}, UTC)",
+        ("gcloud", "scheduler", "jobs", "create", "http", deletions, f"--location={s.region}", p, *job),
+        why="Until a pending request succeeds, BigQuery keeps the client's rows; without a schedule no deletion "
+            "is final on BigQuery.",
+        skip_if=("gcloud", "scheduler", "jobs", "describe", deletions, f"--location={s.region}", p,
+                 "--format=value(name)"),
+        attempts=3,
+    ))
+    steps.append(Step(
+        f"Enforce the schedule, URL and identity of job {deletions}",
+        ("gcloud", "scheduler", "jobs", "update", "http", deletions, f"--location={s.region}", p, *job),
+        why="Also run when the job already existed: a changed schedule or a redeployed function is applied.",
+        attempts=3,
+    ))
     steps.append(Step(
         "Read the submit URL",
         ("gcloud", "functions", "describe", s.function_name("submit"), f"--region={s.region}", p,
@@ -276,6 +339,8 @@ def deploy_plan(s: DeploySettings, source_dir: str, lifecycle_path: str) -> Plan
 
     notes = [
         "Point the Glean SDK's server endpoint at ${SUBMIT_URL}.",
+        f"Pending deletion requests are retried on '{s.deletions_schedule}' (UTC) by {deletions}; to run it now: "
+        f"gcloud scheduler jobs run {deletions} --location={s.region} {p}",
         f"Datasets for apps not in GLEANPIPE_DEPLOY_APPS are not created and load cannot write them: add the app "
         f"and run `make deploy` again, then `gleanpipe replay --store-url {s.store_url} "
         f"--warehouse-url {s.warehouse_url}` (raw objects are kept for {s.raw_days} days).",
@@ -285,11 +350,29 @@ def deploy_plan(s: DeploySettings, source_dir: str, lifecycle_path: str) -> Plan
     return Plan("deploy", s, steps, {lifecycle_path: json.dumps(lifecycle_rules(s), indent=2) + "\n"}, notes)
 
 
+def scheduler_job_flags(s: DeploySettings) -> tuple[str, ...]:
+    """The job's flags, the same for create and update: schedule, target, OIDC identity, retries."""
+    return (
+        f"--schedule={s.deletions_schedule}", "--time-zone=Etc/UTC", "--uri=${DELETIONS_URL}", "--http-method=POST",
+        f"--oidc-service-account-email={s.service_account('cron')}", "--oidc-token-audience=${DELETIONS_URL}",
+        f"--attempt-deadline={DELETIONS_TIMEOUT_S}s", f"--max-retry-attempts={DELETIONS_RETRIES}",
+        f"--min-backoff={DELETIONS_MIN_BACKOFF_S}s", f"--max-backoff={DELETIONS_MAX_BACKOFF_S}s",
+        "--description=gleanpipe: retry pending deletion requests (BigQuery streaming buffer)",
+    )
+
+
 def undeploy_plan(s: DeploySettings) -> Plan:
-    """Remove the functions, the grants and the service accounts; keep the data (bucket, datasets)."""
+    """Remove the job, the functions, the grants and the service accounts; keep the data (bucket, datasets)."""
     p = f"--project={s.project}"
     steps: list[Step] = []
-    for role in ("load", "submit"):
+    job = s.function_name("deletions")
+    steps.append(Step(
+        f"Delete Cloud Scheduler job {job}",
+        ("gcloud", "scheduler", "jobs", "delete", job, f"--location={s.region}", p, "--quiet"),
+        why="First, so nothing calls deletions while it is removed.",
+        only_if=("gcloud", "scheduler", "jobs", "describe", job, f"--location={s.region}", p, "--format=value(name)"),
+    ))
+    for role in ("deletions", "load", "submit"):
         name = s.function_name(role)
         steps.append(Step(
             f"Delete function {name}",

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from .plan import Plan, Step
+from .plan import ROLES, Plan, Step
 
 PLACEHOLDER_RE = re.compile(r"\$\{([A-Z_]+)\}")
 
@@ -90,13 +90,17 @@ def print_plan(plan: Plan, out: TextIO, extra: dict[str, str] | None = None) -> 
         w("resources:\n")
         w(f"  bucket     gs://{s.bucket} (uniform access, public access prevention enforced, "
           f"{s.raw_action} objects under {s.store_prefix}/ after {s.raw_days} days)\n")
-        for role in ("submit", "load", "trigger"):
+        for role in ROLES:
             w(f"  account    {s.service_account(role)}\n")
         for dataset in s.datasets:
             w(f"  dataset    {s.project}:{dataset}\n")
         w(f"  function   {s.function_name('submit')}: public HTTP, GLEANPIPE_STORE_URL={s.store_url}\n")
         w(f"  function   {s.function_name('load')}: {s.bucket} object finalized -> load, retried, "
           f"GLEANPIPE_WAREHOUSE_URL={s.warehouse_url}\n")
+        w(f"  function   {s.function_name('deletions')}: private HTTP, retries pending deletion requests, "
+          f"runs as {s.service_account('load')}\n")
+        w(f"  job        {s.function_name('deletions')}: Cloud Scheduler, '{s.deletions_schedule}' (UTC), "
+          f"calls {s.function_name('deletions')} as {s.service_account('cron')}\n")
         w("grants:\n")
         for g in plan.grants:
             w(f"  {g.scope:<8} {g.resource:<40} {g.role:<32} {g.member}\n")

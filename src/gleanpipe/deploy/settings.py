@@ -34,6 +34,11 @@ RUNTIME_RE = re.compile(r"python3[0-9]{1,2}")
 SA_EMAIL_RE = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.iam\.gserviceaccount\.com|[0-9]+-compute@developer\.gserviceaccount\.com|[0-9]+@cloudbuild\.gserviceaccount\.com")
 ACTIONS = ("delete", "archive")
 INTERNAL_DATASET = "_gleanpipe"
+# unix-cron, as Cloud Scheduler reads it: five fields, each a list of *, */N, A, A-B or A-B/N.
+CRON_FIELDS = (("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()),
+               ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
+               ("day of week", 0, 7, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")))
+CRON_ITEM_RE = re.compile(r"(\*|(?P<a>[0-9]+|[A-Za-z]{3})(-(?P<b>[0-9]+|[A-Za-z]{3}))?)(/(?P<step>[0-9]+))?")
 
 
 class DeploySettingsError(ValueError):
@@ -62,6 +67,7 @@ class DeploySettings:
     load_max_instances: int
     load_timeout: int
     build_service_account: str
+    deletions_schedule: str = "*/30 * * * *"
 
     # Derived names, all from checked parts.
     @property
@@ -213,6 +219,12 @@ def load_settings(environ: dict[str, str] | None = None, settings_file: str | No
     if build_sa and not SA_EMAIL_RE.fullmatch(build_sa):
         problems.append(f"GLEANPIPE_DEPLOY_BUILD_SERVICE_ACCOUNT: {build_sa!r} is not a service account email")
 
+    deletions_schedule = " ".join(get("GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE").split())
+    cron_error = cron_problem(deletions_schedule)
+    if cron_error:
+        problems.append(f"GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE: {deletions_schedule!r} is not a unix-cron schedule "
+                        f"({cron_error}); for example '*/30 * * * *' (every 30 minutes) or '15 * * * *' (hourly)")
+
     values = dict(
         project=project,
         region=region,
@@ -230,10 +242,42 @@ def load_settings(environ: dict[str, str] | None = None, settings_file: str | No
         load_max_instances=positive("GLEANPIPE_DEPLOY_LOAD_MAX_INSTANCES", 1000),
         load_timeout=positive("GLEANPIPE_DEPLOY_LOAD_TIMEOUT", 540),
         build_service_account=build_sa,
+        deletions_schedule=deletions_schedule,
     )
     if problems:
         raise DeploySettingsError(problems)
     return DeploySettings(**values)
+
+
+def cron_problem(schedule: str) -> str | None:
+    """What is wrong with a unix-cron schedule (minute hour day-of-month month day-of-week), or None."""
+    fields = schedule.split()
+    if len(fields) != 5:
+        return f"5 fields expected (minute hour day-of-month month day-of-week), got {len(fields)}"
+    for text, (name, low, high, names) in zip(fields, CRON_FIELDS):
+        for item in text.split(","):
+            m = CRON_ITEM_RE.fullmatch(item)
+            if not m:
+                return f"{name}: {item!r} is not *, */N, A, A-B or A-B/N"
+            bounds = []
+            for part in (m.group("a"), m.group("b")):
+                if part is None:
+                    continue
+                if part.isdigit():
+                    value = int(part)
+                elif part.upper() in names:
+                    value = names.index(part.upper()) + (1 if name == "month" else 0)
+                else:
+                    return f"{name}: {part!r} is not a number" + (f" or one of {', '.join(names)}" if names else "")
+                if not low <= value <= high:
+                    return f"{name}: {value} is outside {low}-{high}"
+                bounds.append(value)
+            if len(bounds) == 2 and bounds[0] > bounds[1]:
+                return f"{name}: range {item!r} runs backwards"
+            step = m.group("step")
+            if step is not None and not 1 <= int(step) <= high:
+                return f"{name}: step {step} must be between 1 and {high}"
+    return None
 
 
 def _bucket_ok(name: str) -> bool:
