@@ -184,7 +184,9 @@ class DuckDBWarehouse(Warehouse):
             try:
                 self.con.begin()
                 for (dataset, table), needed in sorted(tables.items()):
-                    self._ensure_table(dataset, table, PING_COLUMNS)
+                    if not self._table_types(dataset, table):  # new: with its view, as a load makes it
+                        self._ensure_table(dataset, table, PING_COLUMNS)
+                        self._create_view(dataset, table, view_name(table.rpartition("_v")[0]))
                     have = self._metric_fields(dataset, table) or {}
                     added += [f"{dataset}.{table}.metrics.{mtype}.{col}" for mtype, cols in sorted(needed.items())
                               for col in sorted(cols - have.get(mtype, set()))]
