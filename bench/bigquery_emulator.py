@@ -18,10 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bq_emulator import DEFAULT_EXE, BQEmulator  # noqa: E402
 from conftest import make_ping  # noqa: E402
 from test_load import FULL_METRICS, EVENTS, put_ping  # noqa: E402
 
+from gleanpipe import emulate  # noqa: E402
 from gleanpipe.load import Loader, prepare  # noqa: E402
 from gleanpipe.storage.local import LocalStore  # noqa: E402
 from gleanpipe.warehouse import open_warehouse  # noqa: E402
@@ -29,8 +29,8 @@ from gleanpipe.warehouse import open_warehouse  # noqa: E402
 
 def main(n: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gleanpipe-bqbench-"))
-    emu = BQEmulator(DEFAULT_EXE, tmp / "bqemulator.log").start()
-    os.environ["GLEANPIPE_BIGQUERY_ENDPOINT"] = emu.endpoint
+    emu = emulate.bqemulator(tmp).start()
+    os.environ["GLEANPIPE_BIGQUERY_ENDPOINT"] = emu.url
     try:
         store = LocalStore(tmp / "store")
         keys = [put_ping(store, make_ping(str(uuid.uuid4()), metrics=FULL_METRICS, events=EVENTS))

@@ -17,6 +17,7 @@ import orjson
 
 from gleanpipe import rawobject
 from gleanpipe.admin import AdminClient
+from gleanpipe.emulate import free_port
 from gleanpipe.naming import DocumentPath
 from gleanpipe.storage.local import LocalStore
 
@@ -98,12 +99,6 @@ def store_ping(store: LocalStore, rng: random.Random, doc_type: str, ping: dict,
 
 
 # --- processes, load --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(tmp: Path, **extra) -> dict:

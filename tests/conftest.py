@@ -7,7 +7,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 from gleanpipe import functions as gp_functions
 from gleanpipe.admin import AdminClient
 from gleanpipe.config import Config
+from gleanpipe.emulate import free_port
 from gleanpipe.storage.local import LocalStore
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
@@ -114,12 +114,6 @@ def fn_env(monkeypatch, data_dir):
         gp_functions.loader().warehouse.close()
     gp_functions.submit_handler.cache_clear()
     gp_functions.loader.cache_clear()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServeProcess:

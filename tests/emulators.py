@@ -221,8 +221,8 @@ def cloud_store_url(request, tmp_path, monkeypatch):
     return f"s3://{bucket}/some/prefix"
 
 
-__all__ = ["FakeGCS", "FunctionProcess", "MotoServer", "PubSubEmulator", "PROJECT", "STORE_KINDS", "closed_port", "free_port",
-           "http", "unique_bucket"]
+__all__ = ["FakeGCS", "FunctionProcess", "MotoServer", "PubSubEmulator", "PROJECT", "STORE_KINDS", "closed_port",
+           "unique_bucket"]
 
 
 # --- functions-framework processes ---------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -178,7 +179,7 @@ def test_runner_skips_captures_substitutes_retries_and_stops_at_a_failure(tmp_pa
     ]
     plan = Plan("deploy", load_settings(ENV), steps, {str(tmp_path / "f" / "rules.json"): "{}\n"},
                 ["endpoint is ${AGENT}"])
-    out, sleeps = _Out(), []
+    out, sleeps = io.StringIO(), []
     with pytest.raises(DeployError) as exc:
         run_plan(plan, out, retry_delay=7, sleep=sleeps.append)
     message = str(exc.value)
@@ -188,7 +189,7 @@ def test_runner_skips_captures_substitutes_retries_and_stops_at_a_failure(tmp_pa
     assert counter.read_text() == "3" and sleeps == [7, 7]
     assert not after.exists()
     assert (tmp_path / "f" / "rules.json").read_text() == "{}\n"
-    text = out.text
+    text = out.getvalue()
     assert "[2/8] exists already\n      already there, skipped\n" in text
     assert "[3/8] nothing to remove\n      nothing to do, skipped\n" in text
     assert "${AGENT} = svc-42@gs-project-accounts.example" in text
@@ -198,30 +199,15 @@ def test_runner_skips_captures_substitutes_retries_and_stops_at_a_failure(tmp_pa
 def test_runner_returns_captures_and_fills_notes(tmp_path):
     plan = Plan("deploy", load_settings(ENV), [Step("url", py("print('https://submit.example')"), capture="URL")],
                 {}, ["point the SDK at ${URL}"])
-    out = _Out()
+    out = io.StringIO()
     assert run_plan(plan, out, retry_delay=0, sleep=lambda s: None) == {"URL": "https://submit.example"}
-    assert "note: point the SDK at https://submit.example\n" in out.text
+    assert "note: point the SDK at https://submit.example\n" in out.getvalue()
     early = Plan("deploy", load_settings(ENV), [Step("too early", py("pass", "${URL}"))], {}, [])
     with pytest.raises(DeployError, match=r"\$\{URL\} is used before a step has read it"):
-        run_plan(early, _Out())
+        run_plan(early, io.StringIO())
     empty = Plan("deploy", load_settings(ENV), [Step("silent", py("pass"), capture="URL")], {}, [])
     with pytest.raises(DeployError, match=r"printed nothing; expected \$\{URL\}"):
-        run_plan(empty, _Out())
-
-
-class _Out:
-    def __init__(self):
-        self.parts = []
-
-    def write(self, s):
-        self.parts.append(s)
-
-    def flush(self):
-        pass
-
-    @property
-    def text(self):
-        return "".join(self.parts)
+        run_plan(empty, io.StringIO())
 
 
 # --- the plan against the real Google Cloud CLI's own argument parsers ---------------------------
