@@ -228,14 +228,13 @@ class Catalog:
                                "description": text}
         known_tables = {p["table"] for p in pings.values()}
         announced = {table_name(p, "1"): p for m in metric_defs for p in m.get("send_in_pings") or []}
+        stats = {t: self._table_stats(dataset, t) for t in tables if t != EVENTS_STREAM_TABLE}
         for t in tables:
             if t != EVENTS_STREAM_TABLE and t not in known_tables:
-                stats = self._table_stats(dataset, t)
-                name = stats["doc_type"] or announced.get(t) or t.rsplit("_v", 1)[0]
+                name = stats[t]["doc_type"] or announced.get(t) or t.rsplit("_v", 1)[0]
                 pings[name] = {"name": name, "table": t, "defined": False, "builtin": False, "description": None}
         for p in pings.values():
-            p.update(self._table_stats(dataset, p["table"]) if p["table"] in tables
-                     else {"rows": 0, "last_seen": None})
+            p.update(stats.get(p["table"], {"rows": 0, "last_seen": None}))
             p.pop("doc_type", None)
             p["status"] = "defined" if p["defined"] else ("built-in" if p["builtin"] else "undocumented")
             if p["rows"] == 0:
