@@ -51,6 +51,15 @@ def _open_local(config: Config, *, read_only: bool):
         raise click.ClickException(f"{exc}\n(is a `gleanpipe serve` for another data dir using it?)") from None
 
 
+def _read_query(config: Config):
+    """(query callable, close) through the running serve, or on the file opened read-only."""
+    client = AdminClient.find(config.data_dir)
+    if client:
+        return client.query, lambda: None
+    wh = _open_local(config, read_only=True)
+    return wh.query, wh.close
+
+
 @click.group()
 @click.version_option(__version__, prog_name="gleanpipe")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the pipeline does.")
@@ -123,20 +132,13 @@ def _format(columns: list[str], rows: list, fmt: str) -> str:
 def query(data_dir, store_url, warehouse_url, fmt, sql) -> None:
     """Run SQL on the warehouse (through the running `serve` if there is one)."""
     config = _config(data_dir, store_url, warehouse_url)
-    client = AdminClient.find(config.data_dir)
+    run, close = _read_query(config)
     try:
-        if client:
-            columns, rows = client.query(sql)
-        else:
-            wh = _open_local(config, read_only=True)
-            try:
-                columns, rows = wh.query(sql)
-            finally:
-                wh.close()
+        columns, rows = run(sql)
     except Exception as exc:  # SQL errors: show DuckDB's message, not a traceback
-        if isinstance(exc, click.ClickException):
-            raise
         raise click.ClickException(str(exc)) from None
+    finally:
+        close()
     click.echo(_format(columns, rows, fmt))
 
 
@@ -380,15 +382,6 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
 
 
 # --- app definitions and the data dictionary (issue #4) ----------------------------------
-
-
-def _read_query(config: Config):
-    """(query callable, close) through the running serve, or on the file opened read-only."""
-    client = AdminClient.find(config.data_dir)
-    if client:
-        return client.query, lambda: None
-    wh = _open_local(config, read_only=True)
-    return wh.query, wh.close
 
 
 @main.group()
