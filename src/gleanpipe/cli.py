@@ -151,12 +151,11 @@ def _store(config: Config):
         raise click.ClickException(str(exc)) from None
 
 
-def _spooled(config: Config) -> int:
+def _spooled(store) -> int:
     """Pings in serve's write-ahead spool (storage/spool.py), loaded when serve starts."""
     from .storage.local import LocalStore
     from .storage.spool import spooled_records
 
-    store = _store(config)
     return spooled_records(store) if isinstance(store, LocalStore) else 0
 
 
@@ -217,9 +216,11 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
             info = wh.status()
         finally:
             wh.close()
-        info["pending"] = len(_store(config).pending(1_000_000)) + _spooled(config)
+    store = _store(config)
+    if not client:
+        info["pending"] = len(store.pending(1_000_000)) + _spooled(store)
     rejected: dict[str, int] = {}
-    for key in _store(config).list(ERROR_PREFIX):
+    for key in store.list(ERROR_PREFIX):
         parts = key.split("/")
         if len(parts) == 4:
             rejected[parts[2]] = rejected.get(parts[2], 0) + 1
