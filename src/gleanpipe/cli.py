@@ -51,6 +51,15 @@ def _open_local(config: Config, *, read_only: bool):
         raise click.ClickException(f"{exc}\n(is a `gleanpipe serve` for another data dir using it?)") from None
 
 
+def _read_query(config: Config):
+    """(query callable, close) through the running serve, or on the file opened read-only."""
+    client = AdminClient.find(config.data_dir)
+    if client:
+        return client.query, lambda: None
+    wh = _open_local(config, read_only=True)
+    return wh.query, wh.close
+
+
 @click.group()
 @click.version_option(__version__, prog_name="gleanpipe")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the pipeline does.")
@@ -123,20 +132,13 @@ def _format(columns: list[str], rows: list, fmt: str) -> str:
 def query(data_dir, store_url, warehouse_url, fmt, sql) -> None:
     """Run SQL on the warehouse (through the running `serve` if there is one)."""
     config = _config(data_dir, store_url, warehouse_url)
-    client = AdminClient.find(config.data_dir)
+    run, close = _read_query(config)
     try:
-        if client:
-            columns, rows = client.query(sql)
-        else:
-            wh = _open_local(config, read_only=True)
-            try:
-                columns, rows = wh.query(sql)
-            finally:
-                wh.close()
+        columns, rows = run(sql)
     except Exception as exc:  # SQL errors: show DuckDB's message, not a traceback
-        if isinstance(exc, click.ClickException):
-            raise
         raise click.ClickException(str(exc)) from None
+    finally:
+        close()
     click.echo(_format(columns, rows, fmt))
 
 
@@ -149,12 +151,11 @@ def _store(config: Config):
         raise click.ClickException(str(exc)) from None
 
 
-def _spooled(config: Config) -> int:
+def _spooled(store) -> int:
     """Pings in serve's write-ahead spool (storage/spool.py), loaded when serve starts."""
     from .storage.local import LocalStore
     from .storage.spool import spooled_records
 
-    store = _store(config)
     return spooled_records(store) if isinstance(store, LocalStore) else 0
 
 
@@ -215,9 +216,11 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
             info = wh.status()
         finally:
             wh.close()
-        info["pending"] = len(_store(config).pending(1_000_000)) + _spooled(config)
+    store = _store(config)
+    if not client:
+        info["pending"] = len(store.pending(1_000_000)) + _spooled(store)
     rejected: dict[str, int] = {}
-    for key in _store(config).list(ERROR_PREFIX):
+    for key in store.list(ERROR_PREFIX):
         parts = key.split("/")
         if len(parts) == 4:
             rejected[parts[2]] = rejected.get(parts[2], 0) + 1
@@ -380,15 +383,6 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
 
 
 # --- app definitions and the data dictionary (issue #4) ----------------------------------
-
-
-def _read_query(config: Config):
-    """(query callable, close) through the running serve, or on the file opened read-only."""
-    client = AdminClient.find(config.data_dir)
-    if client:
-        return client.query, lambda: None
-    wh = _open_local(config, read_only=True)
-    return wh.query, wh.close
 
 
 @main.group()

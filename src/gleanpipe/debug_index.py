@@ -54,6 +54,11 @@ def group_of(tag: str | None) -> str | None:
     return tag if TAG_RE.fullmatch(tag) else INVALID_GROUP
 
 
+def is_group(name: str) -> bool:
+    """Whether a name can be an index folder: a valid tag or INVALID_GROUP."""
+    return name == INVALID_GROUP or TAG_RE.fullmatch(name) is not None
+
+
 def _micros(key: str) -> int:
     return int(key.rsplit("/", 1)[1][:17])
 
@@ -134,7 +139,7 @@ class DebugIndex:
             parts = key.split("/")
             if len(parts) != 3 or not parts[2].endswith(".json") or not ENTRY_ID_RE.fullmatch(parts[2][:-5]):
                 continue
-            if group_of(parts[1]) != parts[1] and parts[1] != INVALID_GROUP:
+            if not is_group(parts[1]):
                 continue
             micros = _micros(key)
             if micros < cutoff:

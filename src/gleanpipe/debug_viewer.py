@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from .debug_index import ENTRY_ID_RE, INVALID_GROUP, DebugIndex, group_of
+from .debug_index import ENTRY_ID_RE, INVALID_GROUP, DebugIndex, is_group
 from .storage import RawStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class DebugViewer:
 
     @staticmethod
     def _group(tag: str) -> str:
-        if group_of(tag) != tag and tag != INVALID_GROUP:
+        if not is_group(tag):
             raise _NotFound("not a debug tag: tags are 1-20 characters of [A-Za-z0-9-]")
         return tag
 

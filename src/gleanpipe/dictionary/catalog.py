@@ -9,6 +9,7 @@ in `gleanpipe dictionary build`.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import cached_property
 
 import orjson
 
@@ -106,7 +107,8 @@ class Catalog:
 
     def __init__(self, query):
         self._query = query
-        self._apps: dict[str, dict] = {}  # app() per dataset, for the life of this object (one request/build)
+        # app() per dataset, and the catalog reads below, for the life of this object (one request/build)
+        self._apps: dict[str, dict] = {}
 
     def rows(self, sql: str, params=None) -> list[dict]:
         columns, rows = self._query(sql, params)
@@ -114,14 +116,17 @@ class Catalog:
 
     # --- what exists -----------------------------------------------------------------
 
+    @cached_property
     def _has_catalog(self) -> bool:
         return bool(self.rows("SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'apps'", [META]))
 
+    @cached_property
     def _defined_apps(self) -> dict[str, dict]:
-        if not self._has_catalog():
+        if not self._has_catalog:
             return {}
         return {r["dataset"]: r for r in self.rows(f"SELECT * FROM {META}.apps ORDER BY dataset")}
 
+    @cached_property
     def _tables(self) -> dict[str, list[str]]:
         """Observed app datasets -> their ping tables (and events_stream)."""
         out: dict[str, list[str]] = {}
@@ -149,14 +154,14 @@ class Catalog:
     def _resolve(self, dataset: str) -> str:
         if not IDENT_RE.fullmatch(dataset or ""):
             raise NotFound(f"no app {dataset!r}")
-        if dataset not in self._defined_apps() and dataset not in self._tables():
+        if dataset not in self._defined_apps and dataset not in self._tables:
             raise NotFound(f"no app {dataset!r}")
         return dataset
 
     # --- pages -----------------------------------------------------------------------
 
     def apps(self) -> list[dict]:
-        defined, tables = self._defined_apps(), self._tables()
+        defined, tables = self._defined_apps, self._tables
         out = []
         for dataset in sorted(set(defined) | set(tables)):
             ping_tables = [t for t in tables.get(dataset, []) if t != EVENTS_STREAM_TABLE]
@@ -174,7 +179,7 @@ class Catalog:
         return out
 
     def _definitions(self, dataset: str) -> tuple[list[dict], list[dict]]:
-        if not self._has_catalog():
+        if not self._has_catalog:
             return [], []
         metrics = [orjson.loads(r["definition"]) for r in self.rows(
             f"SELECT definition FROM {META}.metric_definitions WHERE dataset = ? ORDER BY metric_id", [dataset])]
@@ -199,7 +204,7 @@ class Catalog:
         return seen
 
     def _observed_events(self, dataset: str) -> dict[tuple[str, str], dict]:
-        if EVENTS_STREAM_TABLE not in self._tables().get(dataset, []):
+        if EVENTS_STREAM_TABLE not in self._tables.get(dataset, []):
             return {}
         return {(r["category"], r["name"]): {"rows": r["n"], "last_seen": _iso(r["last_seen"])}
                 for r in self.rows(f"SELECT category, name, count(*) AS n, max(submission_timestamp) AS last_seen "
@@ -212,9 +217,9 @@ class Catalog:
         return self._apps[dataset]
 
     def _app(self, dataset: str) -> dict:
-        defined_apps = self._defined_apps()
+        defined_apps = self._defined_apps
         metric_defs, ping_defs = self._definitions(dataset)
-        tables = self._tables().get(dataset, [])
+        tables = self._tables.get(dataset, [])
         observed = self._observed_metrics(dataset)
         events = self._observed_events(dataset)
 
@@ -228,14 +233,13 @@ class Catalog:
                                "description": text}
         known_tables = {p["table"] for p in pings.values()}
         announced = {table_name(p, "1"): p for m in metric_defs for p in m.get("send_in_pings") or []}
+        stats = {t: self._table_stats(dataset, t) for t in tables if t != EVENTS_STREAM_TABLE}
         for t in tables:
             if t != EVENTS_STREAM_TABLE and t not in known_tables:
-                stats = self._table_stats(dataset, t)
-                name = stats["doc_type"] or announced.get(t) or t.rsplit("_v", 1)[0]
+                name = stats[t]["doc_type"] or announced.get(t) or t.rsplit("_v", 1)[0]
                 pings[name] = {"name": name, "table": t, "defined": False, "builtin": False, "description": None}
         for p in pings.values():
-            p.update(self._table_stats(dataset, p["table"]) if p["table"] in tables
-                     else {"rows": 0, "last_seen": None})
+            p.update(stats.get(p["table"], {"rows": 0, "last_seen": None}))
             p.pop("doc_type", None)
             p["status"] = "defined" if p["defined"] else ("built-in" if p["builtin"] else "undocumented")
             if p["rows"] == 0:
@@ -322,7 +326,7 @@ class Catalog:
             raise NotFound(f"no metric {metric_id!r} in {dataset}")
         metric_defs, _ = self._definitions(dataset)
         definition = next((m for m in metric_defs if m["id"] == metric_id), {})
-        tables = set(self._tables().get(dataset, []))
+        tables = set(self._tables.get(dataset, []))
         out = {**definition, **summary, "app_id": app["app_id"], "dataset": dataset,
                "app_pings": [p["name"] for p in app["pings"]]}
         out.setdefault("labels", None)

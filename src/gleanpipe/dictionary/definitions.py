@@ -7,12 +7,11 @@ glean_parser's own errors are long (the YAML node, then the schema's documentati
 from __future__ import annotations
 
 import contextlib
-import re
 import textwrap
 import warnings
 from pathlib import Path
 
-from ..naming import APP_ID_RE, column_name, dataset_name, table_name
+from ..naming import APP_ID_RE, DOC_TYPE_RE, column_name, dataset_name, table_name
 from ..table_schema import METRIC_TYPES
 
 # glean_parser metric type -> the key it has under "metrics" in a ping (table_schema.METRIC_TYPES).
@@ -154,7 +153,7 @@ def columns_to_create(app: dict) -> dict[str, dict[str, set[str]]]:
         if not wire:
             continue
         for ping in metric.get("send_in_pings") or []:
-            if ping == "all-pings" or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,29}", ping):
+            if ping == "all-pings" or not DOC_TYPE_RE.fullmatch(ping):
                 continue
             out.setdefault(table_name(ping, "1"), {}).setdefault(wire, set()).add(metric["column"])
     return out

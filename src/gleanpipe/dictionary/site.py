@@ -13,7 +13,7 @@ import re
 from . import pages
 from .catalog import Catalog
 
-SEG = r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,199})"
+SEG = f"({pages.PAGE_ID_RE.pattern})"  # the names build.py writes pages for
 ROUTES = [
     (re.compile(r"(?:index\.html)?"), "index"),
     (re.compile(rf"apps/{SEG}/(?:index\.html)?"), "app"),
