@@ -266,6 +266,17 @@ def test_retention_drops_old_entries_of_every_tag(tmp_path):
     assert len(index.entry_ids("new", now_us=now)) == 1
 
 
+def test_an_entry_is_read_only_from_an_index_folder(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    index = DebugIndex(store, max_per_tag=10, retention_hours=1)
+    meta = {"headers": {"x_debug_id": "tag-a"}, "submission_timestamp": "t", "key": "raw/a"}
+    index.record(meta, "accepted", 200, "raw/a")
+    [entry_id] = index.entry_ids("tag-a")
+    assert index.entry("tag-a", entry_id)["object_key"] == "raw/a"
+    for group in ("has space", "x" * 21, "..", "tag-a/../tag-a"):  # not a tag, not _invalid
+        assert index.entry(group, entry_id) is None, group
+
+
 def test_debug_settings_are_read_and_checked():
     config = Config.from_env(environ={"GLEANPIPE_DEBUG_MAX_PINGS": "7", "GLEANPIPE_DEBUG_RETENTION_HOURS": "2"})
     assert (config.debug_max_pings, config.debug_retention_hours) == (7, 2)

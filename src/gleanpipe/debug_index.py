@@ -161,7 +161,7 @@ class DebugIndex:
         return [k.rsplit("/", 1)[1][:-5] for k in reversed(keys)][: self.max_per_tag]
 
     def entry(self, group: str, entry_id: str) -> dict | None:
-        if not ENTRY_ID_RE.fullmatch(entry_id) or group_of(group) not in (group, INVALID_GROUP):
+        if not ENTRY_ID_RE.fullmatch(entry_id) or not is_group(group):
             return None
         try:
             entry = orjson.loads(self.store.get(f"{DEBUG_PREFIX}{group}/{entry_id}.json"))
