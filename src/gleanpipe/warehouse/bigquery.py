@@ -362,7 +362,9 @@ class BigQueryWarehouse(Warehouse):
             columns = PING_COLUMNS + ((("metrics", metrics_struct(needed)),) if needed else ())
             self._ensure_table(dataset, table, schema_of(columns), partition="submission_timestamp",
                                clustering=PING_CLUSTERING, view=batch[0].path.view)
-            self._insert(dataset, table, [self._row(r) for r in batch], [r.path.document_id for r in batch])
+            row_t = struct(**dict(columns))  # a row's metrics not in the batch's are NULL, so left out
+            self._insert(dataset, table, [_clean(orjson.loads(r.row_json), row_t) for r in batch],
+                         [r.path.document_id for r in batch])
             result.inserted += len(batch)  # streamed; a copy BigQuery kept anyway is hidden by the view
             result.tables.add(f"{dataset}.{table}")
             events = [(r, e) for r in batch for e in r.events_json]
@@ -382,11 +384,6 @@ class BigQueryWarehouse(Warehouse):
         self._forget_errors(loaded)
         self._record_errors(errors, now)
         return result
-
-    @staticmethod
-    def _row(r: PingRow) -> dict:
-        columns = PING_COLUMNS + ((("metrics", metrics_struct(r.metrics)),) if r.metrics else ())
-        return _clean(orjson.loads(r.row_json), struct(**dict(columns)))
 
     # --- errors -------------------------------------------------------------------------
 

@@ -55,6 +55,12 @@ def _metric_ddl(metric_type: str, columns) -> str:
     return _columns_ddl((col, METRIC_TYPES[metric_type]) for col in sorted(columns))
 
 
+def _view_of(table: str) -> str | None:
+    """The deduplicated view over a table: ``<ping>`` over ``<ping>_v<version>`` (none for a ping
+    named like a table), ``events_stream`` over ``events_stream_v1``."""
+    return EVENTS_STREAM_VIEW if table == EVENTS_STREAM_TABLE else view_name(table.rpartition("_v")[0])
+
+
 class DuckDBWarehouse(Warehouse):
     def __init__(self, path: str, *, read_only: bool = False):
         self.path = path
@@ -89,10 +95,10 @@ class DuckDBWarehouse(Warehouse):
             "AND v.view_name = regexp_replace(duckdb_tables.table_name, '_v[0-9]+$', '')) "
             "AND regexp_matches(table_name, '_v[0-9]+$')", [META]).fetchall()
         for schema, table in missing:
-            view = EVENTS_STREAM_VIEW if table == EVENTS_STREAM_TABLE else view_name(table.rsplit("_v", 1)[0])
+            view = _view_of(table)
             if view and not self.con.execute("SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
                                              [schema, view]).fetchall():
-                self._create_view(schema, table, view)
+                self._create_view(schema, table)
 
     # --- schema management --------------------------------------------------------
 
@@ -115,13 +121,11 @@ class DuckDBWarehouse(Warehouse):
         self._types.pop((dataset, table), None)
         self._reshaped.add(dataset)
 
-    def _create_view(self, dataset: str, table: str, view: str | None = None) -> None:
+    def _create_view(self, dataset: str, table: str) -> None:
         """The deduplicated view (one row per document_id; trivially so here, as inserts are
         exactly once) under the same name as on BigQuery, so queries move unchanged."""
-        if table == EVENTS_STREAM_TABLE:
-            view, key = EVENTS_STREAM_VIEW, EVENTS_KEY
-        else:
-            key = "document_id"
+        view = _view_of(table)
+        key = EVENTS_KEY if table == EVENTS_STREAM_TABLE else "document_id"
         if view:
             self.con.execute(f"CREATE OR REPLACE VIEW {q(dataset)}.{q(view)} AS "
                              + dedup_view_query(f"{q(dataset)}.{q(table)}", key))
@@ -186,7 +190,7 @@ class DuckDBWarehouse(Warehouse):
                 for (dataset, table), needed in sorted(tables.items()):
                     if not self._table_types(dataset, table):  # new: with its view, as a load makes it
                         self._ensure_table(dataset, table, PING_COLUMNS)
-                        self._create_view(dataset, table, view_name(table.rpartition("_v")[0]))
+                        self._create_view(dataset, table)
                     have = self._metric_fields(dataset, table) or {}
                     added += [f"{dataset}.{table}.metrics.{mtype}.{col}" for mtype, cols in sorted(needed.items())
                               for col in sorted(cols - have.get(mtype, set()))]
@@ -323,7 +327,7 @@ class DuckDBWarehouse(Warehouse):
                     result.skipped_deleted += len(by_id) - len(batch)
                     if not self._table_types(dataset, table):
                         self._ensure_table(dataset, table, PING_COLUMNS)
-                        self._create_view(dataset, table, next(iter(by_id.values())).path.view)
+                        self._create_view(dataset, table)
                     needed: dict[str, set[str]] = {}
                     for r in batch:
                         for mtype, cols in r.metrics.items():
