@@ -115,9 +115,7 @@ class LocalStore(RawStore):
         return f"{self._root}/{key}"
 
     def _path(self, key: str) -> Path:
-        if not KEY_RE.fullmatch(key) or any(p in (".", "..") or p.startswith(".") for p in key.split("/")):
-            raise ValueError(f"unsafe object key: {key!r}")
-        return self.root / key
+        return Path(self.key_path(key))
 
     def _ensure_dir(self, parent: Path) -> None:
         if str(parent) in self._dirs:
