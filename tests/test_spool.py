@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -295,8 +297,11 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _load(port: int, acked: list, stop: threading.Event, n_threads: int = 8) -> list[threading.Thread]:
-    """Threads that POST distinct pings until stop; each 200 goes into ``acked``."""
+@contextmanager
+def _load(port: int, n_threads: int = 8) -> Iterator[list]:
+    """Threads that POST distinct pings while the block runs; each 200's document id goes into
+    the list it yields. Leaving the block stops them."""
+    acked, stop = [], threading.Event()
 
     def run(t):
         conn, i = None, 0
@@ -318,7 +323,11 @@ def _load(port: int, acked: list, stop: threading.Event, n_threads: int = 8) -> 
 
     threads = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(n_threads)]
     [t.start() for t in threads]
-    return threads
+    try:
+        yield acked
+    finally:
+        stop.set()
+        [t.join(10) for t in threads]
 
 
 def _wait_acks(acked: list, n: int, timeout: float = 60) -> None:
@@ -346,9 +355,7 @@ def _check_loaded_once(server: ServeProcess, acked: list) -> None:
 def test_kill_9_of_serve_and_gunicorn_mid_load_loses_no_acknowledged_ping(data_dir):
     data_dir.mkdir(parents=True)
     server = ServeProcess(data_dir).start()
-    acked, stop = [], threading.Event()
-    threads = _load(server.port, acked, stop)
-    try:
+    with _load(server.port) as acked:
         _wait_acks(acked, 400)
         for pid in _tree(server.proc.pid):  # the whole pipeline dies at once, mid-request
             try:
@@ -356,9 +363,6 @@ def test_kill_9_of_serve_and_gunicorn_mid_load_loses_no_acknowledged_ping(data_d
             except ProcessLookupError:
                 pass
         server.proc.wait()
-    finally:
-        stop.set()
-        [t.join(10) for t in threads]
     assert list((data_dir / "store" / SPOOL).glob("*.seg")), "the crash left no spool segment to replay"
     # every acknowledged ping is in a spool file the crash left behind (no file was finished yet)
     status = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "status", "--json", "--data-dir", str(data_dir)],
@@ -380,9 +384,7 @@ def test_kill_9_of_the_http_workers_mid_load_loses_no_acknowledged_ping(data_dir
     """gunicorn restarts killed workers; serve keeps running and finishes their segments."""
     data_dir.mkdir(parents=True)
     server = ServeProcess(data_dir).start()
-    acked, stop = [], threading.Event()
-    threads = _load(server.port, acked, stop)
-    try:
+    with _load(server.port) as acked:
         _wait_acks(acked, 300)
         (master,) = [p for p in _tree(server.proc.pid) if p != server.proc.pid and
                      server.proc.pid == int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])]
@@ -390,9 +392,6 @@ def test_kill_9_of_the_http_workers_mid_load_loses_no_acknowledged_ping(data_dir
             os.kill(pid, signal.SIGKILL)
         n = len(acked)
         _wait_acks(acked, n + 300)  # the new workers take pings again
-    finally:
-        stop.set()
-        [t.join(10) for t in threads]
     try:
         _check_loaded_once(server, acked)
     finally:

@@ -21,8 +21,6 @@ from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 
 log = logging.getLogger(__name__)
 
-FINALIZED = notifications.FINALIZED
-
 
 @functools.lru_cache(maxsize=1)
 def submit_handler() -> SubmitHandler:
@@ -44,14 +42,6 @@ def submit(request):
     body = read_body(request.stream, length, limit) if length is None or length <= limit else b""
     response = handler.handle(request.method, request.path, request.headers, body, declared_length=length)
     return response.body, response.status, response.headers
-
-
-def object_name(cloud_event) -> str:
-    """The object name of a storage notification CloudEvent (Eventarc or Pub/Sub)."""
-    note = notifications.from_cloud_event(cloud_event)
-    if not isinstance(note, notifications.Created):
-        raise notifications.BadNotification(f"not an object creation: {note.reason}")
-    return note.name
 
 
 def load(cloud_event) -> LoadResult:

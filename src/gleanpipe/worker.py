@@ -79,15 +79,16 @@ class S3QueueWorker:
             return 0
         self.stats.received += len(messages)
         keys: list[str] = []
-        done: list[dict] = []  # messages to delete once the load has returned
+        loaded_nothing: list[dict] = []  # messages that can go even if the load fails
         for msg in messages:
             try:
                 notes = from_s3_message(msg.get("Body", ""))
             except BadNotification as exc:
                 log.error("deleting a message that is not an S3 notification (%s): %.200s", exc, msg.get("Body"))
                 self.stats.malformed += 1
-                done.append(msg)
+                loaded_nothing.append(msg)
                 continue
+            named = len(keys)
             for note in notes:
                 if isinstance(note, Ignored):
                     log.info("ignoring %s", note.reason)
@@ -101,7 +102,8 @@ class S3QueueWorker:
                     self.stats.ignored += 1
                     continue
                 keys.append(key)
-            done.append(msg)
+            if len(keys) == named:
+                loaded_nothing.append(msg)
         if keys:
             try:
                 result = self.loader.load_keys(sorted(set(keys)))
@@ -109,23 +111,13 @@ class S3QueueWorker:
                 log.warning("load of %d objects failed, leaving %d messages for redelivery: %s",
                             len(set(keys)), len(messages), exc)
                 self.stats.left_for_retry += len(messages)
-                # messages that named nothing to load can still go
-                loaded_nothing = [m for m in done if not self._names_objects(m)]
                 self._delete(loaded_nothing)
                 return len(messages)
             self.stats.objects += len(set(keys))
             self.stats.add_counts(result.as_dict())
             log.info("loaded %d objects: %s", len(set(keys)), result.as_dict())
-        self._delete(done)
+        self._delete(messages)
         return len(messages)
-
-    def _names_objects(self, msg: dict) -> bool:
-        try:
-            notes = from_s3_message(msg.get("Body", ""))
-        except BadNotification:
-            return False
-        return any(isinstance(n, Created) and self.loader.store.object_key(n.bucket, n.name) is not None
-                   for n in notes)
 
     def _delete(self, messages: list[dict]) -> None:
         if not messages:

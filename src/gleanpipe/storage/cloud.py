@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..config import SETTINGS, _get
-from .base import StoreError
+from .base import RawStore, StoreError
 from .local import KEY_RE
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,22 @@ class CloudOptions:
     def from_env(cls, environ=None) -> "CloudOptions":
         return cls(timeout_s=_seconds("GLEANPIPE_STORE_TIMEOUT_S", environ, allow_zero=False),
                    retry_s=_seconds("GLEANPIPE_STORE_RETRY_S", environ, allow_zero=True))
+
+
+class CloudStore(RawStore):
+    """What GCSStore and S3Store share: bucket, key prefix (``""`` or ending in ``/``), URL, options."""
+
+    scheme: str
+
+    def __init__(self, bucket: str, prefix: str, options: CloudOptions | None = None):
+        self.bucket, self.prefix = bucket, prefix
+        self.url = f"{self.scheme}://{bucket}/{prefix}".rstrip("/")
+        self.options = options or CloudOptions.from_env()
+
+    def object_key(self, bucket: str | None, name: str) -> str | None:
+        if (bucket is not None and bucket != self.bucket) or not name.startswith(self.prefix):
+            return None
+        return name[len(self.prefix):]
 
 
 def parse_location(scheme: str, rest: str) -> tuple[str, str]:

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 
 import orjson
 
-from .base import ObjectMissing, RawStore, StoreError
-from .cloud import TRANSIENT_STATUS, CloudOptions, check_key, with_retries
+from .base import ObjectMissing, StoreError
+from .cloud import TRANSIENT_STATUS, CloudOptions, CloudStore, check_key, with_retries
 
 try:
     import google.auth
@@ -72,13 +72,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-class GCSStore(RawStore):
+class GCSStore(CloudStore):
+    scheme = "gs"
     list_page_size = 1000  # names per listing request (the service's maximum)
 
     def __init__(self, bucket: str, prefix: str, options: CloudOptions | None = None):
-        self.bucket_name, self.prefix = bucket, prefix
-        self.url = f"gs://{bucket}/{prefix}".rstrip("/")
-        self.options = options or CloudOptions.from_env()
+        super().__init__(bucket, prefix, options)
         emulator = os.environ.get("STORAGE_EMULATOR_HOST", "").rstrip("/")
         if emulator and "://" not in emulator:
             emulator = f"http://{emulator}"
@@ -111,12 +110,7 @@ class GCSStore(RawStore):
             client = storage.Client(project=project or "gleanpipe", credentials=credentials, _http=session,
                                     client_options={"api_endpoint": self.endpoint})
             self._session, self._client = session, client
-            self._bucket = client.bucket(self.bucket_name)
-
-    def object_key(self, bucket: str | None, name: str) -> str | None:
-        if (bucket is not None and bucket != self.bucket_name) or not name.startswith(self.prefix):
-            return None
-        return name[len(self.prefix):]
+            self._bucket = client.bucket(self.bucket)
 
     # --- writes ---------------------------------------------------------------------
 

@@ -115,9 +115,7 @@ class LocalStore(RawStore):
         return f"{self._root}/{key}"
 
     def _path(self, key: str) -> Path:
-        if not KEY_RE.fullmatch(key) or any(p in (".", "..") or p.startswith(".") for p in key.split("/")):
-            raise ValueError(f"unsafe object key: {key!r}")
-        return self.root / key
+        return Path(self.key_path(key))
 
     def _ensure_dir(self, parent: Path) -> None:
         if str(parent) in self._dirs:
@@ -166,20 +164,13 @@ class LocalStore(RawStore):
         path = self._path(key)
         self._ensure_dir(path.parent)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._create(str(path), data)
         except FileExistsError:
             return False
         except FileNotFoundError:  # its folder was removed since we saw it
             self._dirs.discard(str(path.parent))
             self._ensure_dir(path.parent)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            write_all(fd, data)
-        except BaseException:
-            os.close(fd)
-            self._drop(str(path))  # never leave a cut object behind: create-only would keep it
-            raise
-        os.close(fd)
+            self._create(str(path), data)
         return True
 
     def replace_unsynced(self, key: str, data: bytes) -> None:
@@ -194,15 +185,20 @@ class LocalStore(RawStore):
 
     def _write_tmp(self, data: bytes) -> str:
         tmp = os.path.join(self._tmp, uuid.uuid4().hex)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._create(tmp, data)
+        return tmp
+
+    def _create(self, name: str, data: bytes) -> None:
+        """Create the file ``name`` (O_EXCL) holding ``data``, unsynced. A write that fails
+        removes the file: never leave a cut object behind, create-only would keep it."""
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             write_all(fd, data)
         except BaseException:
             os.close(fd)
-            self._drop(tmp)
+            self._drop(name)
             raise
         os.close(fd)
-        return tmp
 
     def _link(self, tmp: str, path: Path) -> None:
         try:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from .base import ObjectMissing, RawStore, StoreError
-from .cloud import TRANSIENT_STATUS, CloudOptions, check_key, with_retries
+from .base import ObjectMissing, StoreError
+from .cloud import TRANSIENT_STATUS, CloudOptions, CloudStore, check_key, with_retries
 
 try:
     import boto3
@@ -74,19 +74,13 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-class S3Store(RawStore):
+class S3Store(CloudStore):
+    scheme = "s3"
     list_page_size = 1000  # keys per ListObjectsV2 request (the service's maximum)
 
     def __init__(self, bucket: str, prefix: str, options: CloudOptions | None = None):
-        self.bucket, self.prefix = bucket, prefix
-        self.url = f"s3://{bucket}/{prefix}".rstrip("/")
-        self.options = options or CloudOptions.from_env()
+        super().__init__(bucket, prefix, options)
         self._client = make_client("s3", self.options)
-
-    def object_key(self, bucket: str | None, name: str) -> str | None:
-        if (bucket is not None and bucket != self.bucket) or not name.startswith(self.prefix):
-            return None
-        return name[len(self.prefix):]
 
     def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
         name = self.prefix + check_key(key)

@@ -51,7 +51,7 @@ import orjson
 
 from .. import rawobject
 from .base import ObjectMissing, RawStore, StoreError
-from .local import LocalStore, _fsync_dir
+from .local import LocalStore, _fsync_dir, write_all
 
 log = logging.getLogger("gleanpipe.spool")
 
@@ -176,9 +176,7 @@ class SpoolWriter:
                     self._close()
                 if self._fd is None:
                     self._open()
-                view = memoryview(record)
-                while view:
-                    view = view[os.write(self._fd, view):]
+                write_all(self._fd, record)
             except OSError as exc:
                 # A partial record is skipped by its checksum; later records may still be fine,
                 # but start a fresh segment to keep the file simple to read.
