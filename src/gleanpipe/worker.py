@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from .load import Loader
 from .notifications import BadNotification, Created, Ignored, from_s3_message
+from .replay import add_counts
 from .storage.cloud import CloudOptions
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ class WorkerStats:
     ignored: int = 0
     malformed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-
-    def add_counts(self, result: dict) -> None:
-        for k, v in result.items():
-            self.counts[k] = self.counts.get(k, 0) + v
 
     def as_dict(self) -> dict:
         return {"received": self.received, "deleted": self.deleted, "left_for_retry": self.left_for_retry,
@@ -114,7 +111,7 @@ class S3QueueWorker:
                 self._delete(loaded_nothing)
                 return len(messages)
             self.stats.objects += len(set(keys))
-            self.stats.add_counts(result.as_dict())
+            add_counts(self.stats.counts, result.as_dict())
             log.info("loaded %d objects: %s", len(set(keys)), result.as_dict())
         self._delete(messages)
         return len(messages)
