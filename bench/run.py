@@ -17,15 +17,19 @@ import orjson
 
 from gleanpipe import rawobject
 from gleanpipe.admin import AdminClient
+from gleanpipe.config import Config
 from gleanpipe.emulate import free_port
 from gleanpipe.naming import DocumentPath
+from gleanpipe.serve import gunicorn_args
 from gleanpipe.storage.local import LocalStore
 
 BENCH = Path(__file__).resolve().parent
 PY, GLEANPIPE = sys.executable, str(Path(sys.executable).parent / "gleanpipe")
 APP, DATASET, AGENT = "org-example-bench", "org_example_bench", "Glean/60.1.0 (Rust on Linux)"
-GUNICORN = ["--workers", "2", "--threads", "8", "--worker-class", "gthread", "--keep-alive", "5",
-            "--log-level", "warning", "--graceful-timeout", "10", "--timeout", "60"]  # as serve.py starts it
+_DEFAULTS = Config.from_env(environ={})
+SPOOL_ARGS = gunicorn_args(_DEFAULTS, spool=True)[1:]  # as `gleanpipe serve` starts gunicorn (serve.py)
+DIRECT_ARGS = gunicorn_args(_DEFAULTS, spool=False)[1:]  # ... and with GLEANPIPE_SPOOL=off
+ROUNDS = 3  # edge and trivial alternate this many times; the ratio is the median of the rounds
 THREADS, CONNS = 2, 32
 WRK: str | None = None
 
@@ -232,58 +236,78 @@ def count_files(root: Path) -> int:
 # --- the three benchmarks ----------------------------------------------------------------------
 
 
-def bench_submit(tmp: Path, seconds: int, res: dict) -> None:
-    """Four servers in turn, same gunicorn settings, same load:
+def bench_submit(tmp: Path, seconds: int, rounds: int, res: dict) -> None:
+    """Four servers, same load, each on a fresh data dir:
     - "edge": gunicorn `gleanpipe.wsgi:spool_app` plus bench/drain_spool.py turning the spool into
       raw objects as serve does (the submit function's whole job: a ping in, a durable object out);
+    - "trivial": `trivial_app:app` under the same gunicorn settings. Edge and trivial alternate
+      `rounds` times, so a slow spell of the machine hits both; each round gives a ratio;
     - "real": `gleanpipe serve` itself, whose loader also loads every ping into DuckDB meanwhile;
-    - "direct": gunicorn `gleanpipe.wsgi:app`, one fsynced object per ping (the submit function);
-    - "trivial": gunicorn `trivial_app:app`."""
+    - "direct": gunicorn `gleanpipe.wsgi:app`, one fsynced object per ping (the submit function),
+      with the settings serve uses for GLEANPIPE_SPOOL=off."""
     rng = random.Random(1)
     ping = make_ping(rng, "metrics", make_client(rng), 7, n_events=4)
     (body_file := tmp / "ping.json.gz").write_bytes(gzip.compress(orjson.dumps(ping)))
-    res["body_bytes"], res["commands"] = body_file.stat().st_size, {}
-    for name, app in (("edge", "gleanpipe.wsgi:spool_app"), ("real", None), ("direct", "gleanpipe.wsgi:app"),
-                      ("trivial", "trivial_app:app")):
-        data, port = tmp / f"submit-{name}", free_port()
-        env = clean_env(tmp, GLEANPIPE_DATA_DIR=str(data), GLEANPIPE_STORE_URL=f"file://{data / 'store'}")
-        if app is None:  # serve starts gunicorn itself with GUNICORN's settings (see serve.py)
-            cmd = [GLEANPIPE, "serve", "--data-dir", str(data), "--port", str(port)]
-            res["commands"][name] = " ".join(["gleanpipe", *cmd[1:]]).replace(str(tmp), "$TMP")
+    res["body_bytes"], res["commands"], res["rounds"] = body_file.stat().st_size, {}, []
+    plan = [("edge", "gleanpipe.wsgi:spool_app", SPOOL_ARGS), ("trivial", "trivial_app:app", SPOOL_ARGS)] * rounds
+    plan += [("real", None, None), ("direct", "gleanpipe.wsgi:app", DIRECT_ARGS)]
+    for i, (name, app, args) in enumerate(plan):
+        x = _submit_run(tmp / f"submit-{i}-{name}", name, app, args, body_file, seconds, res["commands"])
+        if name in ("edge", "trivial"):
+            if name == "edge":
+                res["rounds"].append({"edge": x})
+            else:
+                res["rounds"][-1]["trivial"] = x
         else:
-            cmd = [PY, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--pythonpath", str(BENCH), *GUNICORN]
-            res["commands"][name] = " ".join(["python", *cmd[1:]]).replace(str(BENCH), "bench")
-        drain = [PY, str(BENCH / "drain_spool.py"), str(data / "store")] if name == "edge" else None
-        with process(cmd, env, stdout=subprocess.DEVNULL) as proc, \
-                (process(drain, env, stdout=subprocess.PIPE, text=True) if drain else nullcontext()) as drainer:
-            wait_http(port, proc)
-            print(f"submit: {name} app, {seconds} s of load ...", flush=True)
-            roots = [proc.pid] + ([gunicorn_child(proc.pid)] if app is None else []) + ([drainer.pid] if drain else [])
-            with other_load(x := {}, *roots):
-                x.update(drive(port, body_file, seconds))
-            per_ping = lambda cpu_s: 1000 * cpu_s / max(1, x["sent"])
-            res[name] = {**x, "cpu_ms": per_ping(x["cpu"][0])}
-            if app is None:  # serve's tree holds its gunicorn: split HTTP workers / serve's own process
-                res[name]["http_ms"] = per_ping(x["cpu"][1])
-            if drain:  # gunicorn's tree, then the drainer's
-                res[name].update(http_ms=per_ping(x["cpu"][0]), cpu_ms=per_ping(x["cpu"][0] + x["cpu"][1]))
-            t0 = time.monotonic()
-            if app is None:  # how long until every accepted ping is a row (the loader may lag the edge)
-                admin, rows = AdminClient.find(data), 0
-                while time.monotonic() < t0 + 120:
-                    rows = admin.query(f"SELECT count(*) FROM {DATASET}.metrics_v1")[1][0][0]
-                    if rows >= x["ok"] and not admin.call("/status").get("pending"):
-                        break
-                    time.sleep(0.05)
-                res[name].update(drain_s=time.monotonic() - t0, rows=rows)
-            proc.send_signal(signal.SIGINT if app is None else signal.SIGTERM)  # graceful: in-flight requests finish
-            proc.wait(30)
-            if drain:  # the workers are gone: the drainer finishes their segments, then exits
-                drainer.send_signal(signal.SIGTERM)
-                res[name]["drain_out"] = drainer.communicate(timeout=120)[0].strip()
-                res[name]["drain_s"] = time.monotonic() - t0
-        res[name]["objects"], res[name]["rejected"] = (count_files(data / f"store/{d}") for d in ("raw", "errors"))
-        res[name]["spool_left"] = count_files(data / "store/.spool") if (data / "store/.spool").exists() else 0
+            res[name] = x
+    for r in res["rounds"]:
+        r["ratio"] = r["edge"]["rps"] / r["trivial"]["rps"]
+    middle = sorted(res["rounds"], key=lambda r: r["ratio"])[len(res["rounds"]) // 2]
+    res["edge"], res["trivial"], res["ratio"] = middle["edge"], middle["trivial"], middle["ratio"]
+
+
+def _submit_run(data: Path, name: str, app: str | None, args: list[str] | None, body_file: Path, seconds: int,
+                commands: dict) -> dict:
+    port = free_port()
+    env = clean_env(data.parent, GLEANPIPE_DATA_DIR=str(data), GLEANPIPE_STORE_URL=f"file://{data / 'store'}")
+    if app is None:  # serve starts gunicorn itself (serve.gunicorn_args)
+        cmd = [GLEANPIPE, "serve", "--data-dir", str(data), "--port", str(port)]
+        commands[name] = " ".join(["gleanpipe", *cmd[1:]]).replace(str(data), f"$TMP/{data.name}")
+    else:
+        cmd = [PY, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--pythonpath", str(BENCH), *args]
+        commands[name] = " ".join(["python", *cmd[1:]]).replace(str(BENCH), "bench")
+    drain = [PY, str(BENCH / "drain_spool.py"), str(data / "store")] if name == "edge" else None
+    with process(cmd, env, stdout=subprocess.DEVNULL) as proc, \
+            (process(drain, env, stdout=subprocess.PIPE, text=True) if drain else nullcontext()) as drainer:
+        wait_http(port, proc)
+        print(f"submit: {name} app, {seconds} s of load ...", flush=True)
+        roots = [proc.pid] + ([gunicorn_child(proc.pid)] if app is None else []) + ([drainer.pid] if drain else [])
+        with other_load(x := {}, *roots):
+            x.update(drive(port, body_file, seconds))
+        per_ping = lambda cpu_s: 1000 * cpu_s / max(1, x["sent"])
+        x["cpu_ms"] = per_ping(x["cpu"][0])
+        if app is None:  # serve's tree holds its gunicorn: split HTTP workers / serve's own process
+            x["http_ms"] = per_ping(x["cpu"][1])
+        if drain:  # gunicorn's tree, then the drainer's
+            x.update(http_ms=per_ping(x["cpu"][0]), cpu_ms=per_ping(x["cpu"][0] + x["cpu"][1]))
+        t0 = time.monotonic()
+        if app is None:  # how long until every accepted ping is a row (the loader may lag the edge)
+            admin, rows = AdminClient.find(data), 0
+            while time.monotonic() < t0 + 120:
+                rows = admin.query(f"SELECT count(*) FROM {DATASET}.metrics_v1")[1][0][0]
+                if rows >= x["ok"] and not admin.call("/status").get("pending"):
+                    break
+                time.sleep(0.05)
+            x.update(drain_s=time.monotonic() - t0, rows=rows)
+        proc.send_signal(signal.SIGINT if app is None else signal.SIGTERM)  # graceful: in-flight requests finish
+        proc.wait(30)
+        if drain:  # the workers are gone: the drainer finishes their segments, then exits
+            drainer.send_signal(signal.SIGTERM)
+            x["drain_out"] = drainer.communicate(timeout=120)[0].strip()
+            x["drain_s"] = time.monotonic() - t0
+    x["objects"], x["rejected"] = (count_files(data / f"store/{d}") for d in ("raw", "errors"))
+    x["spool_left"] = count_files(data / "store/.spool") if (data / "store/.spool").exists() else 0
+    return x
 
 
 def seed(part: int, parts: int, n: int, store_root: str) -> dict:
@@ -396,7 +420,8 @@ def machine() -> str:
 
 def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
     edge, real, direct, triv = s["edge"], s["real"], s["direct"], s["trivial"]
-    ratio, rate = edge["rps"] / triv["rps"], r["n"] / r["seconds"]
+    ratio, rate = s["ratio"], r["n"] / r["seconds"]
+    rounds = "; ".join(f"{x['edge']['rps']:,.0f} / {x['trivial']['rps']:,.0f} = {x['ratio']:.2f}" for x in s["rounds"])
     in_flight = lambda x: x["sent"] - x["ok"] - x["bad"]
     mark = lambda ok: "PASS" if ok else "**MISS**"
     detail = lambda x: (f"**{x['rps']:,.0f} req/s** ({x['ok']:,} x 2xx, {x['bad']} non-2xx, {x['sockerr']} socket "
@@ -410,12 +435,14 @@ def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
         ("submit: edge = gunicorn `gleanpipe.wsgi:spool_app` + spool-to-objects writer (bench/drain_spool.py)",
          detail(edge), ">= 1,500/s", mark(edge["rps"] >= 1500)),
         ("submit: trivial WSGI app", detail(triv), "-", ""),
-        ("submit: ratio edge / trivial", f"**{ratio:.2f}**", ">= 0.5", mark(ratio >= 0.5)),
+        ("submit: ratio edge / trivial (median round; the edge and trivial rows are that round's)",
+         f"**{ratio:.2f}** (rounds, edge / trivial req/s: {rounds})", ">= 0.5", mark(ratio >= 0.5)),
         ("submit: edge, CPU per ping by process", f"HTTP workers {edge['http_ms']:.2f} ms; spool-to-objects writer "
          f"{edge['cpu_ms'] - edge['http_ms']:.2f} ms", "-", ""),
-        ("submit: edge, objects under raw/ vs 2xx", stored(edge) + f"; {edge['spool_left']} spool files left; "
-         f"writer: {edge['drain_out']}", "2xx <= objects <= 2xx + in flight", mark(stored_ok(edge) and not
-                                                                                  edge["spool_left"])),
+        ("submit: edge, objects under raw/ vs 2xx (every round)", "; ".join(
+            stored(x["edge"]) + f"; {x['edge']['spool_left']} spool files left" for x in s["rounds"])
+         + f"; writer (median round): {edge['drain_out']}", "2xx <= objects <= 2xx + in flight",
+         mark(all(stored_ok(x["edge"]) and not x["edge"]["spool_left"] for x in s["rounds"]))),
         ("submit: `gleanpipe serve` (edge + loading every ping into DuckDB meanwhile)", detail(real), "-",
          f"ratio {real['rps'] / triv['rps']:.2f}"),
         ("submit: serve, CPU per ping by process", f"HTTP workers (gunicorn) {real['http_ms']:.2f} ms; serve's "
@@ -425,8 +452,8 @@ def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
         ("submit: serve, rows after the load vs 2xx", f"{real['rows']:,} rows in metrics_v1 {real['drain_s']:.1f} s "
          f"after the load stopped; sustained {sustained:,.0f} pings/s (2xx / (load + drain time))",
          "rows >= 2xx", mark(real["rows"] >= real["ok"])),
-        ("submit: gunicorn `gleanpipe.wsgi:app` (one fsynced object per ping, no spool)", detail(direct),
-         "-", f"ratio {direct['rps'] / triv['rps']:.2f}"),
+        ("submit: gunicorn `gleanpipe.wsgi:app` on gthread workers (one fsynced object per ping, no spool: "
+         "serve with GLEANPIPE_SPOOL=off)", detail(direct), "-", ""),
         ("submit: wsgi:app, objects under raw/ vs 2xx", stored(direct), "2xx <= objects <= 2xx + in flight",
          mark(stored_ok(direct))),
         (f"replay: {r['n']:,} pings", f"**{rate:,.0f} pings/s** ({r['seconds']:.1f} s, exit {r['code']}; "
@@ -441,10 +468,13 @@ def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
         ("serve: exit code after SIGINT", str(lt["exit"]), "0", mark(lt["exit"] == 0)),
     ]
     loud = [f"**WARNING: the {k} submit run had {x['bad']} non-2xx responses and {x['sockerr']} socket errors: "
-            "its req/s is not a clean figure.**" for k, x in (("edge", edge), ("serve", real), ("wsgi:app", direct), ("trivial", triv))
-            if x["bad"] or x["sockerr"]]
+            "its req/s is not a clean figure.**" for k, x in (*[(f"edge (round {i + 1})", v["edge"]) for i, v in
+            enumerate(s["rounds"])], *[(f"trivial (round {i + 1})", v["trivial"]) for i, v in enumerate(s["rounds"])],
+            ("serve", real), ("wsgi:app", direct)) if x["bad"] or x["sockerr"]]
     loud += [f"**WARNING: latency run send errors: {lt['errors'][:5]}**"] if lt["errors"] else []
-    phases = (("submit (edge)", edge), ("submit (serve)", real), ("submit (wsgi:app)", direct), ("submit (trivial)", triv), ("replay", r), ("latency", lt))
+    phases = (*[(f"submit (edge, round {i + 1})", v["edge"]) for i, v in enumerate(s["rounds"])],
+              *[(f"submit (trivial, round {i + 1})", v["trivial"]) for i, v in enumerate(s["rounds"])],
+              ("submit (serve)", real), ("submit (wsgi:app)", direct), ("replay", r), ("latency", lt))
     loud += [f"**WARNING: other processes used {x['other']:.2f} cores during the {k} measurement: not a clean "
              "figure.**" for k, x in phases if x["other"] > 0.25]
     if r["code"] or "error" in r["got"]:
@@ -455,10 +485,10 @@ def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
         f"## {time.strftime('%Y-%m-%d %H:%M %Z')}, {socket.gethostname()}, {'quick' if quick else 'full'} run", "",
         f"Machine: {machine()}", "", *[w + "\n" for w in loud],
         "| benchmark | result | target | |", "|---|---|---|---|", *[f"| {' | '.join(row)} |" for row in rows], "",
-        f"- submit: `{s['commands']['edge']}` with `python bench/drain_spool.py $TMP/submit-edge/store`, then "
-        f"`{s['commands']['real']}` (it starts gunicorn with the same settings), then "
-        f"`{s['commands']['direct']}`, then the same with `trivial_app:app`, each on a fresh data dir; load: "
-        f"{load} (gzip metrics ping, {s['body_bytes']} bytes, new document id per request)",
+        f"- submit: `{s['commands']['edge']}` with `python bench/drain_spool.py $TMP/<dir>/store`, then the "
+        f"same with `trivial_app:app`, alternating {len(s['rounds'])} times; then `{s['commands']['real']}` (it "
+        f"starts gunicorn with the same settings), then `{s['commands']['direct']}`; each on a fresh data dir; "
+        f"load: {load} (gzip metrics ping, {s['body_bytes']} bytes, new document id per request)",
         f"- replay: `{r['command']}` → `{r['output']}`",
         f"- latency: `{lt['command']}`; http.client keep-alive sender; admin API poll every 10 ms; SIGINT to stop", ""])
 
@@ -468,12 +498,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~1 min: 3 s of load, 1,000 replayed pings, 200 latency pings")
     quick = ap.parse_args().quick
-    seconds, n_replay, n_latency = (3, 1_000, 200) if quick else (10, 100_000, 1_000)
+    seconds, rounds, n_replay, n_latency = (3, 1, 1_000, 200) if quick else (6, ROUNDS, 100_000, 1_000)
     if not (WRK := ensure_wrk()):
         print("WARNING: wrk not found and could not be installed: using the Python load generator", flush=True)
     tmp, s, r, lt = Path(tempfile.mkdtemp(prefix="gleanpipe-bench-")), {}, {}, {}
     try:
-        bench_submit(tmp, seconds, s)
+        bench_submit(tmp, seconds, rounds, s)
         bench_replay(tmp, n_replay, r)
         bench_latency(tmp, n_latency, lt)
     finally:

@@ -156,6 +156,77 @@ def test_concurrent_appends_each_return_after_an_fsync_that_covers_them(store, m
     writer.close()
 
 
+GEVENT_APPENDS = r"""
+import json, sys, time
+from gevent import monkey
+monkey.patch_all()
+import os
+import gevent
+from gleanpipe.storage.spool import SpoolWriter, decode_records
+
+real_sleep, real_fdatasync = monkey.get_original("time", "sleep"), os.fdatasync
+syncing = []
+
+def slow_fdatasync(fd):  # a mock: a disk that takes 0.2 s per sync cannot be had on demand
+    syncing.append(True)
+    real_sleep(0.2)  # blocks the calling OS thread, as a slow disk does
+    real_fdatasync(fd)
+    syncing.pop()
+
+os.fdatasync = slow_fdatasync
+writer = SpoolWriter(sys.argv[1], 1 << 20, 3600)
+ticks, done = [0, 0], []
+
+def ticker():  # turns of the event loop, and how many of them came while a sync was running
+    while not done:
+        ticks[0] += 1
+        ticks[1] += bool(syncing)
+        gevent.sleep(0.005)
+
+def later(i):
+    gevent.sleep(0.05)  # arrives while the first batch is being synced
+    writer.append(f"raw/late{i}.json", b"y" * 100)
+
+t0 = time.monotonic()
+g = gevent.spawn(ticker)
+jobs = [gevent.spawn(writer.append, f"raw/early{i}.json", b"x" * 100) for i in range(20)]
+jobs += [gevent.spawn(later, i) for i in range(20)]
+gevent.joinall(jobs, raise_error=True)
+elapsed = time.monotonic() - t0
+done.append(True)
+g.join()
+writer.close()
+(seg,) = [n for n in os.listdir(sys.argv[1]) if n.endswith(".seg")]
+keys = [k for _, _, k, _ in decode_records(open(os.path.join(sys.argv[1], seg), "rb").read())]
+print(json.dumps({"syncs": writer.syncs, "ticks": ticks[0], "ticks_syncing": ticks[1], "elapsed": elapsed,
+                  "keys": keys}))
+"""
+
+
+def test_under_gevent_the_fdatasync_runs_off_the_event_loop_and_later_pings_share_the_next_one(tmp_path):
+    """serve's HTTP workers are gevent workers: one OS thread runs every request. The spool's
+    fdatasync must run in gevent's thread pool, or each sync would stop every other request."""
+    out = subprocess.run([sys.executable, "-c", GEVENT_APPENDS, str(tmp_path / "spool")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = orjson.loads(out.stdout)
+    assert sorted(got["keys"]) == sorted([f"raw/early{i}.json" for i in range(20)]
+                                         + [f"raw/late{i}.json" for i in range(20)])
+    assert got["syncs"] == 2  # 20 pings per fdatasync: the 20 late ones waited for the second
+    assert got["ticks_syncing"] >= 20  # the loop kept turning (every 5 ms) through 0.4 s of syncing
+    assert got["elapsed"] < 1.0
+
+
+def test_serve_runs_gevent_workers_with_the_spool_and_threads_without():
+    from gleanpipe.serve import gunicorn_args
+
+    on = gunicorn_args(Config.from_env(environ={"GLEANPIPE_CONNECTIONS": "50"}), spool=True)
+    off = gunicorn_args(Config.from_env(environ={"GLEANPIPE_THREADS": "3"}), spool=False)
+    assert on[:5] == ["gleanpipe.wsgi:spool_app", "--worker-class", "gevent", "--worker-connections", "50"]
+    assert off[:5] == ["gleanpipe.wsgi:app", "--worker-class", "gthread", "--threads", "3"]
+    assert "--threads" not in on
+
+
 def test_a_failed_fdatasync_fails_the_request_and_a_new_segment_takes_the_next(store, monkeypatch):
     """A mock: a disk error on fdatasync cannot be caused on demand here."""
     writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)

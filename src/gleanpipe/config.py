@@ -35,7 +35,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_HOST", "127.0.0.1", "Address `serve` listens on (0.0.0.0 to accept other hosts)."),
         Setting("GLEANPIPE_PORT", "8080", "Port `serve` listens on for /submit."),
         Setting("GLEANPIPE_WORKERS", "2", "HTTP worker processes `serve` starts for submit."),
-        Setting("GLEANPIPE_THREADS", "8", "Threads per HTTP worker (more threads share more of each spool fdatasync)."),
+        Setting("GLEANPIPE_CONNECTIONS", "1000",
+                "Connections each HTTP worker serves at once (GLEANPIPE_SPOOL=on: gevent worker)."),
+        Setting("GLEANPIPE_THREADS", "8", "Threads per HTTP worker with GLEANPIPE_SPOOL=off (gthread worker)."),
         Setting("GLEANPIPE_MAX_WIRE_BYTES", str(1 * MIB), "Largest request body accepted as sent (413 above)."),
         Setting(
             "GLEANPIPE_MAX_PAYLOAD_BYTES",
@@ -134,6 +136,7 @@ class Config:
     host: str
     port: int
     workers: int
+    connections: int
     threads: int
     max_wire_bytes: int
     max_payload_bytes: int
@@ -163,6 +166,7 @@ class Config:
             host=_get("GLEANPIPE_HOST", environ),
             port=_int("GLEANPIPE_PORT", environ),
             workers=_int("GLEANPIPE_WORKERS", environ),
+            connections=_int("GLEANPIPE_CONNECTIONS", environ),
             threads=_int("GLEANPIPE_THREADS", environ),
             max_wire_bytes=_int("GLEANPIPE_MAX_WIRE_BYTES", environ),
             max_payload_bytes=_int("GLEANPIPE_MAX_PAYLOAD_BYTES", environ),

@@ -35,6 +35,8 @@ from .validation import PingValidator, default_validator
 
 GZIP_MAGIC = b"\x1f\x8b"
 METHODS = ("POST", "PUT")
+# (metadata name, request header name) of each header kept with a ping
+_KEPT = tuple((h, h.replace("_", "-")) for h in rawobject.KEPT_HEADERS)
 
 
 @dataclass
@@ -57,6 +59,13 @@ def _error(status: int, error_type: str, message: str, **headers: str) -> Respon
 
 def decompress(body: bytes, limit: int) -> bytes:
     """Gunzip ``body`` (all members), never producing more than ``limit`` bytes."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        first = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise Rejected(400, "decompress", f"invalid gzip body: {exc}") from None
+    if d.eof and not d.unused_data and len(first) <= limit:
+        return first  # one gzip member, within the limit: the usual case, no copy
     out = bytearray()
     data = body
     while data:
@@ -102,11 +111,11 @@ class SubmitHandler:
             return _error(404, "not_found", "use /submit/<app-id>/<doc-type>/<version>/<document-id>")
         if method not in METHODS:
             return _error(405, "method_not_allowed", f"use POST or PUT, not {method}", Allow="POST, PUT")
-        received = self.now()
+        received = self.now().astimezone(timezone.utc)
         meta = {
-            "submission_timestamp": received.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "submission_timestamp": received.isoformat(timespec="microseconds")[:26] + "Z",
             "uri": path,
-            "headers": {h: headers.get(h.replace("_", "-")) for h in rawobject.KEPT_HEADERS},
+            "headers": {h: headers.get(name) for h, name in _KEPT},
             "content_encoding": headers.get("content-encoding"),
         }
         try:
@@ -185,6 +194,11 @@ STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not
                503: "Service Unavailable"}
 
 
+_ENVIRON_KEYS = {name: name.upper().replace("-", "_") if name in ("content-length", "content-type")
+                 else "HTTP_" + name.upper().replace("-", "_")
+                 for name in [n for _, n in _KEPT] + ["content-encoding"]}
+
+
 class _EnvironHeaders:
     """Case-insensitive header lookup over a WSGI environ."""
 
@@ -194,10 +208,13 @@ class _EnvironHeaders:
         self.environ = environ
 
     def get(self, name: str, default=None):
-        key = name.upper().replace("-", "_")
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = name.upper().replace("-", "_")
+            key = key if key in ("CONTENT_LENGTH", "CONTENT_TYPE") else "HTTP_" + key
         if key in ("CONTENT_LENGTH", "CONTENT_TYPE"):
             return self.environ.get(key) or default
-        return self.environ.get("HTTP_" + key, default)
+        return self.environ.get(key, default)
 
 
 def read_body(stream, content_length: int | None, limit: int) -> bytes:

@@ -1,10 +1,12 @@
 """`gleanpipe serve`: the whole pipeline on one machine.
 
 One process owns the DuckDB file and runs:
-- the submit edge: gunicorn (``gleanpipe.wsgi:spool_app``, GLEANPIPE_WORKERS processes x
-  GLEANPIPE_THREADS threads) as a child process; with GLEANPIPE_SPOOL=on (default) the
-  workers append pings to a write-ahead spool that the loader thread turns into objects
-  (storage/spool.py), with =off they write one fsynced object each (``wsgi:app``);
+- the submit edge: gunicorn with GLEANPIPE_WORKERS processes as a child process. With
+  GLEANPIPE_SPOOL=on (default) it runs ``gleanpipe.wsgi:spool_app`` on gevent workers
+  (GLEANPIPE_CONNECTIONS each): the workers append pings to a write-ahead spool whose
+  fdatasync runs off the event loop, and the loader thread turns the spool into objects
+  (storage/spool.py). With =off it runs ``wsgi:app`` on gthread workers (GLEANPIPE_THREADS
+  each), which write one fsynced object per ping;
 - the in-process trigger: a loader thread that drains the store's inbox (objects stored
   but not yet loaded) every GLEANPIPE_LOAD_INTERVAL_MS, at-least-once; what was stored
   before a crash or stop is loaded on the next start;
@@ -36,6 +38,23 @@ log = logging.getLogger("gleanpipe.serve")
 
 
 MISSING_GRACE_S = 60.0
+
+
+
+def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
+    """The app and worker settings serve gives gunicorn (bench/run.py uses the same).
+
+    Spool on: gevent workers. A request waiting for its spool fdatasync is a parked greenlet,
+    not a blocked thread, and the fdatasync itself runs in gevent's thread pool, so one worker
+    keeps parsing and validating while the disk syncs (storage/spool.py). Spool off: each ping
+    is its own fsynced file written by the request, so the workers are threads (gthread).
+    """
+    common = ["--workers", str(cfg.workers), "--log-level", "warning", "--keep-alive", "5",
+              "--graceful-timeout", "10", "--timeout", "60"]
+    if spool:
+        return ["gleanpipe.wsgi:spool_app", "--worker-class", "gevent",
+                "--worker-connections", str(cfg.connections), *common]
+    return ["gleanpipe.wsgi:app", "--worker-class", "gthread", "--threads", str(cfg.threads), *common]
 
 
 class LoaderThread(threading.Thread):
@@ -150,13 +169,8 @@ class LocalPipeline:
             if name.startswith(("max_", "spool_")):
                 env[f"GLEANPIPE_{name.upper()}"] = str(value)
         env["GLEANPIPE_SPOOL"] = "on" if cfg.spool else "off"
-        app = "gleanpipe.wsgi:spool_app" if isinstance(self.store, SpoolReader) else "gleanpipe.wsgi:app"
-        cmd = [
-            sys.executable, "-m", "gunicorn", app,
-            "--bind", f"{cfg.host}:{cfg.port}", "--workers", str(cfg.workers), "--threads", str(cfg.threads),
-            "--worker-class", "gthread", "--log-level", "warning", "--keep-alive", "5",
-            "--graceful-timeout", "10", "--timeout", "60",
-        ]
+        cmd = [sys.executable, "-m", "gunicorn", *gunicorn_args(cfg, spool=isinstance(self.store, SpoolReader)),
+               "--bind", f"{cfg.host}:{cfg.port}"]
         self.http = subprocess.Popen(cmd, env=env)
         wait_for_port(cfg.host if cfg.host not in ("0.0.0.0", "::") else "127.0.0.1", cfg.port, self.http)
         write_state(cfg.data_dir, {

@@ -110,28 +110,30 @@ class LocalStore(RawStore):
 
     def key_path(self, key: str) -> str:
         """The file name of ``key`` as a string (the edge's fast path); ValueError if unsafe."""
-        if not KEY_RE.fullmatch(key) or any(p in (".", "..") or p.startswith(".") for p in key.split("/")):
+        # no part may start with "." (".", "..", hidden names): same as no leading "." and no "/."
+        if not KEY_RE.fullmatch(key) or key.startswith(".") or "/." in key:
             raise ValueError(f"unsafe object key: {key!r}")
         return f"{self._root}/{key}"
 
     def _path(self, key: str) -> Path:
         return Path(self.key_path(key))
 
-    def _ensure_dir(self, parent: Path) -> None:
-        if str(parent) in self._dirs:
+    def _ensure_dir(self, parent: str) -> None:
+        if parent in self._dirs:  # the hot path: a string lookup, no pathlib
             return
-        if not parent.is_dir():
-            parent.mkdir(parents=True, exist_ok=True)
-            for ancestor in parent.relative_to(self.root).parents:
+        folder = Path(parent)
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            for ancestor in folder.relative_to(self.root).parents:
                 _fsync_dir(self.root / ancestor)
-        self._dirs.add(str(parent))
+        self._dirs.add(parent)
 
     def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
         path = self._path(key)
         tmp = os.path.join(self._tmp, uuid.uuid4().hex)
         receipt = None
         try:
-            self._ensure_dir(path.parent)
+            self._ensure_dir(str(path.parent))
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 write_all(fd, data)
@@ -161,16 +163,17 @@ class LocalStore(RawStore):
         made durable later in bulk. The file is created with O_EXCL (create-only) and written
         in place, so a reader on another thread could see it half-written for a moment;
         serve's only such reader (a replay through the admin API) takes the spool's lock."""
-        path = self._path(key)
-        self._ensure_dir(path.parent)
+        name = self.key_path(key)
+        parent = name.rpartition("/")[0]
+        self._ensure_dir(parent)
         try:
-            self._create(str(path), data)
+            self._create(name, data)
         except FileExistsError:
             return False
         except FileNotFoundError:  # its folder was removed since we saw it
-            self._dirs.discard(str(path.parent))
-            self._ensure_dir(path.parent)
-            self._create(str(path), data)
+            self._dirs.discard(parent)
+            self._ensure_dir(parent)
+            self._create(name, data)
         return True
 
     def replace_unsynced(self, key: str, data: bytes) -> None:
@@ -178,7 +181,7 @@ class LocalStore(RawStore):
         path = self._path(key)
         tmp = self._write_tmp(data)
         try:
-            self._ensure_dir(path.parent)
+            self._ensure_dir(str(path.parent))
             os.replace(tmp, path)
         finally:
             self._drop(tmp)
@@ -205,7 +208,7 @@ class LocalStore(RawStore):
             os.link(tmp, path)
         except FileNotFoundError:  # its folder was removed since we saw it: make it again, once
             self._dirs.discard(str(path.parent))
-            self._ensure_dir(path.parent)
+            self._ensure_dir(str(path.parent))
             os.link(tmp, path)
 
     @staticmethod

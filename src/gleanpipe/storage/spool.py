@@ -2,17 +2,20 @@
 
 Why: on a VM disk one fsynced file per ping (create, write, fsync, link, directory fsyncs)
 costs about 1 ms and caps submit at about 1,000 pings/s. Appending to one file and sharing
-one ``fdatasync`` between the request threads that appended meanwhile costs the same 2-3 ms
-for 1 ping or for 8.
+one ``fdatasync`` between the requests that arrived meanwhile costs the same for 1 ping or 8.
 
 Edge side (each gunicorn worker process): ``SpoolWriter`` appends framed records to its own
-segment file ``<store>/.spool/<ns>-<pid>-<rand>.seg`` and group-commits: the first thread
-to wait becomes the leader and runs one ``fdatasync`` for every record written so far; the
-others wait on a condition variable. ``append`` returns only once an fdatasync that started
-after its record was written has returned, so a 200 always means "on disk". The writer
-holds an exclusive ``flock`` on its segment while it may still append to it; the kernel
-drops it when the process dies, which is how the reader knows a segment is finished.
-Segments rotate after GLEANPIPE_SPOOL_SEGMENT_BYTES or GLEANPIPE_SPOOL_SEGMENT_SECONDS.
+segment file ``<store>/.spool/<ns>-<pid>-<rand>.seg`` and group-commits. A request adds its
+record to the open batch and waits on the batch's gate; the worker's committer takes the
+whole batch, writes it with one ``write``, runs one ``fdatasync`` and opens the gate. Records
+that arrive meanwhile form the next batch. ``append`` returns only once the fdatasync after
+its record's write has returned, so a 200 always means "on disk". serve runs gevent workers:
+there the committer is a greenlet and the write + fdatasync run in gevent's thread pool, so
+the event loop keeps serving other requests during a sync (threads work the same way). The
+writer holds an exclusive ``flock`` on its segment while it may still append to it; the
+kernel drops it when the process dies, which is how the reader knows a segment is finished.
+Segments rotate after GLEANPIPE_SPOOL_SEGMENT_BYTES or GLEANPIPE_SPOOL_SEGMENT_SECONDS; an
+idle committer also lets its segment go once it is that old, so the reader can retire it.
 
 Record framing (little endian): ``b"GPS1"``, u32 body length, u32 crc32 of the body,
 then the body: u16 key length, key (ASCII), object bytes. A record cut short by a crash
@@ -42,6 +45,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -102,23 +106,62 @@ def decode_records(buf: bytes, start: int = 0) -> Iterator[tuple[int, int, str, 
 # --- edge side ------------------------------------------------------------------------------
 
 
+def _blocking(fn, *args):
+    """Run a blocking call; under gevent (gunicorn's gevent worker) in its pool of real threads,
+    so the event loop serves other requests meanwhile."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return fn(*args)
+    if monkey.is_module_patched("threading"):
+        import gevent
+        return gevent.get_hub().threadpool.apply(fn, args)
+    return fn(*args)
+
+
+class _Batch:
+    """Records that one write + one fdatasync will make durable. ``gate`` is held until then."""
+
+    __slots__ = ("records", "gate", "error")
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.error: OSError | None = None
+
+
 class SpoolWriter:
-    """One process's append-only segment with group-committed fdatasync (see module doc)."""
+    """One process's append-only segment, group-committed by a committer thread (see module doc).
+
+    ``append`` adds its record to the open batch and blocks on the batch's gate. The
+    committer thread takes the whole batch, writes it with one ``write`` and runs one
+    ``fdatasync``, then opens the gate; each woken request thread passes the gate on to the
+    next, so a batch of n wakes n threads one after the other instead of all at once. While
+    a sync runs, new records gather in the next batch. Request threads never touch the file.
+    """
 
     def __init__(self, directory: str | os.PathLike, segment_bytes: int, segment_seconds: float):
         self.dir = str(directory)
         self.segment_bytes, self.segment_seconds = segment_bytes, segment_seconds
-        self._cond = threading.Condition()
+        self.syncs = 0  # fdatasync calls (for tests and profiling)
+        self._reset()
+        me = weakref.ref(self)  # a forked child starts with no thread and no segment of its own
+        os.register_at_fork(after_in_child=lambda: (w := me()) is not None and w._reset())
+
+    def _reset(self) -> None:
+        """Fresh state (also in a forked child: the parent's thread and segment are not its own)."""
+        self._lock = threading.Lock()  # guards _batch, _idle, _closing
+        self._wake = threading.Lock()  # the committer sleeps on it while there is nothing to write
+        self._wake.acquire()
+        self._batch: _Batch | None = None
+        self._idle = True
+        self._closing = False
+        self._thread: threading.Thread | None = None
         self._fd: int | None = None
-        self._pid = 0
         self._opened = 0.0
         self._size = 0
-        self._written = 0  # records written (sequence number of the last one)
-        self._synced = 0  # records covered by a completed fdatasync
-        self._leading = False
-        self._broken = False  # an fdatasync failed: this segment takes no more records
-        self._failed: list[tuple[int, int, OSError]] = []  # (first seq, last seq, error)
-        self.syncs = 0  # fdatasync calls (for tests and profiling)
+        self._broken = False  # a write or fdatasync failed: this segment takes no more records
 
     def _open(self) -> None:
         os.makedirs(self.dir, exist_ok=True)
@@ -136,86 +179,90 @@ class SpoolWriter:
             except OSError:
                 pass
             raise
-        self._fd, self._pid, self._opened, self._size, self._broken = fd, os.getpid(), time.monotonic(), 0, False
+        self._fd, self._opened, self._size, self._broken = fd, time.monotonic(), 0, False
 
-    def _close(self) -> None:
-        """Under the lock, with no leader running: sync what is unsynced, then let the segment go."""
+    def _close_segment(self) -> None:
+        """Committer thread only: every record in it is synced (or failed), so just let it go."""
         fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            if self._synced < self._written and not self._broken:
-                try:
-                    os.fdatasync(fd)
-                    self.syncs += 1
-                    self._synced = self._written
-                except OSError as exc:
-                    self._fail(self._synced + 1, self._written, exc)
-        finally:
+        if fd is not None:
             os.close(fd)  # releases the flock: the reader may now finish the segment
 
-    def _fail(self, first: int, last: int, exc: OSError) -> None:
-        self._failed.append((first, last, exc))
-        del self._failed[:-64]
-        self._synced = last
-        self._broken = True
+    def _commit(self, batch: _Batch) -> None:
+        """Committer thread only: write and sync one batch; a failure goes to its requests."""
+        try:
+            if self._fd is not None and (self._broken or self._size >= self.segment_bytes
+                                         or time.monotonic() - self._opened >= self.segment_seconds):
+                self._close_segment()
+            if self._fd is None:
+                self._open()
+            data = b"".join(batch.records)
+            try:
+                write_all(self._fd, data)
+            finally:
+                self._size += len(data)
+            self.syncs += 1
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            # A partial write is skipped by its checksum; start a fresh segment for what follows.
+            batch.error = exc
+            self._broken = self._fd is not None
+
+    def _run(self) -> None:
+        while True:
+            # Asleep until a batch opens; wakes after segment_seconds to let an idle segment go.
+            woken = self._wake.acquire(timeout=max(0.05, self.segment_seconds))
+            while True:
+                with self._lock:
+                    batch, self._batch = self._batch, None
+                    if batch is None:
+                        self._idle = True
+                        if self._closing:
+                            self._close_segment()
+                            self._thread, self._closing = None, False
+                            return
+                        break
+                _blocking(self._commit, batch)
+                batch.gate.release()
+            if not woken and self._fd is not None and time.monotonic() - self._opened >= self.segment_seconds:
+                self._close_segment()
 
     def append(self, key: str, data: bytes) -> None:
-        """Write one record; return once it is on disk. Raises StoreError (answer 503)."""
+        """Queue one record; return once it is on disk. Raises StoreError (answer 503)."""
         record = encode_record(key, data)
-        with self._cond:
-            try:
-                if self._fd is not None and self._pid != os.getpid():  # forked: the segment is the parent's
-                    self._fd = None
-                    self._written = self._synced = 0
-                while self._broken and self._leading:  # never append to a segment whose sync failed
-                    self._cond.wait()
-                if self._fd is not None and not self._leading and (
-                        self._broken or self._size >= self.segment_bytes
-                        or time.monotonic() - self._opened >= self.segment_seconds):
-                    self._close()
-                if self._fd is None:
-                    self._open()
-                write_all(self._fd, record)
-            except OSError as exc:
-                # A partial record is skipped by its checksum; later records may still be fine,
-                # but start a fresh segment to keep the file simple to read.
-                self._broken = self._fd is not None
-                raise StoreError(f"cannot append to the spool: {exc.strerror or exc}") from exc
-            self._size += len(record)
-            self._written += 1
-            mine = self._written
-            while self._synced < mine:
-                if self._leading:
-                    self._cond.wait()
-                    continue
-                self._leading = True
-                target, fd = self._written, self._fd
-                self._cond.release()
-                error = None
+        with self._lock:
+            while self._closing:  # close() is stopping the committer: start afresh once it is gone
+                thread = self._thread
+                self._lock.release()
                 try:
-                    os.fdatasync(fd)
-                except OSError as exc:
-                    error = exc
+                    thread.join()
                 finally:
-                    self._cond.acquire()
-                    self._leading = False
-                    self.syncs += 1
-                    if error is None:
-                        self._synced = max(self._synced, target)
-                    else:
-                        self._fail(self._synced + 1, target, error)
-                    self._cond.notify_all()
-            for first, last, exc in self._failed:
-                if first <= mine <= last:
-                    raise StoreError(f"cannot sync the spool: {exc.strerror or exc}") from exc
+                    self._lock.acquire()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="gleanpipe-spool", daemon=True)
+                self._thread.start()
+            batch = self._batch
+            if batch is None:
+                batch = self._batch = _Batch()
+            batch.records.append(record)
+            if self._idle:
+                self._idle = False
+                self._wake.release()
+        batch.gate.acquire()  # opened by the committer once the batch is synced
+        batch.gate.release()  # pass it on to the next request of the batch
+        if batch.error is not None:
+            raise StoreError(f"cannot write the spool: {batch.error.strerror or batch.error}") from batch.error
 
     def close(self) -> None:
-        with self._cond:
-            while self._leading:
-                self._cond.wait()
-            if self._pid == os.getpid():
-                self._close()
+        """Commit what is queued, release the segment and stop the committer thread."""
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return
+            self._closing = True
+            if self._idle:
+                self._idle = False
+                self._wake.release()
+        thread.join()
 
 
 class SpoolingStore(RawStore):
