@@ -41,7 +41,17 @@ def _fsync_dir(path) -> None:
     try:
         os.fsync(fd)
     finally:
-        os.close(fd)
+        _close_now(fd)
+
+
+# In serve's gevent workers, os.close is gevent's: it defers closing anything that is not a
+# regular file (a directory, here) to the event loop, through one table shared by all threads.
+# From gevent's thread pool (where the spool commits run) that races and fails now and then
+# with EBADF. A directory fd opened only to fsync it never has watchers: close it at once.
+try:
+    from posix import close as _close_now
+except ImportError:  # not a POSIX system
+    _close_now = os.close
 
 
 class GroupSync:
