@@ -194,9 +194,15 @@ STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not
                503: "Service Unavailable"}
 
 
-_ENVIRON_KEYS = {name: name.upper().replace("-", "_") if name in ("content-length", "content-type")
-                 else "HTTP_" + name.upper().replace("-", "_")
-                 for name in [n for _, n in _KEPT] + ["content-encoding"]}
+_CGI_HEADERS = ("CONTENT_LENGTH", "CONTENT_TYPE")  # the two headers WSGI keeps without HTTP_
+
+
+def _environ_key(name: str) -> str:
+    key = name.upper().replace("-", "_")
+    return key if key in _CGI_HEADERS else "HTTP_" + key
+
+
+_ENVIRON_KEYS = {name: _environ_key(name) for name in [n for _, n in _KEPT] + ["content-encoding"]}
 
 
 class _EnvironHeaders:
@@ -208,11 +214,8 @@ class _EnvironHeaders:
         self.environ = environ
 
     def get(self, name: str, default=None):
-        key = _ENVIRON_KEYS.get(name)
-        if key is None:
-            key = name.upper().replace("-", "_")
-            key = key if key in ("CONTENT_LENGTH", "CONTENT_TYPE") else "HTTP_" + key
-        if key in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+        key = _ENVIRON_KEYS.get(name) or _environ_key(name)
+        if key in _CGI_HEADERS:
             return self.environ.get(key) or default
         return self.environ.get(key, default)
 
