@@ -59,19 +59,14 @@ def _error(status: int, error_type: str, message: str, **headers: str) -> Respon
 
 def decompress(body: bytes, limit: int) -> bytes:
     """Gunzip ``body`` (all members), never producing more than ``limit`` bytes."""
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        first = d.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise Rejected(400, "decompress", f"invalid gzip body: {exc}") from None
-    if d.eof and not d.unused_data and len(first) <= limit:
-        return first  # one gzip member, within the limit: the usual case, no copy
     out = bytearray()
     data = body
     while data:
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             chunk = d.decompress(data, limit + 1 - len(out))
+            if not out and d.eof and not d.unused_data and len(chunk) <= limit:
+                return chunk  # one gzip member, within the limit: the usual case, no copy
             while True:
                 out += chunk
                 if len(out) > limit:
