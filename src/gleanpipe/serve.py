@@ -40,7 +40,6 @@ log = logging.getLogger("gleanpipe.serve")
 MISSING_GRACE_S = 60.0
 
 
-
 def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     """The app and worker settings serve gives gunicorn (bench/run.py uses the same).
 

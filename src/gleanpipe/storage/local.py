@@ -36,14 +36,6 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _fsync_dir(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        _close_now(fd)
-
-
 # In serve's gevent workers, os.close is gevent's: it defers closing anything that is not a
 # regular file (a directory, here) to the event loop, through one table shared by all threads.
 # From gevent's thread pool (where the spool commits run) that races and fails now and then
@@ -52,6 +44,14 @@ try:
     from posix import close as _close_now
 except ImportError:  # not a POSIX system
     _close_now = os.close
+
+
+def _fsync_dir(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        _close_now(fd)
 
 
 class GroupSync:

@@ -106,17 +106,18 @@ def decode_records(buf: bytes, start: int = 0) -> Iterator[tuple[int, int, str, 
 # --- edge side ------------------------------------------------------------------------------
 
 
-def _blocking(fn, *args):
-    """Run a blocking call; under gevent (gunicorn's gevent worker) in its pool of real threads,
-    so the event loop serves other requests meanwhile."""
+def _off_the_loop(fn):
+    """``fn`` itself, or under gevent (gunicorn's gevent worker) ``fn`` run in gevent's pool of
+    real threads, so the event loop serves other requests while it blocks."""
     try:
         from gevent import monkey
     except ImportError:
-        return fn(*args)
-    if monkey.is_module_patched("threading"):
-        import gevent
-        return gevent.get_hub().threadpool.apply(fn, args)
-    return fn(*args)
+        return fn
+    if not monkey.is_module_patched("threading"):
+        return fn
+    import gevent
+
+    return lambda *args: gevent.get_hub().threadpool.apply(fn, args)
 
 
 class _Batch:
@@ -208,6 +209,7 @@ class SpoolWriter:
             self._broken = self._fd is not None
 
     def _run(self) -> None:
+        commit = _off_the_loop(self._commit)  # the worker patched (or not) before its first ping
         while True:
             # Asleep until a batch opens; wakes after segment_seconds to let an idle segment go.
             woken = self._wake.acquire(timeout=max(0.05, self.segment_seconds))
@@ -221,7 +223,7 @@ class SpoolWriter:
                             self._thread, self._closing = None, False
                             return
                         break
-                _blocking(self._commit, batch)
+                commit(batch)
                 batch.gate.release()
             if not woken and self._fd is not None and time.monotonic() - self._opened >= self.segment_seconds:
                 self._close_segment()
