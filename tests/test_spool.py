@@ -45,6 +45,25 @@ def segments(store: LocalStore) -> list[Path]:
     return sorted((store.root / SPOOL).glob("*.seg"))
 
 
+def spooled(store: LocalStore, n: int) -> tuple[list[tuple[str, bytes]], Path]:
+    """n pings appended by a writer that has since closed: (the pings, their one segment)."""
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
+    pings = [raw(seq=i) for i in range(n)]
+    for key, data in pings:
+        writer.append(key, data)
+    writer.close()
+    (seg,) = segments(store)
+    return pings, seg
+
+
+def run_under_gevent(script: str, arg: Path, timeout: float) -> dict:
+    """Run ``script`` (which monkey-patches first, as gunicorn's gevent worker does) in a fresh
+    interpreter with ``arg``; its last output line is JSON."""
+    out = subprocess.run([sys.executable, "-c", script, str(arg)], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return orjson.loads(out.stdout)
+
+
 def test_records_round_trip_and_a_damaged_record_is_not_read():
     recs = [encode_record(f"raw/k{i}.json", bytes([i]) * (i * 100)) for i in range(3)]
     buf = b"".join(recs)
@@ -57,12 +76,7 @@ def test_records_round_trip_and_a_damaged_record_is_not_read():
 
 
 def test_torn_tail_is_skipped_once_its_writer_is_gone(store, warehouse):
-    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
-    pings = [raw(seq=i) for i in range(3)]
-    for key, data in pings:
-        writer.append(key, data)
-    writer.close()
-    (seg,) = segments(store)
+    pings, seg = spooled(store, 3)
     torn_key, torn_data = raw(seq=99)
     torn = encode_record(torn_key, torn_data)[:-10]  # a crash in the middle of the 4th write
     with open(seg, "ab") as f:
@@ -79,12 +93,7 @@ def test_torn_tail_is_skipped_once_its_writer_is_gone(store, warehouse):
 
 
 def test_damage_in_the_middle_skips_only_the_damaged_record(store):
-    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
-    pings = [raw(seq=i) for i in range(3)]
-    for key, data in pings:
-        writer.append(key, data)
-    writer.close()
-    (seg,) = segments(store)
+    pings, seg = spooled(store, 3)
     buf = bytearray(seg.read_bytes())
     first_len = len(encode_record(*pings[0]))
     buf[first_len + 30] ^= 0xFF
@@ -206,10 +215,7 @@ print(json.dumps({"syncs": writer.syncs, "ticks": ticks[0], "ticks_syncing": tic
 def test_under_gevent_the_fdatasync_runs_off_the_event_loop_and_later_pings_share_the_next_one(tmp_path):
     """serve's HTTP workers are gevent workers: one OS thread runs every request. The spool's
     fdatasync must run in gevent's thread pool, or each sync would stop every other request."""
-    out = subprocess.run([sys.executable, "-c", GEVENT_APPENDS, str(tmp_path / "spool")],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    got = orjson.loads(out.stdout)
+    got = run_under_gevent(GEVENT_APPENDS, tmp_path / "spool", timeout=60)
     assert sorted(got["keys"]) == sorted([f"raw/early{i}.json" for i in range(20)]
                                          + [f"raw/late{i}.json" for i in range(20)])
     assert got["syncs"] == 2  # 20 pings per fdatasync: the 20 late ones waited for the second
@@ -242,10 +248,7 @@ def test_under_gevent_folder_fsyncs_from_the_thread_pool_never_fail(tmp_path):
     """gevent's os.close defers closing a directory fd to an event loop, and from its thread
     pool that failed with EBADF for a few of every 600 writes (seen here). Our own directory fds
     are closed at once."""
-    out = subprocess.run([sys.executable, "-c", GEVENT_POOL_WRITES, str(tmp_path / "store")],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    got = orjson.loads(out.stdout)
+    got = run_under_gevent(GEVENT_POOL_WRITES, tmp_path / "store", timeout=120)
     assert got == {"ok": 1500, "errors": []}
     assert len(list((tmp_path / "store/errors/2026-11-23/json").iterdir())) == 1500
 
