@@ -248,18 +248,14 @@ def bench_submit(tmp: Path, seconds: int, rounds: int, res: dict) -> None:
     rng = random.Random(1)
     ping = make_ping(rng, "metrics", make_client(rng), 7, n_events=4)
     (body_file := tmp / "ping.json.gz").write_bytes(gzip.compress(orjson.dumps(ping)))
-    res["body_bytes"], res["commands"], res["rounds"] = body_file.stat().st_size, {}, []
-    plan = [("edge", "gleanpipe.wsgi:spool_app", SPOOL_ARGS), ("trivial", "trivial_app:app", SPOOL_ARGS)] * rounds
-    plan += [("real", None, None), ("direct", "gleanpipe.wsgi:app", DIRECT_ARGS)]
-    for i, (name, app, args) in enumerate(plan):
-        x = _submit_run(tmp / f"submit-{i}-{name}", name, app, args, body_file, seconds, res["commands"])
-        if name in ("edge", "trivial"):
-            if name == "edge":
-                res["rounds"].append({"edge": x})
-            else:
-                res["rounds"][-1]["trivial"] = x
-        else:
-            res[name] = x
+    res["body_bytes"], res["commands"] = body_file.stat().st_size, {}
+    run = lambda label, name, app, args: _submit_run(tmp / f"submit-{label}", name, app, args, body_file, seconds,
+                                                     res["commands"])
+    res["rounds"] = [{name: run(f"{i}-{name}", name, app, SPOOL_ARGS)  # edge first, then trivial
+                      for name, app in (("edge", "gleanpipe.wsgi:spool_app"), ("trivial", "trivial_app:app"))}
+                     for i in range(rounds)]
+    res["real"] = run("real", "real", None, None)
+    res["direct"] = run("direct", "direct", "gleanpipe.wsgi:app", DIRECT_ARGS)
     for r in res["rounds"]:
         r["ratio"] = r["edge"]["rps"] / r["trivial"]["rps"]
     middle = sorted(res["rounds"], key=lambda r: r["ratio"])[len(res["rounds"]) // 2]
