@@ -97,6 +97,7 @@ def table_name(doc_type: str, version: str) -> str:
 
 
 VERSIONED_RE = re.compile(r".*_v[0-9]+")
+TABLE_RE = re.compile(r"[a-z0-9_]+_v[0-9]+")  # a table gleanpipe made: <ping>_v<version>
 
 
 def view_name(doc_type: str) -> str | None:

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import re
 
-from .naming import quote_ident as q
+from .naming import TABLE_RE, quote_ident as q
 from .table_schema import EVENTS_STREAM_TABLE
 
 VIEW_NAMES = ("daily_active_clients", "events_daily", "metric_daily")
-TABLE_RE = re.compile(r"[a-z0-9_]+_v[0-9]+")
 DAY = "CAST(timezone('UTC', submission_timestamp) AS DATE)"
 
 METRIC_DAILY_COLUMNS = ("day DATE", "ping_table VARCHAR", "metric_type VARCHAR", "metric VARCHAR",

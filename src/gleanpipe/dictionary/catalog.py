@@ -13,9 +13,9 @@ from functools import cached_property
 
 import orjson
 
-from ..naming import IDENT_RE, column_name, quote_ident as q, table_name
+from ..naming import IDENT_RE, TABLE_RE, column_name, quote_ident as q, table_name
 from ..table_schema import EVENTS_STREAM_TABLE
-from ..views import AGGREGATED_TYPES, DISTRIBUTIONS, TABLE_RE
+from ..views import AGGREGATED_TYPES, DISTRIBUTIONS
 from . import sqlgen
 from .definitions import columns_to_create
 

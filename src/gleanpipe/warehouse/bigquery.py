@@ -29,7 +29,7 @@ from datetime import date, datetime, timezone
 import orjson
 
 from ..config import _get, _int
-from ..naming import quote_ident
+from ..naming import TABLE_RE, quote_ident
 from ..table_schema import (EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, PING_COLUMNS, STR,
                             TS, INT, T, metrics_struct, struct)
 from ..transform import PingRow
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9.:-]{0,62}[a-z0-9]")
 LOCATION_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,40}")
-TABLE_RE = re.compile(r"[a-z0-9_]+_v[0-9]+")  # gleanpipe's tables; anything else in the dataset is left alone
 
 PING_CLUSTERING = ["normalized_channel", "sample_id"]  # as Mozilla's Glean tables
 EVENTS_CLUSTERING = ["category", "name", "sample_id"]
@@ -447,6 +446,7 @@ class BigQueryWarehouse(Warehouse):
         from google.api_core import exceptions as gexc
 
         deleted, error = 0, None
+        # gleanpipe's own tables only: anything else in the dataset is left alone
         tables = [t.table_id for t in self.client.list_tables(f"{self.project}.{dataset}", retry=self.retry)
                   if t.table_type == "TABLE" and TABLE_RE.fullmatch(t.table_id) and t.table_id != DELETION_TABLE]
         started = datetime.now(timezone.utc)
