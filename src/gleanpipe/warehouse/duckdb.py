@@ -114,12 +114,20 @@ class DuckDBWarehouse(Warehouse):
         return self._types[key]
 
     def _ensure_table(self, dataset: str, table: str, columns) -> None:
+        """Create ``table`` with its dedup view if it does not exist yet (in the open transaction)."""
         if self._table_types(dataset, table):
             return
         self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {q(dataset)}")
         self.con.execute(f"CREATE TABLE IF NOT EXISTS {q(dataset)}.{q(table)} ({_columns_ddl(columns)})")
         self._types.pop((dataset, table), None)
         self._reshaped.add(dataset)
+        self._create_view(dataset, table)
+
+    def _refresh_reshaped(self) -> None:
+        """After a commit: refresh the derived views of datasets whose tables changed shape."""
+        if self._reshaped:
+            self._refresh_views(self._reshaped)
+            self._reshaped.clear()
 
     def _create_view(self, dataset: str, table: str) -> None:
         """The deduplicated view (one row per document_id; trivially so here, as inserts are
@@ -188,9 +196,7 @@ class DuckDBWarehouse(Warehouse):
             try:
                 self.con.begin()
                 for (dataset, table), needed in sorted(tables.items()):
-                    if not self._table_types(dataset, table):  # new: with its view, as a load makes it
-                        self._ensure_table(dataset, table, PING_COLUMNS)
-                        self._create_view(dataset, table)
+                    self._ensure_table(dataset, table, PING_COLUMNS)  # as a load makes it
                     have = self._metric_fields(dataset, table) or {}
                     added += [f"{dataset}.{table}.metrics.{mtype}.{col}" for mtype, cols in sorted(needed.items())
                               for col in sorted(cols - have.get(mtype, set()))]
@@ -199,9 +205,7 @@ class DuckDBWarehouse(Warehouse):
             except BaseException:
                 self._rollback()
                 raise
-            if self._reshaped:
-                self._refresh_views(self._reshaped)
-                self._reshaped.clear()
+            self._refresh_reshaped()
         return added
 
     def execute(self, statements: list[tuple[str, list | None]]) -> None:
@@ -325,9 +329,7 @@ class DuckDBWarehouse(Warehouse):
                     deleted = self._deleted_clients(dataset)
                     batch = [r for r in by_id.values() if r.is_deletion_request or r.client_id not in deleted]
                     result.skipped_deleted += len(by_id) - len(batch)
-                    if not self._table_types(dataset, table):
-                        self._ensure_table(dataset, table, PING_COLUMNS)
-                        self._create_view(dataset, table)
+                    self._ensure_table(dataset, table, PING_COLUMNS)
                     needed: dict[str, set[str]] = {}
                     for r in batch:
                         for mtype, cols in r.metrics.items():
@@ -339,9 +341,7 @@ class DuckDBWarehouse(Warehouse):
                     result.tables.add(f"{dataset}.{table}")
                     with_events = [r for r in batch if r.events_json]
                     if with_events:
-                        if not self._table_types(dataset, EVENTS_STREAM_TABLE):
-                            self._ensure_table(dataset, EVENTS_STREAM_TABLE, EVENTS_STREAM_COLUMNS)
-                            self._create_view(dataset, EVENTS_STREAM_TABLE)
+                        self._ensure_table(dataset, EVENTS_STREAM_TABLE, EVENTS_STREAM_COLUMNS)
                         result.events += self._insert_events(dataset, with_events)
                     for r in batch:
                         if r.is_deletion_request and r.client_id:
@@ -359,9 +359,7 @@ class DuckDBWarehouse(Warehouse):
                 if isinstance(exc, (duckdb.IOException, duckdb.TransactionException)):
                     raise WarehouseUnavailable(str(exc)) from exc
                 raise
-            if self._reshaped:
-                self._refresh_views(self._reshaped)
-                self._reshaped.clear()
+            self._refresh_reshaped()
         return result
 
     def _insert_events(self, dataset: str, rows: list[PingRow]) -> int:
