@@ -385,6 +385,26 @@ def test_segments_rotate_by_age_and_a_stale_unnamed_segment_is_removed(store):
     assert segments(store) == [] and not stale.exists() and fresh.exists()
 
 
+def test_an_idle_writer_lets_its_segment_go_once_it_is_old_enough(store):
+    """No ping after the first: the committer still releases the segment once it is
+    GLEANPIPE_SPOOL_SEGMENT_SECONDS old, so the reader can load it and delete it."""
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 1)
+    first = raw(seq=1)
+    writer.append(*first)
+    reader = SpoolReader(store)
+    reader.ack([r for r, _ in reader.pending(10)])
+    assert len(segments(store)) == 1  # still held by its writer
+    deadline = time.monotonic() + 5
+    while segments(store) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        reader.ack([r for r, _ in reader.pending(10)])
+    assert segments(store) == [] and reader.stats["segments_deleted"] == 1
+    assert store.get(first[0]) == first[1]
+    writer.append(*raw(seq=2))  # the writer carries on in a new segment
+    assert len(segments(store)) == 1
+    writer.close()
+
+
 # --- real processes: kill -9 in the middle of the load ----------------------------------------
 
 
