@@ -150,6 +150,29 @@ def test_replay_with_worker_processes_loads_each_object_once(data_dir):
     assert json.loads(out.stdout) == [{"b": 4, "e": 3, "s": 7, "t": 21}]
 
 
+def test_commands_aimed_at_another_warehouse_do_not_go_through_serve(serve, tmp_path):
+    """serve owns its own DuckDB file only: replay/query/status with another --warehouse-url use that file."""
+    for seq in range(2):
+        assert post(serve.url + submit_path(), gz(make_ping(CLIENT, seq=seq)))[0] == 200
+    assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 2) == 2
+    other = f"duckdb://{tmp_path / 'other.duckdb'}"
+    out = cli("replay", "--no-progress", "--warehouse-url", other, data_dir=serve.data_dir)
+    assert "replayed 2 objects: inserted 2" in out.stdout  # into the other file, not serve's (duplicates 2)
+    assert post(serve.url + submit_path(), gz(make_ping(CLIENT, seq=2)))[0] == 200
+    assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 3) == 3
+    count = f"SELECT count(*) AS n FROM {DATASET}.baseline_v1"
+    assert cli("query", "--format", "csv", count, data_dir=serve.data_dir).stdout.splitlines() == ["n", "3"]
+    assert cli("query", "--format", "csv", "--warehouse-url", other, count,
+               data_dir=serve.data_dir).stdout.splitlines() == ["n", "2"]
+    status = json.loads(cli("status", "--json", "--warehouse-url", other, data_dir=serve.data_dir).stdout)
+    assert {"dataset": DATASET, "table": "baseline_v1", "rows": 2} in status["tables"]
+    # serve's warehouse, but another store: serve would load from its own store, so refuse
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    bad = cli("replay", "--no-progress", "--store-url", f"file://{empty}", data_dir=serve.data_dir, check=False)
+    assert bad.returncode == 1 and "stop it to replay" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_second_serve_on_the_same_data_dir_is_refused(serve):
     proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(serve.data_dir),
                            "--port", "0"], capture_output=True, text=True, timeout=60)
@@ -187,3 +210,15 @@ def test_loader_waits_for_an_object_whose_receipt_came_first(config, store, ware
     stale = f"{time.time_ns() - 120 * 10**9:020d}-abcdef12+raw:{APP}:baseline:1:{uuid.uuid4()}.json"
     (store.inbox / stale).write_bytes(b"x")
     assert thread.step() == 1 and store.pending(10) == []
+
+
+def test_same_location_compares_local_paths_resolved(tmp_path, monkeypatch):
+    from gleanpipe.admin import same_location
+
+    monkeypatch.chdir(tmp_path)
+    assert same_location("duckdb://data/w.duckdb", f"duckdb://{tmp_path}/data/./w.duckdb")
+    assert same_location("file://data/store", f"file://{tmp_path}/data/store")
+    assert not same_location("duckdb://data/w.duckdb", f"duckdb://{tmp_path}/other/w.duckdb")
+    assert not same_location("duckdb://data/w.duckdb", "file://data/w.duckdb")
+    assert same_location("bigquery://p/ds", "bigquery://p/ds") and not same_location("bigquery://p/a", "bigquery://p/b")
+    assert not same_location(None, "duckdb://data/w.duckdb")

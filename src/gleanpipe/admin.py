@@ -113,13 +113,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def same_location(a: str | None, b: str | None) -> bool:
+    """Whether two store or warehouse URLs name the same place (``duckdb://data/w.duckdb`` and
+    ``duckdb:///abs/data/w.duckdb`` do, when run from the folder holding ``data``)."""
+    if a is None or b is None:
+        return a == b
+    for scheme in ("duckdb://", "file://"):
+        if a.startswith(scheme) and b.startswith(scheme):
+            return Path(a[len(scheme):]).resolve() == Path(b[len(scheme):]).resolve()
+    return a == b
+
+
 class AdminClient:
-    def __init__(self, url: str, token: str):
+    def __init__(self, url: str, token: str, store_url: str | None = None, warehouse_url: str | None = None):
         self.url, self.token = url, token
+        self.store_url, self.warehouse_url = store_url, warehouse_url  # what that serve runs on
 
     @classmethod
-    def find(cls, data_dir: Path) -> "AdminClient | None":
-        """The running server for this data dir, or None (a stale state file is ignored)."""
+    def find(cls, data_dir: Path, warehouse_url: str | None = None) -> "AdminClient | None":
+        """The running server for this data dir, or None (a stale state file is ignored).
+
+        With ``warehouse_url``: only a server loading into that warehouse. A serve owns its
+        own DuckDB file; a command aimed at another warehouse opens that one itself.
+        """
         path = Path(data_dir) / STATE_FILE
         try:
             state = json.loads(path.read_text())
@@ -127,7 +143,10 @@ class AdminClient:
             return None
         if not _alive(int(state.get("pid", 0))):
             return None
-        return cls(state["admin_url"], state["token"])
+        client = cls(state["admin_url"], state["token"], state.get("store_url"), state.get("warehouse_url"))
+        if warehouse_url is not None and not same_location(warehouse_url, client.warehouse_url):
+            return None
+        return client
 
     def call(self, endpoint: str, payload: dict | None = None, timeout: float = 600):
         req = urllib.request.Request(

@@ -15,7 +15,7 @@ import click
 import orjson
 
 from . import __version__
-from .admin import AdminClient, dumps
+from .admin import AdminClient, dumps, same_location
 from .config import SETTINGS, Config
 
 DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLEANPIPE_DATA_DIR",
@@ -51,9 +51,14 @@ def _open_local(config: Config, *, read_only: bool):
         raise click.ClickException(f"{exc}\n(is a `gleanpipe serve` for another data dir using it?)") from None
 
 
+def _server(config: Config) -> AdminClient | None:
+    """The running `serve` of this data dir when it owns the warehouse the command is aimed at."""
+    return AdminClient.find(config.data_dir, config.warehouse_url)
+
+
 def _read_query(config: Config):
     """(query callable, close) through the running serve, or on the file opened read-only."""
-    client = AdminClient.find(config.data_dir)
+    client = _server(config)
     if client:
         return client.query, lambda: None
     wh = _open_local(config, read_only=True)
@@ -175,7 +180,11 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
     config = _config(data_dir, store_url, warehouse_url, load_batch=batch)
     store = _store(config)
     keys = list(store.list(prefix))
-    client = AdminClient.find(config.data_dir)
+    client = _server(config)
+    if client and not same_location(client.store_url, config.store_url):
+        raise click.ClickException(
+            f"the running `gleanpipe serve` loads from {client.store_url} into this warehouse: stop it "
+            f"to replay {config.store_url} into {config.warehouse_url}")
     with tqdm(total=len(keys), unit="obj", disable=no_progress, file=sys.stderr) as bar:
         if client:  # the running server owns the warehouse: send it the batches
             from .replay import add_counts, chunks
@@ -207,7 +216,7 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     from .naming import ERROR_PREFIX
 
     config = _config(data_dir, store_url, warehouse_url)
-    client = AdminClient.find(config.data_dir)
+    client = _server(config)
     if client:
         info = client.status()
     else:
@@ -262,7 +271,7 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
     if not config.warehouse_url.startswith("duckdb://"):
         raise click.ClickException("explore works on a duckdb:// warehouse")
     out_dir = out or config.data_dir / "explore"
-    client = AdminClient.find(config.data_dir)
+    client = _server(config)
     wh = None
     try:
         if client:
@@ -352,7 +361,7 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
     """Retry every pending deletion request (BigQuery refuses to delete rows still in its
     streaming buffer). Run it on a schedule; a request stays pending until it succeeds."""
     config = _config(data_dir, store_url, warehouse_url)
-    client = AdminClient.find(config.data_dir) if config.warehouse_url.startswith("duckdb://") else None
+    client = _server(config)
     if client:  # serve owns the DuckDB file and carries out deletions as it loads them
         _, rows = client.query("SELECT dataset, client_id, document_id FROM _gleanpipe.deletions "
                                "WHERE executed_at IS NULL ORDER BY requested_at")
@@ -408,7 +417,7 @@ def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_fi
         app = parse(app_id, list(metrics_files), list(pings_files))
     except DefinitionError as exc:
         raise click.ClickException("the definitions do not parse:\n  " + "\n  ".join(exc.messages)) from None
-    client = AdminClient.find(config.data_dir)
+    client = _server(config)
     try:
         if client:
             result = client.call("/apps/add", {"app": app}, timeout=120)
