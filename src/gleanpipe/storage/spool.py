@@ -277,8 +277,10 @@ class SpoolingStore(RawStore):
     - It returns False when the object already exists or this worker spooled the key
       recently; otherwise True, even when another worker spooled the same key moments ago
       (that copy is dropped when materialised: one object, one row).
-    - ``notify=False`` writes (rejected pings under ``errors/``) go straight to the folder,
-      fsynced, as in ``LocalStore``.
+    - ``notify=False`` writes (rejected pings under ``errors/``, debug index entries) go
+      straight to the folder, fsynced, as in ``LocalStore``. Like the spool's commits they run
+      in gevent's thread pool under gevent, so a flood of rejected pings does not stop the
+      worker's event loop for each of their fsyncs.
     """
 
     def __init__(self, local: LocalStore, segment_bytes: int, segment_seconds: float):
@@ -287,10 +289,13 @@ class SpoolingStore(RawStore):
         self.writer = SpoolWriter(local.root / SPOOL, segment_bytes, segment_seconds)
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._recent_lock = threading.Lock()
+        self._put_direct = None
 
     def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
         if not notify:
-            return self.local.put_new(key, data, notify=False)
+            if self._put_direct is None:  # chosen on first use: the worker patches (or not) before that
+                self._put_direct = _off_the_loop(lambda k, d: self.local.put_new(k, d, notify=False))
+            return self._put_direct(key, data)
         if os.path.lexists(self.local.key_path(key)):  # key_path validates the key
             return False
         with self._recent_lock:
