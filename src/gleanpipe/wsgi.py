@@ -12,31 +12,50 @@ Beside /submit, both mount apps by path prefix (wsgi_mounts.py): /debug, the deb
 and /dictionary, the data dictionary (GLEANPIPE_DICTIONARY=off leaves it out).
 """
 
+import functools
+
 from .config import Config
 from .debug_viewer import DebugViewer
 from .dictionary.web import PREFIX as DICTIONARY, admin_query, make_dictionary_app
 from .http_edge import SubmitHandler, make_wsgi_app
-from .storage import open_store
+from .storage import RawStore, open_store
 from .storage.local import LocalStore
 from .validation import default_validator
 from .wsgi_mounts import PrefixDispatcher
 
-_config = Config.from_env()
-_store = open_store(_config.store_url)
-default_validator()  # compile the schema before the first request
-mounts = {"/debug": DebugViewer.from_config(_config, _store)}
-if _config.dictionary:
-    mounts[DICTIONARY] = make_dictionary_app(admin_query(_config.data_dir))
-app = PrefixDispatcher(make_wsgi_app(SubmitHandler(_config, _store)), mounts)
+
+@functools.lru_cache(maxsize=1)
+def _setup() -> tuple[Config, RawStore, dict]:
+    config = Config.from_env()
+    store = open_store(config.store_url)
+    default_validator()  # compile the schema before the first request
+    mounts = {"/debug": DebugViewer.from_config(config, store)}
+    if config.dictionary:
+        mounts[DICTIONARY] = make_dictionary_app(admin_query(config.data_dir))
+    return config, store, mounts
 
 
-def _spooling():
+def _app():
+    config, store, mounts = _setup()
+    return PrefixDispatcher(make_wsgi_app(SubmitHandler(config, store)), mounts)
+
+
+def _spool_app():
     from .storage.spool import SpoolingStore
 
-    if not isinstance(_store, LocalStore):
-        return app  # only the local folder has a spool; other stores are written directly
-    return PrefixDispatcher(make_wsgi_app(SubmitHandler(_config, SpoolingStore(
-        _store, _config.spool_segment_bytes, _config.spool_segment_seconds))), mounts)
+    config, store, mounts = _setup()
+    if not isinstance(store, LocalStore):
+        return _app()  # only the local folder has a spool; other stores are written directly
+    spooling = SpoolingStore(store, config.spool_segment_bytes, config.spool_segment_seconds)
+    return PrefixDispatcher(make_wsgi_app(SubmitHandler(config, spooling)), mounts)
 
 
-spool_app = _spooling()
+_BUILD = {"app": _app, "spool_app": _spool_app}
+
+
+def __getattr__(name: str):
+    """Build only the app gunicorn asks for, once, on first access (PEP 562)."""
+    if name not in _BUILD:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = _BUILD[name]()
+    return value
