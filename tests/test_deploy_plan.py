@@ -83,8 +83,10 @@ def test_bucket_is_private_uniform_regional_with_lifecycle():
         assert flag(argv, "lifecycle-file") == "build/deploy/lifecycle.json"
     assert flag(create, "location") == "europe-west1"
     rules = json.loads(plan.files["build/deploy/lifecycle.json"])
-    assert rules == {"rule": [{"action": {"type": "Delete"},
-                               "condition": {"age": 90, "matchesPrefix": ["gleanpipe/"]}}]}
+    assert rules == {"rule": [
+        {"action": {"type": "Delete"}, "condition": {"age": 90, "matchesPrefix": ["gleanpipe/raw/", "gleanpipe/errors/"]}},
+        # the debug index: gone once /debug stops listing it (GLEANPIPE_DEBUG_RETENTION_HOURS, 504 h)
+        {"action": {"type": "Delete"}, "condition": {"age": 21, "matchesPrefix": ["gleanpipe/debug/"]}}]}
     # The create is skipped when the bucket exists; the update re-applies the settings either way.
     (step,) = [s for s in plan.steps if s.argv[:4] == ("gcloud", "storage", "buckets", "create")]
     assert step.skip_if == ("gcloud", "storage", "buckets", "describe", f"gs://{BUCKET}", f"--project={PROJECT}",
@@ -94,9 +96,11 @@ def test_bucket_is_private_uniform_regional_with_lifecycle():
 def test_lifecycle_archive_and_days_settings():
     settings = load_settings({**ENV, "GLEANPIPE_DEPLOY_RAW_ACTION": "archive", "GLEANPIPE_DEPLOY_RAW_DAYS": "30",
                               "GLEANPIPE_DEPLOY_STORE_PREFIX": "pings/prod"})
-    assert lifecycle_rules(settings) == {"rule": [{
-        "action": {"type": "SetStorageClass", "storageClass": "ARCHIVE"},
-        "condition": {"age": 30, "matchesPrefix": ["pings/prod/"], "matchesStorageClass": ["STANDARD"]}}]}
+    assert lifecycle_rules(settings) == {"rule": [
+        {"action": {"type": "SetStorageClass", "storageClass": "ARCHIVE"},
+         "condition": {"age": 30, "matchesPrefix": ["pings/prod/raw/", "pings/prod/errors/"],
+                       "matchesStorageClass": ["STANDARD"]}},
+        {"action": {"type": "Delete"}, "condition": {"age": 21, "matchesPrefix": ["pings/prod/debug/"]}}]}
 
 
 def test_no_public_or_broad_member_anywhere_but_the_submit_invoker():

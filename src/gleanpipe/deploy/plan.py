@@ -38,6 +38,9 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
+from ..config import SETTINGS
+from ..debug_index import DEBUG_PREFIX
+from ..naming import ERROR_PREFIX, RAW_PREFIX
 from .settings import DeploySettings
 
 FINALIZED = "google.cloud.storage.object.v1.finalized"
@@ -136,14 +139,20 @@ class Plan:
 
 
 def lifecycle_rules(s: DeploySettings) -> dict:
-    """The raw bucket's lifecycle: act on objects under the store prefix once they are raw_days old."""
-    condition: dict = {"age": s.raw_days, "matchesPrefix": [f"{s.store_prefix}/"]}
+    """The raw bucket's lifecycle. Pings (``raw/``) and rejected pings' records (``errors/``):
+    act on them once they are raw_days old. The debug index (``debug/``, debug_index.py): delete
+    an entry once the viewer would no longer list it, so the index of tags nobody sends to any
+    more does not grow for ever, and is never moved to the Archive class."""
+    root = f"{s.store_prefix}/"
+    condition: dict = {"age": s.raw_days, "matchesPrefix": [root + RAW_PREFIX, root + ERROR_PREFIX]}
     if s.raw_action == "delete":
         action = {"type": "Delete"}
     else:
         action = {"type": "SetStorageClass", "storageClass": "ARCHIVE"}
         condition["matchesStorageClass"] = ["STANDARD"]
-    return {"rule": [{"action": action, "condition": condition}]}
+    debug_days = -(-int(SETTINGS["GLEANPIPE_DEBUG_RETENTION_HOURS"].default) // 24)  # whole days, rounded up
+    return {"rule": [{"action": action, "condition": condition},
+                     {"action": {"type": "Delete"}, "condition": {"age": debug_days, "matchesPrefix": [root + DEBUG_PREFIX]}}]}
 
 
 def function_env(s: DeploySettings, role: str) -> dict[str, str]:
