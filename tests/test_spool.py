@@ -165,32 +165,42 @@ def test_concurrent_appends_each_return_after_an_fsync_that_covers_them(store, m
     writer.close()
 
 
-GEVENT_APPENDS = r"""
+def slow_disk_under_gevent(call: str, seconds: float) -> str:
+    """The start of a gevent script: patches as gunicorn's gevent worker does, slows ``os.<call>``
+    down by ``seconds`` (a mock: a slow disk cannot be had on demand) and defines ``ticker``,
+    which counts turns of the event loop (``ticks[0]``) and those that came while a slowed call
+    was running (``ticks[1]``) until ``done`` is set."""
+    return f"""
 import json, sys, time
 from gevent import monkey
 monkey.patch_all()
 import os
 import gevent
-from gleanpipe.storage.spool import SpoolWriter, decode_records
 
-real_sleep, real_fdatasync = monkey.get_original("time", "sleep"), os.fdatasync
+real_sleep, real_call = monkey.get_original("time", "sleep"), os.{call}
 syncing = []
 
-def slow_fdatasync(fd):  # a mock: a disk that takes 0.2 s per sync cannot be had on demand
+def slow_call(fd):
     syncing.append(True)
-    real_sleep(0.2)  # blocks the calling OS thread, as a slow disk does
-    real_fdatasync(fd)
+    real_sleep({seconds})  # blocks the calling OS thread, as a slow disk does
+    real_call(fd)
     syncing.pop()
 
-os.fdatasync = slow_fdatasync
-writer = SpoolWriter(sys.argv[1], 1 << 20, 3600)
+os.{call} = slow_call
 ticks, done = [0, 0], []
 
-def ticker():  # turns of the event loop, and how many of them came while a sync was running
+def ticker():
     while not done:
         ticks[0] += 1
         ticks[1] += bool(syncing)
         gevent.sleep(0.005)
+"""
+
+
+GEVENT_APPENDS = slow_disk_under_gevent("fdatasync", 0.2) + r"""
+from gleanpipe.storage.spool import SpoolWriter, decode_records
+
+writer = SpoolWriter(sys.argv[1], 1 << 20, 3600)
 
 def later(i):
     gevent.sleep(0.05)  # arrives while the first batch is being synced
@@ -253,36 +263,14 @@ def test_under_gevent_folder_fsyncs_from_the_thread_pool_never_fail(tmp_path):
     assert len(list((tmp_path / "store/errors/2026-11-23/json").iterdir())) == 1500
 
 
-GEVENT_REJECTS = r"""
-import json, sys, time
-from gevent import monkey
-monkey.patch_all()
-import os
-import gevent
+GEVENT_REJECTS = slow_disk_under_gevent("fsync", 0.1) + r"""
 from gleanpipe.config import Config
 from gleanpipe.http_edge import SubmitHandler
 from gleanpipe.storage.local import LocalStore
 from gleanpipe.storage.spool import SpoolingStore
 
-real_sleep, real_fsync = monkey.get_original("time", "sleep"), os.fsync
-syncing = []
-
-def slow_fsync(fd):  # a mock: a disk that takes 0.1 s per fsync cannot be had on demand
-    syncing.append(True)
-    real_sleep(0.1)  # blocks the calling OS thread, as a slow disk does
-    real_fsync(fd)
-    syncing.pop()
-
-os.fsync = slow_fsync
 store = SpoolingStore(LocalStore(sys.argv[1]), 1 << 20, 3600)
 handler = SubmitHandler(Config.from_env(environ={}, data_dir=sys.argv[1]), store)
-ticks, done = [0, 0], []
-
-def ticker():  # turns of the event loop, and how many of them came while an fsync was running
-    while not done:
-        ticks[0] += 1
-        ticks[1] += bool(syncing)
-        gevent.sleep(0.005)
 
 def reject(i):
     path = f"/submit/org-example-toolbox/baseline/1/00000000-0000-4000-8000-{i:012d}"
