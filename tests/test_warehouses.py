@@ -6,6 +6,8 @@ the test says so and covers the code path another way.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import re
 import time
 import uuid
@@ -420,3 +422,23 @@ def test_a_duckdb_file_from_before_the_views_is_upgraded(tmp_path):
         assert wh.q(f"SELECT document_id FROM {DATASET}.baseline") == [("b",)]
     finally:
         wh.wh.close()
+
+
+def test_duckdb_leaves_no_ping_data_in_its_temp_folder(store, tmp_path):
+    """Rows go through a temp file for read_json: it is removed after each insert, and the folder
+    on close, or at exit for a warehouse nobody closes (a load function keeps its for its life)."""
+    import subprocess
+    import sys
+
+    wh = open_warehouse(f"duckdb://{tmp_path / 'tmp.duckdb'}")
+    folder = wh._tmp
+    assert Loader(store, wh).load_keys([put_ping(store, make_ping(CLIENT_A))]).inserted == 1
+    assert os.listdir(folder) == []
+    wh.close()
+    assert not os.path.exists(folder)
+    script = ("import sys; from gleanpipe.warehouse import open_warehouse; "
+              "wh = open_warehouse(sys.argv[1]); print(wh._tmp)")
+    out = subprocess.run([sys.executable, "-c", script, f"duckdb://{tmp_path / 'unclosed.duckdb'}"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    left = out.stdout.strip()
+    assert left.startswith(tempfile.gettempdir()) and not os.path.exists(left)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -77,7 +79,11 @@ class DuckDBWarehouse(Warehouse):
         self._types: dict[tuple[str, str], dict[str, str]] = {}  # (dataset, table) -> column -> type
         self._metrics: dict[tuple[str, str], dict[str, set[str]] | None] = {}
         self._deleted: dict[str, set[str]] = {}
+        # Rows to insert are written here for read_json, and removed right after their INSERT.
+        # The empty folder goes on close, or when the object is collected or the process exits
+        # without a close (a load function's warehouse lives as long as its process).
         self._tmp = tempfile.mkdtemp(prefix="gleanpipe-load-")
+        self._drop_tmp = weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
         self._reshaped: set[str] = set()  # datasets whose tables changed shape (views to refresh)
         if not read_only:
             self.con.execute(INTERNAL_DDL)
@@ -233,13 +239,19 @@ class DuckDBWarehouse(Warehouse):
         types = self._table_types(dataset, table)
         spec = "{" + ", ".join(f"'{name}': '{t}'" for name, t in types.items()) + "}"
         path = os.path.join(self._tmp, "rows.ndjson")
-        with open(path, "wb") as f:
-            f.write(b"\n".join(rows))
         sql = (
             f"INSERT INTO {q(dataset)}.{q(table)} BY NAME SELECT * FROM read_json(?, format = 'newline_delimited', "
             f"columns = {spec}, maximum_object_size = 268435456) AS new {where}"
         )
-        return self.con.execute(sql, [path]).fetchone()[0]
+        try:
+            with open(path, "wb") as f:
+                f.write(b"\n".join(rows))
+            return self.con.execute(sql, [path]).fetchone()[0]
+        finally:  # ping data is not left lying about in the temp folder
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def _insert(self, dataset: str, table: str, rows: list[bytes]) -> int:
         """Insert rows whose document_id is not in the table yet; returns rows inserted."""
@@ -428,6 +440,4 @@ class DuckDBWarehouse(Warehouse):
         try:
             self.con.close()
         finally:
-            for name in os.listdir(self._tmp):
-                os.unlink(os.path.join(self._tmp, name))
-            os.rmdir(self._tmp)
+            self._drop_tmp()
