@@ -24,6 +24,10 @@ from gleanpipe.serve import gunicorn_args
 from gleanpipe.storage.local import LocalStore
 
 BENCH = Path(__file__).resolve().parent
+# Where the runs keep their stores and warehouses: the checkout's build/ folder, on the file
+# system of ./data, where `make run` keeps a user's pings ($TMPDIR is tmpfs on many systems,
+# and an fdatasync there costs nothing). GLEANPIPE_BENCH_DIR picks another disk to measure.
+DATA_ROOT = Path(os.environ.get("GLEANPIPE_BENCH_DIR") or BENCH.parent / "build" / "bench")
 PY, GLEANPIPE = sys.executable, str(Path(sys.executable).parent / "gleanpipe")
 APP, DATASET, AGENT = "org-example-bench", "org_example_bench", "Glean/60.1.0 (Rust on Linux)"
 _DEFAULTS = Config.from_env(environ={})
@@ -405,13 +409,25 @@ def bench_latency(tmp: Path, n: int, res: dict, rate: float = 100.0) -> None:
 # --- report ------------------------------------------------------------------------------------
 
 
+def file_system(path: Path) -> str:
+    """'<type> on <device>' of the mount holding ``path`` (the longest mount point above it)."""
+    best = ("?", "?", "")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        device, point, fstype = line.split()[:3]
+        point = point.replace("\\040", " ")
+        if (str(path.resolve()) + "/").startswith(point.rstrip("/") + "/") and len(point) >= len(best[2]):
+            best = (fstype, device, point)
+    return f"{best[0]} on {best[1]}"
+
+
 def machine() -> str:
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
     mem = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1)) / 1024 ** 2
     wrk = subprocess.run([WRK, "-v"], capture_output=True, text=True).stdout.split(" [")[0] if WRK else "no wrk"
     return (f"{len(os.sched_getaffinity(0))} cores ({cpu.group(1) if cpu else platform.processor()}), "
             f"{mem:.1f} GiB RAM, {platform.system()} {platform.release()}; Python {platform.python_version()}, "
-            f"duckdb {md.version('duckdb')}, gunicorn {md.version('gunicorn')}, {wrk}")
+            f"duckdb {md.version('duckdb')}, gunicorn {md.version('gunicorn')}, {wrk}; "
+            f"data on {file_system(DATA_ROOT)} ({DATA_ROOT})")
 
 
 def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
@@ -497,7 +513,8 @@ def main() -> None:
     seconds, rounds, n_replay, n_latency = (3, 1, 1_000, 200) if quick else (6, ROUNDS, 100_000, 1_000)
     if not (WRK := ensure_wrk()):
         print("WARNING: wrk not found and could not be installed: using the Python load generator", flush=True)
-    tmp, s, r, lt = Path(tempfile.mkdtemp(prefix="gleanpipe-bench-")), {}, {}, {}
+    DATA_ROOT.mkdir(parents=True, exist_ok=True)
+    tmp, s, r, lt = Path(tempfile.mkdtemp(prefix="bench-", dir=DATA_ROOT)), {}, {}, {}
     try:
         bench_submit(tmp, seconds, rounds, s)
         bench_replay(tmp, n_replay, r)
