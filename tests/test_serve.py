@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -171,6 +174,67 @@ def test_commands_aimed_at_another_warehouse_do_not_go_through_serve(serve, tmp_
     empty.mkdir()
     bad = cli("replay", "--no-progress", "--store-url", f"file://{empty}", data_dir=serve.data_dir, check=False)
     assert bad.returncode == 1 and "stop it to replay" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == pid and stat[0] != "Z":
+            out.append(int(d))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_serve_takes_its_http_server_with_it(data_dir):
+    """SIGKILL (or the OOM killer) gives serve no chance to stop its gunicorn; the kernel does
+    (parent_guard.py), so the port is free for the next serve and no ping is taken meanwhile."""
+    server = ServeProcess(data_dir).start()
+    assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200
+    (master,) = _children(server.proc.pid)
+    workers = _children(master)
+    assert len(workers) == 2
+    server.proc.kill()
+    server.proc.wait()
+    server.log.close()
+    deadline = time.monotonic() + 20
+    while any(_running(p) for p in [master, *workers]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in [master, *workers] if _running(p)]
+    for pid in left:  # a failing run must not leave a server behind
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+    again = ServeProcess(data_dir, port=server.port).start()  # the same port: nobody holds it
+    try:
+        assert post(again.url + submit_path(), gz(make_ping(CLIENT, seq=2)))[0] == 200
+        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 2) == 2
+    finally:
+        assert again.stop() == 0
+
+
+def test_parent_guard_runs_the_command_and_refuses_an_orphan():
+    from gleanpipe import parent_guard
+
+    out = subprocess.run(parent_guard.command(os.getpid(), [sys.executable, "-c", "print('ran')"]),
+                         capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stdout) == (0, "ran\n")
+    orphan = subprocess.run(parent_guard.command(1, [sys.executable, "-c", "print('ran')"]),
+                            capture_output=True, text=True, timeout=30)
+    assert (orphan.returncode, orphan.stdout) == (parent_guard.ORPHANED, "")
+    bad = subprocess.run([sys.executable, "-m", "gleanpipe.parent_guard", "x"], capture_output=True, text=True,
+                         timeout=30)
+    assert bad.returncode == 2 and "usage" in bad.stderr
 
 
 def test_second_serve_on_the_same_data_dir_is_refused(serve):

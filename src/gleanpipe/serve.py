@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from . import parent_guard
 from .admin import STATE_FILE, AdminServer, write_state
 from .config import Config
 from .load import Loader
@@ -170,7 +171,8 @@ class LocalPipeline:
         env["GLEANPIPE_SPOOL"] = "on" if cfg.spool else "off"
         cmd = [sys.executable, "-m", "gunicorn", *gunicorn_args(cfg, spool=isinstance(self.store, SpoolReader)),
                "--bind", f"{cfg.host}:{cfg.port}"]
-        self.http = subprocess.Popen(cmd, env=env)
+        # gunicorn stops (gracefully) if this process dies, even by SIGKILL: see parent_guard.py
+        self.http = subprocess.Popen(parent_guard.command(os.getpid(), cmd), env=env)
         wait_for_port(cfg.host if cfg.host not in ("0.0.0.0", "::") else "127.0.0.1", cfg.port, self.http)
         write_state(cfg.data_dir, {
             "pid": os.getpid(), "submit_url": f"http://{cfg.host}:{cfg.port}", "admin_url": self.admin.url,
