@@ -145,3 +145,50 @@ def test_a_missing_emulator_gives_a_clear_error(tmp_path, monkeypatch):
                          env={**os.environ, "GLEANPIPE_BQEMULATOR": str(tmp_path / "nowhere" / "bqemulator")},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "bqemulator is not installed" in out.stderr
+
+
+LAUNCHER = """import http.server, os, subprocess, sys
+try:
+    os.setpgrp()  # as gcloud does: a process group of its own, then a child (its JVM)
+except PermissionError:
+    pass  # already the leader of its session (started without the guard)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+open(sys.argv[2], "w").write(f"{os.getpid()} {child.pid}")
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+
+PARENT = """import sys, time
+from pathlib import Path
+from gleanpipe.emulate import Process, free_port
+port = free_port()
+proc = Process("launcher", [sys.executable, "-c", sys.argv[1], str(port), sys.argv[2] + "/pids"], port,
+               Path(sys.argv[2])).start()
+print(proc.popen.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_emulate_takes_every_process_it_started_with_it(tmp_path):
+    """`gleanpipe emulate` killed with SIGKILL must not leave emulators behind, not even the JVM
+    that gcloud's launcher starts in a process group of its own (parent_guard.py --group)."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, LAUNCHER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    guard = int(parent.stdout.readline())
+    pids = [guard, *(int(p) for p in (tmp_path / "pids").read_text().split())]  # + launcher, its child
+    assert len(pids) == 3 and all(running(p) for p in pids)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while any(running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in pids if running(p)]
+    for pid in left:  # a failing run must not leave them behind
+        os.kill(pid, signal.SIGKILL)
+    assert left == []

@@ -34,6 +34,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import parent_guard
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "gleanpipe-emulated"
 BUCKET = "gleanpipe-raw"
@@ -63,7 +65,8 @@ def http(method: str, url: str, body: dict | None = None, timeout: float = 10.0)
 
 @dataclass
 class Process:
-    """One emulator or function process, in its own process group (gcloud starts a java child)."""
+    """One emulator or function process, in a session of its own under parent_guard, so that it
+    and its children (gcloud starts a java child) stop when this process dies, however it dies."""
 
     name: str
     argv: list[str]
@@ -85,9 +88,9 @@ class Process:
     def start(self, timeout: float = 60.0) -> "Process":
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # a file, not a pipe: a full pipe blocks the server
-            self.popen = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.env, cwd=self.cwd, start_new_session=True,
+            self.popen = subprocess.Popen(  # stopped if we die, even by SIGKILL (parent_guard.py)
+                parent_guard.command(os.getpid(), self.argv, group=True), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
