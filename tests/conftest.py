@@ -193,6 +193,39 @@ def serve(data_dir):
     server.stop()
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux /proc)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    """The running children of ``pid``."""
+    out = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if ppid == pid and running(int(name)):
+            out.append(int(name))
+    return out
+
+
+def wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
+    """Wait until none of ``pids`` runs. Returns those still running after ``timeout``, killed
+    with SIGKILL first: a failing test must not leave processes behind."""
+    deadline = time.monotonic() + timeout
+    while any(running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in pids if running(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
 def post(url: str, body: bytes, headers: dict | None = None, method: str = "POST"):
     """(status, json body or None, headers) for one request, without raising on 4xx/5xx."""
     import urllib.error

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from gleanpipe.emulate import Process, bqemulator, bqemulator_binary, free_port
+from conftest import running, wait_gone
 from test_sdk_e2e import expected_column, normalise_read, run_sdk
 
 pytestmark = pytest.mark.e2e
@@ -168,13 +169,6 @@ time.sleep(300)
 """
 
 
-def running(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_a_killed_emulate_takes_every_process_it_started_with_it(tmp_path):
     """`gleanpipe emulate` killed with SIGKILL must not leave emulators behind, not even the JVM
     that gcloud's launcher starts in a process group of its own (parent_guard.py --group)."""
@@ -185,10 +179,4 @@ def test_a_killed_emulate_takes_every_process_it_started_with_it(tmp_path):
     assert len(pids) == 3 and all(running(p) for p in pids)
     parent.kill()
     parent.wait()
-    deadline = time.monotonic() + 20
-    while any(running(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [p for p in pids if running(p)]
-    for pid in left:  # a failing run must not leave them behind
-        os.kill(pid, signal.SIGKILL)
-    assert left == []
+    assert wait_gone(pids) == []

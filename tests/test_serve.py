@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from gleanpipe.admin import AdminClient
 
-from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path
+from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, children, gz, make_ping, post, submit_path, wait_gone
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
@@ -176,43 +175,18 @@ def test_commands_aimed_at_another_warehouse_do_not_go_through_serve(serve, tmp_
     assert bad.returncode == 1 and "stop it to replay" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat[1]) == pid and stat[0] != "Z":
-            out.append(int(d))
-    return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_a_killed_serve_takes_its_http_server_with_it(data_dir):
     """SIGKILL (or the OOM killer) gives serve no chance to stop its gunicorn; the kernel does
     (parent_guard.py), so the port is free for the next serve and no ping is taken meanwhile."""
     server = ServeProcess(data_dir).start()
     assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200
-    (master,) = _children(server.proc.pid)
-    workers = _children(master)
+    (master,) = children(server.proc.pid)
+    workers = children(master)
     assert len(workers) == 2
     server.proc.kill()
     server.proc.wait()
     server.log.close()
-    deadline = time.monotonic() + 20
-    while any(_running(p) for p in [master, *workers]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [p for p in [master, *workers] if _running(p)]
-    for pid in left:  # a failing run must not leave a server behind
-        os.kill(pid, signal.SIGKILL)
-    assert left == []
+    assert wait_gone([master, *workers]) == []
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
     again = ServeProcess(data_dir, port=server.port).start()  # the same port: nobody holds it
