@@ -14,7 +14,7 @@ import pytest
 
 from gleanpipe.admin import AdminClient
 
-from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, children, gz, make_ping, post, submit_path, wait_gone
+from conftest import APP, DATASET, ServeProcess, children, gz, make_ping, post, submit_path, wait_gone
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
