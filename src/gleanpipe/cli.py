@@ -361,8 +361,9 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
     """Retry every pending deletion request (BigQuery refuses to delete rows still in its
     streaming buffer). Run it on a schedule; a request stays pending until it succeeds."""
     config = _config(data_dir, store_url, warehouse_url)
-    client = _server(config)
-    if client:  # serve owns the DuckDB file and carries out deletions as it loads them
+    # serve owns a DuckDB file and carries out deletions as it loads them; it never retries BigQuery's
+    client = _server(config) if config.warehouse_url.startswith("duckdb://") else None
+    if client:
         _, rows = client.query("SELECT dataset, client_id, document_id FROM _gleanpipe.deletions "
                                "WHERE executed_at IS NULL ORDER BY requested_at")
         for dataset, client_id, document_id in rows:
