@@ -178,13 +178,13 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
     from tqdm import tqdm
 
     config = _config(data_dir, store_url, warehouse_url, load_batch=batch)
-    store = _store(config)
-    keys = list(store.list(prefix))
     client = _server(config)
-    if client and not same_location(client.store_url, config.store_url):
+    if client and not same_location(client.store_url, config.store_url):  # before listing a whole store
         raise click.ClickException(
             f"the running `gleanpipe serve` loads from {client.store_url} into this warehouse: stop it "
             f"to replay {config.store_url} into {config.warehouse_url}")
+    store = _store(config)
+    keys = list(store.list(prefix))
     with tqdm(total=len(keys), unit="obj", disable=no_progress, file=sys.stderr) as bar:
         if client:  # the running server owns the warehouse: send it the batches
             from .replay import add_counts, chunks
