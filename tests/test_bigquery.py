@@ -15,6 +15,7 @@ import time
 import pytest
 from google.api_core.exceptions import BadRequest
 
+from gleanpipe.admin import write_state
 from gleanpipe.load import Loader
 from gleanpipe.warehouse import RowDataError, WarehouseUnavailable, open_warehouse
 from gleanpipe.warehouse.bigquery import BigQueryWarehouse, parse_url
@@ -84,6 +85,10 @@ def test_deletion_refused_by_the_streaming_buffer_stays_pending_until_a_retry_su
 
     # the scheduled `gleanpipe deletions`, as a user runs it, once the buffer is flushed
     env = {"GLEANPIPE_WAREHOUSE_URL": bq_warehouse_url, "GLEANPIPE_DATA_DIR": str(tmp_path / "unused")}
+    # even beside a `serve` loading into this BigQuery (this process stands in for it): serve does not retry
+    (tmp_path / "unused").mkdir()
+    write_state(tmp_path / "unused", {"pid": os.getpid(), "admin_url": "http://127.0.0.1:9", "token": "t",
+                                      "warehouse_url": bq_warehouse_url, "store_url": store.url})
     out = gleanpipe("deletions", env=env)
     assert out.returncode == 0, out.stderr
     assert f"done     {DATASET}  client {CLIENT_A}  (request {doc}): 3 rows deleted" in out.stdout

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -173,6 +174,22 @@ def test_commands_aimed_at_another_warehouse_do_not_go_through_serve(serve, tmp_
     empty.mkdir()
     bad = cli("replay", "--no-progress", "--store-url", f"file://{empty}", data_dir=serve.data_dir, check=False)
     assert bad.returncode == 1 and "stop it to replay" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_serve_started_with_a_relative_data_dir_is_used_from_another_folder(tmp_path, monkeypatch):
+    """serve's state file names its warehouse absolutely: a CLI run elsewhere still recognises it."""
+    monkeypatch.chdir(tmp_path)
+    server = ServeProcess(Path("data")).start()  # duckdb://data/warehouse.duckdb, from tmp_path
+    try:
+        count = f"SELECT count(*) AS n FROM {DATASET}.baseline_v1"
+        assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200
+        assert server.wait_rows(count, 1) == 1
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        out = cli("query", "--format", "csv", count, data_dir=tmp_path / "data")  # not its lock error
+        assert out.stdout.splitlines() == ["n", "1"]
+    finally:
+        assert server.stop() == 0
 
 
 def test_a_killed_serve_takes_its_http_server_with_it(data_dir):

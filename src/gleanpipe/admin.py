@@ -113,15 +113,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def absolute(url: str) -> str:
+    """A store or warehouse URL with its local path, if any, made absolute (from this process's
+    folder): serve's state file says where it runs whatever folder the CLI is run from."""
+    for scheme in ("duckdb://", "file://"):
+        if url.startswith(scheme):
+            return scheme + str(Path(url[len(scheme):]).resolve())
+    return url
+
+
 def same_location(a: str | None, b: str | None) -> bool:
     """Whether two store or warehouse URLs name the same place (``duckdb://data/w.duckdb`` and
     ``duckdb:///abs/data/w.duckdb`` do, when run from the folder holding ``data``)."""
     if a is None or b is None:
         return a == b
-    for scheme in ("duckdb://", "file://"):
-        if a.startswith(scheme) and b.startswith(scheme):
-            return Path(a[len(scheme):]).resolve() == Path(b[len(scheme):]).resolve()
-    return a == b
+    return absolute(a) == absolute(b)
 
 
 class AdminClient:

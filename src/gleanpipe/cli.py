@@ -178,13 +178,13 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
     from tqdm import tqdm
 
     config = _config(data_dir, store_url, warehouse_url, load_batch=batch)
-    store = _store(config)
-    keys = list(store.list(prefix))
     client = _server(config)
-    if client and not same_location(client.store_url, config.store_url):
+    if client and not same_location(client.store_url, config.store_url):  # before listing a whole store
         raise click.ClickException(
             f"the running `gleanpipe serve` loads from {client.store_url} into this warehouse: stop it "
             f"to replay {config.store_url} into {config.warehouse_url}")
+    store = _store(config)
+    keys = list(store.list(prefix))
     with tqdm(total=len(keys), unit="obj", disable=no_progress, file=sys.stderr) as bar:
         if client:  # the running server owns the warehouse: send it the batches
             from .replay import add_counts, chunks
@@ -361,8 +361,9 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
     """Retry every pending deletion request (BigQuery refuses to delete rows still in its
     streaming buffer). Run it on a schedule; a request stays pending until it succeeds."""
     config = _config(data_dir, store_url, warehouse_url)
-    client = _server(config)
-    if client:  # serve owns the DuckDB file and carries out deletions as it loads them
+    # serve owns a DuckDB file and carries out deletions as it loads them; it never retries BigQuery's
+    client = _server(config) if config.warehouse_url.startswith("duckdb://") else None
+    if client:
         _, rows = client.query("SELECT dataset, client_id, document_id FROM _gleanpipe.deletions "
                                "WHERE executed_at IS NULL ORDER BY requested_at")
         for dataset, client_id, document_id in rows:

@@ -73,15 +73,21 @@ def _supervise(argv: list[str], grace_s: float = 5.0) -> int:
     guard a session of its own; gcloud moves itself into a process group of its own, so the
     process group is not enough)."""
     leader = os.getsid(0) == os.getpid()
-    child = subprocess.Popen(argv)
+    child: subprocess.Popen | None = None
+    stopping: list[bool] = []
 
     def stop(signum, frame):
+        stopping.append(True)
         if leader:
             _signal_all(_session(), signal.SIGTERM)
-        else:
+        elif child is not None:
             child.terminate()
 
+    # Before the child starts: a SIGTERM during the Popen must not kill the guard and leave the child
     signal.signal(signal.SIGTERM, stop)
+    child = subprocess.Popen(argv)
+    if stopping:  # it came while the child was being started, maybe before it existed
+        stop(signal.SIGTERM, None)
     code = child.wait()
     deadline = time.monotonic() + grace_s
     while leader and (left := _session()):  # a JVM outlives its gcloud launcher by a moment
@@ -100,7 +106,7 @@ def main(args: list[str]) -> int:
     die_with_parent()
     if os.getppid() != int(args[0]):
         return ORPHANED
-    if group:
+    if group and sys.platform.startswith("linux"):  # _supervise finds the session's processes in /proc
         return _supervise(args[2:])
     os.execv(args[2], args[2:])
     return 0  # not reached

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import parent_guard
-from .admin import STATE_FILE, AdminServer, write_state
+from .admin import STATE_FILE, AdminServer, absolute, write_state
 from .config import Config
 from .load import Loader
 from .storage import RawStore, open_store
@@ -176,7 +176,7 @@ class LocalPipeline:
         wait_for_port(cfg.host if cfg.host not in ("0.0.0.0", "::") else "127.0.0.1", cfg.port, self.http)
         write_state(cfg.data_dir, {
             "pid": os.getpid(), "submit_url": f"http://{cfg.host}:{cfg.port}", "admin_url": self.admin.url,
-            "token": self.admin.token, "warehouse_url": cfg.warehouse_url, "store_url": cfg.store_url,
+            "token": self.admin.token, "warehouse_url": absolute(cfg.warehouse_url), "store_url": absolute(cfg.store_url),
         })
 
     def stop(self) -> None:
