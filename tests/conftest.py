@@ -222,7 +222,10 @@ def wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
         time.sleep(0.1)
     left = [p for p in pids if running(p)]
     for pid in left:
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it went in the meantime; still reported as late
+            pass
     return left
 
 
