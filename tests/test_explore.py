@@ -15,7 +15,7 @@ import uuid
 import duckdb
 import pytest
 
-from conftest import DATASET, ServeProcess, free_port, gz, make_ping, post, submit_path
+from conftest import DATASET, ServeProcess, children, free_port, gz, make_ping, post, submit_path, wait_gone
 from gleanpipe import explore as ex
 
 CLIENT = str(uuid.uuid4())
@@ -148,6 +148,21 @@ def test_explore_while_serve_runs_serves_the_warehouse_in_datasette(loaded):
     assert "from gleanpipe serve (admin API)" in out
     with pytest.raises(OSError):  # Datasette stopped with it
         urllib.request.urlopen(f"{base}/-/versions.json", timeout=2)
+
+
+def test_a_killed_explore_takes_datasette_with_it(loaded):
+    """SIGKILL gives explore no chance to stop Datasette; the kernel does (parent_guard.py)."""
+    server, _ = loaded
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "explore", "--data-dir", str(server.data_dir),
+                             "--port", str(port), "--no-open"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{port}/-/versions.json", proc)
+    (datasette,) = children(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert wait_gone([datasette]) == []
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/-/versions.json", timeout=2)
 
 
 def test_paged_export_through_serve_reads_every_row_once(loaded, tmp_path):

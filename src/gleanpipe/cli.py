@@ -263,6 +263,7 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
 @click.option("--force", is_flag=True, help="Export every dataset, even the ones unchanged since the last run.")
 def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only, force) -> None:
     """Open the warehouse in Datasette (read-only copy as SQLite; works while `serve` runs)."""
+    import os
     import subprocess
 
     from . import explore as ex
@@ -299,9 +300,13 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
     click.echo(f"Datasette on http://127.0.0.1:{port}/ (read-only; Ctrl-C stops)")
     import signal
 
-    proc = subprocess.Popen(ex.datasette_command(result, "127.0.0.1", port, not no_open, metadata_path))
+    from . import parent_guard
 
-    def stop(*_):  # Ctrl-C or a kill of this command stops Datasette too
+    # Datasette stops with this command: on Ctrl-C or a kill (stop below), and on SIGKILL (parent_guard)
+    proc = subprocess.Popen(parent_guard.command(
+        os.getpid(), ex.datasette_command(result, "127.0.0.1", port, not no_open, metadata_path)))
+
+    def stop(*_):
         if proc.poll() is None:
             proc.terminate()
 
