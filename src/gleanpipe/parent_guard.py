@@ -89,6 +89,8 @@ def _supervise(argv: list[str], grace_s: float = 5.0) -> int:
     if stopping:  # it came while the child was being started, maybe before it existed
         stop(signal.SIGTERM, None)
     code = child.wait()
+    if leader and not stopping:  # the command ended on its own: what it started ends with it
+        _signal_all(_session(), signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while leader and (left := _session()):  # a JVM outlives its gcloud launcher by a moment
         if time.monotonic() > deadline:
