@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, gz, make_ping, submit_path
+from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, children, gz, make_ping, submit_path
 from gleanpipe import rawobject
 from gleanpipe.config import Config
 from gleanpipe.http_edge import SubmitHandler
@@ -453,18 +453,12 @@ def test_an_idle_writer_lets_its_segment_go_once_it_is_old_enough(store):
 
 
 def _tree(pid: int) -> list[int]:
-    """pid and all its descendants, from /proc."""
-    parents = {}
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parents[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            pass
+    """pid and all its running descendants, from /proc."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
-        todo += [c for c, pp in parents.items() if pp == p]
+        todo += children(p)
     return out
 
 
@@ -557,8 +551,7 @@ def test_kill_9_of_the_http_workers_mid_load_loses_no_acknowledged_ping(data_dir
     server = ServeProcess(data_dir).start()
     with _load(server.port) as acked:
         _wait_acks(acked, 300)
-        (master,) = [p for p in _tree(server.proc.pid) if p != server.proc.pid and
-                     server.proc.pid == int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])]
+        (master,) = children(server.proc.pid)
         for pid in _tree(master)[1:]:
             os.kill(pid, signal.SIGKILL)
         n = len(acked)
