@@ -479,14 +479,12 @@ def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
          "0", mark(lt["never"] == 0 and lt["ok"] == lt["n"])),
         ("serve: exit code after SIGINT", str(lt["exit"]), "0", mark(lt["exit"] == 0)),
     ]
+    runs = [(f"{n} (round {i + 1})", v[n]) for n in ("edge", "trivial") for i, v in enumerate(s["rounds"])]
+    runs += [("serve", real), ("wsgi:app", direct)]
     loud = [f"**WARNING: the {k} submit run had {x['bad']} non-2xx responses and {x['sockerr']} socket errors: "
-            "its req/s is not a clean figure.**" for k, x in (*[(f"edge (round {i + 1})", v["edge"]) for i, v in
-            enumerate(s["rounds"])], *[(f"trivial (round {i + 1})", v["trivial"]) for i, v in enumerate(s["rounds"])],
-            ("serve", real), ("wsgi:app", direct)) if x["bad"] or x["sockerr"]]
+            "its req/s is not a clean figure.**" for k, x in runs if x["bad"] or x["sockerr"]]
     loud += [f"**WARNING: latency run send errors: {lt['errors'][:5]}**"] if lt["errors"] else []
-    phases = (*[(f"submit (edge, round {i + 1})", v["edge"]) for i, v in enumerate(s["rounds"])],
-              *[(f"submit (trivial, round {i + 1})", v["trivial"]) for i, v in enumerate(s["rounds"])],
-              ("submit (serve)", real), ("submit (wsgi:app)", direct), ("replay", r), ("latency", lt))
+    phases = [(f"submit {k}", x) for k, x in runs] + [("replay", r), ("latency", lt)]
     loud += [f"**WARNING: other processes used {x['other']:.2f} cores during the {k} measurement: not a clean "
              "figure.**" for k, x in phases if x["other"] > 0.25]
     if r["code"] or "error" in r["got"]:
