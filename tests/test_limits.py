@@ -51,3 +51,54 @@ def test_flag_values_get_the_checks_of_their_variable():
         Config.from_env(environ={}, port=65536)
     cfg = Config.from_env(environ={}, port=65535, workers=1, load_batch=1)
     assert (cfg.port, cfg.workers, cfg.load_batch) == (65535, 1, 1)
+
+
+# --- the spool's record limit and GLEANPIPE_MAX_PAYLOAD_BYTES --------------------------------------
+
+
+def test_serve_refuses_a_payload_limit_its_spool_records_cannot_hold(tmp_path):
+    from gleanpipe.storage.spool import largest_payload
+
+    largest = largest_payload(512, 1024)
+    assert 60 * 1024 * 1024 < largest < 64 * 1024 * 1024  # the default 8 MiB is far below it
+    out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", "1",
+                    env={"GLEANPIPE_MAX_PAYLOAD_BYTES": str(largest + 1)})
+    assert out.returncode == 1, out.stderr
+    assert (f"Error: GLEANPIPE_MAX_PAYLOAD_BYTES={largest + 1} is over the largest payload a spool record holds "
+            f"({largest} bytes") in out.stderr
+    assert "GLEANPIPE_SPOOL=off" in out.stderr and "Traceback" not in out.stderr
+    # the room kept for metadata grows with the limits on what the metadata holds
+    assert largest_payload(4096, 1024) < largest and largest_payload(512, 8192) < largest
+
+
+def test_payload_limit_at_the_spool_bound_and_without_the_spool_is_accepted(tmp_path):
+    from gleanpipe.config import Config
+    from gleanpipe.serve import LocalPipeline
+    from gleanpipe.storage.spool import largest_payload
+
+    for n, env in enumerate(({"GLEANPIPE_MAX_PAYLOAD_BYTES": str(largest_payload(512, 1024))},
+                             {"GLEANPIPE_MAX_PAYLOAD_BYTES": str(256 * 1024 * 1024), "GLEANPIPE_SPOOL": "off"})):
+        pipeline = LocalPipeline(Config.from_env(environ=env, data_dir=tmp_path / f"data{n}"))
+        try:
+            assert pipeline.config.max_payload_bytes == int(env["GLEANPIPE_MAX_PAYLOAD_BYTES"])
+        finally:  # built, never started: release what the constructor opened
+            pipeline.admin.httpd.server_close()
+            pipeline.warehouse.close()
+
+
+def test_spool_writer_refuses_a_record_its_reader_would_take_for_damage(tmp_path):
+    from gleanpipe.storage import StoreError
+    from gleanpipe.storage.spool import HEAD, MAX_BODY, SpoolWriter, decode_records, encode_record
+
+    key = "raw/app/baseline/1/0f0e0d0c-0b0a-4908-8706-050403020100.json"
+    writer = SpoolWriter(tmp_path / "spool", 1 << 30, 3600)
+    try:
+        fits = b"x" * (MAX_BODY - len(encode_record(key, b"")) + HEAD.size)
+        writer.append(key, fits)
+        with pytest.raises(StoreError, match=f"a spool record holds at most {MAX_BODY} bytes, this one has {MAX_BODY + 1}"):
+            writer.append(key, fits + b"x")
+    finally:
+        writer.close()
+    [segment] = list((tmp_path / "spool").iterdir())
+    records = list(decode_records(segment.read_bytes()))
+    assert [(k, len(d)) for _, _, k, d in records] == [(key, len(fits))]  # the one that fits, read back whole

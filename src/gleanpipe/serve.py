@@ -32,7 +32,7 @@ from .config import Config
 from .load import Loader
 from .storage import RawStore, open_store
 from .storage.local import LocalStore
-from .storage.spool import SpoolReader
+from .storage.spool import SpoolReader, largest_payload
 from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 
 log = logging.getLogger("gleanpipe.serve")
@@ -122,6 +122,11 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
 class LocalPipeline:
     def __init__(self, config: Config):
         self.config = config
+        if config.spool and config.max_payload_bytes > largest_payload(config.max_uri_bytes, config.max_header_bytes):
+            raise RuntimeError(
+                f"GLEANPIPE_MAX_PAYLOAD_BYTES={config.max_payload_bytes} is over the largest payload a spool record "
+                f"holds ({largest_payload(config.max_uri_bytes, config.max_header_bytes)} bytes with these "
+                "GLEANPIPE_MAX_URI_BYTES and GLEANPIPE_MAX_HEADER_BYTES): lower it, or set GLEANPIPE_SPOOL=off")
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if not config.store_url.startswith("file://"):
             raise RuntimeError(f"serve loads in-process from a file:// store only, not {config.store_url}: with a cloud "
