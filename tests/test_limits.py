@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SDK_HEADERS, gz, make_ping, submit_path
 
 
 def gleanpipe(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -102,3 +102,74 @@ def test_spool_writer_refuses_a_record_its_reader_would_take_for_damage(tmp_path
     [segment] = list((tmp_path / "spool").iterdir())
     records = list(decode_records(segment.read_bytes()))
     assert [(k, len(d)) for _, _, k, d in records] == [(key, len(fits))]  # the one that fits, read back whole
+
+
+# --- the submit edge's limits at their defaults: one byte under is taken, one over is the named error ----
+
+
+MIB = 1024 * 1024
+DOC_ID = "0f0e0d0c-0b0a-4908-8706-050403020100"
+
+
+@pytest.fixture
+def client(fn_env):
+    from functions_framework import create_app
+
+    return create_app(target="submit", source=str(ROOT / "functions" / "main.py")).test_client()
+
+
+def error_records(data_dir) -> list[dict]:
+    import json
+
+    return [json.loads(p.read_bytes()) for p in sorted((data_dir / "store" / "errors").rglob("*.json"))]
+
+
+def test_wire_limit_default_is_exact(client, fn_env):
+    at = client.post(submit_path(), data=b"x" * MIB, headers={"Content-Type": "application/json"})
+    assert at.status_code == 400 and at.get_json()["error_type"] == "json"  # read and parsed, not refused
+    over = client.post(submit_path(), data=b"x" * (MIB + 1), headers={"Content-Type": "application/json"})
+    assert over.status_code == 413
+    assert over.get_json() == {"error_type": "body_too_large",
+                               "error_message": "body is over 1048576 bytes (GLEANPIPE_MAX_WIRE_BYTES)"}
+    kept = {r["error_type"]: r for r in error_records(fn_env)}
+    # GLEANPIPE_MAX_ERROR_BYTES (1 MiB): a rejected body up to the wire limit is kept whole
+    assert kept["json"]["body_bytes_kept"] == MIB and kept["json"]["body_truncated"] is False
+    assert kept["body_too_large"]["body_truncated"] is True
+
+
+def test_payload_limit_default_is_exact(client):
+    import gzip
+
+    at = client.post(submit_path(), data=gzip.compress(b"x" * (8 * MIB)), headers=SDK_HEADERS)
+    assert at.status_code == 400 and at.get_json()["error_type"] == "json"
+    over = client.post(submit_path(), data=gzip.compress(b"x" * (8 * MIB + 1)), headers=SDK_HEADERS)
+    assert over.status_code == 413
+    assert over.get_json() == {
+        "error_type": "payload_too_large",
+        "error_message": "payload is over 8388608 bytes after decompression (GLEANPIPE_MAX_PAYLOAD_BYTES)"}
+
+
+def test_uri_limit_default_is_exact(client):
+    def path(total: int) -> str:
+        tail = f"/baseline/1/{DOC_ID}"
+        return "/submit/" + "a" * (total - len("/submit/") - len(tail)) + tail
+
+    assert len(path(512)) == 512
+    at = client.post(path(512), data=gz(make_ping()), headers=SDK_HEADERS)
+    assert at.status_code == 400 and at.get_json()["error_type"] == "uri"  # the app id is too long, the path is not
+    over = client.post(path(513), data=gz(make_ping()), headers=SDK_HEADERS)
+    assert over.status_code == 414
+    assert over.get_json() == {"error_type": "uri_too_long", "error_message": "path is over 512 bytes (GLEANPIPE_MAX_URI_BYTES)"}
+
+
+@pytest.mark.parametrize("header, name", [("X-Source-Tags", "x_source_tags"), ("User-Agent", "user_agent"),
+                                          ("Content-Encoding", "content_encoding")])
+def test_header_limit_default_is_exact(client, fn_env, header, name):
+    at = client.post(submit_path(document_id=DOC_ID), data=gz(make_ping()), headers={**SDK_HEADERS, header: "t" * 1024})
+    assert at.status_code == 200
+    over = client.post(submit_path(), data=gz(make_ping()), headers={**SDK_HEADERS, header: "t" * 1025})
+    assert over.status_code == 431
+    assert over.get_json() == {"error_type": "header_too_large",
+                               "error_message": f"{name} header is over 1024 bytes (GLEANPIPE_MAX_HEADER_BYTES)"}
+    [record] = error_records(fn_env)
+    assert record["error_type"] == "header_too_large" and record["status"] == 431
