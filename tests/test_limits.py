@@ -173,3 +173,58 @@ def test_header_limit_default_is_exact(client, fn_env, header, name):
                                "error_message": f"{name} header is over 1024 bytes (GLEANPIPE_MAX_HEADER_BYTES)"}
     [record] = error_records(fn_env)
     assert record["error_type"] == "header_too_large" and record["status"] == 431
+
+
+# --- GLEANPIPE_SCHEMA_PATH ------------------------------------------------------------------------------
+
+
+def test_bad_schema_path_is_a_clear_error_before_serve_starts(tmp_path):
+    (tmp_path / "broken.json").write_text('{"type": ')
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "invalid.json").write_text('{"type": 5}')
+    cases = {
+        str(tmp_path / "missing.json"): f"GLEANPIPE_SCHEMA_PATH: cannot read {tmp_path / 'missing.json'}: "
+                                        "No such file or directory",
+        str(tmp_path / "broken.json"): f"GLEANPIPE_SCHEMA_PATH: {tmp_path / 'broken.json'} is not a JSON file",
+        str(tmp_path / "list.json"): f"GLEANPIPE_SCHEMA_PATH: {tmp_path / 'list.json'} holds a JSON list, "
+                                     "not a schema object",
+        str(tmp_path / "invalid.json"): "GLEANPIPE_SCHEMA_PATH: not a valid JSON schema: 5 is not valid",
+    }
+    for path, message in cases.items():
+        out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", "1",
+                        env={"GLEANPIPE_SCHEMA_PATH": path})
+        assert out.returncode == 1 and f"Error: {message}" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and "serving" not in out.stdout
+
+
+# --- every setting is in the README's settings table, with its default ------------------------------------
+
+
+def test_settings_and_the_readme_settings_table_agree():
+    import re
+
+    from gleanpipe.config import SETTINGS
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(GLEANPIPE_[A-Z0-9_]+)` \| ([^|]*) \|", table, re.M))
+    names = [n for n in SETTINGS if not n.startswith("GLEANPIPE_DEPLOY_")]
+    assert sorted(rows) == sorted(names)  # nothing undocumented, nothing documented that is not read
+    for name in names:
+        default = SETTINGS[name].default
+        if default:
+            assert rows[name].startswith(f"`{default}`"), (name, rows[name])
+
+
+def test_documented_defaults():
+    from dataclasses import asdict
+
+    from gleanpipe.config import Config
+
+    cfg = asdict(Config.from_env(environ={}))
+    assert {k: v for k, v in cfg.items() if k not in ("data_dir", "store_url", "warehouse_url")} == {
+        "host": "127.0.0.1", "port": 8080, "workers": 2, "connections": 1000, "threads": 8,
+        "max_wire_bytes": 1048576, "max_payload_bytes": 8388608, "max_error_bytes": 1048576,
+        "max_uri_bytes": 512, "max_header_bytes": 1024, "load_batch": 1000, "load_interval_ms": 50,
+        "debug_max_pings": 100, "debug_retention_hours": 504, "explore_port": 8001, "spool": True,
+        "spool_segment_bytes": 16777216, "spool_segment_seconds": 30, "dictionary": True}

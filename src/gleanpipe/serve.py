@@ -33,6 +33,7 @@ from .load import Loader
 from .storage import RawStore, open_store
 from .storage.local import LocalStore
 from .storage.spool import SpoolReader, largest_payload
+from .validation import SCHEMA_ENV, PingValidator, load_schema
 from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 
 log = logging.getLogger("gleanpipe.serve")
@@ -127,6 +128,14 @@ class LocalPipeline:
                 f"GLEANPIPE_MAX_PAYLOAD_BYTES={config.max_payload_bytes} is over the largest payload a spool record "
                 f"holds ({largest_payload(config.max_uri_bytes, config.max_header_bytes)} bytes with these "
                 "GLEANPIPE_MAX_URI_BYTES and GLEANPIPE_MAX_HEADER_BYTES): lower it, or set GLEANPIPE_SPOOL=off")
+        try:  # a bad GLEANPIPE_SCHEMA_PATH: say so here, not as a gunicorn worker that fails to boot
+            schema = load_schema()
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        try:
+            PingValidator(schema)
+        except ValueError as exc:
+            raise RuntimeError(f"{SCHEMA_ENV}: not a valid JSON schema: {str(exc).splitlines()[0]}") from None
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if not config.store_url.startswith("file://"):
             raise RuntimeError(f"serve loads in-process from a file:// store only, not {config.store_url}: with a cloud "
