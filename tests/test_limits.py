@@ -32,6 +32,16 @@ def gleanpipe(*args: str, env: dict | None = None, timeout: float = 60) -> subpr
         (["status"], {"GLEANPIPE_EXPLORE_PORT": "99999"}, "GLEANPIPE_EXPLORE_PORT must be at most 65535, got 99999"),
         (["status"], {"GLEANPIPE_MAX_WIRE_BYTES": "abc"}, "GLEANPIPE_MAX_WIRE_BYTES must be a whole number, got 'abc'"),
         (["status"], {"GLEANPIPE_MAX_PAYLOAD_BYTES": "-1"}, "GLEANPIPE_MAX_PAYLOAD_BYTES must be positive, got -1"),
+        # read by a CLI flag: click's message, with the variable named beside the flag
+        (["replay"], {"GLEANPIPE_LOAD_BATCH": "abc"},
+         "Invalid value for '--batch' (GLEANPIPE_LOAD_BATCH): 'abc' is not a valid integer."),
+        (["serve"], {"GLEANPIPE_PORT": "x"}, "Invalid value for '--port' (GLEANPIPE_PORT): 'x' is not a valid integer."),
+        (["serve"], {"GLEANPIPE_WORKERS": "2.5"},
+         "Invalid value for '--workers' (GLEANPIPE_WORKERS): '2.5' is not a valid integer."),
+        (["explore", "--no-open"], {"GLEANPIPE_EXPLORE_PORT": "0"},
+         "Invalid value for '--port' (GLEANPIPE_EXPLORE_PORT): 0 is not in the range 1<=x<=65535."),
+        (["worker", "--queue", "q"], {"GLEANPIPE_WORKER_WAIT_S": "25"},
+         "Invalid value for '--wait' (GLEANPIPE_WORKER_WAIT_S): 25 is not in the range 0<=x<=20."),
     ],
 )
 def test_bad_setting_values_are_usage_errors_naming_the_variable(tmp_path, args, env, message):
