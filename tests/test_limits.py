@@ -238,3 +238,36 @@ def test_documented_defaults():
         "max_uri_bytes": 512, "max_header_bytes": 1024, "load_batch": 1000, "load_interval_ms": 50,
         "debug_max_pings": 100, "debug_retention_hours": 504, "explore_port": 8001, "spool": True,
         "spool_segment_bytes": 16777216, "spool_segment_seconds": 30, "dictionary": True}
+
+
+# --- serve: raised path and header limits reach the edge, not gunicorn's own parser limits ----------------
+
+
+def test_serve_answers_raised_uri_and_header_limits_itself(tmp_path):
+    from conftest import ServeProcess, post
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir, env={"GLEANPIPE_MAX_URI_BYTES": "5000",
+                                         "GLEANPIPE_MAX_HEADER_BYTES": "10000"}).start()
+    try:
+        def path(total: int) -> str:
+            tail = f"/baseline/1/{DOC_ID}"
+            return "/submit/" + "a" * (total - len("/submit/") - len(tail)) + tail
+
+        # over gunicorn's default request line (4094) but within GLEANPIPE_MAX_URI_BYTES: the edge's 400
+        status, body, _ = post(server.url + path(5000), gz(make_ping()))
+        assert status == 400 and body["error_type"] == "uri"
+        status, body, _ = post(server.url + path(5001), gz(make_ping()))
+        assert (status, body) == (414, {"error_type": "uri_too_long",
+                                        "error_message": "path is over 5000 bytes (GLEANPIPE_MAX_URI_BYTES)"})
+        # over gunicorn's default header field size (8190) but within GLEANPIPE_MAX_HEADER_BYTES: stored
+        status, _, hdrs = post(server.url + submit_path(document_id=DOC_ID), gz(make_ping()),
+                               {**SDK_HEADERS, "X-Source-Tags": "t" * 10000})
+        assert (status, hdrs["X-Gleanpipe-Stored"]) == (200, "new")
+        status, body, _ = post(server.url + submit_path(), gz(make_ping()), {**SDK_HEADERS, "X-Source-Tags": "t" * 10001})
+        assert (status, body["error_type"]) == (431, "header_too_large")
+        rejected = sorted(p.parent.name for p in (data_dir / "store" / "errors").rglob("*.json"))
+        assert rejected == ["header_too_large", "uri"]  # kept with their reason; a 414 is not (README)
+    finally:
+        assert server.stop() == 0

@@ -10,7 +10,7 @@ Status codes (the SDK deletes a ping on any 4xx and retries on 5xx):
   431 a kept header (or Content-Encoding) over GLEANPIPE_MAX_HEADER_BYTES
   503 the store failed (raw or error area): the SDK keeps the ping and retries
 
-Every 4xx except 404/405 writes a record (error type, message, metadata, the first
+Every 4xx except 404/405/414 writes a record (error type, message, metadata, the first
 GLEANPIPE_MAX_ERROR_BYTES of the body) to the store's ``errors/`` area first; if that
 write fails the answer is 503, so no ping is dropped without its reason kept.
 """

@@ -42,6 +42,22 @@ log = logging.getLogger("gleanpipe.serve")
 MISSING_GRACE_S = 60.0
 
 
+# gunicorn's own request parsing limits: its defaults, and the most it allows for a request line.
+GUNICORN_REQUEST_LINE = 4094
+GUNICORN_REQUEST_LINE_MAX = 8190
+GUNICORN_FIELD_SIZE = 8190
+
+
+def http_limits(cfg: Config) -> list[str]:
+    """gunicorn's request line and header field limits, raised (never lowered) so that a path or
+    header a little over GLEANPIPE_MAX_URI_BYTES / GLEANPIPE_MAX_HEADER_BYTES reaches the edge and
+    gets its 414 / 431 with an error record, instead of gunicorn's bare 400. A percent-encoded
+    path is up to 3 bytes on the request line per byte checked by the edge."""
+    line = min(GUNICORN_REQUEST_LINE_MAX, max(GUNICORN_REQUEST_LINE, 3 * cfg.max_uri_bytes + 64))
+    field = max(GUNICORN_FIELD_SIZE, cfg.max_header_bytes + 64)
+    return ["--limit-request-line", str(line), "--limit-request-field_size", str(field)]
+
+
 def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     """The app and worker settings serve gives gunicorn (bench/run.py uses the same).
 
@@ -51,7 +67,7 @@ def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     is its own fsynced file written by the request, so the workers are threads (gthread).
     """
     common = ["--workers", str(cfg.workers), "--log-level", "warning", "--keep-alive", "5",
-              "--graceful-timeout", "10", "--timeout", "60"]
+              "--graceful-timeout", "10", "--timeout", "60", *http_limits(cfg)]
     if spool:
         return ["gleanpipe.wsgi:spool_app", "--worker-class", "gevent",
                 "--worker-connections", str(cfg.connections), *common]
