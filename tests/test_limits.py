@@ -271,3 +271,40 @@ def test_serve_answers_raised_uri_and_header_limits_itself(tmp_path):
         assert rejected == ["header_too_large", "uri"]  # kept with their reason; a 414 is not (README)
     finally:
         assert server.stop() == 0
+
+
+# --- fixed caps on what an answer or the debug viewer shows (README "Fixed limits") -------------------------
+
+
+def test_schema_error_message_caps(client):
+    """Each offending value is cut to 60 characters, at most 10 errors are listed, 1024 characters in all."""
+    ping = make_ping(metrics={"counter": {f"toolbox.c{i:02d}": "x" * 500 for i in range(15)}})
+    resp = client.post(submit_path(), data=gz(ping), headers=SDK_HEADERS)
+    assert resp.status_code == 400
+    msg = resp.get_json()["error_message"]
+    assert len(msg) == 1024 and msg.endswith("... (+5 more)")
+    cut = repr("x" * 500)[:57] + "..."
+    assert msg.startswith(f"metrics.counter.toolbox.c00: {cut} is not of type 'integer'; "
+                          f"metrics.counter.toolbox.c01: {cut} is not of type 'integer'; ")
+
+
+def test_debug_viewer_caps(tmp_path):
+    """An invalid X-Debug-ID is listed cut to 100 characters; a body that is not JSON is shown cut to 256 KiB."""
+    from gleanpipe.config import Config
+    from gleanpipe.debug_index import INVALID_GROUP, DebugIndex
+    from gleanpipe.http_edge import SubmitHandler
+    from gleanpipe.storage.local import LocalStore
+
+    config = Config.from_env(environ={}, data_dir=tmp_path / "data")
+    store = LocalStore(tmp_path / "data" / "store")
+    handler = SubmitHandler(config, store)
+    tag = "!" * 1000  # not a valid tag (and within GLEANPIPE_MAX_HEADER_BYTES)
+    body = b"{" + b"n" * (300 * 1024)  # not JSON: kept whole in the error record (under 1 MiB)
+    resp = handler.handle("POST", submit_path(), {"x-debug-id": tag}, body)
+    assert resp.status == 400
+    index = DebugIndex.from_config(config, store)
+    [entry_id] = index.entry_ids(INVALID_GROUP)
+    detail = index.detail(INVALID_GROUP, entry_id, config.max_payload_bytes)
+    assert detail["tag"] == "!" * 100 and detail["tag_valid"] is False
+    assert detail["metadata"]["body_bytes_kept"] == len(body)
+    assert detail["body_text"] == (b"{" + b"n" * (256 * 1024 - 1)).decode()
