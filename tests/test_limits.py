@@ -308,3 +308,23 @@ def test_debug_viewer_caps(tmp_path):
     assert detail["tag"] == "!" * 100 and detail["tag_valid"] is False
     assert detail["metadata"]["body_bytes_kept"] == len(body)
     assert detail["body_text"] == (b"{" + b"n" * (256 * 1024 - 1)).decode()
+
+
+# --- store timeouts: a finite number of seconds -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ["GLEANPIPE_STORE_TIMEOUT_S", "GLEANPIPE_STORE_RETRY_S"])
+@pytest.mark.parametrize("raw", ["inf", "1e400", "nan", "-inf"])
+def test_store_seconds_must_be_finite(env, raw):
+    from gleanpipe.storage.cloud import CloudOptions
+
+    with pytest.raises(ValueError) as info:
+        CloudOptions.from_env({env: raw})
+    assert str(info.value) == f"{env} must be a finite number of seconds, got {raw!r}"
+
+
+def test_infinite_store_retry_is_a_usage_error_before_any_store_call(tmp_path):
+    out = gleanpipe("replay", "--data-dir", str(tmp_path / "data"), "--store-url", "gs://some-bucket/pings",
+                    env={"GLEANPIPE_STORE_RETRY_S": "inf"})
+    assert out.returncode == 1 and "Error: GLEANPIPE_STORE_RETRY_S must be a finite number of seconds, got 'inf'" \
+        in out.stderr, out.stderr
