@@ -35,7 +35,8 @@ def gleanpipe(*args: str, env: dict | None = None, timeout: float = 60) -> subpr
         # read by a CLI flag: click's message, with the variable named beside the flag
         (["replay"], {"GLEANPIPE_LOAD_BATCH": "abc"},
          "Invalid value for '--batch' (GLEANPIPE_LOAD_BATCH): 'abc' is not a valid integer."),
-        (["serve"], {"GLEANPIPE_PORT": "x"}, "Invalid value for '--port' (GLEANPIPE_PORT): 'x' is not a valid integer."),
+        (["serve"], {"GLEANPIPE_PORT": "x"},
+         "Invalid value for '--port' (GLEANPIPE_PORT): 'x' is not a valid integer."),
         (["serve"], {"GLEANPIPE_WORKERS": "2.5"},
          "Invalid value for '--workers' (GLEANPIPE_WORKERS): '2.5' is not a valid integer."),
         (["explore", "--no-open"], {"GLEANPIPE_EXPLORE_PORT": "0"},
@@ -105,7 +106,8 @@ def test_spool_writer_refuses_a_record_its_reader_would_take_for_damage(tmp_path
     try:
         fits = b"x" * (MAX_BODY - len(encode_record(key, b"")) + HEAD.size)
         writer.append(key, fits)
-        with pytest.raises(StoreError, match=f"a spool record holds at most {MAX_BODY} bytes, this one has {MAX_BODY + 1}"):
+        message = f"a spool record holds at most {MAX_BODY} bytes, this one has {MAX_BODY + 1}"
+        with pytest.raises(StoreError, match=message):
             writer.append(key, fits + b"x")
     finally:
         writer.close()
@@ -169,7 +171,8 @@ def test_uri_limit_default_is_exact(client):
     assert at.status_code == 400 and at.get_json()["error_type"] == "uri"  # the app id is too long, the path is not
     over = client.post(path(513), data=gz(make_ping()), headers=SDK_HEADERS)
     assert over.status_code == 414
-    assert over.get_json() == {"error_type": "uri_too_long", "error_message": "path is over 512 bytes (GLEANPIPE_MAX_URI_BYTES)"}
+    assert over.get_json() == {"error_type": "uri_too_long",
+                               "error_message": "path is over 512 bytes (GLEANPIPE_MAX_URI_BYTES)"}
 
 
 @pytest.mark.parametrize("header, name", [("X-Source-Tags", "x_source_tags"), ("User-Agent", "user_agent"),
@@ -265,7 +268,8 @@ def test_serve_answers_raised_uri_and_header_limits_itself(tmp_path):
         status, _, hdrs = post(server.url + submit_path(document_id=DOC_ID), gz(make_ping()),
                                {**SDK_HEADERS, "X-Source-Tags": "t" * 10000})
         assert (status, hdrs["X-Gleanpipe-Stored"]) == (200, "new")
-        status, body, _ = post(server.url + submit_path(), gz(make_ping()), {**SDK_HEADERS, "X-Source-Tags": "t" * 10001})
+        status, body, _ = post(server.url + submit_path(), gz(make_ping()),
+                               {**SDK_HEADERS, "X-Source-Tags": "t" * 10001})
         assert (status, body["error_type"]) == (431, "header_too_large")
         rejected = sorted(p.parent.name for p in (data_dir / "store" / "errors").rglob("*.json"))
         assert rejected == ["header_too_large", "uri"]  # kept with their reason; a 414 is not (README)
@@ -328,3 +332,37 @@ def test_infinite_store_retry_is_a_usage_error_before_any_store_call(tmp_path):
                     env={"GLEANPIPE_STORE_RETRY_S": "inf"})
     assert out.returncode == 1 and "Error: GLEANPIPE_STORE_RETRY_S must be a finite number of seconds, got 'inf'" \
         in out.stderr, out.stderr
+
+
+# --- GLEANPIPE_LOAD_BATCH: objects per warehouse write, in serve's loader and in replay ----------------------
+
+
+def test_load_batch_setting_sizes_each_write(tmp_path):
+    import uuid
+
+    from gleanpipe.config import Config
+    from gleanpipe.http_edge import SubmitHandler
+    from gleanpipe.load import Loader
+    from gleanpipe.replay import replay_local
+    from gleanpipe.serve import LoaderThread
+    from gleanpipe.storage.local import LocalStore
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    config = Config.from_env(environ={"GLEANPIPE_LOAD_BATCH": "2"}, data_dir=tmp_path / "data")
+    store = LocalStore(tmp_path / "data" / "store")
+    handler = SubmitHandler(config, store)
+    for _ in range(5):
+        path = submit_path(document_id=str(uuid.uuid4()))
+        assert handler.handle("POST", path, SDK_HEADERS, gz(make_ping())).status == 200
+    wh = DuckDBWarehouse(str(tmp_path / "data" / "warehouse.duckdb"))
+    try:
+        loader = Loader(store, wh)
+        thread = LoaderThread(store, loader, config.load_batch, config.load_interval_ms / 1000)  # never started
+        assert [thread.step() for _ in range(4)] == [2, 2, 1, 0]  # serve's loader: one batch per step
+        batches = []
+        replay_local(loader, sorted(store.list("raw/")), config.load_batch, 0,
+                     on_batch=lambda n, _: batches.append(n))
+        assert batches == [2, 2, 1]
+        assert wh.query('SELECT count(*) FROM "org_example_toolbox".baseline', None)[1] == [(5,)]
+    finally:
+        wh.close()
