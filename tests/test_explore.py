@@ -262,6 +262,6 @@ def test_explore_says_what_is_wrong(tmp_path):
     bad_port = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "explore", "--data-dir", str(tmp_path)],
                               capture_output=True, text=True, env={**__import__("os").environ,
                                                                    "GLEANPIPE_EXPLORE_PORT": "eighty"})
-    assert bad_port.returncode == 2 and "'--port': 'eighty' is not a valid integer" in bad_port.stderr
+    assert bad_port.returncode == 2 and "'--port' (GLEANPIPE_EXPLORE_PORT): 'eighty' is not a valid integer" in bad_port.stderr
     zero = gleanpipe("explore", "--data-dir", str(tmp_path), "--port", "0")
     assert zero.returncode == 2 and "0 is not in the range 1<=x<=65535" in zero.stderr

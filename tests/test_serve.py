@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gleanpipe.admin import AdminClient
+from gleanpipe.emulate import free_port
 
 from conftest import APP, DATASET, ServeProcess, children, gz, make_ping, post, submit_path, wait_gone
 
@@ -230,7 +231,7 @@ def test_parent_guard_runs_the_command_and_refuses_an_orphan():
 
 def test_second_serve_on_the_same_data_dir_is_refused(serve):
     proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(serve.data_dir),
-                           "--port", "0"], capture_output=True, text=True, timeout=60)
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "already running" in proc.stderr
 
 

@@ -18,6 +18,14 @@ from . import __version__
 from .admin import AdminClient, dumps, same_location
 from .config import SETTINGS, Config
 
+class SettingOption(click.Option):
+    """An option that also reads a GLEANPIPE_* variable: a bad value's error names the variable."""
+
+    def get_error_hint(self, ctx: click.Context) -> str:
+        hint = super().get_error_hint(ctx)
+        return f"{hint} ({self.envvar})" if isinstance(self.envvar, str) else hint
+
+
 DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLEANPIPE_DATA_DIR",
                         default=SETTINGS["GLEANPIPE_DATA_DIR"].default, show_default=True,
                         help="Local mode folder (raw store, DuckDB file, server state).")
@@ -79,9 +87,10 @@ def main(verbose: bool) -> None:
 @STORE
 @WAREHOUSE
 @click.option("--host", envvar="GLEANPIPE_HOST", default=SETTINGS["GLEANPIPE_HOST"].default, show_default=True)
-@click.option("--port", envvar="GLEANPIPE_PORT", type=int, default=int(SETTINGS["GLEANPIPE_PORT"].default),
+@click.option("--port", envvar="GLEANPIPE_PORT", cls=SettingOption, type=int,
+              default=int(SETTINGS["GLEANPIPE_PORT"].default),
               show_default=True)
-@click.option("--workers", envvar="GLEANPIPE_WORKERS", type=int, default=None,
+@click.option("--workers", envvar="GLEANPIPE_WORKERS", cls=SettingOption, type=int, default=None,
               help="HTTP worker processes [default: 2].")
 def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     """Run submit and load on this machine: a folder as the bucket, DuckDB as the warehouse."""
@@ -168,7 +177,8 @@ def _spooled(store) -> int:
 @DATA_DIR
 @STORE
 @WAREHOUSE
-@click.option("--batch", type=int, envvar="GLEANPIPE_LOAD_BATCH", default=None, help="Objects per load [default: 1000].")
+@click.option("--batch", type=int, envvar="GLEANPIPE_LOAD_BATCH", cls=SettingOption, default=None,
+              help="Objects per load [default: 1000].")
 @click.option("--prefix", default="raw/", show_default=True, help="Only objects under this key prefix.")
 @click.option("--workers", type=int, default=None,
               help="Processes that read and transform in parallel [default: cores, at most 4; 0: none].")
@@ -253,7 +263,7 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
 @DATA_DIR
 @STORE
 @WAREHOUSE
-@click.option("--port", envvar="GLEANPIPE_EXPLORE_PORT", type=click.IntRange(1, 65535),
+@click.option("--port", envvar="GLEANPIPE_EXPLORE_PORT", cls=SettingOption, type=click.IntRange(1, 65535),
               default=int(SETTINGS["GLEANPIPE_EXPLORE_PORT"].default), show_default=True,
               help="Port Datasette listens on (always 127.0.0.1).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -321,7 +331,7 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
 @STORE
 @WAREHOUSE
 @click.option("--queue", "queue_url", required=True, help="URL of the SQS queue the raw bucket notifies.")
-@click.option("--wait", "wait_s", type=click.IntRange(0, 20), envvar="GLEANPIPE_WORKER_WAIT_S",
+@click.option("--wait", "wait_s", type=click.IntRange(0, 20), envvar="GLEANPIPE_WORKER_WAIT_S", cls=SettingOption,
               default=int(SETTINGS["GLEANPIPE_WORKER_WAIT_S"].default), show_default=True,
               help="Long-poll seconds per receive.")
 @click.option("--once", is_flag=True, help="One receive, its loads, then exit.")
@@ -492,7 +502,8 @@ def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
                f"{counts['metrics']} metrics; open {out / 'index.html'}")
 
 @main.command()
-@click.option("--port", envvar="GLEANPIPE_PORT", type=int, default=int(SETTINGS["GLEANPIPE_PORT"].default),
+@click.option("--port", envvar="GLEANPIPE_PORT", cls=SettingOption, type=int,
+              default=int(SETTINGS["GLEANPIPE_PORT"].default),
               show_default=True, help="Port of the emulated submit function (point the Glean SDK here).")
 @click.option("--dir", "log_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data/emulate"),
               show_default=True, help="Folder for the processes' logs and emulate.env.")

@@ -98,6 +98,8 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("GLEANPIPE_SPOOL_SEGMENT_BYTES", str(16 * MIB), "A worker starts a new spool file after this many bytes."),
         Setting("GLEANPIPE_SPOOL_SEGMENT_SECONDS", "30", "A worker starts a new spool file after this many seconds."),
+        Setting("GLEANPIPE_SCHEMA_PATH", "",
+                "Validate pings against this copy of glean.1.schema.json (validation.py). Empty: the bundled one."),
     )
 }
 
@@ -117,15 +119,25 @@ def _bool(env: str, environ=None) -> bool:
     raise ValueError(f"{env} must be on or off, got {raw!r}")
 
 
+# Whole-number settings with an upper bound too (every whole-number setting must be positive).
+MAX_VALUE = {"GLEANPIPE_PORT": 65535, "GLEANPIPE_EXPLORE_PORT": 65535}
+
+
+def _check_int(env: str, value: int) -> int:
+    if value <= 0:
+        raise ValueError(f"{env} must be positive, got {value}")
+    if env in MAX_VALUE and value > MAX_VALUE[env]:
+        raise ValueError(f"{env} must be at most {MAX_VALUE[env]}, got {value}")
+    return value
+
+
 def _int(env: str, environ=None) -> int:
     raw = _get(env, environ)
     try:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{env} must be a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{env} must be positive, got {value}")
-    return value
+    return _check_int(env, value)
 
 
 @dataclass(frozen=True)
@@ -188,6 +200,8 @@ class Config:
             if key not in known:
                 raise TypeError(f"unknown setting {key!r}")
             if value is not None:
+                if isinstance(value, int) and not isinstance(value, bool):  # a CLI flag: same checks as its variable
+                    _check_int(f"GLEANPIPE_{key.upper()}", value)
                 values[key] = value
         return cls(**values)
 

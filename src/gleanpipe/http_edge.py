@@ -7,10 +7,10 @@ Status codes (the SDK deletes a ping on any 4xx and retries on 5xx):
   405 method other than POST or PUT
   413 body over GLEANPIPE_MAX_WIRE_BYTES, or payload over GLEANPIPE_MAX_PAYLOAD_BYTES
   414 path over GLEANPIPE_MAX_URI_BYTES
-  431 a kept header over GLEANPIPE_MAX_HEADER_BYTES
+  431 a kept header (or Content-Encoding) over GLEANPIPE_MAX_HEADER_BYTES
   503 the store failed (raw or error area): the SDK keeps the ping and retries
 
-Every 4xx except 404/405 writes a record (error type, message, metadata, the first
+Every 4xx except 404/405/414 writes a record (error type, message, metadata, the first
 GLEANPIPE_MAX_ERROR_BYTES of the body) to the store's ``errors/`` area first; if that
 write fails the answer is 503, so no ping is dropped without its reason kept.
 """
@@ -70,7 +70,7 @@ def decompress(body: bytes, limit: int) -> bytes:
             while True:
                 out += chunk
                 if len(out) > limit:
-                    raise Rejected(413, "payload_too_large", f"payload is over {limit} bytes after decompression")
+                    raise Rejected(413, "payload_too_large", f"payload is over {limit} bytes after decompression (GLEANPIPE_MAX_PAYLOAD_BYTES)")
                 if not d.unconsumed_tail:
                     break
                 chunk = d.decompress(d.unconsumed_tail, limit + 1 - len(out))
@@ -100,7 +100,7 @@ class SubmitHandler:
         """``declared_length``: the Content-Length, when the adapter did not read an oversized body."""
         cfg = self.config
         if len(path.encode("utf-8", "surrogateescape")) > cfg.max_uri_bytes:
-            return _error(414, "uri_too_long", f"path is over {cfg.max_uri_bytes} bytes")
+            return _error(414, "uri_too_long", f"path is over {cfg.max_uri_bytes} bytes (GLEANPIPE_MAX_URI_BYTES)")
         parts = path.split("/")
         if len(parts) != 6 or parts[0] != "" or parts[1] != "submit" or not all(parts[2:]):
             return _error(404, "not_found", "use /submit/<app-id>/<doc-type>/<version>/<document-id>")
@@ -133,17 +133,17 @@ class SubmitHandler:
             raise Rejected(400, "uri", str(exc)) from None
         meta.update(app_id=doc_path.app_id, doc_type=doc_path.doc_type, version=doc_path.version,
                     document_id=doc_path.document_id, key=doc_path.key)
-        for name, value in meta["headers"].items():
+        for name, value in (*meta["headers"].items(), ("content_encoding", meta["content_encoding"])):
             if value is not None and len(value) > cfg.max_header_bytes:
-                raise Rejected(431, "header_too_large", f"{name} header is over {cfg.max_header_bytes} bytes")
+                raise Rejected(431, "header_too_large", f"{name} header is over {cfg.max_header_bytes} bytes (GLEANPIPE_MAX_HEADER_BYTES)")
         if size > cfg.max_wire_bytes:
-            raise Rejected(413, "body_too_large", f"body is over {cfg.max_wire_bytes} bytes")
+            raise Rejected(413, "body_too_large", f"body is over {cfg.max_wire_bytes} bytes (GLEANPIPE_MAX_WIRE_BYTES)")
         if not body:
             raise Rejected(400, "empty_body", "the request has no body")
         if body.startswith(GZIP_MAGIC):
             payload = decompress(body, cfg.max_payload_bytes)
         elif len(body) > cfg.max_payload_bytes:
-            raise Rejected(413, "payload_too_large", f"payload is over {cfg.max_payload_bytes} bytes")
+            raise Rejected(413, "payload_too_large", f"payload is over {cfg.max_payload_bytes} bytes (GLEANPIPE_MAX_PAYLOAD_BYTES)")
         else:
             payload = body
         try:

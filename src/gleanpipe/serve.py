@@ -32,13 +32,30 @@ from .config import Config
 from .load import Loader
 from .storage import RawStore, open_store
 from .storage.local import LocalStore
-from .storage.spool import SpoolReader
+from .storage.spool import SpoolReader, largest_payload
+from .validation import SCHEMA_ENV, PingValidator, load_schema
 from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 
 log = logging.getLogger("gleanpipe.serve")
 
 
 MISSING_GRACE_S = 60.0
+
+
+# gunicorn's own request parsing limits: its defaults, and the most it allows for a request line.
+GUNICORN_REQUEST_LINE = 4094
+GUNICORN_REQUEST_LINE_MAX = 8190
+GUNICORN_FIELD_SIZE = 8190
+
+
+def http_limits(cfg: Config) -> list[str]:
+    """gunicorn's request line and header field limits, raised (never lowered) so that a path or
+    header a little over GLEANPIPE_MAX_URI_BYTES / GLEANPIPE_MAX_HEADER_BYTES reaches the edge and
+    gets its 414 / 431 with an error record, instead of gunicorn's bare 400. A percent-encoded
+    path is up to 3 bytes on the request line per byte checked by the edge."""
+    line = min(GUNICORN_REQUEST_LINE_MAX, max(GUNICORN_REQUEST_LINE, 3 * cfg.max_uri_bytes + 64))
+    field = max(GUNICORN_FIELD_SIZE, cfg.max_header_bytes + 64)
+    return ["--limit-request-line", str(line), "--limit-request-field_size", str(field)]
 
 
 def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
@@ -50,7 +67,7 @@ def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     is its own fsynced file written by the request, so the workers are threads (gthread).
     """
     common = ["--workers", str(cfg.workers), "--log-level", "warning", "--keep-alive", "5",
-              "--graceful-timeout", "10", "--timeout", "60"]
+              "--graceful-timeout", "10", "--timeout", "60", *http_limits(cfg)]
     if spool:
         return ["gleanpipe.wsgi:spool_app", "--worker-class", "gevent",
                 "--worker-connections", str(cfg.connections), *common]
@@ -122,6 +139,19 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
 class LocalPipeline:
     def __init__(self, config: Config):
         self.config = config
+        if config.spool and config.max_payload_bytes > largest_payload(config.max_uri_bytes, config.max_header_bytes):
+            raise RuntimeError(
+                f"GLEANPIPE_MAX_PAYLOAD_BYTES={config.max_payload_bytes} is over the largest payload a spool record "
+                f"holds ({largest_payload(config.max_uri_bytes, config.max_header_bytes)} bytes with these "
+                "GLEANPIPE_MAX_URI_BYTES and GLEANPIPE_MAX_HEADER_BYTES): lower it, or set GLEANPIPE_SPOOL=off")
+        try:  # a bad GLEANPIPE_SCHEMA_PATH: say so here, not as a gunicorn worker that fails to boot
+            schema = load_schema()
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        try:
+            PingValidator(schema)
+        except ValueError as exc:
+            raise RuntimeError(f"{SCHEMA_ENV}: not a valid JSON schema: {str(exc).splitlines()[0]}") from None
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if not config.store_url.startswith("file://"):
             raise RuntimeError(f"serve loads in-process from a file:// store only, not {config.store_url}: with a cloud "

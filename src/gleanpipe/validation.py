@@ -28,7 +28,15 @@ def load_schema() -> dict[str, Any]:
     """Load the ping schema: $GLEANPIPE_SCHEMA_PATH, package data, then the repo copy."""
     override = os.environ.get(SCHEMA_ENV)
     if override:
-        return json.loads(Path(override).read_text(encoding="utf-8"))
+        try:
+            schema = json.loads(Path(override).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ValueError(f"{SCHEMA_ENV}: cannot read {override}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise ValueError(f"{SCHEMA_ENV}: {override} is not a JSON file: {exc}") from None
+        if not isinstance(schema, dict):
+            raise ValueError(f"{SCHEMA_ENV}: {override} holds a JSON {type(schema).__name__}, not a schema object")
+        return schema
     try:
         packaged = importlib.resources.files("gleanpipe") / "schemas" / SCHEMA_NAME
         if packaged.is_file():

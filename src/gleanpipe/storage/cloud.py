@@ -15,6 +15,7 @@ retry: the object is stored either way.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -41,7 +42,9 @@ def _seconds(env: str, environ=None, *, allow_zero: bool) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"{env} must be a number of seconds, got {raw!r}") from None
-    if value < 0 or (value == 0 and not allow_zero) or value != value:
+    if not math.isfinite(value):  # inf: a store call that never times out or never stops retrying
+        raise ValueError(f"{env} must be a finite number of seconds, got {raw!r}")
+    if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{env} must be {'zero or ' if allow_zero else ''}positive, got {raw!r}")
     return value
 

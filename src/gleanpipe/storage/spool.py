@@ -64,11 +64,21 @@ SUFFIX = ".seg"
 MAGIC = b"GPS1"
 HEAD = struct.Struct("<4sII")  # magic, body length, crc32(body)
 KEYLEN = struct.Struct("<H")
-MAX_BODY = 64 * 1024 * 1024  # larger than any object the edge accepts (8 MiB payload + metadata)
+MAX_BODY = 64 * 1024 * 1024  # largest record body the reader takes as intact (see largest_payload)
 NEW_GRACE_NS = 60 * 10**9  # a segment still being created is at most this old
 READ_CHUNK = 4 * 1024 * 1024  # bytes of a segment read per look
 RECENT_KEYS = 100_000  # keys one worker remembers for in-window dedupe
 _RECEIPT = "spool:"
+
+
+def largest_payload(max_uri_bytes: int, max_header_bytes: int) -> int:
+    """Largest ping payload whose record stays within MAX_BODY, with room for the metadata the
+    edge's own limits allow: the path and what comes from it (app id, doc type, version,
+    document id, key) and 7 header values (the kept ones and Content-Encoding), each byte
+    JSON-escaped to at most 6, plus 4 KiB for the fixed fields. `serve` refuses a
+    GLEANPIPE_MAX_PAYLOAD_BYTES above it with the spool on."""
+    meta = 6 * (7 * max_uri_bytes + 7 * max_header_bytes) + 4096
+    return MAX_BODY - KEYLEN.size - meta
 
 
 def encode_record(key: str, data: bytes) -> bytes:
@@ -231,6 +241,8 @@ class SpoolWriter:
     def append(self, key: str, data: bytes) -> None:
         """Queue one record; return once it is on disk. Raises StoreError (answer 503)."""
         record = encode_record(key, data)
+        if len(record) - HEAD.size > MAX_BODY:  # the reader would take it for damage: never acknowledge it
+            raise StoreError(f"a spool record holds at most {MAX_BODY} bytes, this one has {len(record) - HEAD.size}")
         with self._lock:
             while self._closing:  # close() is stopping the committer: start afresh once it is gone
                 thread = self._thread

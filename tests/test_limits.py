@@ -1,0 +1,368 @@
+"""Every setting and limit: documented with its default, checked when set, clear when crossed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SDK_HEADERS, gz, make_ping, submit_path
+
+
+def gleanpipe(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    return subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**clean, **(env or {})})
+
+
+# --- a bad value of a setting: a usage error naming the variable, never a traceback or a hang ---------
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["replay", "--batch", "0"], {}, "GLEANPIPE_LOAD_BATCH must be positive, got 0"),
+        (["replay", "--batch", "-5"], {}, "GLEANPIPE_LOAD_BATCH must be positive, got -5"),
+        (["replay"], {"GLEANPIPE_LOAD_BATCH": "0"}, "GLEANPIPE_LOAD_BATCH must be positive, got 0"),
+        (["serve", "--workers", "0"], {}, "GLEANPIPE_WORKERS must be positive, got 0"),
+        (["serve", "--port", "70000"], {}, "GLEANPIPE_PORT must be at most 65535, got 70000"),
+        (["serve"], {"GLEANPIPE_PORT": "65536"}, "GLEANPIPE_PORT must be at most 65535, got 65536"),
+        (["status"], {"GLEANPIPE_EXPLORE_PORT": "99999"}, "GLEANPIPE_EXPLORE_PORT must be at most 65535, got 99999"),
+        (["status"], {"GLEANPIPE_MAX_WIRE_BYTES": "abc"}, "GLEANPIPE_MAX_WIRE_BYTES must be a whole number, got 'abc'"),
+        (["status"], {"GLEANPIPE_MAX_PAYLOAD_BYTES": "-1"}, "GLEANPIPE_MAX_PAYLOAD_BYTES must be positive, got -1"),
+        # read by a CLI flag: click's message, with the variable named beside the flag
+        (["replay"], {"GLEANPIPE_LOAD_BATCH": "abc"},
+         "Invalid value for '--batch' (GLEANPIPE_LOAD_BATCH): 'abc' is not a valid integer."),
+        (["serve"], {"GLEANPIPE_PORT": "x"},
+         "Invalid value for '--port' (GLEANPIPE_PORT): 'x' is not a valid integer."),
+        (["serve"], {"GLEANPIPE_WORKERS": "2.5"},
+         "Invalid value for '--workers' (GLEANPIPE_WORKERS): '2.5' is not a valid integer."),
+        (["explore", "--no-open"], {"GLEANPIPE_EXPLORE_PORT": "0"},
+         "Invalid value for '--port' (GLEANPIPE_EXPLORE_PORT): 0 is not in the range 1<=x<=65535."),
+        (["worker", "--queue", "q"], {"GLEANPIPE_WORKER_WAIT_S": "25"},
+         "Invalid value for '--wait' (GLEANPIPE_WORKER_WAIT_S): 25 is not in the range 0<=x<=20."),
+    ],
+)
+def test_bad_setting_values_are_usage_errors_naming_the_variable(tmp_path, args, env, message):
+    out = gleanpipe(*args, "--data-dir", str(tmp_path / "data"), env=env)
+    assert out.returncode == 2, out.stderr
+    assert f"Error: {message}" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # refused before anything was opened
+
+
+def test_flag_values_get_the_checks_of_their_variable():
+    from gleanpipe.config import Config
+
+    with pytest.raises(ValueError, match="GLEANPIPE_WORKERS must be positive, got -1"):
+        Config.from_env(environ={}, workers=-1)
+    with pytest.raises(ValueError, match="GLEANPIPE_PORT must be at most 65535, got 65536"):
+        Config.from_env(environ={}, port=65536)
+    cfg = Config.from_env(environ={}, port=65535, workers=1, load_batch=1)
+    assert (cfg.port, cfg.workers, cfg.load_batch) == (65535, 1, 1)
+
+
+# --- the spool's record limit and GLEANPIPE_MAX_PAYLOAD_BYTES --------------------------------------
+
+
+def test_serve_refuses_a_payload_limit_its_spool_records_cannot_hold(tmp_path):
+    from gleanpipe.storage.spool import largest_payload
+
+    largest = largest_payload(512, 1024)
+    assert 60 * 1024 * 1024 < largest < 64 * 1024 * 1024  # the default 8 MiB is far below it
+    out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", "1",
+                    env={"GLEANPIPE_MAX_PAYLOAD_BYTES": str(largest + 1)})
+    assert out.returncode == 1, out.stderr
+    assert (f"Error: GLEANPIPE_MAX_PAYLOAD_BYTES={largest + 1} is over the largest payload a spool record holds "
+            f"({largest} bytes") in out.stderr
+    assert "GLEANPIPE_SPOOL=off" in out.stderr and "Traceback" not in out.stderr
+    # the room kept for metadata grows with the limits on what the metadata holds
+    assert largest_payload(4096, 1024) < largest and largest_payload(512, 8192) < largest
+
+
+def test_payload_limit_at_the_spool_bound_and_without_the_spool_is_accepted(tmp_path):
+    from gleanpipe.config import Config
+    from gleanpipe.serve import LocalPipeline
+    from gleanpipe.storage.spool import largest_payload
+
+    for n, env in enumerate(({"GLEANPIPE_MAX_PAYLOAD_BYTES": str(largest_payload(512, 1024))},
+                             {"GLEANPIPE_MAX_PAYLOAD_BYTES": str(256 * 1024 * 1024), "GLEANPIPE_SPOOL": "off"})):
+        pipeline = LocalPipeline(Config.from_env(environ=env, data_dir=tmp_path / f"data{n}"))
+        try:
+            assert pipeline.config.max_payload_bytes == int(env["GLEANPIPE_MAX_PAYLOAD_BYTES"])
+        finally:  # built, never started: release what the constructor opened
+            pipeline.admin.httpd.server_close()
+            pipeline.warehouse.close()
+
+
+def test_spool_writer_refuses_a_record_its_reader_would_take_for_damage(tmp_path):
+    from gleanpipe.storage import StoreError
+    from gleanpipe.storage.spool import HEAD, MAX_BODY, SpoolWriter, decode_records, encode_record
+
+    key = "raw/app/baseline/1/0f0e0d0c-0b0a-4908-8706-050403020100.json"
+    writer = SpoolWriter(tmp_path / "spool", 1 << 30, 3600)
+    try:
+        fits = b"x" * (MAX_BODY - len(encode_record(key, b"")) + HEAD.size)
+        writer.append(key, fits)
+        message = f"a spool record holds at most {MAX_BODY} bytes, this one has {MAX_BODY + 1}"
+        with pytest.raises(StoreError, match=message):
+            writer.append(key, fits + b"x")
+    finally:
+        writer.close()
+    [segment] = list((tmp_path / "spool").iterdir())
+    records = list(decode_records(segment.read_bytes()))
+    assert [(k, len(d)) for _, _, k, d in records] == [(key, len(fits))]  # the one that fits, read back whole
+
+
+# --- the submit edge's limits at their defaults: one byte under is taken, one over is the named error ----
+
+
+MIB = 1024 * 1024
+DOC_ID = "0f0e0d0c-0b0a-4908-8706-050403020100"
+
+
+@pytest.fixture
+def client(fn_env):
+    from functions_framework import create_app
+
+    return create_app(target="submit", source=str(ROOT / "functions" / "main.py")).test_client()
+
+
+def error_records(data_dir) -> list[dict]:
+    import json
+
+    return [json.loads(p.read_bytes()) for p in sorted((data_dir / "store" / "errors").rglob("*.json"))]
+
+
+def test_wire_limit_default_is_exact(client, fn_env):
+    at = client.post(submit_path(), data=b"x" * MIB, headers={"Content-Type": "application/json"})
+    assert at.status_code == 400 and at.get_json()["error_type"] == "json"  # read and parsed, not refused
+    over = client.post(submit_path(), data=b"x" * (MIB + 1), headers={"Content-Type": "application/json"})
+    assert over.status_code == 413
+    assert over.get_json() == {"error_type": "body_too_large",
+                               "error_message": "body is over 1048576 bytes (GLEANPIPE_MAX_WIRE_BYTES)"}
+    kept = {r["error_type"]: r for r in error_records(fn_env)}
+    # GLEANPIPE_MAX_ERROR_BYTES (1 MiB): a rejected body up to the wire limit is kept whole
+    assert kept["json"]["body_bytes_kept"] == MIB and kept["json"]["body_truncated"] is False
+    assert kept["body_too_large"]["body_truncated"] is True
+
+
+def test_payload_limit_default_is_exact(client):
+    import gzip
+
+    at = client.post(submit_path(), data=gzip.compress(b"x" * (8 * MIB)), headers=SDK_HEADERS)
+    assert at.status_code == 400 and at.get_json()["error_type"] == "json"
+    over = client.post(submit_path(), data=gzip.compress(b"x" * (8 * MIB + 1)), headers=SDK_HEADERS)
+    assert over.status_code == 413
+    assert over.get_json() == {
+        "error_type": "payload_too_large",
+        "error_message": "payload is over 8388608 bytes after decompression (GLEANPIPE_MAX_PAYLOAD_BYTES)"}
+
+
+def test_uri_limit_default_is_exact(client):
+    def path(total: int) -> str:
+        tail = f"/baseline/1/{DOC_ID}"
+        return "/submit/" + "a" * (total - len("/submit/") - len(tail)) + tail
+
+    assert len(path(512)) == 512
+    at = client.post(path(512), data=gz(make_ping()), headers=SDK_HEADERS)
+    assert at.status_code == 400 and at.get_json()["error_type"] == "uri"  # the app id is too long, the path is not
+    over = client.post(path(513), data=gz(make_ping()), headers=SDK_HEADERS)
+    assert over.status_code == 414
+    assert over.get_json() == {"error_type": "uri_too_long",
+                               "error_message": "path is over 512 bytes (GLEANPIPE_MAX_URI_BYTES)"}
+
+
+@pytest.mark.parametrize("header, name", [("X-Source-Tags", "x_source_tags"), ("User-Agent", "user_agent"),
+                                          ("Content-Encoding", "content_encoding")])
+def test_header_limit_default_is_exact(client, fn_env, header, name):
+    at = client.post(submit_path(document_id=DOC_ID), data=gz(make_ping()), headers={**SDK_HEADERS, header: "t" * 1024})
+    assert at.status_code == 200
+    over = client.post(submit_path(), data=gz(make_ping()), headers={**SDK_HEADERS, header: "t" * 1025})
+    assert over.status_code == 431
+    assert over.get_json() == {"error_type": "header_too_large",
+                               "error_message": f"{name} header is over 1024 bytes (GLEANPIPE_MAX_HEADER_BYTES)"}
+    [record] = error_records(fn_env)
+    assert record["error_type"] == "header_too_large" and record["status"] == 431
+
+
+# --- GLEANPIPE_SCHEMA_PATH ------------------------------------------------------------------------------
+
+
+def test_bad_schema_path_is_a_clear_error_before_serve_starts(tmp_path):
+    (tmp_path / "broken.json").write_text('{"type": ')
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "invalid.json").write_text('{"type": 5}')
+    cases = {
+        str(tmp_path / "missing.json"): f"GLEANPIPE_SCHEMA_PATH: cannot read {tmp_path / 'missing.json'}: "
+                                        "No such file or directory",
+        str(tmp_path / "broken.json"): f"GLEANPIPE_SCHEMA_PATH: {tmp_path / 'broken.json'} is not a JSON file",
+        str(tmp_path / "list.json"): f"GLEANPIPE_SCHEMA_PATH: {tmp_path / 'list.json'} holds a JSON list, "
+                                     "not a schema object",
+        str(tmp_path / "invalid.json"): "GLEANPIPE_SCHEMA_PATH: not a valid JSON schema: 5 is not valid",
+    }
+    for path, message in cases.items():
+        out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", "1",
+                        env={"GLEANPIPE_SCHEMA_PATH": path})
+        assert out.returncode == 1 and f"Error: {message}" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and "serving" not in out.stdout
+
+
+# --- every setting is in the README's settings table, with its default ------------------------------------
+
+
+def test_settings_and_the_readme_settings_table_agree():
+    import re
+
+    from gleanpipe.config import SETTINGS
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(GLEANPIPE_[A-Z0-9_]+)` \| ([^|]*) \|", table, re.M))
+    names = [n for n in SETTINGS if not n.startswith("GLEANPIPE_DEPLOY_")]
+    assert sorted(rows) == sorted(names)  # nothing undocumented, nothing documented that is not read
+    for name in names:
+        default = SETTINGS[name].default
+        if default:
+            assert rows[name].startswith(f"`{default}`"), (name, rows[name])
+
+
+def test_documented_defaults():
+    from dataclasses import asdict
+
+    from gleanpipe.config import Config
+
+    cfg = asdict(Config.from_env(environ={}))
+    assert {k: v for k, v in cfg.items() if k not in ("data_dir", "store_url", "warehouse_url")} == {
+        "host": "127.0.0.1", "port": 8080, "workers": 2, "connections": 1000, "threads": 8,
+        "max_wire_bytes": 1048576, "max_payload_bytes": 8388608, "max_error_bytes": 1048576,
+        "max_uri_bytes": 512, "max_header_bytes": 1024, "load_batch": 1000, "load_interval_ms": 50,
+        "debug_max_pings": 100, "debug_retention_hours": 504, "explore_port": 8001, "spool": True,
+        "spool_segment_bytes": 16777216, "spool_segment_seconds": 30, "dictionary": True}
+
+
+# --- serve: raised path and header limits reach the edge, not gunicorn's own parser limits ----------------
+
+
+def test_serve_answers_raised_uri_and_header_limits_itself(tmp_path):
+    from conftest import ServeProcess, post
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir, env={"GLEANPIPE_MAX_URI_BYTES": "5000",
+                                         "GLEANPIPE_MAX_HEADER_BYTES": "10000"}).start()
+    try:
+        def path(total: int) -> str:
+            tail = f"/baseline/1/{DOC_ID}"
+            return "/submit/" + "a" * (total - len("/submit/") - len(tail)) + tail
+
+        # over gunicorn's default request line (4094) but within GLEANPIPE_MAX_URI_BYTES: the edge's 400
+        status, body, _ = post(server.url + path(5000), gz(make_ping()))
+        assert status == 400 and body["error_type"] == "uri"
+        status, body, _ = post(server.url + path(5001), gz(make_ping()))
+        assert (status, body) == (414, {"error_type": "uri_too_long",
+                                        "error_message": "path is over 5000 bytes (GLEANPIPE_MAX_URI_BYTES)"})
+        # over gunicorn's default header field size (8190) but within GLEANPIPE_MAX_HEADER_BYTES: stored
+        status, _, hdrs = post(server.url + submit_path(document_id=DOC_ID), gz(make_ping()),
+                               {**SDK_HEADERS, "X-Source-Tags": "t" * 10000})
+        assert (status, hdrs["X-Gleanpipe-Stored"]) == (200, "new")
+        status, body, _ = post(server.url + submit_path(), gz(make_ping()),
+                               {**SDK_HEADERS, "X-Source-Tags": "t" * 10001})
+        assert (status, body["error_type"]) == (431, "header_too_large")
+        rejected = sorted(p.parent.name for p in (data_dir / "store" / "errors").rglob("*.json"))
+        assert rejected == ["header_too_large", "uri"]  # kept with their reason; a 414 is not (README)
+    finally:
+        assert server.stop() == 0
+
+
+# --- fixed caps on what an answer or the debug viewer shows (README "Fixed limits") -------------------------
+
+
+def test_schema_error_message_caps(client):
+    """Each offending value is cut to 60 characters, at most 10 errors are listed, 1024 characters in all."""
+    ping = make_ping(metrics={"counter": {f"toolbox.c{i:02d}": "x" * 500 for i in range(15)}})
+    resp = client.post(submit_path(), data=gz(ping), headers=SDK_HEADERS)
+    assert resp.status_code == 400
+    msg = resp.get_json()["error_message"]
+    assert len(msg) == 1024 and msg.endswith("... (+5 more)")
+    cut = repr("x" * 500)[:57] + "..."
+    assert msg.startswith(f"metrics.counter.toolbox.c00: {cut} is not of type 'integer'; "
+                          f"metrics.counter.toolbox.c01: {cut} is not of type 'integer'; ")
+
+
+def test_debug_viewer_caps(tmp_path):
+    """An invalid X-Debug-ID is listed cut to 100 characters; a body that is not JSON is shown cut to 256 KiB."""
+    from gleanpipe.config import Config
+    from gleanpipe.debug_index import INVALID_GROUP, DebugIndex
+    from gleanpipe.http_edge import SubmitHandler
+    from gleanpipe.storage.local import LocalStore
+
+    config = Config.from_env(environ={}, data_dir=tmp_path / "data")
+    store = LocalStore(tmp_path / "data" / "store")
+    handler = SubmitHandler(config, store)
+    tag = "!" * 1000  # not a valid tag (and within GLEANPIPE_MAX_HEADER_BYTES)
+    body = b"{" + b"n" * (300 * 1024)  # not JSON: kept whole in the error record (under 1 MiB)
+    resp = handler.handle("POST", submit_path(), {"x-debug-id": tag}, body)
+    assert resp.status == 400
+    index = DebugIndex.from_config(config, store)
+    [entry_id] = index.entry_ids(INVALID_GROUP)
+    detail = index.detail(INVALID_GROUP, entry_id, config.max_payload_bytes)
+    assert detail["tag"] == "!" * 100 and detail["tag_valid"] is False
+    assert detail["metadata"]["body_bytes_kept"] == len(body)
+    assert detail["body_text"] == (b"{" + b"n" * (256 * 1024 - 1)).decode()
+
+
+# --- store timeouts: a finite number of seconds -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ["GLEANPIPE_STORE_TIMEOUT_S", "GLEANPIPE_STORE_RETRY_S"])
+@pytest.mark.parametrize("raw", ["inf", "1e400", "nan", "-inf"])
+def test_store_seconds_must_be_finite(env, raw):
+    from gleanpipe.storage.cloud import CloudOptions
+
+    with pytest.raises(ValueError) as info:
+        CloudOptions.from_env({env: raw})
+    assert str(info.value) == f"{env} must be a finite number of seconds, got {raw!r}"
+
+
+def test_infinite_store_retry_is_a_usage_error_before_any_store_call(tmp_path):
+    out = gleanpipe("replay", "--data-dir", str(tmp_path / "data"), "--store-url", "gs://some-bucket/pings",
+                    env={"GLEANPIPE_STORE_RETRY_S": "inf"})
+    assert out.returncode == 1 and "Error: GLEANPIPE_STORE_RETRY_S must be a finite number of seconds, got 'inf'" \
+        in out.stderr, out.stderr
+
+
+# --- GLEANPIPE_LOAD_BATCH: objects per warehouse write, in serve's loader and in replay ----------------------
+
+
+def test_load_batch_setting_sizes_each_write(tmp_path):
+    import uuid
+
+    from gleanpipe.config import Config
+    from gleanpipe.http_edge import SubmitHandler
+    from gleanpipe.load import Loader
+    from gleanpipe.replay import replay_local
+    from gleanpipe.serve import LoaderThread
+    from gleanpipe.storage.local import LocalStore
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    config = Config.from_env(environ={"GLEANPIPE_LOAD_BATCH": "2"}, data_dir=tmp_path / "data")
+    store = LocalStore(tmp_path / "data" / "store")
+    handler = SubmitHandler(config, store)
+    for _ in range(5):
+        path = submit_path(document_id=str(uuid.uuid4()))
+        assert handler.handle("POST", path, SDK_HEADERS, gz(make_ping())).status == 200
+    wh = DuckDBWarehouse(str(tmp_path / "data" / "warehouse.duckdb"))
+    try:
+        loader = Loader(store, wh)
+        thread = LoaderThread(store, loader, config.load_batch, config.load_interval_ms / 1000)  # never started
+        assert [thread.step() for _ in range(4)] == [2, 2, 1, 0]  # serve's loader: one batch per step
+        batches = []
+        replay_local(loader, sorted(store.list("raw/")), config.load_batch, 0,
+                     on_batch=lambda n, _: batches.append(n))
+        assert batches == [2, 2, 1]
+        assert wh.query('SELECT count(*) FROM "org_example_toolbox".baseline', None)[1] == [(5,)]
+    finally:
+        wh.close()
