@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gleanpipe.admin import AdminClient
+from gleanpipe.emulate import free_port
 
 GLEAN_CLIENT = Path(__file__).resolve().parent / "glean_client"
 METRICS_ID = "moz://mozilla.org/schemas/glean/metrics/2-0-0"
@@ -36,3 +38,46 @@ def test_out_of_range_flags_are_usage_errors(tmp_path, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_serve_refuses_a_port_another_server_listens_on(tmp_path):
+    """Before: serve connected to the other server, took it for its own gunicorn, printed "serving"
+    and wrote its state file; gunicorn failed to bind and serve exited about 5 s later."""
+    data_dir = tmp_path / "data"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = gleanpipe("serve", "--data-dir", str(data_dir), "--port", str(port), timeout=60)
+        assert proc.returncode == 1
+        assert f"Error: cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
+        assert "--port or GLEANPIPE_PORT" in proc.stderr
+        assert "serving" not in proc.stdout
+        assert AdminClient.find(data_dir) is None
+        assert not (data_dir / "warehouse.duckdb").exists()  # refused before the warehouse was opened
+
+
+def test_serve_starts_on_a_port_freed_a_moment_ago(tmp_path):
+    """The check binds with SO_REUSEADDR, as gunicorn does: a port whose last connection is in
+    TIME_WAIT is free, not "in use"."""
+    from conftest import ServeProcess, post, submit_path, gz, make_ping
+
+    port = free_port()
+    with socket.socket() as srv:  # leave a closed connection on the port
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", port))
+        srv.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = srv.accept()
+        conn.close()  # the server side closes first: its end goes to TIME_WAIT
+        client.close()
+    with socket.socket() as probe, pytest.raises(OSError):  # the premise: a plain bind is refused
+        probe.bind(("127.0.0.1", port))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir, port=port).start()
+    try:
+        status, _, headers = post(server.url + submit_path("metrics"), gz(make_ping()))
+        assert (status, headers["X-Gleanpipe-Stored"]) == (200, "new")
+    finally:
+        assert server.stop() == 0
