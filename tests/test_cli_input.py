@@ -3,6 +3,7 @@ a one-line error and exit code, never a traceback, and nothing half-started."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gleanpipe.admin import AdminClient
+from gleanpipe.dictionary.definitions import DefinitionError, parse
 from gleanpipe.emulate import free_port
 
 GLEAN_CLIENT = Path(__file__).resolve().parent / "glean_client"
@@ -81,3 +83,39 @@ def test_serve_starts_on_a_port_freed_a_moment_ago(tmp_path):
         assert (status, headers["X-Gleanpipe-Stored"]) == (200, "new")
     finally:
         assert server.stop() == 0
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_definitions_without_a_schema_line_name_the_file(tmp_path):
+    """Before: "TypeError: Invalid schema key None", with no file named."""
+    good = GLEAN_CLIENT / "pings.yaml"
+    bare = write(tmp_path / "metrics.yaml", "toolbox:\n  launch_count:\n    type: counter\n")
+    with pytest.raises(DefinitionError) as err:
+        parse("org.example.toolbox", [bare], [good])
+    assert err.value.messages == [
+        f"{bare}: no `$schema` line: a metrics.yaml starts with `$schema: {METRICS_ID}`, "
+        f"a pings.yaml with `$schema: {PINGS_ID}`"
+    ]
+
+
+def test_definitions_that_are_not_a_mapping_are_refused_and_keep_the_stored_ones(tmp_path):
+    """Before: a file whose top level is a list parsed as "0 metrics, 0 pings" and `apps add`
+    replaced the app's stored definitions with nothing."""
+    data = ["--data-dir", str(tmp_path / "data")]
+    added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
+                      "--pings", str(GLEAN_CLIENT / "pings.yaml"), *data)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith("org.example.toolbox (dataset org_example_toolbox): 28 metrics, 3 pings;")
+
+    listed = write(tmp_path / "metrics.yaml", "- toolbox.launch_count\n- toolbox.tool_used\n")
+    refused = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(listed), *data)
+    assert refused.returncode == 1
+    assert refused.stderr == ("Error: the definitions do not parse:\n"
+                              f"  {listed}: the top level is a list, not a mapping: not a metrics.yaml or pings.yaml\n")
+
+    apps = gleanpipe("apps", "list", "--format", "json", *data)
+    assert [(a["app_id"], a["metrics_defined"]) for a in json.loads(apps.stdout)] == [("org.example.toolbox", 28)]
