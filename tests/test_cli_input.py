@@ -119,3 +119,37 @@ def test_definitions_that_are_not_a_mapping_are_refused_and_keep_the_stored_ones
 
     apps = gleanpipe("apps", "list", "--format", "json", *data)
     assert [(a["app_id"], a["metrics_defined"]) for a in json.loads(apps.stdout)] == [("org.example.toolbox", 28)]
+
+
+def test_query_is_read_only_with_and_without_serve(tmp_path):
+    """Before: with serve running, `gleanpipe query "DROP TABLE ..."` ran on serve's writable
+    connection; without serve DuckDB refused it (the file is opened read-only)."""
+    from conftest import DATASET, ServeProcess, gz, make_ping, post, submit_path
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data = ["--data-dir", str(data_dir)]
+    count = f"SELECT count(*) AS n FROM {DATASET}.metrics_v1"
+    server = ServeProcess(data_dir).start()
+    try:
+        assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
+        assert server.wait_rows(count, 1) == 1
+        for sql in (f"DROP TABLE {DATASET}.metrics_v1 CASCADE", "CREATE TABLE main.probe (a INTEGER)",
+                    f"SELECT 1; DELETE FROM {DATASET}.metrics_v1", f"COPY {DATASET}.metrics_v1 TO '{tmp_path}/x.csv'"):
+            refused = gleanpipe("query", sql, *data)
+            assert refused.returncode == 1, sql
+            assert "the warehouse is read-only for queries: a " in refused.stderr
+        assert "a DROP statement is not run" in gleanpipe("query", f"DROP TABLE {DATASET}.metrics_v1", *data).stderr
+        assert server.try_query(count) == [(1,)]
+        assert server.try_query("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'probe'") == [(0,)]
+        assert not (tmp_path / "x.csv").exists()
+        shown = gleanpipe("query", "--format", "csv", f"SHOW TABLES FROM {DATASET}", *data)
+        assert shown.returncode == 0 and "metrics_v1" in shown.stdout.splitlines()
+        described = gleanpipe("query", "--format", "json", f"DESCRIBE {DATASET}.metrics_v1", *data)
+        assert "document_id" in [c["column_name"] for c in json.loads(described.stdout)]
+    finally:
+        assert server.stop() == 0
+    local = gleanpipe("query", "CREATE TABLE main.probe (a INTEGER)", *data)  # serve stopped: the file itself
+    assert local.returncode == 1
+    assert "the warehouse is read-only for queries: a CREATE statement is not run" in local.stderr
+    assert gleanpipe("query", "--format", "csv", count, *data).stdout.splitlines() == ["n", "1"]

@@ -61,7 +61,11 @@ def _read_query(config: Config):
     client = _server(config)
     if client:
         return client.query, lambda: None
+    from .read_only_sql import read_only
+
     wh = _open_local(config, read_only=True)
+    if config.warehouse_url.startswith("duckdb://"):  # the same refusal as through serve; DuckDB parses it
+        return read_only(wh.query), wh.close
     return wh.query, wh.close
 
 
