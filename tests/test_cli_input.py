@@ -153,3 +153,24 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
     assert local.returncode == 1
     assert "the warehouse is read-only for queries: a CREATE statement is not run" in local.stderr
     assert gleanpipe("query", "--format", "csv", count, *data).stdout.splitlines() == ["n", "1"]
+
+
+def test_replay_of_a_prefix_with_no_objects_says_so(tmp_path):
+    """Before: "replayed 0 objects: " and nothing else, which does not say that the prefix matched
+    nothing (here the app id where the store uses the URL's namespace)."""
+    from conftest import APP, gz, make_ping, post, submit_path, ServeProcess
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir).start()
+    try:
+        assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
+    finally:
+        assert server.stop() == 0
+    data = ["--data-dir", str(data_dir), "--no-progress"]
+    none = gleanpipe("replay", "--prefix", "raw/org.example.toolbox/", *data)
+    assert none.returncode == 0
+    assert none.stdout == (f"no objects under raw/org.example.toolbox/ in file://{data_dir}/store: nothing replayed "
+                           "(keys look like raw/<app-id>/<doc-type>/1/<document-id>.json)\n")
+    some = gleanpipe("replay", "--prefix", f"raw/{APP}/", *data)
+    assert some.stdout.startswith("replayed 1 objects: inserted 0, duplicates 1")

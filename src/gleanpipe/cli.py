@@ -190,6 +190,10 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
             f"to replay {config.store_url} into {config.warehouse_url}")
     store = _store(config)
     keys = list(store.list(prefix))
+    if not keys:  # say so: a mistyped --prefix would otherwise look like an empty, successful replay
+        click.echo(f"no objects under {prefix} in {config.store_url}: nothing replayed "
+                   "(keys look like raw/<app-id>/<doc-type>/1/<document-id>.json)")
+        return
     with tqdm(total=len(keys), unit="obj", disable=no_progress, file=sys.stderr) as bar:
         if client:  # the running server owns the warehouse: send it the batches
             from .replay import add_counts, chunks
