@@ -83,9 +83,9 @@ def main(verbose: bool) -> None:
 @STORE
 @WAREHOUSE
 @click.option("--host", envvar="GLEANPIPE_HOST", default=SETTINGS["GLEANPIPE_HOST"].default, show_default=True)
-@click.option("--port", envvar="GLEANPIPE_PORT", type=click.IntRange(1, 65535),
-              default=int(SETTINGS["GLEANPIPE_PORT"].default), show_default=True)
-@click.option("--workers", envvar="GLEANPIPE_WORKERS", type=click.IntRange(min=1), default=None,
+@click.option("--port", envvar="GLEANPIPE_PORT", type=int, default=int(SETTINGS["GLEANPIPE_PORT"].default),
+              show_default=True)
+@click.option("--workers", envvar="GLEANPIPE_WORKERS", type=int, default=None,
               help="HTTP worker processes [default: 2].")
 def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     """Run submit and load on this machine: a folder as the bucket, DuckDB as the warehouse."""
@@ -172,10 +172,9 @@ def _spooled(store) -> int:
 @DATA_DIR
 @STORE
 @WAREHOUSE
-@click.option("--batch", type=click.IntRange(min=1), envvar="GLEANPIPE_LOAD_BATCH", default=None,
-              help="Objects per load [default: 1000].")
+@click.option("--batch", type=int, envvar="GLEANPIPE_LOAD_BATCH", default=None, help="Objects per load [default: 1000].")
 @click.option("--prefix", default="raw/", show_default=True, help="Only objects under this key prefix.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=int, default=None,
               help="Processes that read and transform in parallel [default: cores, at most 4; 0: none].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progress) -> None:

@@ -98,8 +98,6 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("GLEANPIPE_SPOOL_SEGMENT_BYTES", str(16 * MIB), "A worker starts a new spool file after this many bytes."),
         Setting("GLEANPIPE_SPOOL_SEGMENT_SECONDS", "30", "A worker starts a new spool file after this many seconds."),
-        Setting("GLEANPIPE_SCHEMA_PATH", "",
-                "Validate pings against this copy of glean.1.schema.json (validation.py). Empty: the bundled one."),
     )
 }
 
