@@ -89,12 +89,13 @@ def main(verbose: bool) -> None:
               help="HTTP worker processes [default: 2].")
 def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     """Run submit and load on this machine: a folder as the bucket, DuckDB as the warehouse."""
-    from .serve import LocalPipeline
+    from .serve import LocalPipeline, ensure_port_free
 
     config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
     if AdminClient.find(config.data_dir):
         raise click.ClickException(f"a gleanpipe serve is already running for {config.data_dir}")
     try:
+        ensure_port_free(config.host, config.port)  # first: nothing is opened yet that a refusal must close
         pipeline = LocalPipeline(config)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None

@@ -136,7 +136,6 @@ def ensure_port_free(host: str, port: int) -> None:
 class LocalPipeline:
     def __init__(self, config: Config):
         self.config = config
-        ensure_port_free(config.host, config.port)  # first: nothing is opened yet that a refusal must close
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if not config.store_url.startswith("file://"):
             raise RuntimeError(f"serve loads in-process from a file:// store only, not {config.store_url}: with a cloud "
