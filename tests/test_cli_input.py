@@ -157,3 +157,22 @@ def test_replay_of_a_prefix_with_no_objects_says_so(tmp_path):
                            "(keys look like raw/<app-id>/<doc-type>/1/<document-id>.json)\n")
     some = gleanpipe("replay", "--prefix", f"raw/{APP}/", *data)
     assert some.stdout.startswith("replayed 1 objects: inserted 0, duplicates 1")
+
+
+def test_explore_refuses_a_busy_port_before_exporting(tmp_path):
+    """Before: explore exported the warehouse, started Datasette, and only then uvicorn failed to
+    bind ("address already in use") and explore exited 3."""
+    data_dir = tmp_path / "data"
+    added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
+                      "--data-dir", str(data_dir))
+    assert added.returncode == 0, added.stderr  # a warehouse to explore
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = gleanpipe("explore", "--no-open", "--port", str(port), "--data-dir", str(data_dir), timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: cannot listen on 127.0.0.1:{port}: Address already in use (another server on "
+                           "that port? choose another one with --port or GLEANPIPE_EXPLORE_PORT)\n")
+    assert proc.stdout == ""
+    assert not (data_dir / "explore").exists()  # nothing exported

@@ -89,7 +89,8 @@ def main(verbose: bool) -> None:
               help="HTTP worker processes [default: 2].")
 def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     """Run submit and load on this machine: a folder as the bucket, DuckDB as the warehouse."""
-    from .serve import LocalPipeline, ensure_port_free
+    from .ports import ensure_port_free
+    from .serve import LocalPipeline
 
     config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
     if AdminClient.find(config.data_dir):
@@ -280,6 +281,13 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
     config = _config(data_dir, store_url, warehouse_url)
     if not config.warehouse_url.startswith("duckdb://"):
         raise click.ClickException("explore works on a duckdb:// warehouse")
+    if not export_only:  # before the export: Datasette would only fail to bind after it
+        from .ports import ensure_port_free
+
+        try:
+            ensure_port_free("127.0.0.1", port, setting="GLEANPIPE_EXPLORE_PORT")
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
     out_dir = out or config.data_dir / "explore"
     client = _server(config)
     wh = None

@@ -120,19 +120,6 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
     raise RuntimeError(f"the HTTP server did not listen on {host}:{port} within {timeout:.0f}s")
 
 
-def ensure_port_free(host: str, port: int) -> None:
-    """Refuse a port another process listens on. wait_for_port only connects, so it would
-    take that other server for ours; gunicorn would then fail to bind seconds after "serving"."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no conflict
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that "
-                               "port? choose another one with --port or GLEANPIPE_PORT)") from None
-
-
 class LocalPipeline:
     def __init__(self, config: Config):
         self.config = config
