@@ -69,7 +69,11 @@ def _read_query(config: Config):
     client = _server(config)
     if client:
         return client.query, lambda: None
+    from .read_only_sql import read_only
+
     wh = _open_local(config, read_only=True)
+    if config.warehouse_url.startswith("duckdb://"):  # the same refusal as through serve; DuckDB parses it
+        return read_only(wh.query), wh.close
     return wh.query, wh.close
 
 
@@ -94,12 +98,14 @@ def main(verbose: bool) -> None:
               help="HTTP worker processes [default: 2].")
 def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     """Run submit and load on this machine: a folder as the bucket, DuckDB as the warehouse."""
+    from .ports import ensure_port_free
     from .serve import LocalPipeline
 
     config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
     if AdminClient.find(config.data_dir):
         raise click.ClickException(f"a gleanpipe serve is already running for {config.data_dir}")
     try:
+        ensure_port_free(config.host, config.port)  # first: nothing is opened yet that a refusal must close
         pipeline = LocalPipeline(config)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
@@ -195,6 +201,10 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
             f"to replay {config.store_url} into {config.warehouse_url}")
     store = _store(config)
     keys = list(store.list(prefix))
+    if not keys:  # say so: a mistyped --prefix would otherwise look like an empty, successful replay
+        click.echo(f"no objects under {prefix} in {config.store_url}: nothing replayed "
+                   "(keys look like raw/<app-id>/<doc-type>/1/<document-id>.json)")
+        return
     with tqdm(total=len(keys), unit="obj", disable=no_progress, file=sys.stderr) as bar:
         if client:  # the running server owns the warehouse: send it the batches
             from .replay import add_counts, chunks
@@ -281,6 +291,13 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
     config = _config(data_dir, store_url, warehouse_url)
     if not config.warehouse_url.startswith("duckdb://"):
         raise click.ClickException("explore works on a duckdb:// warehouse")
+    if not export_only:  # before the export: Datasette would only fail to bind after it
+        from .ports import ensure_port_free
+
+        try:
+            ensure_port_free("127.0.0.1", port, setting="GLEANPIPE_EXPLORE_PORT")
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
     out_dir = out or config.data_dir / "explore"
     client = _server(config)
     wh = None

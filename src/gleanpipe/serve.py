@@ -30,6 +30,7 @@ from . import parent_guard
 from .admin import STATE_FILE, AdminServer, absolute, write_state
 from .config import Config
 from .load import Loader
+from .read_only_sql import read_only
 from .storage import RawStore, open_store
 from .storage.local import LocalStore
 from .storage.spool import SpoolReader, largest_payload
@@ -169,7 +170,7 @@ class LocalPipeline:
         self.loader = Loader(self.store, self.warehouse)
         self.loader_thread = LoaderThread(self.store, self.loader, config.load_batch,
                                           config.load_interval_ms / 1000)
-        self.admin = AdminServer(status=self.status, query=self.warehouse.query, load_keys=self.load_keys,
+        self.admin = AdminServer(status=self.status, query=read_only(self.warehouse.query), load_keys=self.load_keys,
                                  extra={"/apps/add": self.add_app})
         self.http: subprocess.Popen | None = None
 

@@ -101,6 +101,29 @@ def _jsonschema_untouched():
             cls.VALIDATORS.update(checks)
 
 
+def _not_definitions(files: list[Path]) -> list[str]:
+    """Files glean_parser gets wrong: with no `$schema` line it raises "Invalid schema key None",
+    naming no file, and a top level that is not a mapping it skips as if it defined nothing (and
+    `apps add` would then replace the app's definitions with nothing)."""
+    from glean_parser import parser, util
+
+    messages = []
+    for path in files:
+        try:
+            content = util.load_yaml_or_json(path)
+        except Exception:  # not YAML/JSON: glean_parser reports it, with the line
+            continue
+        if content is None or content == {}:  # empty: glean_parser reports or allows it
+            continue
+        if not isinstance(content, dict):
+            messages.append(f"{path}: the top level is a {type(content).__name__}, not a mapping: "
+                            "not a metrics.yaml or pings.yaml")
+        elif not isinstance(content.get("$schema"), str):
+            messages.append(f"{path}: no `$schema` line: a metrics.yaml starts with `$schema: {parser.METRICS_ID}`, "
+                            f"a pings.yaml with `$schema: {parser.PINGS_ID}`")
+    return messages
+
+
 def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> dict:
     from glean_parser import parser
 
@@ -113,6 +136,9 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
         raise DefinitionError([f"{p}: no such file" for p in missing])
     if not files:
         raise DefinitionError(["give at least one --metrics or --pings file"])
+    unusable = _not_definitions(files)
+    if unusable:
+        raise DefinitionError(unusable)
     result = parser.parse_objects(files)
     try:
         errors = [compact_error(e) for e in result]

@@ -1,0 +1,20 @@
+"""Is a TCP port free to listen on? Asked before a server starts, so that a busy port is one clear
+error instead of a server that says it runs and fails to bind a moment later."""
+
+from __future__ import annotations
+
+import socket
+
+
+def ensure_port_free(host: str, port: int, setting: str = "GLEANPIPE_PORT") -> None:
+    """Raise RuntimeError if ``host:port`` cannot be bound, naming the flag and ``setting`` that
+    choose another. Binding, not connecting: `serve` waits for its gunicorn by connecting, and
+    another server on the port would pass for it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn and uvicorn bind: TIME_WAIT is free
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that "
+                               f"port? choose another one with --port or {setting})") from None

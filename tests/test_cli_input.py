@@ -1,0 +1,178 @@
+"""What a new user gets for a busy port, a definitions file that is not one, SQL that writes or a
+replay prefix that matches nothing: a one-line error or note, never a traceback, nothing half-started."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gleanpipe.admin import AdminClient
+from gleanpipe.dictionary.definitions import DefinitionError, parse
+from gleanpipe.emulate import free_port
+
+GLEAN_CLIENT = Path(__file__).resolve().parent / "glean_client"
+METRICS_ID = "moz://mozilla.org/schemas/glean/metrics/2-0-0"
+PINGS_ID = "moz://mozilla.org/schemas/glean/pings/2-0-0"
+
+
+def gleanpipe(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_serve_refuses_a_port_another_server_listens_on(tmp_path):
+    """Before: serve connected to the other server, took it for its own gunicorn, printed "serving"
+    and wrote its state file; gunicorn failed to bind and serve exited about 5 s later."""
+    data_dir = tmp_path / "data"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = gleanpipe("serve", "--data-dir", str(data_dir), "--port", str(port), timeout=60)
+        assert proc.returncode == 1
+        assert f"Error: cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
+        assert "--port or GLEANPIPE_PORT" in proc.stderr
+        assert "serving" not in proc.stdout
+        assert AdminClient.find(data_dir) is None
+        assert not (data_dir / "warehouse.duckdb").exists()  # refused before the warehouse was opened
+
+
+def test_serve_starts_on_a_port_freed_a_moment_ago(tmp_path):
+    """The check binds with SO_REUSEADDR, as gunicorn does: a port whose last connection is in
+    TIME_WAIT is free, not "in use"."""
+    from conftest import ServeProcess, post, submit_path, gz, make_ping
+
+    port = free_port()
+    with socket.socket() as srv:  # leave a closed connection on the port
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", port))
+        srv.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = srv.accept()
+        conn.close()  # the server side closes first: its end goes to TIME_WAIT
+        client.close()
+    with socket.socket() as probe, pytest.raises(OSError):  # the premise: a plain bind is refused
+        probe.bind(("127.0.0.1", port))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir, port=port).start()
+    try:
+        status, _, headers = post(server.url + submit_path("metrics"), gz(make_ping()))
+        assert (status, headers["X-Gleanpipe-Stored"]) == (200, "new")
+    finally:
+        assert server.stop() == 0
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_definitions_without_a_schema_line_name_the_file(tmp_path):
+    """Before: "TypeError: Invalid schema key None", with no file named."""
+    good = GLEAN_CLIENT / "pings.yaml"
+    bare = write(tmp_path / "metrics.yaml", "toolbox:\n  launch_count:\n    type: counter\n")
+    with pytest.raises(DefinitionError) as err:
+        parse("org.example.toolbox", [bare], [good])
+    assert err.value.messages == [
+        f"{bare}: no `$schema` line: a metrics.yaml starts with `$schema: {METRICS_ID}`, "
+        f"a pings.yaml with `$schema: {PINGS_ID}`"
+    ]
+
+
+def test_definitions_that_are_not_a_mapping_are_refused_and_keep_the_stored_ones(tmp_path):
+    """Before: a file whose top level is a list parsed as "0 metrics, 0 pings" and `apps add`
+    replaced the app's stored definitions with nothing."""
+    data = ["--data-dir", str(tmp_path / "data")]
+    added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
+                      "--pings", str(GLEAN_CLIENT / "pings.yaml"), *data)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith("org.example.toolbox (dataset org_example_toolbox): 28 metrics, 3 pings;")
+
+    listed = write(tmp_path / "metrics.yaml", "- toolbox.launch_count\n- toolbox.tool_used\n")
+    refused = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(listed), *data)
+    assert refused.returncode == 1
+    assert refused.stderr == ("Error: the definitions do not parse:\n"
+                              f"  {listed}: the top level is a list, not a mapping: not a metrics.yaml or pings.yaml\n")
+
+    apps = gleanpipe("apps", "list", "--format", "json", *data)
+    assert [(a["app_id"], a["metrics_defined"]) for a in json.loads(apps.stdout)] == [("org.example.toolbox", 28)]
+
+
+def test_query_is_read_only_with_and_without_serve(tmp_path):
+    """Before: with serve running, `gleanpipe query "DROP TABLE ..."` ran on serve's writable
+    connection; without serve DuckDB refused it (the file is opened read-only)."""
+    from conftest import DATASET, ServeProcess, gz, make_ping, post, submit_path
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data = ["--data-dir", str(data_dir)]
+    count = f"SELECT count(*) AS n FROM {DATASET}.metrics_v1"
+    server = ServeProcess(data_dir).start()
+    try:
+        assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
+        assert server.wait_rows(count, 1) == 1
+        for sql in (f"DROP TABLE {DATASET}.metrics_v1 CASCADE", "CREATE TABLE main.probe (a INTEGER)",
+                    f"SELECT 1; DELETE FROM {DATASET}.metrics_v1", f"COPY {DATASET}.metrics_v1 TO '{tmp_path}/x.csv'"):
+            refused = gleanpipe("query", sql, *data)
+            assert refused.returncode == 1, sql
+            assert "the warehouse is read-only for queries: a " in refused.stderr
+        assert "a DROP statement is not run" in gleanpipe("query", f"DROP TABLE {DATASET}.metrics_v1", *data).stderr
+        assert server.try_query(count) == [(1,)]
+        assert server.try_query("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'probe'") == [(0,)]
+        assert not (tmp_path / "x.csv").exists()
+        shown = gleanpipe("query", "--format", "csv", f"SHOW TABLES FROM {DATASET}", *data)
+        assert shown.returncode == 0 and "metrics_v1" in shown.stdout.splitlines()
+        described = gleanpipe("query", "--format", "json", f"DESCRIBE {DATASET}.metrics_v1", *data)
+        assert "document_id" in [c["column_name"] for c in json.loads(described.stdout)]
+    finally:
+        assert server.stop() == 0
+    local = gleanpipe("query", "CREATE TABLE main.probe (a INTEGER)", *data)  # serve stopped: the file itself
+    assert local.returncode == 1
+    assert "the warehouse is read-only for queries: a CREATE statement is not run" in local.stderr
+    assert gleanpipe("query", "--format", "csv", count, *data).stdout.splitlines() == ["n", "1"]
+
+
+def test_replay_of_a_prefix_with_no_objects_says_so(tmp_path):
+    """Before: "replayed 0 objects: " and nothing else, which does not say that the prefix matched
+    nothing (here the app id where the store uses the URL's namespace)."""
+    from conftest import APP, gz, make_ping, post, submit_path, ServeProcess
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir).start()
+    try:
+        assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
+    finally:
+        assert server.stop() == 0
+    data = ["--data-dir", str(data_dir), "--no-progress"]
+    none = gleanpipe("replay", "--prefix", "raw/org.example.toolbox/", *data)
+    assert none.returncode == 0
+    assert none.stdout == (f"no objects under raw/org.example.toolbox/ in file://{data_dir}/store: nothing replayed "
+                           "(keys look like raw/<app-id>/<doc-type>/1/<document-id>.json)\n")
+    some = gleanpipe("replay", "--prefix", f"raw/{APP}/", *data)
+    assert some.stdout.startswith("replayed 1 objects: inserted 0, duplicates 1")
+
+
+def test_explore_refuses_a_busy_port_before_exporting(tmp_path):
+    """Before: explore exported the warehouse, started Datasette, and only then uvicorn failed to
+    bind ("address already in use") and explore exited 3."""
+    data_dir = tmp_path / "data"
+    added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
+                      "--data-dir", str(data_dir))
+    assert added.returncode == 0, added.stderr  # a warehouse to explore
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = gleanpipe("explore", "--no-open", "--port", str(port), "--data-dir", str(data_dir), timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: cannot listen on 127.0.0.1:{port}: Address already in use (another server on "
+                           "that port? choose another one with --port or GLEANPIPE_EXPLORE_PORT)\n")
+    assert proc.stdout == ""
+    assert not (data_dir / "explore").exists()  # nothing exported
