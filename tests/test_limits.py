@@ -43,6 +43,9 @@ def gleanpipe(*args: str, env: dict | None = None, timeout: float = 60) -> subpr
          "Invalid value for '--port' (GLEANPIPE_EXPLORE_PORT): 0 is not in the range 1<=x<=65535."),
         (["worker", "--queue", "q"], {"GLEANPIPE_WORKER_WAIT_S": "25"},
          "Invalid value for '--wait' (GLEANPIPE_WORKER_WAIT_S): 25 is not in the range 0<=x<=20."),
+        # flags without a variable
+        (["replay", "--workers", "-3"], {}, "Invalid value for '--workers': -3 is not in the range x>=0."),
+        (["query", "  "], {}, 'no SQL given: gleanpipe query "SELECT ..."'),
     ],
 )
 def test_bad_setting_values_are_usage_errors_naming_the_variable(tmp_path, args, env, message):

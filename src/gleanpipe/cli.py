@@ -151,6 +151,8 @@ def _format(columns: list[str], rows: list, fmt: str) -> str:
 @click.argument("sql")
 def query(data_dir, store_url, warehouse_url, fmt, sql) -> None:
     """Run SQL on the warehouse (through the running `serve` if there is one)."""
+    if not sql.strip():
+        raise click.UsageError("no SQL given: gleanpipe query \"SELECT ...\"")
     config = _config(data_dir, store_url, warehouse_url)
     run, close = _read_query(config)
     try:
@@ -186,7 +188,7 @@ def _spooled(store) -> int:
 @click.option("--batch", type=int, envvar="GLEANPIPE_LOAD_BATCH", cls=SettingOption, default=None,
               help="Objects per load [default: 1000].")
 @click.option("--prefix", default="raw/", show_default=True, help="Only objects under this key prefix.")
-@click.option("--workers", type=int, default=None,
+@click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes that read and transform in parallel [default: cores, at most 4; 0: none].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progress) -> None:
