@@ -182,6 +182,9 @@ def test_a_serve_started_with_a_relative_data_dir_is_used_from_another_folder(tm
     monkeypatch.chdir(tmp_path)
     server = ServeProcess(Path("data")).start()  # duckdb://data/warehouse.duckdb, from tmp_path
     try:
+        banner = server.read_log()  # says where it keeps things, whatever folder it is read from
+        assert f"raw store:  file://{tmp_path / 'data' / 'store'}\n" in banner
+        assert f"warehouse:  duckdb://{tmp_path / 'data' / 'warehouse.duckdb'}\n" in banner
         count = f"SELECT count(*) AS n FROM {DATASET}.baseline_v1"
         assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200
         assert server.wait_rows(count, 1) == 1

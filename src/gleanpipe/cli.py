@@ -15,7 +15,7 @@ import click
 import orjson
 
 from . import __version__
-from .admin import AdminClient, dumps, same_location
+from .admin import AdminClient, absolute, dumps, same_location
 from .config import SETTINGS, Config
 
 class SettingOption(click.Option):
@@ -111,9 +111,9 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
         raise click.ClickException(str(exc)) from None
 
     def ready(p):
-        click.echo(f"gleanpipe {__version__} serving http://{host}:{port}/submit/<app-id>/<doc-type>/1/<document-id>")
-        click.echo(f"  raw store:  {config.store_url}")
-        click.echo(f"  warehouse:  {config.warehouse_url}")
+        click.echo(f"gleanpipe {__version__} serving http://{config.host}:{config.port}/submit/<app-id>/<doc-type>/1/<document-id>")
+        click.echo(f"  raw store:  {absolute(config.store_url)}")
+        click.echo(f"  warehouse:  {absolute(config.warehouse_url)}")
         click.echo("  query it:   gleanpipe query \"SELECT * FROM <app>.baseline\"   (Ctrl-C stops)")
 
     try:
