@@ -123,6 +123,9 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
             assert refused.returncode == 1, sql
             assert "the warehouse is read-only for queries: a " in refused.stderr
         assert "a DROP statement is not run" in gleanpipe("query", f"DROP TABLE {DATASET}.metrics_v1", *data).stderr
+        explained = gleanpipe("query", f"EXPLAIN ANALYZE DELETE FROM {DATASET}.metrics_v1", *data)  # runs the DELETE
+        assert explained.returncode == 1
+        assert "EXPLAIN is run on a SELECT only (EXPLAIN ANALYZE runs the statement it explains)" in explained.stderr
         assert server.try_query(count) == [(1,)]
         assert server.try_query("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'probe'") == [(0,)]
         assert not (tmp_path / "x.csv").exists()
@@ -136,6 +139,25 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
     assert local.returncode == 1
     assert "the warehouse is read-only for queries: a CREATE statement is not run" in local.stderr
     assert gleanpipe("query", "--format", "csv", count, *data).stdout.splitlines() == ["n", "1"]
+
+
+@pytest.mark.parametrize("sql, reads", [
+    ("EXPLAIN ANALYZE DELETE FROM t", False), ("explain analyse delete from t", False),
+    ("EXPLAIN (ANALYZE, FORMAT json) DROP TABLE t", False), ("EXPLAIN /* x */ ANALYZE DELETE FROM t", False),
+    ("EXPLAIN ANALYZE CREATE TABLE u AS SELECT 1", False), ("EXPLAIN DELETE FROM t", False),
+    ("EXPLAIN SELECT 1", True), ("EXPLAIN ANALYZE SELECT * FROM t", True), ("EXPLAIN (FORMAT json) FROM t", True),
+    ("/* x */ explain analyse with x AS (SELECT 1) SELECT * FROM x", True), ("SELECT 1; EXPLAIN ANALYZE SELECT 2", True),
+])
+def test_explain_reads_only_when_it_explains_a_select(sql, reads):
+    """EXPLAIN ANALYZE runs the statement it explains: through serve, `EXPLAIN ANALYZE DELETE`
+    deleted the rows. The read-only file refuses an EXPLAIN of any write, and so does the check."""
+    from gleanpipe.read_only_sql import WriteRefused, check
+
+    if reads:
+        check(sql)
+    else:
+        with pytest.raises(WriteRefused, match="EXPLAIN is run on a SELECT only"):
+            check(sql)
 
 
 def test_replay_of_a_prefix_with_no_objects_says_so(tmp_path):

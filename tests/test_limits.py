@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, SDK_HEADERS, gz, make_ping, submit_path
+from gleanpipe.emulate import free_port
 
 
 def gleanpipe(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -75,7 +76,7 @@ def test_serve_refuses_a_payload_limit_its_spool_records_cannot_hold(tmp_path):
 
     largest = largest_payload(512, 1024)
     assert 60 * 1024 * 1024 < largest < 64 * 1024 * 1024  # the default 8 MiB is far below it
-    out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", "1",
+    out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
                     env={"GLEANPIPE_MAX_PAYLOAD_BYTES": str(largest + 1)})
     assert out.returncode == 1, out.stderr
     assert (f"Error: GLEANPIPE_MAX_PAYLOAD_BYTES={largest + 1} is over the largest payload a spool record holds "
@@ -207,7 +208,7 @@ def test_bad_schema_path_is_a_clear_error_before_serve_starts(tmp_path):
         str(tmp_path / "invalid.json"): "GLEANPIPE_SCHEMA_PATH: not a valid JSON schema: 5 is not valid",
     }
     for path, message in cases.items():
-        out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", "1",
+        out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
                         env={"GLEANPIPE_SCHEMA_PATH": path})
         assert out.returncode == 1 and f"Error: {message}" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr and "serving" not in out.stdout

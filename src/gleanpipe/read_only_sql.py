@@ -8,21 +8,40 @@ refuses, before running anything, every statement that is not a read.
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 
 # DESCRIBE, SHOW, SUMMARIZE and FROM-first queries parse as SELECT.
-READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+SELECT = duckdb.StatementType.SELECT
+EXPLAIN = duckdb.StatementType.EXPLAIN
+# EXPLAIN's own words before the statement it explains: ANALYZE, or options in parentheses.
+EXPLAIN_HEAD = re.compile(r"\s*EXPLAIN\b\s*(?:ANALY[SZ]E\b\s*|\([^)]*\)\s*)?", re.IGNORECASE)
 
 
 class WriteRefused(ValueError):
     pass
 
 
+def _explains_a_select(query: str) -> bool:
+    """EXPLAIN ANALYZE runs what it explains, so an EXPLAIN reads only when that is a SELECT (a
+    read-only file refuses any EXPLAIN of a write too). What cannot be told apart is refused."""
+    head = EXPLAIN_HEAD.match(query)
+    try:
+        explained = duckdb.extract_statements(query[head.end():]) if head else []
+    except duckdb.Error:
+        return False
+    return len(explained) == 1 and explained[0].type == SELECT
+
+
 def check(sql: str) -> None:
     """Raise WriteRefused unless every statement of ``sql`` only reads (a syntax error raises
     DuckDB's own ParserException, as running it would)."""
     for statement in duckdb.extract_statements(sql):
-        if statement.type not in READ_STATEMENTS:
+        if statement.type == EXPLAIN and not _explains_a_select(statement.query):
+            raise WriteRefused("the warehouse is read-only for queries: EXPLAIN is run on a SELECT only "
+                               "(EXPLAIN ANALYZE runs the statement it explains)")
+        if statement.type not in (SELECT, EXPLAIN):
             kind = statement.type.name
             raise WriteRefused(
                 f"the warehouse is read-only for queries: a {kind} statement is not run "
