@@ -18,6 +18,7 @@ from . import __version__
 from .admin import AdminClient, absolute, dumps, same_location
 from .config import SETTINGS, Config
 
+
 class SettingOption(click.Option):
     """An option that also reads a GLEANPIPE_* variable: a bad value's error names the variable."""
 

@@ -45,7 +45,7 @@ def check(sql: str) -> None:
             kind = statement.type.name
             raise WriteRefused(
                 f"the warehouse is read-only for queries: a {kind} statement is not run "
-                "(SELECT, EXPLAIN, DESCRIBE, SHOW and SUMMARIZE are)")
+                "(SELECT, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN of a SELECT are)")
 
 
 def read_only(query):

@@ -140,10 +140,11 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
 class LocalPipeline:
     def __init__(self, config: Config):
         self.config = config
-        if config.spool and config.max_payload_bytes > largest_payload(config.max_uri_bytes, config.max_header_bytes):
+        largest = largest_payload(config.max_uri_bytes, config.max_header_bytes)
+        if config.spool and config.max_payload_bytes > largest:
             raise RuntimeError(
                 f"GLEANPIPE_MAX_PAYLOAD_BYTES={config.max_payload_bytes} is over the largest payload a spool record "
-                f"holds ({largest_payload(config.max_uri_bytes, config.max_header_bytes)} bytes with these "
+                f"holds ({largest} bytes with these "
                 "GLEANPIPE_MAX_URI_BYTES and GLEANPIPE_MAX_HEADER_BYTES): lower it, or set GLEANPIPE_SPOOL=off")
         try:  # a bad GLEANPIPE_SCHEMA_PATH: say so here, not as a gunicorn worker that fails to boot
             schema = load_schema()

@@ -73,8 +73,9 @@ _RECEIPT = "spool:"
 
 def largest_payload(max_uri_bytes: int, max_header_bytes: int) -> int:
     """Largest ping payload whose record stays within MAX_BODY, with room for the metadata the
-    edge's own limits allow: the path and what comes from it (app id, doc type, version,
-    document id, key) and 7 header values (the kept ones and Content-Encoding), each byte
+    edge's own limits allow: 7 times the path (itself, the app id, doc type, version, document
+    id and key derived from it, and the record's own copy of the key) and 7 header values (the
+    kept ones and Content-Encoding), each byte
     JSON-escaped to at most 6, plus 4 KiB for the fixed fields. `serve` refuses a
     GLEANPIPE_MAX_PAYLOAD_BYTES above it with the spool on."""
     meta = 6 * (7 * max_uri_bytes + 7 * max_header_bytes) + 4096
