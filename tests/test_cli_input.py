@@ -42,6 +42,15 @@ def test_serve_refuses_a_port_another_server_listens_on(tmp_path):
         assert not (data_dir / "warehouse.duckdb").exists()  # refused before the warehouse was opened
 
 
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-host.invalid"])  # TEST-NET-1; a name that never resolves
+def test_serve_names_the_host_when_it_is_no_address_of_this_machine(tmp_path, host):
+    proc = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--host", host, "--port", "18080", timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"Error: cannot listen on {host}:18080: ")
+    assert proc.stderr.rstrip().endswith("(no such address on this machine; the host comes from --host or GLEANPIPE_HOST)")
+    assert "Traceback" not in proc.stderr and "another server" not in proc.stderr
+
+
 def test_serve_starts_on_a_port_freed_a_moment_ago(tmp_path):
     """The check binds with SO_REUSEADDR, as gunicorn does: a port whose last connection is in
     TIME_WAIT is free, not "in use"."""

@@ -3,6 +3,7 @@ error instead of a server that says it runs and fails to bind a moment later."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
 
@@ -16,5 +17,8 @@ def ensure_port_free(host: str, port: int, setting: str = "GLEANPIPE_PORT") -> N
         try:
             sock.bind((host, port))
         except OSError as exc:
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:  # the host, not the port
+                raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (no such address on "
+                                   "this machine; the host comes from --host or GLEANPIPE_HOST)") from None
             raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that "
                                f"port? choose another one with --port or {setting})") from None
