@@ -229,6 +229,14 @@ def wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
     return left
 
 
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`gleanpipe <args>` as a user runs it, with no GLEANPIPE_* variable from the caller's
+    environment (only those in ``env``)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    return subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**clean, **(env or {})})
+
+
 def post(url: str, body: bytes, headers: dict | None = None, method: str = "POST"):
     """(status, json body or None, headers) for one request, without raising on 4xx/5xx."""
     import urllib.error

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +13,11 @@ from gleanpipe.admin import AdminClient
 from gleanpipe.dictionary.definitions import DefinitionError, parse
 from gleanpipe.emulate import free_port
 
+from conftest import run_cli as gleanpipe
+
 GLEAN_CLIENT = Path(__file__).resolve().parent / "glean_client"
 METRICS_ID = "moz://mozilla.org/schemas/glean/metrics/2-0-0"
 PINGS_ID = "moz://mozilla.org/schemas/glean/pings/2-0-0"
-
-
-def gleanpipe(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 def test_serve_refuses_a_port_another_server_listens_on(tmp_path):

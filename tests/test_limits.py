@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from conftest import ROOT, SDK_HEADERS, gz, make_ping, submit_path
+from conftest import run_cli as gleanpipe
 from gleanpipe.emulate import free_port
-
-
-def gleanpipe(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
-    return subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**clean, **(env or {})})
 
 
 # --- a bad value of a setting: a usage error naming the variable, never a traceback or a hang ---------

@@ -16,14 +16,13 @@ import pytest
 from gleanpipe.admin import AdminClient
 from gleanpipe.emulate import free_port
 
-from conftest import APP, DATASET, ServeProcess, children, gz, make_ping, post, submit_path, wait_gone
+from conftest import APP, DATASET, ServeProcess, children, gz, make_ping, post, run_cli, submit_path, wait_gone
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
 
 def cli(*args, data_dir, check=True):
-    proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args, "--data-dir", str(data_dir)],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli(*args, "--data-dir", str(data_dir))
     if check and proc.returncode != 0:
         raise AssertionError(f"gleanpipe {' '.join(args)} failed: {proc.stderr}")
     return proc
@@ -182,9 +181,6 @@ def test_a_serve_started_with_a_relative_data_dir_is_used_from_another_folder(tm
     monkeypatch.chdir(tmp_path)
     server = ServeProcess(Path("data")).start()  # duckdb://data/warehouse.duckdb, from tmp_path
     try:
-        banner = server.read_log()  # says where it keeps things, whatever folder it is read from
-        assert f"raw store:  file://{tmp_path / 'data' / 'store'}\n" in banner
-        assert f"warehouse:  duckdb://{tmp_path / 'data' / 'warehouse.duckdb'}\n" in banner
         count = f"SELECT count(*) AS n FROM {DATASET}.baseline_v1"
         assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200
         assert server.wait_rows(count, 1) == 1
@@ -194,6 +190,9 @@ def test_a_serve_started_with_a_relative_data_dir_is_used_from_another_folder(tm
         assert out.stdout.splitlines() == ["n", "1"]
     finally:
         assert server.stop() == 0
+    banner = (tmp_path / f"serve-{server.port}.log").read_text()  # complete once serve has exited
+    assert f"raw store:  file://{tmp_path / 'data' / 'store'}\n" in banner
+    assert f"warehouse:  duckdb://{tmp_path / 'data' / 'warehouse.duckdb'}\n" in banner
 
 
 def test_a_killed_serve_takes_its_http_server_with_it(data_dir):
