@@ -75,9 +75,8 @@ def largest_payload(max_uri_bytes: int, max_header_bytes: int) -> int:
     """Largest ping payload whose record stays within MAX_BODY, with room for the metadata the
     edge's own limits allow: 7 times the path (itself, the app id, doc type, version, document
     id and key derived from it, and the record's own copy of the key) and 7 header values (the
-    kept ones and Content-Encoding), each byte
-    JSON-escaped to at most 6, plus 4 KiB for the fixed fields. `serve` refuses a
-    GLEANPIPE_MAX_PAYLOAD_BYTES above it with the spool on."""
+    kept ones and Content-Encoding), each byte JSON-escaped to at most 6, plus 4 KiB for the
+    fixed fields. `serve` refuses a GLEANPIPE_MAX_PAYLOAD_BYTES above it with the spool on."""
     meta = 6 * (7 * max_uri_bytes + 7 * max_header_bytes) + 4096
     return MAX_BODY - KEYLEN.size - meta
 
@@ -242,8 +241,9 @@ class SpoolWriter:
     def append(self, key: str, data: bytes) -> None:
         """Queue one record; return once it is on disk. Raises StoreError (answer 503)."""
         record = encode_record(key, data)
-        if len(record) - HEAD.size > MAX_BODY:  # the reader would take it for damage: never acknowledge it
-            raise StoreError(f"a spool record holds at most {MAX_BODY} bytes, this one has {len(record) - HEAD.size}")
+        body = len(record) - HEAD.size
+        if body > MAX_BODY:  # the reader would take it for damage: never acknowledge it
+            raise StoreError(f"a spool record holds at most {MAX_BODY} bytes, this one has {body}")
         with self._lock:
             while self._closing:  # close() is stopping the committer: start afresh once it is gone
                 thread = self._thread
