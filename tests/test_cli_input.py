@@ -151,6 +151,7 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
     ("EXPLAIN ANALYZE CREATE TABLE u AS SELECT 1", False), ("EXPLAIN DELETE FROM t", False),
     ("EXPLAIN SELECT 1", True), ("EXPLAIN ANALYZE SELECT * FROM t", True), ("EXPLAIN (FORMAT json) FROM t", True),
     ("/* x */ explain analyse with x AS (SELECT 1) SELECT * FROM x", True), ("SELECT 1; EXPLAIN ANALYZE SELECT 2", True),
+    ("-- c\nEXPLAIN ANALYZE -- c\nDELETE FROM t", False), ("/* a */ EXPLAIN /* b */ ANALYZE /* c */ SELECT 1", True),
 ])
 def test_explain_reads_only_when_it_explains_a_select(sql, reads):
     """EXPLAIN ANALYZE runs the statement it explains: through serve, `EXPLAIN ANALYZE DELETE`

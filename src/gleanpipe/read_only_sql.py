@@ -15,8 +15,11 @@ import duckdb
 # DESCRIBE, SHOW, SUMMARIZE and FROM-first queries parse as SELECT.
 SELECT = duckdb.StatementType.SELECT
 EXPLAIN = duckdb.StatementType.EXPLAIN
-# EXPLAIN's own words before the statement it explains: ANALYZE, or options in parentheses.
-EXPLAIN_HEAD = re.compile(r"\s*EXPLAIN\b\s*(?:ANALY[SZ]E\b\s*|\([^)]*\)\s*)?", re.IGNORECASE)
+# EXPLAIN's own words before the statement it explains: ANALYZE, or options in parentheses,
+# with blanks and comments between them (DuckDB 2 keeps a statement's leading comment).
+_GAP = r"(?:\s|/\*.*?\*/|--[^\n]*(?:\n|$))*"
+EXPLAIN_HEAD = re.compile(rf"{_GAP}EXPLAIN\b{_GAP}(?:ANALY[SZ]E\b{_GAP}|\([^)]*\){_GAP})?",
+                          re.IGNORECASE | re.DOTALL)
 
 
 class WriteRefused(ValueError):
