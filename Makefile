@@ -4,12 +4,14 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean bqemu deploy undeploy chromium emulate
+.PHONY: run test bench clean bqemu deploy undeploy chromium emulate constraints
 
-$(STAMP): pyproject.toml
+# The versions in constraints.txt: the ones the tests last passed with (a new release of a
+# dependency cannot turn a fresh clone red). `make constraints` moves them on.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 ## run: start the whole pipeline locally (http://127.0.0.1:8080, data in ./data)
@@ -53,6 +55,16 @@ deploy: $(STAMP)
 ## undeploy: remove the functions, grants and service accounts (keeps bucket and datasets)
 undeploy: $(STAMP)
 	$(PY) infra/deploy.py undeploy $(DEPLOY_ARGS)
+
+## constraints: re-pin constraints.txt to the newest releases pyproject.toml allows (then `make test`)
+constraints:
+	rm -rf build/constraints-venv
+	$(PYTHON) -m venv build/constraints-venv
+	build/constraints-venv/bin/python -m pip install --quiet --upgrade pip
+	build/constraints-venv/bin/python -m pip install --quiet -e '.[test]'
+	{ sed -n '/^#/p' constraints.txt; build/constraints-venv/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf build/constraints-venv
 
 clean:
 	rm -rf $(VENV) $(BQEMU) data .pytest_cache test-artifacts
