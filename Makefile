@@ -21,9 +21,9 @@ run: $(STAMP)
 ## bqemu: the BigQuery emulator in its own venv (.venv-bqemu), used by the BigQuery tests
 BQEMU       ?= .venv-bqemu
 BQEMU_STAMP  = $(BQEMU)/.installed
-$(BQEMU_STAMP): tests/bqemu/requirements.txt tests/bqemu/install_spatial.py
+$(BQEMU_STAMP): tests/bqemu/requirements.txt tests/bqemu/constraints.txt tests/bqemu/install_spatial.py
 	$(PYTHON) -m venv $(BQEMU)
-	$(BQEMU)/bin/python -m pip install --quiet -r tests/bqemu/requirements.txt
+	$(BQEMU)/bin/python -m pip install --quiet -c tests/bqemu/constraints.txt -r tests/bqemu/requirements.txt
 	$(BQEMU)/bin/python tests/bqemu/install_spatial.py
 	touch $(BQEMU_STAMP)
 bqemu: $(BQEMU_STAMP)
@@ -56,7 +56,7 @@ deploy: $(STAMP)
 undeploy: $(STAMP)
 	$(PY) infra/deploy.py undeploy $(DEPLOY_ARGS)
 
-## constraints: re-pin constraints.txt to the newest releases pyproject.toml allows (then `make test`)
+## constraints: re-pin constraints.txt (and the emulator's) to the newest releases allowed (then `make test`)
 constraints:
 	rm -rf build/constraints-venv
 	$(PYTHON) -m venv build/constraints-venv
@@ -64,6 +64,11 @@ constraints:
 	build/constraints-venv/bin/python -m pip install --quiet -e '.[test]'
 	{ sed -n '/^#/p' constraints.txt; build/constraints-venv/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
+	rm -rf build/constraints-venv
+	$(PYTHON) -m venv build/constraints-venv
+	build/constraints-venv/bin/python -m pip install --quiet -r tests/bqemu/requirements.txt
+	{ sed -n '/^#/p' tests/bqemu/constraints.txt; build/constraints-venv/bin/python -m pip freeze; } > tests/bqemu/constraints.txt.new
+	mv tests/bqemu/constraints.txt.new tests/bqemu/constraints.txt
 	rm -rf build/constraints-venv
 
 clean:
