@@ -20,6 +20,7 @@ from importlib import metadata
 import duckdb
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from gleanpipe.deploy.package import PackageError, build_function_source
 
@@ -61,7 +62,8 @@ RUN_ALONE = textwrap.dedent('''
 
 def test_built_folder_has_main_requirements_and_the_package(tmp_path):
     out = build_function_source(tmp_path / "function")
-    assert sorted(p.name for p in out.iterdir()) == [".gcloudignore", "gleanpipe", "main.py", "requirements.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".gcloudignore", "constraints.txt", "gleanpipe", "main.py",
+                                                     "requirements.txt"]
     assert (out / "main.py").read_text() == (ROOT / "functions" / "main.py").read_text()
     schema = out / "gleanpipe" / "schemas" / "glean.1.schema.json"
     assert schema.read_bytes() == (ROOT / "schemas" / "glean.1.schema.json").read_bytes()
@@ -69,12 +71,20 @@ def test_built_folder_has_main_requirements_and_the_package(tmp_path):
     assert not (out / "gleanpipe" / "deploy").exists()
     assert not list(out.rglob("__pycache__"))
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    lines = (out / "requirements.txt").read_text().splitlines()
-    assert lines[0].startswith("#")
+    lines = [line for line in (out / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+    assert lines[0] == "-c constraints.txt"  # pip reads it relative to requirements.txt
+    assert (out / "constraints.txt").read_bytes() == (ROOT / "constraints.txt").read_bytes()
     assert lines[1:] == project["dependencies"] + project["optional-dependencies"]["gcp"]
     names = {Requirement(line).name for line in lines[1:]}
     assert {"functions-framework", "duckdb", "google-cloud-storage", "google-cloud-bigquery"} <= names
     assert "gleanpipe" not in names  # vendored, not installed
+    # Every requirement is pinned, to a version its own range allows: the deploy gets what was tested.
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    pins = {canonicalize_name(name): version for name, version in pins.items()}
+    for line in lines[1:]:
+        req = Requirement(line)
+        assert req.specifier.contains(pins[canonicalize_name(req.name)]), line
 
 
 def test_rebuild_replaces_only_its_own_folder(tmp_path):

@@ -1,7 +1,8 @@
 """Build the folder that ``gcloud functions deploy --source`` uploads.
 
     <out>/main.py            functions/main.py as is
-    <out>/requirements.txt   gleanpipe's runtime dependencies plus the ``gcp`` extra
+    <out>/requirements.txt   gleanpipe's runtime dependencies plus the ``gcp`` extra, constrained by
+    <out>/constraints.txt    the repository's constraints.txt: the versions the tests passed with
     <out>/gleanpipe/         the package, copied (vendored), with schemas/glean.1.schema.json
     <out>/.gcloudignore      keeps bytecode caches out of the upload
 
@@ -47,7 +48,8 @@ def build_function_source(out_dir: str | Path, root: Path = ROOT) -> Path:
     main_py = root / "functions" / "main.py"
     package = root / "src" / "gleanpipe"
     schema = root / "schemas" / "glean.1.schema.json"
-    for needed in (main_py, package, schema, root / "pyproject.toml"):
+    constraints = root / "constraints.txt"
+    for needed in (main_py, package, schema, root / "pyproject.toml", constraints):
         if not needed.exists():
             raise PackageError(f"{needed} is missing: build the function source from a gleanpipe checkout")
     if out.exists():
@@ -61,8 +63,11 @@ def build_function_source(out_dir: str | Path, root: Path = ROOT) -> Path:
     shutil.copytree(package, out / "gleanpipe", ignore=shutil.ignore_patterns(*LEFT_OUT))
     (out / "gleanpipe" / "schemas").mkdir(exist_ok=True)
     shutil.copy2(schema, out / "gleanpipe" / "schemas" / schema.name)
+    shutil.copy2(constraints, out / "constraints.txt")
     (out / "requirements.txt").write_text(
-        "# gleanpipe's runtime dependencies (pyproject.toml) and its gcp extra; gleanpipe itself is in ./gleanpipe\n"
+        "# gleanpipe's runtime dependencies (pyproject.toml) and its gcp extra; gleanpipe itself is in ./gleanpipe.\n"
+        "# pip takes the versions from constraints.txt (beside this file): the ones gleanpipe's tests passed with.\n"
+        "-c constraints.txt\n"
         + "".join(f"{req}\n" for req in requirements(root)),
         encoding="utf-8",
     )
