@@ -242,6 +242,9 @@ def test_bad_retry_setting_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("GLEANPIPE_BIGQUERY_RETRY_S", "soon")
     with pytest.raises(ValueError, match="GLEANPIPE_BIGQUERY_RETRY_S must be a whole number"):
         open_warehouse("bigquery://p1/US")
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_RETRY_S", "3601")  # it is each request's timeout too
+    with pytest.raises(ValueError, match="^GLEANPIPE_BIGQUERY_RETRY_S must be at most 3600, got 3601$"):
+        open_warehouse("bigquery://p1/US")
 
 
 def test_cli_reports_a_bad_warehouse_url_without_a_traceback(tmp_path):

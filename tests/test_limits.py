@@ -24,6 +24,11 @@ from gleanpipe.emulate import free_port
         (["status"], {"GLEANPIPE_EXPLORE_PORT": "99999"}, "GLEANPIPE_EXPLORE_PORT must be at most 65535, got 99999"),
         (["status"], {"GLEANPIPE_MAX_WIRE_BYTES": "abc"}, "GLEANPIPE_MAX_WIRE_BYTES must be a whole number, got 'abc'"),
         (["status"], {"GLEANPIPE_MAX_PAYLOAD_BYTES": "-1"}, "GLEANPIPE_MAX_PAYLOAD_BYTES must be positive, got -1"),
+        # upper bounds (config.MAX_VALUE): a process count that would swamp the machine, waits past the OS timers
+        (["serve", "--workers", "65"], {}, "GLEANPIPE_WORKERS must be at most 64, got 65"),
+        (["serve"], {"GLEANPIPE_LOAD_INTERVAL_MS": "60001"}, "GLEANPIPE_LOAD_INTERVAL_MS must be at most 60000, got 60001"),
+        (["serve"], {"GLEANPIPE_SPOOL_SEGMENT_SECONDS": "10000000000"},
+         "GLEANPIPE_SPOOL_SEGMENT_SECONDS must be at most 86400, got 10000000000"),
         # read by a CLI flag: click's message, with the variable named beside the flag
         (["replay"], {"GLEANPIPE_LOAD_BATCH": "abc"},
          "Invalid value for '--batch' (GLEANPIPE_LOAD_BATCH): 'abc' is not a valid integer."),
@@ -211,7 +216,8 @@ def test_bad_schema_path_is_a_clear_error_before_serve_starts(tmp_path):
 def test_settings_and_the_readme_settings_table_agree():
     import re
 
-    from gleanpipe.config import SETTINGS
+    from gleanpipe.config import MAX_VALUE, SETTINGS
+    from gleanpipe.storage.cloud import MAX_SECONDS
 
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## Settings\n", 1)[1].split("\n## ", 1)[0]
@@ -222,6 +228,11 @@ def test_settings_and_the_readme_settings_table_agree():
         default = SETTINGS[name].default
         if default:
             assert rows[name].startswith(f"`{default}`"), (name, rows[name])
+    rows = dict(re.findall(r"^\| `(GLEANPIPE_[A-Z0-9_]+)` \|(.*)$", table, re.M))
+    for name, bound in MAX_VALUE.items():  # every upper bound is in its row
+        assert f"At most {bound}." in rows[name] or f"At most {bound} (" in rows[name], (name, rows[name])
+    for name in ("GLEANPIPE_STORE_TIMEOUT_S", "GLEANPIPE_STORE_RETRY_S"):
+        assert rows[name].endswith(f"At most {MAX_SECONDS:.0f}. |"), (name, rows[name])
 
 
 def test_documented_defaults():
@@ -320,6 +331,18 @@ def test_store_seconds_must_be_finite(env, raw):
     with pytest.raises(ValueError) as info:
         CloudOptions.from_env({env: raw})
     assert str(info.value) == f"{env} must be a finite number of seconds, got {raw!r}"
+
+
+@pytest.mark.parametrize("env", ["GLEANPIPE_STORE_TIMEOUT_S", "GLEANPIPE_STORE_RETRY_S"])
+def test_store_seconds_are_at_most_an_hour(env):
+    """1e12 s as a socket timeout raised OverflowError on every store call (each ping a 503)."""
+    from gleanpipe.storage.cloud import CloudOptions
+
+    assert getattr(CloudOptions.from_env({env: "3600"}), env.removeprefix("GLEANPIPE_STORE_").lower()) == 3600.0
+    for raw in ("3600.5", "1e12"):
+        with pytest.raises(ValueError) as info:
+            CloudOptions.from_env({env: raw})
+        assert str(info.value) == f"{env} must be at most 3600 seconds, got {raw!r}"
 
 
 def test_infinite_store_retry_is_a_usage_error_before_any_store_call(tmp_path):

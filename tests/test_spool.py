@@ -395,6 +395,24 @@ def test_spool_setting_is_checked():
         Config.from_env(environ={"GLEANPIPE_SPOOL_SEGMENT_BYTES": "0"})
 
 
+def test_the_largest_segment_age_allowed_still_commits(store):
+    """GLEANPIPE_SPOOL_SEGMENT_SECONDS is the committer's sleep timeout: 10**10 s overflowed it, the
+    committer thread died and every append waited forever. Its bound, 86400, is refused above and
+    works at the bound."""
+    most = Config.from_env(environ={"GLEANPIPE_SPOOL_SEGMENT_SECONDS": "86400"}).spool_segment_seconds
+    with pytest.raises(ValueError, match="^GLEANPIPE_SPOOL_SEGMENT_SECONDS must be at most 86400, got 86401$"):
+        Config.from_env(environ={"GLEANPIPE_SPOOL_SEGMENT_SECONDS": "86401"})
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, most)
+    key, data = raw()
+    done = threading.Thread(target=writer.append, args=(key, data), daemon=True)
+    done.start()
+    done.join(10)
+    assert not done.is_alive() and writer.syncs == 1
+    writer.close()
+    [(_, _, got_key, got)] = list(decode_records(segments(store)[0].read_bytes()))
+    assert (got_key, got) == (key, data)
+
+
 def test_segments_rotate_by_size_and_finished_ones_are_deleted(store):
     writer = SpoolWriter(store.root / SPOOL, 3000, 3600)
     pings = [raw(seq=i) for i in range(6)]  # about 1 KB each: a new segment every 3 records

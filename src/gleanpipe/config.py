@@ -119,8 +119,18 @@ def _bool(env: str, environ=None) -> bool:
     raise ValueError(f"{env} must be on or off, got {raw!r}")
 
 
-# Whole-number settings with an upper bound too (every whole-number setting must be positive).
-MAX_VALUE = {"GLEANPIPE_PORT": 65535, "GLEANPIPE_EXPLORE_PORT": 65535}
+# Whole-number settings with an upper bound too (every whole-number setting must be positive). A wait
+# longer than the OS timers hold (about 292 years: threading.TIMEOUT_MAX) raises OverflowError where
+# it is used, which for the spool's committer meant a dead thread and requests that never got an
+# answer; the bounds below are far inside that and far above any sensible value.
+MAX_VALUE = {
+    "GLEANPIPE_PORT": 65535,
+    "GLEANPIPE_EXPLORE_PORT": 65535,
+    "GLEANPIPE_WORKERS": 64,  # processes serve forks, each with its own interpreter: more is a typo
+    "GLEANPIPE_LOAD_INTERVAL_MS": 60_000,  # serve's loader looks for new objects at least once a minute
+    "GLEANPIPE_SPOOL_SEGMENT_SECONDS": 86_400,  # a spool file is let go at least once a day
+    "GLEANPIPE_BIGQUERY_RETRY_S": 3_600,  # also the timeout of each BigQuery request
+}
 
 
 def _check_int(env: str, value: int) -> int:

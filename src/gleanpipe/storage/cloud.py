@@ -34,6 +34,10 @@ T = TypeVar("T")
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 PREFIX_RE = re.compile(r"[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*")
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# GLEANPIPE_STORE_TIMEOUT_S and GLEANPIPE_STORE_RETRY_S: an hour at most. A socket timeout beyond the
+# OS timers (about 292 years) raises OverflowError on every call; an hour is already longer than any
+# client waits for an answer.
+MAX_SECONDS = 3600.0
 
 
 def _seconds(env: str, environ=None, *, allow_zero: bool) -> float:
@@ -46,6 +50,8 @@ def _seconds(env: str, environ=None, *, allow_zero: bool) -> float:
         raise ValueError(f"{env} must be a finite number of seconds, got {raw!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{env} must be {'zero or ' if allow_zero else ''}positive, got {raw!r}")
+    if value > MAX_SECONDS:
+        raise ValueError(f"{env} must be at most {MAX_SECONDS:.0f} seconds, got {raw!r}")
     return value
 
 
