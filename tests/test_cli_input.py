@@ -145,6 +145,35 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
     assert gleanpipe("query", "--format", "csv", count, *data).stdout.splitlines() == ["n", "1"]
 
 
+def test_query_shows_inf_and_nan_not_null_with_and_without_serve(tmp_path):
+    """Before: JSON has no inf or nan, so they went through as null and the table, csv and json
+    output showed them as NULL (an empty cell)."""
+    from conftest import DATASET, ServeProcess, gz, make_ping, post, submit_path
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data = ["--data-dir", str(data_dir)]
+    sql = "SELECT 'inf'::DOUBLE AS a, -'inf'::DOUBLE AS b, 'nan'::DOUBLE AS c, NULL::DOUBLE AS d, [ln(0), 0.5] AS e"
+
+    def shown() -> tuple[list[str], list[dict], list[str]]:
+        runs = [gleanpipe("query", "--format", fmt, sql, *data) for fmt in ("csv", "json", "table")]
+        assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+        return runs[0].stdout.splitlines(), json.loads(runs[1].stdout), runs[2].stdout.splitlines()
+
+    server = ServeProcess(data_dir).start()
+    try:
+        assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 1) == 1
+        through_serve = shown()
+    finally:
+        assert server.stop() == 0
+    assert shown() == through_serve  # the file itself, serve stopped
+    csv_lines, rows, table = through_serve
+    assert csv_lines == ["a,b,c,d,e", 'inf,-inf,nan,,"[""-inf"",0.5]"']
+    assert rows == [{"a": "inf", "b": "-inf", "c": "nan", "d": None, "e": ["-inf", 0.5]}]
+    assert table[2].split() == ["inf", "-inf", "nan", '["-inf",0.5]']  # d is empty: NULL
+
+
 @pytest.mark.parametrize("sql, reads", [
     ("EXPLAIN ANALYZE DELETE FROM t", False), ("explain analyse delete from t", False),
     ("EXPLAIN (ANALYZE, FORMAT json) DROP TABLE t", False), ("EXPLAIN /* x */ ANALYZE DELETE FROM t", False),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 import secrets
 import threading
@@ -36,6 +37,18 @@ def to_jsonable(value):
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     return str(value)
+
+
+def shown_floats(value):
+    """``value`` (a query row, a cell) with every inf, -inf and nan as DuckDB prints it. JSON has no
+    such numbers: orjson would turn them into null, and a query would show them as NULL."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else "nan" if value != value else "inf" if value > 0 else "-inf"
+    if isinstance(value, (list, tuple)):
+        return [shown_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: shown_floats(v) for k, v in value.items()}
+    return value
 
 
 def dumps(obj) -> bytes:
@@ -90,7 +103,7 @@ class AdminServer:
 
 def _query(query, body: dict) -> dict:
     columns, rows = query(body["sql"], body.get("params"))
-    return {"columns": columns, "rows": rows}
+    return {"columns": columns, "rows": shown_floats(rows)}
 
 
 def write_state(data_dir: Path, state: dict) -> Path:

@@ -15,7 +15,7 @@ import click
 import orjson
 
 from . import __version__
-from .admin import AdminClient, absolute, dumps, same_location
+from .admin import AdminClient, absolute, dumps, same_location, shown_floats
 from .config import SETTINGS, Config
 
 
@@ -125,7 +125,7 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
 
 
 def _format(columns: list[str], rows: list, fmt: str) -> str:
-    rows = orjson.loads(dumps(rows))  # the same plain values whether they came from the server or the file
+    rows = orjson.loads(dumps(shown_floats(rows)))  # the same plain values from the server or the file
     if fmt == "json":
         return orjson.dumps([dict(zip(columns, r)) for r in rows], option=orjson.OPT_INDENT_2).decode()
     cell = lambda v: "" if v is None else (v if isinstance(v, str) else orjson.dumps(v).decode())
