@@ -312,6 +312,29 @@ def test_limits_are_settings(fn_env, monkeypatch, client):
     assert client.post(submit_path(), data=b"{}", headers={}).status_code == 414
 
 
+@pytest.mark.parametrize("env", [{"GLEANPIPE_MAX_WIRE_BYTES": "1MB"}, {"GLEANPIPE_STORE_URL": "ftp://somewhere"}])
+def test_a_bad_setting_in_the_function_is_a_503_the_sdk_retries(fn_env, monkeypatch, client, caplog, env):
+    """Before: the framework's HTML 500 page. The ping is fine, so it must not be a 4xx; the reason
+    goes to the log, not to the client."""
+    from gleanpipe import functions
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    functions.submit_handler.cache_clear()
+    resp = client.post(submit_path(), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    assert (resp.status_code, resp.get_json()) == (503, {
+        "error_type": "misconfigured",
+        "error_message": "the server cannot take pings now (see its log), retry later"})
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "gleanpipe.functions"]
+    assert logged.startswith("submit cannot take pings until its settings are fixed: ")
+    assert list(env)[0] in logged or "ftp://somewhere" in logged
+    assert not (fn_env / "store").exists()  # nothing written
+    for name in env:
+        monkeypatch.delenv(name)
+    functions.submit_handler.cache_clear()  # fixed (a redeploy): the next try is stored
+    assert client.post(submit_path(), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS).status_code == 200
+
+
 def test_bad_setting_is_a_clear_error():
     from gleanpipe.config import Config
 
