@@ -217,6 +217,23 @@ def test_object_that_cannot_transform_goes_to_errors_table(load_client, fn_store
         (path.key, "raw_object", path.document_id)]
 
 
+def test_a_row_the_warehouse_refuses_does_not_hold_up_its_batch(store, warehouse):
+    """A counter past BIGINT passes the schema (Glean's, like Mozilla's, has no integer bound) and
+    DuckDB refuses it. The batch is loaded again row by row: the good rows are inserted, each bad
+    one goes to the errors table with DuckDB's reason, without the loader's temp file in it."""
+    keys = [put_ping(store, make_ping(CLIENT_A, seq=i, metrics={"counter": {"toolbox.n": n}}), doc_type="metrics")
+            for i, n in enumerate([1, 2**63, 3, 2**64, 5])]
+    result = Loader(store, warehouse).load_keys(keys)
+    assert (result.inserted, result.errors) == (3, 2)
+    assert warehouse.query(f"SELECT metrics.counter.toolbox_n FROM {DATASET}.metrics_v1 ORDER BY 1")[1] == [
+        (1,), (3,), (5,)]
+    errors = warehouse.query("SELECT object_key, error_type, error_message FROM _gleanpipe.errors ORDER BY 3")[1]
+    assert [(key, etype) for key, etype, _ in errors] == [(keys[3], "warehouse"), (keys[1], "warehouse")]
+    for (_, _, message), value in zip(errors, ["18446744073709552000.0", "9223372036854775808"]):
+        assert message.endswith(f"Failed to cast value to numerical: {value}"), message  # DuckDB's words
+        assert "rows.ndjson" not in message and " in line " not in message, message
+
+
 def test_schema_evolution_adds_columns_and_old_rows_read_null(config, store, warehouse):
     loader = Loader(store, warehouse)
     loader.load_keys([put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.a": 1}}))])

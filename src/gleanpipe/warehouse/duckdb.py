@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -47,6 +48,7 @@ SELECT schema_name FROM duckdb_tables() WHERE table_name = '{EVENTS_STREAM_VIEW}
 
 DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.TypeMismatchException,
                duckdb.OutOfRangeException)
+TEMP_FILE_RE = re.compile(r' in file "[^"]*", in line \d+(?=:)')
 
 
 def _columns_ddl(columns) -> str:
@@ -366,8 +368,8 @@ class DuckDBWarehouse(Warehouse):
                 self.con.commit()
             except BaseException as exc:
                 self._rollback()
-                if isinstance(exc, DATA_ERRORS):
-                    raise RowDataError(str(exc).splitlines()[0]) from exc
+                if isinstance(exc, DATA_ERRORS):  # where in the loader's temp file says nothing to a reader
+                    raise RowDataError(TEMP_FILE_RE.sub("", str(exc).splitlines()[0])) from exc
                 if isinstance(exc, (duckdb.IOException, duckdb.TransactionException)):
                     raise WarehouseUnavailable(str(exc)) from exc
                 raise
