@@ -38,7 +38,7 @@ class WH:
 
     def objects(self, dataset: str) -> dict[str, str]:
         """name -> TABLE or VIEW in a dataset (a DuckDB schema), leaving out the derived views
-        (views.py: DuckDB only; tested in test_views.py) so both warehouses compare alike."""
+        (views.py; tested in test_derived_views_give_the_same_rows_on_both and test_views.py)."""
         if self.kind == "duckdb":
             rows = self.wh.con.execute(
                 "SELECT table_name, 'TABLE' FROM duckdb_tables() WHERE schema_name = ? UNION ALL "
@@ -47,7 +47,8 @@ class WH:
         from google.api_core.exceptions import NotFound
 
         try:
-            return {t.table_id: t.table_type for t in self.wh.client.list_tables(f"{self.wh.project}.{dataset}")}
+            return {t.table_id: t.table_type for t in self.wh.client.list_tables(f"{self.wh.project}.{dataset}")
+                    if t.table_id not in VIEW_NAMES}
         except NotFound:
             return {}
 
@@ -349,6 +350,70 @@ def test_object_that_cannot_load_goes_to_the_errors_table_until_it_loads(store, 
     put_ping(store, make_ping(CLIENT_A), document_id=path.document_id)
     assert load(store, wh, path.key).inserted == 1
     assert wh.q("SELECT count(*) FROM _gleanpipe.errors") == [(0,)]
+
+
+# --- derived views (views.py) ----------------------------------------------------------------
+
+
+def test_derived_views_give_the_same_rows_on_both(store, wh):
+    """The three derived views, made in each warehouse's own SQL, over the pings of test_views.py
+    (every aggregated metric type, two clients, two UTC days). Each table gets all its metrics
+    with its first ping: bqemulator widens a table's metadata only (see bq_emulator.py)."""
+    from test_views import A, B, DAY1, DAY2, dist, put
+
+    metrics_a = {"quantity": {"toolbox.open_windows": 4}, "boolean": {"toolbox.dark_mode_enabled": True},
+                 "labeled_counter": {"toolbox.tool_used": {"hammer": 2, "pliers": 1}},
+                 "timing_distribution": {"toolbox.render_time": dist({100: 2, 200: 1}, 400)},
+                 "rate": {"toolbox.cache_hit_rate": {"numerator": 3, "denominator": 4}},
+                 "dual_labeled_counter": {"toolbox.clicks": {"button": {"left": 2, "right": 1}}},
+                 "string": {"toolbox.active_theme": "dark"},
+                 "labeled_timing_distribution": {"toolbox.load_time_by_tool": {"saw": dist({10: 3}, 33)}}}
+    metrics_b = {"quantity": {"toolbox.open_windows": 8}, "boolean": {"toolbox.dark_mode_enabled": False},
+                 "labeled_counter": {"toolbox.tool_used": {"hammer": 5}},
+                 "timing_distribution": {"toolbox.render_time": dist({200: 1}, 250)},
+                 "rate": {"toolbox.cache_hit_rate": {"numerator": 1, "denominator": 4}},
+                 "string": {"toolbox.active_theme": "dark"}}
+    events = [{"category": "toolbox", "name": "tool_opened", "timestamp": i, "extra": {"tool": "saw"}} for i in (1, 2)]
+    keys = [put(store, make_ping(A, {"counter": {"toolbox.launch_count": n}}), "baseline", DAY1) for n in (2, 3)]
+    keys += [put(store, make_ping(B, {"counter": {"toolbox.launch_count": 5}}), "baseline", DAY1),
+             put(store, make_ping(B, {"counter": {"toolbox.launch_count": 7}}), "baseline", DAY2),
+             put(store, make_ping(A, metrics_a), "metrics", DAY1), put(store, make_ping(B, metrics_b), "metrics", DAY1),
+             put(store, make_ping(A, events=events), "events", DAY2)]
+    assert load(store, wh, *keys).inserted == 7
+
+    assert sorted(wh.q(f"SELECT CAST(day AS STRING), clients, pings FROM {DATASET}.daily_active_clients")) == [
+        ("2026-11-21", 2, 3), ("2026-11-22", 1, 1)]
+    assert wh.q(f"SELECT CAST(day AS STRING), category, name, events, clients FROM {DATASET}.events_daily") == [
+        ("2026-11-22", "toolbox", "tool_opened", 2, 1)]
+    got = wh.q(f"SELECT metric, label, CAST(day AS STRING), ping_table, metric_type, pings, clients, samples, "
+               f"sum_value, ROUND(avg_value, 4), min_value, max_value FROM {DATASET}.metric_daily")
+    day1, day2 = "2026-11-21", "2026-11-22"
+    assert sorted(got, key=lambda r: (r[0], r[1] or "", r[2])) == [
+        # metric, label, day, table, type, pings, clients, samples, sum, avg, min, max
+        ("toolbox_active_theme", "dark", day1, "metrics_v1", "string", 2, 2, 2.0, 2.0, 1.0, None, None),
+        ("toolbox_cache_hit_rate", None, day1, "metrics_v1", "rate", 2, 2, 8.0, 4.0, 0.5, None, None),
+        ("toolbox_clicks", "button/left", day1, "metrics_v1", "dual_labeled_counter", 1, 1, 1.0, 2.0, 2.0, 2.0, 2.0),
+        ("toolbox_clicks", "button/right", day1, "metrics_v1", "dual_labeled_counter", 1, 1, 1.0, 1.0, 1.0, 1.0, 1.0),
+        ("toolbox_dark_mode_enabled", None, day1, "metrics_v1", "boolean", 2, 2, 2.0, 1.0, 0.5, 0.0, 1.0),
+        ("toolbox_launch_count", None, day1, "baseline_v1", "counter", 3, 2, 3.0, 10.0, 3.3333, 2.0, 5.0),
+        ("toolbox_launch_count", None, day2, "baseline_v1", "counter", 1, 1, 1.0, 7.0, 7.0, 7.0, 7.0),
+        ("toolbox_load_time_by_tool", "saw", day1, "metrics_v1", "labeled_timing_distribution", 1, 1, 3.0, 33.0, 11.0,
+         None, None),
+        ("toolbox_open_windows", None, day1, "metrics_v1", "quantity", 2, 2, 2.0, 12.0, 6.0, 4.0, 8.0),
+        ("toolbox_render_time", None, day1, "metrics_v1", "timing_distribution", 2, 2, 4.0, 650.0, 162.5, None, None),
+        ("toolbox_tool_used", "hammer", day1, "metrics_v1", "labeled_counter", 2, 2, 2.0, 7.0, 3.5, 2.0, 5.0),
+        ("toolbox_tool_used", "pliers", day1, "metrics_v1", "labeled_counter", 1, 1, 1.0, 1.0, 1.0, 1.0, 1.0),
+    ]
+    # A new metric widens baseline_v1 and metric_daily is given a part for it.
+    assert load(store, wh, put(store, make_ping(A, {"counter": {"toolbox.brand_new": 11}}), "baseline", DAY2)).inserted
+    if wh.kind == "duckdb":
+        assert wh.q(f"SELECT sum_value FROM {DATASET}.metric_daily WHERE metric = 'toolbox_brand_new'") == [(11.0,)]
+    else:  # bqemulator widens a table's metadata only and does not return a view's query: that the
+        # view now reads the new column shows as its storage lacking it (real BigQuery reads NULLs)
+        from google.api_core.exceptions import BadRequest
+
+        with pytest.raises(BadRequest, match='Could not find key "toolbox_brand_new"'):
+            wh.q(f"SELECT sum_value FROM {DATASET}.metric_daily WHERE metric = 'toolbox_brand_new'")
 
 
 # --- the README's queries -----------------------------------------------------------------

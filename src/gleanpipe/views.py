@@ -1,4 +1,4 @@
-"""Derived views shipped with gleanpipe, created in each app's schema of the DuckDB warehouse.
+"""Derived views shipped with gleanpipe, created in each app's schema (DuckDB) or dataset (BigQuery).
 
 - ``<app>.daily_active_clients``: day, clients (distinct client ids in baseline pings), pings.
 - ``<app>.events_daily``: day, category, name, events, clients (from events_stream).
@@ -18,11 +18,17 @@ Plain SQL views (CREATE OR REPLACE: idempotent), so they work from `gleanpipe qu
 dictionary and anything else that opens the file. The column list of ``metric_daily`` is
 fixed, its body is rebuilt from the metric columns the tables have (``refresh``); the
 warehouse calls ``refresh`` after every change of a table's shape. Days are UTC.
+
+``build_views`` writes the SQL in either dialect (``DUCKDB``, ``BIGQUERY``) from the tables of a
+dataset and their metric columns; the BigQuery warehouse reads those from the API and creates or
+updates the views itself (warehouse/bigquery.py, ``_refresh_views``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .naming import TABLE_RE, quote_ident as q
 from .table_schema import EVENTS_STREAM_TABLE
@@ -42,68 +48,123 @@ AGGREGATED_TYPES = SCALAR + LABELED_SCALAR + DISTRIBUTIONS + LABELED_DISTRIBUTIO
     "rate", "labeled_rate", "dual_labeled_counter", "string")
 
 
+@dataclass(frozen=True)
+class Dialect:
+    """What the view SQL says differently in DuckDB and in BigQuery (identifiers are [A-Za-z0-9_]
+    only, naming.quote_ident, so they and the literals made of them need no escaping)."""
+
+    day: str  # UTC day of submission_timestamp
+    types: dict  # DuckDB type name -> this dialect's
+    quote: Callable[[str], str]
+    dist_n: Callable[[str], str]  # samples in a distribution value: the sum of its bucket counts
+    empty_from: str  # FROM of a SELECT that returns no row
+
+    def unnest(self, cols: str, src: str, ref: str, alias: str) -> str:
+        """SELECT cols and one row per element of the list ``ref`` (as ``alias``) from ``src``."""
+        if self is DUCKDB:
+            return f"SELECT {cols}, UNNEST({ref}) AS {alias} FROM {src} WHERE {ref} IS NOT NULL"
+        return f"SELECT {cols}, u AS {alias} FROM {src} CROSS JOIN UNNEST({ref}) AS u"
+
+
+DUCKDB = Dialect(day=DAY, types={}, quote=q, empty_from="",
+                 dist_n=lambda ref: f"list_sum(list_transform({ref}.\"values\", lambda b: b.value))")
+BIGQUERY = Dialect(day="DATE(submission_timestamp)",
+                   types={"INTEGER": "INT64", "BIGINT": "INT64", "DOUBLE": "FLOAT64", "VARCHAR": "STRING"},
+                   quote=lambda name: q(name).replace('"', "`"), empty_from=" FROM UNNEST([1])",
+                   dist_n=lambda ref: f"(SELECT SUM(b.value) FROM UNNEST({ref}.`values`) AS b)")
+
+
 def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    q(value)  # [A-Za-z0-9_] only: a literal the same in both dialects
+    return f"'{value}'"
 
 
-def _scalar(mtype: str, ref: str) -> str:
+def _cast(d: Dialect, ref: str, duck_type: str) -> str:
+    return f"CAST({ref} AS {d.types.get(duck_type, duck_type)})"
+
+
+def _scalar(d: Dialect, mtype: str, ref: str) -> str:
     if mtype == "boolean":
-        return f"CAST({ref} AS INTEGER)"
+        return _cast(d, ref, "INTEGER")
     if mtype == "timespan":
         return f"{ref}.value"
     return ref
 
 
-def _dist_n(ref: str) -> str:
-    return f"list_sum(list_transform({ref}.\"values\", lambda b: b.value))"
-
-
-def metric_part(dataset: str, table: str, mtype: str, column: str) -> str | None:
-    """SELECT of metric_daily's columns for one metric column, or None for types not aggregated.
+def metric_part(src: str, table: str, mtype: str, column: str, d: Dialect = None) -> str | None:
+    """SELECT of metric_daily's columns for one metric column of the table ``src`` refers to (named
+    ``table``), or None for types not aggregated.
 
     Every part first builds (day, cid, label, v, n, mm): v is summed, n counts samples (the
     average is sum(v)/sum(n)), mm feeds min/max.
     """
-    ref = f"metrics.{q(mtype)}.{q(column)}"
-    src = f"{q(dataset)}.{q(table)}"
-    base = f"{DAY} AS day, client_info.client_id AS cid"
+    d = d or DUCKDB
+    ref = f"metrics.{d.quote(mtype)}.{d.quote(column)}"
+    base = f"{d.day} AS day, client_info.client_id AS cid"
+    no_label, no_mm = _cast(d, "NULL", "VARCHAR"), _cast(d, "NULL", "DOUBLE")
     if mtype in SCALAR:
-        inner = f"SELECT {base}, NULL AS label, {_scalar(mtype, ref)} AS v, 1 AS n, {_scalar(mtype, ref)} AS mm " \
-                f"FROM {src} WHERE {ref} IS NOT NULL"
+        inner = f"SELECT {base}, {no_label} AS label, {_scalar(d, mtype, ref)} AS v, 1 AS n, " \
+                f"{_scalar(d, mtype, ref)} AS mm FROM {src} WHERE {ref} IS NOT NULL"
     elif mtype == "string":
-        inner = f"SELECT {base}, {ref} AS label, 1 AS v, 1 AS n, NULL AS mm FROM {src} WHERE {ref} IS NOT NULL"
+        inner = f"SELECT {base}, {ref} AS label, 1 AS v, 1 AS n, {no_mm} AS mm FROM {src} WHERE {ref} IS NOT NULL"
     elif mtype in DISTRIBUTIONS:
-        inner = f"SELECT {base}, NULL AS label, {ref}.sum AS v, {_dist_n(ref)} AS n, NULL AS mm " \
+        inner = f"SELECT {base}, {no_label} AS label, {ref}.sum AS v, {d.dist_n(ref)} AS n, {no_mm} AS mm " \
                 f"FROM {src} WHERE {ref} IS NOT NULL"
     elif mtype == "rate":
-        inner = f"SELECT {base}, NULL AS label, {ref}.numerator AS v, {ref}.denominator AS n, NULL AS mm " \
+        inner = f"SELECT {base}, {no_label} AS label, {ref}.numerator AS v, {ref}.denominator AS n, {no_mm} AS mm " \
                 f"FROM {src} WHERE {ref} IS NOT NULL"
     elif mtype in LABELED_SCALAR or mtype in LABELED_DISTRIBUTIONS or mtype in ("labeled_rate", "dual_labeled_counter"):
-        unnested = f"SELECT {base}, UNNEST({ref}) AS l FROM {src} WHERE {ref} IS NOT NULL"
+        unnested = d.unnest(base, src, ref, "l")
         if mtype in LABELED_SCALAR:
-            cols = f"l.key AS label, {_scalar(mtype[len('labeled_'):], 'l.value')} AS v, 1 AS n, " \
-                   f"{_scalar(mtype[len('labeled_'):], 'l.value')} AS mm"
+            value = _scalar(d, mtype[len("labeled_"):], "l.value")
+            cols = f"l.key AS label, {value} AS v, 1 AS n, {value} AS mm"
         elif mtype in LABELED_DISTRIBUTIONS:
-            cols = f"l.key AS label, l.value.sum AS v, {_dist_n('l.value')} AS n, NULL AS mm"
+            cols = f"l.key AS label, l.value.sum AS v, {d.dist_n('l.value')} AS n, {no_mm} AS mm"
         elif mtype == "labeled_rate":
-            cols = "l.key AS label, l.value.numerator AS v, l.value.denominator AS n, NULL AS mm"
+            cols = f"l.key AS label, l.value.numerator AS v, l.value.denominator AS n, {no_mm} AS mm"
         else:  # dual_labeled_counter: one more level of labels
-            unnested = f"SELECT day, cid, l.key AS k1, UNNEST(l.value) AS l FROM ({unnested})"
+            unnested = d.unnest("day, cid, l.key AS k1", f"({unnested})", "l.value", "l")
             cols = "k1 || '/' || l.key AS label, l.value AS v, 1 AS n, l.value AS mm"
         inner = f"SELECT day, cid, {cols} FROM ({unnested})"
     else:
         return None
+    double = d.types.get("DOUBLE", "DOUBLE")
     return (
         f"SELECT day, {_lit(table)} AS ping_table, {_lit(mtype)} AS metric_type, {_lit(column)} AS metric, "
-        "label, count(*) AS pings, count(DISTINCT cid) AS clients, CAST(sum(n) AS DOUBLE) AS samples, "
-        "CAST(sum(v) AS DOUBLE) AS sum_value, CAST(sum(v) AS DOUBLE) / NULLIF(CAST(sum(n) AS DOUBLE), 0) AS avg_value, "
-        "CAST(min(mm) AS DOUBLE) AS min_value, CAST(max(mm) AS DOUBLE) AS max_value "
+        f"label, count(*) AS pings, count(DISTINCT cid) AS clients, CAST(sum(n) AS {double}) AS samples, "
+        f"CAST(sum(v) AS {double}) AS sum_value, "
+        f"CAST(sum(v) AS {double}) / NULLIF(CAST(sum(n) AS {double}), 0) AS avg_value, "
+        f"CAST(min(mm) AS {double}) AS min_value, CAST(max(mm) AS {double}) AS max_value "
         f"FROM ({inner}) GROUP BY day, label"
     )
 
 
-def _empty(columns) -> str:
-    return "SELECT " + ", ".join(f"CAST(NULL AS {c.split()[1]}) AS {c.split()[0]}" for c in columns) + " WHERE false"
+def _empty(columns, d: Dialect) -> str:
+    return "SELECT " + ", ".join(f"{_cast(d, 'NULL', c.split()[1])} AS {c.split()[0]}" for c in columns) \
+        + f"{d.empty_from} WHERE false"
+
+
+def build_views(tables: dict[str, list[tuple[str, str]]], ref: Callable[[str], str], d: Dialect) -> dict[str, str]:
+    """The SELECT behind each view of one app's dataset, from its tables now: ``tables`` maps each
+    table name to its (metric type, column) pairs, ``ref`` makes a table name a reference."""
+    ping_tables = sorted(t for t in tables if TABLE_RE.fullmatch(t))
+    out = {}
+    if "baseline_v1" in ping_tables:
+        out["daily_active_clients"] = (
+            f"SELECT {d.day} AS day, count(DISTINCT client_info.client_id) AS clients, count(*) AS pings "
+            f"FROM {ref('baseline_v1')} GROUP BY day")
+    else:
+        out["daily_active_clients"] = _empty(("day DATE", "clients BIGINT", "pings BIGINT"), d)
+    if EVENTS_STREAM_TABLE in tables:
+        out["events_daily"] = (
+            f"SELECT {d.day} AS day, category, name, count(*) AS events, count(DISTINCT client_id) AS clients "
+            f"FROM {ref(EVENTS_STREAM_TABLE)} GROUP BY day, category, name")
+    else:
+        out["events_daily"] = _empty(("day DATE", "category VARCHAR", "name VARCHAR", "events BIGINT",
+                                      "clients BIGINT"), d)
+    parts = [p for t in ping_tables for mtype, col in tables[t] if (p := metric_part(ref(t), t, mtype, col, d))]
+    out["metric_daily"] = "\nUNION ALL\n".join(parts) if parts else _empty(METRIC_DAILY_COLUMNS, d)
+    return out
 
 
 def metric_columns(con, dataset: str, table: str) -> list[tuple[str, str]]:
@@ -117,28 +178,11 @@ def metric_columns(con, dataset: str, table: str) -> list[tuple[str, str]]:
 
 
 def view_sql(con, dataset: str) -> dict[str, str]:
-    """The SELECT behind each view of one app's schema, from the tables it has now."""
-    tables = [r[0] for r in con.execute(
+    """The SELECT behind each view of one app's schema in the DuckDB file, from the tables it has now."""
+    names = [r[0] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE schema_name = ? ORDER BY 1", [dataset]).fetchall()]
-    ping_tables = [t for t in tables if TABLE_RE.fullmatch(t)]
-    out = {}
-    if "baseline_v1" in ping_tables:
-        out["daily_active_clients"] = (
-            f"SELECT {DAY} AS day, count(DISTINCT client_info.client_id) AS clients, count(*) AS pings "
-            f"FROM {q(dataset)}.baseline_v1 GROUP BY day")
-    else:
-        out["daily_active_clients"] = _empty(("day DATE", "clients BIGINT", "pings BIGINT"))
-    if EVENTS_STREAM_TABLE in tables:
-        out["events_daily"] = (
-            f"SELECT {DAY} AS day, category, name, count(*) AS events, count(DISTINCT client_id) AS clients "
-            f"FROM {q(dataset)}.{q(EVENTS_STREAM_TABLE)} GROUP BY day, category, name")
-    else:
-        out["events_daily"] = _empty(("day DATE", "category VARCHAR", "name VARCHAR", "events BIGINT",
-                                      "clients BIGINT"))
-    parts = [p for t in ping_tables for mtype, col in metric_columns(con, dataset, t)
-             if (p := metric_part(dataset, t, mtype, col))]
-    out["metric_daily"] = "\nUNION ALL\n".join(parts) if parts else _empty(METRIC_DAILY_COLUMNS)
-    return out
+    tables = {t: metric_columns(con, dataset, t) if TABLE_RE.fullmatch(t) else [] for t in names}
+    return build_views(tables, lambda table: f"{q(dataset)}.{q(table)}", DUCKDB)
 
 
 def app_datasets(con) -> list[str]:

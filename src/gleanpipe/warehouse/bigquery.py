@@ -150,6 +150,14 @@ def _scalar_type(value) -> str:
     return "STRING"
 
 
+def metric_fields(schema: list[dict]) -> list[tuple[str, str]]:
+    """(metric type, column) pairs of a table's ``metrics`` RECORD, from its schema (API form)."""
+    for field in schema:
+        if field["name"] == "metrics":
+            return [(mtype["name"], col["name"]) for mtype in field.get("fields", []) for col in mtype.get("fields", [])]
+    return []
+
+
 def q(name: str) -> str:
     quote_ident(name)  # the same check as for DuckDB: [A-Za-z0-9_] only
     return f"`{name}`"
@@ -174,6 +182,9 @@ class BigQueryWarehouse(Warehouse):
         self._lock = threading.Lock()
         self._schemas: dict[tuple[str, str], list[dict]] = {}  # (dataset, table) -> schema (API form)
         self._datasets: set[str] = set()
+        # Datasets whose derived views (views.py) to make again after this write: a table was made
+        # or widened, or this process has not looked at the dataset before.
+        self._reshaped: set[str] = set()
         self._deleted: dict[str, tuple[float, set[str]]] = {}  # dataset -> (read at, client ids)
         self._error_keys: set[str] | None = None
 
@@ -237,6 +248,8 @@ class BigQueryWarehouse(Warehouse):
 
         key = (dataset, table)
         if key not in self._schemas:
+            if dataset != META:
+                self._reshaped.add(dataset)
             try:
                 self._schemas[key] = [f.to_api_repr() for f in
                                       self.client.get_table(self._ref(dataset, table), retry=self.retry).schema]
@@ -277,9 +290,50 @@ class BigQueryWarehouse(Warehouse):
             except gexc.PreconditionFailed:
                 continue
             self._schemas[(dataset, table)] = [f.to_api_repr() for f in t.schema]
+            if dataset != META:
+                self._reshaped.add(dataset)
             log.info("widened %s.%s", dataset, table)
             return
         raise WarehouseUnavailable(f"{dataset}.{table}: its schema kept changing while being widened")
+
+    def _refresh_reshaped(self) -> None:
+        """After a write: make the derived views of the datasets whose tables changed shape. Like
+        DuckDB's, a failure here is logged and never fails the load (the rows are in)."""
+        for dataset in sorted(self._reshaped):
+            try:
+                self._refresh_views(dataset)
+            except Exception as exc:  # noqa: BLE001 - the views are a convenience; the next reshape retries
+                log.warning("could not refresh the derived views of %s: %s", dataset, exc)
+        self._reshaped.clear()
+
+    def _refresh_views(self, dataset: str) -> None:
+        """Create each derived view of ``dataset``, or give it the query its tables call for now."""
+        from google.api_core import exceptions as gexc
+        from google.cloud import bigquery
+
+        from ..views import BIGQUERY, build_views
+
+        tables: dict[str, list[tuple[str, str]]] = {}
+        for item in self.client.list_tables(f"{self.project}.{dataset}", retry=self.retry, timeout=self.retry_s):
+            if item.table_type != "TABLE":
+                continue
+            name = item.table_id
+            schema = self._schemas.get((dataset, name))
+            if schema is None and TABLE_RE.fullmatch(name):
+                schema = [f.to_api_repr() for f in self.client.get_table(self._ref(dataset, name), retry=self.retry,
+                                                                         timeout=self.retry_s).schema]
+            tables[name] = metric_fields(schema or [])
+        for name, sql in build_views(tables, lambda table: self._sql_ref(dataset, table), BIGQUERY).items():
+            try:
+                view = self.client.get_table(self._ref(dataset, name), retry=self.retry, timeout=self.retry_s)
+            except gexc.NotFound:
+                view = bigquery.Table(self._ref(dataset, name))
+                view.view_query = sql
+                self.client.create_table(view, exists_ok=True, retry=self.retry, timeout=self.retry_s)
+                continue
+            if view.view_query != sql:
+                view.view_query = sql
+                self.client.update_table(view, ["view_query"], retry=self.retry, timeout=self.retry_s)
 
     def _ensure_meta(self) -> None:
         self._ensure_table(META, "errors", schema_of(ERRORS_COLUMNS), partition="failed_at", clustering=None)
@@ -382,6 +436,7 @@ class BigQueryWarehouse(Warehouse):
         loaded = [r.key for by_id in groups.values() for r in by_id.values()]
         self._forget_errors(loaded)
         self._record_errors(errors, now)
+        self._refresh_reshaped()
         return result
 
     # --- errors -------------------------------------------------------------------------
