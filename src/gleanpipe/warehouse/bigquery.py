@@ -318,11 +318,11 @@ class BigQueryWarehouse(Warehouse):
             if item.table_type != "TABLE":
                 continue
             name = item.table_id
-            schema = self._schemas.get((dataset, name))
-            if schema is None and TABLE_RE.fullmatch(name):
+            schema = []
+            if TABLE_RE.fullmatch(name):  # read now, not from this process's cache: another may have widened it
                 schema = [f.to_api_repr() for f in self.client.get_table(self._ref(dataset, name), retry=self.retry,
                                                                          timeout=self.retry_s).schema]
-            tables[name] = metric_fields(schema or [])
+            tables[name] = metric_fields(schema)
         for name, sql in build_views(tables, lambda table: self._sql_ref(dataset, table), BIGQUERY).items():
             try:
                 view = self.client.get_table(self._ref(dataset, name), retry=self.retry, timeout=self.retry_s)
