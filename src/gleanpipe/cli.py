@@ -74,7 +74,7 @@ def _read_query(config: Config):
 
     wh = _open_local(config, read_only=True)
     if config.warehouse_url.startswith("duckdb://"):  # the same refusal as through serve; DuckDB parses it
-        return read_only(wh.query), wh.close
+        return read_only(wh.read_query), wh.close
     return wh.query, wh.close
 
 

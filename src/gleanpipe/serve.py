@@ -171,7 +171,7 @@ class LocalPipeline:
         self.loader = Loader(self.store, self.warehouse)
         self.loader_thread = LoaderThread(self.store, self.loader, config.load_batch,
                                           config.load_interval_ms / 1000)
-        self.admin = AdminServer(status=self.status, query=read_only(self.warehouse.query), load_keys=self.load_keys,
+        self.admin = AdminServer(status=self.status, query=read_only(self.warehouse.read_query), load_keys=self.load_keys,
                                  extra={"/apps/add": self.add_app})
         self.http: subprocess.Popen | None = None
 

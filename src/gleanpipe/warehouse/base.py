@@ -78,6 +78,10 @@ class Warehouse(ABC):
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         """Run SQL; (column names, rows)."""
 
+    def read_query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        """``query`` for SQL from users, where the backend can make it read-only (DuckDB does)."""
+        return self.query(sql, params)
+
     @abstractmethod
     def status(self) -> dict:
         """Row counts per table and error/deletion counts."""

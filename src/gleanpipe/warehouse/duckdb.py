@@ -413,6 +413,31 @@ class DuckDBWarehouse(Warehouse):
         finally:
             cur.close()
 
+    def read_query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        """``query`` in a read-only transaction, always rolled back: DuckDB itself refuses any write,
+        also one a statement-type check cannot see (DuckDB 2 runs DELETE ... RETURNING inside WITH,
+        and the statement is a SELECT). For SQL from users (`gleanpipe query`, serve's admin API)."""
+        from ..read_only_sql import WriteRefused
+
+        cur = self.con.cursor()
+        try:
+            cur.execute("SET TimeZone = 'UTC'")
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            try:
+                cur.execute(sql, params or [])
+                if cur.description is None:
+                    return [], []
+                return [d[0] for d in cur.description], cur.fetchall()
+            except duckdb.TransactionException as exc:
+                if "read-only" not in str(exc):
+                    raise
+                reason = str(exc).splitlines()[0].removeprefix("TransactionContext Error: ")
+                raise WriteRefused(f"the warehouse is read-only for queries: {reason}") from None
+            finally:
+                cur.execute("ROLLBACK")
+        finally:
+            cur.close()
+
     def status(self) -> dict:
         cur = self.con.cursor()
         try:
