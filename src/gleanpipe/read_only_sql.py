@@ -3,7 +3,9 @@
 Without a server, the CLI opens the DuckDB file read-only, so DuckDB itself refuses a CREATE,
 INSERT, DROP or COPY. Through serve's admin API the same SQL would run on serve's writable
 connection, so a command's meaning would depend on whether serve happens to run. This module
-refuses, before running anything, every statement that is not a read.
+refuses, before running anything, every statement that is not a read. Then
+``DuckDBWarehouse.read_query`` runs it in a read-only transaction, which also stops a write
+that parses as a SELECT (DuckDB 2 runs DELETE/UPDATE/INSERT ... RETURNING inside WITH).
 """
 
 from __future__ import annotations
