@@ -198,7 +198,8 @@ def _render_ping(p: dict) -> str:
     status = str(p.get("status"))
     head = " ".join(html.escape(str(x)) for x in (p.get("received"), p.get("app_id"), p.get("doc_type")) if x)
     parts = [
-        f'<li class="ping {html.escape(status, quote=True)}" data-id="{html.escape(str(p.get("id")), quote=True)}">',
+        f'<li class="ping {html.escape(status, quote=True)}{" pending" if p.get("pending") else ""}" '
+        f'data-id="{html.escape(str(p.get("id")), quote=True)}">',
         f'<div class="head"><span class="status">{html.escape(status)} {html.escape(str(p.get("http_status", "")))}'
         f"</span> <span class=\"what\">{head}</span></div>",
         "<dl>",

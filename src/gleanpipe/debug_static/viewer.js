@@ -90,9 +90,16 @@
     return li;
   }
 
-  function newestId(list) {
-    var first = list.querySelector("li.ping:not(.pending)");  // pending ones are asked for again
-    return first ? first.getAttribute("data-id") : "";
+  function cursorId(list) {
+    // The newest ping shown whole with no pending one older than it: the page asks for the pings
+    // after it, so a pending ping is asked for again even below a newer complete one.
+    var items = list.querySelectorAll("li.ping");  // newest first
+    var cursor = "";
+    for (var i = items.length - 1; i >= 0; i--) {
+      if (items[i].classList.contains("pending")) { break; }
+      cursor = items[i].getAttribute("data-id");
+    }
+    return cursor;
   }
 
   function renderTag(data) {
@@ -121,7 +128,7 @@
     } else if (mode === "tag") {
       var list = document.getElementById("pings");
       var tag = encodeURIComponent(main.getAttribute("data-tag"));
-      getJSON(base + "/api/tags/" + tag + "?after=" + encodeURIComponent(newestId(list)), renderTag);
+      getJSON(base + "/api/tags/" + tag + "?after=" + encodeURIComponent(cursorId(list)), renderTag);
     }
   }
 
