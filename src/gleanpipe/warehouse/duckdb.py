@@ -402,14 +402,18 @@ class DuckDBWarehouse(Warehouse):
 
     # --- reading ------------------------------------------------------------------
 
+    @staticmethod
+    def _fetch(cur, sql: str, params: list | None) -> tuple[list[str], list[tuple]]:
+        cur.execute(sql, params or [])
+        if cur.description is None:
+            return [], []
+        return [d[0] for d in cur.description], cur.fetchall()
+
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         cur = self.con.cursor()
         try:
             cur.execute("SET TimeZone = 'UTC'")
-            cur.execute(sql, params or [])
-            if cur.description is None:
-                return [], []
-            return [d[0] for d in cur.description], cur.fetchall()
+            return self._fetch(cur, sql, params)
         finally:
             cur.close()
 
@@ -424,10 +428,7 @@ class DuckDBWarehouse(Warehouse):
             cur.execute("SET TimeZone = 'UTC'")
             cur.execute("BEGIN TRANSACTION READ ONLY")
             try:
-                cur.execute(sql, params or [])
-                if cur.description is None:
-                    return [], []
-                return [d[0] for d in cur.description], cur.fetchall()
+                return self._fetch(cur, sql, params)
             except duckdb.TransactionException as exc:
                 if "read-only" not in str(exc):
                     raise
