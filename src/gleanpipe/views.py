@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from .naming import TABLE_RE, quote_ident as q
 from .table_schema import EVENTS_STREAM_TABLE
+from .warehouse.bigquery import q as bq_quote
 
 VIEW_NAMES = ("daily_active_clients", "events_daily", "metric_daily")
 DAY = "CAST(timezone('UTC', submission_timestamp) AS DATE)"
@@ -54,24 +55,27 @@ class Dialect:
     only, naming.quote_ident, so they and the literals made of them need no escaping)."""
 
     day: str  # UTC day of submission_timestamp
-    types: dict  # DuckDB type name -> this dialect's
+    types: dict  # DuckDB type name -> this dialect's, where they differ
     quote: Callable[[str], str]
     dist_n: Callable[[str], str]  # samples in a distribution value: the sum of its bucket counts
+    # (cols, src, ref, alias) -> SELECT cols and one row per element of the list ref (as alias) from src
+    unnest: Callable[[str, str, str, str], str]
     empty_from: str  # FROM of a SELECT that returns no row
 
-    def unnest(self, cols: str, src: str, ref: str, alias: str) -> str:
-        """SELECT cols and one row per element of the list ``ref`` (as ``alias``) from ``src``."""
-        if self is DUCKDB:
-            return f"SELECT {cols}, UNNEST({ref}) AS {alias} FROM {src} WHERE {ref} IS NOT NULL"
-        return f"SELECT {cols}, u AS {alias} FROM {src} CROSS JOIN UNNEST({ref}) AS u"
+    def type(self, duck_type: str) -> str:
+        return self.types.get(duck_type, duck_type)
 
 
 DUCKDB = Dialect(day=DAY, types={}, quote=q, empty_from="",
-                 dist_n=lambda ref: f"list_sum(list_transform({ref}.\"values\", lambda b: b.value))")
+                 dist_n=lambda ref: f"list_sum(list_transform({ref}.\"values\", lambda b: b.value))",
+                 unnest=lambda cols, src, ref, alias:
+                     f"SELECT {cols}, UNNEST({ref}) AS {alias} FROM {src} WHERE {ref} IS NOT NULL")
 BIGQUERY = Dialect(day="DATE(submission_timestamp)",
                    types={"INTEGER": "INT64", "BIGINT": "INT64", "DOUBLE": "FLOAT64", "VARCHAR": "STRING"},
-                   quote=lambda name: q(name).replace('"', "`"), empty_from=" FROM UNNEST([1])",
-                   dist_n=lambda ref: f"(SELECT SUM(b.value) FROM UNNEST({ref}.`values`) AS b)")
+                   quote=bq_quote, empty_from=" FROM UNNEST([1])",
+                   dist_n=lambda ref: f"(SELECT SUM(b.value) FROM UNNEST({ref}.`values`) AS b)",
+                   unnest=lambda cols, src, ref, alias:
+                       f"SELECT {cols}, u AS {alias} FROM {src} CROSS JOIN UNNEST({ref}) AS u")
 
 
 def _lit(value: str) -> str:
@@ -80,7 +84,7 @@ def _lit(value: str) -> str:
 
 
 def _cast(d: Dialect, ref: str, duck_type: str) -> str:
-    return f"CAST({ref} AS {d.types.get(duck_type, duck_type)})"
+    return f"CAST({ref} AS {d.type(duck_type)})"
 
 
 def _scalar(d: Dialect, mtype: str, ref: str) -> str:
@@ -91,14 +95,13 @@ def _scalar(d: Dialect, mtype: str, ref: str) -> str:
     return ref
 
 
-def metric_part(src: str, table: str, mtype: str, column: str, d: Dialect = None) -> str | None:
+def metric_part(src: str, table: str, mtype: str, column: str, d: Dialect) -> str | None:
     """SELECT of metric_daily's columns for one metric column of the table ``src`` refers to (named
     ``table``), or None for types not aggregated.
 
     Every part first builds (day, cid, label, v, n, mm): v is summed, n counts samples (the
     average is sum(v)/sum(n)), mm feeds min/max.
     """
-    d = d or DUCKDB
     ref = f"metrics.{d.quote(mtype)}.{d.quote(column)}"
     base = f"{d.day} AS day, client_info.client_id AS cid"
     no_label, no_mm = _cast(d, "NULL", "VARCHAR"), _cast(d, "NULL", "DOUBLE")
@@ -128,7 +131,7 @@ def metric_part(src: str, table: str, mtype: str, column: str, d: Dialect = None
         inner = f"SELECT day, cid, {cols} FROM ({unnested})"
     else:
         return None
-    double = d.types.get("DOUBLE", "DOUBLE")
+    double = d.type("DOUBLE")
     return (
         f"SELECT day, {_lit(table)} AS ping_table, {_lit(mtype)} AS metric_type, {_lit(column)} AS metric, "
         f"label, count(*) AS pings, count(DISTINCT cid) AS clients, CAST(sum(n) AS {double}) AS samples, "
