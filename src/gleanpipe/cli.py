@@ -73,9 +73,14 @@ def _read_query(config: Config):
     from .read_only_sql import read_only
 
     wh = _open_local(config, read_only=True)
-    if config.warehouse_url.startswith("duckdb://"):  # the same refusal as through serve; DuckDB parses it
-        return read_only(wh.read_query), wh.close
-    return wh.query, wh.close
+    # the same refusal as through serve (DuckDB parses it), and rows as serve's admin API gives them
+    run = read_only(wh.read_query) if config.warehouse_url.startswith("duckdb://") else wh.query
+
+    def query(sql: str, params=None):
+        columns, rows = run(sql, params)
+        return columns, shown_floats(rows)
+
+    return query, wh.close
 
 
 @click.group()
@@ -125,7 +130,7 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
 
 
 def _format(columns: list[str], rows: list, fmt: str) -> str:
-    rows = orjson.loads(dumps(shown_floats(rows)))  # the same plain values from the server or the file
+    rows = orjson.loads(dumps(rows))  # the same plain values whether they came from the server or the file
     if fmt == "json":
         return orjson.dumps([dict(zip(columns, r)) for r in rows], option=orjson.OPT_INDENT_2).decode()
     cell = lambda v: "" if v is None else (v if isinstance(v, str) else orjson.dumps(v).decode())
