@@ -29,6 +29,12 @@ from gleanpipe.emulate import free_port
         (["serve"], {"GLEANPIPE_LOAD_INTERVAL_MS": "60001"}, "GLEANPIPE_LOAD_INTERVAL_MS must be at most 60000, got 60001"),
         (["serve"], {"GLEANPIPE_SPOOL_SEGMENT_SECONDS": "10000000000"},
          "GLEANPIPE_SPOOL_SEGMENT_SECONDS must be at most 86400, got 10000000000"),
+        (["serve"], {"GLEANPIPE_CONNECTIONS": "100000000000000000000"},  # crashed every gevent worker at boot
+         "GLEANPIPE_CONNECTIONS must be at most 100000, got 100000000000000000000"),
+        (["serve"], {"GLEANPIPE_THREADS": "1025"}, "GLEANPIPE_THREADS must be at most 1024, got 1025"),
+        (["serve"], {"GLEANPIPE_MAX_URI_BYTES": "65537"}, "GLEANPIPE_MAX_URI_BYTES must be at most 65536, got 65537"),
+        (["serve"], {"GLEANPIPE_MAX_HEADER_BYTES": "100000000000000000000"},  # was a negative spool room
+         "GLEANPIPE_MAX_HEADER_BYTES must be at most 65536, got 100000000000000000000"),
         # read by a CLI flag: click's message, with the variable named beside the flag
         (["replay"], {"GLEANPIPE_LOAD_BATCH": "abc"},
          "Invalid value for '--batch' (GLEANPIPE_LOAD_BATCH): 'abc' is not a valid integer."),

@@ -127,6 +127,10 @@ MAX_VALUE = {
     "GLEANPIPE_PORT": 65535,
     "GLEANPIPE_EXPLORE_PORT": 65535,
     "GLEANPIPE_WORKERS": 64,  # processes serve forks, each with its own interpreter: more is a typo
+    "GLEANPIPE_CONNECTIONS": 100_000,  # gevent's pool size is a C long: 1e20 crashed every worker at boot
+    "GLEANPIPE_THREADS": 1_024,
+    "GLEANPIPE_MAX_URI_BYTES": 65_536,  # with the header bound, keeps a spool record's room for the payload
+    "GLEANPIPE_MAX_HEADER_BYTES": 65_536,  # positive (it went negative: a nonsense start-up error)
     "GLEANPIPE_LOAD_INTERVAL_MS": 60_000,  # serve's loader looks for new objects at least once a minute
     "GLEANPIPE_SPOOL_SEGMENT_SECONDS": 86_400,  # a spool file is let go at least once a day
     "GLEANPIPE_BIGQUERY_RETRY_S": 3_600,  # also the timeout of each BigQuery request
