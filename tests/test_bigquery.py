@@ -319,7 +319,7 @@ def test_load_function_and_cli_query_on_bigquery(bq_emulator, bq_warehouse_url, 
                        doc_type="metrics")
         headers, body = storage_event(key)
         assert client.post("/", headers=headers, data=body).status_code == 200
-    out = gleanpipe("query", "--format", "json", "--data-dir", str(tmp_path / "none"), readme_queries()[1])
+    out = gleanpipe("query", "--format", "json", "--data-dir", str(tmp_path / "none"), readme_queries()[0])
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [{"tool_name": "hammer", "uses": 7}, {"tool_name": "pliers", "uses": 1}]
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -134,6 +135,14 @@ def test_explore_while_serve_runs_serves_the_warehouse_in_datasette(loaded):
         assert [(e["event_index"], e["name"], json.loads(e["extra"])) for e in events] == [
             (0, "tool_opened", [{"key": "tool", "value": "hammer"}]), (1, "tool_opened", [{"key": "tool", "value": "saw"}])]
         assert {e["client_id"] for e in events} == {CLIENT}
+
+        # the view names the README's queries use read the same rows as their tables
+        via_view = fetch_json(f"{base}/{DATASET}.json?_shape=array&sql="
+                              + urllib.parse.quote("SELECT document_id FROM metrics ORDER BY document_id"))
+        assert [r["document_id"] for r in via_view] == sorted({ids["known"], *ids["plain"]})
+        per_day = fetch_json(f"{base}/{DATASET}.json?_shape=array&sql=" + urllib.parse.quote(
+            "SELECT name, COUNT(*) AS n FROM events_stream GROUP BY name"))
+        assert per_day == [{"name": "tool_opened", "n": 2}]
 
         # read-only: the files are opened immutable, and SQL that writes is refused
         dbs = {d["name"]: d for d in fetch_json(f"{base}/-/databases.json")}

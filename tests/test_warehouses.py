@@ -433,7 +433,7 @@ def test_readme_queries_run_unchanged_on_both(store, wh):
          ping(CLIENT_A, "metrics", metrics={"labeled_counter": {"toolbox.tool_used": {"hammer": 2, "pliers": 1}}}),
          ping(CLIENT_B, "metrics", metrics={"labeled_counter": {"toolbox.tool_used": {"hammer": 1}}}),
          ping(CLIENT_B, "events", events=EVENTS))
-    daily, tools, events = (wh.q(sql) for sql in queries)
+    tools, daily, events = (wh.q(sql) for sql in queries)
     assert [(str(day), n) for day, n in daily] == [("2026-11-23", 2)]
     assert tools == [("hammer", 3), ("pliers", 1)]
     assert sorted((str(day), c, n, k) for day, c, n, k in events) == [
