@@ -100,6 +100,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_SPOOL_SEGMENT_SECONDS", "30", "A worker starts a new spool file after this many seconds."),
         Setting("GLEANPIPE_SCHEMA_PATH", "",
                 "Validate pings against this copy of glean.1.schema.json (validation.py). Empty: the bundled one."),
+        Setting("GLEANPIPE_BQEMULATOR", "",
+                "`emulate` and the tests: the bqemulator program to run. Empty: .venv-bqemu/bin/bqemulator of the checkout."),
     )
 }
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import parent_guard
+from .config import _get
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "gleanpipe-emulated"
@@ -237,7 +238,7 @@ def decode_push(body: dict) -> dict:
 
 def bqemulator_binary() -> Path:
     """bqemulator from its own virtualenv: GLEANPIPE_BQEMULATOR, else .venv-bqemu of the checkout."""
-    exe = Path(os.environ.get("GLEANPIPE_BQEMULATOR") or ROOT / ".venv-bqemu" / "bin" / "bqemulator")
+    exe = Path(_get("GLEANPIPE_BQEMULATOR") or ROOT / ".venv-bqemu" / "bin" / "bqemulator")
     if not exe.exists():
         raise EmulatorError(f"bqemulator is not installed at {exe} (`make bqemu` builds its virtualenv)")
     return exe
