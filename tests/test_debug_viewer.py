@@ -287,7 +287,7 @@ def test_debug_settings_are_read_and_checked():
 
 
 def test_dispatcher_moves_the_prefix_to_script_name():
-    seen = []
+    seen = []  # the mounted apps are recorders: what is checked is which one gets which path
 
     def app(name):
         def _app(environ, start_response):

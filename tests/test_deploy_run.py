@@ -179,7 +179,7 @@ def test_runner_skips_captures_substitutes_retries_and_stops_at_a_failure(tmp_pa
     ]
     plan = Plan("deploy", load_settings(ENV), steps, {str(tmp_path / "f" / "rules.json"): "{}\n"},
                 ["endpoint is ${AGENT}"])
-    out, sleeps = io.StringIO(), []
+    out, sleeps = io.StringIO(), []  # sleeps recorded, not slept: the delays are what is checked
     with pytest.raises(DeployError) as exc:
         run_plan(plan, out, retry_delay=7, sleep=sleeps.append)
     message = str(exc.value)

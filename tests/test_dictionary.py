@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from html.parser import HTMLParser
 
@@ -112,7 +113,9 @@ def test_observed_and_defined_metrics_are_classified(site):
 def test_ping_api_and_page(site):
     p = api(site, f"apps/{DATASET}/pings/toolbox-usage.json")
     assert sorted(p["reasons"]) == ["manual", "shutdown"] and p["include_client_id"] is True
-    assert p["table"] == "toolbox_usage_v1" and p["rows"] == 1 and p["last_seen"]
+    assert p["table"] == "toolbox_usage_v1" and p["rows"] == 1
+    seen = datetime.fromisoformat(p["last_seen"].replace("Z", "+00:00"))  # its submission, a moment ago
+    assert timedelta(0) <= datetime.now(timezone.utc) - seen < timedelta(hours=1)
     assert len(p["daily"]) == 1 and p["daily"][0]["pings"] == 1 and p["daily"][0]["clients"] == 1
     assert "toolbox.launch_count" in p["metrics"]
     assert api(site, f"apps/{DATASET}/pings/anonymous-report.json")["include_client_id"] is False
@@ -158,7 +161,7 @@ def test_metric_page_html(site):
     status, _, body = get(f"{site.url}/dictionary/apps/{DATASET}/metrics/toolbox.launch_count.html")
     html = body.decode()
     assert status == 200
-    assert 'class="chart"' in html and "<polyline" in html or "<circle" in html
+    assert 'class="chart"' in html and ("<polyline" in html or "<circle" in html)
     assert 'class="sql-duckdb"' in html and 'class="sql-bigquery"' in html and "button class=\"copy\"" in html
     assert "SUM(metrics.counter.toolbox_launch_count)" in html
     assert "How many times a tool was launched" in html

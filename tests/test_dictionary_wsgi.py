@@ -21,6 +21,7 @@ def test_dictionary_wsgi_app_in_process_mounted_or_not(warehouse):
     glean = Path(__file__).parent / "glean_client"
     store_app(warehouse, parse("org.example.toolbox", [glean / "metrics.yaml"], [glean / "pings.yaml"]))
     direct = make_dictionary_app(warehouse.query)
+    # a marker app in submit's place: the check is that /dictionary paths never reach it
     submit = lambda environ, start_response: (start_response("404 Not Found", []), [b"submit"])[1]
     mounted = PrefixDispatcher(submit, {"/dictionary": direct})
 

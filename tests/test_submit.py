@@ -96,8 +96,10 @@ def test_resent_document_id_answers_200_and_writes_nothing_new(client, local_sto
 
 def test_uppercase_document_id_is_the_same_document(client, local_store):
     doc_id = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
-    client.post(submit_path(document_id=doc_id), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
-    client.post(submit_path(document_id=doc_id.upper()), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    first = client.post(submit_path(document_id=doc_id), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    again = client.post(submit_path(document_id=doc_id.upper()), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert first.headers["X-Gleanpipe-Stored"] == "new" and again.headers["X-Gleanpipe-Stored"] == "duplicate"
     assert raw_keys(local_store) == [f"raw/{APP}/baseline/1/{doc_id}.json"]
 
 
