@@ -220,6 +220,16 @@ def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_data
         in third.stdout
     con = sqlite3.connect(data_dir / "explore" / f"{DATASET}.db")
     assert con.execute("SELECT count(*) FROM metrics_v1 WHERE document_id = ?", [extra]).fetchone()[0] == 1
+    con.close()
+
+    # --force writes every dataset again, even unchanged ones; --out puts the files elsewhere
+    forced = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only", "--force")
+    assert "exported 11 rows into 2 file(s)" in forced.stdout and "unchanged" not in forced.stdout
+    out = tmp_path / "elsewhere"
+    moved = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only", "--out", str(out))
+    assert "exported 11 rows into 2 file(s)" in moved.stdout
+    con = sqlite3.connect(out / f"{DATASET}.db")
+    assert con.execute("SELECT count(*) FROM metrics").fetchone()[0] == 3
 
 
 def test_keyset_pages_keep_rows_whose_document_id_is_null(tmp_path):

@@ -175,3 +175,22 @@ def test_worker_cli_rejects_a_queue_that_does_not_exist(aws_env, tmp_path):
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "cannot consume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_replay_from_an_s3_store_into_a_fresh_warehouse(s3_pipeline, tmp_path, workers):
+    """`gleanpipe replay --store-url s3://...`: every raw object, read from S3 (in worker processes
+    with --workers 2, each opening the store itself), one row each; a second replay adds none."""
+    docs = submit(3, launches_from=2)
+    p = s3_pipeline
+    warehouse = tmp_path / "replayed.duckdb"
+    cmd = [sys.executable, "-m", "gleanpipe.cli", "replay", "--store-url", p["store_url"],
+           "--warehouse-url", f"duckdb://{warehouse}", "--workers", workers, "--batch", "2", "--no-progress"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert rows(warehouse) == [(docs[0], 2), (docs[1], 3), (docs[2], 4)]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert rows(warehouse) == [(docs[0], 2), (docs[1], 3), (docs[2], 4)]
+    assert "replayed 3 objects: inserted 3, duplicates 0," in first.stdout
+    assert "replayed 3 objects: inserted 0, duplicates 3," in again.stdout

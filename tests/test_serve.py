@@ -85,6 +85,11 @@ def test_cli_query_status_replay_while_serving(serve):
     assert status["server"] == "running"
     assert {"dataset": DATASET, "table": "baseline_v1", "rows": 3} in status["tables"]
     assert status["rejected"] == {"schema": 1}
+    lines = cli("status", data_dir=serve.data_dir).stdout.splitlines()  # the same, as text for a person
+    assert lines[0].startswith("server: running   warehouse: duckdb://")
+    assert [DATASET, "baseline_v1", "3"] in [line.split() for line in lines]
+    assert lines[-4:] == ["waiting to load: 0", "deletion requests carried out: 0", "load errors: none",
+                          "rejected at submit: schema 1"]
 
     out = cli("replay", "--no-progress", data_dir=serve.data_dir)
     assert "replayed 3 objects" in out.stdout and "inserted 0" in out.stdout and "duplicates 3" in out.stdout
