@@ -194,3 +194,50 @@ def test_replay_from_an_s3_store_into_a_fresh_warehouse(s3_pipeline, tmp_path, w
     assert rows(warehouse) == [(docs[0], 2), (docs[1], 3), (docs[2], 4)]
     assert "replayed 3 objects: inserted 3, duplicates 0," in first.stdout
     assert "replayed 3 objects: inserted 0, duplicates 3," in again.stdout
+
+
+def test_worker_waits_out_an_sqs_outage_then_loads(aws_env, fn_env, monkeypatch, tmp_path):
+    """The queue's endpoint goes away (a moto server of this test, stopped) while two pings are
+    announced; the worker keeps trying with growing pauses, and loads both once it is back."""
+    from emulators import MotoServer
+
+    own = MotoServer().start()  # its state lives in this process's moto backends, so it survives a restart
+    bucket = unique_bucket()
+    own.create_bucket(bucket)
+    queue_url = own.sqs.create_queue(QueueName=f"raw-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+    arn = own.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    own.s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [{
+        "QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", own.url)
+    monkeypatch.setenv("GLEANPIPE_STORE_URL", f"s3://{bucket}/{PREFIX}")
+    docs = submit(2, launches_from=8)
+    own.stop()  # the outage
+    warehouse = tmp_path / "w.duckdb"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", queue_url, "--store-url", f"s3://{bucket}/{PREFIX}",
+         "--warehouse-url", f"duckdb://{warehouse}", "--wait", "1", "--max-messages", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**__import__("os").environ, "GLEANPIPE_STORE_RETRY_S": "0"})
+    seen = []
+    try:
+        for line in proc.stderr:  # until the second refused receive: the pause doubled
+            seen.append(line)
+            if "trying again in 2s" in line:
+                break
+        from moto.server import ThreadedMotoServer
+
+        back = ThreadedMotoServer(ip_address="127.0.0.1", port=own.port, verbose=False)
+        back.start()
+        out, err = proc.communicate(timeout=60)
+        back.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(seen) + err
+    assert proc.returncode == 0, err
+    refused = [line for line in seen if "cannot receive from" in line]
+    assert ["trying again in 1s" in refused[0], "trying again in 2s" in refused[1]] == [True, True]
+    assert "Traceback" not in err
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert stats["objects"] == 2 and stats["load"]["inserted"] == 2
+    assert rows(warehouse) == [(docs[0], 8), (docs[1], 9)]
