@@ -26,7 +26,27 @@ from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 pytest_plugins = ["emulators", "bq_emulator"]  # fake-gcs-server, moto, Pub/Sub (tests/emulators.py); bqemulator (tests/bq_emulator.py)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+
+
+def _shared_dir() -> Path:
+    """The project's ../shared (the upstream schema samples): beside this checkout, or, for a clone
+    made elsewhere (CI clones main), beside the local repository it was cloned from."""
+    here = ROOT.parent / "shared"
+    if here.is_dir():
+        return here
+    try:
+        origin = subprocess.run(["git", "-C", str(ROOT), "remote", "get-url", "origin"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return here
+    if origin.startswith("file://"):
+        origin = origin[len("file://"):]
+    if origin.startswith("/") and (Path(origin).parent / "shared").is_dir():
+        return Path(origin).parent / "shared"
+    return here
+
+
+SHARED = _shared_dir()
 APP = "org-example-toolbox"
 DATASET = "org_example_toolbox"
 

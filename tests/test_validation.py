@@ -18,8 +18,10 @@ except ModuleNotFoundError:  # not installed: run from the source tree
 
 from gleanpipe.validation import PingValidator, default_validator, load_schema, render, validate_ping  # noqa: E402
 
-# ../shared beside the repo checkout (REPO.parent / "shared").
-SAMPLES = REPO.parent / "shared" / "reference" / "mozilla-pipeline-schemas" / "validation" / "glean"
+from conftest import SHARED  # noqa: E402
+
+# ../shared beside the checkout, or beside the repository it was cloned from (conftest.SHARED).
+SAMPLES = SHARED / "reference" / "mozilla-pipeline-schemas" / "validation" / "glean"
 
 # Substrings each upstream *.fail.json must produce (the path of the offending field, plus the cause).
 FAIL_EXPECT: dict[str, list[str]] = {
