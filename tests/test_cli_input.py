@@ -154,15 +154,17 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
     assert gleanpipe("query", "--format", "csv", count, *data).stdout.splitlines() == ["n", "1"]
 
 
-def test_query_shows_inf_and_nan_not_null_with_and_without_serve(tmp_path):
+def test_query_shows_inf_nan_and_intervals_as_duckdb_does_with_and_without_serve(tmp_path):
     """Before: JSON has no inf or nan, so they went through as null and the table, csv and json
-    output showed them as NULL (an empty cell)."""
+    output showed them as NULL (an empty cell). An INTERVAL came out as Python's timedelta text,
+    which has no months: age() of 1 year 1 month 16 days showed as "411 days, 0:00:00"."""
     from conftest import DATASET, ServeProcess, gz, make_ping, post, submit_path
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     data = ["--data-dir", str(data_dir)]
-    sql = "SELECT 'inf'::DOUBLE AS a, -'inf'::DOUBLE AS b, 'nan'::DOUBLE AS c, NULL::DOUBLE AS d, [ln(0), 0.5] AS e"
+    sql = "SELECT 'inf'::DOUBLE AS a, -'inf'::DOUBLE AS b, 'nan'::DOUBLE AS c, NULL::DOUBLE AS d, [ln(0), 0.5] AS e, " \
+          "age(TIMESTAMP '2026-01-01', TIMESTAMP '2024-11-15') AS f, -INTERVAL 3 HOUR AS g"
 
     def shown() -> tuple[list[str], list[dict], list[str]]:
         runs = [gleanpipe("query", "--format", fmt, sql, *data) for fmt in ("csv", "json", "table")]
@@ -178,9 +180,11 @@ def test_query_shows_inf_and_nan_not_null_with_and_without_serve(tmp_path):
         assert server.stop() == 0
     assert shown() == through_serve  # the file itself, serve stopped
     csv_lines, rows, table = through_serve
-    assert csv_lines == ["a,b,c,d,e", 'inf,-inf,nan,,"[""-inf"",0.5]"']
-    assert rows == [{"a": "inf", "b": "-inf", "c": "nan", "d": None, "e": ["-inf", 0.5]}]
-    assert table[2].split() == ["inf", "-inf", "nan", '["-inf",0.5]']  # d is empty: NULL
+    assert csv_lines == ["a,b,c,d,e,f,g", 'inf,-inf,nan,,"[""-inf"",0.5]",1 year 1 month 16 days,-03:00:00']
+    assert rows == [{"a": "inf", "b": "-inf", "c": "nan", "d": None, "e": ["-inf", 0.5],
+                     "f": "1 year 1 month 16 days", "g": "-03:00:00"}]
+    assert table[2].split()[:4] == ["inf", "-inf", "nan", '["-inf",0.5]']  # d is empty: NULL
+    assert table[2].rstrip().endswith("1 year 1 month 16 days  -03:00:00")
 
 
 @pytest.mark.parametrize("sql, reads", [

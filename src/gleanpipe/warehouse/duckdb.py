@@ -409,6 +409,20 @@ class DuckDBWarehouse(Warehouse):
             return [], []
         return [d[0] for d in cur.description], cur.fetchall()
 
+    @staticmethod
+    def _fetch_shown(cur, sql: str, params: list | None) -> tuple[list[str], list[tuple]]:
+        """``_fetch`` for SQL from users: INTERVAL columns (also inside lists and structs) come back as
+        DuckDB prints them (``1 year 2 months``), not as Python timedelta, which has no months
+        (``age()`` of 14 months read as 420 days). The cast is added to the query, which runs once."""
+        rel = cur.sql(sql, params=params or None)
+        if rel is None:
+            return [], []
+        columns, types = rel.columns, [str(t) for t in rel.types]
+        if any("INTERVAL" in t for t in types):
+            rel = rel.project(", ".join(f"CAST(#{i} AS VARCHAR)" if "INTERVAL" in t else f"#{i}"
+                                        for i, t in enumerate(types, 1)))
+        return columns, rel.fetchall()
+
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         cur = self.con.cursor()
         try:
@@ -428,7 +442,7 @@ class DuckDBWarehouse(Warehouse):
             cur.execute("SET TimeZone = 'UTC'")
             cur.execute("BEGIN TRANSACTION READ ONLY")
             try:
-                return self._fetch(cur, sql, params)
+                return self._fetch_shown(cur, sql, params)
             except duckdb.TransactionException as exc:
                 if "read-only" not in str(exc):
                     raise
