@@ -168,20 +168,31 @@ class DuckDBWarehouse(Warehouse):
             ddl = ", ".join(f"{q(mtype)} STRUCT({_metric_ddl(mtype, cols)})" for mtype, cols in sorted(needed.items()))
             self.con.execute(f"ALTER TABLE {target} ADD COLUMN metrics STRUCT({ddl})")
         else:
-            for mtype, cols in sorted(needed.items()):
-                if mtype not in have:
-                    self.con.execute(
-                        f"ALTER TABLE {target} ADD COLUMN metrics.{q(mtype)} "
-                        f"STRUCT({_metric_ddl(mtype, cols)})"
-                    )
-                    continue
-                for col in sorted(cols - have[mtype]):
-                    self.con.execute(
-                        f"ALTER TABLE {target} ADD COLUMN metrics.{q(mtype)}.{q(col)} {METRIC_TYPES[mtype].duckdb()}"
-                    )
+            self.con.execute(f"ALTER TABLE {target} ALTER COLUMN metrics TYPE {self._widened(target, needed)}")
         self._types.pop((dataset, table), None)
         self._metrics.pop((dataset, table), None)
         self._reshaped.add(dataset)
+
+    def _widened(self, target: str, needed: dict[str, set[str]]) -> str:
+        """The type of ``metrics`` with every column of ``needed`` added: the fields there keep their
+        order and types, new ones come after them.
+
+        One ALTER ... TYPE (a cast by field name, old rows read NULL) for the whole widening, not an
+        ADD COLUMN per new field: DuckDB carries out each nested ADD COLUMN by rewriting the column,
+        so a ping with a thousand new metrics took a thousand rewrites (47 s with the warehouse
+        lock held). And DuckDB 2.0.1 fails with an INTERNAL error, which invalidates the database,
+        when it adds a field under ``metrics`` while some row's ``metrics`` is NULL (a ping with no
+        metrics loaded before the column existed); the cast has no such trouble."""
+        struct = self.con.sql(f"SELECT metrics FROM {target} LIMIT 0").types[0]
+        parts = []
+        for mtype, t in struct.children:
+            fields = [f"{q(col)} {ctype}" for col, ctype in t.children]
+            new = sorted(needed.get(mtype, set()) - {col for col, _ in t.children})
+            fields += [f"{q(col)} {METRIC_TYPES[mtype].duckdb()}" for col in new]
+            parts.append(f"{q(mtype)} STRUCT({', '.join(fields)})")
+        there = {mtype for mtype, _ in struct.children}
+        parts += [f"{q(mtype)} STRUCT({_metric_ddl(mtype, needed[mtype])})" for mtype in sorted(set(needed) - there)]
+        return f"STRUCT({', '.join(parts)})"
 
     def _refresh_views(self, datasets) -> None:
         """Rebuild the derived views (views.py) after tables changed shape; never fails a load."""
