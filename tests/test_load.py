@@ -276,6 +276,18 @@ def test_a_ping_with_a_thousand_new_metrics_widens_the_table_once(store, warehou
     assert got == [(1, None, None, None), (None, 0, 999, 5)]
 
 
+def test_a_ping_time_past_year_9999_in_utc_loads_with_a_null_parsed_time(store, warehouse):
+    """Its start_time string is kept; the parsed one is NULL. Before, the OverflowError was taken for
+    a passing failure: the whole batch was retried for ever and nothing behind it loaded."""
+    ping = make_ping(CLIENT_A)
+    ping["ping_info"]["start_time"] = "9999-12-31T23:59-12:00"
+    keys = [put_ping(store, ping), put_ping(store, make_ping(CLIENT_B))]
+    result = Loader(store, warehouse).load_keys(keys)
+    assert (result.inserted, result.errors) == (2, 0)
+    assert warehouse.query(f"""SELECT ping_info.start_time, ping_info.parsed_start_time FROM {DATASET}.baseline_v1
+                              WHERE client_info.client_id = ?""", [CLIENT_A])[1] == [("9999-12-31T23:59-12:00", None)]
+
+
 def test_unknown_fields_are_kept_in_additional_properties(store, warehouse):
     ping = make_ping(CLIENT_A, metrics={"timing_distribution": {"toolbox.t": {
         "sum": 3, "values": {"1": 3}, "bucket_count": 100, "histogram_type": "exponential"}}})

@@ -70,6 +70,10 @@ def test_normalized_os_version(raw, expected):
     ("2026-11-22T12-05:00", "2026-11-22T17:00:00+00:00"),
     ("2026-11-22T12:34:25Z", "2026-11-22T12:34:25+00:00"),
     ("2026-13-40T00:00+00:00", None), ("yesterday", None), (None, None), (5, None),
+    # valid strings whose UTC time is outside what a timestamp holds: NULL (it was an OverflowError,
+    # which stopped every load behind that ping, retried for ever)
+    ("9999-12-31T23:59-12:00", None), ("0001-01-01T00:00+14:00", None),
+    ("9999-12-31T23:59+00:00", "9999-12-31T23:59:00+00:00"),
 ])
 def test_parse_glean_time(raw, expected):
     assert parse_glean_time(raw) == expected

@@ -110,7 +110,7 @@ def parse_glean_time(value) -> str | None:
     iso += "+00:00" if tz in (None, "Z") else (tz if ":" in tz else tz[:3] + ":" + tz[3:])
     try:
         return datetime.fromisoformat(iso).astimezone(timezone.utc).isoformat()
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: 9999-12-31T23:59-12:00 is past year 9999 in UTC
         return None
 
 
@@ -199,7 +199,7 @@ def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRo
         raise TransformError("schema", "payload is not a JSON object")
     try:
         return _build(key, path, meta, ping)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
         raise TransformError("transform", f"{type(exc).__name__}: {exc}") from None
 
 
