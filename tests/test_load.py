@@ -325,6 +325,12 @@ def test_deletion_request_deletes_the_clients_rows_everywhere(store, warehouse):
     late = loader.load_keys([put_ping(store, make_ping(CLIENT_A, seq=7))])
     assert late.skipped_deleted == 1 and late.inserted == 0
     assert q(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE client_info.client_id = ?", [CLIENT_A])[1] == [(0,)]
+    # the same deletion request loaded again (a replay, twice): still one record of it
+    for _ in range(2):
+        again = loader.load_keys([deletion])
+        assert (again.deletions, again.duplicates) == (0, 1)
+    assert q("SELECT document_id, rows_deleted FROM _gleanpipe.deletions")[1] == [(doc, 4)]
+    assert warehouse.status()["deletions"] == 1
 
 
 def test_replay_into_fresh_warehouse_applies_deletions_in_any_order(config, store, tmp_path):

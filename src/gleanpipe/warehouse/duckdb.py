@@ -293,15 +293,23 @@ class DuckDBWarehouse(Warehouse):
             deleted += self.con.execute(f"DELETE FROM {q(dataset)}.{q(table)} WHERE {where}", [client_id]).fetchone()[0]
         return deleted
 
-    def _delete_client(self, dataset: str, row: PingRow, now: str) -> int:
+    def _delete_client(self, dataset: str, row: PingRow, now: str) -> bool:
+        """Carry out a deletion request; True when it is recorded now, False when this request
+        (its document_id) was recorded before, as when its object is loaded again by a replay."""
         deleted = self._delete_rows(dataset, row.client_id)
+        self._deleted_clients(dataset).add(row.client_id)
+        again = self.con.execute(
+            f"UPDATE {META}.deletions SET rows_deleted = coalesce(rows_deleted, 0) + ? "
+            "WHERE dataset = ? AND document_id = ? RETURNING 1",
+            [deleted, dataset, row.path.document_id]).fetchall()
+        if again:
+            return False
         self.con.execute(
             f"INSERT INTO {META}.deletions (dataset, client_id, document_id, requested_at, executed_at, rows_deleted, "
             "attempts, recorded_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
             [dataset, row.client_id, row.path.document_id, row.submission_timestamp, now, deleted, now],
         )
-        self._deleted_clients(dataset).add(row.client_id)
-        return deleted
+        return True
 
     def retry_deletions(self) -> list[DeletionAttempt]:
         """Deletions run inside the load's transaction here, so none is normally pending; a row
@@ -369,8 +377,7 @@ class DuckDBWarehouse(Warehouse):
                         self._ensure_table(dataset, EVENTS_STREAM_TABLE, EVENTS_STREAM_COLUMNS)
                         result.events += self._insert_events(dataset, with_events)
                     for r in batch:
-                        if r.is_deletion_request and r.client_id:
-                            self._delete_client(dataset, r, now)
+                        if r.is_deletion_request and r.client_id and self._delete_client(dataset, r, now):
                             result.deletions += 1
                 loaded_keys = [r.key for by_id in groups.values() for r in by_id.values()]
                 if loaded_keys:  # an object that loads now (after a fix) is no longer an error
