@@ -154,7 +154,7 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
     assert gleanpipe("query", "--format", "csv", count, *data).stdout.splitlines() == ["n", "1"]
 
 
-def test_query_shows_inf_nan_and_intervals_as_duckdb_does_with_and_without_serve(tmp_path):
+def test_query_shows_inf_nan_intervals_and_hugeints_as_duckdb_does_with_and_without_serve(tmp_path):
     """Before: JSON has no inf or nan, so they went through as null and the table, csv and json
     output showed them as NULL (an empty cell). An INTERVAL came out as Python's timedelta text,
     which has no months: age() of 1 year 1 month 16 days showed as "411 days, 0:00:00"."""
@@ -164,7 +164,8 @@ def test_query_shows_inf_nan_and_intervals_as_duckdb_does_with_and_without_serve
     data_dir.mkdir()
     data = ["--data-dir", str(data_dir)]
     sql = "SELECT 'inf'::DOUBLE AS a, -'inf'::DOUBLE AS b, 'nan'::DOUBLE AS c, NULL::DOUBLE AS d, [ln(0), 0.5] AS e, " \
-          "age(TIMESTAMP '2026-01-01', TIMESTAMP '2024-11-15') AS f, -INTERVAL 3 HOUR AS g"
+          "age(TIMESTAMP '2026-01-01', TIMESTAMP '2024-11-15') AS f, -INTERVAL 3 HOUR AS g, " \
+          "-170141183460469231731687303715884105727::HUGEINT AS h"
 
     def shown() -> tuple[list[str], list[dict], list[str]]:
         runs = [gleanpipe("query", "--format", fmt, sql, *data) for fmt in ("csv", "json", "table")]
@@ -180,11 +181,13 @@ def test_query_shows_inf_nan_and_intervals_as_duckdb_does_with_and_without_serve
         assert server.stop() == 0
     assert shown() == through_serve  # the file itself, serve stopped
     csv_lines, rows, table = through_serve
-    assert csv_lines == ["a,b,c,d,e,f,g", 'inf,-inf,nan,,"[""-inf"",0.5]",1 year 1 month 16 days,-03:00:00']
+    big = "-170141183460469231731687303715884105727"  # past 64 bits: orjson refused it (a traceback)
+    assert csv_lines == ["a,b,c,d,e,f,g,h",
+                         f'inf,-inf,nan,,"[""-inf"",0.5]",1 year 1 month 16 days,-03:00:00,{big}']
     assert rows == [{"a": "inf", "b": "-inf", "c": "nan", "d": None, "e": ["-inf", 0.5],
-                     "f": "1 year 1 month 16 days", "g": "-03:00:00"}]
+                     "f": "1 year 1 month 16 days", "g": "-03:00:00", "h": big}]
     assert table[2].split()[:4] == ["inf", "-inf", "nan", '["-inf",0.5]']  # d is empty: NULL
-    assert table[2].rstrip().endswith("1 year 1 month 16 days  -03:00:00")
+    assert table[2].rstrip().endswith(f"1 year 1 month 16 days  -03:00:00  {big}")
 
 
 @pytest.mark.parametrize("sql, reads", [
@@ -245,3 +248,16 @@ def test_explore_refuses_a_busy_port_before_exporting(tmp_path):
                            "that port? choose another one with --port or GLEANPIPE_EXPLORE_PORT)\n")
     assert proc.stdout == ""
     assert not (data_dir / "explore").exists()  # nothing exported
+
+
+@pytest.mark.parametrize("command", ["status", "replay"])
+def test_a_store_url_naming_a_file_is_an_error_not_a_traceback(tmp_path, command):
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    (tmp_path / "data").mkdir()
+    import duckdb
+
+    duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb")).close()  # status needs a warehouse first
+    out = gleanpipe(command, "--data-dir", str(tmp_path / "data"), "--store-url", f"file://{a_file}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"Error: cannot create store folder {a_file}" in out.stderr

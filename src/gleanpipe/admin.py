@@ -39,15 +39,19 @@ def to_jsonable(value):
     return str(value)
 
 
-def shown_floats(value):
-    """``value`` (a query row, a cell) with every inf, -inf and nan as DuckDB prints it. JSON has no
-    such numbers: orjson would turn them into null, and a query would show them as NULL."""
+def shown_values(value):
+    """``value`` (a query row, a cell) with every inf, -inf and nan as DuckDB prints it, and every
+    whole number past 64 bits (HUGEINT, a large SUM) as its digits. JSON has no inf or nan: orjson
+    would turn them into null, and a query would show them as NULL; and orjson refuses integers
+    past 64 bits, which made the query fail."""
     if isinstance(value, float):
         return value if math.isfinite(value) else "nan" if value != value else "inf" if value > 0 else "-inf"
+    if isinstance(value, int) and not -2**63 <= value < 2**64:
+        return str(value)
     if isinstance(value, (list, tuple)):
-        return [shown_floats(v) for v in value]
+        return [shown_values(v) for v in value]
     if isinstance(value, dict):
-        return {k: shown_floats(v) for k, v in value.items()}
+        return {k: shown_values(v) for k, v in value.items()}
     return value
 
 
@@ -103,7 +107,7 @@ class AdminServer:
 
 def _query(query, body: dict) -> dict:
     columns, rows = query(body["sql"], body.get("params"))
-    return {"columns": columns, "rows": shown_floats(rows)}
+    return {"columns": columns, "rows": shown_values(rows)}
 
 
 def write_state(data_dir: Path, state: dict) -> Path:

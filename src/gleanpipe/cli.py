@@ -15,7 +15,7 @@ import click
 import orjson
 
 from . import __version__
-from .admin import AdminClient, absolute, dumps, same_location, shown_floats
+from .admin import AdminClient, absolute, dumps, same_location, shown_values
 from .config import SETTINGS, Config
 
 
@@ -78,7 +78,7 @@ def _read_query(config: Config):
 
     def query(sql: str, params=None):
         columns, rows = run(sql, params)
-        return columns, shown_floats(rows)
+        return columns, shown_values(rows)
 
     return query, wh.close
 
@@ -172,10 +172,11 @@ def query(data_dir, store_url, warehouse_url, fmt, sql) -> None:
 
 def _store(config: Config):
     from .storage import open_store
+    from .storage.base import StoreError
 
     try:
         return open_store(config.store_url)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
