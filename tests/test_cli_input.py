@@ -261,3 +261,44 @@ def test_a_store_url_naming_a_file_is_an_error_not_a_traceback(tmp_path, command
     out = gleanpipe(command, "--data-dir", str(tmp_path / "data"), "--store-url", f"file://{a_file}")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"Error: cannot create store folder {a_file}" in out.stderr
+
+
+def test_status_says_what_a_failing_serve_answered(tmp_path):
+    """serve's admin API answering an error (a real HTTP server standing in for it: serve itself
+    cannot be made to fail its /status on purpose), then gone: one line each, no traceback."""
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from gleanpipe.admin import STATE_FILE
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = b'{"error": "the warehouse is invalidated"}'
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    data = tmp_path / "data"
+    data.mkdir()
+    server = HTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state = {"pid": os.getpid(), "admin_url": f"http://127.0.0.1:{server.server_port}", "token": "t",
+             "store_url": f"file://{data / 'store'}", "warehouse_url": f"duckdb://{data / 'warehouse.duckdb'}"}
+    (data / STATE_FILE).write_text(json.dumps(state))
+    try:
+        for args in (["status"], ["query", "SELECT 1"], ["dictionary", "build", "--out", str(tmp_path / "site")],
+                     ["deletions"]):
+            out = gleanpipe(*args, "--data-dir", str(data))
+            assert out.returncode == 1 and "Traceback" not in out.stderr, (args, out.stderr)
+            assert out.stderr.strip() == "Error: gleanpipe serve answered 500: the warehouse is invalidated", args
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = gleanpipe("status", "--data-dir", str(data))  # nothing listens there any more
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"Error: cannot reach gleanpipe serve at {state['admin_url']}")

@@ -39,6 +39,10 @@ def to_jsonable(value):
     return str(value)
 
 
+class ServeError(RuntimeError):
+    """serve's admin API answered an error, or cannot be reached: every command says it in one line."""
+
+
 def shown_values(value):
     """``value`` (a query row, a cell) with every inf, -inf and nan as DuckDB prints it, and every
     whole number past 64 bits (HUGEINT, a large SUM) as its digits. JSON has no inf or nan: orjson
@@ -181,7 +185,9 @@ class AdminClient:
                 return orjson.loads(resp.read())
         except urllib.error.HTTPError as exc:
             detail = orjson.loads(exc.read() or b"{}").get("error", exc.reason)
-            raise RuntimeError(f"gleanpipe serve answered {exc.code}: {detail}") from None
+            raise ServeError(f"gleanpipe serve answered {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:  # it stopped since its state file was read
+            raise ServeError(f"cannot reach gleanpipe serve at {self.url}: {exc}") from None
 
     def query(self, sql: str, params=None):
         out = self.call("/query", {"sql": sql, "params": params})

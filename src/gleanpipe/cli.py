@@ -15,7 +15,7 @@ import click
 import orjson
 
 from . import __version__
-from .admin import AdminClient, absolute, dumps, same_location, shown_values
+from .admin import AdminClient, ServeError, absolute, dumps, same_location, shown_values
 from .config import SETTINGS, Config
 
 
@@ -83,7 +83,15 @@ def _read_query(config: Config):
     return query, wh.close
 
 
-@click.group()
+class _Commands(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ServeError as exc:  # from any command that went through a running serve
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="gleanpipe")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the pipeline does.")
 def main(verbose: bool) -> None:
