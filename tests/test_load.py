@@ -304,6 +304,37 @@ def test_unknown_fields_are_kept_in_additional_properties(store, warehouse):
     assert dist == {"sum": 3, "values": [{"key": 1, "value": 3}]}
 
 
+def test_fields_inside_known_structs_without_a_column_are_kept_too(store, warehouse):
+    """Extra fields inside attribution, distribution, an experiment, a timespan, a rate, and a
+    distribution bucket key that is not in canonical form: all passed the schema and were dropped."""
+    ping = make_ping(CLIENT_A, metrics={
+        "timespan": {"toolbox.t": {"time_unit": "millisecond", "value": 5, "note": "x"}},
+        "custom_distribution": {"toolbox.d": {"sum": 3, "values": {"1": 1, "01": 2}}},
+        "labeled_counter": {"toolbox.l": {"a": 1}}})
+    ping["client_info"]["attribution"] = {"source": "web", "ext": {"campaign_id": "c1"}}
+    ping["client_info"]["distribution"] = {"name": "store", "ext": {"partner": "p"}}
+    ping["ping_info"]["experiments"] = {"exp-1": {"branch": "control", "extra": {"type": "nimbus",
+                                                                              "enrollment_id": "e1", "x": "1"}}}
+    from gleanpipe.validation import validate_ping
+
+    assert validate_ping(ping) == []  # as submit takes it
+    Loader(store, warehouse).load_keys([put_ping(store, ping)])
+    [(extra, attribution, distribution, experiments, timespan, dist)] = warehouse.query(
+        f"""SELECT additional_properties, client_info.attribution, client_info.distribution, ping_info.experiments,
+                   metrics.timespan.toolbox_t, metrics.custom_distribution.toolbox_d FROM {DATASET}.baseline_v1""")[1]
+    assert json.loads(extra) == {
+        "client_info": {"attribution": {"ext": {"campaign_id": "c1"}}, "distribution": {"ext": {"partner": "p"}}},
+        "ping_info": {"experiments": {"exp-1": {"extra": {"x": "1"}}}},
+        "metrics": {"timespan": {"toolbox.t": {"note": "x"}}, "custom_distribution": {"toolbox.d": {"values": {"01": 2}}}},
+    }
+    assert attribution == {"campaign": None, "content": None, "medium": None, "source": "web", "term": None}
+    assert distribution == {"name": "store"}
+    assert experiments == [{"key": "exp-1", "value": {"branch": "control",
+                                                      "extra": {"type": "nimbus", "enrollment_id": "e1"}}}]
+    assert timespan == {"time_unit": "millisecond", "value": 5}
+    assert dist == {"sum": 3, "values": [{"key": 1, "value": 1}]}
+
+
 def test_deletion_request_deletes_the_clients_rows_everywhere(store, warehouse):
     loader = Loader(store, warehouse)
     keys = [put_ping(store, make_ping(CLIENT_A, events=EVENTS)),

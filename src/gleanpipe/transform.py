@@ -129,10 +129,25 @@ def _kv(mapping: dict) -> list[dict]:
     return [{"key": k, "value": v} for k, v in mapping.items()]
 
 
+def _known(value: dict, names: tuple[str, ...], leftovers: dict) -> dict:
+    """The fields of ``value`` its column has; the others go to ``leftovers`` (additional_properties)."""
+    if value.keys() - set(names):
+        leftovers.update((k, v) for k, v in value.items() if k not in names)
+    return {n: value.get(n) for n in names}
+
+
 def _distribution(value: dict, leftovers: dict) -> dict:
     if len(value) > 2 or "sum" not in value:  # legacy fields (count, bucket_count, ...) are kept aside
         leftovers.update((k, v) for k, v in value.items() if k not in ("sum", "values"))
-    return {"sum": value.get("sum"), "values": [{"key": int(k), "value": v} for k, v in value["values"].items()]}
+    values, odd = [], {}
+    for k, v in value["values"].items():
+        if str(int(k)) == k:
+            values.append({"key": int(k), "value": v})
+        else:  # "01": as a key it would be the same bucket as "1"
+            odd[k] = v
+    if odd:
+        leftovers["values"] = odd
+    return {"sum": value.get("sum"), "values": values}
 
 
 def _labeled_distribution(value: dict, leftovers: dict) -> list[dict]:
@@ -140,18 +155,18 @@ def _labeled_distribution(value: dict, leftovers: dict) -> list[dict]:
 
 
 def _rate(value: dict, leftovers: dict) -> dict:
-    return {"numerator": value["numerator"], "denominator": value["denominator"]}
+    return _known(value, ("numerator", "denominator"), leftovers)
 
 
 def _labeled_rate(value: dict, leftovers: dict) -> list[dict]:
-    return [{"key": k, "value": _rate(v, leftovers)} for k, v in value.items()]
+    return [{"key": k, "value": _rate(v, leftovers.setdefault(k, {}))} for k, v in value.items()]
 
 
 # Glean metric type -> converter(value as sent, leftovers) -> value for its column (table_schema.METRIC_TYPES).
 CONVERTERS = {
     **{t: (lambda v, _: v) for t in ("boolean", "counter", "quantity", "string", "uuid", "url", "text", "jwe",
                                      "datetime", "string_list", "object")},
-    "timespan": lambda v, _: {"time_unit": v.get("time_unit"), "value": v.get("value")},
+    "timespan": lambda v, left: _known(v, ("time_unit", "value"), left),
     "rate": _rate,
     **{t: _distribution for t in ("timing_distribution", "memory_distribution", "custom_distribution")},
     **{t: (lambda v, _: _kv(v)) for t in ("labeled_boolean", "labeled_counter", "labeled_quantity",
@@ -166,6 +181,31 @@ assert CONVERTERS.keys() == METRIC_TYPES.keys()
 
 KNOWN_CLIENT_INFO = frozenset(name for name, _ in CLIENT_INFO.fields)
 KNOWN_PING_INFO = frozenset(name for name, _ in PING_INFO.fields)
+
+
+# client_info's struct fields, with the fields their columns have
+CLIENT_INFO_STRUCTS = {name: tuple(n for n, _ in t.fields) for name, t in CLIENT_INFO.fields if t.fields}
+EXPERIMENT_EXTRA = ("type", "enrollment_id")
+
+
+def _experiments(experiments: dict, leftovers: dict) -> list[dict]:
+    """ping_info.experiments as key/value rows; fields their columns do not have go to ``leftovers``."""
+    rows = []
+    for name, value in experiments.items():
+        if not isinstance(value, dict):
+            leftovers[name] = value
+            continue
+        left: dict = {}
+        row = _known(value, ("branch", "extra"), left)
+        if isinstance(row["extra"], dict):
+            extra_left: dict = {}
+            row["extra"] = _known(row["extra"], EXPERIMENT_EXTRA, extra_left)
+            if extra_left:
+                left["extra"] = extra_left
+        if left:
+            leftovers[name] = left
+        rows.append({"key": name, "value": row})
+    return rows
 
 
 def _split_known(section: dict, known: frozenset) -> tuple[dict, dict]:
@@ -206,6 +246,12 @@ def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRo
 def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
     additional: dict = {k: v for k, v in ping.items() if k not in ("client_info", "ping_info", "metrics", "events")}
     client_info, extra = _split_known(ping.get("client_info") or {}, KNOWN_CLIENT_INFO)
+    for name, fields in CLIENT_INFO_STRUCTS.items():  # attribution, distribution: their own extra fields
+        if isinstance(client_info.get(name), dict):
+            left: dict = {}
+            client_info[name] = _known(client_info[name], fields, left)
+            if left:
+                extra[name] = left
     if extra:
         additional["client_info"] = extra
     ping_info, extra = _split_known(ping.get("ping_info") or {}, KNOWN_PING_INFO)
@@ -215,7 +261,10 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
         ping_info["parsed_start_time"] = parse_glean_time(ping_info.get("start_time"))
         ping_info["parsed_end_time"] = parse_glean_time(ping_info.get("end_time"))
         if isinstance(ping_info.get("experiments"), dict):
-            ping_info["experiments"] = _kv(ping_info["experiments"])
+            left = {}
+            ping_info["experiments"] = _experiments(ping_info["experiments"], left)
+            if left:
+                additional.setdefault("ping_info", {})["experiments"] = left
 
     metrics_row: dict[str, dict] = {}
     metric_columns: dict[str, tuple[str, ...]] = {}
