@@ -122,11 +122,15 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
         assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
         assert server.wait_rows(count, 1) == 1
         for sql in (f"DROP TABLE {DATASET}.metrics_v1 CASCADE", "CREATE TABLE main.probe (a INTEGER)",
-                    f"SELECT 1; DELETE FROM {DATASET}.metrics_v1", f"COPY {DATASET}.metrics_v1 TO '{tmp_path}/x.csv'"):
+                    f"COPY {DATASET}.metrics_v1 TO '{tmp_path}/x.csv'"):
             refused = gleanpipe("query", sql, *data)
             assert refused.returncode == 1, sql
             assert "the warehouse is read-only for queries: a " in refused.stderr
         assert "a DROP statement is not run" in gleanpipe("query", f"DROP TABLE {DATASET}.metrics_v1", *data).stderr
+        # several statements: DuckDB would show the last one's rows only (and the DELETE is refused anyway)
+        for sql in (f"SELECT 1; DELETE FROM {DATASET}.metrics_v1", "SELECT 1; SELECT 2"):
+            several = gleanpipe("query", sql, *data)
+            assert several.returncode == 1 and "one statement at a time: this SQL has 2" in several.stderr
         # DuckDB 2 runs DELETE/UPDATE/INSERT inside WITH, and the statement is a SELECT: serve runs every
         # query in a read-only transaction, so DuckDB itself refuses the write
         for sql in (f"WITH x AS (DELETE FROM {DATASET}.metrics_v1 RETURNING *) SELECT count(*) FROM x",
@@ -146,6 +150,10 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
         assert "document_id" in [c["column_name"] for c in json.loads(described.stdout)]
     finally:
         assert server.stop() == 0
+    several = gleanpipe("query", "SELECT 1; SELECT 2", *data)  # serve stopped: the file itself
+    assert (several.returncode, several.stderr.strip()) == (1, "Error: one statement at a time: this SQL has 2")
+    not_utf8 = gleanpipe("query", "SELECT '\udcff'", *data)  # a byte that is not UTF-8, as Python passes it on
+    assert not_utf8.returncode == 2 and "Error: the SQL is not valid UTF-8" in not_utf8.stderr
     local = gleanpipe("query", "CREATE TABLE main.probe (a INTEGER)", *data)  # serve stopped: the file itself
     assert local.returncode == 1
     assert "the warehouse is read-only for queries: a CREATE statement is not run" in local.stderr
@@ -195,7 +203,7 @@ def test_query_shows_inf_nan_intervals_and_hugeints_as_duckdb_does_with_and_with
     ("EXPLAIN (ANALYZE, FORMAT json) DROP TABLE t", False), ("EXPLAIN /* x */ ANALYZE DELETE FROM t", False),
     ("EXPLAIN ANALYZE CREATE TABLE u AS SELECT 1", False), ("EXPLAIN DELETE FROM t", False),
     ("EXPLAIN SELECT 1", True), ("EXPLAIN ANALYZE SELECT * FROM t", True), ("EXPLAIN (FORMAT json) FROM t", True),
-    ("/* x */ explain analyse with x AS (SELECT 1) SELECT * FROM x", True), ("SELECT 1; EXPLAIN ANALYZE SELECT 2", True),
+    ("/* x */ explain analyse with x AS (SELECT 1) SELECT * FROM x", True), ("EXPLAIN ANALYZE SELECT 2;", True),
     ("-- c\nEXPLAIN ANALYZE -- c\nDELETE FROM t", False), ("/* a */ EXPLAIN /* b */ ANALYZE /* c */ SELECT 1", True),
 ])
 def test_explain_reads_only_when_it_explains_a_select(sql, reads):

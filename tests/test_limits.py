@@ -49,6 +49,7 @@ from gleanpipe.emulate import free_port
         # flags without a variable
         (["replay", "--workers", "-3"], {}, "Invalid value for '--workers': -3 is not in the range x>=0."),
         (["query", "  "], {}, 'no SQL given: gleanpipe query "SELECT ..."'),
+        (["serve", "--host", ""], {}, "GLEANPIPE_HOST (--host) is empty: give an address, such as 127.0.0.1"),
     ],
 )
 def test_bad_setting_values_are_usage_errors_naming_the_variable(tmp_path, args, env, message):

@@ -115,6 +115,8 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     from .ports import ensure_port_free
     from .serve import LocalPipeline
 
+    if not host.strip():
+        raise click.UsageError("GLEANPIPE_HOST (--host) is empty: give an address, such as 127.0.0.1")
     config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
     if AdminClient.find(config.data_dir):
         raise click.ClickException(f"a gleanpipe serve is already running for {config.data_dir}")
@@ -167,6 +169,10 @@ def query(data_dir, store_url, warehouse_url, fmt, sql) -> None:
     """Run SQL on the warehouse (through the running `serve` if there is one)."""
     if not sql.strip():
         raise click.UsageError("no SQL given: gleanpipe query \"SELECT ...\"")
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as surrogates
+        raise click.UsageError("the SQL is not valid UTF-8") from None
     config = _config(data_dir, store_url, warehouse_url)
     run, close = _read_query(config)
     try:

@@ -42,7 +42,10 @@ def _explains_a_select(query: str) -> bool:
 def check(sql: str) -> None:
     """Raise WriteRefused unless every statement of ``sql`` only reads (a syntax error raises
     DuckDB's own ParserException, as running it would)."""
-    for statement in duckdb.extract_statements(sql):
+    statements = duckdb.extract_statements(sql)
+    if len(statements) > 1:  # DuckDB runs them all and returns the last one's rows: the others would vanish
+        raise ValueError(f"one statement at a time: this SQL has {len(statements)}")
+    for statement in statements:
         if statement.type == EXPLAIN and not _explains_a_select(statement.query):
             raise WriteRefused("the warehouse is read-only for queries: EXPLAIN is run on a SELECT only "
                                "(EXPLAIN ANALYZE runs the statement it explains)")
