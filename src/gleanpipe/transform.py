@@ -130,15 +130,15 @@ def _kv(mapping: dict) -> list[dict]:
 
 
 def _known(value: dict, names: tuple[str, ...], leftovers: dict) -> dict:
-    """The fields of ``value`` its column has; the others go to ``leftovers`` (additional_properties)."""
-    if value.keys() - set(names):
-        leftovers.update((k, v) for k, v in value.items() if k not in names)
-    return {n: value.get(n) for n in names}
+    """The fields of ``value`` its column has (each of ``names``, None when missing); the others go
+    to ``leftovers`` (additional_properties)."""
+    kept, extra = _split_known(value, frozenset(names))
+    leftovers.update(extra)
+    return {n: kept.get(n) for n in names}
 
 
 def _distribution(value: dict, leftovers: dict) -> dict:
-    if len(value) > 2 or "sum" not in value:  # legacy fields (count, bucket_count, ...) are kept aside
-        leftovers.update((k, v) for k, v in value.items() if k not in ("sum", "values"))
+    value = _known(value, ("sum", "values"), leftovers)  # legacy fields (count, bucket_count, ...) kept aside
     values, odd = [], {}
     for k, v in value["values"].items():
         if str(int(k)) == k:
