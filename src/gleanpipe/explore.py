@@ -9,7 +9,8 @@ file per DuckDB schema (``<out>/<app dataset>.db``; ``_gleanpipe`` becomes
   (TIMESTAMPTZ as ISO-8601 text in UTC, BOOLEAN as 0/1), nested STRUCT/LIST/MAP columns become
   JSON text (DuckDB ``to_json``), which Datasette shows as JSON and SQLite's JSON functions read;
 - the per-ping views (``metrics`` over ``metrics_v1``, ``events_stream`` over ``events_stream_v1``)
-  are views on the copied table (see ping_view_name), so the README's queries name the same things;
+  are views on the copied table (``SELECT *``: in DuckDB that view keeps one row per document_id,
+  and so does the table, as the load anti-joins), so the README's queries name the same things;
 - every ping table also gets a view ``<table>_flat``: the plain columns, one column per
   ``client_info``/``ping_info`` field and one column per metric (``"counter.toolbox_launch_count"``,
   labeled and distribution metrics as JSON), built with SQLite's ``json_extract``.
@@ -28,7 +29,6 @@ export is never opened.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +38,8 @@ from pathlib import Path
 import duckdb
 import orjson
 
-from .naming import quote_ident as q
+from .naming import VERSIONED_RE, quote_ident as q
+from .warehouse.duckdb import view_of
 
 META_SCHEMA = "_gleanpipe"
 META_DB = "gleanpipe_internal"
@@ -299,8 +300,8 @@ def _write_db(source: Source, rels: list[Relation], path: Path, page_rows: int) 
                 con.execute(flat)
         names = {rel.name for rel in rels}
         for rel in rels:
-            view = ping_view_name(rel)
-            if view and view not in names:
+            view = view_of(rel.name) if not rel.is_view and VERSIONED_RE.fullmatch(rel.name) else None
+            if view and view not in names:  # as the warehouse makes them: not over a table of that name
                 con.execute(f"CREATE VIEW {_sq(view)} AS SELECT * FROM {_sq(rel.name)}")
                 names.add(view)
         con.commit()
@@ -313,14 +314,6 @@ def _write_db(source: Source, rels: list[Relation], path: Path, page_rows: int) 
 def _sq(name: str) -> str:
     """SQLite identifier quoting (names come from DuckDB's catalog, which gleanpipe made safe)."""
     return '"' + name.replace('"', '""') + '"'
-
-
-def ping_view_name(rel: Relation) -> str | None:
-    """``metrics`` for the table ``metrics_v1``: the name of the view the README's queries read.
-    In DuckDB that view keeps one row per document_id, and so does the table (the load anti-joins),
-    so in SQLite it is the table as it is."""
-    m = re.fullmatch(r"(.+)_v[0-9]+", rel.name)
-    return m.group(1) if m and not rel.is_view else None
 
 
 def flat_view_sql(rel: Relation) -> str | None:

@@ -59,7 +59,7 @@ def _metric_ddl(metric_type: str, columns) -> str:
     return _columns_ddl((col, METRIC_TYPES[metric_type]) for col in sorted(columns))
 
 
-def _view_of(table: str) -> str | None:
+def view_of(table: str) -> str | None:
     """The deduplicated view over a table: ``<ping>`` over ``<ping>_v<version>`` (none for a ping
     named like a table), ``events_stream`` over ``events_stream_v1``."""
     return EVENTS_STREAM_VIEW if table == EVENTS_STREAM_TABLE else view_name(table.rpartition("_v")[0])
@@ -103,7 +103,7 @@ class DuckDBWarehouse(Warehouse):
             "AND v.view_name = regexp_replace(duckdb_tables.table_name, '_v[0-9]+$', '')) "
             "AND regexp_matches(table_name, '_v[0-9]+$')", [META]).fetchall()
         for schema, table in missing:
-            view = _view_of(table)
+            view = view_of(table)
             if view and not self.con.execute("SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
                                              [schema, view]).fetchall():
                 self._create_view(schema, table)
@@ -140,7 +140,7 @@ class DuckDBWarehouse(Warehouse):
     def _create_view(self, dataset: str, table: str) -> None:
         """The deduplicated view (one row per document_id; trivially so here, as inserts are
         exactly once) under the same name as on BigQuery, so queries move unchanged."""
-        view = _view_of(table)
+        view = view_of(table)
         key = EVENTS_KEY if table == EVENTS_STREAM_TABLE else "document_id"
         if view:
             self.con.execute(f"CREATE OR REPLACE VIEW {q(dataset)}.{q(view)} AS "
@@ -180,9 +180,10 @@ class DuckDBWarehouse(Warehouse):
         One ALTER ... TYPE (a cast by field name, old rows read NULL) for the whole widening, not an
         ADD COLUMN per new field: DuckDB carries out each nested ADD COLUMN by rewriting the column,
         so a ping with a thousand new metrics took a thousand rewrites (31 s here, with the
-        warehouse lock held; 0.8 s now). And DuckDB 2.0.1 fails with an INTERNAL error, which invalidates the database,
-        when it adds a field under ``metrics`` while some row's ``metrics`` is NULL (a ping with no
-        metrics loaded before the column existed); the cast has no such trouble."""
+        warehouse lock held; 0.8 s now). And DuckDB 2.0.1 fails with an INTERNAL error, which
+        invalidates the database, when it adds a field under ``metrics`` while some row's
+        ``metrics`` is NULL (a ping with no metrics loaded before the column existed); the cast
+        has no such trouble."""
         struct = self.con.sql(f"SELECT metrics FROM {target} LIMIT 0").types[0]
         parts = []
         for mtype, t in struct.children:
@@ -421,15 +422,8 @@ class DuckDBWarehouse(Warehouse):
     # --- reading ------------------------------------------------------------------
 
     @staticmethod
-    def _fetch(cur, sql: str, params: list | None) -> tuple[list[str], list[tuple]]:
-        cur.execute(sql, params or [])
-        if cur.description is None:
-            return [], []
-        return [d[0] for d in cur.description], cur.fetchall()
-
-    @staticmethod
     def _fetch_shown(cur, sql: str, params: list | None) -> tuple[list[str], list[tuple]]:
-        """``_fetch`` for SQL from users: INTERVAL columns (also inside lists and structs) come back as
+        """What ``query`` fetches, for SQL from users: INTERVAL columns (also inside lists and structs) come back as
         DuckDB prints them (``1 year 2 months``), not as Python timedelta, which has no months
         (``age()`` of 14 months read as 420 days). The cast is added to the query, which runs once."""
         rel = cur.sql(sql, params=params or None)
@@ -445,7 +439,10 @@ class DuckDBWarehouse(Warehouse):
         cur = self.con.cursor()
         try:
             cur.execute("SET TimeZone = 'UTC'")
-            return self._fetch(cur, sql, params)
+            cur.execute(sql, params or [])
+            if cur.description is None:
+                return [], []
+            return [d[0] for d in cur.description], cur.fetchall()
         finally:
             cur.close()
 
