@@ -130,7 +130,9 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
         # several statements: DuckDB would show the last one's rows only (and the DELETE is refused anyway)
         for sql in (f"SELECT 1; DELETE FROM {DATASET}.metrics_v1", "SELECT 1; SELECT 2"):
             several = gleanpipe("query", sql, *data)
-            assert several.returncode == 1 and "one statement at a time: this SQL has 2" in several.stderr
+            assert (several.returncode, several.stderr.strip()) == (1, "Error: one statement at a time: this SQL has 2")
+        missing = gleanpipe("query", "SELECT * FROM nowhere.nothing", *data)
+        assert missing.returncode == 1 and missing.stderr.startswith('Error: Catalog Error: Table with name "nowhere.nothing" does not exist')
         # DuckDB 2 runs DELETE/UPDATE/INSERT inside WITH, and the statement is a SELECT: serve runs every
         # query in a read-only transaction, so DuckDB itself refuses the write
         for sql in (f"WITH x AS (DELETE FROM {DATASET}.metrics_v1 RETURNING *) SELECT count(*) FROM x",
@@ -152,6 +154,8 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
         assert server.stop() == 0
     several = gleanpipe("query", "SELECT 1; SELECT 2", *data)  # serve stopped: the file itself
     assert (several.returncode, several.stderr.strip()) == (1, "Error: one statement at a time: this SQL has 2")
+    # a query's error reads the same with serve running and without: no "serve answered 400" in front
+    assert gleanpipe("query", "SELECT * FROM nowhere.nothing", *data).stderr == missing.stderr
     not_utf8 = gleanpipe("query", "SELECT '\udcff'", *data)  # a byte that is not UTF-8, as Python passes it on
     assert not_utf8.returncode == 2 and "Error: the SQL is not valid UTF-8" in not_utf8.stderr
     local = gleanpipe("query", "CREATE TABLE main.probe (a INTEGER)", *data)  # serve stopped: the file itself
@@ -310,3 +314,14 @@ def test_status_says_what_a_failing_serve_answered(tmp_path):
     out = gleanpipe("status", "--data-dir", str(data))  # nothing listens there any more
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"Error: cannot reach gleanpipe serve at {state['admin_url']}")
+
+
+def test_replay_and_deletions_on_a_data_dir_with_nothing_there_create_nothing(tmp_path):
+    """Before: `replay` created the store folders and `deletions` an empty DuckDB file in a
+    mistyped --data-dir, so the typo went unnoticed and left a second, empty pipeline there."""
+    typo = tmp_path / "dta"
+    replayed = gleanpipe("replay", "--data-dir", str(typo), "--no-progress")
+    assert (replayed.returncode, replayed.stderr) == (1, f"Error: no store at {typo}/store: nothing to replay\n")
+    retried = gleanpipe("deletions", "--data-dir", str(typo))
+    assert (retried.returncode, retried.stdout) == (0, f"0 pending: no warehouse at {typo}/warehouse.duckdb yet\n")
+    assert not typo.exists()

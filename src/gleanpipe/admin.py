@@ -86,7 +86,7 @@ class AdminServer:
                     body = orjson.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                     return self._send(200, fn(body))
                 except Exception as exc:  # report to the CLI instead of dropping the connection
-                    return self._send(400, {"error": f"{type(exc).__name__}: {exc}"})
+                    return self._send(400, {"error": str(exc) or type(exc).__name__})
 
             def _send(self, status: int, payload) -> None:
                 data = dumps(payload)
@@ -185,6 +185,8 @@ class AdminClient:
                 return orjson.loads(resp.read())
         except urllib.error.HTTPError as exc:
             detail = orjson.loads(exc.read() or b"{}").get("error", exc.reason)
+            if exc.code == 400:  # the request's own fault (a bad query...): the words a command without serve shows
+                raise ServeError(detail) from None
             raise ServeError(f"gleanpipe serve answered {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:  # it stopped since its state file was read
             raise ServeError(f"cannot reach gleanpipe serve at {self.url}: {exc}") from None

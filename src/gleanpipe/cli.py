@@ -43,15 +43,23 @@ def _config(data_dir, store_url, warehouse_url, **extra) -> Config:
         raise click.UsageError(str(exc)) from None
 
 
+def _missing(url: str, scheme: str) -> Path | None:
+    """The local path of a ``file://`` store or ``duckdb://`` warehouse URL when nothing is there yet
+    (so a command that only reads says so instead of creating it); None otherwise."""
+    if not url.startswith(scheme):
+        return None
+    path = Path(url[len(scheme):])
+    return None if path.exists() else path
+
+
 def _open_local(config: Config, *, read_only: bool):
     from .warehouse import WarehouseUnavailable, open_warehouse
 
-    if read_only and config.warehouse_url.startswith("duckdb://"):
-        path = Path(config.warehouse_url[len("duckdb://"):])
-        if not path.exists():
-            raise click.ClickException(
-                f"no warehouse at {path} yet: run `gleanpipe serve` and send a ping, or `gleanpipe replay`."
-            )
+    missing = _missing(config.warehouse_url, "duckdb://") if read_only else None
+    if missing:
+        raise click.ClickException(
+            f"no warehouse at {missing} yet: run `gleanpipe serve` and send a ping, or `gleanpipe replay`."
+        )
     try:
         return open_warehouse(config.warehouse_url, read_only=read_only)
     except ValueError as exc:  # a bad URL or setting, a missing extra
@@ -222,6 +230,9 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
         raise click.ClickException(
             f"the running `gleanpipe serve` loads from {client.store_url} into this warehouse: stop it "
             f"to replay {config.store_url} into {config.warehouse_url}")
+    missing = _missing(config.store_url, "file://")
+    if missing:  # a mistyped --data-dir: say so, and create neither a store nor a warehouse there
+        raise click.ClickException(f"no store at {missing}: nothing to replay")
     store = _store(config)
     keys = list(store.list(prefix))
     if not keys:  # say so: a mistyped --prefix would otherwise look like an empty, successful replay
@@ -430,6 +441,10 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
         return
     from .warehouse import WarehouseUnavailable
 
+    missing = _missing(config.warehouse_url, "duckdb://")
+    if missing:  # no warehouse, so no deletion request was ever recorded: do not create one
+        click.echo(f"0 pending: no warehouse at {missing} yet")
+        return
     wh = _open_local(config, read_only=False)
     try:
         attempts = wh.retry_deletions()
