@@ -349,6 +349,58 @@ def test_edge_dedupe_answers_duplicate_without_spooling(config, store):
     spooling.writer.close()
 
 
+def _two_copies_at_once(spooling: SpoolingStore, key: str, data: bytes) -> list:
+    """put_new of one key from two threads, the second arriving while the first is still being
+    written. The writer's own lock is held (a pause of the real writer, not a stand-in) until
+    both have started, so the first copy cannot reach the disk before the second asks."""
+    results: list = [None, None]
+
+    def put(i: int) -> None:
+        try:
+            results[i] = (spooling.put_new(key, data), spooling.writer.syncs)
+        except StoreError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in (0, 1)]
+    with spooling.writer._lock:
+        for t in threads:
+            t.start()
+            time.sleep(0.2)
+    for t in threads:
+        t.join(10)
+    return results
+
+
+def test_a_copy_that_arrives_while_the_first_is_written_waits_for_it(store):
+    """Before: the second copy was answered "duplicate" at once, so a 200 went out for a ping
+    that was not on disk yet; if its first copy then failed (disk full) or the worker was killed,
+    the ping was lost (a crash audit lost 11 of 12 such pings to kill -9)."""
+    spooling = SpoolingStore(store, 1 << 20, 3600)
+    key, data = raw()
+    first, second = _two_copies_at_once(spooling, key, data)
+    assert first == (True, 1)
+    assert second == (False, 1)  # "duplicate" only once the one fdatasync covering the first copy returned
+    spooling.writer.close()
+    (seg,) = segments(store)
+    assert [k for _, _, k, _ in decode_records(seg.read_bytes())] == [key]
+
+
+def test_a_copy_that_arrives_while_the_first_fails_gets_the_failure(tmp_path):
+    """A real fault: the spool folder's path is taken by a file, so the first copy's write fails.
+    Before: the second copy got "duplicate" (200) and neither was stored."""
+    store = LocalStore(tmp_path / "store")
+    (store.root / SPOOL).write_bytes(b"")
+    spooling = SpoolingStore(store, 1 << 20, 3600)
+    key, data = raw()
+    results = _two_copies_at_once(spooling, key, data)
+    assert [type(r) for r in results] == [StoreError, StoreError]  # both 503: the SDK retries both
+    (store.root / SPOOL).unlink()
+    assert spooling.put_new(key, data) is True  # the retry writes it afresh
+    spooling.writer.close()
+    (seg,) = segments(store)
+    assert [k for _, _, k, _ in decode_records(seg.read_bytes())] == [key]
+
+
 def test_a_duplicate_inside_the_spool_window_gives_one_object_and_one_row(store, warehouse):
     """Two workers take the same document id before either copy is materialised."""
     doc_id = str(uuid.uuid4())

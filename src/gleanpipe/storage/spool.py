@@ -30,7 +30,8 @@ segments are read again from the start; that is idempotent (create-only objects,
 keyed by document id).
 
 Dedupe: the edge answers "duplicate" without spooling when the object already exists or
-when the same worker spooled the key recently. Two copies of one document id that reach
+when the same worker spooled the key recently; a copy that arrives while that worker is still
+writing the first one waits for its batch and gets its outcome. Two copies of one document id that reach
 different workers before the first is materialised are both spooled; the second is
 dropped by the create-only link when it is materialised (first written wins).
 """
@@ -234,12 +235,25 @@ class SpoolWriter:
                             return
                         break
                 commit(batch)
+                batch.records = []  # written: a batch stays referenced by the dedupe memory, its bytes need not
                 batch.gate.release()
             if not woken and self._fd is not None and time.monotonic() - self._opened >= self.segment_seconds:
                 self._close_segment()
 
     def append(self, key: str, data: bytes) -> None:
         """Queue one record; return once it is on disk. Raises StoreError (answer 503)."""
+        self.wait(self.enqueue(key, data))
+
+    @staticmethod
+    def wait(batch: _Batch) -> None:
+        """Return once ``batch`` is on disk; raise StoreError if its write or sync failed."""
+        batch.gate.acquire()  # opened by the committer once the batch is synced
+        batch.gate.release()  # pass it on to the next request of the batch
+        if batch.error is not None:
+            raise StoreError(f"cannot write the spool: {batch.error.strerror or batch.error}") from batch.error
+
+    def enqueue(self, key: str, data: bytes) -> _Batch:
+        """Add one record to the open batch and return that batch (``wait`` on it)."""
         record = encode_record(key, data)
         body = len(record) - HEAD.size
         if body > MAX_BODY:  # the reader would take it for damage: never acknowledge it
@@ -262,10 +276,7 @@ class SpoolWriter:
             if self._idle:
                 self._idle = False
                 self._wake.release()
-        batch.gate.acquire()  # opened by the committer once the batch is synced
-        batch.gate.release()  # pass it on to the next request of the batch
-        if batch.error is not None:
-            raise StoreError(f"cannot write the spool: {batch.error.strerror or batch.error}") from batch.error
+        return batch
 
     def close(self) -> None:
         """Commit what is queued, release the segment and stop the committer thread."""
@@ -289,7 +300,9 @@ class SpoolingStore(RawStore):
       (normally within GLEANPIPE_LOAD_INTERVAL_MS), and after a crash when serve starts.
     - It returns False when the object already exists or this worker spooled the key
       recently; otherwise True, even when another worker spooled the same key moments ago
-      (that copy is dropped when materialised: one object, one row).
+      (that copy is dropped when materialised: one object, one row). A copy of a key this
+      worker is still writing waits for that write, and gets its outcome: False once it is
+      synced, StoreError if it failed. It never returns False for a record not yet on disk.
     - ``notify=False`` writes (rejected pings under ``errors/``, debug index entries) go
       straight to the folder, fsynced, as in ``LocalStore``. Like the spool's commits they run
       in gevent's thread pool under gevent, so a flood of rejected pings does not stop the
@@ -300,7 +313,7 @@ class SpoolingStore(RawStore):
         self.local = local
         self.url = local.url
         self.writer = SpoolWriter(local.root / SPOOL, segment_bytes, segment_seconds)
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent: OrderedDict[str, _Batch] = OrderedDict()  # key -> the batch that wrote it
         self._recent_lock = threading.Lock()
         self._put_direct = None
 
@@ -312,18 +325,22 @@ class SpoolingStore(RawStore):
         if os.path.lexists(self.local.key_path(key)):  # key_path validates the key
             return False
         with self._recent_lock:
-            if key in self._recent:
-                return False
-            self._recent[key] = None
-            if len(self._recent) > RECENT_KEYS:
-                self._recent.popitem(last=False)
+            batch = self._recent.get(key)
+            new = batch is None
+            if new:
+                batch = self._recent[key] = self.writer.enqueue(key, data)
+                if len(self._recent) > RECENT_KEYS:
+                    self._recent.popitem(last=False)
+        # A copy of a key this worker is still writing waits for that write: "duplicate" only
+        # once the first copy is on disk, and the first copy's error (503) if it is not.
         try:
-            self.writer.append(key, data)
+            self.writer.wait(batch)
         except StoreError:
             with self._recent_lock:
-                self._recent.pop(key, None)
+                if self._recent.get(key) is batch:  # the next copy writes it afresh
+                    del self._recent[key]
             raise
-        return True
+        return new
 
     def get(self, key: str) -> bytes:
         return self.local.get(key)
