@@ -158,6 +158,8 @@ class LocalStore(RawStore):
                 self._link(tmp, path)
             except FileExistsError:
                 self._drop(receipt)
+                # the first copy may not have synced its folder yet: "duplicate" also means "on disk"
+                _GROUP_SYNC.sync((str(path.parent),))
                 return False
             _GROUP_SYNC.sync((str(path.parent), self._inbox) if receipt is not None else (str(path.parent),))
             return True
