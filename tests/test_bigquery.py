@@ -15,7 +15,7 @@ import time
 import pytest
 from google.api_core.exceptions import BadRequest
 
-from gleanpipe.admin import write_state
+from gleanpipe.admin import take_serve_lock, write_state
 from gleanpipe.load import Loader
 from gleanpipe.warehouse import RowDataError, WarehouseUnavailable, open_warehouse
 from gleanpipe.warehouse.bigquery import BigQueryWarehouse, parse_url
@@ -89,7 +89,9 @@ def test_deletion_refused_by_the_streaming_buffer_stays_pending_until_a_retry_su
     (tmp_path / "unused").mkdir()
     write_state(tmp_path / "unused", {"pid": os.getpid(), "admin_url": "http://127.0.0.1:9", "token": "t",
                                       "warehouse_url": bq_warehouse_url, "store_url": store.url})
+    lock = take_serve_lock(tmp_path / "unused")
     out = gleanpipe("deletions", env=env)
+    os.close(lock)
     assert out.returncode == 0, out.stderr
     assert f"done     {DATASET}  client {CLIENT_A}  (request {doc}): 3 rows deleted" in out.stdout
     assert "1 carried out, 0 still pending" in out.stdout

@@ -4,12 +4,13 @@ replay prefix that matches nothing: a one-line error or note, never a traceback,
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
 import pytest
 
-from gleanpipe.admin import AdminClient
+from gleanpipe.admin import STATE_FILE, AdminClient, take_serve_lock
 from gleanpipe.dictionary.definitions import DefinitionError, parse
 from gleanpipe.emulate import free_port
 
@@ -44,6 +45,27 @@ def test_serve_names_the_host_when_it_is_no_address_of_this_machine(tmp_path, ho
     assert proc.stderr.startswith(f"Error: cannot listen on {host}:18080: ")
     assert proc.stderr.rstrip().endswith("(no such address on this machine; the host comes from --host or GLEANPIPE_HOST)")
     assert "Traceback" not in proc.stderr and "another server" not in proc.stderr
+
+
+def test_a_state_file_left_by_a_killed_serve_is_stale_even_if_its_pid_lives(tmp_path):
+    """Before: a state file was taken as a running serve's while a process with its PID lived.
+    In a container serve is PID 1, so after a kill -9 and a restart the new serve had the old
+    PID and refused to start ("already running") for ever. Here the PID is this test's own."""
+    from conftest import ServeProcess
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / STATE_FILE).write_text(json.dumps({"pid": os.getpid(), "admin_url": "http://127.0.0.1:9", "token": "t"}))
+    assert AdminClient.find(data_dir) is None
+    status = gleanpipe("status", "--data-dir", str(data_dir))
+    assert "Error: no warehouse at" in status.stderr  # looked for the file itself: no serve to ask
+    server = ServeProcess(data_dir).start()
+    try:
+        assert AdminClient.find(data_dir).url != "http://127.0.0.1:9"
+        again = gleanpipe("serve", "--data-dir", str(data_dir), "--port", str(free_port()), timeout=60)
+        assert (again.returncode, again.stderr) == (1, f"Error: a gleanpipe serve is already running for {data_dir}\n")
+    finally:
+        assert server.stop() == 0
 
 
 def test_serve_starts_on_a_port_freed_a_moment_ago(tmp_path):
@@ -282,8 +304,6 @@ def test_status_says_what_a_failing_serve_answered(tmp_path):
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from gleanpipe.admin import STATE_FILE
-
     class Failing(BaseHTTPRequestHandler):
         def do_POST(self):
             body = b'{"error": "the warehouse is invalidated"}'
@@ -302,6 +322,7 @@ def test_status_says_what_a_failing_serve_answered(tmp_path):
     state = {"pid": os.getpid(), "admin_url": f"http://127.0.0.1:{server.server_port}", "token": "t",
              "store_url": f"file://{data / 'store'}", "warehouse_url": f"duckdb://{data / 'warehouse.duckdb'}"}
     (data / STATE_FILE).write_text(json.dumps(state))
+    lock = take_serve_lock(data)  # what a running serve holds
     try:
         for args in (["status"], ["query", "SELECT 1"], ["dictionary", "build", "--out", str(tmp_path / "site")],
                      ["deletions"]):
@@ -311,6 +332,8 @@ def test_status_says_what_a_failing_serve_answered(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+        os.close(lock)
+    lock = take_serve_lock(data)
     out = gleanpipe("status", "--data-dir", str(data))  # nothing listens there any more
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"Error: cannot reach gleanpipe serve at {state['admin_url']}")

@@ -8,12 +8,14 @@ When no server is running, the CLI opens the file itself.
 
 from __future__ import annotations
 
+import fcntl
 import hmac
 import json
 import math
 import os
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import date, datetime
@@ -25,6 +27,7 @@ from uuid import UUID
 import orjson
 
 STATE_FILE = "serve.json"
+LOCK_FILE = "serve.lock"  # held by a running serve: a state file without it is stale
 TOKEN_HEADER = "X-Gleanpipe-Token"
 
 
@@ -124,14 +127,43 @@ def write_state(data_dir: Path, state: dict) -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
+def take_serve_lock(data_dir: Path) -> int | None:
+    """Hold the data dir's serve lock for as long as this process lives, or None when a running
+    serve holds it. The kernel drops the lock on any exit, kill -9 included, so the state file a
+    killed serve leaves is known to be stale even when its PID is in use again (a serve that is
+    PID 1 of a container, restarted, has the dead one's PID)."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    for _ in range(20):  # a command looking for serve holds it shared for a moment: ask again
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            time.sleep(0.05)
+    os.close(fd)
+    return None
+
+
+def remove_state(data_dir: Path) -> None:
+    """Remove serve's state file: on a clean stop, or a killed serve's when the next one has the lock."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        (Path(data_dir) / STATE_FILE).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _serve_holds_lock(data_dir: Path) -> bool:
+    try:
+        fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)  # drops the shared lock this took, if it took one
 
 
 def absolute(url: str) -> str:
@@ -168,7 +200,7 @@ class AdminClient:
             state = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        if not _alive(int(state.get("pid", 0))):
+        if not _serve_holds_lock(data_dir):  # left by a serve that is gone
             return None
         client = cls(state["admin_url"], state["token"], state.get("store_url"), state.get("warehouse_url"))
         if warehouse_url is not None and not same_location(warehouse_url, client.warehouse_url):

@@ -15,7 +15,8 @@ import click
 import orjson
 
 from . import __version__
-from .admin import AdminClient, ServeError, absolute, dumps, same_location, shown_values
+from .admin import (AdminClient, ServeError, absolute, dumps, remove_state, same_location, shown_values,
+                    take_serve_lock)
 from .config import SETTINGS, Config
 
 
@@ -126,8 +127,10 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     if not host.strip():
         raise click.UsageError("GLEANPIPE_HOST (--host) is empty: give an address, such as 127.0.0.1")
     config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
-    if AdminClient.find(config.data_dir):
+    lock = take_serve_lock(config.data_dir)  # held until this process exits
+    if lock is None:
         raise click.ClickException(f"a gleanpipe serve is already running for {config.data_dir}")
+    remove_state(config.data_dir)  # a killed serve's: not to be taken for this one's
     try:
         ensure_port_free(config.host, config.port)  # first: nothing is opened yet that a refusal must close
         pipeline = LocalPipeline(config)

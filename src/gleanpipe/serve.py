@@ -24,10 +24,9 @@ import sys
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from . import parent_guard
-from .admin import STATE_FILE, AdminServer, absolute, write_state
+from .admin import AdminServer, absolute, remove_state, write_state
 from .config import Config
 from .load import Loader
 from .read_only_sql import read_only
@@ -221,10 +220,7 @@ class LocalPipeline:
         self.loader_thread.stop()
         self.admin.stop()
         self.warehouse.close()
-        try:
-            (Path(self.config.data_dir) / STATE_FILE).unlink()
-        except FileNotFoundError:
-            pass
+        remove_state(self.config.data_dir)
 
     def run_forever(self, on_ready=None) -> int:
         stop = threading.Event()
