@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,33 @@ def test_a_state_file_left_by_a_killed_serve_is_stale_even_if_its_pid_lives(tmp_
         assert AdminClient.find(data_dir).url != "http://127.0.0.1:9"
         again = gleanpipe("serve", "--data-dir", str(data_dir), "--port", str(free_port()), timeout=60)
         assert (again.returncode, again.stderr) == (1, f"Error: a gleanpipe serve is already running for {data_dir}\n")
+    finally:
+        assert server.stop() == 0
+
+
+def test_serve_after_a_kill_waits_for_the_dead_serves_port(tmp_path):
+    """Before: after a kill -9 of serve's main process, its gunicorn holds the port for a moment
+    while it finishes its requests, and a serve started then exited 1 "Address already in use".
+    A listening socket stands in for that gunicorn (serve's own cannot be held on the port on
+    purpose) and is closed a second after the new serve starts."""
+    from conftest import ServeProcess, gz, make_ping, post, submit_path
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / STATE_FILE).write_text(json.dumps({"pid": 1, "admin_url": "http://127.0.0.1:9", "token": "t"}))
+    port = free_port()
+    with socket.socket() as old:
+        old.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        old.bind(("127.0.0.1", port))
+        old.listen()
+        server = ServeProcess(data_dir, port=port)
+        starting = threading.Thread(target=server.start)
+        starting.start()
+        time.sleep(1)
+    starting.join(60)
+    try:
+        assert server.proc.poll() is None, server.read_log()
+        assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
     finally:
         assert server.stop() == 0
 

@@ -144,12 +144,14 @@ def take_serve_lock(data_dir: Path) -> int | None:
     return None
 
 
-def remove_state(data_dir: Path) -> None:
-    """Remove serve's state file: on a clean stop, or a killed serve's when the next one has the lock."""
+def remove_state(data_dir: Path) -> bool:
+    """Remove serve's state file (on a clean stop, or a killed serve's when the next one has the
+    lock); False if there was none."""
     try:
         (Path(data_dir) / STATE_FILE).unlink()
     except FileNotFoundError:
-        pass
+        return False
+    return True
 
 
 def _serve_holds_lock(data_dir: Path) -> bool:

@@ -122,7 +122,7 @@ def main(verbose: bool) -> None:
 def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     """Run submit and load on this machine: a folder as the bucket, DuckDB as the warehouse."""
     from .ports import ensure_port_free
-    from .serve import LocalPipeline
+    from .serve import KILLED_SERVE_PORT_WAIT_S, LocalPipeline
 
     if not host.strip():
         raise click.UsageError("GLEANPIPE_HOST (--host) is empty: give an address, such as 127.0.0.1")
@@ -130,9 +130,11 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     lock = take_serve_lock(config.data_dir)  # held until this process exits
     if lock is None:
         raise click.ClickException(f"a gleanpipe serve is already running for {config.data_dir}")
-    remove_state(config.data_dir)  # a killed serve's: not to be taken for this one's
+    killed = remove_state(config.data_dir)  # a killed serve's: not to be taken for this one's
     try:
-        ensure_port_free(config.host, config.port)  # first: nothing is opened yet that a refusal must close
+        # first: nothing is opened yet that a refusal must close. After a kill, the dead serve's
+        # gunicorn may still be finishing its requests on this port.
+        ensure_port_free(config.host, config.port, wait_s=KILLED_SERVE_PORT_WAIT_S if killed else 0.0)
         pipeline = LocalPipeline(config)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None

@@ -58,6 +58,11 @@ def http_limits(cfg: Config) -> list[str]:
     return ["--limit-request-line", str(line), "--limit-request-field_size", str(field)]
 
 
+GRACEFUL_TIMEOUT_S = 10  # gunicorn's time to finish the requests in flight when it is stopped
+# how long a new serve waits for the port of a killed one: its gunicorn gets SIGTERM (parent_guard.py)
+KILLED_SERVE_PORT_WAIT_S = GRACEFUL_TIMEOUT_S + 2
+
+
 def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     """The app and worker settings serve gives gunicorn (bench/run.py uses the same).
 
@@ -67,7 +72,7 @@ def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     is its own fsynced file written by the request, so the workers are threads (gthread).
     """
     common = ["--workers", str(cfg.workers), "--log-level", "warning", "--keep-alive", "5",
-              "--graceful-timeout", "10", "--timeout", "60", *http_limits(cfg)]
+              "--graceful-timeout", str(GRACEFUL_TIMEOUT_S), "--timeout", "60", *http_limits(cfg)]
     if spool:
         return ["gleanpipe.wsgi:spool_app", "--worker-class", "gevent",
                 "--worker-connections", str(cfg.connections), *common]
