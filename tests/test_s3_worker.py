@@ -241,3 +241,50 @@ def test_worker_waits_out_an_sqs_outage_then_loads(aws_env, fn_env, monkeypatch,
     stats = json.loads(out.strip().splitlines()[-1])
     assert stats["objects"] == 2 and stats["load"]["inserted"] == 2
     assert rows(warehouse) == [(docs[0], 8), (docs[1], 9)]
+
+
+def test_worker_waits_out_an_endpoint_that_drops_the_connection_mid_request(aws_env, tmp_path):
+    """Before: a connection that broke during a receive (the endpoint went away in the middle of
+    an SQS long poll: botocore's ConnectionClosedError) was taken for a final answer, and the
+    worker exited 1. A real TCP server that reads each request and hangs up stands in for that
+    endpoint (moto stopped in-process finishes its requests instead)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn.recv(65536))
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    queue_url = f"http://127.0.0.1:{port}/123456789012/raw"
+    env = {**__import__("os").environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", queue_url, "--store-url", "s3://bucket/p",
+         "--warehouse-url", f"duckdb://{tmp_path / 'w.duckdb'}", "--wait", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "trying again in 2s" in line:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+        listener.close()
+    refused = [line for line in seen if "cannot receive from" in line]
+    assert len(refused) == 2, "".join(seen)
+    assert "Connection was closed before we received a valid response" in refused[0]
+    assert "trying again in 1s" in refused[0] and "trying again in 2s" in refused[1]
+    assert len(accepted) >= 2 and accepted[0].startswith(b"POST /")  # it asked again after the first hang-up

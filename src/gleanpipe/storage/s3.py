@@ -25,8 +25,8 @@ try:
     import botocore
     from botocore.config import Config as BotoConfig
     from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
-    from botocore.exceptions import (ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError,
-                                     ResponseStreamingError)
+    from botocore.exceptions import (ConnectTimeoutError, EndpointConnectionError, HTTPClientError,
+                                     ReadTimeoutError, ResponseStreamingError)
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(f"s3:// stores need the aws extra: pip install 'gleanpipe[aws]' ({exc})") from exc
 
@@ -59,8 +59,10 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def transient(exc: BaseException) -> bool:
+    # HTTPClientError: the connection broke mid-request (ConnectionClosedError: the endpoint went
+    # away during an SQS long poll), as opposed to an answer that says no
     if isinstance(exc, (BotoConnectionError, EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
-                        ResponseStreamingError)):
+                        ResponseStreamingError, HTTPClientError)):
         return True
     return http_status(exc) in TRANSIENT_STATUS or error_code(exc) in ("SlowDown", "RequestTimeout")
 
