@@ -19,7 +19,7 @@ from gleanpipe.storage import open_store
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 from gleanpipe.worker import S3QueueWorker
 
-from conftest import DATASET, ROOT, SDK_HEADERS, gz, make_ping, submit_path
+from conftest import APP, DATASET, ROOT, SDK_HEADERS, gz, make_ping, submit_path
 from emulators import closed_port, unique_bucket
 
 CLIENT = "7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d"
@@ -288,3 +288,19 @@ def test_worker_waits_out_an_endpoint_that_drops_the_connection_mid_request(aws_
     assert "Connection was closed before we received a valid response" in refused[0]
     assert "trying again in 1s" in refused[0] and "trying again in 2s" in refused[1]
     assert len(accepted) >= 2 and accepted[0].startswith(b"POST /")  # it asked again after the first hang-up
+
+
+def test_with_an_endpoint_and_no_credentials_dedupe_and_the_queue_work(s3_pipeline, monkeypatch):
+    """The README's emulator path with no AWS keys anywhere. Before: requests went unsigned; moto
+    answered the re-sent ping's conditional PUT 403 (so 503 for ever, not "duplicate") and filed
+    the unsigned receive under another account, so the worker saw an empty queue."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    store = open_store(s3_pipeline["store_url"])
+    key, data = f"raw/{APP}/baseline/1/{uuid.uuid4()}.json", b'{"seen": 1}\n{}'
+    assert store.put_new(key, data) is True
+    assert store.put_new(key, data) is False
+    docs = submit(2, launches_from=4)
+    w, _ = worker_for(s3_pipeline, store)
+    drain(w)
+    assert sorted(rows_of(w)) == sorted([(docs[0], 4), (docs[1], 5)])

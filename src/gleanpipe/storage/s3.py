@@ -8,7 +8,10 @@ winner's object (412). The body carries its CRC32 checksum, which S3 verifies.
 Configuration is boto3's own: credentials from the usual chain (env, profile, role), region
 from ``AWS_REGION``/``AWS_DEFAULT_REGION`` (us-east-1 when none is set), and the endpoint from
 ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (an emulator such as moto, or MinIO). With an
-endpoint set and no credentials anywhere, requests are sent unsigned (emulators accept that).
+endpoint set and no credentials anywhere, requests are signed with the placeholder keys
+EMULATOR_KEYS: emulators such as moto take any keys, but not unsigned requests (moto answers an
+unsigned conditional PUT of an existing key 403, and files unsigned SQS calls under another
+account, so the queue looked empty).
 The client is made once per store; boto3 clients are thread-safe.
 """
 
@@ -22,7 +25,6 @@ from .cloud import TRANSIENT_STATUS, CloudOptions, CloudStore, check_key, with_r
 
 try:
     import boto3
-    import botocore
     from botocore.config import Config as BotoConfig
     from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
     from botocore.exceptions import (ConnectTimeoutError, EndpointConnectionError, HTTPClientError,
@@ -31,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(f"s3:// stores need the aws extra: pip install 'gleanpipe[aws]' ({exc})") from exc
 
 POOL_SIZE = 32
+EMULATOR_KEYS = ("gleanpipe-emulator", "gleanpipe-emulator")  # only with an endpoint set and no credentials
 DEFAULT_REGION = "us-east-1"
 
 
@@ -43,9 +46,10 @@ def make_client(service: str, options: CloudOptions, read_timeout_s: float | Non
     session = boto3.session.Session()
     config = BotoConfig(connect_timeout=options.timeout_s, read_timeout=read_timeout_s or options.timeout_s,
                         retries={"total_max_attempts": 1}, max_pool_connections=POOL_SIZE)
+    keys = {}
     if session.get_credentials() is None and endpoint_configured(service):
-        config = config.merge(BotoConfig(signature_version=botocore.UNSIGNED))
-    return session.client(service, region_name=session.region_name or DEFAULT_REGION, config=config)
+        keys = dict(zip(("aws_access_key_id", "aws_secret_access_key"), EMULATOR_KEYS))
+    return session.client(service, region_name=session.region_name or DEFAULT_REGION, config=config, **keys)
 
 
 def error_code(exc: BaseException) -> str:
