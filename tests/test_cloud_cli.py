@@ -18,3 +18,26 @@ def test_serve_refuses_a_cloud_store_it_could_not_trigger_from(tmp_path):
                            "--store-url", "s3://some-bucket/pings"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "file:// store only" in proc.stderr and "gleanpipe worker" in proc.stderr
+
+
+def test_a_store_or_warehouse_out_of_reach_is_one_line_not_a_traceback(tmp_path):
+    """Before: `status` and `replay` printed 50-150 lines of traceback when the bucket's endpoint
+    or BigQuery could not be reached. Here both endpoints are loopback ports nothing listens on."""
+    import duckdb
+
+    from emulators import closed_port
+
+    duckdb.connect(str(tmp_path / "w.duckdb")).close()
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    base = {"PATH": "", "HOME": str(tmp_path), "GLEANPIPE_STORE_RETRY_S": "0", "AWS_ENDPOINT_URL": endpoint,
+            "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+    store = {**base, "GLEANPIPE_STORE_URL": "s3://some-bucket/pings", "GLEANPIPE_WAREHOUSE_URL": f"duckdb://{tmp_path}/w.duckdb"}
+    warehouse = {**base, "GLEANPIPE_WAREHOUSE_URL": "bigquery://some-project/US", "GLEANPIPE_BIGQUERY_ENDPOINT": endpoint,
+                 "GLEANPIPE_STORE_URL": f"file://{tmp_path}/store"}
+    for args, env, says in ((["status"], store, "Error: cannot list s3://some-bucket/pings/errors/"),
+                            (["replay", "--no-progress"], store, "Error: cannot list s3://some-bucket/pings/raw/"),
+                            (["status"], warehouse, "Error: BigQuery: ")):
+        proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args, "--data-dir", str(tmp_path)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert proc.stderr.startswith(says) and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)

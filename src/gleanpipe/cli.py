@@ -94,9 +94,14 @@ def _read_query(config: Config):
 
 class _Commands(click.Group):
     def invoke(self, ctx):
+        from .storage.base import StoreError
+        from .warehouse.base import WarehouseUnavailable
+
         try:
             return super().invoke(ctx)
         except ServeError as exc:  # from any command that went through a running serve
+            raise click.ClickException(str(exc)) from None
+        except (StoreError, WarehouseUnavailable) as exc:  # a store or warehouse out of reach, a missing bucket
             raise click.ClickException(str(exc)) from None
 
 
