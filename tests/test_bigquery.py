@@ -324,6 +324,16 @@ def test_load_function_and_cli_query_on_bigquery(bq_emulator, bq_warehouse_url, 
     out = gleanpipe("query", "--format", "json", "--data-dir", str(tmp_path / "none"), readme_queries()[0])
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [{"tool_name": "hammer", "uses": 7}, {"tool_name": "pliers", "uses": 1}]
+    # read-only there too (before: each ran and exited 0, the table was emptied and then dropped)
+    table = f"{DATASET}.metrics_v1"
+    for sql, says in ((f"DELETE FROM {table} WHERE true", "a DELETE statement is not run"),
+                      (f"SELECT 1; DROP TABLE {table}", "one statement at a time: this SQL has 2"),
+                      (f"/* ; */ CREATE TABLE {DATASET}.probe (a INT64)", "a CREATE statement is not run")):
+        refused = gleanpipe("query", "--data-dir", str(tmp_path / "none"), sql)
+        assert refused.returncode == 1 and says in refused.stderr, (sql, refused.stderr)
+    count = gleanpipe("query", "--format", "json", "--data-dir", str(tmp_path / "none"),
+                      f"SELECT count(*) AS n FROM `{table}` -- counted; after the refusals")
+    assert json.loads(count.stdout) == [{"n": 2}], count.stderr
 
 
 def test_a_request_refused_whole_goes_to_errors(store, bq):

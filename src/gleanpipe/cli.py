@@ -82,8 +82,9 @@ def _read_query(config: Config):
     from .read_only_sql import read_only
 
     wh = _open_local(config, read_only=True)
-    # the same refusal as through serve (DuckDB parses it), and rows as serve's admin API gives them
-    run = read_only(wh.read_query) if config.warehouse_url.startswith("duckdb://") else wh.query
+    # the same refusal as through serve (DuckDB parses it), and rows as serve's admin API gives them;
+    # BigQuery's read_query makes its own check (read_only_sql.check_bigquery)
+    run = read_only(wh.read_query) if config.warehouse_url.startswith("duckdb://") else wh.read_query
 
     def query(sql: str, params=None):
         columns, rows = run(sql, params)

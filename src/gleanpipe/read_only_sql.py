@@ -1,5 +1,10 @@
 """SQL from `gleanpipe query` (and the other commands) that reaches `serve` runs read-only.
 
+On BigQuery (``check_bigquery``) a query runs with the caller's own permissions, so it is held
+to one statement that starts with SELECT or WITH, which BigQuery cannot make write anything
+(DML inside WITH is not BigQuery SQL). This is told from the words themselves, past comments
+and quoted text: a dry run would do, but bqemulator carries out some statements it dry-runs.
+
 Without a server, the CLI opens the DuckDB file read-only, so DuckDB itself refuses a CREATE,
 INSERT, DROP or COPY. Through serve's admin API the same SQL would run on serve's writable
 connection, so a command's meaning would depend on whether serve happens to run. This module
@@ -64,3 +69,26 @@ def read_only(query):
         return query(sql, params)
 
     return run
+
+
+# BigQuery's lexical pieces that may hold a ";" or a keyword without being one: quoted text
+# (raw/bytes prefixes, triple quotes), quoted names, and comments (--, #, /* */).
+_BQ_SKIP = re.compile(
+    r"[rRbB]{0,2}(?:'{3}.*?'{3}|\"{3}.*?\"{3}|'(?:\\.|[^'\\\n])*'|\"(?:\\.|[^\"\\\n])*\")"
+    r"|`(?:\\.|[^`\\])*`|--[^\n]*|#[^\n]*|/\*.*?\*/", re.DOTALL)
+_BQ_READS = ("SELECT", "WITH")
+
+
+def check_bigquery(sql: str) -> None:
+    """Raise WriteRefused unless ``sql`` is one BigQuery statement that starts with SELECT or
+    WITH (after blanks, comments and opening parentheses)."""
+    bare = _BQ_SKIP.sub(" ", sql)
+    statements = [part for part in bare.split(";") if part.strip()]
+    if len(statements) > 1:
+        raise ValueError(f"one statement at a time: this SQL has {len(statements)}")
+    words = re.findall(r"[A-Za-z_]+", statements[0] if statements else "")
+    first = (words[0] if words else "").upper()
+    if first not in _BQ_READS:
+        what = f"a {first} statement" if first else "SQL with no statement"
+        raise WriteRefused(f"the warehouse is read-only for queries: {what} is not run "
+                           "(a query starts with SELECT or WITH)")

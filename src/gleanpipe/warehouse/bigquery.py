@@ -542,6 +542,13 @@ class BigQueryWarehouse(Warehouse):
 
     # --- reading ------------------------------------------------------------------------
 
+    def read_query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        """One statement that starts with SELECT or WITH, else WriteRefused (see read_only_sql)."""
+        from ..read_only_sql import check_bigquery
+
+        check_bigquery(sql)
+        return self.query(sql, params)
+
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         _, result = self._guard(self._run, sql, params)
         if not result.schema:
