@@ -215,6 +215,19 @@ def test_fields_not_yet_visible_to_streaming_make_the_load_retry(store, bq):
         Loader(store, bq).load_keys([key])
 
 
+def test_a_table_deleted_under_a_running_loader_is_made_again_on_the_retry(store, bq):
+    """Before: the loader kept the table it had written to in memory for good, so once it was
+    deleted (by hand, or to rebuild with `replay`) every load failed until the process restarted."""
+    first = put_ping(store, make_ping(CLIENT_A))
+    assert Loader(store, bq).load_keys([first]).inserted == 1
+    bq.client.delete_table(f"{bq.project}.{DATASET}.baseline_v1")
+    second = put_ping(store, make_ping(CLIENT_B))
+    with pytest.raises(WarehouseUnavailable, match="not visible to streaming yet"):
+        Loader(store, bq).load_keys([second])  # the first attempt finds it gone: the trigger retries
+    assert Loader(store, bq).load_keys([second]).inserted == 1
+    assert bq.query(f"SELECT client_info.client_id FROM {DATASET}.baseline_v1")[1] == [(CLIENT_B,)]
+
+
 def test_an_emulator_that_is_down_is_transient(store, monkeypatch):
     from conftest import free_port
 

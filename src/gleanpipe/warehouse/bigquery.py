@@ -362,6 +362,9 @@ class BigQueryWarehouse(Warehouse):
             except BadRequest as exc:  # the request refused whole (a row over BigQuery's size limits, say)
                 raise RowDataError(f"{dataset}.{table}: {exc.message}") from exc
             except NotFound as exc:  # a table just created can be unknown to streaming for a moment
+                # ... or it was deleted since this process cached it: the retry looks again (and makes it)
+                self._schemas.pop((dataset, table), None)
+                self._datasets.discard(dataset)
                 raise WarehouseUnavailable(f"{dataset}.{table} not visible to streaming yet: {exc.message}") from exc
             if errors:
                 self._raise_insert_errors(dataset, table, errors, row_ids[start:end])
