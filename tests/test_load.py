@@ -396,6 +396,40 @@ def test_locked_warehouse_is_transient(tmp_path):
         holder.wait(timeout=10)
 
 
+def test_load_function_answers_503_with_one_log_line_when_it_cannot_run(load_client, fn_store, fn_env,
+                                                                        monkeypatch, caplog):
+    """A bad setting, then the DuckDB file held by another process (a real lock). Before: the
+    framework's 500 page and a traceback in the log on every delivery; the trigger retries either
+    way, so the answer is 503 and the log says what is wrong in one line."""
+    key = put_ping(fn_store, make_ping(CLIENT_A))
+    headers, body = storage_event(key)
+    monkeypatch.setenv("GLEANPIPE_WAREHOUSE_URL", "bigquery://my-project")
+    with caplog.at_level("WARNING", logger="gleanpipe.functions"):
+        resp = load_client.post("/", headers=headers, data=body)
+    assert resp.status_code == 503 and b"load cannot run now (see its log)" in resp.data
+    [record] = [r for r in caplog.records if r.name == "gleanpipe.functions"]
+    assert record.getMessage().startswith("load cannot run until this is fixed (the trigger retries): ")
+    assert "bigquery://PROJECT/LOCATION" in record.getMessage() and record.exc_info is None
+
+    monkeypatch.setenv("GLEANPIPE_WAREHOUSE_URL", f"duckdb://{fn_env / 'held.duckdb'}")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, sys; con = duckdb.connect({str(fn_env / 'held.duckdb')!r}); "
+                               "print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gleanpipe.functions"):
+            resp = load_client.post("/", headers=headers, data=body)
+        assert resp.status_code == 503
+        assert [r.exc_info for r in caplog.records if r.name == "gleanpipe.functions"] == [None]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert load_client.post("/", headers=headers, data=body).status_code == 200  # the lock is gone: it loads
+    assert rows(None, f"SELECT client_info.client_id FROM {DATASET}.baseline_v1") == [(CLIENT_A,)]
+
+
 def test_bad_row_in_a_batch_does_not_block_the_others(store, warehouse):
     """Two ids that map to one column with different types: the second row cannot load."""
     good = put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.a": 1}}))

@@ -11,12 +11,13 @@ import functools
 import logging
 
 import orjson
+from werkzeug.exceptions import ServiceUnavailable
 
 from . import notifications
 from .config import Config
 from .http_edge import SubmitHandler, read_body
 from .load import Loader, LoadResult
-from .storage import open_store
+from .storage import StoreError, open_store
 from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ def submit(request):
     return response.body, response.status, response.headers
 
 
+class _RetryLater(ServiceUnavailable):
+    """503 for the trigger to retry, with one log line instead of the framework's 500 page and
+    a traceback on every delivery."""
+
+
 def load(cloud_event) -> LoadResult:
     """CloudEvent target: load the object the event names. Raises on transient trouble (retry).
 
@@ -66,12 +72,20 @@ def load(cloud_event) -> LoadResult:
     if isinstance(note, notifications.Ignored):
         log.warning("ignoring %s (only object creation is loaded)", note.reason)
         return LoadResult(ignored=1)
-    ldr = loader()
+    try:
+        ldr = loader()
+    except (ValueError, StoreError, WarehouseUnavailable) as exc:  # a bad setting, or a backend out of reach
+        log.error("load cannot run until this is fixed (the trigger retries): %s", exc)
+        raise _RetryLater("load cannot run now (see its log)") from None
     key = ldr.store.object_key(note.bucket, note.name)
     if key is None:
         log.warning("ignoring gs://%s/%s: not in the raw store %s", note.bucket, note.name, ldr.store.url)
         return LoadResult(ignored=1)
-    result = ldr.load_keys([key])
+    try:
+        result = ldr.load_keys([key])
+    except (StoreError, WarehouseUnavailable) as exc:
+        log.warning("load of %s failed, the trigger retries: %s", key, exc)
+        raise _RetryLater(f"load of {key} failed (see the log)") from None
     log.info("load %s: %s", key, result.as_dict())
     return result
 
