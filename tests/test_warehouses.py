@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import re
 import time
 import uuid
@@ -506,4 +505,34 @@ def test_duckdb_leaves_no_ping_data_in_its_temp_folder(store, tmp_path):
     out = subprocess.run([sys.executable, "-c", script, f"duckdb://{tmp_path / 'unclosed.duckdb'}"],
                          capture_output=True, text=True, timeout=60, check=True)
     left = out.stdout.strip()
-    assert left.startswith(tempfile.gettempdir()) and not os.path.exists(left)
+    assert left.startswith(f"{tmp_path / 'unclosed.duckdb'}.load-tmp/") and not os.path.exists(left)
+
+
+def test_rows_a_killed_loader_left_are_removed_by_the_next_writer(tmp_path):
+    """Before: the folder was in the system's temp folder, so a kill -9 in the middle of an insert
+    left that batch's rows (client ids and all) there for good. Now it is beside the file, and the
+    next process to open the file for writing clears what other processes left."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "w.duckdb"
+    script = ("import os, sys; from gleanpipe.warehouse import open_warehouse; wh = open_warehouse(sys.argv[1]); "
+              "open(os.path.join(wh._tmp, 'rows.ndjson'), 'w').write('{}'); print(wh._tmp, flush=True); "
+              "sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", script, f"duckdb://{path}"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    left = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)  # as in the middle of an insert
+    proc.wait(timeout=10)
+    assert os.listdir(left) == ["rows.ndjson"]
+    reader = open_warehouse(f"duckdb://{path}", read_only=True)  # a reader does not touch it
+    reader.close()
+    assert os.path.exists(left)
+    wh = open_warehouse(f"duckdb://{path}")
+    try:
+        assert not os.path.exists(left)
+        assert os.listdir(f"{path}.load-tmp") == [os.path.basename(wh._tmp)]
+    finally:
+        wh.close()
+    assert os.listdir(f"{path}.load-tmp") == []

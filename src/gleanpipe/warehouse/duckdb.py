@@ -84,13 +84,29 @@ class DuckDBWarehouse(Warehouse):
         # Rows to insert are written here for read_json, and removed right after their INSERT.
         # The empty folder goes on close, or when the object is collected or the process exits
         # without a close (a load function's warehouse lives as long as its process).
-        self._tmp = tempfile.mkdtemp(prefix="gleanpipe-load-")
+        self._tmp = self._temp_folder()
         self._drop_tmp = weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
         self._reshaped: set[str] = set()  # datasets whose tables changed shape (views to refresh)
         if not read_only:
             self.con.execute(INTERNAL_DDL)
             self._upgrade()
             self._refresh_views(None)
+
+    def _temp_folder(self) -> str:
+        """A folder of this process's own beside a writable file, ``<file>.load-tmp/<pid>-<random>``:
+        one a killed loader left there (rows of pings in it) is removed by the next process that
+        opens the file for writing, which only one process can do at a time (other processes'
+        folders are gone: DuckDB lets one process write the file). In the system's temp folder
+        for a read-only or in-memory database."""
+        if self.read_only or self.path == ":memory:":
+            return tempfile.mkdtemp(prefix="gleanpipe-load-")
+        parent = Path(f"{self.path}.load-tmp")
+        parent.mkdir(mode=0o700, exist_ok=True)
+        mine = f"{os.getpid()}-"
+        for left in parent.iterdir():
+            if not left.name.startswith(mine):
+                shutil.rmtree(left, ignore_errors=True)
+        return tempfile.mkdtemp(prefix=mine, dir=parent)
 
     def _upgrade(self) -> None:
         """Files from before the views: events_stream (a table then) becomes events_stream_v1, and
