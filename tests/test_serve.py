@@ -160,6 +160,29 @@ def test_replay_with_worker_processes_loads_each_object_once(data_dir):
     assert json.loads(out.stdout) == [{"b": 4, "e": 3, "s": 7, "t": 21}]
 
 
+def test_a_killed_replay_takes_its_worker_processes_with_it(data_dir):
+    """Before: after a kill -9 of `gleanpipe replay`, its worker processes stayed, idle, for ever."""
+    import signal
+
+    from gleanpipe.storage.local import LocalStore
+
+    store = LocalStore(data_dir / "store")
+    ping = gz(make_ping(CLIENT))
+    for _ in range(3000):
+        store.put_new(f"raw/{APP}/baseline/1/{uuid.uuid4()}.json", b'{"submission_timestamp": '
+                      b'"2026-11-23T08:00:00.000000Z"}\n' + ping, notify=False)
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data_dir),
+                             "--batch", "20", "--workers", "2", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(workers := children(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert len(workers) >= 2, "replay ended before its workers could be seen"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert wait_gone(workers, timeout=10) == []  # those left are reported (and killed)
+
+
 def test_commands_aimed_at_another_warehouse_do_not_go_through_serve(serve, tmp_path):
     """serve owns its own DuckDB file only: replay/query/status with another --warehouse-url use that file."""
     for seq in range(2):

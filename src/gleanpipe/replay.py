@@ -12,14 +12,19 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 
+from . import parent_guard
 from .load import Loader, Prepared, prepare
 from .storage import RawStore, open_store
 
 _worker_store: RawStore | None = None
 
 
-def _init_worker(store_url: str) -> None:
+def _init_worker(store_url: str, parent_pid: int) -> None:
     global _worker_store
+    # a replay killed with SIGKILL (or by the OOM killer) takes its worker processes with it
+    parent_guard.die_with_parent()
+    if os.getppid() != parent_pid:  # it died before the setting took effect
+        os._exit(parent_guard.ORPHANED)
     _worker_store = open_store(store_url)
 
 
@@ -54,7 +59,7 @@ def replay_local(loader: Loader, keys: list[str], batch: int, workers: int | Non
         for chunk in chunks(keys, batch):
             add(len(chunk), loader.load_keys(chunk))
         return totals
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(loader.store.url,)) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(loader.store.url, os.getpid())) as pool:
         window: deque = deque()
         for chunk in chunks(keys, batch):
             window.append((len(chunk), pool.submit(_prepare_chunk, chunk)))
