@@ -306,7 +306,8 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     click.echo(f"server: {info['server']}   warehouse: {config.warehouse_url}")
     click.echo(_format(["dataset", "table", "rows"], [[t["dataset"], t["table"], t["rows"]] for t in info["tables"]],
                        "table"))
-    click.echo(f"waiting to load: {info['pending']}")
+    click.echo(f"waiting to load: {info['pending']}" if info["pending"] is not None else
+               f"waiting to load: unknown ({info['store_error']})")
     click.echo(f"deletion requests carried out: {info['deletions']}"
                + (f", pending: {info['deletions_pending']} (retry: gleanpipe deletions)"
                   if info.get("deletions_pending") else ""))

@@ -30,7 +30,7 @@ from .admin import AdminServer, absolute, remove_state, write_state
 from .config import Config
 from .load import Loader
 from .read_only_sql import read_only
-from .storage import RawStore, open_store
+from .storage import RawStore, StoreError, open_store
 from .storage.local import LocalStore
 from .storage.spool import SpoolReader, largest_payload
 from .validation import SCHEMA_ENV, PingValidator, load_schema
@@ -181,7 +181,10 @@ class LocalPipeline:
 
     def status(self) -> dict:
         out = self.warehouse.status()
-        out["pending"] = len(self.store.pending(1_000_000))
+        try:  # the spool's records are written out as objects to be counted
+            out["pending"] = len(self.store.pending(1_000_000))
+        except StoreError as exc:  # a full disk, say: the rest of the status still shows
+            out["pending"], out["store_error"] = None, str(exc)
         return out
 
     def load_keys(self, keys: list[str]) -> dict:
