@@ -148,6 +148,22 @@ def test_a_missing_emulator_gives_a_clear_error(tmp_path, monkeypatch):
     assert out.returncode == 1 and "bqemulator is not installed" in out.stderr
 
 
+def test_a_busy_submit_port_is_refused_before_anything_starts(tmp_path):
+    """Before: the readiness check took the server already on the port for submit, so emulate
+    printed "point the Glean SDK at ..." and failed about 5 s later."""
+    import socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        out = subprocess.run([*GLEANPIPE, "emulate", "--dir", str(tmp_path / "emu"), "--port", str(port)],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "point the Glean SDK" not in out.stdout
+    assert out.stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert not (tmp_path / "emu").exists()  # nothing was started
+
+
 LAUNCHER = """import http.server, os, subprocess, sys
 try:
     os.setpgrp()  # as gcloud does: a process group of its own, then a child (its JVM)

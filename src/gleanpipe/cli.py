@@ -580,7 +580,13 @@ def emulate(port, log_dir) -> None:
     import threading
 
     from .emulate import EmulatorError, Stack
+    from .ports import ensure_port_free
 
+    if port:  # a server already there would answer the readiness check in place of submit
+        try:
+            ensure_port_free("127.0.0.1", port)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
     stack = Stack(log_dir, submit_port=port)
     stop = threading.Event()
     for sig in (_signal.SIGINT, _signal.SIGTERM):
@@ -597,9 +603,10 @@ def emulate(port, log_dir) -> None:
         click.echo(f"point the Glean SDK at {stack.submit.url}")
         click.echo(f"query it:  source {env_file} && gleanpipe query \"SELECT ...\"   (Ctrl-C stops everything)")
         while not stop.wait(0.5):
-            dead = [p.name for p in stack.processes if p.popen.poll() is not None]
+            dead = [p for p in stack.processes if p.popen.poll() is not None]
             if dead:
-                raise click.ClickException(f"{', '.join(dead)} exited; see the logs in {log_dir}/")
+                raise click.ClickException(f"{', '.join(p.name for p in dead)} exited; "
+                                           f"see {', '.join(str(p.log_path) for p in dead)}")
     finally:
         stack.stop()
 
