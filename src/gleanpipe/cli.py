@@ -66,7 +66,8 @@ def _open_local(config: Config, *, read_only: bool):
     except ValueError as exc:  # a bad URL or setting, a missing extra
         raise click.ClickException(str(exc)) from None
     except WarehouseUnavailable as exc:
-        raise click.ClickException(f"{exc}\n(is a `gleanpipe serve` for another data dir using it?)") from None
+        raise click.ClickException(f"{exc}\n(another process writes to it: a `gleanpipe serve` for another data "
+                                   "dir, a `gleanpipe worker` or a `load` function?)") from None
 
 
 def _server(config: Config) -> AdminClient | None:
