@@ -242,6 +242,16 @@ def test_settings_and_the_readme_settings_table_agree():
         assert rows[name].endswith(f"At most {MAX_SECONDS:.0f}. |"), (name, rows[name])
 
 
+def test_a_store_in_trouble_is_answered_before_the_sdk_gives_up():
+    """The Glean SDK (Python: glean/net/http_client.py) waits 10 s for an upload. Before, with
+    10 s per request and 15 s of retries, a hung store was answered 503 after about 20 s: the
+    SDK had long given up. The worst case is the retry budget, then one attempt's connect and read."""
+    from gleanpipe.config import SETTINGS
+
+    timeout, retry = (float(SETTINGS[f"GLEANPIPE_STORE_{n}_S"].default) for n in ("TIMEOUT", "RETRY"))
+    assert retry + 2 * timeout < 10
+
+
 def test_documented_defaults():
     from dataclasses import asdict
 

@@ -66,12 +66,14 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_EXPLORE_PORT", "8001", "Port `gleanpipe explore` runs Datasette on (loopback)."),
         Setting(
             "GLEANPIPE_STORE_TIMEOUT_S",
-            "10",
-            "Seconds one request to a gs:// or s3:// store may take (connect, then read).",
+            "3",
+            "Seconds one request to a gs:// or s3:// store may take (connect, then read). With the "
+            "defaults a store in trouble is a 503 within 9 s (retry + 2 x timeout), before the Glean "
+            "SDK's own 10 s upload timeout.",
         ),
         Setting(
             "GLEANPIPE_STORE_RETRY_S",
-            "15",
+            "3",
             "Seconds a gs:// or s3:// store call keeps retrying transient failures (5xx, 429, network) "
             "before it fails (submit then answers 503). 0: no retries.",
         ),
