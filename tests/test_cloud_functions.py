@@ -85,13 +85,18 @@ def test_rejected_ping_is_recorded_in_the_cloud_error_area(cloud_fn):
 
 
 @BOTH
-def test_submit_answers_503_when_the_bucket_does_not_exist(cloud_fn, monkeypatch):
+def test_submit_answers_503_when_the_bucket_does_not_exist(cloud_fn, monkeypatch, caplog):
     scheme = cloud_fn["url"].split("://")[0]
-    monkeypatch.setenv("GLEANPIPE_STORE_URL", f"{scheme}://{unique_bucket()}/pings")
-    resp = submit_client().post(submit_path("baseline"), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    bucket = unique_bucket()
+    monkeypatch.setenv("GLEANPIPE_STORE_URL", f"{scheme}://{bucket}/pings")
+    with caplog.at_level("WARNING", logger="gleanpipe.submit"):
+        resp = submit_client().post(submit_path("baseline"), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
     assert resp.status_code == 503
     assert resp.headers["Retry-After"] == "5"
     assert resp.get_json()["error_type"] == "store_unavailable" and "404" in resp.get_json()["error_message"]
+    # and the operator sees it in the function's log (before: only the client was told)
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "gleanpipe.submit"]
+    assert logged.startswith("503 for /submit/") and f"{scheme}://{bucket}/pings" in logged
 
 
 @BOTH

@@ -327,6 +327,7 @@ def test_a_bad_setting_in_the_function_is_a_503_the_sdk_retries(fn_env, monkeypa
     assert (resp.status_code, resp.get_json()) == (503, {
         "error_type": "misconfigured",
         "error_message": "the server cannot take pings now (see its log), retry later"})
+    assert resp.headers["Retry-After"] == "60"  # a fix needs a redeploy: no point in asking sooner
     [logged] = [r.getMessage() for r in caplog.records if r.name == "gleanpipe.functions"]
     assert logged.startswith("submit cannot take pings until its settings are fixed: ")
     assert list(env)[0] in logged or "ftp://somewhere" in logged

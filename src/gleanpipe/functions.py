@@ -42,8 +42,10 @@ def submit(request):
     except Exception as exc:  # noqa: BLE001 - a bad setting or store URL: nothing the client did
         # 503, not the framework's 500 page: the SDK keeps the ping and retries once this is fixed.
         log.error("submit cannot take pings until its settings are fixed: %s", exc)
-        return _json({"error_type": "misconfigured",
-                      "error_message": "the server cannot take pings now (see its log), retry later"}, 503)
+        body, status, headers = _json({"error_type": "misconfigured",
+                                       "error_message": "the server cannot take pings now (see its log), retry later"},
+                                      503)
+        return body, status, {**headers, "Retry-After": "60"}
     length = request.content_length
     limit = handler.config.max_wire_bytes
     body = read_body(request.stream, length, limit) if length is None or length <= limit else b""

@@ -18,6 +18,7 @@ write fails the answer is 503, so no ping is dropped without its reason kept.
 from __future__ import annotations
 
 import base64
+import logging
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +33,8 @@ from .debug_index import DebugIndex
 from .naming import ERROR_PREFIX, PathError, parse_segments
 from .storage import RawStore, StoreError
 from .validation import PingValidator, default_validator
+
+log = logging.getLogger("gleanpipe.submit")
 
 GZIP_MAGIC = b"\x1f\x8b"
 METHODS = ("POST", "PUT")
@@ -118,7 +121,8 @@ class SubmitHandler:
             created = self.store.put_new(meta["key"], rawobject.encode(meta, payload))
         except Rejected as rej:
             return self._reject(rej, meta, body)
-        except StoreError as exc:
+        except StoreError as exc:  # the operator must see it too: the answer goes to the client only
+            log.warning("503 for %s: %s", path, exc)
             return _error(503, "store_unavailable", f"could not store the ping, retry later ({exc})",
                           **{"Retry-After": "5"})
         if meta["headers"]["x_debug_id"] is not None:
@@ -174,6 +178,7 @@ class SubmitHandler:
         try:
             self.store.put_new(key, orjson.dumps(record), notify=False)
         except StoreError as exc:
+            log.warning("503 for %s (rejected %s, reason not kept): %s", meta["uri"], rej.error_type, exc)
             return _error(503, "store_unavailable", f"could not record the rejection, retry later ({exc})",
                           **{"Retry-After": "5"})
         if meta["headers"]["x_debug_id"] is not None:
