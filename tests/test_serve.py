@@ -140,6 +140,40 @@ def test_status_shows_while_the_spool_cannot_be_written_out(serve):
     assert json.loads(cli("status", "--json", data_dir=serve.data_dir).stdout)["pending"] == 0
 
 
+def test_ctrl_c_in_a_terminal_stops_serve_gracefully(data_dir):
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group. Before, gunicorn
+    got it too and took it as a quick shutdown: a request in flight was cut off. Now only serve
+    gets it, and it stops gunicorn with SIGTERM, which finishes the requests in flight. Here the
+    request in flight is one whose body is half sent when Ctrl-C comes."""
+    import signal
+
+    data_dir.mkdir(parents=True)
+    port, doc_id = free_port(), str(uuid.uuid4())
+    with open(data_dir.parent / "terminal.log", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(data_dir),
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # its own group: a foreground job
+        deadline = time.monotonic() + 30
+        while AdminClient.find(data_dir) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        body = gz(make_ping(CLIENT))
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+            conn.sendall(f"POST {submit_path('baseline', doc_id)} HTTP/1.1\r\nHost: x\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+            time.sleep(0.5)  # the worker is reading the body
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+            time.sleep(0.5)
+            conn.sendall(body[10:])
+            answer = conn.recv(65536)
+        assert proc.wait(timeout=30) == 0
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    again = ServeProcess(data_dir).start()  # and it was stored: it is a row (at the latest once serve starts again)
+    try:
+        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE document_id = '{doc_id}'", 1) == 1
+    finally:
+        assert again.stop() == 0
+
+
 def test_replay_rebuilds_a_deleted_warehouse(data_dir):
     server = ServeProcess(data_dir).start()
     try:

@@ -210,8 +210,10 @@ class LocalPipeline:
         env["GLEANPIPE_SPOOL"] = "on" if cfg.spool else "off"
         cmd = [sys.executable, "-m", "gunicorn", *gunicorn_args(cfg, spool=isinstance(self.store, SpoolReader)),
                "--bind", f"{cfg.host}:{cfg.port}"]
-        # gunicorn stops (gracefully) if this process dies, even by SIGKILL: see parent_guard.py
-        self.http = subprocess.Popen(parent_guard.command(os.getpid(), cmd), env=env)
+        # gunicorn stops (gracefully) if this process dies, even by SIGKILL: see parent_guard.py.
+        # A session of its own: a terminal's Ctrl-C reaches this process only, which stops gunicorn
+        # gracefully (SIGTERM); gunicorn takes a SIGINT of its own as "drop the requests in flight".
+        self.http = subprocess.Popen(parent_guard.command(os.getpid(), cmd), env=env, start_new_session=True)
         wait_for_port(cfg.host if cfg.host not in ("0.0.0.0", "::") else "127.0.0.1", cfg.port, self.http)
         write_state(cfg.data_dir, {
             "pid": os.getpid(), "submit_url": f"http://{cfg.host}:{cfg.port}", "admin_url": self.admin.url,
