@@ -347,6 +347,11 @@ def test_load_function_and_cli_query_on_bigquery(bq_emulator, bq_warehouse_url, 
     count = gleanpipe("query", "--format", "json", "--data-dir", str(tmp_path / "none"),
                       f"SELECT count(*) AS n FROM `{table}` -- counted; after the refusals")
     assert json.loads(count.stdout) == [{"n": 2}], count.stderr
+    # BigQuery's own refusals in one line (before: five, with the job's location and id, the message twice)
+    for sql in ("SELECT * FROM nowhere.nothing", f"SELECT no_such_column FROM {table}"):
+        bad = gleanpipe("query", "--data-dir", str(tmp_path / "none"), sql)
+        assert bad.returncode == 1 and bad.stderr.startswith("Error: BigQuery: "), bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and "Job ID" not in bad.stderr, bad.stderr
 
 
 def test_a_request_refused_whole_goes_to_errors(store, bq):

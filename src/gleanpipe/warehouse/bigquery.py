@@ -163,6 +163,16 @@ def q(name: str) -> str:
     return f"`{name}`"
 
 
+def said(exc: BaseException) -> str:
+    """What BigQuery said, on one line: a google-api-core error's code and message, without the
+    job's location and id and the details that repeat the message."""
+    code, message = getattr(exc, "code", None), getattr(exc, "message", None)
+    if message is None:
+        return str(exc)
+    first = str(message).splitlines()[0].split("; reason: ")[0]  # the rest says it again
+    return f"{code} {first}" if code else first
+
+
 class BigQueryWarehouse(Warehouse):
     def __init__(self, project: str, location: str, *, read_only: bool = False, client=None, environ=None):
         from google.cloud.bigquery.retry import DEFAULT_RETRY
@@ -213,7 +223,7 @@ class BigQueryWarehouse(Warehouse):
             return fn(*args)
         except (gexc.RetryError, gexc.ServerError, gexc.TooManyRequests, gexc.Forbidden, gexc.Unauthorized,
                 ConnectionError, TimeoutError) as exc:
-            raise WarehouseUnavailable(f"BigQuery: {exc}") from exc
+            raise WarehouseUnavailable(f"BigQuery: {said(exc)}") from exc
         except OSError as exc:  # requests' connection errors
             raise WarehouseUnavailable(f"BigQuery: {exc}") from exc
 
@@ -549,8 +559,13 @@ class BigQueryWarehouse(Warehouse):
         """One statement that starts with SELECT or WITH, else WriteRefused (see read_only_sql)."""
         from ..read_only_sql import check_bigquery
 
+        from google.api_core.exceptions import GoogleAPICallError
+
         check_bigquery(sql)
-        return self.query(sql, params)
+        try:
+            return self.query(sql, params)
+        except GoogleAPICallError as exc:  # the query's own fault (a typo, a missing column): one line
+            raise ValueError(f"BigQuery: {said(exc)}") from None
 
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         _, result = self._guard(self._run, sql, params)
