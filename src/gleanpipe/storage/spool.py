@@ -31,9 +31,9 @@ keyed by document id).
 
 Dedupe: the edge answers "duplicate" without spooling when the object already exists or
 when the same worker spooled the key recently; a copy that arrives while that worker is still
-writing the first one waits for its batch and gets its outcome. Two copies of one document id that reach
-different workers before the first is materialised are both spooled; the second is
-dropped by the create-only link when it is materialised (first written wins).
+writing the first one waits for its batch and gets its outcome. Two copies of one document
+id that reach different workers before the first is materialised are both spooled; the
+second is dropped by the create-only link when it is materialised (first written wins).
 """
 
 from __future__ import annotations
@@ -585,9 +585,9 @@ class SpoolReader(RawStore):
 
 def spooled_records(local: LocalStore) -> int:
     """Pings in the spool files left in a store that are not objects yet (read-only: for
-    `status` while serve is not running). Serve reads every spool file again when it starts;
-    a record whose object exists was loaded then, bar one a crash caught between the two
-    (a moment), so it does not count as waiting."""
+    `status` while serve is not running). Serve reads every spool file again when it starts.
+    A record whose object exists was loaded right after it was written out (bar one that a crash
+    caught in between, a moment's window), so it does not count as waiting."""
     keys = set()
     for path in sorted((local.root / SPOOL).glob(f"*{SUFFIX}")):
         try:
