@@ -557,9 +557,9 @@ class BigQueryWarehouse(Warehouse):
 
     def read_query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         """One statement that starts with SELECT or WITH, else WriteRefused (see read_only_sql)."""
-        from ..read_only_sql import check_bigquery
-
         from google.api_core.exceptions import GoogleAPICallError
+
+        from ..read_only_sql import check_bigquery
 
         check_bigquery(sql)
         try:

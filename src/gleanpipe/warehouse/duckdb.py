@@ -93,11 +93,10 @@ class DuckDBWarehouse(Warehouse):
             self._refresh_views(None)
 
     def _temp_folder(self) -> str:
-        """A folder of this process's own beside a writable file, ``<file>.load-tmp/<pid>-<random>``:
-        one a killed loader left there (rows of pings in it) is removed by the next process that
-        opens the file for writing, which only one process can do at a time (other processes'
-        folders are gone: DuckDB lets one process write the file). In the system's temp folder
-        for a read-only or in-memory database."""
+        """A folder of this process's own beside a writable file, ``<file>.load-tmp/<pid>-<random>``.
+        DuckDB lets one process at a time write the file, so a folder of another process there was
+        left by one that is gone (a killed loader, rows of pings in it): it is removed. In the
+        system's temp folder for a read-only or in-memory database."""
         if self.read_only or self.path == ":memory:":
             return tempfile.mkdtemp(prefix="gleanpipe-load-")
         parent = Path(f"{self.path}.load-tmp")
