@@ -171,7 +171,7 @@ def test_missing_bucket_is_a_store_error_not_a_duplicate(cloud_store_url):
 
 
 def test_options_from_env_are_checked():
-    assert CloudOptions.from_env({}) == CloudOptions(timeout_s=10.0, retry_s=15.0)
+    assert CloudOptions.from_env({}) == CloudOptions(timeout_s=3.0, retry_s=3.0)
     assert CloudOptions.from_env({"GLEANPIPE_STORE_RETRY_S": "0", "GLEANPIPE_STORE_TIMEOUT_S": "2.5"}) == \
         CloudOptions(timeout_s=2.5, retry_s=0.0)
     for env, raw in (("GLEANPIPE_STORE_TIMEOUT_S", "0"), ("GLEANPIPE_STORE_TIMEOUT_S", "soon"),
