@@ -129,16 +129,23 @@ class LoaderThread(threading.Thread):
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Return once an HTTP worker answers on ``host:port``, not only once gunicorn listens: a
+    worker still booting ignores SIGTERM (gevent's patching comes before its signal handlers), so
+    a stop in that moment waited out the whole graceful timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the HTTP server exited with code {proc.returncode}")
         try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
+            with socket.create_connection((host, port), timeout=0.5) as conn:
+                conn.settimeout(max(0.5, deadline - time.monotonic()))
+                conn.sendall(b"GET /submit HTTP/1.0\r\n\r\n")  # any answer will do (it is a 404)
+                if conn.recv(16).startswith(b"HTTP/"):
+                    return
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"the HTTP server did not listen on {host}:{port} within {timeout:.0f}s")
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"the HTTP server did not answer on {host}:{port} within {timeout:.0f}s")
 
 
 class LocalPipeline:
