@@ -5,12 +5,25 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_worker_wait_setting_is_checked(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", "http://127.0.0.1:1/q",
                            "--data-dir", str(tmp_path)], env={"GLEANPIPE_WORKER_WAIT_S": "21", "PATH": ""},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "0<=x<=20" in proc.stderr
+
+
+@pytest.mark.parametrize("store", ["gs://some-bucket/pings", None])  # None: the default, a folder
+def test_worker_refuses_a_store_that_is_not_s3(tmp_path, store):
+    """Before: it started, then failed on SQS with "Unable to locate credentials" (gs://), or
+    polled for notifications of a bucket it would never read (the default folder)."""
+    args = ["--store-url", store] if store else []
+    proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", "http://127.0.0.1:1/q",
+                           "--data-dir", str(tmp_path), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "the worker loads from the s3:// store whose bucket notifies the queue" in proc.stderr
+    assert (store or f"file://{tmp_path}/store") in proc.stderr and not (tmp_path / "warehouse.duckdb").exists()
 
 
 def test_serve_refuses_a_cloud_store_it_could_not_trigger_from(tmp_path):

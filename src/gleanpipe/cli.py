@@ -412,6 +412,9 @@ def worker(data_dir, store_url, warehouse_url, queue_url, wait_s, once, max_mess
     from .worker import S3QueueWorker
 
     config = _config(data_dir, store_url, warehouse_url)
+    if not config.store_url.startswith("s3://"):
+        raise click.UsageError(f"the worker loads from the s3:// store whose bucket notifies the queue, not "
+                               f"{config.store_url} (--store-url or GLEANPIPE_STORE_URL)")
     store = _store(config)
     wh = _open_local(config, read_only=False)
     try:
