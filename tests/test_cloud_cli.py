@@ -46,6 +46,7 @@ def test_a_store_or_warehouse_out_of_reach_is_one_line_not_a_traceback(tmp_path)
             "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
     store = {**base, "GLEANPIPE_STORE_URL": "s3://some-bucket/pings", "GLEANPIPE_WAREHOUSE_URL": f"duckdb://{tmp_path}/w.duckdb"}
     warehouse = {**base, "GLEANPIPE_WAREHOUSE_URL": "bigquery://some-project/US", "GLEANPIPE_BIGQUERY_ENDPOINT": endpoint,
+                 "GLEANPIPE_BIGQUERY_RETRY_S": "1",
                  "GLEANPIPE_STORE_URL": f"file://{tmp_path}/store"}
     for args, env, says in ((["status"], store, "Error: cannot list s3://some-bucket/pings/errors/"),
                             (["replay", "--no-progress"], store, "Error: cannot list s3://some-bucket/pings/raw/"),
