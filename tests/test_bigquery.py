@@ -17,7 +17,7 @@ from google.api_core.exceptions import BadRequest
 
 from gleanpipe.admin import take_serve_lock, write_state
 from gleanpipe.load import Loader
-from gleanpipe.warehouse import RowDataError, WarehouseUnavailable, open_warehouse
+from gleanpipe.warehouse import WarehouseUnavailable, open_warehouse
 from gleanpipe.warehouse.bigquery import BigQueryWarehouse, parse_url
 
 from conftest import DATASET, make_ping

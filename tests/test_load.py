@@ -9,7 +9,6 @@ import textwrap
 import uuid
 from datetime import datetime, timezone
 
-import orjson
 import pytest
 from functions_framework import create_app
 
