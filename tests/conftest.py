@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import json
@@ -269,3 +270,19 @@ def post(url: str, body: bytes, headers: dict | None = None, method: str = "POST
     except urllib.error.HTTPError as exc:
         raw, status, hdrs = exc.read(), exc.code, dict(exc.headers)
     return status, (json.loads(raw) if raw else None), hdrs
+
+
+@contextlib.contextmanager
+def duckdb_held_elsewhere(path: Path):
+    """Another process holds ``path`` open in DuckDB (its write lock: a real lock, not a mock)
+    until the block ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, sys; con = duckdb.connect({str(path)!r}); "
+                               "print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)

@@ -382,20 +382,11 @@ def test_replay_and_deletions_on_a_data_dir_with_nothing_there_create_nothing(tm
 def test_a_warehouse_another_process_writes_to_names_every_kind_of_writer(tmp_path):
     """Before: the hint named only `serve`, while a `worker` or a `load` function holding the
     DuckDB file locks it out just the same (a real lock, held by another process)."""
-    import subprocess
-    import sys
+    from conftest import duckdb_held_elsewhere
 
     path = tmp_path / "held.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, sys; con = duckdb.connect({str(path)!r}); "
-                               "print('locked', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with duckdb_held_elsewhere(path):
         out = gleanpipe("status", "--data-dir", str(tmp_path), "--warehouse-url", f"duckdb://{path}")
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=10)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.rstrip().endswith("(another process writes to it: a `gleanpipe serve` for another data dir, "
                                         "a `gleanpipe worker` or a `load` function?)")

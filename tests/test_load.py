@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 import uuid
 from datetime import datetime, timezone
 
@@ -375,24 +372,11 @@ def test_replay_into_fresh_warehouse_applies_deletions_in_any_order(config, stor
 
 
 def test_locked_warehouse_is_transient(tmp_path):
-    """Another process holding the DuckDB file: a real lock, not a mock."""
+    from conftest import duckdb_held_elsewhere
+
     path = tmp_path / "locked.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import duckdb, sys, time
-            con = duckdb.connect({str(path)!r})
-            print("locked", flush=True)
-            sys.stdin.read()
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(WarehouseUnavailable):
-            DuckDBWarehouse(str(path))
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=10)
+    with duckdb_held_elsewhere(path), pytest.raises(WarehouseUnavailable):
+        DuckDBWarehouse(str(path))
 
 
 def test_load_function_answers_503_with_one_log_line_when_it_cannot_run(load_client, fn_store, fn_env,
@@ -400,6 +384,8 @@ def test_load_function_answers_503_with_one_log_line_when_it_cannot_run(load_cli
     """A bad setting, then the DuckDB file held by another process (a real lock). Before: the
     framework's 500 page and a traceback in the log on every delivery; the trigger retries either
     way, so the answer is 503 and the log says what is wrong in one line."""
+    from conftest import duckdb_held_elsewhere
+
     key = put_ping(fn_store, make_ping(CLIENT_A))
     headers, body = storage_event(key)
     monkeypatch.setenv("GLEANPIPE_WAREHOUSE_URL", "bigquery://my-project")
@@ -411,20 +397,12 @@ def test_load_function_answers_503_with_one_log_line_when_it_cannot_run(load_cli
     assert "bigquery://PROJECT/LOCATION" in record.getMessage() and record.exc_info is None
 
     monkeypatch.setenv("GLEANPIPE_WAREHOUSE_URL", f"duckdb://{fn_env / 'held.duckdb'}")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, sys; con = duckdb.connect({str(fn_env / 'held.duckdb')!r}); "
-                               "print('locked', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with duckdb_held_elsewhere(fn_env / "held.duckdb"):
         caplog.clear()
         with caplog.at_level("WARNING", logger="gleanpipe.functions"):
             resp = load_client.post("/", headers=headers, data=body)
         assert resp.status_code == 503
         assert [r.exc_info for r in caplog.records if r.name == "gleanpipe.functions"] == [None]
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=10)
     assert load_client.post("/", headers=headers, data=body).status_code == 200  # the lock is gone: it loads
     assert rows(None, f"SELECT client_info.client_id FROM {DATASET}.baseline_v1") == [(CLIENT_A,)]
 
