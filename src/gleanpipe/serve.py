@@ -231,9 +231,18 @@ class LocalPipeline:
         if self.http and self.http.poll() is None:
             self.http.terminate()
             try:
-                self.http.wait(timeout=15)
+                self.http.wait(timeout=2)
             except subprocess.TimeoutExpired:
-                self.http.kill()
+                # A worker that was still booting when SIGTERM came ignored it (gevent patches before
+                # the worker sets its signal handlers): once more, to gunicorn's whole process group.
+                try:
+                    os.killpg(self.http.pid, signal.SIGTERM)
+                except ProcessLookupError:  # gone in the meantime
+                    pass
+                try:
+                    self.http.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.http.kill()
         self.loader_thread.stop()
         self.admin.stop()
         self.warehouse.close()
