@@ -121,9 +121,9 @@ class SubmitHandler:
             created = self.store.put_new(meta["key"], rawobject.encode(meta, payload))
         except Rejected as rej:
             return self._reject(rej, meta, body)
-        except StoreError as exc:  # the operator must see it too: the answer goes to the client only
+        except StoreError as exc:  # why goes to the operator's log only: it names folders, buckets, keys
             log.warning("503 for %s: %s", path, exc)
-            return _error(503, "store_unavailable", f"could not store the ping, retry later ({exc})",
+            return _error(503, "store_unavailable", "could not store the ping, retry later (the server's log says why)",
                           **{"Retry-After": "5"})
         if meta["headers"]["x_debug_id"] is not None:
             self.debug.record(meta, "accepted" if created else "duplicate", 200, meta["key"])
@@ -179,7 +179,8 @@ class SubmitHandler:
             self.store.put_new(key, orjson.dumps(record), notify=False)
         except StoreError as exc:
             log.warning("503 for %s (rejected %s, reason not kept): %s", meta["uri"], rej.error_type, exc)
-            return _error(503, "store_unavailable", f"could not record the rejection, retry later ({exc})",
+            return _error(503, "store_unavailable",
+                          "could not record the rejection, retry later (the server's log says why)",
                           **{"Retry-After": "5"})
         if meta["headers"]["x_debug_id"] is not None:
             self.debug.record(meta, "rejected", rej.status, key, rej.error_type, rej.message)
