@@ -390,3 +390,21 @@ def test_a_warehouse_another_process_writes_to_names_every_kind_of_writer(tmp_pa
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.rstrip().endswith("(another process writes to it: a `gleanpipe serve` for another data dir, "
                                         "a `gleanpipe worker` or a `load` function?)")
+
+
+def test_serve_on_a_data_dir_it_cannot_make_says_so_in_one_line(tmp_path):
+    """Before: a traceback (NotADirectoryError from mkdir) for a data dir under a file."""
+    (tmp_path / "a-file").write_text("x")
+    proc = gleanpipe("serve", "--data-dir", str(tmp_path / "a-file" / "data"), "--port", str(free_port()), timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr == f"Error: {tmp_path / 'a-file' / 'data'}: Not a directory\n"
+
+
+def test_serve_with_a_file_where_the_spool_folder_goes_says_so_in_one_line(tmp_path):
+    """Before: a traceback (FileExistsError from mkdir) at start."""
+    (tmp_path / "data" / "store").mkdir(parents=True)
+    (tmp_path / "data" / "store" / ".spool").write_text("x")
+    proc = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr == f"Error: cannot create spool folder {tmp_path / 'data' / 'store' / '.spool'}: a file has that name\n"
+    assert AdminClient.find(tmp_path / "data") is None  # nothing left that looks like a running serve

@@ -105,6 +105,15 @@ class _Commands(click.Group):
             raise click.ClickException(str(exc)) from None
         except (StoreError, WarehouseUnavailable) as exc:  # a store or warehouse out of reach, a missing bucket
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a folder that cannot be made or used (under a file, read-only, /proc, ...)
+            raise click.ClickException(_os_error(exc)) from None
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an OSError: what it is about, then why ("/x/data: Not a directory")."""
+    why = exc.strerror or str(exc)
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {why}" if names else why
 
 
 @click.group(cls=_Commands)

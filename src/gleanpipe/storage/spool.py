@@ -388,7 +388,11 @@ class SpoolReader(RawStore):
         self.local = local
         self.url = local.url
         self.dir = local.root / SPOOL
-        self.dir.mkdir(exist_ok=True)
+        try:
+            self.dir.mkdir(exist_ok=True)
+        except OSError as exc:  # FileExistsError: a file by that name
+            raise StoreError(f"cannot create spool folder {self.dir}: "
+                             f"{'a file has that name' if isinstance(exc, FileExistsError) else exc.strerror or exc}") from exc
         self.lock = threading.RLock()
         self._segments: dict[str, _Segment] = {}
         self._queue: OrderedDict[str, tuple[str, float]] = OrderedDict()  # receipt -> (key, materialised at)
