@@ -126,6 +126,36 @@ def test_a_record_being_written_is_waited_for_not_skipped(store):
     assert segments(store) == []
 
 
+def test_the_reader_syncs_a_record_it_read_before_it_becomes_an_object(store, monkeypatch):
+    """A record is readable once its writer's write() returns, before that writer's fdatasync
+    has. Before: the reader wrote it out as an object at once, and the object made the edge answer
+    "duplicate" to a copy at another worker; a power cut then could take the record, the object
+    and so the ping. A power cut cannot be caused here: a spy (which calls through) records the
+    order of the fdatasyncs and of the objects written."""
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
+    first, second = raw(seq=1), raw(seq=2)
+    writer.append(*first)  # the segment exists and its writer holds it
+    (seg,) = segments(store)
+    with open(seg, "ab") as f:  # written by the worker, whose fdatasync has not returned yet
+        f.write(encode_record(*second))
+    events, real_sync, real_put = [], os.fdatasync, LocalStore.put_unsynced
+
+    def sync(fd):
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_sync(fd)
+
+    def put(self, key, data):
+        events.append(("object", key))
+        return real_put(self, key, data)
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    monkeypatch.setattr(LocalStore, "put_unsynced", put)
+    reader = SpoolReader(store)
+    assert [k for _, k in reader.pending(10)] == [first[0], second[0]]
+    assert events == [("sync", str(seg)), ("object", first[0]), ("object", second[0])]
+    writer.close()
+
+
 def test_concurrent_appends_each_return_after_an_fsync_that_covers_them(store, monkeypatch):
     """32 threads x 40 pings. Each append must return only after an fdatasync that started
     when the file already held its record. The real fdatasync runs; the wrapper only records

@@ -22,9 +22,10 @@ then the body: u16 key length, key (ASCII), object bytes. A record cut short by 
 (never acknowledged: its fdatasync had not returned) fails its length or checksum and is
 skipped once its writer is gone.
 
-Loader side (the serve process): ``SpoolReader`` tails every segment, turns each record
-into the normal create-only object (tmp file + ``os.link``, no fsync per object) and hands
-the key to the loader. A segment is deleted only when its writer is gone, every record in
+Loader side (the serve process): ``SpoolReader`` tails every segment, runs one
+``fdatasync`` on what it read (a record is readable before its writer's fdatasync returns),
+turns each record into the normal create-only object (tmp file + ``os.link``, no fsync per
+object) and hands the key to the loader. A segment is deleted only when its writer is gone, every record in
 it was loaded, and one ``syncfs`` made the objects durable. After a crash the remaining
 segments are read again from the start; that is idempotent (create-only objects, loads
 keyed by document id).
@@ -499,11 +500,13 @@ class SpoolReader(RawStore):
                     with open(path, "rb") as f:
                         f.seek(seg.offset)
                         buf = f.read(size)
+                        at_end, whole = len(buf) < size, next(decode_records(buf), None) is not None
+                        if whole:
+                            self._sync(f.fileno(), seg)
                 except FileNotFoundError:
                     seg.finished = True
                     return want
-                at_end = len(buf) < size
-                if at_end or next(decode_records(buf), None) is not None or size > MAX_BODY:
+                if at_end or whole or size > MAX_BODY:
                     break
                 size *= 2  # one record larger than what was read
             pos, base = 0, seg.offset
@@ -525,6 +528,17 @@ class SpoolReader(RawStore):
             elif pos == 0:
                 break  # a record still being written: next time
         return want
+
+    @staticmethod
+    def _sync(fd: int, seg: _Segment) -> None:
+        """Make what was read durable before any of it becomes an object. The reader sees a
+        record as soon as its writer's ``write`` returns, before that writer's fdatasync has:
+        an object made from it would make the edge answer "duplicate" to another copy, and a
+        power cut could then take both the record and the object."""
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot sync spool segment {seg.name}: {exc.strerror or exc}") from exc
 
     def _resync(self, seg: _Segment, rest: bytes, at_end: bool) -> None:
         """The writer is gone and what follows is no intact record: a torn tail (crash while
