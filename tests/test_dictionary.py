@@ -139,6 +139,8 @@ def test_every_metric_page_has_runnable_sql_and_chart_data(site):
             assert f"{DATASET}.{view}" in q["sql"]["duckdb"] and q["table"] not in q["sql"]["duckdb"]
             assert f"`{DATASET}.{view}`" in q["sql"]["bigquery"]
             site.query(q["sql"]["duckdb"])  # ready to run: raises on any error
+            for sql in q["sql"].values():  # BigQuery reads `metrics.x` in a table named metrics as the table's
+                assert not re.findall(r"(?<![\w.`])metrics\.", sql), sql
         assert m["chart"] and m["chart"]["series"], summary["id"]
     launch = api(site, f"apps/{DATASET}/metrics/toolbox.launch_count.json")
     assert launch["chart"]["title"] == "daily sum"
@@ -163,7 +165,7 @@ def test_metric_page_html(site):
     assert status == 200
     assert 'class="chart"' in html and ("<polyline" in html or "<circle" in html)
     assert 'class="sql-duckdb"' in html and 'class="sql-bigquery"' in html and "button class=\"copy\"" in html
-    assert "SUM(metrics.counter.toolbox_launch_count)" in html
+    assert "SUM(p.metrics.counter.toolbox_launch_count)" in html
     assert "How many times a tool was launched" in html
     assert "https://github.com/example/gleanpipe/issues/1" in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html.replace(

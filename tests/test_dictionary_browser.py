@@ -73,7 +73,7 @@ def search_and_open_metric(pg, shot: str) -> None:
     tip = chart.locator("circle.point title").first.text_content()
     assert tip.startswith("sum ") and tip.endswith(": 6"), tip  # the SDK sent launch_count 6
     duck = pg.locator("pre.sql-duckdb").first
-    assert duck.is_visible() and "SUM(metrics.counter.toolbox_launch_count)" in duck.inner_text()
+    assert duck.is_visible() and "SUM(p.metrics.counter.toolbox_launch_count)" in duck.inner_text()
     assert "`org_example_toolbox." in pg.locator("pre.sql-bigquery").first.inner_text()
     ARTIFACTS.mkdir(exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / shot), full_page=True)

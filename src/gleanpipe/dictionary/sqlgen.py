@@ -45,8 +45,10 @@ def metric_sql(dialect: str, dataset: str, table: str, wire_type: str | None, co
                 f"FROM {table_ref(dataset, EVENTS_STREAM_TABLE, dialect)}\n"
                 f"WHERE category = {_lit(category)} AND name = {_lit(name)}\n"
                 "GROUP BY day\nORDER BY day")
-    src = table_ref(dataset, table, dialect)
-    col = f"metrics.{_ident(wire_type)}.{_ident(column)}"
+    # The table gets an alias: in BigQuery the name of the `metrics` table would otherwise win over
+    # its `metrics` column (Mozilla's docs alias it for this reason); DuckDB takes either.
+    src = f"{table_ref(dataset, table, dialect)} AS p"
+    col = f"p.metrics.{_ident(wire_type)}.{_ident(column)}"
     where = f"WHERE {col} IS NOT NULL\n"
     if wire_type == "counter":
         sel = f"SUM({col}) AS total, COUNT(DISTINCT client_info.client_id) AS clients"
