@@ -7,6 +7,7 @@ import pytest
 from conftest import ROOT, SDK_HEADERS, gz, make_ping, submit_path
 from conftest import run_cli as gleanpipe
 from gleanpipe.emulate import free_port
+from gleanpipe.validation import MAX_LISTED_BYTES
 
 
 # --- a bad value of a setting: a usage error naming the variable, never a traceback or a hang ---------
@@ -301,6 +302,19 @@ def test_serve_answers_raised_uri_and_header_limits_itself(tmp_path):
 
 
 # --- fixed caps on what an answer or the debug viewer shows (README "Fixed limits") -------------------------
+
+
+def test_a_schema_error_bomb_is_answered_with_its_first_error(client):
+    """A 2 KB gzip body holding a million schema errors (before: 11 s of CPU and 271 MB to collect
+    them all). Over validation.MAX_LISTED_BYTES of payload only the first error is looked for."""
+    ping = make_ping(metrics={"string_list": {"toolbox.tags": [1] * 1_000_000}})
+    body = gz(ping)
+    assert len(body) < 10_000
+    resp = client.post(submit_path(), data=body, headers=SDK_HEADERS)
+    assert resp.status_code == 400
+    assert resp.get_json() == {"error_type": "schema", "error_message":
+                               'metrics.string_list.toolbox.tags[0]: 1 is not of type "string" (only the first '
+                               f"error is looked for in a payload over {MAX_LISTED_BYTES} bytes)"}
 
 
 def test_schema_error_message_caps(client):

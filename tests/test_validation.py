@@ -16,7 +16,8 @@ try:
 except ModuleNotFoundError:  # not installed: run from the source tree
     sys.path.insert(0, str(REPO / "src"))
 
-from gleanpipe.validation import PingValidator, default_validator, load_schema, render, validate_ping  # noqa: E402
+from gleanpipe.validation import (MAX_ERRORS, MAX_LISTED_BYTES, PingValidator, default_validator, load_schema,  # noqa: E402
+                                  render, validate_ping)
 
 from conftest import SHARED  # noqa: E402
 
@@ -285,3 +286,31 @@ def test_schema_path_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("GLEANPIPE_SCHEMA_PATH", str(custom))
     assert load_schema() == {"type": "object", "required": ["x"]}
     assert PingValidator().validate({}) == ["$: 'x' is a required property"]
+
+
+def test_list_indexes_sort_as_numbers() -> None:
+    errors = validate_ping({"metrics": {"string_list": {"a.b": [1] * 12}}})
+    assert [e.split(":")[0] for e in errors] == [f"metrics.string_list.a.b[{i}]" for i in range(12)]
+
+
+def test_a_ping_with_a_million_errors_costs_a_hundred() -> None:
+    """Before: every error was collected (pure Python) and sorted, though 10 are shown: a 2 KB gzip
+    body with a million errors took 11 s of CPU and 271 MB. Collection now stops after MAX_ERRORS."""
+    doc = {"metrics": {"string_list": {"a.b": [1] * 30_000}}}  # 60 KB of JSON: under MAX_LISTED_BYTES
+    size = len(json.dumps(doc, separators=(",", ":")))
+    assert size <= MAX_LISTED_BYTES
+    errors = validate_ping(doc, size)
+    assert len(errors) == MAX_ERRORS and errors.more == "capped"
+    assert errors[:2] == ["metrics.string_list.a.b[0]: 1 is not of type 'string'",
+                          "metrics.string_list.a.b[1]: 1 is not of type 'string'"]
+    assert render(errors).endswith("; metrics.string_list.a.b[9]: 1 is not of type 'string' (+90 more; counting stops at 100)")
+
+
+def test_a_large_payload_reports_its_first_error_only() -> None:
+    """Over MAX_LISTED_BYTES the pure-Python pass is not run at all (it walks every valid value
+    before an error): jsonschema-rs gives the first error and stops there."""
+    doc = {"metrics": {"string_list": {"a.b": ["x"] * 100_000 + [1, 2]}}}
+    errors = validate_ping(doc, len(json.dumps(doc)))
+    assert errors == ['metrics.string_list.a.b[100000]: 1 is not of type "string"'] and errors.more == "large"
+    assert render(errors) == ('metrics.string_list.a.b[100000]: 1 is not of type "string" '
+                              f"(only the first error is looked for in a payload over {MAX_LISTED_BYTES} bytes)")

@@ -156,7 +156,7 @@ class SubmitHandler:
             raise Rejected(400, "json", f"body is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise Rejected(400, "schema", f"a ping is a JSON object, not {type(doc).__name__}")
-        errors = self.validator.validate(doc)
+        errors = self.validator.validate(doc, len(payload))
         if errors:
             raise Rejected(400, "schema", self.validator.render(errors))
         return payload

@@ -2,13 +2,20 @@
 
 Fast path: jsonschema-rs (compiled, about 40x faster than the pure-Python validators on a
 real ping). Only rejected pings pay for a ``jsonschema.Draft7Validator`` pass that collects
-every error with its path and renders it compactly.
+their errors with their paths (at most MAX_ERRORS) and renders them compactly.
+
+What a rejected ping may cost is bounded: a gzip body of a few KB can hold millions of errors
+(``[1, 1, 1, ...]`` where strings belong), and collecting all of them took seconds of CPU and
+hundreds of MB. So the pure-Python pass stops after MAX_ERRORS + 1 errors, and runs only on a
+payload of at most MAX_LISTED_BYTES (it walks every valid value before an error, at about
+1 us each); a larger payload gets its first error only, from jsonschema-rs, which stops there.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
+import itertools
 import json
 import os
 from pathlib import Path
@@ -22,6 +29,8 @@ SCHEMA_ENV = "GLEANPIPE_SCHEMA_PATH"
 MAX_REPR = 60
 MAX_ERROR = 200
 MAX_RENDER = 1024
+MAX_ERRORS = 100  # schema errors collected for one ping; the count in the message stops there
+MAX_LISTED_BYTES = 64 * 1024  # above this payload size, only the first schema error is reported
 
 
 def load_schema() -> dict[str, Any]:
@@ -62,13 +71,32 @@ def _path(parts: Iterable[Any]) -> str:
     return out or "$"
 
 
+def _path_key(parts: Iterable[Any]) -> tuple:
+    """Sort key of a path: list indexes in number order (``[2]`` before ``[10]``)."""
+    return tuple((0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in parts)
+
+
 def _message(error: jsonschema.ValidationError) -> str:
     msg = error.message
     full = repr(error.instance)
     if len(full) > MAX_REPR:
         msg = msg.replace(full, _short(error.instance))
+    return _cut(msg)
+
+
+def _cut(msg: str) -> str:
     msg = " ".join(msg.split())
     return msg if len(msg) <= MAX_ERROR else msg[: MAX_ERROR - 3] + "..."
+
+
+class SchemaErrors(list):
+    """``path: message`` strings, sorted by path. ``more`` says what was left uncounted:
+    "" (every error is listed), "capped" (there were over MAX_ERRORS) or "large" (the payload is
+    over MAX_LISTED_BYTES: only the first error was looked for)."""
+
+    def __init__(self, items: Iterable[str] = (), more: str = "") -> None:
+        super().__init__(items)
+        self.more = more
 
 
 class PingValidator:
@@ -83,21 +111,38 @@ class PingValidator:
         """True when the fast validator accepts ``doc``."""
         return self._fast.is_valid(doc)
 
-    def validate(self, doc: Any) -> list[str]:
-        """Return [] for a valid ping, else one ``path: message`` string per error, sorted by path."""
+    def validate(self, doc: Any, size: int = 0) -> SchemaErrors:
+        """[] for a valid ping, else ``path: message`` strings sorted by path: at most MAX_ERRORS,
+        or only the first error when ``size`` (the payload's bytes) is over MAX_LISTED_BYTES."""
         if self.is_valid(doc):
-            return []
+            return SchemaErrors()
+        if size > MAX_LISTED_BYTES:
+            try:
+                self._fast.validate(doc)
+            except jsonschema_rs.ValidationError as exc:
+                return SchemaErrors([f"{_path(exc.instance_path)}: {_cut(exc.message)}"], more="large")
+            return SchemaErrors(["$: document does not match the ping schema"], more="large")
         if self._slow is None:
             self._slow = jsonschema.Draft7Validator(self.schema)
-        found = [(_path(e.absolute_path), _message(e)) for e in self._slow.iter_errors(doc)]
+        found = [(_path_key(e.absolute_path), _path(e.absolute_path), _message(e))
+                 for e in itertools.islice(self._slow.iter_errors(doc), MAX_ERRORS + 1)]
         if not found:  # validators disagree: never report a rejected ping as valid
-            return ["$: document does not match the ping schema"]
-        return [f"{path}: {msg}" for path, msg in sorted(found)]
+            return SchemaErrors(["$: document does not match the ping schema"])
+        capped = len(found) > MAX_ERRORS
+        return SchemaErrors([f"{path}: {msg}" for _, path, msg in sorted(found[:MAX_ERRORS])],
+                            more="capped" if capped else "")
 
     @staticmethod
     def render(errors: list[str], limit: int = 10) -> str:
         """Join up to ``limit`` errors with '; ', note the rest, cap at 1024 chars."""
-        more = f" (+{len(errors) - limit} more)" if len(errors) > limit else ""
+        left = max(0, len(errors) - limit)
+        kind = getattr(errors, "more", "")
+        if kind == "large":
+            more = f" (only the first error is looked for in a payload over {MAX_LISTED_BYTES} bytes)"
+        elif kind == "capped":
+            more = f" (+{left} more; counting stops at {MAX_ERRORS})"
+        else:
+            more = f" (+{left} more)" if left else ""
         text = "; ".join(errors[:limit])
         room = MAX_RENDER - len(more)
         if len(text) > room:
@@ -111,9 +156,9 @@ def default_validator() -> PingValidator:
     return PingValidator()
 
 
-def validate_ping(doc: Any) -> list[str]:
+def validate_ping(doc: Any, size: int = 0) -> SchemaErrors:
     """Validate ``doc`` with the default validator."""
-    return default_validator().validate(doc)
+    return default_validator().validate(doc, size)
 
 
 def render(errors: list[str], limit: int = 10) -> str:
