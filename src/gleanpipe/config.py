@@ -45,6 +45,12 @@ SETTINGS: dict[str, Setting] = {
             "Largest payload after gzip decompression; enforced while decompressing (413 above).",
         ),
         Setting(
+            "GLEANPIPE_BODY_TIMEOUT_S",
+            "30",
+            "Seconds a request's body may take to arrive, from the first read (408 after it). Without "
+            "it a client that stops half-way held its connection for ever.",
+        ),
+        Setting(
             "GLEANPIPE_MAX_ERROR_BYTES",
             str(1 * MIB),
             "Bytes of a rejected request's body kept in the error store (the rest is cut off and flagged).",
@@ -137,6 +143,7 @@ MAX_VALUE = {
     "GLEANPIPE_MAX_HEADER_BYTES": 65_536,  # positive (it went negative: a nonsense start-up error)
     "GLEANPIPE_LOAD_INTERVAL_MS": 60_000,  # serve's loader looks for new objects at least once a minute
     "GLEANPIPE_SPOOL_SEGMENT_SECONDS": 86_400,  # a spool file is let go at least once a day
+    "GLEANPIPE_BODY_TIMEOUT_S": 3_600,
     "GLEANPIPE_BIGQUERY_RETRY_S": 3_600,  # also the timeout of each BigQuery request
 }
 
@@ -182,6 +189,7 @@ class Config:
     spool_segment_bytes: int
     spool_segment_seconds: int
     dictionary: bool = True
+    body_timeout_s: int = 30
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":
@@ -201,6 +209,7 @@ class Config:
             max_wire_bytes=_int("GLEANPIPE_MAX_WIRE_BYTES", environ),
             max_payload_bytes=_int("GLEANPIPE_MAX_PAYLOAD_BYTES", environ),
             max_error_bytes=_int("GLEANPIPE_MAX_ERROR_BYTES", environ),
+            body_timeout_s=_int("GLEANPIPE_BODY_TIMEOUT_S", environ),
             max_uri_bytes=_int("GLEANPIPE_MAX_URI_BYTES", environ),
             max_header_bytes=_int("GLEANPIPE_MAX_HEADER_BYTES", environ),
             load_batch=_int("GLEANPIPE_LOAD_BATCH", environ),

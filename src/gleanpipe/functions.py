@@ -48,8 +48,18 @@ def submit(request):
         return body, status, {**headers, "Retry-After": "60"}
     length = request.content_length
     limit = handler.config.max_wire_bytes
-    body = read_body(request.stream, length, limit) if length is None or length <= limit else b""
-    response = handler.handle(request.method, request.path, request.headers, body, declared_length=length)
+    body, problem = read_body(request.stream, length, limit, sock=request.environ.get("gunicorn.socket"),
+                              timeout_s=handler.config.body_timeout_s) \
+        if length is None or length <= limit else (b"", None)
+    # functions-framework reads "the entire request" after every answer (its after_request hook
+    # read_request: flask.request.get_data()). That would read a body refused for its declared
+    # size whole into memory (200 MB declared: 250 MB peak, before the 413 went out), and read on
+    # without a deadline after a body timed out. What was read here stands for the body instead.
+    request._cached_data = body
+    # the path as the server got it, as serve sees it (Flask's request.path drops a leading "//")
+    path = request.environ.get("PATH_INFO", request.path)
+    response = handler.handle(request.method, path, request.headers, body, declared_length=length,
+                              body_problem=problem)
     return response.body, response.status, response.headers
 
 

@@ -2,9 +2,11 @@
 
 Status codes (the SDK deletes a ping on any 4xx and retries on 5xx):
   200 stored (or already stored under the same document id: nothing new is written)
-  400 bad ping: path segment, empty body, bad gzip, not JSON, not a Glean ping
+  400 bad ping: path segment, empty body, bad gzip, not JSON, not a Glean ping; or a body that
+      did not arrive whole (the connection ended early, or its framing is broken)
   404 not a /submit/<app-id>/<doc-type>/<version>/<document-id> path
   405 method other than POST or PUT
+  408 the body took over GLEANPIPE_BODY_TIMEOUT_S to arrive
   413 body over GLEANPIPE_MAX_WIRE_BYTES, or payload over GLEANPIPE_MAX_PAYLOAD_BYTES
   414 path over GLEANPIPE_MAX_URI_BYTES
   431 a kept header (or Content-Encoding) over GLEANPIPE_MAX_HEADER_BYTES
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -99,8 +102,9 @@ class SubmitHandler:
         self.now = now or (lambda: datetime.now(timezone.utc))
 
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-               declared_length: int | None = None) -> Response:
-        """``declared_length``: the Content-Length, when the adapter did not read an oversized body."""
+               declared_length: int | None = None, body_problem: Rejected | None = None) -> Response:
+        """``declared_length``: the Content-Length, when the adapter did not read an oversized body.
+        ``body_problem``: why the body did not arrive whole (``read_body``); ``body`` is what came."""
         cfg = self.config
         if len(path.encode("utf-8", "surrogateescape")) > cfg.max_uri_bytes:
             return _error(414, "uri_too_long", f"path is over {cfg.max_uri_bytes} bytes (GLEANPIPE_MAX_URI_BYTES)")
@@ -117,7 +121,7 @@ class SubmitHandler:
             "content_encoding": headers.get("content-encoding"),
         }
         try:
-            payload = self._check(parts, meta, body, max(len(body), declared_length or 0))
+            payload = self._check(parts, meta, body, max(len(body), declared_length or 0), body_problem)
             created = self.store.put_new(meta["key"], rawobject.encode(meta, payload))
         except Rejected as rej:
             return self._reject(rej, meta, body)
@@ -129,7 +133,7 @@ class SubmitHandler:
             self.debug.record(meta, "accepted" if created else "duplicate", 200, meta["key"])
         return Response(200, b"", {"X-Gleanpipe-Stored": "new" if created else "duplicate"})
 
-    def _check(self, parts: list[str], meta: dict, body: bytes, size: int) -> bytes:
+    def _check(self, parts: list[str], meta: dict, body: bytes, size: int, body_problem: Rejected | None) -> bytes:
         cfg = self.config
         try:
             doc_path = parse_segments(*parts[2:])
@@ -142,6 +146,8 @@ class SubmitHandler:
                 raise Rejected(431, "header_too_large", f"{name} header is over {cfg.max_header_bytes} bytes (GLEANPIPE_MAX_HEADER_BYTES)")
         if size > cfg.max_wire_bytes:
             raise Rejected(413, "body_too_large", f"body is over {cfg.max_wire_bytes} bytes (GLEANPIPE_MAX_WIRE_BYTES)")
+        if body_problem is not None:
+            raise body_problem
         if not body:
             raise Rejected(400, "empty_body", "the request has no body")
         if body.startswith(GZIP_MAGIC):
@@ -163,7 +169,8 @@ class SubmitHandler:
 
     def _reject(self, rej: Rejected, meta: dict, body: bytes) -> Response:
         """Keep the reason and the (bounded) original bytes, then answer the 4xx."""
-        keep = body[: self.config.max_error_bytes]
+        # none of a body over the wire limit (a chunked one was read up to it: the rest is unknown)
+        keep = b"" if rej.error_type == "body_too_large" else body[: self.config.max_error_bytes]
         record = {
             **meta,
             "error_type": rej.error_type,
@@ -190,7 +197,7 @@ class SubmitHandler:
 # --- adapters -----------------------------------------------------------------------
 
 STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-               411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
+               408: "Request Timeout", 411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
                431: "Request Header Fields Too Large", 500: "Internal Server Error",
                503: "Service Unavailable"}
 
@@ -221,17 +228,50 @@ class _EnvironHeaders:
         return self.environ.get(key, default)
 
 
-def read_body(stream, content_length: int | None, limit: int) -> bytes:
-    """Read at most limit + 1 bytes (enough to tell 'over the limit')."""
+def read_body(stream, content_length: int | None, limit: int, *, sock=None,
+              timeout_s: float | None = None) -> tuple[bytes, Rejected | None]:
+    """Read at most limit + 1 bytes (enough to tell 'over the limit'), within ``timeout_s`` when
+    the connection's socket is given (gunicorn puts it in the environ as ``gunicorn.socket``).
+
+    Returns the bytes read and, when the body did not arrive whole, why (the handler answers
+    it after the path and size checks, and keeps what came in the error store): 408 after the
+    timeout, 400 ``incomplete_body`` when the connection ended before Content-Length bytes came,
+    400 ``body_framing`` when the server could not parse the body (a bad chunk size, say). Any of
+    them leaves the connection unusable; gunicorn closes it after the answer."""
     want = limit + 1 if content_length is None else min(content_length, limit + 1)
-    chunks, got = [], 0
-    while got < want:
-        chunk = stream.read(want - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+    chunks, got, problem = [], 0, None
+    deadline = time.monotonic() + timeout_s if sock is not None and timeout_s else None
+    before = sock.gettimeout() if deadline is not None else None
+    try:
+        while got < want:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+            chunk = stream.read(want - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except TimeoutError:
+        problem = Rejected(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s (GLEANPIPE_BODY_TIMEOUT_S)")
+    except Exception as exc:  # noqa: BLE001 - whatever the server's body reader raises is the client's doing
+        # gunicorn's NoMoreData and resets are OSErrors, werkzeug's ClientDisconnected is not
+        if isinstance(exc, OSError) or type(exc).__name__ == "ClientDisconnected":
+            problem = Rejected(400, "incomplete_body", f"the connection ended after {got} bytes of the body")
+        else:
+            problem = Rejected(400, "body_framing", f"the body cannot be read: {type(exc).__name__}: {exc}"[:200])
+    finally:
+        if deadline is not None:
+            try:
+                sock.settimeout(before)
+            except OSError:
+                pass
+    if problem is None and content_length is not None and got < want:
+        problem = Rejected(400, "incomplete_body",
+                           f"the body ended after {got} of its {content_length} bytes (Content-Length)")
+    return b"".join(chunks), problem
 
 
 def make_wsgi_app(handler: SubmitHandler) -> Callable:
@@ -246,11 +286,13 @@ def make_wsgi_app(handler: SubmitHandler) -> Callable:
             length = None
         limit = handler.config.max_wire_bytes
         # Never read a body we will refuse: over the limit, the 413 comes from its declared size.
-        body = read_body(environ["wsgi.input"], length, limit) if length is None or length <= limit else b""
+        body, problem = read_body(environ["wsgi.input"], length, limit, sock=environ.get("gunicorn.socket"),
+                                  timeout_s=handler.config.body_timeout_s) \
+            if length is None or length <= limit else (b"", None)
         response = handler.handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), headers, body,
-                                  declared_length=length)
+                                  declared_length=length, body_problem=problem)
         out_headers = [("Content-Length", str(len(response.body)))] + list(response.headers.items())
         start_response(f"{response.status} {STATUS_TEXT.get(response.status, '')}", out_headers)
-        return [response.body]
+        return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [response.body]  # HEAD: the headers only
 
     return app

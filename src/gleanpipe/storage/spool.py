@@ -129,7 +129,22 @@ def _off_the_loop(fn):
         return fn
     import gevent
 
-    return lambda *args: gevent.get_hub().threadpool.apply(fn, args)
+    def call(*args):
+        # The outcome comes back as a value: gevent's pool prints the traceback of an exception
+        # that escapes it (a StoreError the caller answers 503 for was logged as a crash).
+        ok, value = gevent.get_hub().threadpool.apply(_outcome, (fn, args))
+        if ok:
+            return value
+        raise value
+
+    return call
+
+
+def _outcome(fn, args) -> tuple[bool, object]:
+    try:
+        return True, fn(*args)
+    except Exception as exc:  # noqa: BLE001 - handed back to the caller, which raises it
+        return False, exc
 
 
 class _Batch:

@@ -1,0 +1,220 @@
+"""Bodies that do not arrive whole, on raw sockets, against both ways the edge runs: `gleanpipe
+serve` (gunicorn, gevent workers, spool) and the `submit` function under functions-framework
+(gunicorn, gthread). Both must answer the same, with the JSON error body and a kept reason, and
+never a 500 or a connection held for ever."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SDK_HEADERS, ServeProcess, free_port, gz, make_ping, post, submit_path
+
+FF = str(Path(sys.executable).parent / "functions-framework")
+CLIENT = "0b7c3d9e-2a4f-4b6c-8d1e-3f5a7b9c1d2e"
+TIMEOUT_S = "1"  # GLEANPIPE_BODY_TIMEOUT_S for these servers
+
+
+class Function:
+    """`functions-framework --target=submit` on a free port, its log in a file."""
+
+    def __init__(self, data_dir: Path, env: dict):
+        self.port, self.data_dir = free_port(), data_dir
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"function-{self.port}.log"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+        self.proc = subprocess.Popen(
+            [FF, "--source", str(ROOT / "functions" / "main.py"), "--target", "submit", "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            env={**clean, **env, "GLEANPIPE_DATA_DIR": str(data_dir)}, stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "wb"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None, self.read_log()
+                time.sleep(0.1)
+        raise RuntimeError("functions-framework did not start")
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+
+
+@pytest.fixture(params=["serve", "function"])
+def server(request, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = {"GLEANPIPE_BODY_TIMEOUT_S": TIMEOUT_S}
+    if request.param == "serve":
+        srv = ServeProcess(data_dir, env=env).start()
+    else:
+        srv = Function(data_dir, env)
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.read_log()  # each case below is handled, not crashed through
+
+
+def head(path: str, length: int | None, **extra: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json; charset=utf-8",
+             "Content-Encoding: gzip", f"X-Telemetry-Agent: {SDK_HEADERS['X-Telemetry-Agent']}"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in extra.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_response(sock: socket.socket, timeout: float = 20) -> tuple[int, dict | None, bytes]:
+    """(status, JSON body or None, anything the server sent after that response)."""
+    sock.settimeout(timeout)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed without an answer: {buf!r}"
+        buf += chunk
+    top, rest = buf.split(b"\r\n\r\n", 1)
+    status = int(top.split(b" ", 2)[1])
+    length = next(int(line.split(b":", 1)[1]) for line in top.split(b"\r\n")[1:]
+                  if line.lower().startswith(b"content-length:"))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    body, after = rest[:length], rest[length:]
+    return status, (json.loads(body) if body.startswith(b"{") else None), after
+
+
+def closed_after(sock: socket.socket, timeout: float = 10) -> bool:
+    """True once the server closes the connection (it cannot know where the next request starts)."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+def records(data_dir: Path, error_type: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (data_dir / "store" / "errors").rglob(f"*/{error_type}/*.json")]
+
+
+def raw_objects(data_dir: Path) -> list[Path]:
+    raw = data_dir / "store" / "raw"
+    return list(raw.rglob("*.json")) if raw.exists() else []
+
+
+def test_a_body_cut_short_is_incomplete_not_a_bad_gzip(server):
+    """Before: the half that came was judged as the whole ping (400 "truncated gzip body"), so a
+    client that half-closed was told to delete a good ping, and a network cut read as a bad ping."""
+    body = gz(make_ping(CLIENT))
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head(submit_path(), len(body)) + body[: len(body) // 2])
+        sock.shutdown(socket.SHUT_WR)
+        status, answer, _ = read_response(sock)
+    assert (status, answer["error_type"]) == (400, "incomplete_body")
+    assert answer["error_message"] == f"the body ended after {len(body) // 2} of its {len(body)} bytes (Content-Length)"
+    [record] = records(server.data_dir, "incomplete_body")
+    assert record["body_bytes_kept"] == len(body) // 2 and record["status"] == 400
+    assert records(server.data_dir, "decompress") == [] and raw_objects(server.data_dir) == []
+
+
+def test_a_body_shorter_than_its_content_length_is_not_stored(server):
+    """Before: a whole gzip ping under a Content-Length 20 bytes too long got 200 and was stored."""
+    body = gz(make_ping(CLIENT))
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head(submit_path(), len(body) + 20) + body)
+        sock.shutdown(socket.SHUT_WR)
+        status, answer, _ = read_response(sock)
+    assert (status, answer["error_type"]) == (400, "incomplete_body")
+    assert raw_objects(server.data_dir) == []
+
+
+def test_a_body_that_stalls_gets_408_and_others_are_served(server):
+    """Before: a client that sent all but the end of its body held the connection for ever
+    (75 s seen), and 8 of them took every thread of the function."""
+    body = gz(make_ping(CLIENT))
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head(submit_path(), len(body)) + body[:-10])
+        status, answer, _ = read_response(sock, timeout=20)
+        assert (status, answer["error_type"]) == (408, "body_timeout")
+        assert answer["error_message"] == f"the body did not arrive within {TIMEOUT_S} s (GLEANPIPE_BODY_TIMEOUT_S)"
+        assert closed_after(sock)
+    [record] = records(server.data_dir, "body_timeout")
+    assert record["status"] == 408  # what came may be in the server's buffers still, not in the record
+    status, _, headers = post(server.url + submit_path(), body)
+    assert status == 200 and headers["X-Gleanpipe-Stored"] == "new"
+
+
+@pytest.mark.parametrize("chunks", [b"zz\r\nab\r\n0\r\n\r\n", b"-5\r\nab\r\n0\r\n\r\n"], ids=["hex-garbage", "negative"])
+def test_broken_chunked_framing_is_a_400_with_its_reason(server, chunks):
+    """Before: the function answered Flask's 500 page with a traceback (the SDK would retry for
+    ever), serve gunicorn's HTML 400 with no record."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head(submit_path(), None, Transfer_Encoding="chunked") + chunks)
+        status, answer, _ = read_response(sock)
+        assert (status, answer["error_type"]) == (400, "body_framing")
+        assert answer["error_message"].startswith("the body cannot be read: InvalidChunkSize: ")
+        assert closed_after(sock)
+    assert len(records(server.data_dir, "body_framing")) == 1
+
+
+def test_a_chunked_body_over_the_wire_limit_keeps_none_of_it(server):
+    """README: nothing is kept of a body over GLEANPIPE_MAX_WIRE_BYTES. Before: 1 MiB of a chunked one."""
+    data = b"x" * (1024 * 1024 + 100)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (data[:600_000], data[600_000:])) + b"0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head(submit_path(), None, Transfer_Encoding="chunked") + chunked)
+        status, answer, _ = read_response(sock)
+    assert (status, answer["error_type"]) == (413, "body_too_large")
+    [record] = records(server.data_dir, "body_too_large")
+    assert (record["body_bytes_kept"], record["body_base64"], record["body_truncated"]) == (0, "", True)
+
+
+def test_a_leading_double_slash_is_not_a_submit_path(server):
+    """Before: the function stored `//submit/...` as `/submit/...` (Flask drops the empty segment), serve said 404."""
+    status, answer, _ = post(server.url + "/" + submit_path(document_id=str(uuid.uuid4())), gz(make_ping(CLIENT)))
+    assert (status, answer["error_type"]) == (404, "not_found")
+    assert raw_objects(server.data_dir) == []
+
+
+def test_a_body_declared_over_the_limit_is_refused_unread(server):
+    """Before: after its 413 the function read the whole declared body into memory first
+    (functions-framework's after_request hook), and only then answered: 200 MB declared
+    meant 250 MB of memory, and a client that sends nothing more never got its answer."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head(submit_path(), 200 * 1024 * 1024) + b"x" * 1024)
+        status, answer, _ = read_response(sock)
+    assert (status, answer["error_type"]) == (413, "body_too_large")
+
+
+def test_head_gets_the_405_headers_only(server):
+    """Before: serve's log got "WSGI app sent body bytes on a no-body response" for every HEAD."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(f"HEAD {submit_path()} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        sock.settimeout(10)
+        top = sock.recv(65536).split(b"\r\n\r\n", 1)
+    assert top[0].startswith(b"HTTP/1.1 405 ") and top[1] == b""
+    time.sleep(0.2)
+    assert "no-body response" not in server.read_log()
+
+
+def test_a_rejection_that_cannot_be_recorded_is_a_503_with_one_log_line(server):
+    """Before: under serve each failed write to errors/ also printed gevent's thread-pool
+    traceback (two per request), though the edge handles it: a 503 and one warning line."""
+    (server.data_dir / "store").mkdir(exist_ok=True)
+    (server.data_dir / "store" / "errors").write_text("not a folder")
+    status, answer, _ = post(server.url + submit_path(), b"{not json")
+    assert (status, answer["error_type"]) == (503, "store_unavailable")
+    time.sleep(0.2)
+    [line] = [ln for ln in server.read_log().splitlines() if "503 for" in ln]
+    assert "rejected json, reason not kept" in line
