@@ -210,6 +210,28 @@ def test_decompress_never_holds_more_than_the_limit():
     assert decompress(gzip.compress(b"a") + gzip.compress(b"b"), 10) == b"ab"  # multi-member gzip
 
 
+def test_many_gzip_members_and_members_across_the_feed_step():
+    """Several members are fed GZIP_STEP bytes at a time (52,000 tiny members in 1 MiB took 0.7 s
+    when each member copied the rest of the body; 0.05 s now): what comes out must not change."""
+    import os
+
+    from gleanpipe.http_edge import GZIP_STEP, Rejected, decompress
+
+    assert decompress(gzip.compress(b"") * 20_000 + gzip.compress(b'{"a":1}'), 100) == b'{"a":1}'
+    noise = os.urandom(3 * GZIP_STEP)  # does not compress: each member spans several steps
+    parts = [noise, b"-", noise[::-1], b"z" * 50_000]
+    assert decompress(b"".join(gzip.compress(p) for p in parts), 10**6) == b"".join(parts)
+    with pytest.raises(Rejected) as exc:  # the limit holds across members, inside the last one
+        decompress(b"".join(gzip.compress(p) for p in parts), len(noise) * 2 + 1 + 100)
+    assert exc.value.status == 413
+    with pytest.raises(Rejected) as exc:  # a member cut short after others
+        decompress(gzip.compress(noise) + gzip.compress(noise)[:-5], 10**6)
+    assert (exc.value.status, exc.value.message) == (400, "truncated gzip body")
+    with pytest.raises(Rejected) as exc:
+        decompress(gzip.compress(b"a") + gzip.compress(b"b") + b"junk", 10)
+    assert exc.value.message == "trailing bytes after the gzip stream"
+
+
 def test_oversized_body_is_413_and_kept_bounded(client, local_store):
     body = b"x" * (1024 * 1024 + 1)
     resp = client.post(submit_path(), data=body, headers={"Content-Type": "application/json"})

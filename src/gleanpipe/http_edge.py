@@ -65,28 +65,42 @@ def _error(status: int, error_type: str, message: str, **headers: str) -> Respon
 
 def decompress(body: bytes, limit: int) -> bytes:
     """Gunzip ``body`` (all members), never producing more than ``limit`` bytes."""
-    out = bytearray()
-    data = body
-    while data:
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        chunk = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise Rejected(400, "decompress", f"invalid gzip body: {exc}") from None
+    if d.eof and not d.unused_data and len(chunk) <= limit:
+        return chunk  # one gzip member, within the limit: the usual case, no copy
+    return _members(memoryview(body), limit)
+
+
+GZIP_STEP = 4096  # input fed per call when a body has several members (see _members)
+
+
+def _members(body: memoryview, limit: int) -> bytes:
+    """The general case: every gzip member, in turn. Input goes in GZIP_STEP bytes at a time, so
+    what zlib copies out as ``unused_data`` at the end of a member is at most that: fed the whole
+    rest each time, 52,000 tiny members in 1 MiB took 0.7 s (each copied the rest of the body)."""
+    out, pos, n = bytearray(), 0, len(body)
+    while pos < n:
+        if pos and body[pos:pos + 2] != GZIP_MAGIC[:2]:
+            raise Rejected(400, "decompress", "trailing bytes after the gzip stream")
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            chunk = d.decompress(data, limit + 1 - len(out))
-            if not out and d.eof and not d.unused_data and len(chunk) <= limit:
-                return chunk  # one gzip member, within the limit: the usual case, no copy
-            while True:
-                out += chunk
+            while not d.eof:
+                piece = body[pos:pos + GZIP_STEP]
+                if not piece:
+                    raise Rejected(400, "decompress", "truncated gzip body")
+                out += d.decompress(piece, limit + 1 - len(out))
+                while d.unconsumed_tail and len(out) <= limit:  # output was capped: drain this piece
+                    out += d.decompress(d.unconsumed_tail, limit + 1 - len(out))
                 if len(out) > limit:
-                    raise Rejected(413, "payload_too_large", f"payload is over {limit} bytes after decompression (GLEANPIPE_MAX_PAYLOAD_BYTES)")
-                if not d.unconsumed_tail:
-                    break
-                chunk = d.decompress(d.unconsumed_tail, limit + 1 - len(out))
+                    raise Rejected(413, "payload_too_large",
+                                   f"payload is over {limit} bytes after decompression (GLEANPIPE_MAX_PAYLOAD_BYTES)")
+                pos += len(piece) - len(d.unused_data)
         except zlib.error as exc:
             raise Rejected(400, "decompress", f"invalid gzip body: {exc}") from None
-        if not d.eof:
-            raise Rejected(400, "decompress", "truncated gzip body")
-        data = d.unused_data
-        if data and not data.startswith(GZIP_MAGIC):
-            raise Rejected(400, "decompress", "trailing bytes after the gzip stream")
     return bytes(out)
 
 
