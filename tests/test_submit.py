@@ -232,6 +232,18 @@ def test_many_gzip_members_and_members_across_the_feed_step():
     assert exc.value.message == "trailing bytes after the gzip stream"
 
 
+@pytest.mark.parametrize("body, message", [
+    (b'{"a": "\xff"}', "body is not UTF-8 text: byte 0xff at offset 7 (invalid start byte)"),
+    ('{"a": 1}'.encode("utf-16"), "body is not UTF-8 text: byte 0xff at offset 0 (invalid start byte)"),
+    (b'{"a": "\xc3"}', "body is not UTF-8 text: byte 0xc3 at offset 7 (invalid continuation byte)"),
+])
+def test_a_body_that_is_not_utf8_says_so(client, body, message):
+    """Before: orjson's "str is not valid UTF-8: surrogates not allowed: line 1 column 1", for a
+    body with neither a str nor a surrogate in it."""
+    resp = client.post(submit_path(), data=body, headers={"Content-Type": "application/json"})
+    assert (resp.status_code, resp.get_json()) == (400, {"error_type": "json", "error_message": message})
+
+
 def test_oversized_body_is_413_and_kept_bounded(client, local_store):
     body = b"x" * (1024 * 1024 + 1)
     resp = client.post(submit_path(), data=body, headers={"Content-Type": "application/json"})

@@ -173,6 +173,11 @@ class SubmitHandler:
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
+            try:  # orjson says "surrogates not allowed" for any byte that is not UTF-8
+                payload.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise Rejected(400, "json", f"body is not UTF-8 text: byte {bad.object[bad.start]:#04x} at offset "
+                                            f"{bad.start} ({bad.reason})") from None
             raise Rejected(400, "json", f"body is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise Rejected(400, "schema", f"a ping is a JSON object, not {type(doc).__name__}")
