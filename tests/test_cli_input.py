@@ -408,3 +408,17 @@ def test_serve_with_a_file_where_the_spool_folder_goes_says_so_in_one_line(tmp_p
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr == f"Error: cannot create spool folder {tmp_path / 'data' / 'store' / '.spool'}: a file has that name\n"
     assert AdminClient.find(tmp_path / "data") is None  # nothing left that looks like a running serve
+
+
+@pytest.mark.parametrize("command", [["apps", "add", "org.example.toolbox"], ["apps", "list"],
+                                     ["dictionary", "build", "--out", "site"]])
+def test_dictionary_commands_on_bigquery_say_they_are_local(tmp_path, command):
+    """Before: `apps add` said "BigQueryWarehouse cannot pre-create columns", `apps list` a BigQuery
+    syntax error (its catalog SQL is DuckDB's), `dictionary build` printed a traceback."""
+    url = "bigquery://some-project/US"  # refused before anything is opened: no emulator needed
+    rest = [str(tmp_path / "site") if arg == "site" else arg for arg in command[2:]]
+    proc = gleanpipe(*command[:2], "--data-dir", str(tmp_path / "data"), "--warehouse-url", url, *rest)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    name = " ".join(command[:2]) if command[0] == "apps" else "dictionary build"
+    assert proc.stderr.startswith(f"Error: `gleanpipe {name}` works on the local DuckDB warehouse only, not {url}: ")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "site").exists()

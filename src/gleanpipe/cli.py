@@ -490,6 +490,16 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
 # --- app definitions and the data dictionary (issue #4) ----------------------------------
 
 
+def _dictionary_warehouse(config, command: str) -> None:
+    """The dictionary keeps its definitions and reads its catalog in DuckDB: say so for another
+    warehouse, before anything is opened (BigQuery answered a syntax error or a traceback)."""
+    if not config.warehouse_url.startswith("duckdb://"):
+        raise click.ClickException(
+            f"`gleanpipe {command}` works on the local DuckDB warehouse only, not {config.warehouse_url}: the data "
+            "dictionary is part of `gleanpipe serve`. On BigQuery a metric's column is added when its first ping "
+            "is loaded, and the dictionary's pages give each metric's BigQuery SQL.")
+
+
 @main.group()
 def apps() -> None:
     """App definitions (metrics.yaml / pings.yaml) for the dictionary."""
@@ -509,6 +519,7 @@ def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_fi
     from .dictionary.definitions import DefinitionError, parse
 
     config = _config(data_dir, store_url, warehouse_url)
+    _dictionary_warehouse(config, "apps add")
     try:
         app = parse(app_id, list(metrics_files), list(pings_files))
     except DefinitionError as exc:
@@ -544,6 +555,7 @@ def apps_list(data_dir, store_url, warehouse_url, fmt) -> None:
     from .dictionary.catalog import Catalog
 
     config = _config(data_dir, store_url, warehouse_url)
+    _dictionary_warehouse(config, "apps list")
     query, close = _read_query(config)
     try:
         listed = Catalog(query).apps()
@@ -571,6 +583,7 @@ def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
     from .dictionary.build import build
 
     config = _config(data_dir, store_url, warehouse_url)
+    _dictionary_warehouse(config, "dictionary build")
     query, close = _read_query(config)
     try:
         counts = build(query, out)
