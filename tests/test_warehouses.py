@@ -178,6 +178,16 @@ def test_every_metric_type_round_trips(store, wh):
     assert metrics == EXPECTED_METRICS
 
 
+def test_lists_a_ping_does_not_carry_are_empty_not_null(store, wh):
+    """A BigQuery REPEATED column is never NULL; DuckDB stored NULL, so ARRAY_LENGTH(events) was
+    NULL locally and 0 on BigQuery, and an AVG over it differed (found comparing the two)."""
+    key = put_ping(store, make_ping(CLIENT_A), headers={"date": "Mon, 23 Nov 2026 08:00:00 GMT"})
+    assert load(store, wh, key).inserted == 1
+    assert wh.q(f"""SELECT ARRAY_LENGTH(events), ARRAY_LENGTH(ping_info.experiments),
+                   ARRAY_LENGTH(metadata.header.parsed_x_source_tags), events IS NULL FROM {DATASET}.baseline""") == [
+        (0, 0, 0, False)]
+
+
 def test_events_stream_rows(store, wh):
     key = put_ping(store, make_ping(CLIENT_A, events=EVENTS), doc_type="events")
     assert load(store, wh, key).events == 2

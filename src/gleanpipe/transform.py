@@ -265,6 +265,7 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
             ping_info["experiments"] = _experiments(ping_info["experiments"], left)
             if left:
                 additional.setdefault("ping_info", {})["experiments"] = left
+        ping_info.setdefault("experiments", [])
 
     metrics_row: dict[str, dict] = {}
     metric_columns: dict[str, tuple[str, ...]] = {}
@@ -346,7 +347,7 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
                 "parsed_date": parse_http_date(headers.get("date")),
                 "x_debug_id": headers.get("x_debug_id"),
                 "x_source_tags": source_tags,
-                "parsed_x_source_tags": [t.strip() for t in source_tags.split(",")] if source_tags else None,
+                "parsed_x_source_tags": [t.strip() for t in source_tags.split(",")] if source_tags else [],
                 "x_telemetry_agent": headers.get("x_telemetry_agent"),
                 "user_agent": headers.get("user_agent"),
                 "content_length": headers.get("content_length"),
@@ -355,7 +356,9 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
             "document_type": path.doc_type,
             "document_version": path.version,
         },
-        "events": events or None,
+        # lists are [] when absent, never NULL: a BigQuery REPEATED column cannot be NULL, so
+        # ARRAY_LENGTH(events) (and an AVG over it) gives the same on both warehouses
+        "events": events,
         "additional_properties": orjson.dumps(additional).decode() if additional else None,
     }
     if metrics_row:
