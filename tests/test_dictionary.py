@@ -141,6 +141,8 @@ def test_every_metric_page_has_runnable_sql_and_chart_data(site):
             site.query(q["sql"]["duckdb"])  # ready to run: raises on any error
             for sql in q["sql"].values():  # BigQuery reads `metrics.x` in a table named metrics as the table's
                 assert not re.findall(r"(?<![\w.`])metrics\.", sql), sql
+            # a DuckDB DATE() of a TIMESTAMPTZ takes the session's zone: the SQL is for any DuckDB client
+            assert "DATE(submission_timestamp)" not in q["sql"]["duckdb"]
         assert m["chart"] and m["chart"]["series"], summary["id"]
     launch = api(site, f"apps/{DATASET}/metrics/toolbox.launch_count.json")
     assert launch["chart"]["title"] == "daily sum"
@@ -271,3 +273,20 @@ def test_dictionary_setting_turns_the_pages_off(tmp_path):
         assert status == 200
     finally:
         server.stop()
+
+
+def test_duckdb_sql_counts_utc_days_in_any_session_zone():
+    """The dictionary's DuckDB SQL is for pasting into any DuckDB client. DATE() of a TIMESTAMPTZ
+    takes the session's zone: in Los Angeles, a ping at 03:00 UTC counted for the day before."""
+    import duckdb
+
+    from gleanpipe.dictionary import sqlgen
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'America/Los_Angeles'")
+    con.execute("CREATE SCHEMA app; CREATE TABLE app.baseline_v1 (submission_timestamp TIMESTAMPTZ, "
+                "client_info STRUCT(client_id VARCHAR), metrics STRUCT(counter STRUCT(a_b BIGINT)))")
+    con.execute("CREATE VIEW app.baseline AS SELECT * FROM app.baseline_v1")
+    con.execute("INSERT INTO app.baseline_v1 VALUES ('2026-11-23 03:00:00+00', {'client_id': 'c'}, {'counter': {'a_b': 5}})")
+    rows = con.execute(sqlgen.metric_sql("duckdb", "app", "baseline_v1", "counter", "a_b")).fetchall()
+    assert [(str(day), total) for day, total, _ in rows] == [("2026-11-23", 5)]

@@ -314,7 +314,7 @@ class Catalog:
                 f"SELECT CAST(timezone('UTC', submission_timestamp) AS DATE) AS day, count(*) AS pings, "
                 f"count(DISTINCT client_info.client_id) AS clients FROM {q(dataset)}.{q(ping['table'])} "
                 "GROUP BY 1 ORDER BY 1")]
-        out["sql"] = {d: f"SELECT DATE(submission_timestamp) AS day, COUNT(*) AS pings\n"
+        out["sql"] = {d: f"SELECT {sqlgen.utc_day(d)} AS day, COUNT(*) AS pings\n"
                          f"FROM {sqlgen.table_ref(dataset, ping['table'], d)}\nGROUP BY day\nORDER BY day"
                       for d in sqlgen.DIALECTS}
         return out

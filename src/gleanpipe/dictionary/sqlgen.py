@@ -22,6 +22,12 @@ def _lit(value: str) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def utc_day(dialect: str) -> str:
+    """The UTC day of a ping. DuckDB's DATE() of a TIMESTAMPTZ takes the session's time zone:
+    `gleanpipe query` sets UTC, but this SQL is for pasting into any DuckDB client."""
+    return "DATE(submission_timestamp)" if dialect == "bigquery" else "CAST(timezone('UTC', submission_timestamp) AS DATE)"
+
+
 def table_ref(dataset: str, table: str, dialect: str) -> str:
     """What the query reads: the table's deduplicated view (``baseline`` over ``baseline_v1``; on
     BigQuery streaming can leave copies that only the view hides), or the table if it has none."""
@@ -38,7 +44,7 @@ def metric_sql(dialect: str, dataset: str, table: str, wire_type: str | None, co
     if dialect not in DIALECTS:
         raise ValueError(f"unknown dialect {dialect!r}")
     values = '"values"' if dialect == "duckdb" else "values"
-    day = "DATE(submission_timestamp) AS day"
+    day = f"{utc_day(dialect)} AS day"
     if event is not None:
         category, name = event
         return (f"SELECT {day}, COUNT(*) AS events, COUNT(DISTINCT client_id) AS clients\n"
