@@ -460,6 +460,27 @@ def test_events_stream_is_not_a_ping_name():
             parse_segments("org-example-toolbox", doc_type, "1", str(uuid.uuid4()))
 
 
+def test_the_views_column_list_follows_a_widened_table(store, tmp_path):
+    """DuckDB keeps a view's column list from when it was made: the catalog (information_schema,
+    what Datasette and other tools read) did not list `metrics` for the view `baseline` when its
+    table got that column after the view was made, until something queried the view."""
+    path = tmp_path / "views.duckdb"
+    wh = open_warehouse(f"duckdb://{path}")
+    try:
+        for metrics in (None, {"counter": {"toolbox.launch_count": 1}}):
+            assert Loader(store, wh).load_keys([put_ping(store, make_ping(CLIENT_A, metrics=metrics))]).inserted == 1
+    finally:
+        wh.close()
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)  # a fresh connection, as another tool opens it
+    columns = lambda name: [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+        "ORDER BY ordinal_position", [DATASET, name]).fetchall()]
+    assert columns("baseline") == columns("baseline_v1") and "metrics" in columns("baseline")
+    con.close()
+
+
 def test_a_ping_named_like_a_table_gets_no_view(store, tmp_path):
     """Ping `foo-v1` has table foo_v1_v1; its view would be foo_v1, the table of ping `foo`."""
     wh = WH("duckdb", open_warehouse(f"duckdb://{tmp_path / 'names.duckdb'}"))
