@@ -79,9 +79,10 @@ def test_definitions_precreate_columns_with_the_loader_types(site):
     # An app with definitions but no data: its tables exist, typed, and empty.
     cols, rows = site.query("SELECT table_name, data_type FROM duckdb_columns() WHERE schema_name = 'org_example_xss' "
                             "AND column_name = 'metrics' ORDER BY 1")
-    assert rows == [("custom_thing_v1", 'STRUCT(labeled_counter STRUCT(evil_label_set STRUCT("key" VARCHAR, '
-                                        '"value" BIGINT)[]))'),
-                    ("metrics_v1", "STRUCT(counter STRUCT(evil_payload BIGINT))")]
+    labeled = 'STRUCT(labeled_counter STRUCT(evil_label_set STRUCT("key" VARCHAR, "value" BIGINT)[]))'
+    counter = "STRUCT(counter STRUCT(evil_payload BIGINT))"
+    assert rows == [("custom_thing", labeled), ("custom_thing_v1", labeled),  # each table and its view
+                    ("metrics", counter), ("metrics_v1", counter)]
     assert site.query("SELECT count(*) FROM org_example_xss.metrics_v1")[1] == [(0,)]
     # Values the SDK sent landed in the pre-created columns.
     assert site.query(f"SELECT metrics.counter.toolbox_launch_count FROM {DATASET}.toolbox_usage_v1")[1] == [(6,)]
