@@ -420,3 +420,37 @@ def test_bad_row_in_a_batch_does_not_block_the_others(store, warehouse):
         (1,), (5,)]
     [(key, etype)] = warehouse.query("SELECT object_key, error_type FROM _gleanpipe.errors")[1]
     assert key == huge and etype == "warehouse"
+
+
+def test_an_app_whose_dataset_duckdb_reserves_is_a_load_error_and_the_rest_loads(tmp_path):
+    """App ids `temp`, `system`, `information-schema` and `warehouse` (the name DuckDB gives
+    warehouse.duckdb) give datasets DuckDB cannot hold. Before: their Binder error was retried as
+    transient, with every pending ping of every app in the same batch: nothing loaded again, for
+    good, and `status` showed no load error (found with the real Glean SDK)."""
+    from gleanpipe.warehouse import open_warehouse
+
+    store = LocalStore(tmp_path / "store")
+    wh = open_warehouse(f"duckdb://{tmp_path / 'warehouse.duckdb'}")
+    try:
+        keys = {}
+        for app in ("temp", "system", "information-schema", "warehouse", "org.example.toolbox"):
+            path = DocumentPath(app, "baseline", "1", str(uuid.uuid4()))
+            meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": app,
+                    "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
+            store.put_new(path.key, rawobject.encode(meta, json.dumps(make_ping(CLIENT_A)).encode()))
+            keys[app] = path.key
+        result = Loader(store, wh).load_keys(list(keys.values()))
+        assert (result.inserted, result.errors) == (1, 4)
+        assert wh.query("SELECT client_info.client_id FROM org_example_toolbox.baseline")[1] == [(CLIENT_A,)]
+        errors = dict(wh.query("SELECT app_id, error_message FROM _gleanpipe.errors")[1])
+        assert errors["temp"] == ("the app's dataset name temp is a name DuckDB keeps for itself (a built-in catalog "
+                                  "or schema), so DuckDB cannot hold its tables; the ping stays in the raw store")
+        assert errors["information-schema"].startswith("the app's dataset name information_schema is a name DuckDB keeps")
+        assert errors["warehouse"] == (
+            "the app's dataset name warehouse is also the name DuckDB gives this warehouse file (warehouse.duckdb), so "
+            "it cannot hold its tables; the ping stays in the raw store (a warehouse file with another name can load "
+            "it: GLEANPIPE_WAREHOUSE_URL)")
+        assert sorted(errors) == ["information-schema", "system", "temp", "warehouse"]
+        assert wh.status()["load_errors"] == {"warehouse": 4}
+    finally:
+        wh.close()

@@ -48,6 +48,7 @@ SELECT schema_name FROM duckdb_tables() WHERE table_name = '{EVENTS_STREAM_VIEW}
 
 DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.TypeMismatchException,
                duckdb.OutOfRangeException)
+SYSTEM_SCHEMAS = ("information_schema", "pg_catalog")  # in every DuckDB catalog: no schema may take these names
 TEMP_FILE_RE = re.compile(r' in file "[^"]*", in line \d+(?=:)')
 
 
@@ -77,6 +78,11 @@ class DuckDBWarehouse(Warehouse):
         except duckdb.IOException as exc:
             raise WarehouseUnavailable(f"cannot open {path}: {exc}") from exc
         self.con.execute("SET TimeZone = 'UTC'")
+        # Dataset names DuckDB cannot hold as a schema: its catalogs (system, temp, and this file's,
+        # "warehouse" for warehouse.duckdb) make "<name>".<table> ambiguous, and its system schemas
+        # cannot be created.
+        self._unusable = {name for (name,) in self.con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+        self._unusable.update(SYSTEM_SCHEMAS)
         self._lock = threading.Lock()
         self._types: dict[tuple[str, str], dict[str, str]] = {}  # (dataset, table) -> column -> type
         self._metrics: dict[tuple[str, str], dict[str, set[str]] | None] = {}
@@ -364,14 +370,27 @@ class DuckDBWarehouse(Warehouse):
             [[e.object_key, e.app_id, e.doc_type, e.document_id, e.error_type, e.error_message, now] for e in errors],
         )
 
+    def _unusable_reason(self, dataset: str) -> str:
+        if dataset in ("system", "temp", *SYSTEM_SCHEMAS):
+            return (f"the app's dataset name {dataset} is a name DuckDB keeps for itself (a built-in catalog or "
+                    "schema), so DuckDB cannot hold its tables; the ping stays in the raw store")
+        return (f"the app's dataset name {dataset} is also the name DuckDB gives this warehouse file "
+                f"({Path(self.path).name}), so it cannot hold its tables; the ping stays in the raw store (a warehouse "
+                "file with another name can load it: GLEANPIPE_WAREHOUSE_URL)")
+
     def write(self, rows: list[PingRow], errors: list[LoadError]) -> WriteResult:
         if self.read_only:
             raise RuntimeError("warehouse opened read-only")
-        result = WriteResult(errors=len(errors))
         now = datetime.now(timezone.utc).isoformat()
         groups: dict[tuple[str, str], dict[str, PingRow]] = {}
+        errors = list(errors)
         for r in rows:  # first row per document_id within the batch
+            if r.path.dataset in self._unusable:
+                errors.append(LoadError(r.key, "warehouse", self._unusable_reason(r.path.dataset),
+                                        r.path.app_id, r.path.doc_type, r.path.document_id))
+                continue
             groups.setdefault((r.path.dataset, r.path.table), {}).setdefault(r.path.document_id, r)
+        result = WriteResult(errors=len(errors))
         with self._lock:
             try:
                 self.con.begin()
