@@ -493,6 +493,21 @@ def test_a_ping_named_like_a_table_gets_no_view(store, tmp_path):
         wh.wh.close()
 
 
+def test_a_ping_named_like_a_derived_view_gets_no_view(store, wh):
+    """Ping `events-daily` has table events_daily_v1; its view would be events_daily, the app's daily
+    event counts. Before: the derived view replaced the ping's view, silently (found with the SDK)."""
+    load(store, wh, put_ping(store, make_ping(CLIENT_A), doc_type="events-daily"),
+         put_ping(store, make_ping(CLIENT_B, events=EVENTS), doc_type="events"))
+    from gleanpipe.dictionary.sqlgen import table_ref
+
+    assert wh.objects(DATASET)["events_daily_v1"] == "TABLE"
+    # the dictionary's SQL for that ping reads its table, not the app's daily event counts
+    assert table_ref(DATASET, "events_daily_v1", "duckdb") == f"{DATASET}.events_daily_v1"
+    assert wh.q(f"SELECT client_info.client_id FROM {DATASET}.events_daily_v1") == [(CLIENT_A,)]
+    assert sorted(wh.q(f"SELECT category, name, events FROM {DATASET}.events_daily")) == [
+        ("toolbox", "tool_closed", 1), ("toolbox", "tool_opened", 1)]
+
+
 def test_a_duckdb_file_from_before_the_views_is_upgraded(tmp_path):
     """Earlier versions named the per-event table events_stream and made no views: it becomes
     events_stream_v1 with the events_stream view over it, each ping table gets its view, rows kept."""

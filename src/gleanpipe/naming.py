@@ -100,12 +100,16 @@ VERSIONED_RE = re.compile(r".*_v[0-9]+")
 TABLE_RE = re.compile(r"[a-z0-9_]+_v[0-9]+")  # a table gleanpipe made: <ping>_v<version>
 
 
+DERIVED_VIEWS = ("daily_active_clients", "events_daily", "metric_daily")  # each app's summaries (views.py)
+
+
 def view_name(doc_type: str) -> str | None:
     """The deduplicated view over a ping's tables: Mozilla's user-facing name, the ping name
     (deletion-request -> deletion_request). None for a ping whose name ends like a table
-    (``foo-v1`` -> ``foo_v1``, which is the table of ping ``foo``): it gets no view."""
+    (``foo-v1`` -> ``foo_v1``, which is the table of ping ``foo``), or is one of the derived
+    views' names (``events-daily``): it gets no view, and is read from its table."""
     name = doc_type.replace("-", "_")
-    return None if VERSIONED_RE.fullmatch(name) else name
+    return None if VERSIONED_RE.fullmatch(name) or name in DERIVED_VIEWS else name
 
 
 @functools.lru_cache(maxsize=65536)

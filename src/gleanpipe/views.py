@@ -30,11 +30,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .naming import TABLE_RE, quote_ident as q
+from .naming import DERIVED_VIEWS, TABLE_RE, quote_ident as q
 from .table_schema import EVENTS_STREAM_TABLE
 from .warehouse.bigquery import q as bq_quote
 
-VIEW_NAMES = ("daily_active_clients", "events_daily", "metric_daily")
+VIEW_NAMES = DERIVED_VIEWS
 DAY = "CAST(timezone('UTC', submission_timestamp) AS DATE)"
 
 METRIC_DAILY_COLUMNS = ("day DATE", "ping_table VARCHAR", "metric_type VARCHAR", "metric VARCHAR",

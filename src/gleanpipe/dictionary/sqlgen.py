@@ -6,7 +6,7 @@ BigQuery backticks); event category/name are SQL string literals with quotes dou
 
 from __future__ import annotations
 
-from ..naming import IDENT_RE, VERSIONED_RE
+from ..naming import IDENT_RE, view_name
 from ..table_schema import EVENTS_STREAM_TABLE
 
 DIALECTS = ("duckdb", "bigquery")
@@ -32,8 +32,9 @@ def table_ref(dataset: str, table: str, dialect: str) -> str:
     """What the query reads: the table's deduplicated view (``baseline`` over ``baseline_v1``; on
     BigQuery streaming can leave copies that only the view hides), or the table if it has none."""
     ping, sep, version = table.rpartition("_v")
-    if sep and version.isdigit() and ping and not VERSIONED_RE.fullmatch(ping):
-        table = ping
+    view = view_name(ping) if sep and version.isdigit() and ping else None
+    if view:
+        table = view
     ref = f"{_ident(dataset)}.{_ident(table)}"
     return f"`{ref}`" if dialect == "bigquery" else ref
 
