@@ -314,3 +314,12 @@ def test_a_large_payload_reports_its_first_error_only() -> None:
     assert errors == ['metrics.string_list.a.b[100000]: 1 is not of type "string"'] and errors.more == "large"
     assert render(errors) == ('metrics.string_list.a.b[100000]: 1 is not of type "string" '
                               f"(only the first error is looked for in a payload over {MAX_LISTED_BYTES} bytes)")
+
+
+@pytest.mark.parametrize("url, ok", [("database://db.example.com/x", True), ("dataurl:x", True), ("data-sync://x", True),
+                                     ("https://example.com/", True), ("data:text/plain,hi", False)])
+def test_only_data_urls_are_refused(url: str, ok: bool) -> None:
+    """The Glean SDK refuses `data:` URLs only. Before: the schema refused every scheme starting
+    with "data" (`database://...`), and its 400 made the SDK delete the whole ping."""
+    errors = validate_ping({"metrics": {"url": {"probe.link": url}}})
+    assert (errors == []) is ok, errors
