@@ -25,8 +25,8 @@ skipped once its writer is gone.
 Loader side (the serve process): ``SpoolReader`` tails every segment, runs one
 ``fdatasync`` on what it read (a record is readable before its writer's fdatasync returns),
 turns each record into the normal create-only object (tmp file + ``os.link``, no fsync per
-object) and hands the key to the loader. A segment is deleted only when its writer is gone, every record in
-it was loaded, and one ``syncfs`` made the objects durable. After a crash the remaining
+object) and hands the key to the loader. A segment is deleted only when its writer is gone,
+every record in it was loaded, and one ``syncfs`` made the objects durable. After a crash the remaining
 segments are read again from the start; that is idempotent (create-only objects, loads
 keyed by document id).
 

@@ -190,7 +190,8 @@ class DuckDBWarehouse(Warehouse):
             self.con.execute(f"ALTER TABLE {target} ADD COLUMN metrics STRUCT({ddl})")
         else:
             self.con.execute(f"ALTER TABLE {target} ALTER COLUMN metrics TYPE {self._widened(target, needed)}")
-        self._create_view(dataset, table)  # DuckDB keeps a view's column list from its creation: the catalog
+        # remade: DuckDB keeps a view's column list from its creation, and the catalog showed the old one
+        self._create_view(dataset, table)
         self._types.pop((dataset, table), None)
         self._metrics.pop((dataset, table), None)
         self._reshaped.add(dataset)
