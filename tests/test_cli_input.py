@@ -422,3 +422,22 @@ def test_dictionary_commands_on_bigquery_say_they_are_local(tmp_path, command):
     name = " ".join(command[:2]) if command[0] == "apps" else "dictionary build"
     assert proc.stderr.startswith(f"Error: `gleanpipe {name}` works on the local DuckDB warehouse only, not {url}: ")
     assert not (tmp_path / "data").exists() and not (tmp_path / "site").exists()
+
+
+def test_replay_of_part_of_the_store_keeps_deleted_clients_deleted(tmp_path):
+    """Before: `replay --prefix raw/<app>/baseline/` into a fresh warehouse loaded the baseline
+    pings of a client whose deletion request was outside the prefix: the client came back."""
+    from conftest import APP, DATASET, make_ping
+    from gleanpipe.storage.local import LocalStore
+    from test_load import CLIENT_A, CLIENT_B, put_ping
+
+    store = LocalStore(tmp_path / "data" / "store")
+    for client in (CLIENT_A, CLIENT_B):
+        put_ping(store, make_ping(client))
+    put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    out = gleanpipe("replay", "--data-dir", str(tmp_path / "data"), "--prefix", f"raw/{APP}/baseline/", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"replayed 3 objects (with 1 deletion requests of those apps from outside raw/{APP}/baseline/): ")
+    out = gleanpipe("query", "--data-dir", str(tmp_path / "data"), "--format", "json",
+                    f"SELECT client_info.client_id AS c FROM {DATASET}.baseline")
+    assert json.loads(out.stdout) == [{"c": CLIENT_B}]

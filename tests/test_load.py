@@ -454,3 +454,38 @@ def test_an_app_whose_dataset_duckdb_reserves_is_a_load_error_and_the_rest_loads
         assert wh.status()["load_errors"] == {"warehouse": 4}
     finally:
         wh.close()
+
+
+@pytest.mark.parametrize("hostile", ["seq", "depth"])
+def test_a_deletion_request_whose_row_cannot_be_stored_still_deletes(tmp_path, hostile):
+    """Before: a deletion request with a value its row cannot hold (ping_info.seq = 2**63: a
+    warehouse error; an object metric 300 levels deep: a transform error) was a load error like
+    any other, and the client's rows stayed, for good. The SDK never sends these: a hostile or
+    broken client does. The deletion needs the client id only."""
+    from gleanpipe.warehouse import open_warehouse
+
+    store = LocalStore(tmp_path / "store")
+    wh = open_warehouse(f"duckdb://{tmp_path / 'wh.duckdb'}")
+    try:
+        loader = Loader(store, wh)
+        assert loader.load_keys([put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_B))]).inserted == 2
+        ping = make_ping(CLIENT_A)
+        if hostile == "seq":
+            ping["ping_info"]["seq"] = 2**63
+        else:
+            deep: dict = {}
+            for _ in range(300):  # the transform's JSON encoder stops at 255 levels
+                deep = {"a": deep}
+            ping["metrics"] = {"object": {"toolbox.deep": deep}}
+        key = put_ping(store, ping, doc_type="deletion-request")
+        result = loader.load_keys([key])
+        assert (result.deletions, result.errors) == (1, 1)
+        assert wh.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_B,)]
+        assert wh.query("SELECT client_id, rows_deleted FROM _gleanpipe.deletions")[1] == [(CLIENT_A, 1)]
+        [(error_type, message)] = wh.query("SELECT error_type, error_message FROM _gleanpipe.errors")[1]
+        assert error_type == ("warehouse" if hostile == "seq" else "transform")
+        assert message.endswith("(the deletion was carried out all the same, from the client id alone)")
+        late = loader.load_keys([put_ping(store, make_ping(CLIENT_A, seq=9))])
+        assert (late.skipped_deleted, late.inserted) == (1, 0)
+    finally:
+        wh.close()

@@ -260,6 +260,9 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
         click.echo(f"no objects under {prefix} in {config.store_url}: nothing replayed "
                    "(keys look like raw/<app-id>/<doc-type>/1/<document-id>.json)")
         return
+    from .replay import with_deletion_requests
+
+    keys, requests = with_deletion_requests(store, keys)  # deleted clients stay deleted
     with tqdm(total=len(keys), unit="obj", disable=no_progress, file=sys.stderr) as bar:
         if client:  # the running server owns the warehouse: send it the batches
             from .replay import add_counts, chunks
@@ -278,7 +281,8 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
                                       on_batch=lambda n, _: bar.update(n))
             finally:
                 wh.close()
-    click.echo(f"replayed {len(keys)} objects: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+    also = f" (with {requests} deletion requests of those apps from outside {prefix})" if requests else ""
+    click.echo(f"replayed {len(keys)} objects{also}: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
 
 
 @main.command()

@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .naming import parse_key
+import orjson
+
+from . import rawobject
+from .naming import DocumentPath, parse_key
 from .storage import ObjectMissing, RawStore
 from .transform import PingRow, TransformError, transform
 from .warehouse import LoadError, RowDataError, Warehouse, WriteResult
@@ -60,8 +63,31 @@ def prepare(store: RawStore, keys: list[str]) -> Prepared:
         try:
             out.rows.append(transform(key, data, path))
         except TransformError as exc:
-            out.errors.append(LoadError(key, exc.error_type, str(exc), path.app_id, path.doc_type, path.document_id))
+            fallback = deletion_only(key, data, path)
+            note = f" ({DELETION_NOTE})" if fallback else ""
+            out.errors.append(LoadError(key, exc.error_type, f"{exc}{note}", path.app_id, path.doc_type, path.document_id))
+            if fallback:
+                out.rows.append(fallback)
     return out
+
+
+DELETION_NOTE = "the deletion was carried out all the same, from the client id alone"
+
+
+def deletion_only(key: str, data: bytes, path: DocumentPath) -> PingRow | None:
+    """For a deletion-request ping whose row cannot be made or stored (a hostile value in some
+    field): a row with its client id alone, so the deletion happens all the same. A deletion
+    must not hang on a field it does not need. None for any other ping, or without a client id."""
+    if path.doc_type != "deletion-request":
+        return None
+    try:
+        meta, payload = rawobject.decode(data)
+        client_id = (orjson.loads(payload).get("client_info") or {}).get("client_id")
+        if not isinstance(client_id, str) or not client_id:
+            return None
+        return transform(key, rawobject.encode(meta, orjson.dumps({"client_info": {"client_id": client_id}})), path)
+    except Exception:  # noqa: BLE001 - nothing to delete with: the object's own error is recorded already
+        return None
 
 
 class Loader:
@@ -77,13 +103,26 @@ class Loader:
         result.add(self._write(prepared.rows, prepared.errors))
         return result
 
+    def _get(self, key: str) -> bytes:
+        try:
+            return self.store.get(key)
+        except ObjectMissing:
+            return b""
+
     def _write(self, rows: list[PingRow], errors: list[LoadError]) -> WriteResult:
         try:
             return self.warehouse.write(rows, errors)
         except RowDataError as exc:
             if len(rows) == 1:
                 r = rows[0]
-                err = LoadError(r.key, "warehouse", str(exc), r.path.app_id, r.path.doc_type, r.path.document_id)
+                fallback = deletion_only(r.key, self._get(r.key), r.path) if r.is_deletion_request else None
+                note = f" ({DELETION_NOTE})" if fallback else ""
+                err = LoadError(r.key, "warehouse", f"{exc}{note}", r.path.app_id, r.path.doc_type, r.path.document_id)
+                if fallback:
+                    try:
+                        return self.warehouse.write([fallback], errors + [err])
+                    except RowDataError:
+                        err.error_message = str(exc)
                 return self.warehouse.write([], errors + [err])
             log.warning("batch of %d refused (%s); loading one by one", len(rows), exc)
             total = self.warehouse.write([], errors) if errors else WriteResult()

@@ -32,6 +32,17 @@ def _prepare_chunk(keys: list[str]) -> Prepared:
     return prepare(_worker_store, keys)
 
 
+def with_deletion_requests(store: RawStore, keys: list[str]) -> tuple[list[str], int]:
+    """``keys``, then every deletion request of their apps that is not among them, and how many
+    those are. A replay of part of the store (``--prefix raw/<app>/baseline/``) into a fresh
+    warehouse has no deletions table to skip by: without the requests, deleted clients came back.
+    Loaded last, each request deletes what the replay loaded of its client."""
+    have = set(keys)
+    apps = sorted({k.split("/")[1] for k in keys if k.startswith("raw/") and k.count("/") >= 2})
+    extra = [k for app in apps for k in store.list(f"raw/{app}/deletion-request/") if k not in have]
+    return keys + extra, len(extra)
+
+
 def add_counts(totals: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
     for name, value in counts.items():
         totals[name] = totals.get(name, 0) + value
