@@ -19,6 +19,8 @@ import pytest
 
 from conftest import DATASET, ServeProcess, children, free_port, gz, make_ping, post, submit_path, wait_gone
 from gleanpipe import explore as ex
+from gleanpipe import rawobject
+from gleanpipe.naming import DocumentPath
 
 CLIENT = str(uuid.uuid4())
 METRICS = {
@@ -147,7 +149,7 @@ def test_explore_while_serve_runs_serves_the_warehouse_in_datasette(loaded):
 
         # read-only: the files are opened immutable, and SQL that writes is refused
         dbs = {d["name"]: d for d in fetch_json(f"{base}/-/databases.json")}
-        assert dbs[DATASET]["is_mutable"] is False and "gleanpipe_internal" in dbs
+        assert dbs[DATASET]["is_mutable"] is False and "_gleanpipe" in dbs
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"{base}/{DATASET}.json?sql=DELETE+FROM+metrics_v1", timeout=10)
         assert len(fetch_json(f"{base}/{DATASET}/metrics_v1.json?_shape=array")) == 5
@@ -184,7 +186,7 @@ def test_paged_export_through_serve_reads_every_row_once(loaded, tmp_path):
     assert con.execute("SELECT document_id, event_index FROM events_stream_v1 ORDER BY 2").fetchall() == [
         (ids["known"], 0), (ids["known"], 1)]
     # 5 ping rows + 2 events + 6 rows of the derived views (daily_active_clients, events_daily, metric_daily)
-    assert result.rows == 5 + 2 + 6 and result.written == ["gleanpipe_internal", DATASET]
+    assert result.rows == 5 + 2 + 6 and result.written == ["_gleanpipe", DATASET]
 
 
 def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_datasets(tmp_path):
@@ -205,7 +207,7 @@ def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_data
 
     again = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only")
     assert "exported 0 rows into 0 file(s)" in again.stdout
-    assert f"unchanged since the last export: gleanpipe_internal, {DATASET}" in again.stdout
+    assert f"unchanged since the last export: _gleanpipe, {DATASET}" in again.stdout
 
     # the read-only open left the file free: serve starts, takes a new ping, and the next run sees it
     server = ServeProcess(data_dir).start()
@@ -216,7 +218,7 @@ def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_data
     finally:
         server.stop()
     third = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only")
-    assert "exported 11 rows into 1 file(s)" in third.stdout and "unchanged since the last export: gleanpipe_internal" \
+    assert "exported 11 rows into 1 file(s)" in third.stdout and "unchanged since the last export: _gleanpipe" \
         in third.stdout
     con = sqlite3.connect(data_dir / "explore" / f"{DATASET}.db")
     assert con.execute("SELECT count(*) FROM metrics_v1 WHERE document_id = ?", [extra]).fetchone()[0] == 1
@@ -249,7 +251,7 @@ def test_keyset_pages_keep_rows_whose_document_id_is_null(tmp_path):
 
     result = ex.export(ex.Source.from_server(DuckDBQuery()), tmp_path / "out", page_rows=2)
     con.close()
-    out = sqlite3.connect(result.databases["gleanpipe_internal"])
+    out = sqlite3.connect(result.databases["_gleanpipe"])
     assert out.execute("SELECT object_key, document_id FROM errors ORDER BY 1").fetchall() == [
         ("raw/a", None), ("raw/b", "d-1"), ("raw/c", None), ("raw/d", "d-2"), ("raw/e", None)]
 
@@ -287,3 +289,44 @@ def test_explore_says_what_is_wrong(tmp_path):
     assert bad_port.returncode == 2 and "'--port' (GLEANPIPE_EXPLORE_PORT): 'eighty' is not a valid integer" in bad_port.stderr
     zero = gleanpipe("explore", "--data-dir", str(tmp_path), "--port", "0")
     assert zero.returncode == 2 and "0 is not in the range 1<=x<=65535" in zero.stderr
+
+
+def test_ping_and_app_names_a_sender_picks_cannot_break_or_hide_the_export(tmp_path):
+    """Found by sending hostile names. Before: ping `baseline-v1-flat` (view baseline_v1_flat, the
+    name of baseline_v1's flat view) made every export fail with a traceback; app
+    `gleanpipe-internal` shared its file with gleanpipe's load errors and deletions, which came
+    and went from run to run; ping `events-daily` hid the app's derived view events_daily."""
+    from gleanpipe.load import Loader
+    from gleanpipe.storage.local import LocalStore
+    from gleanpipe.warehouse import open_warehouse
+    from test_load import put_ping
+
+    store = LocalStore(tmp_path / "store")
+    wh = open_warehouse(f"duckdb://{tmp_path / 'w.duckdb'}")
+    try:
+        keys = [put_ping(store, make_ping(CLIENT, metrics={"counter": {"toolbox.launch_count": 3}})),
+                put_ping(store, make_ping(CLIENT), doc_type="baseline-v1-flat"),
+                put_ping(store, make_ping(CLIENT, events=EVENTS), doc_type="events-daily")]
+        path = DocumentPath("gleanpipe-internal", "baseline", "1", str(uuid.uuid4()))
+        meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": path.app_id,
+                "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
+        store.put_new(path.key, rawobject.encode(meta, json.dumps(make_ping(CLIENT)).encode()))
+        keys.append(path.key)
+        keys.append(put_ping(store, {"client_info": "not an object"}))  # one load error for _gleanpipe.errors
+        assert Loader(store, wh).load_keys(keys).inserted == 4
+    finally:
+        wh.close()
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    result = ex.export(ex.Source.from_duckdb(con, "w"), tmp_path / "out")
+    con.close()
+    assert sorted(result.databases) == ["_gleanpipe", "gleanpipe_internal", DATASET]
+    meta_db = sqlite3.connect(result.databases["_gleanpipe"])
+    assert meta_db.execute("SELECT count(*) FROM errors").fetchone() == (1,)
+    app_db = sqlite3.connect(result.databases["gleanpipe_internal"])
+    assert app_db.execute("SELECT count(*) FROM baseline").fetchone() == (1,)
+    out = sqlite3.connect(result.databases[DATASET])
+    flat = [r[1] for r in out.execute("PRAGMA table_info(baseline_v1_flat)")]
+    assert "counter.toolbox_launch_count" in flat  # the flat view of baseline_v1 kept its name
+    assert out.execute("SELECT count(*) FROM baseline_v1_flat_v1").fetchone() == (1,)  # the ping's rows are there
+    assert out.execute("SELECT category, name, events FROM events_daily ORDER BY name").fetchall() == [
+        ("toolbox", "tool_opened", 2)]

@@ -2,8 +2,7 @@
 
 Datasette reads SQLite; the warehouse is DuckDB, and DuckDB's sqlite extension is a download
 (not possible offline). So the warehouse is exported, with Python's sqlite3, into one SQLite
-file per DuckDB schema (``<out>/<app dataset>.db``; ``_gleanpipe`` becomes
-``gleanpipe_internal.db``), each Datasette database being one app, as each BigQuery dataset is:
+file per DuckDB schema (``<out>/<app dataset>.db``, and ``_gleanpipe.db``), each Datasette database being one app, as each BigQuery dataset is:
 
 - every table and view keeps its name and its rows; scalar columns keep their values
   (TIMESTAMPTZ as ISO-8601 text in UTC, BOOLEAN as 0/1), nested STRUCT/LIST/MAP columns become
@@ -42,7 +41,7 @@ from .naming import VERSIONED_RE, quote_ident as q
 from .warehouse.duckdb import view_of
 
 META_SCHEMA = "_gleanpipe"
-META_DB = "gleanpipe_internal"
+META_DB = "_gleanpipe"  # no app's file: a dataset name starts with a letter or digit
 MANIFEST = "export.json"
 PAGE_ROWS = 20_000
 NESTED = {"struct", "list", "map", "union", "array"}
@@ -208,14 +207,14 @@ class ExportResult:
 
 
 def relations(source: Source) -> list[Relation]:
-    _, tables = source.query(
+    _, found = source.query(
         "SELECT schema_name, table_name, false FROM duckdb_tables() WHERE NOT internal "
         "UNION ALL SELECT v.schema_name, v.view_name, true FROM duckdb_views() AS v WHERE NOT v.internal "
-        "AND v.schema_name NOT IN ('information_schema', 'pg_catalog') "
-        # gleanpipe's dedup views (<ping> over <ping>_vN) hold the rows of their table: not copied twice
-        "AND NOT EXISTS (SELECT 1 FROM duckdb_tables() AS t WHERE t.schema_name = v.schema_name "
-        "AND regexp_matches(t.table_name, '_v[0-9]+$') "
-        "AND regexp_replace(t.table_name, '_v[0-9]+$', '') = v.view_name) ORDER BY 1, 2", None)
+        "AND v.schema_name NOT IN ('information_schema', 'pg_catalog') ORDER BY 1, 2", None)
+    # gleanpipe's dedup views (<ping> over <ping>_vN) hold the rows of their table: not copied twice.
+    # Which views those are, the warehouse's own rule says (a ping named like a derived view has none).
+    dedup = {(schema, view_of(name)) for schema, name, is_view in found if not is_view and VERSIONED_RE.fullmatch(name)}
+    tables = [(schema, name, is_view) for schema, name, is_view in found if not (is_view and (schema, name) in dedup)]
     _, cols = source.query(
         "SELECT schema_name, table_name, column_name, data_type FROM duckdb_columns() WHERE NOT internal "
         "ORDER BY schema_name, table_name, column_index", None)
@@ -283,6 +282,11 @@ def _write_db(source: Source, rels: list[Relation], path: Path, page_rows: int) 
     try:
         con.execute("PRAGMA journal_mode = OFF")
         con.execute("PRAGMA synchronous = OFF")
+        # Tables, views and indexes share one namespace in SQLite, and a sender picks ping names:
+        # ping `baseline-v1-flat` has the view baseline_v1_flat, the name of baseline_v1's flat
+        # view. Each name goes to the first that takes it; index names hold a ":", which no
+        # table or view name can.
+        names = {rel.name for rel in rels}
         for rel in rels:
             if not rel.columns:
                 continue
@@ -294,11 +298,11 @@ def _write_db(source: Source, rels: list[Relation], path: Path, page_rows: int) 
                 con.executemany(insert, batch)
                 rows_total += len(batch)
             for key in rel.keys[:1]:
-                con.execute(f"CREATE INDEX {_sq(f'{rel.name}_{key}')} ON {_sq(rel.name)} ({_sq(key)})")
+                con.execute(f"CREATE INDEX {_sq(f'{rel.name}:{key}')} ON {_sq(rel.name)} ({_sq(key)})")
             flat = flat_view_sql(rel)
-            if flat:
+            if flat and rel.name + "_flat" not in names:
                 con.execute(flat)
-        names = {rel.name for rel in rels}
+                names.add(rel.name + "_flat")
         for rel in rels:
             view = view_of(rel.name) if not rel.is_view and VERSIONED_RE.fullmatch(rel.name) else None
             if view and view not in names:  # as the warehouse makes them: not over a table of that name
