@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from conftest import SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path
 from gleanpipe.config import Config
-from gleanpipe.debug_index import DEBUG_PREFIX, INVALID_GROUP, DebugIndex
+from gleanpipe.debug_index import DEBUG_PREFIX, INVALID_GROUP, MAX_BODY_TEXT, DebugIndex
 from gleanpipe.debug_viewer import DebugViewer
 from gleanpipe.storage.local import LocalStore
 from gleanpipe.wsgi_mounts import PrefixDispatcher
@@ -440,3 +441,28 @@ def test_new_settings_are_in_the_readme_settings_table():
     for env, default in (("GLEANPIPE_DEBUG_MAX_PINGS", "100"), ("GLEANPIPE_DEBUG_RETENTION_HOURS", "504"),
                          ("GLEANPIPE_EXPLORE_PORT", "8001")):
         assert f"| `{env}` | `{default}`" in readme
+
+
+def test_deep_and_large_bodies_are_shown_as_cut_text_and_the_tag_keeps_working(debug_serve):
+    """Found by a hostile sender. Before: one ping nested 300 levels deep (orjson reads 1024
+    levels, writes 254) made the tag's page and API answer 500 until 100 newer pings came; and
+    rejected pings of 8 MB of JSON each (8 KB gzip) made a 400 MB page (2 GB in the worker)."""
+    deep: list = []
+    for _ in range(300):
+        deep = [deep]
+    deep_body = gzip.compress(json.dumps(make_ping(metrics={"object": {"toolbox.deep": deep}})).encode())
+    headers = {**SDK_HEADERS, "X-Debug-ID": "deeptag"}
+    assert post(debug_serve.url + submit_path("metrics", str(uuid.uuid4())), deep_body, headers)[0] == 200
+    big = b'{"metrics": {"string": {"a.b": ' + b"1" * (8_000_000 - 40) + b"}}}"  # not a valid ping: rejected
+    headers = {**SDK_HEADERS, "X-Debug-ID": "bigtag"}
+    assert post(debug_serve.url + submit_path("metrics", str(uuid.uuid4())), gzip.compress(big), headers)[0] == 400
+    [deep_ping] = api(debug_serve, "tags/deeptag")["pings"]
+    assert deep_ping["ping"] is None and deep_ping["note"] == "JSON nested too deep to show as a tree: shown as text"
+    assert deep_ping["body_text"].startswith('{"client_info"')
+    status, page, _ = get(f"{debug_serve.url}/debug/deeptag")
+    assert status == 200 and b"nested too deep" in page
+    [big_ping] = api(debug_serve, "tags/bigtag")["pings"]
+    assert big_ping["note"] == f"the body has {len(big)} bytes: the first {MAX_BODY_TEXT} are shown, as text"
+    assert len(big_ping["body_text"]) == MAX_BODY_TEXT and big_ping["ping"] is None
+    status, page, _ = get(f"{debug_serve.url}/debug/bigtag")
+    assert status == 200 and len(page) < 2 * MAX_BODY_TEXT

@@ -44,7 +44,7 @@ INVALID_GROUP = "_invalid"
 ENTRY_ID_RE = re.compile(r"[0-9]{17}-[0-9a-f]{8}")
 MAX_SHOWN_TAG = 100  # characters of an invalid X-Debug-ID value kept in its entry
 MAX_ERROR_CHARS = 16_384  # of an error message kept in an entry (the error record has it all)
-MAX_BODY_TEXT = 262_144  # characters of a body that is not JSON shown in the viewer
+MAX_BODY_TEXT = 262_144  # bytes of a body the viewer shows: a larger one (JSON or not) is cut and shown as text
 
 
 def group_of(tag: str | None) -> str | None:
@@ -209,11 +209,27 @@ class DebugIndex:
             except rawobject.RawObjectError as exc:
                 out["note"] = f"{key} is not a raw object: {exc}"
                 return out
+        if isinstance(body, str):  # what _gunzip_for_view says instead of a body
+            out["body_text"] = body
+            return out
+        text = lambda: body[:MAX_BODY_TEXT].decode("utf-8", "replace")
+        if len(body) > MAX_BODY_TEXT:  # a page shows up to max_per_tag of these at once: each is bounded
+            out["note"] = _join(out["note"], f"the body has {len(body)} bytes: the first {MAX_BODY_TEXT} are shown, as text")
+            out["body_text"] = text()
+            return out
         try:
             out["ping"] = orjson.loads(body)
+            orjson.dumps(out["ping"])  # orjson reads 1024 levels deep but writes only 254
         except orjson.JSONDecodeError:
-            out["body_text"] = body[:MAX_BODY_TEXT].decode("utf-8", "replace") if isinstance(body, bytes) else body
+            out["ping"], out["body_text"] = None, text()
+        except TypeError:
+            out["ping"], out["body_text"] = None, text()
+            out["note"] = _join(out["note"], "JSON nested too deep to show as a tree: shown as text")
         return out
+
+
+def _join(note: str | None, more: str) -> str:
+    return f"{note}; {more}" if note else more
 
 
 def _gunzip_for_view(body: bytes, limit: int) -> bytes | str:
