@@ -466,3 +466,11 @@ def test_deep_and_large_bodies_are_shown_as_cut_text_and_the_tag_keeps_working(d
     assert len(big_ping["body_text"]) == MAX_BODY_TEXT and big_ping["ping"] is None
     status, page, _ = get(f"{debug_serve.url}/debug/bigtag")
     assert status == 200 and len(page) < 2 * MAX_BODY_TEXT
+
+
+def test_a_tag_named_api_has_its_page(debug_serve):
+    """Before: the tag `api` was listed, but /debug/api answered 404 (it is the API's prefix)."""
+    assert send(debug_serve, make_ping(), "api")[0] == 200
+    assert "api" in [t["tag"] for t in api(debug_serve, "tags")["tags"]]
+    status, page, _ = get(f"{debug_serve.url}/debug/api")
+    assert status == 200 and b"Debug tag <code>api</code>" in page

@@ -99,7 +99,7 @@ class DebugViewer:
             return "text/html; charset=utf-8", self._tags_page(base)
         if parts[0] == "static" and len(parts) == 2 and parts[1] in STATIC_FILES:
             return STATIC_FILES[parts[1]], (STATIC / parts[1]).read_bytes()
-        if parts[0] == "api":
+        if parts[0] == "api" and len(parts) > 1:  # /debug/api alone is the page of the tag "api"
             if parts[1:] == ["tags"]:
                 return "application/json", orjson.dumps(self.api_tags())
             if len(parts) == 3 and parts[1] == "tags":
