@@ -441,3 +441,12 @@ def test_replay_of_part_of_the_store_keeps_deleted_clients_deleted(tmp_path):
     out = gleanpipe("query", "--data-dir", str(tmp_path / "data"), "--format", "json",
                     f"SELECT client_info.client_id AS c FROM {DATASET}.baseline")
     assert json.loads(out.stdout) == [{"c": CLIENT_B}]
+
+
+def test_apps_add_for_an_app_duckdb_cannot_hold_says_why(tmp_path):
+    """Before: DuckDB's own binder error (ambiguous catalog or schema "temp")."""
+    proc = gleanpipe("apps", "add", "--data-dir", str(tmp_path / "data"), "temp",
+                     "--metrics", str(GLEAN_CLIENT / "metrics.yaml"), "--pings", str(GLEAN_CLIENT / "pings.yaml"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr == ("Error: the app's dataset name temp is a name DuckDB keeps for itself (a built-in catalog "
+                           "or schema), so DuckDB cannot hold its tables\n")

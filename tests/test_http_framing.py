@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -95,7 +96,7 @@ def read_response(sock: socket.socket, timeout: float = 20) -> tuple[int, dict |
     return status, (json.loads(body) if body.startswith(b"{") else None), after
 
 
-def closed_after(sock: socket.socket, timeout: float = 10) -> bool:
+def closed_after(sock: socket.socket, timeout: float = 1) -> bool:
     """True once the server closes the connection (it cannot know where the next request starts)."""
     sock.settimeout(timeout)
     try:
@@ -151,6 +152,35 @@ def test_a_body_that_stalls_gets_408_and_others_are_served(server):
         assert closed_after(sock)
     [record] = records(server.data_dir, "body_timeout")
     assert record["status"] == 408  # what came may be in the server's buffers still, not in the record
+    status, _, headers = post(server.url + submit_path(), body)
+    assert status == 200 and headers["X-Gleanpipe-Stored"] == "new"
+
+
+def test_a_body_that_trickles_in_gets_408_at_the_deadline(server):
+    """A byte every 0.3 s: each read gets its byte, so a socket timeout never fires. Before: no
+    answer while the client kept it up (12 s seen), a connection and a thread held all along."""
+    body = gz(make_ping(CLIENT))
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head(submit_path(), len(body)))
+        stop = threading.Event()
+
+        def trickle():
+            for byte in body:
+                if stop.wait(0.3):
+                    return
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        try:
+            status, answer, _ = read_response(sock, timeout=10)  # deadline 1 s; the body needs 80 s
+        finally:
+            stop.set()
+            sender.join()
+    assert (status, answer["error_type"]) == (408, "body_timeout")
     status, _, headers = post(server.url + submit_path(), body)
     assert status == 200 and headers["X-Gleanpipe-Stored"] == "new"
 
@@ -218,3 +248,17 @@ def test_a_rejection_that_cannot_be_recorded_is_a_503_with_one_log_line(server):
     time.sleep(0.2)
     [line] = [ln for ln in server.read_log().splitlines() if "503 for" in ln]
     assert "rejected json, reason not kept" in line
+
+
+def test_a_misconfigured_function_answers_503_without_reading_the_body(tmp_path):
+    """Before: after its 503, functions-framework read the whole declared body (200 MB here),
+    so a client that sends nothing more never got the answer."""
+    (tmp_path / "data").mkdir()
+    function = Function(tmp_path / "data", {"GLEANPIPE_STORE_URL": "nowhere://x"})
+    try:
+        with socket.create_connection(("127.0.0.1", function.port)) as sock:
+            sock.sendall(head(submit_path(), 200 * 1024 * 1024) + b"x" * 1024)
+            status, answer, _ = read_response(sock)
+        assert (status, answer["error_type"]) == (503, "misconfigured")
+    finally:
+        function.stop()

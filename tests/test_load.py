@@ -448,8 +448,8 @@ def test_an_app_whose_dataset_duckdb_reserves_is_a_load_error_and_the_rest_loads
         assert errors["information-schema"].startswith("the app's dataset name information_schema is a name DuckDB keeps")
         assert errors["warehouse"] == (
             "the app's dataset name warehouse is also the name DuckDB gives this warehouse file (warehouse.duckdb), so "
-            "it cannot hold its tables; the ping stays in the raw store (a warehouse file with another name can load "
-            "it: GLEANPIPE_WAREHOUSE_URL)")
+            "it cannot hold its tables; the ping stays in the raw store (a warehouse file with another name can: "
+            "GLEANPIPE_WAREHOUSE_URL)")
         assert sorted(errors) == ["information-schema", "system", "temp", "warehouse"]
         assert wh.status()["load_errors"] == {"warehouse": 4}
     finally:
@@ -487,5 +487,50 @@ def test_a_deletion_request_whose_row_cannot_be_stored_still_deletes(tmp_path, h
         assert message.endswith("(the deletion was carried out all the same, from the client id alone)")
         late = loader.load_keys([put_ping(store, make_ping(CLIENT_A, seq=9))])
         assert (late.skipped_deleted, late.inserted) == (1, 0)
+    finally:
+        wh.close()
+
+
+def test_the_warehouse_files_catalog_name_is_matched_in_any_case(tmp_path):
+    """DuckDB matches catalog names in any case: with the file Warehouse.duckdb, the app
+    `warehouse` clashed all the same, and the clash stopped every app's loading again."""
+    from gleanpipe.warehouse import open_warehouse
+
+    store = LocalStore(tmp_path / "store")
+    wh = open_warehouse(f"duckdb://{tmp_path / 'Warehouse.duckdb'}")
+    try:
+        keys = []
+        for app in ("warehouse", "org.example.toolbox"):
+            path = DocumentPath(app, "baseline", "1", str(uuid.uuid4()))
+            meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": app,
+                    "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
+            store.put_new(path.key, rawobject.encode(meta, json.dumps(make_ping(CLIENT_A)).encode()))
+            keys.append(path.key)
+        assert (lambda r: (r.inserted, r.errors))(Loader(store, wh).load_keys(keys)) == (1, 1)
+    finally:
+        wh.close()
+
+
+def test_a_deletion_requests_load_error_stays_when_its_batch_is_loaded_one_by_one(tmp_path):
+    """Another row of the batch failing makes the loader load it one row at a time. Before: the
+    stripped deletion row, loaded then, deleted its own object's load error."""
+    from gleanpipe.warehouse import open_warehouse
+
+    store = LocalStore(tmp_path / "store")
+    wh = open_warehouse(f"duckdb://{tmp_path / 'wh.duckdb'}")
+    try:
+        loader = Loader(store, wh)
+        assert loader.load_keys([put_ping(store, make_ping(CLIENT_A))]).inserted == 1
+        bad_deletion, bad_ping = make_ping(CLIENT_A), make_ping(CLIENT_B)
+        deep: dict = {}
+        for _ in range(300):  # a transform error: the deletion's stripped row joins the batch
+            deep = {"a": deep}
+        bad_deletion["metrics"] = {"object": {"toolbox.deep": deep}}
+        bad_ping["ping_info"]["seq"] = 2**63  # a warehouse error: the batch is loaded one row at a time
+        keys = [put_ping(store, bad_deletion, doc_type="deletion-request"), put_ping(store, bad_ping)]
+        result = loader.load_keys(keys)
+        assert (result.deletions, result.errors) == (1, 2)
+        assert sorted(wh.query("SELECT object_key FROM _gleanpipe.errors")[1]) == sorted((k,) for k in keys)
+        assert wh.query(f"SELECT count(*) FROM {DATASET}.baseline")[1] == [(0,)]
     finally:
         wh.close()

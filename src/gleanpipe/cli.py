@@ -237,7 +237,8 @@ def _spooled(store) -> int:
 @WAREHOUSE
 @click.option("--batch", type=int, envvar="GLEANPIPE_LOAD_BATCH", cls=SettingOption, default=None,
               help="Objects per load [default: 1000].")
-@click.option("--prefix", default="raw/", show_default=True, help="Only objects under this key prefix.")
+@click.option("--prefix", default="raw/", show_default=True,
+              help="Only objects under this key prefix, and the deletion requests of the apps they belong to.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes that read and transform in parallel [default: cores, at most 4; 0: none].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

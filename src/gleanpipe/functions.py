@@ -42,6 +42,7 @@ def submit(request):
     except Exception as exc:  # noqa: BLE001 - a bad setting or store URL: nothing the client did
         # 503, not the framework's 500 page: the SDK keeps the ping and retries once this is fixed.
         log.error("submit cannot take pings until its settings are fixed: %s", exc)
+        request._cached_data = b""  # functions-framework would read the whole body (see below)
         body, status, headers = _json({"error_type": "misconfigured",
                                        "error_message": "the server cannot take pings now (see its log), retry later"},
                                       503)

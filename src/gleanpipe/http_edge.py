@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +33,7 @@ from . import rawobject
 from .config import Config
 from .debug_index import DebugIndex
 from .naming import ERROR_PREFIX, PathError, parse_segments
+from .read_deadline import WATCHER
 from .storage import RawStore, StoreError
 from .validation import PingValidator, default_validator
 
@@ -249,32 +249,25 @@ class _EnvironHeaders:
 
 def read_body(stream, content_length: int | None, limit: int, *, sock=None,
               timeout_s: float | None = None) -> tuple[bytes, Rejected | None]:
-    """Read at most limit + 1 bytes (enough to tell 'over the limit'), within ``timeout_s`` when
-    the connection's socket is given (gunicorn puts it in the environ as ``gunicorn.socket``).
+    """Read at most limit + 1 bytes (enough to tell 'over the limit'), within ``timeout_s`` of
+    wall-clock time when the connection's socket is given (gunicorn puts it in the environ as
+    ``gunicorn.socket``; read_deadline.py cuts the read when the time is up).
 
     Returns the bytes read and, when the body did not arrive whole, why (the handler answers
-    it after the path and size checks, and keeps what came in the error store): 408 after the
-    timeout, 400 ``incomplete_body`` when the connection ended before Content-Length bytes came,
-    400 ``body_framing`` when the server could not parse the body (a bad chunk size, say). Any of
-    them leaves the connection unusable; gunicorn closes it after the answer."""
+    it after the path and size checks, and keeps in the error store what was read): 408 after
+    the timeout, 400 ``incomplete_body`` when the connection ended before Content-Length bytes
+    came, 400 ``body_framing`` when the server could not parse the body (a bad chunk size, say).
+    Any of them leaves the connection unusable; gunicorn closes it after the answer."""
     want = limit + 1 if content_length is None else min(content_length, limit + 1)
     chunks, got, problem = [], 0, None
-    deadline = time.monotonic() + timeout_s if sock is not None and timeout_s else None
-    before = sock.gettimeout() if deadline is not None else None
+    deadline = WATCHER.watch(sock, timeout_s) if sock is not None and timeout_s else None
     try:
         while got < want:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                sock.settimeout(left)
             chunk = stream.read(want - got)
             if not chunk:
                 break
             chunks.append(chunk)
             got += len(chunk)
-    except TimeoutError:
-        problem = Rejected(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s (GLEANPIPE_BODY_TIMEOUT_S)")
     except Exception as exc:  # noqa: BLE001 - whatever the server's body reader raises is the client's doing
         # gunicorn's NoMoreData and resets are OSErrors, werkzeug's ClientDisconnected is not
         if isinstance(exc, OSError) or type(exc).__name__ == "ClientDisconnected":
@@ -283,11 +276,10 @@ def read_body(stream, content_length: int | None, limit: int, *, sock=None,
             problem = Rejected(400, "body_framing", f"the body cannot be read: {type(exc).__name__}: {exc}"[:200])
     finally:
         if deadline is not None:
-            try:
-                sock.settimeout(before)
-            except OSError:
-                pass
-    if problem is None and content_length is not None and got < want:
+            WATCHER.done(deadline)
+    if deadline is not None and deadline.expired:  # what ended the read was the cut at the deadline
+        problem = Rejected(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s (GLEANPIPE_BODY_TIMEOUT_S)")
+    elif problem is None and content_length is not None and got < want:
         problem = Rejected(400, "incomplete_body",
                            f"the body ended after {got} of its {content_length} bytes (Content-Length)")
     return b"".join(chunks), problem

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -85,7 +86,8 @@ def deletion_only(key: str, data: bytes, path: DocumentPath) -> PingRow | None:
         client_id = (orjson.loads(payload).get("client_info") or {}).get("client_id")
         if not isinstance(client_id, str) or not client_id:
             return None
-        return transform(key, rawobject.encode(meta, orjson.dumps({"client_info": {"client_id": client_id}})), path)
+        row = transform(key, rawobject.encode(meta, orjson.dumps({"client_info": {"client_id": client_id}})), path)
+        return dataclasses.replace(row, stripped=True)  # its object's load error stays (see warehouse write)
     except Exception:  # noqa: BLE001 - nothing to delete with: the object's own error is recorded already
         return None
 

@@ -40,6 +40,7 @@ class PingRow:
     metrics: dict[str, tuple[str, ...]]  # metric type -> columns the row fills
     client_id: str | None
     submission_timestamp: str
+    stripped: bool = False  # a deletion request's row with its client id alone (load.deletion_only)
 
     @property
     def is_deletion_request(self) -> bool:

@@ -446,7 +446,7 @@ class BigQueryWarehouse(Warehouse):
                 if r.is_deletion_request and r.client_id:
                     self._request_deletion(dataset, r)
                     result.deletions += 1
-        loaded = [r.key for by_id in groups.values() for r in by_id.values()]
+        loaded = [r.key for by_id in groups.values() for r in by_id.values() if not r.stripped]  # see duckdb.py
         self._forget_errors(loaded)
         self._record_errors(errors, now)
         self._refresh_reshaped()

@@ -81,7 +81,8 @@ class DuckDBWarehouse(Warehouse):
         # Dataset names DuckDB cannot hold as a schema: its catalogs (system, temp, and this file's,
         # "warehouse" for warehouse.duckdb) make "<name>".<table> ambiguous, and its system schemas
         # cannot be created.
-        self._unusable = {name for (name,) in self.con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+        self._unusable = {name.lower() for (name,) in  # DuckDB matches catalog names in any case
+                          self.con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
         self._unusable.update(SYSTEM_SCHEMAS)
         self._lock = threading.Lock()
         self._types: dict[tuple[str, str], dict[str, str]] = {}  # (dataset, table) -> column -> type
@@ -234,6 +235,9 @@ class DuckDBWarehouse(Warehouse):
         """
         if self.read_only:
             raise RuntimeError("warehouse opened read-only")
+        for dataset, _ in tables:
+            if dataset in self._unusable:
+                raise RuntimeError(self._unusable_reason(dataset, ping=False))
         added = []
         with self._lock:
             try:
@@ -371,13 +375,14 @@ class DuckDBWarehouse(Warehouse):
             [[e.object_key, e.app_id, e.doc_type, e.document_id, e.error_type, e.error_message, now] for e in errors],
         )
 
-    def _unusable_reason(self, dataset: str) -> str:
+    def _unusable_reason(self, dataset: str, ping: bool = True) -> str:
+        kept = "; the ping stays in the raw store" if ping else ""
         if dataset in ("system", "temp", *SYSTEM_SCHEMAS):
             return (f"the app's dataset name {dataset} is a name DuckDB keeps for itself (a built-in catalog or "
-                    "schema), so DuckDB cannot hold its tables; the ping stays in the raw store")
+                    f"schema), so DuckDB cannot hold its tables{kept}")
         return (f"the app's dataset name {dataset} is also the name DuckDB gives this warehouse file "
-                f"({Path(self.path).name}), so it cannot hold its tables; the ping stays in the raw store (a warehouse "
-                "file with another name can load it: GLEANPIPE_WAREHOUSE_URL)")
+                f"({Path(self.path).name}), so it cannot hold its tables{kept} (a warehouse file with another name "
+                "can: GLEANPIPE_WAREHOUSE_URL)")
 
     def write(self, rows: list[PingRow], errors: list[LoadError]) -> WriteResult:
         if self.read_only:
@@ -416,7 +421,8 @@ class DuckDBWarehouse(Warehouse):
                     for r in batch:
                         if r.is_deletion_request and r.client_id and self._delete_client(dataset, r, now):
                             result.deletions += 1
-                loaded_keys = [r.key for by_id in groups.values() for r in by_id.values()]
+                # (a stripped deletion row is not its object loaded: that object's error stays)
+                loaded_keys = [r.key for by_id in groups.values() for r in by_id.values() if not r.stripped]
                 if loaded_keys:  # an object that loads now (after a fix) is no longer an error
                     self.con.execute(f"DELETE FROM {META}.errors WHERE list_contains(?, object_key)", [loaded_keys])
                 self._record_errors(errors, now)

@@ -1,0 +1,79 @@
+"""A wall-clock limit on reading a request's body (GLEANPIPE_BODY_TIMEOUT_S).
+
+A socket timeout bounds one ``recv``, not a body: gunicorn's body reader (and Werkzeug's under
+the function) calls ``recv`` until the body is whole, so a client that sends a byte a second
+never trips it. Instead one watcher per process keeps the deadlines of the bodies being read.
+When one passes, it shuts the read side of that connection down, which ends the blocked read
+at once (end of stream), and marks the deadline expired, so the edge answers 408. Under gevent
+(serve's workers) the watcher is a greenlet, under threads (the function's gthread workers) a
+thread. A body costs a lock and a heap push to watch, and one more lock when it is read.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
+
+
+class Deadline:
+    __slots__ = ("at", "sock", "expired")
+
+    def __init__(self, at: float, sock) -> None:
+        self.at, self.sock, self.expired = at, sock, False
+
+
+class Watcher:
+    def __init__(self) -> None:
+        self._pid = None  # the lock, heap and thread are made on first use in each process (a
+        # gunicorn worker is forked, and patched by gevent, after this module may be imported)
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._seq = itertools.count()
+        threading.Thread(target=self._run, name="gleanpipe-body-deadlines", daemon=True).start()
+
+    def watch(self, sock, seconds: float) -> Deadline:
+        """Start the clock for one body read from ``sock``; call ``done`` once it is read."""
+        if self._pid != os.getpid():
+            self._start()
+        deadline = Deadline(time.monotonic() + seconds, sock)
+        with self._lock:
+            sooner = not self._heap or deadline.at < self._heap[0][0]
+            heapq.heappush(self._heap, (deadline.at, next(self._seq), deadline))
+        if sooner:
+            self._wake.set()
+        return deadline
+
+    def done(self, deadline: Deadline) -> None:
+        with self._lock:
+            deadline.sock = None
+            heap = self._heap
+            while heap and heap[0][2].sock is None:  # bodies mostly end in the order they began
+                heapq.heappop(heap)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].sock is None or self._heap[0][0] <= now):
+                    _, _, deadline = heapq.heappop(self._heap)
+                    if deadline.sock is not None:
+                        deadline.expired = True
+                        try:
+                            deadline.sock.shutdown(socket.SHUT_RD)
+                        except OSError:  # the client is gone already
+                            pass
+                        deadline.sock = None
+                wait = self._heap[0][0] - now if self._heap else None
+                self._wake.clear()
+            self._wake.wait(wait)
+
+
+WATCHER = Watcher()
