@@ -273,7 +273,9 @@ def test_render_limit_and_more_suffix() -> None:
 def test_render_caps_length_keeping_suffix() -> None:
     errors = ["x" * 300] * 12
     text = PingValidator.render(errors)
-    assert len(text) == 1024 and text.endswith("... (+2 more)")
+    # three errors fit whole in 1024 characters, the fourth is cut: nine are not shown whole
+    # (before: "(+2 more)", counting only the errors past the tenth)
+    assert len(text) == 1024 and text.endswith("... (+9 more)")
 
 
 def test_default_validator_is_shared() -> None:

@@ -134,20 +134,33 @@ class PingValidator:
 
     @staticmethod
     def render(errors: list[str], limit: int = 10) -> str:
-        """Join up to ``limit`` errors with '; ', note the rest, cap at 1024 chars."""
-        left = max(0, len(errors) - limit)
+        """Join up to ``limit`` errors with '; ' in at most MAX_RENDER characters; ``(+N more)``
+        counts the errors not shown whole (left out, or cut by the character cap)."""
         kind = getattr(errors, "more", "")
-        if kind == "large":
-            more = f" (only the first error is looked for in a payload over {MAX_LISTED_BYTES} bytes)"
-        elif kind == "capped":
-            more = f" (+{left} more; counting stops at {MAX_ERRORS})"
-        else:
-            more = f" (+{left} more)" if left else ""
-        text = "; ".join(errors[:limit])
-        room = MAX_RENDER - len(more)
-        if len(text) > room:
-            text = text[: room - 3] + "..."
-        return text + more
+        listed = errors[:limit]
+        whole = len(listed)
+        while True:  # the count's own length decides the room: settle it
+            left = len(errors) - whole
+            if kind == "large":
+                more = f" (only the first error is looked for in a payload over {MAX_LISTED_BYTES} bytes)"
+            elif kind == "capped":
+                more = f" (+{left} more; counting stops at {MAX_ERRORS})"
+            else:
+                more = f" (+{left} more)" if left else ""
+            text = "; ".join(listed)
+            room = MAX_RENDER - len(more)
+            if len(text) <= room:
+                return text + more
+            text = text[: room - 3]
+            fits, end = 0, -2
+            for e in listed:  # errors that end before the cut
+                end += 2 + len(e)
+                if end > len(text):
+                    break
+                fits += 1
+            if fits == whole:
+                return text + "..." + more
+            whole = fits
 
 
 @functools.lru_cache(maxsize=1)
