@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -450,3 +452,21 @@ def test_apps_add_for_an_app_duckdb_cannot_hold_says_why(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr == ("Error: the app's dataset name temp is a name DuckDB keeps for itself (a built-in catalog "
                            "or schema), so DuckDB cannot hold its tables\n")
+
+
+def test_status_with_no_store_there_says_so_and_creates_none(tmp_path):
+    """Before: with GLEANPIPE_WAREHOUSE_URL pointing at a warehouse elsewhere, status created
+    ./data/store in the current folder and said "rejected at submit: none" from that empty store."""
+    import duckdb
+
+    (tmp_path / "elsewhere").mkdir()
+    duckdb.connect(str(tmp_path / "elsewhere" / "warehouse.duckdb")).close()
+    here = tmp_path / "here"
+    here.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "status"], cwd=here, capture_output=True, text=True,
+                          timeout=60, env={**{k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")},
+                                           "GLEANPIPE_WAREHOUSE_URL": f"duckdb://{tmp_path / 'elsewhere' / 'warehouse.duckdb'}"})
+    assert proc.returncode == 0, proc.stderr
+    assert "waiting to load: unknown (no store at data/store)" in proc.stdout  # the default, in this folder
+    assert "rejected at submit: unknown (no store at data/store)" in proc.stdout
+    assert not (here / "data").exists()

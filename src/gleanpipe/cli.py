@@ -305,14 +305,20 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
             info = wh.status()
         finally:
             wh.close()
-    store = _store(config)
-    if not client:
-        info["pending"] = len(store.pending(1_000_000)) + _spooled(store)
-    rejected: dict[str, int] = {}
-    for key in store.list(ERROR_PREFIX):
-        parts = key.split("/")
-        if len(parts) == 4:
-            rejected[parts[2]] = rejected.get(parts[2], 0) + 1
+    no_store = _missing(config.store_url, "file://")  # say so; do not create it
+    rejected: dict[str, int] | None = {}
+    if no_store:
+        rejected = None
+        if not client:
+            info["pending"], info["store_error"] = None, f"no store at {no_store}"
+    else:
+        store = _store(config)
+        if not client:
+            info["pending"] = len(store.pending(1_000_000)) + _spooled(store)
+        for key in store.list(ERROR_PREFIX):
+            parts = key.split("/")
+            if len(parts) == 4:
+                rejected[parts[2]] = rejected.get(parts[2], 0) + 1
     info["rejected"] = rejected
     info["server"] = "running" if client else "not running"
     if as_json:
@@ -327,7 +333,8 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
                + (f", pending: {info['deletions_pending']} (retry: gleanpipe deletions)"
                   if info.get("deletions_pending") else ""))
     click.echo("load errors: " + (", ".join(f"{k} {v}" for k, v in info["load_errors"].items()) or "none"))
-    click.echo("rejected at submit: " + (", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"))
+    click.echo("rejected at submit: " + (f"unknown (no store at {no_store})" if rejected is None else
+                                         ", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"))
 
 
 @main.command()
