@@ -262,3 +262,33 @@ def test_a_misconfigured_function_answers_503_without_reading_the_body(tmp_path)
         assert (status, answer["error_type"]) == (503, "misconfigured")
     finally:
         function.stop()
+
+
+def test_the_deadline_watcher_cuts_only_late_reads():
+    """read_deadline.py on its own, with real sockets and threads: 8 threads start watching
+    (one heap); a read still going at its deadline is cut (end of stream) and marked expired,
+    one that ended in time is not touched."""
+    from gleanpipe.read_deadline import Watcher
+
+    watcher = Watcher()
+    pairs = [socket.socketpair() for _ in range(8)]
+    deadlines: dict[int, object] = {}
+    starters = [threading.Thread(target=lambda i=i: deadlines.__setitem__(i, watcher.watch(pairs[i][0], 0.5)))
+                for i in range(8)]
+    [t.start() for t in starters]
+    [t.join() for t in starters]
+    try:
+        assert len(watcher._heap) == 8
+        watcher.done(deadlines[0])  # read in time
+        for i in range(1, 8):
+            pairs[i][0].settimeout(5)
+            assert pairs[i][0].recv(1) == b""  # blocked until the cut at 0.5 s
+            assert deadlines[i].expired
+        pairs[0][1].sendall(b"x")
+        pairs[0][0].settimeout(5)
+        assert pairs[0][0].recv(1) == b"x" and not deadlines[0].expired
+        assert watcher._heap == []
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()

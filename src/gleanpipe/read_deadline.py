@@ -19,6 +19,9 @@ import threading
 import time
 
 
+_STARTING = threading.Lock()
+
+
 class Deadline:
     __slots__ = ("at", "sock", "expired")
 
@@ -32,12 +35,15 @@ class Watcher:
         # gunicorn worker is forked, and patched by gevent, after this module may be imported)
 
     def _start(self) -> None:
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._heap: list[tuple[float, int, Deadline]] = []
-        self._seq = itertools.count()
-        threading.Thread(target=self._run, name="gleanpipe-body-deadlines", daemon=True).start()
+        with _STARTING:  # two threads' first bodies must not make two watchers
+            if self._pid == os.getpid():
+                return
+            self._lock = threading.Lock()
+            self._wake = threading.Event()
+            self._heap: list[tuple[float, int, Deadline]] = []
+            self._seq = itertools.count()
+            threading.Thread(target=self._run, name="gleanpipe-body-deadlines", daemon=True).start()
+            self._pid = os.getpid()  # last: the others wait above until all of it is there
 
     def watch(self, sock, seconds: float) -> Deadline:
         """Start the clock for one body read from ``sock``; call ``done`` once it is read."""
