@@ -289,6 +289,15 @@ def test_schema_errors_are_all_collected_compactly(client, local_store):
     assert raw_keys(local_store) == []
 
 
+def test_a_ping_named_events_stream_is_stored(client, local_store):
+    """Not loadable (its table would be the per-event table: a load error), but not refused: a 4xx
+    made the Glean SDK delete it for good."""
+    resp = client.post(submit_path("events-stream"), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    assert resp.status_code == 200
+    [key] = raw_keys(local_store)
+    assert key.startswith(f"raw/{APP}/events-stream/1/")
+
+
 def test_ping_without_info_sections_is_accepted(client, local_store):
     resp = client.post(submit_path("no-info"), data=gz({"metrics": {"counter": {"toolbox.x": 1}}}),
                        headers=SDK_HEADERS)

@@ -452,12 +452,15 @@ def test_readme_queries_run_unchanged_on_both(store, wh):
 # --- names -------------------------------------------------------------------------------
 
 
-def test_events_stream_is_not_a_ping_name():
-    from gleanpipe.naming import PathError, parse_segments
-
-    for doc_type in ("events-stream", "events_stream"):
-        with pytest.raises(PathError, match="reserved"):
-            parse_segments("org-example-toolbox", doc_type, "1", str(uuid.uuid4()))
+def test_a_ping_named_events_stream_is_a_load_error_and_the_events_table_keeps_its_rows(store, wh):
+    """Its table would be events_stream_v1, which holds every ping's events. Before: refused at
+    submit with 400, so the Glean SDK deleted every such ping (glean_parser accepts the name)."""
+    events_key = put_ping(store, make_ping(CLIENT_A, events=EVENTS), doc_type="events")
+    named = [put_ping(store, make_ping(CLIENT_B, events=EVENTS), doc_type=t) for t in ("events-stream", "events_stream")]
+    result = load(store, wh, events_key, *named)
+    assert (result.inserted, result.errors, result.events) == (1, 2, 2)
+    assert wh.q(f"SELECT DISTINCT client_id FROM {DATASET}.events_stream") == [(CLIENT_A,)]
+    assert sorted(wh.q("SELECT object_key, error_type FROM _gleanpipe.errors")) == sorted((k, "reserved") for k in named)
 
 
 def test_the_views_column_list_follows_a_widened_table(store, tmp_path):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import rawobject
-from .naming import DocumentPath, parse_key
+from .naming import RESERVED_DOC_TYPES, DocumentPath, parse_key
 from .storage import ObjectMissing, RawStore
 from .transform import PingRow, TransformError, transform
 from .warehouse import LoadError, RowDataError, Warehouse, WriteResult
@@ -54,6 +54,12 @@ def prepare(store: RawStore, keys: list[str]) -> Prepared:
         path = parse_key(key)
         if path is None:
             out.ignored += 1
+            continue
+        if path.doc_type.replace("-", "_") in RESERVED_DOC_TYPES:
+            out.errors.append(LoadError(key, "reserved", f"the ping name {path.doc_type} is the name of the table that "
+                                        "holds every ping's events (events_stream): it cannot be loaded; the ping "
+                                        "stays in the raw store (rename the ping in pings.yaml)",
+                                        path.app_id, path.doc_type, path.document_id))
             continue
         try:
             data = store.get(key)

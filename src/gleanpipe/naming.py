@@ -19,7 +19,8 @@ DOC_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,29}")
 VERSION_RE = re.compile(r"[0-9]{1,4}")
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 SUPPORTED_VERSIONS = ("1",)
-# events_stream (view) and events_stream_v1 (table) hold one row per event of every ping of an app.
+# events_stream (view) and events_stream_v1 (table) hold one row per event of every ping of an app:
+# a ping of that name is stored (the SDK would delete it on a 4xx) but not loaded (load.prepare).
 RESERVED_DOC_TYPES = frozenset({"events_stream"})
 
 RAW_PREFIX = "raw/"
@@ -61,8 +62,6 @@ def parse_segments(app_id: str, doc_type: str, version: str, document_id: str) -
         raise PathError("app id must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit")
     if not DOC_TYPE_RE.fullmatch(doc_type):
         raise PathError("document type must be 1-30 chars of [a-z0-9_-], starting with a letter or digit")
-    if doc_type.replace("-", "_") in RESERVED_DOC_TYPES:
-        raise PathError(f"document type {doc_type} is reserved (the per-event table has that name)")
     if not VERSION_RE.fullmatch(version):
         raise PathError("document version must be a number")
     if version not in SUPPORTED_VERSIONS:
