@@ -220,11 +220,10 @@ class DebugIndex:
         try:
             out["ping"] = orjson.loads(body)
             orjson.dumps({"pings": [{"ping": out["ping"]}]})  # orjson reads 1024 levels but writes 254: as the API nests it
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, TypeError) as exc:  # not JSON, or too deep to write back
             out["ping"], out["body_text"] = None, text()
-        except TypeError:
-            out["ping"], out["body_text"] = None, text()
-            out["note"] = _join(out["note"], "JSON nested too deep to show as a tree: shown as text")
+            if isinstance(exc, TypeError):
+                out["note"] = _join(out["note"], "JSON nested too deep to show as a tree: shown as text")
         return out
 
 

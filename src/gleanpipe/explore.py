@@ -2,7 +2,8 @@
 
 Datasette reads SQLite; the warehouse is DuckDB, and DuckDB's sqlite extension is a download
 (not possible offline). So the warehouse is exported, with Python's sqlite3, into one SQLite
-file per DuckDB schema (``<out>/<app dataset>.db``, and ``_gleanpipe.db``), each Datasette database being one app, as each BigQuery dataset is:
+file per DuckDB schema (``<out>/<app dataset>.db``, and ``_gleanpipe.db``), each Datasette
+database being one app, as each BigQuery dataset is:
 
 - every table and view keeps its name and its rows; scalar columns keep their values
   (TIMESTAMPTZ as ISO-8601 text in UTC, BOOLEAN as 0/1), nested STRUCT/LIST/MAP columns become
@@ -40,18 +41,13 @@ import orjson
 from .naming import VERSIONED_RE, quote_ident as q
 from .warehouse.duckdb import view_of
 
-META_SCHEMA = "_gleanpipe"
-META_DB = "_gleanpipe"  # no app's file: a dataset name starts with a letter or digit
+META_SCHEMA = "_gleanpipe"  # its file is _gleanpipe.db, a name no app's takes: dataset names start with a letter or digit
 MANIFEST = "export.json"
 PAGE_ROWS = 20_000
 NESTED = {"struct", "list", "map", "union", "array"}
 INTEGER = {"boolean", "tinyint", "smallint", "integer", "bigint", "utinyint", "usmallint", "uinteger"}
 REAL = {"float", "double", "decimal"}
 ISO_UTC = "%Y-%m-%dT%H:%M:%S.%fZ"
-
-
-def db_name(schema: str) -> str:
-    return META_DB if schema == META_SCHEMA else schema
 
 
 @dataclass
@@ -252,17 +248,16 @@ def export(source: Source, out_dir: Path, *, page_rows: int = PAGE_ROWS, force: 
         by_schema.setdefault(rel.schema, []).append(rel)
     databases, written, unchanged, total = {}, [], [], 0
     new_dbs = {}
-    for schema, rels in sorted(by_schema.items()):
-        name = db_name(schema)
-        path = out_dir / f"{name}.db"
+    for schema, rels in sorted(by_schema.items()):  # one SQLite file per schema, named as the schema
+        path = out_dir / f"{schema}.db"
         prints = {rel.name: fingerprint(source, rel) for rel in rels}
-        databases[name] = path
-        new_dbs[name] = {"schema": schema, "tables": prints}
-        if path.exists() and old_dbs.get(name, {}).get("tables") == prints:
-            unchanged.append(name)
+        databases[schema] = path
+        new_dbs[schema] = {"schema": schema, "tables": prints}
+        if path.exists() and old_dbs.get(schema, {}).get("tables") == prints:
+            unchanged.append(schema)
             continue
         total += _write_db(source, rels, path, page_rows)
-        written.append(name)
+        written.append(schema)
     for stale in set(old_dbs) - set(new_dbs):  # a schema that is gone from the warehouse
         try:
             (out_dir / f"{stale}.db").unlink()
@@ -354,7 +349,7 @@ def datasette_metadata(result: ExportResult) -> dict:
     for name in result.databases:
         dbs[name] = {
             "description": ("gleanpipe's own tables: load errors and deletion requests carried out"
-                            if name == META_DB else
+                            if name == META_SCHEMA else
                             f"App dataset {name}: one table per ping; <table>_flat views have one column per metric"),
         }
     return {

@@ -84,7 +84,7 @@ def _members(body: memoryview, limit: int) -> bytes:
     rest each time, 52,000 tiny members in 1 MiB took 0.7 s (each copied the rest of the body)."""
     out, pos, n = bytearray(), 0, len(body)
     while pos < n:
-        if pos and body[pos:pos + 2] != GZIP_MAGIC[:2]:
+        if pos and body[pos:pos + len(GZIP_MAGIC)] != GZIP_MAGIC:
             raise Rejected(400, "decompress", "trailing bytes after the gzip stream")
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:

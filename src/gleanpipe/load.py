@@ -18,7 +18,7 @@ import orjson
 from . import rawobject
 from .naming import RESERVED_DOC_TYPES, DocumentPath, parse_key
 from .storage import ObjectMissing, RawStore
-from .transform import PingRow, TransformError, transform
+from .transform import DELETION_REQUEST, PingRow, TransformError, transform
 from .warehouse import LoadError, RowDataError, Warehouse, WriteResult
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def deletion_only(key: str, data: bytes, path: DocumentPath) -> PingRow | None:
     """For a deletion-request ping whose row cannot be made or stored (a hostile value in some
     field): a row with its client id alone, so the deletion happens all the same. A deletion
     must not hang on a field it does not need. None for any other ping, or without a client id."""
-    if path.doc_type != "deletion-request":
+    if path.doc_type != DELETION_REQUEST:
         return None
     try:
         meta, payload = rawobject.decode(data)

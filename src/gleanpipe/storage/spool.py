@@ -26,9 +26,9 @@ Loader side (the serve process): ``SpoolReader`` tails every segment, runs one
 ``fdatasync`` on what it read (a record is readable before its writer's fdatasync returns),
 turns each record into the normal create-only object (tmp file + ``os.link``, no fsync per
 object) and hands the key to the loader. A segment is deleted only when its writer is gone,
-every record in it was loaded, and one ``syncfs`` made the objects durable. After a crash the remaining
-segments are read again from the start; that is idempotent (create-only objects, loads
-keyed by document id).
+every record in it was loaded, and one ``syncfs`` made the objects durable. After a crash the
+remaining segments are read again from the start; that is idempotent (create-only objects,
+loads keyed by document id).
 
 Dedupe: the edge answers "duplicate" without spooling when the object already exists or
 when the same worker spooled the key recently; a copy that arrives while that worker is still

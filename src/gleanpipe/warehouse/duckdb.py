@@ -48,7 +48,8 @@ SELECT schema_name FROM duckdb_tables() WHERE table_name = '{EVENTS_STREAM_VIEW}
 
 DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.TypeMismatchException,
                duckdb.OutOfRangeException)
-SYSTEM_SCHEMAS = ("information_schema", "pg_catalog")  # in every DuckDB catalog: no schema may take these names
+# Names DuckDB keeps for itself: its built-in catalogs, and the system schemas every catalog has.
+DUCKDB_OWN_NAMES = ("system", "temp", "information_schema", "pg_catalog")
 TEMP_FILE_RE = re.compile(r' in file "[^"]*", in line \d+(?=:)')
 
 
@@ -83,7 +84,7 @@ class DuckDBWarehouse(Warehouse):
         # cannot be created.
         self._unusable = {name.lower() for (name,) in  # DuckDB matches catalog names in any case
                           self.con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
-        self._unusable.update(SYSTEM_SCHEMAS)
+        self._unusable.update(DUCKDB_OWN_NAMES)
         self._lock = threading.Lock()
         self._types: dict[tuple[str, str], dict[str, str]] = {}  # (dataset, table) -> column -> type
         self._metrics: dict[tuple[str, str], dict[str, set[str]] | None] = {}
@@ -377,7 +378,7 @@ class DuckDBWarehouse(Warehouse):
 
     def _unusable_reason(self, dataset: str, ping: bool = True) -> str:
         kept = "; the ping stays in the raw store" if ping else ""
-        if dataset in ("system", "temp", *SYSTEM_SCHEMAS):
+        if dataset in DUCKDB_OWN_NAMES:
             return (f"the app's dataset name {dataset} is a name DuckDB keeps for itself (a built-in catalog or "
                     f"schema), so DuckDB cannot hold its tables{kept}")
         return (f"the app's dataset name {dataset} is also the name DuckDB gives this warehouse file "
