@@ -19,12 +19,15 @@ from conftest import APP, DATASET, ROOT, gz, make_ping, post, submit_path, free_
 FF = str(Path(sys.executable).parent / "functions-framework")
 
 
-def start(target: str, cwd: Path, *extra: str):
+def start(target: str, cwd: Path, *extra: str, env: dict | None = None, log: Path | None = None):
+    """(process, URL) of `functions-framework --target=<target>` on a free port, with no GLEANPIPE_*
+    variable from the caller's environment (only those in ``env``); its stderr goes to ``log``."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
     proc = subprocess.Popen([FF, "--source", str(ROOT / "functions" / "main.py"), "--target", target,
                              "--host", "127.0.0.1", "--port", str(port), *extra],
-                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=cwd, env={**clean, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "wb") if log else subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -32,7 +35,7 @@ def start(target: str, cwd: Path, *extra: str):
             return proc, f"http://127.0.0.1:{port}"
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read().decode())
+                raise RuntimeError(log.read_text(errors="replace") if log else proc.stderr.read().decode())
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("functions-framework did not start")

@@ -6,10 +6,7 @@ never a 500 or a connection held for ever."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -17,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SDK_HEADERS, ServeProcess, free_port, gz, make_ping, post, submit_path
-
-FF = str(Path(sys.executable).parent / "functions-framework")
+from conftest import SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path
+from test_functions_framework import start
 CLIENT = "0b7c3d9e-2a4f-4b6c-8d1e-3f5a7b9c1d2e"
 TIMEOUT_S = "1"  # GLEANPIPE_BODY_TIMEOUT_S for these servers
 
@@ -28,24 +24,11 @@ class Function:
     """`functions-framework --target=submit` on a free port, its log in a file."""
 
     def __init__(self, data_dir: Path, env: dict):
-        self.port, self.data_dir = free_port(), data_dir
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir.parent / f"function-{self.port}.log"
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
-        self.proc = subprocess.Popen(
-            [FF, "--source", str(ROOT / "functions" / "main.py"), "--target", "submit", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            env={**clean, **env, "GLEANPIPE_DATA_DIR": str(data_dir)}, stdout=subprocess.DEVNULL,
-            stderr=open(self.log_path, "wb"))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None, self.read_log()
-                time.sleep(0.1)
-        raise RuntimeError("functions-framework did not start")
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / "function.log"
+        self.proc, self.url = start("submit", data_dir.parent, env={**env, "GLEANPIPE_DATA_DIR": str(data_dir)},
+                                    log=self.log_path)
+        self.port = int(self.url.rsplit(":", 1)[1])
 
     def read_log(self) -> str:
         return self.log_path.read_text(errors="replace")
