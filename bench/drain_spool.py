@@ -11,7 +11,7 @@ import threading
 
 from gleanpipe.config import Config
 from gleanpipe.storage.local import LocalStore
-from gleanpipe.storage.spool import SpoolReader
+from gleanpipe.storage.spool_reader import SpoolReader
 
 reader, stop = SpoolReader(LocalStore(sys.argv[1])), threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())

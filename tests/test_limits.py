@@ -107,7 +107,8 @@ def test_payload_limit_at_the_spool_bound_and_without_the_spool_is_accepted(tmp_
 
 def test_spool_writer_refuses_a_record_its_reader_would_take_for_damage(tmp_path):
     from gleanpipe.storage import StoreError
-    from gleanpipe.storage.spool import HEAD, MAX_BODY, SpoolWriter, decode_records, encode_record
+    from gleanpipe.storage.spool import HEAD, MAX_BODY, decode_records, encode_record
+    from gleanpipe.storage.spool_writer import SpoolWriter
 
     key = "raw/app/baseline/1/0f0e0d0c-0b0a-4908-8706-050403020100.json"
     writer = SpoolWriter(tmp_path / "spool", 1 << 30, 3600)

@@ -1,4 +1,4 @@
-"""The write-ahead spool of `gleanpipe serve` (storage/spool.py): real files, real processes."""
+"""The write-ahead spool of `gleanpipe serve` (storage/spool*.py): real files, real processes."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from gleanpipe.naming import DocumentPath
 from gleanpipe.serve import LoaderThread
 from gleanpipe.storage import StoreError
 from gleanpipe.storage.local import LocalStore
-from gleanpipe.storage.spool import (SPOOL, SpoolingStore, SpoolReader, SpoolWriter, decode_records,
-                                     encode_record)
+from gleanpipe.storage.spool import SPOOL, decode_records, encode_record
+from gleanpipe.storage.spool_reader import SpoolReader
+from gleanpipe.storage.spool_writer import SpoolingStore, SpoolWriter
 
 CLIENT = "5a4e6c2b-3f7d-4d8e-9a1b-0c2d3e4f5a6b"
 
@@ -228,7 +229,8 @@ def ticker():
 
 
 GEVENT_APPENDS = slow_disk_under_gevent("fdatasync", 0.2) + r"""
-from gleanpipe.storage.spool import SpoolWriter, decode_records
+from gleanpipe.storage.spool import decode_records
+from gleanpipe.storage.spool_writer import SpoolWriter
 
 writer = SpoolWriter(sys.argv[1], 1 << 20, 3600)
 
@@ -297,7 +299,7 @@ GEVENT_REJECTS = slow_disk_under_gevent("fsync", 0.1) + r"""
 from gleanpipe.config import Config
 from gleanpipe.http_edge import SubmitHandler
 from gleanpipe.storage.local import LocalStore
-from gleanpipe.storage.spool import SpoolingStore
+from gleanpipe.storage.spool_writer import SpoolingStore
 
 store = SpoolingStore(LocalStore(sys.argv[1]), 1 << 20, 3600)
 handler = SubmitHandler(Config.from_env(environ={}, data_dir=sys.argv[1]), store)

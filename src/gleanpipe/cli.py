@@ -226,7 +226,7 @@ def _store(config: Config):
 def _spooled(store) -> int:
     """Pings in serve's write-ahead spool (storage/spool.py), loaded when serve starts."""
     from .storage.local import LocalStore
-    from .storage.spool import spooled_records
+    from .storage.spool_reader import spooled_records
 
     return spooled_records(store) if isinstance(store, LocalStore) else 0
 

@@ -32,7 +32,8 @@ from .load import Loader
 from .read_only_sql import read_only
 from .storage import RawStore, StoreError, open_store
 from .storage.local import LocalStore
-from .storage.spool import SpoolReader, largest_payload
+from .storage.spool import largest_payload
+from .storage.spool_reader import SpoolReader
 from .validation import SCHEMA_ENV, PingValidator, load_schema
 from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 

@@ -41,7 +41,7 @@ def _app():
 
 
 def _spool_app():
-    from .storage.spool import SpoolingStore
+    from .storage.spool_writer import SpoolingStore
 
     config, store, mounts = _setup()
     if not isinstance(store, LocalStore):
