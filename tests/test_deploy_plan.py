@@ -398,14 +398,19 @@ def test_settings_file_then_environment(tmp_path):
     assert (s.project, s.region, s.raw_days) == ("from-file-1", "asia-east1", 14)
     s = load_settings({"GLEANPIPE_DEPLOY_SETTINGS": str(path)})
     assert (s.project, s.raw_days) == ("from-file-1", 7)
-    path.write_text("GLEANPIPE_DEPLOY_PROJECT=from-file-1\nnot a setting line\nGLEANPIPE_DEPLOY_REGOIN=x\n")
+    # every problem at once: a line that is not KEY=VALUE hides neither a typo nor a bad value
+    path.write_text("GLEANPIPE_DEPLOY_PROJECT=from-file-1\nnot a setting line\nGLEANPIPE_DEPLOY_REGOIN=x\n"
+                    "GLEANPIPE_DEPLOY_RAW_DAYS=ninety\n")
     with pytest.raises(DeploySettingsError) as exc:
         load_settings({}, settings_file=str(path))
-    assert exc.value.problems == [f"{path}:2: expected KEY=VALUE, got 'not a setting line'"]
-    path.write_text("GLEANPIPE_DEPLOY_PROJECT=from-file-1\nGLEANPIPE_DEPLOY_REGOIN=x\n")
-    with pytest.raises(DeploySettingsError) as exc:
-        load_settings({}, settings_file=str(path))
-    assert exc.value.problems[0].startswith(f"GLEANPIPE_DEPLOY_REGOIN (in {path}): not a deploy setting")
+    assert exc.value.problems[0] == f"{path}:2: expected KEY=VALUE, got 'not a setting line'"
+    assert exc.value.problems[1].startswith(f"GLEANPIPE_DEPLOY_REGOIN (in {path}): not a deploy setting")
+    assert "GLEANPIPE_DEPLOY_RAW_DAYS: must be a whole number, got 'ninety'" in exc.value.problems
+    assert len(exc.value.problems) == 3
+    # an empty environment variable counts as unset (as GLEANPIPE_* settings do at run time): the file's value stays
+    path.write_text("GLEANPIPE_DEPLOY_PROJECT=from-file-1\nGLEANPIPE_DEPLOY_BUCKET=file-bucket\n")
+    s = load_settings({"GLEANPIPE_DEPLOY_BUCKET": ""}, settings_file=str(path))
+    assert s.bucket == "file-bucket"
     with pytest.raises(DeploySettingsError, match="cannot read"):
         load_settings({}, settings_file=str(tmp_path / "missing.env"))
 

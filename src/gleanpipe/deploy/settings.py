@@ -96,6 +96,14 @@ class DeploySettings:
 
 def read_settings_file(path: str | os.PathLike) -> dict[str, str]:
     """KEY=VALUE lines; blank lines and # comments ignored; one level of quotes stripped."""
+    values, problems = _parse_settings_file(path)
+    if problems:
+        raise DeploySettingsError(problems)
+    return values
+
+
+def _parse_settings_file(path: str | os.PathLike) -> tuple[dict[str, str], list[str]]:
+    """(the well-formed lines' values, a problem for each line that is not KEY=VALUE)."""
     values: dict[str, str] = {}
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -116,9 +124,7 @@ def read_settings_file(path: str | os.PathLike) -> dict[str, str]:
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         values[key] = value
-    if problems:
-        raise DeploySettingsError(problems)
-    return values
+    return values, problems
 
 
 def load_settings(environ: dict[str, str] | None = None, settings_file: str | None = None) -> DeploySettings:
@@ -128,7 +134,7 @@ def load_settings(environ: dict[str, str] | None = None, settings_file: str | No
     raw: dict[str, str] = {}
     problems: list[str] = []
     if path:
-        file_values = read_settings_file(path)
+        file_values, problems = _parse_settings_file(path)  # a bad line hides none of the other problems
         for key in file_values:
             if key not in NAMES or key == "GLEANPIPE_DEPLOY_SETTINGS":
                 problems.append(f"{key} (in {path}): not a deploy setting; known: {', '.join(NAMES[1:])}")
