@@ -6,9 +6,11 @@ import io
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,6 +156,49 @@ def test_deploy_with_a_logged_out_gcloud_fails_early(tmp_path):
     assert "DRY RUN" not in result.stdout
     assert "[1/" not in result.stdout  # no step started
     assert not (tmp_path / "b").exists()
+
+
+def fake_cloud_cli(folder: Path, gcloud_body: str) -> Path:
+    """gcloud and bq stand-ins (no Google Cloud here): bq does nothing, gcloud runs ``gcloud_body``."""
+    folder.mkdir()
+    for tool, body in (("gcloud", gcloud_body), ("bq", "exit 0")):
+        (folder / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / tool).chmod(0o755)
+    return folder
+
+
+def test_an_access_token_counts_as_logged_in(tmp_path):
+    # As in CI: no account, CLOUDSDK_AUTH_ACCESS_TOKEN set; gcloud's `auth list` shows no account then.
+    tools = fake_cloud_cli(tmp_path / "bin", 'echo "gcloud $*" >> "$0.log"; exit 0')
+    env = clean_env(PATH=f"{tools}:{os.environ['PATH']}", **ENV)
+    with pytest.raises(DeployError, match="no active account"):
+        check_cloud_cli(env)
+    assert check_cloud_cli({**env, "CLOUDSDK_AUTH_ACCESS_TOKEN": "ya29.x"}) == "the access token in CLOUDSDK_AUTH_ACCESS_TOKEN"
+    assert check_cloud_cli({**env, "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE": "/run/token"}) == \
+        "the access token in CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"
+
+
+def test_ctrl_c_during_a_deploy_is_a_message_not_a_traceback(tmp_path):
+    # gcloud: an account for `auth list`, then every step takes long enough to be interrupted.
+    tools = fake_cloud_cli(tmp_path / "bin", '[ "$1" = auth ] && { echo me@example.com; exit 0; }\n'
+                                             'touch "$0.started"; sleep 30')
+    env = clean_env(PATH=f"{tools}:{os.environ['PATH']}", **ENV)
+    proc = subprocess.Popen([sys.executable, "infra/deploy.py", "deploy", "--build-dir", str(tmp_path / "b")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tools / "gcloud.started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tools / "gcloud.started").exists(), "the first step never ran"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "[1/" in out
+    assert "interrupted: deploy stopped part-way. Run the same command again to finish it" in err
+    assert "Traceback" not in err
 
 
 # --- the runner, on real local commands ---------------------------------------------------------

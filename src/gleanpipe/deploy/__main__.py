@@ -1,6 +1,7 @@
 """python -m gleanpipe.deploy {deploy,undeploy,package} [--dry-run] [--json] [--settings FILE]
 
-Exit status: 0 done, 1 a cloud step or precondition failed, 2 the settings are wrong.
+Exit status: 0 done, 1 a cloud step or precondition failed, 2 the settings are wrong,
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DeployError, PackageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the step running was cut; every step is safe to run again
+        print(f"\ninterrupted: {args.action} stopped part-way. Run the same command again to finish it: "
+              "steps already done are skipped or unchanged.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

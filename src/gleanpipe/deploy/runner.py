@@ -33,7 +33,8 @@ class DeployError(RuntimeError):
 
 
 def check_cloud_cli(env: dict[str, str] | None = None) -> str:
-    """The active gcloud account, or DeployError if the CLI is missing or logged out."""
+    """The active gcloud account (or the access token gcloud will use), or DeployError if the CLI
+    is missing or logged out."""
     env = dict(os.environ if env is None else env)
     path = env.get("PATH", os.defpath)
     missing = [tool for tool in ("gcloud", "bq") if shutil.which(tool, path=path) is None]
@@ -43,6 +44,9 @@ def check_cloud_cli(env: dict[str, str] | None = None) -> str:
             "(https://cloud.google.com/sdk/docs/install), then run `gcloud auth login`. "
             "`make deploy DRY_RUN=1` prints the plan without it."
         )
+    for token in ("CLOUDSDK_AUTH_ACCESS_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"):
+        if env.get(token):  # gcloud and bq use it instead of an account (CI); `auth list` shows none
+            return f"the access token in {token}"
     try:
         result = subprocess.run(
             [shutil.which("gcloud", path=path), "auth", "list", "--filter=status:ACTIVE", "--format=value(account)"],
