@@ -286,6 +286,43 @@ def test_debug_settings_are_read_and_checked():
         Config.from_env(environ={"GLEANPIPE_DEBUG_RETENTION_HOURS": "3w"})
 
 
+def test_debug_index_off_stores_the_ping_and_writes_no_entry(tmp_path):
+    from gleanpipe.http_edge import SubmitHandler
+
+    store = LocalStore(tmp_path / "store")
+    doc_id = str(uuid.uuid4())
+    headers = {k.lower(): v for k, v in {**SDK_HEADERS, "X-Debug-ID": "my-tag", "Content-Encoding": "gzip"}.items()}
+    for setting, entries in (("off", 0), ("on", 1)):
+        config = Config.from_env(environ={"GLEANPIPE_DEBUG_INDEX": setting})
+        assert config.debug_index is (setting == "on")
+        handler = SubmitHandler(config, store)
+        response = handler.handle("POST", submit_path("metrics", doc_id), headers, gz(make_ping()))
+        assert response.status == 200
+        assert len(list(store.list(DEBUG_PREFIX))) == entries, setting
+    assert len(list(store.list("raw/"))) == 1  # stored once, indexed only with the index on
+    with pytest.raises(ValueError, match="GLEANPIPE_DEBUG_INDEX must be on or off"):
+        Config.from_env(environ={"GLEANPIPE_DEBUG_INDEX": "sometimes"})
+
+
+def test_an_index_entry_stands_when_its_tag_cannot_be_pruned(tmp_path, caplog):
+    class CreateOnly(LocalStore):
+        """A store account that may only create objects (the deployed submit's role on GCS). A stand-in
+        for the 403 such a store answers: causing it needs a GCS server with IAM."""
+
+        def list(self, prefix=""):
+            from gleanpipe.storage import StoreError
+            raise StoreError(f"cannot list {prefix}: 403 Forbidden")
+
+    store = CreateOnly(tmp_path / "store")
+    index = DebugIndex(store, max_per_tag=1, retention_hours=1)
+    meta = {"headers": {"x_debug_id": "tag-a"}, "submission_timestamp": "t", "key": "raw/a"}
+    with caplog.at_level("WARNING", logger="gleanpipe.debug_index"):
+        index.record(meta, "accepted", 200, "raw/a")
+    assert len(list(LocalStore(tmp_path / "store").list(f"{DEBUG_PREFIX}tag-a/"))) == 1  # the entry was written
+    assert "debug ping indexed (tag 'tag-a'), but the tag's old entries could not be pruned" in caplog.text
+    assert "could not index" not in caplog.text
+
+
 def test_dispatcher_moves_the_prefix_to_script_name():
     seen = []  # the mounted apps are recorders: what is checked is which one gets which path
 

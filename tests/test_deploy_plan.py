@@ -169,7 +169,8 @@ def test_functions_run_as_their_own_accounts_with_their_settings():
     assert flag(load, "service-account") == SA["load"]
     assert flag(submit, "entry-point") == "submit" and "--trigger-http" in submit
     assert flag(load, "entry-point") == "load"
-    assert env_of(submit) == {"GLEANPIPE_STORE_URL": f"gs://{BUCKET}/gleanpipe", "GLEANPIPE_DATA_DIR": "/tmp/gleanpipe"}
+    assert env_of(submit) == {"GLEANPIPE_STORE_URL": f"gs://{BUCKET}/gleanpipe", "GLEANPIPE_DATA_DIR": "/tmp/gleanpipe",
+                              "GLEANPIPE_DEBUG_INDEX": "off"}  # no viewer there; submit may only create objects
     assert env_of(load) == {"GLEANPIPE_STORE_URL": f"gs://{BUCKET}/gleanpipe", "GLEANPIPE_DATA_DIR": "/tmp/gleanpipe",
                             "GLEANPIPE_WAREHOUSE_URL": f"bigquery://{PROJECT}/europe-west1"}
     assert flag(submit, "memory") == "512Mi" and flag(submit, "max-instances") == "10"

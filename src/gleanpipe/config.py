@@ -60,6 +60,13 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_LOAD_BATCH", "1000", "Objects loaded into the warehouse per write."),
         Setting("GLEANPIPE_LOAD_INTERVAL_MS", "50", "How often `serve`'s loader looks for new objects."),
         Setting(
+            "GLEANPIPE_DEBUG_INDEX",
+            "on",
+            "Index pings that carry X-Debug-ID for the debug viewer (`debug/` in the store; on/off). "
+            "`make deploy` turns it off for the submit function: Google Cloud has no viewer, and "
+            "submit may only create objects there.",
+        ),
+        Setting(
             "GLEANPIPE_DEBUG_MAX_PINGS",
             "100",
             "Pings kept per X-Debug-ID tag in the debug viewer's index (`debug/` in the store); oldest go first.",
@@ -189,6 +196,7 @@ class Config:
     spool_segment_bytes: int
     spool_segment_seconds: int
     dictionary: bool = True
+    debug_index: bool = True
     body_timeout_s: int = 30
 
     @classmethod
@@ -214,6 +222,7 @@ class Config:
             max_header_bytes=_int("GLEANPIPE_MAX_HEADER_BYTES", environ),
             load_batch=_int("GLEANPIPE_LOAD_BATCH", environ),
             load_interval_ms=_int("GLEANPIPE_LOAD_INTERVAL_MS", environ),
+            debug_index=_bool("GLEANPIPE_DEBUG_INDEX", environ),
             debug_max_pings=_int("GLEANPIPE_DEBUG_MAX_PINGS", environ),
             debug_retention_hours=_int("GLEANPIPE_DEBUG_RETENTION_HOURS", environ),
             explore_port=_int("GLEANPIPE_EXPLORE_PORT", environ),

@@ -106,9 +106,14 @@ class DebugIndex:
         }
         try:
             self.store.put_new(f"{DEBUG_PREFIX}{group}/{entry_id}.json", orjson.dumps(entry), notify=False)
-            self.prune(group, now_us)
         except (StoreError, ValueError, OSError) as exc:
             log.warning("could not index debug ping (tag %r): %s", tag[:MAX_SHOWN_TAG], exc)
+            return
+        try:
+            self.prune(group, now_us)
+        except (StoreError, ValueError, OSError) as exc:  # e.g. a store account that may only create objects
+            log.warning("debug ping indexed (tag %r), but the tag's old entries could not be pruned: %s",
+                        tag[:MAX_SHOWN_TAG], exc)
 
     def prune(self, group: str, now_us: int | None = None) -> int:
         """Drop this group's entries over the count limit or past retention; returns how many."""

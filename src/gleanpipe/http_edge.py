@@ -111,7 +111,8 @@ class SubmitHandler:
                  now: Callable[[], datetime] | None = None, debug_index: DebugIndex | None = None):
         self.config = config
         self.store = store
-        self.debug = debug_index or DebugIndex.from_config(config, store)  # what /debug lists
+        # what /debug lists; None with GLEANPIPE_DEBUG_INDEX=off
+        self.debug = (debug_index or DebugIndex.from_config(config, store)) if config.debug_index else None
         self.validator = validator or default_validator()
         self.now = now or (lambda: datetime.now(timezone.utc))
 
@@ -143,7 +144,7 @@ class SubmitHandler:
             log.warning("503 for %s: %s", path, exc)
             return _error(503, "store_unavailable", "could not store the ping, retry later (the server's log says why)",
                           **{"Retry-After": "5"})
-        if meta["headers"]["x_debug_id"] is not None:
+        if self.debug is not None and meta["headers"]["x_debug_id"] is not None:
             self.debug.record(meta, "accepted" if created else "duplicate", 200, meta["key"])
         return Response(200, b"", {"X-Gleanpipe-Stored": "new" if created else "duplicate"})
 
@@ -208,7 +209,7 @@ class SubmitHandler:
             return _error(503, "store_unavailable",
                           "could not record the rejection, retry later (the server's log says why)",
                           **{"Retry-After": "5"})
-        if meta["headers"]["x_debug_id"] is not None:
+        if self.debug is not None and meta["headers"]["x_debug_id"] is not None:
             self.debug.record(meta, "rejected", rej.status, key, rej.error_type, rej.message)
         return _error(rej.status, rej.error_type, rej.message)
 

@@ -162,6 +162,8 @@ def function_env(s: DeploySettings, role: str) -> dict[str, str]:
     env = {"GLEANPIPE_STORE_URL": s.store_url, "GLEANPIPE_DATA_DIR": "/tmp/gleanpipe"}
     if role == "load":
         env["GLEANPIPE_WAREHOUSE_URL"] = s.warehouse_url
+    if role == "submit":  # no /debug viewer on Google Cloud, and submit may only create objects
+        env["GLEANPIPE_DEBUG_INDEX"] = "off"
     return env
 
 
