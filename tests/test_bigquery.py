@@ -460,3 +460,16 @@ def test_a_loader_allowed_only_on_its_datasets_uses_an_existing_one_and_names_a_
     assert (result.inserted, created) == (1, [])  # the dataset was found, never created
     _, rows = bq.query(f"SELECT client_info.client_id FROM {DATASET}.baseline_v1")
     assert rows == [(CLIENT_B,)]
+
+
+def test_a_loader_refused_even_a_look_at_a_missing_dataset_names_the_fix(bq, store):
+    """BigQuery answers 403, not 404, to an account with rights on other datasets only when it asks for
+    a dataset it cannot see (missing or not its own). bqemulator has no IAM: the refusal is injected."""
+    from google.api_core.exceptions import Forbidden
+
+    def get_dataset(ref, *args, **kwargs):
+        raise Forbidden(f"Access Denied: Dataset {ref}: Permission bigquery.datasets.get denied (or it may not exist)")
+
+    bq.client.get_dataset = get_dataset
+    with pytest.raises(WarehouseUnavailable, match=r"may not read it, or it does not exist.*GLEANPIPE_DEPLOY_APPS"):
+        Loader(store, bq).load_keys([put_ping(store, make_ping(CLIENT_A))])

@@ -239,6 +239,10 @@ class BigQueryWarehouse(Warehouse):
         # creates them), and BigQuery refuses a create from it (403) even when the dataset exists.
         try:
             self.client.get_dataset(f"{self.project}.{dataset}", retry=self.retry, timeout=self.retry_s)
+        except gexc.Forbidden as exc:  # what an account with rights on other datasets only gets for a missing one
+            raise WarehouseUnavailable(
+                f"BigQuery dataset {dataset}: this loader may not read it, or it does not exist ({exc.message}); "
+                "if the app is new, add it to GLEANPIPE_DEPLOY_APPS and run `make deploy` again") from exc
         except gexc.NotFound:
             ds = bigquery.Dataset(f"{self.project}.{dataset}")
             ds.location = self.location
