@@ -278,8 +278,11 @@ def test_render_caps_length_keeping_suffix() -> None:
     assert len(text) == 1024 and text.endswith("... (+9 more)")
 
 
-def test_default_validator_is_shared() -> None:
+def test_default_validator_is_built_once_and_judges_pings() -> None:
+    # built once per process (compiling the schema is the dear part), and it is the real schema's
     assert default_validator() is default_validator()
+    assert default_validator().validate({"metrics": {"counter": {"a.b": 1}}}, 40) == []
+    assert default_validator().validate({"metrics": {"counter": {"a.b": "one"}}}, 40) != []
 
 
 def test_schema_path_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
