@@ -19,7 +19,7 @@ from gleanpipe.dictionary.catalog import split_struct
 from gleanpipe.dictionary.pages import PAGE_ID_RE
 from gleanpipe.table_schema import METRIC_TYPES
 
-from conftest import DATASET, post
+from conftest import DATASET, gz, make_ping, post, submit_path
 from dictionary_site import EVIL_EVENT, EVIL_LABEL, GLEAN, api, cli, get, site  # noqa: F401 (site: fixture)
 
 pytestmark = pytest.mark.e2e
@@ -291,3 +291,22 @@ def test_duckdb_sql_counts_utc_days_in_any_session_zone():
     con.execute("INSERT INTO app.baseline_v1 VALUES ('2026-11-23 03:00:00+00', {'client_id': 'c'}, {'counter': {'a_b': 5}})")
     rows = con.execute(sqlgen.metric_sql("duckdb", "app", "baseline_v1", "counter", "a_b")).fetchall()
     assert [(str(day), total) for day, total, _ in rows] == [("2026-11-23", 5)]
+
+
+def test_a_name_sent_under_several_types_has_a_page_for_each(site):
+    # t.x as a counter, a string and a labeled counter (a sender's mistake, or three releases):
+    # three columns, so three undocumented metrics, each with its own id and page
+    ping = make_ping("0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d",
+                     {"counter": {"t.x": 5}, "string": {"t.x": "five"}, "labeled_counter": {"t.x": {"a": 2}}})
+    status, body, _ = post(site.url + submit_path("metrics", app="org-example-types"), gz(ping))
+    assert status == 200, body
+    assert site.wait_rows("SELECT count(*) FROM org_example_types.metrics_v1", 1) == 1
+    metrics = {m["id"]: m for m in api(site, "apps/org_example_types.json")["metrics"]}
+    assert {i: m["type"] for i, m in metrics.items() if i.startswith("t_x")} == {
+        "t_x.counter": "counter", "t_x.string": "string", "t_x.labeled_counter": "labeled_counter"}
+    for metric_id, column in (("t_x.counter", "metrics.counter.t_x"), ("t_x.string", "metrics.string.t_x"),
+                              ("t_x.labeled_counter", "metrics.labeled_counter.t_x")):
+        page = api(site, f"apps/org_example_types/metrics/{metric_id}.json")
+        assert [q["column"] for q in page["queries"]] == [column]
+        assert f"{column.split('.')[1]}.t_x" in page["queries"][0]["sql"]["duckdb"].replace('"', "")
+        assert page["chart"] is not None, metric_id

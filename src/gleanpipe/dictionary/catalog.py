@@ -8,6 +8,7 @@ in `gleanpipe dictionary build`.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timezone
 from functools import cached_property
 
@@ -265,13 +266,17 @@ class Catalog:
             metrics.append({"id": m["id"], "type": m["type"], "description": m.get("description"),
                             "defined": True, "status": "defined" if rows else "no data yet",
                             "values_seen": rows, "last_seen": last, "where": where})
-        for key, obs in sorted(observed.items(), key=lambda kv: kv[0][1]):
+        undocumented = [(key, obs) for key, obs in sorted(observed.items(), key=lambda kv: kv[0][1])
+                        if key not in claimed and any(t["rows"] for t in obs["tables"].values())]
+        # A column name sent under several types (a counter and a string both named t.x) is one id per
+        # type, `t_x.counter` and `t_x.string`: under the bare name all but one had no page.
+        taken = Counter([col for (_, col), _ in undocumented] + [m["id"] for m in metrics])
+        for key, obs in undocumented:
             rows = sum(t["rows"] for t in obs["tables"].values())
-            if key in claimed or not rows:
-                continue
             mtype, col = key
             lasts = [t["last_seen"] for t in obs["tables"].values() if t["last_seen"]]
-            metrics.append({"id": col, "type": mtype, "description": None, "defined": False,
+            metrics.append({"id": col if taken[col] == 1 else f"{col}.{mtype}", "type": mtype,
+                            "description": None, "defined": False,
                             "status": "built-in (Glean SDK)" if col.startswith("glean_") else "undocumented",
                             "values_seen": rows, "last_seen": max(lasts) if lasts else None,
                             "where": [{"table": t, "column": f"metrics.{mtype}.{col}"}
@@ -338,7 +343,8 @@ class Catalog:
             out["chart"] = self._event_chart(dataset, category, name) if EVENTS_STREAM_TABLE in tables else None
             return out
         wire = definition.get("wire_type") or summary["type"]
-        column = definition.get("column") or column_name(metric_id)
+        where = summary["where"][0]["column"] if summary["where"] else None  # metrics.<type>.<column>
+        column = definition.get("column") or (where.split(".", 2)[2] if where else column_name(metric_id))
         out["queries"] = [{"table": w["table"], "column": w["column"],
                            "sql": {d: sqlgen.metric_sql(d, dataset, w["table"], wire, column) for d in sqlgen.DIALECTS}}
                           for w in summary["where"]]
