@@ -51,6 +51,41 @@ def test_serve_names_the_host_when_it_is_no_address_of_this_machine(tmp_path, ho
     assert "Traceback" not in proc.stderr and "another server" not in proc.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--warehouse-url", "ftp://x/y"), "Error: unknown warehouse scheme 'ftp' in 'ftp://x/y'"),
+    (("--warehouse-url", "duckdb://"), "Error: warehouse URL must look like duckdb://PATH or bigquery://"),
+    (("--store-url", "file://"), "Error: store URL must look like file://PATH, gs://BUCKET/PREFIX"),
+])
+def test_serve_with_a_url_it_cannot_open_says_so_in_one_line(tmp_path, args, message):
+    proc = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), *args, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_serve_on_an_ipv6_address(tmp_path, host):
+    from conftest import gz, make_ping, post, submit_path
+
+    port, data_dir = free_port(), tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(data_dir), "--host", host,
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith(f"gleanpipe ") and f" serving http://[::1]:{port}/submit/" in first, \
+            first + proc.stderr.read() if proc.poll() is not None else first
+        status, _, _ = post(f"http://[::1]:{port}" + submit_path(), gz(make_ping()))
+        assert status == 200
+        client = AdminClient.find(data_dir)
+        assert client is not None
+        assert json.loads((data_dir / STATE_FILE).read_text())["submit_url"] == f"http://[::1]:{port}"
+    finally:
+        proc.send_signal(2)
+        proc.wait(30)
+    assert proc.returncode == 0
+
+
 def test_a_state_file_left_by_a_killed_serve_is_stale_even_if_its_pid_lives(tmp_path):
     """Before: a state file was taken as a running serve's while a process with its PID lived.
     In a container serve is PID 1, so after a kill -9 and a restart the new serve had the old

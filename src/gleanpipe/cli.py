@@ -137,11 +137,13 @@ def main(verbose: bool) -> None:
               help="HTTP worker processes [default: 2].")
 def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     """Run submit and load on this machine: a folder as the bucket, DuckDB as the warehouse."""
-    from .ports import ensure_port_free
+    from .ports import ensure_port_free, in_url
     from .serve import KILLED_SERVE_PORT_WAIT_S, LocalPipeline
 
     if not host.strip():
         raise click.UsageError("GLEANPIPE_HOST (--host) is empty: give an address, such as 127.0.0.1")
+    if host.startswith("[") and host.endswith("]"):  # an IPv6 address as written in a URL
+        host = host[1:-1]
     config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
     lock = take_serve_lock(config.data_dir)  # held until this process exits
     if lock is None:
@@ -152,11 +154,12 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
         # gunicorn may still be finishing its requests on this port.
         ensure_port_free(config.host, config.port, wait_s=KILLED_SERVE_PORT_WAIT_S if killed else 0.0)
         pipeline = LocalPipeline(config)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # ValueError: a store or warehouse URL that cannot be opened
         raise click.ClickException(str(exc)) from None
 
     def ready(p):
-        click.echo(f"gleanpipe {__version__} serving http://{config.host}:{config.port}/submit/<app-id>/<doc-type>/1/<document-id>")
+        click.echo(f"gleanpipe {__version__} serving http://{in_url(config.host)}:{config.port}"
+                   "/submit/<app-id>/<doc-type>/1/<document-id>")
         click.echo(f"  raw store:  {absolute(config.store_url)}")
         click.echo(f"  warehouse:  {absolute(config.warehouse_url)}")
         click.echo("  query it:   gleanpipe query \"SELECT * FROM <app>.baseline\"   (Ctrl-C stops)")

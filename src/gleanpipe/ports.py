@@ -29,3 +29,9 @@ def ensure_port_free(host: str, port: int, setting: str = "GLEANPIPE_PORT", wait
                     raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on "
                                        f"that port? choose another one with --port or {setting})") from None
         time.sleep(0.1)
+
+
+def in_url(host: str) -> str:
+    """``host`` as it goes into a URL or a gunicorn ``--bind``: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+

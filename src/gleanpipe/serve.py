@@ -29,6 +29,7 @@ from . import parent_guard
 from .admin import AdminServer, absolute, remove_state, write_state
 from .config import Config
 from .load import Loader
+from .ports import in_url
 from .read_only_sql import read_only
 from .storage import RawStore, StoreError, open_store
 from .storage.local import LocalStore
@@ -217,14 +218,14 @@ class LocalPipeline:
                 env[f"GLEANPIPE_{name.upper()}"] = str(value)
         env["GLEANPIPE_SPOOL"] = "on" if cfg.spool else "off"
         cmd = [sys.executable, "-m", "gunicorn", *gunicorn_args(cfg, spool=isinstance(self.store, SpoolReader)),
-               "--bind", f"{cfg.host}:{cfg.port}"]
+               "--bind", f"{in_url(cfg.host)}:{cfg.port}"]
         # gunicorn stops (gracefully) if this process dies, even by SIGKILL: see parent_guard.py.
         # A session of its own: a terminal's Ctrl-C reaches this process only, which stops gunicorn
         # gracefully (SIGTERM); gunicorn takes a SIGINT of its own as "drop the requests in flight".
         self.http = subprocess.Popen(parent_guard.command(os.getpid(), cmd), env=env, start_new_session=True)
-        wait_for_port(cfg.host if cfg.host not in ("0.0.0.0", "::") else "127.0.0.1", cfg.port, self.http)
+        wait_for_port({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host), cfg.port, self.http)
         write_state(cfg.data_dir, {
-            "pid": os.getpid(), "submit_url": f"http://{cfg.host}:{cfg.port}", "admin_url": self.admin.url,
+            "pid": os.getpid(), "submit_url": f"http://{in_url(cfg.host)}:{cfg.port}", "admin_url": self.admin.url,
             "token": self.admin.token, "warehouse_url": absolute(cfg.warehouse_url), "store_url": absolute(cfg.store_url),
         })
 
