@@ -429,6 +429,34 @@ def test_a_warehouse_another_process_writes_to_names_every_kind_of_writer(tmp_pa
                                         "a `gleanpipe worker` or a `load` function?)")
 
 
+def test_a_warehouse_file_that_is_not_duckdb_gets_no_hint_about_other_writers(tmp_path):
+    (tmp_path / "warehouse.duckdb").write_bytes(b"x" * 5000)
+    out = gleanpipe("status", "--data-dir", str(tmp_path))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "is not a valid DuckDB database file" in out.stderr
+    assert "another process" not in out.stderr
+    port = free_port()
+    served = gleanpipe("serve", "--data-dir", str(tmp_path), "--port", str(port), timeout=60)
+    assert served.returncode == 1 and "not a valid DuckDB database file" in served.stderr
+    assert "Is another" not in served.stderr and "Traceback" not in served.stderr
+
+
+def test_a_data_dir_with_a_question_mark_is_refused_before_duckdb_misreads_it(tmp_path):
+    """Before: DuckDB read what follows "?" as its options, failed on "<dir>/q.wal?x/...", and left an
+    empty warehouse file behind that `status` then showed as a warehouse of no tables."""
+    from conftest import make_ping
+    from gleanpipe.storage.local import LocalStore
+    from test_load import put_ping
+
+    data_dir = tmp_path / "q?x"
+    put_ping(LocalStore(data_dir / "store"), make_ping())  # a ping to replay
+    for args in (("replay", "--no-progress"), ("serve", "--port", str(free_port()))):
+        out = gleanpipe(*args, "--data-dir", str(data_dir), timeout=60)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "has a '?', which DuckDB takes for the start of its options" in out.stderr
+    assert not list(tmp_path.rglob("*.duckdb*"))
+
+
 def test_serve_on_a_data_dir_it_cannot_make_says_so_in_one_line(tmp_path):
     """Before: a traceback (NotADirectoryError from mkdir) for a data dir under a file."""
     (tmp_path / "a-file").write_text("x")

@@ -54,7 +54,7 @@ def _missing(url: str, scheme: str) -> Path | None:
 
 
 def _open_local(config: Config, *, read_only: bool):
-    from .warehouse import WarehouseUnavailable, open_warehouse
+    from .warehouse import WarehouseUnavailable, held_by_another, open_warehouse
 
     missing = _missing(config.warehouse_url, "duckdb://") if read_only else None
     if missing:
@@ -66,8 +66,9 @@ def _open_local(config: Config, *, read_only: bool):
     except ValueError as exc:  # a bad URL or setting, a missing extra
         raise click.ClickException(str(exc)) from None
     except WarehouseUnavailable as exc:
-        raise click.ClickException(f"{exc}\n(another process writes to it: a `gleanpipe serve` for another data "
-                                   "dir, a `gleanpipe worker` or a `load` function?)") from None
+        hint = ("\n(another process writes to it: a `gleanpipe serve` for another data dir, a `gleanpipe worker` "
+                "or a `load` function?)") if held_by_another(exc) else ""
+        raise click.ClickException(f"{exc}{hint}") from None
 
 
 def _server(config: Config) -> AdminClient | None:

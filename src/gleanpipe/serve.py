@@ -36,7 +36,7 @@ from .storage.local import LocalStore
 from .storage.spool import largest_payload
 from .storage.spool_reader import SpoolReader
 from .validation import SCHEMA_ENV, PingValidator, load_schema
-from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
+from .warehouse import Warehouse, WarehouseUnavailable, held_by_another, open_warehouse
 
 log = logging.getLogger("gleanpipe.serve")
 
@@ -177,10 +177,9 @@ class LocalPipeline:
         try:
             self.warehouse: Warehouse = open_warehouse(config.warehouse_url)
         except WarehouseUnavailable as exc:
-            raise RuntimeError(
-                f"{exc}\nIs another `gleanpipe serve` (or a `load` function) using this warehouse? "
-                "Stop it, or give this one another --data-dir."
-            ) from None
+            hint = ("\nIs another `gleanpipe serve` (or a `load` function) using this warehouse? Stop it, or give "
+                    "this one another --data-dir.") if held_by_another(exc) else ""
+            raise RuntimeError(f"{exc}{hint}") from None
         self.loader = Loader(self.store, self.warehouse)
         self.loader_thread = LoaderThread(self.store, self.loader, config.load_batch,
                                           config.load_interval_ms / 1000)

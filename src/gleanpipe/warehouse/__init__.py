@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from .base import LoadError, RowDataError, Warehouse, WarehouseUnavailable, WriteResult
 
-__all__ = ["open_warehouse", "Warehouse", "WarehouseUnavailable", "RowDataError", "LoadError", "WriteResult"]
+__all__ = ["open_warehouse", "held_by_another", "Warehouse", "WarehouseUnavailable", "RowDataError", "LoadError",
+           "WriteResult"]
+
+
+def held_by_another(exc: WarehouseUnavailable) -> bool:
+    """Whether a warehouse could not be opened because another process holds it (DuckDB's file lock),
+    rather than for any other reason (not a DuckDB file, a folder, credentials)."""
+    return "Conflicting lock" in str(exc) or "Could not set lock" in str(exc)
 
 
 def open_warehouse(url: str, *, read_only: bool = False) -> Warehouse:

@@ -72,6 +72,9 @@ class DuckDBWarehouse(Warehouse):
         self.path = path
         self.url = f"duckdb://{path}"
         self.read_only = read_only
+        if "?" in path:  # DuckDB reads what follows a "?" as connection options: a warehouse elsewhere
+            raise ValueError(f"the warehouse path {path} has a '?', which DuckDB takes for the start of its "
+                             "options; use a data dir (or GLEANPIPE_WAREHOUSE_URL) without one")
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
