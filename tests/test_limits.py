@@ -72,6 +72,20 @@ def test_flag_values_get_the_checks_of_their_variable():
     assert (cfg.port, cfg.workers, cfg.load_batch) == (65535, 1, 1)
 
 
+def test_a_flag_wins_over_a_bad_variable_of_its_own_setting(tmp_path):
+    from gleanpipe.config import Config
+
+    bad = {"GLEANPIPE_PORT": "abc", "GLEANPIPE_WORKERS": "-3", "GLEANPIPE_LOAD_BATCH": "lots"}
+    cfg = Config.from_env(environ=bad, port=18123, workers=2, load_batch=10)
+    assert (cfg.port, cfg.workers, cfg.load_batch) == (18123, 2, 10)
+    with pytest.raises(ValueError, match="GLEANPIPE_PORT must be a whole number, got 'abc'"):
+        Config.from_env(environ=bad, workers=2, load_batch=10)  # no flag for it: the variable counts
+    # as a user runs it: the variable is wrong, the flag right
+    out = gleanpipe("replay", "--data-dir", str(tmp_path / "data"), "--batch", "10", "--no-progress",
+                  env={"GLEANPIPE_LOAD_BATCH": "lots"})
+    assert (out.returncode, out.stderr) == (1, f"Error: no store at {tmp_path / 'data'}/store: nothing to replay\n")
+
+
 # --- the spool's record limit and GLEANPIPE_MAX_PAYLOAD_BYTES --------------------------------------
 
 

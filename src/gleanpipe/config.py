@@ -172,6 +172,32 @@ def _int(env: str, environ=None) -> int:
     return _check_int(env, value)
 
 
+# Config field -> (reader, variable), for the fields every command reads the same way
+_FIELDS = {
+    "host": (_get, "GLEANPIPE_HOST"),
+    "port": (_int, "GLEANPIPE_PORT"),
+    "workers": (_int, "GLEANPIPE_WORKERS"),
+    "connections": (_int, "GLEANPIPE_CONNECTIONS"),
+    "threads": (_int, "GLEANPIPE_THREADS"),
+    "max_wire_bytes": (_int, "GLEANPIPE_MAX_WIRE_BYTES"),
+    "max_payload_bytes": (_int, "GLEANPIPE_MAX_PAYLOAD_BYTES"),
+    "max_error_bytes": (_int, "GLEANPIPE_MAX_ERROR_BYTES"),
+    "body_timeout_s": (_int, "GLEANPIPE_BODY_TIMEOUT_S"),
+    "max_uri_bytes": (_int, "GLEANPIPE_MAX_URI_BYTES"),
+    "max_header_bytes": (_int, "GLEANPIPE_MAX_HEADER_BYTES"),
+    "load_batch": (_int, "GLEANPIPE_LOAD_BATCH"),
+    "load_interval_ms": (_int, "GLEANPIPE_LOAD_INTERVAL_MS"),
+    "debug_index": (_bool, "GLEANPIPE_DEBUG_INDEX"),
+    "debug_max_pings": (_int, "GLEANPIPE_DEBUG_MAX_PINGS"),
+    "debug_retention_hours": (_int, "GLEANPIPE_DEBUG_RETENTION_HOURS"),
+    "explore_port": (_int, "GLEANPIPE_EXPLORE_PORT"),
+    "dictionary": (_bool, "GLEANPIPE_DICTIONARY"),
+    "spool": (_bool, "GLEANPIPE_SPOOL"),
+    "spool_segment_bytes": (_int, "GLEANPIPE_SPOOL_SEGMENT_BYTES"),
+    "spool_segment_seconds": (_int, "GLEANPIPE_SPOOL_SEGMENT_SECONDS"),
+}
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: Path
@@ -205,40 +231,18 @@ class Config:
         data_dir = Path(overrides.pop("data_dir", None) or _get("GLEANPIPE_DATA_DIR", environ))
         store_url = overrides.pop("store_url", None) or _get("GLEANPIPE_STORE_URL", environ)
         warehouse_url = overrides.pop("warehouse_url", None) or _get("GLEANPIPE_WAREHOUSE_URL", environ)
-        values = dict(
-            data_dir=data_dir,
-            store_url=store_url or f"file://{data_dir / 'store'}",
-            warehouse_url=warehouse_url or f"duckdb://{data_dir / 'warehouse.duckdb'}",
-            host=_get("GLEANPIPE_HOST", environ),
-            port=_int("GLEANPIPE_PORT", environ),
-            workers=_int("GLEANPIPE_WORKERS", environ),
-            connections=_int("GLEANPIPE_CONNECTIONS", environ),
-            threads=_int("GLEANPIPE_THREADS", environ),
-            max_wire_bytes=_int("GLEANPIPE_MAX_WIRE_BYTES", environ),
-            max_payload_bytes=_int("GLEANPIPE_MAX_PAYLOAD_BYTES", environ),
-            max_error_bytes=_int("GLEANPIPE_MAX_ERROR_BYTES", environ),
-            body_timeout_s=_int("GLEANPIPE_BODY_TIMEOUT_S", environ),
-            max_uri_bytes=_int("GLEANPIPE_MAX_URI_BYTES", environ),
-            max_header_bytes=_int("GLEANPIPE_MAX_HEADER_BYTES", environ),
-            load_batch=_int("GLEANPIPE_LOAD_BATCH", environ),
-            load_interval_ms=_int("GLEANPIPE_LOAD_INTERVAL_MS", environ),
-            debug_index=_bool("GLEANPIPE_DEBUG_INDEX", environ),
-            debug_max_pings=_int("GLEANPIPE_DEBUG_MAX_PINGS", environ),
-            debug_retention_hours=_int("GLEANPIPE_DEBUG_RETENTION_HOURS", environ),
-            explore_port=_int("GLEANPIPE_EXPLORE_PORT", environ),
-            dictionary=_bool("GLEANPIPE_DICTIONARY", environ),
-            spool=_bool("GLEANPIPE_SPOOL", environ),
-            spool_segment_bytes=_int("GLEANPIPE_SPOOL_SEGMENT_BYTES", environ),
-            spool_segment_seconds=_int("GLEANPIPE_SPOOL_SEGMENT_SECONDS", environ),
-        )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values = dict(data_dir=data_dir, store_url=store_url or f"file://{data_dir / 'store'}",
+                      warehouse_url=warehouse_url or f"duckdb://{data_dir / 'warehouse.duckdb'}")
+        # each variable read only when no flag gives its value: a flag wins over a bad variable
+        values.update({name: read(env, environ) for name, (read, env) in _FIELDS.items() if name not in given})
         known = {f.name for f in fields(cls)}
-        for key, value in overrides.items():
+        for key, value in given.items():
             if key not in known:
                 raise TypeError(f"unknown setting {key!r}")
-            if value is not None:
-                if isinstance(value, int) and not isinstance(value, bool):  # a CLI flag: same checks as its variable
-                    _check_int(f"GLEANPIPE_{key.upper()}", value)
-                values[key] = value
+            if isinstance(value, int) and not isinstance(value, bool):  # a CLI flag: same checks as its variable
+                _check_int(f"GLEANPIPE_{key.upper()}", value)
+            values[key] = value
         return cls(**values)
 
 
