@@ -380,3 +380,23 @@ def test_same_location_compares_local_paths_resolved(tmp_path, monkeypatch):
     assert not same_location("duckdb://data/w.duckdb", "file://data/w.duckdb")
     assert same_location("bigquery://p/ds", "bigquery://p/ds") and not same_location("bigquery://p/a", "bigquery://p/b")
     assert not same_location(None, "duckdb://data/w.duckdb")
+
+
+def test_a_store_deleted_under_serve_never_costs_a_200d_ping_and_loading_goes_on(serve):
+    """Before: the HTTP workers went on appending to their deleted spool files and answered 200
+    for pings no reader would ever see (all of them lost), and the loader failed on the missing
+    inbox until a restart. Now a batch in a deleted spool file is a 503 (the SDK retries it), the
+    store's folders are made again, and what got a 200 becomes a row."""
+    import shutil
+
+    before = [post(serve.url + submit_path(), gz(make_ping(CLIENT, seq=i)))[0] for i in range(5)]
+    assert before == [200] * 5
+    assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 5) == 5
+    shutil.rmtree(serve.data_dir / "store")
+    after = [post(serve.url + submit_path(), gz(make_ping(CLIENT, seq=100 + i))) for i in range(30)]
+    statuses = [status for status, _, _ in after]
+    assert set(statuses) <= {200, 503} and statuses.count(503) <= 2, statuses  # one per worker at most
+    assert all(body["error_type"] == "store_unavailable" for status, body, _ in after if status == 503)
+    accepted = 5 + statuses.count(200)
+    assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", accepted, timeout=20) == accepted
+    assert json.loads(run_cli("status", "--json", "--data-dir", str(serve.data_dir)).stdout)["pending"] == 0

@@ -144,7 +144,7 @@ class LocalStore(RawStore):
         receipt = None
         try:
             self._ensure_dir(str(path.parent))
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = self._again_if_gone(self.tmp, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 write_all(fd, data)
                 os.fsync(fd)
@@ -153,7 +153,7 @@ class LocalStore(RawStore):
             if notify:
                 receipt = os.path.join(
                     self._inbox, f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{_SEP}{key.replace('/', ':')}")
-                os.link(tmp, receipt)
+                self._again_if_gone(self.inbox, os.link, tmp, receipt)
             try:
                 self._link(tmp, path)
             except FileExistsError:
@@ -168,6 +168,18 @@ class LocalStore(RawStore):
             raise StoreError(f"cannot write {key}: {exc.strerror or exc}") from exc
         finally:
             self._drop(tmp)
+
+    def _again_if_gone(self, folder: Path, fn, *args):
+        """``fn(*args)``; if ``folder`` is gone (someone deleted the store under a running serve),
+        make it again and try once more, so the store heals instead of failing until a restart."""
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            if folder.is_dir():
+                raise
+            self._dirs.clear()  # what was known to exist may be gone with it
+            folder.mkdir(parents=True, exist_ok=True)
+            return fn(*args)
 
     def put_unsynced(self, key: str, data: bytes) -> bool:
         """Create-only like put_new, but no fsync, no temp file and no inbox receipt: for
@@ -268,9 +280,13 @@ class LocalStore(RawStore):
 
     def pending(self, limit: int) -> list[tuple[str, str]]:
         names = []
-        with os.scandir(self.inbox) as it:
-            for entry in it:
-                names.append(entry.name)
+        try:
+            with os.scandir(self.inbox) as it:
+                for entry in it:
+                    names.append(entry.name)
+        except FileNotFoundError:  # the store was deleted under a running serve: nothing waits in it now
+            self.inbox.mkdir(parents=True, exist_ok=True)
+            return []
         names.sort()
         return [(n, n.split(_SEP, 1)[1].replace(":", "/")) for n in names[:limit] if _SEP in n]
 

@@ -3,6 +3,7 @@ its accepted pings to its own segment file and group-commits them, one ``fdatasy
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -131,6 +132,8 @@ class SpoolWriter:
                 self._size += len(data)
             self.syncs += 1
             os.fdatasync(self._fd)
+            if os.fstat(self._fd).st_nlink == 0:  # deleted (the store removed under serve): the reader never sees it
+                raise FileNotFoundError(errno.ENOENT, "the spool file was deleted while in use")
         except OSError as exc:
             # A partial write is skipped by its checksum; start a fresh segment for what follows.
             batch.error = exc
