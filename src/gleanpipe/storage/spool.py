@@ -37,7 +37,9 @@ Dedupe: the edge answers "duplicate" without spooling when the object already ex
 when the same worker spooled the key recently; a copy that arrives while that worker is still
 writing the first one waits for its batch and gets its outcome. Two copies of one document
 id that reach different workers before the first is materialised are both spooled; the
-second is dropped by the create-only link when it is materialised (first written wins).
+other is dropped by the create-only link when it is materialised: the copy in the segment
+read first wins, which need not be the copy that came first (segments are read in the order
+they were opened).
 """
 
 from __future__ import annotations
