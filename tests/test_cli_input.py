@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -533,3 +534,41 @@ def test_status_with_no_store_there_says_so_and_creates_none(tmp_path):
     assert "waiting to load: unknown (no store at data/store)" in proc.stdout  # the default, in this folder
     assert "rejected at submit: unknown (no store at data/store)" in proc.stdout
     assert not (here / "data").exists()
+
+
+def test_ctrl_c_stops_a_replay_with_a_message_and_a_rerun_finishes_it(tmp_path):
+    """Before: a traceback ending in DuckDB's "RuntimeError: Query interrupted", with more from the
+    worker processes. Ctrl-C here is SIGINT to the replay's process group, as a terminal sends it."""
+    import signal
+
+    from conftest import make_ping
+    from gleanpipe import rawobject
+    from gleanpipe.naming import DocumentPath
+    from gleanpipe.storage.local import LocalStore
+
+    store, n = LocalStore(tmp_path / "data" / "store"), 3000
+    for i in range(n):  # unsynced: quick to write, and nothing here needs them durable
+        path = DocumentPath("org-example-toolbox", "baseline", "1", str(uuid.UUID(int=i + 1, version=4)))
+        meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": path.app_id,
+                "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
+        store.put_unsynced(path.key, rawobject.encode(meta, json.dumps(make_ping(seq=i)).encode()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    cmd = [sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(tmp_path / "data"), "--batch", "10"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    progress = ""
+    while not any(f"/{n} [" in line and f"| 0/{n} [" not in line for line in progress.splitlines()):
+        line = proc.stderr.readline()  # off a terminal, each update of the bar is a line
+        assert line, f"replay ended before it moved: {progress}"
+        progress += line
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, progress + err
+    assert err.rstrip().endswith("interrupted: the batches loaded so far stay; run the same replay again to finish "
+                                 "(it is idempotent)")
+    assert "Traceback" not in err and "replayed" not in out
+    again = gleanpipe("replay", "--data-dir", str(tmp_path / "data"), "--no-progress")
+    assert again.returncode == 0 and f"replayed {n} objects" in again.stdout
+    counts = gleanpipe("query", "--format", "csv", "--data-dir", str(tmp_path / "data"),
+                       "SELECT count(*), count(DISTINCT document_id) FROM org_example_toolbox.baseline_v1")
+    assert counts.stdout.splitlines()[1] == f"{n},{n}"

@@ -284,6 +284,13 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
             try:
                 totals = replay_local(Loader(store, wh), keys, config.load_batch, workers,
                                       on_batch=lambda n, _: bar.update(n))
+            except (KeyboardInterrupt, RuntimeError) as exc:  # DuckDB turns Ctrl-C in a query into RuntimeError
+                if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
+                    raise
+                bar.close()
+                click.echo("interrupted: the batches loaded so far stay; run the same replay again to finish "
+                           "(it is idempotent)", err=True)
+                sys.exit(130)
             finally:
                 wh.close()
     also = f" (with {requests} deletion requests of those apps from outside {prefix})" if requests else ""

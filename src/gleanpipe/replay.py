@@ -8,6 +8,7 @@ Through a running `serve`, batches go to its admin API instead.
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +22,8 @@ _worker_store: RawStore | None = None
 
 def _init_worker(store_url: str, parent_pid: int) -> None:
     global _worker_store
+    # Ctrl-C reaches the whole process group: the parent stops the replay, the workers say nothing
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # a replay killed with SIGKILL (or by the OOM killer) takes its worker processes with it
     parent_guard.die_with_parent()
     if os.getppid() != parent_pid:  # it died before the setting took effect
