@@ -215,7 +215,7 @@ def test_object_that_cannot_transform_goes_to_errors_table(load_client, fn_store
 
 def test_a_row_the_warehouse_refuses_does_not_hold_up_its_batch(store, warehouse):
     """A counter past BIGINT passes the schema (Glean's, like Mozilla's, has no integer bound) and
-    DuckDB refuses it. The batch is loaded again row by row: the good rows are inserted, each bad
+    DuckDB refuses it. The batch is loaded again by halves: the good rows are inserted, each bad
     one goes to the errors table with DuckDB's reason, without the loader's temp file in it."""
     keys = [put_ping(store, make_ping(CLIENT_A, seq=i, metrics={"counter": {"toolbox.n": n}}), doc_type="metrics")
             for i, n in enumerate([1, 2**63, 3, 2**64, 5])]

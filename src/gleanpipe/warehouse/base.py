@@ -37,7 +37,7 @@ class WarehouseUnavailable(RuntimeError):
 
 
 class RowDataError(ValueError):
-    """A row the warehouse refused for its values; the loader retries rows one by one."""
+    """A row the warehouse refused for its values; the loader writes the batch again by halves to find it."""
 
 
 @dataclass

@@ -357,7 +357,7 @@ class BigQueryWarehouse(Warehouse):
 
     def _insert(self, dataset: str, table: str, rows: list[dict], row_ids: list[str]) -> None:
         """Streaming insert in requests under BigQuery's limits. A refused row raises RowDataError
-        (the loader then retries rows one by one); a field BigQuery does not know yet right after
+        (the loader then writes the batch again by halves); a field BigQuery does not know yet right after
         a widening (it takes a while to reach the streaming system) raises WarehouseUnavailable."""
         from google.api_core.exceptions import BadRequest, NotFound
 
