@@ -400,6 +400,43 @@ def test_rows_the_warehouse_refuses_are_found_by_halving_the_batch(store, wh):
     assert sorted(errors) == sorted([(keys[9], "warehouse"), (keys[40], "warehouse"), (broken.key, "raw_object")])
 
 
+def test_an_integer_its_column_cannot_hold_as_sent_is_a_load_error_naming_the_field(store, wh):
+    """orjson reads an integer past 64 bits as a rounded float. Before: a counter of -2**63 - 1 was
+    stored as -2**63 without any error, and a value past BIGINT (2**63 in a counter, a seq, an event
+    timestamp) made the warehouse refuse the ping's whole batch. Now the transform refuses the ping
+    (its raw object is kept, as for other load errors), and the rest of the batch goes in at once."""
+    fits = {"counter": {"toolbox.lo": -2**63, "toolbox.hi": 2**63 - 1, "toolbox.float": 1e3}}
+    good = put_ping(store, make_ping(CLIENT_A, metrics=fits), doc_type="metrics")
+    bad = {
+        "metrics.counter.toolbox.n: -9.223372036854776e+18 is not an exact integer": {
+            "metrics": {"counter": {"toolbox.n": -2**63 - 1}}},
+        "metrics.counter.toolbox.n: 9223372036854775808 is outside the 64-bit integer range": {
+            "metrics": {"counter": {"toolbox.n": 2**63}}},
+        "metrics.labeled_counter.toolbox.by_tool['saw']: -9.223372036854776e+18 is not an exact integer": {
+            "metrics": {"labeled_counter": {"toolbox.by_tool": {"hammer": 1, "saw": -2**63 - 1}}}},
+        "metrics.custom_distribution.toolbox.sizes.values key: 99999999999999999999 is outside": {
+            "metrics": {"custom_distribution": {"toolbox.sizes": {"sum": 1, "values": {"99999999999999999999": 1}}}}},
+        "metrics.rate.toolbox.hits.denominator: 1.5 is not a whole number": {
+            "metrics": {"rate": {"toolbox.hits": {"numerator": 1, "denominator": 1.5}}}},
+        "ping_info.seq: 9223372036854775808 is outside": {"seq": 2**63},
+        "events[1].timestamp: 18446744073709551615 is outside": {
+            "events": [EVENTS[0], {**EVENTS[1], "timestamp": 2**64 - 1}]},
+    }
+    keys = {put_ping(store, make_ping(CLIENT_B, **fields), doc_type="metrics"): message
+            for message, fields in bad.items()}
+    counting = CountingWrites(wh.wh)
+    result = Loader(store, counting).load_keys([good, *keys])
+    assert (result.inserted, result.errors, counting.writes) == (1, len(bad), 1)
+    assert wh.q(f"SELECT metrics.counter.toolbox_lo, metrics.counter.toolbox_hi, metrics.counter.toolbox_float "
+                f"FROM {DATASET}.metrics") == [(-2**63, 2**63 - 1, 1000)]
+    errors = {key: (etype, message) for key, etype, message in wh.q(
+        "SELECT object_key, error_type, error_message FROM _gleanpipe.errors")}
+    assert errors.keys() == keys.keys()
+    for key, start in keys.items():
+        assert errors[key][0] == "transform" and errors[key][1].startswith(start), errors[key]
+        assert (store.root / key).exists()
+
+
 # --- derived views (views.py) ----------------------------------------------------------------
 
 

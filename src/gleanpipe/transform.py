@@ -15,6 +15,7 @@ import orjson
 
 from . import rawobject
 from .naming import DocumentPath, column_name, parse_segments, PathError
+from .int64 import CLIENT_INFO_INTS, EVENTS_INTS, METRIC_INTS, PING_INFO_INTS, NotInt64
 from .table_schema import CLIENT_INFO, METRIC_TYPES, PING_INFO
 
 DELETION_REQUEST = "deletion-request"
@@ -240,6 +241,8 @@ def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRo
         raise TransformError("schema", "payload is not a JSON object")
     try:
         return _build(key, path, meta, ping)
+    except NotInt64 as exc:
+        raise TransformError("transform", str(exc)) from None
     except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
         raise TransformError("transform", f"{type(exc).__name__}: {exc}") from None
 
@@ -284,6 +287,8 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
                 continue
             leftovers: dict = {}
             columns[col] = convert(value, leftovers)
+            if METRIC_INTS[metric_type]:
+                METRIC_INTS[metric_type](columns[col], f"metrics.{metric_type}.{metric_id}")
             if any(leftovers.values()) if metric_type.startswith("labeled_") else leftovers:
                 metric_extra.setdefault(metric_type, {})[metric_id] = leftovers
         if columns:
@@ -336,6 +341,9 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
             "extra": extra_kv,
         })
 
+    CLIENT_INFO_INTS(client_info, "client_info")
+    PING_INFO_INTS(ping_info, "ping_info")
+    EVENTS_INTS(events, "events")
     row = {
         "submission_timestamp": submission_timestamp,
         "document_id": path.document_id,
