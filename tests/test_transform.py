@@ -82,3 +82,25 @@ def test_parse_glean_time(raw, expected):
 def test_parse_http_date():
     assert parse_http_date("Mon, 23 Nov 2026 08:00:00 GMT") == "2026-11-23T08:00:00+00:00"
     assert parse_http_date("garbage") is None and parse_http_date(None) is None
+    assert parse_http_date("Mon, 23 Nov 2026 08:00:00 -0000") == "2026-11-23T08:00:00+00:00"
+
+
+def test_a_date_header_without_a_zone_is_utc_whatever_the_servers_zone(data_dir):
+    """RFC 5322: -0000 is UTC with nothing said about the local zone. Before: such a Date header (and
+    one with no zone) was read in serve's own zone: under TZ=Asia/Kolkata, 09:00 was stored as 03:30 UTC."""
+    from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path
+
+    data_dir.mkdir(parents=True)
+    serve = ServeProcess(data_dir, env={"TZ": "Asia/Kolkata"}).start()
+    try:
+        dates = ["Mon, 23 Nov 2026 09:00:00 GMT", "Mon, 23 Nov 2026 09:00:00 -0000", "Mon, 23 Nov 2026 09:00:00",
+                 "Mon, 23 Nov 2026 14:30:00 +0530"]
+        for date in dates:
+            status, _, _ = post(serve.url + submit_path(app=APP), gz(make_ping()), {**SDK_HEADERS, "Date": date})
+            assert status == 200
+        assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline", len(dates)) == len(dates)
+        rows = dict(serve.query(f"SELECT metadata.header.date, CAST(metadata.header.parsed_date AT TIME ZONE 'UTC' "
+                                f"AS VARCHAR) FROM {DATASET}.baseline")[1])
+        assert rows == {date: "2026-11-23 09:00:00" for date in dates}
+    finally:
+        serve.stop()

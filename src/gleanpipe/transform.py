@@ -118,8 +118,15 @@ def parse_glean_time(value) -> str | None:
 
 @functools.lru_cache(maxsize=4096)  # the Date header repeats within a second: parse each value once
 def parse_http_date(value) -> str | None:
+    """The Date header as ISO UTC. One with ``-0000`` or no zone is UTC (RFC 5322: ``-0000`` is UTC
+    with nothing said about the local zone); before, it was read in the server's own zone."""
+    if not value:
+        return None
     try:
-        return parsedate_to_datetime(value).astimezone(timezone.utc).isoformat() if value else None
+        parsed = parsedate_to_datetime(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.astimezone(timezone.utc).isoformat()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
