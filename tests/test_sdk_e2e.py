@@ -107,9 +107,9 @@ def test_every_ping_and_metric_type_from_the_real_sdk(serve, tmp_path):
     # a ping without client_id, and one without any info section
     assert serve.query(f"SELECT client_info.client_id, sample_id, metrics.counter.toolbox_crash_count "
                        f"FROM {DATASET}.anonymous_report_v1")[1] == [(None, None, 1)]
-    assert serve.query(f"SELECT client_info, ping_info, metrics.counter.toolbox_probe_count, "
-                       f"metrics.string.toolbox_probe_label FROM {DATASET}.no_info_v1")[1] == [
-        (None, None, 2, "sensor-a")]
+    assert serve.query(f"SELECT client_info, ping_info.seq, ping_info.reason, ping_info.experiments, "
+                       f"metrics.counter.toolbox_probe_count, metrics.string.toolbox_probe_label "
+                       f"FROM {DATASET}.no_info_v1")[1] == [(None, None, None, [], 2, "sensor-a")]
 
     # baseline: active carries the counter, inactive does not
     got = serve.query(f"SELECT ping_info.reason, metrics.counter.toolbox_launch_count, client_info.client_id "

@@ -189,6 +189,18 @@ def test_lists_a_ping_does_not_carry_are_empty_not_null(store, wh):
         (0, 0, 0, False)]
 
 
+def test_a_ping_without_ping_info_has_experiments_empty_and_the_rest_null(store, wh):
+    """A ping sent with include_info_sections: false has no ping_info. Before: DuckDB stored the
+    whole struct NULL, so ARRAY_LENGTH(ping_info.experiments) was NULL there and 0 on BigQuery."""
+    ping = make_ping(CLIENT_A, metrics={"counter": {"toolbox.a": 1}})
+    del ping["ping_info"]
+    assert load(store, wh, put_ping(store, ping, doc_type="custom")).inserted == 1
+    assert wh.q(f"""SELECT ARRAY_LENGTH(ping_info.experiments), ping_info IS NULL, ping_info.seq, ping_info.start_time,
+                   ping_info.end_time, ping_info.parsed_start_time, ping_info.parsed_end_time, ping_info.reason,
+                   metrics.counter.toolbox_a FROM {DATASET}.custom""") == [
+        (0, False, None, None, None, None, None, None, 1)]
+
+
 def test_events_stream_rows(store, wh):
     key = put_ping(store, make_ping(CLIENT_A, events=EVENTS), doc_type="events")
     assert load(store, wh, key).events == 2

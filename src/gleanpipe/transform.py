@@ -268,15 +268,16 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
     ping_info, extra = _split_known(ping.get("ping_info") or {}, KNOWN_PING_INFO)
     if extra:
         additional["ping_info"] = extra
-    if ping_info:
-        ping_info["parsed_start_time"] = parse_glean_time(ping_info.get("start_time"))
-        ping_info["parsed_end_time"] = parse_glean_time(ping_info.get("end_time"))
-        if isinstance(ping_info.get("experiments"), dict):
-            left = {}
-            ping_info["experiments"] = _experiments(ping_info["experiments"], left)
-            if left:
-                additional.setdefault("ping_info", {})["experiments"] = left
-        ping_info.setdefault("experiments", [])
+    # a ping without ping_info (include_info_sections: false) has one too, with its fields NULL and
+    # experiments [] (a list is never NULL, as on BigQuery: see "events" below)
+    ping_info["parsed_start_time"] = parse_glean_time(ping_info.get("start_time"))
+    ping_info["parsed_end_time"] = parse_glean_time(ping_info.get("end_time"))
+    if isinstance(ping_info.get("experiments"), dict):
+        left = {}
+        ping_info["experiments"] = _experiments(ping_info["experiments"], left)
+        if left:
+            additional.setdefault("ping_info", {})["experiments"] = left
+    ping_info.setdefault("experiments", [])
 
     metrics_row: dict[str, dict] = {}
     metric_columns: dict[str, tuple[str, ...]] = {}
@@ -356,7 +357,7 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
         "document_id": path.document_id,
         **norm,
         "client_info": client_info or None,
-        "ping_info": ping_info or None,
+        "ping_info": ping_info,
         "metadata": {
             "header": {
                 "date": headers.get("date"),
