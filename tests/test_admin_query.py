@@ -1,0 +1,53 @@
+"""`gleanpipe query` through serve's admin API and on the file itself: values of every DuckDB type
+shown the same both ways, and a query that serve stops or whose client goes away."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import ServeProcess
+from conftest import run_cli as gleanpipe
+
+UUID_KEY = "8f2c6f1e-3d4b-4a5c-9e7f-0a1b2c3d4e5f"
+
+
+def test_query_shows_timetz_and_map_keys_of_every_type_with_and_without_serve(tmp_path):
+    """Before: a TIMETZ (``SELECT current_time``), also inside a list, a struct or a map, made
+    every format fail (a traceback without serve, "datetime.time must not have tzinfo set"
+    through it), and so did a MAP keyed by DECIMAL (``histogram`` of a DECIMAL column), BLOB or
+    HUGEINT. A NaN key came out as "null". Now each is shown as DuckDB prints it."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    sql = ("SELECT TIMETZ '12:00:00.5+05:30' AS a, [TIMETZ '08:00:00-00:30:15'] AS b, "
+           "{'t': TIMETZ '00:00:00+00'} AS c, histogram(x) AS d, MAP(['ab'::BLOB], [1]) AS e, "
+           "MAP([170141183460469231731687303715884105727::HUGEINT], [TIMETZ '23:59:59.999999-15:59']) AS f, "
+           "MAP(['nan'::DOUBLE, 1.5::FLOAT], [1, 2]) AS g, MAP([TRUE], [1]) AS h, "
+           f"MAP([DATE '2024-01-02'], [1]) AS i, MAP([TIMESTAMP '2024-01-02 03:04:05'], [1]) AS j, "
+           f"MAP(['{UUID_KEY}'::UUID], [1]) AS k, MAP([INTERVAL 1 DAY], [1]) AS l, [MAP([1.25], [1])] AS m "
+           "FROM (VALUES (1.5), (2.5), (2.5)) t(x)")
+
+    def shown() -> tuple[list[str], list[dict], list[str]]:
+        runs = [gleanpipe("query", "--format", fmt, sql, "--data-dir", str(data_dir)) for fmt in ("csv", "json", "table")]
+        assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+        return runs[0].stdout.splitlines(), json.loads(runs[1].stdout), runs[2].stdout.splitlines()
+
+    server = ServeProcess(data_dir).start()
+    try:
+        through_serve = shown()
+    finally:
+        assert server.stop() == 0
+    assert shown() == through_serve  # the file itself, serve stopped
+    csv_lines, rows, table = through_serve
+    big = "170141183460469231731687303715884105727"
+    assert rows == [{
+        "a": "12:00:00.5+05:30", "b": ["08:00:00-00:30:15"], "c": {"t": "00:00:00+00"}, "d": {"1.5": 1, "2.5": 2},
+        "e": {"6162": 1},  # a BLOB key is shown as a BLOB value is: hex
+        "f": {big: "23:59:59.999999-15:59"}, "g": {"nan": 1, "1.5": 2}, "h": {"true": 1},
+        "i": {"2024-01-02": 1}, "j": {"2024-01-02T03:04:05": 1}, "k": {UUID_KEY: 1},
+        "l": "{1 day=1}",  # a column holding an INTERVAL is DuckDB's text (as before)
+        "m": [{"1.25": 1}]}]
+    assert csv_lines[0] == "a,b,c,d,e,f,g,h,i,j,k,l,m"
+    assert csv_lines[1].startswith('12:00:00.5+05:30,"[""08:00:00-00:30:15""]","{""t"":""00:00:00+00""}",'
+                                   '"{""1.5"":1,""2.5"":2}","{""6162"":1}",')
+    assert table[2].split()[:2] == ["12:00:00.5+05:30", '["08:00:00-00:30:15"]']
+    assert table[-1] == "(1 row)"
