@@ -4,6 +4,17 @@ shown the same both ways, and a query that serve stops or whose client goes away
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from gleanpipe.admin import STATE_FILE
+from gleanpipe.warehouse.base import WarehouseClosing
+from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
 from conftest import ServeProcess
 from conftest import run_cli as gleanpipe
@@ -51,3 +62,73 @@ def test_query_shows_timetz_and_map_keys_of_every_type_with_and_without_serve(tm
                                    '"{""1.5"":1,""2.5"":2}","{""6162"":1}",')
     assert table[2].split()[:2] == ["12:00:00.5+05:30", '["08:00:00-00:30:15"]']
     assert table[-1] == "(1 row)"
+
+
+LONG_QUERY = "SELECT sum(hash(i)::HUGEINT) FROM range(20000000000) t(i)"  # a minute or more of work
+
+
+def _started(proc, seconds: float = 1.5) -> None:
+    """Give a query that was just sent time to be running in serve."""
+    time.sleep(seconds)
+    assert proc.poll() is None, proc.communicate()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopping_serve_while_a_query_runs_interrupts_it_and_stops_cleanly(tmp_path, sig):
+    """Before: the query kept serve's DuckDB connection busy, so closing it raised
+    ResourceInUseException: a traceback, exit code 1, and serve.json was left behind. Now serve
+    interrupts the query, its client is told why, and serve stops at once with exit code 0."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir).start()
+    try:
+        query = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "query", LONG_QUERY, "--data-dir", str(data_dir)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _started(query)
+        asked = time.monotonic()
+        server.proc.send_signal(sig)
+        assert server.proc.wait(timeout=30) == 0, server.read_log()
+        took = time.monotonic() - asked
+        out, err = query.communicate(timeout=30)
+    finally:
+        server.stop()
+    assert took < 10, took  # not the query's minute
+    assert (query.returncode, out) == (1, "")
+    assert err == "Error: the warehouse is being closed (gleanpipe serve is stopping): the query was stopped\n"
+    assert not (data_dir / STATE_FILE).exists()
+    assert "Traceback" not in server.read_log()
+
+
+def test_closing_the_warehouse_interrupts_a_running_read_and_write(tmp_path):
+    """The same in the warehouse itself (DuckDBWarehouse.close): a read is stopped with
+    WarehouseClosing, a write still running (a load that outlasted the loader's stop) is
+    interrupted and rolled back, and the file opens again afterwards with nothing half-written."""
+    path = tmp_path / "w.duckdb"
+    wh = DuckDBWarehouse(str(path))
+    outcome = {}
+
+    def run(name, fn):
+        try:
+            outcome[name] = fn()
+        except Exception as exc:  # what each thread got, to be checked below
+            outcome[name] = exc
+
+    threads = [threading.Thread(target=run, args=("read", lambda: wh.read_query(LONG_QUERY))),
+               threading.Thread(target=run, args=("write", lambda: wh.execute([(f"CREATE TABLE t AS {LONG_QUERY}", None)])))]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    asked = time.monotonic()
+    wh.close()
+    for t in threads:
+        t.join(timeout=30)
+    assert time.monotonic() - asked < 10
+    assert isinstance(outcome["read"], WarehouseClosing), outcome
+    assert "Interrupted" in str(outcome["write"]), outcome
+    again = DuckDBWarehouse(str(path))
+    try:
+        assert again.query("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'")[1] == [(0,)]
+        with pytest.raises(WarehouseClosing):  # and a closed one refuses new reads with the same words
+            wh.read_query("SELECT 1")
+    finally:
+        again.close()

@@ -98,12 +98,25 @@ class AdminServer:
         handlers = {"/status": lambda body: status(), "/query": lambda body: _query(query, body),
                     "/load": lambda body: load_keys(body["keys"]), **(extra or {})}
         token = self.token
+        self._active = 0  # requests being answered
+        self._idle = threading.Condition()
+        admin = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # quiet
                 pass
 
             def do_POST(self):
+                with admin._idle:
+                    admin._active += 1
+                try:
+                    self._answer()
+                finally:
+                    with admin._idle:
+                        admin._active -= 1
+                        admin._idle.notify_all()
+
+            def _answer(self):
                 if not hmac.compare_digest(self.headers.get(TOKEN_HEADER, ""), token):
                     return self._send(403, {"error": "bad or missing token"})
                 fn = handlers.get(self.path)
@@ -132,8 +145,14 @@ class AdminServer:
         self.thread.start()
 
     def stop(self) -> None:
+        """Take no more requests (those being answered go on: see ``wait``)."""
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the requests being answered have had their answers; False after ``timeout``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
 
 
 def _query(query, body: dict) -> dict:

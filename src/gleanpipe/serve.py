@@ -42,6 +42,7 @@ log = logging.getLogger("gleanpipe.serve")
 
 
 MISSING_GRACE_S = 60.0
+ADMIN_ANSWER_WAIT_S = 5.0  # at a stop, for the admin requests to get their answers
 
 
 # gunicorn's own request parsing limits: its defaults, and the most it allows for a request line.
@@ -121,6 +122,9 @@ class LoaderThread(threading.Thread):
                     self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
                 backoff = self.interval
             except Exception as exc:  # transient (locked, disk): keep the inbox, retry later
+                if self.stopping.is_set():  # interrupted by the stop (warehouse.close)
+                    log.warning("load stopped by the shutdown; its pings load on the next start: %s", exc)
+                    return
                 log.warning("load failed, will retry: %s", exc)
                 backoff = min(backoff * 2, 5.0)
                 self.stopping.wait(backoff)
@@ -229,6 +233,12 @@ class LocalPipeline:
         })
 
     def stop(self) -> None:
+        try:
+            self._stop()
+        finally:  # whatever went wrong, this serve is gone: the next command must not look for it
+            remove_state(self.config.data_dir)
+
+    def _stop(self) -> None:
         if self.http and self.http.poll() is None:
             self.http.terminate()
             try:
@@ -246,8 +256,12 @@ class LocalPipeline:
                     self.http.kill()
         self.loader_thread.stop()
         self.admin.stop()
-        self.warehouse.close()
-        remove_state(self.config.data_dir)
+        try:  # interrupts the queries still running (and a load still running after the loader's wait)
+            self.warehouse.close()
+        except Exception as exc:  # serve stops all the same; what was committed is in the file
+            log.warning("the warehouse did not close cleanly: %s", exc)
+        if not self.admin.wait(ADMIN_ANSWER_WAIT_S):  # their clients get "serve is stopping"
+            log.warning("an admin request was still being answered when serve stopped")
 
     def run_forever(self, on_ready=None) -> int:
         stop = threading.Event()

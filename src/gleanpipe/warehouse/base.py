@@ -36,6 +36,10 @@ class WarehouseUnavailable(RuntimeError):
     """Transient: locked, down, out of space. The trigger must retry the load."""
 
 
+class WarehouseClosing(RuntimeError):
+    """A read was refused or stopped because the warehouse is being closed (serve is stopping)."""
+
+
 class RowDataError(ValueError):
     """A row the warehouse refused for its values; the loader writes the batch again by halves to find it."""
 

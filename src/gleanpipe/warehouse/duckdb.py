@@ -8,12 +8,14 @@ per document_id (anti-join), deletion requests carried out, errors recorded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +27,7 @@ from ..naming import view_name
 from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
 from ..transform import PingRow
 from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
-                   WarehouseUnavailable, WriteResult, dedup_view_query)
+                   WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query)
 log = logging.getLogger("gleanpipe.warehouse")
 
 INTERNAL_DDL = f"""
@@ -50,6 +52,8 @@ DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.
                duckdb.OutOfRangeException)
 # Names DuckDB keeps for itself: its built-in catalogs, and the system schemas every catalog has.
 DUCKDB_OWN_NAMES = ("system", "temp", "information_schema", "pg_catalog")
+CLOSE_WAIT_S = 10  # how long close() interrupts the reads and the write still running before it closes anyway
+CLOSING = "the warehouse is being closed (gleanpipe serve is stopping): the query was stopped"
 TEMP_FILE_RE = re.compile(r' in file "[^"]*", in line \d+(?=:)')
 
 
@@ -89,6 +93,11 @@ class DuckDBWarehouse(Warehouse):
                           self.con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
         self._unusable.update(DUCKDB_OWN_NAMES)
         self._lock = threading.Lock()
+        # the cursors of the reads running now (query, read_query, status), by thread: close()
+        # interrupts them, and waits for them, before it closes the connection they share
+        self._readers: dict[duckdb.DuckDBPyConnection, int] = {}
+        self._readers_changed = threading.Condition()
+        self._closing = False
         self._types: dict[tuple[str, str], dict[str, str]] = {}  # (dataset, table) -> column -> type
         self._metrics: dict[tuple[str, str], dict[str, set[str]] | None] = {}
         self._deleted: dict[str, set[str]] = {}
@@ -481,16 +490,40 @@ class DuckDBWarehouse(Warehouse):
                                         for i, t in enumerate(types, 1)))
         return columns, rel.fetchall()
 
-    def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
-        cur = self.con.cursor()
+    @contextlib.contextmanager
+    def _reader(self):
+        """A cursor of its own for one read, which ``close`` and ``interrupt_reads`` can interrupt."""
+        with self._readers_changed:
+            if self._closing:
+                raise WarehouseClosing(CLOSING)
+            cur = self.con.cursor()
+            self._readers[cur] = threading.get_ident()
         try:
+            yield cur
+        except duckdb.InterruptException:
+            if self._closing:
+                raise WarehouseClosing(CLOSING) from None
+            raise
+        finally:
+            with self._readers_changed:  # closed here, so that no interrupt() reaches a closed cursor
+                del self._readers[cur]
+                cur.close()
+                self._readers_changed.notify_all()
+
+    def interrupt_reads(self, thread: int | None = None) -> None:
+        """Interrupt the reads running now (DuckDB stops them with an error), or those of ``thread``."""
+        with self._readers_changed:
+            for cur, ident in self._readers.items():
+                if thread is None or ident == thread:
+                    cur.interrupt()
+
+    def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        with self._reader() as cur:
             cur.execute("SET TimeZone = 'UTC'")
             cur.execute(sql, params or [])
             if cur.description is None:
                 return [], []
             return [d[0] for d in cur.description], cur.fetchall()
-        finally:
-            cur.close()
 
     def read_query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         """``query`` in a read-only transaction, always rolled back: DuckDB itself refuses any write,
@@ -498,8 +531,7 @@ class DuckDBWarehouse(Warehouse):
         and the statement is a SELECT). For SQL from users (`gleanpipe query`, serve's admin API)."""
         from ..read_only_sql import WriteRefused
 
-        cur = self.con.cursor()
-        try:
+        with self._reader() as cur:
             cur.execute("SET TimeZone = 'UTC'")
             cur.execute("BEGIN TRANSACTION READ ONLY")
             try:
@@ -511,12 +543,9 @@ class DuckDBWarehouse(Warehouse):
                 raise WriteRefused(f"the warehouse is read-only for queries: {reason}") from None
             finally:
                 cur.execute("ROLLBACK")
-        finally:
-            cur.close()
 
     def status(self) -> dict:
-        cur = self.con.cursor()
-        try:
+        with self._reader() as cur:
             tables = cur.execute(
                 "SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name <> ? ORDER BY 1, 2", [META]
             ).fetchall()
@@ -530,8 +559,6 @@ class DuckDBWarehouse(Warehouse):
             deletions, pending = cur.execute(
                 f"SELECT count(executed_at), count(*) FILTER (executed_at IS NULL) FROM {META}.deletions").fetchone() \
                 if self._has_meta(cur) else (0, 0)
-        finally:
-            cur.close()
         return {"tables": counts, "load_errors": dict(load_errors), "deletions": deletions,
                 "deletions_pending": pending}
 
@@ -539,8 +566,25 @@ class DuckDBWarehouse(Warehouse):
     def _has_meta(cur) -> bool:
         return bool(cur.execute("SELECT 1 FROM duckdb_schemas() WHERE schema_name = ?", [META]).fetchall())
 
-    def close(self) -> None:
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Close the connection. The reads still running are interrupted (their callers get
+        WarehouseClosing), and so is a write (its transaction is rolled back); new reads are
+        refused. DuckDB refuses to close a connection one of them is using."""
+        deadline = time.monotonic() + wait_s
         try:
-            self.con.close()
+            with self._readers_changed:
+                self._closing = True
+                while self._readers and time.monotonic() < deadline:
+                    self.interrupt_reads()  # again and again: DuckDB forgets one that comes between two statements
+                    self._readers_changed.wait(0.1)
+            locked = self._lock.acquire(timeout=0)
+            while not locked and time.monotonic() < deadline:  # a write still running
+                self.con.interrupt()
+                locked = self._lock.acquire(timeout=0.1)
+            try:
+                self.con.close()
+            finally:
+                if locked:
+                    self._lock.release()
         finally:
             self._drop_tmp()
