@@ -4,6 +4,7 @@ shown the same both ways, and a query that serve stops or whose client goes away
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -132,3 +133,37 @@ def test_closing_the_warehouse_interrupts_a_running_read_and_write(tmp_path):
             wh.read_query("SELECT 1")
     finally:
         again.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far, all its threads (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_query_whose_client_goes_away_is_interrupted_without_a_traceback(tmp_path):
+    """Before: serve ran the query to its end (here a minute or more of all cores) for a client
+    that was killed, then logged a two-part BrokenPipeError traceback writing the answer to it.
+    Now serve sees the client hang up and interrupts the query: serve is idle again within a
+    moment, its log has no traceback, and it goes on answering queries."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir).start()
+    try:
+        query = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "query", LONG_QUERY, "--data-dir", str(data_dir)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _started(query)
+        busy = _cpu_seconds(server.proc.pid)
+        time.sleep(1)
+        assert _cpu_seconds(server.proc.pid) - busy > 0.5  # the query runs (a check of the check below)
+        query.kill()  # what `timeout` or a closed terminal does
+        query.wait()
+        time.sleep(1)  # time to see the hang-up and interrupt
+        idle = _cpu_seconds(server.proc.pid)
+        time.sleep(2)
+        assert _cpu_seconds(server.proc.pid) - idle < 0.3
+        assert server.query("SELECT 42") == (["42"], [(42,)])
+    finally:
+        assert server.stop() == 0
+    log = server.read_log()
+    assert "Traceback" not in log and "BrokenPipeError" not in log, log

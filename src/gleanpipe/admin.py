@@ -13,7 +13,10 @@ import hmac
 import json
 import math
 import os
+import logging
 import secrets
+import select
+import socket
 import threading
 import time
 import urllib.error
@@ -29,6 +32,8 @@ import orjson
 STATE_FILE = "serve.json"
 LOCK_FILE = "serve.lock"  # held by a running serve: a state file without it is stale
 TOKEN_HEADER = "X-Gleanpipe-Token"
+
+log = logging.getLogger("gleanpipe.admin")
 
 
 def to_jsonable(value):
@@ -93,7 +98,9 @@ def dumps(obj) -> bytes:
 class AdminServer:
     """Serves /status, /query and /load for the process that owns the warehouse."""
 
-    def __init__(self, *, status, query, load_keys, extra=None):
+    def __init__(self, *, status, query, load_keys, extra=None, interrupt=None):
+        """``interrupt(thread)``, if given, stops the reads that ``thread`` runs: those of a request
+        whose client hangs up (killed, or gave up) are interrupted instead of running to the end."""
         self.token = secrets.token_urlsafe(24)
         handlers = {"/status": lambda body: status(), "/query": lambda body: _query(query, body),
                     "/load": lambda body: load_keys(body["keys"]), **(extra or {})}
@@ -110,31 +117,33 @@ class AdminServer:
                 with admin._idle:
                     admin._active += 1
                 try:
-                    self._answer()
+                    status, data = self._answer()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    log.warning("admin API: the client of %s went away before its answer", self.path)
                 finally:
                     with admin._idle:
                         admin._active -= 1
                         admin._idle.notify_all()
 
-            def _answer(self):
+            def _answer(self) -> tuple[int, bytes]:
                 if not hmac.compare_digest(self.headers.get(TOKEN_HEADER, ""), token):
-                    return self._send(403, {"error": "bad or missing token"})
+                    return 403, dumps({"error": "bad or missing token"})
                 fn = handlers.get(self.path)
                 if fn is None:
-                    return self._send(404, {"error": f"no endpoint {self.path}"})
+                    return 404, dumps({"error": f"no endpoint {self.path}"})
                 try:
                     body = orjson.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                    return self._send(200, fn(body))
+                    thread = threading.get_ident()
+                    with _HangUpWatch(self.connection, interrupt and (lambda: interrupt(thread))):
+                        result = fn(body)
+                    return 200, dumps(result)
                 except Exception as exc:  # report to the CLI instead of dropping the connection
-                    return self._send(400, {"error": str(exc) or type(exc).__name__})
-
-            def _send(self, status: int, payload) -> None:
-                data = dumps(payload)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    return 400, dumps({"error": str(exc) or type(exc).__name__})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -153,6 +162,48 @@ class AdminServer:
         """Wait until the requests being answered have had their answers; False after ``timeout``."""
         with self._idle:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+
+class _HangUpWatch:
+    """While a request is worked on, calls ``hung_up()`` once its client has closed the
+    connection, and every 0.1 s after that until the work ends (an interrupt that comes between
+    two statements of a read is forgotten). The client sends its whole request and then only
+    waits, so the socket turning readable with nothing to read is the hang-up (a client that
+    half-closes its side after the request would count as gone; urllib, the CLI's, does not)."""
+
+    def __init__(self, sock, hung_up):
+        self.sock, self.hung_up = sock, hung_up
+
+    def __enter__(self):
+        if self.hung_up:
+            self.wake_r, self.wake_w = os.pipe()
+            self.thread = threading.Thread(target=self._watch, name="gleanpipe-admin-watch", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.hung_up:
+            os.write(self.wake_w, b"x")
+            self.thread.join()  # before the request's socket is closed (and its number used again)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+    def _watch(self) -> None:
+        waiting = select.poll()  # not select(): it refuses a file number past 1023
+        waiting.register(self.wake_r, select.POLLIN)
+        waiting.register(self.sock, select.POLLIN)
+        if any(fd == self.wake_r for fd, _ in waiting.poll()):
+            return
+        try:
+            if self.sock.recv(1, socket.MSG_PEEK):  # more bytes: the client is still there
+                return
+        except OSError:  # reset by the peer: gone as well
+            pass
+        waiting.unregister(self.sock)
+        while True:
+            self.hung_up()
+            if waiting.poll(100):
+                return
 
 
 def _query(query, body: dict) -> dict:
