@@ -55,3 +55,25 @@ def test_a_store_or_warehouse_out_of_reach_is_one_line_not_a_traceback(tmp_path)
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert proc.stderr.startswith(says) and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+
+
+def test_a_bigquery_that_never_answers_is_an_error_within_the_retry_time(tmp_path):
+    """Before: `status` and `deletions` (and the load function) waited for ever on some BigQuery
+    calls that had a retry deadline but no timeout. The endpoint here is a loopback socket that
+    listens and never answers (the kernel completes the connections; nobody reads them)."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        env = {"PATH": "", "HOME": str(tmp_path), "GLEANPIPE_WAREHOUSE_URL": "bigquery://some-project/US",
+               "GLEANPIPE_BIGQUERY_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+               "GLEANPIPE_BIGQUERY_RETRY_S": "2", "GLEANPIPE_STORE_URL": f"file://{tmp_path}/store"}
+        for args in (["status"], ["deletions"]):
+            started = time.monotonic()
+            proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args, "--data-dir", str(tmp_path)],
+                                  env=env, capture_output=True, text=True, timeout=90)
+            assert time.monotonic() - started < 60, args
+            assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr)
+            assert proc.stderr.startswith("Error: BigQuery: "), (args, proc.stderr)

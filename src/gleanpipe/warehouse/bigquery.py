@@ -266,7 +266,7 @@ class BigQueryWarehouse(Warehouse):
                 self._reshaped.add(dataset)
             try:
                 self._schemas[key] = [f.to_api_repr() for f in
-                                      self.client.get_table(self._ref(dataset, table), retry=self.retry).schema]
+                                      self.client.get_table(self._ref(dataset, table), retry=self.retry, timeout=self.retry_s).schema]
             except gexc.NotFound:
                 self._ensure_dataset(dataset)
                 t = bigquery.Table(self._ref(dataset, table),
@@ -292,7 +292,7 @@ class BigQueryWarehouse(Warehouse):
         from google.cloud import bigquery
 
         for _ in range(5):
-            t = self.client.get_table(self._ref(dataset, table), retry=self.retry)
+            t = self.client.get_table(self._ref(dataset, table), retry=self.retry, timeout=self.retry_s)
             have = [f.to_api_repr() for f in t.schema]
             wider = widen(have, schema)
             if wider is None:
@@ -519,7 +519,8 @@ class BigQueryWarehouse(Warehouse):
 
         deleted, error = 0, None
         # gleanpipe's own tables only: anything else in the dataset is left alone
-        tables = [t.table_id for t in self.client.list_tables(f"{self.project}.{dataset}", retry=self.retry)
+        listed = self.client.list_tables(f"{self.project}.{dataset}", retry=self.retry, timeout=self.retry_s)
+        tables = [t.table_id for t in listed
                   if t.table_type == "TABLE" and TABLE_RE.fullmatch(t.table_id) and t.table_id != DELETION_TABLE]
         started = datetime.now(timezone.utc)
         for table in sorted(tables):
@@ -583,8 +584,8 @@ class BigQueryWarehouse(Warehouse):
         if (META, "deletions") in self._schemas:
             return True
         try:
-            self.client.get_table(self._ref(META, "deletions"), retry=self.retry)
-            self.client.get_table(self._ref(META, "errors"), retry=self.retry)
+            self.client.get_table(self._ref(META, "deletions"), retry=self.retry, timeout=self.retry_s)
+            self.client.get_table(self._ref(META, "errors"), retry=self.retry, timeout=self.retry_s)
         except gexc.NotFound:
             return False
         return True
@@ -592,11 +593,11 @@ class BigQueryWarehouse(Warehouse):
     def status(self) -> dict:
         def run():
             counts = []
-            for ds in sorted(d.dataset_id for d in self.client.list_datasets(retry=self.retry)):
+            for ds in sorted(d.dataset_id for d in self.client.list_datasets(retry=self.retry, timeout=self.retry_s)):
                 if ds == META:
                     continue
-                for t in sorted((t.table_id for t in self.client.list_tables(f"{self.project}.{ds}", retry=self.retry)
-                                 if t.table_type == "TABLE")):
+                tables = self.client.list_tables(f"{self.project}.{ds}", retry=self.retry, timeout=self.retry_s)
+                for t in sorted(t.table_id for t in tables if t.table_type == "TABLE"):
                     n = self._run(f"SELECT COUNT(*) FROM {self._sql_ref(ds, t)}")[1]
                     counts.append({"dataset": ds, "table": t, "rows": next(iter(n))[0]})
             load_errors, done, pending = {}, 0, 0
