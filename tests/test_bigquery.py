@@ -473,3 +473,18 @@ def test_a_loader_refused_even_a_look_at_a_missing_dataset_names_the_fix(bq, sto
     bq.client.get_dataset = get_dataset
     with pytest.raises(WarehouseUnavailable, match=r"may not read it, or it does not exist.*GLEANPIPE_DEPLOY_APPS"):
         Loader(store, bq).load_keys([put_ping(store, make_ping(CLIENT_A))])
+
+
+def test_a_loader_whose_gleanpipe_tables_were_deleted_makes_them_again(bq, store):
+    """Before: once `_gleanpipe.deletions` was gone (deleted by hand, a BigQuery reset), every later
+    load of that instance failed with a 500 and a traceback until it restarted: the table was known
+    to exist, and its NotFound was no retry. Now the load that finds it gone is a retry, and the
+    next one makes it again."""
+    assert Loader(store, bq).load_keys([put_ping(store, make_ping(CLIENT_A))]).inserted == 1
+    bq.client.delete_table(f"{bq.project}._gleanpipe.deletions")
+    time.sleep(1.1)  # GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S (1 here): the deletions list is read again
+    key = put_ping(store, make_ping(CLIENT_B))
+    with pytest.raises(WarehouseUnavailable, match="made again on the next try"):
+        Loader(store, bq).load_keys([key])
+    assert Loader(store, bq).load_keys([key]).inserted == 1
+    assert bq.query("SELECT count(*) FROM _gleanpipe.deletions")[1] == [(0,)]

@@ -224,6 +224,11 @@ class BigQueryWarehouse(Warehouse):
         except (gexc.RetryError, gexc.ServerError, gexc.TooManyRequests, gexc.Forbidden, gexc.Unauthorized,
                 ConnectionError, TimeoutError) as exc:
             raise WarehouseUnavailable(f"BigQuery: {said(exc)}") from exc
+        except gexc.NotFound as exc:  # a table or dataset this process knew of was deleted: look again next time
+            self._schemas.clear()
+            self._datasets.clear()
+            self._deleted.clear()
+            raise WarehouseUnavailable(f"BigQuery: {said(exc)} (made again on the next try)") from exc
         except OSError as exc:  # requests' connection errors
             raise WarehouseUnavailable(f"BigQuery: {exc}") from exc
 
