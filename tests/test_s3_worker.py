@@ -177,6 +177,24 @@ def test_worker_cli_rejects_a_queue_that_does_not_exist(aws_env, tmp_path):
     assert "cannot consume" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_the_region_comes_from_aws_region_too(aws_env, monkeypatch, tmp_path):
+    """Before: AWS_REGION (set by Lambda and read by the newer AWS SDKs) was ignored, as this boto3
+    reads only AWS_DEFAULT_REGION, so a worker for a queue in eu-west-1 asked us-east-1 and was
+    told the queue does not exist."""
+    import boto3
+
+    sqs = boto3.client("sqs", region_name="eu-west-1", endpoint_url=aws_env.url)
+    queue = sqs.create_queue(QueueName=f"raw-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", queue, "--data-dir", str(tmp_path),
+         "--store-url", f"s3://{unique_bucket()}", "--wait", "0", "--once"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["received"] == 0  # the queue was found, and is empty
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_replay_from_an_s3_store_into_a_fresh_warehouse(s3_pipeline, tmp_path, workers):
     """`gleanpipe replay --store-url s3://...`: every raw object, read from S3 (in worker processes

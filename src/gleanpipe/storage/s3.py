@@ -49,7 +49,9 @@ def make_client(service: str, options: CloudOptions, read_timeout_s: float | Non
     keys = {}
     if session.get_credentials() is None and endpoint_configured(service):
         keys = dict(zip(("aws_access_key_id", "aws_secret_access_key"), EMULATOR_KEYS))
-    return session.client(service, region_name=session.region_name or DEFAULT_REGION, config=config, **keys)
+    # AWS_REGION too, as the newer AWS SDKs and Lambda set it (this boto3 reads only AWS_DEFAULT_REGION)
+    region = os.environ.get("AWS_REGION") or session.region_name or DEFAULT_REGION
+    return session.client(service, region_name=region, config=config, **keys)
 
 
 def error_code(exc: BaseException) -> str:
