@@ -322,3 +322,16 @@ def test_with_an_endpoint_and_no_credentials_dedupe_and_the_queue_work(s3_pipeli
     w, _ = worker_for(s3_pipeline, store)
     drain(w)
     assert sorted(rows_of(w)) == sorted([(docs[0], 4), (docs[1], 5)])
+
+
+def test_status_of_a_cloud_store_says_its_backlog_is_unknown(aws_env, tmp_path):
+    """Before: "waiting to load: 0" for any gs:// or s3:// store, whatever waited in its queue."""
+    import duckdb
+
+    bucket = unique_bucket()
+    aws_env.create_bucket(bucket)
+    duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()
+    proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "status", "--data-dir", str(tmp_path),
+                           "--store-url", f"s3://{bucket}/pings"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "waiting to load: unknown (a cloud store's backlog is in its trigger's queue)" in proc.stdout.splitlines()
