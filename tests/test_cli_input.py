@@ -572,3 +572,35 @@ def test_ctrl_c_stops_a_replay_with_a_message_and_a_rerun_finishes_it(tmp_path):
     counts = gleanpipe("query", "--format", "csv", "--data-dir", str(tmp_path / "data"),
                        "SELECT count(*), count(DISTINCT document_id) FROM org_example_toolbox.baseline_v1")
     assert counts.stdout.splitlines()[1] == f"{n},{n}"
+
+
+def test_query_output_keeps_values_as_stored_and_shows_control_characters_in_a_table(tmp_path):
+    import duckdb
+
+    duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()
+    sql = "SELECT chr(27) || '[31mred' AS v, 'a' || chr(10) || 'b' AS w"
+    csv_out = gleanpipe("query", "--data-dir", str(tmp_path), "--format", "csv", sql)
+    # the CSV carries the bytes stored (click.echo, off a terminal, took "\x1b[31m" for a colour and dropped it)
+    assert csv_out.returncode == 0 and csv_out.stdout == 'v,w\n\x1b[31mred,"a\nb"\n'
+    table = gleanpipe("query", "--data-dir", str(tmp_path), sql)
+    assert table.stdout.splitlines()[2].split() == ["\\x1b[31mred", "a\\nb"]  # shown, not sent to the terminal
+    same = gleanpipe("query", "--data-dir", str(tmp_path), "--format", "json", "SELECT 1 AS a, 2 AS a, 3 AS b")
+    assert same.returncode == 1 and same.stdout == ""
+    assert same.stderr == ("Error: --format json needs distinct column names, and a is used more than once: "
+                           "give the columns names of their own (AS ...)\n")
+
+
+def test_a_reader_that_stops_reading_is_no_error(tmp_path):
+    """`gleanpipe status | head -1`: before, "Error: Broken pipe" and exit code 1 once the reader
+    had gone. Here the reader goes before the first line (as `| true` does), so every write fails."""
+    import duckdb
+
+    duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    for args in (["status"], ["query", "--format", "csv", "SELECT * FROM range(300000)"]):
+        read, write = os.pipe()
+        os.close(read)  # nobody reads
+        proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args, "--data-dir", str(tmp_path)],
+                              stdout=write, stderr=subprocess.PIPE, env=env, timeout=60)
+        os.close(write)
+        assert (proc.returncode, proc.stderr.decode()) == (0, ""), args

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -106,6 +107,9 @@ class _Commands(click.Group):
             raise click.ClickException(str(exc)) from None
         except (StoreError, WarehouseUnavailable) as exc:  # a store or warehouse out of reach, a missing bucket
             raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:  # `gleanpipe status | head -1`: the reader stopped reading, which is no error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more for the closed pipe
+            sys.exit(0)
         except OSError as exc:  # a folder that cannot be made or used (under a file, read-only, /proc, ...)
             raise click.ClickException(_os_error(exc)) from None
 
@@ -172,9 +176,18 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     sys.exit(code)
 
 
+# a table is for a terminal: control characters from ping data are shown, not sent to it (an
+# escape sequence in a label could retitle the terminal or hide rows)
+_SHOWN_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {ord("\n"): "\\n", ord("\t"): "\\t"}
+
+
 def _format(columns: list[str], rows: list, fmt: str) -> str:
     rows = orjson.loads(dumps(rows))  # the same plain values whether they came from the server or the file
     if fmt == "json":
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:  # a JSON object keeps one value per name: the others would be lost without a word
+            raise click.ClickException(f"--format json needs distinct column names, and {', '.join(repeated)} "
+                                       "is used more than once: give the columns names of their own (AS ...)")
         return orjson.dumps([dict(zip(columns, r)) for r in rows], option=orjson.OPT_INDENT_2).decode()
     cell = lambda v: "" if v is None else (v if isinstance(v, str) else orjson.dumps(v).decode())
     if fmt == "csv":
@@ -183,7 +196,7 @@ def _format(columns: list[str], rows: list, fmt: str) -> str:
         w.writerow(columns)
         w.writerows([[cell(v) for v in r] for r in rows])
         return buf.getvalue().rstrip("\n")
-    table = [[str(c) for c in columns]] + [[cell(v) for v in r] for r in rows]
+    table = [[str(c) for c in columns]] + [[cell(v).translate(_SHOWN_CONTROLS) for v in r] for r in rows]
     widths = [min(max(len(r[i]) for r in table), 60) for i in range(len(columns))]
     clip = lambda s, w: s if len(s) <= w else s[: w - 1] + "…"
     lines = ["  ".join(clip(v, w).ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
@@ -214,7 +227,9 @@ def query(data_dir, store_url, warehouse_url, fmt, sql) -> None:
         raise click.ClickException(str(exc)) from None
     finally:
         close()
-    click.echo(_format(columns, rows, fmt))
+    # not click.echo: off a terminal it strips what looks like a colour code, and CSV or JSON must
+    # carry the values as stored
+    sys.stdout.write(_format(columns, rows, fmt) + "\n")
 
 
 def _store(config: Config):
