@@ -604,3 +604,24 @@ def test_a_reader_that_stops_reading_is_no_error(tmp_path):
                               stdout=write, stderr=subprocess.PIPE, env=env, timeout=60)
         os.close(write)
         assert (proc.returncode, proc.stderr.decode()) == (0, ""), args
+
+
+def test_hints_name_the_command_as_it_can_be_run_here(monkeypatch, tmp_path):
+    """`make emulate` runs .venv/bin/gleanpipe, which is not on PATH: its hint said `gleanpipe query`."""
+    from gleanpipe.cli import _this_command
+
+    venv_bin = Path(sys.executable).parent
+    monkeypatch.setattr(sys, "argv", [str(venv_bin / "gleanpipe"), "emulate"])
+    monkeypatch.setenv("PATH", str(tmp_path))  # no gleanpipe on it
+    assert _this_command() == str(venv_bin / "gleanpipe")
+    monkeypatch.setenv("PATH", str(venv_bin))
+    assert _this_command() == "gleanpipe"
+    monkeypatch.setattr(sys, "argv", ["-c"])  # python -m or embedded: say how to run it with this Python
+    assert _this_command() == f"{sys.executable} -m gleanpipe.cli"
+
+
+def test_emulate_and_replay_refuse_numbers_out_of_range():
+    port = gleanpipe("emulate", "--port", "70000")
+    assert port.returncode == 2 and "70000 is not in the range 0<=x<=65535" in port.stderr
+    workers = gleanpipe("replay", "--workers", "65")
+    assert workers.returncode == 2 and "65 is not in the range 0<=x<=64" in workers.stderr

@@ -114,6 +114,17 @@ class _Commands(click.Group):
             raise click.ClickException(_os_error(exc)) from None
 
 
+def _this_command() -> str:
+    """How to run gleanpipe again from here: `gleanpipe` when that is on PATH, else this one's path."""
+    import shutil
+
+    mine = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    found = shutil.which("gleanpipe")
+    if found and mine and Path(found).resolve() == mine:
+        return "gleanpipe"
+    return str(Path(sys.argv[0])) if mine and mine.name == "gleanpipe" else f"{sys.executable} -m gleanpipe.cli"
+
+
 def _os_error(exc: OSError) -> str:
     """One line for an OSError: what it is about, then why ("/x/data: Not a directory")."""
     why = exc.strerror or str(exc)
@@ -258,8 +269,8 @@ def _spooled(store) -> int:
               help="Objects per load [default: 1000].")
 @click.option("--prefix", default="raw/", show_default=True,
               help="Only objects under this key prefix, and the deletion requests of the apps they belong to.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Processes that read and transform in parallel [default: cores, at most 4; 0: none].")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Processes that read and transform in parallel, at most 64 [default: cores, at most 4; 0: none].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progress) -> None:
     """Load every raw object again (idempotent: rows already there are kept as they are)."""
@@ -635,9 +646,9 @@ def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
                f"{counts['metrics']} metrics; open {out / 'index.html'}")
 
 @main.command()
-@click.option("--port", envvar="GLEANPIPE_PORT", cls=SettingOption, type=int,
+@click.option("--port", envvar="GLEANPIPE_PORT", cls=SettingOption, type=click.IntRange(0, 65535),
               default=int(SETTINGS["GLEANPIPE_PORT"].default),
-              show_default=True, help="Port of the emulated submit function (point the Glean SDK here).")
+              show_default=True, help="Port of the emulated submit function (point the Glean SDK here; 0: any free one).")
 @click.option("--dir", "log_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data/emulate"),
               show_default=True, help="Folder for the processes' logs and emulate.env.")
 def emulate(port, log_dir) -> None:
@@ -667,7 +678,7 @@ def emulate(port, log_dir) -> None:
         for proc in stack.processes:
             click.echo(f"  {proc.name:<9} {proc.url}   pid {proc.popen.pid}")
         click.echo(f"point the Glean SDK at {stack.submit.url}")
-        click.echo(f"query it:  source {env_file} && gleanpipe query \"SELECT ...\"   (Ctrl-C stops everything)")
+        click.echo(f"query it:  source {env_file} && {_this_command()} query \"SELECT ...\"   (Ctrl-C stops everything)")
         while not stop.wait(0.5):
             dead = [p for p in stack.processes if p.popen.poll() is not None]
             if dead:
