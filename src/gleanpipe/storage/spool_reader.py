@@ -25,6 +25,7 @@ log = logging.getLogger("gleanpipe.spool")
 NEW_GRACE_NS = 60 * 10**9  # a segment still being created is at most this old
 READ_CHUNK = 4 * 1024 * 1024  # bytes of a segment read per look
 _RECEIPT = "spool:"
+RETIRE_WARNING_S = 60.0
 
 
 def _syncfs(path: str) -> None:
@@ -70,6 +71,7 @@ class SpoolReader(RawStore):
         self._queue: OrderedDict[str, tuple[str, float]] = OrderedDict()  # receipt -> (key, materialised at)
         self._seq = 0
         self._started = time.time_ns()
+        self._retire_warned = -RETIRE_WARNING_S
         self.stats = {"materialised": 0, "duplicates": 0, "repaired": 0, "torn_bytes": 0, "segments_deleted": 0}
 
     # RawStore: reads and direct writes go to the folder
@@ -268,8 +270,10 @@ class SpoolReader(RawStore):
                 del self._segments[seg.name]
                 self.stats["segments_deleted"] += 1
             _fsync_dir(self.dir)
-        except OSError as exc:
-            log.warning("could not retire spool segments yet: %s", exc)
+        except OSError as exc:  # said once a minute: the loader tries again every few milliseconds
+            if time.monotonic() - self._retire_warned >= RETIRE_WARNING_S:
+                self._retire_warned = time.monotonic()
+                log.warning("could not retire spool segments yet (tried again, said once a minute): %s", exc)
 
 
 def spooled_records(local: LocalStore) -> int:

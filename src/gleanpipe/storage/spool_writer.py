@@ -119,6 +119,7 @@ class SpoolWriter:
 
     def _commit(self, batch: _Batch) -> None:
         """Committer thread only: write and sync one batch; a failure goes to its requests."""
+        untouched = False  # a failed write left the segment as it was
         try:
             if self._fd is not None and (self._broken or self._size >= self.segment_bytes
                                          or time.monotonic() - self._opened >= self.segment_seconds):
@@ -128,16 +129,20 @@ class SpoolWriter:
             data = b"".join(batch.records)
             try:
                 write_all(self._fd, data)
-            finally:
-                self._size += len(data)
+            except OSError:
+                untouched = os.fstat(self._fd).st_size == self._size
+                raise
+            self._size += len(data)
             self.syncs += 1
             os.fdatasync(self._fd)
             if os.fstat(self._fd).st_nlink == 0:  # deleted (the store removed under serve): the reader never sees it
                 raise FileNotFoundError(errno.ENOENT, "the spool file was deleted while in use")
         except OSError as exc:
-            # A partial write is skipped by its checksum; start a fresh segment for what follows.
             batch.error = exc
-            self._broken = self._fd is not None
+            # Part of a record in the file (skipped by its checksum once this writer is gone), or a
+            # sync that failed: a fresh segment for what follows. A write that left nothing (a full
+            # disk): the same one, or a disk that stays full got an empty segment per batch.
+            self._broken = self._fd is not None and not untouched
 
     def _run(self) -> None:
         commit = _off_the_loop(self._commit)  # the worker patched (or not) before its first ping
