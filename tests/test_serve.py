@@ -400,3 +400,23 @@ def test_a_store_deleted_under_serve_never_costs_a_200d_ping_and_loading_goes_on
     accepted = 5 + statuses.count(200)
     assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", accepted, timeout=20) == accepted
     assert json.loads(run_cli("status", "--json", "--data-dir", str(serve.data_dir)).stdout)["pending"] == 0
+
+
+def test_serve_removes_temp_files_a_killed_writer_left_behind(tmp_path):
+    """Before: with GLEANPIPE_SPOOL=off, a worker killed between its temp file and its link left
+    the file in store/.tmp for ever (15 whole pings after one kill -9). Only old ones go: another
+    process may be writing to the folder right now."""
+    data_dir = tmp_path / "data"
+    tmp = data_dir / "store" / ".tmp"
+    tmp.mkdir(parents=True)
+    old, fresh = tmp / "0123abcd", tmp / "4567ef01"
+    old.write_bytes(b"a ping never acknowledged")
+    fresh.write_bytes(b"a write in progress")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    server = ServeProcess(data_dir).start()
+    try:
+        assert not old.exists() and fresh.exists()
+    finally:
+        server.stop()
+    assert "removed 1 temp files of writes that never finished" in server.read_log()

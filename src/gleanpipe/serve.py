@@ -176,6 +176,8 @@ class LocalPipeline:
             raise RuntimeError(f"serve loads in-process from a file:// store only, not {config.store_url}: with a cloud "
                                "store run the load function (gs://) or `gleanpipe worker` (s3://)")
         self.store = open_store(config.store_url)
+        if isinstance(self.store, LocalStore) and (stale := self.store.remove_stale_tmp()):
+            log.warning("removed %d temp files of writes that never finished (a killed writer)", stale)
         if config.spool and isinstance(self.store, LocalStore):
             self.store = SpoolReader(self.store)  # drains the HTTP workers' spool (storage/spool.py)
         try:

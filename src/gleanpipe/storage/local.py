@@ -104,6 +104,9 @@ class GroupSync:
 _GROUP_SYNC = GroupSync()
 
 
+STALE_TMP_S = 3600.0  # a temp file this old belongs to a write that will never finish
+
+
 class LocalStore(RawStore):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).absolute()
@@ -117,6 +120,24 @@ class LocalStore(RawStore):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create store folder {self.root}: {exc}") from exc
+
+    def remove_stale_tmp(self, older_than_s: float = STALE_TMP_S) -> int:
+        """Remove temp files of writes that never finished (a writer killed between its temp file
+        and its link: the ping was never acknowledged). Only old ones: another process may be
+        writing to this folder right now. Returns how many went."""
+        removed, cutoff = 0, time.time() - older_than_s
+        try:
+            entries = list(os.scandir(self.tmp))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     def key_path(self, key: str) -> str:
         """The file name of ``key`` as a string (the edge's fast path); ValueError if unsafe."""
