@@ -178,7 +178,7 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
                    "/submit/<app-id>/<doc-type>/1/<document-id>")
         click.echo(f"  raw store:  {absolute(config.store_url)}")
         click.echo(f"  warehouse:  {absolute(config.warehouse_url)}")
-        click.echo("  query it:   gleanpipe query \"SELECT * FROM <app>.baseline\"   (Ctrl-C stops)")
+        click.echo(f"  query it:   {_this_command()} query \"SELECT * FROM <app>.baseline\"   (Ctrl-C stops)")
 
     try:
         code = pipeline.run_forever(on_ready=ready)

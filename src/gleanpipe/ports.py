@@ -34,4 +34,3 @@ def ensure_port_free(host: str, port: int, setting: str = "GLEANPIPE_PORT", wait
 def in_url(host: str) -> str:
     """``host`` as it goes into a URL or a gunicorn ``--bind``: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
-
