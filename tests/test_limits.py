@@ -48,7 +48,7 @@ from gleanpipe.validation import MAX_LISTED_BYTES
         (["worker", "--queue", "q"], {"GLEANPIPE_WORKER_WAIT_S": "25"},
          "Invalid value for '--wait' (GLEANPIPE_WORKER_WAIT_S): 25 is not in the range 0<=x<=20."),
         # flags without a variable
-        (["replay", "--workers", "-3"], {}, "Invalid value for '--workers': -3 is not in the range x>=0."),
+        (["replay", "--workers", "-3"], {}, "Invalid value for '--workers': -3 is not in the range 0<=x<=64."),
         (["query", "  "], {}, 'no SQL given: gleanpipe query "SELECT ..."'),
         (["serve", "--host", ""], {}, "GLEANPIPE_HOST (--host) is empty: give an address, such as 127.0.0.1"),
     ],
