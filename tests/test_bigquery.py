@@ -488,3 +488,18 @@ def test_a_loader_whose_gleanpipe_tables_were_deleted_makes_them_again(bq, store
         Loader(store, bq).load_keys([key])
     assert Loader(store, bq).load_keys([key]).inserted == 1
     assert bq.query("SELECT count(*) FROM _gleanpipe.deletions")[1] == [(0,)]
+
+
+def test_a_ping_stored_twice_counts_once_in_the_derived_views(bq, store):
+    """A BigQuery table can hold a ping twice (its load delivered again past BigQuery's best-effort
+    insertId window, a replay; bqemulator keeps both copies at once). The dedup views show one, and
+    so do the derived views now: daily_active_clients, events_daily and metric_daily counted both."""
+    key = put_ping(store, make_ping(CLIENT_A, events=EVENTS, metrics={"counter": {"toolbox.launch_count": 3}}))
+    for _ in range(2):
+        Loader(store, bq).load_keys([key])
+    assert bq.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(2,)]  # both copies stored
+    assert bq.query(f"SELECT count(*) FROM {DATASET}.baseline")[1] == [(1,)]  # the dedup view
+    assert bq.query(f"SELECT clients, pings FROM {DATASET}.daily_active_clients")[1] == [(1, 1)]
+    assert bq.query(f"SELECT sum(events) FROM {DATASET}.events_daily")[1] == [(len(EVENTS),)]
+    assert bq.query(f"SELECT pings, sum_value FROM {DATASET}.metric_daily "
+                    "WHERE metric = 'toolbox_launch_count'")[1] == [(1, 3.0)]

@@ -151,21 +151,22 @@ def build_views(tables: dict[str, list[tuple[str, str]]], ref: Callable[[str], s
     """The SELECT behind each view of one app's dataset, from its tables now: ``tables`` maps each
     table name to its (metric type, column) pairs, ``ref`` makes a table name a reference."""
     ping_tables = sorted(t for t in tables if TABLE_RE.fullmatch(t))
+    source = lambda table: f"{ref(table)} AS p"  # noqa: E731 - an alias, so a subquery can be a source too
     out = {}
     if "baseline_v1" in ping_tables:
         out["daily_active_clients"] = (
             f"SELECT {d.day} AS day, count(DISTINCT client_info.client_id) AS clients, count(*) AS pings "
-            f"FROM {ref('baseline_v1')} GROUP BY day")
+            f"FROM {source('baseline_v1')} GROUP BY day")
     else:
         out["daily_active_clients"] = _empty(("day DATE", "clients BIGINT", "pings BIGINT"), d)
     if EVENTS_STREAM_TABLE in tables:
         out["events_daily"] = (
             f"SELECT {d.day} AS day, category, name, count(*) AS events, count(DISTINCT client_id) AS clients "
-            f"FROM {ref(EVENTS_STREAM_TABLE)} GROUP BY day, category, name")
+            f"FROM {source(EVENTS_STREAM_TABLE)} GROUP BY day, category, name")
     else:
         out["events_daily"] = _empty(("day DATE", "category VARCHAR", "name VARCHAR", "events BIGINT",
                                       "clients BIGINT"), d)
-    parts = [p for t in ping_tables for mtype, col in tables[t] if (p := metric_part(ref(t), t, mtype, col, d))]
+    parts = [p for t in ping_tables for mtype, col in tables[t] if (p := metric_part(source(t), t, mtype, col, d))]
     out["metric_daily"] = "\nUNION ALL\n".join(parts) if parts else _empty(METRIC_DAILY_COLUMNS, d)
     return out
 
