@@ -371,6 +371,9 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     click.echo(f"deletion requests carried out: {info['deletions']}"
                + (f", pending: {info['deletions_pending']} (retry: gleanpipe deletions)"
                   if info.get("deletions_pending") else ""))
+    if info.get("loading_failing"):  # only a running serve knows: its loader keeps trying
+        failing = info["loading_failing"]
+        click.echo(f"loading: FAILING since {failing['since']}, retrying: {failing['reason']}")
     click.echo("load errors: " + (", ".join(f"{k} {v}" for k, v in info["load_errors"].items()) or "none"))
     click.echo("rejected at submit: " + (f"unknown (no store at {no_store})" if rejected is None else
                                          ", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"))

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 
 from . import parent_guard
 from .admin import AdminServer, absolute, remove_state, write_state
@@ -95,6 +96,7 @@ class LoaderThread(threading.Thread):
         super().__init__(name="gleanpipe-loader", daemon=True)
         self.store, self.loader, self.batch, self.interval = store, loader, batch, interval_s
         self.stopping = threading.Event()
+        self.failing: tuple[str, str] | None = None  # (since, reason) while loads fail, for `status`
 
     def step(self) -> int:
         """Load one batch of pending objects; returns how many receipts were acknowledged."""
@@ -120,12 +122,14 @@ class LoaderThread(threading.Thread):
                 started = time.monotonic()
                 if self.step() < self.batch:  # caught up: let the next batch fill for one interval
                     self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
-                backoff = self.interval
+                backoff, self.failing = self.interval, None
             except Exception as exc:  # transient (locked, disk): keep the inbox, retry later
                 if self.stopping.is_set():  # interrupted by the stop (warehouse.close)
                     log.warning("load stopped by the shutdown; its pings load on the next start: %s", exc)
                     return
                 log.warning("load failed, will retry: %s", exc)
+                since = self.failing[0] if self.failing else datetime.now(timezone.utc).isoformat(timespec="seconds")
+                self.failing = (since, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 backoff = min(backoff * 2, 5.0)
                 self.stopping.wait(backoff)
 
@@ -196,6 +200,8 @@ class LocalPipeline:
 
     def status(self) -> dict:
         out = self.warehouse.status()
+        failing = self.loader_thread.failing
+        out["loading_failing"] = {"since": failing[0], "reason": failing[1]} if failing else None
         try:  # the spool's records are written out as objects to be counted
             out["pending"] = len(self.store.pending(1_000_000))
         except StoreError as exc:  # a full disk, say: the rest of the status still shows
