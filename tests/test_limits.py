@@ -33,6 +33,17 @@ from gleanpipe.validation import MAX_LISTED_BYTES
         (["serve"], {"GLEANPIPE_CONNECTIONS": "100000000000000000000"},  # crashed every gevent worker at boot
          "GLEANPIPE_CONNECTIONS must be at most 100000, got 100000000000000000000"),
         (["serve"], {"GLEANPIPE_THREADS": "1025"}, "GLEANPIPE_THREADS must be at most 1024, got 1025"),
+        # sizes and counts held in memory: 1e23 was taken (audit of 2026-12-06)
+        (["serve"], {"GLEANPIPE_MAX_WIRE_BYTES": "100000000000000000000000"},
+         "GLEANPIPE_MAX_WIRE_BYTES must be at most 1073741824, got 100000000000000000000000"),
+        (["serve"], {"GLEANPIPE_MAX_ERROR_BYTES": "1073741825"},
+         "GLEANPIPE_MAX_ERROR_BYTES must be at most 1073741824, got 1073741825"),
+        (["serve"], {"GLEANPIPE_SPOOL_SEGMENT_BYTES": "1073741825"},
+         "GLEANPIPE_SPOOL_SEGMENT_BYTES must be at most 1073741824, got 1073741825"),
+        (["replay", "--batch", "100001"], {}, "GLEANPIPE_LOAD_BATCH must be at most 100000, got 100001"),
+        (["serve"], {"GLEANPIPE_DEBUG_MAX_PINGS": "100001"}, "GLEANPIPE_DEBUG_MAX_PINGS must be at most 100000, got 100001"),
+        (["serve"], {"GLEANPIPE_DEBUG_RETENTION_HOURS": "87601"},
+         "GLEANPIPE_DEBUG_RETENTION_HOURS must be at most 87600, got 87601"),
         (["serve"], {"GLEANPIPE_MAX_URI_BYTES": "65537"}, "GLEANPIPE_MAX_URI_BYTES must be at most 65536, got 65537"),
         (["serve"], {"GLEANPIPE_MAX_HEADER_BYTES": "100000000000000000000"},  # was a negative spool room
          "GLEANPIPE_MAX_HEADER_BYTES must be at most 65536, got 100000000000000000000"),

@@ -152,6 +152,13 @@ MAX_VALUE = {
     "GLEANPIPE_SPOOL_SEGMENT_SECONDS": 86_400,  # a spool file is let go at least once a day
     "GLEANPIPE_BODY_TIMEOUT_S": 3_600,
     "GLEANPIPE_BIGQUERY_RETRY_S": 3_600,  # also the timeout of each BigQuery request
+    # sizes and counts a body, a batch or a page is held in memory at: beyond these, a typo
+    "GLEANPIPE_MAX_WIRE_BYTES": 1 << 30,
+    "GLEANPIPE_MAX_ERROR_BYTES": 1 << 30,
+    "GLEANPIPE_SPOOL_SEGMENT_BYTES": 1 << 30,
+    "GLEANPIPE_LOAD_BATCH": 100_000,
+    "GLEANPIPE_DEBUG_MAX_PINGS": 100_000,
+    "GLEANPIPE_DEBUG_RETENTION_HOURS": 87_600,  # ten years
 }
 
 
