@@ -625,3 +625,15 @@ def test_emulate_and_replay_refuse_numbers_out_of_range():
     assert port.returncode == 2 and "70000 is not in the range 0<=x<=65535" in port.stderr
     workers = gleanpipe("replay", "--workers", "65")
     assert workers.returncode == 2 and "65 is not in the range 0<=x<=64" in workers.stderr
+
+
+@pytest.mark.parametrize("args", [["status", "--data-dir", ""], ["serve", "--data-dir", ""],
+                                  ["dictionary", "build", "--out", ""], ["explore", "--export-only", "--out", ""]])
+def test_an_empty_folder_option_is_refused_not_taken_for_the_current_folder(tmp_path, args):
+    """Before: `serve --data-dir ""` served from the current folder (its store and warehouse there),
+    and `dictionary build --out ""` wrote 72 files into it. An unset shell variable does that."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is empty: give a folder" in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made in the current folder

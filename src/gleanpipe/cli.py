@@ -29,8 +29,15 @@ class SettingOption(click.Option):
         return f"{hint} ({self.envvar})" if isinstance(self.envvar, str) else hint
 
 
-DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLEANPIPE_DATA_DIR",
-                        default=SETTINGS["GLEANPIPE_DATA_DIR"].default, show_default=True,
+def _not_empty(ctx, param, value):
+    """An empty folder option (an unset shell variable, say) would mean the current folder: refused."""
+    if value == "":
+        raise click.BadParameter("is empty: give a folder")
+    return Path(value) if value is not None else None
+
+
+DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False), envvar="GLEANPIPE_DATA_DIR",
+                        default=SETTINGS["GLEANPIPE_DATA_DIR"].default, show_default=True, callback=_not_empty,
                         help="Local mode folder (raw store, DuckDB file, server state).")
 STORE = click.option("--store-url", envvar="GLEANPIPE_STORE_URL", default=None,
                      help="Raw store URL. Default: file://<data dir>/store.")
@@ -386,7 +393,7 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
 @click.option("--port", envvar="GLEANPIPE_EXPLORE_PORT", cls=SettingOption, type=click.IntRange(1, 65535),
               default=int(SETTINGS["GLEANPIPE_EXPLORE_PORT"].default), show_default=True,
               help="Port Datasette listens on (always 127.0.0.1).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=click.Path(file_okay=False), default=None, callback=_not_empty,
               help="Folder for the SQLite copies [default: <data dir>/explore].")
 @click.option("--no-open", is_flag=True, help="Do not open a web browser.")
 @click.option("--export-only", is_flag=True, help="Write the SQLite files and exit; do not start Datasette.")
@@ -630,7 +637,7 @@ def dictionary() -> None:
 @DATA_DIR
 @STORE
 @WAREHOUSE
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=click.Path(file_okay=False), callback=_not_empty,
               help="Folder for the static copy (created if missing).")
 def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
     """Write the dictionary as static files (open OUT/index.html, or serve OUT with any web server)."""
