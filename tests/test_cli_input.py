@@ -243,6 +243,11 @@ def test_query_is_read_only_with_and_without_serve(tmp_path):
         assert server.stop() == 0
     several = gleanpipe("query", "SELECT 1; SELECT 2", *data)  # serve stopped: the file itself
     assert (several.returncode, several.stderr.strip()) == (1, "Error: one statement at a time: this SQL has 2")
+    for nothing in (";", "/* a comment alone */"):  # before: an empty table and exit code 0
+        none = gleanpipe("query", nothing, *data)
+        assert (none.returncode, none.stderr.strip()) == (1, "Error: no statement in this SQL: give a SELECT")
+    insert = gleanpipe("query", "INSERT INTO main.probe VALUES (1)", *data)
+    assert "the warehouse is read-only for queries: an INSERT statement is not run" in insert.stderr
     # a query's error reads the same with serve running and without: no "serve answered 400" in front
     assert gleanpipe("query", "SELECT * FROM nowhere.nothing", *data).stderr == missing.stderr
     not_utf8 = gleanpipe("query", "SELECT '\udcff'", *data)  # a byte that is not UTF-8, as Python passes it on

@@ -48,6 +48,8 @@ def check(sql: str) -> None:
     """Raise WriteRefused unless every statement of ``sql`` only reads (a syntax error raises
     DuckDB's own ParserException, as running it would)."""
     statements = duckdb.extract_statements(sql)
+    if not statements:  # ";" or a comment alone: DuckDB would answer with nothing at all
+        raise ValueError("no statement in this SQL: give a SELECT")
     if len(statements) > 1:  # DuckDB runs them all and returns the last one's rows: the others would vanish
         raise ValueError(f"one statement at a time: this SQL has {len(statements)}")
     for statement in statements:
@@ -57,8 +59,12 @@ def check(sql: str) -> None:
         if statement.type not in (SELECT, EXPLAIN):
             kind = statement.type.name
             raise WriteRefused(
-                f"the warehouse is read-only for queries: a {kind} statement is not run "
+                f"the warehouse is read-only for queries: {_article(kind)} {kind} statement is not run "
                 "(SELECT, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN of a SELECT are)")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].upper() in "AEIOU" else "a"
 
 
 def read_only(query):
@@ -89,6 +95,6 @@ def check_bigquery(sql: str) -> None:
     words = re.findall(r"[A-Za-z_]+", statements[0] if statements else "")
     first = (words[0] if words else "").upper()
     if first not in _BQ_READS:
-        what = f"a {first} statement" if first else "SQL with no statement"
+        what = f"{_article(first)} {first} statement" if first else "SQL with no statement"
         raise WriteRefused(f"the warehouse is read-only for queries: {what} is not run "
                            "(a query starts with SELECT or WITH)")
