@@ -392,7 +392,10 @@ def test_a_store_deleted_under_serve_never_costs_a_200d_ping_and_loading_goes_on
     before = [post(serve.url + submit_path(), gz(make_ping(CLIENT, seq=i)))[0] for i in range(5)]
     assert before == [200] * 5
     assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 5) == 5
-    shutil.rmtree(serve.data_dir / "store")
+    # moved away first, then removed: `rm -rf` itself races the loader, which makes the folders again
+    gone = serve.data_dir / "store-deleted"
+    os.rename(serve.data_dir / "store", gone)
+    shutil.rmtree(gone)
     after = [post(serve.url + submit_path(), gz(make_ping(CLIENT, seq=100 + i))) for i in range(30)]
     statuses = [status for status, _, _ in after]
     assert set(statuses) <= {200, 503} and statuses.count(503) <= 2, statuses  # one per worker at most
