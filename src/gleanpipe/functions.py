@@ -15,7 +15,7 @@ from werkzeug.exceptions import ServiceUnavailable
 
 from . import notifications
 from .config import Config
-from .http_edge import SubmitHandler, read_body
+from .http_edge import SubmitHandler, read_request_body
 from .load import Loader, LoadResult
 from .storage import StoreError, open_store
 from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
@@ -48,10 +48,7 @@ def submit(request):
                                       503)
         return body, status, {**headers, "Retry-After": "60"}
     length = request.content_length
-    limit = handler.config.max_wire_bytes
-    body, problem = read_body(request.stream, length, limit, sock=request.environ.get("gunicorn.socket"),
-                              timeout_s=handler.config.body_timeout_s) \
-        if length is None or length <= limit else (b"", None)
+    body, problem = read_request_body(handler, request.stream, length, request.environ.get("gunicorn.socket"))
     # functions-framework reads "the entire request" after every answer (its after_request hook
     # read_request: flask.request.get_data()). That would read a body refused for its declared
     # size whole into memory (200 MB declared: 250 MB peak, before the 413 went out), and read on

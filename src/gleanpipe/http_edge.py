@@ -286,6 +286,15 @@ def read_body(stream, content_length: int | None, limit: int, *, sock=None,
     return b"".join(chunks), problem
 
 
+def read_request_body(handler: SubmitHandler, stream, content_length: int | None, sock) -> tuple[bytes, Rejected | None]:
+    """``read_body`` as both adapters call it. A body declared over GLEANPIPE_MAX_WIRE_BYTES is
+    never read: the 413 comes from its declared size."""
+    limit = handler.config.max_wire_bytes
+    if content_length is not None and content_length > limit:
+        return b"", None
+    return read_body(stream, content_length, limit, sock=sock, timeout_s=handler.config.body_timeout_s)
+
+
 def make_wsgi_app(handler: SubmitHandler) -> Callable:
     """A plain WSGI app for `gleanpipe serve` (no framework in the hot path)."""
 
@@ -296,11 +305,7 @@ def make_wsgi_app(handler: SubmitHandler) -> Callable:
             length = int(raw_length) if raw_length else None
         except ValueError:
             length = None
-        limit = handler.config.max_wire_bytes
-        # Never read a body we will refuse: over the limit, the 413 comes from its declared size.
-        body, problem = read_body(environ["wsgi.input"], length, limit, sock=environ.get("gunicorn.socket"),
-                                  timeout_s=handler.config.body_timeout_s) \
-            if length is None or length <= limit else (b"", None)
+        body, problem = read_request_body(handler, environ["wsgi.input"], length, environ.get("gunicorn.socket"))
         response = handler.handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), headers, body,
                                   declared_length=length, body_problem=problem)
         out_headers = [("Content-Length", str(len(response.body)))] + list(response.headers.items())
