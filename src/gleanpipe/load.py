@@ -70,15 +70,22 @@ def prepare(store: RawStore, keys: list[str]) -> Prepared:
         try:
             out.rows.append(transform(key, data, path))
         except TransformError as exc:
-            fallback = deletion_only(key, data, path)
-            note = f" ({DELETION_NOTE})" if fallback else ""
-            out.errors.append(LoadError(key, exc.error_type, f"{exc}{note}", path.app_id, path.doc_type, path.document_id))
+            error, fallback = failed(key, data, path, exc.error_type, str(exc))
+            out.errors.append(error)
             if fallback:
                 out.rows.append(fallback)
     return out
 
 
 DELETION_NOTE = "the deletion was carried out all the same, from the client id alone"
+
+
+def failed(key: str, data: bytes, path: DocumentPath, error_type: str, reason: str) -> tuple[LoadError, PingRow | None]:
+    """The load error of an object that cannot become a row, and for a deletion request the row
+    that still carries out its deletion (``deletion_only``), which the error then mentions."""
+    fallback = deletion_only(key, data, path)
+    note = f" ({DELETION_NOTE})" if fallback else ""
+    return LoadError(key, error_type, f"{reason}{note}", path.app_id, path.doc_type, path.document_id), fallback
 
 
 def deletion_only(key: str, data: bytes, path: DocumentPath) -> PingRow | None:
@@ -135,9 +142,7 @@ class Loader:
 
     def _refused(self, r: PingRow, errors: list[LoadError], exc: RowDataError) -> WriteResult:
         """A row the warehouse refused: a load error (a deletion request still deletes)."""
-        fallback = deletion_only(r.key, self._get(r.key), r.path) if r.is_deletion_request else None
-        note = f" ({DELETION_NOTE})" if fallback else ""
-        err = LoadError(r.key, "warehouse", f"{exc}{note}", r.path.app_id, r.path.doc_type, r.path.document_id)
+        err, fallback = failed(r.key, self._get(r.key) if r.is_deletion_request else b"", r.path, "warehouse", str(exc))
         if fallback:
             try:
                 return self.warehouse.write([fallback], errors + [err])
