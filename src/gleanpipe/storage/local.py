@@ -176,7 +176,7 @@ class LocalStore(RawStore):
                     self._inbox, f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{_SEP}{key.replace('/', ':')}")
                 self._again_if_gone(self.inbox, os.link, tmp, receipt)
             try:
-                self._link(tmp, path)
+                self._again_if_gone(path.parent, os.link, tmp, path)
             except FileExistsError:
                 self._drop(receipt)
                 # the first copy may not have synced its folder yet: "duplicate" also means "on disk"
@@ -190,16 +190,17 @@ class LocalStore(RawStore):
         finally:
             self._drop(tmp)
 
-    def _again_if_gone(self, folder: Path, fn, *args):
-        """``fn(*args)``; if ``folder`` is gone (someone deleted the store under a running serve),
-        make it again and try once more, so the store heals instead of failing until a restart."""
+    def _again_if_gone(self, folder: str | Path, fn, *args):
+        """``fn(*args)``, which makes something in ``folder``; if the folder was removed since we saw
+        it (someone deleted the store under a running serve, say), make it again (durably, with its
+        parents) and try once more, so the store heals instead of failing until a restart."""
         try:
             return fn(*args)
         except FileNotFoundError:
-            if folder.is_dir():
+            if Path(folder).is_dir():
                 raise
             self._dirs.clear()  # what was known to exist may be gone with it
-            folder.mkdir(parents=True, exist_ok=True)
+            self._ensure_dir(str(folder))
             return fn(*args)
 
     def put_unsynced(self, key: str, data: bytes) -> bool:
@@ -212,13 +213,9 @@ class LocalStore(RawStore):
         parent = name.rpartition("/")[0]
         self._ensure_dir(parent)
         try:
-            self._create(name, data)
+            self._again_if_gone(parent, self._create, name, data)
         except FileExistsError:
             return False
-        except FileNotFoundError:  # its folder was removed since we saw it
-            self._dirs.discard(parent)
-            self._ensure_dir(parent)
-            self._create(name, data)
         return True
 
     def replace_unsynced(self, key: str, data: bytes) -> None:
@@ -247,14 +244,6 @@ class LocalStore(RawStore):
             self._drop(name)
             raise
         os.close(fd)
-
-    def _link(self, tmp: str, path: Path) -> None:
-        try:
-            os.link(tmp, path)
-        except FileNotFoundError:  # its folder was removed since we saw it: make it again, once
-            self._dirs.discard(str(path.parent))
-            self._ensure_dir(str(path.parent))
-            os.link(tmp, path)
 
     @staticmethod
     def _drop(name: str | None) -> None:
