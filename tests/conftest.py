@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from gleanpipe import functions as gp_functions
-from gleanpipe.admin import AdminClient
+from gleanpipe.admin import STATE_FILE, AdminClient
 from gleanpipe.config import Config
 from gleanpipe.emulate import free_port
 from gleanpipe.storage.local import LocalStore
@@ -158,10 +158,16 @@ class ServeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.read_log()}")
-            if AdminClient.find(self.data_dir):
-                return self
+            if AdminClient.find(self.data_dir) and self._state_pid() == self.proc.pid:
+                return self  # its own state: a killed serve's stays until the new one has the lock
             time.sleep(0.05)
         raise RuntimeError(f"serve did not start: {self.read_log()}")
+
+    def _state_pid(self) -> int | None:
+        try:
+            return json.loads((self.data_dir / STATE_FILE).read_text()).get("pid")
+        except (OSError, ValueError):
+            return None
 
     def read_log(self) -> str:
         return (self.data_dir.parent / f"serve-{self.port}.log").read_text(errors="replace")
