@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gleanpipe.admin import STATE_FILE, AdminClient, take_serve_lock
+from gleanpipe.admin import STATE_FILE, AdminClient, ServeError, lock_holder, take_serve_lock
 from gleanpipe.dictionary.definitions import DefinitionError, parse
 from gleanpipe.emulate import free_port
 
@@ -103,7 +103,55 @@ def test_a_state_file_left_by_a_killed_serve_is_stale_even_if_its_pid_lives(tmp_
     try:
         assert AdminClient.find(data_dir).url != "http://127.0.0.1:9"
         again = gleanpipe("serve", "--data-dir", str(data_dir), "--port", str(free_port()), timeout=60)
-        assert (again.returncode, again.stderr) == (1, f"Error: a gleanpipe serve is already running for {data_dir}\n")
+        assert (again.returncode, again.stderr) == (
+            1, f"Error: a gleanpipe serve (pid {server.proc.pid}) is already running for {data_dir}\n")
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_command_run_while_serve_starts_waits_for_it(tmp_path):
+    """Before: between a serve taking the data dir's lock and writing its state file (its start;
+    after a kill, waiting for the dead serve's port), commands found no serve. `query` then
+    opened the DuckDB file itself and failed on serve's lock, blaming "a serve for another data
+    dir", or said there was no warehouse yet; with a killed serve's state file still there it
+    could also take the dead serve's address. Now it waits for the serve that holds the lock.
+    The dead serve's gunicorn is a listening socket here, closed 3 s after the new serve starts."""
+    from conftest import ServeProcess, gz, make_ping, post, submit_path
+
+    data_dir = tmp_path / "data"
+    server = ServeProcess(data_dir).start()  # a first serve makes the warehouse and a row
+    assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
+    assert server.wait_rows("SELECT count(*) FROM org_example_toolbox.metrics", 1) == 1
+    assert server.stop() == 0
+    (data_dir / STATE_FILE).write_text(json.dumps({"pid": 1, "admin_url": "http://127.0.0.1:9", "token": "t"}))
+    port = free_port()
+    with socket.socket() as old:
+        old.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        old.bind(("127.0.0.1", port))
+        old.listen()
+        server = ServeProcess(data_dir, port=port)
+        starting = threading.Thread(target=server.start)
+        starting.start()
+        deadline = time.monotonic() + 30
+        while lock_holder(data_dir) is None:  # until the new serve has the lock
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(ServeError, match=r"a gleanpipe serve \(pid \d+\) holds .* has not finished starting"):
+            AdminClient.find(data_dir, wait_s=0.2)
+        out: list = []
+        query = threading.Thread(target=lambda: out.append((gleanpipe(
+            "query", "--format", "csv", "--data-dir", str(data_dir), "SELECT count(*) AS n FROM org_example_toolbox.metrics"),
+            time.monotonic())))
+        query.start()
+        time.sleep(3)
+        port_freed = time.monotonic()
+    starting.join(60)
+    query.join(60)
+    try:
+        assert server.proc.poll() is None, server.read_log()
+        answer, answered = out[0]
+        assert (answer.returncode, answer.stdout, answer.stderr) == (0, "n\n1\n", "")
+        assert answered > port_freed  # it waited for the serve: it did not open the file under it
     finally:
         assert server.stop() == 0
 

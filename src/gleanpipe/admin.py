@@ -31,6 +31,10 @@ import orjson
 
 STATE_FILE = "serve.json"
 LOCK_FILE = "serve.lock"  # held by a running serve: a state file without it is stale
+# How long a command waits for a serve that holds the data dir's lock to write its state file: its
+# start (gunicorn's boot; after a kill, up to serve.KILLED_SERVE_PORT_WAIT_S for the old port)
+SERVE_START_WAIT_S = 30.0
+PID_WIDTH = 10  # the lock file holds its holder's pid, right-aligned in this many characters
 TOKEN_HEADER = "X-Gleanpipe-Token"
 
 log = logging.getLogger("gleanpipe.admin")
@@ -231,11 +235,45 @@ def take_serve_lock(data_dir: Path) -> int | None:
     for _ in range(20):  # a command looking for serve holds it shared for a moment: ask again
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
         except BlockingIOError:
             time.sleep(0.05)
+            continue
+        # who holds it: a state file is this serve's only if it has this pid (a killed serve's
+        # stays until this one removes it)
+        # (one fixed-width write: a reader sees the old pid or the new one, never a mix)
+        os.pwrite(fd, f"{os.getpid():>{PID_WIDTH}}\n".encode(), 0)
+        return fd
     os.close(fd)
     return None
+
+
+def lock_holder(data_dir: Path) -> int | None:
+    """The pid of the serve holding the data dir's lock (0 if its lock file does not say: a serve
+    from before it did, or one that has only just taken it), or None when no serve holds it."""
+    try:
+        fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # not held (the shared lock this took goes with the close)
+        except BlockingIOError:
+            pass
+        text = os.pread(fd, PID_WIDTH + 1, 0).strip()
+        return int(text) if text.isdigit() else 0
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def remove_state(data_dir: Path) -> bool:
@@ -246,20 +284,6 @@ def remove_state(data_dir: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _serve_holds_lock(data_dir: Path) -> bool:
-    try:
-        fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # drops the shared lock this took, if it took one
 
 
 def absolute(url: str) -> str:
@@ -285,19 +309,34 @@ class AdminClient:
         self.store_url, self.warehouse_url = store_url, warehouse_url  # what that serve runs on
 
     @classmethod
-    def find(cls, data_dir: Path, warehouse_url: str | None = None) -> "AdminClient | None":
-        """The running server for this data dir, or None (a stale state file is ignored).
+    def find(cls, data_dir: Path, warehouse_url: str | None = None,
+             wait_s: float = SERVE_START_WAIT_S) -> "AdminClient | None":
+        """The running server for this data dir, or None (a stale state file is ignored). A serve
+        that is starting is waited for, up to ``wait_s``; ServeError if it is not up by then.
 
         With ``warehouse_url``: only a server loading into that warehouse. A serve owns its
         own DuckDB file; a command aimed at another warehouse opens that one itself.
         """
-        path = Path(data_dir) / STATE_FILE
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        if not _serve_holds_lock(data_dir):  # left by a serve that is gone
-            return None
+        deadline = time.monotonic() + wait_s
+        while True:
+            holder = lock_holder(data_dir)
+            if holder is None:  # no serve: a state file is one a serve that is gone left
+                return None
+            try:
+                state = json.loads((Path(data_dir) / STATE_FILE).read_text())
+            except (OSError, ValueError):
+                state = None
+            # The holder's own state file, or it is still starting: serve takes the lock, then
+            # removes a killed serve's state file and writes its own once its HTTP server is up.
+            # (The pid is checked for life too: for the moment between a new serve taking the
+            # lock and writing its pid there, the lock file still names the killed one.)
+            pid = state.get("pid") if isinstance(state, dict) else None
+            if isinstance(pid, int) and (holder in (0, pid)) and _alive(pid):
+                break
+            if time.monotonic() >= deadline:
+                raise ServeError(f"a gleanpipe serve (pid {holder}) holds {data_dir} but has not finished starting "
+                                 f"after {wait_s:.0f} s: see its output")
+            time.sleep(0.05)
         client = cls(state["admin_url"], state["token"], state.get("store_url"), state.get("warehouse_url"))
         if warehouse_url is not None and not same_location(warehouse_url, client.warehouse_url):
             return None

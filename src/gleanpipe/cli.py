@@ -16,8 +16,8 @@ import click
 import orjson
 
 from . import __version__
-from .admin import (AdminClient, ServeError, absolute, dumps, remove_state, same_location, shown_values,
-                    take_serve_lock)
+from .admin import (AdminClient, ServeError, absolute, dumps, lock_holder, remove_state, same_location,
+                    shown_values, take_serve_lock)
 from .config import SETTINGS, Config
 
 
@@ -170,7 +170,9 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
     lock = take_serve_lock(config.data_dir)  # held until this process exits
     if lock is None:
-        raise click.ClickException(f"a gleanpipe serve is already running for {config.data_dir}")
+        holder = lock_holder(config.data_dir)
+        raise click.ClickException(f"a gleanpipe serve{f' (pid {holder})' if holder else ''} is already running "
+                                   f"for {config.data_dir}")
     killed = remove_state(config.data_dir)  # a killed serve's: not to be taken for this one's
     try:
         # first: nothing is opened yet that a refusal must close. After a kill, the dead serve's

@@ -27,12 +27,12 @@ class Unavailable(RuntimeError):
 def admin_query(data_dir: Path) -> Callable:
     """A query callable through the running serve, looked up at each request (serve restarts)."""
     def query(sql, params=None):
-        client = AdminClient.find(data_dir)
-        if client is None:
-            raise Unavailable("the warehouse is not reachable: is `gleanpipe serve` running?")
         try:
+            client = AdminClient.find(data_dir)
+            if client is None:
+                raise Unavailable("the warehouse is not reachable: is `gleanpipe serve` running?")
             return client.query(sql, params)
-        except OSError as exc:
+        except (OSError, ServeError) as exc:
             raise Unavailable(f"the warehouse is not reachable: {exc}") from None
     return query
 
