@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import duckdb
 import pytest
 
 from gleanpipe import rawobject
@@ -173,3 +174,94 @@ def test_percentile_from_buckets_and_struct_type_parsing():
         ("counter", 'STRUCT(a_b BIGINT, "values" BIGINT)'), ("x y", "VARCHAR[]")]
     assert split_struct("BIGINT") == []
 
+
+
+class CommitWatch:
+    """The warehouse's real DuckDB connection, which after each commit runs ``watch`` (a spy, not a
+    mock: DuckDB has no hook at the moment a transaction commits, and the defect was that moment)."""
+
+    def __init__(self, con, watch):
+        self._con, self._watch = con, watch
+
+    def commit(self):
+        self._con.commit()
+        self._watch()
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def test_a_schema_is_never_seen_without_its_derived_views(store, warehouse):
+    # Right after each commit, read as serve's admin API and `gleanpipe query` do (read_query, a
+    # cursor of its own): the app's schema is either not there or there with all three views, and
+    # they already show the rows just loaded. They were made after the commit, so a query in between
+    # failed with "Table with name metric_daily does not exist!".
+    seen = []
+
+    def look():
+        if not warehouse.read_query("SELECT 1 FROM duckdb_schemas() WHERE schema_name = ?", [DATASET])[1]:
+            seen.append(None)
+            return
+        got = {}
+        for name, sql in (
+                ("daily_active_clients", "SELECT CAST(day AS VARCHAR), clients, pings FROM {}.daily_active_clients"),
+                ("events_daily", "SELECT CAST(day AS VARCHAR), name, events, clients FROM {}.events_daily"),
+                ("metric_daily", "SELECT metric, pings, sum_value FROM {}.metric_daily ORDER BY metric")):
+            try:
+                got[name] = warehouse.read_query(sql.format(DATASET))[1]
+            except Exception as exc:  # noqa: BLE001 - the failure is what the test reports
+                got[name] = str(exc).splitlines()[0]
+        seen.append(got)
+
+    warehouse.con = CommitWatch(warehouse.con, look)
+    first = put(store, make_ping(A, {"counter": {"toolbox.launch_count": 2}}), "baseline", DAY1)
+    assert Loader(store, warehouse).load_keys([first]).inserted == 1
+    assert seen[-1] == {"daily_active_clients": [("2026-11-21", 1, 1)], "events_daily": [],
+                        "metric_daily": [("toolbox_launch_count", 1, 2.0)]}
+    # a new table and a new metric column (the table widened) reach the views in the same commit
+    more = [put(store, make_ping(B, {"counter": {"toolbox.brand_new": 11}}), "baseline", DAY1),
+            put(store, make_ping(A, events=[{"category": "toolbox", "name": "tool_opened", "timestamp": 1}]),
+                "events", DAY2)]
+    assert Loader(store, warehouse).load_keys(more).inserted == 2
+    assert seen[-1] == {"daily_active_clients": [("2026-11-21", 2, 2)],
+                        "events_daily": [("2026-11-22", "tool_opened", 1, 1)],
+                        "metric_daily": [("toolbox_brand_new", 1, 11.0), ("toolbox_launch_count", 1, 2.0)]}
+    assert all(s is None or all(isinstance(v, list) for v in s.values()) for s in seen), seen
+
+
+def test_apps_add_makes_the_views_with_the_tables(warehouse):
+    # ensure_columns (`gleanpipe apps add`) creates an app's tables before any ping: the same commit
+    # brings the views, with the new column in metric_daily's (still empty) body.
+    seen = []
+    warehouse.con = CommitWatch(warehouse.con, lambda: seen.append(warehouse.read_query(
+        "SELECT view_name FROM duckdb_views() WHERE schema_name = ? AND view_name IN "
+        "('daily_active_clients', 'events_daily', 'metric_daily', 'metrics') ORDER BY 1", [DATASET])[1]))
+    added = warehouse.ensure_columns({(DATASET, "metrics_v1"): {"counter": {"toolbox_launch_count"}}})
+    assert added == [f"{DATASET}.metrics_v1.metrics.counter.toolbox_launch_count"]
+    assert seen == [[("daily_active_clients",), ("events_daily",), ("metric_daily",), ("metrics",)]]
+    sql = warehouse.read_query("SELECT sql FROM duckdb_views() WHERE schema_name = ? AND view_name = 'metric_daily'",
+                               [DATASET])[1][0][0]
+    assert "'toolbox_launch_count' AS metric" in sql
+
+
+def test_a_view_duckdb_refuses_does_not_fail_the_load(config, store, caplog):
+    # A table already holds the name metric_daily in the app's schema (made by another tool), so
+    # CREATE VIEW metric_daily fails, and in the load's transaction it would abort the load. The load
+    # goes in all the same (made again, its views after the commit, as before), and the other views
+    # show its rows.
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    path = config.warehouse_url[len("duckdb://"):]
+    con = duckdb.connect(path)
+    con.execute(f"CREATE SCHEMA {DATASET}; CREATE TABLE {DATASET}.metric_daily (x INTEGER)")
+    con.close()
+    wh = DuckDBWarehouse(path)
+    try:
+        key = put(store, make_ping(A, {"counter": {"toolbox.launch_count": 2}}), "baseline", DAY1)
+        assert Loader(store, wh).load_keys([key]).inserted == 1
+        assert rows(wh, f"SELECT count(*) AS n FROM {DATASET}.baseline") == [{"n": 1}]
+        assert rows(wh, f"SELECT CAST(day AS VARCHAR) AS day, clients FROM {DATASET}.daily_active_clients") == [
+            {"day": "2026-11-21", "clients": 1}]
+        assert "Existing object \"metric_daily\" is of type Table" in caplog.text  # the reason, logged
+    finally:
+        wh.close()

@@ -3,7 +3,8 @@
 Writes go through newline-delimited JSON read by DuckDB's ``read_json`` with the table's
 own column types, so nested STRUCT/LIST values are parsed in C++, not row by row in
 Python. Each ``write`` is one transaction: tables created or widened, rows inserted once
-per document_id (anti-join), deletion requests carried out, errors recorded.
+per document_id (anti-join), deletion requests carried out, errors recorded, and the derived
+views (views.py) of the schemas it made or reshaped created, so none is ever seen without them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from ..transform import PingRow
 from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
                    WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query)
 log = logging.getLogger("gleanpipe.warehouse")
+
+
+class _ViewsRefused(Exception):
+    """DuckDB refused a derived view inside a transaction (which that aborted)."""
+
 
 INTERNAL_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {META};
@@ -167,10 +173,46 @@ class DuckDBWarehouse(Warehouse):
         self._create_view(dataset, table)
 
     def _refresh_reshaped(self) -> None:
-        """After a commit: refresh the derived views of datasets whose tables changed shape."""
+        """After a commit: refresh the derived views of datasets whose tables changed shape (the
+        fallback of ``_transaction`` when DuckDB refused a view)."""
         if self._reshaped:
             self._refresh_views(self._reshaped)
             self._reshaped.clear()
+
+    def _transaction(self, body):
+        """``body()`` in one transaction, ending with the derived views of the datasets it made or
+        reshaped, so a reader sees an app's schema (or a new column) only with its views.
+
+        A view DuckDB refuses aborts the transaction, and the views never fail a load: then the
+        transaction is undone and ``body`` runs again, with the views made after the commit (and
+        the failure logged) as before."""
+        try:
+            return self._in_transaction(body, views=True)
+        except _ViewsRefused as exc:
+            log.warning("could not make the derived views with the load (%s); loading first, views after", exc)
+            result = self._in_transaction(body, views=False)
+            self._refresh_reshaped()
+            return result
+
+    def _in_transaction(self, body, views: bool):
+        from ..views import refresh
+
+        try:
+            self.con.begin()
+            result = body()
+            if views and self._reshaped:
+                try:
+                    refresh(self.con, sorted(self._reshaped))
+                except duckdb.InterruptException:  # close() stops this write: not a view's fault
+                    raise
+                except duckdb.Error as exc:
+                    raise _ViewsRefused(str(exc).splitlines()[0]) from exc
+                self._reshaped.clear()
+            self.con.commit()
+            return result
+        except BaseException:
+            self._rollback()
+            raise
 
     def _create_view(self, dataset: str, table: str) -> None:
         """The deduplicated view (one row per document_id; trivially so here, as inserts are
@@ -251,22 +293,19 @@ class DuckDBWarehouse(Warehouse):
         for dataset, _ in tables:
             if dataset in self._unusable:
                 raise RuntimeError(self._unusable_reason(dataset, ping=False))
-        added = []
+
+        def body() -> list[str]:
+            added = []
+            for (dataset, table), needed in sorted(tables.items()):
+                self._ensure_table(dataset, table, PING_COLUMNS)  # as a load makes it
+                have = self._metric_fields(dataset, table) or {}
+                added += [f"{dataset}.{table}.metrics.{mtype}.{col}" for mtype, cols in sorted(needed.items())
+                          for col in sorted(cols - have.get(mtype, set()))]
+                self._ensure_metrics(dataset, table, {m: set(c) for m, c in needed.items() if c})
+            return added
+
         with self._lock:
-            try:
-                self.con.begin()
-                for (dataset, table), needed in sorted(tables.items()):
-                    self._ensure_table(dataset, table, PING_COLUMNS)  # as a load makes it
-                    have = self._metric_fields(dataset, table) or {}
-                    added += [f"{dataset}.{table}.metrics.{mtype}.{col}" for mtype, cols in sorted(needed.items())
-                              for col in sorted(cols - have.get(mtype, set()))]
-                    self._ensure_metrics(dataset, table, {m: set(c) for m, c in needed.items() if c})
-                self.con.commit()
-            except BaseException:
-                self._rollback()
-                raise
-            self._refresh_reshaped()
-        return added
+            return self._transaction(body)
 
     def execute(self, statements: list[tuple[str, list | None]]) -> None:
         """Run statements in one transaction (used for gleanpipe's own tables, e.g. the dictionary)."""
@@ -409,45 +448,44 @@ class DuckDBWarehouse(Warehouse):
                                         r.path.app_id, r.path.doc_type, r.path.document_id))
                 continue
             groups.setdefault((r.path.dataset, r.path.table), {}).setdefault(r.path.document_id, r)
-        result = WriteResult(errors=len(errors))
         with self._lock:
             try:
-                self.con.begin()
-                for (dataset, table), by_id in groups.items():
-                    deleted = self._deleted_clients(dataset)
-                    batch = [r for r in by_id.values() if r.is_deletion_request or r.client_id not in deleted]
-                    result.skipped_deleted += len(by_id) - len(batch)
-                    self._ensure_table(dataset, table, PING_COLUMNS)
-                    needed: dict[str, set[str]] = {}
-                    for r in batch:
-                        for mtype, cols in r.metrics.items():
-                            needed.setdefault(mtype, set()).update(cols)
-                    self._ensure_metrics(dataset, table, needed)
-                    inserted = self._insert(dataset, table, [r.row_json for r in batch])
-                    result.inserted += inserted
-                    result.duplicates += len(batch) - inserted
-                    result.tables.add(f"{dataset}.{table}")
-                    with_events = [r for r in batch if r.events_json]
-                    if with_events:
-                        self._ensure_table(dataset, EVENTS_STREAM_TABLE, EVENTS_STREAM_COLUMNS)
-                        result.events += self._insert_events(dataset, with_events)
-                    for r in batch:
-                        if r.is_deletion_request and r.client_id and self._delete_client(dataset, r, now):
-                            result.deletions += 1
-                # (a stripped deletion row is not its object loaded: that object's error stays)
-                loaded_keys = [r.key for by_id in groups.values() for r in by_id.values() if not r.stripped]
-                if loaded_keys:  # an object that loads now (after a fix) is no longer an error
-                    self.con.execute(f"DELETE FROM {META}.errors WHERE list_contains(?, object_key)", [loaded_keys])
-                self._record_errors(errors, now)
-                self.con.commit()
-            except BaseException as exc:
-                self._rollback()
-                if isinstance(exc, DATA_ERRORS):  # where in the loader's temp file says nothing to a reader
-                    raise RowDataError(TEMP_FILE_RE.sub("", str(exc).splitlines()[0])) from exc
-                if isinstance(exc, (duckdb.IOException, duckdb.TransactionException)):
-                    raise WarehouseUnavailable(str(exc)) from exc
-                raise
-            self._refresh_reshaped()
+                return self._transaction(lambda: self._write_groups(groups, errors, now))
+            except DATA_ERRORS as exc:  # where in the loader's temp file says nothing to a reader
+                raise RowDataError(TEMP_FILE_RE.sub("", str(exc).splitlines()[0])) from exc
+            except (duckdb.IOException, duckdb.TransactionException) as exc:
+                raise WarehouseUnavailable(str(exc)) from exc
+
+    def _write_groups(self, groups: dict[tuple[str, str], dict[str, PingRow]], errors: list[LoadError],
+                      now: str) -> WriteResult:
+        """The statements of one ``write``, in its open transaction."""
+        result = WriteResult(errors=len(errors))
+        for (dataset, table), by_id in groups.items():
+            deleted = self._deleted_clients(dataset)
+            batch = [r for r in by_id.values() if r.is_deletion_request or r.client_id not in deleted]
+            result.skipped_deleted += len(by_id) - len(batch)
+            self._ensure_table(dataset, table, PING_COLUMNS)
+            needed: dict[str, set[str]] = {}
+            for r in batch:
+                for mtype, cols in r.metrics.items():
+                    needed.setdefault(mtype, set()).update(cols)
+            self._ensure_metrics(dataset, table, needed)
+            inserted = self._insert(dataset, table, [r.row_json for r in batch])
+            result.inserted += inserted
+            result.duplicates += len(batch) - inserted
+            result.tables.add(f"{dataset}.{table}")
+            with_events = [r for r in batch if r.events_json]
+            if with_events:
+                self._ensure_table(dataset, EVENTS_STREAM_TABLE, EVENTS_STREAM_COLUMNS)
+                result.events += self._insert_events(dataset, with_events)
+            for r in batch:
+                if r.is_deletion_request and r.client_id and self._delete_client(dataset, r, now):
+                    result.deletions += 1
+        # (a stripped deletion row is not its object loaded: that object's error stays)
+        loaded_keys = [r.key for by_id in groups.values() for r in by_id.values() if not r.stripped]
+        if loaded_keys:  # an object that loads now (after a fix) is no longer an error
+            self.con.execute(f"DELETE FROM {META}.errors WHERE list_contains(?, object_key)", [loaded_keys])
+        self._record_errors(errors, now)
         return result
 
     def _insert_events(self, dataset: str, rows: list[PingRow]) -> int:
