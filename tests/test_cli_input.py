@@ -529,6 +529,31 @@ def test_serve_with_a_file_where_the_spool_folder_goes_says_so_in_one_line(tmp_p
     assert AdminClient.find(tmp_path / "data") is None  # nothing left that looks like a running serve
 
 
+@pytest.mark.parametrize("command", [["apps", "list"], ["dictionary", "build", "--out", "site"]])
+def test_dictionary_commands_name_an_unknown_warehouse_scheme(tmp_path, command):
+    """Before: `apps list --warehouse-url ftp://x/y` said it "works on the local DuckDB warehouse
+    only" and explained BigQuery, as if ftp:// were a warehouse of another kind."""
+    rest = [str(tmp_path / "site") if arg == "site" else arg for arg in command[2:]]
+    proc = gleanpipe(*command[:2], "--data-dir", str(tmp_path / "data"), "--warehouse-url", "ftp://x/y", *rest)
+    assert (proc.returncode, proc.stderr) == (1, "Error: unknown warehouse scheme 'ftp' in 'ftp://x/y' "
+                                                 "(use duckdb://PATH or bigquery://PROJECT/LOCATION)\n")
+
+
+@pytest.mark.parametrize("url, part", [
+    ("bigquery://p/US", "the project id 'p' is not one: 2 to 64 lowercase letters"),
+    ("bigquery://My_Project/US", "the project id 'My_Project' is not one"),
+    ("bigquery://my-project/", "the location '' is not one (such as US, EU or europe-west1)"),
+    ("bigquery://my-project/U S", "the location 'U S' is not one"),
+])
+def test_a_bigquery_url_of_the_right_shape_says_which_part_is_wrong(tmp_path, url, part):
+    """Before: every bad BigQuery URL got "must look like bigquery://PROJECT/LOCATION", also one
+    that has that shape and a project id too short."""
+    proc = gleanpipe("query", "--data-dir", str(tmp_path / "data"), "--warehouse-url", url, "SELECT 1")
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("Error: BigQuery warehouse URL must look like bigquery://PROJECT/LOCATION "
+                                  f"(e.g. bigquery://my-project/US); in {url!r} {part}"), proc.stderr
+
+
 @pytest.mark.parametrize("command", [["apps", "add", "org.example.toolbox"], ["apps", "list"],
                                      ["dictionary", "build", "--out", "site"]])
 def test_dictionary_commands_on_bigquery_say_they_are_local(tmp_path, command):

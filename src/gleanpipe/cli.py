@@ -408,7 +408,13 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
     from . import explore as ex
 
     config = _config(data_dir, store_url, warehouse_url)
-    if not config.warehouse_url.startswith("duckdb://"):
+    from .warehouse import warehouse_scheme
+
+    try:
+        scheme = warehouse_scheme(config.warehouse_url)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if scheme != "duckdb":
         raise click.ClickException("explore works on a duckdb:// warehouse")
     if not export_only:  # before the export: Datasette would only fail to bind after it
         from .ports import ensure_port_free
@@ -556,7 +562,13 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
 def _dictionary_warehouse(config, command: str) -> None:
     """The dictionary keeps its definitions and reads its catalog in DuckDB: say so for another
     warehouse, before anything is opened (BigQuery answered a syntax error or a traceback)."""
-    if not config.warehouse_url.startswith("duckdb://"):
+    from .warehouse import warehouse_scheme
+
+    try:
+        scheme = warehouse_scheme(config.warehouse_url)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if scheme != "duckdb":
         raise click.ClickException(
             f"`gleanpipe {command}` works on the local DuckDB warehouse only, not {config.warehouse_url}: the data "
             "dictionary is part of `gleanpipe serve`. On BigQuery a metric's column is added when its first ping "

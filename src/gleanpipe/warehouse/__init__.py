@@ -17,16 +17,23 @@ def held_by_another(exc: WarehouseUnavailable) -> bool:
 def open_warehouse(url: str, *, read_only: bool = False) -> Warehouse:
     """``duckdb://PATH`` (a DuckDB file; ``duckdb://:memory:`` for a throwaway one) or
     ``bigquery://PROJECT/LOCATION`` (a dataset per app in that project)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or not rest:
-        raise ValueError(f"warehouse URL must look like duckdb://PATH or bigquery://PROJECT/LOCATION, got {url!r}")
+    scheme = warehouse_scheme(url)
     if scheme == "duckdb":
         from .duckdb import DuckDBWarehouse
 
-        return DuckDBWarehouse(rest, read_only=read_only)
-    if scheme == "bigquery":
-        from .bigquery import BigQueryWarehouse, parse_url
+        return DuckDBWarehouse(url[len("duckdb://"):], read_only=read_only)
+    from .bigquery import BigQueryWarehouse, parse_url
 
-        project, location = parse_url(url)
-        return BigQueryWarehouse(project, location, read_only=read_only)
-    raise ValueError(f"unknown warehouse scheme {scheme!r} in {url!r} (use duckdb://PATH or bigquery://PROJECT/LOCATION)")
+    project, location = parse_url(url)
+    return BigQueryWarehouse(project, location, read_only=read_only)
+
+
+def warehouse_scheme(url: str) -> str:
+    """"duckdb" or "bigquery"; ValueError for a URL that is neither."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not rest:
+        raise ValueError(f"warehouse URL must look like duckdb://PATH or bigquery://PROJECT/LOCATION, got {url!r}")
+    if scheme not in ("duckdb", "bigquery"):
+        raise ValueError(f"unknown warehouse scheme {scheme!r} in {url!r} (use duckdb://PATH or "
+                         "bigquery://PROJECT/LOCATION)")
+    return scheme

@@ -56,10 +56,15 @@ DELETIONS_COLUMNS = (("dataset", STR), ("client_id", STR), ("document_id", STR),
 
 def parse_url(url: str) -> tuple[str, str]:
     rest = url[len("bigquery://"):] if url.startswith("bigquery://") else ""
-    project, _, location = rest.partition("/")
-    if not PROJECT_RE.fullmatch(project) or not LOCATION_RE.fullmatch(location):
-        raise ValueError(f"BigQuery warehouse URL must look like bigquery://PROJECT/LOCATION "
-                         f"(e.g. bigquery://my-project/US), got {url!r}")
+    project, slash, location = rest.partition("/")
+    shape = f"BigQuery warehouse URL must look like bigquery://PROJECT/LOCATION (e.g. bigquery://my-project/US)"
+    if not project or not slash or "/" in location:
+        raise ValueError(f"{shape}, got {url!r}")
+    if not PROJECT_RE.fullmatch(project):
+        raise ValueError(f"{shape}; in {url!r} the project id {project!r} is not one: 2 to 64 lowercase letters, "
+                         "digits, '-', '.' or ':', starting and ending with a letter or digit")
+    if not LOCATION_RE.fullmatch(location):
+        raise ValueError(f"{shape}; in {url!r} the location {location!r} is not one (such as US, EU or europe-west1)")
     return project, location
 
 
