@@ -262,6 +262,16 @@ def test_bad_retry_setting_is_a_clear_error(monkeypatch):
         open_warehouse("bigquery://p1/US")
 
 
+@pytest.mark.parametrize("env, value, bound", [("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", "86401", 86400),
+                                               ("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "10" + "0" * 20, 604800)])
+def test_the_deletion_timers_have_an_upper_bound(monkeypatch, env, value, bound):
+    """Before: any value was taken, 1e21 s included: deletions that could never become final."""
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValueError, match=f"^{env} must be at most {bound}, got {value}$"):
+        open_warehouse("bigquery://p1/US")
+
+
 def test_cli_reports_a_bad_warehouse_url_without_a_traceback(tmp_path):
     out = gleanpipe("deletions", "--data-dir", str(tmp_path), "--warehouse-url", "bigquery://only-a-project")
     assert out.returncode == 1 and "bigquery://PROJECT/LOCATION" in out.stderr and "Traceback" not in out.stderr

@@ -152,6 +152,10 @@ MAX_VALUE = {
     "GLEANPIPE_SPOOL_SEGMENT_SECONDS": 86_400,  # a spool file is let go at least once a day
     "GLEANPIPE_BODY_TIMEOUT_S": 3_600,
     "GLEANPIPE_BIGQUERY_RETRY_S": 3_600,  # also the timeout of each BigQuery request
+    # a loader that re-reads the deleted clients less than daily keeps loading their late pings; a
+    # request that cannot be final for weeks is never done (BigQuery's streaming buffer lasts hours)
+    "GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S": 86_400,
+    "GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S": 604_800,  # a week
     # sizes and counts a body, a batch or a page is held in memory at: beyond these, a typo
     "GLEANPIPE_MAX_WIRE_BYTES": 1 << 30,
     "GLEANPIPE_MAX_ERROR_BYTES": 1 << 30,
