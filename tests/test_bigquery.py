@@ -309,6 +309,31 @@ def test_status_and_deletions_on_an_empty_project(bq):
     assert bq.retry_deletions() == []
 
 
+def test_status_beside_bigquery_counts_every_spooled_ping_and_says_it_did_not_check(store, bq_warehouse_url, data_dir):
+    """With serve stopped, `status` checks what serve will load against a DuckDB warehouse only.
+    Beside BigQuery it counts every spooled ping, written out as an object or not, and says that
+    some may be rows already (before: it left out those written out, and said nothing)."""
+    import orjson
+
+    from gleanpipe.storage.spool import SPOOL
+    from gleanpipe.storage.spool_reader import SpoolReader
+    from gleanpipe.storage.spool_writer import SpoolWriter
+    from test_spool import raw
+
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
+    for i in range(3):
+        writer.append(*raw(seq=i))
+    writer.close()
+    assert len(SpoolReader(store).pending(1)) == 1  # written out as an object, then serve stopped
+    args = ("status", "--data-dir", str(data_dir), "--warehouse-url", bq_warehouse_url)
+    out = gleanpipe(*args, "--json")
+    assert out.returncode == 0, out.stderr
+    info = orjson.loads(out.stdout)
+    note = f"at most: not checked against {bq_warehouse_url}, so some may be rows already"
+    assert (info["pending"], info.get("pending_note")) == (3, note)
+    assert f"waiting to load: 3 ({note})\n" in gleanpipe(*args).stdout
+
+
 def test_bigquery_settings_are_declared_and_documented():
     from gleanpipe.config import SETTINGS
 

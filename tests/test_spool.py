@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, children, gz, make_ping, submit_path
+from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, children, gz, make_ping, run_cli, submit_path
 from gleanpipe import rawobject
 from gleanpipe.config import Config
 from gleanpipe.http_edge import SubmitHandler
@@ -30,6 +30,7 @@ from gleanpipe.storage.local import LocalStore
 from gleanpipe.storage.spool import SPOOL, decode_records, encode_record
 from gleanpipe.storage.spool_reader import SpoolReader
 from gleanpipe.storage.spool_writer import SpoolingStore, SpoolWriter
+from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
 CLIENT = "5a4e6c2b-3f7d-4d8e-9a1b-0c2d3e4f5a6b"
 
@@ -636,18 +637,68 @@ def test_kill_9_of_serve_and_gunicorn_mid_load_loses_no_acknowledged_ping(data_d
                             capture_output=True, text=True, timeout=60, check=True)
     spooled = {k for s in (data_dir / "store" / SPOOL).glob("*.seg") for _, _, k, _ in decode_records(s.read_bytes())}
     assert {f"raw/{APP}/metrics/1/{d}.json" for d in acked} <= spooled
-    # waiting: those not yet objects; before, every record in the spool counted, loaded or not
-    unwritten = {k for k in spooled if not (data_dir / "store" / k).exists()}
-    assert len(unwritten) < len(spooled), "serve had written and loaded none of them before the kill"
-    assert orjson.loads(status.stdout)["pending"] == len(unwritten)
+    wh = DuckDBWarehouse(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        rows = {r[0] for r in wh.query(f"SELECT document_id FROM {DATASET}.metrics_v1")[1]}
+    finally:
+        wh.close()
+    # waiting: every spooled ping that is no row yet, written out as an object or not (the
+    # auditor's kill -9 under load: "waiting to load: 31", and 237 loaded on restart)
+    waiting = {k for k in spooled if k.split("/")[-1][:-5] not in rows}
+    assert len(waiting) < len(spooled), "serve had loaded none of them before the kill"
+    assert orjson.loads(status.stdout)["pending"] == len(waiting)
     restarted = ServeProcess(data_dir).start()  # replays the spool left by the crash
     try:
         _check_loaded_once(restarted, acked)
+        # what status said is what the restart loaded
+        sql = f"SELECT count(*) FROM {DATASET}.metrics_v1"
+        assert restarted.wait_rows(sql, len(rows) + len(waiting)) == len(rows) + len(waiting)
         assert restarted.admin.status()["pending"] == 0
     finally:
         assert restarted.stop() == 0
     assert sorted(p.name for p in (data_dir / "store" / SPOOL).iterdir()) == []  # all replayed and deleted
     server.log.close()
+
+
+def test_status_after_a_crash_counts_what_serve_will_load_not_what_is_not_written_out(data_dir, store):
+    """Serve writes out a whole batch of spool records as objects before it loads it: a crash in
+    between left objects that nothing counted, and `status` said 3-10x too few were waiting. The
+    state a crash leaves, built with the real writer, reader, loader and DuckDB file."""
+    reserved_key, reserved = raw(doc_type="events_stream")  # its load is a load error, not a row
+    pings = [raw(seq=i) for i in range(10)]
+    copy = raw(pings[0][0].split("/")[-1][:-5], seq=99)  # a second copy of ping 0, spooled by another worker
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
+    for key, data in [(reserved_key, reserved), *pings, copy]:
+        writer.append(key, data)
+    writer.close()
+    reader = SpoolReader(store)
+    assert [k for _, k in reader.pending(9)] == [reserved_key] + [k for k, _ in pings[:8]]  # a batch written out
+    received = [raw(seq=20 + i) for i in range(2)]  # GLEANPIPE_SPOOL=off: an object and an inbox receipt each
+    for key, data in received:
+        assert store.put_new(key, data)
+    wh = DuckDBWarehouse(str(data_dir / "warehouse.duckdb"))
+    try:  # then the crash: only part of what was written out is loaded, and nothing acknowledged
+        loaded = Loader(reader, wh).load_keys([reserved_key] + [k for k, _ in pings[:3]] + [received[0][0]])
+        assert (loaded.inserted, loaded.errors) == (4, 1)
+    finally:
+        wh.close()
+    # waiting: pings 3-7 (objects, not loaded), 8-9 (not written out) and the second receipt;
+    # before, 2 spool records without an object and 2 receipts: 4
+    status = run_cli("status", "--json", "--data-dir", str(data_dir))
+    assert status.returncode == 0, status.stderr
+    assert orjson.loads(status.stdout)["pending"] == 8
+    assert "waiting to load: 8\n" in run_cli("status", "--data-dir", str(data_dir)).stdout
+    restarted = ServeProcess(data_dir).start()
+    try:  # and that is what serve loads when it starts again
+        assert restarted.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 4 + 8) == 12
+        deadline = time.monotonic() + 10
+        while restarted.admin.status()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert restarted.admin.status()["pending"] == 0
+        assert restarted.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(12,)]
+    finally:
+        assert restarted.stop() == 0
+    assert orjson.loads(run_cli("status", "--json", "--data-dir", str(data_dir)).stdout)["pending"] == 0
 
 
 def test_kill_9_of_the_http_workers_mid_load_loses_no_acknowledged_ping(data_dir):

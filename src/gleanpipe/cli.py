@@ -262,12 +262,19 @@ def _store(config: Config):
         raise click.ClickException(str(exc)) from None
 
 
-def _spooled(store) -> int:
-    """Pings in serve's write-ahead spool (storage/spool.py), loaded when serve starts."""
-    from .storage.local import LocalStore
-    from .storage.spool_reader import spooled_records
+def _waiting(store, wh) -> dict:
+    """``pending`` with serve stopped: what serve will load when it starts (the store's inbox
+    receipts and every record of its write-ahead spool, storage/spool.py) that is not in the
+    warehouse yet. An object written out is no sign of a load: serve writes out a whole batch
+    before it loads it."""
+    from .storage.spool_reader import spooled_keys
 
-    return spooled_records(store) if isinstance(store, LocalStore) else 0
+    keys = {key for _, key in store.pending(1_000_000)} | spooled_keys(store)
+    try:
+        return {"pending": wh.not_loaded(keys)}
+    except NotImplementedError:  # BigQuery: every one of them, and say that some may be rows already
+        return {"pending": len(keys), "pending_note": f"at most: not checked against {wh.url}, so some "
+                "may be rows already"}
 
 
 @main.command()
@@ -343,26 +350,26 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
 
     config = _config(data_dir, store_url, warehouse_url)
     client = _server(config)
+    no_store = _missing(config.store_url, "file://")  # say so; do not create it
+    store = None if no_store else _store(config)
     if client:
         info = client.status()
     else:
         wh = _open_local(config, read_only=True)
         try:
             info = wh.status()
+            if no_store:
+                info["pending"], info["store_error"] = None, f"no store at {no_store}"
+            elif not config.store_url.startswith("file://"):  # gs://, s3://: the trigger's queue knows
+                info["pending"], info["store_error"] = None, "a cloud store's backlog is in its trigger's queue"
+            else:
+                info.update(_waiting(store, wh))
         finally:
             wh.close()
-    no_store = _missing(config.store_url, "file://")  # say so; do not create it
     rejected: dict[str, int] | None = {}
     if no_store:
         rejected = None
-        if not client:
-            info["pending"], info["store_error"] = None, f"no store at {no_store}"
     else:
-        store = _store(config)
-        if not client and not config.store_url.startswith("file://"):  # gs://, s3://: the trigger's queue knows
-            info["pending"], info["store_error"] = None, "a cloud store's backlog is in its trigger's queue"
-        elif not client:
-            info["pending"] = len(store.pending(1_000_000)) + _spooled(store)
         for key in store.list(ERROR_PREFIX):
             parts = key.split("/")
             if len(parts) == 4:
@@ -375,8 +382,9 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     click.echo(f"server: {info['server']}   warehouse: {config.warehouse_url}")
     click.echo(_format(["dataset", "table", "rows"], [[t["dataset"], t["table"], t["rows"]] for t in info["tables"]],
                        "table"))
-    click.echo(f"waiting to load: {info['pending']}" if info["pending"] is not None else
-               f"waiting to load: unknown ({info['store_error']})")
+    note = f" ({info['pending_note']})" if info.get("pending_note") else ""
+    click.echo(f"waiting to load: unknown ({info['store_error']})" if info["pending"] is None else
+               f"waiting to load: {info['pending']}{note}")
     click.echo(f"deletion requests carried out: {info['deletions']}"
                + (f", pending: {info['deletions_pending']} (retry: gleanpipe deletions)"
                   if info.get("deletions_pending") else ""))

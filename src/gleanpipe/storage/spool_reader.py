@@ -276,15 +276,15 @@ class SpoolReader(RawStore):
                 log.warning("could not retire spool segments yet (tried again, said once a minute): %s", exc)
 
 
-def spooled_records(local: LocalStore) -> int:
-    """Pings in the spool files left in a store that are not objects yet (read-only: for
-    `status` while serve is not running). Serve reads every spool file again when it starts.
-    A record whose object exists was loaded right after it was written out (bar one that a crash
-    caught in between, a moment's window), so it does not count as waiting."""
+def spooled_keys(local: LocalStore) -> set[str]:
+    """The keys of every record in the spool files left in a store (read-only: for `status` while
+    serve is not running). Serve reads every spool file again when it starts and loads every
+    record, whether or not its object was written out before it stopped: serve writes out a whole
+    batch before loading it, so a crash often comes in between."""
     keys = set()
     for path in sorted((local.root / SPOOL).glob(f"*{SUFFIX}")):
         try:
             keys.update(key for _, _, key, _ in decode_records(path.read_bytes()))
         except FileNotFoundError:
             pass
-    return sum(1 for key in keys if not os.path.lexists(local.key_path(key)))
+    return keys

@@ -94,6 +94,11 @@ class Warehouse(ABC):
     def retry_deletions(self) -> list[DeletionAttempt]:
         """Try every deletion request still pending again; each stays pending until it succeeds."""
 
+    def not_loaded(self, keys: set[str]) -> int:
+        """How many documents of these object keys are neither a row in their table nor a recorded
+        load error: what a load of them would still add (`status` with serve stopped)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot check object keys against its tables")
+
     def ensure_columns(self, tables: dict[tuple[str, str], dict[str, set[str]]]) -> list[str]:
         """Create ping tables and metric columns ahead of data (app definitions); returns what was added."""
         raise NotImplementedError(f"{type(self).__name__} cannot pre-create columns")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import duckdb
 
+from ..naming import parse_key, view_name
 from ..naming import quote_ident as q
-from ..naming import view_name
 from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
 from ..transform import PingRow
 from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
@@ -599,6 +599,29 @@ class DuckDBWarehouse(Warehouse):
                 if self._has_meta(cur) else (0, 0)
         return {"tables": counts, "load_errors": dict(load_errors), "deletions": deletions,
                 "deletions_pending": pending}
+
+    def not_loaded(self, keys: set[str]) -> int:
+        """One query per table, with its document ids; keys that are no pings do not count (the
+        loader ignores them), nor does a second key of one document (one row per document id)."""
+        docs: dict[tuple[str, str], set[str]] = {}
+        for path in filter(None, map(parse_key, keys)):
+            docs.setdefault((path.dataset, path.table), set()).add(path.document_id)
+        with self._reader() as cur:
+            tables = set(cur.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall())
+            if (META, "errors") in tables:  # an object that failed to load fails again: it is not waiting
+                for path in filter(None, map(parse_key, self._present(cur, META, "errors", "object_key", keys))):
+                    docs.get((path.dataset, path.table), set()).discard(path.document_id)
+            for (dataset, table), ids in docs.items():
+                if (dataset, table) in tables:
+                    ids -= self._present(cur, dataset, table, "document_id", ids)
+        return sum(map(len, docs.values()))
+
+    @staticmethod
+    def _present(cur, dataset: str, table: str, column: str, values) -> set[str]:
+        """Those of ``values`` found in ``column`` (a semi-join: a long list costs one hash, not a scan per row)."""
+        return {r[0] for r in cur.execute(f"SELECT DISTINCT {q(column)} FROM {q(dataset)}.{q(table)} "
+                                          f"WHERE {q(column)} IN (SELECT unnest(?::VARCHAR[]))", [list(values)])
+                .fetchall()}
 
     @staticmethod
     def _has_meta(cur) -> bool:
