@@ -24,6 +24,7 @@ from gleanpipe.serve import gunicorn_args
 from gleanpipe.storage.local import LocalStore
 
 BENCH = Path(__file__).resolve().parent
+FUNCTIONS = BENCH.parent / "functions"
 # Where the runs keep their stores and warehouses: the checkout's build/ folder, on the file
 # system of ./data, where `make run` keeps a user's pings ($TMPDIR is tmpfs on many systems,
 # and an fdatasync there costs nothing). GLEANPIPE_BENCH_DIR picks another disk to measure.
@@ -260,10 +261,19 @@ def bench_submit(tmp: Path, seconds: int, rounds: int, res: dict) -> None:
                      for i in range(rounds)]
     res["real"] = run("real", "real", None, None)
     res["direct"] = run("direct", "direct", "gleanpipe.wsgi:app", DIRECT_ARGS)
-    for r in res["rounds"]:
-        r["ratio"] = r["edge"]["rps"] / r["trivial"]["rps"]
-    middle = sorted(res["rounds"], key=lambda r: r["ratio"])[len(res["rounds"]) // 2]
-    res["edge"], res["trivial"], res["ratio"] = middle["edge"], middle["trivial"], middle["ratio"]
+    # the deployable submit function and a trivial function under functions-framework's own server
+    res["fn_rounds"] = [{name: run(f"{i}-{name}", name, f"functions:{source}:{target}", None)
+                         for name, source, target in (("function", FUNCTIONS / "main.py", "submit"),
+                                                      ("trivial function", BENCH / "trivial_function.py", "trivial"))}
+                        for i in range(rounds)]
+    for pairs, real_name, base_name, prefix in ((res["rounds"], "edge", "trivial", ""),
+                                                (res["fn_rounds"], "function", "trivial function", "fn_")):
+        for r in pairs:
+            r["ratio"] = r[real_name]["rps"] / r[base_name]["rps"]
+        middle = sorted(pairs, key=lambda r: r["ratio"])[len(pairs) // 2]
+        res[prefix + real_name.replace(" ", "_")], res[prefix + base_name.replace(" ", "_")] = (middle[real_name],
+                                                                                             middle[base_name])
+        res[prefix + "ratio"] = middle["ratio"]
 
 
 def _submit_run(data: Path, name: str, app: str | None, args: list[str] | None, body_file: Path, seconds: int,
@@ -273,6 +283,11 @@ def _submit_run(data: Path, name: str, app: str | None, args: list[str] | None, 
     if app is None:  # serve starts gunicorn itself (serve.gunicorn_args)
         cmd = [GLEANPIPE, "serve", "--data-dir", str(data), "--port", str(port)]
         commands[name] = " ".join(["gleanpipe", *cmd[1:]]).replace(str(data), f"$TMP/{data.name}")
+    elif app.startswith("functions:"):  # functions-framework runs gunicorn in its own process, with its defaults
+        _, source, target = app.split(":")
+        cmd = [str(Path(PY).parent / "functions-framework"), "--source", source, "--target", target,
+               "--host", "127.0.0.1", "--port", str(port)]
+        commands[name] = " ".join(["functions-framework", *cmd[1:]]).replace(str(BENCH.parent) + "/", "")
     else:
         cmd = [PY, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--pythonpath", str(BENCH), *args]
         commands[name] = " ".join(["python", *cmd[1:]]).replace(str(BENCH), "bench")
@@ -434,6 +449,9 @@ def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
     edge, real, direct, triv = s["edge"], s["real"], s["direct"], s["trivial"]
     ratio, rate = s["ratio"], r["n"] / r["seconds"]
     rounds = "; ".join(f"{x['edge']['rps']:,.0f} / {x['trivial']['rps']:,.0f} = {x['ratio']:.2f}" for x in s["rounds"])
+    fn = s["fn_function"]
+    fn_rounds = "; ".join(f"{x['function']['rps']:,.0f} / {x['trivial function']['rps']:,.0f} = {x['ratio']:.2f}"
+                          for x in s["fn_rounds"])
     in_flight = lambda x: x["sent"] - x["ok"] - x["bad"]
     mark = lambda ok: "PASS" if ok else "**MISS**"
     detail = lambda x: (f"**{x['rps']:,.0f} req/s** ({x['ok']:,} x 2xx, {x['bad']} non-2xx, {x['sockerr']} socket "
@@ -468,6 +486,16 @@ def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
          "serve with GLEANPIPE_SPOOL=off)", detail(direct), "-", ""),
         ("submit: wsgi:app, objects under raw/ vs 2xx", stored(direct), "2xx <= objects <= 2xx + in flight",
          mark(stored_ok(direct))),
+        ("submit: the `submit` function (functions/main.py, one fsynced object per ping) under functions-framework's "
+         "own server (gunicorn, 1 worker x 4 threads per core: its defaults, as on Cloud Run)",
+         detail(fn), ">= 1,500/s", mark(fn["rps"] >= 1500)),
+        ("submit: trivial function under functions-framework (bench/trivial_function.py)", detail(s["fn_trivial_function"]),
+         "-", ""),
+        ("submit: ratio function / trivial function (median round; the two rows above are that round's)",
+         f"**{s['fn_ratio']:.2f}** (rounds: {fn_rounds})", ">= 0.5", mark(s["fn_ratio"] >= 0.5)),
+        ("submit: function, objects under raw/ vs 2xx (every round)", "; ".join(stored(x["function"])
+                                                                               for x in s["fn_rounds"]),
+         "2xx <= objects <= 2xx + in flight", mark(all(stored_ok(x["function"]) for x in s["fn_rounds"]))),
         (f"replay: {r['n']:,} pings", f"**{rate:,.0f} pings/s** ({r['seconds']:.1f} s, exit {r['code']}; "
          f"other load {r['other']:.2f} cores)", ">= 3,000/s", mark(rate >= 3000 and r["code"] == 0)),
         ("replay: rows baseline / metrics / events / events_stream", got,
@@ -481,6 +509,7 @@ def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
     ]
     runs = [(f"{n} (round {i + 1})", v[n]) for n in ("edge", "trivial") for i, v in enumerate(s["rounds"])]
     runs += [("serve", real), ("wsgi:app", direct)]
+    runs += [(f"{n} (round {i + 1})", v[n]) for n in ("function", "trivial function") for i, v in enumerate(s["fn_rounds"])]
     loud = [f"**WARNING: the {k} submit run had {x['bad']} non-2xx responses and {x['sockerr']} socket errors: "
             "its req/s is not a clean figure.**" for k, x in runs if x["bad"] or x["sockerr"]]
     loud += [f"**WARNING: latency run send errors: {lt['errors'][:5]}**"] if lt["errors"] else []
@@ -497,7 +526,8 @@ def report(quick: bool, seconds: int, s: dict, r: dict, lt: dict) -> str:
         "| benchmark | result | target | |", "|---|---|---|---|", *[f"| {' | '.join(row)} |" for row in rows], "",
         f"- submit: `{s['commands']['edge']}` with `python bench/drain_spool.py $TMP/<dir>/store`, then the "
         f"same with `trivial_app:app`, alternating {len(s['rounds'])} times; then `{s['commands']['real']}` (it "
-        f"starts gunicorn with the same settings), then `{s['commands']['direct']}`; each on a fresh data dir; "
+        f"starts gunicorn with the same settings), then `{s['commands']['direct']}`, then `{s['commands']['function']}` "
+        f"and `{s['commands']['trivial function']}` alternating {len(s['fn_rounds'])} times; each on a fresh data dir; "
         f"load: {load} (gzip metrics ping, {s['body_bytes']} bytes, new document id per request)",
         f"- replay: `{r['command']}` → `{r['output']}`",
         f"- latency: `{lt['command']}`; http.client keep-alive sender; admin API poll every 10 ms; SIGINT to stop", ""])
