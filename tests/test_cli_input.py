@@ -136,7 +136,7 @@ def test_a_command_run_while_serve_starts_waits_for_it(tmp_path):
         while lock_holder(data_dir) is None:  # until the new serve has the lock
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        with pytest.raises(ServeError, match=r"a gleanpipe serve \(pid \d+\) holds .* has not finished starting"):
+        with pytest.raises(ServeError, match=r"a gleanpipe serve \(pid \d+\) holds .* but has not written its serve.json after 0 s: it is still starting"):
             AdminClient.find(data_dir, wait_s=0.2)
         out: list = []
         query = threading.Thread(target=lambda: out.append((gleanpipe(

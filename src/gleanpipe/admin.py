@@ -334,8 +334,9 @@ class AdminClient:
             if isinstance(pid, int) and (holder in (0, pid)) and _alive(pid):
                 break
             if time.monotonic() >= deadline:
-                raise ServeError(f"a gleanpipe serve (pid {holder}) holds {data_dir} but has not finished starting "
-                                 f"after {wait_s:.0f} s: see its output")
+                raise ServeError(f"a gleanpipe serve (pid {holder}) holds {data_dir} but has not written its "
+                                 f"{STATE_FILE} after {wait_s:.0f} s: it is still starting (see its output), or the "
+                                 "file was removed (restart that serve)")
             time.sleep(0.05)
         client = cls(state["admin_url"], state["token"], state.get("store_url"), state.get("warehouse_url"))
         if warehouse_url is not None and not same_location(warehouse_url, client.warehouse_url):
