@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, children, gz, make_ping, run_cli, submit_path
+from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, children, gz, make_ping, post, run_cli, submit_path
 from gleanpipe import rawobject
 from gleanpipe.config import Config
 from gleanpipe.http_edge import SubmitHandler
@@ -618,6 +618,31 @@ def _check_loaded_once(server: ServeProcess, acked: list) -> None:
     assert missing == [], f"{len(missing)} of {len(acked)} acknowledged pings not loaded"
     assert set(counts.values()) == {1}, "a ping was loaded twice"
     assert server.query(sql)[1][0][0] == len(counts)
+
+
+def test_serve_starts_after_a_kill_9_that_followed_a_new_column_beside_a_json_one(data_dir):
+    """Before: a kill -9 after a metric column was added to a table with an `object` metric (a
+    JSON column) left a WAL that DuckDB could only replay after downloading its json extension:
+    offline, `serve`, `status` and `query` all ended in a traceback, for good (upgrade audit)."""
+    server = ServeProcess(data_dir).start()
+    first = make_ping(metrics={"object": {"toolbox.open_tabs": [{"id": 1}]}})
+    second = make_ping(metrics={"counter": {"toolbox.brand_new": 3}})  # adds a column: ALTER TABLE
+    for n, ping in enumerate((first, second), 1):  # one load each: the second one alters the table
+        assert post(server.url + submit_path("metrics"), gz(ping))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", n) == n
+    for pid in _tree(server.proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    server.proc.wait()
+    assert (data_dir / "warehouse.duckdb.wal").stat().st_size > 0  # the crash left the change in the WAL
+    status = run_cli("status", "--data-dir", str(data_dir))
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    restarted = ServeProcess(data_dir).start()
+    try:
+        rows = restarted.query(f"SELECT metrics.object.toolbox_open_tabs::VARCHAR, metrics.counter.toolbox_brand_new "
+                               f"FROM {DATASET}.metrics_v1 ORDER BY 2 NULLS FIRST")[1]
+        assert rows == [('[{"id":1}]', None), (None, 3)]
+    finally:
+        assert restarted.stop() == 0
 
 
 def test_kill_9_of_serve_and_gunicorn_mid_load_loses_no_acknowledged_ping(data_dir):

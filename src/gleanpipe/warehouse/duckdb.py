@@ -88,9 +88,12 @@ class DuckDBWarehouse(Warehouse):
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.con = duckdb.connect(path, read_only=read_only)
-        except duckdb.IOException as exc:
-            raise WarehouseUnavailable(f"cannot open {path}: {exc}") from exc
+            # Never fetch an extension: DuckDB replaying the WAL a crash left after a change to a
+            # table with a JSON column asked to download "json" (which the wheel has built in) and
+            # failed offline, so the warehouse could not be opened at all.
+            self.con = duckdb.connect(path, read_only=read_only, config={"autoinstall_known_extensions": False})
+        except duckdb.Error as exc:  # locked, unreadable, a WAL that cannot be replayed
+            raise WarehouseUnavailable(f"cannot open {path}: {str(exc).splitlines()[0]}") from exc
         self.con.execute("SET TimeZone = 'UTC'")
         # Dataset names DuckDB cannot hold as a schema: its catalogs (system, temp, and this file's,
         # "warehouse" for warehouse.duckdb) make "<name>".<table> ambiguous, and its system schemas
