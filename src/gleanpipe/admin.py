@@ -266,16 +266,6 @@ def lock_holder(data_dir: Path) -> int | None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
-
-
 def remove_state(data_dir: Path) -> bool:
     """Remove serve's state file (on a clean stop, or a killed serve's when the next one has the
     lock); False if there was none."""
@@ -328,10 +318,11 @@ class AdminClient:
                 state = None
             # The holder's own state file, or it is still starting: serve takes the lock, then
             # removes a killed serve's state file and writes its own once its HTTP server is up.
-            # (The pid is checked for life too: for the moment between a new serve taking the
-            # lock and writing its pid there, the lock file still names the killed one.)
+            # (Only between a new serve's flock and its write of its pid, two system calls apart,
+            # does the lock file still name the killed one. The pid is not checked for life: a
+            # serve in a container has a pid of its own namespace.)
             pid = state.get("pid") if isinstance(state, dict) else None
-            if isinstance(pid, int) and (holder in (0, pid)) and _alive(pid):
+            if isinstance(pid, int) and holder in (0, pid):
                 break
             if time.monotonic() >= deadline:
                 raise ServeError(f"a gleanpipe serve (pid {holder}) holds {data_dir} but has not written its "
