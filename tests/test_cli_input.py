@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,7 @@ def test_serve_on_an_ipv6_address(tmp_path, host):
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         first = proc.stdout.readline()
-        assert first.startswith(f"gleanpipe ") and f" serving http://[::1]:{port}/submit/" in first, \
+        assert first.startswith("gleanpipe ") and f" serving http://[::1]:{port}/submit/" in first, \
             first + proc.stderr.read() if proc.poll() is not None else first
         status, _, _ = post(f"http://[::1]:{port}" + submit_path(), gz(make_ping()))
         assert status == 200
@@ -109,20 +110,14 @@ def test_a_state_file_left_by_a_killed_serve_is_stale_even_if_its_pid_lives(tmp_
         assert server.stop() == 0
 
 
-def test_a_command_run_while_serve_starts_waits_for_it(tmp_path):
-    """Before: between a serve taking the data dir's lock and writing its state file (its start;
-    after a kill, waiting for the dead serve's port), commands found no serve. `query` then
-    opened the DuckDB file itself and failed on serve's lock, blaming "a serve for another data
-    dir", or said there was no warehouse yet; with a killed serve's state file still there it
-    could also take the dead serve's address. Now it waits for the serve that holds the lock.
-    The dead serve's gunicorn is a listening socket here, closed 3 s after the new serve starts."""
-    from conftest import ServeProcess, gz, make_ping, post, submit_path
+@contextmanager
+def serve_after_a_kill(data_dir: Path):
+    """A serve (ServeProcess, starting in a thread) as after a kill -9: a killed serve's state file,
+    and its gunicorn still on the port, which a listening socket stands in for (serve's own cannot
+    be held on the port on purpose) until the with-block ends."""
+    from conftest import ServeProcess
 
-    data_dir = tmp_path / "data"
-    server = ServeProcess(data_dir).start()  # a first serve makes the warehouse and a row
-    assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
-    assert server.wait_rows("SELECT count(*) FROM org_example_toolbox.metrics", 1) == 1
-    assert server.stop() == 0
+    data_dir.mkdir(exist_ok=True)
     (data_dir / STATE_FILE).write_text(json.dumps({"pid": 1, "admin_url": "http://127.0.0.1:9", "token": "t"}))
     port = free_port()
     with socket.socket() as old:
@@ -132,6 +127,25 @@ def test_a_command_run_while_serve_starts_waits_for_it(tmp_path):
         server = ServeProcess(data_dir, port=port)
         starting = threading.Thread(target=server.start)
         starting.start()
+        yield server
+    starting.join(60)
+
+
+def test_a_command_run_while_serve_starts_waits_for_it(tmp_path):
+    """Before: between a serve taking the data dir's lock and writing its state file (its start;
+    after a kill, waiting for the dead serve's port), commands found no serve. `query` then
+    opened the DuckDB file itself and failed on serve's lock, blaming "a serve for another data
+    dir", or said there was no warehouse yet; with a killed serve's state file still there it
+    could also take the dead serve's address. Now it waits for the serve that holds the lock.
+    The stand-in for the dead serve's gunicorn is closed 3 s after the new serve starts."""
+    from conftest import ServeProcess, gz, make_ping, post, submit_path
+
+    data_dir = tmp_path / "data"
+    server = ServeProcess(data_dir).start()  # a first serve makes the warehouse and a row
+    assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
+    assert server.wait_rows("SELECT count(*) FROM org_example_toolbox.metrics", 1) == 1
+    assert server.stop() == 0
+    with serve_after_a_kill(data_dir) as server:
         deadline = time.monotonic() + 30
         while lock_holder(data_dir) is None:  # until the new serve has the lock
             assert time.monotonic() < deadline
@@ -145,7 +159,6 @@ def test_a_command_run_while_serve_starts_waits_for_it(tmp_path):
         query.start()
         time.sleep(3)
         port_freed = time.monotonic()
-    starting.join(60)
     query.join(60)
     try:
         assert server.proc.poll() is None, server.read_log()
@@ -159,23 +172,11 @@ def test_a_command_run_while_serve_starts_waits_for_it(tmp_path):
 def test_serve_after_a_kill_waits_for_the_dead_serves_port(tmp_path):
     """Before: after a kill -9 of serve's main process, its gunicorn holds the port for a moment
     while it finishes its requests, and a serve started then exited 1 "Address already in use".
-    A listening socket stands in for that gunicorn (serve's own cannot be held on the port on
-    purpose) and is closed a second after the new serve starts."""
-    from conftest import ServeProcess, gz, make_ping, post, submit_path
+    The stand-in for that gunicorn is closed a second after the new serve starts."""
+    from conftest import gz, make_ping, post, submit_path
 
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / STATE_FILE).write_text(json.dumps({"pid": 1, "admin_url": "http://127.0.0.1:9", "token": "t"}))
-    port = free_port()
-    with socket.socket() as old:
-        old.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        old.bind(("127.0.0.1", port))
-        old.listen()
-        server = ServeProcess(data_dir, port=port)
-        starting = threading.Thread(target=server.start)
-        starting.start()
+    with serve_after_a_kill(tmp_path / "data") as server:
         time.sleep(1)
-    starting.join(60)
     try:
         assert server.proc.poll() is None, server.read_log()
         assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200

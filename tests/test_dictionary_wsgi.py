@@ -60,3 +60,28 @@ def test_parsing_definitions_leaves_submit_error_messages_alone():
     assert len(parse("org.example.toolbox", [glean / "metrics.yaml"], [])["metrics"]) == 28
     after = PingValidator().validate(doc)
     assert after == before and any("is a required property" in m for m in after)
+
+
+def test_dictionary_page_while_serve_cannot_be_reached_is_a_503(tmp_path):
+    """Through admin_query (as in serve's HTTP workers): a serve whose state file names an admin
+    port nothing listens on. Before: serve's "cannot reach" error fell through to a 500."""
+    import os
+    from wsgiref.util import setup_testing_defaults
+
+    from gleanpipe.admin import STATE_FILE, take_serve_lock
+    from gleanpipe.dictionary.web import admin_query, make_dictionary_app
+    from gleanpipe.emulate import free_port
+
+    (tmp_path / STATE_FILE).write_text(json.dumps({"pid": os.getpid(), "token": "t",
+                                                   "admin_url": f"http://127.0.0.1:{free_port()}"}))
+    lock = take_serve_lock(tmp_path)  # what a running serve holds
+    try:
+        app = make_dictionary_app(admin_query(tmp_path))
+        environ = {"PATH_INFO": "/dictionary/api/apps.json", "REQUEST_METHOD": "GET"}
+        setup_testing_defaults(environ)
+        out = {}
+        body = b"".join(app(environ, lambda status, headers: out.update(status=status)))
+    finally:
+        os.close(lock)
+    assert out["status"] == "503 Service Unavailable"
+    assert json.loads(body)["error"].startswith("the warehouse is not reachable: cannot reach gleanpipe serve at http://")

@@ -189,7 +189,7 @@ def test_resent_document_is_stored_and_loaded_once(serve, tmp_path):
 def test_deletion_request_from_the_sdk_removes_the_clients_data(serve, tmp_path):
     sent = run_sdk(serve.url, tmp_path / "glean", "deletion", "--require-delivery")
     client_id = sent["client_id"]
-    assert serve.wait_rows(f"SELECT count(*) FROM _gleanpipe.deletions", 1) == 1
+    assert serve.wait_rows("SELECT count(*) FROM _gleanpipe.deletions", 1) == 1
     assert serve.query(f"SELECT count(*) FROM {DATASET}.toolbox_usage_v1")[1] == [(0,)]
     assert serve.query(f"SELECT count(*) FROM {DATASET}.health_v1")[1] == [(0,)]
     assert serve.query(f"SELECT client_info.client_id, ping_info.reason FROM {DATASET}.deletion_request_v1")[1] == [

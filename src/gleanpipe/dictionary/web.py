@@ -12,7 +12,7 @@ from typing import Callable
 
 import orjson
 
-from ..admin import AdminClient, dumps
+from ..admin import AdminClient, ServeError, dumps
 from .catalog import Catalog, NotFound
 from .site import RENDER, data_for, route
 

@@ -57,7 +57,7 @@ DELETIONS_COLUMNS = (("dataset", STR), ("client_id", STR), ("document_id", STR),
 def parse_url(url: str) -> tuple[str, str]:
     rest = url[len("bigquery://"):] if url.startswith("bigquery://") else ""
     project, slash, location = rest.partition("/")
-    shape = f"BigQuery warehouse URL must look like bigquery://PROJECT/LOCATION (e.g. bigquery://my-project/US)"
+    shape = "BigQuery warehouse URL must look like bigquery://PROJECT/LOCATION (e.g. bigquery://my-project/US)"
     if not project or not slash or "/" in location:
         raise ValueError(f"{shape}, got {url!r}")
     if not PROJECT_RE.fullmatch(project):
