@@ -451,10 +451,10 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
         click.echo(f"  {name}: {path}")
     if export_only:
         return
-    try:
-        import datasette  # noqa: F401
-    except ImportError:
-        raise click.ClickException("Datasette is not installed: pip install 'gleanpipe[explore]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("datasette") is None:
+        raise click.ClickException("Datasette is not installed: pip install 'gleanpipe[explore]'")
     metadata_path = out_dir / "datasette-metadata.json"
     metadata_path.write_bytes(orjson.dumps(ex.datasette_metadata(result), option=orjson.OPT_INDENT_2))
     click.echo(f"Datasette on http://127.0.0.1:{port}/ (read-only; Ctrl-C stops)")
