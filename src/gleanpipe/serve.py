@@ -120,8 +120,11 @@ class LoaderThread(threading.Thread):
         while not self.stopping.is_set():
             try:
                 started = time.monotonic()
-                if self.step() < self.batch:  # caught up: let the next batch fill for one interval
-                    self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
+                if self.step() < self.batch:  # caught up: let the next batch fill for one interval,
+                    took = time.monotonic() - started  # and at least as long as this one took: a load's
+                    # cost grows with its tables (each batch's ids are checked against the whole
+                    # table), so a trickle of pings into big tables takes at most half a core
+                    self.stopping.wait(max(self.interval - took, took))
                 backoff, self.failing = self.interval, None
             except Exception as exc:  # transient (locked, disk): keep the inbox, retry later
                 if self.stopping.is_set():  # interrupted by the stop (warehouse.close)
