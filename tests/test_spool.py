@@ -382,6 +382,22 @@ def test_edge_dedupe_answers_duplicate_without_spooling(config, store):
     spooling.writer.close()
 
 
+def test_the_dedupe_memory_forgets_its_oldest_key_first(store, monkeypatch):
+    """Over RECENT_KEYS keys, the oldest is forgotten (a copy of it is spooled again) and the
+    newest is still answered "duplicate"."""
+    import gleanpipe.storage.spool_writer as spool_writer
+
+    monkeypatch.setattr(spool_writer, "RECENT_KEYS", 2)
+    spooling = SpoolingStore(store, 1 << 20, 3600)
+    (a, data_a), (b, data_b), (c, data_c) = raw(seq=1), raw(seq=2), raw(seq=3)
+    assert [spooling.put_new(a, data_a), spooling.put_new(b, data_b), spooling.put_new(c, data_c)] == [True] * 3
+    assert spooling.put_new(c, data_c) is False  # the newest: remembered
+    assert spooling.put_new(a, data_a) is True  # the oldest: forgotten, spooled again
+    spooling.writer.close()
+    (seg,) = segments(store)
+    assert [k for _, _, k, _ in decode_records(seg.read_bytes())] == [a, b, c, a]
+
+
 def _two_copies_at_once(spooling: SpoolingStore, key: str, data: bytes) -> list:
     """put_new of one key from two threads, the second arriving while the first is still being
     written. The writer's own lock is held (a pause of the real writer, not a stand-in) until
@@ -513,6 +529,24 @@ def test_segments_rotate_by_size_and_finished_ones_are_deleted(store):
     reader.pending(100)
     reader.ack([])
     assert segments(store) == []
+
+
+def test_a_finished_segment_is_kept_until_every_record_it_gave_is_acknowledged(store):
+    """Its writer gone and every record read, a segment is still kept while a record it turned into
+    an object is not acknowledged (loaded): after a crash, the next serve's replay of the segment is
+    the only thing that would load that object (it has no inbox receipt)."""
+    pings, seg = spooled(store, 2)
+    reader = SpoolReader(store)
+    got = reader.pending(10)
+    assert [k for _, k in got] == [k for k, _ in pings]
+    assert [store.get(k) for k, _ in pings] == [d for _, d in pings]  # the objects exist already
+    reader.ack([])  # a look of the loader that acknowledges nothing
+    reader.ack([got[0][0]])  # one of the two loaded
+    assert segments(store) == [seg] and reader.stats["segments_deleted"] == 0
+    after_a_crash = SpoolReader(store)
+    assert [k for _, k in after_a_crash.pending(10)] == [k for k, _ in pings]
+    reader.ack([got[1][0]])
+    assert segments(store) == [] and reader.stats["segments_deleted"] == 1
 
 
 def test_segments_rotate_by_age_and_a_stale_unnamed_segment_is_removed(store):
