@@ -107,6 +107,28 @@ def test_delete_removes_one_object_and_tolerates_a_missing_one(store):
     assert store.get("debug/tag/1.json") == b"again"
 
 
+@pytest.mark.parametrize("cloud_store_url", ["local"], indirect=True)
+def test_listing_a_whole_local_store_skips_its_own_folders(store):
+    """list("") gives the keys only: not the inbox receipts (.inbox), temp files (.tmp) or spool."""
+    keys = ["raw/a-app/baseline/1/0.json", "errors/2026-11-23/schema/1.json"]
+    assert store.put_new(keys[0], b"0") and store.put_new(keys[1], b"1", notify=False)
+    (store.root / ".tmp" / "left-by-a-killed-writer").write_bytes(b"x")
+    (store.root / ".spool").mkdir()
+    (store.root / ".spool" / "1.seg").write_bytes(b"x")
+    assert len(list((store.root / ".inbox").iterdir())) == 1
+    assert list(store.list("")) == sorted(keys)
+
+
+@pytest.mark.parametrize("cloud_store_url", ["local"], indirect=True)
+def test_local_inbox_receipts_come_back_oldest_first(store):
+    """pending(n): the n oldest receipts, in the order their objects were written (not by key)."""
+    keys = [f"raw/a-app/baseline/1/{i:02d}.json" for i in reversed(range(20))]
+    for key in keys:
+        assert store.put_new(key, b"x")
+    assert [key for _, key in store.pending(5)] == keys[:5]
+    assert [key for _, key in store.pending(100)] == keys
+
+
 @EVERY_STORE
 def test_large_payload_round_trips_and_stays_create_only(store):
     # Over 8 MiB: the size at which google-cloud-storage would switch to a resumable upload,
