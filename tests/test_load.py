@@ -492,6 +492,32 @@ def test_a_deletion_request_whose_row_cannot_be_stored_still_deletes(tmp_path, h
         wh.close()
 
 
+def test_a_deletion_request_whose_fallback_row_is_refused_too_says_no_deletion(tmp_path):
+    """A submission_timestamp the warehouse cannot read (an object not written by the edge) is in the
+    deletion's fallback row too: then nothing is deleted, and the load error must not say it was."""
+    from gleanpipe.warehouse import open_warehouse
+
+    store = LocalStore(tmp_path / "store")
+    wh = open_warehouse(f"duckdb://{tmp_path / 'wh.duckdb'}")
+    try:
+        loader = Loader(store, wh)
+        assert loader.load_keys([put_ping(store, make_ping(CLIENT_A))]).inserted == 1
+        key = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request", ts="not a time")
+        result = loader.load_keys([key])
+        assert (result.deletions, result.inserted, result.errors) == (0, 0, 1)
+        assert wh.query(f"SELECT client_info.client_id FROM {DATASET}.baseline")[1] == [(CLIENT_A,)]
+        assert wh.query("SELECT count(*) FROM _gleanpipe.deletions")[1] == [(0,)]
+        [(object_key, error_type, message)] = wh.query(
+            "SELECT object_key, error_type, error_message FROM _gleanpipe.errors")[1]
+        assert (object_key, error_type) == (key, "warehouse")
+        # DuckDB's own words (their format hint may change with its version), and nothing after them
+        assert message.startswith('Invalid Input Error: JSON transform error: invalid timestamp field format: '
+                                  '"not a time"'), message
+        assert message.endswith("ZONE])") and "deletion" not in message, message
+    finally:
+        wh.close()
+
+
 def test_the_warehouse_files_catalog_name_is_matched_in_any_case(tmp_path):
     """DuckDB matches catalog names in any case: with the file Warehouse.duckdb, the app
     `warehouse` clashed all the same, and the clash stopped every app's loading again."""
