@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from gleanpipe import rawobject
 from gleanpipe.views import VIEW_NAMES
 
 from gleanpipe.load import Loader
@@ -246,6 +247,37 @@ def test_loading_again_leaves_one_row_in_the_views(store, wh):
         assert calls == [("baseline_v1", [doc]), ("events_stream_v1", [f"{doc}/0", f"{doc}/1"])] * 3
 
 
+@pytest.mark.parametrize("wh", ["duckdb"], indirect=True)
+def test_duckdb_inserts_a_documents_events_once(store, wh):
+    """Loading an object again adds no events_stream_v1 row (the base table, not the view) and
+    counts no event."""
+    key = put_ping(store, make_ping(CLIENT_A, events=EVENTS), doc_type="events")
+    assert load(store, wh, key).events == 2
+    again = load(store, wh, key)
+    assert (again.inserted, again.duplicates, again.events) == (0, 1, 0)
+    doc = key.rsplit("/", 1)[1][:-5]
+    assert wh.q(f"SELECT document_id, event_index FROM {DATASET}.events_stream_v1 ORDER BY 2") == [(doc, 0), (doc, 1)]
+
+
+@pytest.mark.parametrize("wh", ["duckdb"], indirect=True)
+def test_duckdb_keeps_the_first_row_of_a_document_id_within_a_batch(store, wh):
+    """Apps `org.example.toolbox` and `org-example-toolbox` share a dataset, so one document id can
+    come in one batch under two keys with different bodies: the first row of the batch is kept,
+    as a later batch would keep the row already loaded."""
+    doc = str(uuid.uuid4())
+    keys = []
+    for seq, app in ((1, "org-example-toolbox"), (2, "org.example.toolbox")):
+        path = DocumentPath(app, "baseline", "1", doc)
+        meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": app,
+                "doc_type": "baseline", "version": "1", "document_id": doc, "key": path.key}
+        assert store.put_new(path.key, rawobject.encode(meta, json.dumps(make_ping(CLIENT_A, seq=seq)).encode()))
+        keys.append(path.key)
+    result = load(store, wh, *keys)
+    assert (result.inserted, result.errors) == (1, 0)
+    assert wh.q(f"SELECT document_id, ping_info.seq, metadata.app_id FROM {DATASET}.baseline_v1") == [
+        (doc, 1, "org-example-toolbox")]
+
+
 def test_view_returns_the_first_row_per_document_id(store, wh):
     """Duplicates put straight into the base tables (as a streaming retry past BigQuery's dedupe
     window leaves them): the views return the earliest row of each document_id, and of each
@@ -372,6 +404,17 @@ def test_object_that_cannot_load_goes_to_the_errors_table_until_it_loads(store, 
     put_ping(store, make_ping(CLIENT_A), document_id=path.document_id)
     assert load(store, wh, path.key).inserted == 1
     assert wh.q("SELECT count(*) FROM _gleanpipe.errors") == [(0,)]
+
+
+@pytest.mark.parametrize("wh", ["duckdb"], indirect=True)
+def test_duckdb_records_an_object_that_fails_again_once(store, wh):
+    """An object that cannot load, loaded twice: one row in _gleanpipe.errors, counted once."""
+    path = DocumentPath("org-example-toolbox", "baseline", "1", str(uuid.uuid4()))
+    store.put_new(path.key, b"this is not a raw object")
+    for _ in range(2):
+        assert (lambda r: (r.errors, r.inserted))(load(store, wh, path.key)) == (1, 0)
+    assert wh.q("SELECT object_key, error_type FROM _gleanpipe.errors") == [(path.key, "raw_object")]
+    assert wh.wh.status()["load_errors"] == {"raw_object": 1}
 
 
 class CountingWrites:
