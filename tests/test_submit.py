@@ -420,3 +420,49 @@ def test_failed_write_leaves_no_inbox_receipt(local_store):
         local_store.put_new("raw/a/b/1/y.json", b"2")
     assert local_store.pending(10) == []
     assert list((local_store.root / ".tmp").iterdir()) == []
+
+
+def test_error_record_key_is_errors_day_type_uuid(client, local_store):
+    """README: a rejection is kept as errors/<YYYY-MM-DD>/<error_type>/<uuid>.json (status parses the type from it)."""
+    import re
+    import uuid
+
+    resp = client.post(submit_path(), data=b"{not json", headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400
+    [key] = list(local_store.list("errors/"))
+    record = json.loads(local_store.get(key))
+    day = record["submission_timestamp"][:10]
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", day)
+    match = re.fullmatch(rf"errors/{day}/json/([0-9a-f-]{{36}})\.json", key)
+    assert match, key
+    assert str(uuid.UUID(match.group(1))) == match.group(1)
+
+
+def test_a_plain_payload_one_byte_over_its_limit_is_413(client, fn_env, monkeypatch, local_store):
+    """A plain (not gzip) body of exactly GLEANPIPE_MAX_PAYLOAD_BYTES is taken; one byte more is 413
+    (the payload limit set below the wire limit)."""
+    from gleanpipe import functions
+
+    monkeypatch.setenv("GLEANPIPE_MAX_PAYLOAD_BYTES", "100")
+    functions.submit_handler.cache_clear()
+    at = client.post(submit_path(), data=b"{}" + b" " * 98, headers={"Content-Type": "application/json"})
+    assert at.status_code == 200
+    over = client.post(submit_path(), data=b"{}" + b" " * 99, headers={"Content-Type": "application/json"})
+    assert (over.status_code, over.get_json()) == (413, {
+        "error_type": "payload_too_large", "error_message": "payload is over 100 bytes (GLEANPIPE_MAX_PAYLOAD_BYTES)"})
+    assert len(raw_keys(local_store)) == 1
+
+
+def test_a_client_disconnect_under_werkzeug_is_an_incomplete_body(client, local_store):
+    """Under functions-framework a body that ends before its Content-Length makes werkzeug's
+    LimitedStream raise ClientDisconnected (not an OSError): 400 incomplete_body, not body_framing."""
+    import io
+
+    body = gz(make_ping(CLIENT))
+    resp = client.post(submit_path(), input_stream=io.BytesIO(body), headers=SDK_HEADERS,
+                       environ_overrides={"CONTENT_LENGTH": str(len(body) + 1)})
+    assert (resp.status_code, resp.get_json()) == (400, {
+        "error_type": "incomplete_body", "error_message": f"the connection ended after {len(body)} bytes of the body"})
+    [record] = error_records(local_store)
+    assert (record["error_type"], record["body_bytes_kept"]) == ("incomplete_body", len(body))
+    assert raw_keys(local_store) == []
