@@ -123,6 +123,20 @@ def test_a_body_shorter_than_its_content_length_is_not_stored(server):
     assert raw_objects(server.data_dir) == []
 
 
+def test_a_body_one_byte_short_of_its_content_length_is_incomplete(server):
+    """The boundary: a whole gzip ping under a Content-Length just 1 byte too long is 400 incomplete_body."""
+    body = gz(make_ping(CLIENT))
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head(submit_path(), len(body) + 1) + body)
+        sock.shutdown(socket.SHUT_WR)
+        status, answer, _ = read_response(sock)
+    assert (status, answer) == (400, {"error_type": "incomplete_body", "error_message":
+                                      f"the body ended after {len(body)} of its {len(body) + 1} bytes (Content-Length)"})
+    [record] = records(server.data_dir, "incomplete_body")
+    assert record["body_bytes_kept"] == len(body)
+    assert raw_objects(server.data_dir) == []
+
+
 def test_a_body_that_stalls_gets_408_and_others_are_served(server):
     """Before: a client that sent all but the end of its body held the connection for ever
     (75 s seen), and 8 of them took every thread of the function."""
