@@ -356,6 +356,24 @@ def test_schema_error_message_caps(client):
                           f"metrics.counter.toolbox.c01: {cut} is not of type 'integer'; ")
 
 
+def test_the_edge_lists_ten_schema_errors_and_counts_the_rest(client):
+    """Through the edge (PingValidator.render's own default): 13 short errors list 10 and "(+3 more)"."""
+    ping = make_ping(metrics={"string_list": {"toolbox.tags": [1] * 13}})
+    resp = client.post(submit_path(), data=gz(ping), headers=SDK_HEADERS)
+    listed = "; ".join(f"metrics.string_list.toolbox.tags[{i}]: 1 is not of type 'string'" for i in range(10))
+    assert (resp.status_code, resp.get_json()) == (400, {"error_type": "schema",
+                                                         "error_message": listed + " (+3 more)"})
+
+
+@pytest.mark.parametrize("count, more", [(100, " (+90 more)"), (101, " (+90 more; counting stops at 100)")])
+def test_counting_stops_only_past_a_hundred_schema_errors(client, count, more):
+    """Exactly validation.MAX_ERRORS (100) errors are all counted; a 101st stops the count at 100."""
+    ping = make_ping(metrics={"string_list": {"toolbox.tags": [1] * count}})
+    resp = client.post(submit_path(), data=gz(ping), headers=SDK_HEADERS)
+    listed = "; ".join(f"metrics.string_list.toolbox.tags[{i}]: 1 is not of type 'string'" for i in range(10))
+    assert (resp.status_code, resp.get_json()) == (400, {"error_type": "schema", "error_message": listed + more})
+
+
 def test_debug_viewer_caps(tmp_path):
     """An invalid X-Debug-ID is listed cut to 100 characters; a body that is not JSON is shown cut to 256 KiB."""
     from gleanpipe.config import Config
