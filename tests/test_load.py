@@ -13,6 +13,7 @@ from gleanpipe import rawobject
 from gleanpipe.load import Loader
 from gleanpipe.naming import DocumentPath
 from gleanpipe.storage.local import LocalStore
+from gleanpipe.transform import sample_id
 from gleanpipe.warehouse import WarehouseUnavailable
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
@@ -561,3 +562,112 @@ def test_a_deletion_requests_load_error_stays_when_its_batch_is_loaded_one_by_on
         assert wh.query(f"SELECT count(*) FROM {DATASET}.baseline")[1] == [(0,)]
     finally:
         wh.close()
+
+
+# --- pinned by the mutation audit (/work/notes/audit-mut.md) ----------------------------------
+
+
+def test_an_upper_case_client_id_is_stored_lower_case_and_deleted_in_either_case(store, warehouse):
+    """client_info.client_id is stored lower-cased (table and events_stream), and a deletion
+    request deletes the client's rows whether it sends the id in upper or in lower case."""
+    loader = Loader(store, warehouse)
+    loader.load_keys([put_ping(store, make_ping(CLIENT_A.upper(), events=EVENTS)),
+                      put_ping(store, make_ping(CLIENT_B, events=EVENTS))])
+    q = warehouse.query
+    assert sorted(q(f"SELECT client_info.client_id, sample_id FROM {DATASET}.baseline_v1")[1]) == sorted([
+        (CLIENT_A, sample_id(CLIENT_A)), (CLIENT_B, sample_id(CLIENT_B))])
+    assert q(f"SELECT DISTINCT client_id FROM {DATASET}.events_stream ORDER BY 1")[1] == sorted(
+        [(CLIENT_A,), (CLIENT_B,)])
+    assert loader.load_keys([put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")]).deletions == 1
+    assert q(f"SELECT client_info.client_id FROM {DATASET}.baseline_v1")[1] == [(CLIENT_B,)]
+    assert loader.load_keys([put_ping(store, make_ping(CLIENT_B.upper()), doc_type="deletion-request")]).deletions == 1
+    assert q(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(0,)]
+    assert q(f"SELECT count(*) FROM {DATASET}.events_stream")[1] == [(0,)]
+    assert sorted(q("SELECT client_id, rows_deleted FROM _gleanpipe.deletions")[1]) == sorted([
+        (CLIENT_A, 3), (CLIENT_B, 3)])
+
+
+def test_an_unknown_top_level_field_is_kept_in_additional_properties(store, warehouse):
+    """README: additional_properties holds every field the table has no column for, top-level ones
+    too (the schema refuses them at submit today, but a raw object from a looser schema loads)."""
+    ping = make_ping(CLIENT_A, future_section={"a": [1, 2]}, note="x")
+    Loader(store, warehouse).load_keys([put_ping(store, ping)])
+    [(extra,)] = warehouse.query(f"SELECT additional_properties FROM {DATASET}.baseline_v1")[1]
+    assert json.loads(extra) == {"future_section": {"a": [1, 2]}, "note": "x"}
+
+
+def test_clean_labeled_rates_and_distributions_leave_additional_properties_null(store, warehouse):
+    """A labeled metric with nothing left over adds nothing (before the any(...) test: {} per label)."""
+    metrics = {name: FULL_METRICS[name] for name in FULL_METRICS if name.startswith("labeled_")}
+    Loader(store, warehouse).load_keys([put_ping(store, make_ping(CLIENT_A, metrics=metrics))])
+    [(extra, rate, timing)] = warehouse.query(
+        f"SELECT additional_properties, metrics.labeled_rate.toolbox_hits, "
+        f"metrics.labeled_timing_distribution.toolbox_load_time_by_tool FROM {DATASET}.baseline_v1")[1]
+    assert extra is None
+    assert rate == [{"key": "l1", "value": {"numerator": 1, "denominator": 2}}]
+    assert timing == [{"key": "hammer", "value": {"sum": 10, "values": [{"key": 8, "value": 1}]}}]
+
+
+def test_metric_ids_that_differ_by_dot_and_underscore_keep_the_first_in_the_column(store, warehouse):
+    """`toolbox.a_b` and `toolbox.a.b` share the column toolbox_a_b: the first in the ping fills it,
+    the second is kept in additional_properties."""
+    ping = make_ping(CLIENT_A, metrics={"counter": {"toolbox.a_b": 1, "toolbox.a.b": 2}})
+    Loader(store, warehouse).load_keys([put_ping(store, ping)])
+    [(column, extra)] = warehouse.query(
+        f"SELECT metrics.counter.toolbox_a_b, additional_properties FROM {DATASET}.baseline_v1")[1]
+    assert column == 1
+    assert json.loads(extra) == {"metrics": {"counter": {"toolbox.a.b": 2}}}
+
+
+def test_the_content_length_header_is_stored(store, warehouse):
+    """metadata.header.content_length is the kept Content-Length, not another header's value."""
+    headers = {"date": "Mon, 23 Nov 2026 08:00:00 GMT", "user_agent": "curl/8", "content_length": "321",
+               "x_telemetry_agent": "Glean/71.0.0"}
+    Loader(store, warehouse).load_keys([put_ping(store, make_ping(CLIENT_A), headers=headers)])
+    assert warehouse.query(f"SELECT metadata.header.content_length, metadata.header.user_agent "
+                           f"FROM {DATASET}.baseline_v1")[1] == [("321", "curl/8")]
+
+
+@pytest.mark.parametrize("head", [{"app_id": APP}, {"format": "gleanpipe-raw/2", "app_id": APP}])
+def test_an_object_of_another_format_is_a_raw_object_load_error(store, warehouse, head):
+    """A first line without "format": "gleanpipe-raw/1" is not a raw object, however well the rest reads."""
+    path = DocumentPath(APP, "baseline", "1", str(uuid.uuid4()))
+    meta = {**head, "submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "doc_type": "baseline",
+            "version": "1", "document_id": path.document_id, "key": path.key}
+    store.put_new(path.key, json.dumps(meta).encode() + b"\n" + json.dumps(make_ping(CLIENT_A)).encode())
+    result = Loader(store, warehouse).load_keys([path.key])
+    assert (result.inserted, result.errors) == (0, 1)
+    assert warehouse.query("SELECT object_key, error_type, error_message FROM _gleanpipe.errors")[1] == [
+        (path.key, "raw_object", f"unknown raw object format {head.get('format')!r}")]
+
+
+README_PING = b"""{"client_info": {"app_build": "1", "app_channel": "release", "app_display_version": "0.1.0",
+  "architecture": "x86_64", "client_id": "2c3b0f6e-9a4d-4d6b-8f0e-1a2b3c4d5e6f",
+  "first_run_date": "2026-11-22+00:00", "os": "Linux", "os_version": "6.1",
+  "telemetry_sdk_build": "71.0.0"},
+ "ping_info": {"seq": 0, "start_time": "2026-11-23T09:00+00:00", "end_time": "2026-11-23T09:05+00:00"},
+ "metrics": {"counter": {"toolbox.launch_count": 1},
+             "labeled_counter": {"toolbox.tool_used": {"hammer": 2, "pliers": 1}}}}
+"""
+
+
+def test_a_pretty_printed_ping_round_trips_through_submit_and_load(load_client, fn_store):
+    """The README's curl example: a payload with newlines in it is stored as sent and loads with its values."""
+    import gzip
+
+    from conftest import SDK_HEADERS
+
+    submit = create_app(target="submit", source=str(ROOT / "functions" / "main.py")).test_client()
+    doc_id = str(uuid.uuid4())
+    resp = submit.post(f"/submit/{APP}/metrics/1/{doc_id}", data=gzip.compress(README_PING), headers=SDK_HEADERS)
+    assert resp.status_code == 200
+    key = f"raw/{APP}/metrics/1/{doc_id}.json"
+    assert rawobject.decode(fn_store.get(key))[1] == README_PING
+    headers, body = storage_event(key)
+    assert load_client.post("/", headers=headers, data=body).status_code == 200
+    assert rows(None, f"""SELECT document_id, client_info.client_id, client_info.os_version, ping_info.seq,
+                                 metrics.counter.toolbox_launch_count, metrics.labeled_counter.toolbox_tool_used
+                          FROM {DATASET}.metrics_v1""") == [
+        (doc_id, "2c3b0f6e-9a4d-4d6b-8f0e-1a2b3c4d5e6f", "6.1", 0, 1,
+         [{"key": "hammer", "value": 2}, {"key": "pliers", "value": 1}])]
+    assert rows(None, "SELECT count(*) FROM _gleanpipe.errors") == [(0,)]
