@@ -29,6 +29,12 @@ def test_keys_round_trip_and_foreign_keys_are_none():
         assert parse_key(key) is None
 
 
+def test_a_raw_key_with_too_many_segments_is_not_a_ping():
+    """parse_key gives None (not a TypeError from parse_segments) for a key with five segments."""
+    assert parse_key("raw/a/b/1/x/9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b.json") is None
+    assert parse_key("raw/org-example-toolbox/baseline/1/x/9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b.json") is None
+
+
 def test_sample_id_is_crc32_of_lowercased_client_id_mod_100():
     cid = "3F5B6A8E-1C2D-4E5F-8A9B-0C1D2E3F4A5B"
     assert sample_id(cid) == zlib.crc32(cid.lower().encode()) % 100
