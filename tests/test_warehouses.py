@@ -492,6 +492,19 @@ def test_an_integer_its_column_cannot_hold_as_sent_is_a_load_error_naming_the_fi
         assert (store.root / key).exists()
 
 
+def test_a_float_from_2_53_on_is_not_an_exact_integer(store, wh):
+    """int64.EXACT_FLOAT: a whole float under 2**53 loads as its integer; 2**53 itself is refused
+    (from there on a float is not always the integer that was sent)."""
+    below = put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.n": float(2**53 - 1)}}), doc_type="metrics")
+    at = put_ping(store, make_ping(CLIENT_B, metrics={"counter": {"toolbox.n": float(2**53)}}), doc_type="metrics")
+    result = Loader(store, wh.wh).load_keys([below, at])
+    assert (result.inserted, result.errors) == (1, 1)
+    assert wh.q(f"SELECT metrics.counter.toolbox_n FROM {DATASET}.metrics") == [(2**53 - 1,)]
+    assert wh.q("SELECT object_key, error_type, error_message FROM _gleanpipe.errors") == [
+        (at, "transform", "metrics.counter.toolbox.n: 9007199254740992.0 is not an exact integer (a JSON integer "
+                          "past 64 bits, or a number with an exponent, is read as a rounded float)")]
+
+
 # --- derived views (views.py) ----------------------------------------------------------------
 
 
