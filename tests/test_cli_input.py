@@ -127,7 +127,13 @@ def serve_after_a_kill(data_dir: Path):
         server = ServeProcess(data_dir, port=port)
         starting = threading.Thread(target=server.start)
         starting.start()
-        yield server
+        try:
+            yield server
+        except BaseException:  # a failed check in the block: the serve must not outlive the test
+            old.close()
+            starting.join(60)
+            server.stop()
+            raise
     starting.join(60)
 
 
