@@ -198,6 +198,8 @@ class DuckDBWarehouse(Warehouse):
             return result
 
     def _in_transaction(self, body, views: bool):
+        """``body()`` between begin and commit, rolled back on any exception; with ``views``, the
+        derived views of the datasets it reshaped are made before the commit."""
         from ..views import refresh
 
         try:
@@ -314,15 +316,12 @@ class DuckDBWarehouse(Warehouse):
         """Run statements in one transaction (used for gleanpipe's own tables, e.g. the dictionary)."""
         if self.read_only:
             raise RuntimeError("warehouse opened read-only")
+        def body() -> None:
+            for sql, params in statements:
+                self.con.execute(sql, params or [])
+
         with self._lock:
-            try:
-                self.con.begin()
-                for sql, params in statements:
-                    self.con.execute(sql, params or [])
-                self.con.commit()
-            except BaseException:
-                self._rollback()
-                raise
+            self._in_transaction(body, views=False)
 
     def refresh_views(self) -> None:
         with self._lock:
