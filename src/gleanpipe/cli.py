@@ -416,12 +416,7 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
     from . import explore as ex
 
     config = _config(data_dir, store_url, warehouse_url)
-    from .warehouse import warehouse_scheme
-
-    try:
-        scheme = warehouse_scheme(config.warehouse_url)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    scheme = _warehouse_scheme(config)
     if scheme != "duckdb":
         raise click.ClickException("explore works on a duckdb:// warehouse")
     if not export_only:  # before the export: Datasette would only fail to bind after it
@@ -567,15 +562,20 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
 # --- app definitions and the data dictionary (issue #4) ----------------------------------
 
 
-def _dictionary_warehouse(config, command: str) -> None:
-    """The dictionary keeps its definitions and reads its catalog in DuckDB: say so for another
-    warehouse, before anything is opened (BigQuery answered a syntax error or a traceback)."""
+def _warehouse_scheme(config: Config) -> str:
+    """"duckdb" or "bigquery"; an unknown or malformed warehouse URL is a one-line error."""
     from .warehouse import warehouse_scheme
 
     try:
-        scheme = warehouse_scheme(config.warehouse_url)
+        return warehouse_scheme(config.warehouse_url)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _dictionary_warehouse(config, command: str) -> None:
+    """The dictionary keeps its definitions and reads its catalog in DuckDB: say so for another
+    warehouse, before anything is opened (BigQuery answered a syntax error or a traceback)."""
+    scheme = _warehouse_scheme(config)
     if scheme != "duckdb":
         raise click.ClickException(
             f"`gleanpipe {command}` works on the local DuckDB warehouse only, not {config.warehouse_url}: the data "
