@@ -681,6 +681,39 @@ def test_a_duckdb_file_from_before_the_views_is_upgraded(tmp_path):
         wh.wh.close()
 
 
+def test_deletion_records_an_older_version_wrote_twice_become_one(tmp_path):
+    """Before 2026-12-04 a replay recorded a deletion request again (and status counted it twice):
+    opening the file merges the copies, summing their rows and attempts, keeping the first execution."""
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    wh = open_warehouse(f"duckdb://{path}")  # today's _gleanpipe tables, then rows as the old version left them
+    wh.close()
+    con = duckdb.connect(str(path))
+    rows = [  # dataset, client_id, document_id, executed_at (hour), rows_deleted, attempts, last_error
+        ("app", "c1", "d1", 1, 3, 1, None), ("app", "c1", "d1", 5, 0, 1, None),  # carried out, then replayed
+        ("app", "c2", "d2", 2, 4, 1, None),  # recorded once
+        ("app", "c3", "d3", None, 0, 2, "boom"), ("app", "c3", "d3", None, 0, 1, "boom"),  # pending twice
+        ("other", "c1", "d1", 3, 1, 1, None),  # the same document id in another app is another request
+        ("app", "c4", None, 4, 2, 1, None), ("app", "c4", None, 4, 2, 1, None),  # no id: not merged
+    ]
+    for dataset, client, doc, hour, n, attempts, error in rows:
+        con.execute("INSERT INTO _gleanpipe.deletions (dataset, client_id, document_id, executed_at, rows_deleted, "
+                    "attempts, last_error) VALUES (?, ?, ?, TIMESTAMPTZ '2026-12-01 00:00:00+00' + to_hours(?), ?, ?, ?)",
+                    [dataset, client, doc, hour, n, attempts, error])
+    con.close()
+    wh = open_warehouse(f"duckdb://{path}")
+    try:
+        assert wh.status()["deletions"] == 5 and wh.status()["deletions_pending"] == 1
+        got = wh.con.execute("SELECT dataset, client_id, document_id, hour(executed_at), rows_deleted, attempts, "
+                             "last_error FROM _gleanpipe.deletions ORDER BY ALL").fetchall()
+        assert got == [("app", "c1", "d1", 1, 3, 2, None), ("app", "c2", "d2", 2, 4, 1, None),
+                       ("app", "c3", "d3", None, 0, 3, "boom"), ("app", "c4", None, 4, 2, 1, None),
+                       ("app", "c4", None, 4, 2, 1, None), ("other", "c1", "d1", 3, 1, 1, None)]
+    finally:
+        wh.close()
+
+
 def test_duckdb_leaves_no_ping_data_in_its_temp_folder(store, tmp_path):
     """Rows go through a temp file for read_json: it is removed after each insert, and the folder
     on close, or at exit for a warehouse nobody closes (a load function keeps its for its life)."""

@@ -49,6 +49,22 @@ ALTER TABLE {META}.deletions ADD COLUMN IF NOT EXISTS last_error VARCHAR;
 ALTER TABLE {META}.deletions ADD COLUMN IF NOT EXISTS recorded_at TIMESTAMPTZ;
 """
 
+# Versions before 2026-12-04 recorded a deletion request again each time its ping was loaded again
+# (by `replay`): one record per request stays, with the rows all its loads deleted and its first
+# execution. Records without a document id (none are written now) are left as they are.
+MERGE_DELETIONS = f"""
+CREATE TEMP TABLE deletion_copies AS
+    SELECT dataset, document_id, min(rowid) AS keep, sum(rows_deleted) AS rows_deleted,
+           min(executed_at) AS executed_at, sum(attempts) AS attempts
+    FROM {META}.deletions WHERE document_id IS NOT NULL GROUP BY dataset, document_id HAVING count(*) > 1;
+UPDATE {META}.deletions AS d SET rows_deleted = c.rows_deleted, executed_at = c.executed_at, attempts = c.attempts,
+    last_error = CASE WHEN c.executed_at IS NULL THEN d.last_error END
+    FROM deletion_copies AS c WHERE d.rowid = c.keep;
+DELETE FROM {META}.deletions AS d USING deletion_copies AS c
+    WHERE d.dataset = c.dataset AND d.document_id = c.document_id AND d.rowid <> c.keep;
+DROP TABLE deletion_copies;
+"""
+
 # Files written before events_stream became a view: the table takes its new name.
 RENAME_EVENTS_TABLE = f"""
 SELECT schema_name FROM duckdb_tables() WHERE table_name = '{EVENTS_STREAM_VIEW}' AND schema_name <> '{META}'
@@ -137,8 +153,12 @@ class DuckDBWarehouse(Warehouse):
         return tempfile.mkdtemp(prefix=mine, dir=parent)
 
     def _upgrade(self) -> None:
-        """Files from before the views: events_stream (a table then) becomes events_stream_v1, and
-        every ping table gets its view."""
+        """Files from older versions: a deletion request recorded more than once is recorded once
+        (MERGE_DELETIONS); from before the views, events_stream (a table then) becomes
+        events_stream_v1, and every ping table gets its view."""
+        if self.con.execute(f"SELECT 1 FROM {META}.deletions WHERE document_id IS NOT NULL "
+                            "GROUP BY dataset, document_id HAVING count(*) > 1 LIMIT 1").fetchall():
+            self._in_transaction(lambda: self.con.execute(MERGE_DELETIONS), views=False)
         for (schema,) in self.con.execute(RENAME_EVENTS_TABLE).fetchall():
             self.con.execute(f"ALTER TABLE {q(schema)}.{q(EVENTS_STREAM_VIEW)} RENAME TO {q(EVENTS_STREAM_TABLE)}")
         missing = self.con.execute(
