@@ -18,7 +18,8 @@ from google.api_core.exceptions import BadRequest
 from gleanpipe.admin import take_serve_lock, write_state
 from gleanpipe.load import Loader
 from gleanpipe.warehouse import WarehouseUnavailable, open_warehouse
-from gleanpipe.warehouse.bigquery import BigQueryWarehouse, parse_url
+from gleanpipe.table_schema import PING_COLUMNS, metrics_struct
+from gleanpipe.warehouse.bigquery import BigQueryWarehouse, parse_url, schema_of
 
 from conftest import DATASET, make_ping
 from test_load import CLIENT_A, CLIENT_B, EVENTS, put_ping
@@ -523,6 +524,23 @@ def test_a_loader_whose_gleanpipe_tables_were_deleted_makes_them_again(bq, store
         Loader(store, bq).load_keys([key])
     assert Loader(store, bq).load_keys([key]).inserted == 1
     assert bq.query("SELECT count(*) FROM _gleanpipe.deletions")[1] == [(0,)]
+
+
+def test_daily_active_clients_works_when_the_baseline_table_has_no_metrics_yet(bq, store):
+    """The SDK's first `active` baseline carries no metrics, and on Cloud Functions it can make
+    baseline_v1 alone, with no `metrics` column: daily_active_clients read that column anyway and
+    failed ("metrics not found"). It counts the ping, as DuckDB's does."""
+    Loader(store, bq).load_keys([put_ping(store, make_ping(CLIENT_A))])
+    assert "metrics" not in [f.name for f in bq.client.get_table(f"{bq.project}.{DATASET}.baseline_v1").schema]
+    assert bq.query(f"SELECT clients, pings FROM {DATASET}.daily_active_clients")[1] == [(1, 1)]
+    assert bq.query(f"SELECT count(*) FROM {DATASET}.metric_daily")[1] == [(0,)]
+    # The next baseline adds a metric (the SDK's inactive one does). bqemulator times out on rows
+    # streamed after a widening, so the table is widened as a load widens it and the views are
+    # made as after that load: only metric_daily reads `metrics`, which bqemulator widens in its
+    # metadata only, so daily_active_clients keeps working there too.
+    bq._widen(DATASET, "baseline_v1", schema_of(PING_COLUMNS + (("metrics", metrics_struct({"counter": {"x"}})),)))
+    bq._refresh_views(DATASET)
+    assert bq.query(f"SELECT clients, pings FROM {DATASET}.daily_active_clients")[1] == [(1, 1)]
 
 
 def test_a_ping_stored_twice_counts_once_in_the_derived_views(bq, store):

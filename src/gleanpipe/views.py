@@ -147,11 +147,14 @@ def _empty(columns, d: Dialect) -> str:
         + f"{d.empty_from} WHERE false"
 
 
-def build_views(tables: dict[str, list[tuple[str, str]]], ref: Callable[[str], str], d: Dialect) -> dict[str, str]:
+def build_views(tables: dict[str, list[tuple[str, str]]], ref: Callable[[str, bool], str],
+                d: Dialect) -> dict[str, str]:
     """The SELECT behind each view of one app's dataset, from its tables now: ``tables`` maps each
-    table name to its (metric type, column) pairs, ``ref`` makes a table name a reference."""
+    table name to its (metric type, column) pairs, ``ref(table, metrics)`` makes a table name a
+    reference (``metrics``: the view reads the table's ``metrics`` column)."""
     ping_tables = sorted(t for t in tables if TABLE_RE.fullmatch(t))
-    source = lambda table: f"{ref(table)} AS p"  # noqa: E731 - an alias, so a subquery can be a source too
+    # an alias, so a subquery can be a source too
+    source = lambda table, metrics=False: f"{ref(table, metrics)} AS p"  # noqa: E731
     out = {}
     if "baseline_v1" in ping_tables:
         out["daily_active_clients"] = (
@@ -166,7 +169,7 @@ def build_views(tables: dict[str, list[tuple[str, str]]], ref: Callable[[str], s
     else:
         out["events_daily"] = _empty(("day DATE", "category VARCHAR", "name VARCHAR", "events BIGINT",
                                       "clients BIGINT"), d)
-    parts = [p for t in ping_tables for mtype, col in tables[t] if (p := metric_part(source(t), t, mtype, col, d))]
+    parts = [p for t in ping_tables for mtype, col in tables[t] if (p := metric_part(source(t, True), t, mtype, col, d))]
     out["metric_daily"] = "\nUNION ALL\n".join(parts) if parts else _empty(METRIC_DAILY_COLUMNS, d)
     return out
 
@@ -186,7 +189,7 @@ def view_sql(con, dataset: str) -> dict[str, str]:
     names = [r[0] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE schema_name = ? ORDER BY 1", [dataset]).fetchall()]
     tables = {t: metric_columns(con, dataset, t) if TABLE_RE.fullmatch(t) else [] for t in names}
-    return build_views(tables, lambda table: f"{q(dataset)}.{q(table)}", DUCKDB)
+    return build_views(tables, lambda table, metrics: f"{q(dataset)}.{q(table)}", DUCKDB)
 
 
 def app_datasets(con) -> list[str]:

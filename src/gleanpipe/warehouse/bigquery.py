@@ -347,15 +347,15 @@ class BigQueryWarehouse(Warehouse):
                 schema = [f.to_api_repr() for f in self.client.get_table(self._ref(dataset, name), retry=self.retry,
                                                                          timeout=self.retry_s).schema]
             tables[name] = metric_fields(schema)
-        def source(table: str) -> str:
+        def source(table: str, metrics: bool) -> str:
             """What a derived view reads: the table's rows, one per ping as in its dedup view. Unlike
             DuckDB's, a BigQuery table can hold a ping twice (a load delivered again past BigQuery's
             dedupe window, a replay), and the derived views counted both. The columns are named, not
             `*`: bqemulator expands a `*` from the table's first schema, without widened columns."""
             if table == EVENTS_STREAM_TABLE:
                 columns, key = "submission_timestamp, category, name, client_id", EVENTS_KEY
-            else:
-                columns, key = "submission_timestamp, client_info, metrics", "document_id"
+            else:  # `metrics` only where a view reads it: a table gets that column with its first metric
+                columns, key = "submission_timestamp, client_info" + (", metrics" if metrics else ""), "document_id"
             return (f"(SELECT {columns} FROM {self._sql_ref(dataset, table)} WHERE TRUE QUALIFY "
                     f"ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY submission_timestamp) = 1)")
 
