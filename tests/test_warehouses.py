@@ -166,6 +166,23 @@ EXPECTED_METRICS = {
 }
 
 
+def test_the_readmes_automation_filter_leaves_out_tagged_pings(store, wh):
+    """README ("Where the tables differ from Mozilla's"): the views keep pings tagged `automation`,
+    and the README's WHERE clause for each warehouse leaves them out."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("**Where the tables differ from Mozilla's.**", 1)[1].split("\n\n", 1)[0]
+    duck, bigquery = re.findall(r"`(WHERE [^`]*)` on (?:DuckDB|BigQuery)", " ".join(section.split()))
+    keys = [put_ping(store, make_ping(client), headers={"x_source_tags": tags} if tags else None)
+            for client, tags in ((CLIENT_A, "automation"), (CLIENT_B, "ci, automation"), (CLIENT_A, "ci"), (CLIENT_B, None))]
+    assert load(store, wh, *keys).inserted == 4
+    assert wh.q(f"SELECT count(*) FROM {DATASET}.baseline") == [(4,)]
+    kept = wh.q(f"SELECT metadata.header.x_source_tags FROM {DATASET}.baseline {duck if wh.kind == 'duckdb' else bigquery} "
+                "ORDER BY 1 NULLS LAST")
+    assert kept == [("ci",), (None,)]
+
+
 def test_every_metric_type_round_trips(store, wh):
     key = put_ping(store, make_ping(CLIENT_A, metrics=FULL_METRICS),
                    headers={"date": "Mon, 23 Nov 2026 08:00:00 GMT", "x_source_tags": "automation, ci"})
