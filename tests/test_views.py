@@ -31,6 +31,42 @@ def dist(values: dict, total: int) -> dict:
     return {"sum": total, "values": {str(k): v for k, v in values.items()}}
 
 
+# The aggregated types not named in the pings of `loaded` (added to them; also used by test_warehouses'
+# test_derived_views_give_the_same_rows_on_both): clients A and B, day 1, metrics_v1.
+MORE_A = {
+    "timespan": {"toolbox.startup_duration": {"time_unit": "millisecond", "value": 1234}},
+    "labeled_quantity": {"toolbox.sizes": {"s": 3, "m": 5}},
+    "labeled_boolean": {"toolbox.feature_on": {"a": True, "b": False}},
+    "labeled_rate": {"toolbox.hits": {"l1": {"numerator": 1, "denominator": 2}}},
+    "memory_distribution": {"toolbox.heap_usage": dist({1024: 2}, 3000)},
+    "custom_distribution": {"toolbox.batch_sizes": dist({1: 1, 4: 2}, 9)},
+    "labeled_memory_distribution": {"toolbox.mem_by_tool": {"hammer": dist({8: 1}, 10)}},
+    "labeled_custom_distribution": {"toolbox.cd_by_tool": {"hammer": dist({8: 2}, 20)}},
+}
+MORE_B = {
+    "timespan": {"toolbox.startup_duration": {"time_unit": "millisecond", "value": 766}},
+    "labeled_quantity": {"toolbox.sizes": {"s": 7}},
+    "labeled_boolean": {"toolbox.feature_on": {"a": True}},
+    "labeled_rate": {"toolbox.hits": {"l1": {"numerator": 1, "denominator": 4}, "l2": {"numerator": 3,
+                                                                                     "denominator": 5}}},
+    "memory_distribution": {"toolbox.heap_usage": dist({2048: 1}, 2048)},
+}
+# Their metric_daily rows: metric, label, type, pings, clients, samples, sum, avg (4 places), min, max
+MORE_ROWS = [
+    ("toolbox_batch_sizes", None, "custom_distribution", 1, 1, 3.0, 9.0, 3.0, None, None),
+    ("toolbox_cd_by_tool", "hammer", "labeled_custom_distribution", 1, 1, 2.0, 20.0, 10.0, None, None),
+    ("toolbox_feature_on", "a", "labeled_boolean", 2, 2, 2.0, 2.0, 1.0, 1.0, 1.0),
+    ("toolbox_feature_on", "b", "labeled_boolean", 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0),
+    ("toolbox_heap_usage", None, "memory_distribution", 2, 2, 3.0, 5048.0, 1682.6667, None, None),
+    ("toolbox_hits", "l1", "labeled_rate", 2, 2, 6.0, 2.0, 0.3333, None, None),
+    ("toolbox_hits", "l2", "labeled_rate", 1, 1, 5.0, 3.0, 0.6, None, None),
+    ("toolbox_mem_by_tool", "hammer", "labeled_memory_distribution", 1, 1, 1.0, 10.0, 10.0, None, None),
+    ("toolbox_sizes", "m", "labeled_quantity", 1, 1, 1.0, 5.0, 5.0, 5.0, 5.0),
+    ("toolbox_sizes", "s", "labeled_quantity", 2, 2, 2.0, 10.0, 5.0, 3.0, 7.0),
+    ("toolbox_startup_duration", None, "timespan", 2, 2, 2.0, 2000.0, 1000.0, 766.0, 1234.0),
+]
+
+
 @pytest.fixture
 def loaded(store, warehouse):
     keys = [
@@ -49,6 +85,7 @@ def loaded(store, warehouse):
             "dual_labeled_counter": {"toolbox.clicks": {"button": {"left": 2, "right": 1}}},
             "string": {"toolbox.active_theme": "dark"},
             "labeled_timing_distribution": {"toolbox.load_time_by_tool": {"saw": dist({10: 3}, 33)}},
+            **MORE_A,
         }), "metrics", DAY1),
         put(store, make_ping(B, {
             "quantity": {"toolbox.open_windows": 8},
@@ -57,6 +94,7 @@ def loaded(store, warehouse):
             "timing_distribution": {"toolbox.render_time": dist({200: 1}, 250)},
             "rate": {"toolbox.cache_hit_rate": {"numerator": 1, "denominator": 4}},
             "string": {"toolbox.active_theme": "dark"},
+            **MORE_B,
         }), "metrics", DAY1),
         put(store, make_ping(A, events=[
             {"category": "toolbox", "name": "tool_opened", "timestamp": 1, "extra": {"tool": "saw"}},
@@ -130,6 +168,21 @@ def test_rate_ratio_and_dual_labels(loaded):
 def test_string_value_counts(loaded):
     (r,) = metric(loaded, "toolbox_active_theme")
     assert (r["label"], r["pings"], r["sum_value"]) == ("dark", 2, 2.0)
+
+
+def test_every_other_type_has_its_own_rows(loaded):
+    # timespan sums its value; labeled_rate sums numerators (sum_value) over denominators (samples)
+    got = rows(loaded, f"SELECT metric, label, metric_type, pings, clients, samples, sum_value, "
+                       f"ROUND(avg_value, 4) AS avg, min_value, max_value FROM {DATASET}.metric_daily "
+                       f"WHERE metric_type IN {tuple(MORE_A)} ORDER BY metric, label")
+    assert [tuple(r.values()) for r in got] == MORE_ROWS
+    day1 = rows(loaded, f"SELECT DISTINCT CAST(day AS VARCHAR) AS day, ping_table FROM {DATASET}.metric_daily "
+                        f"WHERE metric_type IN {tuple(MORE_A)}")
+    assert day1 == [{"day": "2026-11-21", "ping_table": "metrics_v1"}]
+    # with test_views' other tests, every type metric_daily aggregates
+    from gleanpipe.views import AGGREGATED_TYPES
+    types = {r["metric_type"] for r in rows(loaded, f"SELECT DISTINCT metric_type FROM {DATASET}.metric_daily")}
+    assert types == set(AGGREGATED_TYPES)
 
 
 def test_views_follow_new_columns_and_are_idempotent(loaded, store):

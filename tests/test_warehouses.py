@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pytest
 
 from gleanpipe import rawobject
-from gleanpipe.views import VIEW_NAMES
+from gleanpipe.views import AGGREGATED_TYPES, VIEW_NAMES
 
 from gleanpipe.load import Loader
 from gleanpipe.naming import DocumentPath
@@ -529,7 +529,7 @@ def test_derived_views_give_the_same_rows_on_both(store, wh):
     """The three derived views, made in each warehouse's own SQL, over the pings of test_views.py
     (every aggregated metric type, two clients, two UTC days). Each table gets all its metrics
     with its first ping: bqemulator widens a table's metadata only (see bq_emulator.py)."""
-    from test_views import A, B, DAY1, DAY2, dist, put
+    from test_views import A, B, DAY1, DAY2, MORE_A, MORE_B, MORE_ROWS, dist, put
 
     metrics_a = {"quantity": {"toolbox.open_windows": 4}, "boolean": {"toolbox.dark_mode_enabled": True},
                  "labeled_counter": {"toolbox.tool_used": {"hammer": 2, "pliers": 1}},
@@ -537,12 +537,13 @@ def test_derived_views_give_the_same_rows_on_both(store, wh):
                  "rate": {"toolbox.cache_hit_rate": {"numerator": 3, "denominator": 4}},
                  "dual_labeled_counter": {"toolbox.clicks": {"button": {"left": 2, "right": 1}}},
                  "string": {"toolbox.active_theme": "dark"},
-                 "labeled_timing_distribution": {"toolbox.load_time_by_tool": {"saw": dist({10: 3}, 33)}}}
+                 "labeled_timing_distribution": {"toolbox.load_time_by_tool": {"saw": dist({10: 3}, 33)}},
+                 **MORE_A}
     metrics_b = {"quantity": {"toolbox.open_windows": 8}, "boolean": {"toolbox.dark_mode_enabled": False},
                  "labeled_counter": {"toolbox.tool_used": {"hammer": 5}},
                  "timing_distribution": {"toolbox.render_time": dist({200: 1}, 250)},
                  "rate": {"toolbox.cache_hit_rate": {"numerator": 1, "denominator": 4}},
-                 "string": {"toolbox.active_theme": "dark"}}
+                 "string": {"toolbox.active_theme": "dark"}, **MORE_B}
     events = [{"category": "toolbox", "name": "tool_opened", "timestamp": i, "extra": {"tool": "saw"}} for i in (1, 2)]
     keys = [put(store, make_ping(A, {"counter": {"toolbox.launch_count": n}}), "baseline", DAY1) for n in (2, 3)]
     keys += [put(store, make_ping(B, {"counter": {"toolbox.launch_count": 5}}), "baseline", DAY1),
@@ -558,7 +559,8 @@ def test_derived_views_give_the_same_rows_on_both(store, wh):
     got = wh.q(f"SELECT metric, label, CAST(day AS STRING), ping_table, metric_type, pings, clients, samples, "
                f"sum_value, ROUND(avg_value, 4), min_value, max_value FROM {DATASET}.metric_daily")
     day1, day2 = "2026-11-21", "2026-11-22"
-    assert sorted(got, key=lambda r: (r[0], r[1] or "", r[2])) == [
+    more = [(m, label, day1, "metrics_v1", *rest) for m, label, *rest in MORE_ROWS]
+    assert sorted(got, key=lambda r: (r[0], r[1] or "", r[2])) == sorted(more + [
         # metric, label, day, table, type, pings, clients, samples, sum, avg, min, max
         ("toolbox_active_theme", "dark", day1, "metrics_v1", "string", 2, 2, 2.0, 2.0, 1.0, None, None),
         ("toolbox_cache_hit_rate", None, day1, "metrics_v1", "rate", 2, 2, 8.0, 4.0, 0.5, None, None),
@@ -573,7 +575,8 @@ def test_derived_views_give_the_same_rows_on_both(store, wh):
         ("toolbox_render_time", None, day1, "metrics_v1", "timing_distribution", 2, 2, 4.0, 650.0, 162.5, None, None),
         ("toolbox_tool_used", "hammer", day1, "metrics_v1", "labeled_counter", 2, 2, 2.0, 7.0, 3.5, 2.0, 5.0),
         ("toolbox_tool_used", "pliers", day1, "metrics_v1", "labeled_counter", 1, 1, 1.0, 1.0, 1.0, 1.0, 1.0),
-    ]
+    ], key=lambda r: (r[0], r[1] or "", r[2]))
+    assert {r[4] for r in got} == set(AGGREGATED_TYPES)
     # A new metric widens baseline_v1 and metric_daily is given a part for it.
     assert load(store, wh, put(store, make_ping(A, {"counter": {"toolbox.brand_new": 11}}), "baseline", DAY2)).inserted
     if wh.kind == "duckdb":
