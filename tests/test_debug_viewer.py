@@ -259,14 +259,19 @@ def test_retention_drops_old_entries_of_every_tag(tmp_path):
     index = DebugIndex(store, max_per_tag=10, retention_hours=1)
     hour = 3_600_000_000
     now = 1_800_000_000 * 1_000_000
+    # at the cut: 1 h old is kept, 1 h and 1 µs old is dropped
     meta = {"headers": {"x_debug_id": "old"}, "submission_timestamp": "t", "key": "raw/a"}
-    index.record(meta, "accepted", 200, "raw/a", now_us=now - 2 * hour)
-    index.record({**meta, "headers": {"x_debug_id": "new"}}, "accepted", 200, "raw/b", now_us=now - hour // 2)
+    index.record(meta, "accepted", 200, "raw/a", now_us=now - hour - 1)
+    index.record({**meta, "headers": {"x_debug_id": "new"}}, "accepted", 200, "raw/b", now_us=now - hour)
     assert len(list(store.list(DEBUG_PREFIX))) == 2
     tags = index.tags(now_us=now)  # listing sweeps what expired, in any tag
     assert [t["tag"] for t in tags] == ["new"]
     assert list(store.list(f"{DEBUG_PREFIX}old/")) == []
-    assert len(index.entry_ids("new", now_us=now)) == 1
+    assert [e[:17] for e in index.entry_ids("new", now_us=now)] == [f"{now - hour:017d}"]
+    # a write prunes its own tag by the same cut
+    index.record({**meta, "headers": {"x_debug_id": "new"}}, "accepted", 200, "raw/c", now_us=now - hour - 1)
+    assert index.prune("new", now_us=now) == 1
+    assert [e[:17] for e in index.entry_ids("new", now_us=now)] == [f"{now - hour:017d}"]
 
 
 def test_an_entry_is_read_only_from_an_index_folder(tmp_path):
