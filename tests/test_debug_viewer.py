@@ -17,7 +17,7 @@ import pytest
 
 from conftest import SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path
 from gleanpipe.config import Config
-from gleanpipe.debug_index import DEBUG_PREFIX, INVALID_GROUP, MAX_BODY_TEXT, DebugIndex
+from gleanpipe.debug_index import DEBUG_PREFIX, INVALID_GROUP, MAX_BODY_TEXT, MAX_ERROR_CHARS, DebugIndex
 from gleanpipe.debug_viewer import DebugViewer
 from gleanpipe.storage.local import LocalStore
 from gleanpipe.wsgi_mounts import PrefixDispatcher
@@ -272,6 +272,17 @@ def test_retention_drops_old_entries_of_every_tag(tmp_path):
     index.record({**meta, "headers": {"x_debug_id": "new"}}, "accepted", 200, "raw/c", now_us=now - hour - 1)
     assert index.prune("new", now_us=now) == 1
     assert [e[:17] for e in index.entry_ids("new", now_us=now)] == [f"{now - hour:017d}"]
+
+
+def test_an_entrys_error_message_is_cut_to_max_error_chars(tmp_path):
+    index = DebugIndex(LocalStore(tmp_path / "store"), max_per_tag=10, retention_hours=1)
+    message = "".join(f"{i:07d} " for i in range(3_000))  # 24,000 characters, each place distinct
+    for tag, sent in (("at", message[:MAX_ERROR_CHARS]), ("over", message[:MAX_ERROR_CHARS + 1]), ("long", message)):
+        meta = {"headers": {"x_debug_id": tag}, "submission_timestamp": "t", "key": None}
+        index.record(meta, "rejected", 400, "errors/x", "schema", sent)
+        [entry_id] = index.entry_ids(tag)
+        kept = index.entry(tag, entry_id)["error_message"]
+        assert len(kept) == MAX_ERROR_CHARS == 16_384 and kept == message[:MAX_ERROR_CHARS], tag
 
 
 def test_an_entry_is_read_only_from_an_index_folder(tmp_path):
