@@ -16,8 +16,8 @@ try:
 except ModuleNotFoundError:  # not installed: run from the source tree
     sys.path.insert(0, str(REPO / "src"))
 
-from gleanpipe.validation import (MAX_ERRORS, MAX_LISTED_BYTES, PingValidator, default_validator, load_schema,  # noqa: E402
-                                  render, validate_ping)
+from gleanpipe.validation import (MAX_ERROR, MAX_ERRORS, MAX_LISTED_BYTES, PingValidator,  # noqa: E402
+                                  default_validator, load_schema, render, validate_ping)
 
 from conftest import SHARED  # noqa: E402
 
@@ -253,6 +253,23 @@ def test_long_instances_are_truncated() -> None:
     errors = validate_ping({"metrics": {"counter": {"a.b": "z" * 5000}}})
     assert len(errors) == 1 and len(errors[0]) < 120
     assert errors[0].startswith("metrics.counter.a.b: 'zzz") and "..." in errors[0]
+
+
+@pytest.mark.parametrize("size", [0, MAX_LISTED_BYTES + 1])  # jsonschema's errors, and jsonschema-rs's first one
+def test_one_error_is_cut_to_max_error_characters(size) -> None:
+    """An unknown key of n characters gives a message of 57 + n: 200 (MAX_ERROR) is kept whole,
+    201 is cut to exactly 200, ending in '...'."""
+    def message(n):
+        [error] = validate_ping({"metrics": {"counter": {"a.b": 1}, "x" * n: {}}}, size)
+        assert error.startswith("metrics: ")
+        return error[len("metrics: "):]
+
+    whole = f"Additional properties are not allowed ('{'x' * 143}' was unexpected)"
+    assert len(whole) == MAX_ERROR == 200 and message(143) == whole
+    cut = message(144)
+    assert cut == f"Additional properties are not allowed ('{'x' * 144}' was unexpected)"[:197] + "..."
+    assert len(cut) == MAX_ERROR and cut.endswith("' was unexpec...")
+    assert len(message(5000)) == MAX_ERROR
 
 
 def test_validators_disagreeing_never_yield_empty() -> None:
