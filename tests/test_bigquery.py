@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import orjson
 import pytest
 from google.api_core.exceptions import BadRequest
 
@@ -19,7 +20,7 @@ from gleanpipe.admin import take_serve_lock, write_state
 from gleanpipe.load import Loader
 from gleanpipe.warehouse import WarehouseUnavailable, open_warehouse
 from gleanpipe.table_schema import PING_COLUMNS, metrics_struct
-from gleanpipe.warehouse.bigquery import BigQueryWarehouse, parse_url, schema_of
+from gleanpipe.warehouse.bigquery import MAX_INSERT_BYTES, MAX_INSERT_ROWS, BigQueryWarehouse, parse_url, schema_of
 
 from conftest import DATASET, make_ping
 from test_load import CLIENT_A, CLIENT_B, EVENTS, put_ping
@@ -556,3 +557,41 @@ def test_a_ping_stored_twice_counts_once_in_the_derived_views(bq, store):
     assert bq.query(f"SELECT sum(events) FROM {DATASET}.events_daily")[1] == [(len(EVENTS),)]
     assert bq.query(f"SELECT pings, sum_value FROM {DATASET}.metric_daily "
                     "WHERE metric = 'toolbox_launch_count'")[1] == [(1, 3.0)]
+
+
+class CountingInserts:
+    """A spy on the client's insert_rows_json that calls through: (table, rows) of every request."""
+
+    def __init__(self, client):
+        self.calls, self._real = [], client.insert_rows_json
+        client.insert_rows_json = self
+
+    def __call__(self, table, rows, **kwargs):
+        self.calls.append((str(table).rsplit(".", 1)[1], list(rows)))
+        return self._real(table, rows, **kwargs)
+
+    def sizes(self, table):
+        return [len(rows) for t, rows in self.calls if t == table]
+
+
+def test_a_batch_over_max_insert_rows_goes_in_two_requests(store, bq):
+    keys = [put_ping(store, make_ping(CLIENT_A, seq=i)) for i in range(MAX_INSERT_ROWS + 1)]
+    spy = CountingInserts(bq.client)
+    assert Loader(store, bq).load_keys(keys).inserted == 501
+    assert spy.sizes("baseline_v1") == [500, 1]
+    stored = bq.query(f"SELECT document_id, ping_info.seq FROM {DATASET}.baseline")[1]
+    assert sorted(stored, key=lambda r: r[1]) == [(k.rsplit("/", 1)[1][:-5], i) for i, k in enumerate(keys)]
+
+
+def test_a_batch_over_max_insert_bytes_goes_in_more_requests(store, bq):
+    # three rows of about 4 MiB (a long text metric): two fit in one request of at most 9 MiB, the third
+    # goes in the next
+    big = lambda i: make_ping(CLIENT_A, seq=i, metrics={"text": {"toolbox.notes": f"{i}" * (4 << 20)}})  # noqa: E731
+    keys = [put_ping(store, big(i)) for i in range(3)]
+    spy = CountingInserts(bq.client)
+    assert Loader(store, bq).load_keys(keys).inserted == 3
+    chunks = [[len(orjson.dumps(r)) for r in rows] for t, rows in spy.calls if t == "baseline_v1"]
+    assert [len(c) for c in chunks] == [2, 1]
+    assert sum(chunks[0]) <= MAX_INSERT_BYTES < sum(chunks[0]) + chunks[1][0]
+    stored = bq.query(f"SELECT ping_info.seq, LENGTH(metrics.text.toolbox_notes) FROM {DATASET}.baseline")[1]
+    assert sorted(stored) == [(i, 4 << 20) for i in range(3)]
