@@ -17,7 +17,7 @@ from functions_framework import create_app
 from gleanpipe.load import Loader
 from gleanpipe.storage import open_store
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
-from gleanpipe.worker import S3QueueWorker
+from gleanpipe.worker import MAX_BATCH, S3QueueWorker
 
 from conftest import APP, DATASET, ROOT, SDK_HEADERS, gz, make_ping, submit_path
 from emulators import closed_port, unique_bucket
@@ -121,6 +121,33 @@ def test_a_message_delivered_twice_leaves_one_row(s3_pipeline):
         wh.close()
     assert w.stats.objects == 2 and w.stats.counts["inserted"] == 1 and w.stats.counts["duplicates"] == 1
     assert rows(p["warehouse"]) == [(doc, 1)]
+    assert queue_depth(p) == 0
+
+
+def test_one_receive_takes_at_most_max_batch_messages(s3_pipeline):
+    p = s3_pipeline
+    # a visibility timeout longer than the test, so a receive sees no message handed out before
+    p["sqs"].set_queue_attributes(QueueUrl=p["queue"], Attributes={"VisibilityTimeout": "60"})
+    docs = submit(12)  # 13 messages: S3's s3:TestEvent, then one per ping
+    w, wh = worker_for(p)
+    receives = []  # (messages asked for, messages received) of each receive
+    real = w.sqs.receive_message
+
+    def receive(**kwargs):  # a spy that calls through
+        resp = real(**kwargs)
+        receives.append((kwargs["MaxNumberOfMessages"], len(resp.get("Messages", []))))
+        return resp
+
+    w.sqs.receive_message = receive
+    try:
+        w.run(once=True)
+        assert receives == [(MAX_BATCH, 10)] and w.stats.received == w.stats.deleted == 10
+        w.run(once=True)
+        assert receives == [(10, 10), (10, 3)] and w.stats.received == w.stats.deleted == 13
+        assert w.stats.objects == 12 and w.stats.counts["inserted"] == 12
+    finally:
+        wh.close()
+    assert rows(p["warehouse"]) == [(doc, i + 1) for i, doc in enumerate(docs)]
     assert queue_depth(p) == 0
 
 
