@@ -364,10 +364,25 @@ def test_loader_waits_for_an_object_whose_receipt_came_first(config, store, ware
     os.link(store.inbox / receipt, store.root / path.key)  # the edge links the object into place
     assert thread.step() == 1 and store.pending(10) == []
     assert warehouse.query(f"SELECT document_id FROM {DATASET}.baseline_v1")[1] == [(path.document_id,)]
-    # a receipt whose object never comes (a crashed write) is dropped after the grace period
-    stale = f"{time.time_ns() - 120 * 10**9:020d}-abcdef12+raw:{APP}:baseline:1:{uuid.uuid4()}.json"
-    (store.inbox / stale).write_bytes(b"x")
-    assert thread.step() == 1 and store.pending(10) == []
+
+
+def test_a_receipt_whose_object_never_comes_is_dropped_after_the_grace_period(store, warehouse, caplog):
+    """serve.MISSING_GRACE_S (60 s), from the time in the receipt's name: 59 s old stays for the
+    next round, 61 s old (a crashed write) is dropped, with a warning naming its object."""
+    from gleanpipe.load import Loader
+    from gleanpipe.serve import MISSING_GRACE_S, LoaderThread
+
+    assert MISSING_GRACE_S == 60
+    now = time.time_ns()
+    keys = {age: f"raw/{APP}/baseline/1/{uuid.uuid4()}.json" for age in (61, 59)}
+    for age, key in keys.items():
+        (store.inbox / f"{now - age * 10**9:020d}-abcdef12+{key.replace('/', ':')}").write_bytes(b"x")
+    thread = LoaderThread(store, Loader(store, warehouse), batch=10, interval_s=0.01)
+    with caplog.at_level("WARNING", logger="gleanpipe.serve"):
+        assert thread.step() == 1
+    assert [k for _, k in store.pending(10)] == [keys[59]]
+    assert [r.getMessage() for r in caplog.records if r.name == "gleanpipe.serve"] == [
+        f"object {keys[61]} never appeared; its receipt is dropped"]
 
 
 def test_same_location_compares_local_paths_resolved(tmp_path, monkeypatch):
