@@ -430,8 +430,9 @@ def test_serve_removes_temp_files_a_killed_writer_left_behind(tmp_path):
     old, fresh = tmp / "0123abcd", tmp / "4567ef01"
     old.write_bytes(b"a ping never acknowledged")
     fresh.write_bytes(b"a write in progress")
-    two_hours_ago = time.time() - 7200
-    os.utime(old, (two_hours_ago, two_hours_ago))
+    # either side of local.STALE_TMP_S (1 h): 61 min old goes, 59 min old stays
+    for path, minutes in ((old, 61), (fresh, 59)):
+        os.utime(path, (time.time() - minutes * 60,) * 2)
     server = ServeProcess(data_dir).start()
     try:
         assert not old.exists() and fresh.exists()
