@@ -304,9 +304,15 @@ def test_a_name_sent_under_several_types_has_a_page_for_each(site):
     metrics = {m["id"]: m for m in api(site, "apps/org_example_types.json")["metrics"]}
     assert {i: m["type"] for i, m in metrics.items() if i.startswith("t_x")} == {
         "t_x.counter": "counter", "t_x.string": "string", "t_x.labeled_counter": "labeled_counter"}
-    for metric_id, column in (("t_x.counter", "metrics.counter.t_x"), ("t_x.string", "metrics.string.t_x"),
-                              ("t_x.labeled_counter", "metrics.labeled_counter.t_x")):
+    [(day,)] = site.query("SELECT DISTINCT CAST(CAST(timezone('UTC', submission_timestamp) AS DATE) AS VARCHAR) "
+                          "FROM org_example_types.metrics_v1")[1]
+    # each page charts its own column's values: the counter's 5, the string's one ping, the label's 2
+    for metric_id, column, title, series in (
+            ("t_x.counter", "metrics.counter.t_x", "daily sum", [("sum", 5.0)]),
+            ("t_x.string", "metrics.string.t_x", "pings per value (top 5)", [("five", 1.0)]),
+            ("t_x.labeled_counter", "metrics.labeled_counter.t_x", "daily sum per label (top 5)", [("a", 2.0)])):
         page = api(site, f"apps/org_example_types/metrics/{metric_id}.json")
         assert [q["column"] for q in page["queries"]] == [column]
         assert f"{column.split('.')[1]}.t_x" in page["queries"][0]["sql"]["duckdb"].replace('"', "")
-        assert page["chart"] is not None, metric_id
+        assert page["chart"] == {"table": "metrics_v1", "title": title, "unit": "",
+                                 "series": [{"name": n, "points": [[day, v]]} for n, v in series]}, metric_id
