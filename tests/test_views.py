@@ -11,6 +11,7 @@ import pytest
 from gleanpipe import rawobject
 from gleanpipe.load import Loader
 from gleanpipe.naming import DocumentPath
+from gleanpipe.views import AGGREGATED_TYPES
 
 from conftest import APP, DATASET, make_ping
 
@@ -180,7 +181,6 @@ def test_every_other_type_has_its_own_rows(loaded):
                         f"WHERE metric_type IN {tuple(MORE_A)}")
     assert day1 == [{"day": "2026-11-21", "ping_table": "metrics_v1"}]
     # with test_views' other tests, every type metric_daily aggregates
-    from gleanpipe.views import AGGREGATED_TYPES
     types = {r["metric_type"] for r in rows(loaded, f"SELECT DISTINCT metric_type FROM {DATASET}.metric_daily")}
     assert types == set(AGGREGATED_TYPES)
 
