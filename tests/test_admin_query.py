@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from gleanpipe.admin import STATE_FILE
+from gleanpipe.admin import STATE_FILE, TOKEN_HEADER
 from gleanpipe.warehouse.base import WarehouseClosing
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
-from conftest import ServeProcess
+from conftest import ServeProcess, post
 from conftest import run_cli as gleanpipe
 
 UUID_KEY = "8f2c6f1e-3d4b-4a5c-9e7f-0a1b2c3d4e5f"
@@ -167,3 +167,23 @@ def test_a_query_whose_client_goes_away_is_interrupted_without_a_traceback(tmp_p
         assert server.stop() == 0
     log = server.read_log()
     assert "Traceback" not in log and "BrokenPipeError" not in log, log
+
+
+def test_the_admin_api_refuses_a_missing_or_wrong_token_and_its_token_file_is_private(serve):
+    """The admin API runs SQL and loads keys: its token (serve.json, mode 0600, readable only by
+    the user who runs serve) is the only thing between it and any local user. A request without
+    the token, or with another one, gets 403 and is not run, whatever its endpoint."""
+    state_path = serve.data_dir / STATE_FILE
+    assert state_path.stat().st_mode & 0o777 == 0o600
+    state = json.loads(state_path.read_text())
+    body = json.dumps({"sql": "SELECT 42 AS n"}).encode()
+    json_type = {"Content-Type": "application/json"}
+    refused = (403, {"error": "bad or missing token"})
+    for headers in (json_type, {**json_type, TOKEN_HEADER: ""},
+                    {**json_type, TOKEN_HEADER: "x" * len(state["token"])},
+                    {**json_type, TOKEN_HEADER: state["token"][:-1]}):
+        assert post(state["admin_url"] + "/query", body, headers)[:2] == refused, headers
+        assert post(state["admin_url"] + "/no-such-endpoint", body, headers)[:2] == refused, headers
+    # the same request with the token is answered (a check of the check above)
+    assert post(state["admin_url"] + "/query", body, {**json_type, TOKEN_HEADER: state["token"]})[:2] == \
+        (200, {"columns": ["n"], "rows": [[42]]})
