@@ -317,6 +317,32 @@ def test_a_killed_serve_takes_its_http_server_with_it(data_dir):
         assert again.stop() == 0
 
 
+def test_serve_takes_its_worker_count_and_load_interval_from_the_environment(data_dir):
+    """GLEANPIPE_WORKERS is the number of gunicorn workers (3 here, not the default 2), and
+    GLEANPIPE_LOAD_INTERVAL_MS the loader's pause between two looks at its inbox (2 s here, not
+    the default 50 ms). The second is shown without a clock bound that a slow machine could
+    break: ping B is sent once ping A is in the table, so after the load that took A had read its
+    inbox (a load reads it once, at its start, and that start came after A was sent). B is taken
+    by a later load, which starts at least one interval after that one: B cannot be in the table
+    sooner than 2 s after A was sent, however slow the machine (only later)."""
+    data_dir.mkdir(parents=True)
+    interval_s = 2.0
+    server = ServeProcess(data_dir, env={"GLEANPIPE_WORKERS": "3",
+                                         "GLEANPIPE_LOAD_INTERVAL_MS": str(int(interval_s * 1000))}).start()
+    try:
+        (master,) = children(server.proc.pid)
+        assert len(children(master)) == 3
+        count = f"SELECT count(*) FROM {DATASET}.baseline_v1"
+        a_sent = time.monotonic()
+        assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200
+        assert server.wait_rows(count, 1, timeout=3 * interval_s) == 1
+        assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=2)))[0] == 200
+        assert server.wait_rows(count, 2, timeout=3 * interval_s) == 2
+        assert time.monotonic() - a_sent >= interval_s
+    finally:
+        assert server.stop() == 0
+
+
 def test_parent_guard_runs_the_command_and_refuses_an_orphan():
     from gleanpipe import parent_guard
 
