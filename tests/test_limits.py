@@ -28,6 +28,8 @@ from gleanpipe.validation import MAX_LISTED_BYTES
         # upper bounds (config.MAX_VALUE): a process count that would swamp the machine, waits past the OS timers
         (["serve", "--workers", "65"], {}, "GLEANPIPE_WORKERS must be at most 64, got 65"),
         (["serve"], {"GLEANPIPE_LOAD_INTERVAL_MS": "60001"}, "GLEANPIPE_LOAD_INTERVAL_MS must be at most 60000, got 60001"),
+        (["serve"], {"GLEANPIPE_BODY_TIMEOUT_S": "3601"}, "GLEANPIPE_BODY_TIMEOUT_S must be at most 3600, got 3601"),
+        (["serve"], {"GLEANPIPE_BODY_TIMEOUT_S": "0"}, "GLEANPIPE_BODY_TIMEOUT_S must be positive, got 0"),
         (["serve"], {"GLEANPIPE_SPOOL_SEGMENT_SECONDS": "10000000000"},
          "GLEANPIPE_SPOOL_SEGMENT_SECONDS must be at most 86400, got 10000000000"),
         (["serve"], {"GLEANPIPE_CONNECTIONS": "100000000000000000000"},  # crashed every gevent worker at boot
