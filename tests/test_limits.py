@@ -211,6 +211,28 @@ def test_uri_limit_default_is_exact(client):
                                "error_message": "path is over 512 bytes (GLEANPIPE_MAX_URI_BYTES)"}
 
 
+def multibyte_path(total: int) -> str:
+    """A /submit path of ``total`` bytes in UTF-8, most of them in two-byte characters ("é"): far
+    fewer characters than bytes. (Its app id is not a valid one: the edge's 400 "uri" within the limit.)"""
+    tail = f"/baseline/1/{DOC_ID}"
+    room = total - len("/submit/") - len(tail)
+    return "/submit/" + "é" * (room // 2) + "a" * (room % 2) + tail
+
+
+def test_uri_limit_counts_the_bytes_of_a_multibyte_path(client):
+    """The limit is in bytes, whatever the characters. The edge gets WSGI's PATH_INFO, one
+    character per byte (decoded as latin-1): it used to encode that as UTF-8, counting every byte
+    over 0x7F twice, so a 456-byte path of "é" got a 414 for being "over 512 bytes"."""
+    at, over = multibyte_path(512), multibyte_path(513)
+    assert (len(at.encode()), len(over.encode())) == (512, 513) and len(over) < 300
+    resp = client.post(at, data=gz(make_ping()), headers=SDK_HEADERS)
+    assert resp.status_code == 400 and resp.get_json()["error_type"] == "uri"  # the app id, not the length
+    resp = client.post(over, data=gz(make_ping()), headers=SDK_HEADERS)
+    assert resp.status_code == 414
+    assert resp.get_json() == {"error_type": "uri_too_long",
+                               "error_message": "path is over 512 bytes (GLEANPIPE_MAX_URI_BYTES)"}
+
+
 @pytest.mark.parametrize("header, name", [("X-Source-Tags", "x_source_tags"), ("User-Agent", "user_agent"),
                                           ("Content-Encoding", "content_encoding")])
 def test_header_limit_default_is_exact(client, fn_env, header, name):
@@ -300,6 +322,8 @@ def test_documented_defaults():
 
 
 def test_serve_answers_raised_uri_and_header_limits_itself(tmp_path):
+    from urllib.parse import quote
+
     from conftest import ServeProcess, post
 
     data_dir = tmp_path / "data"
@@ -317,6 +341,15 @@ def test_serve_answers_raised_uri_and_header_limits_itself(tmp_path):
         status, body, _ = post(server.url + path(5001), gz(make_ping()))
         assert (status, body) == (414, {"error_type": "uri_too_long",
                                         "error_message": "path is over 5000 bytes (GLEANPIPE_MAX_URI_BYTES)"})
+        # in bytes over real HTTP too: 1000 of its 5000 bytes are "é", sent percent-encoded (7000 characters
+        # of its request line, within gunicorn's 8190) and counted by the edge as the bytes they are
+        def mixed(total: int) -> str:
+            return "/submit/" + quote("é" * 500) + path(total - 1000)[len("/submit/"):]
+
+        status, body, _ = post(server.url + mixed(5000), gz(make_ping()))
+        assert (status, body["error_type"]) == (400, "uri")
+        status, body, _ = post(server.url + mixed(5001), gz(make_ping()))
+        assert (status, body["error_type"]) == (414, "uri_too_long")
         # over gunicorn's default header field size (8190) but within GLEANPIPE_MAX_HEADER_BYTES: stored
         status, _, hdrs = post(server.url + submit_path(document_id=DOC_ID), gz(make_ping()),
                                {**SDK_HEADERS, "X-Source-Tags": "t" * 10000})
@@ -325,7 +358,7 @@ def test_serve_answers_raised_uri_and_header_limits_itself(tmp_path):
                                {**SDK_HEADERS, "X-Source-Tags": "t" * 10001})
         assert (status, body["error_type"]) == (431, "header_too_large")
         rejected = sorted(p.parent.name for p in (data_dir / "store" / "errors").rglob("*.json"))
-        assert rejected == ["header_too_large", "uri"]  # kept with their reason; a 414 is not (README)
+        assert rejected == ["header_too_large", "uri", "uri"]  # kept with their reason; a 414 is not (README)
     finally:
         assert server.stop() == 0
 

@@ -121,7 +121,10 @@ class SubmitHandler:
         """``declared_length``: the Content-Length, when the adapter did not read an oversized body.
         ``body_problem``: why the body did not arrive whole (``read_body``); ``body`` is what came."""
         cfg = self.config
-        if len(path.encode("utf-8", "surrogateescape")) > cfg.max_uri_bytes:
+        # ``path`` is WSGI's PATH_INFO (both adapters pass it): its bytes, one character each
+        # (decoded as latin-1), so its length is its length in bytes. Encoding it as UTF-8 counted
+        # each byte over 0x7F twice.
+        if len(path) > cfg.max_uri_bytes:
             return _error(414, "uri_too_long", f"path is over {cfg.max_uri_bytes} bytes (GLEANPIPE_MAX_URI_BYTES)")
         parts = path.split("/")
         if len(parts) != 6 or parts[0] != "" or parts[1] != "submit" or not all(parts[2:]):
