@@ -675,6 +675,27 @@ def test_query_output_keeps_values_as_stored_and_shows_control_characters_in_a_t
                            "give the columns names of their own (AS ...)\n")
 
 
+def test_a_table_cuts_a_value_at_its_fixed_width_and_csv_keeps_it_whole(tmp_path):
+    """A table column is at most cli.TABLE_CELL_CHARS (60) characters wide (README "Fixed limits"):
+    a 100-character value is shown as its first 59 and "…"; one of 60 is shown whole."""
+    import duckdb
+
+    from gleanpipe.cli import TABLE_CELL_CHARS
+
+    assert TABLE_CELL_CHARS == 60
+    duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()
+    sql = "SELECT * FROM (VALUES (repeat('x', 100), 'a'), (repeat('y', 60), 'b')) t(v, w)"
+    table = gleanpipe("query", "--data-dir", str(tmp_path), sql)
+    assert (table.returncode, table.stderr) == (0, "")
+    assert table.stdout.splitlines() == ["v" + " " * 59 + "  w",
+                                         "-" * 60 + "  -",
+                                         "x" * 59 + "…  a",
+                                         "y" * 60 + "  b",
+                                         "(2 rows)"]
+    csv_out = gleanpipe("query", "--data-dir", str(tmp_path), "--format", "csv", sql)
+    assert csv_out.stdout.splitlines() == ["v,w", "x" * 100 + ",a", "y" * 60 + ",b"]
+
+
 def test_a_reader_that_stops_reading_is_no_error(tmp_path):
     """`gleanpipe status | head -1`: before, "Error: Broken pipe" and exit code 1 once the reader
     had gone. Here the reader goes before the first line (as `| true` does), so every write fails."""

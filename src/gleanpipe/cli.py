@@ -199,6 +199,9 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
 # a table is for a terminal: control characters from ping data are shown, not sent to it (an
 # escape sequence in a label could retitle the terminal or hide rows)
 _SHOWN_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {ord("\n"): "\\n", ord("\t"): "\\t"}
+# widest column of a table (README "Fixed limits"): a longer value is cut, ending in "…" (csv and json
+# give it whole)
+TABLE_CELL_CHARS = 60
 
 
 def _format(columns: list[str], rows: list, fmt: str) -> str:
@@ -217,7 +220,7 @@ def _format(columns: list[str], rows: list, fmt: str) -> str:
         w.writerows([[cell(v) for v in r] for r in rows])
         return buf.getvalue().rstrip("\n")
     table = [[str(c) for c in columns]] + [[cell(v).translate(_SHOWN_CONTROLS) for v in r] for r in rows]
-    widths = [min(max(len(r[i]) for r in table), 60) for i in range(len(columns))]
+    widths = [min(max(len(r[i]) for r in table), TABLE_CELL_CHARS) for i in range(len(columns))]
     clip = lambda s, w: s if len(s) <= w else s[: w - 1] + "…"
     lines = ["  ".join(clip(v, w).ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
