@@ -29,7 +29,7 @@ from gleanpipe.storage import StoreError
 from gleanpipe.storage.local import LocalStore
 from gleanpipe.storage.spool import SPOOL, decode_records, encode_record
 from gleanpipe.storage.spool_reader import SpoolReader
-from gleanpipe.storage.spool_writer import SpoolingStore, SpoolWriter
+from gleanpipe.storage.spool_writer import RECENT_KEYS, SpoolingStore, SpoolWriter
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
 CLIENT = "5a4e6c2b-3f7d-4d8e-9a1b-0c2d3e4f5a6b"
@@ -382,20 +382,21 @@ def test_edge_dedupe_answers_duplicate_without_spooling(config, store):
     spooling.writer.close()
 
 
-def test_the_dedupe_memory_forgets_its_oldest_key_first(store, monkeypatch):
-    """Over RECENT_KEYS keys, the oldest is forgotten (a copy of it is spooled again) and the
-    newest is still answered "duplicate"."""
-    import gleanpipe.storage.spool_writer as spool_writer
-
-    monkeypatch.setattr(spool_writer, "RECENT_KEYS", 2)
-    spooling = SpoolingStore(store, 1 << 20, 3600)
-    (a, data_a), (b, data_b), (c, data_c) = raw(seq=1), raw(seq=2), raw(seq=3)
-    assert [spooling.put_new(a, data_a), spooling.put_new(b, data_b), spooling.put_new(c, data_c)] == [True] * 3
-    assert spooling.put_new(c, data_c) is False  # the newest: remembered
-    assert spooling.put_new(a, data_a) is True  # the oldest: forgotten, spooled again
+def test_the_dedupe_memory_forgets_its_oldest_key_first(store):
+    """The memory holds exactly N keys (N = RECENT_KEYS, 100,000, in serve; 3 here, through the
+    constructor, to reach it): N keys are all answered "duplicate"; key N+1 forgets the oldest
+    only (a copy of it is spooled again), and the second oldest is still answered "duplicate"."""
+    assert SpoolingStore(store, 1 << 20, 3600).recent_keys == RECENT_KEYS == 100_000
+    spooling = SpoolingStore(store, 1 << 20, 3600, recent_keys=3)
+    (k1, d1), (k2, d2), (k3, d3), (k4, d4) = raw(seq=1), raw(seq=2), raw(seq=3), raw(seq=4)
+    assert [spooling.put_new(k, d) for k, d in ((k1, d1), (k2, d2), (k3, d3))] == [True] * 3
+    assert [spooling.put_new(k, d) for k, d in ((k1, d1), (k2, d2), (k3, d3))] == [False] * 3  # N remembered
+    assert spooling.put_new(k4, d4) is True  # N+1: k1 goes
+    assert [spooling.put_new(k, d) for k, d in ((k2, d2), (k3, d3), (k4, d4))] == [False] * 3
+    assert spooling.put_new(k1, d1) is True  # forgotten, spooled again
     spooling.writer.close()
     (seg,) = segments(store)
-    assert [k for _, _, k, _ in decode_records(seg.read_bytes())] == [a, b, c, a]
+    assert [k for _, _, k, _ in decode_records(seg.read_bytes())] == [k1, k2, k3, k4, k1]
 
 
 def _two_copies_at_once(spooling: SpoolingStore, key: str, data: bytes) -> list:

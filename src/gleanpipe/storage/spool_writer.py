@@ -234,8 +234,10 @@ class SpoolingStore(RawStore):
       worker's event loop for each of their fsyncs.
     """
 
-    def __init__(self, local: LocalStore, segment_bytes: int, segment_seconds: float):
+    def __init__(self, local: LocalStore, segment_bytes: int, segment_seconds: float,
+                 recent_keys: int = RECENT_KEYS):
         self.local = local
+        self.recent_keys = recent_keys  # how many keys the in-window dedupe remembers
         self.url = local.url
         self.writer = SpoolWriter(local.root / SPOOL, segment_bytes, segment_seconds)
         self._recent: OrderedDict[str, _Batch] = OrderedDict()  # key -> the batch that wrote it
@@ -254,7 +256,7 @@ class SpoolingStore(RawStore):
             new = batch is None
             if new:
                 batch = self._recent[key] = self.writer.enqueue(key, data)
-                if len(self._recent) > RECENT_KEYS:
+                if len(self._recent) > self.recent_keys:
                     self._recent.popitem(last=False)
         # A copy of a key this worker is still writing waits for that write: "duplicate" only
         # once the first copy is on disk, and the first copy's error (503) if it is not.
