@@ -783,11 +783,17 @@ def test_serve_with_the_spool_off_writes_one_object_per_ping(data_dir):
     server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "off"}).start()
     try:
         doc_id = str(uuid.uuid4())
+        payload = orjson.dumps(make_ping(CLIENT, seq=3), option=orjson.OPT_INDENT_2)  # stored as sent, not re-serialised
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        conn.request("POST", submit_path("metrics", doc_id), gz(make_ping(CLIENT, seq=3)), SDK_HEADERS)
-        assert conn.getresponse().status == 200
-        assert (data_dir / "store" / f"raw/{APP}/metrics/1/{doc_id}.json").exists()  # before any load
+        conn.request("POST", submit_path("metrics", doc_id), gz(payload), SDK_HEADERS)
+        resp = conn.getresponse()
+        assert (resp.status, resp.getheader("X-Gleanpipe-Stored")) == (200, "new")
+        obj = data_dir / "store" / f"raw/{APP}/metrics/1/{doc_id}.json"
+        meta, stored = rawobject.decode(obj.read_bytes())  # there before any load
+        assert (stored, meta["document_id"], meta["doc_type"]) == (payload, doc_id, "metrics")
         assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 1) == 1
+        assert server.query(f"SELECT document_id, ping_info.seq, client_info.client_id FROM {DATASET}.metrics_v1")[1] \
+            == [(doc_id, 3, CLIENT)]
         assert list((data_dir / "store" / SPOOL).glob("*.seg")) == []
     finally:
         assert server.stop() == 0

@@ -68,19 +68,44 @@ def test_submission_timestamp_is_server_utc(client, local_store):
     assert before <= ts <= datetime.now(timezone.utc)
 
 
+def stored_as(local_store, app: str, doc_type: str, doc_id: str) -> tuple[dict, bytes]:
+    """The metadata and payload stored for one ping, found under the key its path names."""
+    key = f"raw/{app}/{doc_type}/1/{doc_id}.json"
+    assert key in raw_keys(local_store)
+    meta, payload = rawobject.decode(local_store.get(key))
+    assert (meta["app_id"], meta["doc_type"], meta["version"], meta["document_id"], meta["key"]) == \
+        (app, doc_type, "1", doc_id, key)
+    return meta, payload
+
+
+def as_sent(doc) -> bytes:
+    """JSON as a client might write it (indented, not orjson's compact form): a payload stored
+    re-serialised instead of as received would differ."""
+    return json.dumps(doc, indent=1).encode()
+
+
 def test_plain_json_and_put_are_accepted(client, local_store):
-    resp = client.put(submit_path("metrics"), data=orjson.dumps(make_ping(CLIENT)),
-                      headers={"Content-Type": "application/json"})
+    doc_id = "5a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    payload = as_sent(make_ping(CLIENT, seq=4))
+    resp = client.put(submit_path("metrics", doc_id), data=payload, headers={"Content-Type": "application/json"})
     assert resp.status_code == 200
     assert len(raw_keys(local_store)) == 1
+    meta, stored = stored_as(local_store, APP, "metrics", doc_id)
+    assert stored == payload and meta["content_encoding"] is None
 
 
 def test_gzip_detected_by_magic_bytes_not_header(client, local_store):
     # gzip body without a Content-Encoding header, and a plain body that claims gzip
-    assert client.post(submit_path(), data=gz(make_ping(CLIENT)), headers={}).status_code == 200
-    assert client.post(submit_path(), data=orjson.dumps(make_ping(CLIENT)),
+    zipped_id, plain_id = "6b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e", "7c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f"
+    zipped, plain = as_sent(make_ping(CLIENT, seq=1)), as_sent(make_ping(CLIENT, seq=2))
+    assert client.post(submit_path("baseline", zipped_id), data=gzip.compress(zipped), headers={}).status_code == 200
+    assert client.post(submit_path("baseline", plain_id), data=plain,
                        headers={"Content-Encoding": "gzip"}).status_code == 200
     assert len(raw_keys(local_store)) == 2
+    meta, stored = stored_as(local_store, APP, "baseline", zipped_id)
+    assert stored == zipped and meta["content_encoding"] is None  # decompressed, as it was before gzip
+    meta, stored = stored_as(local_store, APP, "baseline", plain_id)
+    assert stored == plain and meta["content_encoding"] == "gzip"  # the header kept as sent, the body as is
 
 
 def test_resent_document_id_answers_200_and_writes_nothing_new(client, local_store):
@@ -292,18 +317,21 @@ def test_schema_errors_are_all_collected_compactly(client, local_store):
 def test_a_ping_named_events_stream_is_stored(client, local_store):
     """Not loadable (its table would be the per-event table: a load error), but not refused: a 4xx
     made the Glean SDK delete it for good."""
-    resp = client.post(submit_path("events-stream"), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    doc_id = "8d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a"
+    payload = as_sent(make_ping(CLIENT, events=[{"timestamp": 0, "category": "toolbox", "name": "opened"}]))
+    resp = client.post(submit_path("events-stream", doc_id), data=gzip.compress(payload), headers=SDK_HEADERS)
     assert resp.status_code == 200
-    [key] = raw_keys(local_store)
-    assert key.startswith(f"raw/{APP}/events-stream/1/")
+    assert len(raw_keys(local_store)) == 1
+    assert stored_as(local_store, APP, "events-stream", doc_id)[1] == payload
 
 
 def test_ping_without_info_sections_is_accepted(client, local_store):
-    resp = client.post(submit_path("no-info"), data=gz({"metrics": {"counter": {"toolbox.x": 1}}}),
-                       headers=SDK_HEADERS)
+    doc_id = "9e5f6a7b-8c9d-4e0f-9a1b-2c3d4e5f6a7b"
+    payload = as_sent({"metrics": {"counter": {"toolbox.x": 1}}})
+    resp = client.post(submit_path("no-info", doc_id), data=gzip.compress(payload), headers=SDK_HEADERS)
     assert resp.status_code == 200
-    [key] = raw_keys(local_store)
-    assert key.startswith(f"raw/{APP}/no-info/1/")
+    assert len(raw_keys(local_store)) == 1
+    assert stored_as(local_store, APP, "no-info", doc_id)[1] == payload
 
 
 def test_store_failure_is_503_so_the_sdk_retries(client, fn_env, local_store):
