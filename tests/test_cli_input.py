@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -712,18 +713,49 @@ def test_a_reader_that_stops_reading_is_no_error(tmp_path):
         assert (proc.returncode, proc.stderr.decode()) == (0, ""), args
 
 
-def test_hints_name_the_command_as_it_can_be_run_here(monkeypatch, tmp_path):
-    """`make emulate` runs .venv/bin/gleanpipe, which is not on PATH: its hint said `gleanpipe query`."""
-    from gleanpipe.cli import _this_command
-
+def test_hints_name_the_command_as_it_can_be_run_here(tmp_path):
+    """`make emulate` runs .venv/bin/gleanpipe, which is not on PATH: its hint said `gleanpipe query`.
+    serve's banner, from the installed script run by its absolute path: with its folder not on PATH
+    the hint names that path; with it on PATH, plain `gleanpipe`. (`python -m gleanpipe.cli`:
+    test_serve's banner test.) The two serves run side by side."""
     venv_bin = Path(sys.executable).parent
-    monkeypatch.setattr(sys, "argv", [str(venv_bin / "gleanpipe"), "emulate"])
-    monkeypatch.setenv("PATH", str(tmp_path))  # no gleanpipe on it
-    assert _this_command() == str(venv_bin / "gleanpipe")
-    monkeypatch.setenv("PATH", str(venv_bin))
-    assert _this_command() == "gleanpipe"
-    monkeypatch.setattr(sys, "argv", ["-c"])  # python -m or embedded: say how to run it with this Python
-    assert _this_command() == f"{sys.executable} -m gleanpipe.cli"
+    script = venv_bin / "gleanpipe"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    runs = {}
+    for name, path in (("off_path", str(tmp_path / "empty")), ("on_path", str(venv_bin))):
+        data_dir = tmp_path / name
+        proc = subprocess.Popen([str(script), "serve", "--data-dir", str(data_dir), "--port", str(free_port())],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**clean, "PATH": path})
+        runs[name] = (proc, data_dir)
+    outs = {}
+    try:
+        for name, (proc, data_dir) in runs.items():
+            deadline = time.monotonic() + 30
+            while not _serving(data_dir, proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _serving(data_dir, proc.pid), name
+            proc.send_signal(signal.SIGINT)  # the banner is printed once serve.json is written
+        for name, (proc, _) in runs.items():
+            outs[name] = proc.communicate(timeout=30)[0]
+            assert proc.returncode == 0, name
+    finally:
+        for proc, _ in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    hint = [line for line in outs["off_path"].splitlines() if "query it:" in line]
+    assert hint == [f'  query it:   {script} query "SELECT * FROM <app>.baseline"   (Ctrl-C stops)']
+    hint = [line for line in outs["on_path"].splitlines() if "query it:" in line]
+    assert hint == ['  query it:   gleanpipe query "SELECT * FROM <app>.baseline"   (Ctrl-C stops)']
+
+
+def _serving(data_dir: Path, pid: int) -> bool:
+    """Whether the serve of process ``pid`` has written its serve.json (it is up)."""
+    try:
+        return json.loads((data_dir / STATE_FILE).read_text()).get("pid") == pid
+    except (OSError, ValueError):
+        return False
 
 
 def test_emulate_and_replay_refuse_numbers_out_of_range():
