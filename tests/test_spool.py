@@ -201,7 +201,8 @@ def slow_disk_under_gevent(call: str, seconds: float) -> str:
     """The start of a gevent script: patches as gunicorn's gevent worker does, slows ``os.<call>``
     down by ``seconds`` (a mock: a slow disk cannot be had on demand) and defines ``ticker``,
     which counts turns of the event loop (``ticks[0]``) and those that came while a slowed call
-    was running (``ticks[1]``) until ``done`` is set."""
+    was running (``ticks[1]``) until ``done`` is set, and ``peak[0]``, the most slowed calls that
+    ran at once."""
     return f"""
 import json, sys, time
 from gevent import monkey
@@ -210,10 +211,11 @@ import os
 import gevent
 
 real_sleep, real_call = monkey.get_original("time", "sleep"), os.{call}
-syncing = []
+syncing, peak = [], [0]
 
 def slow_call(fd):
     syncing.append(True)
+    peak[0] = max(peak[0], len(syncing))
     real_sleep({seconds})  # blocks the calling OS thread, as a slow disk does
     real_call(fd)
     syncing.pop()
@@ -239,19 +241,16 @@ def later(i):
     gevent.sleep(0.05)  # arrives while the first batch is being synced
     writer.append(f"raw/late{i}.json", b"y" * 100)
 
-t0 = time.monotonic()
 g = gevent.spawn(ticker)
 jobs = [gevent.spawn(writer.append, f"raw/early{i}.json", b"x" * 100) for i in range(20)]
 jobs += [gevent.spawn(later, i) for i in range(20)]
 gevent.joinall(jobs, raise_error=True)
-elapsed = time.monotonic() - t0
 done.append(True)
 g.join()
 writer.close()
 (seg,) = [n for n in os.listdir(sys.argv[1]) if n.endswith(".seg")]
 keys = [k for _, _, k, _ in decode_records(open(os.path.join(sys.argv[1], seg), "rb").read())]
-print(json.dumps({"syncs": writer.syncs, "ticks": ticks[0], "ticks_syncing": ticks[1], "elapsed": elapsed,
-                  "keys": keys}))
+print(json.dumps({"syncs": writer.syncs, "ticks": ticks[0], "ticks_syncing": ticks[1], "keys": keys}))
 """
 
 
@@ -263,7 +262,7 @@ def test_under_gevent_the_fdatasync_runs_off_the_event_loop_and_later_pings_shar
                                          + [f"raw/late{i}.json" for i in range(20)])
     assert got["syncs"] == 2  # 20 pings per fdatasync: the 20 late ones waited for the second
     assert got["ticks_syncing"] >= 20  # the loop kept turning (every 5 ms) through 0.4 s of syncing
-    assert got["elapsed"] < 1.0
+    # (no wall-clock bound: these two counts are the behaviour; run_under_gevent's timeout catches a hang)
 
 
 GEVENT_POOL_WRITES = r"""
@@ -309,15 +308,13 @@ def reject(i):
     path = f"/submit/org-example-toolbox/baseline/1/00000000-0000-4000-8000-{i:012d}"
     return handler.handle("POST", path, {}, b"{not json").status
 
-t0 = time.monotonic()
 g = gevent.spawn(ticker)
 jobs = [gevent.spawn(reject, i) for i in range(8)]
 gevent.joinall(jobs, raise_error=True)
-elapsed = time.monotonic() - t0
 done.append(True)
 g.join()
 print(json.dumps({"statuses": [j.value for j in jobs], "records": len(list(store.list("errors/"))),
-                  "ticks_syncing": ticks[1], "elapsed": elapsed}))
+                  "ticks_syncing": ticks[1], "peak": peak[0]}))
 """
 
 
@@ -327,7 +324,8 @@ def test_under_gevent_rejected_pings_are_recorded_off_the_event_loop(tmp_path):
     got = run_under_gevent(GEVENT_REJECTS, tmp_path / "store", timeout=60)
     assert got["statuses"] == [400] * 8 and got["records"] == 8
     assert got["ticks_syncing"] >= 20  # the loop kept turning (every 5 ms) while records were fsynced
-    assert got["elapsed"] < 1.5  # 8 records of several 0.1 s fsyncs each, written side by side
+    # written side by side in the pool's threads, not one after another: counted, not timed
+    assert got["peak"] >= 2, got
 
 
 def test_serve_runs_gevent_workers_with_the_spool_and_threads_without():
