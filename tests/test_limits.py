@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import ROOT, SDK_HEADERS, gz, make_ping, submit_path
@@ -357,8 +359,16 @@ def test_serve_answers_raised_uri_and_header_limits_itself(tmp_path):
         status, body, _ = post(server.url + submit_path(), gz(make_ping()),
                                {**SDK_HEADERS, "X-Source-Tags": "t" * 10001})
         assert (status, body["error_type"]) == (431, "header_too_large")
-        rejected = sorted(p.parent.name for p in (data_dir / "store" / "errors").rglob("*.json"))
-        assert rejected == ["header_too_large", "uri", "uri"]  # kept with their reason; a 414 is not (README)
+        # a path with a byte that is not UTF-8 (%FF): its record shows it as \\xff
+        status, body, _ = post(server.url + f"/submit/caf%FF/baseline/1/{DOC_ID}", gz(make_ping()))
+        assert (status, body["error_type"]) == (400, "uri")
+        records = [json.loads(p.read_bytes()) for p in (data_dir / "store" / "errors").rglob("*.json")]
+        rejected = sorted(r["error_type"] for r in records)
+        assert rejected == ["header_too_large", "uri", "uri", "uri"]  # kept with their reason; a 414 is not (README)
+        # each record's uri as it was written: the "é" of the percent-encoded path, the \\xff escape
+        uris = sorted(r["uri"] for r in records if r["error_type"] == "uri")
+        assert uris == sorted([path(5000), mixed(5000).replace(quote("é" * 500), "é" * 500),
+                               f"/submit/caf\\xff/baseline/1/{DOC_ID}"])
     finally:
         assert server.stop() == 0
 

@@ -450,6 +450,15 @@ def test_failed_write_leaves_no_inbox_receipt(local_store):
     assert list((local_store.root / ".tmp").iterdir()) == []
 
 
+def test_error_record_keeps_a_non_ascii_path_as_written(client, local_store):
+    """WSGI gives a path's bytes one character each (latin-1): the record said /submit/cafÃ©/...
+    for /submit/café/... (bytes that are not UTF-8, over real HTTP: test_limits)."""
+    path = "/submit/café/baseline/1/0b6e7c1e-7d4f-4d8a-9a57-3c2d5c0a1b2c"
+    resp = client.post(path, data=gz(make_ping()), headers=SDK_HEADERS)
+    assert resp.status_code == 400 and resp.get_json()["error_type"] == "uri"
+    assert [r["uri"] for r in error_records(local_store)] == [path]
+
+
 def test_error_record_key_is_errors_day_type_uuid(client, local_store):
     """README: a rejection is kept as errors/<YYYY-MM-DD>/<error_type>/<uuid>.json (status parses the type from it)."""
     import re

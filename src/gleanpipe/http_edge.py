@@ -104,6 +104,15 @@ def _members(body: memoryview, limit: int) -> bytes:
     return bytes(out)
 
 
+def _readable(path: str) -> str:
+    """The path as a reader would write it: WSGI gives its bytes one character each (latin-1), so
+    `/submit/café/...` came as `/submit/cafÃ©/...`. Bytes that are not UTF-8 show as ``\\xff``."""
+    try:
+        return path.encode("latin-1").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # not a WSGI path (a caller of handle() gave text): as it is
+        return path
+
+
 class SubmitHandler:
     """Framework-free core of submit: (method, path, headers, body) -> Response."""
 
@@ -134,7 +143,7 @@ class SubmitHandler:
         received = self.now().astimezone(timezone.utc)
         meta = {
             "submission_timestamp": received.isoformat(timespec="microseconds")[:26] + "Z",
-            "uri": path,
+            "uri": _readable(path),
             "headers": {h: headers.get(name) for h, name in _KEPT},
             "content_encoding": headers.get("content-encoding"),
         }
