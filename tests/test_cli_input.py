@@ -372,6 +372,53 @@ def test_explain_reads_only_when_it_explains_a_select(sql, reads):
             check(sql)
 
 
+@pytest.mark.parametrize("sql, kind", [
+    ("CHECKPOINT", "a CALL"), ("CALL checkpoint()", "a CALL"), ("PRAGMA force_checkpoint", "a PRAGMA"),
+    ("SET threads = 1", "a SET"), ("ATTACH ':memory:' AS other", "an ATTACH"), ("INSTALL json", "a LOAD"),
+    ("VACUUM", "a VACUUM"), ("EXPORT DATABASE '/nowhere'", "an EXPORT"),
+])
+def test_statements_that_are_not_reads_are_refused_whatever_their_kind(sql, kind):
+    """Only SELECT (DESCRIBE, SHOW, ...) and EXPLAIN of a SELECT run through serve's writable
+    connection: a CHECKPOINT, PRAGMA, SET or ATTACH there would act on serve's own connection.
+    The read-only check was tested with DROP, CREATE, COPY and INSERT only."""
+    from gleanpipe.read_only_sql import WriteRefused, check
+
+    with pytest.raises(WriteRefused) as info:
+        check(sql)
+    assert str(info.value) == (f"the warehouse is read-only for queries: {kind} statement is not run "
+                               "(SELECT, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN of a SELECT are)")
+
+
+
+@pytest.mark.parametrize("sql", [
+    "select 1", "  (\n  WITH x AS (SELECT 1) SELECT * FROM x)", "SELECT 1 # a comment; with a semicolon",
+    "SELECT 1 -- a comment; with a semicolon", "SELECT ';' /* ; */, '''a;b''', r\"c;d\", `e;f` FROM t",
+    "# a comment first\nSELECT 1;",
+])
+def test_bigquery_read_only_check_lets_one_select_or_with_through(sql):
+    """read_only_sql.check_bigquery, without a server: keywords in any case, and a ";" inside
+    BigQuery's comments (#, --, /* */), quoted text or quoted names is not a statement's end."""
+    from gleanpipe.read_only_sql import check_bigquery
+
+    assert check_bigquery(sql) is None
+
+
+@pytest.mark.parametrize("sql, says", [
+    ("MERGE d.t USING d.s ON FALSE WHEN NOT MATCHED THEN INSERT ROW", "a MERGE statement is not run"),
+    ("insert into d.t values (1)", "an INSERT statement is not run"),
+    ("/* SELECT */ TRUNCATE TABLE d.t", "a TRUNCATE statement is not run"),
+    ("# SELECT\nDELETE FROM d.t WHERE true", "a DELETE statement is not run"),
+    ("-- only a comment", "SQL with no statement is not run"),
+])
+def test_bigquery_read_only_check_refuses_anything_else(sql, says):
+    """A query on BigQuery runs with the caller's permissions: only SELECT or WITH may start it."""
+    from gleanpipe.read_only_sql import WriteRefused, check_bigquery
+
+    with pytest.raises(WriteRefused) as info:
+        check_bigquery(sql)
+    assert str(info.value) == f"the warehouse is read-only for queries: {says} (a query starts with SELECT or WITH)"
+
+
 def test_replay_of_a_prefix_with_no_objects_says_so(tmp_path):
     """Before: "replayed 0 objects: " and nothing else, which does not say that the prefix matched
     nothing (here the app id where the store uses the URL's namespace)."""
