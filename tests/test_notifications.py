@@ -62,7 +62,7 @@ def test_s3_keys_are_url_decoded_and_test_events_ignored():
 @pytest.mark.parametrize("body, error", [
     ("nope", "not JSON"), ("[]", "not a JSON object"), ("{}", "no Records"),
     ('{"Records": [{"eventName": "ObjectCreated:Put"}]}', "no s3.bucket.name"),
-    ('{"Records": [1]}', "not an object"),
+    ('{"Records": [1]}', "not an object"), ('{"Records": []}', "no Records"),
 ])
 def test_malformed_s3_messages(body, error):
     with pytest.raises(BadNotification, match=error):
