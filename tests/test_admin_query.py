@@ -187,3 +187,28 @@ def test_the_admin_api_refuses_a_missing_or_wrong_token_and_its_token_file_is_pr
     # the same request with the token is answered (a check of the check above)
     assert post(state["admin_url"] + "/query", body, {**json_type, TOKEN_HEADER: state["token"]})[:2] == \
         (200, {"columns": ["n"], "rows": [[42]]})
+
+
+def test_query_shows_64_bit_whole_numbers_as_numbers_and_larger_ones_as_digits(tmp_path):
+    """admin.shown_values turns a whole number past 64 bits (HUGEINT) into its digits, as orjson
+    refuses it; a UBIGINT up to 2**64 - 1 and a BIGINT down to -2**63 are JSON numbers. Only
+    HUGEINTs far from the bounds were queried before, so where the bounds lie was not tested."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    sql = ("SELECT 18446744073709551615::UBIGINT AS u, 9223372036854775808::UBIGINT AS v, "
+           "(-9223372036854775808)::BIGINT AS s, 18446744073709551616::HUGEINT AS h, "
+           "-9223372036854775809::HUGEINT AS n")
+    expected = [{"u": 18446744073709551615, "v": 9223372036854775808, "s": -9223372036854775808,
+                 "h": "18446744073709551616", "n": "-9223372036854775809"}]
+
+    def shown():
+        run = gleanpipe("query", "--format", "json", sql, "--data-dir", str(data_dir))
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    server = ServeProcess(data_dir).start()
+    try:
+        assert shown() == expected
+    finally:
+        assert server.stop() == 0
+    assert shown() == expected  # the file itself, serve stopped
