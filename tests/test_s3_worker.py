@@ -362,3 +362,25 @@ def test_status_of_a_cloud_store_says_its_backlog_is_unknown(aws_env, tmp_path):
                            "--store-url", f"s3://{bucket}/pings"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "waiting to load: unknown (a cloud store's backlog is in its trigger's queue)" in proc.stdout.splitlines()
+
+
+def test_a_long_poll_longer_than_the_store_timeout_waits_its_whole_time(s3_pipeline, monkeypatch):
+    """The worker's SQS read timeout is GLEANPIPE_STORE_TIMEOUT_S plus the long-poll wait: with a
+    1 s store timeout, a 2 s long poll of an empty queue returns nothing after its 2 s, not a read
+    timeout (which the worker would take for SQS trouble and wait out, again and again). The tests
+    ran a 1 s poll under the 3 s default, so this was not tested."""
+    p = s3_pipeline
+    monkeypatch.setenv("GLEANPIPE_STORE_TIMEOUT_S", "1")
+    wh = DuckDBWarehouse(str(p["warehouse"]))
+    try:
+        w = S3QueueWorker(p["queue"], Loader(open_store(p["store_url"]), wh), wait_s=2)
+        assert w.options.timeout_s == 1.0
+        assert w.poll_once() == 1  # the s3:TestEvent sent when the notification was configured
+        started = time.monotonic()
+        assert w.poll_once() == 0
+        assert time.monotonic() - started >= 1.9  # moto held the receive for the whole long poll
+        [doc] = submit(1, launches_from=7)  # and the next receive takes what arrived
+        assert w.poll_once() == 1
+    finally:
+        wh.close()
+    assert w.stats.objects == 1 and rows(p["warehouse"]) == [(doc, 7)]
