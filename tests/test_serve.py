@@ -566,3 +566,24 @@ def test_a_trickle_of_pings_into_a_big_table_takes_the_loader_half_the_time_at_m
     rows = warehouse.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1][0][0]
     assert rows >= 2_000_001 + sent - 50  # it kept up: at most a few loads' worth still waiting
     assert thread.busy / elapsed < 0.65, (thread.busy, elapsed)
+
+
+def test_serve_whose_http_server_dies_exits_1_and_says_so(data_dir):
+    """README: serve runs submit and load in one place. If its gunicorn dies (here SIGKILL, as
+    the OOM killer would), pings can no longer be taken, so serve must not go on as if it ran:
+    it exits 1 with the HTTP server's exit code in its log, stops cleanly, and removes serve.json.
+    Untested before: nothing killed the HTTP server of a running serve."""
+    import signal
+
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir).start()
+    try:
+        (master,) = children(server.proc.pid)
+        workers = children(master)
+        os.kill(master, signal.SIGKILL)
+        assert server.proc.wait(timeout=20) == 1
+    finally:
+        server.stop()
+    assert wait_gone(workers) == []
+    assert "the HTTP server exited with code -9" in server.read_log()
+    assert not (data_dir / "serve.json").exists()
