@@ -587,3 +587,50 @@ def test_serve_whose_http_server_dies_exits_1_and_says_so(data_dir):
     assert wait_gone(workers) == []
     assert "the HTTP server exited with code -9" in server.read_log()
     assert not (data_dir / "serve.json").exists()
+
+
+def test_a_failing_loader_keeps_the_time_it_began_failing_and_clears_it_once_a_load_works(config, store, tmp_path):
+    """`status` shows "loading: FAILING since <time>" from LoaderThread.failing: the time of the
+    first failure, kept while the loads go on failing, and None again after a load that works.
+    The status test checks only that a reason is shown and that it goes away. Here the loads fail
+    for real: the loader's warehouse is closed (WarehouseClosing); then it gets an open one."""
+    import os
+
+    from gleanpipe import rawobject
+    from gleanpipe.load import Loader
+    from gleanpipe.naming import DocumentPath
+    from gleanpipe.serve import LoaderThread
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    path = DocumentPath(APP, "baseline", "1", str(uuid.uuid4()))
+    meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": APP,
+            "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
+    receipt = f"{time.time_ns():020d}-abcdef12+{path.key.replace('/', ':')}"
+    (store.inbox / receipt).write_bytes(rawobject.encode(meta, json.dumps(make_ping(CLIENT)).encode()))
+    os.makedirs(store.root / os.path.dirname(path.key), exist_ok=True)
+    os.link(store.inbox / receipt, store.root / path.key)
+    closed = DuckDBWarehouse(str(tmp_path / "closed.duckdb"))
+    closed.close()
+    thread = LoaderThread(store, Loader(store, closed), batch=10, interval_s=0.01)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while thread.failing is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        since, reason = thread.failing
+        time.sleep(1.5)  # more failed retries (pauses 0.02, 0.04, ... s), into a later second
+        assert thread.failing[0] == since and thread.failing[1]
+        warehouse = DuckDBWarehouse(config.warehouse_url[len("duckdb://"):])
+        try:
+            thread.loader = Loader(store, warehouse)  # the next retry (at most 5 s away) works
+            deadline = time.monotonic() + 10
+            while store.pending(10) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.1)
+            assert thread.failing is None
+            assert warehouse.query(f"SELECT document_id FROM {DATASET}.baseline_v1")[1] == [(path.document_id,)]
+        finally:
+            thread.stop()
+            warehouse.close()
+    finally:
+        thread.stop()
