@@ -384,3 +384,19 @@ def test_a_long_poll_longer_than_the_store_timeout_waits_its_whole_time(s3_pipel
     finally:
         wh.close()
     assert w.stats.objects == 1 and rows(p["warehouse"]) == [(doc, 7)]
+
+
+def test_once_ends_at_the_first_sqs_trouble_even_a_transient_one(aws_env, tmp_path):
+    """`gleanpipe worker --once` is one receive, its loads, then exit: a queue endpoint that
+    refuses the connection (transient, which the long-running worker waits out) ends it with
+    exit code 1 and the reason, at once. Untested before: only a missing queue (not transient)
+    was run with --once, so --once retrying for ever went unnoticed."""
+    queue = f"http://127.0.0.1:{closed_port()}/123456789012/raw"
+    proc = subprocess.run(  # the timeout is the failure of a --once that keeps retrying
+        [sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", queue, "--data-dir", str(tmp_path),
+         "--store-url", f"s3://{unique_bucket()}", "--wait", "0", "--once"],
+        capture_output=True, text=True, timeout=20,
+        env={**__import__("os").environ, "AWS_ENDPOINT_URL_SQS": queue.rsplit("/", 2)[0]})
+    assert proc.returncode == 1, proc.stderr
+    assert f"Error: cannot consume {queue}: Could not connect to the endpoint URL" in proc.stderr, proc.stderr
+    assert "trying again" not in proc.stderr and "Traceback" not in proc.stderr
