@@ -87,6 +87,19 @@ def test_flag_values_get_the_checks_of_their_variable():
     assert (cfg.port, cfg.workers, cfg.load_batch) == (65535, 1, 1)
 
 
+def test_on_off_settings_take_any_case_and_the_usual_synonyms():
+    """config._bool: on/true/yes/1 and off/false/no/0, in any case and with blanks around, as a
+    shell or a .env file may give them. Untested before: only 'maybe' (refused) was tried, so a
+    GLEANPIPE_SPOOL=OFF refused as 'not on or off' went unnoticed."""
+    from gleanpipe.config import Config
+
+    for on, off in (("ON", "OFF"), (" True ", "False"), ("yes", "NO"), ("1", "0")):
+        cfg = Config.from_env(environ={"GLEANPIPE_SPOOL": off, "GLEANPIPE_DEBUG_INDEX": off, "GLEANPIPE_DICTIONARY": on})
+        assert (cfg.spool, cfg.debug_index, cfg.dictionary) == (False, False, True), (on, off)
+    with pytest.raises(ValueError, match="GLEANPIPE_SPOOL must be on or off, got 'of'"):
+        Config.from_env(environ={"GLEANPIPE_SPOOL": "OF"})
+
+
 def test_a_flag_wins_over_a_bad_variable_of_its_own_setting(tmp_path):
     from gleanpipe.config import Config
 
