@@ -224,3 +224,21 @@ def test_gcs_without_credentials_is_a_store_error_on_use(monkeypatch, tmp_path):
     store = open_store("gs://some-bucket/p")  # opening does not need them yet
     with pytest.raises(StoreError, match="no Google Cloud credentials"):
         store.put_new(KEY, b"x")
+
+
+@pytest.mark.parametrize("cloud_store_url", ["gcs"], indirect=True)
+def test_gcs_emulator_host_may_be_given_without_a_scheme(cloud_store_url, monkeypatch):
+    """STORAGE_EMULATOR_HOST may be host:port, as google-cloud-storage itself takes it: the store
+    then talks http:// to it (create-only write, read, listing). Untested: every test set the
+    variable with its scheme."""
+    import os
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", os.environ["STORAGE_EMULATOR_HOST"].removeprefix("http://"))
+    store = open_store(cloud_store_url)
+    try:
+        assert store.put_new(KEY, b"some ping bytes") is True
+        assert store.get(KEY) == b"some ping bytes"
+        assert store.put_new(KEY, b"other") is False
+        assert list(store.list("raw/")) == [KEY]
+    finally:
+        store.close()
