@@ -242,3 +242,104 @@ def test_gcs_emulator_host_may_be_given_without_a_scheme(cloud_store_url, monkey
         assert list(store.list("raw/")) == [KEY]
     finally:
         store.close()
+
+
+class FlakyProxy:
+    """An HTTP proxy in front of an emulator that answers the next requests with planned errors
+    (``fail(status, body)``) and forwards every other request. moto and fake-gcs-server never
+    answer 409, 429 or 5xx on their own: this is the fault a real service sends, over real HTTP."""
+
+    def __init__(self, upstream: str):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.planned: list[tuple[int, bytes]] = []
+        self.seen: list[tuple[str, int]] = []  # (method, status answered)
+        up = urlsplit(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.planned:
+                    status, out, headers = *proxy.planned.pop(0), {}
+                else:
+                    conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+                    conn.request(self.command, self.path, body=body, headers={
+                        k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")})
+                    resp = conn.getresponse()
+                    status, out = resp.status, resp.read()
+                    headers = {k: v for k, v in resp.getheaders()
+                               if k.lower() not in ("content-length", "transfer-encoding", "connection")}
+                    conn.close()
+                proxy.seen.append((self.command, status))
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(out)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def fail(self, status: int, body: bytes = b"") -> None:
+        self.planned.append((status, body))
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def s3_error(code: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>planned</Message>'
+            '<RequestId>1</RequestId></Error>').encode()
+
+
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_busy_and_failing_answers_are_retried_and_a_write_conflict_finds_the_winner(cloud_store_url, monkeypatch):
+    """cloud.py: a call is retried on HTTP 408/429/5xx; s3.py: a 409 (a competing conditional
+    write in flight) is retried too, and the retry finds what is there. moto and fake-gcs-server
+    never answer these, so no test saw a retry of any of them: the emulator sits behind FlakyProxy,
+    which answers the planned errors and forwards the rest."""
+    import os
+
+    s3 = cloud_store_url.startswith("s3://")
+    variable = "AWS_ENDPOINT_URL" if s3 else "STORAGE_EMULATOR_HOST"
+    proxy = FlakyProxy(os.environ[variable])
+    monkeypatch.setenv(variable, proxy.url)
+    store = open_store(cloud_store_url)
+    try:
+        busy = s3_error("TooManyRequests") if s3 else b'{"error": {"code": 429, "message": "rateLimitExceeded"}}'
+        broken = s3_error("InternalError") if s3 else b'{"error": {"code": 503, "message": "backendError"}}'
+        write = "PUT" if s3 else "POST"
+        proxy.fail(429, busy)
+        proxy.fail(503 if not s3 else 500, broken)
+        assert store.put_new(KEY, b"first") is True
+        assert proxy.seen == [(write, 429), (write, 503 if not s3 else 500), (write, 200)]
+        proxy.seen.clear()
+        proxy.fail(503 if not s3 else 500, broken)
+        assert store.get(KEY) == b"first"
+        failed, *then = proxy.seen  # (google-cloud-storage may GET twice for one download)
+        assert failed == ("GET", 503 if not s3 else 500) and then and set(then) == {("GET", 200)}
+        if s3:  # S3's answer while another conditional write of the key is in flight
+            proxy.seen.clear()
+            proxy.fail(409, s3_error("ConditionalRequestConflict"))
+            assert store.put_new(KEY, b"second") is False  # then the winner's object is there: 412
+            assert proxy.seen == [("PUT", 409), ("PUT", 412)]
+            assert store.get(KEY) == b"first"
+    finally:
+        store.close()
+        proxy.stop()
