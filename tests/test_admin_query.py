@@ -212,3 +212,26 @@ def test_query_shows_64_bit_whole_numbers_as_numbers_and_larger_ones_as_digits(t
     finally:
         assert server.stop() == 0
     assert shown() == expected  # the file itself, serve stopped
+
+
+def test_the_admin_api_listens_on_loopback_only(serve):
+    """admin.py: "loopback only". The admin API runs SQL and loads keys: it must not answer on
+    the machine's other addresses. Untested: an admin server bound to 0.0.0.0 passed every test,
+    as they all call it on 127.0.0.1."""
+    import socket
+    from urllib.parse import urlsplit
+
+    admin = urlsplit(json.loads((serve.data_dir / STATE_FILE).read_text())["admin_url"])
+    assert admin.hostname == "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
+        except OSError:
+            pytest.skip("no network interface besides loopback")
+        other = probe.getsockname()[0]
+    if other.startswith("127."):
+        pytest.skip("no network interface besides loopback")
+    with socket.create_connection(("127.0.0.1", admin.port), timeout=5):
+        pass  # it does listen there
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((other, admin.port), timeout=5).close()
