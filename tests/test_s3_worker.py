@@ -400,3 +400,14 @@ def test_once_ends_at_the_first_sqs_trouble_even_a_transient_one(aws_env, tmp_pa
     assert proc.returncode == 1, proc.stderr
     assert f"Error: cannot consume {queue}: Could not connect to the endpoint URL" in proc.stderr, proc.stderr
     assert "trying again" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_worker_takes_a_long_poll_of_0_to_20_seconds(aws_env):
+    """SQS long-polls for at most 20 s: the worker refuses more when it is made (its CLI's
+    --wait range says the same first). Untested: only the CLI's range was tried."""
+    assert S3QueueWorker("q", None, wait_s=20).wait_s == 20
+    assert S3QueueWorker("q", None, wait_s=0).wait_s == 0
+    for bad in (21, -1):
+        with pytest.raises(ValueError) as info:
+            S3QueueWorker("q", None, wait_s=bad)
+        assert str(info.value) == f"GLEANPIPE_WORKER_WAIT_S must be 0-20 (SQS's long-poll limit), got {bad}"
