@@ -671,3 +671,17 @@ def test_a_pretty_printed_ping_round_trips_through_submit_and_load(load_client, 
         (doc_id, "2c3b0f6e-9a4d-4d6b-8f0e-1a2b3c4d5e6f", "6.1", 0, 1,
          [{"key": "hammer", "value": 2}, {"key": "pliers", "value": 1}])]
     assert rows(None, "SELECT count(*) FROM _gleanpipe.errors") == [(0,)]
+
+
+def test_client_info_integer_fields_are_integer_columns(store, warehouse):
+    """client_info.windows_build_number and session_count are integers in the Glean schema (the
+    edge refuses "22631" as a string): their columns are BIGINT, so they sort and sum as numbers."""
+    ping = make_ping(CLIENT_A)
+    ping["client_info"].update({"windows_build_number": 22631, "session_count": 7, "session_id": "s-1",
+                                "android_sdk_version": "34"})
+    Loader(store, warehouse).load_keys([put_ping(store, ping)])
+    [(build, sessions, sdk, kinds)] = warehouse.query(
+        f"SELECT client_info.windows_build_number, client_info.session_count, client_info.android_sdk_version, "
+        f"[typeof(client_info.windows_build_number), typeof(client_info.session_count)] FROM {DATASET}.baseline_v1")[1]
+    assert (build, sessions, sdk) == (22631, 7, "34")
+    assert kinds == ["BIGINT", "BIGINT"]
