@@ -318,3 +318,23 @@ def test_a_view_duckdb_refuses_does_not_fail_the_load(config, store, caplog):
         assert "Existing object \"metric_daily\" is of type Table" in caplog.text  # the reason, logged
     finally:
         wh.close()
+
+
+def test_view_days_are_utc_days_in_any_session_zone(loaded, config):
+    """The views are SQL stored in the file, read by any DuckDB client ("Days are UTC", views.py).
+    A session in Tokyo (UTC+9) must still count DAY1 (23:59:59 UTC) and DAY2 (00:00:01 UTC) on
+    their UTC days, not both on 2026-11-22."""
+    loaded.close()
+    con = duckdb.connect(config.warehouse_url[len("duckdb://"):], read_only=True)
+    try:
+        con.execute("SET TimeZone = 'Asia/Tokyo'")
+        dau = con.execute(f"SELECT CAST(day AS VARCHAR), clients, pings FROM {DATASET}.daily_active_clients "
+                          "ORDER BY 1").fetchall()
+        assert dau == [("2026-11-21", 2, 3), ("2026-11-22", 1, 1)]
+        assert con.execute(f"SELECT CAST(day AS VARCHAR), events FROM {DATASET}.events_daily").fetchall() == [
+            ("2026-11-22", 2)]
+        counter = con.execute(f"SELECT CAST(day AS VARCHAR), sum_value FROM {DATASET}.metric_daily "
+                              "WHERE metric = 'toolbox_launch_count' ORDER BY 1").fetchall()
+        assert counter == [("2026-11-21", 10.0), ("2026-11-22", 7.0)]
+    finally:
+        con.close()
