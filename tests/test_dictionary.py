@@ -316,3 +316,37 @@ def test_a_name_sent_under_several_types_has_a_page_for_each(site):
         assert f"{column.split('.')[1]}.t_x" in page["queries"][0]["sql"]["duckdb"].replace('"', "")
         assert page["chart"] == {"table": "metrics_v1", "title": title, "unit": "",
                                  "series": [{"name": n, "points": [[day, v]]} for n, v in series]}, metric_id
+
+
+# --- in process: a real DuckDB warehouse read through Catalog, no serve ------------------------
+
+def _load(store, warehouse, doc_type: str, ping: dict, ts: str = "2026-11-23T08:00:00.000000Z") -> None:
+    import uuid
+
+    from gleanpipe import rawobject
+    from gleanpipe.load import Loader
+    from gleanpipe.naming import DocumentPath
+    from conftest import APP
+
+    path = DocumentPath(APP, doc_type, "1", str(uuid.uuid4()))
+    meta = {"submission_timestamp": ts, "uri": f"/submit/{APP}/{doc_type}/1/{path.document_id}", "headers": {},
+            "app_id": APP, "doc_type": doc_type, "version": "1", "document_id": path.document_id, "key": path.key}
+    assert store.put_new(path.key, rawobject.encode(meta, json.dumps(ping).encode()))
+    assert Loader(store, warehouse).load_keys([path.key]).inserted == 1
+
+
+def test_a_built_in_ping_without_definitions_says_it_carries_the_client_id(store, warehouse):
+    """Glean's own pings (baseline, metrics, events, deletion-request, health) carry client_id; an
+    app with no pings.yaml still gets "carries client_id: yes" on their pages, not "unknown"."""
+    from gleanpipe.dictionary.catalog import Catalog
+    from gleanpipe.dictionary.pages import render_ping
+
+    _load(store, warehouse, "baseline", make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"))
+    _load(store, warehouse, "custom-thing", make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"))
+    catalog = Catalog(warehouse.query)
+    baseline = catalog.ping(DATASET, "baseline")
+    assert (baseline["status"], baseline["include_client_id"]) == ("built-in", True)
+    assert "<dt>carries client_id</dt><dd>yes</dd>" in render_ping(baseline)
+    custom = catalog.ping(DATASET, "custom-thing")  # neither defined nor built in: nobody says
+    assert (custom["status"], custom["include_client_id"]) == ("undocumented", None)
+    assert "<dt>carries client_id</dt><dd>unknown</dd>" in render_ping(custom)
