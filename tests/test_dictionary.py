@@ -350,3 +350,24 @@ def test_a_built_in_ping_without_definitions_says_it_carries_the_client_id(store
     custom = catalog.ping(DATASET, "custom-thing")  # neither defined nor built in: nobody says
     assert (custom["status"], custom["include_client_id"]) == ("undocumented", None)
     assert "<dt>carries client_id</dt><dd>unknown</dd>" in render_ping(custom)
+
+
+def test_labeled_charts_show_the_top_five_labels_and_a_rate_per_label(store, warehouse):
+    """A labeled metric's chart has one series per label, for the 5 largest (README: "the top five
+    labels of labeled metrics"); a labeled_rate's series are its rate per label (numerators /
+    denominators), not the sums."""
+    from gleanpipe.dictionary.catalog import Catalog
+
+    client = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+    _load(store, warehouse, "metrics", make_ping(client, {
+        "labeled_counter": {"toolbox.tool_used": {"a": 6, "b": 5, "c": 4, "d": 3, "e": 2, "f": 1}},
+        "labeled_rate": {"toolbox.hits": {"l1": {"numerator": 1, "denominator": 4},
+                                          "l2": {"numerator": 3, "denominator": 5}}}}))
+    catalog = Catalog(warehouse.query)
+    used = catalog.metric(DATASET, "toolbox_tool_used")["chart"]
+    assert used["title"] == "daily sum per label (top 5)"
+    assert [(s["name"], [p[1] for p in s["points"]]) for s in used["series"]] == [
+        ("a", [6.0]), ("b", [5.0]), ("c", [4.0]), ("d", [3.0]), ("e", [2.0])]
+    hits = catalog.metric(DATASET, "toolbox_hits")["chart"]
+    assert hits["title"] == "rate per label (top 5)"
+    assert [(s["name"], [p[1] for p in s["points"]]) for s in hits["series"]] == [("l2", [0.6]), ("l1", [0.25])]
