@@ -371,3 +371,13 @@ def test_labeled_charts_show_the_top_five_labels_and_a_rate_per_label(store, war
     hits = catalog.metric(DATASET, "toolbox_hits")["chart"]
     assert hits["title"] == "rate per label (top 5)"
     assert [(s["name"], [p[1] for p in s["points"]]) for s in hits["series"]] == [("l2", [0.6]), ("l1", [0.25])]
+
+
+def test_a_percentile_on_a_bucket_edge_is_that_buckets_lower_bound():
+    """The p-th percentile sample is the first whose running count reaches p% of the samples:
+    of 2 samples (in buckets 1 and 2), the median is the first (bucket 1); of 4 (1, 1, 2, 3)
+    the 50th is the second (bucket 1) and the 75th the third (bucket 2)."""
+    from gleanpipe.dictionary.catalog import percentile
+
+    assert percentile([(2, 1), (1, 1)], 50) == 1
+    assert [percentile([(1, 2), (2, 1), (3, 1)], p) for p in (50, 75, 76, 100)] == [1, 2, 3, 3]
