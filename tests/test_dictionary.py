@@ -381,3 +381,36 @@ def test_a_percentile_on_a_bucket_edge_is_that_buckets_lower_bound():
 
     assert percentile([(2, 1), (1, 1)], 50) == 1
     assert [percentile([(1, 2), (2, 1), (3, 1)], p) for p in (50, 75, 76, 100)] == [1, 2, 3, 3]
+
+
+SMALL_METRICS = """---
+$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0
+toolbox:
+  launch_count:
+    type: counter
+    description: Launches.
+    lifetime: ping
+    send_in_pings: [metrics]
+    bugs: [https://example.com/bug/1]
+    data_reviews: [https://example.com/review/1]
+    notification_emails: [x@example.com]
+    expires: never
+"""
+
+
+def test_a_defined_metric_is_listed_where_it_really_arrived_too(store, warehouse, tmp_path):
+    """A metric defined for the metrics ping that arrives in baseline pings as well (an older
+    release, a wrong send_in_pings): its page names both tables and has a query for each."""
+    from gleanpipe.dictionary.catalog import Catalog, store_app
+    from gleanpipe.dictionary.definitions import parse
+
+    (tmp_path / "metrics.yaml").write_text(SMALL_METRICS)
+    store_app(warehouse, parse("org-example-toolbox", [tmp_path / "metrics.yaml"], []))
+    _load(store, warehouse, "baseline", make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+                                                  {"counter": {"toolbox.launch_count": 4}}))
+    metric = Catalog(warehouse.query).metric(DATASET, "toolbox.launch_count")
+    assert (metric["defined"], metric["values_seen"]) == (True, 1)
+    assert metric["where"] == [{"table": "baseline_v1", "column": "metrics.counter.toolbox_launch_count"},
+                               {"table": "metrics_v1", "column": "metrics.counter.toolbox_launch_count"}]
+    assert [q["table"] for q in metric["queries"]] == ["baseline_v1", "metrics_v1"]
+    assert [c["series"][0]["points"][0][1] for c in metric["charts"]] == [4.0]
