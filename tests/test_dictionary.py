@@ -414,3 +414,17 @@ def test_a_defined_metric_is_listed_where_it_really_arrived_too(store, warehouse
                                {"table": "metrics_v1", "column": "metrics.counter.toolbox_launch_count"}]
     assert [q["table"] for q in metric["queries"]] == ["baseline_v1", "metrics_v1"]
     assert [c["series"][0]["points"][0][1] for c in metric["charts"]] == [4.0]
+
+
+def test_a_ping_defined_without_the_client_id_says_no_on_its_page(warehouse):
+    """pings.yaml `include_client_id: false` (anonymous-report) shows as "carries client_id: no"."""
+    from gleanpipe.dictionary.catalog import Catalog, store_app
+    from gleanpipe.dictionary.definitions import parse
+    from gleanpipe.dictionary.pages import render_ping
+
+    store_app(warehouse, parse("org-example-toolbox", [], [GLEAN / "pings.yaml"]))
+    catalog = Catalog(warehouse.query)
+    anonymous, usage = catalog.ping(DATASET, "anonymous-report"), catalog.ping(DATASET, "toolbox-usage")
+    assert (anonymous["include_client_id"], usage["include_client_id"]) == (False, True)
+    assert "<dt>carries client_id</dt><dd>no</dd>" in render_ping(anonymous)
+    assert "<dt>carries client_id</dt><dd>yes</dd>" in render_ping(usage)
