@@ -428,3 +428,19 @@ def test_a_ping_defined_without_the_client_id_says_no_on_its_page(warehouse):
     assert (anonymous["include_client_id"], usage["include_client_id"]) == (False, True)
     assert "<dt>carries client_id</dt><dd>no</dd>" in render_ping(anonymous)
     assert "<dt>carries client_id</dt><dd>yes</dd>" in render_ping(usage)
+
+
+def test_the_labeled_quantity_query_averages_and_the_labeled_counter_query_sums(store, warehouse):
+    """The page's SQL, run: a quantity is a level (window count, size), so per label and day it is
+    averaged; a counter counts, so it is summed."""
+    from gleanpipe.dictionary.catalog import Catalog
+
+    client = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+    for sizes, used in (({"s": 3}, {"hammer": 1}), ({"s": 7}, {"hammer": 4})):
+        _load(store, warehouse, "metrics", make_ping(client, {"labeled_quantity": {"toolbox.sizes": sizes},
+                                                              "labeled_counter": {"toolbox.tool_used": used}}))
+    catalog = Catalog(warehouse.query)
+    for metric_id, want in (("toolbox_sizes", 5), ("toolbox_tool_used", 5)):
+        [query] = catalog.metric(DATASET, metric_id)["queries"]
+        got = [(label, float(value)) for _, label, value in warehouse.query(query["sql"]["duckdb"])[1]]
+        assert got == [("s" if metric_id == "toolbox_sizes" else "hammer", float(want))], metric_id
