@@ -444,3 +444,27 @@ def test_the_labeled_quantity_query_averages_and_the_labeled_counter_query_sums(
         [query] = catalog.metric(DATASET, metric_id)["queries"]
         got = [(label, float(value)) for _, label, value in warehouse.query(query["sql"]["duckdb"])[1]]
         assert got == [("s" if metric_id == "toolbox_sizes" else "hammer", float(want))], metric_id
+
+
+def test_only_http_links_in_bugs_and_data_reviews_become_links(warehouse, tmp_path):
+    """A bug or data review that is not an http(s) URL (glean_parser takes any URI, so also
+    `javascript:`) is shown as text, never as a link a reader could click."""
+    from gleanpipe.dictionary.catalog import Catalog, store_app
+    from gleanpipe.dictionary.definitions import parse
+    from gleanpipe.dictionary.pages import render_ping
+
+    (tmp_path / "pings.yaml").write_text("""---
+$schema: moz://mozilla.org/schemas/glean/pings/2-0-0
+odd-links:
+  description: Links of every kind.
+  include_client_id: true
+  bugs: [javascript:alert(document.domain), https://example.com/bug/1]
+  data_reviews: ["data:text/html;base64,PHNjcmlwdD4="]
+  notification_emails: [x@example.com]
+""")
+    store_app(warehouse, parse("org-example-toolbox", [], [tmp_path / "pings.yaml"]))
+    html = render_ping(Catalog(warehouse.query).ping(DATASET, "odd-links"))
+    hrefs = re.findall(r'<a href="([^"]*)" rel="noopener noreferrer">', html)
+    assert hrefs == ["https://example.com/bug/1"]
+    assert "<li>javascript:alert(document.domain)</li>" in html
+    assert "<li>data:text/html;base64,PHNjcmlwdD4=</li>" in html
