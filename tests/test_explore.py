@@ -330,3 +330,47 @@ def test_ping_and_app_names_a_sender_picks_cannot_break_or_hide_the_export(tmp_p
     assert out.execute("SELECT count(*) FROM baseline_v1_flat_v1").fetchone() == (1,)  # the ping's rows are there
     assert out.execute("SELECT category, name, events FROM events_daily ORDER BY name").fetchall() == [
         ("toolbox", "tool_opened", 2)]
+
+
+def test_a_refresh_writes_a_deleted_file_again_and_removes_the_file_of_a_dropped_schema(tmp_path):
+    """The refresh skips a dataset only when its file is still there and unchanged; the file of a
+    schema gone from the warehouse is removed, so Datasette does not keep serving stale rows."""
+    path = str(tmp_path / "w.duckdb")
+    con = duckdb.connect(path)
+    con.execute("CREATE SCHEMA app_a; CREATE TABLE app_a.t (document_id VARCHAR, n BIGINT); "
+                "INSERT INTO app_a.t VALUES ('d-1', 1)")
+    con.execute("CREATE SCHEMA app_b; CREATE TABLE app_b.t (document_id VARCHAR, n BIGINT); "
+                "INSERT INTO app_b.t VALUES ('d-2', 2)")
+    out = tmp_path / "out"
+    first = ex.export(ex.Source.from_duckdb(con, "w"), out)
+    assert first.written == ["app_a", "app_b"] and first.unchanged == []
+
+    (out / "app_a.db").unlink()  # removed by hand: the next run must write it again, unchanged or not
+    con.execute("DROP SCHEMA app_b CASCADE")
+    second = ex.export(ex.Source.from_duckdb(con, "w"), out)
+    con.close()
+    assert (second.written, second.unchanged) == (["app_a"], [])
+    assert sqlite3.connect(out / "app_a.db").execute("SELECT document_id, n FROM t").fetchall() == [("d-1", 1)]
+    assert not (out / "app_b.db").exists()
+    assert sorted(json.loads((out / ex.MANIFEST).read_text())["databases"]) == ["app_a"]
+
+
+def test_a_flat_view_has_one_column_per_field_and_metric_and_no_metadata(tmp_path):
+    """<table>_flat: the plain columns, client_info.* and ping_info.* fields, and one column per
+    metric; the metadata STRUCT (the HTTP headers) stays in the table only."""
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE SCHEMA app; CREATE TABLE app.metrics_v1 (document_id VARCHAR, "
+                "client_info STRUCT(client_id VARCHAR, os VARCHAR), ping_info STRUCT(seq BIGINT), "
+                "metadata STRUCT(app_id VARCHAR), "
+                "metrics STRUCT(counter STRUCT(a_b BIGINT), labeled_counter STRUCT(c_d STRUCT(\"key\" VARCHAR, "
+                "\"value\" BIGINT)[])))")
+    con.execute("INSERT INTO app.metrics_v1 VALUES ('d-1', {'client_id': 'c', 'os': 'Linux'}, {'seq': 4}, "
+                "{'app_id': 'x'}, {'counter': {'a_b': 5}, 'labeled_counter': {'c_d': [{'key': 'k', 'value': 2}]}})")
+    result = ex.export(ex.Source.from_duckdb(con, "w"), tmp_path / "out")
+    con.close()
+    out = sqlite3.connect(result.databases["app"])
+    cols = [r[1] for r in out.execute("PRAGMA table_info(metrics_v1_flat)")]
+    assert cols == ["document_id", "client_info.client_id", "client_info.os", "ping_info.seq",
+                    "counter.a_b", "labeled_counter.c_d"]
+    row = out.execute("SELECT * FROM metrics_v1_flat").fetchone()
+    assert row[:5] == ("d-1", "c", "Linux", 4, 5) and json.loads(row[5]) == [{"key": "k", "value": 2}]
