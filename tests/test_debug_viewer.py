@@ -530,3 +530,16 @@ def test_a_tag_named_api_has_its_page(debug_serve):
     assert "api" in [t["tag"] for t in api(debug_serve, "tags")["tags"]]
     status, page, _ = get(f"{debug_serve.url}/debug/api")
     assert status == 200 and b"Debug tag <code>api</code>" in page
+
+
+def test_a_missing_object_is_pending_only_for_a_ping_that_was_accepted(tmp_path):
+    """serve answers 200 before the object is written, so an accepted entry whose object is not
+    there yet is `pending` (the page asks again). A rejection's error record is written before
+    the answer: if it is missing it will not come, and the page must not poll for it forever."""
+    index = DebugIndex(LocalStore(tmp_path / "store"), max_per_tag=10, retention_hours=1)
+    for status, http, key in (("accepted", 200, "raw/a/b/1/x.json"), ("rejected", 400, "errors/2026-11-23/json/y.json")):
+        meta = {"headers": {"x_debug_id": status}, "submission_timestamp": "t", "key": key}
+        index.record(meta, status, http, key)
+        [entry_id] = index.entry_ids(status)
+        detail = index.detail(status, entry_id, 1000)
+        assert (detail["pending"], detail["note"]) == (status == "accepted", f"{key} is not in the store (yet)")
