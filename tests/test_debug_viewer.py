@@ -543,3 +543,17 @@ def test_a_missing_object_is_pending_only_for_a_ping_that_was_accepted(tmp_path)
         [entry_id] = index.entry_ids(status)
         detail = index.detail(status, entry_id, 1000)
         assert (detail["pending"], detail["note"]) == (status == "accepted", f"{key} is not in the store (yet)")
+
+
+def test_a_tag_over_a_lowered_bound_lists_only_the_bound(tmp_path):
+    """GLEANPIPE_DEBUG_MAX_PINGS lowered (serve restarted): until the tag's next write prunes it,
+    the listing counts and shows at most the new bound, the newest entries."""
+    store = LocalStore(tmp_path / "store")
+    meta = {"headers": {"x_debug_id": "tag-a"}, "submission_timestamp": "t", "key": "raw/a"}
+    now = time.time_ns() // 1000
+    for i in range(5):
+        DebugIndex(store, max_per_tag=10, retention_hours=1).record(meta, "accepted", 200, f"raw/{i}", now_us=now + i)
+    index = DebugIndex(store, max_per_tag=2, retention_hours=1)
+    assert [(t["tag"], t["count"]) for t in index.tags(now_us=now + 5)] == [("tag-a", 2)]
+    assert [e[:17] for e in index.entry_ids("tag-a", now_us=now + 5)] == [f"{now + 4:017d}", f"{now + 3:017d}"]
+    assert len(list(store.list(f"{DEBUG_PREFIX}tag-a/"))) == 5  # listing does not prune by count
