@@ -557,3 +557,26 @@ def test_a_tag_over_a_lowered_bound_lists_only_the_bound(tmp_path):
     assert [(t["tag"], t["count"]) for t in index.tags(now_us=now + 5)] == [("tag-a", 2)]
     assert [e[:17] for e in index.entry_ids("tag-a", now_us=now + 5)] == [f"{now + 4:017d}", f"{now + 3:017d}"]
     assert len(list(store.list(f"{DEBUG_PREFIX}tag-a/"))) == 5  # listing does not prune by count
+
+
+def test_a_body_of_exactly_max_body_text_bytes_is_shown_whole(tmp_path):
+    """MAX_BODY_TEXT (256 KiB) is the largest body the viewer shows as parsed JSON; one byte more
+    is cut and shown as text, with a note saying so."""
+    from gleanpipe import rawobject
+
+    store = LocalStore(tmp_path / "store")
+    index = DebugIndex(store, max_per_tag=10, retention_hours=1)
+    for tag, size in (("at", MAX_BODY_TEXT), ("over", MAX_BODY_TEXT + 1)):
+        body = b'{"a":"' + b"x" * (size - 8) + b'"}'
+        assert len(body) == size
+        key = f"raw/org-example-toolbox/metrics/1/{uuid.uuid4()}.json"
+        meta = {"headers": {"x_debug_id": tag}, "submission_timestamp": "t", "key": key}
+        assert store.put_new(key, rawobject.encode(meta, body))
+        index.record(meta, "accepted", 200, key)
+        [entry_id] = index.entry_ids(tag)
+        detail = index.detail(tag, entry_id, 10 * MAX_BODY_TEXT)
+        if tag == "at":
+            assert (detail["ping"], detail["body_text"], detail["note"]) == ({"a": "x" * (size - 8)}, None, None)
+        else:
+            assert detail["ping"] is None and detail["body_text"] == body[:MAX_BODY_TEXT].decode()
+            assert detail["note"] == f"the body has {size} bytes: the first {MAX_BODY_TEXT} are shown, as text"
