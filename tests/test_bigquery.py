@@ -595,3 +595,21 @@ def test_a_batch_over_max_insert_bytes_goes_in_more_requests(store, bq):
     assert sum(chunks[0]) <= MAX_INSERT_BYTES < sum(chunks[0]) + chunks[1][0]
     stored = bq.query(f"SELECT ping_info.seq, LENGTH(metrics.text.toolbox_notes) FROM {DATASET}.baseline")[1]
     assert sorted(stored) == [(i, 4 << 20) for i in range(3)]
+
+
+def test_a_deletion_request_loaded_again_after_it_was_carried_out_is_not_run_again(store, bq):
+    """A replay loads every deletion-request document again: one already carried out keeps its
+    record as it is (no second DELETE over the app's tables, attempts and executed_at unchanged)."""
+    loader = Loader(store, bq)
+    loader.load_keys([put_ping(store, make_ping(CLIENT_A))])
+    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    assert loader.load_keys([deletion]).deletions == 1  # rows deleted, pending until it settles (1 s)
+    time.sleep(1.1)
+    [attempt] = bq.retry_deletions()
+    assert attempt.done
+    record = "SELECT attempts, executed_at, rows_deleted FROM _gleanpipe.deletions"
+    [(attempts, executed, deleted)] = bq.query(record)[1]
+    assert attempts == 2 and executed is not None
+    loader.load_keys([deletion])
+    assert bq.query(record)[1] == [(attempts, executed, deleted)]
+    assert bq.retry_deletions() == []
