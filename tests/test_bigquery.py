@@ -613,3 +613,13 @@ def test_a_deletion_request_loaded_again_after_it_was_carried_out_is_not_run_aga
     loader.load_keys([deletion])
     assert bq.query(record)[1] == [(attempts, executed, deleted)]
     assert bq.retry_deletions() == []
+
+
+def test_what_bigquery_said_is_one_line_without_the_repeated_reason(bq):
+    """BigQuery's error message repeats itself after "; reason: ..." (with the job's location and
+    id on more lines): gleanpipe shows the code and the first part only (warehouse.bigquery.said)."""
+    with pytest.raises(WarehouseUnavailable) as refused:
+        bq.query("SELECT 1 FROM `nowhere`.`t`")
+    said = str(refused.value)
+    assert said.startswith(f"BigQuery: 404 Not found: Dataset {bq.project}:nowhere was not found in location ")
+    assert "reason" not in said and "\n" not in said and "Job ID" not in said
