@@ -623,3 +623,14 @@ def test_what_bigquery_said_is_one_line_without_the_repeated_reason(bq):
     said = str(refused.value)
     assert said.startswith(f"BigQuery: 404 Not found: Dataset {bq.project}:nowhere was not found in location ")
     assert "reason" not in said and "\n" not in said and "Job ID" not in said
+
+
+def test_a_refused_rows_error_names_its_document_id(store, bq):
+    """insertAll names a refused row by its index in the request; the error kept for it names the
+    ping's document_id (its insertId), which is what a person can look up."""
+    good, bad = put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_B))
+    bad_id = bad.rsplit("/", 1)[1][:-5]
+    refuse_rows(bq, {bad_id}, "Cannot convert value to integer (bad value): 1180591620717411303424")
+    assert Loader(store, bq).load_keys([bad, good]).errors == 1
+    [(message,)] = bq.query("SELECT error_message FROM _gleanpipe.errors")[1]
+    assert f"{DATASET}.baseline_v1: row {bad_id}: Cannot convert value to integer" in message
