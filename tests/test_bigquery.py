@@ -634,3 +634,19 @@ def test_a_refused_rows_error_names_its_document_id(store, bq):
     assert Loader(store, bq).load_keys([bad, good]).errors == 1
     [(message,)] = bq.query("SELECT error_message FROM _gleanpipe.errors")[1]
     assert f"{DATASET}.baseline_v1: row {bad_id}: Cannot convert value to integer" in message
+
+
+def test_status_shows_pending_deletion_requests_and_how_to_retry_them(store, bq_warehouse_url, data_dir,
+                                                                      monkeypatch):
+    """README: `gleanpipe status` shows deletion requests carried out "(and pending ones, when there
+    are any)"; "`gleanpipe status` shows how many are pending"."""
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "3600")  # stays pending
+    wh = open_warehouse(bq_warehouse_url)
+    try:
+        assert Loader(store, wh).load_keys([put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")]
+                                           ).deletions == 1
+    finally:
+        wh.close()
+    out = gleanpipe("status", "--data-dir", str(data_dir), "--warehouse-url", bq_warehouse_url)
+    assert out.returncode == 0, out.stderr
+    assert "deletion requests carried out: 0, pending: 1 (retry: gleanpipe deletions)\n" in out.stdout
