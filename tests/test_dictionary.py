@@ -468,3 +468,23 @@ odd-links:
     assert hrefs == ["https://example.com/bug/1"]
     assert "<li>javascript:alert(document.domain)</li>" in html
     assert "<li>data:text/html;base64,PHNjcmlwdD4=</li>" in html
+
+
+def test_each_metric_status_has_its_own_badge_style(store, warehouse, tmp_path):
+    """The app page's badges are styled by status: undocumented (orange), no data yet (grey),
+    built-in (purple)."""
+    from gleanpipe.dictionary.catalog import Catalog, store_app
+    from gleanpipe.dictionary.definitions import parse
+    from gleanpipe.dictionary.pages import render_app
+
+    (tmp_path / "metrics.yaml").write_text(SMALL_METRICS.replace("launch_count", "never_sent"))
+    store_app(warehouse, parse("org-example-toolbox", [tmp_path / "metrics.yaml"], []))
+    _load(store, warehouse, "metrics", make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", {
+        "counter": {"toolbox.secret": 1, "glean.validation.pings_submitted": 1}}))
+    html = render_app(Catalog(warehouse.query).app(DATASET))
+    metrics_table = html[html.index('<table id="metrics"'):]
+    badges = dict(re.findall(r'<td><a href="[^"]*">([^<]*)</a></td>.*?(<span class="badge[^"]*">[^<]*</span>)',
+                             metrics_table))
+    assert badges == {"glean_validation_pings_submitted": '<span class="badge builtin">built-in (Glean SDK)</span>',
+                      "toolbox.never_sent": '<span class="badge nodata">no data yet</span>',
+                      "toolbox_secret": '<span class="badge undocumented">undocumented</span>'}
