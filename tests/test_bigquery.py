@@ -389,6 +389,8 @@ def test_load_function_and_cli_query_on_bigquery(bq_emulator, bq_warehouse_url, 
         bad = gleanpipe("query", "--data-dir", str(tmp_path / "none"), sql)
         assert bad.returncode == 1 and bad.stderr.startswith("Error: BigQuery: "), bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1 and "Job ID" not in bad.stderr, bad.stderr
+        # a dataset the query names is its own mistake, not one the loader makes again
+        assert "made again" not in bad.stderr, bad.stderr
 
 
 def test_a_request_refused_whole_goes_to_errors(store, bq):

@@ -588,14 +588,26 @@ class BigQueryWarehouse(Warehouse):
 
         from ..read_only_sql import check_bigquery
 
+        from google.api_core.exceptions import NotFound
+
         check_bigquery(sql)
+
+        def run():
+            try:
+                return self._run(sql, params)
+            except NotFound as exc:  # a dataset or table the query names: not one the loader lost
+                raise ValueError(f"BigQuery: {said(exc)}") from None
+
         try:
-            return self.query(sql, params)
+            return self._rows(self._guard(run)[1])
         except GoogleAPICallError as exc:  # the query's own fault (a typo, a missing column): one line
             raise ValueError(f"BigQuery: {said(exc)}") from None
 
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
-        _, result = self._guard(self._run, sql, params)
+        return self._rows(self._guard(self._run, sql, params)[1])
+
+    @staticmethod
+    def _rows(result) -> tuple[list[str], list[tuple]]:
         if not result.schema:
             return [], []
         return [f.name for f in result.schema], [tuple(r.values()) for r in result]
