@@ -98,8 +98,10 @@ def test_ping_reaches_duckdb_through_fake_gcs_pubsub_push_and_load(tmp_path, pub
         ping = make_ping(CLIENT, metrics={"counter": {"toolbox.launch_count": 17},
                                           "string": {"toolbox.active_theme": "solarized"}})
         sent = time.monotonic()
-        assert post(submit.url + submit_path("baseline", doc_id), gz(ping))[0] == 200
-        assert post(submit.url + submit_path("baseline", doc_id), gz(ping))[0] == 200  # re-sent: no new object
+        status, _, headers = post(submit.url + submit_path("baseline", doc_id), gz(ping))
+        assert (status, headers["X-Gleanpipe-Stored"]) == (200, "new")
+        status, _, headers = post(submit.url + submit_path("baseline", doc_id), gz(ping))
+        assert (status, headers["X-Gleanpipe-Stored"]) == (200, "duplicate")  # re-sent: no new object
         status, body, _ = post(submit.url + submit_path("baseline"), b"{not json", {"Content-Type": "text/plain"})
         assert status == 400  # rejected: its record goes to pings/errors/, outside the notified prefix
 

@@ -584,11 +584,9 @@ class BigQueryWarehouse(Warehouse):
 
     def read_query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         """One statement that starts with SELECT or WITH, else WriteRefused (see read_only_sql)."""
-        from google.api_core.exceptions import GoogleAPICallError
+        from google.api_core.exceptions import GoogleAPICallError, NotFound
 
         from ..read_only_sql import check_bigquery
-
-        from google.api_core.exceptions import NotFound
 
         check_bigquery(sql)
 
