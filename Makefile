@@ -6,9 +6,16 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: run test bench clean bqemu deploy undeploy chromium emulate constraints
 
+# Python 3.11 or newer (pyproject's requires-python): asked first, so an older python3 (Ubuntu
+# 22.04 has 3.10) gets this line instead of pip failing to resolve the pinned versions.
+PYTHON_CHECK = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	echo "gleanpipe needs Python 3.11 or newer, and '$(PYTHON)' is $$(command -v $(PYTHON) >/dev/null && $(PYTHON) --version 2>&1 || echo 'not found')." \
+	     "Give make a newer one: make $(or $(MAKECMDGOALS),run) PYTHON=python3.12" >&2; exit 1; }
+
 # The versions in constraints.txt: the ones the tests last passed with (a new release of a
 # dependency cannot turn a fresh clone red). `make constraints` moves them on.
 $(STAMP): pyproject.toml constraints.txt
+	$(PYTHON_CHECK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
@@ -22,6 +29,7 @@ run: $(STAMP)
 BQEMU       ?= .venv-bqemu
 BQEMU_STAMP  = $(BQEMU)/.installed
 $(BQEMU_STAMP): tests/bqemu/requirements.txt tests/bqemu/constraints.txt tests/bqemu/install_spatial.py
+	$(PYTHON_CHECK)
 	$(PYTHON) -m venv $(BQEMU)
 	$(BQEMU)/bin/python -m pip install --quiet -c tests/bqemu/constraints.txt -r tests/bqemu/requirements.txt
 	$(BQEMU)/bin/python tests/bqemu/install_spatial.py
@@ -58,6 +66,7 @@ undeploy: $(STAMP)
 
 ## constraints: re-pin constraints.txt (and the emulator's) to the newest releases allowed (then `make test`)
 constraints:
+	$(PYTHON_CHECK)
 	rm -rf build/constraints-venv
 	$(PYTHON) -m venv build/constraints-venv
 	build/constraints-venv/bin/python -m pip install --quiet --upgrade pip

@@ -17,6 +17,7 @@ finds it as package data. ``gleanpipe/deploy`` (this code) is left out: function
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -30,10 +31,6 @@ class PackageError(RuntimeError):
 
 def requirements(root: Path = ROOT) -> list[str]:
     """Runtime dependencies from pyproject.toml, then the gcp extra (GCS and BigQuery clients)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        raise PackageError("building the function source needs Python 3.11 or newer (tomllib)") from None
     project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = project.get("optional-dependencies", {})
     if "gcp" not in extras:

@@ -1,0 +1,66 @@
+"""The Makefile's Python check, run as a user runs make: an older python3 (Ubuntu 22.04 has
+3.10) gets one line saying what to do, before any virtualenv is made, instead of pip failing
+to resolve the pinned versions."""
+
+from __future__ import annotations
+
+import glob
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make(goal: str, python: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", goal, f"PYTHON={python}", f"VENV={tmp_path / 'venv'}",
+                           f"BQEMU={tmp_path / 'bqemu'}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def older_python() -> tuple[str, str] | None:
+    """(path, `--version` output) of a real interpreter older than 3.11 on this machine, or None.
+    pyenv keeps its versions out of PATH, and its shims answer for versions that are not active."""
+    candidates = sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.*/bin/python3.[0-9]*")))
+    candidates += [p for n in ("python3.10", "python3.9") if (p := shutil.which(n))]
+    for path in candidates:
+        if not re.fullmatch(r"python3\.([0-9]|10)", Path(path).name):
+            continue
+        out = subprocess.run([path, "--version"], capture_output=True, text=True)
+        if out.returncode == 0 and re.fullmatch(r"Python 3\.([0-9]|10)\.\d+", out.stdout.strip()):
+            return path, out.stdout.strip()
+    return None
+
+
+def test_make_run_with_python_3_10_says_what_to_do_and_makes_no_venv(tmp_path):
+    found = older_python()
+    if found is None:
+        pytest.skip("no Python older than 3.11 on this machine")
+    old, version = found
+
+    result = make("run", old, tmp_path)
+
+    assert result.returncode == 2
+    assert (f"gleanpipe needs Python 3.11 or newer, and '{old}' is {version}. "
+            "Give make a newer one: make run PYTHON=python3.12") in result.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_make_test_with_a_python_that_is_not_there_says_so(tmp_path):
+    missing = tmp_path / "no-such-python"
+
+    result = make("test", str(missing), tmp_path)
+
+    assert result.returncode == 2
+    assert (f"gleanpipe needs Python 3.11 or newer, and '{missing}' is not found. "
+            "Give make a newer one: make test PYTHON=python3.12") in result.stderr
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "bqemu").exists()
+
+
+def test_the_makefile_asks_for_the_python_pyproject_requires():
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    checked = re.search(r"sys\.version_info < \((\d+), (\d+)\)", (ROOT / "Makefile").read_text())
+    assert requires == f">={checked[1]}.{checked[2]}" == ">=3.11"
