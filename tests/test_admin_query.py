@@ -235,3 +235,60 @@ def test_the_admin_api_listens_on_loopback_only(serve):
         pass  # it does listen there
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((other, admin.port), timeout=5).close()
+
+
+def test_a_query_result_over_GLEANPIPE_QUERY_MAX_BYTES_is_refused_and_serve_answers_the_next(tmp_path):
+    """serve answers a query a page of rows at a time (warehouse.QUERY_PAGE_ROWS), encoding each
+    page as it comes, and refuses a result over GLEANPIPE_QUERY_MAX_BYTES of JSON: a SELECT * of
+    a big table took serve to 1.3 GB when fetched whole, which the pipeline itself shares. The
+    3,000 rows here span two pages; the limit is pinned at the answer's exact size."""
+    from gleanpipe.warehouse.base import QUERY_PAGE_ROWS
+
+    sql = "SELECT range AS i, repeat('x', 100) AS s FROM range(3000) ORDER BY i"
+    assert 3000 > QUERY_PAGE_ROWS
+    expected = {"columns": ["i", "s"], "rows": [[i, "x" * 100] for i in range(3000)]}
+    size = len(json.dumps(expected, separators=(",", ":")).encode())
+    for limit, answered in ((size, True), (size - 1, False)):
+        data_dir = tmp_path / f"data-{limit}"
+        data_dir.mkdir()
+        server = ServeProcess(data_dir, env={"GLEANPIPE_QUERY_MAX_BYTES": str(limit)}).start()
+        try:
+            run = gleanpipe("query", "--format", "json", sql, "--data-dir", str(data_dir))
+            if answered:
+                assert run.returncode == 0, run.stderr
+                assert json.loads(run.stdout) == [dict(zip(expected["columns"], r)) for r in expected["rows"]]
+            else:
+                assert run.returncode == 1 and run.stdout == ""
+                assert run.stderr.strip() == (
+                    f"Error: the result is over {size - 1} bytes as JSON, the most serve answers "
+                    "(GLEANPIPE_QUERY_MAX_BYTES): add a LIMIT or select fewer columns")
+            # the refused query's read ended: serve answers the next one, and loads as before
+            assert server.query("SELECT 7 AS n") == (["n"], [(7,)])
+        finally:
+            assert server.stop() == 0
+
+
+def test_read_query_pages_fetches_a_page_at_a_time_and_a_read_stopped_early_ends_its_transaction(tmp_path):
+    """DuckDB's read_query_pages: the column names, then pages of at most page_rows rows, which
+    put together are read_query's rows (INTERVAL columns shown as DuckDB prints them in both).
+    A reader that stops after one page closes the generator: its cursor and read transaction
+    end, and the next read and write work."""
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    try:
+        sql = "SELECT range AS i, INTERVAL (range) MONTH AS m FROM range(5) ORDER BY i"
+        pages = list(wh.read_query_pages(sql, page_rows=2))
+        assert pages == [["i", "m"], [(0, "00:00:00"), (1, "1 month")], [(2, "2 months"), (3, "3 months")],
+                         [(4, "4 months")]]
+        assert wh.read_query(sql) == (["i", "m"], [row for page in pages[1:] for row in page])
+
+        plain = wh.read_query_pages("SELECT range AS i FROM range(7) ORDER BY i", page_rows=3)
+        assert next(plain) == ["i"]
+        assert next(plain) == [(0,), (1,), (2,)]
+        assert len(wh._readers) == 1  # the read is still open: the rest is fetched when asked for, not before
+        plain.close()  # stopped after one page
+        assert wh._readers == {}
+        assert wh.read_query("SELECT 1 AS one") == (["one"], [(1,)])
+        wh.query("CREATE TABLE t AS SELECT 1 AS x")  # no read transaction left open in the way
+        assert wh.read_query("SELECT x FROM t") == (["x"], [(1,)])
+    finally:
+        wh.close()

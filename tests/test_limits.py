@@ -330,7 +330,7 @@ def test_documented_defaults():
         "max_uri_bytes": 512, "max_header_bytes": 1024, "load_batch": 1000, "load_interval_ms": 50,
         "debug_max_pings": 100, "debug_retention_hours": 504, "explore_port": 8001, "spool": True,
         "spool_segment_bytes": 16777216, "spool_segment_seconds": 30, "dictionary": True, "body_timeout_s": 30,
-        "debug_index": True}
+        "debug_index": True, "query_max_bytes": 268435456}
 
 
 # --- serve: raised path and header limits reach the edge, not gunicorn's own parser limits ----------------

@@ -77,6 +77,8 @@ SETTINGS: dict[str, Setting] = {
             "Hours a debug ping stays listed at /debug (504 = 3 weeks, as Mozilla's Debug Ping Viewer).",
         ),
         Setting("GLEANPIPE_EXPLORE_PORT", "8001", "Port `gleanpipe explore` runs Datasette on (loopback)."),
+        Setting("GLEANPIPE_QUERY_MAX_BYTES", str(256 * MIB),
+                "Largest query result `serve` answers (`gleanpipe query` through it), as JSON."),
         Setting(
             "GLEANPIPE_STORE_TIMEOUT_S",
             "3",
@@ -163,6 +165,7 @@ MAX_VALUE = {
     "GLEANPIPE_LOAD_BATCH": 100_000,
     "GLEANPIPE_DEBUG_MAX_PINGS": 100_000,
     "GLEANPIPE_DEBUG_RETENTION_HOURS": 87_600,  # ten years
+    "GLEANPIPE_QUERY_MAX_BYTES": 1 << 34,  # 16 GiB
 }
 
 
@@ -202,6 +205,7 @@ _FIELDS = {
     "debug_max_pings": (_int, "GLEANPIPE_DEBUG_MAX_PINGS"),
     "debug_retention_hours": (_int, "GLEANPIPE_DEBUG_RETENTION_HOURS"),
     "explore_port": (_int, "GLEANPIPE_EXPLORE_PORT"),
+    "query_max_bytes": (_int, "GLEANPIPE_QUERY_MAX_BYTES"),
     "dictionary": (_bool, "GLEANPIPE_DICTIONARY"),
     "spool": (_bool, "GLEANPIPE_SPOOL"),
     "spool_segment_bytes": (_int, "GLEANPIPE_SPOOL_SEGMENT_BYTES"),
@@ -235,6 +239,7 @@ class Config:
     dictionary: bool = True
     debug_index: bool = True
     body_timeout_s: int = 30
+    query_max_bytes: int = 256 * MIB
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":

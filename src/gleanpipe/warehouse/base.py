@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..transform import PingRow
@@ -10,6 +11,7 @@ from ..transform import PingRow
 
 META = "_gleanpipe"  # app datasets start with a letter or digit, so this never collides
 DELETION_TABLE = "deletion_request_v1"
+QUERY_PAGE_ROWS = 2_000  # rows a query result is fetched in at a time (read_query_pages)
 EVENTS_KEY = "document_id, event_index"
 
 
@@ -85,6 +87,15 @@ class Warehouse(ABC):
     def read_query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         """``query`` for SQL from users, where the backend can make it read-only (DuckDB does)."""
         return self.query(sql, params)
+
+    def read_query_pages(self, sql: str, params: list | None = None,
+                         page_rows: int = QUERY_PAGE_ROWS) -> Iterator[list]:
+        """``read_query`` a page at a time: the column names first, then lists of at most
+        ``page_rows`` rows. Here the whole result is fetched first; DuckDB fetches page by page."""
+        columns, rows = self.read_query(sql, params)
+        yield columns
+        for start in range(0, len(rows), page_rows):
+            yield rows[start:start + page_rows]
 
     @abstractmethod
     def status(self) -> dict:

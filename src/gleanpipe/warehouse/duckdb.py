@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,8 +28,8 @@ from ..naming import parse_key, view_name
 from ..naming import quote_ident as q
 from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
 from ..transform import PingRow
-from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
-                   WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query)
+from .base import (DELETION_TABLE, EVENTS_KEY, META, QUERY_PAGE_ROWS, DeletionAttempt, LoadError, RowDataError,
+                   Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query)
 log = logging.getLogger("gleanpipe.warehouse")
 
 
@@ -536,20 +537,6 @@ class DuckDBWarehouse(Warehouse):
 
     # --- reading ------------------------------------------------------------------
 
-    @staticmethod
-    def _fetch_shown(cur, sql: str, params: list | None) -> tuple[list[str], list[tuple]]:
-        """What ``query`` fetches, for SQL from users: INTERVAL columns (also inside lists and structs) come back as
-        DuckDB prints them (``1 year 2 months``), not as Python timedelta, which has no months
-        (``age()`` of 14 months read as 420 days). The cast is added to the query, which runs once."""
-        rel = cur.sql(sql, params=params or None)
-        if rel is None:
-            return [], []
-        columns, types = rel.columns, [str(t) for t in rel.types]
-        if any("INTERVAL" in t for t in types):
-            rel = rel.project(", ".join(f"CAST(#{i} AS VARCHAR)" if "INTERVAL" in t else f"#{i}"
-                                        for i, t in enumerate(types, 1)))
-        return columns, rel.fetchall()
-
     @contextlib.contextmanager
     def _reader(self):
         """A cursor of its own for one read, which ``close`` and ``interrupt_reads`` can interrupt."""
@@ -589,19 +576,47 @@ class DuckDBWarehouse(Warehouse):
         """``query`` in a read-only transaction, always rolled back: DuckDB itself refuses any write,
         also one a statement-type check cannot see (DuckDB 2 runs DELETE ... RETURNING inside WITH,
         and the statement is a SELECT). For SQL from users (`gleanpipe query`, serve's admin API)."""
+        pages = self.read_query_pages(sql, params)
+        columns = next(pages)
+        return columns, [row for page in pages for row in page]
+
+    def read_query_pages(self, sql: str, params: list | None = None,
+                         page_rows: int = QUERY_PAGE_ROWS) -> Iterator[list]:
+        """``read_query`` a page at a time (the column names first, then lists of rows), so that a
+        large result is never all in memory as Python values (serve's admin API, admin.py).
+
+        INTERVAL columns (also inside lists and structs) come back as DuckDB prints them
+        (``1 year 2 months``), not as Python timedelta, which has no months (``age()`` of 14
+        months read as 420 days): such a query runs again with the cast added, fetched whole."""
         from ..read_only_sql import WriteRefused
 
         with self._reader() as cur:
             cur.execute("SET TimeZone = 'UTC'")
             cur.execute("BEGIN TRANSACTION READ ONLY")
             try:
-                return self._fetch_shown(cur, sql, params)
+                cur.execute(sql, params or None)
+                columns = [d[0] for d in cur.description or ()]
+                types = [str(d[1]) for d in cur.description or ()]
+                if any("INTERVAL" in t for t in types):
+                    cur.abort()
+                    rel = cur.sql(sql, params=params or None).project(
+                        ", ".join(f"CAST(#{i} AS VARCHAR)" if "INTERVAL" in t else f"#{i}"
+                                  for i, t in enumerate(types, 1)))
+                    rows = rel.fetchall()
+                    yield columns
+                    for start in range(0, len(rows), page_rows):
+                        yield rows[start:start + page_rows]
+                    return
+                yield columns
+                while columns and (rows := cur.fetchmany(page_rows)):
+                    yield rows
             except duckdb.TransactionException as exc:
                 if "read-only" not in str(exc):
                     raise
                 reason = str(exc).splitlines()[0].removeprefix("TransactionContext Error: ")
                 raise WriteRefused(f"the warehouse is read-only for queries: {reason}") from None
             finally:
+                cur.abort()  # a result not fetched to its end (the reader stopped early): let it go
                 cur.execute("ROLLBACK")
 
     def status(self) -> dict:
