@@ -13,6 +13,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import zlib
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from conftest import DATASET, ServeProcess, children, free_port, gz, make_ping, post, submit_path, wait_gone
 from gleanpipe import explore as ex
 from gleanpipe import rawobject
+from gleanpipe.admin import ServeError
 from gleanpipe.naming import DocumentPath
 
 CLIENT = str(uuid.uuid4())
@@ -374,3 +376,35 @@ def test_a_flat_view_has_one_column_per_field_and_metric_and_no_metadata(tmp_pat
                     "counter.a_b", "labeled_counter.c_d"]
     row = out.execute("SELECT * FROM metrics_v1_flat").fetchone()
     assert row[:5] == ("d-1", "c", "Linux", 4, 5) and json.loads(row[5]) == [{"key": "k", "value": 2}]
+
+
+def test_export_through_serve_takes_smaller_pages_when_a_page_is_over_GLEANPIPE_QUERY_MAX_BYTES(tmp_path):
+    """serve refuses an answer over GLEANPIPE_QUERY_MAX_BYTES; explore's pages of 20,000 rows of
+    big pings can be over it, so explore halves the page until it fits. The export through a
+    serve with a small limit has every row, as the export of the file itself (no limit) has."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    limit = 12_000
+    server = ServeProcess(data_dir, env={"GLEANPIPE_QUERY_MAX_BYTES": str(limit)}).start()
+    try:
+        ids = send_known_pings(server, n_plain=20)
+        # what makes this test: one page of the whole table is over the limit, one row is not
+        with pytest.raises(ServeError, match="GLEANPIPE_QUERY_MAX_BYTES"):
+            server.admin.query(f"SELECT * FROM {DATASET}.metrics_v1")
+        assert len(server.admin.query(f"SELECT * FROM {DATASET}.metrics_v1 LIMIT 1")[1]) == 1
+        through_serve = ex.export(ex.Source.from_server(server.admin), tmp_path / "served")
+    finally:
+        assert server.stop() == 0
+    direct = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only", "--out", str(tmp_path / "file"))
+    assert direct.returncode == 0, direct.stderr
+
+    def table(db: Path, name: str) -> list[tuple]:
+        con = sqlite3.connect(db)
+        try:
+            return con.execute(f"SELECT * FROM {name} ORDER BY document_id").fetchall()
+        finally:
+            con.close()
+
+    served = table(through_serve.databases[DATASET], "metrics_v1")
+    assert sorted(r[1] for r in served) == sorted([ids["known"], *ids["plain"]])
+    assert served == table(tmp_path / "file" / f"{DATASET}.db", "metrics_v1")

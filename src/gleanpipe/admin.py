@@ -36,6 +36,7 @@ LOCK_FILE = "serve.lock"  # held by a running serve: a state file without it is 
 SERVE_START_WAIT_S = 30.0
 PID_WIDTH = 10  # the lock file holds its holder's pid, right-aligned in this many characters
 TOKEN_HEADER = "X-Gleanpipe-Token"
+QUERY_TOO_LARGE = "GLEANPIPE_QUERY_MAX_BYTES"  # named in the error of a result over it (explore looks for it)
 
 log = logging.getLogger("gleanpipe.admin")
 
@@ -233,7 +234,7 @@ def _query(query_pages, body: dict, max_bytes: int) -> Encoded:
             size += len(part)
             if size > max_bytes:
                 raise ValueError(f"the result is over {max_bytes} bytes as JSON, the most serve answers "
-                                 "(GLEANPIPE_QUERY_MAX_BYTES): add a LIMIT or select fewer columns")
+                                 f"({QUERY_TOO_LARGE}): add a LIMIT or select fewer columns")
             parts.append(part)
         parts.append(b"]}")
         return parts

@@ -38,6 +38,7 @@ from pathlib import Path
 import duckdb
 import orjson
 
+from .admin import QUERY_TOO_LARGE, ServeError
 from .naming import VERSIONED_RE, quote_ident as q
 from .warehouse.duckdb import view_of
 
@@ -145,7 +146,13 @@ class Source:
                     where = f"WHERE {q(keys[0])} > ? OR ({q(keys[0])} = ? AND {q(keys[1])} > ?)"
                     params = [last[0], last[0], last[1]]
                 sql = f"SELECT {order}, {select} FROM {rel.ref} {where} ORDER BY {order} LIMIT {int(size)}"
-                rows = client.query(sql, params)[1]
+                try:
+                    rows = client.query(sql, params)[1]
+                except ServeError as exc:  # a page over serve's GLEANPIPE_QUERY_MAX_BYTES: smaller pages
+                    if QUERY_TOO_LARGE not in str(exc) or size == 1:
+                        raise
+                    size = max(1, size // 2)
+                    continue
                 if not rows:
                     return
                 last = rows[-1][: len(keys)]
