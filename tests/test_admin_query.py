@@ -292,3 +292,37 @@ def test_read_query_pages_fetches_a_page_at_a_time_and_a_read_stopped_early_ends
         assert wh.read_query("SELECT x FROM t") == (["x"], [(1,)])
     finally:
         wh.close()
+
+
+def test_query_on_the_file_writes_csv_and_json_a_page_at_a_time_as_serve_answers_them_whole(tmp_path):
+    """With serve stopped, `gleanpipe query --format csv|json` writes a result a page at a time
+    (a SELECT * of a 30,000-row metrics table took the CLI to 1.6 GB when fetched whole, 0.36 GB
+    a page at a time). The text is the same byte for byte as through serve, which answers whole:
+    4,500 rows over three pages, with NULLs, quotes, commas, newlines and nested values."""
+    from gleanpipe.warehouse.base import QUERY_PAGE_ROWS
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    sql = ("SELECT range AS i, CASE WHEN range % 7 = 0 THEN NULL ELSE 'a,\"b\"' || chr(10) || range END AS s, "
+           "{'k': range, 'l': [range, NULL]} AS n FROM range(4500) ORDER BY i")
+    assert 4500 > 2 * QUERY_PAGE_ROWS
+    outputs = {}
+    server = ServeProcess(data_dir).start()
+    try:
+        for fmt in ("csv", "json", "table"):
+            run = gleanpipe("query", "--format", fmt, sql, "--data-dir", str(data_dir))
+            assert run.returncode == 0, run.stderr
+            outputs[fmt] = run.stdout
+    finally:
+        assert server.stop() == 0
+    for fmt in ("csv", "json", "table"):
+        run = gleanpipe("query", "--format", fmt, sql, "--data-dir", str(data_dir))
+        assert (run.returncode, run.stdout) == (0, outputs[fmt]), fmt
+    rows = json.loads(outputs["json"])
+    assert len(rows) == 4500 and rows[0] == {"i": 0, "s": None, "n": {"k": 0, "l": [0, None]}}
+    assert rows[4499] == {"i": 4499, "s": 'a,"b"\n4499', "n": {"k": 4499, "l": [4499, None]}}
+    assert outputs["csv"].startswith('i,s,n\n0,,"{""k"":0,""l"":[0,null]}"\n1,"a,""b""\n1",')
+    assert outputs["csv"].endswith("\n") and not outputs["csv"].endswith("\n\n")
+    assert outputs["table"].endswith("(4500 rows)\n")
+    empty = gleanpipe("query", "--format", "json", "SELECT 1 AS a WHERE false", "--data-dir", str(data_dir))
+    assert (empty.returncode, empty.stdout) == (0, "[]\n")

@@ -103,6 +103,34 @@ def _read_query(config: Config):
     return query, wh.close
 
 
+def _query_pages(config: Config):
+    """(pages(sql), close): the column names, then pages of rows as serve's admin API gives them.
+    Through serve one page (serve bounds its answer: GLEANPIPE_QUERY_MAX_BYTES); on the file a page
+    at a time, so that `--format csv` or `json` of a whole table needs no more memory than a page."""
+    client = _server(config)
+    if client:
+        def answer(sql: str):
+            columns, rows = client.query(sql)
+            yield columns
+            yield rows
+        return answer, lambda: None
+    from .read_only_sql import read_only
+
+    wh = _open_local(config, read_only=True)
+    run = read_only(wh.read_query_pages) if config.warehouse_url.startswith("duckdb://") else wh.read_query_pages
+
+    def pages(sql: str):
+        read = run(sql)
+        try:
+            yield next(read)
+            for page in read:
+                yield shown_values(page)
+        finally:
+            read.close()
+
+    return pages, wh.close
+
+
 class _Commands(click.Group):
     def invoke(self, ctx):
         from .storage.base import StoreError
@@ -205,21 +233,48 @@ TABLE_CELL_CHARS = 60
 
 
 def _format(columns: list[str], rows: list, fmt: str) -> str:
-    rows = orjson.loads(dumps(rows))  # the same plain values whether they came from the server or the file
+    if fmt == "table":
+        return _table(columns, _plain(rows))
+    return "".join(_stream(columns, iter([rows]), fmt)).rstrip("\n")
+
+
+def _plain(rows: list) -> list:
+    return orjson.loads(dumps(rows))  # the same plain values whether they came from the server or the file
+
+
+def _cell(v) -> str:
+    return "" if v is None else (v if isinstance(v, str) else orjson.dumps(v).decode())
+
+
+def _stream(columns: list[str], pages, fmt: str):
+    """``--format json`` or ``csv`` of the rows in ``pages``, as text pieces, a page at a time."""
     if fmt == "json":
         repeated = sorted({c for c in columns if columns.count(c) > 1})
         if repeated:  # a JSON object keeps one value per name: the others would be lost without a word
             raise click.ClickException(f"--format json needs distinct column names, and {', '.join(repeated)} "
                                        "is used more than once: give the columns names of their own (AS ...)")
-        return orjson.dumps([dict(zip(columns, r)) for r in rows], option=orjson.OPT_INDENT_2).decode()
-    cell = lambda v: "" if v is None else (v if isinstance(v, str) else orjson.dumps(v).decode())
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(columns)
-        w.writerows([[cell(v) for v in r] for r in rows])
-        return buf.getvalue().rstrip("\n")
-    table = [[str(c) for c in columns]] + [[cell(v).translate(_SHOWN_CONTROLS) for v in r] for r in rows]
+        first = True
+        for rows in pages:
+            if rows:
+                # the page's objects as orjson indents them inside a list, without the list's [ ]
+                text = orjson.dumps([dict(zip(columns, r)) for r in _plain(rows)], option=orjson.OPT_INDENT_2)
+                yield ("[\n" if first else ",\n") + text.decode()[2:-2]
+                first = False
+        yield "[]" if first else "\n]"
+        return
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    yield buf.getvalue()
+    for rows in pages:
+        buf.seek(0)
+        buf.truncate()
+        w.writerows([[_cell(v) for v in r] for r in _plain(rows)])
+        yield buf.getvalue()
+
+
+def _table(columns: list[str], rows: list) -> str:
+    table = [[str(c) for c in columns]] + [[_cell(v).translate(_SHOWN_CONTROLS) for v in r] for r in rows]
     widths = [min(max(len(r[i]) for r in table), TABLE_CELL_CHARS) for i in range(len(columns))]
     clip = lambda s, w: s if len(s) <= w else s[: w - 1] + "…"
     lines = ["  ".join(clip(v, w).ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
@@ -243,16 +298,25 @@ def query(data_dir, store_url, warehouse_url, fmt, sql) -> None:
     except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as surrogates
         raise click.UsageError("the SQL is not valid UTF-8") from None
     config = _config(data_dir, store_url, warehouse_url)
-    run, close = _read_query(config)
+    pages_of, close = _query_pages(config)
+    # not click.echo: off a terminal it strips what looks like a colour code, and CSV or JSON must
+    # carry the values as stored
+    pages = pages_of(sql)
     try:
-        columns, rows = run(sql)
+        columns = next(pages)
+        if fmt == "table":  # the widths need every row
+            sys.stdout.write(_table(columns, [r for page in pages for r in _plain(page)]) + "\n")
+        else:
+            for text in _stream(columns, pages, fmt):
+                sys.stdout.write(text)
+            sys.stdout.write("\n" if fmt == "json" else "")
+    except (click.ClickException, BrokenPipeError):  # `| head`: handled as for every command (_Commands)
+        raise
     except Exception as exc:  # SQL errors: show DuckDB's message, not a traceback
         raise click.ClickException(str(exc)) from None
     finally:
+        pages.close()
         close()
-    # not click.echo: off a terminal it strips what looks like a colour code, and CSV or JSON must
-    # carry the values as stored
-    sys.stdout.write(_format(columns, rows, fmt) + "\n")
 
 
 def _store(config: Config):
