@@ -86,41 +86,39 @@ def _server(config: Config) -> AdminClient | None:
 
 def _read_query(config: Config):
     """(query callable, close) through the running serve, or on the file opened read-only."""
-    client = _server(config)
-    if client:
-        return client.query, lambda: None
-    from .read_only_sql import read_only
-
-    wh = _open_local(config, read_only=True)
-    # the same refusal as through serve (DuckDB parses it), and rows as serve's admin API gives them;
-    # BigQuery's read_query makes its own check (read_only_sql.check_bigquery)
-    run = read_only(wh.read_query) if config.warehouse_url.startswith("duckdb://") else wh.read_query
+    pages_of, close = _query_pages(config)
 
     def query(sql: str, params=None):
-        columns, rows = run(sql, params)
-        return columns, shown_values(rows)
+        pages = pages_of(sql, params)
+        try:
+            columns = next(pages)
+            return columns, [row for page in pages for row in page]
+        finally:
+            pages.close()
 
-    return query, wh.close
+    return query, close
 
 
 def _query_pages(config: Config):
-    """(pages(sql), close): the column names, then pages of rows as serve's admin API gives them.
-    Through serve one page (serve bounds its answer: GLEANPIPE_QUERY_MAX_BYTES); on the file a page
-    at a time, so that `--format csv` or `json` of a whole table needs no more memory than a page."""
+    """(pages(sql, params), close): the column names, then pages of rows as serve's admin API gives
+    them. Through serve one page (serve bounds its answer: GLEANPIPE_QUERY_MAX_BYTES); on the file a
+    page at a time, so that `--format csv` or `json` of a whole table needs no more memory than a page."""
     client = _server(config)
     if client:
-        def answer(sql: str):
-            columns, rows = client.query(sql)
+        def answer(sql: str, params=None):
+            columns, rows = client.query(sql, params)
             yield columns
             yield rows
         return answer, lambda: None
     from .read_only_sql import read_only
 
     wh = _open_local(config, read_only=True)
+    # the same refusal as through serve (DuckDB parses it), and rows as serve's admin API gives them;
+    # BigQuery's read_query makes its own check (read_only_sql.check_bigquery)
     run = read_only(wh.read_query_pages) if config.warehouse_url.startswith("duckdb://") else wh.read_query_pages
 
-    def pages(sql: str):
-        read = run(sql)
+    def pages(sql: str, params=None):
+        read = run(sql, params)
         try:
             yield next(read)
             for page in read:
