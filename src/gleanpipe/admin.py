@@ -36,8 +36,6 @@ LOCK_FILE = "serve.lock"  # held by a running serve: a state file without it is 
 SERVE_START_WAIT_S = 30.0
 PID_WIDTH = 10  # the lock file holds its holder's pid, right-aligned in this many characters
 TOKEN_HEADER = "X-Gleanpipe-Token"
-QUERY_TOO_LARGE = "GLEANPIPE_QUERY_MAX_BYTES"  # named in the error of a result over it (explore looks for it)
-
 log = logging.getLogger("gleanpipe.admin")
 
 
@@ -54,6 +52,11 @@ def to_jsonable(value):
 
 class ServeError(RuntimeError):
     """serve's admin API answered an error, or cannot be reached: every command says it in one line."""
+
+
+class ResultTooLarge(ServeError):
+    """A query's answer is over GLEANPIPE_QUERY_MAX_BYTES: serve answers 413, and the client raises
+    this again, so that a caller that can ask for less (explore's pages) knows it from other errors."""
 
 
 def shown_values(value):
@@ -151,6 +154,8 @@ class AdminServer:
                     with _HangUpWatch(self.connection, interrupt and (lambda: interrupt(thread))):
                         result = fn(body)
                     return 200, result if isinstance(result, Encoded) else [dumps(result)]
+                except ResultTooLarge as exc:
+                    return 413, [dumps({"error": str(exc)})]
                 except Exception as exc:  # report to the CLI instead of dropping the connection
                     return 400, [dumps({"error": str(exc) or type(exc).__name__})]
 
@@ -233,8 +238,8 @@ def _query(query_pages, body: dict, max_bytes: int) -> Encoded:
             part = (b"," if len(parts) > 1 else b"") + dumps(shown_values(rows))[1:-1]  # the rows without [ ]
             size += len(part)
             if size > max_bytes:
-                raise ValueError(f"the result is over {max_bytes} bytes as JSON, the most serve answers "
-                                 f"({QUERY_TOO_LARGE}): add a LIMIT or select fewer columns")
+                raise ResultTooLarge(f"the result is over {max_bytes} bytes as JSON, the most serve answers "
+                                     "(GLEANPIPE_QUERY_MAX_BYTES): add a LIMIT or select fewer columns")
             parts.append(part)
         parts.append(b"]}")
         return parts
@@ -373,6 +378,8 @@ class AdminClient:
             detail = orjson.loads(exc.read() or b"{}").get("error", exc.reason)
             if exc.code == 400:  # the request's own fault (a bad query...): the words a command without serve shows
                 raise ServeError(detail) from None
+            if exc.code == 413:  # as 400, and a caller may ask for less
+                raise ResultTooLarge(detail) from None
             raise ServeError(f"gleanpipe serve answered {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:  # it stopped since its state file was read
             raise ServeError(f"cannot reach gleanpipe serve at {self.url}: {exc}") from None

@@ -38,7 +38,7 @@ from pathlib import Path
 import duckdb
 import orjson
 
-from .admin import QUERY_TOO_LARGE, ServeError
+from .admin import ResultTooLarge
 from .naming import VERSIONED_RE, quote_ident as q
 from .warehouse.duckdb import view_of
 
@@ -148,10 +148,10 @@ class Source:
                 sql = f"SELECT {order}, {select} FROM {rel.ref} {where} ORDER BY {order} LIMIT {int(size)}"
                 try:
                     rows = client.query(sql, params)[1]
-                except ServeError as exc:  # a page over serve's GLEANPIPE_QUERY_MAX_BYTES: smaller pages
-                    if QUERY_TOO_LARGE not in str(exc) or size == 1:
+                except ResultTooLarge:  # a page over serve's GLEANPIPE_QUERY_MAX_BYTES: smaller pages
+                    if size == 1:
                         raise
-                    size = max(1, size // 2)
+                    size //= 2
                     continue
                 if not rows:
                     return
