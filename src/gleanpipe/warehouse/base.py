@@ -15,6 +15,12 @@ QUERY_PAGE_ROWS = 2_000  # rows a query result is fetched in at a time (read_que
 EVENTS_KEY = "document_id, event_index"
 
 
+def in_pages(rows: list, page_rows: int) -> Iterator[list]:
+    """``rows`` fetched whole, as read_query_pages gives them: lists of at most ``page_rows``."""
+    for start in range(0, len(rows), page_rows):
+        yield rows[start:start + page_rows]
+
+
 def dedup_view_query(table_ref: str, key: str = "document_id") -> str:
     """The query of a deduplicated view: the first row (by submission_timestamp) per key.
     The same SQL runs on DuckDB and BigQuery (QUALIFY with a WHERE, as BigQuery wants)."""
@@ -94,8 +100,7 @@ class Warehouse(ABC):
         ``page_rows`` rows. Here the whole result is fetched first; DuckDB fetches page by page."""
         columns, rows = self.read_query(sql, params)
         yield columns
-        for start in range(0, len(rows), page_rows):
-            yield rows[start:start + page_rows]
+        yield from in_pages(rows, page_rows)
 
     @abstractmethod
     def status(self) -> dict:

@@ -29,7 +29,7 @@ from ..naming import quote_ident as q
 from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
 from ..transform import PingRow
 from .base import (DELETION_TABLE, EVENTS_KEY, META, QUERY_PAGE_ROWS, DeletionAttempt, LoadError, RowDataError,
-                   Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query)
+                   Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query, in_pages)
 log = logging.getLogger("gleanpipe.warehouse")
 
 
@@ -602,10 +602,8 @@ class DuckDBWarehouse(Warehouse):
                     rel = cur.sql(sql, params=params or None).project(
                         ", ".join(f"CAST(#{i} AS VARCHAR)" if "INTERVAL" in t else f"#{i}"
                                   for i, t in enumerate(types, 1)))
-                    rows = rel.fetchall()
                     yield columns
-                    for start in range(0, len(rows), page_rows):
-                        yield rows[start:start + page_rows]
+                    yield from in_pages(rel.fetchall(), page_rows)
                     return
                 yield columns
                 while columns and (rows := cur.fetchmany(page_rows)):
