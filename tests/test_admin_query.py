@@ -326,3 +326,43 @@ def test_query_on_the_file_writes_csv_and_json_a_page_at_a_time_as_serve_answers
     assert outputs["table"].endswith("(4500 rows)\n")
     empty = gleanpipe("query", "--format", "json", "SELECT 1 AS a WHERE false", "--data-dir", str(data_dir))
     assert (empty.returncode, empty.stdout) == (0, "[]\n")
+
+
+def test_serve_binds_its_admin_api_only_once_its_submit_port_answers(tmp_path):
+    """The admin API listens on a port the kernel picks. Bound before gunicorn, it could be given
+    the submit port itself, when that was free and among the ephemeral ports (as the tests' ports
+    are), and answer pings with its 403: a test saw `assert 403 == 200` for a submit. That pick
+    cannot be caused at will, so this checks the order that rules it out: no admin socket while
+    serve is only built, and one of its own, on another port, once serve answers on its port."""
+    import socket
+
+    from conftest import free_port
+    from gleanpipe.admin import AdminClient
+    from gleanpipe.config import Config
+    from gleanpipe.serve import LocalPipeline
+
+    port = free_port()
+    pipeline = LocalPipeline(Config.from_env(environ={}, data_dir=tmp_path / "data", port=port))
+    try:
+        assert (pipeline.admin.httpd, pipeline.admin.url) == (None, None)
+        bind, answered_first = pipeline.admin.start, []
+
+        def start_admin():  # what the submit port says at the moment the admin API binds
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(b"GET /submit HTTP/1.0\r\n\r\n")
+                answered_first.append(conn.recv(12))
+            bind()
+
+        pipeline.admin.start = start_admin
+        pipeline.start()
+        assert answered_first == [b"HTTP/1.0 404"]  # gunicorn's edge was up before the admin API bound
+        admin_port = pipeline.admin.httpd.server_address[1]
+        assert admin_port != port and pipeline.admin.url == f"http://127.0.0.1:{admin_port}"
+        state = json.loads((tmp_path / "data" / STATE_FILE).read_text())
+        assert state["admin_url"] == pipeline.admin.url
+        assert AdminClient(state["admin_url"], state["token"]).query("SELECT 5 AS n") == (["n"], [(5,)])
+        status, _, headers = post(f"http://127.0.0.1:{port}/submit/org-example-toolbox/metrics/1/{UUID_KEY}",
+                                  b"{}")
+        assert (status, headers.get("X-Gleanpipe-Stored")) == (200, "new")  # the edge's answer
+    finally:
+        pipeline.stop()

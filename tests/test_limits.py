@@ -143,7 +143,7 @@ def test_payload_limit_at_the_spool_bound_and_without_the_spool_is_accepted(tmp_
         try:
             assert pipeline.config.max_payload_bytes == int(env["GLEANPIPE_MAX_PAYLOAD_BYTES"])
         finally:  # built, never started: release what the constructor opened
-            pipeline.admin.httpd.server_close()
+            pipeline.admin.stop()
             pipeline.warehouse.close()
 
 

@@ -159,16 +159,23 @@ class AdminServer:
                 except Exception as exc:  # report to the CLI instead of dropping the connection
                     return 400, [dumps({"error": str(exc) or type(exc).__name__})]
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="gleanpipe-admin", daemon=True)
+        self._handler = Handler
+        self.httpd: ThreadingHTTPServer | None = None
+        self.url: str | None = None
 
     def start(self) -> None:
-        self.thread.start()
+        """Listen on a free loopback port (``url``) and answer. serve calls it once its submit port
+        answers: bound before, the admin API could be given that very port by the kernel, if it
+        was free and among the ephemeral ones, and answer the pings' requests with 403s."""
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, name="gleanpipe-admin", daemon=True).start()
 
     def stop(self) -> None:
         """Take no more requests (those being answered go on: see ``wait``)."""
+        if self.httpd is None:  # never started
+            return
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -227,7 +227,6 @@ class LocalPipeline:
     def start(self) -> None:
         cfg = self.config
         self.loader_thread.start()
-        self.admin.start()
         env = {**os.environ, "GLEANPIPE_STORE_URL": cfg.store_url, "GLEANPIPE_DATA_DIR": str(cfg.data_dir)}
         for name, value in asdict(cfg).items():
             if name.startswith(("max_", "spool_")):
@@ -240,6 +239,7 @@ class LocalPipeline:
         # gracefully (SIGTERM); gunicorn takes a SIGINT of its own as "drop the requests in flight".
         self.http = subprocess.Popen(parent_guard.command(os.getpid(), cmd), env=env, start_new_session=True)
         wait_for_port({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host), cfg.port, self.http)
+        self.admin.start()  # after: a port of its own can then not be the submit port (AdminServer.start)
         write_state(cfg.data_dir, {
             "pid": os.getpid(), "submit_url": f"http://{in_url(cfg.host)}:{cfg.port}", "admin_url": self.admin.url,
             "token": self.admin.token, "warehouse_url": absolute(cfg.warehouse_url), "store_url": absolute(cfg.store_url),
