@@ -366,3 +366,62 @@ def test_serve_binds_its_admin_api_only_once_its_submit_port_answers(tmp_path):
         assert (status, headers.get("X-Gleanpipe-Stored")) == (200, "new")  # the edge's answer
     finally:
         pipeline.stop()
+
+
+def test_a_query_of_a_table_not_made_yet_says_what_the_warehouse_has_with_and_without_serve(tmp_path):
+    """The README's daily-active query right after its curl example (a metrics ping only): DuckDB
+    alone says "Did you mean daily_active_clients?" (or "pg_settings" for a name without its
+    dataset). gleanpipe says when a table is made and lists what the dataset has, the same
+    through serve and on the file."""
+    from conftest import DATASET, gz, make_ping, submit_path
+
+    data_dir = tmp_path / "data"
+    data = ("--data-dir", str(data_dir))
+    has = "daily_active_clients, events_daily, metric_daily, metrics, metrics_v1"
+    cases = {
+        f"SELECT DATE(submission_timestamp) AS day, COUNT(*) FROM {DATASET}.baseline GROUP BY day":
+            (f"{DATASET} has no table or view baseline yet: a ping's table and its view are made when the "
+             f"first ping of that type is loaded. {DATASET} has: {has}."),
+        f'SELECT * FROM "{DATASET}"."events_stream"':
+            f"{DATASET} has no table or view events_stream yet: a ping's table and its view are made when the "
+            f"first ping of that type is loaded. {DATASET} has: {has}.",
+        "SELECT * FROM metrics": f"Tables are in one dataset per app: name it, as in {DATASET}.metrics.",
+        "SELECT * FROM baseline":
+            (f"Tables are in one dataset per app (as in {DATASET}.metrics), and none has baseline yet: a ping's "
+             f"table is made when the first ping of that type is loaded. Datasets: {DATASET}."),
+        "SELECT * FROM org_example_elsewhere.metrics":
+            ("There is no dataset org_example_elsewhere: an app's dataset is made when its first ping is loaded, "
+             f"named after the app id with dots and dashes as underscores. Datasets: {DATASET}."),
+    }
+    server = ServeProcess(data_dir).start()
+    try:
+        assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 1) == 1
+        through_serve = {sql: gleanpipe("query", sql, *data) for sql in [*cases, "SELECT nope(1)"]}
+    finally:
+        assert server.stop() == 0
+    for sql, advice in cases.items():
+        on_file = gleanpipe("query", sql, *data)
+        for run in (through_serve[sql], on_file):
+            assert run.returncode == 1, (sql, run.stdout)
+            assert run.stderr.startswith("Error: Catalog Error: Table with name "), run.stderr
+            assert run.stderr.endswith(f"^\n\n{advice}\n"), run.stderr  # after DuckDB's pointer into the SQL
+            assert "Did you mean" not in run.stderr
+        assert through_serve[sql].stderr == on_file.stderr
+    # any other catalog error is DuckDB's own, suggestion included
+    for run in (through_serve["SELECT nope(1)"], gleanpipe("query", "SELECT nope(1)", *data)):
+        assert run.returncode == 1
+        assert run.stderr.startswith("Error: Catalog Error: Scalar Function with name nope does not exist!\nDid you mean")
+        assert "dataset" not in run.stderr
+
+
+def test_a_query_of_an_empty_warehouse_says_no_table_is_made_yet(tmp_path):
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    try:
+        with pytest.raises(Exception) as caught:
+            wh.read_query("SELECT * FROM org_example_toolbox.baseline")
+        assert str(caught.value).endswith("\n\nThe warehouse has no tables yet: a ping's table is made when the "
+                                          "first ping of its type is loaded.")
+        assert wh.read_query("SELECT 42 AS a") == (["a"], [(42,)])  # the failed read left no transaction open
+    finally:
+        wh.close()

@@ -28,6 +28,7 @@ from ..naming import parse_key, view_name
 from ..naming import quote_ident as q
 from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
 from ..transform import PingRow
+from . import missing_table
 from .base import (DELETION_TABLE, EVENTS_KEY, META, QUERY_PAGE_ROWS, DeletionAttempt, LoadError, RowDataError,
                    Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query, in_pages)
 log = logging.getLogger("gleanpipe.warehouse")
@@ -593,8 +594,13 @@ class DuckDBWarehouse(Warehouse):
         with self._reader() as cur:
             cur.execute("SET TimeZone = 'UTC'")
             cur.execute("BEGIN TRANSACTION READ ONLY")
+            missing = None
             try:
-                cur.execute(sql, params or None)
+                try:
+                    cur.execute(sql, params or None)
+                except duckdb.CatalogException as exc:
+                    missing = exc
+                    return
                 columns = [d[0] for d in cur.description or ()]
                 types = [str(d[1]) for d in cur.description or ()]
                 if any("INTERVAL" in t for t in types):
@@ -616,6 +622,24 @@ class DuckDBWarehouse(Warehouse):
             finally:
                 cur.abort()  # a result not fetched to its end (the reader stopped early): let it go
                 cur.execute("ROLLBACK")
+                if missing is not None:
+                    message = missing_table.with_hint(str(missing), sql, self._datasets(cur))
+                    if message is None:
+                        raise missing
+                    raise duckdb.CatalogException(message) from None
+
+    @staticmethod
+    def _datasets(cur) -> dict[str, list[str]]:
+        """Each app dataset's tables and views, by name (for ``missing_table.with_hint``)."""
+        rows = cur.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE NOT internal AND NOT temporary "
+            "UNION SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary "
+            "ORDER BY 1, 2").fetchall()
+        out: dict[str, list[str]] = {}
+        for schema, name in rows:
+            if schema not in (META, "main"):
+                out.setdefault(schema, []).append(name)
+        return out
 
     def status(self) -> dict:
         with self._reader() as cur:
