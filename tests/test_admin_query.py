@@ -425,3 +425,59 @@ def test_a_query_of_an_empty_warehouse_says_no_table_is_made_yet(tmp_path):
         assert wh.read_query("SELECT 42 AS a") == (["a"], [(42,)])  # the failed read left no transaction open
     finally:
         wh.close()
+
+
+def test_GLEANPIPE_DUCKDB_MEMORY_LIMIT_bounds_serve_and_the_cli_and_serve_outlives_a_query_over_it(tmp_path):
+    """DuckDB takes up to 80% of the machine's memory by default. With the setting, serve's
+    warehouse and the CLI's both have the limit; a query over it fails with DuckDB's error and
+    serve still loads pings and answers queries."""
+    from conftest import DATASET, gz, make_ping, submit_path
+
+    data_dir = tmp_path / "data"
+    data, env = ("--data-dir", str(data_dir)), {"GLEANPIPE_DUCKDB_MEMORY_LIMIT": "64MiB"}
+    setting = "SELECT current_setting('memory_limit') AS m"
+    hungry = "SELECT length(string_agg(repeat('x', 1000), ',')) FROM range(200000)"  # a 200 MB string
+    server = ServeProcess(data_dir, env=env).start()
+    try:
+        assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 1) == 1
+        assert gleanpipe("query", "--format", "csv", setting, *data).stdout == "m\n64.0 MiB\n"
+        over = gleanpipe("query", hungry, *data)
+        assert over.returncode == 1 and over.stderr.startswith("Error: Out of Memory Error: "), over.stderr
+        assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 2) == 2
+    finally:
+        assert server.stop() == 0
+    assert gleanpipe("query", "--format", "csv", setting, *data, env=env).stdout == "m\n64.0 MiB\n"  # the file
+    assert gleanpipe("query", "--format", "csv", setting, *data).stdout != "m\n64.0 MiB\n"  # DuckDB's default
+
+
+def test_a_batch_of_1000_pings_loads_under_the_smallest_memory_limit_and_a_row_over_16_MiB_loads(store, tmp_path,
+                                                                                                 monkeypatch):
+    """read_json reserves twice its maximum_object_size against DuckDB's memory limit. It was a
+    fixed 256 MiB, so every load failed under a limit below about 600 MiB; it is the batch's
+    longest row now, and at least DuckDB's default of 16 MiB."""
+    from gleanpipe.load import Loader
+    from gleanpipe.warehouse import open_warehouse
+
+    from conftest import DATASET, make_ping
+    from test_load import FULL_METRICS, put_ping
+
+    monkeypatch.setenv("GLEANPIPE_DUCKDB_MEMORY_LIMIT", "64MiB")
+    wh = open_warehouse(f"duckdb://{tmp_path / 'small.duckdb'}")
+    try:
+        assert wh.query("SELECT current_setting('memory_limit')")[1] == [("64.0 MiB",)]
+        keys = [put_ping(store, make_ping(metrics=FULL_METRICS), doc_type="metrics") for _ in range(1000)]
+        assert Loader(store, wh).load_keys(keys).inserted == 1000
+        assert wh.query(f"SELECT count(*) FROM {DATASET}.metrics_v1")[1] == [(1000,)]
+    finally:
+        wh.close()
+    monkeypatch.delenv("GLEANPIPE_DUCKDB_MEMORY_LIMIT")
+    wh = open_warehouse(f"duckdb://{tmp_path / 'big.duckdb'}")
+    try:
+        big = make_ping(metrics={"text": {"toolbox.notes": "n" * (17 * 1024 * 1024)}})
+        assert Loader(store, wh).load_keys([put_ping(store, big)]).inserted == 1
+        assert wh.query(f"SELECT length(metrics.text.toolbox_notes) FROM {DATASET}.baseline_v1")[1] == [
+            (17 * 1024 * 1024,)]
+    finally:
+        wh.close()

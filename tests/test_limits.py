@@ -51,6 +51,13 @@ from gleanpipe.validation import MAX_LISTED_BYTES
         (["serve"], {"GLEANPIPE_MAX_URI_BYTES": "65537"}, "GLEANPIPE_MAX_URI_BYTES must be at most 65536, got 65537"),
         (["serve"], {"GLEANPIPE_MAX_HEADER_BYTES": "100000000000000000000"},  # was a negative spool room
          "GLEANPIPE_MAX_HEADER_BYTES must be at most 65536, got 100000000000000000000"),
+        (["status"], {"GLEANPIPE_DUCKDB_MEMORY_LIMIT": "512"},
+         "GLEANPIPE_DUCKDB_MEMORY_LIMIT must be a size with its unit, as 512MiB or 2GB (KB, MB, GB, TB or KiB, MiB, "
+         "GiB, TiB), got '512'"),
+        (["serve"], {"GLEANPIPE_DUCKDB_MEMORY_LIMIT": "32MiB"},
+         "GLEANPIPE_DUCKDB_MEMORY_LIMIT must be at least 64MiB, got '32MiB'"),
+        (["replay"], {"GLEANPIPE_DUCKDB_MEMORY_LIMIT": "2000TiB"},
+         "GLEANPIPE_DUCKDB_MEMORY_LIMIT must be at most 1024TiB, got '2000TiB'"),
         # read by a CLI flag: click's message, with the variable named beside the flag
         (["replay"], {"GLEANPIPE_LOAD_BATCH": "abc"},
          "Invalid value for '--batch' (GLEANPIPE_LOAD_BATCH): 'abc' is not a valid integer."),

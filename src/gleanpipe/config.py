@@ -8,6 +8,7 @@ lists each setting; keep that table in step with ``SETTINGS`` below.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -77,6 +78,10 @@ SETTINGS: dict[str, Setting] = {
             "Hours a debug ping stays listed at /debug (504 = 3 weeks, as Mozilla's Debug Ping Viewer).",
         ),
         Setting("GLEANPIPE_EXPLORE_PORT", "8001", "Port `gleanpipe explore` runs Datasette on (loopback)."),
+        Setting("GLEANPIPE_DUCKDB_MEMORY_LIMIT", "",
+                "Most memory DuckDB may take for a duckdb:// warehouse in each process that opens it (serve, "
+                "the CLI, the load function), as a size with its unit: 512MiB, 2GB. Empty: DuckDB's own "
+                "default, 80% of the machine's memory."),
         Setting("GLEANPIPE_QUERY_MAX_BYTES", str(256 * MIB),
                 "Largest query result `serve` answers (`gleanpipe query` through it), as JSON."),
         Setting(
@@ -186,6 +191,33 @@ def _int(env: str, environ=None) -> int:
     return _check_int(env, value)
 
 
+_UNITS = {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+MIN_DUCKDB_MEMORY = 64 * MIB  # loads of 1,000 pings ran at 64 MiB and failed for memory at 32
+
+
+def _memory(env: str, environ=None) -> int | None:
+    """A memory size in bytes (units as DuckDB takes them: KB = 1000, KiB = 1024), or None for
+    DuckDB's own default."""
+    raw = _get(env, environ).strip()
+    if not raw:
+        return None
+    size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", raw, re.IGNORECASE)
+    if size is None:
+        raise ValueError(f"{env} must be a size with its unit, as 512MiB or 2GB (KB, MB, GB, TB or KiB, MiB, "
+                         f"GiB, TiB), got {raw!r}")
+    value = float(size.group(1)) * _UNITS[size.group(2).lower()]
+    if value < MIN_DUCKDB_MEMORY:
+        raise ValueError(f"{env} must be at least 64MiB, got {raw!r}")
+    if value > 1 << 50:  # a petabyte: a typo, and past what DuckDB takes
+        raise ValueError(f"{env} must be at most 1024TiB, got {raw!r}")
+    return int(value)
+
+
+def duckdb_memory_limit(environ=None) -> int | None:
+    return _memory("GLEANPIPE_DUCKDB_MEMORY_LIMIT", environ)
+
+
 # Config field -> (reader, variable), for the fields every command reads the same way
 _FIELDS = {
     "host": (_get, "GLEANPIPE_HOST"),
@@ -206,6 +238,7 @@ _FIELDS = {
     "debug_retention_hours": (_int, "GLEANPIPE_DEBUG_RETENTION_HOURS"),
     "explore_port": (_int, "GLEANPIPE_EXPLORE_PORT"),
     "query_max_bytes": (_int, "GLEANPIPE_QUERY_MAX_BYTES"),
+    "duckdb_memory_limit": (_memory, "GLEANPIPE_DUCKDB_MEMORY_LIMIT"),
     "dictionary": (_bool, "GLEANPIPE_DICTIONARY"),
     "spool": (_bool, "GLEANPIPE_SPOOL"),
     "spool_segment_bytes": (_int, "GLEANPIPE_SPOOL_SEGMENT_BYTES"),
@@ -240,6 +273,7 @@ class Config:
     debug_index: bool = True
     body_timeout_s: int = 30
     query_max_bytes: int = 256 * MIB
+    duckdb_memory_limit: int | None = None  # read by the DuckDB warehouse itself; checked here up front
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":

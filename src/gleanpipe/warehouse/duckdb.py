@@ -95,11 +95,17 @@ def view_of(table: str) -> str | None:
     return EVENTS_STREAM_VIEW if table == EVENTS_STREAM_TABLE else view_name(table.rpartition("_v")[0])
 
 
+JSON_OBJECT_BYTES = 16 * 1024 * 1024  # read_json's maximum_object_size for rows shorter than this (its default)
+
+
 class DuckDBWarehouse(Warehouse):
-    def __init__(self, path: str, *, read_only: bool = False):
+    def __init__(self, path: str, *, read_only: bool = False, environ=None):
+        from ..config import duckdb_memory_limit
+
         self.path = path
         self.url = f"duckdb://{path}"
         self.read_only = read_only
+        limit = duckdb_memory_limit(environ)
         if "?" in path:  # DuckDB reads what follows a "?" as connection options: a warehouse elsewhere
             raise ValueError(f"the warehouse path {path} has a '?', which DuckDB takes for the start of its "
                              "options; use a data dir (or GLEANPIPE_WAREHOUSE_URL) without one")
@@ -109,7 +115,10 @@ class DuckDBWarehouse(Warehouse):
             # Never fetch an extension: DuckDB replaying the WAL a crash left after a change to a
             # table with a JSON column asked to download "json" (which the wheel has built in) and
             # failed offline, so the warehouse could not be opened at all.
-            self.con = duckdb.connect(path, read_only=read_only, config={"autoinstall_known_extensions": False})
+            options: dict = {"autoinstall_known_extensions": False}
+            if limit is not None:
+                options["memory_limit"] = f"{limit}B"
+            self.con = duckdb.connect(path, read_only=read_only, config=options)
         except duckdb.Error as exc:  # locked, unreadable, a WAL that cannot be replayed
             raise WarehouseUnavailable(f"cannot open {path}: {str(exc).splitlines()[0]}") from exc
         self.con.execute("SET TimeZone = 'UTC'")
@@ -356,9 +365,12 @@ class DuckDBWarehouse(Warehouse):
         types = self._table_types(dataset, table)
         spec = "{" + ", ".join(f"'{name}': '{t}'" for name, t in types.items()) + "}"
         path = os.path.join(self._tmp, "rows.ndjson")
+        # DuckDB reserves twice this per read, against its memory limit: the batch's longest row,
+        # not a fixed 256 MiB (a 512 MiB reservation that failed every load under a limit below it)
+        longest = max(JSON_OBJECT_BYTES, *map(len, rows))
         sql = (
             f"INSERT INTO {q(dataset)}.{q(table)} BY NAME SELECT * FROM read_json(?, format = 'newline_delimited', "
-            f"columns = {spec}, maximum_object_size = 268435456) AS new {where}"
+            f"columns = {spec}, maximum_object_size = {longest + 1}) AS new {where}"
         )
         try:
             with open(path, "wb") as f:
