@@ -234,21 +234,30 @@ class Encoded(list):
 def _query(query_pages, body: dict, max_bytes: int) -> Encoded:
     """``{"columns": [...], "rows": [...]}``, each page of rows encoded as it comes, so serve never
     holds a large result as Python values (a 30,000-row SELECT * of a metrics table took serve from
-    0.1 to 1.3 GB when fetched whole). Over ``max_bytes`` of JSON: an error, not the answer."""
+    0.1 to 1.3 GB when fetched whole). Over ``max_bytes`` of JSON: an error, not the answer.
+
+    With ``"lines": true`` in the request: the column names on the first line, then each page of
+    rows as a JSON list on a line of its own (JSON text holds no raw newline), so a client can
+    read the answer a page at a time (``AdminClient.query_pages``)."""
+    lines = body.get("lines") is True
     pages = query_pages(body["sql"], body.get("params"))
     try:
-        parts = Encoded([b'{"columns":' + dumps(next(pages)) + b',"rows":['])
-        size = len(parts[0]) + 2  # with the closing "]}"
+        columns = dumps(next(pages))
+        head = b'{"columns":' + columns + b',"rows":['
+        parts = Encoded([columns + b"\n" if lines else head])
+        size = len(head) + 2  # the answer as one document, with the closing "]}", in either form
         for rows in pages:
             if not rows:
                 continue
-            part = (b"," if len(parts) > 1 else b"") + dumps(shown_values(rows))[1:-1]  # the rows without [ ]
-            size += len(part)
+            encoded = dumps(shown_values(rows))
+            joint = b"," if len(parts) > 1 else b""
+            parts.append(encoded + b"\n" if lines else joint + encoded[1:-1])  # in a document: rows without [ ]
+            size += len(joint) + len(encoded) - 2
             if size > max_bytes:
                 raise ResultTooLarge(f"the result is over {max_bytes} bytes as JSON, the most serve answers "
                                      "(GLEANPIPE_QUERY_MAX_BYTES): add a LIMIT or select fewer columns")
-            parts.append(part)
-        parts.append(b"]}")
+        if not lines:
+            parts.append(b"]}")
         return parts
     finally:
         pages.close()  # a result not read to its end: its read transaction ends here
@@ -374,13 +383,17 @@ class AdminClient:
         return client
 
     def call(self, endpoint: str, payload: dict | None = None, timeout: float = 600):
+        with self._open(endpoint, payload, timeout) as resp:
+            return orjson.loads(resp.read())
+
+    def _open(self, endpoint: str, payload: dict | None, timeout: float):
+        """The answer of ``endpoint`` to be read; ServeError (or ResultTooLarge) for any other status."""
         req = urllib.request.Request(
             self.url + endpoint, data=dumps(payload or {}), method="POST",
             headers={TOKEN_HEADER: self.token, "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return orjson.loads(resp.read())
+            return urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as exc:
             detail = orjson.loads(exc.read() or b"{}").get("error", exc.reason)
             if exc.code == 400:  # the request's own fault (a bad query...): the words a command without serve shows
@@ -394,6 +407,17 @@ class AdminClient:
     def query(self, sql: str, params=None):
         out = self.call("/query", {"sql": sql, "params": params})
         return out["columns"], [tuple(r) for r in out["rows"]]
+
+    def query_pages(self, sql: str, params=None, timeout: float = 600):
+        """The column names, then the rows a page at a time as serve read them: a client that
+        writes each page out holds one page, not the whole answer as Python values."""
+        with self._open("/query", {"sql": sql, "params": params, "lines": True}, timeout) as resp:
+            try:
+                yield orjson.loads(resp.readline())
+                while line := resp.readline():
+                    yield [tuple(r) for r in orjson.loads(line)]
+            except (OSError, orjson.JSONDecodeError) as exc:  # serve stopped half-way through its answer
+                raise ServeError(f"gleanpipe serve at {self.url} stopped answering: {exc}") from None
 
     def status(self) -> dict:
         return self.call("/status")

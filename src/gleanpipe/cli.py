@@ -101,15 +101,11 @@ def _read_query(config: Config):
 
 def _query_pages(config: Config):
     """(pages(sql, params), close): the column names, then pages of rows as serve's admin API gives
-    them. Through serve one page (serve bounds its answer: GLEANPIPE_QUERY_MAX_BYTES); on the file a
-    page at a time, so that `--format csv` or `json` of a whole table needs no more memory than a page."""
+    them, a page at a time through serve (which bounds its answer: GLEANPIPE_QUERY_MAX_BYTES) and on
+    the file, so that `--format csv` or `json` of a whole table needs no more memory than a page."""
     client = _server(config)
     if client:
-        def answer(sql: str, params=None):
-            columns, rows = client.query(sql, params)
-            yield columns
-            yield rows
-        return answer, lambda: None
+        return client.query_pages, lambda: None
     from .read_only_sql import read_only
 
     wh = _open_local(config, read_only=True)
