@@ -94,6 +94,34 @@ def test_flag_values_get_the_checks_of_their_variable():
     assert (cfg.port, cfg.workers, cfg.load_batch) == (65535, 1, 1)
 
 
+def test_a_config_read_back_from_its_variables_is_the_same_config():
+    """serve gives its HTTP workers its settings as variables (Config.as_env): what they read back
+    must be what serve took, every field, whatever the form it was given in."""
+    from gleanpipe.config import Config
+
+    given = {"GLEANPIPE_PORT": "9001", "GLEANPIPE_SPOOL": "OFF", "GLEANPIPE_DICTIONARY": "no",
+             "GLEANPIPE_DUCKDB_MEMORY_LIMIT": "1.5GB", "GLEANPIPE_MAX_URI_BYTES": "700", "GLEANPIPE_DATA_DIR": "d"}
+    for cfg in (Config.from_env(environ={}), Config.from_env(environ=given, port=9002, workers=3)):
+        assert Config.from_env(environ=cfg.as_env()) == cfg
+    assert Config.from_env(environ=given).duckdb_memory_limit == 1_500_000_000
+
+
+def test_a_flag_wins_over_a_bad_variable_in_serves_http_workers_too(tmp_path):
+    """A flag wins over its variable (`--port` over GLEANPIPE_PORT=abc). serve's HTTP workers
+    read the settings again from the environment, and each one failed to boot with a traceback
+    over the variable the flag had replaced, so serve stopped ("the HTTP server exited")."""
+    from conftest import ServeProcess, post
+
+    server = ServeProcess(tmp_path / "data", env={"GLEANPIPE_PORT": "abc"}).start()  # it passes --port
+    try:
+        status, _, headers = post(server.url + submit_path("metrics"), gz(make_ping()))
+        assert (status, headers.get("X-Gleanpipe-Stored")) == (200, "new")
+        assert server.wait_rows("SELECT count(*) FROM org_example_toolbox.metrics_v1", 1) == 1
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.read_log()
+
+
 def test_on_off_settings_take_any_case_and_the_usual_synonyms():
     """config._bool: on/true/yes/1 and off/false/no/0, in any case and with blanks around, as a
     shell or a .env file may give them. Untested before: only 'maybe' (refused) was tried, so a

@@ -191,7 +191,7 @@ def _int(env: str, environ=None) -> int:
     return _check_int(env, value)
 
 
-_UNITS = {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 MIN_DUCKDB_MEMORY = 64 * MIB  # loads of 1,000 pings ran at 64 MiB and failed for memory at 32
 
@@ -202,10 +202,10 @@ def _memory(env: str, environ=None) -> int | None:
     raw = _get(env, environ).strip()
     if not raw:
         return None
-    size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", raw, re.IGNORECASE)
+    size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)", raw, re.IGNORECASE)
     if size is None:
-        raise ValueError(f"{env} must be a size with its unit, as 512MiB or 2GB (KB, MB, GB, TB or KiB, MiB, "
-                         f"GiB, TiB), got {raw!r}")
+        raise ValueError(f"{env} must be a size with its unit, as 512MiB or 2GB (B, KB, MB, GB, TB or KiB, "
+                         f"MiB, GiB, TiB), got {raw!r}")
     value = float(size.group(1)) * _UNITS[size.group(2).lower()]
     if value < MIN_DUCKDB_MEMORY:
         raise ValueError(f"{env} must be at least 64MiB, got {raw!r}")
@@ -274,6 +274,22 @@ class Config:
     body_timeout_s: int = 30
     query_max_bytes: int = 256 * MIB
     duckdb_memory_limit: int | None = None  # read by the DuckDB warehouse itself; checked here up front
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as variables that ``from_env`` reads back as this config: what serve gives
+        its HTTP workers, so that a flag that won over a variable (``--port 8081`` over a bad
+        GLEANPIPE_PORT) wins in them too."""
+        env = {"GLEANPIPE_DATA_DIR": str(self.data_dir), "GLEANPIPE_STORE_URL": self.store_url,
+               "GLEANPIPE_WAREHOUSE_URL": self.warehouse_url}
+        for name, (_, var) in _FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                env[var] = "on" if value else "off"
+            elif name == "duckdb_memory_limit":
+                env[var] = "" if value is None else f"{value}B"
+            else:
+                env[var] = str(value)
+        return env
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
 from datetime import datetime, timezone
 
 from . import parent_guard
@@ -227,11 +226,7 @@ class LocalPipeline:
     def start(self) -> None:
         cfg = self.config
         self.loader_thread.start()
-        env = {**os.environ, "GLEANPIPE_STORE_URL": cfg.store_url, "GLEANPIPE_DATA_DIR": str(cfg.data_dir)}
-        for name, value in asdict(cfg).items():
-            if name.startswith(("max_", "spool_")):
-                env[f"GLEANPIPE_{name.upper()}"] = str(value)
-        env["GLEANPIPE_SPOOL"] = "on" if cfg.spool else "off"
+        env = {**os.environ, **cfg.as_env()}  # each setting as serve took it, flags included
         cmd = [sys.executable, "-m", "gunicorn", *gunicorn_args(cfg, spool=isinstance(self.store, SpoolReader)),
                "--bind", f"{in_url(cfg.host)}:{cfg.port}"]
         # gunicorn stops (gracefully) if this process dies, even by SIGKILL: see parent_guard.py.
