@@ -9,6 +9,7 @@ import csv
 import io
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def _open_local(config: Config, *, read_only: bool):
     missing = _missing(config.warehouse_url, "duckdb://") if read_only else None
     if missing:
         raise click.ClickException(
-            f"no warehouse at {missing} yet: run `gleanpipe serve` and send a ping, or `gleanpipe replay`."
+            f"no warehouse at {missing} yet: run `gleanpipe serve` and send a ping, or `gleanpipe replay`. "
+            "A serve started with another data dir is found with the same --data-dir (or GLEANPIPE_DATA_DIR)."
         )
     try:
         return open_warehouse(config.warehouse_url, read_only=read_only)
@@ -209,7 +211,11 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
                    "/submit/<app-id>/<doc-type>/1/<document-id>")
         click.echo(f"  raw store:  {absolute(config.store_url)}")
         click.echo(f"  warehouse:  {absolute(config.warehouse_url)}")
-        click.echo(f"  query it:   {_this_command()} query \"SELECT * FROM <app>.baseline\"   (Ctrl-C stops)")
+        # the data dir of this serve, for a command run in the same folder (but not the same shell
+        # variables: `GLEANPIPE_DATA_DIR=mydata gleanpipe serve`)
+        where = "" if config.data_dir == Path(SETTINGS["GLEANPIPE_DATA_DIR"].default) else \
+            f" --data-dir {shlex.quote(str(config.data_dir))}"
+        click.echo(f"  query it:   {_this_command()} query{where} \"SELECT * FROM <app>.baseline\"   (Ctrl-C stops)")
 
     try:
         code = pipeline.run_forever(on_ready=ready)
