@@ -373,6 +373,30 @@ def test_labeled_charts_show_the_top_five_labels_and_a_rate_per_label(store, war
     assert [(s["name"], [p[1] for p in s["points"]]) for s in hits["series"]] == [("l2", [0.6]), ("l1", [0.25])]
 
 
+def test_distribution_charts_name_the_unit_glean_records_in_not_the_definitions(store, warehouse):
+    """Glean records timings in nanoseconds and memory in bytes, whatever the definition's
+    time_unit (millisecond) or memory_unit (kilobyte): a chart of 20 ms read "p50 20M" beside
+    "unit millisecond". The chart's title says the unit of its values; a custom distribution has none."""
+    from gleanpipe.dictionary.catalog import Catalog
+    from gleanpipe.dictionary.pages import render_metric
+
+    client = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+    _load(store, warehouse, "metrics", make_ping(client, {
+        "timing_distribution": {"toolbox.load_time": {"sum": 60_000_000, "values": {"19951584": 3}}},
+        "memory_distribution": {"toolbox.file_size": {"sum": 409_600, "values": {"101142": 1, "299428": 1}}},
+        "custom_distribution": {"toolbox.spread": {"sum": 7, "values": {"3": 1, "4": 1}}}}))
+    catalog = Catalog(warehouse.query)
+    charts = {name: catalog.metric(DATASET, name)["chart"]
+              for name in ("toolbox_load_time", "toolbox_file_size", "toolbox_spread")}
+    assert {name: (c["title"], c["unit"]) for name, c in charts.items()} == {
+        "toolbox_load_time": ("percentiles from the buckets, in nanoseconds (bucket lower bounds)", "nanoseconds"),
+        "toolbox_file_size": ("percentiles from the buckets, in bytes (bucket lower bounds)", "bytes"),
+        "toolbox_spread": ("percentiles from the buckets (bucket lower bounds)", "")}
+    assert [[p[1] for p in s["points"]] for s in charts["toolbox_load_time"]["series"]] == [[19951584], [19951584]]
+    page = render_metric(catalog.metric(DATASET, "toolbox_load_time"))
+    assert "percentiles from the buckets, in nanoseconds (bucket lower bounds)" in page
+
+
 def test_a_percentile_on_a_bucket_edge_is_that_buckets_lower_bound():
     """The p-th percentile sample is the first whose running count reaches p% of the samples:
     of 2 samples (in buckets 1 and 2), the median is the first (bucket 1); of 4 (1, 1, 2, 3)

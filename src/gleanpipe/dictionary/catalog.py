@@ -415,8 +415,14 @@ class Catalog:
         for pct in (50, 95):
             series.append({"name": f"p{pct}", "points": [[day, percentile(buckets, pct)]
                                                           for day, buckets in sorted(by_day.items())]})
-        return {"table": table, "title": "percentiles from the buckets (bucket lower bounds)", "unit": "",
-                "series": series if by_day else []}
+        # Glean records a timing in nanoseconds and a memory size in bytes, whatever the time_unit or
+        # memory_unit of the definition (those are what the app passes in): the page shows that unit
+        unit = _BUCKET_UNITS.get(wire, "")
+        return {"table": table, "unit": unit, "series": series if by_day else [],
+                "title": f"percentiles from the buckets{f', in {unit}' if unit else ''} (bucket lower bounds)"}
+
+
+_BUCKET_UNITS = {"timing_distribution": "nanoseconds", "memory_distribution": "bytes"}
 
 
 def percentile(buckets: list[tuple[int, int]], pct: float) -> int | None:
