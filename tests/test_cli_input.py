@@ -241,7 +241,7 @@ def test_definitions_that_are_not_a_mapping_are_refused_and_keep_the_stored_ones
     added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
                       "--pings", str(GLEAN_CLIENT / "pings.yaml"), *data)
     assert added.returncode == 0, added.stderr
-    assert added.stdout.startswith("org.example.toolbox (dataset org_example_toolbox): 28 metrics, 3 pings;")
+    assert added.stdout.startswith("org.example.toolbox (dataset org_example_toolbox): 28 metrics, 3 pings, in ")
 
     listed = write(tmp_path / "metrics.yaml", "- toolbox.launch_count\n- toolbox.tool_used\n")
     refused = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(listed), *data)

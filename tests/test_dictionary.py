@@ -30,14 +30,25 @@ def test_apps_add_reports_what_it_created(tmp_path):
     out = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", "--metrics", str(GLEAN / "metrics.yaml"),
               "--pings", str(GLEAN / "pings.yaml"))
     assert out.returncode == 0, out.stderr
-    assert "28 metrics, 3 pings" in out.stdout
-    assert "toolbox_usage_v1" in out.stdout and "baseline_v1" in out.stdout
-    # Adding it again replaces the definitions and creates nothing new.
+    tables = "anonymous_report_v1, baseline_v1, metrics_v1, no_info_v1, toolbox_usage_v1"
+    # the columns counted in the tables they were made in (it said "in" every table the definitions touch)
+    assert out.stdout == (f"org.example.toolbox (dataset {DATASET}): 28 metrics, 3 pings, in {tables}; 29 columns "
+                          "created (2 in anonymous_report_v1, 1 in baseline_v1, 1 in metrics_v1, 2 in no_info_v1, "
+                          "23 in toolbox_usage_v1)\n")
+    # Adding it again replaces the definitions, says so, and creates nothing new.
     again = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", "--metrics", str(GLEAN / "metrics.yaml"))
-    assert again.returncode == 0 and "0 columns created" in again.stdout
+    assert again.returncode == 0
+    assert again.stdout == (f"org.example.toolbox (dataset {DATASET}): 28 metrics, 0 pings, in {tables}; 0 columns "
+                            "created\nreplaced the definitions of org.example.toolbox: 28 metrics, 3 pings\n")
     listed = json.loads(cli(tmp_path / "data", "apps", "list", "--format", "json").stdout)
     assert listed == [{"app_id": "org.example.toolbox", "dataset": DATASET, "defined": True, "ping_types": 0,
                        "pings_received": 0, "metrics_defined": 28, "last_seen": None}]
+    # The app id as the submit URL spells it is the same dataset: its definitions replace those
+    # of org.example.toolbox, which the user is told (it was silent).
+    dashed = cli(tmp_path / "data", "apps", "add", "org-example-toolbox", "--pings", str(GLEAN / "pings.yaml"))
+    assert dashed.returncode == 0
+    assert dashed.stdout.splitlines()[1] == (f"replaced the definitions of org.example.toolbox (another app id for "
+                                             f"dataset {DATASET}): 28 metrics, 0 pings")
 
 
 def test_apps_add_shows_parse_errors_compactly(tmp_path):

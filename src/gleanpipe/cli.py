@@ -690,9 +690,19 @@ def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_fi
         raise
     except Exception as exc:
         raise click.ClickException(str(exc)) from None
+    created: dict[str, int] = {}
+    for column in result["columns_added"]:  # dataset.table.metrics.<type>.<column>
+        table = column.split(".")[1]
+        created[table] = created.get(table, 0) + 1
+    where = " (" + ", ".join(f"{n} in {t}" for t, n in sorted(created.items())) + ")" if created else ""
     click.echo(f"{result['app_id']} (dataset {result['dataset']}): {result['metrics']} metrics, "
-               f"{result['pings']} pings; {len(result['columns_added'])} columns created in "
-               f"{', '.join(result['tables']) or 'no table'}")
+               f"{result['pings']} pings, in {', '.join(result['tables']) or 'no table'}; "
+               f"{len(result['columns_added'])} columns created{where}")
+    before = result.get("replaced")
+    if before:
+        other = f" (another app id for dataset {result['dataset']})" if before["app_id"] != result["app_id"] else ""
+        click.echo(f"replaced the definitions of {before['app_id']}{other}: {before['metrics']} metrics, "
+                   f"{before['pings']} pings")
 
 
 @apps.command("list")

@@ -53,6 +53,7 @@ def store_app(warehouse, app: dict) -> dict:
     """Pre-create the columns the definitions announce, then replace the app's stored definitions."""
     dataset = app["dataset"]
     needed = {(dataset, table): cols for table, cols in columns_to_create(app).items()}
+    before = _stored_app(warehouse, dataset)
     added = warehouse.ensure_columns(needed)
     now = datetime.now(timezone.utc).isoformat()
     statements = [(sql, None) for sql in CATALOG_DDL]
@@ -67,7 +68,18 @@ def store_app(warehouse, app: dict) -> dict:
                     [dataset, p["name"], p["table"], orjson.dumps(p).decode()]) for p in app["pings"]]
     warehouse.execute(statements)
     return {"app_id": app["app_id"], "dataset": dataset, "metrics": len(app["metrics"]),
-            "pings": len(app["pings"]), "tables": sorted(t for _, t in needed), "columns_added": added}
+            "pings": len(app["pings"]), "tables": sorted(t for _, t in needed), "columns_added": added,
+            "replaced": before}
+
+
+def _stored_app(warehouse, dataset: str) -> dict | None:
+    """The definitions ``store_app`` is about to replace: app id (another spelling of it maps to
+    the same dataset: org-example-toolbox, org.example.toolbox) and counts; None if there are none."""
+    if not warehouse.query("SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'apps'", [META])[1]:
+        return None
+    rows = warehouse.query(f"SELECT app_id, metrics_defined, pings_defined FROM {META}.apps WHERE dataset = ?",
+                           [dataset])[1]
+    return {"app_id": rows[0][0], "metrics": rows[0][1], "pings": rows[0][2]} if rows else None
 
 
 def split_struct(type_string: str) -> list[tuple[str, str]]:
