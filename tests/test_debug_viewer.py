@@ -319,6 +319,17 @@ def test_debug_index_off_stores_the_ping_and_writes_no_entry(tmp_path):
         assert response.status == 200
         assert len(list(store.list(DEBUG_PREFIX))) == entries, setting
     assert len(list(store.list("raw/"))) == 1  # stored once, indexed only with the index on
+    # the viewer of a server with the index off says so: it said "No debug pings yet." after tagged pings
+    for setting, off in (("off", True), ("on", False)):
+        viewer = DebugViewer.from_config(Config.from_env(environ={"GLEANPIPE_DEBUG_INDEX": setting}), store)
+        assert viewer.api_tags()["indexing"] is not off
+        page = b"".join(viewer({"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/debug", "PATH_INFO": "/"},
+                               lambda status, headers: None)).decode()
+        assert ("<code>GLEANPIPE_DEBUG_INDEX</code> is off: this server does not add the pings it takes to "
+                "this list.") in page if off else 'id="off"' not in page
+        # how each SDK sets the tag (the Python SDK has no set_debug_view_tag: the page named one)
+        assert ("the environment variable <code>GLEAN_DEBUG_VIEW_TAG</code> for the Python and Rust SDKs, "
+                "<code>setDebugViewTag</code> in Kotlin, Swift and JavaScript") in page
     with pytest.raises(ValueError, match="GLEANPIPE_DEBUG_INDEX must be on or off"):
         Config.from_env(environ={"GLEANPIPE_DEBUG_INDEX": "sometimes"})
 

@@ -50,14 +50,15 @@ class _NotFound(Exception):
 
 
 class DebugViewer:
-    def __init__(self, index: DebugIndex, max_payload_bytes: int, prefix: str = "/debug"):
+    def __init__(self, index: DebugIndex, max_payload_bytes: int, prefix: str = "/debug", indexing: bool = True):
         self.index = index
         self.max_payload_bytes = max_payload_bytes
         self.prefix = prefix
+        self.indexing = indexing  # GLEANPIPE_DEBUG_INDEX: whether this server's submit adds to the index
 
     @classmethod
     def from_config(cls, config, store: RawStore) -> "DebugViewer":
-        return cls(DebugIndex.from_config(config, store), config.max_payload_bytes)
+        return cls(DebugIndex.from_config(config, store), config.max_payload_bytes, indexing=config.debug_index)
 
     # --- WSGI -------------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class DebugViewer:
     def api_tags(self) -> dict:
         tags = [{**t, "latest": _iso(t.pop("latest_us"))} for t in self.index.tags()]
         return {"tags": tags, "max_pings_per_tag": self.index.max_per_tag,
-                "retention_hours": self.index.retention_hours, "poll_ms": POLL_MS}
+                "retention_hours": self.index.retention_hours, "poll_ms": POLL_MS, "indexing": self.indexing}
 
     def api_tag(self, group: str, after: str = "") -> dict:
         ids = self.index.entry_ids(group)
@@ -164,12 +165,15 @@ class DebugViewer:
         )
         content = (
             "<h1>Debug tags</h1>"
-            "<p class=\"hint\">Pings sent with an <code>X-Debug-ID</code> header (Glean: "
-            "<code>GLEAN_DEBUG_VIEW_TAG</code> or <code>Glean.set_debug_view_tag</code>) are listed here, "
+            "<p class=\"hint\">Pings sent with an <code>X-Debug-ID</code> header (Glean: the environment "
+            "variable <code>GLEAN_DEBUG_VIEW_TAG</code> for the Python and Rust SDKs, <code>setDebugViewTag</code> "
+            "in Kotlin, Swift and JavaScript) are listed here, "
             f"at most {data['max_pings_per_tag']} per tag, for {data['retention_hours']} hours. "
             "This page updates itself.</p>"
-            f"<p id=\"empty\"{'' if not rows else ' hidden'}>No debug pings yet.</p>"
-            "<table id=\"tags\"><thead><tr><th>tag</th><th>pings</th><th>latest (UTC)</th></tr></thead>"
+            + ("" if self.indexing else "<p class=\"hint\" id=\"off\"><code>GLEANPIPE_DEBUG_INDEX</code> is off: "
+               "this server does not add the pings it takes to this list.</p>")
+            + f"<p id=\"empty\"{'' if not rows else ' hidden'}>No debug pings yet.</p>"
+            + "<table id=\"tags\"><thead><tr><th>tag</th><th>pings</th><th>latest (UTC)</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>"
         )
         return self._page(base, "Debug tags", content, f'data-mode="tags" data-poll-ms="{POLL_MS}"')
