@@ -613,6 +613,18 @@ def test_readme_queries_run_unchanged_on_both(store, wh):
         ("2026-11-23", "toolbox", "tool_closed", 1), ("2026-11-23", "toolbox", "tool_opened", 1)]
 
 
+def test_the_readmes_metric_daily_example_adds_up_a_metric_sent_in_two_pings(store, wh):
+    """metric_daily has a row per ping table; the README's example read as duplicates (hammer 2,
+    hammer 2) when a metric is sent in two pings. As printed, it sums them, on both warehouses."""
+    text = (ROOT / "README.md").read_text()
+    sql = re.search(r'gleanpipe query "(SELECT day, label, SUM\(sum_value\).*?)"\n```', text, re.S).group(1)
+    used = lambda counts: {"labeled_counter": {"toolbox.tool_used": counts}}
+    load(store, wh, put_ping(store, make_ping(CLIENT_A, metrics=used({"hammer": 2})), doc_type="metrics"),
+         put_ping(store, make_ping(CLIENT_A, metrics=used({"hammer": 1, "saw": 5})), doc_type="session-summary"))
+    assert [(str(day), label, uses) for day, label, uses in wh.q(sql)] == [
+        ("2026-11-23", "saw", 5.0), ("2026-11-23", "hammer", 3.0)]
+
+
 # --- names -------------------------------------------------------------------------------
 
 
