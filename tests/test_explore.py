@@ -378,6 +378,31 @@ def test_a_flat_view_has_one_column_per_field_and_metric_and_no_metadata(tmp_pat
     assert row[:5] == ("d-1", "c", "Linux", 4, 5) and json.loads(row[5]) == [{"key": "k", "value": 2}]
 
 
+def test_timestamps_inside_nested_columns_are_iso_utc_text_as_the_top_level_ones(tmp_path):
+    """to_json writes a TIMESTAMPTZ as "2026-11-23 08:00:00+00": ping_info.parsed_start_time in a
+    _flat view did not compare as text with submission_timestamp ("2026-11-23T08:00:00.000000Z")."""
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("SET TimeZone = 'Europe/Berlin'")  # the export's text is UTC whatever the session's zone
+    con.execute("CREATE SCHEMA app; CREATE TABLE app.metrics_v1 (document_id VARCHAR, submission_timestamp TIMESTAMPTZ, "
+                "ping_info STRUCT(seq BIGINT, parsed_start_time TIMESTAMPTZ), "
+                "metrics STRUCT(counter STRUCT(a_b BIGINT)), "
+                "notes STRUCT(\"at\" TIMESTAMPTZ, \"when\" TIMESTAMPTZ[])[])")
+    con.execute("INSERT INTO app.metrics_v1 VALUES ('d-1', '2026-11-23 09:00:00.25+01', "
+                "{'seq': 4, 'parsed_start_time': '2026-11-23 08:59:00+01'}, {'counter': {'a_b': 5}}, "
+                "[{'at': '2026-11-23 08:00:00Z', 'when': ['2026-11-24 00:30:00+02', NULL]}, NULL]), "
+                "('d-2', NULL, NULL, NULL, NULL)")
+    result = ex.export(ex.Source.from_duckdb(con, "w"), tmp_path / "out")
+    con.close()
+    out = sqlite3.connect(result.databases["app"])
+    rows = out.execute('SELECT submission_timestamp, "ping_info.parsed_start_time", "counter.a_b" '
+                       "FROM metrics_v1_flat ORDER BY document_id").fetchall()
+    assert rows == [("2026-11-23T08:00:00.250000Z", "2026-11-23T07:59:00.000000Z", 5), (None, None, None)]
+    notes = [r[0] for r in out.execute("SELECT notes FROM metrics_v1 ORDER BY document_id")]
+    assert json.loads(notes[0]) == [{"at": "2026-11-23T08:00:00.000000Z",
+                                     "when": ["2026-11-23T22:30:00.000000Z", None]}, None]
+    assert notes[1] is None
+
+
 def test_export_through_serve_takes_smaller_pages_when_a_page_is_over_GLEANPIPE_QUERY_MAX_BYTES(tmp_path):
     """serve refuses an answer over GLEANPIPE_QUERY_MAX_BYTES; explore's pages of 20,000 rows of
     big pings can be over it, so explore halves the page until it fits. The export through a

@@ -69,7 +69,7 @@ class Column:
         """DuckDB expression that yields what SQLite stores."""
         col, kind = q(self.name), self.kind
         if kind in NESTED:
-            return f"to_json({col})::VARCHAR"
+            return f"to_json({_iso_inside(col, duckdb.type(self.duck_type))})::VARCHAR"
         if kind == "timestamp with time zone":
             return f"strftime({col}, '{ISO_UTC}')"
         if kind == "boolean":
@@ -315,6 +315,23 @@ def _write_db(source: Source, rels: list[Relation], path: Path, page_rows: int) 
         con.close()
     os.replace(tmp, path)
     return rows_total
+
+
+def _iso_inside(expr: str, t) -> str:
+    """``expr`` of DuckDB type ``t`` with each TIMESTAMPTZ inside it (ping_info.parsed_start_time,
+    metadata.header.parsed_date, ...) as ISO-8601 UTC text, as the top-level ones are: to_json
+    writes them as "2026-11-23 08:00:00+00", beside a submission_timestamp of "...T08:00:00.000000Z"."""
+    if "TIMESTAMP WITH TIME ZONE" not in str(t):
+        return expr
+    if t.id == "timestamp with time zone":
+        return f"strftime({expr}, '{ISO_UTC}')"
+    if t.id == "struct":
+        fields = ", ".join(f"{q(name)} := {_iso_inside(f'({expr}).{q(name)}', ft)}" for name, ft in t.children)
+        return f"CASE WHEN {expr} IS NULL THEN NULL ELSE struct_pack({fields}) END"
+    if t.id == "list":
+        var = f"x{len(expr)}"  # a name of its own at each depth
+        return f"list_transform({expr}, lambda {var}: {_iso_inside(var, t.child)})"
+    return expr  # a map or array of timestamps: none in gleanpipe's tables
 
 
 def _sq(name: str) -> str:
