@@ -401,6 +401,19 @@ def test_timestamps_inside_nested_columns_are_iso_utc_text_as_the_top_level_ones
     assert json.loads(notes[0]) == [{"at": "2026-11-23T08:00:00.000000Z",
                                      "when": ["2026-11-23T22:30:00.000000Z", None]}, None]
     assert notes[1] is None
+    out.close()
+    # an export from before this format is written again, though the rows did not change
+    manifest = tmp_path / "out" / ex.MANIFEST
+    assert json.loads(manifest.read_text())["format"] == ex.EXPORT_FORMAT
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    try:
+        assert ex.export(ex.Source.from_duckdb(con, "w"), tmp_path / "out").written == []  # the same rows
+        old = json.loads(manifest.read_text())
+        del old["format"]
+        manifest.write_text(json.dumps(old))
+        assert ex.export(ex.Source.from_duckdb(con, "w"), tmp_path / "out").written == ["app"]
+    finally:
+        con.close()
 
 
 def test_export_through_serve_takes_smaller_pages_when_a_page_is_over_GLEANPIPE_QUERY_MAX_BYTES(tmp_path):

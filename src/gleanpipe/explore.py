@@ -44,6 +44,9 @@ from .warehouse.duckdb import view_of
 
 META_SCHEMA = "_gleanpipe"  # its file is _gleanpipe.db, a name no app's takes: dataset names start with a letter or digit
 MANIFEST = "export.json"
+# The text an export writes for the same rows; a manifest of another (or none: before 2) is not
+# trusted to say a file is up to date. 2: timestamps inside nested columns as ISO-8601 UTC text.
+EXPORT_FORMAT = 2
 PAGE_ROWS = 20_000
 NESTED = {"struct", "list", "map", "union", "array"}
 INTEGER = {"boolean", "tinyint", "smallint", "integer", "bigint", "utinyint", "usmallint", "uinteger"}
@@ -249,7 +252,8 @@ def export(source: Source, out_dir: Path, *, page_rows: int = PAGE_ROWS, force: 
         old = orjson.loads(manifest_path.read_bytes()) if not force else {}
     except (OSError, orjson.JSONDecodeError):
         old = {}
-    old_dbs = old.get("databases", {}) if isinstance(old, dict) else {}
+    current = isinstance(old, dict) and old.get("format") == EXPORT_FORMAT
+    old_dbs = old.get("databases", {}) if current else {}
     by_schema: dict[str, list[Relation]] = {}
     for rel in relations(source):
         by_schema.setdefault(rel.schema, []).append(rel)
@@ -271,7 +275,8 @@ def export(source: Source, out_dir: Path, *, page_rows: int = PAGE_ROWS, force: 
         except FileNotFoundError:
             pass
     tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps({"source": source.where, "databases": new_dbs}, option=orjson.OPT_INDENT_2))
+    tmp.write_bytes(orjson.dumps({"format": EXPORT_FORMAT, "source": source.where, "databases": new_dbs},
+                                 option=orjson.OPT_INDENT_2))
     os.replace(tmp, manifest_path)
     return ExportResult(out_dir, databases, written, unchanged, total, time.perf_counter() - started, source.where)
 
