@@ -260,7 +260,7 @@ def test_readme_metric_daily_example_runs(site):
     sql = re.search(r'gleanpipe query "(.*)"', block, re.S).group(1)
     out = cli(site.data_dir, "query", "--format", "json", sql)
     assert out.returncode == 0, out.stderr
-    assert [(r["label"], r["sum_value"]) for r in json.loads(out.stdout)] == [("hammer", 2.0), ("pliers", 1.0)]
+    assert [(r["label"], r["uses"]) for r in json.loads(out.stdout)] == [("hammer", 2.0), ("pliers", 1.0)]
 
 
 def test_dictionary_setting_turns_the_pages_off(tmp_path):

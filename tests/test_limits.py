@@ -52,8 +52,8 @@ from gleanpipe.validation import MAX_LISTED_BYTES
         (["serve"], {"GLEANPIPE_MAX_HEADER_BYTES": "100000000000000000000"},  # was a negative spool room
          "GLEANPIPE_MAX_HEADER_BYTES must be at most 65536, got 100000000000000000000"),
         (["status"], {"GLEANPIPE_DUCKDB_MEMORY_LIMIT": "512"},
-         "GLEANPIPE_DUCKDB_MEMORY_LIMIT must be a size with its unit, as 512MiB or 2GB (KB, MB, GB, TB or KiB, MiB, "
-         "GiB, TiB), got '512'"),
+         "GLEANPIPE_DUCKDB_MEMORY_LIMIT must be a size with its unit, as 512MiB or 2GB (B, KB, MB, GB, TB or KiB, "
+         "MiB, GiB, TiB), got '512'"),
         (["serve"], {"GLEANPIPE_DUCKDB_MEMORY_LIMIT": "32MiB"},
          "GLEANPIPE_DUCKDB_MEMORY_LIMIT must be at least 64MiB, got '32MiB'"),
         (["replay"], {"GLEANPIPE_DUCKDB_MEMORY_LIMIT": "2000TiB"},
@@ -365,7 +365,7 @@ def test_documented_defaults():
         "max_uri_bytes": 512, "max_header_bytes": 1024, "load_batch": 1000, "load_interval_ms": 50,
         "debug_max_pings": 100, "debug_retention_hours": 504, "explore_port": 8001, "spool": True,
         "spool_segment_bytes": 16777216, "spool_segment_seconds": 30, "dictionary": True, "body_timeout_s": 30,
-        "debug_index": True, "query_max_bytes": 268435456}
+        "debug_index": True, "query_max_bytes": 268435456, "duckdb_memory_limit": None}
 
 
 # --- serve: raised path and header limits reach the edge, not gunicorn's own parser limits ----------------
