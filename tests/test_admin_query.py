@@ -273,6 +273,31 @@ def test_a_query_result_over_GLEANPIPE_QUERY_MAX_BYTES_is_refused_and_serve_answ
             assert server.stop() == 0
 
 
+def test_a_query_with_parameters_and_an_interval_column_runs_again_with_its_parameters(tmp_path):
+    """A result with an INTERVAL column is read again with the column cast to text (timedelta has no
+    months); that second run takes the query's parameters too (the admin API and explore send them)."""
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    try:
+        assert list(wh.read_query_pages("SELECT ? AS k, INTERVAL (?) MONTH AS m", ["a", 14])) == [
+            ["k", "m"], [("a", "1 year 2 months")]]
+    finally:
+        wh.close()
+
+
+def test_an_empty_result_through_serve_is_the_same_as_on_the_file(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    sql = "SELECT 1 AS a WHERE false"
+    run = lambda fmt: gleanpipe("query", "--format", fmt, sql, "--data-dir", str(data_dir))
+    server = ServeProcess(data_dir).start()
+    try:
+        served = {fmt: (run(fmt).returncode, run(fmt).stdout) for fmt in ("json", "csv", "table")}
+    finally:
+        assert server.stop() == 0
+    assert served == {fmt: (0, out) for fmt, out in (("json", "[]\n"), ("csv", "a\n"), ("table", run("table").stdout))}
+    assert served["table"][1].endswith("(0 rows)\n")
+
+
 def test_read_query_pages_fetches_a_page_at_a_time_and_a_read_stopped_early_ends_its_transaction(tmp_path):
     """DuckDB's read_query_pages: the column names, then pages of at most page_rows rows, which
     put together are read_query's rows (INTERVAL columns shown as DuckDB prints them in both).

@@ -43,6 +43,9 @@ def test_apps_add_reports_what_it_created(tmp_path):
     listed = json.loads(cli(tmp_path / "data", "apps", "list", "--format", "json").stdout)
     assert listed == [{"app_id": "org.example.toolbox", "dataset": DATASET, "defined": True, "ping_types": 0,
                        "pings_received": 0, "metrics_defined": 28, "last_seen": None}]
+    assert cli(tmp_path / "data", "apps", "list", "--format", "csv").stdout == (
+        "app_id,dataset,defined,ping_types,pings_received,metrics_defined,last_seen\n"
+        f"org.example.toolbox,{DATASET},true,0,0,28,\n")  # one line ending, no blank line after it
     # The app id as the submit URL spells it is the same dataset: its definitions replace those
     # of org.example.toolbox, which the user is told (it was silent).
     dashed = cli(tmp_path / "data", "apps", "add", "org-example-toolbox", "--pings", str(GLEAN / "pings.yaml"))

@@ -446,3 +446,38 @@ def test_export_through_serve_takes_smaller_pages_when_a_page_is_over_GLEANPIPE_
     served = table(through_serve.databases[DATASET], "metrics_v1")
     assert sorted(r[1] for r in served) == sorted([ids["known"], *ids["plain"]])
     assert served == table(tmp_path / "file" / f"{DATASET}.db", "metrics_v1")
+
+
+class _TooLarge:
+    """A serve that refuses every page over 0 rows as over GLEANPIPE_QUERY_MAX_BYTES (one row is
+    too big) and answers LIMIT 0, which fits; it notes the LIMIT of each request."""
+
+    def __init__(self, error=None):
+        self.sizes, self.error = [], error
+
+    def query(self, sql, params=None):
+        from gleanpipe.admin import ResultTooLarge
+
+        self.sizes.append(size := int(sql.rsplit("LIMIT", 1)[1]))
+        if self.error is not None:
+            raise self.error
+        if size == 0:
+            return ["document_id"], []
+        raise ResultTooLarge("the result is over 10 bytes as JSON")
+
+
+def test_a_single_row_over_serves_limit_fails_the_export_and_pages_are_halved_not_shrunk_by_one():
+    """explore halves a page serve refuses (8, 4, 2, 1 rows); a row that is over the limit on its
+    own is the limit's error, never a LIMIT 0 that serve answers with no rows, which would end the
+    table's export early and silently. Any other serve error is not retried with smaller pages."""
+    from gleanpipe.admin import ResultTooLarge, ServeError
+
+    rel = ex.Relation("app", "metrics_v1", False, [ex.Column("document_id", "VARCHAR")])
+    client = _TooLarge()
+    with pytest.raises(ResultTooLarge):
+        list(ex.Source.from_server(client).batches(rel, "document_id", 8))
+    assert client.sizes == [8, 4, 2, 1]
+    broken = _TooLarge(ServeError("cannot reach gleanpipe serve"))
+    with pytest.raises(ServeError, match="cannot reach"):
+        list(ex.Source.from_server(broken).batches(rel, "document_id", 8))
+    assert broken.sizes == [8]

@@ -51,6 +51,9 @@ from gleanpipe.validation import MAX_LISTED_BYTES
         (["serve"], {"GLEANPIPE_MAX_URI_BYTES": "65537"}, "GLEANPIPE_MAX_URI_BYTES must be at most 65536, got 65537"),
         (["serve"], {"GLEANPIPE_MAX_HEADER_BYTES": "100000000000000000000"},  # was a negative spool room
          "GLEANPIPE_MAX_HEADER_BYTES must be at most 65536, got 100000000000000000000"),
+        (["status"], {"GLEANPIPE_QUERY_MAX_BYTES": "17179869185"},
+         "GLEANPIPE_QUERY_MAX_BYTES must be at most 17179869184, got 17179869185"),
+        (["serve"], {"GLEANPIPE_QUERY_MAX_BYTES": "0"}, "GLEANPIPE_QUERY_MAX_BYTES must be positive, got 0"),
         (["status"], {"GLEANPIPE_DUCKDB_MEMORY_LIMIT": "512"},
          "GLEANPIPE_DUCKDB_MEMORY_LIMIT must be a size with its unit, as 512MiB or 2GB (B, KB, MB, GB, TB or KiB, "
          "MiB, GiB, TiB), got '512'"),

@@ -60,6 +60,20 @@ def test_make_test_with_a_python_that_is_not_there_says_so(tmp_path):
     assert not (tmp_path / "venv").exists() and not (tmp_path / "bqemu").exists()
 
 
+@pytest.mark.parametrize("goal", ["bqemu", "constraints"])
+def test_the_other_goals_that_make_a_venv_check_the_python_first(tmp_path, goal):
+    """`make bqemu` (bqemulator's own venv) and `make constraints` (a scratch venv) ask the
+    interpreter too; without the check make said "/missing: No such file or directory" (127)."""
+    missing = tmp_path / "no-such-python"
+
+    result = make(goal, str(missing), tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert (f"gleanpipe needs Python 3.11 or newer, and '{missing}' is not found. "
+            f"Give make a newer one: make {goal} PYTHON=python3.12") in result.stderr
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "bqemu").exists()
+
+
 def test_the_makefile_asks_for_the_python_pyproject_requires():
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     checked = re.search(r"sys\.version_info < \((\d+), (\d+)\)", (ROOT / "Makefile").read_text())

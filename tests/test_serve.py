@@ -634,3 +634,20 @@ def test_a_failing_loader_keeps_the_time_it_began_failing_and_clears_it_once_a_l
             warehouse.close()
     finally:
         thread.stop()
+
+
+def test_an_http_server_that_exits_before_it_answers_is_one_error_line(tmp_path):
+    """gunicorn can exit before its port answers (a worker that cannot boot). serve then stops
+    everything it started, its admin API (not started yet) included, and says why in one line.
+    Here a `gunicorn` package of our own, first on PYTHONPATH, exits with 3 as gunicorn would."""
+    shadow = tmp_path / "shadow" / "gunicorn"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    (shadow / "__main__.py").write_text("import sys\nsys.exit(3)\n")
+    pythonpath = os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))
+    out = run_cli("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
+                  env={"PYTHONPATH": pythonpath}, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("Error: the HTTP server exited with code 3"), out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "data" / "serve.json").exists()
