@@ -550,3 +550,38 @@ def test_query_through_serve_reads_the_answer_a_page_at_a_time(tmp_path):
     lines = run.stdout.splitlines()
     assert (len(lines), lines[0], lines[-1]) == (rows + 1, "i,s,n", f'{rows - 1},{"x" * 500},"{{""a"":{rows - 1},""b"":[1,2]}}"')
     assert int(peak_kib) < 200 * 1024, f"the command peaked at {int(peak_kib) // 1024} MB"  # 490 MB when parsed whole
+
+
+def test_an_answer_cut_short_at_a_line_end_is_an_error_not_a_shorter_result(tmp_path):
+    """The client reads serve's answer a line (a page) at a time. A serve that dies between two
+    pages leaves the connection closed before Content-Length bytes came; readline then says
+    b"", as at the end. That must be an error, or the command writes part of a result and exits
+    0. A real HTTP server on loopback that sends two of three lines and closes (serve itself
+    cannot be made to die at that point at will)."""
+    import socketserver
+    from http.server import BaseHTTPRequestHandler
+
+    from gleanpipe.admin import AdminClient, ServeError
+
+    lines = [b'["n"]\n', b"[[1],[2]]\n", b"[[3]]\n"]
+
+    class CutShort(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(sum(map(len, lines))))
+            self.end_headers()
+            self.wfile.write(b"".join(lines[:2]))  # the last page never comes
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), CutShort) as httpd:
+        threading.Thread(target=httpd.handle_request, daemon=True).start()
+        client = AdminClient(f"http://127.0.0.1:{httpd.server_address[1]}", "token")
+        got = []
+        with pytest.raises(ServeError, match=r"stopped answering: 6 bytes of its answer did not come"):
+            for page in client.query_pages("SELECT n"):
+                got.append(page)
+    assert got == [["n"], [(1,), (2,)]]  # what came before the cut, then the error

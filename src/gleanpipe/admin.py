@@ -418,6 +418,9 @@ class AdminClient:
                     yield [tuple(r) for r in orjson.loads(line)]
             except (OSError, orjson.JSONDecodeError) as exc:  # serve stopped half-way through its answer
                 raise ServeError(f"gleanpipe serve at {self.url} stopped answering: {exc}") from None
+            if resp.length:  # readline gives b"" at a connection closed early: the answer is not all there
+                raise ServeError(f"gleanpipe serve at {self.url} stopped answering: {resp.length} bytes of "
+                                 "its answer did not come")
 
     def status(self) -> dict:
         return self.call("/status")
