@@ -300,6 +300,9 @@ def test_the_scheduler_job_calls_the_deletions_url_with_an_oidc_token_of_the_cro
     assert step.skip_if == ("gcloud", "scheduler", "jobs", "describe", "gleanpipe-deletions",
                             "--location=europe-west1", f"--project={PROJECT}", "--format=value(name)")
     assert any("gcloud scheduler jobs run gleanpipe-deletions --location=europe-west1" in n for n in plan.notes)
+    # after an app is added, replay that app's objects only: on BigQuery a replay streams all it reads again
+    assert any("--prefix raw/<app-id>/` (raw objects are kept for" in n and "replay that app only" in n
+               for n in plan.notes)
 
 
 def test_deletions_schedule_setting():

@@ -354,7 +354,8 @@ def deploy_plan(s: DeploySettings, source_dir: str, lifecycle_path: str) -> Plan
         f"gcloud scheduler jobs run {deletions} --location={s.region} {p}",
         f"Datasets for apps not in GLEANPIPE_DEPLOY_APPS are not created and load cannot write them: add the app "
         f"and run `make deploy` again, then `gleanpipe replay --store-url {s.store_url} "
-        f"--warehouse-url {s.warehouse_url}` (raw objects are kept for {s.raw_days} days).",
+        f"--warehouse-url {s.warehouse_url} --prefix raw/<app-id>/` (raw objects are kept for {s.raw_days} days; "
+        "on BigQuery a replay streams every object it reads again, so replay that app only).",
     ]
     if not s.apps:
         notes.insert(0, "GLEANPIPE_DEPLOY_APPS is empty: only the _gleanpipe dataset is created.")
