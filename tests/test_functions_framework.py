@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -75,5 +76,61 @@ def test_submit_then_load_under_functions_framework(tmp_path):
     try:
         assert con.execute(f"SELECT document_id, metrics.counter.toolbox_launch_count FROM {DATASET}.baseline_v1"
                            ).fetchall() == [(doc_id, 9)]
+    finally:
+        con.close()
+
+
+def test_the_first_deliveries_at_once_all_load_with_no_traceback(tmp_path):
+    """functions-framework answers on several threads (4 per core). Eight first deliveries at
+    once each built a loader of their own, and the DuckDB setup of the one file conflicted:
+    7 of 8 answered 500 with a traceback (audit of 2026-12-06). One loader is built; all 8 load."""
+    import threading
+
+    from gleanpipe import rawobject
+    from gleanpipe.naming import DocumentPath
+    from gleanpipe.storage.local import LocalStore
+
+    store = LocalStore(tmp_path / "data" / "store")
+    keys = []
+    for _ in range(8):
+        path = DocumentPath(APP, "metrics", "1", str(uuid.uuid4()))
+        meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "uri": f"/submit/{APP}/metrics/1/x",
+                "headers": {}, "app_id": APP, "doc_type": "metrics", "version": "1",
+                "document_id": path.document_id, "key": path.key}
+        assert store.put_new(path.key, rawobject.encode(meta, json.dumps(make_ping()).encode()))
+        keys.append(path.key)
+    log = tmp_path / "load.log"
+    load, load_url = start("load", tmp_path, "--signature-type", "cloudevent", log=log)
+    statuses, start_together = [], threading.Barrier(len(keys))
+
+    def deliver(key):
+        event = {"specversion": "1.0", "id": str(uuid.uuid4()), "type": "google.cloud.storage.object.v1.finalized",
+                 "source": "//storage.googleapis.com/projects/_/buckets/local", "subject": f"objects/{key}",
+                 "datacontenttype": "application/json", "data": {"bucket": "local", "name": key}}
+        req = urllib.request.Request(load_url + "/", data=json.dumps(event).encode(), method="POST",
+                                     headers={"Content-Type": "application/cloudevents+json"})
+        start_together.wait()
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                statuses.append(resp.status)
+        except urllib.error.HTTPError as exc:
+            statuses.append(exc.code)
+
+    try:
+        threads = [threading.Thread(target=deliver, args=(k,)) for k in keys]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+    finally:
+        load.terminate()
+        load.wait(timeout=10)
+    assert statuses == [200] * len(keys)
+    assert "Traceback" not in log.read_text(errors="replace")
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"), read_only=True)
+    try:
+        assert con.execute(f"SELECT count(*), count(DISTINCT document_id) FROM {DATASET}.metrics_v1").fetchone() == (8, 8)
     finally:
         con.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 
 import orjson
 from werkzeug.exceptions import ServiceUnavailable
@@ -23,13 +24,29 @@ from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 log = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=1)
+def _once(build):
+    """``build()`` the first time, under a lock, then what it gave. functions-framework answers
+    requests on several threads: lru_cache alone let each of the first ones build its own, and
+    the loaders' DuckDB setup on one file conflicted (a 500 with a traceback per delivery)."""
+    lock = threading.Lock()
+
+    @functools.wraps(build)
+    def get():
+        with lock:
+            return cached()
+
+    cached = functools.lru_cache(maxsize=1)(build)
+    get.cache_clear = cached.cache_clear
+    return get
+
+
+@_once
 def submit_handler() -> SubmitHandler:
     config = Config.from_env()
     return SubmitHandler(config, open_store(config.store_url))
 
 
-@functools.lru_cache(maxsize=1)
+@_once
 def loader() -> Loader:
     config = Config.from_env()
     return Loader(open_store(config.store_url), open_warehouse(config.warehouse_url))
@@ -100,7 +117,7 @@ def load(cloud_event) -> LoadResult:
     return result
 
 
-@functools.lru_cache(maxsize=1)
+@_once
 def deletions_warehouse() -> Warehouse:
     return open_warehouse(Config.from_env().warehouse_url)
 
