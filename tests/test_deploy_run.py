@@ -70,8 +70,9 @@ def test_make_deploy_dry_run_prints_every_command_and_calls_nothing(tmp_path, sp
         assert f"{number:>3}. {step.title}\n     " in out
         assert f"     $ {step.render()}\n" in out
     assert len(plan.steps) == 26
-    for resource in ("bucket     gs://gp-test-123-gleanpipe-raw (uniform access, public access prevention enforced, "
-                     "delete objects under gleanpipe/ after 90 days)",
+    # the lifecycle file in words: pings and error records after raw_days, the debug index after 3 weeks
+    for resource in ("bucket     gs://gp-test-123-gleanpipe-raw (uniform access, public access prevention enforced; "
+                     "delete gleanpipe/raw/ and gleanpipe/errors/ after 90 days; delete gleanpipe/debug/ after 21 days)",
                      "dataset    gp-test-123:org_example_toolbox", "dataset    gp-test-123:_gleanpipe",
                      "account    gleanpipe-trigger@gp-test-123.iam.gserviceaccount.com",
                      "account    gleanpipe-cron@gp-test-123.iam.gserviceaccount.com",

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from .plan import ROLES, Plan, Step
+from .plan import ROLES, Plan, Step, lifecycle_rules
 
 PLACEHOLDER_RE = re.compile(r"\$\{([A-Z_]+)\}")
 
@@ -92,8 +92,12 @@ def print_plan(plan: Plan, out: TextIO, extra: dict[str, str] | None = None) -> 
     w(f"project {s.project}, region {s.region}, BigQuery location {s.bq_location}\n")
     if plan.action == "deploy":
         w("resources:\n")
-        w(f"  bucket     gs://{s.bucket} (uniform access, public access prevention enforced, "
-          f"{s.raw_action} objects under {s.store_prefix}/ after {s.raw_days} days)\n")
+        rules = lifecycle_rules(s)["rule"]  # what the lifecycle file says, in words
+        said = [f"{'delete' if r['action']['type'] == 'Delete' else 'archive'} "
+                f"{' and '.join(p.rstrip('/') + '/' for p in r['condition']['matchesPrefix'])} after "
+                f"{r['condition']['age']} days" for r in rules]
+        w(f"  bucket     gs://{s.bucket} (uniform access, public access prevention enforced; "
+          f"{'; '.join(said)})\n")
         for role in ROLES:
             w(f"  account    {s.service_account(role)}\n")
         for dataset in s.datasets:
