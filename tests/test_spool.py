@@ -94,6 +94,33 @@ def test_torn_tail_is_skipped_once_its_writer_is_gone(store, warehouse):
     assert reader.pending(10) == []
 
 
+def test_entries_of_the_spool_folder_that_are_no_segment_are_left_alone(store, data_dir):
+    """A file named junk.seg or a folder named like a segment, in .spool: serve took every *.seg
+    for a segment, failed on it at each look ("invalid literal for int()", "Is a directory"),
+    loaded nothing more, and `status` failed as a whole. It warns once and leaves them; the real
+    segments load, and status counts their records with serve stopped and through serve."""
+    pings, _ = spooled(store, 3)
+    folder = store.root / SPOOL
+    (folder / "junk.seg").write_bytes(os.urandom(500))
+    (folder / "01796588999999999998-1-dir.seg").mkdir()
+    (folder / "notes.txt").write_text("not a .seg at all")
+    DuckDBWarehouse(str(data_dir / "warehouse.duckdb")).close()
+    stopped = run_cli("status", "--json", "--data-dir", str(data_dir))
+    assert stopped.returncode == 0 and orjson.loads(stopped.stdout)["pending"] == 3, stopped.stderr
+    server = ServeProcess(data_dir).start()
+    try:
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 3) == 3
+        status = server.admin.status()
+        assert (status["pending"], status["loading_failing"]) == (0, None)
+        assert post(server.url + submit_path(), gz(make_ping(CLIENT)))[0] == 200  # and it goes on loading
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 4) == 4
+    finally:
+        assert server.stop() == 0
+    log = server.read_log()
+    assert log.count("is not a spool file") == 2 and "junk.seg" in log and "-dir.seg" in log
+    assert sorted(p.name for p in folder.iterdir()) == ["01796588999999999998-1-dir.seg", "junk.seg", "notes.txt"]
+
+
 def test_damage_in_the_middle_skips_only_the_damaged_record(store):
     pings, seg = spooled(store, 3)
     buf = bytearray(seg.read_bytes())

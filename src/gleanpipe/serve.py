@@ -207,7 +207,7 @@ class LocalPipeline:
         out["loading_failing"] = {"since": failing[0], "reason": failing[1]} if failing else None
         try:  # the spool's records are written out as objects to be counted
             out["pending"] = len(self.store.pending(1_000_000))
-        except StoreError as exc:  # a full disk, say: the rest of the status still shows
+        except (StoreError, OSError) as exc:  # a full disk, a folder it may not read: the rest still shows
             out["pending"], out["store_error"] = None, str(exc)
         return out
 

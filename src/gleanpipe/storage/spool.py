@@ -44,12 +44,32 @@ they were opened).
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
 
 SPOOL = ".spool"
 SUFFIX = ".seg"
+SEGMENT_RE = re.compile(r"\d{20}-[^/]+\.seg")  # <ns>-<pid>-<rand>.seg, as the writers name them
+
+
+def segment_files(folder, listing: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(segments, strays): the names in the spool folder (``listing`` of it, if given) that are
+    segment files, in the order they were made, and those that end in .seg but are not one (a file
+    of another name, a folder), which the reader must leave alone: one of them stopped all loading."""
+    segments, strays = [], []
+    for name in sorted(os.listdir(folder) if listing is None else listing):
+        if not name.endswith(SUFFIX):
+            continue
+        try:
+            regular = stat.S_ISREG(os.lstat(os.path.join(folder, name)).st_mode)
+        except FileNotFoundError:  # retired meanwhile
+            continue
+        (segments if regular and SEGMENT_RE.fullmatch(name) else strays).append(name)
+    return segments, strays
 MAGIC = b"GPS1"
 HEAD = struct.Struct("<4sII")  # magic, body length, crc32(body)
 KEYLEN = struct.Struct("<H")

@@ -18,7 +18,7 @@ import orjson
 from .. import rawobject
 from .base import ObjectMissing, RawStore, StoreError
 from .local import LocalStore, _fsync_dir
-from .spool import MAGIC, MAX_BODY, SPOOL, SUFFIX, decode_records
+from .spool import MAGIC, MAX_BODY, SPOOL, SUFFIX, decode_records, segment_files
 
 log = logging.getLogger("gleanpipe.spool")
 
@@ -72,6 +72,7 @@ class SpoolReader(RawStore):
         self._seq = 0
         self._started = time.time_ns()
         self._retire_warned = -RETIRE_WARNING_S
+        self._strays: set[str] = set()  # names in the spool folder that are no segment (warned about once)
         self.stats = {"materialised": 0, "duplicates": 0, "repaired": 0, "torn_bytes": 0, "segments_deleted": 0}
 
     # RawStore: reads and direct writes go to the folder
@@ -141,7 +142,11 @@ class SpoolReader(RawStore):
         except FileNotFoundError:
             self.dir.mkdir(exist_ok=True)
             return
-        names = sorted(n for n in listing if n.endswith(SUFFIX))
+        names, strays = segment_files(self.dir, listing)
+        for n in set(strays) - self._strays:
+            log.warning("spool folder %s: %s is not a spool file (they are named <time>-<pid>-<random>%s); "
+                        "left alone", self.dir, n, SUFFIX)
+        self._strays = set(strays)
         for n in listing:  # a writer that died between creating and naming its segment: nothing in it
             if n.endswith(SUFFIX + ".new") and n[:20].isdigit() and \
                     time.time_ns() - int(n[:20]) > NEW_GRACE_NS and self._writer_gone(self.dir / n):
@@ -282,9 +287,14 @@ def spooled_keys(local: LocalStore) -> set[str]:
     record, whether or not its object was written out before it stopped: serve writes out a whole
     batch before loading it, so a crash often comes in between."""
     keys = set()
-    for path in sorted((local.root / SPOOL).glob(f"*{SUFFIX}")):
+    folder = local.root / SPOOL
+    try:
+        names = segment_files(folder)[0]
+    except FileNotFoundError:
+        return keys
+    for name in names:
         try:
-            keys.update(key for _, _, key, _ in decode_records(path.read_bytes()))
+            keys.update(key for _, _, key, _ in decode_records((folder / name).read_bytes()))
         except FileNotFoundError:
             pass
     return keys
