@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -481,3 +482,38 @@ def test_a_single_row_over_serves_limit_fails_the_export_and_pages_are_halved_no
     with pytest.raises(ServeError, match="cannot reach"):
         list(ex.Source.from_server(broken).batches(rel, "document_id", 8))
     assert broken.sizes == [8]
+
+
+def test_one_export_at_a_time_into_a_folder_and_a_stopped_ones_temp_file_goes(tmp_path):
+    """Two exports into one --out removed each other's <schema>.db.tmp, and one renamed the other's
+    half-written file into place under a manifest that called it whole: a corrupt SQLite file that
+    later exports kept as "unchanged". The second export now says another one is running; the
+    temp file of an export that was stopped is removed by the next one."""
+    import fcntl
+
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE SCHEMA app; CREATE TABLE app.metrics_v1 (document_id VARCHAR); "
+                "INSERT INTO app.metrics_v1 VALUES ('d-1')")
+    con.close()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "app.db.tmp").write_bytes(b"half of a stopped export")
+    holder = os.open(out / ex.LOCK, os.O_RDWR | os.O_CREAT)  # an export running in another process
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        busy = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "explore", "--export-only", "--out", str(out),
+                               "--warehouse-url", f"duckdb://{tmp_path / 'w.duckdb'}", "--data-dir", str(tmp_path / "d")],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(holder)
+    assert busy.returncode == 1
+    assert busy.stderr.strip() == (f"Error: export failed: another `gleanpipe explore` is exporting into {out}: "
+                                   "wait for it to end, or give another --out")
+    assert (out / "app.db.tmp").exists() and not (out / "app.db").exists()  # it touched nothing
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    try:
+        result = ex.export(ex.Source.from_duckdb(con, "w"), out)
+    finally:
+        con.close()
+    assert result.written == ["app"] and not (out / "app.db.tmp").exists()
+    assert sqlite3.connect(out / "app.db").execute("SELECT document_id FROM metrics_v1").fetchall() == [("d-1",)]

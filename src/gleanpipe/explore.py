@@ -28,6 +28,7 @@ export is never opened.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import time
@@ -44,6 +45,7 @@ from .warehouse.duckdb import view_of
 
 META_SCHEMA = "_gleanpipe"  # its file is _gleanpipe.db, a name no app's takes: dataset names start with a letter or digit
 MANIFEST = "export.json"
+LOCK = ".export.lock"  # held by the export writing into the folder
 # The text an export writes for the same rows; a manifest of another (or none: before 2) is not
 # trusted to say a file is up to date. 2: timestamps inside nested columns as ISO-8601 UTC text.
 EXPORT_FORMAT = 2
@@ -243,10 +245,27 @@ def fingerprint(source: Source, rel: Relation) -> list:
 
 
 def export(source: Source, out_dir: Path, *, page_rows: int = PAGE_ROWS, force: bool = False) -> ExportResult:
-    """Write (or refresh) one SQLite file per DuckDB schema under ``out_dir``."""
-    started = time.perf_counter()
+    """Write (or refresh) one SQLite file per DuckDB schema under ``out_dir``, one export at a time:
+    two at once into one folder removed each other's temp files, and one put the other's
+    half-written file in place, with a manifest that called it whole."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another `gleanpipe explore` is exporting into {out_dir}: wait for it to end, "
+                               "or give another --out") from None
+        for left in out_dir.glob("*.db.tmp"):  # of an export that was stopped: nobody else writes here now
+            left.unlink(missing_ok=True)
+        return _export(source, out_dir, page_rows, force)
+    finally:
+        os.close(lock)  # and the lock with it
+
+
+def _export(source: Source, out_dir: Path, page_rows: int, force: bool) -> ExportResult:
+    started = time.perf_counter()
     manifest_path = out_dir / MANIFEST
     try:
         old = orjson.loads(manifest_path.read_bytes()) if not force else {}
