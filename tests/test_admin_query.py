@@ -585,3 +585,43 @@ def test_an_answer_cut_short_at_a_line_end_is_an_error_not_a_shorter_result(tmp_
             for page in client.query_pages("SELECT n"):
                 got.append(page)
     assert got == [["n"], [(1,), (2,)]]  # what came before the cut, then the error
+
+
+def test_ctrl_c_stops_a_query_on_the_file_whenever_it_comes(tmp_path):
+    """With serve stopped, `gleanpipe query` runs the SQL itself. DuckDB looks for Ctrl-C only
+    between pieces of work, and a count over range(10**12) is one piece: a Ctrl-C half a second
+    in went unnoticed (the command ran on, for hours, holding the file). The query runs beside
+    the thread that waits for Ctrl-C now, which interrupts it."""
+    data_dir = tmp_path / "data"
+    DuckDBWarehouse(str(data_dir / "warehouse.duckdb")).close()
+    path = str(data_dir / "warehouse.duckdb")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+
+    def has_open(pid):
+        try:
+            return any(os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return False
+
+    for delay in (0.0, 0.5, 2.0):
+        query = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "query", "--data-dir", str(data_dir),
+                                  "SELECT count(*) FROM range(1000000000000) AS a, range(10) AS b"],
+                                 env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not has_open(query.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(delay)
+            query.send_signal(signal.SIGINT)
+            out, err = query.communicate(timeout=15)
+        finally:
+            if query.poll() is None:
+                query.kill()
+                query.communicate()
+        assert (query.returncode, out) == (1, ""), (delay, err)
+        assert "Traceback" not in err, err
+    wh = DuckDBWarehouse(path)  # the file was let go: this process may write to it
+    try:
+        assert wh.read_query("SELECT 1 AS a") == (["a"], [(1,)])
+    finally:
+        wh.close()

@@ -651,3 +651,57 @@ def test_an_http_server_that_exits_before_it_answers_is_one_error_line(tmp_path)
     assert out.stderr.strip().splitlines()[-1].startswith("Error: the HTTP server exited with code 3"), out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "data" / "serve.json").exists()
+
+
+def test_serve_waits_for_a_query_that_holds_the_warehouse_file_and_names_it(tmp_path):
+    """With serve stopped, `gleanpipe query` (or status, explore) opens the DuckDB file itself and
+    holds it until it ends. serve failed at once, with a hint about another serve; it waits for
+    the file now, and its log says which process holds it."""
+    import signal
+    import threading
+
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    data_dir = tmp_path / "data"
+    DuckDBWarehouse(str(data_dir / "warehouse.duckdb")).close()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    query = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "query", "--data-dir", str(data_dir),
+                              "SELECT count(*) FROM range(1000000000000) AS a, range(10) AS b"],
+                             env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30  # until it has the file open (then it runs for hours)
+        while not _has_open(query.pid, data_dir / "warehouse.duckdb") and time.monotonic() < deadline:
+            assert query.poll() is None, query.communicate()
+            time.sleep(0.1)
+        assert _has_open(query.pid, data_dir / "warehouse.duckdb")
+        server = ServeProcess(data_dir)
+        starting = threading.Thread(target=server.start, kwargs={"timeout": 60})
+        starting.start()
+        deadline = time.monotonic() + 20
+        while "is held by" not in (log := _log_of(server)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"is held by PID {query.pid} (" in log and "gleanpipe.cli query" in log, log
+        query.send_signal(signal.SIGINT)  # the query ends, and lets the file go
+        query.communicate(timeout=30)
+        starting.join(60)
+        try:
+            assert post(server.url + submit_path(), gz(make_ping("5a4e6c2b-3f7d-4d8e-9a1b-0c2d3e4f5a6b")))[0] == 200
+            assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
+        finally:
+            assert server.stop() == 0
+    finally:
+        if query.poll() is None:
+            query.kill()
+            query.communicate()
+
+
+def _log_of(server: ServeProcess) -> str:
+    path = server.data_dir.parent / f"serve-{server.port}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:  # an fd closed while we looked
+        return False

@@ -9,8 +9,10 @@ import csv
 import io
 import logging
 import os
+import queue
 import shlex
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -124,7 +126,51 @@ def _query_pages(config: Config):
         finally:
             read.close()
 
-    return pages, wh.close
+    interrupt = getattr(wh, "interrupt_reads", None)
+    return (lambda sql, params=None: _beside(pages(sql, params), interrupt)) if interrupt else pages, wh.close
+
+
+def _beside(items, interrupt):
+    """``items``, produced by a thread of its own while this one waits for them. DuckDB runs a query
+    in C++ without looking for signals (a count over range(10**12) went on after Ctrl-C, for
+    hours); waiting here, this thread gets the Ctrl-C, and ``interrupt`` stops the read."""
+    out: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        out.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
+            if not stop.is_set():
+                out.put(("error", exc))
+        finally:
+            items.close()  # in this thread: the read's own clean-up (abort, ROLLBACK)
+
+    producer = threading.Thread(target=produce, name="gleanpipe-query", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, value = out.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    except KeyboardInterrupt:
+        interrupt()
+        raise
+    finally:
+        stop.set()
+        producer.join(30)
 
 
 class _Commands(click.Group):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -160,6 +161,45 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
     raise RuntimeError(f"the HTTP server did not answer on {host}:{port} within {timeout:.0f}s")
 
 
+HELD_WAIT_S = 30.0  # how long serve waits for another process to let the warehouse go
+
+
+def _open_warehouse(url: str) -> Warehouse:
+    """The warehouse, once no other process holds it, waiting up to HELD_WAIT_S: a `gleanpipe
+    query`, `status` or `explore` run while serve was stopped holds the DuckDB file until it
+    ends, and serve (restarted by hand or by a supervisor) failed at once and again."""
+    deadline, said = time.monotonic() + HELD_WAIT_S, False
+    while True:
+        try:
+            return open_warehouse(url)
+        except WarehouseUnavailable as exc:
+            if not held_by_another(exc):
+                raise RuntimeError(str(exc)) from None
+            holder = _holder(str(exc))
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{exc}\nIt is still held, by {holder}, after {HELD_WAIT_S:.0f} s. Another "
+                                   "`gleanpipe serve`, `gleanpipe worker` or `load` function writing to it holds it "
+                                   "for as long as it runs: stop it, or give this serve another --data-dir.") from None
+            if not said:
+                log.warning("the warehouse %s is held by %s; waiting up to %.0f s for it to be let go",
+                            url, holder, HELD_WAIT_S)
+                said = True
+            time.sleep(0.2)
+
+
+def _holder(message: str) -> str:
+    """"PID n (its command line)", from DuckDB's lock error, as far as this system tells."""
+    found = re.search(r"\(PID (\d+)\)", message)
+    if not found:
+        return "another process"
+    try:
+        with open(f"/proc/{found[1]}/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return f"PID {found[1]}"
+    return f"PID {found[1]} ({command[:200]})"
+
+
 class LocalPipeline:
     def __init__(self, config: Config):
         self.config = config
@@ -186,12 +226,7 @@ class LocalPipeline:
             log.warning("removed %d temp files of writes that never finished (a killed writer)", stale)
         if config.spool and isinstance(self.store, LocalStore):
             self.store = SpoolReader(self.store)  # drains the HTTP workers' spool (storage/spool.py)
-        try:
-            self.warehouse: Warehouse = open_warehouse(config.warehouse_url)
-        except WarehouseUnavailable as exc:
-            hint = ("\nIs another `gleanpipe serve` (or a `load` function) using this warehouse? Stop it, or give "
-                    "this one another --data-dir.") if held_by_another(exc) else ""
-            raise RuntimeError(f"{exc}{hint}") from None
+        self.warehouse: Warehouse = _open_warehouse(config.warehouse_url)
         self.loader = Loader(self.store, self.warehouse)
         self.loader_thread = LoaderThread(self.store, self.loader, config.load_batch,
                                           config.load_interval_ms / 1000)
