@@ -684,15 +684,16 @@ def test_serve_waits_for_a_query_that_holds_the_warehouse_file_and_names_it(tmp_
         query.send_signal(signal.SIGINT)  # the query ends, and lets the file go
         query.communicate(timeout=30)
         starting.join(60)
-        try:
-            assert post(server.url + submit_path(), gz(make_ping("5a4e6c2b-3f7d-4d8e-9a1b-0c2d3e4f5a6b")))[0] == 200
-            assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
-        finally:
-            assert server.stop() == 0
+        assert post(server.url + submit_path(), gz(make_ping("5a4e6c2b-3f7d-4d8e-9a1b-0c2d3e4f5a6b")))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
+        assert server.stop() == 0
     finally:
         if query.poll() is None:
             query.kill()
             query.communicate()
+        if "server" in locals() and server.proc is not None and server.proc.poll() is None:  # a failed run's
+            starting.join(60)
+            server.stop()
 
 
 def _log_of(server: ServeProcess) -> str:

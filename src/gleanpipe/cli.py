@@ -157,19 +157,20 @@ def _beside(items, interrupt):
 
     producer = threading.Thread(target=produce, name="gleanpipe-query", daemon=True)
     producer.start()
+    ended = False
     try:
         while True:
             kind, value = out.get()
-            if kind == "end":
+            if kind != "item":
+                ended = True
+                if kind == "error":
+                    raise value
                 return
-            if kind == "error":
-                raise value
             yield value
-    except KeyboardInterrupt:
-        interrupt()
-        raise
-    finally:
+    finally:  # Ctrl-C, or the reader stopped early (`| head`): the read stops now, not at its next page
         stop.set()
+        if not ended:
+            interrupt()
         producer.join(30)
 
 
