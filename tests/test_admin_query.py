@@ -474,6 +474,10 @@ def test_GLEANPIPE_DUCKDB_MEMORY_LIMIT_bounds_serve_and_the_cli_and_serve_outliv
         assert gleanpipe("query", "--format", "csv", setting, *data).stdout == "m\n64.0 MiB\n"
         over = gleanpipe("query", hungry, *data)
         assert over.returncode == 1 and over.stderr.startswith("Error: Out of Memory Error: "), over.stderr
+        # what a gleanpipe user can do, not DuckDB's SET statements, which no gleanpipe command takes
+        assert over.stderr.strip().endswith("DuckDB's memory limit is GLEANPIPE_DUCKDB_MEMORY_LIMIT (default: 80% "
+                                            "of the machine's memory): raise it, or ask for less (a LIMIT, fewer "
+                                            "columns).") and "SET threads" not in over.stderr, over.stderr
         assert post(server.url + submit_path("metrics"), gz(make_ping()))[0] == 200
         assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 2) == 2
     finally:
@@ -500,6 +504,19 @@ def test_a_batch_of_1000_pings_loads_under_the_smallest_memory_limit_and_a_row_o
         keys = [put_ping(store, make_ping(metrics=FULL_METRICS), doc_type="metrics") for _ in range(1000)]
         assert Loader(store, wh).load_keys(keys).inserted == 1000
         assert wh.query(f"SELECT count(*) FROM {DATASET}.metrics_v1")[1] == [(1000,)]
+    finally:
+        wh.close()
+    # a row too big for the limit: the load fails as one to retry (the ping is not a load error),
+    # and the error names the setting
+    from gleanpipe.warehouse import WarehouseUnavailable
+
+    wh = open_warehouse(f"duckdb://{tmp_path / 'tight.duckdb'}")
+    try:
+        huge = put_ping(store, make_ping(metrics={"text": {"toolbox.notes": "n" * (40 * 1024 * 1024)}}))
+        with pytest.raises(WarehouseUnavailable, match=r"Out of Memory Error.*\nDuckDB's memory limit is "
+                                                        r"GLEANPIPE_DUCKDB_MEMORY_LIMIT"):
+            Loader(store, wh).load_keys([huge])
+        assert wh.query("SELECT count(*) FROM _gleanpipe.errors")[1] == [(0,)]
     finally:
         wh.close()
     monkeypatch.delenv("GLEANPIPE_DUCKDB_MEMORY_LIMIT")

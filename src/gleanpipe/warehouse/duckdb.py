@@ -98,6 +98,13 @@ def view_of(table: str) -> str | None:
 JSON_OBJECT_BYTES = 16 * 1024 * 1024  # read_json's maximum_object_size for rows shorter than this (its default)
 
 
+def out_of_memory(exc: Exception) -> str:
+    """DuckDB's out-of-memory error with what a gleanpipe user can do, in place of its advice
+    (SET threads, SET memory_limit), which no gleanpipe command takes."""
+    return (f"{str(exc).splitlines()[0]}\nDuckDB's memory limit is GLEANPIPE_DUCKDB_MEMORY_LIMIT "
+            "(default: 80% of the machine's memory): raise it, or ask for less (a LIMIT, fewer columns).")
+
+
 class DuckDBWarehouse(Warehouse):
     def __init__(self, path: str, *, read_only: bool = False, environ=None):
         from ..config import duckdb_memory_limit
@@ -491,6 +498,8 @@ class DuckDBWarehouse(Warehouse):
                 raise RowDataError(TEMP_FILE_RE.sub("", str(exc).splitlines()[0])) from exc
             except (duckdb.IOException, duckdb.TransactionException) as exc:
                 raise WarehouseUnavailable(str(exc)) from exc
+            except duckdb.OutOfMemoryException as exc:  # retried: the pings stay until the limit is raised
+                raise WarehouseUnavailable(out_of_memory(exc)) from exc
 
     def _write_groups(self, groups: dict[tuple[str, str], dict[str, PingRow]], errors: list[LoadError],
                       now: str) -> WriteResult:
@@ -626,6 +635,8 @@ class DuckDBWarehouse(Warehouse):
                 yield columns
                 while columns and (rows := cur.fetchmany(page_rows)):
                     yield rows
+            except duckdb.OutOfMemoryException as exc:
+                raise duckdb.OutOfMemoryException(out_of_memory(exc)) from None
             except duckdb.TransactionException as exc:
                 if "read-only" not in str(exc):
                     raise
