@@ -77,7 +77,9 @@ def test_records_round_trip_and_a_damaged_record_is_not_read():
     assert [k for _, _, k, _ in decode_records(buf[:-1])] == ["raw/k0.json", "raw/k1.json"]  # cut short
 
 
-def test_torn_tail_is_skipped_once_its_writer_is_gone(store, warehouse):
+def test_torn_tail_is_skipped_once_its_writer_is_gone(store, warehouse, caplog):
+    import logging
+
     pings, seg = spooled(store, 3)
     torn_key, torn_data = raw(seq=99)
     torn = encode_record(torn_key, torn_data)[:-10]  # a crash in the middle of the 4th write
@@ -85,8 +87,10 @@ def test_torn_tail_is_skipped_once_its_writer_is_gone(store, warehouse):
         f.write(torn)
     reader = SpoolReader(store)
     thread = LoaderThread(reader, Loader(reader, warehouse), batch=100, interval_s=0.01)
-    assert thread.step() == 3
+    with caplog.at_level(logging.WARNING, logger="gleanpipe.spool"):
+        assert thread.step() == 3
     assert reader.stats["torn_bytes"] == len(torn)
+    assert [r.levelname for r in caplog.records if "never acknowledged" in r.getMessage()] == ["WARNING"]
     assert sorted(warehouse.query(f"SELECT ping_info.seq FROM {DATASET}.baseline_v1 ORDER BY 1")[1]) == [(0,), (1,), (2,)]
     assert [store.get(k) for k, _ in pings] == [d for _, d in pings]
     assert not (store.root / torn_key).exists()
@@ -121,15 +125,24 @@ def test_entries_of_the_spool_folder_that_are_no_segment_are_left_alone(store, d
     assert sorted(p.name for p in folder.iterdir()) == ["01796588999999999998-1-dir.seg", "junk.seg", "notes.txt"]
 
 
-def test_damage_in_the_middle_skips_only_the_damaged_record(store):
+def test_damage_in_the_middle_skips_only_the_damaged_record(store, caplog):
+    """Only the damaged record is lost, and the log says that it may have been acknowledged (it
+    called every skip "a write cut short by a crash, never acknowledged", which is what a torn tail
+    is, not damage between intact records)."""
+    import logging
+
     pings, seg = spooled(store, 3)
     buf = bytearray(seg.read_bytes())
     first_len = len(encode_record(*pings[0]))
     buf[first_len + 30] ^= 0xFF
     seg.write_bytes(bytes(buf))
     reader = SpoolReader(store)
-    assert [k for _, k in reader.pending(10)] == [pings[0][0], pings[2][0]]
+    with caplog.at_level(logging.WARNING, logger="gleanpipe.spool"):
+        assert [k for _, k in reader.pending(10)] == [pings[0][0], pings[2][0]]
     assert reader.stats["torn_bytes"] == len(encode_record(*pings[1]))
+    (said,) = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert said.levelname == "ERROR" and "between intact records" in said.getMessage()
+    assert "a ping that was acknowledged may be lost" in said.getMessage()
 
 
 def test_a_record_being_written_is_waited_for_not_skipped(store):

@@ -229,8 +229,14 @@ class SpoolReader(RawStore):
             at = rest.find(MAGIC, at + 1)
         skipped = len(rest) if at == -1 else at
         self.stats["torn_bytes"] += skipped
-        log.warning("spool segment %s: skipped %d bytes that are not an intact record at offset %d "
-                    "(a write cut short by a crash, never acknowledged)", seg.name, skipped, seg.offset)
+        if at == -1:  # the end of what was written: the last write was cut short
+            log.warning("spool segment %s: skipped %d bytes that are not an intact record at offset %d "
+                        "(a write cut short, by a crash or a full disk: never acknowledged)",
+                        seg.name, skipped, seg.offset)
+        else:  # intact records follow: the file was damaged after it was written
+            log.error("spool segment %s: skipped %d damaged bytes at offset %d, between intact records: "
+                      "the file was changed after it was written (a disk error?), and a ping that was "
+                      "acknowledged may be lost", seg.name, skipped, seg.offset)
         seg.offset += skipped
         if at == -1 and at_end:
             seg.finished = True
