@@ -36,7 +36,7 @@ def _once(build):
             return cached()
 
     cached = functools.lru_cache(maxsize=1)(build)
-    get.cache_clear = cached.cache_clear
+    get.cache_clear, get.cache_info = cached.cache_clear, cached.cache_info
     return get
 
 
