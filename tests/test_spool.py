@@ -878,6 +878,43 @@ def test_a_full_disk_gets_503s_and_no_new_segment_per_batch(tmp_path):
         subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: a failed test may leave a file open
 
 
+def test_a_store_that_fails_every_ping_is_logged_once_per_interval_with_a_count(tmp_path, caplog):
+    """A full disk: each ping gets its 503 (the SDK retries), but the log got a line per ping, 37,235
+    in 25 s, perhaps onto the full disk itself. One line per SubmitHandler.STORE_ERROR_LOG_S now,
+    and the next one counts the 503s between. A real full disk: a 1 MiB tmpfs, filled by a file."""
+    import logging
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        store = LocalStore(disk / "store")
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        try:  # fill the disk to the last byte
+            for size in (65536, 4096, 1):
+                try:
+                    while True:
+                        os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        handler = SubmitHandler(Config.from_env(environ={"GLEANPIPE_DEBUG_INDEX": "off"}), store)
+        headers = {k.lower(): v for k, v in {**SDK_HEADERS, "Content-Encoding": "gzip"}.items()}
+        send = lambda: handler.handle("POST", submit_path("metrics", str(uuid.uuid4())), headers, gz(make_ping()))
+        with caplog.at_level(logging.WARNING, logger="gleanpipe.submit"):
+            assert [send().status for _ in range(30)] == [503] * 30
+            lines = [r.getMessage() for r in caplog.records if "503 for" in r.getMessage()]
+            assert len(lines) == 1 and "No space left on device" in lines[0] and "more 503s" not in lines[0]
+            handler.STORE_ERROR_LOG_S = 0  # the interval is over
+            assert send().status == 503
+            lines = [r.getMessage() for r in caplog.records if "503 for" in r.getMessage()]
+        assert len(lines) == 2 and lines[1].endswith("(and 29 more 503s since the last such line)"), lines
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
 def test_a_segment_that_cannot_be_retired_is_said_once_a_minute_not_per_look(store, monkeypatch, caplog):
     """Before: with `.spool` not writable, "could not retire spool segments yet" was logged on every
     look of the loader, about 20 times a second. A mock: as root (the test suite here) a folder's

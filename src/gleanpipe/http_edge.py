@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -116,6 +118,10 @@ def _readable(path: str) -> str:
 class SubmitHandler:
     """Framework-free core of submit: (method, path, headers, body) -> Response."""
 
+    # A store in trouble fails every request alike: one log line per this many seconds, with how
+    # many more 503s there were (a full disk wrote 37,235 lines in 25 s, maybe onto that disk)
+    STORE_ERROR_LOG_S = 10.0
+
     def __init__(self, config: Config, store: RawStore, validator: PingValidator | None = None,
                  now: Callable[[], datetime] | None = None, debug_index: DebugIndex | None = None):
         self.config = config
@@ -124,6 +130,18 @@ class SubmitHandler:
         self.debug = (debug_index or DebugIndex.from_config(config, store)) if config.debug_index else None
         self.validator = validator or default_validator()
         self.now = now or (lambda: datetime.now(timezone.utc))
+        self._said = threading.Lock()
+        self._said_at: float | None = None  # when a 503 was last logged
+        self._unsaid = 0  # 503s since then, not logged
+
+    def _say_503(self, line: str) -> None:
+        with self._said:
+            now = time.monotonic()
+            if self._said_at is not None and now - self._said_at < self.STORE_ERROR_LOG_S:
+                self._unsaid += 1
+                return
+            unsaid, self._unsaid, self._said_at = self._unsaid, 0, now
+        log.warning("%s%s", line, f" (and {unsaid} more 503s since the last such line)" if unsaid else "")
 
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
                declared_length: int | None = None, body_problem: Rejected | None = None) -> Response:
@@ -153,7 +171,7 @@ class SubmitHandler:
         except Rejected as rej:
             return self._reject(rej, meta, body)
         except StoreError as exc:  # why goes to the operator's log only: it names folders, buckets, keys
-            log.warning("503 for %s: %s", path, exc)
+            self._say_503(f"503 for {path}: {exc}")
             return _error(503, "store_unavailable", "could not store the ping, retry later (the server's log says why)",
                           **{"Retry-After": "5"})
         if self.debug is not None and meta["headers"]["x_debug_id"] is not None:
@@ -217,7 +235,7 @@ class SubmitHandler:
         try:
             self.store.put_new(key, orjson.dumps(record), notify=False)
         except StoreError as exc:
-            log.warning("503 for %s (rejected %s, reason not kept): %s", meta["uri"], rej.error_type, exc)
+            self._say_503(f"503 for {meta['uri']} (rejected {rej.error_type}, reason not kept): {exc}")
             return _error(503, "store_unavailable",
                           "could not record the rejection, retry later (the server's log says why)",
                           **{"Retry-After": "5"})
