@@ -635,8 +635,7 @@ def test_ctrl_c_stops_a_query_on_the_file_whenever_it_comes(tmp_path):
             if query.poll() is None:
                 query.kill()
                 query.communicate()
-        assert (query.returncode, out) == (1, ""), (delay, err)
-        assert "Traceback" not in err, err
+        assert (query.returncode, out, err) == (130, "", "interrupted\n"), delay  # as the shell says a Ctrl-C
     wh = DuckDBWarehouse(path)  # the file was let go: this process may write to it
     try:
         assert wh.read_query("SELECT 1 AS a") == (["a"], [(1,)])

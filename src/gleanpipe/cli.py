@@ -190,6 +190,9 @@ class _Commands(click.Group):
             sys.exit(0)
         except OSError as exc:  # a folder that cannot be made or used (under a file, read-only, /proc, ...)
             raise click.ClickException(_os_error(exc)) from None
+        except KeyboardInterrupt:  # Ctrl-C: 130, as replay and the shell say it, not click's "Aborted!" and 1
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
 
 def _this_command() -> str:
