@@ -794,3 +794,44 @@ def test_rows_a_killed_loader_left_are_removed_by_the_next_writer(tmp_path):
     finally:
         wh.close()
     assert os.listdir(f"{path}.load-tmp") == []
+
+
+def test_a_full_disk_under_the_duckdb_loader_names_the_file_it_could_not_write(store, tmp_path):
+    """The DuckDB loader writes a batch's rows to a file beside the warehouse for read_json. On a
+    full disk serve's log and `status` said only "[Errno 28] No space left on device". Now the
+    error names the file, and the load is one to retry: no load error is recorded, and the ping
+    loads once there is room. A real full disk: a 1 MiB tmpfs, filled by a file."""
+    import errno
+    import subprocess
+
+    from gleanpipe.warehouse import WarehouseUnavailable
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        wh = open_warehouse(f"duckdb://{disk / 'warehouse.duckdb'}")
+        key = put_ping(store, make_ping(CLIENT_A))
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            for size in (65536, 4096, 1):
+                try:
+                    while True:
+                        os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        try:
+            with pytest.raises(WarehouseUnavailable, match=r"cannot write the rows to load to .*/rows\.ndjson: "
+                                                            r"No space left on device"):
+                Loader(store, wh).load_keys([key])
+            filler.unlink()
+            assert Loader(store, wh).load_keys([key]).inserted == 1
+            assert wh.query("SELECT count(*) FROM _gleanpipe.errors")[1] == [(0,)]
+        finally:
+            wh.close()
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)

@@ -380,8 +380,11 @@ class DuckDBWarehouse(Warehouse):
             f"columns = {spec}, maximum_object_size = {longest + 1}) AS new {where}"
         )
         try:
-            with open(path, "wb") as f:
-                f.write(b"\n".join(rows))
+            try:
+                with open(path, "wb") as f:
+                    f.write(b"\n".join(rows))
+            except OSError as exc:  # a full disk, say: which file, not only "[Errno 28]"
+                raise WarehouseUnavailable(f"cannot write the rows to load to {path}: {exc.strerror or exc}") from exc
             return self.con.execute(sql, [path]).fetchone()[0]
         finally:  # ping data is not left lying about in the temp folder
             try:
