@@ -292,3 +292,34 @@ def duckdb_held_elsewhere(path: Path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def small_disk(tmp_path: Path, size: str = "1m"):
+    """A real small disk for full-disk tests: a tmpfs of ``size`` mounted under ``tmp_path``
+    (the test is skipped where none can be mounted)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: a failed test may leave a file open
+
+
+def fill_disk(path: Path) -> None:
+    """Write the file ``path`` until its disk has not one byte left."""
+    import errno
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (65536, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)

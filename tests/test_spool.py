@@ -18,7 +18,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, children, gz, make_ping, post, run_cli, submit_path
+from conftest import (APP, DATASET, SDK_HEADERS, ServeProcess, children, fill_disk, gz, make_ping, post, run_cli,
+                      small_disk, submit_path)
 from gleanpipe import rawobject
 from gleanpipe.config import Config
 from gleanpipe.http_edge import SubmitHandler
@@ -842,25 +843,12 @@ def test_a_full_disk_gets_503s_and_no_new_segment_per_batch(tmp_path):
     """Before: every batch that failed on a full disk left its segment and opened a new one, which
     the next batch failed to write as well: 24,719 empty segments in 20 s on a 4 MiB disk. A real
     full disk: a 1 MiB tmpfs, filled by a file, emptied again."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_disk(tmp_path) as disk:
         store = LocalStore(disk / "store")
         writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
         writer.append(*raw(seq=0))  # the segment exists and holds one record
         filler = disk / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        try:  # fill the disk to the last byte
-            for size in (65536, 4096, 1):
-                try:
-                    while True:
-                        os.write(fd, b"\0" * size)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+        fill_disk(filler)
         for seq in range(1, 21):  # each record larger than a page: it cannot fit in what the segment has
             key, _ = raw(seq=seq)
             with pytest.raises(StoreError, match="No space left on device"):
@@ -874,8 +862,6 @@ def test_a_full_disk_gets_503s_and_no_new_segment_per_batch(tmp_path):
         writer.close()
         assert len(segments(store)) == 2
         assert [k for _, _, k, _ in decode_records(segments(store)[-1].read_bytes())] == [later[0]]
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: a failed test may leave a file open
 
 
 def test_a_store_that_fails_every_ping_is_logged_once_per_interval_with_a_count(tmp_path, caplog):
@@ -884,22 +870,9 @@ def test_a_store_that_fails_every_ping_is_logged_once_per_interval_with_a_count(
     and the next one counts the 503s between. A real full disk: a 1 MiB tmpfs, filled by a file."""
     import logging
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_disk(tmp_path) as disk:
         store = LocalStore(disk / "store")
-        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
-        try:  # fill the disk to the last byte
-            for size in (65536, 4096, 1):
-                try:
-                    while True:
-                        os.write(fd, b"\0" * size)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+        fill_disk(disk / "filler")
         handler = SubmitHandler(Config.from_env(environ={"GLEANPIPE_DEBUG_INDEX": "off"}), store)
         headers = {k.lower(): v for k, v in {**SDK_HEADERS, "Content-Encoding": "gzip"}.items()}
         send = lambda: handler.handle("POST", submit_path("metrics", str(uuid.uuid4())), headers, gz(make_ping()))
@@ -911,8 +884,6 @@ def test_a_store_that_fails_every_ping_is_logged_once_per_interval_with_a_count(
             assert send().status == 503
             lines = [r.getMessage() for r in caplog.records if "503 for" in r.getMessage()]
         assert len(lines) == 2 and lines[1].endswith("(and 29 more 503s since the last such line)"), lines
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=True)
 
 
 def test_a_segment_that_cannot_be_retired_is_said_once_a_minute_not_per_look(store, monkeypatch, caplog):

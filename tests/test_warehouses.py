@@ -801,37 +801,19 @@ def test_a_full_disk_under_the_duckdb_loader_names_the_file_it_could_not_write(s
     full disk serve's log and `status` said only "[Errno 28] No space left on device". Now the
     error names the file, and the load is one to retry: no load error is recorded, and the ping
     loads once there is room. A real full disk: a 1 MiB tmpfs, filled by a file."""
-    import errno
-    import subprocess
-
+    from conftest import fill_disk, small_disk
     from gleanpipe.warehouse import WarehouseUnavailable
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_disk(tmp_path) as disk:
         wh = open_warehouse(f"duckdb://{disk / 'warehouse.duckdb'}")
-        key = put_ping(store, make_ping(CLIENT_A))
-        filler = disk / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
         try:
-            for size in (65536, 4096, 1):
-                try:
-                    while True:
-                        os.write(fd, b"\0" * size)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
-        try:
+            key = put_ping(store, make_ping(CLIENT_A))
+            fill_disk(disk / "filler")
             with pytest.raises(WarehouseUnavailable, match=r"cannot write the rows to load to .*/rows\.ndjson: "
                                                             r"No space left on device"):
                 Loader(store, wh).load_keys([key])
-            filler.unlink()
+            (disk / "filler").unlink()
             assert Loader(store, wh).load_keys([key]).inserted == 1
             assert wh.query("SELECT count(*) FROM _gleanpipe.errors")[1] == [(0,)]
         finally:
             wh.close()
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=True)
