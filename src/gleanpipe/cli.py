@@ -13,6 +13,7 @@ import queue
 import shlex
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -740,10 +741,7 @@ def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_fi
         raise
     except Exception as exc:
         raise click.ClickException(str(exc)) from None
-    created: dict[str, int] = {}
-    for column in result["columns_added"]:  # dataset.table.metrics.<type>.<column>
-        table = column.split(".")[1]
-        created[table] = created.get(table, 0) + 1
+    created = Counter(column.split(".")[1] for column in result["columns_added"])  # dataset.table.metrics.<type>.<col>
     where = " (" + ", ".join(f"{n} in {t}" for t, n in sorted(created.items())) + ")" if created else ""
     click.echo(f"{result['app_id']} (dataset {result['dataset']}): {result['metrics']} metrics, "
                f"{result['pings']} pings, in {', '.join(result['tables']) or 'no table'}; "

@@ -54,6 +54,10 @@ from collections.abc import Iterator
 SPOOL = ".spool"
 SUFFIX = ".seg"
 SEGMENT_RE = re.compile(r"\d{20}-[^/]+\.seg")  # <ns>-<pid>-<rand>.seg, as the writers name them
+MAGIC = b"GPS1"
+HEAD = struct.Struct("<4sII")  # magic, body length, crc32(body)
+KEYLEN = struct.Struct("<H")
+MAX_BODY = 64 * 1024 * 1024  # largest record body the reader takes as intact (see largest_payload)
 
 
 def segment_files(folder, listing: list[str] | None = None) -> tuple[list[str], list[str]]:
@@ -70,10 +74,6 @@ def segment_files(folder, listing: list[str] | None = None) -> tuple[list[str], 
             continue
         (segments if regular and SEGMENT_RE.fullmatch(name) else strays).append(name)
     return segments, strays
-MAGIC = b"GPS1"
-HEAD = struct.Struct("<4sII")  # magic, body length, crc32(body)
-KEYLEN = struct.Struct("<H")
-MAX_BODY = 64 * 1024 * 1024  # largest record body the reader takes as intact (see largest_payload)
 
 
 def largest_payload(max_uri_bytes: int, max_header_bytes: int) -> int:

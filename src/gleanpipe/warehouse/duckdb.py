@@ -24,6 +24,7 @@ from pathlib import Path
 
 import duckdb
 
+from ..config import duckdb_memory_limit
 from ..naming import parse_key, view_name
 from ..naming import quote_ident as q
 from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
@@ -107,8 +108,6 @@ def out_of_memory(exc: Exception) -> str:
 
 class DuckDBWarehouse(Warehouse):
     def __init__(self, path: str, *, read_only: bool = False, environ=None):
-        from ..config import duckdb_memory_limit
-
         self.path = path
         self.url = f"duckdb://{path}"
         self.read_only = read_only
@@ -618,13 +617,14 @@ class DuckDBWarehouse(Warehouse):
         with self._reader() as cur:
             cur.execute("SET TimeZone = 'UTC'")
             cur.execute("BEGIN TRANSACTION READ ONLY")
-            missing = None
             try:
                 try:
                     cur.execute(sql, params or None)
-                except duckdb.CatalogException as exc:
-                    missing = exc
-                    return
+                except duckdb.CatalogException as exc:  # this transaction is aborted: the catalog is read apart
+                    message = missing_table.with_hint(str(exc), sql, self._datasets())
+                    if message is None:
+                        raise
+                    raise duckdb.CatalogException(message) from None
                 columns = [d[0] for d in cur.description or ()]
                 types = [str(d[1]) for d in cur.description or ()]
                 if any("INTERVAL" in t for t in types):
@@ -648,19 +648,14 @@ class DuckDBWarehouse(Warehouse):
             finally:
                 cur.abort()  # a result not fetched to its end (the reader stopped early): let it go
                 cur.execute("ROLLBACK")
-                if missing is not None:
-                    message = missing_table.with_hint(str(missing), sql, self._datasets(cur))
-                    if message is None:
-                        raise missing
-                    raise duckdb.CatalogException(message) from None
 
-    @staticmethod
-    def _datasets(cur) -> dict[str, list[str]]:
+    def _datasets(self) -> dict[str, list[str]]:
         """Each app dataset's tables and views, by name (for ``missing_table.with_hint``)."""
-        rows = cur.execute(
-            "SELECT schema_name, table_name FROM duckdb_tables() WHERE NOT internal AND NOT temporary "
-            "UNION SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary "
-            "ORDER BY 1, 2").fetchall()
+        with self._reader() as cur:
+            rows = cur.execute(
+                "SELECT schema_name, table_name FROM duckdb_tables() WHERE NOT internal AND NOT temporary "
+                "UNION SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary "
+                "ORDER BY 1, 2").fetchall()
         out: dict[str, list[str]] = {}
         for schema, name in rows:
             if schema not in (META, "main"):
