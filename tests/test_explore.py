@@ -517,3 +517,53 @@ def test_one_export_at_a_time_into_a_folder_and_a_stopped_ones_temp_file_goes(tm
         con.close()
     assert result.written == ["app"] and not (out / "app.db.tmp").exists()
     assert sqlite3.connect(out / "app.db").execute("SELECT document_id FROM metrics_v1").fetchall() == [("d-1",)]
+
+
+def test_ctrl_c_stops_an_export_from_the_file_whenever_it_comes(tmp_path):
+    """With serve stopped, explore reads the DuckDB file itself, and a view can take long (the
+    warehouse's own views read every ping table). DuckDB looks for Ctrl-C only between pieces of
+    work: a Ctrl-C in the middle of such a view went unnoticed until it ended. The export runs
+    beside the thread that waits for Ctrl-C now, which interrupts its read."""
+    path = str(tmp_path / "w.duckdb")
+    con = duckdb.connect(path)
+    con.execute("CREATE SCHEMA app; CREATE TABLE app.metrics_v1 (document_id VARCHAR); "
+                "INSERT INTO app.metrics_v1 VALUES ('d-1'); CREATE VIEW app.slow AS "
+                "SELECT count(*) AS n FROM range(1000000000000) AS a, range(10) AS b")
+    con.close()
+    out = tmp_path / "out"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+
+    def has_open(pid):
+        try:
+            return any(os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return False
+
+    for delay in (0.0, 0.5, 2.0):
+        proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "explore", "--export-only", "--out", str(out),
+                                 "--warehouse-url", f"duckdb://{path}", "--data-dir", str(tmp_path / "d")],
+                                env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not has_open(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert (proc.returncode, stdout, stderr) == (130, "", "interrupted\n"), delay
+    con = duckdb.connect(path)  # the file was let go: this process may write to it
+    try:
+        con.execute("DROP VIEW app.slow")
+    finally:
+        con.close()
+    con = duckdb.connect(path, read_only=True)
+    try:  # and the folder's lock too: the next export runs, and takes the place of a stopped one's file
+        result = ex.export(ex.Source.from_duckdb(con, "w"), out)
+    finally:
+        con.close()
+    assert result.written == ["app"] and list(out.glob("*.tmp")) == []
+    assert sqlite3.connect(out / "app.db").execute("SELECT document_id FROM metrics_v1").fetchall() == [("d-1",)]

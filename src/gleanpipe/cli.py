@@ -175,6 +175,34 @@ def _beside(items, interrupt):
         producer.join(30)
 
 
+def _off_main(work, interrupt):
+    """``work()``, run by a thread of its own while this one waits for it: as for ``_beside``, this
+    thread gets the Ctrl-C, and ``interrupt`` (if any) stops the DuckDB read under way."""
+    if interrupt is None:
+        return work()
+    done: dict = {}
+    ended = threading.Event()  # not Thread.join: a Ctrl-C inside join() marks a running thread as ended (3.11)
+
+    def run() -> None:
+        try:
+            done["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
+            done["error"] = exc
+        finally:
+            ended.set()
+
+    threading.Thread(target=run, name="gleanpipe-read", daemon=True).start()
+    try:
+        ended.wait()
+    except KeyboardInterrupt:
+        interrupt()
+        ended.wait(30)  # the work's own clean-up (its temporary file, its lock) runs in its thread
+        raise
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
+
+
 class _Commands(click.Group):
     def invoke(self, ctx):
         from .storage.base import StoreError
@@ -553,7 +581,7 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
         else:
             wh = _open_local(config, read_only=True)
             source = ex.Source.from_duckdb(wh.con, wh.path)
-        result = ex.export(source, out_dir, force=force)
+        result = _off_main(lambda: ex.export(source, out_dir, force=force), source.interrupt)
     except (RuntimeError, OSError, ValueError) as exc:
         raise click.ClickException(f"export failed: {exc}") from None
     finally:

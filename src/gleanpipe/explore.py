@@ -28,9 +28,11 @@ export is never opened.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -128,8 +130,10 @@ Query = Callable[[str, list | None], tuple[list[str], list[tuple]]]
 class Source:
     """Rows of the warehouse: ``query`` for small answers, ``batches`` for a whole relation."""
 
-    def __init__(self, query: Query, batches: Callable[[Relation, str, int], Iterator[list[tuple]]], where: str):
+    def __init__(self, query: Query, batches: Callable[[Relation, str, int], Iterator[list[tuple]]], where: str,
+                 interrupt: Callable[[], None] | None = None):
         self.query, self.batches, self.where = query, batches, where
+        self.interrupt = interrupt  # stops the reads running now, from another thread (None: not needed)
 
     @classmethod
     def from_server(cls, client) -> "Source":
@@ -169,29 +173,41 @@ class Source:
 
     @classmethod
     def from_duckdb(cls, con: "duckdb.DuckDBPyConnection", path: str) -> "Source":
-        """The DuckDB file itself, opened read-only by the caller."""
+        """The DuckDB file itself, opened read-only by the caller. ``interrupt`` stops its reads."""
         con.execute("SET TimeZone = 'UTC'")
+        open_cursors: set = set()
+        changed = threading.Lock()
+
+        @contextlib.contextmanager
+        def cursor():
+            with changed:
+                cur = con.cursor()
+                open_cursors.add(cur)
+            try:
+                cur.execute("SET TimeZone = 'UTC'")
+                yield cur
+            finally:
+                with changed:  # closed here, so that no interrupt() reaches a closed cursor
+                    open_cursors.discard(cur)
+                    cur.close()
 
         def query(sql, params=None):
-            cur = con.cursor()
-            try:
-                cur.execute("SET TimeZone = 'UTC'")
+            with cursor() as cur:
                 cur.execute(sql, params or [])
                 return [d[0] for d in cur.description], cur.fetchall()
-            finally:
-                cur.close()
 
         def batches(rel: Relation, select: str, size: int):
-            cur = con.cursor()
-            try:
-                cur.execute("SET TimeZone = 'UTC'")
+            with cursor() as cur:
                 cur.execute(f"SELECT {select} FROM {rel.ref}")
                 while rows := cur.fetchmany(size):
                     yield rows
-            finally:
-                cur.close()
 
-        return cls(query, batches, f"{path} (read-only)")
+        def interrupt() -> None:
+            with changed:
+                for cur in open_cursors:
+                    cur.interrupt()
+
+        return cls(query, batches, f"{path} (read-only)", interrupt)
 
 
 # --- export --------------------------------------------------------------------------------
