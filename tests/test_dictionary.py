@@ -71,6 +71,24 @@ def test_apps_add_shows_parse_errors_compactly(tmp_path):
     assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # nothing written on bad input
 
 
+def test_apps_add_warns_of_metrics_that_share_a_column(tmp_path):
+    """a.b_c and a_b.c are both valid Glean ids and both become the column a_b_c: a counter of each
+    lands in one column, and nothing said so."""
+    common = ("    lifetime: ping\n    send_in_pings: [metrics]\n    bugs: [https://example.com/1]\n"
+              "    data_reviews: [https://example.com/1]\n    notification_emails: [t@example.com]\n"
+              "    expires: never\n    description: A metric.\n")
+    metrics = tmp_path / "metrics.yaml"
+    metrics.write_text("---\n$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0\n"
+                       "a:\n  b_c:\n    type: counter\n" + common + "  b_d:\n    type: counter\n" + common +
+                       "a_b:\n  c:\n    type: counter\n" + common + "  d:\n    type: string\n" + common)
+    out = cli(tmp_path / "data", "apps", "add", "odd", "--metrics", str(metrics))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "odd (dataset odd): 4 metrics, 0 pings, in metrics_v1; 3 columns created (3 in metrics_v1)\n"
+    # a.b_d (counter) and a_b.d (string) have columns of their own: only a.b_c and a_b.c share one
+    assert out.stderr == ("warning: a.b_c and a_b.c share the column metrics.counter.a_b_c: their values cannot be "
+                          "told apart (in one ping, the second goes to additional_properties); rename one\n")
+
+
 def test_definitions_precreate_columns_with_the_loader_types(site):
     app = api(site, f"apps/{DATASET}.json")
     by_table: dict[str, dict[tuple[str, str], str]] = {}

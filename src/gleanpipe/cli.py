@@ -745,7 +745,7 @@ def apps() -> None:
               help="A pings.yaml (repeatable).")
 def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_files) -> None:
     """Parse an app's definitions with glean_parser, store them and pre-create their columns."""
-    from .dictionary.definitions import DefinitionError, parse
+    from .dictionary.definitions import DefinitionError, parse, shared_columns
 
     config = _config(data_dir, store_url, warehouse_url)
     _dictionary_warehouse(config, "apps add")
@@ -779,6 +779,8 @@ def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_fi
         other = f" (another app id for dataset {result['dataset']})" if before["app_id"] != result["app_id"] else ""
         click.echo(f"replaced the definitions of {before['app_id']}{other}: {before['metrics']} metrics, "
                    f"{before['pings']} pings")
+    for message in shared_columns(app):
+        click.echo(f"warning: {message}", err=True)
 
 
 @apps.command("list")

@@ -169,6 +169,18 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
     return {"app_id": app_id, "dataset": dataset_name(app_id), "metrics": metrics, "pings": pings}
 
 
+def shared_columns(app: dict) -> list[str]:
+    """Metrics of one type whose ids differ only by '.' and '_' (``a.b_c``, ``a_b.c``): one column
+    ``metrics.<type>.a_b_c`` holds both, and its values cannot be told apart."""
+    by_column: dict[tuple[str, str], list[str]] = {}
+    for metric in app["metrics"]:
+        if metric.get("wire_type"):
+            by_column.setdefault((metric["wire_type"], metric["column"]), []).append(metric["id"])
+    return [f"{' and '.join(ids)} share the column metrics.{wire}.{column}: their values cannot be told apart "
+            "(in one ping, the second goes to additional_properties); rename one"
+            for (wire, column), ids in sorted(by_column.items()) if len(ids) > 1]
+
+
 def columns_to_create(app: dict) -> dict[str, dict[str, set[str]]]:
     """Table -> metric type -> columns that the definitions say will arrive there."""
     out: dict[str, dict[str, set[str]]] = {}
