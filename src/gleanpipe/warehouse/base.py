@@ -62,6 +62,18 @@ class LoadError:
     document_id: str | None = None
 
 
+def first_per_document(rows) -> tuple[dict, int]:
+    """(dataset, table) -> document id -> the batch's first row of it, and how many rows repeat a
+    document id (two app ids that make one dataset, ``org.example`` and ``org-example``, can both
+    send it): those count as duplicates, as a row already in the table does."""
+    groups: dict = {}
+    repeated = 0
+    for r in rows:
+        if groups.setdefault((r.path.dataset, r.path.table), {}).setdefault(r.path.document_id, r) is not r:
+            repeated += 1
+    return groups, repeated
+
+
 @dataclass
 class WriteResult:
     inserted: int = 0

@@ -34,7 +34,7 @@ from ..table_schema import (EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_S
                             TS, INT, T, metrics_struct, struct)
 from ..transform import PingRow
 from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
-                   WarehouseUnavailable, WriteResult, dedup_view_query)
+                   WarehouseUnavailable, WriteResult, dedup_view_query, first_per_document)
 
 log = logging.getLogger(__name__)
 
@@ -435,11 +435,9 @@ class BigQueryWarehouse(Warehouse):
             return self._guard(self._write, rows, errors)
 
     def _write(self, rows: list[PingRow], errors: list[LoadError]) -> WriteResult:
-        result = WriteResult(errors=len(errors))
+        groups, repeated = first_per_document(rows)
+        result = WriteResult(errors=len(errors), duplicates=repeated)
         now = datetime.now(timezone.utc).isoformat()
-        groups: dict[tuple[str, str], dict[str, PingRow]] = {}
-        for r in rows:  # first row per document_id within the batch
-            groups.setdefault((r.path.dataset, r.path.table), {}).setdefault(r.path.document_id, r)
         self._ensure_meta()  # once per process: the deletions list is read before any row goes in
         for (dataset, table), by_id in groups.items():
             deleted = self._deleted_clients(dataset)

@@ -31,7 +31,8 @@ from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_ST
 from ..transform import PingRow
 from . import missing_table
 from .base import (DELETION_TABLE, EVENTS_KEY, META, QUERY_PAGE_ROWS, DeletionAttempt, LoadError, RowDataError,
-                   Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query, in_pages)
+                   Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query,
+                   first_per_document, in_pages)
 log = logging.getLogger("gleanpipe.warehouse")
 
 
@@ -485,17 +486,20 @@ class DuckDBWarehouse(Warehouse):
         if self.read_only:
             raise RuntimeError("warehouse opened read-only")
         now = datetime.now(timezone.utc).isoformat()
-        groups: dict[tuple[str, str], dict[str, PingRow]] = {}
         errors = list(errors)
-        for r in rows:  # first row per document_id within the batch
+        usable = []
+        for r in rows:
             if r.path.dataset in self._unusable:
                 errors.append(LoadError(r.key, "warehouse", self._unusable_reason(r.path.dataset),
                                         r.path.app_id, r.path.doc_type, r.path.document_id))
-                continue
-            groups.setdefault((r.path.dataset, r.path.table), {}).setdefault(r.path.document_id, r)
+            else:
+                usable.append(r)
+        groups, repeated = first_per_document(usable)
         with self._lock:
             try:
-                return self._transaction(lambda: self._write_groups(groups, errors, now))
+                result = self._transaction(lambda: self._write_groups(groups, errors, now))
+                result.duplicates += repeated
+                return result
             except DATA_ERRORS as exc:  # where in the loader's temp file says nothing to a reader
                 raise RowDataError(TEMP_FILE_RE.sub("", str(exc).splitlines()[0])) from exc
             except (duckdb.IOException, duckdb.TransactionException) as exc:
