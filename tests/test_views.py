@@ -338,3 +338,27 @@ def test_view_days_are_utc_days_in_any_session_zone(loaded, config):
         assert counter == [("2026-11-21", 10.0), ("2026-11-22", 7.0)]
     finally:
         con.close()
+
+
+def test_metric_daily_sums_doubles_so_a_huge_counter_cannot_fail_bigquerys_view():
+    """BigQuery's SUM of INT64 fails on overflow ("Int64 overflow"), and metric_daily is one
+    UNION ALL per app: a client sending a counter near 2^63 would fail the whole view. bqemulator
+    runs on DuckDB, whose sum of BIGINT widens to HUGEINT, so it cannot show the failure; the
+    BigQuery SQL is checked instead: every SUM in every part is of a double."""
+    import re
+
+    from gleanpipe.views import BIGQUERY, DUCKDB, metric_part
+
+    for mtype in sorted(AGGREGATED_TYPES):
+        for dialect, double in ((BIGQUERY, "FLOAT64"), (DUCKDB, "DOUBLE")):
+            sql = metric_part("src", "metrics_v1", mtype, "toolbox_x", dialect)
+            sums = re.findall(r"(?i)\bsum\((.*?)\)", sql)
+            assert len(sums) >= 4, (mtype, sql)  # samples, sum_value and avg_value's two
+            assert all(s.startswith("CAST(") and s.endswith(f" AS {double}") for s in sums), (mtype, dialect, sums)
+
+
+def test_metric_daily_sums_counters_near_2_to_the_63(store, warehouse):
+    keys = [put(store, make_ping(A, metrics={"counter": {"toolbox.big": v}}), "metrics", DAY1) for v in (2**63 - 1, 1000)]
+    assert Loader(store, warehouse).load_keys(keys).inserted == 2
+    [r] = metric(warehouse, "toolbox_big")
+    assert (r["pings"], r["samples"], r["sum_value"], r["max_value"]) == (2, 2.0, 2.0**63 + 1000, 2.0**63)

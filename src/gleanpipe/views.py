@@ -73,7 +73,7 @@ DUCKDB = Dialect(day=DAY, types={}, quote=q, empty_from="",
 BIGQUERY = Dialect(day="DATE(submission_timestamp)",
                    types={"INTEGER": "INT64", "BIGINT": "INT64", "DOUBLE": "FLOAT64", "VARCHAR": "STRING"},
                    quote=bq_quote, empty_from=" FROM UNNEST([1])",
-                   dist_n=lambda ref: f"(SELECT SUM(b.value) FROM UNNEST({ref}.`values`) AS b)",
+                   dist_n=lambda ref: f"(SELECT SUM(CAST(b.value AS FLOAT64)) FROM UNNEST({ref}.`values`) AS b)",
                    unnest=lambda cols, src, ref, alias:
                        f"SELECT {cols}, u AS {alias} FROM {src} CROSS JOIN UNNEST({ref}) AS u")
 
@@ -100,7 +100,8 @@ def metric_part(src: str, table: str, mtype: str, column: str, d: Dialect) -> st
     ``table``), or None for types not aggregated.
 
     Every part first builds (day, cid, label, v, n, mm): v is summed, n counts samples (the
-    average is sum(v)/sum(n)), mm feeds min/max.
+    average is sum(v)/sum(n)), mm feeds min/max. Sums are of doubles: BigQuery's SUM of INT64
+    fails on overflow, and one client's counter near 2^63 would fail the app's whole view.
     """
     ref = f"metrics.{d.quote(mtype)}.{d.quote(column)}"
     base = f"{d.day} AS day, client_info.client_id AS cid"
@@ -134,9 +135,9 @@ def metric_part(src: str, table: str, mtype: str, column: str, d: Dialect) -> st
     double = d.type("DOUBLE")
     return (
         f"SELECT day, {_lit(table)} AS ping_table, {_lit(mtype)} AS metric_type, {_lit(column)} AS metric, "
-        f"label, count(*) AS pings, count(DISTINCT cid) AS clients, CAST(sum(n) AS {double}) AS samples, "
-        f"CAST(sum(v) AS {double}) AS sum_value, "
-        f"CAST(sum(v) AS {double}) / NULLIF(CAST(sum(n) AS {double}), 0) AS avg_value, "
+        f"label, count(*) AS pings, count(DISTINCT cid) AS clients, sum(CAST(n AS {double})) AS samples, "
+        f"sum(CAST(v AS {double})) AS sum_value, "
+        f"sum(CAST(v AS {double})) / NULLIF(sum(CAST(n AS {double})), 0) AS avg_value, "
         f"CAST(min(mm) AS {double}) AS min_value, CAST(max(mm) AS {double}) AS max_value "
         f"FROM ({inner}) GROUP BY day, label"
     )
