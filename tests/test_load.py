@@ -608,6 +608,18 @@ def test_clean_labeled_rates_and_distributions_leave_additional_properties_null(
     assert timing == [{"key": "hammer", "value": {"sum": 10, "values": [{"key": 8, "value": 1}]}}]
 
 
+def test_labeled_leftovers_name_only_the_labels_that_have_some(store, warehouse):
+    """Once one label had leftover fields, every other label got an empty {} beside it."""
+    metrics = {"labeled_custom_distribution": {"toolbox.cd": {
+        "a": {"sum": 1, "values": {"1": 1}}, "b": {"sum": 2, "values": {"01": 2}, "count": 2}}},
+        "labeled_rate": {"toolbox.r": {"x": {"numerator": 1, "denominator": 2, "note": "n"},
+                                       "y": {"numerator": 3, "denominator": 4}}}}
+    Loader(store, warehouse).load_keys([put_ping(store, make_ping(CLIENT_A, metrics=metrics))])
+    [(extra,)] = warehouse.query(f"SELECT additional_properties FROM {DATASET}.baseline_v1")[1]
+    assert json.loads(extra) == {"metrics": {"labeled_custom_distribution": {"toolbox.cd": {
+        "b": {"values": {"01": 2}, "count": 2}}}, "labeled_rate": {"toolbox.r": {"x": {"note": "n"}}}}}
+
+
 def test_metric_ids_that_differ_by_dot_and_underscore_keep_the_first_in_the_column(store, warehouse):
     """`toolbox.a_b` and `toolbox.a.b` share the column toolbox_a_b: the first in the ping fills it,
     the second is kept in additional_properties."""

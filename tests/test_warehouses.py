@@ -488,6 +488,10 @@ def test_an_integer_its_column_cannot_hold_as_sent_is_a_load_error_naming_the_fi
             "metrics": {"labeled_counter": {"toolbox.by_tool": {"hammer": 1, "saw": -2**63 - 1}}}},
         "metrics.custom_distribution.toolbox.sizes.values key: 99999999999999999999 is outside": {
             "metrics": {"custom_distribution": {"toolbox.sizes": {"sum": 1, "values": {"99999999999999999999": 1}}}}},
+        # 4,300 digits or more: int() failed with "Exceeds the limit ... use sys.set_int_max_str_digits()"
+        "metrics.labeled_timing_distribution.toolbox.t.values key: 10000000000000000000... (5000 digits) is outside "
+        "the 64-bit integer range (-9223372036854775808 to 9223372036854775807)": {
+            "metrics": {"labeled_timing_distribution": {"toolbox.t": {"a": {"sum": 1, "values": {"1" + "0" * 4999: 1}}}}}},
         "metrics.rate.toolbox.hits.denominator: 1.5 is not a whole number": {
             "metrics": {"rate": {"toolbox.hits": {"numerator": 1, "denominator": 1.5}}}},
         "ping_info.seq: 9223372036854775808 is outside": {"seq": 2**63},

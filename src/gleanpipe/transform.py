@@ -15,7 +15,7 @@ import orjson
 
 from . import rawobject
 from .naming import DocumentPath, column_name, parse_segments, PathError
-from .int64 import CLIENT_INFO_INTS, EVENTS_INTS, METRIC_INTS, PING_INFO_INTS, NotInt64
+from .int64 import CLIENT_INFO_INTS, EVENTS_INTS, INT64_MAX, INT64_MIN, METRIC_INTS, PING_INFO_INTS, NotInt64
 from .table_schema import CLIENT_INFO, METRIC_TYPES, PING_INFO
 
 DELETION_REQUEST = "deletion-request"
@@ -149,8 +149,12 @@ def _known(value: dict, names: tuple[str, ...], leftovers: dict) -> dict:
 def _distribution(value: dict, leftovers: dict) -> dict:
     value = _known(value, ("sum", "values"), leftovers)  # legacy fields (count, bucket_count, ...) kept aside
     values, odd = [], {}
-    for k, v in value["values"].items():
-        if str(int(k)) == k:
+    for k, v in value["values"].items():  # keys are digits (the schema's pattern)
+        digits = k.lstrip("0") or "0"
+        if len(digits) > 19:  # past 64 bits; and int() of 4,300 digits or more fails with Python's advice
+            shown = k if len(k) <= 40 else f"{k[:20]}... ({len(k)} digits)"
+            raise NotInt64(f"values key: {shown} is outside the 64-bit integer range ({INT64_MIN} to {INT64_MAX})")
+        if digits == k:
             values.append({"key": int(k), "value": v})
         else:  # "01": as a key it would be the same bucket as "1"
             odd[k] = v
@@ -159,16 +163,23 @@ def _distribution(value: dict, leftovers: dict) -> dict:
     return {"sum": value.get("sum"), "values": values}
 
 
-def _labeled_distribution(value: dict, leftovers: dict) -> list[dict]:
-    return [{"key": k, "value": _distribution(v, leftovers.setdefault(k, {}))} for k, v in value.items()]
+def _labeled(convert):
+    """The converter of a labeled type whose values ``convert`` converts: a label's leftovers go
+    to ``leftovers`` under the label, and only the labels that have some."""
+
+    def labeled(value: dict, leftovers: dict) -> list[dict]:
+        out = []
+        for k, v in value.items():
+            left: dict = {}
+            out.append({"key": k, "value": convert(v, left)})
+            if left:
+                leftovers[k] = left
+        return out
+    return labeled
 
 
 def _rate(value: dict, leftovers: dict) -> dict:
     return _known(value, ("numerator", "denominator"), leftovers)
-
-
-def _labeled_rate(value: dict, leftovers: dict) -> list[dict]:
-    return [{"key": k, "value": _rate(v, leftovers.setdefault(k, {}))} for k, v in value.items()]
 
 
 # Glean metric type -> converter(value as sent, leftovers) -> value for its column (table_schema.METRIC_TYPES).
@@ -180,8 +191,8 @@ CONVERTERS = {
     **{t: _distribution for t in ("timing_distribution", "memory_distribution", "custom_distribution")},
     **{t: (lambda v, _: _kv(v)) for t in ("labeled_boolean", "labeled_counter", "labeled_quantity",
                                           "labeled_string")},
-    "labeled_rate": _labeled_rate,
-    **{t: _labeled_distribution for t in ("labeled_timing_distribution", "labeled_memory_distribution",
+    "labeled_rate": _labeled(_rate),
+    **{t: _labeled(_distribution) for t in ("labeled_timing_distribution", "labeled_memory_distribution",
                                           "labeled_custom_distribution")},
     "dual_labeled_counter": lambda v, _: [{"key": k, "value": _kv(inner)} for k, inner in v.items()],
 }
@@ -294,10 +305,13 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
                 metric_extra.setdefault(metric_type, {})[metric_id] = value
                 continue
             leftovers: dict = {}
-            columns[col] = convert(value, leftovers)
+            try:
+                columns[col] = convert(value, leftovers)
+            except NotInt64 as exc:
+                raise NotInt64(f"metrics.{metric_type}.{metric_id}.{exc}") from None
             if METRIC_INTS[metric_type]:
                 METRIC_INTS[metric_type](columns[col], f"metrics.{metric_type}.{metric_id}")
-            if any(leftovers.values()) if metric_type.startswith("labeled_") else leftovers:
+            if leftovers:
                 metric_extra.setdefault(metric_type, {})[metric_id] = leftovers
         if columns:
             metrics_row[metric_type] = columns
