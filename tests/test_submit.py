@@ -194,6 +194,19 @@ def test_invalid_json_is_400(client, local_store):
     assert raw_keys(local_store) == []
 
 
+def test_a_number_past_a_double_is_400_saying_so_not_invalid_json(client, local_store):
+    """A 400-digit integer is valid JSON that orjson reads as infinity: it said "body is not valid
+    JSON: number is infinity when parsed as double". No metric holds it, so the ping is refused
+    (and kept in the error store), with the reason."""
+    body = b'{"metrics": {"counter": {"x.c": 1' + b"0" * 400 + b"}}}"
+    resp = client.post(submit_path(), data=gz(body), headers=SDK_HEADERS)
+    assert resp.status_code == 400
+    assert resp.get_json() == {"error_type": "json", "error_message": "body has a number past the range of a "
+                               "64-bit float (about 1.8e308), which no Glean metric can hold, at char 32"}
+    [record] = error_records(local_store)
+    assert record["error_type"] == "json" and base64.b64decode(record["body_base64"]) == gz(body)
+
+
 def test_json_that_is_not_an_object_is_400(client):
     resp = client.post(submit_path(), data=gz(b"[1, 2]"), headers=SDK_HEADERS)
     assert resp.status_code == 400 and resp.get_json()["error_type"] == "schema"

@@ -209,6 +209,9 @@ class SubmitHandler:
             except UnicodeDecodeError as bad:
                 raise Rejected(400, "json", f"body is not UTF-8 text: byte {bad.object[bad.start]:#04x} at offset "
                                             f"{bad.start} ({bad.reason})") from None
+            if str(exc).startswith("number is infinity"):  # valid JSON, but past any number a metric holds
+                raise Rejected(400, "json", "body has a number past the range of a 64-bit float (about 1.8e308), "
+                                            f"which no Glean metric can hold, at char {exc.pos}") from None
             raise Rejected(400, "json", f"body is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise Rejected(400, "schema", f"a ping is a JSON object, not {type(doc).__name__}")
