@@ -343,3 +343,50 @@ def test_busy_and_failing_answers_are_retried_and_a_write_conflict_finds_the_win
     finally:
         store.close()
         proxy.stop()
+
+
+def test_local_put_new_returns_only_after_the_file_and_its_folder_are_fsynced(tmp_path, monkeypatch):
+    """The submit function's 200 (and serve's with GLEANPIPE_SPOOL=off, and every error record)
+    waits for LocalStore.put_new: the object's bytes must be fsynced before it is linked into
+    place, and its folder after, before put_new returns. A power cut cannot be caused here, so
+    the real os.fsync and os.link run, wrapped only to record the order (8 threads at once, so
+    that the folder fsyncs are shared between them as in production)."""
+    import os
+
+    from gleanpipe.storage.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    lock, events = threading.Lock(), []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd):
+        path, size = os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size
+        real_fsync(fd)
+        with lock:
+            events.append(("fsync", path, size))
+
+    def link(src, dst, *args, **kwargs):
+        real_link(src, dst, *args, **kwargs)
+        with lock:
+            events.append(("link", os.fspath(src), os.fspath(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    keys = [f"raw/app-{i % 3}/baseline/1/0a1b2c3d-0000-4000-8000-{i:012d}.json" for i in range(8)]
+
+    def write(key):
+        data = key.encode() * 100
+        assert store.put_new(key, data) is True
+        with lock:
+            events.append(("returned", key, len(data)))
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in keys]
+    [t.start() for t in threads]
+    [t.join(timeout=60) for t in threads]
+    for key in keys:
+        final = str(tmp_path / "store" / key)
+        returned = events.index(("returned", key, len(key.encode()) * 100))
+        [(linked, tmp)] = [(i, e[1]) for i, e in enumerate(events) if e[0] == "link" and e[2] == final]
+        assert ("fsync", tmp, len(key.encode()) * 100) in events[:linked], key  # the bytes, whole, then the link
+        assert any(e[0] == "fsync" and e[1] == os.path.dirname(final) for e in events[linked:returned]), key
+    store.close()
