@@ -170,8 +170,17 @@ def test_bad_path_segments_are_400_and_kept(client, local_store, app, doc_type, 
     assert body["error_type"] == "uri" and named in body["error_message"]
     assert raw_keys(local_store) == []
     [record] = error_records(local_store)
-    assert record["error_type"] == "uri" and record["status"] == 400
+    assert (record["error_type"], record["error_message"], record["status"]) == ("uri", body["error_message"], 400)
     assert gzip.decompress(base64.b64decode(record["body_base64"])) == orjson.dumps(make_ping(CLIENT))
+
+
+def test_the_longest_app_id_and_document_type_are_accepted(client, local_store):
+    """The limits are 100 characters of app id and 30 of document type (the README's table; one
+    more of either is in BAD_SEGMENTS)."""
+    app, doc_type, doc_id = "a" * 100, "x" * 30, "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
+    resp = client.post(f"/submit/{app}/{doc_type}/1/{doc_id}", data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    assert resp.status_code == 200
+    assert raw_keys(local_store) == [f"raw/{app}/{doc_type}/1/{doc_id}.json"]
 
 
 def test_percent_encoded_traversal_never_leaves_the_store(client, fn_env, local_store):
