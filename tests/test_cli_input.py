@@ -829,3 +829,31 @@ def test_an_empty_folder_option_is_refused_not_taken_for_the_current_folder(tmp_
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "is empty: give a folder" in proc.stderr, proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing made in the current folder
+
+
+def test_status_counts_load_errors_by_type_and_rejections_by_reason(tmp_path):
+    """`status` on the file: the text and --json forms of load errors (a ping its columns cannot
+    hold, an object that is no raw object) and of the error store's rejected pings. Its text was
+    only ever checked as "load errors: none"."""
+    from conftest import DATASET, make_ping
+    from gleanpipe.storage.local import LocalStore
+    from test_load import CLIENT_A, put_ping
+
+    data_dir = tmp_path / "data"
+    store = LocalStore(data_dir / "store")
+    put_ping(store, make_ping(CLIENT_A))
+    put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.n": 2**63}}))
+    assert store.put_new(f"raw/org-example-toolbox/baseline/1/{uuid.uuid4()}.json", b"not a raw object")
+    for reason in ("schema", "schema", "json"):
+        assert store.put_new(f"errors/2026-11-23/{reason}/{uuid.uuid4()}.json", b"{}")
+    replay = gleanpipe("replay", "--data-dir", str(data_dir), "--no-progress")
+    assert replay.returncode == 0 and "inserted 1," in replay.stdout and "errors 2," in replay.stdout, replay.stdout
+    out = gleanpipe("status", "--data-dir", str(data_dir))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.split() == [DATASET, "baseline_v1", "1"] for line in lines), out.stdout
+    assert lines[-4:] == ["waiting to load: 0", "deletion requests carried out: 0",
+                          "load errors: raw_object 1, transform 1", "rejected at submit: json 1, schema 2"], out.stdout
+    info = json.loads(gleanpipe("status", "--data-dir", str(data_dir), "--json").stdout)
+    assert (info["load_errors"], info["rejected"], info["pending"]) == (
+        {"raw_object": 1, "transform": 1}, {"json": 1, "schema": 2}, 0)
