@@ -1,7 +1,7 @@
 """gleanpipe benchmarks: submit throughput (real vs trivial WSGI app under the same gunicorn),
 replay throughput, and 200 -> queryable latency of `gleanpipe serve`. See bench/README.md.
 
-    .venv/bin/python bench/run.py [--quick]
+    .venv/bin/python bench/run.py [--quick] [--out BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -537,7 +537,10 @@ def main() -> None:
     global WRK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~1 min: 3 s of load, 1,000 replayed pings, 200 latency pings")
-    quick = ap.parse_args().quick
+    ap.add_argument("--out", type=Path, default=BENCH.parent / "BENCHMARKS.md",
+                    help="the file the run is added to, newest first [default: BENCHMARKS.md]")
+    args = ap.parse_args()
+    quick = args.quick
     seconds, rounds, n_replay, n_latency = (3, 1, 1_000, 200) if quick else (6, ROUNDS, 100_000, 1_000)
     if not (WRK := ensure_wrk()):
         print("WARNING: wrk not found and could not be installed: using the Python load generator", flush=True)
@@ -550,7 +553,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     section = report(quick, seconds, s, r, lt)
-    path = BENCH.parent / "BENCHMARKS.md"  # newest run first, under the file's own introduction
+    path = args.out  # newest run first, under the file's own introduction
     intro, sep, runs = path.read_text().partition(RUNS_MARKER) if path.exists() else ("# Benchmarks\n\n", "", "")
     path.write_text(f"{intro.rstrip()}\n\n{RUNS_MARKER}\n\n{section.strip()}\n\n{runs.strip()}\n".replace("\n\n\n", "\n\n"))
     print(f"\n{section}\nappended to {path}")
