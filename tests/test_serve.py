@@ -618,7 +618,16 @@ def test_a_failing_loader_keeps_the_time_it_began_failing_and_clears_it_once_a_l
         while thread.failing is None and time.monotonic() < deadline:
             time.sleep(0.01)
         since, reason = thread.failing
-        time.sleep(1.5)  # more failed retries (pauses 0.02, 0.04, ... s), into a later second
+        # a failed retry that begins in a later second than the first failure (each failure sets
+        # a new tuple; the pauses between them are 0.02, 0.04, ... s)
+        second = int(time.time())
+        while int(time.time()) == second:
+            time.sleep(0.01)
+        seen = thread.failing
+        deadline = time.monotonic() + 15
+        while thread.failing is seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert thread.failing is not seen, "no failed retry after the first second"
         assert thread.failing[0] == since and thread.failing[1]
         warehouse = DuckDBWarehouse(config.warehouse_url[len("duckdb://"):])
         try:
@@ -626,7 +635,9 @@ def test_a_failing_loader_keeps_the_time_it_began_failing_and_clears_it_once_a_l
             deadline = time.monotonic() + 10
             while store.pending(10) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(0.1)
+            deadline = time.monotonic() + 10  # cleared after the pause that follows a load
+            while thread.failing is not None and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert thread.failing is None
             assert warehouse.query(f"SELECT document_id FROM {DATASET}.baseline_v1")[1] == [(path.document_id,)]
         finally:
