@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import gzip
+import inspect
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -323,3 +325,20 @@ def fill_disk(path: Path) -> None:
                 assert exc.errno == errno.ENOSPC
     finally:
         os.close(fd)
+
+
+def until(condition, what: str, timeout: float = 10) -> None:
+    """Poll ``condition()`` until it is true; fail saying ``what`` was never seen."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never saw: {what}"
+        time.sleep(0.005)
+
+
+def thread_at_line(thread: threading.Thread, function, text: str) -> bool:
+    """Whether ``thread`` is running (or blocked in) the line of ``function`` that holds ``text``,
+    seen in its current frame (sys._current_frames: the real thread's state, nothing patched)."""
+    lines, first = inspect.getsourcelines(function)
+    line = first + next(i for i, ln in enumerate(lines) if text in ln)
+    frame = sys._current_frames().get(thread.ident)
+    return frame is not None and frame.f_code is function.__code__ and frame.f_lineno == line

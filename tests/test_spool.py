@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from conftest import (APP, DATASET, SDK_HEADERS, ServeProcess, children, fill_disk, gz, make_ping, post, run_cli,
-                      small_disk, submit_path)
+                      small_disk, submit_path, thread_at_line, until)
 from gleanpipe import rawobject
 from gleanpipe.config import Config
 from gleanpipe.http_edge import SubmitHandler
@@ -441,7 +441,10 @@ def test_the_dedupe_memory_forgets_its_oldest_key_first(store):
 def _two_copies_at_once(spooling: SpoolingStore, key: str, data: bytes) -> list:
     """put_new of one key from two threads, the second arriving while the first is still being
     written. The writer's own lock is held (a pause of the real writer, not a stand-in) until
-    both have started, so the first copy cannot reach the disk before the second asks."""
+    both have started, so the first copy cannot reach the disk before the second asks. Each
+    step is seen happen, not waited for: the first thread holds the dedupe memory's lock (and
+    waits for the writer's) before the second starts, and the second is blocked on that lock
+    before the writer's is let go."""
     results: list = [None, None]
 
     def put(i: int) -> None:
@@ -452,9 +455,12 @@ def _two_copies_at_once(spooling: SpoolingStore, key: str, data: bytes) -> list:
 
     threads = [threading.Thread(target=put, args=(i,)) for i in (0, 1)]
     with spooling.writer._lock:
-        for t in threads:
-            t.start()
-            time.sleep(0.2)
+        threads[0].start()
+        until(spooling._recent_lock.locked, "the first copy in the dedupe memory's lock")
+        assert spooling.writer._batch is None  # and not past the writer's lock (held here)
+        threads[1].start()
+        until(lambda: thread_at_line(threads[1], SpoolingStore.put_new, "with self._recent_lock:"),
+               "the second copy waiting for the dedupe memory's lock")
     for t in threads:
         t.join(10)
     return results
