@@ -17,7 +17,7 @@ from gleanpipe.admin import STATE_FILE, TOKEN_HEADER, ResultTooLarge
 from gleanpipe.warehouse.base import WarehouseClosing
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
-from conftest import ServeProcess, post
+from conftest import ServeProcess, post, thread_at_line, until
 from conftest import run_cli as gleanpipe
 
 UUID_KEY = "8f2c6f1e-3d4b-4a5c-9e7f-0a1b2c3d4e5f"
@@ -118,7 +118,12 @@ def test_closing_the_warehouse_interrupts_a_running_read_and_write(tmp_path):
                threading.Thread(target=run, args=("write", lambda: wh.execute([(f"CREATE TABLE t AS {LONG_QUERY}", None)])))]
     for t in threads:
         t.start()
-    time.sleep(1.5)
+    # both seen running before the close (a read that began after it would get WarehouseClosing
+    # too, and a write after it a closed connection, so each must be caught in the act): the read
+    # inside DuckDB's execute of its SQL, the write holding the connection's lock
+    until(lambda: thread_at_line(threads[0], DuckDBWarehouse.read_query_pages, "cur.execute(sql, params or None)"),
+          "the read running its query")
+    until(wh._lock.locked, "the write running")
     asked = time.monotonic()
     wh.close()
     for t in threads:
