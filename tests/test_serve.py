@@ -16,7 +16,8 @@ import pytest
 from gleanpipe.admin import AdminClient
 from gleanpipe.emulate import free_port
 
-from conftest import APP, DATASET, ServeProcess, children, gz, make_ping, post, run_cli, submit_path, wait_gone
+from conftest import (APP, DATASET, ServeProcess, children, fill_disk, gz, make_ping, post, run_cli, small_disk,
+                      submit_path, wait_gone)
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
@@ -477,48 +478,35 @@ def test_status_says_when_loading_fails_and_when_it_works_again(tmp_path):
     """Before: with the warehouse's disk full, `status` said "load errors: none" while nothing
     loaded and "waiting to load" grew; the reason was only in serve's log. The warehouse here is on
     a real full disk (a 32 MiB tmpfs, filled by a file); the store is on another one."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    env = {"GLEANPIPE_WAREHOUSE_URL": f"duckdb://{disk}/warehouse.duckdb"}
-    server = ServeProcess(data_dir, env=env).start()
-    try:
-        assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=0)))[0] == 200
-        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
-        filler = disk / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    with small_disk(tmp_path, "32m") as disk:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        env = {"GLEANPIPE_WAREHOUSE_URL": f"duckdb://{disk}/warehouse.duckdb"}
+        server = ServeProcess(data_dir, env=env).start()
         try:
-            for size in (1 << 20, 4096, 1):
-                try:
-                    while True:
-                        os.write(fd, b"\0" * size)
-                except OSError:
-                    pass
+            assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=0)))[0] == 200
+            assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
+            filler = disk / "filler"
+            fill_disk(filler)  # to the last byte, and only ENOSPC stops it
+            for seq in range(1, 4):  # accepted (the store has room), but they cannot be loaded
+                assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=seq)))[0] == 200
+            deadline, status = time.monotonic() + 20, {}
+            while time.monotonic() < deadline and not status.get("loading_failing"):
+                status = json.loads(run_cli("status", "--json", "--data-dir", str(data_dir), env=env).stdout)
+                time.sleep(0.2)
+            assert status["loading_failing"]["reason"], status
+            text = run_cli("status", "--data-dir", str(data_dir), env=env).stdout
+            assert "loading: FAILING since " in text and ", retrying: " in text
+            filler.unlink()
+            assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 4, timeout=30) == 4
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and status.get("loading_failing"):
+                status = json.loads(run_cli("status", "--json", "--data-dir", str(data_dir), env=env).stdout)
+                time.sleep(0.2)
+            assert status["loading_failing"] is None and status["pending"] == 0
+            assert "FAILING" not in run_cli("status", "--data-dir", str(data_dir), env=env).stdout
         finally:
-            os.close(fd)
-        for seq in range(1, 4):  # accepted (the store has room), but they cannot be loaded
-            assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=seq)))[0] == 200
-        deadline, status = time.monotonic() + 20, {}
-        while time.monotonic() < deadline and not status.get("loading_failing"):
-            status = json.loads(run_cli("status", "--json", "--data-dir", str(data_dir), env=env).stdout)
-            time.sleep(0.2)
-        assert status["loading_failing"]["reason"], status
-        text = run_cli("status", "--data-dir", str(data_dir), env=env).stdout
-        assert "loading: FAILING since " in text and ", retrying: " in text
-        filler.unlink()
-        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 4, timeout=30) == 4
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and status.get("loading_failing"):
-            status = json.loads(run_cli("status", "--json", "--data-dir", str(data_dir), env=env).stdout)
-            time.sleep(0.2)
-        assert status["loading_failing"] is None and status["pending"] == 0
-        assert "FAILING" not in run_cli("status", "--data-dir", str(data_dir), env=env).stdout
-    finally:
-        server.stop()
-        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+            server.stop()
 
 
 def test_a_trickle_of_pings_into_a_big_table_takes_the_loader_half_the_time_at_most(store, warehouse):
