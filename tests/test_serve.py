@@ -17,7 +17,7 @@ from gleanpipe.admin import AdminClient
 from gleanpipe.emulate import free_port
 
 from conftest import (APP, DATASET, ServeProcess, children, fill_disk, gz, make_ping, post, run_cli, small_disk,
-                      submit_path, wait_gone)
+                      submit_path, until, wait_gone)
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
@@ -162,16 +162,18 @@ def test_ctrl_c_in_a_terminal_stops_serve_gracefully(data_dir):
         proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(data_dir),
                                  "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)  # its own group: a foreground job
-        deadline = time.monotonic() + 30
-        while AdminClient.find(data_dir) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until(lambda: AdminClient.find(data_dir) is not None or proc.poll() is not None, "serve started", 30)
+        assert AdminClient.find(data_dir) is not None, (data_dir.parent / "terminal.log").read_text()
         body = gz(make_ping(CLIENT))
         with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
             conn.sendall(f"POST {submit_path('baseline', doc_id)} HTTP/1.1\r\nHost: x\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
-            time.sleep(0.5)  # the worker is reading the body
+            # a worker is reading the body: it accepted the connection and read all that was sent
+            mine = conn.getsockname()[1]
+            until(lambda: _server_end(port, mine) == 0,
+                  "the connection accepted and all of what was sent read")
             os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
-            time.sleep(0.5)
+            until(lambda: not _listening(port), "gunicorn stopping (its port closed)", 30)
             conn.sendall(body[10:])
             answer = conn.recv(65536)
         assert proc.wait(timeout=30) == 0
@@ -181,6 +183,29 @@ def test_ctrl_c_in_a_terminal_stops_serve_gracefully(data_dir):
         assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE document_id = '{doc_id}'", 1) == 1
     finally:
         assert again.stop() == 0
+
+
+def _tcp_sockets(port: int):
+    """(remote port, state, bytes received not yet read, inode) of each TCP socket on local
+    ``port`` (/proc/net/tcp and tcp6). inode is 0 for a connection not accepted yet."""
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(name).read().splitlines()[1:]:
+            f = line.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == port:
+                yield int(f[2].rsplit(":", 1)[1], 16), f[3], int(f[4].split(":")[1], 16), int(f[9])
+
+
+def _server_end(port: int, client_port: int) -> int | str | None:
+    """The bytes the server has not read yet of the connection from ``client_port``; "queued"
+    while no process has accepted it, None without such a connection."""
+    for remote, state, unread, inode in _tcp_sockets(port):
+        if remote == client_port and state == "01":  # ESTABLISHED
+            return unread if inode else "queued"
+    return None
+
+
+def _listening(port: int) -> bool:
+    return any(state == "0A" for _, state, _, _ in _tcp_sockets(port))  # LISTEN
 
 
 def test_serve_stopped_right_after_it_started_stops_its_workers_gracefully(data_dir):
