@@ -663,7 +663,11 @@ def test_a_failing_loader_keeps_the_time_it_began_failing_and_clears_it_once_a_l
 def test_an_http_server_that_exits_before_it_answers_is_one_error_line(tmp_path):
     """gunicorn can exit before its port answers (a worker that cannot boot). serve then stops
     everything it started, its admin API (not started yet) included, and says why in one line.
-    Here a `gunicorn` package of our own, first on PYTHONPATH, exits with 3 as gunicorn would."""
+    Here a `gunicorn` package of our own, first on PYTHONPATH, exits with 3 as gunicorn would.
+    A stand-in, because no real failure could be caused on demand: serve checks that the port is
+    free just before it starts gunicorn (taking it in between would be a race, not a test), and
+    it reads the settings and opens the store that the worker's app then uses, so what would stop
+    a real worker from booting stops serve first, with its own error."""
     shadow = tmp_path / "shadow" / "gunicorn"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("")

@@ -886,28 +886,30 @@ def test_a_store_that_fails_every_ping_is_logged_once_per_interval_with_a_count(
             assert [send().status for _ in range(30)] == [503] * 30
             lines = [r.getMessage() for r in caplog.records if "503 for" in r.getMessage()]
             assert len(lines) == 1 and "No space left on device" in lines[0] and "more 503s" not in lines[0]
-            handler.STORE_ERROR_LOG_S = 0  # the interval is over
+            # the interval is over: only the rate limit's window is shortened (on this handler),
+            # the store, its full disk and the 503 are all real
+            handler.STORE_ERROR_LOG_S = 0
             assert send().status == 503
             lines = [r.getMessage() for r in caplog.records if "503 for" in r.getMessage()]
         assert len(lines) == 2 and lines[1].endswith("(and 29 more 503s since the last such line)"), lines
 
 
-def test_a_segment_that_cannot_be_retired_is_said_once_a_minute_not_per_look(store, monkeypatch, caplog):
+def test_a_segment_that_cannot_be_retired_is_said_once_a_minute_not_per_look(tmp_path, caplog):
     """Before: with `.spool` not writable, "could not retire spool segments yet" was logged on every
-    look of the loader, about 20 times a second. A mock: as root (the test suite here) a folder's
-    permissions do not stop an unlink, so the failure is raised in its place."""
-    import gleanpipe.storage.spool_reader as spool_reader
-
-    spooled(store, 2)
-    reader = SpoolReader(store)
-
-    def refused(path):
-        raise PermissionError(errno.EACCES, "Permission denied", path)
-
-    monkeypatch.setattr(spool_reader, "_syncfs", refused)
-    with caplog.at_level("WARNING", logger="gleanpipe.spool"):
-        for _ in range(50):  # as the loader looks, every few milliseconds
-            reader.ack([receipt for receipt, _ in reader.pending(10)])
-    warnings = [r for r in caplog.records if "could not retire spool segments yet" in r.getMessage()]
-    assert len(warnings) == 1 and "Permission denied" in warnings[0].getMessage()
-    assert len(segments(store)) == 1  # kept until it can be retired
+    look of the loader, about 20 times a second. A real fault: the store is on a tmpfs of its own,
+    remounted read-only once the pings are materialised, so the segment's unlink fails (EROFS;
+    folder permissions would not do: the suite runs as root, which they do not stop)."""
+    with small_disk(tmp_path) as disk:
+        store = LocalStore(disk / "store")
+        _, seg = spooled(store, 2)
+        reader = SpoolReader(store)
+        receipts = [receipt for receipt, _ in reader.pending(10)]  # materialised while it can be written
+        assert len(receipts) == 2
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with caplog.at_level("WARNING", logger="gleanpipe.spool"):
+            reader.ack(receipts)
+            for _ in range(50):  # as the loader looks, every few milliseconds
+                reader.ack([receipt for receipt, _ in reader.pending(10)])
+        warnings = [r.getMessage() for r in caplog.records if "could not retire spool segments yet" in r.getMessage()]
+        assert len(warnings) == 1 and "Read-only file system" in warnings[0] and seg.name in warnings[0], warnings
+        assert len(segments(store)) == 1  # kept until it can be retired
