@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from gleanpipe.admin import STATE_FILE, TOKEN_HEADER, ResultTooLarge
+from gleanpipe.admin import STATE_FILE, TOKEN_HEADER, AdminClient, ResultTooLarge, ServeError
 from gleanpipe.warehouse.base import WarehouseClosing
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
@@ -646,3 +646,23 @@ def test_ctrl_c_stops_a_query_on_the_file_whenever_it_comes(tmp_path):
         assert wh.read_query("SELECT 1 AS a") == (["a"], [(1,)])
     finally:
         wh.close()
+
+
+def test_another_server_at_the_admin_url_is_a_serve_error_not_a_traceback():
+    """A serve.json naming a port another program listens on now: its answers are no JSON (here
+    Python's http.server, which answers a POST with an HTML 501 page), and `status` crashed with
+    orjson.JSONDecodeError."""
+    import http.server
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            client = AdminClient(f"http://127.0.0.1:{other.server_address[1]}", "token")
+            for call in (client.status, lambda: client.query("SELECT 1")):
+                with pytest.raises(ServeError) as exc:
+                    call()
+                assert str(exc.value).startswith(f"{client.url} does not answer as gleanpipe serve's admin API "
+                                                 "(HTTP 501, b'<!DOCTYPE HTML>"), str(exc.value)
+                assert str(exc.value).endswith("does its serve.json name a port another server took since?")
+        finally:
+            other.shutdown()

@@ -385,7 +385,19 @@ class AdminClient:
 
     def call(self, endpoint: str, payload: dict | None = None, timeout: float = 600):
         with self._open(endpoint, payload, timeout) as resp:
-            return orjson.loads(resp.read())
+            return self._json(resp.read(), 200)
+
+    def _json(self, body: bytes, status: int) -> dict:
+        """An answer of the admin API: a JSON object, or a ServeError saying that what answered
+        at this URL is something else (a state file naming a port another server took since)."""
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise ServeError(f"{self.url} does not answer as gleanpipe serve's admin API (HTTP {status}, "
+                             f"{body[:60]!r}): does its {STATE_FILE} name a port another server took since?")
+        return answer
 
     def _open(self, endpoint: str, payload: dict | None, timeout: float):
         """The answer of ``endpoint`` to be read; ServeError (or ResultTooLarge) for any other status."""
@@ -396,7 +408,7 @@ class AdminClient:
         try:
             return urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as exc:
-            detail = orjson.loads(exc.read() or b"{}").get("error", exc.reason)
+            detail = self._json(exc.read() or b"{}", exc.code).get("error", exc.reason)
             if exc.code == 400:  # the request's own fault (a bad query...): the words a command without serve shows
                 raise ServeError(detail) from None
             if exc.code == 413:  # as 400, and a caller may ask for less
