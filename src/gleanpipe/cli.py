@@ -203,11 +203,69 @@ def _off_main(work, interrupt):
     return done["value"]
 
 
+class _CtrlC:
+    """SIGINT while a command runs: recorded, then KeyboardInterrupt as Python's own handler raises
+    it. DuckDB turns that KeyboardInterrupt, inside a statement, into its own "Query interrupted"
+    error, and a command's own handling may turn that into an "Error: ..." or a traceback: once
+    Ctrl-C came, whatever ends the command is reported as the Ctrl-C it is. A command that runs
+    until it is stopped (serve, worker, explore's Datasette, emulate) puts its own handler in place."""
+
+    def __init__(self) -> None:
+        self.came = False
+        self.previous = None
+
+    def __enter__(self) -> _CtrlC:
+        import signal
+
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set one
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.came = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _interrupted():
+    try:
+        click.echo("interrupted", err=True)
+    except OSError:  # `2>&1 | head`: nobody reads stderr any more; the exit code says it
+        _quiet(sys.stderr)
+    sys.exit(130)
+
+
+def _quiet(stream) -> None:
+    """Nothing more for ``stream``, whose reader went away: what is still written (or left in its
+    buffer, which Python flushes at exit and would fail with exit code 120) goes nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
 class _Commands(click.Group):
     def invoke(self, ctx):
         from .storage.base import StoreError
         from .warehouse.base import WarehouseUnavailable
 
+        with _CtrlC() as ctrl_c:
+            try:
+                return self._mapped(ctx, StoreError, WarehouseUnavailable)
+            except KeyboardInterrupt:  # Ctrl-C: 130, as the shell says it, not click's "Aborted!" and 1
+                _interrupted()
+            except SystemExit as exc:  # a command's own exit: its code, unless it failed after a Ctrl-C
+                if ctrl_c.came and exc.code not in (0, None, 130):
+                    _interrupted()
+                raise
+            except Exception as exc:  # "Error: Query interrupted", a traceback: after a Ctrl-C, the Ctrl-C
+                if ctrl_c.came and not (isinstance(exc, click.exceptions.Exit) and exc.exit_code == 0):
+                    _interrupted()
+                raise
+
+    def _mapped(self, ctx, StoreError, WarehouseUnavailable):  # noqa: N803 - the classes, imported in invoke
         try:
             return super().invoke(ctx)
         except ServeError as exc:  # from any command that went through a running serve
@@ -215,13 +273,10 @@ class _Commands(click.Group):
         except (StoreError, WarehouseUnavailable) as exc:  # a store or warehouse out of reach, a missing bucket
             raise click.ClickException(str(exc)) from None
         except BrokenPipeError:  # `gleanpipe status | head -1`: the reader stopped reading, which is no error
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more for the closed pipe
+            _quiet(sys.stdout)
             sys.exit(0)
         except OSError as exc:  # a folder that cannot be made or used (under a file, read-only, /proc, ...)
             raise click.ClickException(_os_error(exc)) from None
-        except KeyboardInterrupt:  # Ctrl-C: 130, as replay and the shell say it, not click's "Aborted!" and 1
-            click.echo("interrupted", err=True)
-            sys.exit(130)
 
 
 def _this_command() -> str:

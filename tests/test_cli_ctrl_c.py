@@ -1,0 +1,91 @@
+"""Ctrl-C (SIGINT, as a terminal sends it to the command's process group) while a command runs
+DuckDB statements itself: `interrupted`, exit 130, no traceback, and the warehouse as it was."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from gleanpipe.storage.local import LocalStore
+from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+from conftest import make_ping
+from test_load import put_ping
+
+GLEAN_CLIENT = Path(__file__).resolve().parent / "glean_client"
+# rows enough that the statements a command runs on opening the file (a check for deletion requests
+# recorded twice, over every request) and status's count of load errors take about a second
+ROWS = 3_000_000
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("ctrl-c") / "data"
+    DuckDBWarehouse(str(data / "warehouse.duckdb")).close()
+    con = duckdb.connect(str(data / "warehouse.duckdb"))
+    try:  # carried out long ago (nothing for `deletions` to retry), and errors of as many kinds
+        con.execute(f"INSERT INTO _gleanpipe.deletions (dataset, client_id, document_id, requested_at, executed_at, "
+                    f"rows_deleted) SELECT 'app', 'c', 'd-' || range, now(), now(), 0 FROM range({ROWS})")
+        con.execute(f"INSERT INTO _gleanpipe.errors (object_key, error_type) "
+                    f"SELECT 'k-' || range, 'e-' || range FROM range({ROWS})")
+    finally:
+        con.close()
+    put_ping(LocalStore(data / "store"), make_ping())  # for replay: one object, loaded in this process
+    return data
+
+
+def holds(pid: int, path: str) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def ctrl_c(args: list[str], path: str, delay: float) -> subprocess.CompletedProcess:
+    """``gleanpipe args``, and SIGINT to its process group ``delay`` seconds after it opened ``path``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not holds(proc.pid, path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.communicate()  # still working: the Ctrl-C comes in the middle
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("command", [
+    ["status"],  # read-only: the counts of its load errors
+    ["deletions"],  # these open the file for writing: its upgrade checks (Error: Query interrupted, tracebacks)
+    ["replay", "--no-progress"],
+    ["apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
+     "--pings", str(GLEAN_CLIENT / "pings.yaml")],
+])
+def test_ctrl_c_while_duckdb_works_in_a_command_is_interrupted_and_130(data_dir, command):
+    """Before: DuckDB turned the Ctrl-C inside a statement into its own error ("Query interrupted"):
+    a traceback for status, deletions and replay, "Error: Query interrupted" and exit 1 for apps add."""
+    path = str(data_dir / "warehouse.duckdb")
+    for delay in (0.0, 0.1, 0.2):
+        proc = ctrl_c([*command[:2], "--data-dir", str(data_dir), *command[2:]] if command[0] == "apps"
+                      else [*command, "--data-dir", str(data_dir)], path, delay)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "interrupted\n"), delay
+    con = duckdb.connect(path)  # let go, and as it was
+    try:
+        assert con.execute("SELECT count(*) FROM _gleanpipe.deletions").fetchone() == (ROWS,)
+        assert con.execute("SELECT count(*) FROM _gleanpipe.errors").fetchone() == (ROWS,)
+    finally:
+        con.close()
