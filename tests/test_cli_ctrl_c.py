@@ -89,3 +89,26 @@ def test_ctrl_c_while_duckdb_works_in_a_command_is_interrupted_and_130(data_dir,
         assert con.execute("SELECT count(*) FROM _gleanpipe.errors").fetchone() == (ROWS,)
     finally:
         con.close()
+
+
+def test_ctrl_c_while_a_command_starts_is_interrupted_and_130(tmp_path):
+    """Before: the imports at the start of every command ran before the Ctrl-C handling, and a
+    Ctrl-C then gave click's "Aborted!" and exit 1. Here the SIGINT comes exactly then: a real one,
+    sent by the command's process to itself as it imports the first of them."""
+    duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()
+    script = ("import importlib.abc, os, signal, sys\n"
+              "class CtrlC(importlib.abc.MetaPathFinder):\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'gleanpipe.storage.base':\n"
+              "            os.kill(os.getpid(), signal.SIGINT)\n"
+              "from gleanpipe.cli import main\n"
+              "sys.meta_path.insert(0, CtrlC())\n"
+              "main()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    for command in (["status"], ["query", "SELECT 1"]):
+        proc = subprocess.run([sys.executable, "-c", script, *command, "--data-dir", str(tmp_path)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "interrupted\n"), command
+    done = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "query", "--data-dir", str(tmp_path), "--format",
+                           "csv", "SELECT 1 AS a"], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "a\n1\n")

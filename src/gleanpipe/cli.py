@@ -248,12 +248,9 @@ def _quiet(stream) -> None:
 
 class _Commands(click.Group):
     def invoke(self, ctx):
-        from .storage.base import StoreError
-        from .warehouse.base import WarehouseUnavailable
-
         with _CtrlC() as ctrl_c:
-            try:
-                return self._mapped(ctx, StoreError, WarehouseUnavailable)
+            try:  # everything the command does, from its first import
+                return self._mapped(ctx)
             except KeyboardInterrupt:  # Ctrl-C: 130, as the shell says it, not click's "Aborted!" and 1
                 _interrupted()
             except SystemExit as exc:  # a command's own exit: its code, unless it failed after a Ctrl-C
@@ -265,7 +262,10 @@ class _Commands(click.Group):
                     _interrupted()
                 raise
 
-    def _mapped(self, ctx, StoreError, WarehouseUnavailable):  # noqa: N803 - the classes, imported in invoke
+    def _mapped(self, ctx):
+        from .storage.base import StoreError  # here: a Ctrl-C while they are imported is one as any other
+        from .warehouse.base import WarehouseUnavailable
+
         try:
             return super().invoke(ctx)
         except ServeError as exc:  # from any command that went through a running serve
