@@ -112,3 +112,32 @@ def test_ctrl_c_while_a_command_starts_is_interrupted_and_130(tmp_path):
     done = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "query", "--data-dir", str(tmp_path), "--format",
                            "csv", "SELECT 1 AS a"], env=env, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "a\n1\n")
+
+
+def test_ctrl_c_while_replay_starts_its_worker_processes_stops_it_with_its_message(tmp_path):
+    """Before: "RuntimeError: cannot join thread before it is started", a traceback: the Ctrl-C came
+    inside ProcessPoolExecutor's start, which left its thread made but not started, and its shutdown
+    joined it. The SIGINT is a real one, sent to the replay's process group exactly then: the script
+    sends it as the pool starts that thread (that moment is too short to hit from outside)."""
+    store, n = LocalStore(tmp_path / "data" / "store"), 40
+    for i in range(n):
+        put_ping(store, make_ping(seq=i))
+    script = ("import os, signal, sys\n"
+              "from concurrent.futures import process\n"
+              "start = process._ExecutorManagerThread.start\n"
+              "def ctrl_c_then_start(thread):\n"
+              "    os.killpg(0, signal.SIGINT)\n"
+              "    start(thread)\n"
+              "process._ExecutorManagerThread.start = ctrl_c_then_start\n"
+              "from gleanpipe.cli import main\n"
+              "main()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    args = ["replay", "--data-dir", str(tmp_path / "data"), "--batch", "5", "--workers", "2", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=30,
+                          start_new_session=True)
+    assert (proc.returncode, proc.stdout) == (130, ""), proc.stderr
+    assert proc.stderr == ("interrupted: the batches loaded so far stay; run the same replay again to finish "
+                           "(it is idempotent)\n")
+    again = subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 0 and again.stdout.startswith(f"replayed {n} objects: "), again.stderr

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
 from . import parent_guard
 from .load import Loader, Prepared, prepare
@@ -57,6 +59,27 @@ def chunks(keys: list[str], size: int) -> Iterator[list[str]]:
         yield keys[i : i + size]
 
 
+@contextmanager
+def _ctrl_c_held():
+    """A Ctrl-C held back until the block ends, then raised. ProcessPoolExecutor's start, interrupted,
+    leaves a thread made but not started, which its shutdown then joins ("RuntimeError: cannot join
+    thread before it is started"); and a KeyboardInterrupt in a fork's own handlers is lost ("Exception
+    ignored in ... _releaseLock"), the replay going on to its end. Worker processes forked meanwhile
+    keep the holding handler until _init_worker ignores SIGINT."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or threading.current_thread() is not threading.main_thread():  # not Python's to set
+        yield
+        return
+    came: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if came:
+            signal.raise_signal(signal.SIGINT)  # now, to the handler there was (the command's: "interrupted")
+
+
 def replay_local(loader: Loader, keys: list[str], batch: int, workers: int | None = None,
                  on_batch: Callable[[int, dict], None] | None = None) -> dict[str, int]:
     """Load ``keys`` with ``loader``; ``workers`` processes prepare batches (0: all in this process)."""
@@ -75,7 +98,11 @@ def replay_local(loader: Loader, keys: list[str], batch: int, workers: int | Non
         return totals
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(loader.store.url, os.getpid())) as pool:
         window: deque = deque()
-        for chunk in chunks(keys, batch):
+        pending = chunks(keys, batch)
+        with _ctrl_c_held():  # the first submit starts the worker processes and the pool's thread
+            first = next(pending)
+            window.append((len(first), pool.submit(_prepare_chunk, first)))
+        for chunk in pending:
             window.append((len(chunk), pool.submit(_prepare_chunk, chunk)))
             if len(window) > workers:  # keep a few batches in flight, not the whole store in memory
                 n, future = window.popleft()
