@@ -141,3 +141,40 @@ def test_ctrl_c_while_replay_starts_its_worker_processes_stops_it_with_its_messa
     again = subprocess.run([sys.executable, "-m", "gleanpipe.cli", *args], env=env, capture_output=True, text=True,
                            timeout=60)
     assert again.returncode == 0 and again.stdout.startswith(f"replayed {n} objects: "), again.stderr
+
+
+def test_a_replay_whose_stderr_reader_goes_away_loads_everything(tmp_path):
+    """`gleanpipe replay 2>&1 | head -c 50`. Before: the progress bar's write to the closed pipe
+    ended the replay part-way (4,000 of 30,000 objects), with exit 0 and no word: its BrokenPipeError
+    was taken for the `| head` of a reader of stdout. The bar stops drawing now, and the replay goes
+    on to its end; its last line is lost with the pipe, and its exit code says it succeeded."""
+    import json
+    import uuid
+
+    from gleanpipe import rawobject
+    from gleanpipe.naming import DocumentPath
+
+    store, n = LocalStore(tmp_path / "data" / "store"), 2000
+    for i in range(n):  # unsynced: quick to write, and nothing here needs them durable
+        path = DocumentPath("org-example-toolbox", "baseline", "1", str(uuid.UUID(int=i + 1, version=4)))
+        meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": path.app_id,
+                "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
+        store.put_unsynced(path.key, rawobject.encode(meta, json.dumps(make_ping(seq=i)).encode()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(tmp_path / "data"),
+                             "--batch", "20"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        head = proc.stdout.read(50)  # as `head -c 50` does: the start of the bar, then the reader is gone
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert f"/{n} [".encode() in head and b"replayed" not in head  # it stopped reading in the middle
+    con = duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"), read_only=True)
+    try:
+        assert con.execute("SELECT count(*), count(DISTINCT document_id) FROM org_example_toolbox.baseline_v1"
+                           ).fetchone() == (n, n)
+    finally:
+        con.close()

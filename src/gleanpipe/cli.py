@@ -232,12 +232,42 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def _interrupted():
-    try:
-        click.echo("interrupted", err=True)
-    except OSError:  # `2>&1 | head`: nobody reads stderr any more; the exit code says it
-        _quiet(sys.stderr)
+def _interrupted(message: str = "interrupted"):
+    _say(message)
     sys.exit(130)
+
+
+def _say(message: str) -> None:
+    """``message`` on stderr, if anybody still reads it (`2>&1 | head`: the exit code tells it then)."""
+    try:
+        click.echo(message, err=True)
+    except OSError:
+        _quiet(sys.stderr)
+
+
+class _Drawing:
+    """Where a progress bar draws: stderr, until its reader goes away (`2>&1 | head`) or writing
+    fails, then nowhere, and the work goes on. The bar's BrokenPipeError was taken for a reader of
+    stdout that stopped reading: a replay ended part-way, with exit 0."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str):
+        try:
+            return self.stream.write(text)
+        except OSError:
+            _quiet(self.stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError:
+            _quiet(self.stream)
+
+    def __getattr__(self, name):  # what tqdm asks of a file (its encoding, isatty, fileno)
+        return getattr(self.stream, name)
 
 
 def _quiet(stream) -> None:
@@ -511,7 +541,7 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
     from .replay import with_deletion_requests
 
     keys, requests = with_deletion_requests(store, keys)  # deleted clients stay deleted
-    with tqdm(total=len(keys), unit="obj", disable=no_progress, file=sys.stderr) as bar:
+    with tqdm(total=len(keys), unit="obj", disable=no_progress, file=_Drawing(sys.stderr)) as bar:
         if client:  # the running server owns the warehouse: send it the batches
             from .replay import add_counts, chunks
 
@@ -531,9 +561,8 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
                 if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
                     raise
                 bar.close()
-                click.echo("interrupted: the batches loaded so far stay; run the same replay again to finish "
-                           "(it is idempotent)", err=True)
-                sys.exit(130)
+                _interrupted("interrupted: the batches loaded so far stay; run the same replay again to finish "
+                             "(it is idempotent)")
             finally:
                 wh.close()
     also = f" (with {requests} deletion requests of those apps from outside {prefix})" if requests else ""
