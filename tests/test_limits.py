@@ -44,6 +44,12 @@ from gleanpipe.validation import MAX_LISTED_BYTES
          "GLEANPIPE_MAX_ERROR_BYTES must be at most 1073741824, got 1073741825"),
         (["serve"], {"GLEANPIPE_SPOOL_SEGMENT_BYTES": "1073741825"},
          "GLEANPIPE_SPOOL_SEGMENT_BYTES must be at most 1073741824, got 1073741825"),
+        # had no bound: with the spool off, serve started and answered 500 to every gzip ping (zlib's
+        # max_length is a C ssize_t)
+        (["status"], {"GLEANPIPE_SPOOL": "off", "GLEANPIPE_MAX_PAYLOAD_BYTES": "99999999999999999999"},
+         "GLEANPIPE_MAX_PAYLOAD_BYTES must be at most 1073741824, got 99999999999999999999"),
+        (["status"], {"GLEANPIPE_MAX_PAYLOAD_BYTES": "1073741825"},
+         "GLEANPIPE_MAX_PAYLOAD_BYTES must be at most 1073741824, got 1073741825"),
         (["replay", "--batch", "100001"], {}, "GLEANPIPE_LOAD_BATCH must be at most 100000, got 100001"),
         (["serve"], {"GLEANPIPE_DEBUG_MAX_PINGS": "100001"}, "GLEANPIPE_DEBUG_MAX_PINGS must be at most 100000, got 100001"),
         (["serve"], {"GLEANPIPE_DEBUG_RETENTION_HOURS": "87601"},
@@ -162,7 +168,7 @@ def test_serve_refuses_a_payload_limit_its_spool_records_cannot_hold(tmp_path):
     assert 60 * 1024 * 1024 < largest < 64 * 1024 * 1024  # the default 8 MiB is far below it
     out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
                     env={"GLEANPIPE_MAX_PAYLOAD_BYTES": str(largest + 1)})
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 2, out.stderr  # a bad setting value: a usage error, as a bad number is (was 1)
     assert (f"Error: GLEANPIPE_MAX_PAYLOAD_BYTES={largest + 1} is over the largest payload a spool record holds "
             f"({largest} bytes") in out.stderr
     assert "GLEANPIPE_SPOOL=off" in out.stderr and "Traceback" not in out.stderr
@@ -183,6 +189,23 @@ def test_payload_limit_at_the_spool_bound_and_without_the_spool_is_accepted(tmp_
         finally:  # built, never started: release what the constructor opened
             pipeline.admin.stop()
             pipeline.warehouse.close()
+
+
+def test_serve_without_the_spool_takes_gzip_pings_at_the_largest_payload_limit(tmp_path):
+    """At GLEANPIPE_MAX_PAYLOAD_BYTES' bound (1 GiB) a gzip ping is decompressed and stored: the
+    bound is inside what zlib takes (above a C ssize_t every gzip ping was a 500)."""
+    from conftest import ServeProcess, post
+
+    data = tmp_path / "data"
+    data.mkdir()
+    server = ServeProcess(data, env={"GLEANPIPE_SPOOL": "off", "GLEANPIPE_MAX_PAYLOAD_BYTES": str(1 << 30)}).start()
+    try:
+        status, _, headers = post(server.url + submit_path("metrics"), gz(make_ping()))
+        assert (status, headers.get("X-Gleanpipe-Stored")) == (200, "new")
+        assert server.wait_rows("SELECT count(*) FROM org_example_toolbox.metrics_v1", 1) == 1
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.read_log()
 
 
 def test_spool_writer_refuses_a_record_its_reader_would_take_for_damage(tmp_path):

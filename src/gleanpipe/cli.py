@@ -22,7 +22,7 @@ import orjson
 from . import __version__
 from .admin import (AdminClient, ServeError, absolute, dumps, lock_holder, remove_state, same_location,
                     shown_values, take_serve_lock)
-from .config import SETTINGS, Config
+from .config import SETTINGS, Config, SettingError
 
 
 class SettingOption(click.Option):
@@ -367,6 +367,8 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
         # gunicorn may still be finishing its requests on this port.
         ensure_port_free(config.host, config.port, wait_s=KILLED_SERVE_PORT_WAIT_S if killed else 0.0)
         pipeline = LocalPipeline(config)
+    except SettingError as exc:  # a setting this serve cannot run with: a usage error, as a bad number is
+        raise click.UsageError(str(exc)) from None
     except (RuntimeError, ValueError) as exc:  # ValueError: a store or warehouse URL that cannot be opened
         raise click.ClickException(str(exc)) from None
 

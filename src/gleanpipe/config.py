@@ -128,6 +128,11 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+class SettingError(ValueError):
+    """A setting's value (a variable, or the flag that stands for it) is wrong: the CLI makes it a
+    usage error (exit 2), as it does a bad flag."""
+
+
 def _get(env: str, environ: os._Environ | dict | None = None) -> str:
     source = os.environ if environ is None else environ
     value = source.get(env, "")
@@ -140,7 +145,7 @@ def _bool(env: str, environ=None) -> bool:
         return True
     if raw in ("off", "false", "no", "0"):
         return False
-    raise ValueError(f"{env} must be on or off, got {raw!r}")
+    raise SettingError(f"{env} must be on or off, got {raw!r}")
 
 
 # Whole-number settings with an upper bound too (every whole-number setting must be positive). A wait
@@ -165,6 +170,8 @@ MAX_VALUE = {
     "GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S": 604_800,  # a week
     # sizes and counts a body, a batch or a page is held in memory at: beyond these, a typo
     "GLEANPIPE_MAX_WIRE_BYTES": 1 << 30,
+    # past a C ssize_t (about 9.2e18) zlib's max_length raised OverflowError: a 500 for every gzip ping
+    "GLEANPIPE_MAX_PAYLOAD_BYTES": 1 << 30,
     "GLEANPIPE_MAX_ERROR_BYTES": 1 << 30,
     "GLEANPIPE_SPOOL_SEGMENT_BYTES": 1 << 30,
     "GLEANPIPE_LOAD_BATCH": 100_000,
@@ -176,9 +183,9 @@ MAX_VALUE = {
 
 def _check_int(env: str, value: int) -> int:
     if value <= 0:
-        raise ValueError(f"{env} must be positive, got {value}")
+        raise SettingError(f"{env} must be positive, got {value}")
     if env in MAX_VALUE and value > MAX_VALUE[env]:
-        raise ValueError(f"{env} must be at most {MAX_VALUE[env]}, got {value}")
+        raise SettingError(f"{env} must be at most {MAX_VALUE[env]}, got {value}")
     return value
 
 
@@ -187,7 +194,7 @@ def _int(env: str, environ=None) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{env} must be a whole number, got {raw!r}") from None
+        raise SettingError(f"{env} must be a whole number, got {raw!r}") from None
     return _check_int(env, value)
 
 
@@ -204,13 +211,13 @@ def _memory(env: str, environ=None) -> int | None:
         return None
     size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)", raw, re.IGNORECASE)
     if size is None:
-        raise ValueError(f"{env} must be a size with its unit, as 512MiB or 2GB (B, KB, MB, GB, TB or KiB, "
+        raise SettingError(f"{env} must be a size with its unit, as 512MiB or 2GB (B, KB, MB, GB, TB or KiB, "
                          f"MiB, GiB, TiB), got {raw!r}")
     value = float(size.group(1)) * _UNITS[size.group(2).lower()]
     if value < MIN_DUCKDB_MEMORY:
-        raise ValueError(f"{env} must be at least 64MiB, got {raw!r}")
+        raise SettingError(f"{env} must be at least 64MiB, got {raw!r}")
     if value > 1 << 50:  # a petabyte: a typo, and past what DuckDB takes
-        raise ValueError(f"{env} must be at most 1024TiB, got {raw!r}")
+        raise SettingError(f"{env} must be at most 1024TiB, got {raw!r}")
     return int(value)
 
 

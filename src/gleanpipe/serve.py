@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 
 from . import parent_guard
 from .admin import AdminServer, absolute, remove_state, write_state
-from .config import Config
+from .config import Config, SettingError
 from .load import Loader
 from .ports import in_url
 from .read_only_sql import read_only
@@ -205,7 +205,7 @@ class LocalPipeline:
         self.config = config
         largest = largest_payload(config.max_uri_bytes, config.max_header_bytes)
         if config.spool and config.max_payload_bytes > largest:
-            raise RuntimeError(
+            raise SettingError(
                 f"GLEANPIPE_MAX_PAYLOAD_BYTES={config.max_payload_bytes} is over the largest payload a spool record "
                 f"holds ({largest} bytes with these "
                 "GLEANPIPE_MAX_URI_BYTES and GLEANPIPE_MAX_HEADER_BYTES): lower it, or set GLEANPIPE_SPOOL=off")
