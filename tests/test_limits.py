@@ -158,6 +158,23 @@ def test_a_flag_wins_over_a_bad_variable_of_its_own_setting(tmp_path):
     assert (out.returncode, out.stderr) == (1, f"Error: no store at {tmp_path / 'data'}/store: nothing to replay\n")
 
 
+def test_explores_port_flag_wins_over_a_bad_explore_port_variable(tmp_path):
+    """explore read GLEANPIPE_EXPLORE_PORT again for its settings, after --port had replaced it:
+    `GLEANPIPE_EXPLORE_PORT=abc gleanpipe explore --port N` was a usage error about the variable."""
+    data_dir = tmp_path / "data"
+    added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(ROOT / "tests/glean_client/metrics.yaml"),
+                      "--data-dir", str(data_dir))
+    assert added.returncode == 0, added.stderr  # a warehouse to export
+    out = gleanpipe("explore", "--export-only", "--port", str(free_port()), "--data-dir", str(data_dir),
+                    env={"GLEANPIPE_EXPLORE_PORT": "abc"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("exported ") and (data_dir / "explore").is_dir()
+    # no flag: the variable counts, and its error names it
+    out = gleanpipe("explore", "--export-only", "--data-dir", str(data_dir), env={"GLEANPIPE_EXPLORE_PORT": "abc"})
+    assert out.returncode == 2
+    assert "Error: Invalid value for '--port' (GLEANPIPE_EXPLORE_PORT): 'abc' is not a valid integer range." in out.stderr
+
+
 # --- the spool's record limit and GLEANPIPE_MAX_PAYLOAD_BYTES --------------------------------------
 
 

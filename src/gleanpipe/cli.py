@@ -647,7 +647,8 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
 
     from . import explore as ex
 
-    config = _config(data_dir, store_url, warehouse_url)
+    # --port (or its valid variable, as click read it) wins over GLEANPIPE_EXPLORE_PORT, as serve's --port does
+    config = _config(data_dir, store_url, warehouse_url, explore_port=port)
     scheme = _warehouse_scheme(config)
     if scheme != "duckdb":
         raise click.ClickException("explore works on a duckdb:// warehouse")
