@@ -276,7 +276,7 @@ def test_the_deletion_timers_have_an_upper_bound(monkeypatch, env, value, bound)
 
 def test_cli_reports_a_bad_warehouse_url_without_a_traceback(tmp_path):
     out = gleanpipe("deletions", "--data-dir", str(tmp_path), "--warehouse-url", "bigquery://only-a-project")
-    assert out.returncode == 1 and "bigquery://PROJECT/LOCATION" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "bigquery://PROJECT/LOCATION" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_deletions_command_on_duckdb(tmp_path):

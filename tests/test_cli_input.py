@@ -61,9 +61,56 @@ def test_serve_names_the_host_when_it_is_no_address_of_this_machine(tmp_path, ho
 ])
 def test_serve_with_a_url_it_cannot_open_says_so_in_one_line(tmp_path, args, message):
     proc = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), *args, timeout=60)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith(message), proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert usage_error(proc).startswith(message), proc.stderr
+
+
+def usage_error(proc: subprocess.CompletedProcess) -> str:
+    """The one error line of a usage error (exit 2: click's short "Usage:" and "Try" lines, then it)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == "", proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and proc.stderr.endswith(errors[0] + "\n"), proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("args, env, message", [
+    # bad URLs, from a flag or from its variable (exit 1 before, naming neither)
+    (["status", "--store-url", "ftp://x"], {}, "GLEANPIPE_STORE_URL (--store-url): unknown store scheme 'ftp' "
+                                              "in 'ftp://x' (use file://PATH, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX)"),
+    (["replay"], {"GLEANPIPE_STORE_URL": "gs://"}, "GLEANPIPE_STORE_URL (--store-url): store URL must look like "
+                                                   "file://PATH, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX, got 'gs://'"),
+    (["status"], {"GLEANPIPE_STORE_URL": "gs://b"},
+     "GLEANPIPE_STORE_URL (--store-url): gs:// store URL needs a bucket name (3-222 of a-z 0-9 . - _), got 'b'"),
+    (["replay", "--store-url", "/plain/path"], {}, "GLEANPIPE_STORE_URL (--store-url): store URL must look like "
+                                                   "file://PATH, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX, got '/plain/path'"),
+    (["query", "SELECT 1"], {"GLEANPIPE_WAREHOUSE_URL": "duckdb://"}, "GLEANPIPE_WAREHOUSE_URL (--warehouse-url): "
+     "warehouse URL must look like duckdb://PATH or bigquery://PROJECT/LOCATION, got 'duckdb://'"),
+    (["status", "--warehouse-url", "/plain/path"], {}, "GLEANPIPE_WAREHOUSE_URL (--warehouse-url): warehouse URL "
+     "must look like duckdb://PATH or bigquery://PROJECT/LOCATION, got '/plain/path'"),
+    (["deletions", "--warehouse-url", "bigquery://proj"], {}, "GLEANPIPE_WAREHOUSE_URL (--warehouse-url): BigQuery "
+     "warehouse URL must look like bigquery://PROJECT/LOCATION (e.g. bigquery://my-project/US), got 'bigquery://proj'"),
+    # a cloud store's seconds (storage/cloud.py), read when the store is opened
+    (["replay", "--store-url", "gs://some-bucket/pings"], {"GLEANPIPE_STORE_TIMEOUT_S": "-1"},
+     "GLEANPIPE_STORE_TIMEOUT_S must be positive, got '-1'"),
+    (["replay", "--store-url", "s3://some-bucket/pings"], {"GLEANPIPE_STORE_TIMEOUT_S": "abc"},
+     "GLEANPIPE_STORE_TIMEOUT_S must be a number of seconds, got 'abc'"),
+    (["status", "--store-url", "gs://some-bucket/pings"], {"GLEANPIPE_STORE_RETRY_S": "1e9"},
+     "GLEANPIPE_STORE_RETRY_S must be at most 3600 seconds, got '1e9'"),
+    # BigQuery's settings, read when the warehouse is opened (no BigQuery is reached: refused before)
+    (["query", "--warehouse-url", "bigquery://some-project/US", "SELECT 1"], {"GLEANPIPE_BIGQUERY_RETRY_S": "abc"},
+     "GLEANPIPE_BIGQUERY_RETRY_S must be a whole number, got 'abc'"),
+    (["deletions", "--warehouse-url", "bigquery://some-project/US"], {"GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S": "10"},
+     "GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S must be at least GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S (a deletion is "
+     "final only after every loader has re-read the deleted clients)"),
+    (["apps", "add", "org.example.toolbox"], {}, "give at least one --metrics or --pings file"),
+])
+def test_a_bad_setting_value_or_usage_is_a_usage_error_naming_it(tmp_path, args, env, message):
+    """Bad numbers and on/off values were usage errors (exit 2); bad URLs, a cloud store's or
+    BigQuery's seconds and `apps add` without files were `Error:` with exit 1, URLs without
+    saying which setting held them."""
+    proc = gleanpipe(*args, "--data-dir", str(tmp_path / "data"), env=env)
+    assert usage_error(proc) == f"Error: {message}"
+    assert not (tmp_path / "data" / "warehouse.duckdb").exists()
 
 
 @pytest.mark.parametrize("host", ["::1", "[::1]"])
@@ -590,8 +637,8 @@ def test_dictionary_commands_name_an_unknown_warehouse_scheme(tmp_path, command)
     only" and explained BigQuery, as if ftp:// were a warehouse of another kind."""
     rest = [str(tmp_path / "site") if arg == "site" else arg for arg in command[2:]]
     proc = gleanpipe(*command[:2], "--data-dir", str(tmp_path / "data"), "--warehouse-url", "ftp://x/y", *rest)
-    assert (proc.returncode, proc.stderr) == (1, "Error: unknown warehouse scheme 'ftp' in 'ftp://x/y' "
-                                                 "(use duckdb://PATH or bigquery://PROJECT/LOCATION)\n")
+    assert usage_error(proc) == ("Error: GLEANPIPE_WAREHOUSE_URL (--warehouse-url): unknown warehouse scheme 'ftp' "
+                                 "in 'ftp://x/y' (use duckdb://PATH or bigquery://PROJECT/LOCATION)")
 
 
 @pytest.mark.parametrize("url, part", [
@@ -604,8 +651,7 @@ def test_a_bigquery_url_of_the_right_shape_says_which_part_is_wrong(tmp_path, ur
     """Before: every bad BigQuery URL got "must look like bigquery://PROJECT/LOCATION", also one
     that has that shape and a project id too short."""
     proc = gleanpipe("query", "--data-dir", str(tmp_path / "data"), "--warehouse-url", url, "SELECT 1")
-    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
-    assert proc.stderr.startswith("Error: BigQuery warehouse URL must look like bigquery://PROJECT/LOCATION "
+    assert usage_error(proc).startswith("Error: GLEANPIPE_WAREHOUSE_URL (--warehouse-url): BigQuery warehouse URL must look like bigquery://PROJECT/LOCATION "
                                   f"(e.g. bigquery://my-project/US); in {url!r} {part}"), proc.stderr
 
 

@@ -284,7 +284,8 @@ def test_column_types_map_to_sqlite_values(tmp_path):
 def test_explore_says_what_is_wrong(tmp_path):
     missing = gleanpipe("explore", "--data-dir", str(tmp_path / "nothing"), "--export-only")
     assert missing.returncode != 0 and "no warehouse at" in missing.stderr
-    other = gleanpipe("explore", "--data-dir", str(tmp_path), "--warehouse-url", "bigquery://p/l", "--export-only")
+    other = gleanpipe("explore", "--data-dir", str(tmp_path), "--warehouse-url", "bigquery://some-project/US",
+                      "--export-only")  # well-formed: "bigquery://p/l" is now refused as a bad URL (exit 2)
     assert other.returncode != 0 and "explore works on a duckdb:// warehouse" in other.stderr
     bad_port = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "explore", "--data-dir", str(tmp_path)],
                               capture_output=True, text=True, env={**__import__("os").environ,

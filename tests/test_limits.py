@@ -357,7 +357,7 @@ def test_bad_schema_path_is_a_clear_error_before_serve_starts(tmp_path):
     for path, message in cases.items():
         out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
                         env={"GLEANPIPE_SCHEMA_PATH": path})
-        assert out.returncode == 1 and f"Error: {message}" in out.stderr, out.stderr
+        assert out.returncode == 2 and f"Error: {message}" in out.stderr, out.stderr  # a usage error (was 1)
         assert "Traceback" not in out.stderr and "serving" not in out.stdout
 
 
@@ -560,7 +560,7 @@ def test_store_seconds_are_at_most_an_hour(env):
 def test_infinite_store_retry_is_a_usage_error_before_any_store_call(tmp_path):
     out = gleanpipe("replay", "--data-dir", str(tmp_path / "data"), "--store-url", "gs://some-bucket/pings",
                     env={"GLEANPIPE_STORE_RETRY_S": "inf"})
-    assert out.returncode == 1 and "Error: GLEANPIPE_STORE_RETRY_S must be a finite number of seconds, got 'inf'" \
+    assert out.returncode == 2 and "Error: GLEANPIPE_STORE_RETRY_S must be a finite number of seconds, got 'inf'" \
         in out.stderr, out.stderr
 
 

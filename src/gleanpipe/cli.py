@@ -56,6 +56,26 @@ def _config(data_dir, store_url, warehouse_url, **extra) -> Config:
         raise click.UsageError(str(exc)) from None
 
 
+def _store_scheme(config: Config) -> str:
+    """"file", "gs" or "s3"; a malformed store URL is a usage error naming where it came from."""
+    from .storage import store_scheme
+
+    try:
+        return store_scheme(config.store_url)
+    except SettingError as exc:
+        raise click.UsageError(f"GLEANPIPE_STORE_URL (--store-url): {exc}") from None
+
+
+def _warehouse_scheme(config: Config) -> str:
+    """"duckdb" or "bigquery"; a malformed warehouse URL is a usage error naming where it came from."""
+    from .warehouse import warehouse_scheme
+
+    try:
+        return warehouse_scheme(config.warehouse_url)
+    except SettingError as exc:
+        raise click.UsageError(f"GLEANPIPE_WAREHOUSE_URL (--warehouse-url): {exc}") from None
+
+
 def _missing(url: str, scheme: str) -> Path | None:
     """The local path of a ``file://`` store or ``duckdb://`` warehouse URL when nothing is there yet
     (so a command that only reads says so instead of creating it); None otherwise."""
@@ -68,6 +88,7 @@ def _missing(url: str, scheme: str) -> Path | None:
 def _open_local(config: Config, *, read_only: bool):
     from .warehouse import WarehouseUnavailable, held_by_another, open_warehouse
 
+    _warehouse_scheme(config)
     missing = _missing(config.warehouse_url, "duckdb://") if read_only else None
     if missing:
         raise click.ClickException(
@@ -76,7 +97,9 @@ def _open_local(config: Config, *, read_only: bool):
         )
     try:
         return open_warehouse(config.warehouse_url, read_only=read_only)
-    except ValueError as exc:  # a bad URL or setting, a missing extra
+    except SettingError as exc:  # GLEANPIPE_BIGQUERY_*: each message names its variable
+        raise click.UsageError(str(exc)) from None
+    except ValueError as exc:  # a missing extra, a path DuckDB cannot take
         raise click.ClickException(str(exc)) from None
     except WarehouseUnavailable as exc:
         hint = ("\n(another process writes to it: a `gleanpipe serve` for another data dir, a `gleanpipe worker` "
@@ -489,8 +512,11 @@ def _store(config: Config):
     from .storage import open_store
     from .storage.base import StoreError
 
+    _store_scheme(config)
     try:
         return open_store(config.store_url)
+    except SettingError as exc:  # GLEANPIPE_STORE_TIMEOUT_S, _RETRY_S: each message names its variable
+        raise click.UsageError(str(exc)) from None
     except (ValueError, OSError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -795,16 +821,6 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
 # --- app definitions and the data dictionary (issue #4) ----------------------------------
 
 
-def _warehouse_scheme(config: Config) -> str:
-    """"duckdb" or "bigquery"; an unknown or malformed warehouse URL is a one-line error."""
-    from .warehouse import warehouse_scheme
-
-    try:
-        return warehouse_scheme(config.warehouse_url)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 def _dictionary_warehouse(config, command: str) -> None:
     """The dictionary keeps its definitions and reads its catalog in DuckDB: say so for another
     warehouse, before anything is opened (BigQuery answered a syntax error or a traceback)."""
@@ -836,6 +852,8 @@ def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_fi
 
     config = _config(data_dir, store_url, warehouse_url)
     _dictionary_warehouse(config, "apps add")
+    if not metrics_files and not pings_files:
+        raise click.UsageError("give at least one --metrics or --pings file")
     try:
         app = parse(app_id, list(metrics_files), list(pings_files))
     except DefinitionError as exc:

@@ -209,14 +209,12 @@ class LocalPipeline:
                 f"GLEANPIPE_MAX_PAYLOAD_BYTES={config.max_payload_bytes} is over the largest payload a spool record "
                 f"holds ({largest} bytes with these "
                 "GLEANPIPE_MAX_URI_BYTES and GLEANPIPE_MAX_HEADER_BYTES): lower it, or set GLEANPIPE_SPOOL=off")
-        try:  # a bad GLEANPIPE_SCHEMA_PATH: say so here, not as a gunicorn worker that fails to boot
-            schema = load_schema()
-        except ValueError as exc:
-            raise RuntimeError(str(exc)) from None
+        # a bad GLEANPIPE_SCHEMA_PATH (SettingError): say so here, not as a gunicorn worker that fails to boot
+        schema = load_schema()
         try:
             PingValidator(schema)
         except ValueError as exc:
-            raise RuntimeError(f"{SCHEMA_ENV}: not a valid JSON schema: {str(exc).splitlines()[0]}") from None
+            raise SettingError(f"{SCHEMA_ENV}: not a valid JSON schema: {str(exc).splitlines()[0]}") from None
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if not config.store_url.startswith("file://"):
             raise RuntimeError(f"serve loads in-process from a file:// store only, not {config.store_url}: with a cloud "

@@ -24,6 +24,8 @@ from typing import Any, Iterable
 import jsonschema
 import jsonschema_rs
 
+from .config import SettingError
+
 SCHEMA_NAME = "glean.1.schema.json"
 SCHEMA_ENV = "GLEANPIPE_SCHEMA_PATH"
 MAX_REPR = 60
@@ -40,11 +42,11 @@ def load_schema() -> dict[str, Any]:
         try:
             schema = json.loads(Path(override).read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ValueError(f"{SCHEMA_ENV}: cannot read {override}: {exc.strerror or exc}") from None
+            raise SettingError(f"{SCHEMA_ENV}: cannot read {override}: {exc.strerror or exc}") from None
         except ValueError as exc:  # not JSON, or not UTF-8
-            raise ValueError(f"{SCHEMA_ENV}: {override} is not a JSON file: {exc}") from None
+            raise SettingError(f"{SCHEMA_ENV}: {override} is not a JSON file: {exc}") from None
         if not isinstance(schema, dict):
-            raise ValueError(f"{SCHEMA_ENV}: {override} holds a JSON {type(schema).__name__}, not a schema object")
+            raise SettingError(f"{SCHEMA_ENV}: {override} holds a JSON {type(schema).__name__}, not a schema object")
         return schema
     try:
         packaged = importlib.resources.files("gleanpipe") / "schemas" / SCHEMA_NAME

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from ..config import SettingError
 from .base import ObjectMissing, RawStore, StoreError
 
-__all__ = ["open_store", "RawStore", "StoreError", "ObjectMissing"]
+__all__ = ["open_store", "store_scheme", "RawStore", "StoreError", "ObjectMissing"]
+
+
+def store_scheme(url: str) -> str:
+    """"file", "gs" or "s3", once the URL is known to be well-formed; SettingError otherwise."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not rest:
+        raise SettingError(f"store URL must look like file://PATH, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX, "
+                           f"got {url!r}")
+    if scheme in ("gs", "s3"):
+        from .cloud import parse_location
+
+        parse_location(scheme, rest)
+    elif scheme != "file":
+        raise SettingError(f"unknown store scheme {scheme!r} in {url!r} (use file://PATH, gs://BUCKET/PREFIX or "
+                           "s3://BUCKET/PREFIX)")
+    return scheme
 
 
 def open_store(url: str) -> RawStore:
     """``file://PATH`` (a local folder), ``gs://BUCKET/PREFIX`` (Cloud Storage) or
     ``s3://BUCKET/PREFIX`` (S3). Settings and emulator variables are read from the environment."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or not rest:
-        raise ValueError(f"store URL must look like file://PATH, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX, got {url!r}")
+    scheme = store_scheme(url)
+    rest = url.partition("://")[2]
     if scheme == "file":
         from .local import LocalStore
 
@@ -30,4 +46,3 @@ def open_store(url: str) -> RawStore:
         except ImportError as exc:  # the gcp / aws extra is not installed
             raise ValueError(str(exc)) from None
         return S3Store(bucket, prefix)
-    raise ValueError(f"unknown store scheme {scheme!r} in {url!r} (use file://PATH, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX)")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..config import SETTINGS, _get
+from ..config import SETTINGS, SettingError, _get
 from .base import RawStore, StoreError
 from .local import KEY_RE
 
@@ -45,13 +45,13 @@ def _seconds(env: str, environ=None, *, allow_zero: bool) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{env} must be a number of seconds, got {raw!r}") from None
+        raise SettingError(f"{env} must be a number of seconds, got {raw!r}") from None
     if not math.isfinite(value):  # inf: a store call that never times out or never stops retrying
-        raise ValueError(f"{env} must be a finite number of seconds, got {raw!r}")
+        raise SettingError(f"{env} must be a finite number of seconds, got {raw!r}")
     if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{env} must be {'zero or ' if allow_zero else ''}positive, got {raw!r}")
+        raise SettingError(f"{env} must be {'zero or ' if allow_zero else ''}positive, got {raw!r}")
     if value > MAX_SECONDS:
-        raise ValueError(f"{env} must be at most {MAX_SECONDS:.0f} seconds, got {raw!r}")
+        raise SettingError(f"{env} must be at most {MAX_SECONDS:.0f} seconds, got {raw!r}")
     return value
 
 
@@ -87,9 +87,9 @@ def parse_location(scheme: str, rest: str) -> tuple[str, str]:
     bucket, _, prefix = rest.partition("/")
     prefix = prefix.strip("/")
     if not BUCKET_RE.fullmatch(bucket):
-        raise ValueError(f"{scheme}:// store URL needs a bucket name (3-222 of a-z 0-9 . - _), got {bucket!r}")
+        raise SettingError(f"{scheme}:// store URL needs a bucket name (3-222 of a-z 0-9 . - _), got {bucket!r}")
     if prefix and (not PREFIX_RE.fullmatch(prefix) or any(p in (".", "..") for p in prefix.split("/"))):
-        raise ValueError(f"{scheme}:// store prefix may hold only A-Z a-z 0-9 . _ = - and /, got {prefix!r}")
+        raise SettingError(f"{scheme}:// store prefix may hold only A-Z a-z 0-9 . _ = - and /, got {prefix!r}")
     return bucket, f"{prefix}/" if prefix else ""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..config import SettingError
 from .base import LoadError, RowDataError, Warehouse, WarehouseUnavailable, WriteResult
 
 __all__ = ["open_warehouse", "held_by_another", "Warehouse", "WarehouseUnavailable", "RowDataError", "LoadError",
@@ -29,11 +30,15 @@ def open_warehouse(url: str, *, read_only: bool = False) -> Warehouse:
 
 
 def warehouse_scheme(url: str) -> str:
-    """"duckdb" or "bigquery"; ValueError for a URL that is neither."""
+    """"duckdb" or "bigquery", once the URL is known to be well-formed; SettingError otherwise."""
     scheme, sep, rest = url.partition("://")
     if not sep or not rest:
-        raise ValueError(f"warehouse URL must look like duckdb://PATH or bigquery://PROJECT/LOCATION, got {url!r}")
+        raise SettingError(f"warehouse URL must look like duckdb://PATH or bigquery://PROJECT/LOCATION, got {url!r}")
     if scheme not in ("duckdb", "bigquery"):
-        raise ValueError(f"unknown warehouse scheme {scheme!r} in {url!r} (use duckdb://PATH or "
-                         "bigquery://PROJECT/LOCATION)")
+        raise SettingError(f"unknown warehouse scheme {scheme!r} in {url!r} (use duckdb://PATH or "
+                           "bigquery://PROJECT/LOCATION)")
+    if scheme == "bigquery":
+        from .bigquery import parse_url
+
+        parse_url(url)
     return scheme

@@ -28,7 +28,7 @@ from datetime import date, datetime, timezone
 
 import orjson
 
-from ..config import _get, _int
+from ..config import SettingError, _get, _int
 from ..naming import TABLE_RE, quote_ident
 from ..table_schema import (EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, PING_COLUMNS, STR,
                             TS, INT, T, metrics_struct, struct)
@@ -59,12 +59,12 @@ def parse_url(url: str) -> tuple[str, str]:
     project, slash, location = rest.partition("/")
     shape = "BigQuery warehouse URL must look like bigquery://PROJECT/LOCATION (e.g. bigquery://my-project/US)"
     if not project or not slash or "/" in location:
-        raise ValueError(f"{shape}, got {url!r}")
+        raise SettingError(f"{shape}, got {url!r}")
     if not PROJECT_RE.fullmatch(project):
-        raise ValueError(f"{shape}; in {url!r} the project id {project!r} is not one: 2 to 64 lowercase letters, "
-                         "digits, '-', '.' or ':', starting and ending with a letter or digit")
+        raise SettingError(f"{shape}; in {url!r} the project id {project!r} is not one: 2 to 64 lowercase letters, "
+                           "digits, '-', '.' or ':', starting and ending with a letter or digit")
     if not LOCATION_RE.fullmatch(location):
-        raise ValueError(f"{shape}; in {url!r} the location {location!r} is not one (such as US, EU or europe-west1)")
+        raise SettingError(f"{shape}; in {url!r} the location {location!r} is not one (such as US, EU or europe-west1)")
     return project, location
 
 
@@ -189,9 +189,9 @@ class BigQueryWarehouse(Warehouse):
         self.deletions_refresh_s = _int("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", environ)
         self.deletions_settle_s = _int("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", environ)
         if self.deletions_settle_s < self.deletions_refresh_s:
-            raise ValueError("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S must be at least "
-                             "GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S (a deletion is final only after every "
-                             "loader has re-read the deleted clients)")
+            raise SettingError("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S must be at least "
+                               "GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S (a deletion is final only after every "
+                               "loader has re-read the deleted clients)")
         self.retry = DEFAULT_RETRY.with_deadline(self.retry_s)
         self.client = client or make_client(project, location, _get("GLEANPIPE_BIGQUERY_ENDPOINT", environ))
         self._lock = threading.Lock()
