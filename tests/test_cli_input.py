@@ -55,13 +55,35 @@ def test_serve_names_the_host_when_it_is_no_address_of_this_machine(tmp_path, ho
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--warehouse-url", "ftp://x/y"), "Error: unknown warehouse scheme 'ftp' in 'ftp://x/y'"),
-    (("--warehouse-url", "duckdb://"), "Error: warehouse URL must look like duckdb://PATH or bigquery://"),
-    (("--store-url", "file://"), "Error: store URL must look like file://PATH, gs://BUCKET/PREFIX"),
+    (("--warehouse-url", "ftp://x/y"),
+     "Error: GLEANPIPE_WAREHOUSE_URL (--warehouse-url): unknown warehouse scheme 'ftp' in 'ftp://x/y'"),
+    (("--warehouse-url", "duckdb://"),
+     "Error: GLEANPIPE_WAREHOUSE_URL (--warehouse-url): warehouse URL must look like duckdb://PATH or bigquery://"),
+    (("--store-url", "file://"),
+     "Error: GLEANPIPE_STORE_URL (--store-url): store URL must look like file://PATH, gs://BUCKET/PREFIX"),
 ])
 def test_serve_with_a_url_it_cannot_open_says_so_in_one_line(tmp_path, args, message):
     proc = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), *args, timeout=60)
     assert usage_error(proc).startswith(message), proc.stderr
+
+
+@pytest.mark.parametrize("url, message", [
+    ("ftp://x/y", "unknown store scheme 'ftp' in 'ftp://x/y' (use file://PATH, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX)"),
+    ("/plain/path", "store URL must look like file://PATH, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX, got '/plain/path'"),
+    ("gs://", "store URL must look like file://PATH, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX, got 'gs://'"),
+    ("gs://b/pings", "gs:// store URL needs a bucket name (3-222 of a-z 0-9 . - _), got 'b'"),
+    # a well-formed cloud store: serve's own restriction
+    ("gs://some-bucket/pings", "serve loads in-process from a file:// store only, not gs://some-bucket/pings: with a "
+                               "cloud store run the load function (gs://) or `gleanpipe worker` (s3://)"),
+])
+def test_serve_says_what_is_wrong_with_a_store_url_before_its_own_restriction(tmp_path, url, message):
+    """Before: serve answered every store URL that is not file:// with "serve loads in-process from
+    a file:// store only ... run the load function", also ftp://, a plain path and a gs:// with no
+    bucket, where status and replay said what is wrong with the URL."""
+    proc = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
+                     env={"GLEANPIPE_STORE_URL": url}, timeout=60)
+    assert usage_error(proc) == f"Error: GLEANPIPE_STORE_URL (--store-url): {message}"
+    assert not (tmp_path / "data" / "warehouse.duckdb").exists()
 
 
 def usage_error(proc: subprocess.CompletedProcess) -> str:

@@ -29,7 +29,7 @@ def test_worker_refuses_a_store_that_is_not_s3(tmp_path, store):
 def test_serve_refuses_a_cloud_store_it_could_not_trigger_from(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(tmp_path),
                            "--store-url", "s3://some-bucket/pings"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a usage error, as the worker's refusal of a store it cannot use
     assert "file:// store only" in proc.stderr and "gleanpipe worker" in proc.stderr
 
 

@@ -379,6 +379,8 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     if host.startswith("[") and host.endswith("]"):  # an IPv6 address as written in a URL
         host = host[1:-1]
     config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
+    _store_scheme(config)  # a malformed URL: said as such, before serve's own restrictions
+    _warehouse_scheme(config)
     lock = take_serve_lock(config.data_dir)  # held until this process exits
     if lock is None:
         holder = lock_holder(config.data_dir)

@@ -32,7 +32,7 @@ from .config import Config, SettingError
 from .load import Loader
 from .ports import in_url
 from .read_only_sql import read_only
-from .storage import RawStore, StoreError, open_store
+from .storage import RawStore, StoreError, open_store, store_scheme
 from .storage.local import LocalStore
 from .storage.spool import largest_payload
 from .storage.spool_reader import SpoolReader
@@ -216,9 +216,10 @@ class LocalPipeline:
         except ValueError as exc:
             raise SettingError(f"{SCHEMA_ENV}: not a valid JSON schema: {str(exc).splitlines()[0]}") from None
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        if not config.store_url.startswith("file://"):
-            raise RuntimeError(f"serve loads in-process from a file:// store only, not {config.store_url}: with a cloud "
-                               "store run the load function (gs://) or `gleanpipe worker` (s3://)")
+        if store_scheme(config.store_url) != "file":  # a malformed URL is told as such first
+            raise SettingError(f"GLEANPIPE_STORE_URL (--store-url): serve loads in-process from a file:// store only, "
+                               f"not {config.store_url}: with a cloud store run the load function (gs://) or "
+                               "`gleanpipe worker` (s3://)")
         self.store = open_store(config.store_url)
         if isinstance(self.store, LocalStore) and (stale := self.store.remove_stale_tmp()):
             log.warning("removed %d temp files of writes that never finished (a killed writer)", stale)
