@@ -226,7 +226,7 @@ def test_a_command_run_while_serve_starts_waits_for_it(tmp_path):
         while lock_holder(data_dir) is None:  # until the new serve has the lock
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        with pytest.raises(ServeError, match=r"a gleanpipe serve \(pid \d+\) holds .* but has not written its serve.json after 0 s: it is still starting"):
+        with pytest.raises(ServeError, match=rf"a gleanpipe serve \(pid {server.proc.pid}\) holds .* but no serve.json was written after 0 s: it is still starting"):
             AdminClient.find(data_dir, wait_s=0.2)
         out: list = []
         query = threading.Thread(target=lambda: out.append((gleanpipe(
@@ -243,6 +243,31 @@ def test_a_command_run_while_serve_starts_waits_for_it(tmp_path):
         assert answered > port_freed  # it waited for the serve: it did not open the file under it
     finally:
         assert server.stop() == 0
+
+
+def test_status_names_a_foreign_process_that_holds_the_serve_lock(tmp_path):
+    """Before: another program holding <data dir>/serve.lock (`flock data/serve.lock sleep 120`)
+    was "a gleanpipe serve (pid 0) holds data but has not written its serve.json"; with the pid a
+    stopped serve had left in the file, that serve's pid."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "serve.lock").write_text(f"{1234567:>10}\n")  # a serve that ran before left its pid
+    script = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+              "print('locked', flush=True); sys.stdin.read()")
+    other = subprocess.Popen([sys.executable, "-c", script, str(data_dir / "serve.lock")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        with pytest.raises(ServeError) as info:
+            AdminClient.find(data_dir, wait_s=0.2)
+    finally:
+        other.stdin.close()
+        other.wait(timeout=10)
+    command = f"{sys.executable} -c {script} {data_dir / 'serve.lock'}"[:200]  # as /proc tells, cut at 200
+    assert str(info.value) == (
+        f"another process, pid {other.pid} ({command}), holds "
+        f"{data_dir / 'serve.lock'}, the lock of a gleanpipe serve, and no serve.json was written after 0 s: stop it")
+    assert AdminClient.find(data_dir, wait_s=0.2) is None  # let go: no serve
 
 
 def test_serve_after_a_kill_waits_for_the_dead_serves_port(tmp_path):

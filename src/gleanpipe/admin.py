@@ -315,6 +315,48 @@ def lock_holder(data_dir: Path) -> int | None:
         os.close(fd)
 
 
+def lock_owner(data_dir: Path) -> tuple[int, str] | None:
+    """(pid, command line) of the process that holds the data dir's lock, as /proc/locks tells,
+    whatever program it is (the lock file's own pid is only ever written by a serve); None when
+    /proc does not tell (no /proc, a holder in another PID namespace). The command line is "" when
+    it cannot be read."""
+    try:
+        st = os.stat(Path(data_dir) / LOCK_FILE)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2318356 0 EOF" ("->" lines wait for it)
+        parts = line.split()
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == where and parts[4].isdigit() and int(parts[4]):
+            pid = int(parts[4])
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                command = ""
+            return pid, command[:200]
+    return None
+
+
+def _no_state(data_dir: Path, holder: int, wait_s: float) -> str:
+    """Why no serve could be found though the data dir's lock is held, naming its holder: a
+    gleanpipe serve only when it is one (another program holding the file was "pid 0")."""
+    lock, owner = Path(data_dir) / LOCK_FILE, lock_owner(data_dir)
+    late = f"no {STATE_FILE} was written after {wait_s:.0f} s"
+    if owner and "gleanpipe" in owner[1]:
+        return (f"a gleanpipe serve (pid {owner[0]}) holds {lock} but {late}: it is still starting (see its output), "
+                "or the file was removed (restart that serve)")
+    if owner:
+        return (f"another process, pid {owner[0]} ({owner[1] or 'command line unknown'}), holds {lock}, the lock "
+                f"of a gleanpipe serve, and {late}: stop it")
+    named = f"its lock file names pid {holder}" if holder else "its lock file names no pid"
+    return (f"a process this system does not name holds {lock} ({named}) but {late}: a gleanpipe serve still "
+            "starting (see its output), one whose file was removed (restart it), or another program holding the "
+            "lock (stop it)")
+
+
 def remove_state(data_dir: Path) -> bool:
     """Remove serve's state file (on a clean stop, or a killed serve's when the next one has the
     lock); False if there was none."""
@@ -374,9 +416,7 @@ class AdminClient:
             if isinstance(pid, int) and holder in (0, pid):
                 break
             if time.monotonic() >= deadline:
-                raise ServeError(f"a gleanpipe serve (pid {holder}) holds {data_dir} but has not written its "
-                                 f"{STATE_FILE} after {wait_s:.0f} s: it is still starting (see its output), or the "
-                                 "file was removed (restart that serve)")
+                raise ServeError(_no_state(data_dir, holder, wait_s))
             time.sleep(0.05)
         client = cls(state["admin_url"], state["token"], state.get("store_url"), state.get("warehouse_url"))
         if warehouse_url is not None and not same_location(warehouse_url, client.warehouse_url):
