@@ -724,6 +724,36 @@ def test_serve_waits_for_a_query_that_holds_the_warehouse_file_and_names_it(tmp_
             server.stop()
 
 
+def test_serve_that_gives_up_on_a_held_warehouse_names_the_holder_it_found(tmp_path, monkeypatch):
+    """Before: after its wait serve named the `gleanpipe query` holding the file, then said "Another
+    `gleanpipe serve`, `gleanpipe worker` or `load` function writing to it holds it", and passed on
+    DuckDB's advice about "the -readonly parameter in the CLI". (The wait is cut to 1 s here.)"""
+    from gleanpipe import serve
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    path = tmp_path / "data" / "warehouse.duckdb"
+    DuckDBWarehouse(str(path)).close()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    query = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "query", "--data-dir", str(path.parent),
+                              "SELECT count(*) FROM range(1000000000000) AS a, range(10) AS b"],
+                             env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30  # until it has the file open (then it runs for hours)
+        while not _has_open(query.pid, path) and time.monotonic() < deadline:
+            assert query.poll() is None, query.communicate()
+            time.sleep(0.1)
+        monkeypatch.setattr(serve, "HELD_WAIT_S", 1.0)
+        with pytest.raises(RuntimeError) as info:
+            serve._open_warehouse(f"duckdb://{path}")
+    finally:
+        query.kill()
+        query.communicate()
+    command = f"{sys.executable} -m gleanpipe.cli query --data-dir {path.parent} SELECT count(*) FROM range(1000000000000) AS a, range(10) AS b"
+    assert str(info.value) == (f"the warehouse {path} is still held by PID {query.pid} ({command[:200]}) after 1 s, "
+                               "and serve needs it to itself: stop that process (or let it end), or give this serve "
+                               "another --data-dir")
+
+
 def _log_of(server: ServeProcess) -> str:
     path = server.data_dir.parent / f"serve-{server.port}.log"
     return path.read_text(errors="replace") if path.exists() else ""

@@ -176,10 +176,10 @@ def _open_warehouse(url: str) -> Warehouse:
             if not held_by_another(exc):
                 raise RuntimeError(str(exc)) from None
             holder = _holder(str(exc))
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"{exc}\nIt is still held, by {holder}, after {HELD_WAIT_S:.0f} s. Another "
-                                   "`gleanpipe serve`, `gleanpipe worker` or `load` function writing to it holds it "
-                                   "for as long as it runs: stop it, or give this serve another --data-dir.") from None
+            if time.monotonic() >= deadline:  # the holder it found, not a list of guesses, nor DuckDB's CLI advice
+                raise RuntimeError(f"the warehouse {url.removeprefix('duckdb://')} is still held by {holder} after "
+                                   f"{HELD_WAIT_S:.0f} s, and serve needs it to itself: stop that process (or let it "
+                                   "end), or give this serve another --data-dir") from None
             if not said:
                 log.warning("the warehouse %s is held by %s; waiting up to %.0f s for it to be let go",
                             url, holder, HELD_WAIT_S)
