@@ -467,9 +467,14 @@ def test_explain_reads_only_when_it_explains_a_select(sql, reads):
 
 
 @pytest.mark.parametrize("sql, kind", [
-    ("CHECKPOINT", "a CALL"), ("CALL checkpoint()", "a CALL"), ("PRAGMA force_checkpoint", "a PRAGMA"),
-    ("SET threads = 1", "a SET"), ("ATTACH ':memory:' AS other", "an ATTACH"), ("INSTALL json", "a LOAD"),
-    ("VACUUM", "a VACUUM"), ("EXPORT DATABASE '/nowhere'", "an EXPORT"),
+    ("CHECKPOINT", "a CHECKPOINT"), ("CALL checkpoint()", "a CALL"), ("PRAGMA force_checkpoint", "a PRAGMA"),
+    ("SET threads = 1", "a SET"), ("ATTACH ':memory:' AS other", "an ATTACH"), ("VACUUM", "a VACUUM"),
+    ("EXPORT DATABASE '/nowhere'", "an EXPORT"),
+    # named as written, not by DuckDB's type (INSTALL was "a LOAD statement", USE "a SET", BEGIN "a TRANSACTION")
+    ("INSTALL json", "an INSTALL"), ("/* x */ force  install json", "a FORCE INSTALL"), ("LOAD json", "a LOAD"),
+    ("USE memory", "a USE"), ("BEGIN", "a BEGIN"), ("ANALYZE", "an ANALYZE"),
+    ("UPDATE EXTENSIONS", "an UPDATE"),  # a type the duckdb module has no name for: "29 is not a valid StatementType"
+    ("WITH x AS (SELECT 1 AS a) INSERT INTO main.t SELECT a FROM x", "an INSERT"),
 ])
 def test_statements_that_are_not_reads_are_refused_whatever_their_kind(sql, kind):
     """Only SELECT (DESCRIBE, SHOW, ...) and EXPLAIN of a SELECT run through serve's writable

@@ -28,6 +28,9 @@ _GAP = r"(?:\s|/\*.*?\*/|--[^\n]*(?:\n|$))*"
 EXPLAIN_HEAD = re.compile(rf"{_GAP}EXPLAIN\b{_GAP}(?:ANALY[SZ]E\b{_GAP}|\([^)]*\){_GAP})?",
                           re.IGNORECASE | re.DOTALL)
 
+# a statement's first word(s) as written, past blanks and comments: what the user calls it
+LEADING_WORDS = re.compile(rf"{_GAP}((?:FORCE\s+)?[A-Za-z]+)", re.IGNORECASE | re.DOTALL)
+
 
 class WriteRefused(ValueError):
     pass
@@ -53,17 +56,32 @@ def check(sql: str) -> None:
     if len(statements) > 1:  # DuckDB runs them all and returns the last one's rows: the others would vanish
         raise ValueError(f"one statement at a time: this SQL has {len(statements)}")
     for statement in statements:
-        if statement.type == EXPLAIN and not _explains_a_select(statement.query):
+        try:
+            kind_of = statement.type
+        except ValueError:  # a type this duckdb module has no name for (UPDATE EXTENSIONS: "29 is not a valid ...")
+            kind_of = None
+        if kind_of == EXPLAIN and not _explains_a_select(statement.query):
             raise WriteRefused("the warehouse is read-only for queries: EXPLAIN is run on a SELECT only "
                                "(EXPLAIN ANALYZE runs the statement it explains)")
-        if statement.type not in (SELECT, EXPLAIN):
-            kind = statement.type.name
+        if kind_of not in (SELECT, EXPLAIN):
+            kind = _kind(statement.query, kind_of)
             raise WriteRefused(
                 f"the warehouse is read-only for queries: {_article(kind)} {kind} statement is not run "
                 "(SELECT, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN of a SELECT are)")
 
 
+def _kind(query: str, kind_of) -> str:
+    """The statement's kind as its SQL names it (INSTALL, CHECKPOINT, USE): DuckDB's type lumps
+    several together (an INSTALL is a LOAD, a CHECKPOINT a CALL). After a WITH, DuckDB's type."""
+    words = LEADING_WORDS.match(query)
+    if words and (words[1].upper() != "WITH" or kind_of is None):
+        return " ".join(words[1].upper().split())
+    return kind_of.name if kind_of is not None else "unknown"
+
+
 def _article(word: str) -> str:
+    if word.upper() == "USE":  # said "yoos": a USE, an UPDATE
+        return "a"
     return "an" if word[:1].upper() in "AEIOU" else "a"
 
 
