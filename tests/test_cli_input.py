@@ -328,6 +328,20 @@ def test_definitions_without_a_schema_line_name_the_file(tmp_path):
     ]
 
 
+def test_apps_add_says_a_file_is_not_regular_and_a_data_dir_cannot_be_made_in_one_line(tmp_path):
+    """Before: `--metrics /dev/null` was "no such file", and a data dir under a file a raw
+    "[Errno 20] Not a directory: '...'"."""
+    missing = tmp_path / "missing.yaml"
+    proc = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", "/dev/null", "--pings", str(missing),
+                     "--data-dir", str(tmp_path / "data"))
+    assert (proc.returncode, proc.stderr) == (1, f"Error: the definitions do not parse:\n  /dev/null: not a regular "
+                                                 f"file\n  {missing}: no such file\n")
+    (tmp_path / "a-file").write_text("x")
+    proc = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
+                     "--data-dir", str(tmp_path / "a-file" / "data"))
+    assert (proc.returncode, proc.stderr) == (1, f"Error: {tmp_path / 'a-file' / 'data'}: Not a directory\n")
+
+
 def test_definitions_that_are_not_a_mapping_are_refused_and_keep_the_stored_ones(tmp_path):
     """Before: a file whose top level is a list parsed as "0 metrics, 0 pings" and `apps add`
     replaced the app's stored definitions with nothing."""

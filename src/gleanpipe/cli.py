@@ -874,6 +874,8 @@ def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_fi
                 wh.close()
     except click.ClickException:
         raise
+    except OSError as exc:  # a data dir that cannot be made: one line, as the other commands say it
+        raise click.ClickException(_os_error(exc)) from None
     except Exception as exc:
         raise click.ClickException(str(exc)) from None
     created = Counter(column.split(".")[1] for column in result["columns_added"])  # dataset.table.metrics.<type>.<col>

@@ -131,9 +131,10 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
         raise DefinitionError([f"app id {app_id!r}: must be 1-100 chars of [A-Za-z0-9._-], "
                                "starting with a letter or digit"])
     files = [Path(p) for p in [*metrics_files, *pings_files]]
-    missing = [str(p) for p in files if not p.is_file()]
-    if missing:
-        raise DefinitionError([f"{p}: no such file" for p in missing])
+    unreadable = [f"{p}: no such file" if not p.exists() else f"{p}: not a regular file" for p in files
+                  if not p.is_file()]  # /dev/null, a FIFO: there, but no definitions file
+    if unreadable:
+        raise DefinitionError(unreadable)
     if not files:
         raise DefinitionError(["give at least one --metrics or --pings file"])
     unusable = _not_definitions(files)
