@@ -342,6 +342,44 @@ def test_apps_add_says_a_file_is_not_regular_and_a_data_dir_cannot_be_made_in_on
     assert (proc.returncode, proc.stderr) == (1, f"Error: {tmp_path / 'a-file' / 'data'}: Not a directory\n")
 
 
+def test_help_names_the_variable_of_each_option_and_says_what_host_and_port_are():
+    """Before: no --help said which GLEANPIPE_* variable an option reads, and serve's --host and
+    --port had no help text at all."""
+    import click
+
+    from gleanpipe.cli import main
+
+    def commands(group, path):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, [*path, name])
+            else:
+                yield [*path, name], command
+
+    checked = set()
+    for path, command in commands(main, []):
+        text = " ".join(gleanpipe(*path, "--help").stdout.split())  # the help's words, without its wrapping
+        for param in command.params:
+            if isinstance(param, click.Option) and param.envvar:
+                assert f"env var: {param.envvar}" in text, (path, param.envvar, text)
+                checked.add(param.envvar)
+    assert {"GLEANPIPE_DATA_DIR", "GLEANPIPE_STORE_URL", "GLEANPIPE_WAREHOUSE_URL", "GLEANPIPE_HOST", "GLEANPIPE_PORT",
+            "GLEANPIPE_WORKERS", "GLEANPIPE_LOAD_BATCH", "GLEANPIPE_EXPLORE_PORT", "GLEANPIPE_WORKER_WAIT_S"} <= checked
+    serve = " ".join(gleanpipe("serve", "--help").stdout.split())
+    assert ("--host TEXT Address to listen on (0.0.0.0 or :: to accept other hosts). "
+            "[env var: GLEANPIPE_HOST; default: 127.0.0.1]") in serve
+    assert ("--port INTEGER Port for /submit (and the debug viewer and dictionary). "
+            "[env var: GLEANPIPE_PORT; default: 8080]") in serve
+
+
+def test_a_bad_data_dir_variable_is_named_in_its_error(tmp_path):
+    """Before: GLEANPIPE_DATA_DIR=<a file> was "Invalid value for '--data-dir'", naming no variable."""
+    (tmp_path / "a-file").write_text("x")
+    proc = gleanpipe("status", env={"GLEANPIPE_DATA_DIR": str(tmp_path / "a-file")})
+    assert usage_error(proc) == (f"Error: Invalid value for '--data-dir' (GLEANPIPE_DATA_DIR): Directory "
+                                 f"'{tmp_path / 'a-file'}' is a file.")
+
+
 def test_definitions_that_are_not_a_mapping_are_refused_and_keep_the_stored_ones(tmp_path):
     """Before: a file whose top level is a list parsed as "0 metrics, 0 pings" and `apps add`
     replaced the app's stored definitions with nothing."""

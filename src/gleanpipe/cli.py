@@ -26,10 +26,16 @@ from .config import SETTINGS, Config, SettingError
 
 
 class SettingOption(click.Option):
-    """An option that also reads a GLEANPIPE_* variable: a bad value's error names the variable."""
+    """An option that also reads a GLEANPIPE_* variable: --help names the variable (click's
+    show_envvar), and so does a bad value's error."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("show_envvar", True)
+        super().__init__(*args, **kwargs)
 
     def get_error_hint(self, ctx: click.Context) -> str:
-        hint = super().get_error_hint(ctx)
+        # the parameter's own hint: click.Option's would add " (env var: '...')" with show_envvar
+        hint = click.Parameter.get_error_hint(self, ctx)
         return f"{hint} ({self.envvar})" if isinstance(self.envvar, str) else hint
 
 
@@ -40,12 +46,12 @@ def _not_empty(ctx, param, value):
     return Path(value) if value is not None else None
 
 
-DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False), envvar="GLEANPIPE_DATA_DIR",
+DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False), envvar="GLEANPIPE_DATA_DIR", cls=SettingOption,
                         default=SETTINGS["GLEANPIPE_DATA_DIR"].default, show_default=True, callback=_not_empty,
                         help="Local mode folder (raw store, DuckDB file, server state).")
-STORE = click.option("--store-url", envvar="GLEANPIPE_STORE_URL", default=None,
+STORE = click.option("--store-url", envvar="GLEANPIPE_STORE_URL", cls=SettingOption, default=None,
                      help="Raw store URL. Default: file://<data dir>/store.")
-WAREHOUSE = click.option("--warehouse-url", envvar="GLEANPIPE_WAREHOUSE_URL", default=None,
+WAREHOUSE = click.option("--warehouse-url", envvar="GLEANPIPE_WAREHOUSE_URL", cls=SettingOption, default=None,
                          help="Warehouse URL. Default: duckdb://<data dir>/warehouse.duckdb.")
 
 
@@ -363,10 +369,11 @@ def main(verbose: bool) -> None:
 @DATA_DIR
 @STORE
 @WAREHOUSE
-@click.option("--host", envvar="GLEANPIPE_HOST", default=SETTINGS["GLEANPIPE_HOST"].default, show_default=True)
+@click.option("--host", envvar="GLEANPIPE_HOST", cls=SettingOption, default=SETTINGS["GLEANPIPE_HOST"].default,
+              show_default=True, help="Address to listen on (0.0.0.0 or :: to accept other hosts).")
 @click.option("--port", envvar="GLEANPIPE_PORT", cls=SettingOption, type=int,
               default=int(SETTINGS["GLEANPIPE_PORT"].default),
-              show_default=True)
+              show_default=True, help="Port for /submit (and the debug viewer and dictionary).")
 @click.option("--workers", envvar="GLEANPIPE_WORKERS", cls=SettingOption, type=int, default=None,
               help="HTTP worker processes [default: 2].")
 def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
