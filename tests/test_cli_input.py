@@ -874,11 +874,11 @@ def test_query_output_keeps_values_as_stored_and_shows_control_characters_in_a_t
 
 
 def test_a_table_cuts_a_value_at_its_fixed_width_and_csv_keeps_it_whole(tmp_path):
-    """A table column is at most cli.TABLE_CELL_CHARS (60) characters wide (README "Fixed limits"):
+    """A table column is at most output.TABLE_CELL_CHARS (60) characters wide (README "Fixed limits"):
     a 100-character value is shown as its first 59 and "…"; one of 60 is shown whole."""
     import duckdb
 
-    from gleanpipe.cli import TABLE_CELL_CHARS
+    from gleanpipe.output import TABLE_CELL_CHARS
 
     assert TABLE_CELL_CHARS == 60
     duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()

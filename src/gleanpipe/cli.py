@@ -5,14 +5,9 @@ Every option that is also a setting reads the same GLEANPIPE_* environment varia
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import os
-import queue
 import shlex
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -20,9 +15,11 @@ import click
 import orjson
 
 from . import __version__
-from .admin import (AdminClient, ServeError, absolute, dumps, lock_holder, remove_state, same_location,
-                    shown_values, take_serve_lock)
+from .admin import (AdminClient, ServeError, absolute, lock_holder, remove_state, same_location, shown_values,
+                    take_serve_lock)
 from .config import SETTINGS, Config, SettingError
+from .output import format_rows, stream_rows
+from .terminal import CtrlC, Drawing, beside, interrupted, off_main, quiet
 
 
 class SettingOption(click.Option):
@@ -157,168 +154,23 @@ def _query_pages(config: Config):
             read.close()
 
     interrupt = getattr(wh, "interrupt_reads", None)
-    return (lambda sql, params=None: _beside(pages(sql, params), interrupt)) if interrupt else pages, wh.close
-
-
-def _beside(items, interrupt):
-    """``items``, produced by a thread of its own while this one waits for them. DuckDB runs a query
-    in C++ without looking for signals (a count over range(10**12) went on after Ctrl-C, for
-    hours); waiting here, this thread gets the Ctrl-C, and ``interrupt`` stops the read."""
-    out: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        out.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            out.put(("end", None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
-            if not stop.is_set():
-                out.put(("error", exc))
-        finally:
-            items.close()  # in this thread: the read's own clean-up (abort, ROLLBACK)
-
-    producer = threading.Thread(target=produce, name="gleanpipe-query", daemon=True)
-    producer.start()
-    ended = False
-    try:
-        while True:
-            kind, value = out.get()
-            if kind != "item":
-                ended = True
-                if kind == "error":
-                    raise value
-                return
-            yield value
-    finally:  # Ctrl-C, or the reader stopped early (`| head`): the read stops now, not at its next page
-        stop.set()
-        if not ended:
-            interrupt()
-        producer.join(30)
-
-
-def _off_main(work, interrupt):
-    """``work()``, run by a thread of its own while this one waits for it: as for ``_beside``, this
-    thread gets the Ctrl-C, and ``interrupt`` (if any) stops the DuckDB read under way."""
-    if interrupt is None:
-        return work()
-    done: dict = {}
-    ended = threading.Event()  # not Thread.join: a Ctrl-C inside join() marks a running thread as ended (3.11)
-
-    def run() -> None:
-        try:
-            done["value"] = work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
-            done["error"] = exc
-        finally:
-            ended.set()
-
-    threading.Thread(target=run, name="gleanpipe-read", daemon=True).start()
-    try:
-        ended.wait()
-    except KeyboardInterrupt:
-        interrupt()
-        ended.wait(30)  # the work's own clean-up (its temporary file, its lock) runs in its thread
-        raise
-    if "error" in done:
-        raise done["error"]
-    return done["value"]
-
-
-class _CtrlC:
-    """SIGINT while a command runs: recorded, then KeyboardInterrupt as Python's own handler raises
-    it. DuckDB turns that KeyboardInterrupt, inside a statement, into its own "Query interrupted"
-    error, and a command's own handling may turn that into an "Error: ..." or a traceback: once
-    Ctrl-C came, whatever ends the command is reported as the Ctrl-C it is. A command that runs
-    until it is stopped (serve, worker, explore's Datasette, emulate) puts its own handler in place."""
-
-    def __init__(self) -> None:
-        self.came = False
-        self.previous = None
-
-    def __enter__(self) -> _CtrlC:
-        import signal
-
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set one
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.came = True
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-
-def _interrupted(message: str = "interrupted"):
-    _say(message)
-    sys.exit(130)
-
-
-def _say(message: str) -> None:
-    """``message`` on stderr, if anybody still reads it (`2>&1 | head`: the exit code tells it then)."""
-    try:
-        click.echo(message, err=True)
-    except OSError:
-        _quiet(sys.stderr)
-
-
-class _Drawing:
-    """Where a progress bar draws: stderr, until its reader goes away (`2>&1 | head`) or writing
-    fails, then nowhere, and the work goes on. The bar's BrokenPipeError was taken for a reader of
-    stdout that stopped reading: a replay ended part-way, with exit 0."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-
-    def write(self, text: str):
-        try:
-            return self.stream.write(text)
-        except OSError:
-            _quiet(self.stream)
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except OSError:
-            _quiet(self.stream)
-
-    def __getattr__(self, name):  # what tqdm asks of a file (its encoding, isatty, fileno)
-        return getattr(self.stream, name)
-
-
-def _quiet(stream) -> None:
-    """Nothing more for ``stream``, whose reader went away: what is still written (or left in its
-    buffer, which Python flushes at exit and would fail with exit code 120) goes nowhere."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    return (lambda sql, params=None: beside(pages(sql, params), interrupt)) if interrupt else pages, wh.close
 
 
 class _Commands(click.Group):
     def invoke(self, ctx):
-        with _CtrlC() as ctrl_c:
+        with CtrlC() as ctrl_c:
             try:  # everything the command does, from its first import
                 return self._mapped(ctx)
             except KeyboardInterrupt:  # Ctrl-C: 130, as the shell says it, not click's "Aborted!" and 1
-                _interrupted()
+                interrupted()
             except SystemExit as exc:  # a command's own exit: its code, unless it failed after a Ctrl-C
                 if ctrl_c.came and exc.code not in (0, None, 130):
-                    _interrupted()
+                    interrupted()
                 raise
             except Exception as exc:  # "Error: Query interrupted", a traceback: after a Ctrl-C, the Ctrl-C
                 if ctrl_c.came and not (isinstance(exc, click.exceptions.Exit) and exc.exit_code == 0):
-                    _interrupted()
+                    interrupted()
                 raise
 
     def _mapped(self, ctx):
@@ -332,7 +184,7 @@ class _Commands(click.Group):
         except (StoreError, WarehouseUnavailable) as exc:  # a store or warehouse out of reach, a missing bucket
             raise click.ClickException(str(exc)) from None
         except BrokenPipeError:  # `gleanpipe status | head -1`: the reader stopped reading, which is no error
-            _quiet(sys.stdout)
+            quiet(sys.stdout)
             sys.exit(0)
         except OSError as exc:  # a folder that cannot be made or used (under a file, read-only, /proc, ...)
             raise click.ClickException(_os_error(exc)) from None
@@ -422,65 +274,6 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     sys.exit(code)
 
 
-# a table is for a terminal: control characters from ping data are shown, not sent to it (an
-# escape sequence in a label could retitle the terminal or hide rows)
-_SHOWN_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {ord("\n"): "\\n", ord("\t"): "\\t"}
-# widest column of a table (README "Fixed limits"): a longer value is cut, ending in "…" (csv and json
-# give it whole)
-TABLE_CELL_CHARS = 60
-
-
-def _format(columns: list[str], rows: list, fmt: str) -> str:
-    if fmt == "table":
-        return _table(columns, _plain(rows))
-    return "".join(_stream(columns, iter([rows]), fmt)).rstrip("\n")
-
-
-def _plain(rows: list) -> list:
-    return orjson.loads(dumps(rows))  # the same plain values whether they came from the server or the file
-
-
-def _cell(v) -> str:
-    return "" if v is None else (v if isinstance(v, str) else orjson.dumps(v).decode())
-
-
-def _stream(columns: list[str], pages, fmt: str):
-    """``--format json`` or ``csv`` of the rows in ``pages``, as text pieces, a page at a time."""
-    if fmt == "json":
-        repeated = sorted({c for c in columns if columns.count(c) > 1})
-        if repeated:  # a JSON object keeps one value per name: the others would be lost without a word
-            raise click.ClickException(f"--format json needs distinct column names, and {', '.join(repeated)} "
-                                       "is used more than once: give the columns names of their own (AS ...)")
-        first = True
-        for rows in pages:
-            if rows:
-                # the page's objects as orjson indents them inside a list, without the list's [ ]
-                text = orjson.dumps([dict(zip(columns, r)) for r in _plain(rows)], option=orjson.OPT_INDENT_2)
-                yield ("[\n" if first else ",\n") + text.decode()[2:-2]
-                first = False
-        yield "[]" if first else "\n]"
-        return
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    yield buf.getvalue()
-    for rows in pages:
-        buf.seek(0)
-        buf.truncate()
-        w.writerows([[_cell(v) for v in r] for r in _plain(rows)])
-        yield buf.getvalue()
-
-
-def _table(columns: list[str], rows: list) -> str:
-    table = [[str(c) for c in columns]] + [[_cell(v).translate(_SHOWN_CONTROLS) for v in r] for r in rows]
-    widths = [min(max(len(r[i]) for r in table), TABLE_CELL_CHARS) for i in range(len(columns))]
-    clip = lambda s, w: s if len(s) <= w else s[: w - 1] + "…"
-    lines = ["  ".join(clip(v, w).ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
-    return "\n".join(lines)
-
-
 @main.command()
 @DATA_DIR
 @STORE
@@ -503,9 +296,9 @@ def query(data_dir, store_url, warehouse_url, fmt, sql) -> None:
     try:
         columns = next(pages)
         if fmt == "table":  # the widths need every row
-            sys.stdout.write(_table(columns, [r for page in pages for r in _plain(page)]) + "\n")
+            sys.stdout.write(format_rows(columns, [r for page in pages for r in page], "table") + "\n")
         else:
-            for text in _stream(columns, pages, fmt):
+            for text in stream_rows(columns, pages, fmt):
                 sys.stdout.write(text)
             sys.stdout.write("\n" if fmt == "json" else "")
     except (click.ClickException, BrokenPipeError):  # `| head`: handled as for every command (_Commands)
@@ -578,7 +371,7 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
     from .replay import with_deletion_requests
 
     keys, requests = with_deletion_requests(store, keys)  # deleted clients stay deleted
-    with tqdm(total=len(keys), unit="obj", disable=no_progress, file=_Drawing(sys.stderr)) as bar:
+    with tqdm(total=len(keys), unit="obj", disable=no_progress, file=Drawing(sys.stderr)) as bar:
         if client:  # the running server owns the warehouse: send it the batches
             from .replay import add_counts, chunks
 
@@ -598,7 +391,7 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
                 if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
                     raise
                 bar.close()
-                _interrupted("interrupted: the batches loaded so far stay; run the same replay again to finish "
+                interrupted("interrupted: the batches loaded so far stay; run the same replay again to finish "
                              "(it is idempotent)")
             finally:
                 wh.close()
@@ -647,7 +440,7 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
         click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return
     click.echo(f"server: {info['server']}   warehouse: {config.warehouse_url}")
-    click.echo(_format(["dataset", "table", "rows"], [[t["dataset"], t["table"], t["rows"]] for t in info["tables"]],
+    click.echo(format_rows(["dataset", "table", "rows"], [[t["dataset"], t["table"], t["rows"]] for t in info["tables"]],
                        "table"))
     note = f" ({info['pending_note']})" if info.get("pending_note") else ""
     click.echo(f"waiting to load: unknown ({info['store_error']})" if info["pending"] is None else
@@ -703,7 +496,7 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
         else:
             wh = _open_local(config, read_only=True)
             source = ex.Source.from_duckdb(wh.con, wh.path)
-        result = _off_main(lambda: ex.export(source, out_dir, force=force), source.interrupt)
+        result = off_main(lambda: ex.export(source, out_dir, force=force), source.interrupt)
     except (RuntimeError, OSError, ValueError) as exc:
         raise click.ClickException(f"export failed: {exc}") from None
     finally:
@@ -918,7 +711,7 @@ def apps_list(data_dir, store_url, warehouse_url, fmt) -> None:
     finally:
         close()
     columns = ["app_id", "dataset", "defined", "ping_types", "pings_received", "metrics_defined", "last_seen"]
-    click.echo(_format(columns, [[a[c] for c in columns] for a in listed], fmt))
+    click.echo(format_rows(columns, [[a[c] for c in columns] for a in listed], fmt))
 
 
 @main.group()
