@@ -3,6 +3,7 @@ shown the same both ways, and a query that serve stops or whose client goes away
 
 from __future__ import annotations
 
+import decimal
 import json
 import os
 import signal
@@ -56,7 +57,7 @@ def test_query_shows_timetz_and_map_keys_of_every_type_with_and_without_serve(tm
         "e": {"6162": 1},  # a BLOB key is shown as a BLOB value is: hex
         "f": {big: "23:59:59.999999-15:59"}, "g": {"nan": 1, "1.5": 2}, "h": {"true": 1},
         "i": {"2024-01-02": 1}, "j": {"2024-01-02T03:04:05": 1}, "k": {UUID_KEY: 1},
-        "l": "{1 day=1}",  # a column holding an INTERVAL is DuckDB's text (as before)
+        "l": {"1 day": 1},  # an INTERVAL key as DuckDB prints it (the whole map was DuckDB's text "{1 day=1}")
         "m": [{"1.25": 1}]}]
     assert csv_lines[0] == "a,b,c,d,e,f,g,h,i,j,k,l,m"
     assert csv_lines[1].startswith('12:00:00.5+05:30,"[""08:00:00-00:30:15""]","{""t"":""00:00:00+00""}",'
@@ -285,6 +286,13 @@ def test_a_query_with_parameters_and_an_interval_column_runs_again_with_its_para
     try:
         assert list(wh.read_query_pages("SELECT ? AS k, INTERVAL (?) MONTH AS m", ["a", 14])) == [
             ["k", "m"], [("a", "1 year 2 months")]]
+        # inside a struct, a list, a map: the intervals are text and the nesting stays (the whole
+        # column was DuckDB's text, "{'iv': 01:00:00, 'n': 1}", a string in --format json)
+        nested = ("SELECT {'iv': INTERVAL 1 HOUR, 'n': 1, 'x \"y': [INTERVAL (?) DAY]} AS s, "
+                  "MAP {'k': INTERVAL 14 MONTH} AS m, [INTERVAL 2 MONTH]::INTERVAL[1] AS a, {'d': 1.5::DECIMAL(3,1)} AS t")
+        assert list(wh.read_query_pages(nested, [3])) == [["s", "m", "a", "t"], [(
+            {"iv": "01:00:00", "n": 1, 'x "y': ["3 days"]}, {"k": "1 year 2 months"}, ("2 months",),
+            {"d": decimal.Decimal("1.5")})]]
     finally:
         wh.close()
 

@@ -100,6 +100,30 @@ def view_of(table: str) -> str | None:
 JSON_OBJECT_BYTES = 16 * 1024 * 1024  # read_json's maximum_object_size for rows shorter than this (its default)
 
 
+def _intervals_as_text(t) -> str | None:
+    """The DuckDB type ``t`` (a result column's) with every INTERVAL in it made VARCHAR, or None
+    when it has none: a cast to it gives each interval as DuckDB prints it and keeps structs,
+    lists and maps as they are."""
+    kind = t.id
+    if kind == "interval":
+        return "VARCHAR"
+    if kind not in ("struct", "list", "array", "map", "union"):
+        return None
+    kids = t.children[1:] if kind == "union" else t.children  # a union's first child is its tag
+    inner = [_intervals_as_text(c) if kind != "array" or n == "child" else None for n, c in kids]
+    if not any(inner):
+        return None
+    texts = [x or str(c) for x, (_, c) in zip(inner, kids)]
+    name = lambda n: '"' + n.replace('"', '""') + '"'
+    if kind in ("struct", "union"):
+        return f"{kind.upper()}(" + ", ".join(f"{name(n)} {x}" for (n, _), x in zip(kids, texts)) + ")"
+    if kind == "list":
+        return f"{texts[0]}[]"
+    if kind == "array":
+        return f"{texts[0]}[{kids[1][1]}]"
+    return f"MAP({texts[0]}, {texts[1]})"
+
+
 def out_of_memory(exc: Exception) -> str:
     """DuckDB's out-of-memory error with what a gleanpipe user can do, in place of its advice
     (SET threads, SET memory_limit), which no gleanpipe command takes."""
@@ -613,9 +637,10 @@ class DuckDBWarehouse(Warehouse):
         """``read_query`` a page at a time (the column names first, then lists of rows), so that a
         large result is never all in memory as Python values (serve's admin API, admin.py).
 
-        INTERVAL columns (also inside lists and structs) come back as DuckDB prints them
+        INTERVAL values (also inside lists, structs and maps) come back as DuckDB prints them
         (``1 year 2 months``), not as Python timedelta, which has no months (``age()`` of 14
-        months read as 420 days): such a query runs again with the cast added, fetched whole."""
+        months read as 420 days): such a query runs again with the cast added, fetched whole.
+        The cast keeps the nesting (``STRUCT(iv VARCHAR)``), so a struct is still a struct."""
         from ..read_only_sql import WriteRefused
 
         with self._reader() as cur:
@@ -630,12 +655,11 @@ class DuckDBWarehouse(Warehouse):
                         raise
                     raise duckdb.CatalogException(message) from None
                 columns = [d[0] for d in cur.description or ()]
-                types = [str(d[1]) for d in cur.description or ()]
-                if any("INTERVAL" in t for t in types):
+                shown = [_intervals_as_text(d[1]) for d in cur.description or ()]
+                if any(shown):
                     cur.abort()
                     rel = cur.sql(sql, params=params or None).project(
-                        ", ".join(f"CAST(#{i} AS VARCHAR)" if "INTERVAL" in t else f"#{i}"
-                                  for i, t in enumerate(types, 1)))
+                        ", ".join(f"CAST(#{i} AS {s})" if s else f"#{i}" for i, s in enumerate(shown, 1)))
                     yield columns
                     yield from in_pages(rel.fetchall(), page_rows)
                     return
