@@ -342,3 +342,43 @@ def thread_at_line(thread: threading.Thread, function, text: str) -> bool:
     line = first + next(i for i, ln in enumerate(lines) if text in ln)
     frame = sys._current_frames().get(thread.ident)
     return frame is not None and frame.f_code is function.__code__ and frame.f_lineno == line
+
+
+def holds_open(pid: int, path) -> bool:
+    """Whether process ``pid`` has ``path`` open (Linux /proc)."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:  # an fd closed while we looked, or the process ended
+        return False
+
+
+def ctrl_c_when_open(args: list[str], path, delay: float) -> subprocess.CompletedProcess:
+    """``gleanpipe args`` (no GLEANPIPE_* variables), and SIGINT to its process group, as a terminal
+    sends Ctrl-C, ``delay`` seconds after it opened ``path``: the Ctrl-C comes in the middle of its work."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        until(lambda: holds_open(proc.pid, path) or proc.poll() is not None, f"gleanpipe {args[0]} opening {path}", 30)
+        assert proc.poll() is None, proc.communicate()  # still working
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def put_many_unsynced(store, n: int) -> None:
+    """``n`` baseline pings of the test app (seq 0 to n-1) straight into ``store``, unsynced: quick
+    to write, for tests that need many objects and not their durability."""
+    from gleanpipe import rawobject
+    from gleanpipe.naming import DocumentPath
+
+    for i in range(n):
+        path = DocumentPath(APP, "baseline", "1", str(uuid.UUID(int=i + 1, version=4)))
+        meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": path.app_id,
+                "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
+        store.put_unsynced(path.key, rawobject.encode(meta, json.dumps(make_ping(seq=i)).encode()))

@@ -18,7 +18,7 @@ from gleanpipe.admin import STATE_FILE, TOKEN_HEADER, AdminClient, ResultTooLarg
 from gleanpipe.warehouse.base import WarehouseClosing
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
-from conftest import ServeProcess, post, thread_at_line, until
+from conftest import ServeProcess, ctrl_c_when_open, post, thread_at_line, until
 from conftest import run_cli as gleanpipe
 
 UUID_KEY = "8f2c6f1e-3d4b-4a5c-9e7f-0a1b2c3d4e5f"
@@ -625,30 +625,10 @@ def test_ctrl_c_stops_a_query_on_the_file_whenever_it_comes(tmp_path):
     data_dir = tmp_path / "data"
     DuckDBWarehouse(str(data_dir / "warehouse.duckdb")).close()
     path = str(data_dir / "warehouse.duckdb")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
-
-    def has_open(pid):
-        try:
-            return any(os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd"))
-        except OSError:
-            return False
-
     for delay in (0.0, 0.5, 2.0):
-        query = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "query", "--data-dir", str(data_dir),
-                                  "SELECT count(*) FROM range(1000000000000) AS a, range(10) AS b"],
-                                 env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 30
-            while not has_open(query.pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(delay)
-            query.send_signal(signal.SIGINT)
-            out, err = query.communicate(timeout=15)
-        finally:
-            if query.poll() is None:
-                query.kill()
-                query.communicate()
-        assert (query.returncode, out, err) == (130, "", "interrupted\n"), delay  # as the shell says a Ctrl-C
+        query = ctrl_c_when_open(["query", "--data-dir", str(data_dir),
+                                  "SELECT count(*) FROM range(1000000000000) AS a, range(10) AS b"], path, delay)
+        assert (query.returncode, query.stdout, query.stderr) == (130, "", "interrupted\n"), delay  # as the shell says a Ctrl-C
     wh = DuckDBWarehouse(path)  # the file was let go: this process may write to it
     try:
         assert wh.read_query("SELECT 1 AS a") == (["a"], [(1,)])

@@ -4,10 +4,8 @@ DuckDB statements itself: `interrupted`, exit 130, no traceback, and the warehou
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -16,7 +14,7 @@ import pytest
 from gleanpipe.storage.local import LocalStore
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
-from conftest import make_ping
+from conftest import ctrl_c_when_open, make_ping, put_many_unsynced
 from test_load import put_ping
 
 GLEAN_CLIENT = Path(__file__).resolve().parent / "glean_client"
@@ -41,33 +39,6 @@ def data_dir(tmp_path_factory) -> Path:
     return data
 
 
-def holds(pid: int, path: str) -> bool:
-    try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return False
-
-
-def ctrl_c(args: list[str], path: str, delay: float) -> subprocess.CompletedProcess:
-    """``gleanpipe args``, and SIGINT to its process group ``delay`` seconds after it opened ``path``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
-    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not holds(proc.pid, path) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert proc.poll() is None, proc.communicate()  # still working: the Ctrl-C comes in the middle
-        time.sleep(delay)
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
 @pytest.mark.parametrize("command", [
     ["status"],  # read-only: the counts of its load errors
     ["deletions"],  # these open the file for writing: its upgrade checks (Error: Query interrupted, tracebacks)
@@ -80,7 +51,7 @@ def test_ctrl_c_while_duckdb_works_in_a_command_is_interrupted_and_130(data_dir,
     a traceback for status, deletions and replay, "Error: Query interrupted" and exit 1 for apps add."""
     path = str(data_dir / "warehouse.duckdb")
     for delay in (0.0, 0.1, 0.2):
-        proc = ctrl_c([*command[:2], "--data-dir", str(data_dir), *command[2:]] if command[0] == "apps"
+        proc = ctrl_c_when_open([*command[:2], "--data-dir", str(data_dir), *command[2:]] if command[0] == "apps"
                       else [*command, "--data-dir", str(data_dir)], path, delay)
         assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "interrupted\n"), delay
     con = duckdb.connect(path)  # let go, and as it was
@@ -148,18 +119,8 @@ def test_a_replay_whose_stderr_reader_goes_away_loads_everything(tmp_path):
     ended the replay part-way (4,000 of 30,000 objects), with exit 0 and no word: its BrokenPipeError
     was taken for the `| head` of a reader of stdout. The bar stops drawing now, and the replay goes
     on to its end; its last line is lost with the pipe, and its exit code says it succeeded."""
-    import json
-    import uuid
-
-    from gleanpipe import rawobject
-    from gleanpipe.naming import DocumentPath
-
-    store, n = LocalStore(tmp_path / "data" / "store"), 2000
-    for i in range(n):  # unsynced: quick to write, and nothing here needs them durable
-        path = DocumentPath("org-example-toolbox", "baseline", "1", str(uuid.UUID(int=i + 1, version=4)))
-        meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": path.app_id,
-                "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
-        store.put_unsynced(path.key, rawobject.encode(meta, json.dumps(make_ping(seq=i)).encode()))
+    n = 2000
+    put_many_unsynced(LocalStore(tmp_path / "data" / "store"), n)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
     proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(tmp_path / "data"),
                              "--batch", "20"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -824,17 +824,11 @@ def test_ctrl_c_stops_a_replay_with_a_message_and_a_rerun_finishes_it(tmp_path):
     worker processes. Ctrl-C here is SIGINT to the replay's process group, as a terminal sends it."""
     import signal
 
-    from conftest import make_ping
-    from gleanpipe import rawobject
-    from gleanpipe.naming import DocumentPath
+    from conftest import put_many_unsynced
     from gleanpipe.storage.local import LocalStore
 
-    store, n = LocalStore(tmp_path / "data" / "store"), 3000
-    for i in range(n):  # unsynced: quick to write, and nothing here needs them durable
-        path = DocumentPath("org-example-toolbox", "baseline", "1", str(uuid.UUID(int=i + 1, version=4)))
-        meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": path.app_id,
-                "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
-        store.put_unsynced(path.key, rawobject.encode(meta, json.dumps(make_ping(seq=i)).encode()))
+    n = 3000
+    put_many_unsynced(LocalStore(tmp_path / "data" / "store"), n)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
     cmd = [sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(tmp_path / "data"), "--batch", "10"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -19,7 +19,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import DATASET, ServeProcess, children, free_port, gz, make_ping, post, submit_path, wait_gone
+from conftest import (DATASET, ServeProcess, children, ctrl_c_when_open, free_port, gz, make_ping, post, submit_path,
+                      wait_gone)
 from gleanpipe import explore as ex
 from gleanpipe import rawobject
 from gleanpipe.admin import ServeError
@@ -532,30 +533,10 @@ def test_ctrl_c_stops_an_export_from_the_file_whenever_it_comes(tmp_path):
                 "SELECT count(*) AS n FROM range(1000000000000) AS a, range(10) AS b")
     con.close()
     out = tmp_path / "out"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
-
-    def has_open(pid):
-        try:
-            return any(os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd"))
-        except OSError:
-            return False
-
     for delay in (0.0, 0.5, 2.0):
-        proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "explore", "--export-only", "--out", str(out),
-                                 "--warehouse-url", f"duckdb://{path}", "--data-dir", str(tmp_path / "d")],
-                                env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 30
-            while not has_open(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(delay)
-            proc.send_signal(signal.SIGINT)
-            stdout, stderr = proc.communicate(timeout=15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        assert (proc.returncode, stdout, stderr) == (130, "", "interrupted\n"), delay
+        proc = ctrl_c_when_open(["explore", "--export-only", "--out", str(out), "--warehouse-url", f"duckdb://{path}",
+                                 "--data-dir", str(tmp_path / "d")], path, delay)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "interrupted\n"), delay
     con = duckdb.connect(path)  # the file was let go: this process may write to it
     try:
         con.execute("DROP VIEW app.slow")

@@ -115,13 +115,11 @@ def test_a_config_read_back_from_its_variables_is_the_same_config():
     assert Config.from_env(environ=given).duckdb_memory_limit == 1_500_000_000
 
 
-def test_a_flag_wins_over_a_bad_variable_in_serves_http_workers_too(tmp_path):
-    """A flag wins over its variable (`--port` over GLEANPIPE_PORT=abc). serve's HTTP workers
-    read the settings again from the environment, and each one failed to boot with a traceback
-    over the variable the flag had replaced, so serve stopped ("the HTTP server exited")."""
+def _serve_stores_and_loads_a_ping(data_dir, env: dict) -> None:
+    """A real serve with ``env`` takes a gzip ping (200, new), loads it, and stops cleanly."""
     from conftest import ServeProcess, post
 
-    server = ServeProcess(tmp_path / "data", env={"GLEANPIPE_PORT": "abc"}).start()  # it passes --port
+    server = ServeProcess(data_dir, env=env).start()
     try:
         status, _, headers = post(server.url + submit_path("metrics"), gz(make_ping()))
         assert (status, headers.get("X-Gleanpipe-Stored")) == (200, "new")
@@ -129,6 +127,13 @@ def test_a_flag_wins_over_a_bad_variable_in_serves_http_workers_too(tmp_path):
     finally:
         assert server.stop() == 0
     assert "Traceback" not in server.read_log()
+
+
+def test_a_flag_wins_over_a_bad_variable_in_serves_http_workers_too(tmp_path):
+    """A flag wins over its variable (`--port` over GLEANPIPE_PORT=abc). serve's HTTP workers
+    read the settings again from the environment, and each one failed to boot with a traceback
+    over the variable the flag had replaced, so serve stopped ("the HTTP server exited")."""
+    _serve_stores_and_loads_a_ping(tmp_path / "data", {"GLEANPIPE_PORT": "abc"})  # ServeProcess passes --port
 
 
 def test_on_off_settings_take_any_case_and_the_usual_synonyms():
@@ -211,18 +216,8 @@ def test_payload_limit_at_the_spool_bound_and_without_the_spool_is_accepted(tmp_
 def test_serve_without_the_spool_takes_gzip_pings_at_the_largest_payload_limit(tmp_path):
     """At GLEANPIPE_MAX_PAYLOAD_BYTES' bound (1 GiB) a gzip ping is decompressed and stored: the
     bound is inside what zlib takes (above a C ssize_t every gzip ping was a 500)."""
-    from conftest import ServeProcess, post
-
-    data = tmp_path / "data"
-    data.mkdir()
-    server = ServeProcess(data, env={"GLEANPIPE_SPOOL": "off", "GLEANPIPE_MAX_PAYLOAD_BYTES": str(1 << 30)}).start()
-    try:
-        status, _, headers = post(server.url + submit_path("metrics"), gz(make_ping()))
-        assert (status, headers.get("X-Gleanpipe-Stored")) == (200, "new")
-        assert server.wait_rows("SELECT count(*) FROM org_example_toolbox.metrics_v1", 1) == 1
-    finally:
-        assert server.stop() == 0
-    assert "Traceback" not in server.read_log()
+    (tmp_path / "data").mkdir()
+    _serve_stores_and_loads_a_ping(tmp_path / "data", {"GLEANPIPE_SPOOL": "off", "GLEANPIPE_MAX_PAYLOAD_BYTES": str(1 << 30)})
 
 
 def test_spool_writer_refuses_a_record_its_reader_would_take_for_damage(tmp_path):

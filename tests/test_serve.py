@@ -16,8 +16,8 @@ import pytest
 from gleanpipe.admin import AdminClient
 from gleanpipe.emulate import free_port
 
-from conftest import (APP, DATASET, ServeProcess, children, fill_disk, gz, make_ping, post, run_cli, small_disk,
-                      submit_path, until, wait_gone)
+from conftest import (APP, DATASET, ServeProcess, children, fill_disk, gz, holds_open, make_ping, post, run_cli,
+                      small_disk, submit_path, until, wait_gone)
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
@@ -698,10 +698,10 @@ def test_serve_waits_for_a_query_that_holds_the_warehouse_file_and_names_it(tmp_
                              env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30  # until it has the file open (then it runs for hours)
-        while not _has_open(query.pid, data_dir / "warehouse.duckdb") and time.monotonic() < deadline:
+        while not holds_open(query.pid, data_dir / "warehouse.duckdb") and time.monotonic() < deadline:
             assert query.poll() is None, query.communicate()
             time.sleep(0.1)
-        assert _has_open(query.pid, data_dir / "warehouse.duckdb")
+        assert holds_open(query.pid, data_dir / "warehouse.duckdb")
         server = ServeProcess(data_dir)
         starting = threading.Thread(target=server.start, kwargs={"timeout": 60})
         starting.start()
@@ -739,7 +739,7 @@ def test_serve_that_gives_up_on_a_held_warehouse_names_the_holder_it_found(tmp_p
                              env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30  # until it has the file open (then it runs for hours)
-        while not _has_open(query.pid, path) and time.monotonic() < deadline:
+        while not holds_open(query.pid, path) and time.monotonic() < deadline:
             assert query.poll() is None, query.communicate()
             time.sleep(0.1)
         monkeypatch.setattr(serve, "HELD_WAIT_S", 1.0)
@@ -757,10 +757,3 @@ def test_serve_that_gives_up_on_a_held_warehouse_names_the_holder_it_found(tmp_p
 def _log_of(server: ServeProcess) -> str:
     path = server.data_dir.parent / f"serve-{server.port}.log"
     return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _has_open(pid: int, path: Path) -> bool:
-    try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
-    except OSError:  # an fd closed while we looked
-        return False
