@@ -654,3 +654,33 @@ def test_another_server_at_the_admin_url_is_a_serve_error_not_a_traceback():
                 assert str(exc.value).endswith("does its serve.json name a port another server took since?")
         finally:
             other.shutdown()
+
+
+def test_the_admin_api_tells_serves_trouble_503_from_the_requests_400(tmp_path):
+    """Every failure was a 400, the request's fault: a warehouse out of reach or closing (serve
+    stopping) read as a bad query, and the dictionary called a failed query of its own "the
+    warehouse is not reachable". Real warehouse, real admin server over HTTP; the warehouse is
+    closed under it, as serve's stop does."""
+    from gleanpipe.admin import AdminServer, QueryRefused
+    from gleanpipe.load import Loader
+    from gleanpipe.storage.local import LocalStore
+
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    server = AdminServer(status=wh.status, query=wh.read_query_pages,
+                         load_keys=lambda keys: Loader(LocalStore(tmp_path / "store"), wh).load_keys(keys).as_dict(),
+                         query_max_bytes=1 << 20)
+    server.start()
+    try:
+        client = AdminClient(server.url, server.token)
+        with pytest.raises(QueryRefused, match="no_such_table"):
+            client.query("SELECT * FROM no_such_table")
+        assert client.status()["tables"] == []
+        wh.close()
+        for call in (client.status, lambda: client.query("SELECT 1")):
+            with pytest.raises(ServeError) as exc:
+                call()
+            assert not isinstance(exc.value, QueryRefused)
+            assert str(exc.value).startswith("gleanpipe serve answered 503: "), str(exc.value)
+    finally:
+        server.httpd.shutdown()
+        wh.close()

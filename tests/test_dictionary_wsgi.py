@@ -85,3 +85,37 @@ def test_dictionary_page_while_serve_cannot_be_reached_is_a_503(tmp_path):
         os.close(lock)
     assert out["status"] == "503 Service Unavailable"
     assert json.loads(body)["error"].startswith("the warehouse is not reachable: cannot reach gleanpipe serve at http://")
+
+
+def test_a_dictionary_query_that_fails_in_serve_is_a_500_that_says_why_not_a_503(tmp_path):
+    """Through admin_query and a real admin server: serve answers a query of the dictionary's that
+    fails (here a catalog table of another shape) with 400, the query's fault. The page said 503
+    "the warehouse is not reachable", which sends the reader looking for a serve that is running."""
+    import os
+    from wsgiref.util import setup_testing_defaults
+
+    from gleanpipe.admin import STATE_FILE, AdminServer, take_serve_lock
+    from gleanpipe.dictionary.web import admin_query, make_dictionary_app
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    wh.con.execute("CREATE TABLE _gleanpipe.apps (something_else VARCHAR)")  # not the catalog's columns
+    server = AdminServer(status=wh.status, query=wh.read_query_pages, load_keys=lambda keys: {},
+                         query_max_bytes=1 << 20)
+    server.start()
+    (tmp_path / STATE_FILE).write_text(json.dumps({"pid": os.getpid(), "token": server.token,
+                                                   "admin_url": server.url}))
+    lock = take_serve_lock(tmp_path)  # what a running serve holds
+    try:
+        app = make_dictionary_app(admin_query(tmp_path))
+        environ = {"PATH_INFO": "/dictionary/api/apps.json", "REQUEST_METHOD": "GET"}
+        setup_testing_defaults(environ)
+        out = {}
+        body = b"".join(app(environ, lambda status, headers: out.update(status=status)))
+    finally:
+        os.close(lock)
+        server.httpd.shutdown()
+        wh.close()
+    assert out["status"] == "500 Internal Server Error"
+    error = json.loads(body)["error"]
+    assert error.startswith("QueryRefused: ") and "not reachable" not in error, error

@@ -55,6 +55,11 @@ class ServeError(RuntimeError):
     """serve's admin API answered an error, or cannot be reached: every command says it in one line."""
 
 
+class QueryRefused(ServeError):
+    """serve answered 400: the request's own fault (SQL that does not run, a write refused), in the
+    words a command without serve shows. Not "serve cannot be reached"."""
+
+
 class ResultTooLarge(ServeError):
     """A query's answer is over GLEANPIPE_QUERY_MAX_BYTES: serve answers 413, and the client raises
     this again, so that a caller that can ask for less (explore's pages) knows it from other errors."""
@@ -158,7 +163,13 @@ class AdminServer:
                 except ResultTooLarge as exc:
                     return 413, [dumps({"error": str(exc)})]
                 except Exception as exc:  # report to the CLI instead of dropping the connection
-                    return 400, [dumps({"error": str(exc) or type(exc).__name__})]
+                    from .storage.base import StoreError
+                    from .warehouse.base import WarehouseClosing, WarehouseUnavailable
+
+                    # a store or warehouse out of reach, or serve stopping, is serve's trouble (503),
+                    # not the request's (400)
+                    status = 503 if isinstance(exc, (StoreError, WarehouseUnavailable, WarehouseClosing)) else 400
+                    return status, [dumps({"error": str(exc) or type(exc).__name__})]
 
         self._handler = Handler
         self.httpd: ThreadingHTTPServer | None = None
@@ -450,7 +461,7 @@ class AdminClient:
         except urllib.error.HTTPError as exc:
             detail = self._json(exc.read() or b"{}", exc.code).get("error", exc.reason)
             if exc.code == 400:  # the request's own fault (a bad query...): the words a command without serve shows
-                raise ServeError(detail) from None
+                raise QueryRefused(detail) from None
             if exc.code == 413:  # as 400, and a caller may ask for less
                 raise ResultTooLarge(detail) from None
             raise ServeError(f"gleanpipe serve answered {exc.code}: {detail}") from None

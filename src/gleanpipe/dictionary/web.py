@@ -12,7 +12,7 @@ from typing import Callable
 
 import orjson
 
-from ..admin import AdminClient, ServeError, dumps
+from ..admin import AdminClient, QueryRefused, ResultTooLarge, ServeError, dumps
 from .catalog import Catalog, NotFound
 from .site import RENDER, data_for, route
 
@@ -32,6 +32,8 @@ def admin_query(data_dir: Path) -> Callable:
             if client is None:
                 raise Unavailable("the warehouse is not reachable: is `gleanpipe serve` running?")
             return client.query(sql, params)
+        except (QueryRefused, ResultTooLarge):  # the catalog's own query failed: a 500 that says why
+            raise
         except (OSError, ServeError) as exc:
             raise Unavailable(f"the warehouse is not reachable: {exc}") from None
     return query
