@@ -591,3 +591,24 @@ def test_a_body_of_exactly_max_body_text_bytes_is_shown_whole(tmp_path):
         else:
             assert detail["ping"] is None and detail["body_text"] == body[:MAX_BODY_TEXT].decode()
             assert detail["note"] == f"the body has {size} bytes: the first {MAX_BODY_TEXT} are shown, as text"
+
+
+def test_a_store_out_of_reach_is_a_503_that_keeps_its_details_in_the_log(monkeypatch, caplog):
+    """The viewer answers on the submit port, to anyone who can send pings: its 503 said the store's
+    own error (bucket, prefix, endpoint). It says to retry now; the log has the details, as for
+    submit's 503. The store: a real GCS client against a real closed loopback port."""
+    from emulators import closed_port
+    from gleanpipe.storage import open_store
+
+    port = closed_port()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GLEANPIPE_STORE_RETRY_S", "0.5")
+    monkeypatch.setenv("GLEANPIPE_STORE_TIMEOUT_S", "2")
+    viewer = DebugViewer.from_config(Config.from_env(environ={}), open_store("gs://secret-bucket-name/pings"))
+    out = {}
+    with caplog.at_level("WARNING", logger="gleanpipe.debug_viewer"):
+        body = b"".join(viewer({"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/debug", "PATH_INFO": "/api/tags"},
+                               lambda status, headers: out.update(status=status, headers=dict(headers))))
+    assert out["status"] == "503 Service Unavailable" and out["headers"]["Retry-After"] == "5"
+    assert orjson.loads(body) == {"error": "the store cannot be read now (see the server's log); retry later"}
+    assert any("secret-bucket-name" in r.getMessage() for r in caplog.records)

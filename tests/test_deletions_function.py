@@ -174,3 +174,17 @@ def test_on_bigquery_a_refused_deletion_stays_pending_until_a_later_run_carries_
     assert query(f"SELECT count(*) FROM {DATASET}.events_stream") == [(0,)]
     assert query("SELECT executed_at IS NOT NULL, attempts, last_error FROM _gleanpipe.deletions") == [
         (True, 3, None)]
+
+
+@pytest.mark.parametrize("name,value", [("GLEANPIPE_WAREHOUSE_URL", "ftp://nowhere"),
+                                        ("GLEANPIPE_LOAD_BATCH", "abc")])
+def test_a_bad_setting_answers_503_misconfigured_not_a_500_traceback(deletions_fn, monkeypatch, caplog, name, value):
+    """Before: Config.from_env() and open_warehouse ran outside the function's error handling, so
+    a bad setting was functions-framework's 500 page with a traceback; submit and load already
+    answered it with a 503 (retry once fixed) and one log line."""
+    monkeypatch.setenv(name, value)
+    status, body, ctype = call(deletions_fn)
+    assert (status, body, ctype) == (503, {"error_type": "misconfigured", "error_message": "the server cannot run "
+                                           "deletions now (see its log), retry later"}, "application/json")
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "gleanpipe.functions"]
+    assert logged.startswith("deletions cannot run until its settings are fixed: ") and value in logged, logged

@@ -83,10 +83,10 @@ class DebugViewer:
                 ctype, body = (("application/json", orjson.dumps({"error": str(exc)})) if is_api else
                                ("text/html; charset=utf-8", self._page(base, "Not found", f"<p>{html.escape(str(exc))}</p>"
                                                                       f'<p><a href="{html.escape(base)}/">All debug tags</a></p>', "")))
-            except StoreError as exc:
+            except StoreError as exc:  # its words (folders, buckets, keys) go to the log, as submit's 503 does
                 log.warning("debug viewer: store failed: %s", exc)
                 status, ctype, extra = 503, "application/json", [("Retry-After", "5")]
-                body = orjson.dumps({"error": f"the store failed: {exc}"})
+                body = orjson.dumps({"error": "the store cannot be read now (see the server's log); retry later"})
         headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), *SECURITY_HEADERS, *extra]
         if ctype.startswith("text/html"):
             headers.append(("Content-Security-Policy", CSP))

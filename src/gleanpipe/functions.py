@@ -126,6 +126,11 @@ def _json(body: dict, status: int):
     return orjson.dumps(body), status, {"Content-Type": "application/json"}
 
 
+def _deletions_later(exc: WarehouseUnavailable):
+    log.warning("deletions: warehouse unavailable, pending requests stay recorded: %s", exc)
+    return _json({"error_type": "warehouse_unavailable", "error_message": str(exc)}, 503)
+
+
 def deletions(request):
     """HTTP target: what `gleanpipe deletions` does, for a scheduler. POST only.
 
@@ -136,20 +141,25 @@ def deletions(request):
     """
     if request.method != "POST":
         return _json({"error_type": "method", "error_message": "use POST"}, 405)
-    url = Config.from_env().warehouse_url
-    # A DuckDB file has one writer process: hold it only for this run, so `serve` or a later
-    # load can open it. A BigQuery client is kept for the next run.
-    local = url.startswith("duckdb://")
     try:
+        url = Config.from_env().warehouse_url
+        # A DuckDB file has one writer process: hold it only for this run, so `serve` or a later
+        # load can open it. A BigQuery client is kept for the next run.
+        local = url.startswith("duckdb://")
         wh = open_warehouse(url) if local else deletions_warehouse()
-        try:
-            attempts = wh.retry_deletions()
-        finally:
-            if local:
-                wh.close()
+    except ValueError as exc:  # a bad setting: 503 (the scheduler retries once it is fixed), not a 500 traceback
+        log.error("deletions cannot run until its settings are fixed: %s", exc)
+        return _json({"error_type": "misconfigured",
+                      "error_message": "the server cannot run deletions now (see its log), retry later"}, 503)
     except WarehouseUnavailable as exc:
-        log.warning("deletions: warehouse unavailable, pending requests stay recorded: %s", exc)
-        return _json({"error_type": "warehouse_unavailable", "error_message": str(exc)}, 503)
+        return _deletions_later(exc)
+    try:
+        attempts = wh.retry_deletions()
+    except WarehouseUnavailable as exc:
+        return _deletions_later(exc)
+    finally:
+        if local:
+            wh.close()
     done = [a for a in attempts if a.done]
     summary = {
         "warehouse": wh.url,
