@@ -19,7 +19,6 @@ group it started; nothing is left running.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import platform
@@ -229,11 +228,6 @@ def wire_push(pubsub: Process, endpoint: str, topic: str = TOPIC, subscription: 
     })
     if status not in (200, 409):
         raise EmulatorError(f"creating push subscription {subscription}: {status} {body[:200]!r}")
-
-
-def decode_push(body: dict) -> dict:
-    """The GCS object resource inside a Pub/Sub push request body (for logs and tests)."""
-    return json.loads(base64.b64decode(body["message"]["data"]))
 
 
 def bqemulator_binary() -> Path:

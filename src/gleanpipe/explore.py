@@ -92,10 +92,6 @@ class Column:
         kind = self.kind
         return "INTEGER" if kind in INTEGER else "REAL" if kind in REAL else "BLOB" if kind == "blob" else "TEXT"
 
-    @property
-    def is_json(self) -> bool:
-        return self.kind in NESTED or self.kind == "json"
-
 
 @dataclass
 class Relation:

@@ -94,14 +94,6 @@ class DeploySettings:
         return f"{self.service_account_id(role)}@{self.project}.iam.gserviceaccount.com"
 
 
-def read_settings_file(path: str | os.PathLike) -> dict[str, str]:
-    """KEY=VALUE lines; blank lines and # comments ignored; one level of quotes stripped."""
-    values, problems = _parse_settings_file(path)
-    if problems:
-        raise DeploySettingsError(problems)
-    return values
-
-
 def _parse_settings_file(path: str | os.PathLike) -> tuple[dict[str, str], list[str]]:
     """(the well-formed lines' values, a problem for each line that is not KEY=VALUE)."""
     values: dict[str, str] = {}

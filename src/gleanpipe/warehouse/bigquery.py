@@ -45,7 +45,6 @@ PING_CLUSTERING = ["normalized_channel", "sample_id"]  # as Mozilla's Glean tabl
 EVENTS_CLUSTERING = ["category", "name", "sample_id"]
 MAX_INSERT_ROWS = 500  # BigQuery's recommended insertAll batch
 MAX_INSERT_BYTES = 9 * 1024 * 1024  # insertAll requests are limited to 10 MB
-STREAMING_BUFFER = "streaming buffer"
 
 ERRORS_COLUMNS = (("object_key", STR), ("app_id", STR), ("doc_type", STR), ("document_id", STR),
                   ("error_type", STR), ("error_message", STR), ("failed_at", TS))
