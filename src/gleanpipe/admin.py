@@ -110,7 +110,8 @@ def dumps(obj) -> bytes:
 
 
 class AdminServer:
-    """Serves /status, /query and /load for the process that owns the warehouse."""
+    """Serves /status, /query, /load (and ``extra``: serve's /apps/add) for the process that owns
+    the warehouse."""
 
     def __init__(self, *, status, query, load_keys, query_max_bytes: int, extra=None, interrupt=None):
         """``query(sql, params)`` gives the column names, then pages of rows (``read_query_pages``);

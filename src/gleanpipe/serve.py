@@ -7,10 +7,11 @@ One process owns the DuckDB file and runs:
   fdatasync runs off the event loop, and the loader thread turns the spool into objects
   (storage/spool.py). With =off it runs ``wsgi:app`` on gthread workers (GLEANPIPE_THREADS
   each), which write one fsynced object per ping;
-- the in-process trigger: a loader thread that drains the store's inbox (objects stored
-  but not yet loaded) every GLEANPIPE_LOAD_INTERVAL_MS, at-least-once; what was stored
-  before a crash or stop is loaded on the next start;
-- the admin API (admin.py) for `query`, `status` and `replay`.
+- the in-process trigger: a loader thread that, every GLEANPIPE_LOAD_INTERVAL_MS, loads what
+  waits (the spool's records, made objects first; with the spool off, the store's inbox of
+  objects stored but not yet loaded), at-least-once; what was stored before a crash or stop
+  is loaded on the next start;
+- the admin API (admin.py) for `query`, `status`, `replay` and `apps add`.
 """
 
 from __future__ import annotations
