@@ -343,13 +343,17 @@ def lock_owner(data_dir: Path) -> tuple[int, str] | None:
         parts = line.split()
         if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == where and parts[4].isdigit() and int(parts[4]):
             pid = int(parts[4])
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            except OSError:
-                command = ""
-            return pid, command[:200]
+            return pid, command_line(pid) or ""
     return None
+
+
+def command_line(pid: int) -> str | None:
+    """Process ``pid``'s command line, as far as /proc tells (None when it does not), cut at 200."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    except OSError:
+        return None
 
 
 def _no_state(data_dir: Path, holder: int, wait_s: float) -> str:

@@ -28,7 +28,7 @@ import time
 from datetime import datetime, timezone
 
 from . import parent_guard
-from .admin import AdminServer, absolute, remove_state, write_state
+from .admin import AdminServer, absolute, command_line, remove_state, write_state
 from .config import Config, SettingError
 from .load import Loader
 from .ports import in_url
@@ -193,12 +193,8 @@ def _holder(message: str) -> str:
     found = re.search(r"\(PID (\d+)\)", message)
     if not found:
         return "another process"
-    try:
-        with open(f"/proc/{found[1]}/cmdline", "rb") as f:
-            command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return f"PID {found[1]}"
-    return f"PID {found[1]} ({command[:200]})"
+    command = command_line(int(found[1]))
+    return f"PID {found[1]}" if command is None else f"PID {found[1]} ({command})"
 
 
 class LocalPipeline:
