@@ -390,3 +390,61 @@ def test_local_put_new_returns_only_after_the_file_and_its_folder_are_fsynced(tm
         assert ("fsync", tmp, len(key.encode()) * 100) in events[:linked], key  # the bytes, whole, then the link
         assert any(e[0] == "fsync" and e[1] == os.path.dirname(final) for e in events[linked:returned]), key
     store.close()
+
+
+def test_a_folder_fsync_that_fails_after_the_link_keeps_the_receipt_and_the_ping_loads_once(tmp_path, monkeypatch):
+    """serve with GLEANPIPE_SPOOL=off (and the submit function) answer 503 when a folder fsync
+    fails after the object was linked; the SDK's retry then gets "duplicate". Before: the 503
+    also dropped the object's inbox receipt, so that acknowledged ping was never loaded.
+    A mock: a directory fsync cannot be made to fail on this machine (no device-mapper, and
+    tmpfs fsync never fails), so the store's _fsync_dir raises EIO once; the rest is real."""
+    import errno
+    import uuid
+
+    import orjson
+
+    from conftest import APP, DATASET, make_ping
+    from gleanpipe import rawobject
+    from gleanpipe.load import Loader
+    from gleanpipe.naming import DocumentPath
+    from gleanpipe.serve import LoaderThread
+    from gleanpipe.storage import local
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    def raw(seq: int) -> tuple[str, bytes]:
+        path = DocumentPath(APP, "baseline", "1", ids[seq])
+        meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": APP,
+                "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
+        return path.key, rawobject.encode(meta, orjson.dumps(make_ping(seq=seq)))
+
+    ids = {1: str(uuid.uuid4()), 2: str(uuid.uuid4())}
+    store = local.LocalStore(tmp_path / "store")
+    warehouse = DuckDBWarehouse(str(tmp_path / "warehouse.duckdb"))
+    try:
+        first, (key, data) = raw(1), raw(2)
+        assert store.put_new(*first) is True  # its folders now exist: the next put_new fsyncs only in GroupSync
+        real, calls = local._fsync_dir, []
+
+        def failing_once(path):
+            calls.append(str(path))
+            if len(calls) == 1:
+                raise OSError(errno.EIO, "Input/output error")
+            real(path)
+
+        monkeypatch.setattr(local, "_fsync_dir", failing_once)
+        with pytest.raises(StoreError, match="Input/output error"):
+            store.put_new(key, data)  # the edge answers 503
+        assert store.get(key) == data  # linked before the fsync failed
+        assert [k for _, k in store.pending(10)] == [first[0], key]  # and its receipt is kept
+        assert store.put_new(key, data) is False  # the SDK's retry: 200 "duplicate"
+        assert str(store.inbox) in calls[1:]  # ...once the receipt's folder is fsynced too
+        assert [k for _, k in store.pending(10)] == [first[0], key]
+
+        thread = LoaderThread(store, Loader(store, warehouse), batch=100, interval_s=0.01)
+        assert thread.step() == 2
+        assert store.pending(10) == []
+        rows = warehouse.query(f"SELECT document_id, ping_info.seq FROM {DATASET}.baseline_v1 ORDER BY 2")[1]
+        assert rows == [(ids[1], 1), (ids[2], 2)]  # the ping of the 503 + retry, loaded once
+    finally:
+        warehouse.close()
+        store.close()

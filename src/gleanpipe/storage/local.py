@@ -7,8 +7,10 @@ threads that linked names at the same time share one fsync per directory (``Grou
 which is what lets the edge take more pings per second than the disk takes fsyncs.
 
 Notifications: before the object is linked into place, it is also linked into
-``.inbox/`` under a time-ordered name. The loader drains the inbox and removes entries
-once loaded, so an object stored but not yet loaded is found again after a restart.
+``.inbox/`` under a time-ordered name. The receipt is removed again only if the object was
+never linked (a later failure, such as a folder fsync, keeps it: a retry gets "duplicate").
+The loader drains the inbox and removes entries once loaded, so an object stored but not yet
+loaded is found again after a restart.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ class LocalStore(RawStore):
     def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
         path = self._path(key)
         tmp = os.path.join(self._tmp, uuid.uuid4().hex)
-        receipt = None
+        receipt, linked = None, False
         try:
             self._ensure_dir(str(path.parent))
             fd = self._again_if_gone(self.tmp, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -179,13 +181,18 @@ class LocalStore(RawStore):
                 self._again_if_gone(path.parent, os.link, tmp, path)
             except FileExistsError:
                 self._drop(receipt)
-                # the first copy may not have synced its folder yet: "duplicate" also means "on disk"
-                _GROUP_SYNC.sync((str(path.parent),))
+                # The first copy may not have synced its folders yet (its own sync may have failed,
+                # and it answered 503): "duplicate" also means "on disk", its receipt included.
+                _GROUP_SYNC.sync((str(path.parent), self._inbox) if notify else (str(path.parent),))
                 return False
+            linked = True
             _GROUP_SYNC.sync((str(path.parent), self._inbox) if receipt is not None else (str(path.parent),))
             return True
         except OSError as exc:
-            self._drop(receipt)
+            if not linked:
+                # Once the object is in place its receipt stays, even if a folder fsync then failed:
+                # the retry gets "duplicate", and without the receipt nothing would ever load it.
+                self._drop(receipt)
             raise StoreError(f"cannot write {key}: {exc.strerror or exc}") from exc
         finally:
             self._drop(tmp)
