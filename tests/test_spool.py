@@ -523,12 +523,37 @@ def test_replay_after_a_crash_repairs_an_object_that_was_linked_but_not_synced(s
     # what a crash before serve's syncfs can leave: the name linked, the bytes never written
     (store.root / key).parent.mkdir(parents=True, exist_ok=True)
     (store.root / key).write_bytes(b"")
-    time.sleep(0.001)
-    reader = SpoolReader(store)  # a new serve: segments older than it are replayed with checks
+    reader = SpoolReader(store)  # a new serve: the segments already there are replayed with checks
     thread = LoaderThread(reader, Loader(reader, warehouse), batch=100, interval_s=0.01)
     assert thread.step() == 1
     assert store.get(key) == data and reader.stats["repaired"] == 1
     assert warehouse.query(f"SELECT ping_info.seq FROM {DATASET}.baseline_v1")[1] == [(5,)]
+
+
+def test_replay_after_a_crash_repairs_cut_objects_even_when_the_clock_stepped_back(store, warehouse):
+    """After a power cut the clock may step back (an RTC that ran ahead, corrected by NTP): the
+    segments left over then carry a time in their names later than the new serve's start.
+    Before: such a segment counted as this run's, its cut objects were trusted (load errors), and
+    the segment, the only intact copy, was deleted after the ack."""
+    pings, seg = spooled(store, 3)
+    future = seg.with_name(f"{time.time_ns() + 3600 * 10**9:020d}{seg.name[20:]}")  # an hour ahead
+    seg.rename(future)
+    torn_key, torn_data = raw(seq=99)
+    with open(future, "ab") as f:  # the crash also cut the segment's last, unacknowledged record
+        f.write(encode_record(torn_key, torn_data)[:-10])
+    # what a crash before serve's syncfs can leave: names linked, their bytes missing or cut
+    for (key, data), cut in zip(pings[:2], (b"", pings[0][1][:len(pings[0][1]) // 2])):
+        (store.root / key).parent.mkdir(parents=True, exist_ok=True)
+        (store.root / key).write_bytes(cut)
+    reader = SpoolReader(store)  # the new serve
+    thread = LoaderThread(reader, Loader(reader, warehouse), batch=100, interval_s=0.01)
+    assert thread.step() == 3
+    assert reader.stats == {**reader.stats, "repaired": 2, "duplicates": 2, "materialised": 1,
+                            "torn_bytes": len(encode_record(torn_key, torn_data)) - 10}
+    assert [store.get(k) for k, _ in pings] == [d for _, d in pings]
+    assert sorted(warehouse.query(f"SELECT ping_info.seq FROM {DATASET}.baseline_v1")[1]) == [(0,), (1,), (2,)]
+    assert warehouse.status()["load_errors"] == {}
+    assert segments(store) == [] and not (store.root / torn_key).exists()
 
 
 def test_spool_setting_is_checked():

@@ -70,7 +70,13 @@ class SpoolReader(RawStore):
         self._segments: dict[str, _Segment] = {}
         self._queue: OrderedDict[str, tuple[str, float]] = OrderedDict()  # receipt -> (key, materialised at)
         self._seq = 0
-        self._started = time.time_ns()
+        # Segments already there were left by an earlier serve, which may have crashed before its
+        # syncfs: their objects get checked, not trusted. Told by what is there now, not by the
+        # time in their names: after a power cut the clock may have stepped back.
+        try:
+            self._leftover = set(segment_files(self.dir)[0])
+        except OSError as exc:
+            raise StoreError(f"cannot read spool folder {self.dir}: {exc.strerror or exc}") from exc
         self._retire_warned = -RETIRE_WARNING_S
         self._strays: set[str] = set()  # names in the spool folder that are no segment (warned about once)
         self.stats = {"materialised": 0, "duplicates": 0, "repaired": 0, "torn_bytes": 0, "segments_deleted": 0}
@@ -159,9 +165,7 @@ class SpoolReader(RawStore):
                 break
             seg = self._segments.get(name)
             if seg is None:
-                # A segment older than this reader may have been materialised (partly) by a
-                # serve that crashed before syncfs: its objects get checked, not trusted.
-                seg = self._segments[name] = _Segment(name, replayed=int(name[:20]) < self._started)
+                seg = self._segments[name] = _Segment(name, replayed=name in self._leftover)
             if seg.finished:
                 continue
             want = self._read(seg, want)
@@ -279,6 +283,7 @@ class SpoolReader(RawStore):
                 except FileNotFoundError:
                     pass
                 del self._segments[seg.name]
+                self._leftover.discard(seg.name)
                 self.stats["segments_deleted"] += 1
             _fsync_dir(self.dir)
         except OSError as exc:  # said once a minute: the loader tries again every few milliseconds
