@@ -401,6 +401,90 @@ def test_a_failed_fdatasync_fails_the_request_and_a_new_segment_takes_the_next(s
     assert keys[-1] == ok[0]
 
 
+def _append_within(writer: SpoolWriter, key: str, data: bytes, timeout: float = 10) -> Exception | None:
+    """writer.append in a thread of its own: what it raised (None if nothing), failing the test
+    if it has not returned within ``timeout`` (before: some requests waited for ever)."""
+    outcome = []
+
+    def run():
+        try:
+            writer.append(key, data)
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert outcome, f"append of {key} still waiting after {timeout} s"
+    return outcome[0]
+
+
+def test_an_unexpected_error_in_a_commit_fails_its_requests_and_the_next_append_is_written(store, monkeypatch):
+    """A mock: an error that is not an OSError (a MemoryError while a batch is written, say)
+    cannot be caused on demand, so the writer's write_all raises one once. Before: the committer
+    thread died with the batch's gate held, and this append and every later one waited for ever."""
+    from gleanpipe.storage import spool_writer
+
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
+    real, calls = spool_writer.write_all, []
+
+    def failing_once(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            raise MemoryError()
+        real(fd, data)
+
+    monkeypatch.setattr(spool_writer, "write_all", failing_once)
+    lost, kept = raw(seq=1), raw(seq=2)
+    error = _append_within(writer, *lost)
+    assert isinstance(error, StoreError) and str(error) == "cannot write the spool: MemoryError"
+    assert _append_within(writer, *kept) is None  # a new committer, on a fresh segment
+    writer.close()
+    assert len(calls) == 2
+    assert [(k, d) for s in segments(store) for _, _, k, d in decode_records(s.read_bytes())] == [kept]
+
+
+def test_a_segment_close_that_fails_on_an_idle_writer_does_not_stop_later_appends(store, monkeypatch):
+    """A mock: os.close of a local file cannot be made to fail here (it can on NFS, or under
+    gevent), so closing the writer's segment raises EIO once (after closing it, as Linux does).
+    Before: the idle committer died letting its segment go, and every later append waited for ever."""
+    from gleanpipe.storage import spool_writer
+
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 0.2)  # an idle segment goes after 0.2 s
+    first, later = raw(seq=1), raw(seq=2)
+    assert _append_within(writer, *first) is None
+    real_close, failed = os.close, threading.Event()
+
+    def close(fd):
+        real_close(fd)
+        if fd == seg_fd and not failed.is_set():
+            failed.set()
+            raise OSError(errno.EIO, "Input/output error")
+
+    seg_fd = writer._fd
+    monkeypatch.setattr(spool_writer.os, "close", close)
+    assert failed.wait(10)  # the committer let the idle segment go, and its close failed
+    monkeypatch.setattr(spool_writer.os, "close", real_close)
+    assert _append_within(writer, *later) is None
+    writer.close()
+    records = [(k, d) for s in segments(store) for _, _, k, d in decode_records(s.read_bytes())]
+    assert records == [first, later]
+
+
+def test_a_committer_that_cannot_sleep_refuses_each_append_instead_of_hanging(store):
+    """A real fault: a segment age beyond what the OS timers take (the settings refuse one, a
+    SpoolWriter made directly does not) makes the committer's wait raise OverflowError. Before:
+    the committer died before taking the batch, and the append waited for ever."""
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 1e300)
+    for seq in (1, 2):  # each append gets its answer, the second from a committer started afresh
+        error = _append_within(writer, *raw(seq=seq))
+        assert isinstance(error, StoreError) and isinstance(error.__cause__, OverflowError)
+        assert str(error) == "cannot write the spool: timestamp out of range for platform time_t"
+    writer.close()
+    assert segments(store) == []
+
+
 def test_edge_dedupe_answers_duplicate_without_spooling(config, store):
     spooling = SpoolingStore(store, 1 << 20, 3600)
     handler = SubmitHandler(config, spooling)

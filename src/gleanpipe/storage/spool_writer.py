@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -18,6 +19,8 @@ from .local import LocalStore, _fsync_dir, write_all
 from .spool import HEAD, MAX_BODY, SPOOL, SUFFIX, encode_record
 
 RECENT_KEYS = 100_000  # keys one worker remembers for in-window dedupe
+
+log = logging.getLogger("gleanpipe.spool")
 
 
 def _off_the_loop(fn):
@@ -58,7 +61,7 @@ class _Batch:
         self.records: list[bytes] = []
         self.gate = threading.Lock()
         self.gate.acquire()
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
 
 class SpoolWriter:
@@ -145,25 +148,53 @@ class SpoolWriter:
             self._broken = self._fd is not None and not untouched
 
     def _run(self) -> None:
-        commit = _off_the_loop(self._commit)  # the worker patched (or not) before its first ping
-        while True:
-            # Asleep until a batch opens; wakes after segment_seconds to let an idle segment go.
-            woken = self._wake.acquire(timeout=max(0.05, self.segment_seconds))
+        batch = None
+        try:
+            commit = _off_the_loop(self._commit)  # the worker patched (or not) before its first ping
             while True:
-                with self._lock:
-                    batch, self._batch = self._batch, None
-                    if batch is None:
-                        self._idle = True
-                        if self._closing:
-                            self._close_segment()
-                            self._thread, self._closing = None, False
-                            return
-                        break
-                commit(batch)
-                batch.records = []  # written: a batch stays referenced by the dedupe memory, its bytes need not
-                batch.gate.release()
-            if not woken and self._fd is not None and time.monotonic() - self._opened >= self.segment_seconds:
-                self._close_segment()
+                # Asleep until a batch opens; wakes after segment_seconds to let an idle segment go.
+                woken = self._wake.acquire(timeout=max(0.05, self.segment_seconds))
+                while True:
+                    with self._lock:
+                        batch, self._batch = self._batch, None
+                        if batch is None:
+                            self._idle = True
+                            if self._closing:
+                                self._close_segment()
+                                self._thread, self._closing = None, False
+                                return
+                            break
+                    commit(batch)
+                    batch.records = []  # written: a batch stays referenced by the dedupe memory, its bytes need not
+                    batch.gate.release()
+                    batch = None
+                if not woken and self._fd is not None and time.monotonic() - self._opened >= self.segment_seconds:
+                    self._close_segment()
+        except BaseException as exc:
+            self._stopped_by(exc, batch)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _stopped_by(self, exc: BaseException, batch: _Batch | None) -> None:
+        """The committer thread ends on an error ``_commit`` does not answer itself (os.close of a
+        segment, anything not an OSError): every request waiting on it gets that error (503)
+        instead of waiting for ever, and the next ``enqueue`` starts a new committer, which
+        writes to a fresh segment (this one may hold part of a record)."""
+        log.error("the spool's committer stopped on an unexpected error; its waiting requests get 503, "
+                  "the next one starts it again", exc_info=exc)
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # Linux frees the descriptor even when close reports an error
+        with self._lock:
+            waiting, self._batch = [b for b in (batch, self._batch) if b is not None], None
+            self._wake.acquire(blocking=False)  # asleep, whatever it was: the next enqueue wakes the new one
+            self._idle, self._thread, self._closing = True, None, False
+        for b in waiting:
+            b.error, b.records = exc, []
+            b.gate.release()
 
     def append(self, key: str, data: bytes) -> None:
         """Queue one record; return once it is on disk. Raises StoreError (answer 503)."""
@@ -175,7 +206,9 @@ class SpoolWriter:
         batch.gate.acquire()  # opened by the committer once the batch is synced
         batch.gate.release()  # pass it on to the next request of the batch
         if batch.error is not None:
-            raise StoreError(f"cannot write the spool: {batch.error.strerror or batch.error}") from batch.error
+            error = batch.error
+            text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            raise StoreError(f"cannot write the spool: {text}") from error
 
     def enqueue(self, key: str, data: bytes) -> _Batch:
         """Add one record to the open batch and return that batch (``wait`` on it)."""
