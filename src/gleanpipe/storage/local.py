@@ -214,8 +214,10 @@ class LocalStore(RawStore):
         """Create-only like put_new, but no fsync, no temp file and no inbox receipt: for
         objects whose durable copy is elsewhere (serve's spool, see spool.py) and that are
         made durable later in bulk. The file is created with O_EXCL (create-only) and written
-        in place, so a reader on another thread could see it half-written for a moment;
-        serve's only such reader (a replay through the admin API) takes the spool's lock."""
+        in place, so a reader on another thread could see it half-written for a moment.
+        serve's loader and a replay through the admin API take the spool's lock and never do;
+        the /debug viewer in the HTTP workers does not, and may show such an object as
+        unreadable for that moment (it shows it whole when asked again)."""
         name = self.key_path(key)
         parent = name.rpartition("/")[0]
         self._ensure_dir(parent)

@@ -27,17 +27,18 @@ skipped once its writer is gone.
 
 Loader side (the serve process): ``SpoolReader`` tails every segment, runs one
 ``fdatasync`` on what it read (a record is readable before its writer's fdatasync returns),
-turns each record into the normal create-only object (tmp file + ``os.link``, no fsync per
-object) and hands the key to the loader. A segment is deleted only when its writer is gone,
-every record in it was loaded, and one ``syncfs`` made the objects durable. After a crash the
-remaining segments are read again from the start; that is idempotent (create-only objects,
-loads keyed by document id).
+turns each record into the normal create-only object (``LocalStore.put_unsynced``: created
+with O_EXCL and written in place, no temp file, no fsync per object) and hands the key to the
+loader. A segment is deleted only when its writer is gone, every record in it was loaded, and
+one ``syncfs`` made the objects durable. After a crash the remaining segments are read again
+from the start, and objects already there are checked and rewritten if the crash cut them;
+that is idempotent (create-only objects, loads keyed by document id).
 
 Dedupe: the edge answers "duplicate" without spooling when the object already exists or
 when the same worker spooled the key recently; a copy that arrives while that worker is still
 writing the first one waits for its batch and gets its outcome. Two copies of one document
 id that reach different workers before the first is materialised are both spooled; the
-other is dropped by the create-only link when it is materialised: the copy in the segment
+other is dropped by the create-only write when it is materialised: the copy in the segment
 read first wins, which need not be the copy that came first (segments are read in the order
 they were opened).
 """

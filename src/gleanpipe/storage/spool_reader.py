@@ -258,7 +258,7 @@ class SpoolReader(RawStore):
             return
         self.stats["duplicates"] += 1
         if check_existing and not self._intact(key):
-            # Linked by a serve that crashed before its syncfs: the file may be empty or cut.
+            # Written by a serve that crashed before its syncfs: the file may be empty or cut.
             log.warning("object %s was not intact after a crash; rewritten from the spool", key)
             self.local.replace_unsynced(key, data)
             self.stats["repaired"] += 1
