@@ -680,7 +680,7 @@ def test_the_admin_api_tells_serves_trouble_503_from_the_requests_400(tmp_path):
             with pytest.raises(ServeError) as exc:
                 call()
             assert not isinstance(exc.value, QueryRefused)
-            assert str(exc.value).startswith("gleanpipe serve answered 503: "), str(exc.value)
+            assert str(exc.value).startswith("the warehouse is being closed (gleanpipe serve is stopping)"), str(exc.value)
     finally:
         server.httpd.shutdown()
         wh.close()

@@ -466,6 +466,8 @@ def test_a_segment_close_that_fails_on_an_idle_writer_does_not_stop_later_append
     monkeypatch.setattr(spool_writer.os, "close", close)
     assert failed.wait(10)  # the committer let the idle segment go, and its close failed
     monkeypatch.setattr(spool_writer.os, "close", real_close)
+    # and has ended (a request that came while it ended would share its 503: the SDK retries it)
+    until(lambda: writer._thread is None, "the failed committer's end")
     assert _append_within(writer, *later) is None
     writer.close()
     records = [(k, d) for s in segments(store) for _, _, k, d in decode_records(s.read_bytes())]

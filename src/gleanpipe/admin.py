@@ -469,6 +469,8 @@ class AdminClient:
                 raise QueryRefused(detail) from None
             if exc.code == 413:  # as 400, and a caller may ask for less
                 raise ResultTooLarge(detail) from None
+            if exc.code == 503:  # serve's own trouble, in its words (the warehouse is being closed...)
+                raise ServeError(detail) from None
             raise ServeError(f"gleanpipe serve answered {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:  # it stopped since its state file was read
             raise ServeError(f"cannot reach gleanpipe serve at {self.url}: {exc}") from None
