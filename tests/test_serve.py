@@ -16,7 +16,7 @@ import pytest
 from gleanpipe.admin import AdminClient
 from gleanpipe.emulate import free_port
 
-from conftest import (APP, DATASET, ServeProcess, children, fill_disk, gz, holds_open, make_ping, post, run_cli,
+from conftest import (APP, DATASET, ROOT, ServeProcess, children, fill_disk, gz, holds_open, make_ping, post, run_cli,
                       small_disk, submit_path, until, wait_gone)
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
@@ -257,6 +257,43 @@ def test_replay_with_worker_processes_loads_each_object_once(data_dir):
               (SELECT count(*) FROM {DATASET}.events_v1) AS e, (SELECT count(*) FROM {DATASET}.events_stream) AS s,
               (SELECT sum(timestamp) FROM {DATASET}.events_stream) AS t""", data_dir=data_dir)
     assert json.loads(out.stdout) == [{"b": 4, "e": 3, "s": 7, "t": 21}]
+
+
+def test_metric_ids_that_make_no_column_never_stop_serve_or_replay(data_dir, tmp_path):
+    """A counter ``a-b.c`` (no column name can be made of it) and ``a.b`` with ``A.b`` in one ping
+    (one column name to DuckDB, which ignores case) pass a schema looser than the bundled one.
+    Before: the write failed with an error that was not a row's; serve's loader tried the same
+    batch for ever, loading nothing more, and replay ended in a traceback. Now they are kept in
+    additional_properties, and everything loads, in serve and in a replay."""
+    schema = (ROOT / "schemas" / "glean.1.schema.json").read_text()
+    assert schema.count('"^[a-z_][a-z0-9_.]+$"') == 1
+    loose = tmp_path / "loose.schema.json"
+    loose.write_text(schema.replace('"^[a-z_][a-z0-9_.]+$"', '"^[A-Za-z_][A-Za-z0-9_.-]+$"'))
+    data_dir.mkdir(parents=True)
+    counters = [{"toolbox.n": 0}, {"toolbox.n": 1, "a-b.c": 3}, {"toolbox.n": 2, "a.b": 4, "A.b": 5}, {"toolbox.n": 3},
+                {"A.b": 6}]
+    sql = (f"SELECT ping_info.seq, metrics.counter.toolbox_n, metrics.counter.a_b, additional_properties "
+           f"FROM {DATASET}.baseline_v1 ORDER BY 1")
+    expected = [[0, 0, None, None], [1, 1, None, '{"metrics":{"counter":{"a-b.c":3}}}'],
+                [2, 2, 4, '{"metrics":{"counter":{"A.b":5}}}'], [3, 3, None, None], [4, None, 6, None]]
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SCHEMA_PATH": str(loose)}).start()
+    try:
+        for seq, metrics in enumerate(counters[:4]):
+            assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=seq, metrics={"counter": metrics})))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 4) == 4
+        # and serve goes on loading: a later ping with A.b fills the column a_b
+        assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=4, metrics={"counter": counters[4]})))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 5) == 5
+        assert [list(r) for r in server.query(sql)[1]] == expected
+        status = json.loads(cli("status", "--json", data_dir=data_dir).stdout)
+        assert status["load_errors"] == {} and "FAILING" not in cli("status", data_dir=data_dir).stdout
+    finally:
+        server.stop()
+    (data_dir / "warehouse.duckdb").unlink()
+    out = cli("replay", "--no-progress", data_dir=data_dir, check=False)
+    assert (out.returncode, out.stderr) == (0, "") and "replayed 5 objects: inserted 5" in out.stdout, out
+    assert json.loads(cli("query", "--format", "json", sql, data_dir=data_dir).stdout) == [
+        dict(zip(["seq", "toolbox_n", "a_b", "additional_properties"], r)) for r in expected]
 
 
 def test_a_killed_replay_takes_its_worker_processes_with_it(data_dir):

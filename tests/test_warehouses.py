@@ -472,6 +472,31 @@ def test_rows_the_warehouse_refuses_are_found_by_halving_the_batch(store, wh):
     assert sorted(errors) == sorted([(keys[9], "warehouse"), (keys[40], "warehouse"), (broken.key, "raw_object")])
 
 
+def test_a_metric_id_that_makes_no_column_or_one_in_another_case_goes_to_additional_properties(store, wh):
+    """Before: a counter ``a-b.c`` (column ``a-b_c``, not a safe identifier: ValueError) or
+    ``a.b`` with ``A.b`` in one ping (DuckDB and BigQuery names ignore case: the column twice,
+    BinderException) failed the whole write with an error that is not a row's, so the loader
+    tried the same batch for ever. The schema refuses such ids; a looser GLEANPIPE_SCHEMA_PATH or
+    a replay of older raw objects gets them here. Now the first loads into additional_properties,
+    the second fills ``a_b`` with the first id and keeps the other aside, as for ``a.b``/``a_b``;
+    the other pings of the batch load with them."""
+    keys = [put_ping(store, make_ping(CLIENT_A, seq=seq, metrics={"counter": counters}))
+            for seq, counters in enumerate([{"toolbox.n": 0}, {"toolbox.n": 1, "a-b.c": 3},
+                                            {"toolbox.n": 2, "a.b": 4, "A.b": 5}, {"toolbox.n": 3}])]
+    result = load(store, wh, *keys)
+    assert (result.inserted, result.errors) == (4, 0)
+    sql = (f"SELECT ping_info.seq, metrics.counter.toolbox_n, metrics.counter.a_b, additional_properties "
+           f"FROM {DATASET}.baseline ORDER BY 1")
+    assert [(seq, n, a_b, as_json(extra)) for seq, n, a_b, extra in wh.q(sql)] == [
+        (0, 0, None, None), (1, 1, None, {"metrics": {"counter": {"a-b.c": 3}}}),
+        (2, 2, 4, {"metrics": {"counter": {"A.b": 5}}}), (3, 3, None, None)]
+    # lower-cased column names: ``A.b`` alone, in a later ping, fills the same column
+    assert load(store, wh, put_ping(store, make_ping(CLIENT_A, seq=4, metrics={"counter": {"A.b": 6}}))).inserted == 1
+    assert wh.q(f"SELECT metrics.counter.a_b, additional_properties FROM {DATASET}.baseline "
+                "WHERE ping_info.seq = 4") == [(6, None)]
+    assert wh.q("SELECT count(*) FROM _gleanpipe.errors") == [(0,)]
+
+
 def test_an_integer_its_column_cannot_hold_as_sent_is_a_load_error_naming_the_field(store, wh):
     """orjson reads an integer past 64 bits as a rounded float. Before: a counter of -2**63 - 1 was
     stored as -2**63 without any error, and a value past BIGINT (2**63 in a counter, a seq, an event

@@ -113,11 +113,18 @@ def view_name(doc_type: str) -> str | None:
 
 @functools.lru_cache(maxsize=65536)
 def column_name(metric_id: str) -> str:
-    """Metric id to column name: toolbox.launch_count -> toolbox_launch_count."""
-    return metric_id.replace(".", "_")
+    """Metric id to column name: toolbox.launch_count -> toolbox_launch_count. Lower-cased, as
+    Glean's ids are: DuckDB's and BigQuery's column and field names ignore case, so ``A.b`` and
+    ``a.b`` would be two names for one column (see ``is_column_name`` for ids that make none)."""
+    return metric_id.replace(".", "_").lower()
 
 
 IDENT_RE = re.compile(r"[A-Za-z0-9_]{1,128}")
+
+
+def is_column_name(name: str) -> bool:
+    """Whether ``name`` can be a column (``quote_ident`` takes it)."""
+    return IDENT_RE.fullmatch(name) is not None
 
 
 def quote_ident(name: str) -> str:

@@ -14,7 +14,7 @@ from email.utils import parsedate_to_datetime
 import orjson
 
 from . import rawobject
-from .naming import DocumentPath, column_name, parse_segments, PathError
+from .naming import DocumentPath, column_name, is_column_name, parse_segments, PathError
 from .int64 import CLIENT_INFO_INTS, EVENTS_INTS, INT64_MAX, INT64_MIN, METRIC_INTS, PING_INFO_INTS, NotInt64
 from .table_schema import CLIENT_INFO, METRIC_TYPES, PING_INFO
 
@@ -301,7 +301,9 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
         convert = CONVERTERS[metric_type]
         for metric_id, value in values.items():
             col = column_name(metric_id)
-            if col in columns:  # two ids that differ only by '.' vs '_': keep the second aside
+            # an id that makes no column name (``a-b.c``), or a second id of this column (``a.b`` and
+            # ``a_b``, or ``A.b``): kept aside, never a write the warehouse refuses
+            if col in columns or not is_column_name(col):
                 metric_extra.setdefault(metric_type, {})[metric_id] = value
                 continue
             leftovers: dict = {}
