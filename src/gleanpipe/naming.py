@@ -127,8 +127,12 @@ def is_column_name(name: str) -> bool:
     return IDENT_RE.fullmatch(name) is not None
 
 
+class UnsafeIdentifier(ValueError):
+    """A name ``quote_ident`` refuses."""
+
+
 def quote_ident(name: str) -> str:
     """Quote an SQL identifier; refuses anything but [A-Za-z0-9_] so nothing can escape."""
     if not IDENT_RE.fullmatch(name):
-        raise ValueError(f"not a safe identifier: {name!r}")
+        raise UnsafeIdentifier(f"not a safe identifier: {name!r}")
     return f'"{name}"'

@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 from ..config import duckdb_memory_limit
-from ..naming import parse_key, view_name
+from ..naming import UnsafeIdentifier, parse_key, view_name
 from ..naming import quote_ident as q
 from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
 from ..transform import PingRow
@@ -74,8 +74,12 @@ RENAME_EVENTS_TABLE = f"""
 SELECT schema_name FROM duckdb_tables() WHERE table_name = '{EVENTS_STREAM_VIEW}' AND schema_name <> '{META}'
 """
 
+# A write these refuse is refused for its rows (the loader halves the batch down to them, and they
+# become load errors): values that do not fit, and names that cannot be columns, a name quote_ident
+# refuses or two that DuckDB takes for one (it ignores case: a table with A_b from an older load and
+# a ping's a_b). Never transient trouble (IO, locks, memory): that is retried.
 DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.TypeMismatchException,
-               duckdb.OutOfRangeException)
+               duckdb.OutOfRangeException, duckdb.BinderException, UnsafeIdentifier)
 # Names DuckDB keeps for itself: its built-in catalogs, and the system schemas every catalog has.
 DUCKDB_OWN_NAMES = ("system", "temp", "information_schema", "pg_catalog")
 CLOSE_WAIT_S = 10  # how long close() interrupts the reads and the write still running before it closes anyway
