@@ -62,28 +62,35 @@ def test_parsing_definitions_leaves_submit_error_messages_alone():
     assert after == before and any("is a required property" in m for m in after)
 
 
-def test_dictionary_page_while_serve_cannot_be_reached_is_a_503(tmp_path):
-    """Through admin_query (as in serve's HTTP workers): a serve whose state file names an admin
-    port nothing listens on. Before: serve's "cannot reach" error fell through to a 500."""
+def apps_through_serve(data_dir, admin_url: str, token: str) -> tuple[str, bytes]:
+    """GET /dictionary/api/apps.json through admin_query (as in serve's HTTP workers), with a state
+    file naming ``admin_url`` and the data dir's lock held, as a running serve has them."""
     import os
     from wsgiref.util import setup_testing_defaults
 
     from gleanpipe.admin import STATE_FILE, take_serve_lock
     from gleanpipe.dictionary.web import admin_query, make_dictionary_app
-    from gleanpipe.emulate import free_port
 
-    (tmp_path / STATE_FILE).write_text(json.dumps({"pid": os.getpid(), "token": "t",
-                                                   "admin_url": f"http://127.0.0.1:{free_port()}"}))
-    lock = take_serve_lock(tmp_path)  # what a running serve holds
+    (data_dir / STATE_FILE).write_text(json.dumps({"pid": os.getpid(), "token": token, "admin_url": admin_url}))
+    lock = take_serve_lock(data_dir)
     try:
-        app = make_dictionary_app(admin_query(tmp_path))
         environ = {"PATH_INFO": "/dictionary/api/apps.json", "REQUEST_METHOD": "GET"}
         setup_testing_defaults(environ)
         out = {}
-        body = b"".join(app(environ, lambda status, headers: out.update(status=status)))
+        body = b"".join(make_dictionary_app(admin_query(data_dir))(
+            environ, lambda status, headers: out.update(status=status)))
     finally:
         os.close(lock)
-    assert out["status"] == "503 Service Unavailable"
+    return out["status"], body
+
+
+def test_dictionary_page_while_serve_cannot_be_reached_is_a_503(tmp_path):
+    """Through admin_query (as in serve's HTTP workers): a serve whose state file names an admin
+    port nothing listens on. Before: serve's "cannot reach" error fell through to a 500."""
+    from gleanpipe.emulate import free_port
+
+    status, body = apps_through_serve(tmp_path, f"http://127.0.0.1:{free_port()}", "t")
+    assert status == "503 Service Unavailable"
     assert json.loads(body)["error"].startswith("the warehouse is not reachable: cannot reach gleanpipe serve at http://")
 
 
@@ -91,11 +98,7 @@ def test_a_dictionary_query_that_fails_in_serve_is_a_500_that_says_why_not_a_503
     """Through admin_query and a real admin server: serve answers a query of the dictionary's that
     fails (here a catalog table of another shape) with 400, the query's fault. The page said 503
     "the warehouse is not reachable", which sends the reader looking for a serve that is running."""
-    import os
-    from wsgiref.util import setup_testing_defaults
-
-    from gleanpipe.admin import STATE_FILE, AdminServer, take_serve_lock
-    from gleanpipe.dictionary.web import admin_query, make_dictionary_app
+    from gleanpipe.admin import AdminServer
     from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
     wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
@@ -103,19 +106,11 @@ def test_a_dictionary_query_that_fails_in_serve_is_a_500_that_says_why_not_a_503
     server = AdminServer(status=wh.status, query=wh.read_query_pages, load_keys=lambda keys: {},
                          query_max_bytes=1 << 20)
     server.start()
-    (tmp_path / STATE_FILE).write_text(json.dumps({"pid": os.getpid(), "token": server.token,
-                                                   "admin_url": server.url}))
-    lock = take_serve_lock(tmp_path)  # what a running serve holds
     try:
-        app = make_dictionary_app(admin_query(tmp_path))
-        environ = {"PATH_INFO": "/dictionary/api/apps.json", "REQUEST_METHOD": "GET"}
-        setup_testing_defaults(environ)
-        out = {}
-        body = b"".join(app(environ, lambda status, headers: out.update(status=status)))
+        status, body = apps_through_serve(tmp_path, server.url, server.token)
     finally:
-        os.close(lock)
         server.httpd.shutdown()
         wh.close()
-    assert out["status"] == "500 Internal Server Error"
+    assert status == "500 Internal Server Error"
     error = json.loads(body)["error"]
     assert error.startswith("QueryRefused: ") and "not reachable" not in error, error
