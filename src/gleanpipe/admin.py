@@ -36,7 +36,6 @@ LOCK_FILE = "serve.lock"  # held by a running serve: a state file without it is 
 SERVE_START_WAIT_S = 30.0
 PID_WIDTH = 10  # the lock file holds its holder's pid, right-aligned in this many characters
 TOKEN_HEADER = "X-Gleanpipe-Token"
-
 log = logging.getLogger("gleanpipe.admin")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import sys
 import threading
 
@@ -100,8 +101,6 @@ class CtrlC:
         self.previous = None
 
     def __enter__(self) -> CtrlC:
-        import signal
-
         if threading.current_thread() is threading.main_thread():  # only the main thread may set one
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -111,8 +110,6 @@ class CtrlC:
         raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
-        import signal
-
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
 
@@ -158,4 +155,6 @@ class Drawing:
 def quiet(stream) -> None:
     """Nothing more for ``stream``, whose reader went away: what is still written (or left in its
     buffer, which Python flushes at exit and would fail with exit code 120) goes nowhere."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)  # the stream's descriptor is the one that stays

@@ -165,6 +165,7 @@ class LocalStore(RawStore):
         path = self._path(key)
         tmp = os.path.join(self._tmp, uuid.uuid4().hex)
         receipt, linked = None, False
+        folders = (str(path.parent), self._inbox) if notify else (str(path.parent),)  # to fsync before a 200
         try:
             self._ensure_dir(str(path.parent))
             fd = self._again_if_gone(self.tmp, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -183,10 +184,10 @@ class LocalStore(RawStore):
                 self._drop(receipt)
                 # The first copy may not have synced its folders yet (its own sync may have failed,
                 # and it answered 503): "duplicate" also means "on disk", its receipt included.
-                _GROUP_SYNC.sync((str(path.parent), self._inbox) if notify else (str(path.parent),))
+                _GROUP_SYNC.sync(folders)
                 return False
             linked = True
-            _GROUP_SYNC.sync((str(path.parent), self._inbox) if receipt is not None else (str(path.parent),))
+            _GROUP_SYNC.sync(folders)
             return True
         except OSError as exc:
             if not linked:
