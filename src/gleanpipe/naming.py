@@ -136,3 +136,9 @@ def quote_ident(name: str) -> str:
     if not IDENT_RE.fullmatch(name):
         raise UnsafeIdentifier(f"not a safe identifier: {name!r}")
     return f'"{name}"'
+
+
+def quote_bq_ident(name: str) -> str:
+    """A BigQuery identifier in backticks, under the same check as ``quote_ident``."""
+    quote_ident(name)
+    return f"`{name}`"

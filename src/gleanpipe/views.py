@@ -30,9 +30,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .naming import DERIVED_VIEWS, TABLE_RE, quote_ident as q
+from .naming import DERIVED_VIEWS, TABLE_RE, quote_bq_ident as bq_quote, quote_ident as q
 from .table_schema import EVENTS_STREAM_TABLE
-from .warehouse.bigquery import q as bq_quote
 
 VIEW_NAMES = DERIVED_VIEWS
 DAY = "CAST(timezone('UTC', submission_timestamp) AS DATE)"

@@ -29,10 +29,11 @@ from datetime import date, datetime, timezone
 import orjson
 
 from ..config import SettingError, _get, _int
-from ..naming import TABLE_RE, quote_ident
+from ..naming import TABLE_RE, quote_bq_ident as q
 from ..table_schema import (EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, PING_COLUMNS, STR,
                             TS, INT, T, metrics_struct, struct)
 from ..transform import PingRow
+from ..views import BIGQUERY, build_views
 from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
                    WarehouseUnavailable, WriteResult, dedup_view_query, first_per_document)
 
@@ -160,11 +161,6 @@ def metric_fields(schema: list[dict]) -> list[tuple[str, str]]:
         if field["name"] == "metrics":
             return [(mtype["name"], col["name"]) for mtype in field.get("fields", []) for col in mtype.get("fields", [])]
     return []
-
-
-def q(name: str) -> str:
-    quote_ident(name)  # the same check as for DuckDB: [A-Za-z0-9_] only
-    return f"`{name}`"
 
 
 def said(exc: BaseException) -> str:
@@ -333,8 +329,6 @@ class BigQueryWarehouse(Warehouse):
         """Create each derived view of ``dataset``, or give it the query its tables call for now."""
         from google.api_core import exceptions as gexc
         from google.cloud import bigquery
-
-        from ..views import BIGQUERY, build_views
 
         tables: dict[str, list[tuple[str, str]]] = {}
         for item in self.client.list_tables(f"{self.project}.{dataset}", retry=self.retry, timeout=self.retry_s):

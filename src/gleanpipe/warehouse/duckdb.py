@@ -29,6 +29,7 @@ from ..naming import UnsafeIdentifier, parse_key, view_name
 from ..naming import quote_ident as q
 from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
 from ..transform import PingRow
+from ..views import refresh
 from . import missing_table
 from .base import (DELETION_TABLE, EVENTS_KEY, META, QUERY_PAGE_ROWS, DeletionAttempt, LoadError, RowDataError,
                    Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query,
@@ -266,8 +267,6 @@ class DuckDBWarehouse(Warehouse):
     def _in_transaction(self, body, views: bool):
         """``body()`` between begin and commit, rolled back on any exception; with ``views``, the
         derived views of the datasets it reshaped are made before the commit."""
-        from ..views import refresh
-
         try:
             self.con.begin()
             result = body()
@@ -347,8 +346,6 @@ class DuckDBWarehouse(Warehouse):
 
     def _refresh_views(self, datasets) -> None:
         """Rebuild the derived views (views.py) after tables changed shape; never fails a load."""
-        from ..views import refresh
-
         try:
             refresh(self.con, sorted(datasets) if datasets is not None else None)
         except duckdb.Error as exc:
