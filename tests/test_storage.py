@@ -397,7 +397,7 @@ def test_a_folder_fsync_that_fails_after_the_link_keeps_the_receipt_and_the_ping
     fails after the object was linked; the SDK's retry then gets "duplicate". Before: the 503
     also dropped the object's inbox receipt, so that acknowledged ping was never loaded.
     A mock: a directory fsync cannot be made to fail on this machine (no device-mapper, and
-    tmpfs fsync never fails), so the store's _fsync_dir raises EIO once; the rest is real."""
+    tmpfs fsync never fails), so the store's fsync_dir raises EIO once; the rest is real."""
     import errno
     import uuid
 
@@ -423,7 +423,7 @@ def test_a_folder_fsync_that_fails_after_the_link_keeps_the_receipt_and_the_ping
     try:
         first, (key, data) = raw(1), raw(2)
         assert store.put_new(*first) is True  # its folders now exist: the next put_new fsyncs only in GroupSync
-        real, calls = local._fsync_dir, []
+        real, calls = local.fsync_dir, []
 
         def failing_once(path):
             calls.append(str(path))
@@ -431,7 +431,7 @@ def test_a_folder_fsync_that_fails_after_the_link_keeps_the_receipt_and_the_ping
                 raise OSError(errno.EIO, "Input/output error")
             real(path)
 
-        monkeypatch.setattr(local, "_fsync_dir", failing_once)
+        monkeypatch.setattr(local, "fsync_dir", failing_once)
         with pytest.raises(StoreError, match="Input/output error"):
             store.put_new(key, data)  # the edge answers 503
         assert store.get(key) == data  # linked before the fsync failed

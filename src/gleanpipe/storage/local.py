@@ -48,7 +48,7 @@ except ImportError:  # not a POSIX system
     _close_now = os.close
 
 
-def _fsync_dir(path) -> None:
+def fsync_dir(path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -87,7 +87,7 @@ class GroupSync:
                 self._cond.release()
                 try:
                     for d in sorted(batch):
-                        _fsync_dir(d)
+                        fsync_dir(d)
                 except OSError as exc:
                     error = exc
                 finally:
@@ -158,7 +158,7 @@ class LocalStore(RawStore):
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
             for ancestor in folder.relative_to(self.root).parents:
-                _fsync_dir(self.root / ancestor)
+                fsync_dir(self.root / ancestor)
         self._dirs.add(parent)
 
     def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:

@@ -17,7 +17,7 @@ import orjson
 
 from .. import rawobject
 from .base import ObjectMissing, RawStore, StoreError
-from .local import LocalStore, _fsync_dir
+from .local import LocalStore, fsync_dir
 from .spool import MAGIC, MAX_BODY, SPOOL, SUFFIX, decode_records, segment_files
 
 log = logging.getLogger("gleanpipe.spool")
@@ -285,7 +285,7 @@ class SpoolReader(RawStore):
                 del self._segments[seg.name]
                 self._leftover.discard(seg.name)
                 self.stats["segments_deleted"] += 1
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as exc:  # said once a minute: the loader tries again every few milliseconds
             if time.monotonic() - self._retire_warned >= RETIRE_WARNING_S:
                 self._retire_warned = time.monotonic()

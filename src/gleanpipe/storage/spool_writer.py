@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from .base import RawStore, StoreError
-from .local import LocalStore, _fsync_dir, write_all
+from .local import LocalStore, fsync_dir, write_all
 from .spool import HEAD, MAX_BODY, SPOOL, SUFFIX, encode_record
 
 RECENT_KEYS = 100_000  # keys one worker remembers for in-window dedupe
@@ -104,7 +104,7 @@ class SpoolWriter:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(name + ".new", name)
-            _fsync_dir(self.dir)  # the segment's name must survive a crash before any record is acked
+            fsync_dir(self.dir)  # the segment's name must survive a crash before any record is acked
         except OSError:
             os.close(fd)
             try:
