@@ -134,16 +134,21 @@ def test_stored_but_unloaded_pings_load_after_a_restart(data_dir):
 
 def test_status_shows_while_the_spool_cannot_be_written_out(serve):
     """Before: `status` through serve failed whole when serve could not write spooled pings out as
-    objects (a full disk; here a real fault on demand: a file where the app's folder goes)."""
+    objects (a full disk; here a real fault on demand: a file where the app's folder goes). It
+    counts the ping that waits (without writing it out) and says why loading fails."""
     assert post(serve.url + submit_path("metrics"), gz(make_ping(CLIENT)))[0] == 200
     assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 1) == 1
     blocked = serve.data_dir / "store" / "raw" / APP / "baseline"
     blocked.write_bytes(b"")
     assert post(serve.url + submit_path("baseline"), gz(make_ping(CLIENT)))[0] == 200  # in the spool, on disk
+    deadline = time.monotonic() + 10
+    while serve.admin.status()["loading_failing"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     lines = cli("status", data_dir=serve.data_dir).stdout.splitlines()
     assert [DATASET, "metrics_v1", "1"] in [line.split() for line in lines]
-    [waiting] = [line for line in lines if line.startswith("waiting to load: ")]
-    assert waiting.startswith(f"waiting to load: unknown (cannot materialise raw/{APP}/baseline/1/")
+    assert "waiting to load: 1" in lines
+    [failing] = [line for line in lines if line.startswith("loading: FAILING since ")]
+    assert f", retrying: cannot materialise raw/{APP}/baseline/1/" in failing
     blocked.unlink()  # the disk has room again: the ping loads
     assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
     assert json.loads(cli("status", "--json", data_dir=serve.data_dir).stdout)["pending"] == 0

@@ -169,6 +169,43 @@ def test_a_record_being_written_is_waited_for_not_skipped(store):
     assert segments(store) == []
 
 
+@pytest.mark.parametrize("chunk", [None, 100])  # 100 bytes: each record is read across several chunks
+def test_backlog_counts_what_waits_without_writing_it_out(store, monkeypatch, chunk):
+    """`status` through serve counted what waits with ``len(pending(1_000_000))``, which wrote up to
+    a million spool records out as objects (holding the lock the loader and `replay` wait on) and
+    kept them in the reader's queue. ``backlog`` counts the same number and writes out nothing:
+    records handed to the loader and not acknowledged, records not read yet (a damaged one
+    stepped over as the reader does, a half-written one not yet), and the inbox's receipts."""
+    if chunk:
+        monkeypatch.setattr("gleanpipe.storage.spool_reader.READ_CHUNK", chunk)
+    pings, seg = spooled(store, 5)  # a finished segment: its writer is gone
+    buf = bytearray(seg.read_bytes())
+    buf[sum(len(encode_record(*p)) for p in pings[:3]) + 30] ^= 0xFF  # the 4th record damaged
+    seg.write_bytes(bytes(buf))
+    writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)  # a segment still being written
+    live = [raw(seq=10 + i) for i in range(2)]
+    for key, data in live:
+        writer.append(key, data)
+    (live_seg,) = set(segments(store)) - {seg}
+    with open(live_seg, "ab") as f:  # the first half of a record another thread is writing
+        f.write(encode_record(*raw(seq=12))[:40])
+    received = raw(seq=20)
+    assert store.put_new(*received)  # an inbox receipt, as with the spool off
+    reader = SpoolReader(store)
+    assert [k for _, k in reader.pending(3)] == [k for k, _ in pings[:3]]  # handed out, not acknowledged
+    objects, queue = sorted(store.list("raw/")), list(reader._queue)
+    offsets = {name: s.offset for name, s in reader._segments.items()}
+    try:
+        assert reader.backlog() == 3 + 1 + 2 + 1
+        assert sorted(store.list("raw/")) == objects and len(objects) == 4  # nothing written out
+        assert list(reader._queue) == queue  # nor handed out
+        assert {name: s.offset for name, s in reader._segments.items()} == offsets
+        got = reader.pending(1_000_000)  # what `status` counted before, and what the loader gets
+        assert [k for _, k in got] == [k for k, _ in [*pings[:3], pings[4], *live, received]]
+    finally:
+        writer.close()
+
+
 def test_the_reader_syncs_a_record_it_read_before_it_becomes_an_object(store, monkeypatch):
     """A record is readable once its writer's write() returns, before that writer's fdatasync
     has. Before: the reader wrote it out as an object at once, and the object made the edge answer
@@ -915,6 +952,31 @@ def test_status_after_a_crash_counts_what_serve_will_load_not_what_is_not_writte
     finally:
         assert restarted.stop() == 0
     assert orjson.loads(run_cli("status", "--json", "--data-dir", str(data_dir)).stdout)["pending"] == 0
+
+
+def test_status_through_serve_counts_the_spool_and_writes_nothing_out(data_dir):
+    """`status` while serve ran wrote every spool record out as an object to count it (up to a
+    million, with disk syncs, holding the lock the loader and `replay` wait on): right after an
+    outage a read command cost O(backlog) writes and delay. Pings spooled while the loader sleeps
+    (GLEANPIPE_LOAD_INTERVAL_MS at its largest, 60 s) are counted, and still have no object."""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_LOAD_INTERVAL_MS": "60000"}).start()
+    try:
+        for seq in range(6):
+            assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=seq)))[0] == 200
+        status = run_cli("status", "--json", "--data-dir", str(data_dir))
+        assert status.returncode == 0, status.stderr
+        assert orjson.loads(status.stdout)["pending"] == 6
+        assert "waiting to load: 6\n" in run_cli("status", "--data-dir", str(data_dir)).stdout
+        assert list(LocalStore(data_dir / "store").list("raw/")) == []  # nothing written out by `status`
+        assert server.try_query(f"SELECT count(*) FROM {DATASET}.baseline_v1") is None  # nor loaded meanwhile
+    finally:
+        assert server.stop() == 0
+    restarted = ServeProcess(data_dir).start()
+    try:  # and they are what serve loads
+        assert restarted.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 6) == 6
+    finally:
+        assert restarted.stop() == 0
 
 
 def test_kill_9_of_the_http_workers_mid_load_loses_no_acknowledged_ping(data_dir):

@@ -236,8 +236,9 @@ class LocalPipeline:
         out = self.warehouse.status()
         failing = self.loader_thread.failing
         out["loading_failing"] = {"since": failing[0], "reason": failing[1]} if failing else None
-        try:  # the spool's records are written out as objects to be counted
-            out["pending"] = len(self.store.pending(1_000_000))
+        try:  # counted, not written out as objects: that is the loader's work
+            out["pending"] = (self.store.backlog() if isinstance(self.store, SpoolReader)
+                              else len(self.store.pending(sys.maxsize)))
         except (StoreError, OSError) as exc:  # a full disk, a folder it may not read: the rest still shows
             out["pending"], out["store_error"] = None, str(exc)
         return out

@@ -7,6 +7,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -18,7 +19,7 @@ import orjson
 from .. import rawobject
 from .base import ObjectMissing, RawStore, StoreError
 from .local import LocalStore, fsync_dir
-from .spool import MAGIC, MAX_BODY, SPOOL, SUFFIX, decode_records, segment_files
+from .spool import HEAD, MAGIC, MAX_BODY, SPOOL, SUFFIX, decode_records, segment_files
 
 log = logging.getLogger("gleanpipe.spool")
 
@@ -123,10 +124,19 @@ class SpoolReader(RawStore):
             self._retire()
 
     def backlog(self) -> int:
-        """Records spooled and not yet acknowledged (materialised or not), for `status`."""
-        with self.lock:
-            self._scan(10**9)
-            return len(self._queue)
+        """How many wait to be loaded, for `status`, counted without writing anything out: the
+        records handed to the loader and not acknowledged, the records of the spool not read yet,
+        and the inbox's receipts. (`status` took ``len(pending(1_000_000))``, which turned up to a
+        million spool records into objects, holding the lock the loader and `replay` wait on.)"""
+        with self.lock:  # only to take where the reading stands; the files are read without it
+            queued = len(self._queue)
+            read = {s.name: None if s.finished else s.offset for s in self._segments.values()}
+        try:
+            names = segment_files(self.dir)[0]
+        except FileNotFoundError:
+            names = []
+        unread = sum(count_records(self.dir / n, read.get(n, 0)) for n in names if read.get(n, 0) is not None)
+        return queued + unread + len(self.local.pending(sys.maxsize))
 
     # internals
     def _writer_gone(self, path: Path) -> bool:
@@ -290,6 +300,31 @@ class SpoolReader(RawStore):
             if time.monotonic() - self._retire_warned >= RETIRE_WARNING_S:
                 self._retire_warned = time.monotonic()
                 log.warning("could not retire spool segments yet (tried again, said once a minute): %s", exc)
+
+
+def count_records(path: Path, offset: int) -> int:
+    """How many intact records a segment holds from ``offset`` on, read a chunk at a time and kept
+    nowhere. Damage between records is stepped over, as the reader does; a record still being
+    written at the end is not counted yet."""
+    count, buf, end_of_file = 0, b"", False
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while True:
+                pos = 0
+                for _, end, _, _ in decode_records(buf):
+                    count, pos = count + 1, end
+                buf = buf[pos:]
+                if buf and (end_of_file or len(buf) > HEAD.size + MAX_BODY):  # no record starts here
+                    at = buf.find(MAGIC, 1)
+                    buf = buf[at:] if at != -1 else b"" if end_of_file else buf[-len(MAGIC) + 1:]
+                    continue
+                if end_of_file:
+                    return count
+                more = f.read(READ_CHUNK)
+                buf, end_of_file = buf + more, not more
+    except FileNotFoundError:  # retired meanwhile: its records were read and acknowledged
+        return count
 
 
 def spooled_keys(local: LocalStore) -> set[str]:
