@@ -355,6 +355,18 @@ def command_line(pid: int) -> str | None:
         return None
 
 
+def foreign_holder(data_dir: Path) -> str | None:
+    """Why no serve can run on or be found for the data dir, said at once, when /proc tells that
+    the process holding its lock is not a gleanpipe serve (`flock data/serve.lock ...`, another
+    program): waiting for it to write a serve.json, as for a serve still starting, is no use.
+    None when the holder is a gleanpipe process, or /proc does not tell."""
+    owner = lock_owner(data_dir)
+    if not owner or not owner[1] or "gleanpipe" in owner[1]:
+        return None
+    return (f"another process, pid {owner[0]} ({owner[1]}), holds {Path(data_dir) / LOCK_FILE}, the lock of a "
+            "gleanpipe serve: stop it")
+
+
 def _no_state(data_dir: Path, holder: int, wait_s: float) -> str:
     """Why no serve could be found though the data dir's lock is held, naming its holder: a
     gleanpipe serve only when it is one (another program holding the file was "pid 0")."""
@@ -430,6 +442,8 @@ class AdminClient:
             pid = state.get("pid") if isinstance(state, dict) else None
             if isinstance(pid, int) and holder in (0, pid):
                 break
+            if (foreign := foreign_holder(data_dir)) is not None:
+                raise ServeError(foreign)
             if time.monotonic() >= deadline:
                 raise ServeError(_no_state(data_dir, holder, wait_s))
             time.sleep(0.05)

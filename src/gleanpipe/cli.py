@@ -15,8 +15,8 @@ import click
 import orjson
 
 from . import __version__
-from .admin import (AdminClient, ServeError, absolute, lock_holder, remove_state, same_location, shown_values,
-                    take_serve_lock)
+from .admin import (AdminClient, ServeError, absolute, foreign_holder, lock_holder, remove_state, same_location,
+                    shown_values, take_serve_lock)
 from .config import SETTINGS, Config, SettingError
 from .output import format_rows, stream_rows
 from .terminal import CtrlC, Drawing, beside, interrupted, off_main, quiet
@@ -242,9 +242,9 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     _warehouse_scheme(config)
     lock = take_serve_lock(config.data_dir)  # held until this process exits
     if lock is None:
-        holder = lock_holder(config.data_dir)
-        raise click.ClickException(f"a gleanpipe serve{f' (pid {holder})' if holder else ''} is already running "
-                                   f"for {config.data_dir}")
+        holder = lock_holder(config.data_dir)  # another program holding the lock is named, not called a serve
+        raise click.ClickException(foreign_holder(config.data_dir) or (
+            f"a gleanpipe serve{f' (pid {holder})' if holder else ''} is already running for {config.data_dir}"))
     killed = remove_state(config.data_dir)  # a killed serve's: not to be taken for this one's
     try:
         # first: nothing is opened yet that a refusal must close. After a kill, the dead serve's
