@@ -20,7 +20,8 @@ import orjson
 import pytest
 
 from gleanpipe import functions as gp_functions
-from gleanpipe.admin import STATE_FILE, AdminClient
+from gleanpipe.admin import AdminClient
+from gleanpipe.serve_state import STATE_FILE
 from gleanpipe.config import Config
 from gleanpipe.emulate import free_port
 from gleanpipe.storage.local import LocalStore

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from gleanpipe.admin import STATE_FILE, TOKEN_HEADER, AdminClient, ResultTooLarge, ServeError
+from gleanpipe.admin import TOKEN_HEADER, AdminClient, ResultTooLarge, ServeError
+from gleanpipe.serve_state import STATE_FILE
 from gleanpipe.warehouse.base import WarehouseClosing
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from google.api_core.exceptions import BadRequest
 
-from gleanpipe.admin import take_serve_lock, write_state
+from gleanpipe.serve_state import take_serve_lock, write_state
 from gleanpipe.load import Loader
 from gleanpipe.warehouse import WarehouseUnavailable, open_warehouse
 from gleanpipe.table_schema import PING_COLUMNS, metrics_struct

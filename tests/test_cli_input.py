@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from gleanpipe.admin import STATE_FILE, AdminClient, ServeError, lock_holder, take_serve_lock
+from gleanpipe.admin import AdminClient, ServeError
+from gleanpipe.serve_state import STATE_FILE, lock_holder, take_serve_lock
 from gleanpipe.dictionary.definitions import DefinitionError, parse
 from gleanpipe.emulate import free_port
 

@@ -68,7 +68,7 @@ def apps_through_serve(data_dir, admin_url: str, token: str) -> tuple[str, bytes
     import os
     from wsgiref.util import setup_testing_defaults
 
-    from gleanpipe.admin import STATE_FILE, take_serve_lock
+    from gleanpipe.serve_state import STATE_FILE, take_serve_lock
     from gleanpipe.dictionary.web import admin_query, make_dictionary_app
 
     (data_dir / STATE_FILE).write_text(json.dumps({"pid": os.getpid(), "token": token, "admin_url": admin_url}))

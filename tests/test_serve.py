@@ -485,7 +485,7 @@ def test_a_receipt_whose_object_never_comes_is_dropped_after_the_grace_period(st
 
 
 def test_same_location_compares_local_paths_resolved(tmp_path, monkeypatch):
-    from gleanpipe.admin import same_location
+    from gleanpipe.serve_state import same_location
 
     monkeypatch.chdir(tmp_path)
     assert same_location("duckdb://data/w.duckdb", f"duckdb://{tmp_path}/data/./w.duckdb")

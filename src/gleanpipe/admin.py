@@ -8,10 +8,7 @@ When no server is running, the CLI opens the file itself.
 
 from __future__ import annotations
 
-import fcntl
 import hmac
-import json
-import math
 import os
 import logging
 import secrets
@@ -21,33 +18,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import date, datetime, time as clock_time
-from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from uuid import UUID
 
 import orjson
 
-STATE_FILE = "serve.json"
-LOCK_FILE = "serve.lock"  # held by a running serve: a state file without it is stale
-# How long a command waits for a serve that holds the data dir's lock to write its state file: its
-# start (gunicorn's boot; after a kill, up to serve.KILLED_SERVE_PORT_WAIT_S for the old port)
-SERVE_START_WAIT_S = 30.0
-PID_WIDTH = 10  # the lock file holds its holder's pid, right-aligned in this many characters
+from .jsonvalues import dumps, shown_values
+from .serve_state import (SERVE_START_WAIT_S, STATE_FILE, foreign_holder, lock_holder, no_state_message,
+                          read_state, same_location)
+
 TOKEN_HEADER = "X-Gleanpipe-Token"
 log = logging.getLogger("gleanpipe.admin")
-
-
-def to_jsonable(value):
-    """orjson default= for warehouse values (Decimal, UUID, bytes, ...)."""
-    if isinstance(value, (Decimal, UUID)):
-        return str(value)
-    if isinstance(value, (bytes, bytearray)):
-        return value.hex()
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    return str(value)
 
 
 class ServeError(RuntimeError):
@@ -62,50 +43,6 @@ class QueryRefused(ServeError):
 class ResultTooLarge(ServeError):
     """A query's answer is over GLEANPIPE_QUERY_MAX_BYTES: serve answers 413, and the client raises
     this again, so that a caller that can ask for less (explore's pages) knows it from other errors."""
-
-
-def shown_values(value):
-    """``value`` (a query row, a cell) with every inf, -inf and nan as DuckDB prints it, every
-    whole number past 64 bits (HUGEINT, a large SUM) as its digits, every TIMETZ as DuckDB prints
-    it (``12:00:00+05``), and every MAP key as a text when orjson cannot write it as one. JSON has
-    no inf or nan: orjson would turn them into null, and a query would show them as NULL; and
-    orjson refuses integers past 64 bits, a time with a time zone, and a key that is a Decimal,
-    bytes or any such type (``default=`` is not asked for these), which made the query fail."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else "nan" if value != value else "inf" if value > 0 else "-inf"
-    if isinstance(value, int) and not -2**63 <= value < 2**64:
-        return str(value)
-    if isinstance(value, clock_time) and value.tzinfo is not None:
-        return _timetz_text(value)
-    if isinstance(value, (list, tuple)):
-        return [shown_values(v) for v in value]
-    if isinstance(value, dict):
-        return {_shown_key(k): shown_values(v) for k, v in value.items()}
-    return value
-
-
-def _shown_key(key):
-    """A MAP key as orjson's OPT_NON_STR_KEYS writes it, or as text (what ``to_jsonable`` makes of
-    the same value) for a key it refuses."""
-    key = shown_values(key)
-    if key is None or isinstance(key, (str, int, float, date, clock_time, UUID)):  # bool is an int
-        return key
-    return to_jsonable(key)
-
-
-def _timetz_text(value: clock_time) -> str:
-    """A TIMETZ as DuckDB prints it: ``12:00:00.5+05:30``, ``08:00:00-00:30:15``, ``12:00:00+00``."""
-    offset = int(value.utcoffset().total_seconds())
-    hours, rest = divmod(abs(offset), 3600)
-    minutes, seconds = divmod(rest, 60)
-    zone = f"{'-' if offset < 0 else '+'}{hours:02}" + (f":{minutes:02}" if minutes or seconds else "") \
-        + (f":{seconds:02}" if seconds else "")
-    text = value.replace(tzinfo=None).isoformat()
-    return (text.rstrip("0") if "." in text else text) + zone
-
-
-def dumps(obj) -> bytes:
-    return orjson.dumps(obj, default=to_jsonable, option=orjson.OPT_NON_STR_KEYS)
 
 
 class AdminServer:
@@ -275,142 +212,6 @@ def _query(query_pages, body: dict, max_bytes: int) -> Encoded:
         pages.close()  # a result not read to its end: its read transaction ends here
 
 
-def write_state(data_dir: Path, state: dict) -> Path:
-    path = Path(data_dir) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f)
-    os.replace(tmp, path)
-    return path
-
-
-def take_serve_lock(data_dir: Path) -> int | None:
-    """Hold the data dir's serve lock for as long as this process lives, or None when a running
-    serve holds it. The kernel drops the lock on any exit, kill -9 included, so the state file a
-    killed serve leaves is known to be stale even when its PID is in use again (a serve that is
-    PID 1 of a container, restarted, has the dead one's PID)."""
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    for _ in range(20):  # a command looking for serve holds it shared for a moment: ask again
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            time.sleep(0.05)
-            continue
-        # who holds it: a state file is this serve's only if it has this pid (a killed serve's
-        # stays until this one removes it)
-        # (one fixed-width write: a reader sees the old pid or the new one, never a mix)
-        os.pwrite(fd, f"{os.getpid():>{PID_WIDTH}}\n".encode(), 0)
-        return fd
-    os.close(fd)
-    return None
-
-
-def lock_holder(data_dir: Path) -> int | None:
-    """The pid of the serve holding the data dir's lock (0 if its lock file does not say: a serve
-    from before it did, or one that has only just taken it), or None when no serve holds it."""
-    try:
-        fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return None  # not held (the shared lock this took goes with the close)
-        except BlockingIOError:
-            pass
-        text = os.pread(fd, PID_WIDTH + 1, 0).strip()
-        return int(text) if text.isdigit() else 0
-    finally:
-        os.close(fd)
-
-
-def lock_owner(data_dir: Path) -> tuple[int, str] | None:
-    """(pid, command line) of the process that holds the data dir's lock, as /proc/locks tells,
-    whatever program it is (the lock file's own pid is only ever written by a serve); None when
-    /proc does not tell (no /proc, a holder in another PID namespace). The command line is "" when
-    it cannot be read."""
-    try:
-        st = os.stat(Path(data_dir) / LOCK_FILE)
-        with open("/proc/locks") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2318356 0 EOF" ("->" lines wait for it)
-        parts = line.split()
-        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == where and parts[4].isdigit() and int(parts[4]):
-            pid = int(parts[4])
-            return pid, command_line(pid) or ""
-    return None
-
-
-def command_line(pid: int) -> str | None:
-    """Process ``pid``'s command line, as far as /proc tells (None when it does not), cut at 200."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
-    except OSError:
-        return None
-
-
-def foreign_holder(data_dir: Path) -> str | None:
-    """Why no serve can run on or be found for the data dir, said at once, when /proc tells that
-    the process holding its lock is not a gleanpipe serve (`flock data/serve.lock ...`, another
-    program): waiting for it to write a serve.json, as for a serve still starting, is no use.
-    None when the holder is a gleanpipe process, or /proc does not tell."""
-    owner = lock_owner(data_dir)
-    if not owner or not owner[1] or "gleanpipe" in owner[1]:
-        return None
-    return (f"another process, pid {owner[0]} ({owner[1]}), holds {Path(data_dir) / LOCK_FILE}, the lock of a "
-            "gleanpipe serve: stop it")
-
-
-def _no_state(data_dir: Path, holder: int, wait_s: float) -> str:
-    """Why no serve could be found though the data dir's lock is held, naming its holder: a
-    gleanpipe serve only when it is one (another program holding the file was "pid 0")."""
-    lock, owner = Path(data_dir) / LOCK_FILE, lock_owner(data_dir)
-    late = f"no {STATE_FILE} was written after {wait_s:.0f} s"
-    if owner and "gleanpipe" in owner[1]:
-        return (f"a gleanpipe serve (pid {owner[0]}) holds {lock} but {late}: it is still starting (see its output), "
-                "or the file was removed (restart that serve)")
-    if owner:
-        return (f"another process, pid {owner[0]} ({owner[1] or 'command line unknown'}), holds {lock}, the lock "
-                f"of a gleanpipe serve, and {late}: stop it")
-    named = f"its lock file names pid {holder}" if holder else "its lock file names no pid"
-    return (f"a process this system does not name holds {lock} ({named}) but {late}: a gleanpipe serve still "
-            "starting (see its output), one whose file was removed (restart it), or another program holding the "
-            "lock (stop it)")
-
-
-def remove_state(data_dir: Path) -> bool:
-    """Remove serve's state file (on a clean stop, or a killed serve's when the next one has the
-    lock); False if there was none."""
-    try:
-        (Path(data_dir) / STATE_FILE).unlink()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def absolute(url: str) -> str:
-    """A store or warehouse URL with its local path, if any, made absolute (from this process's
-    folder): serve's state file says where it runs whatever folder the CLI is run from."""
-    for scheme in ("duckdb://", "file://"):
-        if url.startswith(scheme):
-            return scheme + str(Path(url[len(scheme):]).resolve())
-    return url
-
-
-def same_location(a: str | None, b: str | None) -> bool:
-    """Whether two store or warehouse URLs name the same place (``duckdb://data/w.duckdb`` and
-    ``duckdb:///abs/data/w.duckdb`` do, when run from the folder holding ``data``)."""
-    if a is None or b is None:
-        return a == b
-    return absolute(a) == absolute(b)
-
-
 class AdminClient:
     def __init__(self, url: str, token: str, store_url: str | None = None, warehouse_url: str | None = None):
         self.url, self.token = url, token
@@ -430,10 +231,7 @@ class AdminClient:
             holder = lock_holder(data_dir)
             if holder is None:  # no serve: a state file is one a serve that is gone left
                 return None
-            try:
-                state = json.loads((Path(data_dir) / STATE_FILE).read_text())
-            except (OSError, ValueError):
-                state = None
+            state = read_state(data_dir)
             # The holder's own state file, or it is still starting: serve takes the lock, then
             # removes a killed serve's state file and writes its own once its HTTP server is up.
             # (Only between a new serve's flock and its write of its pid, two system calls apart,
@@ -445,7 +243,7 @@ class AdminClient:
             if (foreign := foreign_holder(data_dir)) is not None:
                 raise ServeError(foreign)
             if time.monotonic() >= deadline:
-                raise ServeError(_no_state(data_dir, holder, wait_s))
+                raise ServeError(no_state_message(data_dir, holder, wait_s))
             time.sleep(0.05)
         client = cls(state["admin_url"], state["token"], state.get("store_url"), state.get("warehouse_url"))
         if warehouse_url is not None and not same_location(warehouse_url, client.warehouse_url):

@@ -15,8 +15,9 @@ import click
 import orjson
 
 from . import __version__
-from .admin import (AdminClient, ServeError, absolute, foreign_holder, lock_holder, remove_state, same_location,
-                    shown_values, take_serve_lock)
+from .admin import AdminClient, ServeError
+from .jsonvalues import shown_values
+from .serve_state import absolute, foreign_holder, lock_holder, remove_state, same_location, take_serve_lock
 from .config import SETTINGS, Config, SettingError
 from .output import format_rows, stream_rows
 from .terminal import CtrlC, Drawing, beside, interrupted, off_main, quiet

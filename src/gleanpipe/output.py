@@ -8,7 +8,7 @@ import io
 import click
 import orjson
 
-from .admin import dumps
+from .jsonvalues import dumps
 
 # a table is for a terminal: control characters from ping data are shown, not sent to it (an
 # escape sequence in a label could retitle the terminal or hide rows)

@@ -28,7 +28,8 @@ import time
 from datetime import datetime, timezone
 
 from . import parent_guard
-from .admin import AdminServer, absolute, command_line, remove_state, write_state
+from .admin import AdminServer
+from .serve_state import absolute, command_line, remove_state, write_state
 from .config import Config, SettingError
 from .load import Loader
 from .ports import in_url

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..admin import dumps
+from ..jsonvalues import dumps
 from .catalog import Catalog
 from .pages import PAGE_ID_RE
 from .site import RENDER

@@ -12,7 +12,8 @@ from typing import Callable
 
 import orjson
 
-from ..admin import AdminClient, QueryRefused, ResultTooLarge, ServeError, dumps
+from ..admin import AdminClient, QueryRefused, ResultTooLarge, ServeError
+from ..jsonvalues import dumps
 from .catalog import Catalog, NotFound
 from .site import RENDER, data_for, route
 
