@@ -74,6 +74,28 @@ def first_per_document(rows) -> tuple[dict, int]:
     return groups, repeated
 
 
+def without_deleted(by_id: dict, deleted: set[str]) -> tuple[list, int]:
+    """A table's rows to write (``by_id``, from first_per_document): the deletion requests, and the rows
+    of clients with no deletion request in ``deleted``; and how many rows were left out for that."""
+    batch = [r for r in by_id.values() if r.is_deletion_request or r.client_id not in deleted]
+    return batch, len(by_id) - len(batch)
+
+
+def needed_metrics(rows) -> dict[str, set[str]]:
+    """Metric type -> the metric columns the rows have values for (what the table must have)."""
+    needed: dict[str, set[str]] = {}
+    for r in rows:
+        for mtype, cols in r.metrics.items():
+            needed.setdefault(mtype, set()).update(cols)
+    return needed
+
+
+def loaded_keys(groups: dict) -> list[str]:
+    """The object keys a write of ``groups`` loads: their recorded load errors go. A stripped
+    deletion row is not its object loaded (that object's error stays)."""
+    return [r.key for by_id in groups.values() for r in by_id.values() if not r.stripped]
+
+
 @dataclass
 class WriteResult:
     inserted: int = 0

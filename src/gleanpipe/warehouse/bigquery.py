@@ -35,7 +35,8 @@ from ..table_schema import (EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_S
 from ..transform import PingRow
 from ..views import BIGQUERY, build_views
 from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
-                   WarehouseUnavailable, WriteResult, dedup_view_query, first_per_document)
+                   WarehouseUnavailable, WriteResult, dedup_view_query, first_per_document, loaded_keys,
+                   needed_metrics, without_deleted)
 
 log = logging.getLogger(__name__)
 
@@ -433,15 +434,11 @@ class BigQueryWarehouse(Warehouse):
         now = datetime.now(timezone.utc).isoformat()
         self._ensure_meta()  # once per process: the deletions list is read before any row goes in
         for (dataset, table), by_id in groups.items():
-            deleted = self._deleted_clients(dataset)
-            batch = [r for r in by_id.values() if r.is_deletion_request or r.client_id not in deleted]
-            result.skipped_deleted += len(by_id) - len(batch)
+            batch, skipped = without_deleted(by_id, self._deleted_clients(dataset))
+            result.skipped_deleted += skipped
             if not batch:
                 continue
-            needed: dict[str, set[str]] = {}
-            for r in batch:
-                for mtype, cols in r.metrics.items():
-                    needed.setdefault(mtype, set()).update(cols)
+            needed = needed_metrics(batch)
             columns = PING_COLUMNS + ((("metrics", metrics_struct(needed)),) if needed else ())
             self._ensure_table(dataset, table, schema_of(columns), partition="submission_timestamp",
                                clustering=PING_CLUSTERING, view=batch[0].path.view)
@@ -463,8 +460,7 @@ class BigQueryWarehouse(Warehouse):
                 if r.is_deletion_request and r.client_id:
                     self._request_deletion(dataset, r)
                     result.deletions += 1
-        loaded = [r.key for by_id in groups.values() for r in by_id.values() if not r.stripped]  # see duckdb.py
-        self._forget_errors(loaded)
+        self._forget_errors(loaded_keys(groups))
         self._record_errors(errors, now)
         self._refresh_reshaped()
         return result

@@ -33,7 +33,7 @@ from ..views import refresh
 from . import missing_table
 from .base import (DELETION_TABLE, EVENTS_KEY, META, QUERY_PAGE_ROWS, DeletionAttempt, LoadError, RowDataError,
                    Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query,
-                   first_per_document, in_pages)
+                   first_per_document, in_pages, loaded_keys, needed_metrics, without_deleted)
 log = logging.getLogger("gleanpipe.warehouse")
 
 
@@ -537,15 +537,10 @@ class DuckDBWarehouse(Warehouse):
         """The statements of one ``write``, in its open transaction."""
         result = WriteResult(errors=len(errors))
         for (dataset, table), by_id in groups.items():
-            deleted = self._deleted_clients(dataset)
-            batch = [r for r in by_id.values() if r.is_deletion_request or r.client_id not in deleted]
-            result.skipped_deleted += len(by_id) - len(batch)
+            batch, skipped = without_deleted(by_id, self._deleted_clients(dataset))
+            result.skipped_deleted += skipped
             self._ensure_table(dataset, table, PING_COLUMNS)
-            needed: dict[str, set[str]] = {}
-            for r in batch:
-                for mtype, cols in r.metrics.items():
-                    needed.setdefault(mtype, set()).update(cols)
-            self._ensure_metrics(dataset, table, needed)
+            self._ensure_metrics(dataset, table, needed_metrics(batch))
             inserted = self._insert(dataset, table, [r.row_json for r in batch])
             result.inserted += inserted
             result.duplicates += len(batch) - inserted
@@ -557,10 +552,9 @@ class DuckDBWarehouse(Warehouse):
             for r in batch:
                 if r.is_deletion_request and r.client_id and self._delete_client(dataset, r, now):
                     result.deletions += 1
-        # (a stripped deletion row is not its object loaded: that object's error stays)
-        loaded_keys = [r.key for by_id in groups.values() for r in by_id.values() if not r.stripped]
-        if loaded_keys:  # an object that loads now (after a fix) is no longer an error
-            self.con.execute(f"DELETE FROM {META}.errors WHERE list_contains(?, object_key)", [loaded_keys])
+        loaded = loaded_keys(groups)
+        if loaded:  # an object that loads now (after a fix) is no longer an error
+            self.con.execute(f"DELETE FROM {META}.errors WHERE list_contains(?, object_key)", [loaded])
         self._record_errors(errors, now)
         return result
 
