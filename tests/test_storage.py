@@ -303,17 +303,9 @@ class FlakyProxy:
         self.httpd.server_close()
 
 
-def s3_error(code: str) -> bytes:
-    return (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>planned</Message>'
-            '<RequestId>1</RequestId></Error>').encode()
-
-
-@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
-def test_busy_and_failing_answers_are_retried_and_a_write_conflict_finds_the_winner(cloud_store_url, monkeypatch):
-    """cloud.py: a call is retried on HTTP 408/429/5xx; s3.py: a 409 (a competing conditional
-    write in flight) is retried too, and the retry finds what is there. moto and fake-gcs-server
-    never answer these, so no test saw a retry of any of them: the emulator sits behind FlakyProxy,
-    which answers the planned errors and forwards the rest."""
+@pytest.fixture
+def proxied(cloud_store_url, monkeypatch):
+    """(store, its FlakyProxy, whether it is s3): the store's emulator behind a FlakyProxy."""
     import os
 
     s3 = cloud_store_url.startswith("s3://")
@@ -321,28 +313,41 @@ def test_busy_and_failing_answers_are_retried_and_a_write_conflict_finds_the_win
     proxy = FlakyProxy(os.environ[variable])
     monkeypatch.setenv(variable, proxy.url)
     store = open_store(cloud_store_url)
-    try:
-        busy = s3_error("TooManyRequests") if s3 else b'{"error": {"code": 429, "message": "rateLimitExceeded"}}'
-        broken = s3_error("InternalError") if s3 else b'{"error": {"code": 503, "message": "backendError"}}'
-        write = "PUT" if s3 else "POST"
-        proxy.fail(429, busy)
-        proxy.fail(503 if not s3 else 500, broken)
-        assert store.put_new(KEY, b"first") is True
-        assert proxy.seen == [(write, 429), (write, 503 if not s3 else 500), (write, 200)]
+    yield store, proxy, s3
+    store.close()
+    proxy.stop()
+
+
+def s3_error(code: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>planned</Message>'
+            '<RequestId>1</RequestId></Error>').encode()
+
+
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_busy_and_failing_answers_are_retried_and_a_write_conflict_finds_the_winner(proxied):
+    """cloud.py: a call is retried on HTTP 408/429/5xx; s3.py: a 409 (a competing conditional
+    write in flight) is retried too, and the retry finds what is there. moto and fake-gcs-server
+    never answer these, so no test saw a retry of any of them: the emulator sits behind FlakyProxy,
+    which answers the planned errors and forwards the rest."""
+    store, proxy, s3 = proxied
+    busy = s3_error("TooManyRequests") if s3 else b'{"error": {"code": 429, "message": "rateLimitExceeded"}}'
+    broken = s3_error("InternalError") if s3 else b'{"error": {"code": 503, "message": "backendError"}}'
+    write = "PUT" if s3 else "POST"
+    proxy.fail(429, busy)
+    proxy.fail(503 if not s3 else 500, broken)
+    assert store.put_new(KEY, b"first") is True
+    assert proxy.seen == [(write, 429), (write, 503 if not s3 else 500), (write, 200)]
+    proxy.seen.clear()
+    proxy.fail(503 if not s3 else 500, broken)
+    assert store.get(KEY) == b"first"
+    failed, *then = proxy.seen  # (google-cloud-storage may GET twice for one download)
+    assert failed == ("GET", 503 if not s3 else 500) and then and set(then) == {("GET", 200)}
+    if s3:  # S3's answer while another conditional write of the key is in flight
         proxy.seen.clear()
-        proxy.fail(503 if not s3 else 500, broken)
+        proxy.fail(409, s3_error("ConditionalRequestConflict"))
+        assert store.put_new(KEY, b"second") is False  # then the winner's object is there: 412
+        assert proxy.seen == [("PUT", 409), ("PUT", 412)]
         assert store.get(KEY) == b"first"
-        failed, *then = proxy.seen  # (google-cloud-storage may GET twice for one download)
-        assert failed == ("GET", 503 if not s3 else 500) and then and set(then) == {("GET", 200)}
-        if s3:  # S3's answer while another conditional write of the key is in flight
-            proxy.seen.clear()
-            proxy.fail(409, s3_error("ConditionalRequestConflict"))
-            assert store.put_new(KEY, b"second") is False  # then the winner's object is there: 412
-            assert proxy.seen == [("PUT", 409), ("PUT", 412)]
-            assert store.get(KEY) == b"first"
-    finally:
-        store.close()
-        proxy.stop()
 
 
 def test_local_put_new_returns_only_after_the_file_and_its_folder_are_fsynced(tmp_path, monkeypatch):
@@ -448,3 +453,33 @@ def test_a_folder_fsync_that_fails_after_the_link_keeps_the_receipt_and_the_ping
     finally:
         warehouse.close()
         store.close()
+
+
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_a_listing_page_that_fails_is_asked_again_from_where_it_was(proxied):
+    """cloud.CloudStore.list (the paging loop both stores share): a listing request answered 503
+    is retried with the same page token, and the listing goes on to its end, each key once."""
+    store, proxy, s3 = proxied
+    keys = [f"raw/app/metrics/1/{i:02d}.json" for i in range(5)]
+    for key in keys:
+        assert store.put_new(key, b"x", notify=False)
+    store.list_page_size = 2  # 5 keys -> 3 pages
+    listing = store.list("raw/")
+    assert [next(listing), next(listing)] == keys[:2]  # the first page
+    proxy.seen.clear()
+    proxy.fail(503, s3_error("ServiceUnavailable") if s3 else b'{"error": {"code": 503, "message": "backendError"}}')
+    assert list(listing) == keys[2:]
+    assert proxy.seen == [("GET", 503), ("GET", 200), ("GET", 200)]
+
+
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_cloud_clients_keep_pool_size_connections(store):
+    """cloud.POOL_SIZE: the connections each store's client keeps open (one value for both)."""
+    from gleanpipe.storage.cloud import POOL_SIZE
+
+    assert POOL_SIZE == 32
+    if store.scheme == "s3":
+        assert store._client.meta.config.max_pool_connections == POOL_SIZE
+    else:
+        list(store.list("raw/"))  # the session is made on first use
+        assert {a._pool_maxsize for a in store._session.adapters.values()} == {POOL_SIZE}

@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -38,6 +38,7 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # OS timers (about 292 years) raises OverflowError on every call; an hour is already longer than any
 # client waits for an answer.
 MAX_SECONDS = 3600.0
+POOL_SIZE = 32  # connections a store's client keeps open to its service (threads that call it at once)
 
 
 def _seconds(env: str, environ=None, *, allow_zero: bool) -> float:
@@ -67,9 +68,12 @@ class CloudOptions:
 
 
 class CloudStore(RawStore):
-    """What GCSStore and S3Store share: bucket, key prefix (``""`` or ending in ``/``), URL, options."""
+    """What GCSStore and S3Store share: bucket, key prefix (``""`` or ending in ``/``), URL, options,
+    object names, retries and the listing loop. A store gives its service's ``_transient`` and
+    ``_describe`` (see with_retries) and ``_list_page``."""
 
     scheme: str
+    list_page_size = 1000  # names per listing request (the maximum of both services)
 
     def __init__(self, bucket: str, prefix: str, options: CloudOptions | None = None):
         self.bucket, self.prefix = bucket, prefix
@@ -80,6 +84,42 @@ class CloudStore(RawStore):
         if (bucket is not None and bucket != self.bucket) or not name.startswith(self.prefix):
             return None
         return name[len(self.prefix):]
+
+    def _name(self, key: str) -> str:
+        """The object name of ``key`` in the bucket; ValueError for an unsafe key."""
+        return self.prefix + check_key(key)
+
+    @staticmethod
+    def _transient(exc: BaseException) -> bool:
+        raise NotImplementedError
+
+    @staticmethod
+    def _describe(exc: BaseException) -> str:
+        raise NotImplementedError
+
+    def _retry(self, what: str, call: Callable[[], T], transient: Callable[[BaseException], bool] | None = None) -> T:
+        """with_retries for this store: its service's transient errors (or ``transient``), its retry time."""
+        return with_retries(what, call, transient or self._transient, self.options.retry_s, self._describe)
+
+    def _connect(self) -> None:
+        """Make the client, where a store makes it on first use."""
+
+    def _list_page(self, name_prefix: str, token: str | None) -> tuple[list[str], str | None]:
+        """One listing request: the object names under ``name_prefix`` from ``token`` on (None: the
+        start), and the token of the next page (None: this was the last)."""
+        raise NotImplementedError
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` in the service's order (by UTF-8 bytes, as sorted() orders them), page by page."""
+        self._connect()
+        token = None
+        while True:
+            names, token = self._retry(f"cannot list {self.url}/{prefix}",
+                                       lambda token=token: self._list_page(self.prefix + prefix, token))
+            for name in names:
+                yield name[len(self.prefix):]
+            if not token:
+                return
 
 
 def parse_location(scheme: str, rest: str) -> tuple[str, str]:

@@ -20,12 +20,11 @@ import base64
 import os
 import threading
 import uuid
-from collections.abc import Iterator
 
 import orjson
 
 from .base import ObjectMissing, StoreError
-from .cloud import TRANSIENT_STATUS, CloudOptions, CloudStore, check_key, with_retries
+from .cloud import POOL_SIZE, TRANSIENT_STATUS, CloudOptions, CloudStore
 
 try:
     import google.auth
@@ -41,7 +40,6 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 PUBLIC_ENDPOINT = "https://storage.googleapis.com"
-POOL_SIZE = 32
 
 
 def _status(exc: BaseException) -> int | None:
@@ -74,7 +72,8 @@ def _describe(exc: BaseException) -> str:
 
 class GCSStore(CloudStore):
     scheme = "gs"
-    list_page_size = 1000  # names per listing request (the service's maximum)
+    _transient = staticmethod(_transient)
+    _describe = staticmethod(_describe)
 
     def __init__(self, bucket: str, prefix: str, options: CloudOptions | None = None):
         super().__init__(bucket, prefix, options)
@@ -115,7 +114,7 @@ class GCSStore(CloudStore):
     # --- writes ---------------------------------------------------------------------
 
     def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
-        name = self.prefix + check_key(key)
+        name = self._name(key)
         self._connect()
         crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode("ascii")
         metadata = {"name": name, "contentType": "application/octet-stream", "crc32c": crc}
@@ -139,12 +138,12 @@ class GCSStore(CloudStore):
             resp.raise_for_status()
             return True
 
-        return with_retries(f"cannot write {self.url}/{key}", upload, _transient, self.options.retry_s, _describe)
+        return self._retry(f"cannot write {self.url}/{key}", upload)
 
     # --- reads ----------------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
-        name = self.prefix + check_key(key)
+        name = self._name(key)
         self._connect()
         blob = self._bucket.blob(name)
 
@@ -154,11 +153,11 @@ class GCSStore(CloudStore):
             except gexc.NotFound:
                 raise ObjectMissing(f"no object {key} in {self.url}") from None
 
-        return with_retries(f"cannot read {self.url}/{key}", download, _transient, self.options.retry_s, _describe)
+        return self._retry(f"cannot read {self.url}/{key}", download)
 
     def delete(self, key: str) -> None:
         """Remove the object (housekeeping only); no error if there is none."""
-        name = self.prefix + check_key(key)
+        name = self._name(key)
         self._connect()
         blob = self._bucket.blob(name)
 
@@ -168,29 +167,14 @@ class GCSStore(CloudStore):
             except gexc.NotFound:
                 pass
 
-        with_retries(f"cannot delete {self.url}/{key}", remove, _transient, self.options.retry_s, _describe)
+        self._retry(f"cannot delete {self.url}/{key}", remove)
 
-    def list(self, prefix: str = "") -> Iterator[str]:
-        """Keys under ``prefix`` in Cloud Storage's (lexicographic) order, page by page."""
-        self._connect()
-        token = None
-        cut = len(self.prefix)
-        while True:
-            page_token = token
-
-            def page():
-                it = self._client.list_blobs(self._bucket, prefix=self.prefix + prefix, page_token=page_token,
-                                             page_size=self.list_page_size, fields="items(name),nextPageToken",
-                                             timeout=self.options.timeout_s, retry=None)
-                first = next(it.pages)
-                return [b.name for b in first], it.next_page_token
-
-            names, token = with_retries(f"cannot list {self.url}/{prefix}", page, _transient, self.options.retry_s,
-                                        _describe)
-            for name in names:
-                yield name[cut:]
-            if not token:
-                return
+    def _list_page(self, name_prefix: str, token: str | None) -> tuple[list[str], str | None]:
+        it = self._client.list_blobs(self._bucket, prefix=name_prefix, page_token=token,
+                                     page_size=self.list_page_size, fields="items(name),nextPageToken",
+                                     timeout=self.options.timeout_s, retry=None)
+        first = next(it.pages)
+        return [b.name for b in first], it.next_page_token
 
     def close(self) -> None:
         if self._session is not None:

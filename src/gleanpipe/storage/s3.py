@@ -18,10 +18,9 @@ The client is made once per store; boto3 clients are thread-safe.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 from .base import ObjectMissing, StoreError
-from .cloud import TRANSIENT_STATUS, CloudOptions, CloudStore, check_key, with_retries
+from .cloud import POOL_SIZE, TRANSIENT_STATUS, CloudOptions, CloudStore
 
 try:
     import boto3
@@ -32,7 +31,6 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(f"s3:// stores need the aws extra: pip install 'gleanpipe[aws]' ({exc})") from exc
 
-POOL_SIZE = 32
 EMULATOR_KEYS = ("gleanpipe-emulator", "gleanpipe-emulator")  # only with an endpoint set and no credentials
 DEFAULT_REGION = "us-east-1"
 
@@ -84,14 +82,15 @@ def describe(exc: BaseException) -> str:
 
 class S3Store(CloudStore):
     scheme = "s3"
-    list_page_size = 1000  # keys per ListObjectsV2 request (the service's maximum)
+    _transient = staticmethod(transient)
+    _describe = staticmethod(describe)
 
     def __init__(self, bucket: str, prefix: str, options: CloudOptions | None = None):
         super().__init__(bucket, prefix, options)
         self._client = make_client("s3", self.options)
 
     def put_new(self, key: str, data: bytes, *, notify: bool = True) -> bool:
-        name = self.prefix + check_key(key)
+        name = self._name(key)
 
         def put() -> bool:
             try:
@@ -106,42 +105,33 @@ class S3Store(CloudStore):
         def put_transient(exc: BaseException) -> bool:
             return transient(exc) or error_code(exc) == "ConditionalRequestConflict" or http_status(exc) == 409
 
-        return with_retries(f"cannot write {self.url}/{key}", put, put_transient, self.options.retry_s, describe)
+        return self._retry(f"cannot write {self.url}/{key}", put, put_transient)
 
     def get(self, key: str) -> bytes:
-        name = self.prefix + check_key(key)
+        name = self._name(key)
 
         def read() -> bytes:
             try:
                 return self._client.get_object(Bucket=self.bucket, Key=name)["Body"].read()
             except ClientError as exc:
-                if error_code(exc) in ("NoSuchKey", "404") :
+                if error_code(exc) in ("NoSuchKey", "404"):
                     raise ObjectMissing(f"no object {key} in {self.url}") from None
                 raise
 
-        return with_retries(f"cannot read {self.url}/{key}", read, transient, self.options.retry_s, describe)
+        return self._retry(f"cannot read {self.url}/{key}", read)
 
     def delete(self, key: str) -> None:
         """Remove the object (housekeeping only); no error if there is none (S3's own rule)."""
-        name = self.prefix + check_key(key)
-        with_retries(f"cannot delete {self.url}/{key}", lambda: self._client.delete_object(Bucket=self.bucket, Key=name),
-                     transient, self.options.retry_s, describe)
+        name = self._name(key)
+        self._retry(f"cannot delete {self.url}/{key}", lambda: self._client.delete_object(Bucket=self.bucket, Key=name))
 
-    def list(self, prefix: str = "") -> Iterator[str]:
-        """Keys under ``prefix`` in S3's order (UTF-8 binary, the same as sorted()), page by page."""
-        token = None
-        cut = len(self.prefix)
-        while True:
-            args = {"Bucket": self.bucket, "Prefix": self.prefix + prefix, "MaxKeys": self.list_page_size}
-            if token:
-                args["ContinuationToken"] = token
-            page = with_retries(f"cannot list {self.url}/{prefix}", lambda: self._client.list_objects_v2(**args),
-                                transient, self.options.retry_s, describe)
-            for item in page.get("Contents", []):
-                yield item["Key"][cut:]
-            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
-            if not token:
-                return
+    def _list_page(self, name_prefix: str, token: str | None) -> tuple[list[str], str | None]:
+        args = {"Bucket": self.bucket, "Prefix": name_prefix, "MaxKeys": self.list_page_size}
+        if token:
+            args["ContinuationToken"] = token
+        page = self._client.list_objects_v2(**args)
+        names = [item["Key"] for item in page.get("Contents", [])]
+        return names, page.get("NextContinuationToken") if page.get("IsTruncated") else None
 
     def close(self) -> None:
         self._client.close()
