@@ -148,6 +148,20 @@ def test_unsafe_keys_are_refused(store):
 
 
 @EVERY_STORE
+def test_a_key_with_a_part_starting_with_a_dot_is_refused_the_same_way_by_every_store(store):
+    """One key rule (storage.base.check_key) for the local and the cloud stores: no part may start
+    with "." (the cloud stores refused only "." and ".." parts, the local store any hidden name)."""
+    for key in (".inbox/x.json", "raw/.hidden/1/x.json", "raw/app/..json", "./raw/x.json", "raw/../x.json"):
+        for call in (lambda: store.put_new(key, b"x", notify=False), lambda: store.get(key),
+                     lambda: store.delete(key)):
+            with pytest.raises(ValueError) as info:
+                call()
+            assert str(info.value) == f"unsafe object key: {key!r}"
+    assert [k for k in store.list("") if not k.startswith(".")] == []  # nothing was written
+    assert store.put_new("raw/_app-1.x/doc_type/1/a.b.json", b"x", notify=False)  # a dot inside a part is fine
+
+
+@EVERY_STORE
 def test_object_key_maps_notification_names_back_to_keys(store, cloud_store_url):
     if cloud_store_url.startswith("file://"):
         assert store.object_key("anything", KEY) == KEY

@@ -8,8 +8,26 @@ A backend promises two things the whole pipeline rests on:
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+
+KEY_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+
+
+def is_safe_key(key: str) -> bool:
+    """A key every store takes: ``/``-separated parts of A-Z a-z 0-9 ``. _ -``, none of them starting
+    with ``.``: no ``.`` or ``..`` (out of the store) and no hidden name (a local store keeps its own
+    folders, .inbox .tmp .spool, under such names). gleanpipe's own keys (raw/, errors/, debug/)
+    start every part with a letter, digit or ``_``."""
+    return KEY_RE.fullmatch(key) is not None and not key.startswith(".") and "/." not in key
+
+
+def check_key(key: str) -> str:
+    """``key``, or ValueError if it is not safe (is_safe_key): the same refusal from every store."""
+    if not is_safe_key(key):
+        raise ValueError(f"unsafe object key: {key!r}")
+    return key
 
 
 class StoreError(RuntimeError):

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..config import SETTINGS, SettingError, _get
-from .base import RawStore, StoreError
-from .local import KEY_RE
+from .base import RawStore, StoreError, check_key
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +130,6 @@ def parse_location(scheme: str, rest: str) -> tuple[str, str]:
     if prefix and (not PREFIX_RE.fullmatch(prefix) or any(p in (".", "..") for p in prefix.split("/"))):
         raise SettingError(f"{scheme}:// store prefix may hold only A-Z a-z 0-9 . _ = - and /, got {prefix!r}")
     return bucket, f"{prefix}/" if prefix else ""
-
-
-def check_key(key: str) -> str:
-    if not KEY_RE.fullmatch(key) or any(p in (".", "..") for p in key.split("/")):
-        raise ValueError(f"unsafe object key: {key!r}")
-    return key
 
 
 def with_retries(what: str, call: Callable[[], T], is_transient: Callable[[BaseException], bool],

@@ -16,16 +16,13 @@ loaded is found again after a restart.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import ObjectMissing, RawStore, StoreError
-
-KEY_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+from .base import ObjectMissing, RawStore, StoreError, check_key, is_safe_key
 INBOX = ".inbox"
 TMP = ".tmp"
 _SEP = "+"  # never in a key, so "<receipt-stamp>+<key with / as :>" splits cleanly
@@ -143,10 +140,7 @@ class LocalStore(RawStore):
 
     def key_path(self, key: str) -> str:
         """The file name of ``key`` as a string (the edge's fast path); ValueError if unsafe."""
-        # no part may start with "." (".", "..", hidden names): same as no leading "." and no "/."
-        if not KEY_RE.fullmatch(key) or key.startswith(".") or "/." in key:
-            raise ValueError(f"unsafe object key: {key!r}")
-        return f"{self._root}/{key}"
+        return f"{self._root}/{check_key(key)}"
 
     def _path(self, key: str) -> Path:
         return Path(self.key_path(key))
@@ -283,8 +277,7 @@ class LocalStore(RawStore):
         base = self.root
         # Walk only the deepest folder the prefix names (listing debug/ must not walk raw/).
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        safe = KEY_RE.fullmatch(folder) and not any(p.startswith(".") for p in folder.split("/"))
-        start = base / folder if safe else base
+        start = base / folder if is_safe_key(folder) else base
         if not start.is_dir():
             return
         for dirpath, dirnames, filenames in os.walk(start):
