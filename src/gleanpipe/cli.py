@@ -60,24 +60,17 @@ def _config(data_dir, store_url, warehouse_url, **extra) -> Config:
         raise click.UsageError(str(exc)) from None
 
 
-def _store_scheme(config: Config) -> str:
-    """"file", "gs" or "s3"; a malformed store URL is a usage error naming where it came from."""
-    from .storage import store_scheme
-
+def _scheme(config: Config, part: str) -> str:
+    """The scheme of the ``part`` ("store" or "warehouse") URL: "file", "gs" or "s3"; "duckdb" or
+    "bigquery". A malformed URL is a usage error naming where it came from."""
+    if part == "store":
+        from .storage import store_scheme as scheme_of
+    else:
+        from .warehouse import warehouse_scheme as scheme_of
     try:
-        return store_scheme(config.store_url)
+        return scheme_of(getattr(config, f"{part}_url"))
     except SettingError as exc:
-        raise click.UsageError(f"GLEANPIPE_STORE_URL (--store-url): {exc}") from None
-
-
-def _warehouse_scheme(config: Config) -> str:
-    """"duckdb" or "bigquery"; a malformed warehouse URL is a usage error naming where it came from."""
-    from .warehouse import warehouse_scheme
-
-    try:
-        return warehouse_scheme(config.warehouse_url)
-    except SettingError as exc:
-        raise click.UsageError(f"GLEANPIPE_WAREHOUSE_URL (--warehouse-url): {exc}") from None
+        raise click.UsageError(f"GLEANPIPE_{part.upper()}_URL (--{part}-url): {exc}") from None
 
 
 def _missing(url: str, scheme: str) -> Path | None:
@@ -92,7 +85,7 @@ def _missing(url: str, scheme: str) -> Path | None:
 def _open_local(config: Config, *, read_only: bool):
     from .warehouse import WarehouseUnavailable, held_by_another, open_warehouse
 
-    _warehouse_scheme(config)
+    _scheme(config, "warehouse")
     missing = _missing(config.warehouse_url, "duckdb://") if read_only else None
     if missing:
         raise click.ClickException(
@@ -239,8 +232,8 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     if host.startswith("[") and host.endswith("]"):  # an IPv6 address as written in a URL
         host = host[1:-1]
     config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
-    _store_scheme(config)  # a malformed URL: said as such, before serve's own restrictions
-    _warehouse_scheme(config)
+    _scheme(config, "store")  # a malformed URL: said as such, before serve's own restrictions
+    _scheme(config, "warehouse")
     lock = take_serve_lock(config.data_dir)  # held until this process exits
     if lock is None:
         holder = lock_holder(config.data_dir)  # another program holding the lock is named, not called a serve
@@ -315,7 +308,7 @@ def _store(config: Config):
     from .storage import open_store
     from .storage.base import StoreError
 
-    _store_scheme(config)
+    _scheme(config, "store")
     try:
         return open_store(config.store_url)
     except SettingError as exc:  # GLEANPIPE_STORE_TIMEOUT_S, _RETRY_S: each message names its variable
@@ -478,7 +471,7 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
 
     # --port (or its valid variable, as click read it) wins over GLEANPIPE_EXPLORE_PORT, as serve's --port does
     config = _config(data_dir, store_url, warehouse_url, explore_port=port)
-    scheme = _warehouse_scheme(config)
+    scheme = _scheme(config, "warehouse")
     if scheme != "duckdb":
         raise click.ClickException("explore works on a duckdb:// warehouse")
     if not export_only:  # before the export: Datasette would only fail to bind after it
@@ -627,7 +620,7 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
 def _dictionary_warehouse(config, command: str) -> None:
     """The dictionary keeps its definitions and reads its catalog in DuckDB: say so for another
     warehouse, before anything is opened (BigQuery answered a syntax error or a traceback)."""
-    scheme = _warehouse_scheme(config)
+    scheme = _scheme(config, "warehouse")
     if scheme != "duckdb":
         raise click.ClickException(
             f"`gleanpipe {command}` works on the local DuckDB warehouse only, not {config.warehouse_url}: the data "
