@@ -317,21 +317,6 @@ def _store(config: Config):
         raise click.ClickException(str(exc)) from None
 
 
-def _waiting(store, wh) -> dict:
-    """``pending`` with serve stopped: what serve will load when it starts (the store's inbox
-    receipts and every record of its write-ahead spool, storage/spool.py) that is not in the
-    warehouse yet. An object written out is no sign of a load: serve writes out a whole batch
-    before it loads it."""
-    from .storage.spool_reader import spooled_keys
-
-    keys = {key for _, key in store.pending(1_000_000)} | spooled_keys(store)
-    try:
-        return {"pending": wh.not_loaded(keys)}
-    except NotImplementedError:  # BigQuery: every one of them, and say that some may be rows already
-        return {"pending": len(keys), "pending_note": f"at most: not checked against {wh.url}, so some "
-                "may be rows already"}
-
-
 @main.command()
 @DATA_DIR
 @STORE
@@ -400,7 +385,7 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(data_dir, store_url, warehouse_url, as_json) -> None:
     """Rows per app and table, load errors, deletions, and rejected pings in the error store."""
-    from .naming import ERROR_PREFIX
+    from .status import rejected_by_type, waiting_to_load
 
     config = _config(data_dir, store_url, warehouse_url)
     client = _server(config)
@@ -417,17 +402,10 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
             elif not config.store_url.startswith("file://"):  # gs://, s3://: the trigger's queue knows
                 info["pending"], info["store_error"] = None, "a cloud store's backlog is in its trigger's queue"
             else:
-                info.update(_waiting(store, wh))
+                info.update(waiting_to_load(store, wh))
         finally:
             wh.close()
-    rejected: dict[str, int] | None = {}
-    if no_store:
-        rejected = None
-    else:
-        for key in store.list(ERROR_PREFIX):
-            parts = key.split("/")
-            if len(parts) == 4:
-                rejected[parts[2]] = rejected.get(parts[2], 0) + 1
+    rejected = None if no_store else rejected_by_type(store)
     info["rejected"] = rejected
     info["server"] = "running" if client else "not running"
     if as_json:
