@@ -100,7 +100,7 @@ def test_cli_query_status_replay_while_serving(serve):
     assert lines[-4:] == ["waiting to load: 0", "deletion requests carried out: 0", "load errors: none",
                           "rejected at submit: schema 1"]
 
-    out = cli("replay", "--no-progress", data_dir=serve.data_dir)
+    out = cli("replay", "--no-progress", "--batch", "2", data_dir=serve.data_dir)  # two batches through serve
     assert "replayed 3 objects" in out.stdout and "inserted 0" in out.stdout and "duplicates 3" in out.stdout
     assert serve.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(3,)]
 

@@ -352,12 +352,9 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
     keys, requests = with_deletion_requests(store, keys)  # deleted clients stay deleted
     with tqdm(total=len(keys), unit="obj", disable=no_progress, file=Drawing(sys.stderr)) as bar:
         if client:  # the running server owns the warehouse: send it the batches
-            from .replay import add_counts, chunks
+            from .replay import replay_through
 
-            totals: dict[str, int] = {}
-            for chunk in chunks(keys, config.load_batch):
-                add_counts(totals, client.load_keys(chunk))
-                bar.update(len(chunk))
+            totals = replay_through(client.load_keys, keys, config.load_batch, on_batch=bar.update)
         else:
             from .load import Loader
             from .replay import replay_local

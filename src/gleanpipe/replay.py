@@ -59,6 +59,17 @@ def chunks(keys: list[str], size: int) -> Iterator[list[str]]:
         yield keys[i : i + size]
 
 
+def replay_through(load_keys: Callable[[list[str]], dict], keys: list[str], batch: int,
+                   on_batch: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+    """Replay ``keys`` through a running serve: each batch goes to its admin API (``load_keys``,
+    AdminClient.load_keys), which loads it; the counts of every batch, added up."""
+    totals: dict[str, int] = {}
+    for chunk in chunks(keys, batch):
+        add_counts(totals, load_keys(chunk))
+        on_batch(len(chunk))
+    return totals
+
+
 @contextmanager
 def _ctrl_c_held():
     """A Ctrl-C held back until the block ends, then raised. ProcessPoolExecutor's start, interrupted,
