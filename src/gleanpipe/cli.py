@@ -82,7 +82,8 @@ def _missing(url: str, scheme: str) -> Path | None:
     return None if path.exists() else path
 
 
-def _open_local(config: Config, *, read_only: bool):
+def _open_in_process(config: Config, *, read_only: bool):
+    """The warehouse (DuckDB or BigQuery) opened by this command itself, when no serve owns it."""
     from .warehouse import WarehouseUnavailable, held_by_another, open_warehouse
 
     _scheme(config, "warehouse")
@@ -133,7 +134,7 @@ def _query_pages(config: Config):
         return client.query_pages, lambda: None
     from .read_only_sql import read_only
 
-    wh = _open_local(config, read_only=True)
+    wh = _open_in_process(config, read_only=True)
     # the same refusal as through serve (DuckDB parses it), and rows as serve's admin API gives them;
     # BigQuery's read_query makes its own check (read_only_sql.check_bigquery)
     run = read_only(wh.read_query_pages) if config.warehouse_url.startswith("duckdb://") else wh.read_query_pages
@@ -359,7 +360,7 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
             from .load import Loader
             from .replay import replay_local
 
-            wh = _open_local(config, read_only=False)
+            wh = _open_in_process(config, read_only=False)
             try:
                 totals = replay_local(Loader(store, wh), keys, config.load_batch, workers,
                                       on_batch=lambda n, _: bar.update(n))
@@ -391,7 +392,7 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     if client:
         info = client.status()
     else:
-        wh = _open_local(config, read_only=True)
+        wh = _open_in_process(config, read_only=True)
         try:
             info = wh.status()
             if no_store:
@@ -463,7 +464,7 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
         if client:
             source = ex.Source.from_server(client)
         else:
-            wh = _open_local(config, read_only=True)
+            wh = _open_in_process(config, read_only=True)
             source = ex.Source.from_duckdb(wh.con, wh.path)
         result = off_main(lambda: ex.export(source, out_dir, force=force), source.interrupt)
     except (RuntimeError, OSError, ValueError) as exc:
@@ -527,7 +528,7 @@ def worker(data_dir, store_url, warehouse_url, queue_url, wait_s, once, max_mess
         raise click.UsageError(f"the worker loads from the s3:// store whose bucket notifies the queue, not "
                                f"{config.store_url} (--store-url or GLEANPIPE_STORE_URL)")
     store = _store(config)
-    wh = _open_local(config, read_only=False)
+    wh = _open_in_process(config, read_only=False)
     try:
         try:
             w = S3QueueWorker(queue_url, Loader(store, wh), wait_s=wait_s)
@@ -572,7 +573,7 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
     if missing:  # no warehouse, so no deletion request was ever recorded: do not create one
         click.echo(f"0 pending: no warehouse at {missing} yet")
         return
-    wh = _open_local(config, read_only=False)
+    wh = _open_in_process(config, read_only=False)
     try:
         attempts = wh.retry_deletions()
     except WarehouseUnavailable as exc:
@@ -636,7 +637,7 @@ def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_fi
         else:
             from .dictionary.catalog import store_app
 
-            wh = _open_local(config, read_only=False)
+            wh = _open_in_process(config, read_only=False)
             try:
                 result = store_app(wh, app)
             finally:
