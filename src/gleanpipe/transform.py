@@ -267,7 +267,57 @@ def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRo
 
 def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
     additional: dict = {k: v for k, v in ping.items() if k not in ("client_info", "ping_info", "metrics", "events")}
-    client_info, extra = _split_known(ping.get("client_info") or {}, KNOWN_CLIENT_INFO)
+    client_info = _client_info(ping.get("client_info") or {}, additional)
+    ping_info = _ping_info(ping.get("ping_info") or {}, additional)
+    metrics_row, metric_columns = _metrics(ping.get("metrics") or {}, additional)
+
+    client_id = client_info.get("client_id")
+    client_id = client_id.lower() if isinstance(client_id, str) else None
+    if client_id:
+        client_info["client_id"] = client_id
+    submission_timestamp = meta["submission_timestamp"]
+    norm = {
+        "sample_id": sample_id(client_id),
+        "normalized_channel": normalize_channel(client_info.get("app_channel")),
+        "normalized_os": normalize_os(client_info.get("os")),
+        "normalized_os_version": normalize_os_version(client_info.get("os_version")),
+    }
+    events, stream = _events(ping.get("events") or [], {
+        "submission_timestamp": submission_timestamp,
+        "document_id": path.document_id,
+        "client_id": client_id,
+        "ping": path.doc_type,
+        "sample_id": norm["sample_id"],
+        "normalized_channel": norm["normalized_channel"],
+        "normalized_os": norm["normalized_os"],
+        "app_display_version": client_info.get("app_display_version"),
+    })
+
+    CLIENT_INFO_INTS(client_info, "client_info")
+    PING_INFO_INTS(ping_info, "ping_info")
+    EVENTS_INTS(events, "events")
+    row = {
+        "submission_timestamp": submission_timestamp,
+        "document_id": path.document_id,
+        **norm,
+        "client_info": client_info or None,
+        "ping_info": ping_info,
+        "metadata": _metadata(meta.get("headers") or {}, path),
+        # lists are [] when absent, never NULL: a BigQuery REPEATED column cannot be NULL, so
+        # ARRAY_LENGTH(events) (and an AVG over it) gives the same on both warehouses
+        "events": events,
+        "additional_properties": orjson.dumps(additional).decode() if additional else None,
+    }
+    if metrics_row:
+        row["metrics"] = metrics_row
+    return PingRow(key, path, orjson.dumps(row), [orjson.dumps(e) for e in stream], metric_columns, client_id,
+                   submission_timestamp)
+
+
+def _client_info(section: dict, additional: dict) -> dict:
+    """client_info's known fields; the rest (also inside attribution and distribution) goes to
+    ``additional["client_info"]``."""
+    client_info, extra = _split_known(section, KNOWN_CLIENT_INFO)
     for name, fields in CLIENT_INFO_STRUCTS.items():  # attribution, distribution: their own extra fields
         if isinstance(client_info.get(name), dict):
             left: dict = {}
@@ -276,24 +326,36 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
                 extra[name] = left
     if extra:
         additional["client_info"] = extra
-    ping_info, extra = _split_known(ping.get("ping_info") or {}, KNOWN_PING_INFO)
+    return client_info
+
+
+def _ping_info(section: dict, additional: dict) -> dict:
+    """ping_info's known fields, with the start and end times parsed and experiments as a list;
+    the rest goes to ``additional["ping_info"]``."""
+    ping_info, extra = _split_known(section, KNOWN_PING_INFO)
     if extra:
         additional["ping_info"] = extra
     # a ping without ping_info (include_info_sections: false) has one too, with its fields NULL and
-    # experiments [] (a list is never NULL, as on BigQuery: see "events" below)
+    # experiments [] (a list is never NULL, as on BigQuery: see "events" in _build)
     ping_info["parsed_start_time"] = parse_glean_time(ping_info.get("start_time"))
     ping_info["parsed_end_time"] = parse_glean_time(ping_info.get("end_time"))
     if isinstance(ping_info.get("experiments"), dict):
-        left = {}
+        left: dict = {}
         ping_info["experiments"] = _experiments(ping_info["experiments"], left)
         if left:
             additional.setdefault("ping_info", {})["experiments"] = left
     ping_info.setdefault("experiments", [])
+    return ping_info
 
+
+def _metrics(metrics: dict, additional: dict) -> tuple[dict[str, dict], dict[str, tuple[str, ...]]]:
+    """The ``metrics`` struct (type -> column -> value) and its columns per type; what makes no
+    column (an unknown type, an id that is no column name, a value's unknown parts) goes to
+    ``additional["metrics"]``."""
     metrics_row: dict[str, dict] = {}
     metric_columns: dict[str, tuple[str, ...]] = {}
     metric_extra: dict = {}
-    for metric_type, values in (ping.get("metrics") or {}).items():
+    for metric_type, values in metrics.items():
         if metric_type not in METRIC_TYPES or not isinstance(values, dict):
             metric_extra[metric_type] = values
             continue
@@ -320,24 +382,14 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
             metric_columns[metric_type] = tuple(columns)
     if metric_extra:
         additional["metrics"] = metric_extra
+    return metrics_row, metric_columns
 
-    client_id = client_info.get("client_id")
-    client_id = client_id.lower() if isinstance(client_id, str) else None
-    if client_id:
-        client_info["client_id"] = client_id
-    headers = meta.get("headers") or {}
-    source_tags = headers.get("x_source_tags")
-    submission_timestamp = meta["submission_timestamp"]
-    norm = {
-        "sample_id": sample_id(client_id),
-        "normalized_channel": normalize_channel(client_info.get("app_channel")),
-        "normalized_os": normalize_os(client_info.get("os")),
-        "normalized_os_version": normalize_os_version(client_info.get("os_version")),
-    }
 
-    events = []
-    stream = []
-    for index, event in enumerate(ping.get("events") or []):
+def _events(ping_events: list, stream_fields: dict) -> tuple[list[dict], list[dict]]:
+    """The row's ``events`` list, and one events_stream row per event (``stream_fields``: the
+    ping's part of each)."""
+    events, stream = [], []
+    for index, event in enumerate(ping_events):
         event_extra = event.get("extra") or {}
         extra_kv = _kv(event_extra)
         events.append({
@@ -347,57 +399,35 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
             "extra": extra_kv,
             "session": event.get("session"),
         })
-        glean_ts = event_extra.get("glean_timestamp")
         stream.append({
-            "submission_timestamp": submission_timestamp,
-            "document_id": path.document_id,
+            **stream_fields,
             "event_index": index,
-            "client_id": client_id,
-            "ping": path.doc_type,
-            "sample_id": norm["sample_id"],
-            "normalized_channel": norm["normalized_channel"],
-            "normalized_os": norm["normalized_os"],
-            "app_display_version": client_info.get("app_display_version"),
             "category": event.get("category"),
             "name": event.get("name"),
             "timestamp": event.get("timestamp"),
-            "event_timestamp": _unix_ms(glean_ts),
+            "event_timestamp": _unix_ms(event_extra.get("glean_timestamp")),
             "extra": extra_kv,
         })
+    return events, stream
 
-    CLIENT_INFO_INTS(client_info, "client_info")
-    PING_INFO_INTS(ping_info, "ping_info")
-    EVENTS_INTS(events, "events")
-    row = {
-        "submission_timestamp": submission_timestamp,
-        "document_id": path.document_id,
-        **norm,
-        "client_info": client_info or None,
-        "ping_info": ping_info,
-        "metadata": {
-            "header": {
-                "date": headers.get("date"),
-                "parsed_date": parse_http_date(headers.get("date")),
-                "x_debug_id": headers.get("x_debug_id"),
-                "x_source_tags": source_tags,
-                "parsed_x_source_tags": [t.strip() for t in source_tags.split(",")] if source_tags else [],
-                "x_telemetry_agent": headers.get("x_telemetry_agent"),
-                "user_agent": headers.get("user_agent"),
-                "content_length": headers.get("content_length"),
-            },
-            "app_id": path.app_id,
-            "document_type": path.doc_type,
-            "document_version": path.version,
+
+def _metadata(headers: dict, path: DocumentPath) -> dict:
+    source_tags = headers.get("x_source_tags")
+    return {
+        "header": {
+            "date": headers.get("date"),
+            "parsed_date": parse_http_date(headers.get("date")),
+            "x_debug_id": headers.get("x_debug_id"),
+            "x_source_tags": source_tags,
+            "parsed_x_source_tags": [t.strip() for t in source_tags.split(",")] if source_tags else [],
+            "x_telemetry_agent": headers.get("x_telemetry_agent"),
+            "user_agent": headers.get("user_agent"),
+            "content_length": headers.get("content_length"),
         },
-        # lists are [] when absent, never NULL: a BigQuery REPEATED column cannot be NULL, so
-        # ARRAY_LENGTH(events) (and an AVG over it) gives the same on both warehouses
-        "events": events,
-        "additional_properties": orjson.dumps(additional).decode() if additional else None,
+        "app_id": path.app_id,
+        "document_type": path.doc_type,
+        "document_version": path.version,
     }
-    if metrics_row:
-        row["metrics"] = metrics_row
-    return PingRow(key, path, orjson.dumps(row), [orjson.dumps(e) for e in stream], metric_columns, client_id,
-                   submission_timestamp)
 
 
 def _unix_ms(value) -> str | None:
