@@ -362,8 +362,7 @@ def test_bad_schema_path_is_a_clear_error_before_serve_starts(tmp_path):
 def test_settings_and_the_readme_settings_table_agree():
     import re
 
-    from gleanpipe.config import MAX_VALUE, SETTINGS
-    from gleanpipe.storage.cloud import MAX_SECONDS
+    from gleanpipe.config import MAX_STORE_SECONDS, MAX_VALUE, SETTINGS
 
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## Settings\n", 1)[1].split("\n## ", 1)[0]
@@ -378,7 +377,7 @@ def test_settings_and_the_readme_settings_table_agree():
     for name, bound in MAX_VALUE.items():  # every upper bound is in its row
         assert f"At most {bound}." in rows[name] or f"At most {bound} (" in rows[name], (name, rows[name])
     for name in ("GLEANPIPE_STORE_TIMEOUT_S", "GLEANPIPE_STORE_RETRY_S"):
-        assert rows[name].endswith(f"At most {MAX_SECONDS:.0f}. |"), (name, rows[name])
+        assert rows[name].endswith(f"At most {MAX_STORE_SECONDS:.0f}. |"), (name, rows[name])
 
 
 def test_a_store_in_trouble_is_answered_before_the_sdk_gives_up():
@@ -403,7 +402,9 @@ def test_documented_defaults():
         "max_uri_bytes": 512, "max_header_bytes": 1024, "load_batch": 1000, "load_interval_ms": 50,
         "debug_max_pings": 100, "debug_retention_hours": 504, "explore_port": 8001, "spool": True,
         "spool_segment_bytes": 16777216, "spool_segment_seconds": 30, "dictionary": True, "body_timeout_s": 30,
-        "debug_index": True, "query_max_bytes": 268435456, "duckdb_memory_limit": None}
+        "debug_index": True, "query_max_bytes": 268435456, "duckdb_memory_limit": None, "schema_path": "",
+        "store_timeout_s": 3.0, "store_retry_s": 3.0, "bigquery_endpoint": "", "bigquery_retry_s": 60,
+        "bigquery_deletions_refresh_s": 60, "bigquery_deletions_settle_s": 300}
 
 
 # --- serve: raised path and header limits reach the edge, not gunicorn's own parser limits ----------------

@@ -16,8 +16,8 @@ import pytest
 from gleanpipe.admin import AdminClient
 from gleanpipe.emulate import free_port
 
-from conftest import (APP, DATASET, ROOT, ServeProcess, children, fill_disk, gz, holds_open, make_ping, post, run_cli,
-                      small_disk, submit_path, until, wait_gone)
+from conftest import (APP, DATASET, ROOT, SDK_HEADERS, ServeProcess, children, fill_disk, gz, holds_open, make_ping,
+                      post, run_cli, small_disk, submit_path, until, wait_gone)
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
@@ -771,6 +771,7 @@ def test_serve_that_gives_up_on_a_held_warehouse_names_the_holder_it_found(tmp_p
     `gleanpipe serve`, `gleanpipe worker` or `load` function writing to it holds it", and passed on
     DuckDB's advice about "the -readonly parameter in the CLI". (The wait is cut to 1 s here.)"""
     from gleanpipe import serve
+    from gleanpipe.config import Config
     from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
     path = tmp_path / "data" / "warehouse.duckdb"
@@ -786,7 +787,7 @@ def test_serve_that_gives_up_on_a_held_warehouse_names_the_holder_it_found(tmp_p
             time.sleep(0.1)
         monkeypatch.setattr(serve, "HELD_WAIT_S", 1.0)
         with pytest.raises(RuntimeError) as info:
-            serve._open_warehouse(f"duckdb://{path}")
+            serve._open_warehouse(f"duckdb://{path}", Config.from_env(environ={}))
     finally:
         query.kill()
         query.communicate()
@@ -799,3 +800,33 @@ def test_serve_that_gives_up_on_a_held_warehouse_names_the_holder_it_found(tmp_p
 def _log_of(server: ServeProcess) -> str:
     path = server.data_dir.parent / f"serve-{server.port}.log"
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_a_config_given_in_code_reaches_the_http_workers_validation_and_duckdb(tmp_path, monkeypatch):
+    """config.py is the one reader of GLEANPIPE_* variables: a serve built from a Config read from
+    other variables than the process's (a program that embeds gleanpipe, a flag) runs with them
+    everywhere. validation.py read GLEANPIPE_SCHEMA_PATH and the DuckDB warehouse
+    GLEANPIPE_DUCKDB_MEMORY_LIMIT from os.environ themselves: this serve validated against the
+    bundled schema, ran DuckDB without its limit, and took a schema path it cannot read."""
+    from gleanpipe.config import Config, SettingError
+    from gleanpipe.serve import LocalPipeline
+
+    monkeypatch.delenv("GLEANPIPE_SCHEMA_PATH", raising=False)
+    monkeypatch.delenv("GLEANPIPE_DUCKDB_MEMORY_LIMIT", raising=False)
+    strict = tmp_path / "strict.schema.json"
+    strict.write_text(json.dumps({"type": "object", "required": ["only_in_this_schema"]}), encoding="utf-8")
+    with pytest.raises(SettingError, match="^GLEANPIPE_SCHEMA_PATH: cannot read .*missing.json"):
+        LocalPipeline(Config.from_env(environ={"GLEANPIPE_SCHEMA_PATH": str(tmp_path / "missing.json")},
+                                      data_dir=tmp_path / "refused"))
+    port = free_port()
+    env = {"GLEANPIPE_SCHEMA_PATH": str(strict), "GLEANPIPE_DUCKDB_MEMORY_LIMIT": "100MiB", "GLEANPIPE_WORKERS": "1"}
+    pipeline = LocalPipeline(Config.from_env(environ=env, data_dir=tmp_path / "data", port=port))
+    try:
+        pipeline.start()
+        status, body, _ = post(f"http://127.0.0.1:{port}{submit_path()}", gz(make_ping()),
+                               {**SDK_HEADERS, "Content-Encoding": "gzip"})
+        assert status == 400 and body["error_type"] == "schema", (status, body)  # judged by the HTTP worker
+        assert "'only_in_this_schema' is a required property" in body["error_message"]
+        assert pipeline.warehouse.query("SELECT current_setting('memory_limit')")[1] == [("100.0 MiB",)]
+    finally:
+        pipeline.stop()

@@ -303,11 +303,16 @@ def test_default_validator_is_built_once_and_judges_pings() -> None:
 
 
 def test_schema_path_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gleanpipe.config import Config
+
     custom = tmp_path / "s.json"
     custom.write_text(json.dumps({"type": "object", "required": ["x"]}), encoding="utf-8")
     monkeypatch.setenv("GLEANPIPE_SCHEMA_PATH", str(custom))
-    assert load_schema() == {"type": "object", "required": ["x"]}
-    assert PingValidator().validate({}) == ["$: 'x' is a required property"]
+    path = Config.from_env().schema_path  # config.py reads the variable; validation.py is given it
+    assert load_schema(path) == {"type": "object", "required": ["x"]}
+    assert PingValidator(load_schema(path)).validate({}) == ["$: 'x' is a required property"]
+    assert default_validator(path).validate({}) == ["$: 'x' is a required property"]
+    assert default_validator().validate({}) == []  # the bundled schema
 
 
 def test_list_indexes_sort_as_numbers() -> None:

@@ -94,7 +94,7 @@ def _open_in_process(config: Config, *, read_only: bool):
             "A serve started with another data dir is found with the same --data-dir (or GLEANPIPE_DATA_DIR)."
         )
     try:
-        return open_warehouse(config.warehouse_url, read_only=read_only)
+        return open_warehouse(config.warehouse_url, read_only=read_only, config=config)
     except SettingError as exc:  # GLEANPIPE_BIGQUERY_*: each message names its variable
         raise click.UsageError(str(exc)) from None
     except ValueError as exc:  # a missing extra, a path DuckDB cannot take
@@ -311,7 +311,7 @@ def _store(config: Config):
 
     _scheme(config, "store")
     try:
-        return open_store(config.store_url)
+        return open_store(config.store_url, config)
     except SettingError as exc:  # GLEANPIPE_STORE_TIMEOUT_S, _RETRY_S: each message names its variable
         raise click.UsageError(str(exc)) from None
     except (ValueError, OSError, StoreError) as exc:
@@ -363,7 +363,7 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
             wh = _open_in_process(config, read_only=False)
             try:
                 totals = replay_local(Loader(store, wh), keys, config.load_batch, workers,
-                                      on_batch=lambda n, _: bar.update(n))
+                                      on_batch=lambda n, _: bar.update(n), config=config)
             except (KeyboardInterrupt, RuntimeError) as exc:  # DuckDB turns Ctrl-C in a query into RuntimeError
                 if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
                     raise
@@ -531,7 +531,7 @@ def worker(data_dir, store_url, warehouse_url, queue_url, wait_s, once, max_mess
     wh = _open_in_process(config, read_only=False)
     try:
         try:
-            w = S3QueueWorker(queue_url, Loader(store, wh), wait_s=wait_s)
+            w = S3QueueWorker(queue_url, Loader(store, wh), wait_s=wait_s, options=store.options)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         for sig in (signal.SIGTERM, signal.SIGINT):

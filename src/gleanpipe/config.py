@@ -7,6 +7,7 @@ lists each setting; keep that table in step with ``SETTINGS`` below.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -221,8 +222,33 @@ def _memory(env: str, environ=None) -> int | None:
     return int(value)
 
 
-def duckdb_memory_limit(environ=None) -> int | None:
-    return _memory("GLEANPIPE_DUCKDB_MEMORY_LIMIT", environ)
+# GLEANPIPE_STORE_TIMEOUT_S and GLEANPIPE_STORE_RETRY_S: an hour at most. A socket timeout beyond the
+# OS timers (about 292 years) raises OverflowError on every call; an hour is already longer than any
+# client waits for an answer.
+MAX_STORE_SECONDS = 3600.0
+
+
+def _seconds(env: str, environ=None) -> float:
+    """A cloud store's seconds: finite, positive (the retry budget may be 0), at most an hour."""
+    allow_zero = env == "GLEANPIPE_STORE_RETRY_S"
+    raw = _get(env, environ)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingError(f"{env} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value):  # inf: a store call that never times out or never stops retrying
+        raise SettingError(f"{env} must be a finite number of seconds, got {raw!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SettingError(f"{env} must be {'zero or ' if allow_zero else ''}positive, got {raw!r}")
+    if value > MAX_STORE_SECONDS:
+        raise SettingError(f"{env} must be at most {MAX_STORE_SECONDS:.0f} seconds, got {raw!r}")
+    return value
+
+
+def value(env: str, environ=None) -> str:
+    """A setting as given (its default when unset or empty), for what no ``Config`` field holds:
+    GLEANPIPE_BQEMULATOR, read by `emulate` and the tests."""
+    return _get(env, environ)
 
 
 # Config field -> (reader, variable), for the fields every command reads the same way
@@ -250,6 +276,13 @@ _FIELDS = {
     "spool": (_bool, "GLEANPIPE_SPOOL"),
     "spool_segment_bytes": (_int, "GLEANPIPE_SPOOL_SEGMENT_BYTES"),
     "spool_segment_seconds": (_int, "GLEANPIPE_SPOOL_SEGMENT_SECONDS"),
+    "schema_path": (_get, "GLEANPIPE_SCHEMA_PATH"),
+    "store_timeout_s": (_seconds, "GLEANPIPE_STORE_TIMEOUT_S"),
+    "store_retry_s": (_seconds, "GLEANPIPE_STORE_RETRY_S"),
+    "bigquery_endpoint": (_get, "GLEANPIPE_BIGQUERY_ENDPOINT"),
+    "bigquery_retry_s": (_int, "GLEANPIPE_BIGQUERY_RETRY_S"),
+    "bigquery_deletions_refresh_s": (_int, "GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S"),
+    "bigquery_deletions_settle_s": (_int, "GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S"),
 }
 
 
@@ -280,7 +313,14 @@ class Config:
     debug_index: bool = True
     body_timeout_s: int = 30
     query_max_bytes: int = 256 * MIB
-    duckdb_memory_limit: int | None = None  # read by the DuckDB warehouse itself; checked here up front
+    duckdb_memory_limit: int | None = None  # None: DuckDB's own default
+    schema_path: str = ""  # "": the bundled glean.1 schema
+    store_timeout_s: float = 3.0  # gs:// and s3:// stores
+    store_retry_s: float = 3.0
+    bigquery_endpoint: str = ""  # "": Google's
+    bigquery_retry_s: int = 60
+    bigquery_deletions_refresh_s: int = 60
+    bigquery_deletions_settle_s: int = 300
 
     def as_env(self) -> dict[str, str]:
         """The settings as variables that ``from_env`` reads back as this config: what serve gives

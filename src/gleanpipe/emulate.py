@@ -33,8 +33,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import parent_guard
-from .config import _get
+from . import config, parent_guard
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "gleanpipe-emulated"
@@ -232,7 +231,7 @@ def wire_push(pubsub: Process, endpoint: str, topic: str = TOPIC, subscription: 
 
 def bqemulator_binary() -> Path:
     """bqemulator from its own virtualenv: GLEANPIPE_BQEMULATOR, else .venv-bqemu of the checkout."""
-    exe = Path(_get("GLEANPIPE_BQEMULATOR") or ROOT / ".venv-bqemu" / "bin" / "bqemulator")
+    exe = Path(config.value("GLEANPIPE_BQEMULATOR") or ROOT / ".venv-bqemu" / "bin" / "bqemulator")
     if not exe.exists():
         raise EmulatorError(f"bqemulator is not installed at {exe} (`make bqemu` builds its virtualenv)")
     return exe

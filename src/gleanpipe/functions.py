@@ -43,13 +43,13 @@ def _once(build):
 @_once
 def submit_handler() -> SubmitHandler:
     config = Config.from_env()
-    return SubmitHandler(config, open_store(config.store_url))
+    return SubmitHandler(config, open_store(config.store_url, config))
 
 
 @_once
 def loader() -> Loader:
     config = Config.from_env()
-    return Loader(open_store(config.store_url), open_warehouse(config.warehouse_url))
+    return Loader(open_store(config.store_url, config), open_warehouse(config.warehouse_url, config=config))
 
 
 def submit(request):
@@ -119,7 +119,8 @@ def load(cloud_event) -> LoadResult:
 
 @_once
 def deletions_warehouse() -> Warehouse:
-    return open_warehouse(Config.from_env().warehouse_url)
+    config = Config.from_env()
+    return open_warehouse(config.warehouse_url, config=config)
 
 
 def _json(body: dict, status: int):
@@ -142,11 +143,12 @@ def deletions(request):
     if request.method != "POST":
         return _json({"error_type": "method", "error_message": "use POST"}, 405)
     try:
-        url = Config.from_env().warehouse_url
+        config = Config.from_env()
+        url = config.warehouse_url
         # A DuckDB file has one writer process: hold it only for this run, so `serve` or a later
         # load can open it. A BigQuery client is kept for the next run.
         local = url.startswith("duckdb://")
-        wh = open_warehouse(url) if local else deletions_warehouse()
+        wh = open_warehouse(url, config=config) if local else deletions_warehouse()
     except ValueError as exc:  # a bad setting: 503 (the scheduler retries once it is fixed), not a 500 traceback
         log.error("deletions cannot run until its settings are fixed: %s", exc)
         return _json({"error_type": "misconfigured",

@@ -128,7 +128,7 @@ class SubmitHandler:
         self.store = store
         # what /debug lists; None with GLEANPIPE_DEBUG_INDEX=off
         self.debug = (debug_index or DebugIndex.from_config(config, store)) if config.debug_index else None
-        self.validator = validator or default_validator()
+        self.validator = validator or default_validator(config.schema_path)
         self.now = now or (lambda: datetime.now(timezone.utc))
         self._said = threading.Lock()
         self._said_at: float | None = None  # when a 503 was last logged

@@ -16,13 +16,14 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 from . import parent_guard
+from .config import Config
 from .load import Loader, Prepared, prepare
 from .storage import RawStore, open_store
 
 _worker_store: RawStore | None = None
 
 
-def _init_worker(store_url: str, parent_pid: int) -> None:
+def _init_worker(store_url: str, config: Config | None, parent_pid: int) -> None:
     global _worker_store
     # Ctrl-C reaches the whole process group: the parent stops the replay, the workers say nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -30,7 +31,7 @@ def _init_worker(store_url: str, parent_pid: int) -> None:
     parent_guard.die_with_parent()
     if os.getppid() != parent_pid:  # it died before the setting took effect
         os._exit(parent_guard.ORPHANED)
-    _worker_store = open_store(store_url)
+    _worker_store = open_store(store_url, config)
 
 
 def _prepare_chunk(keys: list[str]) -> Prepared:
@@ -92,8 +93,9 @@ def _ctrl_c_held():
 
 
 def replay_local(loader: Loader, keys: list[str], batch: int, workers: int | None = None,
-                 on_batch: Callable[[int, dict], None] | None = None) -> dict[str, int]:
-    """Load ``keys`` with ``loader``; ``workers`` processes prepare batches (0: all in this process)."""
+                 on_batch: Callable[[int, dict], None] | None = None, config: Config | None = None) -> dict[str, int]:
+    """Load ``keys`` with ``loader``; ``workers`` processes prepare batches (0: all in this process),
+    opening the store with ``config``'s settings (None: the environment's)."""
     totals: dict[str, int] = {}
 
     def add(n: int, result) -> None:
@@ -107,7 +109,7 @@ def replay_local(loader: Loader, keys: list[str], batch: int, workers: int | Non
         for chunk in chunks(keys, batch):
             add(len(chunk), loader.load_keys(chunk))
         return totals
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(loader.store.url, os.getpid())) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(loader.store.url, config, os.getpid())) as pool:
         window: deque = deque()
         pending = chunks(keys, batch)
         with _ctrl_c_held():  # the first submit starts the worker processes and the pool's thread

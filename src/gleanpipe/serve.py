@@ -166,14 +166,14 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
 HELD_WAIT_S = 30.0  # how long serve waits for another process to let the warehouse go
 
 
-def _open_warehouse(url: str) -> Warehouse:
+def _open_warehouse(url: str, config: Config) -> Warehouse:
     """The warehouse, once no other process holds it, waiting up to HELD_WAIT_S: a `gleanpipe
     query`, `status` or `explore` run while serve was stopped holds the DuckDB file until it
     ends, and serve (restarted by hand or by a supervisor) failed at once and again."""
     deadline, said = time.monotonic() + HELD_WAIT_S, False
     while True:
         try:
-            return open_warehouse(url)
+            return open_warehouse(url, config=config)
         except WarehouseUnavailable as exc:
             if not held_by_another(exc):
                 raise RuntimeError(str(exc)) from None
@@ -208,7 +208,7 @@ class LocalPipeline:
                 f"holds ({largest} bytes with these "
                 "GLEANPIPE_MAX_URI_BYTES and GLEANPIPE_MAX_HEADER_BYTES): lower it, or set GLEANPIPE_SPOOL=off")
         # a bad GLEANPIPE_SCHEMA_PATH (SettingError): say so here, not as a gunicorn worker that fails to boot
-        schema = load_schema()
+        schema = load_schema(config.schema_path)
         try:
             PingValidator(schema)
         except ValueError as exc:
@@ -218,12 +218,12 @@ class LocalPipeline:
             raise SettingError(f"GLEANPIPE_STORE_URL (--store-url): serve loads in-process from a file:// store only, "
                                f"not {config.store_url}: with a cloud store run the load function (gs://) or "
                                "`gleanpipe worker` (s3://)")
-        self.store = open_store(config.store_url)
+        self.store = open_store(config.store_url, config)
         if isinstance(self.store, LocalStore) and (stale := self.store.remove_stale_tmp()):
             log.warning("removed %d temp files of writes that never finished (a killed writer)", stale)
         if config.spool and isinstance(self.store, LocalStore):
             self.store = SpoolReader(self.store)  # drains the HTTP workers' spool (storage/spool.py)
-        self.warehouse: Warehouse = _open_warehouse(config.warehouse_url)
+        self.warehouse: Warehouse = _open_warehouse(config.warehouse_url, config)
         self.loader = Loader(self.store, self.warehouse)
         self.loader_thread = LoaderThread(self.store, self.loader, config.load_batch,
                                           config.load_interval_ms / 1000)

@@ -17,7 +17,6 @@ import functools
 import importlib.resources
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -35,9 +34,9 @@ MAX_ERRORS = 100  # schema errors collected for one ping; the count in the messa
 MAX_LISTED_BYTES = 64 * 1024  # above this payload size, only the first schema error is reported
 
 
-def load_schema() -> dict[str, Any]:
-    """Load the ping schema: $GLEANPIPE_SCHEMA_PATH, package data, then the repo copy."""
-    override = os.environ.get(SCHEMA_ENV)
+def load_schema(override: str = "") -> dict[str, Any]:
+    """Load the ping schema: ``override`` (Config.schema_path, GLEANPIPE_SCHEMA_PATH) when given,
+    else the package data, then the repo copy."""
     if override:
         try:
             schema = json.loads(Path(override).read_text(encoding="utf-8"))
@@ -166,9 +165,10 @@ class PingValidator:
 
 
 @functools.lru_cache(maxsize=1)
-def default_validator() -> PingValidator:
-    """Process-wide validator, built on first use."""
-    return PingValidator()
+def default_validator(schema_path: str = "") -> PingValidator:
+    """Process-wide validator of ``schema_path`` (Config.schema_path; "": the bundled schema),
+    built on first use."""
+    return PingValidator(load_schema(schema_path))
 
 
 def validate_ping(doc: Any, size: int = 0) -> SchemaErrors:

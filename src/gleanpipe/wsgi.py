@@ -27,8 +27,8 @@ from .wsgi_mounts import PrefixDispatcher
 @functools.lru_cache(maxsize=1)
 def _setup() -> tuple[Config, RawStore, dict]:
     config = Config.from_env()
-    store = open_store(config.store_url)
-    default_validator()  # compile the schema before the first request
+    store = open_store(config.store_url, config)
+    default_validator(config.schema_path)  # compile the schema before the first request
     mounts = {"/debug": DebugViewer.from_config(config, store)}
     if config.dictionary:
         mounts[DICTIONARY] = make_dictionary_app(admin_query(config.data_dir))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import SettingError
+from ..config import Config, SettingError
 from .base import ObjectMissing, RawStore, StoreError
 
 __all__ = ["open_store", "store_scheme", "RawStore", "StoreError", "ObjectMissing"]
@@ -24,9 +24,10 @@ def store_scheme(url: str) -> str:
     return scheme
 
 
-def open_store(url: str) -> RawStore:
+def open_store(url: str, config: Config | None = None) -> RawStore:
     """``file://PATH`` (a local folder), ``gs://BUCKET/PREFIX`` (Cloud Storage) or
-    ``s3://BUCKET/PREFIX`` (S3). Settings and emulator variables are read from the environment."""
+    ``s3://BUCKET/PREFIX`` (S3). A cloud store takes its timeouts from ``config`` (None: read from
+    the environment); the client libraries read their own variables (emulators, credentials)."""
     scheme = store_scheme(url)
     rest = url.partition("://")[2]
     if scheme == "file":
@@ -34,15 +35,16 @@ def open_store(url: str) -> RawStore:
 
         return LocalStore(rest)
     if scheme in ("gs", "s3"):
-        from .cloud import parse_location
+        from .cloud import CloudOptions, parse_location
 
         bucket, prefix = parse_location(scheme, rest)
+        options = CloudOptions.from_config(config) if config is not None else CloudOptions.from_env()
         try:
             if scheme == "gs":
                 from .gcs import GCSStore
 
-                return GCSStore(bucket, prefix)
+                return GCSStore(bucket, prefix, options)
             from .s3 import S3Store
         except ImportError as exc:  # the gcp / aws extra is not installed
             raise ValueError(str(exc)) from None
-        return S3Store(bucket, prefix)
+        return S3Store(bucket, prefix, options)

@@ -15,14 +15,13 @@ retry: the object is stored either way.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..config import SETTINGS, SettingError, _get
+from ..config import SETTINGS, Config, SettingError
 from .base import RawStore, StoreError, check_key
 
 log = logging.getLogger(__name__)
@@ -33,37 +32,23 @@ T = TypeVar("T")
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 PREFIX_RE = re.compile(r"[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*")
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-# GLEANPIPE_STORE_TIMEOUT_S and GLEANPIPE_STORE_RETRY_S: an hour at most. A socket timeout beyond the
-# OS timers (about 292 years) raises OverflowError on every call; an hour is already longer than any
-# client waits for an answer.
-MAX_SECONDS = 3600.0
 POOL_SIZE = 32  # connections a store's client keeps open to its service (threads that call it at once)
-
-
-def _seconds(env: str, environ=None, *, allow_zero: bool) -> float:
-    raw = _get(env, environ)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingError(f"{env} must be a number of seconds, got {raw!r}") from None
-    if not math.isfinite(value):  # inf: a store call that never times out or never stops retrying
-        raise SettingError(f"{env} must be a finite number of seconds, got {raw!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise SettingError(f"{env} must be {'zero or ' if allow_zero else ''}positive, got {raw!r}")
-    if value > MAX_SECONDS:
-        raise SettingError(f"{env} must be at most {MAX_SECONDS:.0f} seconds, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
 class CloudOptions:
+    """GLEANPIPE_STORE_TIMEOUT_S and GLEANPIPE_STORE_RETRY_S, as config.py read and checked them."""
+
     timeout_s: float = float(SETTINGS["GLEANPIPE_STORE_TIMEOUT_S"].default)
     retry_s: float = float(SETTINGS["GLEANPIPE_STORE_RETRY_S"].default)
 
     @classmethod
+    def from_config(cls, config: Config) -> "CloudOptions":
+        return cls(timeout_s=config.store_timeout_s, retry_s=config.store_retry_s)
+
+    @classmethod
     def from_env(cls, environ=None) -> "CloudOptions":
-        return cls(timeout_s=_seconds("GLEANPIPE_STORE_TIMEOUT_S", environ, allow_zero=False),
-                   retry_s=_seconds("GLEANPIPE_STORE_RETRY_S", environ, allow_zero=True))
+        return cls.from_config(Config.from_env(environ))
 
 
 class CloudStore(RawStore):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import SettingError
+from ..config import Config, SettingError
 from .base import LoadError, RowDataError, Warehouse, WarehouseUnavailable, WriteResult
 
 __all__ = ["open_warehouse", "held_by_another", "Warehouse", "WarehouseUnavailable", "RowDataError", "LoadError",
@@ -15,18 +15,20 @@ def held_by_another(exc: WarehouseUnavailable) -> bool:
     return "Conflicting lock" in str(exc) or "Could not set lock" in str(exc)
 
 
-def open_warehouse(url: str, *, read_only: bool = False) -> Warehouse:
+def open_warehouse(url: str, *, read_only: bool = False, config: Config | None = None) -> Warehouse:
     """``duckdb://PATH`` (a DuckDB file; ``duckdb://:memory:`` for a throwaway one) or
-    ``bigquery://PROJECT/LOCATION`` (a dataset per app in that project)."""
+    ``bigquery://PROJECT/LOCATION`` (a dataset per app in that project). Its settings come from
+    ``config`` (None: read from the environment)."""
     scheme = warehouse_scheme(url)
+    config = config if config is not None else Config.from_env()
     if scheme == "duckdb":
         from .duckdb import DuckDBWarehouse
 
-        return DuckDBWarehouse(url[len("duckdb://"):], read_only=read_only)
+        return DuckDBWarehouse(url[len("duckdb://"):], read_only=read_only, memory_limit=config.duckdb_memory_limit)
     from .bigquery import BigQueryWarehouse, parse_url
 
     project, location = parse_url(url)
-    return BigQueryWarehouse(project, location, read_only=read_only)
+    return BigQueryWarehouse(project, location, config, read_only=read_only)
 
 
 def warehouse_scheme(url: str) -> str:

@@ -28,7 +28,7 @@ from datetime import date, datetime, timezone
 
 import orjson
 
-from ..config import SettingError, _get, _int
+from ..config import Config, SettingError
 from ..naming import TABLE_RE, quote_bq_ident as q
 from ..table_schema import (EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, PING_COLUMNS, STR,
                             TS, INT, T, metrics_struct, struct)
@@ -175,21 +175,22 @@ def said(exc: BaseException) -> str:
 
 
 class BigQueryWarehouse(Warehouse):
-    def __init__(self, project: str, location: str, *, read_only: bool = False, client=None, environ=None):
+    def __init__(self, project: str, location: str, config: Config, *, read_only: bool = False, client=None):
+        """``config``: its GLEANPIPE_BIGQUERY_* settings."""
         from google.cloud.bigquery.retry import DEFAULT_RETRY
 
         self.project, self.location = project, location
         self.url = f"bigquery://{project}/{location}"
         self.read_only = read_only
-        self.retry_s = _int("GLEANPIPE_BIGQUERY_RETRY_S", environ)
-        self.deletions_refresh_s = _int("GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S", environ)
-        self.deletions_settle_s = _int("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", environ)
+        self.retry_s = config.bigquery_retry_s
+        self.deletions_refresh_s = config.bigquery_deletions_refresh_s
+        self.deletions_settle_s = config.bigquery_deletions_settle_s
         if self.deletions_settle_s < self.deletions_refresh_s:
             raise SettingError("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S must be at least "
                                "GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S (a deletion is final only after every "
                                "loader has re-read the deleted clients)")
         self.retry = DEFAULT_RETRY.with_deadline(self.retry_s)
-        self.client = client or make_client(project, location, _get("GLEANPIPE_BIGQUERY_ENDPOINT", environ))
+        self.client = client or make_client(project, location, config.bigquery_endpoint)
         self._lock = threading.Lock()
         self._schemas: dict[tuple[str, str], list[dict]] = {}  # (dataset, table) -> schema (API form)
         self._datasets: set[str] = set()

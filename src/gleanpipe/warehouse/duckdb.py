@@ -24,7 +24,6 @@ from pathlib import Path
 
 import duckdb
 
-from ..config import duckdb_memory_limit
 from ..naming import UnsafeIdentifier, parse_key, view_name
 from ..naming import quote_ident as q
 from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_STREAM_VIEW, METRIC_TYPES, PING_COLUMNS
@@ -137,11 +136,12 @@ def out_of_memory(exc: Exception) -> str:
 
 
 class DuckDBWarehouse(Warehouse):
-    def __init__(self, path: str, *, read_only: bool = False, environ=None):
+    def __init__(self, path: str, *, read_only: bool = False, memory_limit: int | None = None):
+        """``memory_limit``: bytes (Config.duckdb_memory_limit, GLEANPIPE_DUCKDB_MEMORY_LIMIT); None:
+        DuckDB's own default."""
         self.path = path
         self.url = f"duckdb://{path}"
         self.read_only = read_only
-        limit = duckdb_memory_limit(environ)
         if "?" in path:  # DuckDB reads what follows a "?" as connection options: a warehouse elsewhere
             raise ValueError(f"the warehouse path {path} has a '?', which DuckDB takes for the start of its "
                              "options; use a data dir (or GLEANPIPE_WAREHOUSE_URL) without one")
@@ -152,8 +152,8 @@ class DuckDBWarehouse(Warehouse):
             # table with a JSON column asked to download "json" (which the wheel has built in) and
             # failed offline, so the warehouse could not be opened at all.
             options: dict = {"autoinstall_known_extensions": False}
-            if limit is not None:
-                options["memory_limit"] = f"{limit}B"
+            if memory_limit is not None:
+                options["memory_limit"] = f"{memory_limit}B"
             self.con = duckdb.connect(path, read_only=read_only, config=options)
         except duckdb.Error as exc:  # locked, unreadable, a WAL that cannot be replayed
             raise WarehouseUnavailable(f"cannot open {path}: {str(exc).splitlines()[0]}") from exc
