@@ -620,6 +620,22 @@ def test_labeled_leftovers_name_only_the_labels_that_have_some(store, warehouse)
         "b": {"values": {"01": 2}, "count": 2}}}, "labeled_rate": {"toolbox.r": {"x": {"note": "n"}}}}}
 
 
+def test_a_distributions_zero_bucket_is_a_bucket_not_a_leftover(store, warehouse):
+    """Glean sends a bucket "0" in most distributions (a zero-byte allocation, a custom
+    distribution's first linear bucket). It is the canonical form of zero and must land in the
+    values column as key 0, beside the other buckets; only a key written with extra zeros
+    ("00", "007") is kept aside in additional_properties."""
+    metrics = {"custom_distribution": {"toolbox.cd": {"sum": 14, "values": {"0": 3, "7": 2, "00": 1, "007": 4}}},
+               "labeled_memory_distribution": {"toolbox.mem": {"a": {"sum": 0, "values": {"0": 5}}}}}
+    Loader(store, warehouse).load_keys([put_ping(store, make_ping(CLIENT_A, metrics=metrics))])
+    [(extra, cd, mem)] = warehouse.query(
+        f"SELECT additional_properties, metrics.custom_distribution.toolbox_cd, "
+        f"metrics.labeled_memory_distribution.toolbox_mem FROM {DATASET}.baseline_v1")[1]
+    assert cd == {"sum": 14, "values": [{"key": 0, "value": 3}, {"key": 7, "value": 2}]}
+    assert mem == [{"key": "a", "value": {"sum": 0, "values": [{"key": 0, "value": 5}]}}]
+    assert json.loads(extra) == {"metrics": {"custom_distribution": {"toolbox.cd": {"values": {"00": 1, "007": 4}}}}}
+
+
 def test_metric_ids_that_differ_by_dot_and_underscore_keep_the_first_in_the_column(store, warehouse):
     """`toolbox.a_b` and `toolbox.a.b` share the column toolbox_a_b: the first in the ping fills it,
     the second is kept in additional_properties."""
