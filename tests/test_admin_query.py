@@ -298,6 +298,19 @@ def test_a_query_with_parameters_and_an_interval_column_runs_again_with_its_para
         wh.close()
 
 
+def test_an_interval_inside_a_union_is_text_and_the_union_keeps_its_members(tmp_path):
+    """A union's first child in DuckDB's type is its tag, not a member: the cast that shows an
+    INTERVAL member as text names only the members (with the tag too, the cast was a parser error
+    and the query was refused)."""
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    try:
+        sql = ("SELECT union_value(i := INTERVAL 14 MONTH)::UNION(i INTERVAL, n INT) AS u, "
+               "union_value(n := 3)::UNION(i INTERVAL, n INT) AS v, 1 AS x")
+        assert list(wh.read_query_pages(sql)) == [["u", "v", "x"], [("1 year 2 months", 3, 1)]]
+    finally:
+        wh.close()
+
+
 def test_an_empty_result_through_serve_is_the_same_as_on_the_file(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
