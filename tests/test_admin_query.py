@@ -298,6 +298,53 @@ def test_a_query_with_parameters_and_an_interval_column_runs_again_with_its_para
         wh.close()
 
 
+def test_a_store_or_warehouse_failing_under_a_load_is_serves_503_not_the_requests_400(tmp_path):
+    """A load through the admin API (a replay while serving) whose store cannot read an object, or
+    whose warehouse cannot write its rows, is serve's trouble: 503, a ServeError in serve's words,
+    never a QueryRefused (the request's fault). Real store and warehouse over real HTTP; the faults
+    are real too: a folder where the object's file should be, and the warehouse's temporary folder
+    (where it writes the rows it loads) removed, as a temp cleaner may."""
+    import urllib.error
+    import urllib.request
+
+    from gleanpipe.admin import AdminServer, QueryRefused, dumps
+    from gleanpipe.load import Loader
+    from gleanpipe.storage.local import LocalStore
+    from test_load import put_ping
+
+    from conftest import make_ping
+
+    store = LocalStore(tmp_path / "store")
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    server = AdminServer(status=wh.status, query=wh.read_query_pages,
+                         load_keys=lambda keys: Loader(store, wh).load_keys(keys).as_dict(), query_max_bytes=1 << 20)
+    server.start()
+    try:
+        client = AdminClient(server.url, server.token)
+        unreadable = put_ping(store, make_ping(seq=1))
+        (store.root / unreadable).unlink()
+        (store.root / unreadable).mkdir()
+        rows = os.path.join(wh._tmp, "rows.ndjson")
+        for keys, said in (([unreadable], f"cannot read {unreadable}: Is a directory"),
+                           ([put_ping(store, make_ping())], f"cannot write the rows to load to {rows}: No such file or directory")):
+            if "rows" in said:
+                os.rmdir(wh._tmp)
+            with pytest.raises(ServeError) as exc:
+                client.load_keys(keys)
+            assert not isinstance(exc.value, QueryRefused)
+            assert str(exc.value) == said
+            req = urllib.request.Request(server.url + "/load", data=dumps({"keys": keys}), method="POST",
+                                         headers={TOKEN_HEADER: server.token, "Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as http:
+                urllib.request.urlopen(req, timeout=30)
+            assert http.value.code == 503
+        os.mkdir(wh._tmp)
+        assert client.load_keys(keys)["inserted"] == 1  # the same load, once the fault is gone
+    finally:
+        server.httpd.shutdown()
+        wh.close()
+
+
 def test_an_interval_inside_a_union_is_text_and_the_union_keeps_its_members(tmp_path):
     """A union's first child in DuckDB's type is its tag, not a member: the cast that shows an
     INTERVAL member as text names only the members (with the tag too, the cast was a parser error
