@@ -129,6 +129,32 @@ def test_local_inbox_receipts_come_back_oldest_first(store):
     assert [key for _, key in store.pending(100)] == keys
 
 
+@pytest.mark.parametrize("cloud_store_url", ["local"], indirect=True)
+def test_local_copies_of_one_key_leave_one_inbox_receipt(store):
+    """A copy that finds the key taken ("duplicate") removes the receipt it linked first: the
+    loader gets the object once, and "waiting to load" counts it once. Sequential copies, then
+    eight at once."""
+    assert store.put_new(KEY, b"first") is True
+    assert store.put_new(KEY, b"again") is False
+    assert [key for _, key in store.pending(100)] == [KEY]
+    other = "raw/a-app/baseline/1/other.json"
+    barrier = threading.Barrier(8)
+    results = []
+
+    def write() -> None:
+        barrier.wait(timeout=30)
+        results.append(store.put_new(other, b"x"))
+
+    threads = [threading.Thread(target=write) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(results) == [False] * 7 + [True]
+    assert [key for _, key in store.pending(100)] == [KEY, other]
+    assert sorted(p.name for p in store.inbox.iterdir()) == [name for name, _ in store.pending(100)]
+
+
 @EVERY_STORE
 def test_large_payload_round_trips_and_stays_create_only(store):
     # Over 8 MiB: the size at which google-cloud-storage would switch to a resumable upload,
