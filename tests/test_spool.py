@@ -457,10 +457,14 @@ def _append_within(writer: SpoolWriter, key: str, data: bytes, timeout: float = 
     return outcome[0]
 
 
-def test_an_unexpected_error_in_a_commit_fails_its_requests_and_the_next_append_is_written(store, monkeypatch):
+# the committer logs the error itself: re-raised as well, Python's thread hook printed its traceback a
+# second time, outside the log (pytest reports that hook's call as this warning)
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_an_unexpected_error_in_a_commit_fails_its_requests_and_the_next_append_is_written(store, monkeypatch, caplog):
     """A mock: an error that is not an OSError (a MemoryError while a batch is written, say)
     cannot be caused on demand, so the writer's write_all raises one once. Before: the committer
-    thread died with the batch's gate held, and this append and every later one waited for ever."""
+    thread died with the batch's gate held, and this append and every later one waited for ever.
+    The error is logged once, with its traceback, and the thread ends without raising it again."""
     from gleanpipe.storage import spool_writer
 
     writer = SpoolWriter(store.root / SPOOL, 1 << 20, 3600)
@@ -480,6 +484,8 @@ def test_an_unexpected_error_in_a_commit_fails_its_requests_and_the_next_append_
     writer.close()
     assert len(calls) == 2
     assert [(k, d) for s in segments(store) for _, _, k, d in decode_records(s.read_bytes())] == [kept]
+    stopped = [r for r in caplog.records if "committer stopped" in r.getMessage()]
+    assert len(stopped) == 1 and stopped[0].exc_info[0] is MemoryError
 
 
 def test_a_segment_close_that_fails_on_an_idle_writer_does_not_stop_later_appends(store, monkeypatch):
