@@ -114,3 +114,30 @@ def test_a_dictionary_query_that_fails_in_serve_is_a_500_that_says_why_not_a_503
     assert status == "500 Internal Server Error"
     error = json.loads(body)["error"]
     assert error.startswith("QueryRefused: ") and "not reachable" not in error, error
+
+
+def test_a_dictionary_answer_over_the_query_limit_is_a_500_that_says_so_not_a_503(tmp_path):
+    """Through admin_query and a real admin server whose GLEANPIPE_QUERY_MAX_BYTES the catalog's
+    answer is over (413): as for a refused query, a 500 naming the limit, not 503 "the warehouse
+    is not reachable" for a serve that is running."""
+    from pathlib import Path
+
+    from gleanpipe.admin import AdminServer
+    from gleanpipe.dictionary.catalog import store_app
+    from gleanpipe.dictionary.definitions import parse
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    glean = Path(__file__).parent / "glean_client"
+    store_app(wh, parse("org.example.toolbox", [glean / "metrics.yaml"], [glean / "pings.yaml"]))
+    server = AdminServer(status=wh.status, query=wh.read_query_pages, load_keys=lambda keys: {}, query_max_bytes=64)
+    server.start()
+    try:
+        status, body = apps_through_serve(tmp_path, server.url, server.token)
+    finally:
+        server.httpd.shutdown()
+        wh.close()
+    assert status == "500 Internal Server Error"
+    error = json.loads(body)["error"]
+    assert error.startswith("ResultTooLarge: ") and "GLEANPIPE_QUERY_MAX_BYTES" in error, error
+    assert "not reachable" not in error
