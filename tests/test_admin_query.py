@@ -717,6 +717,38 @@ def test_another_server_at_the_admin_url_is_a_serve_error_not_a_traceback():
             other.shutdown()
 
 
+@pytest.mark.parametrize("code", [200, 404])
+def test_another_server_answering_json_that_is_no_object_is_a_serve_error(code):
+    """Another program's JSON API on the port a serve.json names: JSON that is not an object (a
+    list) is no admin API answer either, whether it comes with 200 or with an error status."""
+    import http.server
+
+    class JsonList(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = b'["not", "an", "object"]'
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), JsonList) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            client = AdminClient(f"http://127.0.0.1:{other.server_address[1]}", "token")
+            for call in (client.status, lambda: client.load_keys(["k"])):
+                with pytest.raises(ServeError) as exc:
+                    call()
+                assert str(exc.value) == (f"{client.url} does not answer as gleanpipe serve's admin API (HTTP {code}, "
+                                          "b'[\"not\", \"an\", \"object\"]'): does its serve.json name a port "
+                                          "another server took since?")
+        finally:
+            other.shutdown()
+
+
 def test_the_admin_api_tells_serves_trouble_503_from_the_requests_400(tmp_path):
     """Every failure was a 400, the request's fault: a warehouse out of reach or closing (serve
     stopping) read as a bad query, and the dictionary called a failed query of its own "the
