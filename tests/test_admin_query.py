@@ -307,7 +307,8 @@ def test_a_store_or_warehouse_failing_under_a_load_is_serves_503_not_the_request
     import urllib.error
     import urllib.request
 
-    from gleanpipe.admin import AdminServer, QueryRefused, dumps
+    from gleanpipe.admin import AdminServer, QueryRefused
+    from gleanpipe.jsonvalues import dumps
     from gleanpipe.load import Loader
     from gleanpipe.storage.local import LocalStore
     from test_load import put_ping
