@@ -713,3 +713,21 @@ def test_client_info_integer_fields_are_integer_columns(store, warehouse):
         f"[typeof(client_info.windows_build_number), typeof(client_info.session_count)] FROM {DATASET}.baseline_v1")[1]
     assert (build, sessions, sdk) == (22631, 7, "34")
     assert kinds == ["BIGINT", "BIGINT"]
+
+
+def test_a_rows_file_that_cannot_be_written_is_the_warehouse_out_of_reach_not_a_bare_os_error(store, warehouse):
+    """The DuckDB warehouse writes a batch's rows to a file in its temp folder and reads it in. When
+    that file cannot be made (a real fault here: a folder in its place), the load raises
+    WarehouseUnavailable naming the file, which serve's admin API answers with 503 and the
+    triggers retry. The clean-up after it failed too, and its IsADirectoryError replaced that
+    error (a 400 through the admin API, the request's fault)."""
+    import os
+
+    key = put_ping(store, make_ping())
+    rows = os.path.join(warehouse._tmp, "rows.ndjson")
+    os.mkdir(rows)
+    with pytest.raises(WarehouseUnavailable) as exc:
+        Loader(store, warehouse).load_keys([key])
+    assert str(exc.value) == f"cannot write the rows to load to {rows}: Is a directory"
+    os.rmdir(rows)
+    assert Loader(store, warehouse).load_keys([key]).inserted == 1

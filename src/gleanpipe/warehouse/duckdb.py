@@ -416,6 +416,8 @@ class DuckDBWarehouse(Warehouse):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+            except OSError as exc:  # said, not raised: it would take the place of the load's own answer
+                log.warning("could not remove %s after a load: %s", path, exc.strerror or exc)
 
     def _insert(self, dataset: str, table: str, rows: list[bytes]) -> int:
         """Insert rows whose document_id is not in the table yet; returns rows inserted."""
