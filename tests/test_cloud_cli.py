@@ -27,10 +27,20 @@ def test_worker_refuses_a_store_that_is_not_s3(tmp_path, store):
 
 
 def test_serve_refuses_a_cloud_store_it_could_not_trigger_from(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(tmp_path),
-                           "--store-url", "s3://some-bucket/pings"], capture_output=True, text=True, timeout=60)
+    """Said first, from the settings alone: with its port taken by another program (here a socket
+    this test holds), serve said "Address already in use", and a user who freed the port only
+    then learnt that this store could never work with serve."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(tmp_path),
+                               "--port", str(taken.getsockname()[1]), "--store-url", "s3://some-bucket/pings"],
+                              capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2  # a usage error, as the worker's refusal of a store it cannot use
     assert "file:// store only" in proc.stderr and "gleanpipe worker" in proc.stderr
+    assert "already in use" not in proc.stderr and not (tmp_path / "serve.lock").exists()
 
 
 def test_a_store_or_warehouse_out_of_reach_is_one_line_not_a_traceback(tmp_path):

@@ -226,7 +226,7 @@ def main(verbose: bool) -> None:
 def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     """Run submit and load on this machine: a folder as the bucket, DuckDB as the warehouse."""
     from .ports import ensure_port_free, in_url
-    from .serve import KILLED_SERVE_PORT_WAIT_S, LocalPipeline
+    from .serve import KILLED_SERVE_PORT_WAIT_S, LocalPipeline, check_settings
 
     if not host.strip():
         raise click.UsageError("GLEANPIPE_HOST (--host) is empty: give an address, such as 127.0.0.1")
@@ -235,6 +235,10 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
     config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
     _scheme(config, "store")  # a malformed URL: said as such, before serve's own restrictions
     _scheme(config, "warehouse")
+    try:
+        check_settings(config)  # before the lock and the port: a port in use is not the news here
+    except SettingError as exc:  # a setting this serve cannot run with: a usage error, as a bad number is
+        raise click.UsageError(str(exc)) from None
     lock = take_serve_lock(config.data_dir)  # held until this process exits
     if lock is None:
         holder = lock_holder(config.data_dir)  # another program holding the lock is named, not called a serve

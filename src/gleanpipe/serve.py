@@ -198,26 +198,33 @@ def _holder(message: str) -> str:
     return f"PID {found[1]}" if command is None else f"PID {found[1]} ({command})"
 
 
+def check_settings(config: Config) -> None:
+    """SettingError for a setting serve cannot run with, found from the settings alone: said
+    before serve takes its data dir's lock or its port (a port in use is not the first news of a
+    store it cannot load from), and again by LocalPipeline for callers that start it directly."""
+    largest = largest_payload(config.max_uri_bytes, config.max_header_bytes)
+    if config.spool and config.max_payload_bytes > largest:
+        raise SettingError(
+            f"GLEANPIPE_MAX_PAYLOAD_BYTES={config.max_payload_bytes} is over the largest payload a spool record "
+            f"holds ({largest} bytes with these "
+            "GLEANPIPE_MAX_URI_BYTES and GLEANPIPE_MAX_HEADER_BYTES): lower it, or set GLEANPIPE_SPOOL=off")
+    # a bad GLEANPIPE_SCHEMA_PATH (SettingError): say so here, not as a gunicorn worker that fails to boot
+    schema = load_schema(config.schema_path)
+    try:
+        PingValidator(schema)
+    except ValueError as exc:
+        raise SettingError(f"{SCHEMA_ENV}: not a valid JSON schema: {str(exc).splitlines()[0]}") from None
+    if store_scheme(config.store_url) != "file":  # a malformed URL is told as such first
+        raise SettingError(f"GLEANPIPE_STORE_URL (--store-url): serve loads in-process from a file:// store only, "
+                           f"not {config.store_url}: with a cloud store run the load function (gs://) or "
+                           "`gleanpipe worker` (s3://)")
+
+
 class LocalPipeline:
     def __init__(self, config: Config):
         self.config = config
-        largest = largest_payload(config.max_uri_bytes, config.max_header_bytes)
-        if config.spool and config.max_payload_bytes > largest:
-            raise SettingError(
-                f"GLEANPIPE_MAX_PAYLOAD_BYTES={config.max_payload_bytes} is over the largest payload a spool record "
-                f"holds ({largest} bytes with these "
-                "GLEANPIPE_MAX_URI_BYTES and GLEANPIPE_MAX_HEADER_BYTES): lower it, or set GLEANPIPE_SPOOL=off")
-        # a bad GLEANPIPE_SCHEMA_PATH (SettingError): say so here, not as a gunicorn worker that fails to boot
-        schema = load_schema(config.schema_path)
-        try:
-            PingValidator(schema)
-        except ValueError as exc:
-            raise SettingError(f"{SCHEMA_ENV}: not a valid JSON schema: {str(exc).splitlines()[0]}") from None
+        check_settings(config)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        if store_scheme(config.store_url) != "file":  # a malformed URL is told as such first
-            raise SettingError(f"GLEANPIPE_STORE_URL (--store-url): serve loads in-process from a file:// store only, "
-                               f"not {config.store_url}: with a cloud store run the load function (gs://) or "
-                               "`gleanpipe worker` (s3://)")
         self.store = open_store(config.store_url, config)
         if isinstance(self.store, LocalStore) and (stale := self.store.remove_stale_tmp()):
             log.warning("removed %d temp files of writes that never finished (a killed writer)", stale)
