@@ -948,10 +948,10 @@ def test_hints_name_the_command_as_it_can_be_run_here(tmp_path):
     # with the data dir serve was given (not the default): the command finds this serve by it
     hint = [line for line in outs["off_path"].splitlines() if "query it:" in line]
     where = f"--data-dir {tmp_path / 'off_path'}"
-    assert hint == [f'  query it:   {script} query {where} "SELECT * FROM <app>.baseline"   (Ctrl-C stops)']
+    assert hint == [f'  query it:   {script} query {where} "SHOW ALL TABLES"   (Ctrl-C stops)']
     hint = [line for line in outs["on_path"].splitlines() if "query it:" in line]
     where = f"--data-dir {tmp_path / 'on_path'}"
-    assert hint == [f'  query it:   gleanpipe query {where} "SELECT * FROM <app>.baseline"   (Ctrl-C stops)']
+    assert hint == [f'  query it:   gleanpipe query {where} "SHOW ALL TABLES"   (Ctrl-C stops)']
     # a command that finds neither serve nor a file says how a serve of another data dir is found
     lost = gleanpipe("query", "SELECT 1", "--data-dir", str(tmp_path / "nowhere"))
     assert lost.returncode == 1 and lost.stderr.strip().endswith(

@@ -365,7 +365,7 @@ def test_a_serve_started_with_a_relative_data_dir_is_used_from_another_folder(tm
     assert f"raw store:  file://{tmp_path / 'data' / 'store'}\n" in banner
     assert f"warehouse:  duckdb://{tmp_path / 'data' / 'warehouse.duckdb'}\n" in banner
     # run as `python -m gleanpipe.cli` (ServeProcess): the hint says how to run it with this Python
-    assert f'  query it:   {sys.executable} -m gleanpipe.cli query "SELECT * FROM <app>.baseline"   (Ctrl-C stops)\n' in banner
+    assert f'  query it:   {sys.executable} -m gleanpipe.cli query "SHOW ALL TABLES"   (Ctrl-C stops)\n' in banner
 
 
 def test_a_killed_serve_takes_its_http_server_with_it(data_dir):

@@ -264,7 +264,7 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
         # variables: `GLEANPIPE_DATA_DIR=mydata gleanpipe serve`)
         where = "" if config.data_dir == Path(SETTINGS["GLEANPIPE_DATA_DIR"].default) else \
             f" --data-dir {shlex.quote(str(config.data_dir))}"
-        click.echo(f"  query it:   {_this_command()} query{where} \"SELECT * FROM <app>.baseline\"   (Ctrl-C stops)")
+        click.echo(f"  query it:   {_this_command()} query{where} \"SHOW ALL TABLES\"   (Ctrl-C stops)")
 
     try:
         code = pipeline.run_forever(on_ready=ready)
