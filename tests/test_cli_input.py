@@ -580,6 +580,18 @@ def test_bigquery_read_only_check_refuses_anything_else(sql, says):
     assert str(info.value) == f"the warehouse is read-only for queries: {says} (a query starts with SELECT or WITH)"
 
 
+def test_a_bigquery_write_is_refused_before_bigquery_is_reached(tmp_path):
+    """The statement rule is the first answer: without Google credentials (none on this machine)
+    a DELETE was answered "no Google credentials for BigQuery", as if it would have run with them."""
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "query", "--data-dir", str(tmp_path),
+                           "--warehouse-url", "bigquery://some-project/US", "DELETE FROM d.t WHERE true"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == ("Error: the warehouse is read-only for queries: a DELETE statement is not run "
+                           "(a query starts with SELECT or WITH)\n")
+
+
 def test_replay_of_a_prefix_with_no_objects_says_so(tmp_path):
     """Before: "replayed 0 objects: " and nothing else, which does not say that the prefix matched
     nothing (here the app id where the store uses the URL's namespace)."""

@@ -288,6 +288,13 @@ def query(data_dir, store_url, warehouse_url, fmt, sql) -> None:
     except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as surrogates
         raise click.UsageError("the SQL is not valid UTF-8") from None
     config = _config(data_dir, store_url, warehouse_url)
+    if _scheme(config, "warehouse") == "bigquery":  # refused before BigQuery is reached (or its credentials)
+        from .read_only_sql import check_bigquery
+
+        try:
+            check_bigquery(sql)
+        except ValueError as exc:  # WriteRefused too
+            raise click.ClickException(str(exc)) from None
     pages_of, close = _query_pages(config)
     # not click.echo: off a terminal it strips what looks like a colour code, and CSV or JSON must
     # carry the values as stored
