@@ -544,3 +544,39 @@ def test_each_metric_status_has_its_own_badge_style(store, warehouse, tmp_path):
     assert badges == {"glean_validation_pings_submitted": '<span class="badge builtin">built-in (Glean SDK)</span>',
                       "toolbox.never_sent": '<span class="badge nodata">no data yet</span>',
                       "toolbox_secret": '<span class="badge undocumented">undocumented</span>'}
+
+
+def test_an_app_with_data_but_no_definitions_is_listed_under_its_app_id(store, warehouse, data_dir):
+    """Before `apps add`, an app that has sent pings was listed (apps list, the JSON API, the
+    pages) with its dataset name as app id, org_example_toolbox; the id its pings were sent under,
+    org-example-toolbox, is in each row's metadata.app_id. The dataset stays the dataset."""
+    from conftest import APP, ServeProcess
+
+    _load(store, warehouse, "baseline", make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"))
+    _load(store, warehouse, "metrics", make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", {"counter": {"a.b": 1}}))
+    warehouse.close()
+    listed = cli(data_dir, "apps", "list", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == [{"app_id": APP, "dataset": DATASET, "defined": False, "ping_types": 2,
+                                          "pings_received": 2, "metrics_defined": 0,
+                                          "last_seen": "2026-11-23T08:00:00+00:00"}]
+    server = ServeProcess(data_dir).start()
+    try:
+        assert [(a["app_id"], a["dataset"]) for a in api(server, "apps.json")] == [(APP, DATASET)]
+        app = api(server, f"apps/{DATASET}.json")
+        assert (app["app_id"], app["dataset"], app["defined"]) == (APP, DATASET, False)
+        assert api(server, f"apps/{DATASET}/pings/baseline.json")["app_id"] == APP
+        status, _, page = get(f"{server.url}/dictionary/")
+        assert status == 200 and f">{APP}</a></td><td><code>{DATASET}</code>" in page.decode()
+    finally:
+        server.stop()
+
+
+def test_an_app_whose_tables_are_empty_keeps_its_dataset_name_as_app_id(store, warehouse):
+    """No row to read the app id from (every row deleted, no definitions): the dataset name, as before."""
+    from gleanpipe.dictionary.catalog import Catalog
+
+    _load(store, warehouse, "baseline", make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"))
+    warehouse.execute([(f"DELETE FROM {DATASET}.baseline_v1", None)])
+    apps = Catalog(warehouse.query).apps()
+    assert [(a["app_id"], a["dataset"], a["pings_received"]) for a in apps] == [(DATASET, DATASET, 0)]

@@ -122,6 +122,7 @@ class Catalog:
         self._query = query
         # app() per dataset, and the catalog reads below, for the life of this object (one request/build)
         self._apps: dict[str, dict] = {}
+        self._app_ids: dict[str, str] = {}  # dataset -> app id read from its rows (_app_id)
 
     def rows(self, sql: str, params=None) -> list[dict]:
         columns, rows = self._query(sql, params)
@@ -164,6 +165,25 @@ class Catalog:
                                         for col, _ in split_struct(t)]
         return out
 
+    def _app_id(self, dataset: str) -> str:
+        """The app id as the submit URLs spell it (org-example-toolbox): the stored definitions' one,
+        else ``metadata.app_id`` of one row of one of the dataset's ping tables (an app with data but
+        no `apps add` was listed under its dataset name, org_example_toolbox); the dataset name when
+        no row tells (empty tables, definitions only)."""
+        if self._defined_apps.get(dataset, {}).get("app_id"):
+            return self._defined_apps[dataset]["app_id"]
+        if dataset not in self._app_ids:
+            self._app_ids[dataset] = dataset
+            for table in self._tables.get(dataset, []):
+                if table == EVENTS_STREAM_TABLE:
+                    continue
+                rows = self.rows(f"SELECT metadata.app_id AS app_id FROM {q(dataset)}.{q(table)} "
+                                 "WHERE metadata.app_id IS NOT NULL LIMIT 1")
+                if rows:
+                    self._app_ids[dataset] = rows[0]["app_id"]
+                    break
+        return self._app_ids[dataset]
+
     def _resolve(self, dataset: str) -> str:
         if not IDENT_RE.fullmatch(dataset or ""):
             raise NotFound(f"no app {dataset!r}")
@@ -182,7 +202,7 @@ class Catalog:
             seen = [s["last_seen"] for s in stats if s["last_seen"]]
             out.append({
                 "dataset": dataset,
-                "app_id": defined.get(dataset, {}).get("app_id") or dataset,
+                "app_id": self._app_id(dataset),
                 "defined": dataset in defined,
                 "ping_types": len([s for s in stats if s["rows"]]),
                 "pings_received": sum(s["rows"] for s in stats),
@@ -307,7 +327,7 @@ class Catalog:
                      [dataset]):
             dau = [{"day": _iso(r["day"]), "clients": r["clients"]} for r in self.rows(
                 f"SELECT day, clients FROM {q(dataset)}.daily_active_clients ORDER BY day")]
-        return {"dataset": dataset, "app_id": defined_apps.get(dataset, {}).get("app_id") or dataset,
+        return {"dataset": dataset, "app_id": self._app_id(dataset),
                 "defined": dataset in defined_apps, "pings": sorted(pings.values(), key=lambda p: p["name"]),
                 "metrics": metrics, "daily_active_clients": dau}
 
