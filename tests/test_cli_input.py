@@ -1023,3 +1023,35 @@ def test_status_counts_load_errors_by_type_and_rejections_by_reason(tmp_path):
     info = json.loads(gleanpipe("status", "--data-dir", str(data_dir), "--json").stdout)
     assert (info["load_errors"], info["rejected"], info["pending"]) == (
         {"raw_object": 1, "transform": 1}, {"json": 1, "schema": 2}, 0)
+
+
+def test_an_unknown_gleanpipe_variable_gets_one_warning_and_changes_nothing(tmp_path):
+    """GLEANPIPE_PROT=18370 gleanpipe serve served on 8080 without a word: each command now warns
+    once per GLEANPIPE_* variable that is no setting (a warning: the result and exit code stay);
+    serve's HTTP workers do not say it again."""
+    from conftest import ServeProcess, make_ping
+    from gleanpipe.storage.local import LocalStore
+    from test_load import CLIENT_A, put_ping
+
+    data_dir = tmp_path / "data"
+    put_ping(LocalStore(data_dir / "store"), make_ping(CLIENT_A))
+    assert gleanpipe("replay", "--data-dir", str(data_dir), "--no-progress").returncode == 0
+    plain = gleanpipe("status", "--data-dir", str(data_dir), env={"GLEANPIPE_PORT": "18370"})  # known: no word
+    assert (plain.returncode, plain.stderr) == (0, "")
+    assert any(line.split() == ["org_example_toolbox", "baseline_v1", "1"] for line in plain.stdout.splitlines())
+    typo = gleanpipe("status", "--data-dir", str(data_dir), env={"GLEANPIPE_PROT": "18370", "GLEANPIPE_BENCH_DIR": "x"})
+    assert (typo.returncode, typo.stdout) == (0, plain.stdout)
+    assert typo.stderr == ("warning: GLEANPIPE_PROT is not a gleanpipe setting, so it is ignored (did you mean "
+                           "GLEANPIPE_PORT? the settings are listed in the README, section Settings)\n")
+    other = gleanpipe("query", "--data-dir", str(data_dir), "--format", "csv", "SELECT 1 AS one",
+                      env={"GLEANPIPE_XYZZY": ""})
+    assert (other.returncode, other.stdout) == (0, "one\n1\n")
+    assert other.stderr == ("warning: GLEANPIPE_XYZZY is not a gleanpipe setting, so it is ignored (the settings "
+                            "are listed in the README, section Settings)\n")
+
+    server = ServeProcess(data_dir, env={"GLEANPIPE_PROT": "18370"}).start()
+    try:
+        assert server.query("SELECT count(*) FROM org_example_toolbox.baseline_v1")[1] == [(1,)]
+    finally:
+        assert server.stop() == 0
+    assert server.read_log().count("GLEANPIPE_PROT") == 1, server.read_log()

@@ -18,7 +18,7 @@ from . import __version__
 from .admin import AdminClient, ServeError
 from .jsonvalues import shown_values
 from .serve_state import absolute, foreign_holder, lock_holder, remove_state, same_location, take_serve_lock
-from .config import SETTINGS, Config, SettingError
+from .config import SETTINGS, Config, SettingError, unknown_settings
 from .output import format_rows, stream_rows
 from .terminal import CtrlC, Drawing, beside, interrupted, off_main, quiet
 
@@ -210,6 +210,11 @@ def main(verbose: bool) -> None:
     """gleanpipe: Glean pings -> raw store -> warehouse tables."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # here, once per command; serve's HTTP workers (gunicorn, wsgi.py) do not run this
+    for name, near in unknown_settings():
+        guess = f"did you mean {near}? " if near else ""
+        click.echo(f"warning: {name} is not a gleanpipe setting, so it is ignored ({guess}the settings are "
+                   "listed in the README, section Settings)", err=True)
 
 
 @main.command()

@@ -393,3 +393,18 @@ SETTINGS.update(
         )
     }
 )
+
+# GLEANPIPE_* names the project reads that are no setting of gleanpipe's own: `make bench`'s work
+# folder (bench/run.py; the benchmark drops every GLEANPIPE_* variable before it runs gleanpipe).
+NOT_SETTINGS = frozenset({"GLEANPIPE_BENCH_DIR"})
+
+
+def unknown_settings(environ=None) -> list[tuple[str, str | None]]:
+    """(name, the known setting it is closest to, or None) for each GLEANPIPE_* variable that is
+    not a setting: a typo (GLEANPIPE_PROT) was ignored without a word."""
+    import difflib
+
+    source = os.environ if environ is None else environ
+    return [(name, next(iter(difflib.get_close_matches(name, SETTINGS, n=1, cutoff=0.8)), None))
+            for name in sorted(source) if name.startswith("GLEANPIPE_") and name not in SETTINGS
+            and name not in NOT_SETTINGS]
