@@ -698,17 +698,88 @@ def test_replay_and_deletions_on_a_data_dir_with_nothing_there_create_nothing(tm
     assert not typo.exists()
 
 
-def test_a_warehouse_another_process_writes_to_names_every_kind_of_writer(tmp_path):
-    """Before: the hint named only `serve`, while a `worker` or a `load` function holding the
-    DuckDB file locks it out just the same (a real lock, held by another process)."""
-    from conftest import duckdb_held_elsewhere
+def test_a_warehouse_another_process_holds_names_that_process_not_a_guessed_writer(tmp_path):
+    """Before: DuckDB's text naming only the interpreter ("Conflicting lock is held in .../python3.11
+    (PID n). However, you would be able to open this database in read-only mode...") and a hint
+    that another process writes to it, while here the holder only reads (a real lock, held by
+    another process)."""
+    from conftest import put_many_unsynced
+    from gleanpipe.storage.local import LocalStore
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
-    path = tmp_path / "held.duckdb"
-    with duckdb_held_elsewhere(path):
-        out = gleanpipe("status", "--data-dir", str(tmp_path), "--warehouse-url", f"duckdb://{path}")
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.rstrip().endswith("(another process writes to it: a `gleanpipe serve` for another data dir, "
-                                        "a `gleanpipe worker` or a `load` function?)")
+    data = tmp_path / "data"
+    put_many_unsynced(LocalStore(data / "store"), 1)
+    path = data / "warehouse.duckdb"
+    DuckDBWarehouse(str(path)).close()
+    code = (f"import duckdb, sys; con = duckdb.connect({str(path)!r}, read_only=True); "
+            "print('open', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        started = time.monotonic()
+        replayed = gleanpipe("replay", "--data-dir", str(data), "--no-progress")
+        added = gleanpipe("apps", "add", "org.example.toolbox", "--data-dir", str(data),
+                          "--metrics", str(GLEAN_CLIENT / "metrics.yaml"))
+        took = time.monotonic() - started
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    command = f"{sys.executable} -c {code}"[:200]  # as /proc gives it, cut at 200
+    said = (f"Error: the warehouse {path} is held by PID {holder.pid} ({command}): let that process end (or stop "
+            "it), then run this again\n")
+    assert (replayed.returncode, replayed.stderr) == (1, said)
+    assert (added.returncode, added.stderr) == (1, said)
+    assert took < 20  # no wait for a process that is not a `gleanpipe query` or `status`
+
+
+def test_a_gleanpipe_query_holding_the_warehouse_is_waited_for_then_named(tmp_path):
+    """Before: `replay` and `apps add` failed at once while a `gleanpipe query` (run while serve
+    was stopped) held the file. Now they wait up to CLI_HELD_WAIT_S for it to end: a query that
+    ends within it lets replay run; one that does not is named by its command line."""
+    from conftest import holds_open, put_many_unsynced
+    from gleanpipe.cli import CLI_HELD_WAIT_S
+    from gleanpipe.storage.local import LocalStore
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    data = tmp_path / "data"
+    put_many_unsynced(LocalStore(data / "store"), 1)
+    path = data / "warehouse.duckdb"
+    DuckDBWarehouse(str(path)).close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    args = [sys.executable, "-m", "gleanpipe.cli", "query", "--data-dir", str(data),
+            "SELECT count(*) FROM range(1000000000000) AS a, range(10) AS b"]  # runs for hours
+
+    def long_query() -> subprocess.Popen:
+        query = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not holds_open(query.pid, path):
+            assert query.poll() is None and time.monotonic() < deadline, query.communicate()
+            time.sleep(0.1)
+        return query
+
+    query = long_query()
+    try:
+        added = gleanpipe("apps", "add", "org.example.toolbox", "--data-dir", str(data),
+                          "--metrics", str(GLEAN_CLIENT / "metrics.yaml"))
+    finally:
+        query.kill()
+        query.communicate()
+    assert (added.returncode, added.stderr) == (
+        1, f"Error: the warehouse {path} is still held by PID {query.pid} ({' '.join(args)[:200]}) after "
+           f"{CLI_HELD_WAIT_S:.0f} s: let that process end (or stop it), then run this again\n")
+
+    query = long_query()
+    try:
+        replay = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data),
+                                   "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        assert replay.poll() is None  # waiting for the query
+    finally:
+        query.kill()
+        query.communicate()
+    out, err = replay.communicate(timeout=60)
+    assert (replay.returncode, err) == (0, "")
+    assert out.startswith("replayed 1 object")
 
 
 def test_a_warehouse_file_that_is_not_duckdb_gets_no_hint_about_other_writers(tmp_path):

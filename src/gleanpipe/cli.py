@@ -82,8 +82,26 @@ def _missing(url: str, scheme: str) -> Path | None:
     return None if path.exists() else path
 
 
+CLI_HELD_WAIT_S = 5.0  # how long a command waits for a `gleanpipe query` or `status` to let the DuckDB file go
+
+
+def _ends_soon(command: str | None) -> bool:
+    """Whether a command line is a `gleanpipe query` or `gleanpipe status`: one that lets the
+    warehouse go when it ends, rather than a serve, a worker or Datasette that holds it on."""
+    words = (command or "").split()
+    for i, word in enumerate(words):
+        if word.rsplit("/", 1)[-1] in ("gleanpipe", "gleanpipe.cli"):
+            return next((w for w in words[i + 1:] if not w.startswith("-")), None) in ("query", "status")
+    return False
+
+
 def _open_in_process(config: Config, *, read_only: bool):
-    """The warehouse (DuckDB or BigQuery) opened by this command itself, when no serve owns it."""
+    """The warehouse (DuckDB or BigQuery) opened by this command itself, when no serve owns it.
+    Another process holding the DuckDB file is named (pid and command line); a `gleanpipe query`
+    or `status` is given up to CLI_HELD_WAIT_S to end first."""
+    import time
+
+    from .serve_state import holder_name, warehouse_holder
     from .warehouse import WarehouseUnavailable, held_by_another, open_warehouse
 
     _scheme(config, "warehouse")
@@ -93,16 +111,27 @@ def _open_in_process(config: Config, *, read_only: bool):
             f"no warehouse at {missing} yet: run `gleanpipe serve` and send a ping, or `gleanpipe replay`. "
             "A serve started with another data dir is found with the same --data-dir (or GLEANPIPE_DATA_DIR)."
         )
-    try:
-        return open_warehouse(config.warehouse_url, read_only=read_only, config=config)
-    except SettingError as exc:  # GLEANPIPE_BIGQUERY_*: each message names its variable
-        raise click.UsageError(str(exc)) from None
-    except ValueError as exc:  # a missing extra, a path DuckDB cannot take
-        raise click.ClickException(str(exc)) from None
-    except WarehouseUnavailable as exc:
-        hint = ("\n(another process writes to it: a `gleanpipe serve` for another data dir, a `gleanpipe worker` "
-                "or a `load` function?)") if held_by_another(exc) else ""
-        raise click.ClickException(f"{exc}{hint}") from None
+    started = time.monotonic()
+    while True:
+        try:
+            return open_warehouse(config.warehouse_url, read_only=read_only, config=config)
+        except SettingError as exc:  # GLEANPIPE_BIGQUERY_*: each message names its variable
+            raise click.UsageError(str(exc)) from None
+        except ValueError as exc:  # a missing extra, a path DuckDB cannot take
+            raise click.ClickException(str(exc)) from None
+        except WarehouseUnavailable as exc:
+            if not held_by_another(exc):
+                raise click.ClickException(str(exc)) from None
+            holder = warehouse_holder(str(exc))
+            waited = time.monotonic() - started
+            if holder and _ends_soon(holder[1]) and waited < CLI_HELD_WAIT_S:
+                time.sleep(0.2)
+                continue
+            # who holds it, not DuckDB's lines about the interpreter and its CLI's -readonly flag
+            path = config.warehouse_url.removeprefix("duckdb://")
+            still, after = ("still ", f" after {CLI_HELD_WAIT_S:.0f} s") if waited >= CLI_HELD_WAIT_S else ("", "")
+            raise click.ClickException(f"the warehouse {path} is {still}held by {holder_name(str(exc))}{after}: let that "
+                                       "process end (or stop it), then run this again") from None
 
 
 def _server(config: Config) -> AdminClient | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ from datetime import datetime, timezone
 
 from . import parent_guard
 from .admin import AdminServer
-from .serve_state import absolute, command_line, remove_state, write_state
+from .serve_state import absolute, holder_name, remove_state, write_state
 from .config import Config, SettingError
 from .load import Loader
 from .ports import in_url
@@ -177,7 +176,7 @@ def _open_warehouse(url: str, config: Config) -> Warehouse:
         except WarehouseUnavailable as exc:
             if not held_by_another(exc):
                 raise RuntimeError(str(exc)) from None
-            holder = _holder(str(exc))
+            holder = holder_name(str(exc))
             if time.monotonic() >= deadline:  # the holder it found, not a list of guesses, nor DuckDB's CLI advice
                 raise RuntimeError(f"the warehouse {url.removeprefix('duckdb://')} is still held by {holder} after "
                                    f"{HELD_WAIT_S:.0f} s, and serve needs it to itself: stop that process (or let it "
@@ -187,15 +186,6 @@ def _open_warehouse(url: str, config: Config) -> Warehouse:
                             url, holder, HELD_WAIT_S)
                 said = True
             time.sleep(0.2)
-
-
-def _holder(message: str) -> str:
-    """"PID n (its command line)", from DuckDB's lock error, as far as this system tells."""
-    found = re.search(r"\(PID (\d+)\)", message)
-    if not found:
-        return "another process"
-    command = command_line(int(found[1]))
-    return f"PID {found[1]}" if command is None else f"PID {found[1]} ({command})"
 
 
 def check_settings(config: Config) -> None:
