@@ -451,6 +451,45 @@ def test_export_through_serve_takes_smaller_pages_when_a_page_is_over_GLEANPIPE_
     assert served == table(tmp_path / "file" / f"{DATASET}.db", "metrics_v1")
 
 
+def test_an_export_over_serves_limit_names_the_view_and_says_what_to_do(tmp_path):
+    """Before: "export failed: the result is over N bytes as JSON, the most serve answers
+    (GLEANPIPE_QUERY_MAX_BYTES): add a LIMIT or select fewer columns": serve's advice to a query's
+    author, which explore's user cannot follow, and no table or view named. A real serve with a
+    small limit: one metrics row fits, its 150 labels make metric_daily (one answer) too large; at a
+    smaller limit the list of columns explore reads first is too large."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    advice = ("the running serve answers (GLEANPIPE_QUERY_MAX_BYTES): restart serve with a higher "
+              "GLEANPIPE_QUERY_MAX_BYTES, or stop serve and run explore again (it then reads the DuckDB file itself, "
+              "with no such limit)\n")
+    explore = ["explore", "--export-only", "--force", "--data-dir", str(data_dir)]
+    server = ServeProcess(data_dir, env={"GLEANPIPE_QUERY_MAX_BYTES": "10000"}).start()
+    try:
+        doc = make_ping(metrics={"labeled_counter": {"toolbox.tool_used": {f"tool_{i}": i for i in range(150)}}})
+        assert post(server.url + submit_path("metrics"), gz(doc))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 1) == 1
+        out = gleanpipe(*explore)
+    finally:
+        assert server.stop() == 0
+    assert (out.returncode, out.stderr) == (
+        1, f"Error: export failed: the view {DATASET}.metric_daily is over 10000 bytes as JSON, the most {advice}")
+    server = ServeProcess(data_dir, env={"GLEANPIPE_QUERY_MAX_BYTES": "3000"}).start()
+    try:
+        out = gleanpipe(*explore)
+    finally:
+        assert server.stop() == 0
+    assert (out.returncode, out.stderr) == (
+        1, "Error: export failed: the list of the warehouse's tables, views and columns is over 3000 bytes as JSON, "
+           f"the most {advice}")
+    direct = gleanpipe(*explore)  # the advice holds: with serve stopped, no limit
+    assert direct.returncode == 0, direct.stderr
+    con = sqlite3.connect(data_dir / "explore" / f"{DATASET}.db")
+    try:
+        assert con.execute("SELECT count(*) FROM metric_daily").fetchone() == (150,)
+    finally:
+        con.close()
+
+
 class _TooLarge:
     """A serve that refuses every page over 0 rows as over GLEANPIPE_QUERY_MAX_BYTES (one row is
     too big) and answers LIMIT 0, which fits; it notes the LIMIT of each request."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -137,7 +138,11 @@ class Source:
 
         def batches(rel: Relation, select: str, size: int):
             if not rel.keys:  # views and small internal tables: one answer
-                yield client.query(f"SELECT {select} FROM {rel.ref}")[1]
+                try:
+                    rows = client.query(f"SELECT {select} FROM {rel.ref}")[1]
+                except ResultTooLarge as exc:
+                    raise _too_large(_named(rel), exc) from None
+                yield rows
                 return
             keys = rel.keys
             order = ", ".join(q(k) for k in keys)
@@ -153,9 +158,9 @@ class Source:
                 sql = f"SELECT {order}, {select} FROM {rel.ref} {where} ORDER BY {order} LIMIT {int(size)}"
                 try:
                     rows = client.query(sql, params)[1]
-                except ResultTooLarge:  # a page over serve's GLEANPIPE_QUERY_MAX_BYTES: smaller pages
+                except ResultTooLarge as exc:  # a page over serve's GLEANPIPE_QUERY_MAX_BYTES: smaller pages
                     if size == 1:
-                        raise
+                        raise _too_large(_named(rel), exc) from None
                     size //= 2
                     continue
                 if not rows:
@@ -206,6 +211,24 @@ class Source:
         return cls(query, batches, f"{path} (read-only)", interrupt)
 
 
+def _named(rel: Relation) -> str:
+    """The relation, as serve's refusal of its rows names it: a page of a keyed table is halved
+    down to one row before it is refused."""
+    if rel.keys:
+        return f"a row of the table {rel.schema}.{rel.name}"
+    return f"the {'view' if rel.is_view else 'table'} {rel.schema}.{rel.name}"
+
+
+def _too_large(what: str, exc: Exception) -> ResultTooLarge:
+    """serve's refusal of an answer over its GLEANPIPE_QUERY_MAX_BYTES, in words for explore's
+    user: what was over, and what to do (serve's own advice, a LIMIT, is no use here)."""
+    over = re.search(r"over (\d+) bytes", str(exc))
+    limit = f"{over[1]} bytes as JSON, the most" if over else "the most"
+    return ResultTooLarge(f"{what} is over {limit} the running serve answers (GLEANPIPE_QUERY_MAX_BYTES): restart "
+                          "serve with a higher GLEANPIPE_QUERY_MAX_BYTES, or stop serve and run explore again (it "
+                          "then reads the DuckDB file itself, with no such limit)")
+
+
 # --- export --------------------------------------------------------------------------------
 
 
@@ -227,6 +250,13 @@ class ExportResult:
 
 
 def relations(source: Source) -> list[Relation]:
+    try:
+        return _relations(source)
+    except ResultTooLarge as exc:  # through a serve with a small GLEANPIPE_QUERY_MAX_BYTES
+        raise _too_large("the list of the warehouse's tables, views and columns", exc) from None
+
+
+def _relations(source: Source) -> list[Relation]:
     _, found = source.query(
         "SELECT schema_name, table_name, false FROM duckdb_tables() WHERE NOT internal "
         "UNION ALL SELECT v.schema_name, v.view_name, true FROM duckdb_views() AS v WHERE NOT v.internal "
