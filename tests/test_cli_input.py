@@ -341,15 +341,32 @@ def test_definitions_without_a_schema_line_name_the_file(tmp_path):
 def test_apps_add_says_a_file_is_not_regular_and_a_data_dir_cannot_be_made_in_one_line(tmp_path):
     """Before: `--metrics /dev/null` was "no such file", and a data dir under a file a raw
     "[Errno 20] Not a directory: '...'"."""
-    missing = tmp_path / "missing.yaml"
-    proc = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", "/dev/null", "--pings", str(missing),
-                     "--data-dir", str(tmp_path / "data"))
-    assert (proc.returncode, proc.stderr) == (1, f"Error: the definitions do not parse:\n  /dev/null: not a regular "
-                                                 f"file\n  {missing}: no such file\n")
+    proc = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", "/dev/null", "--data-dir", str(tmp_path / "data"))
+    assert (proc.returncode, proc.stderr) == (1, "Error: the definitions do not parse:\n  /dev/null: not a regular "
+                                                 "file\n")
     (tmp_path / "a-file").write_text("x")
     proc = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
                      "--data-dir", str(tmp_path / "a-file" / "data"))
     assert (proc.returncode, proc.stderr) == (1, f"Error: {tmp_path / 'a-file' / 'data'}: Not a directory\n")
+
+
+@pytest.mark.parametrize("option", ["--metrics", "--pings"])
+def test_apps_add_with_a_file_that_is_not_there_is_a_usage_error(tmp_path, option):
+    """Before: "the definitions do not parse: ...: no such file", exit 1, as if the file were bad."""
+    missing = tmp_path / "missing.yaml"
+    proc = gleanpipe("apps", "add", "org.example.toolbox", option, str(missing), "--data-dir", str(tmp_path / "data"))
+    assert usage_error(proc) == f"Error: Invalid value for '{option}': File '{missing}' does not exist."
+    assert not (tmp_path / "data").exists()
+
+
+def test_apps_add_with_a_bad_app_id_is_a_usage_error_naming_APP_ID(tmp_path):
+    """Before: "the definitions do not parse:\n  app id 'bad app!': must be ...", exit 1: the app
+    id is the command line's argument, not a definition."""
+    proc = gleanpipe("apps", "add", "bad app!", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
+                     "--pings", str(GLEAN_CLIENT / "pings.yaml"), "--data-dir", str(tmp_path / "data"))
+    assert usage_error(proc) == ("Error: Invalid value for 'APP_ID': 'bad app!': must be 1-100 chars of "
+                                 "[A-Za-z0-9._-], starting with a letter or digit")
+    assert not (tmp_path / "data").exists()
 
 
 def test_help_names_the_variable_of_each_option_and_says_what_host_and_port_are():

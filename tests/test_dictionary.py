@@ -65,9 +65,10 @@ def test_apps_add_shows_parse_errors_compactly(tmp_path):
     assert any(line.strip().startswith(f"{bad}: toolbox.x: 'countr' is not one of") for line in lines)
     assert any("toolbox.x: Missing required properties" in line for line in lines)
     missing = cli(tmp_path / "data", "apps", "add", "x", "--metrics", str(tmp_path / "nope.yaml"))
-    assert missing.returncode == 1 and "nope.yaml: no such file" in missing.stderr
+    assert missing.returncode == 2 and f"File '{tmp_path / 'nope.yaml'}' does not exist." in missing.stderr
     badid = cli(tmp_path / "data", "apps", "add", "../etc", "--metrics", str(GLEAN / "metrics.yaml"))
-    assert badid.returncode == 1 and "app id" in badid.stderr and "Traceback" not in badid.stderr
+    assert badid.returncode == 2 and "Invalid value for 'APP_ID': '../etc'" in badid.stderr
+    assert "Traceback" not in badid.stderr
     assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # nothing written on bad input
 
 

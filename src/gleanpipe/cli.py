@@ -649,6 +649,15 @@ def _dictionary_warehouse(config, command: str) -> None:
             "is loaded, and the dictionary's pages give each metric's BigQuery SQL.")
 
 
+def _app_id(ctx, param, value: str) -> str:
+    """An app id that no definitions could go with is the command line's fault: a usage error."""
+    from .dictionary.definitions import APP_ID_RE, APP_ID_RULE
+
+    if not APP_ID_RE.fullmatch(value):
+        raise click.BadParameter(f"{value!r}: {APP_ID_RULE}")
+    return value
+
+
 @main.group()
 def apps() -> None:
     """App definitions (metrics.yaml / pings.yaml) for the dictionary."""
@@ -658,10 +667,10 @@ def apps() -> None:
 @DATA_DIR
 @STORE
 @WAREHOUSE
-@click.argument("app_id")
-@click.option("--metrics", "metrics_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("app_id", callback=_app_id)
+@click.option("--metrics", "metrics_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A metrics.yaml (repeatable).")
-@click.option("--pings", "pings_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--pings", "pings_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A pings.yaml (repeatable).")
 def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_files) -> None:
     """Parse an app's definitions with glean_parser, store them and pre-create their columns."""

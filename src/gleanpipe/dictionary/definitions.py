@@ -14,6 +14,8 @@ from pathlib import Path
 from ..naming import APP_ID_RE, DOC_TYPE_RE, column_name, dataset_name, table_name
 from ..table_schema import METRIC_TYPES
 
+APP_ID_RULE = "must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit"
+
 # glean_parser metric type -> the key it has under "metrics" in a ping (table_schema.METRIC_TYPES).
 WIRE_TYPE = {name: name for name in METRIC_TYPES}
 WIRE_TYPE["denominator"] = "counter"  # an external denominator is sent as a counter
@@ -128,8 +130,7 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
     from glean_parser import parser
 
     if not APP_ID_RE.fullmatch(app_id):
-        raise DefinitionError([f"app id {app_id!r}: must be 1-100 chars of [A-Za-z0-9._-], "
-                               "starting with a letter or digit"])
+        raise DefinitionError([f"app id {app_id!r}: {APP_ID_RULE}"])
     files = [Path(p) for p in [*metrics_files, *pings_files]]
     unreadable = [f"{p}: no such file" if not p.exists() else f"{p}: not a regular file" for p in files
                   if not p.is_file()]  # /dev/null, a FIFO: there, but no definitions file
