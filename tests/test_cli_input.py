@@ -828,11 +828,16 @@ def test_a_data_dir_with_a_question_mark_is_refused_before_duckdb_misreads_it(tm
 
 
 def test_serve_on_a_data_dir_it_cannot_make_says_so_in_one_line(tmp_path):
-    """Before: a traceback (NotADirectoryError from mkdir) for a data dir under a file."""
+    """Before: a traceback (NotADirectoryError from mkdir) for a data dir under a file; then
+    "Error: /proc/nope: No such file or directory" (exit 1), which named neither the setting nor
+    what failed. Now a usage error (exit 2) naming GLEANPIPE_DATA_DIR and the folder."""
     (tmp_path / "a-file").write_text("x")
     proc = gleanpipe("serve", "--data-dir", str(tmp_path / "a-file" / "data"), "--port", str(free_port()), timeout=60)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr == f"Error: {tmp_path / 'a-file' / 'data'}: Not a directory\n"
+    assert usage_error(proc) == ("Error: GLEANPIPE_DATA_DIR (--data-dir): cannot make the folder "
+                                 f"{tmp_path / 'a-file' / 'data'}: Not a directory")
+    proc = gleanpipe("serve", "--port", str(free_port()), env={"GLEANPIPE_DATA_DIR": "/proc/nope"}, timeout=60)
+    assert usage_error(proc) == ("Error: GLEANPIPE_DATA_DIR (--data-dir): cannot make the folder /proc/nope: "
+                                 "No such file or directory")
 
 
 def test_serve_with_a_file_where_the_spool_folder_goes_says_so_in_one_line(tmp_path):

@@ -273,6 +273,11 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
         check_settings(config)  # before the lock and the port: a port in use is not the news here
     except SettingError as exc:  # a setting this serve cannot run with: a usage error, as a bad number is
         raise click.UsageError(str(exc)) from None
+    try:  # a data dir that cannot be made is the setting's fault, said as such (not "/x: No such file ...")
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.UsageError(f"GLEANPIPE_DATA_DIR (--data-dir): cannot make the folder {config.data_dir}: "
+                               f"{exc.strerror or exc}") from None
     lock = take_serve_lock(config.data_dir)  # held until this process exits
     if lock is None:
         holder = lock_holder(config.data_dir)  # another program holding the lock is named, not called a serve
