@@ -294,7 +294,7 @@ def test_deletions_command_on_duckdb(tmp_path):
     out = gleanpipe("deletions", "--data-dir", str(data))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
-        f"done     {DATASET}  client {CLIENT_B}  (request d0c): 1 rows deleted",
+        f"done     {DATASET}  client {CLIENT_B}  (request d0c): 1 row deleted",
         f"1 carried out, 0 still pending (duckdb://{data / 'warehouse.duckdb'})"]
     out = gleanpipe("deletions", "--data-dir", str(data))
     assert out.stdout.splitlines()[-1].startswith("0 carried out, 0 still pending")

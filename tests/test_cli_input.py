@@ -627,7 +627,7 @@ def test_replay_of_a_prefix_with_no_objects_says_so(tmp_path):
     assert none.stdout == (f"no objects under raw/org.example.toolbox/ in file://{data_dir}/store: nothing replayed "
                            "(keys look like raw/<app-id>/<doc-type>/1/<document-id>.json)\n")
     some = gleanpipe("replay", "--prefix", f"raw/{APP}/", *data)
-    assert some.stdout.startswith("replayed 1 objects: inserted 0, duplicates 1")
+    assert some.stdout.startswith("replayed 1 object: inserted 0, duplicates 1")
 
 
 def test_explore_refuses_a_busy_port_before_exporting(tmp_path):
@@ -796,7 +796,7 @@ def test_a_gleanpipe_query_holding_the_warehouse_is_waited_for_then_named(tmp_pa
         query.communicate()
     out, err = replay.communicate(timeout=60)
     assert (replay.returncode, err) == (0, "")
-    assert out.startswith("replayed 1 object")
+    assert out.startswith("replayed 1 object: inserted 1, duplicates 0")
 
 
 def test_a_warehouse_file_that_is_not_duckdb_gets_no_hint_about_other_writers(tmp_path):
@@ -901,7 +901,7 @@ def test_replay_of_part_of_the_store_keeps_deleted_clients_deleted(tmp_path):
     put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
     out = gleanpipe("replay", "--data-dir", str(tmp_path / "data"), "--prefix", f"raw/{APP}/baseline/", "--no-progress")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(f"replayed 3 objects (with 1 deletion requests of those apps from outside raw/{APP}/baseline/): ")
+    assert out.stdout.startswith(f"replayed 3 objects (with 1 deletion request of those apps from outside raw/{APP}/baseline/): ")
     out = gleanpipe("query", "--data-dir", str(tmp_path / "data"), "--format", "json",
                     f"SELECT client_info.client_id AS c FROM {DATASET}.baseline")
     assert json.loads(out.stdout) == [{"c": CLIENT_B}]

@@ -244,6 +244,27 @@ def test_bad_requests_get_clear_errors(site):
     assert get(f"{site.url}/dictionaryx")[0] == 404
 
 
+def test_apps_add_and_dictionary_build_say_one_of_a_kind_in_the_singular(tmp_path):
+    """Before: "1 metrics, 1 pings, ...; 1 columns created" and "wrote ... 1 apps, 1 pings"."""
+    metrics = tmp_path / "metrics.yaml"
+    metrics.write_text("---\n$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0\n"
+                       "a:\n  b:\n    type: counter\n    lifetime: ping\n    send_in_pings: [metrics]\n"
+                       "    bugs: [https://example.com/1]\n    data_reviews: [https://example.com/1]\n"
+                       "    notification_emails: [t@example.com]\n    expires: never\n    description: A metric.\n")
+    pings = tmp_path / "pings.yaml"
+    pings.write_text("---\n$schema: moz://mozilla.org/schemas/glean/pings/2-0-0\n"
+                     "usage:\n  description: A ping.\n  include_client_id: true\n  bugs: [https://example.com/1]\n"
+                     "  data_reviews: [https://example.com/1]\n  notification_emails: [t@example.com]\n")
+    out = cli(tmp_path / "data", "apps", "add", "one", "--metrics", str(metrics), "--pings", str(pings))
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == ("one (dataset one): 1 metric, 1 ping, in metrics_v1, usage_v1; 1 column created "
+                          "(1 in metrics_v1)\n")
+    built = cli(tmp_path / "data", "dictionary", "build", "--out", str(tmp_path / "site"))
+    assert (built.returncode, built.stderr) == (0, "")
+    site = tmp_path / "site"  # the pings: usage and metrics (the metric's send_in_pings)
+    assert built.stdout == f"wrote 10 files to {site}: 1 app, 2 pings, 1 metric; open {site / 'index.html'}\n"
+
+
 class Links(HTMLParser):
     def __init__(self):
         super().__init__()

@@ -202,7 +202,7 @@ def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_data
 
     first = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only")
     assert first.returncode == 0, first.stderr
-    assert "exported 10 rows into 2 file(s)" in first.stdout and "(read-only)" in first.stdout
+    assert "exported 10 rows into 2 files" in first.stdout and "(read-only)" in first.stdout
     con = sqlite3.connect(data_dir / "explore" / f"{DATASET}.db")
     con.row_factory = sqlite3.Row
     assert_known_row(dict(con.execute("SELECT * FROM metrics_v1 WHERE document_id = ?", [ids["known"]]).fetchone()),
@@ -210,7 +210,7 @@ def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_data
     con.close()
 
     again = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only")
-    assert "exported 0 rows into 0 file(s)" in again.stdout
+    assert "exported 0 rows into 0 files" in again.stdout
     assert f"unchanged since the last export: _gleanpipe, {DATASET}" in again.stdout
 
     # the read-only open left the file free: serve starts, takes a new ping, and the next run sees it
@@ -222,7 +222,7 @@ def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_data
     finally:
         server.stop()
     third = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only")
-    assert "exported 11 rows into 1 file(s)" in third.stdout and "unchanged since the last export: _gleanpipe" \
+    assert "exported 11 rows into 1 file in" in third.stdout and "unchanged since the last export: _gleanpipe" \
         in third.stdout
     con = sqlite3.connect(data_dir / "explore" / f"{DATASET}.db")
     assert con.execute("SELECT count(*) FROM metrics_v1 WHERE document_id = ?", [extra]).fetchone()[0] == 1
@@ -230,10 +230,10 @@ def test_explore_without_serve_opens_duckdb_read_only_and_refreshes_changed_data
 
     # --force writes every dataset again, even unchanged ones; --out puts the files elsewhere
     forced = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only", "--force")
-    assert "exported 11 rows into 2 file(s)" in forced.stdout and "unchanged" not in forced.stdout
+    assert "exported 11 rows into 2 files" in forced.stdout and "unchanged" not in forced.stdout
     out = tmp_path / "elsewhere"
     moved = gleanpipe("explore", "--data-dir", str(data_dir), "--export-only", "--out", str(out))
-    assert "exported 11 rows into 2 file(s)" in moved.stdout
+    assert "exported 11 rows into 2 files" in moved.stdout
     con = sqlite3.connect(out / f"{DATASET}.db")
     assert con.execute("SELECT count(*) FROM metrics").fetchone()[0] == 3
 

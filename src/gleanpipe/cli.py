@@ -19,7 +19,7 @@ from .admin import AdminClient, ServeError
 from .jsonvalues import shown_values
 from .serve_state import absolute, foreign_holder, lock_holder, remove_state, same_location, take_serve_lock
 from .config import SETTINGS, Config, SettingError, unknown_settings
-from .output import format_rows, stream_rows
+from .output import counted, format_rows, stream_rows
 from .terminal import CtrlC, Drawing, beside, interrupted, off_main, quiet
 
 
@@ -422,8 +422,8 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
                              "(it is idempotent)")
             finally:
                 wh.close()
-    also = f" (with {requests} deletion requests of those apps from outside {prefix})" if requests else ""
-    click.echo(f"replayed {len(keys)} objects{also}: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+    also = f" (with {counted(requests, 'deletion request')} of those apps from outside {prefix})" if requests else ""
+    click.echo(f"replayed {counted(len(keys), 'object')}{also}: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
 
 
 @main.command()
@@ -633,7 +633,7 @@ def deletions(data_dir, store_url, warehouse_url) -> None:
     for a in attempts:
         if a.done:
             click.echo(f"done     {a.dataset}  client {a.client_id}  (request {a.document_id}): "
-                       f"{a.rows_deleted} rows deleted")
+                       f"{counted(a.rows_deleted, 'row')} deleted")
         else:
             click.echo(f"pending  {a.dataset}  client {a.client_id}  (request {a.document_id}): {a.error}")
     done = sum(a.done for a in attempts)
@@ -709,14 +709,14 @@ def apps_add(data_dir, store_url, warehouse_url, app_id, metrics_files, pings_fi
         raise click.ClickException(str(exc)) from None
     created = Counter(column.split(".")[1] for column in result["columns_added"])  # dataset.table.metrics.<type>.<col>
     where = " (" + ", ".join(f"{n} in {t}" for t, n in sorted(created.items())) + ")" if created else ""
-    click.echo(f"{result['app_id']} (dataset {result['dataset']}): {result['metrics']} metrics, "
-               f"{result['pings']} pings, in {', '.join(result['tables']) or 'no table'}; "
-               f"{len(result['columns_added'])} columns created{where}")
+    click.echo(f"{result['app_id']} (dataset {result['dataset']}): {counted(result['metrics'], 'metric')}, "
+               f"{counted(result['pings'], 'ping')}, in {', '.join(result['tables']) or 'no table'}; "
+               f"{counted(len(result['columns_added']), 'column')} created{where}")
     before = result.get("replaced")
     if before:
         other = f" (another app id for dataset {result['dataset']})" if before["app_id"] != result["app_id"] else ""
-        click.echo(f"replaced the definitions of {before['app_id']}{other}: {before['metrics']} metrics, "
-                   f"{before['pings']} pings")
+        click.echo(f"replaced the definitions of {before['app_id']}{other}: {counted(before['metrics'], 'metric')}, "
+                   f"{counted(before['pings'], 'ping')}")
     for message in shared_columns(app):
         click.echo(f"warning: {message}", err=True)
 
@@ -767,8 +767,8 @@ def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
         raise click.ClickException(f"cannot write {out}: {exc}") from None
     finally:
         close()
-    click.echo(f"wrote {counts['files']} files to {out}: {counts['apps']} apps, {counts['pings']} pings, "
-               f"{counts['metrics']} metrics; open {out / 'index.html'}")
+    click.echo(f"wrote {counted(counts['files'], 'file')} to {out}: {counted(counts['apps'], 'app')}, "
+               f"{counted(counts['pings'], 'ping')}, {counted(counts['metrics'], 'metric')}; open {out / 'index.html'}")
 
 @main.command()
 @click.option("--port", envvar="GLEANPIPE_PORT", cls=SettingOption, type=click.IntRange(0, 65535),

@@ -43,6 +43,7 @@ import duckdb
 import orjson
 
 from .admin import ResultTooLarge
+from .output import counted
 from .naming import VERSIONED_RE, quote_ident as q
 from .warehouse.duckdb import view_of
 
@@ -243,7 +244,7 @@ class ExportResult:
     source: str
 
     def summary(self) -> str:
-        parts = [f"exported {self.rows} rows into {len(self.written)} file(s) in {self.seconds:.1f}s from {self.source}"]
+        parts = [f"exported {counted(self.rows, 'row')} into {counted(len(self.written), 'file')} in {self.seconds:.1f}s from {self.source}"]
         if self.unchanged:
             parts.append(f"unchanged since the last export: {', '.join(self.unchanged)}")
         return "; ".join(parts)

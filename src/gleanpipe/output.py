@@ -18,6 +18,11 @@ _SHOWN_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {ord("\n"):
 TABLE_CELL_CHARS = 60
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and the noun, singular for one: "1 ping", "2 pings" ("metrics": "1 metric")."""
+    return f"{n} {noun if n == 1 else noun + 's'}"
+
+
 def format_rows(columns: list[str], rows: list, fmt: str) -> str:
     if fmt == "table":
         return _table(columns, _plain(rows))
@@ -65,5 +70,5 @@ def _table(columns: list[str], rows: list) -> str:
     clip = lambda s, w: s if len(s) <= w else s[: w - 1] + "…"
     lines = ["  ".join(clip(v, w).ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    lines.append(f"({counted(len(rows), 'row')})")
     return "\n".join(lines)
