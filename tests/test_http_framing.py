@@ -61,8 +61,9 @@ def head(path: str, length: int | None, **extra: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def read_response(sock: socket.socket, timeout: float = 20) -> tuple[int, dict | None, bytes]:
-    """(status, JSON body or None, anything the server sent after that response)."""
+def read_response(sock: socket.socket, timeout: float = 20, headers: dict | None = None) -> tuple[int, dict | None, bytes]:
+    """(status, JSON body or None, anything the server sent after that response); the response's
+    headers (lower-case names) go into ``headers`` when given."""
     sock.settimeout(timeout)
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -71,6 +72,9 @@ def read_response(sock: socket.socket, timeout: float = 20) -> tuple[int, dict |
         buf += chunk
     top, rest = buf.split(b"\r\n\r\n", 1)
     status = int(top.split(b" ", 2)[1])
+    if headers is not None:
+        headers.update((k.strip().lower().decode(), v.strip().decode())
+                       for k, v in (line.split(b":", 1) for line in top.split(b"\r\n")[1:]))
     length = next(int(line.split(b":", 1)[1]) for line in top.split(b"\r\n")[1:]
                   if line.lower().startswith(b"content-length:"))
     while len(rest) < length:
@@ -104,8 +108,11 @@ def test_a_body_cut_short_is_incomplete_not_a_bad_gzip(server):
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head(submit_path(), len(body)) + body[: len(body) // 2])
         sock.shutdown(socket.SHUT_WR)
-        status, answer, _ = read_response(sock)
+        headers = {}
+        status, answer, _ = read_response(sock, headers=headers)
+        assert closed_after(sock)
     assert (status, answer["error_type"]) == (400, "incomplete_body")
+    assert headers["connection"] == "close"
     assert answer["error_message"] == f"the body ended after {len(body) // 2} of its {len(body)} bytes (Content-Length)"
     [record] = records(server.data_dir, "incomplete_body")
     assert record["body_bytes_kept"] == len(body) // 2 and record["status"] == 400
@@ -134,8 +141,11 @@ def test_a_body_that_stalls_gets_408_and_others_are_served(server):
     body = gz(make_ping(CLIENT))
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head(submit_path(), len(body)) + body[:-10])
-        status, answer, _ = read_response(sock, timeout=20)
+        headers = {}
+        status, answer, _ = read_response(sock, timeout=20, headers=headers)
         assert (status, answer["error_type"]) == (408, "body_timeout")
+        # before: "Connection: keep-alive", and then the server closed it
+        assert headers["connection"] == "close"
         assert answer["error_message"] == f"the body did not arrive within {TIMEOUT_S} s (GLEANPIPE_BODY_TIMEOUT_S)"
         assert closed_after(sock)
     [record] = records(server.data_dir, "body_timeout")
@@ -179,8 +189,10 @@ def test_broken_chunked_framing_is_a_400_with_its_reason(server, chunks):
     ever), serve gunicorn's HTML 400 with no record."""
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head(submit_path(), None, Transfer_Encoding="chunked") + chunks)
-        status, answer, _ = read_response(sock)
+        headers = {}
+        status, answer, _ = read_response(sock, headers=headers)
         assert (status, answer["error_type"]) == (400, "body_framing")
+        assert headers["connection"] == "close"  # before: keep-alive, and then closed
         assert answer["error_message"].startswith("the body cannot be read: InvalidChunkSize: ")
         assert closed_after(sock)
     assert len(records(server.data_dir, "body_framing")) == 1
@@ -192,7 +204,11 @@ def test_a_chunked_body_over_the_wire_limit_keeps_none_of_it(server):
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (data[:600_000], data[600_000:])) + b"0\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head(submit_path(), None, Transfer_Encoding="chunked") + chunked)
-        status, answer, _ = read_response(sock)
+        headers = {}
+        status, answer, _ = read_response(sock, headers=headers)
+        # the rest of the body is left unread: the function's server closed the connection at
+        # once while it said "keep-alive" (it drains at most 64 KiB); both close it now
+        assert headers["connection"] == "close" and closed_after(sock)
     assert (status, answer["error_type"]) == (413, "body_too_large")
     [record] = records(server.data_dir, "body_too_large")
     assert (record["body_bytes_kept"], record["body_base64"], record["body_truncated"]) == (0, "", True)
@@ -211,8 +227,21 @@ def test_a_body_declared_over_the_limit_is_refused_unread(server):
     meant 250 MB of memory, and a client that sends nothing more never got its answer."""
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head(submit_path(), 200 * 1024 * 1024) + b"x" * 1024)
-        status, answer, _ = read_response(sock)
+        headers = {}
+        status, answer, _ = read_response(sock, headers=headers)
+        assert headers["connection"] == "close" and closed_after(sock)  # not left to wait for 200 MB
     assert (status, answer["error_type"]) == (413, "body_too_large")
+
+
+def test_a_rejected_whole_body_keeps_the_connection(server):
+    """The other side of the Connection: close answers: a 400 for a body that came whole says
+    keep-alive, and the next request on the connection is answered."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        for _ in range(2):
+            sock.sendall(head(submit_path(), len(b"{not json")) + b"{not json")
+            headers = {}
+            status, answer, _ = read_response(sock, headers=headers)
+            assert (status, answer["error_type"], headers["connection"]) == (400, "json", "keep-alive")
 
 
 def test_head_gets_the_405_headers_only(server):
@@ -262,7 +291,9 @@ def test_a_misconfigured_function_answers_503_without_reading_the_body(tmp_path)
     try:
         with socket.create_connection(("127.0.0.1", function.port)) as sock:
             sock.sendall(head(submit_path(), 200 * 1024 * 1024) + b"x" * 1024)
-            status, answer, _ = read_response(sock)
+            headers = {}
+            status, answer, _ = read_response(sock, headers=headers)
+            assert headers["connection"] == "close" and closed_after(sock)  # before: keep-alive, closed 5 s later
         assert (status, answer["error_type"]) == (503, "misconfigured")
     finally:
         function.stop()
@@ -296,3 +327,23 @@ def test_the_deadline_watcher_cuts_only_late_reads():
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_serve_on_threads_says_close_too(tmp_path):
+    """`gleanpipe serve` with GLEANPIPE_SPOOL=off runs gthread workers, as the function does:
+    its closing answers say so too (a broken chunked body, a body over the wire limit)."""
+    (tmp_path / "data").mkdir()
+    srv = ServeProcess(tmp_path / "data", env={"GLEANPIPE_SPOOL": "off"}).start()
+    try:
+        for request, want in ((head(submit_path(), None, Transfer_Encoding="chunked") + b"zz\r\nab\r\n0\r\n\r\n",
+                               (400, "body_framing")),
+                              (head(submit_path(), 2 * 1024 * 1024) + b"x" * 300_000, (413, "body_too_large"))):
+            with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+                sock.sendall(request)
+                headers = {}
+                status, answer, _ = read_response(sock, headers=headers)
+                assert (status, answer["error_type"], headers["connection"]) == (*want, "close")
+                assert closed_after(sock)
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.read_log()

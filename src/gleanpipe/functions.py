@@ -11,12 +11,13 @@ import functools
 import logging
 import threading
 
+import flask
 import orjson
 from werkzeug.exceptions import ServiceUnavailable
 
 from . import notifications
 from .config import Config
-from .http_edge import SubmitHandler, read_request_body
+from .http_edge import SubmitHandler, closes_connection, force_close, read_request_body
 from .load import Loader, LoadResult
 from .storage import StoreError, open_store
 from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
@@ -63,7 +64,7 @@ def submit(request):
         body, status, headers = _json({"error_type": "misconfigured",
                                        "error_message": "the server cannot take pings now (see its log), retry later"},
                                       503)
-        return body, status, {**headers, "Retry-After": "60"}
+        return _Closing(body, status, {**headers, "Retry-After": "60", "Connection": "close"})  # the body is left unread
     length = request.content_length
     body, problem = read_request_body(handler, request.stream, length, request.environ.get("gunicorn.socket"))
     # functions-framework reads "the entire request" after every answer (its after_request hook
@@ -75,7 +76,19 @@ def submit(request):
     path = request.environ.get("PATH_INFO", request.path)
     response = handler.handle(request.method, path, request.headers, body, declared_length=length,
                               body_problem=problem)
+    if closes_connection(handler, length, body, problem):
+        return _Closing(response.body, response.status, {**response.headers, "Connection": "close"})
     return response.body, response.status, response.headers
+
+
+class _Closing(flask.Response):
+    """An answer after which the connection closes (``closes_connection``). The view never sees
+    the server's start_response, so the answer itself asks the server to close when Flask hands
+    it over (``force_close``)."""
+
+    def __call__(self, environ, start_response):
+        force_close(start_response)
+        return super().__call__(environ, start_response)
 
 
 class _RetryLater(ServiceUnavailable):

@@ -291,7 +291,7 @@ def read_body(stream, content_length: int | None, limit: int, *, sock=None,
     it after the path and size checks, and keeps in the error store what was read): 408 after
     the timeout, 400 ``incomplete_body`` when the connection ended before Content-Length bytes
     came, 400 ``body_framing`` when the server could not parse the body (a bad chunk size, say).
-    Any of them leaves the connection unusable; gunicorn closes it after the answer."""
+    Any of them leaves the connection unusable: the answer closes it (``closes_connection``)."""
     want = limit + 1 if content_length is None else min(content_length, limit + 1)
     chunks, got, problem = [], 0, None
     deadline = WATCHER.watch(sock, timeout_s) if sock is not None and timeout_s else None
@@ -328,6 +328,26 @@ def read_request_body(handler: SubmitHandler, stream, content_length: int | None
     return read_body(stream, content_length, limit, sock=sock, timeout_s=handler.config.body_timeout_s)
 
 
+def closes_connection(handler: SubmitHandler, content_length: int | None, body: bytes,
+                      problem: Rejected | None) -> bool:
+    """Whether the connection cannot carry another request after this one: its body did not
+    arrive whole (cut, late or badly framed), or the edge left part of it unread (a body over
+    GLEANPIPE_MAX_WIRE_BYTES: gunicorn's gthread worker drains at most 64 KiB of what an app
+    left). The answer then says ``Connection: close`` and the server closes the connection."""
+    limit = handler.config.max_wire_bytes
+    return problem is not None or len(body) > limit or (content_length is not None and content_length > limit)
+
+
+def force_close(start_response: Callable) -> None:
+    """Make the server close the connection after this answer, and say so. WSGI leaves the
+    connection to the server (gunicorn drops a Connection header an app sends, and without
+    this answered ``Connection: keep-alive`` before it closed), but gunicorn's start_response
+    is a method of its response, whose force_close() does both. Another server: nothing."""
+    close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+    if close is not None:
+        close()
+
+
 def make_wsgi_app(handler: SubmitHandler) -> Callable:
     """A plain WSGI app for `gleanpipe serve` (no framework in the hot path)."""
 
@@ -342,6 +362,9 @@ def make_wsgi_app(handler: SubmitHandler) -> Callable:
         response = handler.handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), headers, body,
                                   declared_length=length, body_problem=problem)
         out_headers = [("Content-Length", str(len(response.body)))] + list(response.headers.items())
+        if closes_connection(handler, length, body, problem):
+            force_close(start_response)
+            out_headers.append(("Connection", "close"))
         start_response(f"{response.status} {STATUS_TEXT.get(response.status, '')}", out_headers)
         return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [response.body]  # HEAD: the headers only
 
