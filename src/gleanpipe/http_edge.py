@@ -45,6 +45,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 METHODS = ("POST", "PUT")
 # (metadata name, request header name) of each header kept with a ping
 _KEPT = tuple((h, h.replace("_", "-")) for h in rawobject.KEPT_HEADERS)
+_SPELLED = {"x_debug_id": "X-Debug-ID"}  # as the Glean SDK sends it, where that is not just title case
+
+
+def _header_name(field: str) -> str:
+    """A kept header's metadata name (``x_debug_id``) as clients spell the header (``X-Debug-ID``)."""
+    return _SPELLED.get(field) or field.replace("_", "-").title()
 
 
 @dataclass
@@ -188,7 +194,7 @@ class SubmitHandler:
                     document_id=doc_path.document_id, key=doc_path.key)
         for name, value in (*meta["headers"].items(), ("content_encoding", meta["content_encoding"])):
             if value is not None and len(value) > cfg.max_header_bytes:
-                raise Rejected(431, "header_too_large", f"{name} header is over {cfg.max_header_bytes} bytes (GLEANPIPE_MAX_HEADER_BYTES)")
+                raise Rejected(431, "header_too_large", f"{_header_name(name)} header is over {cfg.max_header_bytes} bytes (GLEANPIPE_MAX_HEADER_BYTES)")
         if size > cfg.max_wire_bytes:
             raise Rejected(413, "body_too_large", f"body is over {cfg.max_wire_bytes} bytes (GLEANPIPE_MAX_WIRE_BYTES)")
         if body_problem is not None:
