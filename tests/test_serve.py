@@ -830,3 +830,20 @@ def test_a_config_given_in_code_reaches_the_http_workers_validation_and_duckdb(t
         assert pipeline.warehouse.query("SELECT current_setting('memory_limit')")[1] == [("100.0 MiB",)]
     finally:
         pipeline.stop()
+
+
+def test_apps_add_and_a_stopped_serve_leave_no_load_tmp_folder(tmp_path):
+    """Before: `apps add` in a new data dir, and every clean stop of serve (Ctrl-C), left an empty
+    warehouse.duckdb.load-tmp/ folder there (the warehouse's own folder in it went on close)."""
+    glean = Path(__file__).resolve().parent / "glean_client"
+    data_dir = tmp_path / "data"
+    cli("apps", "add", "org.example.toolbox", "--metrics", str(glean / "metrics.yaml"), data_dir=data_dir)
+    assert "warehouse.duckdb" in os.listdir(data_dir)
+    assert "warehouse.duckdb.load-tmp" not in os.listdir(data_dir)
+    server = ServeProcess(data_dir).start()
+    try:
+        assert post(server.url + submit_path(), gz(make_ping(CLIENT)))[0] == 200
+        assert os.listdir(data_dir / "warehouse.duckdb.load-tmp") != []  # serve's warehouse has its folder there
+    finally:
+        assert server.stop() == 0  # SIGINT, as Ctrl-C
+    assert "warehouse.duckdb.load-tmp" not in os.listdir(data_dir)

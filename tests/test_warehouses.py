@@ -826,12 +826,38 @@ def test_duckdb_leaves_no_ping_data_in_its_temp_folder(store, tmp_path):
     assert os.listdir(folder) == []
     wh.close()
     assert not os.path.exists(folder)
+    assert not os.path.exists(f"{tmp_path / 'tmp.duckdb'}.load-tmp")  # before: left there, empty
     script = ("import sys; from gleanpipe.warehouse import open_warehouse; "
               "wh = open_warehouse(sys.argv[1]); print(wh._tmp)")
     out = subprocess.run([sys.executable, "-c", script, f"duckdb://{tmp_path / 'unclosed.duckdb'}"],
                          capture_output=True, text=True, timeout=60, check=True)
     left = out.stdout.strip()
     assert left.startswith(f"{tmp_path / 'unclosed.duckdb'}.load-tmp/") and not os.path.exists(left)
+    assert not os.path.exists(f"{tmp_path / 'unclosed.duckdb'}.load-tmp") and out.stderr == ""
+
+
+def test_closing_one_duckdb_warehouse_leaves_the_temp_folder_of_another(store, tmp_path):
+    """Two writers on one file in one process (serve's loader and its admin API, say): each has
+    its own folder in <file>.load-tmp/. The first close removes only its own folder, and keeps
+    the parent the other one still uses; the last close removes the parent too."""
+    path = tmp_path / "w.duckdb"
+    first = open_warehouse(f"duckdb://{path}")
+    second = open_warehouse(f"duckdb://{path}")
+    try:
+        assert sorted(os.listdir(f"{path}.load-tmp")) == sorted(os.path.basename(w._tmp) for w in (first, second))
+        first.close()
+        assert os.listdir(f"{path}.load-tmp") == [os.path.basename(second._tmp)]
+        # the other still loads: its rows go through its folder
+        assert Loader(store, second).load_keys([put_ping(store, make_ping(CLIENT_A))]).inserted == 1
+    finally:
+        second.close()
+    assert not os.path.exists(f"{path}.load-tmp")
+    third = open_warehouse(f"duckdb://{path}")  # and the next writer makes it again
+    try:
+        assert os.path.dirname(third._tmp) == f"{path}.load-tmp" and os.listdir(third._tmp) == []
+    finally:
+        third.close()
+    assert not os.path.exists(f"{path}.load-tmp")
 
 
 def test_rows_a_killed_loader_left_are_removed_by_the_next_writer(tmp_path):
@@ -861,7 +887,7 @@ def test_rows_a_killed_loader_left_are_removed_by_the_next_writer(tmp_path):
         assert os.listdir(f"{path}.load-tmp") == [os.path.basename(wh._tmp)]
     finally:
         wh.close()
-    assert os.listdir(f"{path}.load-tmp") == []
+    assert not os.path.exists(f"{path}.load-tmp")
 
 
 def test_a_full_disk_under_the_duckdb_loader_names_the_file_it_could_not_write(store, tmp_path):

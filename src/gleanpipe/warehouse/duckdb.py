@@ -135,6 +135,19 @@ def out_of_memory(exc: Exception) -> str:
             "(default: 80% of the machine's memory): raise it, or ask for less (a LIMIT, fewer columns).")
 
 
+def _remove_temp_folder(folder: str) -> None:
+    """A warehouse's own temp folder, then ``<file>.load-tmp`` if that is empty now (it was left
+    empty in the data dir after every clean stop). Another warehouse on the file may have its
+    folder there, or make it anew: the parent stays then, or is made again (``_temp_folder``)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    parent = os.path.dirname(folder)
+    if os.path.basename(parent).endswith(".load-tmp"):  # not the system's temp folder
+        try:
+            os.rmdir(parent)
+        except OSError:  # not empty (another warehouse's folder), gone already, or not ours to remove
+            pass
+
+
 class DuckDBWarehouse(Warehouse):
     def __init__(self, path: str, *, read_only: bool = False, memory_limit: int | None = None):
         """``memory_limit``: bytes (Config.duckdb_memory_limit, GLEANPIPE_DUCKDB_MEMORY_LIMIT); None:
@@ -177,7 +190,7 @@ class DuckDBWarehouse(Warehouse):
         # The empty folder goes on close, or when the object is collected or the process exits
         # without a close (a load function's warehouse lives as long as its process).
         self._tmp = self._temp_folder()
-        self._drop_tmp = weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
+        self._drop_tmp = weakref.finalize(self, _remove_temp_folder, self._tmp)
         self._reshaped: set[str] = set()  # datasets whose tables changed shape (views to refresh)
         if not read_only:
             self.con.execute(INTERNAL_DDL)
@@ -197,7 +210,11 @@ class DuckDBWarehouse(Warehouse):
         for left in parent.iterdir():
             if not left.name.startswith(mine):
                 shutil.rmtree(left, ignore_errors=True)
-        return tempfile.mkdtemp(prefix=mine, dir=parent)
+        try:
+            return tempfile.mkdtemp(prefix=mine, dir=parent)
+        except FileNotFoundError:  # the last writer, just closed, removed the empty parent (_remove_temp_folder)
+            parent.mkdir(mode=0o700, exist_ok=True)
+            return tempfile.mkdtemp(prefix=mine, dir=parent)
 
     def _upgrade(self) -> None:
         """Files from older versions: a deletion request recorded more than once is recorded once
