@@ -197,7 +197,7 @@ def test_the_admin_api_refuses_a_missing_or_wrong_token_and_its_token_file_is_pr
 
 
 def test_query_shows_64_bit_whole_numbers_as_numbers_and_larger_ones_as_digits(tmp_path):
-    """admin.shown_values turns a whole number past 64 bits (HUGEINT) into its digits, as orjson
+    """jsonvalues.shown_values turns a whole number past 64 bits (HUGEINT) into its digits, as orjson
     refuses it; a UBIGINT up to 2**64 - 1 and a BIGINT down to -2**63 are JSON numbers. Only
     HUGEINTs far from the bounds were queried before, so where the bounds lie was not tested."""
     data_dir = tmp_path / "data"

@@ -368,9 +368,8 @@ def make_wsgi_app(handler: SubmitHandler) -> Callable:
         response = handler.handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), headers, body,
                                   declared_length=length, body_problem=problem)
         out_headers = [("Content-Length", str(len(response.body)))] + list(response.headers.items())
-        if closes_connection(handler, length, body, problem):
-            force_close(start_response)
-            out_headers.append(("Connection", "close"))
+        if closes_connection(handler, length, body, problem):  # the server says Connection: close (a WSGI
+            force_close(start_response)                        # app may not send that hop-by-hop header)
         start_response(f"{response.status} {STATUS_TEXT.get(response.status, '')}", out_headers)
         return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [response.body]  # HEAD: the headers only
 

@@ -400,8 +400,10 @@ def _events(ping_events: list, stream_fields: dict) -> tuple[list[dict], list[di
             "session": event.get("session"),
         })
         stream.append({
+            "submission_timestamp": stream_fields["submission_timestamp"],
+            "document_id": stream_fields["document_id"],
+            "event_index": index,  # third, as events_stream's columns go
             **stream_fields,
-            "event_index": index,
             "category": event.get("category"),
             "name": event.get("name"),
             "timestamp": event.get("timestamp"),

@@ -101,7 +101,8 @@ class SchemaErrors(list):
 
 
 class PingValidator:
-    """Compiled schema plus a lazily built error-collecting validator."""
+    """Compiled schema plus a lazily built error-collecting validator; without ``schema``, the
+    bundled one (GLEANPIPE_SCHEMA_PATH reaches it through ``default_validator(config.schema_path)``)."""
 
     def __init__(self, schema: dict[str, Any] | None = None) -> None:
         self.schema: dict[str, Any] = schema if schema is not None else load_schema()
@@ -172,7 +173,7 @@ def default_validator(schema_path: str = "") -> PingValidator:
 
 
 def validate_ping(doc: Any, size: int = 0) -> SchemaErrors:
-    """Validate ``doc`` with the default validator."""
+    """Validate ``doc`` with the bundled schema's validator."""
     return default_validator().validate(doc, size)
 
 

@@ -205,16 +205,17 @@ class DuckDBWarehouse(Warehouse):
         if self.read_only or self.path == ":memory:":
             return tempfile.mkdtemp(prefix="gleanpipe-load-")
         parent = Path(f"{self.path}.load-tmp")
-        parent.mkdir(mode=0o700, exist_ok=True)
         mine = f"{os.getpid()}-"
-        for left in parent.iterdir():
-            if not left.name.startswith(mine):
-                shutil.rmtree(left, ignore_errors=True)
-        try:
-            return tempfile.mkdtemp(prefix=mine, dir=parent)
-        except FileNotFoundError:  # the last writer, just closed, removed the empty parent (_remove_temp_folder)
-            parent.mkdir(mode=0o700, exist_ok=True)
-            return tempfile.mkdtemp(prefix=mine, dir=parent)
+        for last_try in (False, True):
+            try:
+                parent.mkdir(mode=0o700, exist_ok=True)
+                for left in parent.iterdir():
+                    if not left.name.startswith(mine):
+                        shutil.rmtree(left, ignore_errors=True)
+                return tempfile.mkdtemp(prefix=mine, dir=parent)
+            except FileNotFoundError:  # the writer before, closing, removed the empty parent (_remove_temp_folder)
+                if last_try:
+                    raise
 
     def _upgrade(self) -> None:
         """Files from older versions: a deletion request recorded more than once is recorded once
