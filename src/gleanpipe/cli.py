@@ -99,10 +99,7 @@ def _open_in_process(config: Config, *, read_only: bool):
     """The warehouse (DuckDB or BigQuery) opened by this command itself, when no serve owns it.
     Another process holding the DuckDB file is named (pid and command line); a `gleanpipe query`
     or `status` is given up to CLI_HELD_WAIT_S to end first."""
-    import time
-
-    from .serve_state import holder_name, warehouse_holder
-    from .warehouse import WarehouseUnavailable, held_by_another, open_warehouse
+    from .warehouse import WarehouseHeld, WarehouseUnavailable, open_when_let_go
 
     _scheme(config, "warehouse")
     missing = _missing(config.warehouse_url, "duckdb://") if read_only else None
@@ -111,27 +108,20 @@ def _open_in_process(config: Config, *, read_only: bool):
             f"no warehouse at {missing} yet: run `gleanpipe serve` and send a ping, or `gleanpipe replay`. "
             "A serve started with another data dir is found with the same --data-dir (or GLEANPIPE_DATA_DIR)."
         )
-    started = time.monotonic()
-    while True:
-        try:
-            return open_warehouse(config.warehouse_url, read_only=read_only, config=config)
-        except SettingError as exc:  # GLEANPIPE_BIGQUERY_*: each message names its variable
-            raise click.UsageError(str(exc)) from None
-        except ValueError as exc:  # a missing extra, a path DuckDB cannot take
-            raise click.ClickException(str(exc)) from None
-        except WarehouseUnavailable as exc:
-            if not held_by_another(exc):
-                raise click.ClickException(str(exc)) from None
-            holder = warehouse_holder(str(exc))
-            waited = time.monotonic() - started
-            if holder and _ends_soon(holder[1]) and waited < CLI_HELD_WAIT_S:
-                time.sleep(0.2)
-                continue
-            # who holds it, not DuckDB's lines about the interpreter and its CLI's -readonly flag
-            path = config.warehouse_url.removeprefix("duckdb://")
-            still, after = ("still ", f" after {CLI_HELD_WAIT_S:.0f} s") if waited >= CLI_HELD_WAIT_S else ("", "")
-            raise click.ClickException(f"the warehouse {path} is {still}held by {holder_name(str(exc))}{after}: let that "
-                                       "process end (or stop it), then run this again") from None
+    try:
+        return open_when_let_go(config.warehouse_url, read_only=read_only, config=config, wait_s=CLI_HELD_WAIT_S,
+                                wait_for=_ends_soon)
+    except SettingError as exc:  # GLEANPIPE_BIGQUERY_*: each message names its variable
+        raise click.UsageError(str(exc)) from None
+    except ValueError as exc:  # a missing extra, a path DuckDB cannot take
+        raise click.ClickException(str(exc)) from None
+    except WarehouseHeld as exc:  # who holds it, not DuckDB's lines about the interpreter and its CLI's -readonly flag
+        path = config.warehouse_url.removeprefix("duckdb://")
+        still, after = ("still ", f" after {CLI_HELD_WAIT_S:.0f} s") if exc.waited else ("", "")
+        raise click.ClickException(f"the warehouse {path} is {still}held by {exc.holder}{after}: let that process "
+                                   "end (or stop it), then run this again") from None
+    except WarehouseUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _server(config: Config) -> AdminClient | None:

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 
 from . import parent_guard
 from .admin import AdminServer
-from .serve_state import absolute, holder_name, remove_state, write_state
+from .serve_state import absolute, remove_state, write_state
 from .config import Config, SettingError
 from .load import Loader
 from .ports import in_url
@@ -38,7 +38,7 @@ from .storage.local import LocalStore
 from .storage.spool import largest_payload
 from .storage.spool_reader import SpoolReader
 from .validation import SCHEMA_ENV, PingValidator, load_schema
-from .warehouse import Warehouse, WarehouseUnavailable, held_by_another, open_warehouse
+from .warehouse import Warehouse, WarehouseHeld, WarehouseUnavailable, open_when_let_go
 
 log = logging.getLogger("gleanpipe.serve")
 
@@ -169,23 +169,17 @@ def _open_warehouse(url: str, config: Config) -> Warehouse:
     """The warehouse, once no other process holds it, waiting up to HELD_WAIT_S: a `gleanpipe
     query`, `status` or `explore` run while serve was stopped holds the DuckDB file until it
     ends, and serve (restarted by hand or by a supervisor) failed at once and again."""
-    deadline, said = time.monotonic() + HELD_WAIT_S, False
-    while True:
-        try:
-            return open_warehouse(url, config=config)
-        except WarehouseUnavailable as exc:
-            if not held_by_another(exc):
-                raise RuntimeError(str(exc)) from None
-            holder = holder_name(str(exc))
-            if time.monotonic() >= deadline:  # the holder it found, not a list of guesses, nor DuckDB's CLI advice
-                raise RuntimeError(f"the warehouse {url.removeprefix('duckdb://')} is still held by {holder} after "
-                                   f"{HELD_WAIT_S:.0f} s, and serve needs it to itself: stop that process (or let it "
-                                   "end), or give this serve another --data-dir") from None
-            if not said:
-                log.warning("the warehouse %s is held by %s; waiting up to %.0f s for it to be let go",
-                            url, holder, HELD_WAIT_S)
-                said = True
-            time.sleep(0.2)
+    def waiting(holder: str) -> None:
+        log.warning("the warehouse %s is held by %s; waiting up to %.0f s for it to be let go", url, holder, HELD_WAIT_S)
+
+    try:
+        return open_when_let_go(url, config=config, wait_s=HELD_WAIT_S, on_wait=waiting)
+    except WarehouseHeld as exc:  # the holder it found, not a list of guesses, nor DuckDB's CLI advice
+        raise RuntimeError(f"the warehouse {url.removeprefix('duckdb://')} is still held by {exc.holder} after "
+                           f"{HELD_WAIT_S:.0f} s, and serve needs it to itself: stop that process (or let it "
+                           "end), or give this serve another --data-dir") from None
+    except WarehouseUnavailable as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def check_settings(config: Config) -> None:

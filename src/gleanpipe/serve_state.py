@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import time
 from pathlib import Path
 
@@ -110,23 +109,6 @@ def command_line(pid: int) -> str | None:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
     except OSError:
         return None
-
-
-def warehouse_holder(message: str) -> tuple[int, str | None] | None:
-    """(pid, its command line or None) of the process that holds a DuckDB file, from DuckDB's lock
-    error ``message`` (which names only the interpreter); None when it names no PID."""
-    found = re.search(r"\(PID (\d+)\)", message)
-    return None if not found else (int(found[1]), command_line(int(found[1])))
-
-
-def holder_name(message: str) -> str:
-    """"PID n (its command line)" of the holder in DuckDB's lock error ``message``, as far as this
-    system tells."""
-    holder = warehouse_holder(message)
-    if holder is None:
-        return "another process"
-    pid, command = holder
-    return f"PID {pid}" if command is None else f"PID {pid} ({command})"
 
 
 def foreign_holder(data_dir: Path) -> str | None:

@@ -2,17 +2,73 @@
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
+
 from ..config import Config, SettingError
+from ..serve_state import command_line
 from .base import LoadError, RowDataError, Warehouse, WarehouseUnavailable, WriteResult
 
-__all__ = ["open_warehouse", "held_by_another", "Warehouse", "WarehouseUnavailable", "RowDataError", "LoadError",
-           "WriteResult"]
+__all__ = ["open_warehouse", "open_when_let_go", "held_by_another", "Warehouse", "WarehouseUnavailable",
+           "WarehouseHeld", "RowDataError", "LoadError", "WriteResult"]
+
+
+class WarehouseHeld(WarehouseUnavailable):
+    """Another process holds the DuckDB file (after ``open_when_let_go``'s wait, if any): ``holder``
+    names it ("PID n (its command line)"), ``waited`` says whether it was waited for."""
+
+    def __init__(self, message: str, holder: str, waited: bool):
+        super().__init__(message)
+        self.holder, self.waited = holder, waited
 
 
 def held_by_another(exc: WarehouseUnavailable) -> bool:
     """Whether a warehouse could not be opened because another process holds it (DuckDB's file lock),
     rather than for any other reason (not a DuckDB file, a folder, credentials)."""
     return "Conflicting lock" in str(exc) or "Could not set lock" in str(exc)
+
+
+def warehouse_holder(message: str) -> tuple[int, str | None] | None:
+    """(pid, its command line or None) of the process that holds a DuckDB file, from DuckDB's lock
+    error ``message`` (which names only the interpreter); None when it names no PID."""
+    found = re.search(r"\(PID (\d+)\)", message)
+    return None if not found else (int(found[1]), command_line(int(found[1])))
+
+
+def holder_name(message: str) -> str:
+    """"PID n (its command line)" of the holder in DuckDB's lock error ``message``, as far as this
+    system tells."""
+    holder = warehouse_holder(message)
+    if holder is None:
+        return "another process"
+    pid, command = holder
+    return f"PID {pid}" if command is None else f"PID {pid} ({command})"
+
+
+def open_when_let_go(url: str, *, config: Config, read_only: bool = False, wait_s: float = 0.0,
+                     wait_for: Callable[[str | None], bool] = lambda command: True,
+                     on_wait: Callable[[str], None] = lambda holder: None) -> Warehouse:
+    """``open_warehouse``, waiting up to ``wait_s`` while another process holds the DuckDB file and
+    ``wait_for(its command line)`` says it will let go (``on_wait(holder)`` once, when the wait
+    begins); then WarehouseHeld naming that process, not DuckDB's lines about the interpreter."""
+    started = time.monotonic()
+    said = False
+    while True:
+        try:
+            return open_warehouse(url, read_only=read_only, config=config)
+        except WarehouseHeld:
+            raise
+        except WarehouseUnavailable as exc:
+            if not held_by_another(exc):
+                raise
+            holder, waited = warehouse_holder(str(exc)), time.monotonic() - started
+            if waited >= wait_s or not wait_for(holder[1] if holder else None):
+                raise WarehouseHeld(str(exc), holder_name(str(exc)), waited >= wait_s > 0) from None
+            if not said:
+                on_wait(holder_name(str(exc)))
+                said = True
+            time.sleep(0.2)
 
 
 def open_warehouse(url: str, *, read_only: bool = False, config: Config | None = None) -> Warehouse:
