@@ -94,23 +94,29 @@ def test_dictionary_page_while_serve_cannot_be_reached_is_a_503(tmp_path):
     assert json.loads(body)["error"].startswith("the warehouse is not reachable: cannot reach gleanpipe serve at http://")
 
 
+def _apps_through_an_admin_server(tmp_path, wh, query_max_bytes: int):
+    """The dictionary's apps page through admin_query and a real admin server on ``wh`` (closed after)."""
+    from gleanpipe.admin import AdminServer
+
+    server = AdminServer(status=wh.status, query=wh.read_query_pages, load_keys=lambda keys: {},
+                         query_max_bytes=query_max_bytes)
+    server.start()
+    try:
+        return apps_through_serve(tmp_path, server.url, server.token)
+    finally:
+        server.httpd.shutdown()
+        wh.close()
+
+
 def test_a_dictionary_query_that_fails_in_serve_is_a_500_that_says_why_not_a_503(tmp_path):
     """Through admin_query and a real admin server: serve answers a query of the dictionary's that
     fails (here a catalog table of another shape) with 400, the query's fault. The page said 503
     "the warehouse is not reachable", which sends the reader looking for a serve that is running."""
-    from gleanpipe.admin import AdminServer
     from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
     wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
     wh.con.execute("CREATE TABLE _gleanpipe.apps (something_else VARCHAR)")  # not the catalog's columns
-    server = AdminServer(status=wh.status, query=wh.read_query_pages, load_keys=lambda keys: {},
-                         query_max_bytes=1 << 20)
-    server.start()
-    try:
-        status, body = apps_through_serve(tmp_path, server.url, server.token)
-    finally:
-        server.httpd.shutdown()
-        wh.close()
+    status, body = _apps_through_an_admin_server(tmp_path, wh, query_max_bytes=1 << 20)
     assert status == "500 Internal Server Error"
     error = json.loads(body)["error"]
     assert error.startswith("QueryRefused: ") and "not reachable" not in error, error
@@ -122,7 +128,6 @@ def test_a_dictionary_answer_over_the_query_limit_is_a_500_that_says_so_not_a_50
     is not reachable" for a serve that is running."""
     from pathlib import Path
 
-    from gleanpipe.admin import AdminServer
     from gleanpipe.dictionary.catalog import store_app
     from gleanpipe.dictionary.definitions import parse
     from gleanpipe.warehouse.duckdb import DuckDBWarehouse
@@ -130,13 +135,7 @@ def test_a_dictionary_answer_over_the_query_limit_is_a_500_that_says_so_not_a_50
     wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
     glean = Path(__file__).parent / "glean_client"
     store_app(wh, parse("org.example.toolbox", [glean / "metrics.yaml"], [glean / "pings.yaml"]))
-    server = AdminServer(status=wh.status, query=wh.read_query_pages, load_keys=lambda keys: {}, query_max_bytes=64)
-    server.start()
-    try:
-        status, body = apps_through_serve(tmp_path, server.url, server.token)
-    finally:
-        server.httpd.shutdown()
-        wh.close()
+    status, body = _apps_through_an_admin_server(tmp_path, wh, query_max_bytes=64)
     assert status == "500 Internal Server Error"
     error = json.loads(body)["error"]
     assert error.startswith("ResultTooLarge: ") and "GLEANPIPE_QUERY_MAX_BYTES" in error, error
