@@ -539,9 +539,12 @@ def test_the_warehouse_files_catalog_name_is_matched_in_any_case(tmp_path):
         wh.close()
 
 
-def test_a_deletion_requests_load_error_stays_when_its_batch_is_loaded_one_by_one(tmp_path):
+@pytest.mark.parametrize("deletion_first", [True, False])
+def test_a_deletion_requests_load_error_stays_when_its_batch_is_loaded_one_by_one(tmp_path, deletion_first):
     """Another row of the batch failing makes the loader load it again by halves, down to single
-    rows. Before: the stripped deletion row, loaded then, deleted its own object's load error."""
+    rows. Before: the stripped deletion row, loaded then, deleted its own object's load error.
+    With the deletion second, its stripped row is written in a later write than its error (the
+    first half's): only ``stripped`` keeps that error (warehouse.base.loaded_keys)."""
     from gleanpipe.warehouse import open_warehouse
 
     store = LocalStore(tmp_path / "store")
@@ -556,7 +559,7 @@ def test_a_deletion_requests_load_error_stays_when_its_batch_is_loaded_one_by_on
         bad_deletion["metrics"] = {"object": {"toolbox.deep": deep}}
         bad_ping["ping_info"]["seq"] = "many"  # a warehouse error: the batch is loaded again by halves
         keys = [put_ping(store, bad_deletion, doc_type="deletion-request"), put_ping(store, bad_ping)]
-        result = loader.load_keys(keys)
+        result = loader.load_keys(keys if deletion_first else keys[::-1])
         assert (result.deletions, result.errors) == (1, 2)
         assert sorted(wh.query("SELECT object_key FROM _gleanpipe.errors")[1]) == sorted((k,) for k in keys)
         assert wh.query(f"SELECT count(*) FROM {DATASET}.baseline")[1] == [(0,)]
