@@ -555,6 +555,21 @@ def test_store_seconds_are_at_most_an_hour(env):
         assert str(info.value) == f"{env} must be at most 3600 seconds, got {raw!r}"
 
 
+def test_a_store_timeout_of_zero_is_refused_and_a_retry_budget_of_zero_is_taken():
+    """README: GLEANPIPE_STORE_RETRY_S may be 0 (no retries: the tests and emulators use it), while
+    a GLEANPIPE_STORE_TIMEOUT_S of 0 would make every socket non-blocking, so every store call
+    fail at once. Nothing pinned either side: the zero rule could be dropped or applied to both."""
+    from gleanpipe.storage.cloud import CloudOptions
+
+    assert CloudOptions.from_env({"GLEANPIPE_STORE_RETRY_S": "0"}).retry_s == 0.0
+    assert CloudOptions.from_env({"GLEANPIPE_STORE_RETRY_S": "0.0"}).retry_s == 0.0
+    for raw in ("0", "0.0", "-0"):
+        with pytest.raises(ValueError) as info:
+            CloudOptions.from_env({"GLEANPIPE_STORE_TIMEOUT_S": raw})
+        assert str(info.value) == f"GLEANPIPE_STORE_TIMEOUT_S must be positive, got {raw!r}"
+    assert CloudOptions.from_env({"GLEANPIPE_STORE_TIMEOUT_S": "0.001"}).timeout_s == 0.001
+
+
 def test_infinite_store_retry_is_a_usage_error_before_any_store_call(tmp_path):
     out = gleanpipe("replay", "--data-dir", str(tmp_path / "data"), "--store-url", "gs://some-bucket/pings",
                     env={"GLEANPIPE_STORE_RETRY_S": "inf"})
