@@ -799,6 +799,55 @@ def test_a_gleanpipe_query_holding_the_warehouse_is_waited_for_then_named(tmp_pa
     assert out.startswith("replayed 1 object: inserted 1, duplicates 0")
 
 
+@pytest.mark.parametrize("how", ["console script, -v first", "status", "serve"])
+def test_which_gleanpipe_command_holding_the_warehouse_is_waited_for(tmp_path, how):
+    """The wait is for a `gleanpipe query` or `gleanpipe status` found by its command line as
+    /proc gives it, also as the installed `gleanpipe` script run with an option before the
+    command (`gleanpipe -v query ...`), and never for a `gleanpipe serve`, which holds the file
+    on. The test above only ran `python -m gleanpipe.cli query`: recognising neither the script,
+    nor an option first, nor `status` passed it. A `status` or `serve` is not made to hold the file
+    for seconds here: a script named gleanpipe, run with that command, holds it as they do."""
+    from conftest import holds_open, put_many_unsynced
+    from gleanpipe.storage.local import LocalStore
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    data = tmp_path / "data"
+    put_many_unsynced(LocalStore(data / "store"), 1)
+    path = data / "warehouse.duckdb"
+    DuckDBWarehouse(str(path)).close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    if how.startswith("console script"):
+        args = [sys.executable, str(Path(sys.executable).parent / "gleanpipe"), "-v", "query", "--data-dir",
+                str(data), "SELECT count(*) FROM range(1000000000000) AS a, range(10) AS b"]  # runs for hours
+    else:
+        script = tmp_path / "bin" / "gleanpipe"
+        script.parent.mkdir()
+        script.write_text(f"import duckdb, sys; con = duckdb.connect({str(path)!r}, read_only={how == 'status'}); "
+                          "sys.stdin.read()")
+        args = [sys.executable, str(script), how, "--data-dir", str(data)]
+    holder = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not holds_open(holder.pid, path):
+            assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()
+            time.sleep(0.1)
+        replay = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data),
+                                   "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        waited = replay.poll() is None
+    finally:
+        holder.kill()
+        holder.communicate()
+    out, err = replay.communicate(timeout=60)
+    if how == "serve":
+        assert not waited and replay.returncode == 1
+        assert err == (f"Error: the warehouse {path} is held by PID {holder.pid} ({' '.join(args)[:200]}): let that "
+                       "process end (or stop it), then run this again\n")
+    else:
+        assert waited and (replay.returncode, err) == (0, "")
+        assert out.startswith("replayed 1 object: inserted 1, duplicates 0")
+
+
 def test_a_warehouse_file_that_is_not_duckdb_gets_no_hint_about_other_writers(tmp_path):
     (tmp_path / "warehouse.duckdb").write_bytes(b"x" * 5000)
     out = gleanpipe("status", "--data-dir", str(tmp_path))
