@@ -244,6 +244,27 @@ def test_a_rejected_whole_body_keeps_the_connection(server):
             assert (status, answer["error_type"], headers["connection"]) == (400, "json", "keep-alive")
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_of_exactly_the_wire_limit_keeps_the_connection(server, chunked):
+    """A body of exactly GLEANPIPE_MAX_WIRE_BYTES (1 MiB) was read whole: its answer keeps the
+    connection, which takes the next request. Nothing pinned the bound: closing at the limit
+    itself (a ">=" for ">") passed every test."""
+    data = b"x" * (1024 * 1024)
+    if chunked:
+        request = head(submit_path(), None, Transfer_Encoding="chunked") + b"".join(
+            b"%x\r\n%s\r\n" % (len(part), part) for part in (data[:600_000], data[600_000:])) + b"0\r\n\r\n"
+    else:
+        request = head(submit_path(), len(data)) + data
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(request)
+        headers = {}
+        status, answer, _ = read_response(sock, headers=headers)
+        assert (status, answer["error_type"], headers["connection"]) == (400, "json", "keep-alive")
+        sock.sendall(head(submit_path(), len(b"{not json")) + b"{not json")  # the same connection
+        status, answer, _ = read_response(sock)
+        assert (status, answer["error_type"]) == (400, "json")
+
+
 def test_head_gets_the_405_headers_only(server):
     """Before: serve's log got "WSGI app sent body bytes on a no-body response" for every HEAD.
     The warning would come after the headers went out, so the test does not wait a while and
