@@ -836,6 +836,24 @@ def test_duckdb_leaves_no_ping_data_in_its_temp_folder(store, tmp_path):
     assert not os.path.exists(f"{tmp_path / 'unclosed.duckdb'}.load-tmp") and out.stderr == ""
 
 
+def test_a_read_only_warehouse_removes_its_own_folder_and_leaves_the_systems_temp_folder(tmp_path):
+    """A read-only warehouse (`query`, `status`, `explore` with serve stopped) makes its folder in
+    the system's temp folder, and removes only that folder on close: the parent is removed only
+    when it is a <file>.load-tmp. Nothing pinned that: removing the parent whenever it was empty
+    passed every test, and took away a TMPDIR of the user's own that held nothing else."""
+    from conftest import run_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    open_warehouse(f"duckdb://{data / 'warehouse.duckdb'}").close()
+    mine = tmp_path / "my-tmp"
+    mine.mkdir()
+    out = run_cli("query", "--data-dir", str(data), "--format", "csv", "SELECT 1 AS one", env={"TMPDIR": str(mine)})
+    assert (out.returncode, out.stdout, out.stderr) == (0, "one\n1\n", "")
+    assert mine.is_dir() and os.listdir(mine) == []  # its own folder went, the TMPDIR stays
+    assert sorted(os.listdir(data)) == ["warehouse.duckdb"]  # no <file>.load-tmp for a read-only one
+
+
 def test_closing_one_duckdb_warehouse_leaves_the_temp_folder_of_another(store, tmp_path):
     """Two writers on one file in one process (serve's loader and its admin API, say): each has
     its own folder in <file>.load-tmp/. The first close removes only its own folder, and keeps
