@@ -594,6 +594,21 @@ def test_an_app_with_data_but_no_definitions_is_listed_under_its_app_id(store, w
         server.stop()
 
 
+def test_an_app_with_events_pings_only_is_listed_under_its_app_id(store, warehouse, data_dir):
+    """The app id is read from a ping table's metadata.app_id; events_stream, which has no metadata
+    column, sorts first for an app that sends only events pings and must be passed over. Nothing
+    pinned that: every test's app had a baseline table, found before events_stream."""
+    from conftest import APP
+    from test_load import EVENTS
+
+    _load(store, warehouse, "events", make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", events=EVENTS))
+    assert warehouse.query(f"SELECT count(*) FROM {DATASET}.events_stream")[1] == [(2,)]
+    warehouse.close()
+    listed = cli(data_dir, "apps", "list", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(a["app_id"], a["dataset"], a["pings_received"]) for a in json.loads(listed.stdout)] == [(APP, DATASET, 1)]
+
+
 def test_an_app_whose_tables_are_empty_keeps_its_dataset_name_as_app_id(store, warehouse):
     """No row to read the app id from (every row deleted, no definitions): the dataset name, as before."""
     from gleanpipe.dictionary.catalog import Catalog
