@@ -516,9 +516,14 @@ def test_a_single_row_over_serves_limit_fails_the_export_and_pages_are_halved_no
 
     rel = ex.Relation("app", "metrics_v1", False, [ex.Column("document_id", "VARCHAR")])
     client = _TooLarge()
-    with pytest.raises(ResultTooLarge):
+    with pytest.raises(ResultTooLarge) as info:
         list(ex.Source.from_server(client).batches(rel, "document_id", 8))
     assert client.sizes == [8, 4, 2, 1]
+    # named as one row of the table, with explore's advice (not serve's own, a LIMIT: no use here)
+    assert str(info.value) == (
+        "a row of the table app.metrics_v1 is over 10 bytes as JSON, the most the running serve answers "
+        "(GLEANPIPE_QUERY_MAX_BYTES): restart serve with a higher GLEANPIPE_QUERY_MAX_BYTES, or stop serve and run "
+        "explore again (it then reads the DuckDB file itself, with no such limit)")
     broken = _TooLarge(ServeError("cannot reach gleanpipe serve"))
     with pytest.raises(ServeError, match="cannot reach"):
         list(ex.Source.from_server(broken).batches(rel, "document_id", 8))
