@@ -219,17 +219,30 @@ def test_a_ping_without_ping_info_has_experiments_empty_and_the_rest_null(store,
         (0, False, None, None, None, None, None, None, 1)]
 
 
+def test_a_ping_without_client_info_has_it_null(store, wh):
+    """A ping with no client_info (include_info_sections: false) has client_info NULL, as on
+    BigQuery, not a struct of NULL fields; nothing pinned it."""
+    ping = make_ping(CLIENT_A)
+    del ping["client_info"]
+    assert load(store, wh, put_ping(store, ping, doc_type="custom")).inserted == 1
+    assert wh.q(f"SELECT client_info IS NULL, client_info.client_id, sample_id FROM {DATASET}.custom") == [
+        (True, None, None)]
+
+
 def test_events_stream_rows(store, wh):
     key = put_ping(store, make_ping(CLIENT_A, events=EVENTS), doc_type="events")
     assert load(store, wh, key).events == 2
     doc = key.rsplit("/", 1)[1][:-5]
     got = wh.q(f"""SELECT document_id, event_index, client_id, ping, sample_id, category, name, timestamp,
-                  event_timestamp, extra, submission_timestamp FROM {DATASET}.events_stream ORDER BY event_index""")
+                  event_timestamp, extra, submission_timestamp, normalized_channel, normalized_os,
+                  app_display_version FROM {DATASET}.events_stream ORDER BY event_index""")
+    # the ping's own columns too (normalized_*, app_display_version: nothing checked them)
     assert got == [
         (doc, 0, CLIENT_A, "events", 38, "toolbox", "tool_opened", 0,
          datetime(2025, 11, 22, 12, 34, 25, 443000, tzinfo=timezone.utc),
-         [{"key": "tool", "value": "hammer"}, {"key": "glean_timestamp", "value": "1763814865443"}], TS),
-        (doc, 1, CLIENT_A, "events", 38, "toolbox", "tool_closed", 1500, None, [], TS),
+         [{"key": "tool", "value": "hammer"}, {"key": "glean_timestamp", "value": "1763814865443"}], TS,
+         "beta", "Linux", "1.2.3"),
+        (doc, 1, CLIENT_A, "events", 38, "toolbox", "tool_closed", 1500, None, [], TS, "beta", "Linux", "1.2.3"),
     ]
     [(events,)] = wh.q(f"SELECT events FROM {DATASET}.events")
     assert [(e["category"], e["name"], e["timestamp"]) for e in events] == [
