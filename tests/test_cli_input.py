@@ -76,6 +76,8 @@ def test_serve_with_a_url_it_cannot_open_says_so_in_one_line(tmp_path, args, mes
     # a well-formed cloud store: serve's own restriction
     ("gs://some-bucket/pings", "serve loads in-process from a file:// store only, not gs://some-bucket/pings: with a "
                                "cloud store run the load function (gs://) or `gleanpipe worker` (s3://)"),
+    ("s3://some-bucket/pings", "serve loads in-process from a file:// store only, not s3://some-bucket/pings: with a "
+                               "cloud store run the load function (gs://) or `gleanpipe worker` (s3://)"),
 ])
 def test_serve_says_what_is_wrong_with_a_store_url_before_its_own_restriction(tmp_path, url, message):
     """Before: serve answered every store URL that is not file:// with "serve loads in-process from
