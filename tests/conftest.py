@@ -158,13 +158,23 @@ class ServeProcess:
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
         )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.read_log()}")
-            if AdminClient.find(self.data_dir) and self._state_pid() == self.proc.pid:
-                return self  # its own state: a killed serve's stays until the new one has the lock
-            time.sleep(0.05)
-        raise RuntimeError(f"serve did not start: {self.read_log()}")
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.read_log()}")
+                if AdminClient.find(self.data_dir) and self._state_pid() == self.proc.pid:
+                    return self  # its own state: a killed serve's stays until the new one has the lock
+                time.sleep(0.05)
+            raise RuntimeError(f"serve did not start: {self.read_log()}")
+        except BaseException:  # not started (or find refused it): the test never gets it to stop
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            raise
 
     def _state_pid(self) -> int | None:
         try:
