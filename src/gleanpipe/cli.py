@@ -16,10 +16,10 @@ import orjson
 
 from . import __version__
 from .admin import AdminClient, ServeError
-from .jsonvalues import shown_values
-from .serve_state import absolute, foreign_holder, lock_holder, remove_state, same_location, take_serve_lock
 from .config import SETTINGS, Config, SettingError, unknown_settings
+from .jsonvalues import shown_values
 from .output import counted, format_rows, stream_rows
+from .serve_state import absolute, foreign_holder, lock_holder, remove_state, same_location, take_serve_lock
 from .terminal import CtrlC, Drawing, beside, interrupted, off_main, quiet
 
 

@@ -43,8 +43,8 @@ import duckdb
 import orjson
 
 from .admin import ResultTooLarge
-from .output import counted
 from .naming import VERSIONED_RE, quote_ident as q
+from .output import counted
 from .warehouse.duckdb import view_of
 
 META_SCHEMA = "_gleanpipe"  # its file is _gleanpipe.db, a name no app's takes: dataset names start with a letter or digit

@@ -28,11 +28,11 @@ from datetime import datetime, timezone
 
 from . import parent_guard
 from .admin import AdminServer
-from .serve_state import absolute, remove_state, write_state
 from .config import Config, SettingError
 from .load import Loader
 from .ports import in_url
 from .read_only_sql import read_only
+from .serve_state import absolute, remove_state, write_state
 from .storage import RawStore, StoreError, open_store, store_scheme
 from .storage.local import LocalStore
 from .storage.spool import largest_payload
