@@ -134,3 +134,21 @@ def test_the_first_deliveries_at_once_all_load_with_no_traceback(tmp_path):
         assert con.execute(f"SELECT count(*), count(DISTINCT document_id) FROM {DATASET}.metrics_v1").fetchone() == (8, 8)
     finally:
         con.close()
+
+
+def test_a_gleanpipe_variable_that_is_no_setting_is_logged_once_by_the_function(tmp_path):
+    """A typo in the deployed function's environment (GLEANPIPE_PROT) was ignored without a word,
+    as the CLI's was: the function logs it once, on its first request, and answers as before."""
+    log = tmp_path / "ff.log"
+    submit, url = start("submit", tmp_path, env={"GLEANPIPE_PROT": "9000"}, log=log)
+    try:
+        for seq in range(2):
+            assert post(url + submit_path("baseline"), gz(make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+                                                                    seq=seq)))[0] == 200
+    finally:
+        submit.terminate()
+        submit.wait(timeout=10)
+    said = [line for line in log.read_text(errors="replace").splitlines() if "GLEANPIPE_PROT" in line]
+    assert len(said) == 1, said
+    assert said[0].endswith("GLEANPIPE_PROT is not a gleanpipe setting, so it is ignored (did you mean "
+                            "GLEANPIPE_PORT? the settings are listed in the README, section Settings)")

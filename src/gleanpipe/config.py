@@ -399,12 +399,18 @@ SETTINGS.update(
 NOT_SETTINGS = frozenset({"GLEANPIPE_BENCH_DIR"})
 
 
-def unknown_settings(environ=None) -> list[tuple[str, str | None]]:
-    """(name, the known setting it is closest to, or None) for each GLEANPIPE_* variable that is
-    not a setting: a typo (GLEANPIPE_PROT) was ignored without a word."""
+def unknown_settings(environ=None) -> list[str]:
+    """A warning for each GLEANPIPE_* variable that is not a setting, naming the known setting it is
+    closest to: a typo (GLEANPIPE_PROT) was ignored without a word. The CLI prints them, the
+    deployed functions log them."""
     import difflib
 
     source = os.environ if environ is None else environ
-    return [(name, next(iter(difflib.get_close_matches(name, SETTINGS, n=1, cutoff=0.8)), None))
-            for name in sorted(source) if name.startswith("GLEANPIPE_") and name not in SETTINGS
-            and name not in NOT_SETTINGS]
+    said = []
+    for name in sorted(source):
+        if name.startswith("GLEANPIPE_") and name not in SETTINGS and name not in NOT_SETTINGS:
+            near = difflib.get_close_matches(name, SETTINGS, n=1, cutoff=0.8)
+            guess = f"did you mean {near[0]}? " if near else ""
+            said.append(f"{name} is not a gleanpipe setting, so it is ignored ({guess}the settings are listed in "
+                        "the README, section Settings)")
+    return said

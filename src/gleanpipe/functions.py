@@ -16,7 +16,7 @@ import orjson
 from werkzeug.exceptions import ServiceUnavailable
 
 from . import notifications
-from .config import Config
+from .config import Config, unknown_settings
 from .http_edge import SubmitHandler, closes_connection, force_close, read_request_body
 from .load import Loader, LoadResult
 from .storage import StoreError, open_store
@@ -41,15 +41,28 @@ def _once(build):
     return get
 
 
+@functools.lru_cache(maxsize=1)
+def _config_checked() -> None:
+    """Once per process: a GLEANPIPE_* variable that is no setting (a typo in the function's
+    environment) is logged, as the CLI warns of it."""
+    for said in unknown_settings():
+        log.warning("%s", said)
+
+
+def _config() -> Config:
+    _config_checked()
+    return Config.from_env()
+
+
 @_once
 def submit_handler() -> SubmitHandler:
-    config = Config.from_env()
+    config = _config()
     return SubmitHandler(config, open_store(config.store_url, config))
 
 
 @_once
 def loader() -> Loader:
-    config = Config.from_env()
+    config = _config()
     return Loader(open_store(config.store_url, config), open_warehouse(config.warehouse_url, config=config))
 
 
@@ -132,7 +145,7 @@ def load(cloud_event) -> LoadResult:
 
 @_once
 def deletions_warehouse() -> Warehouse:
-    config = Config.from_env()
+    config = _config()
     return open_warehouse(config.warehouse_url, config=config)
 
 
@@ -156,7 +169,7 @@ def deletions(request):
     if request.method != "POST":
         return _json({"error_type": "method", "error_message": "use POST"}, 405)
     try:
-        config = Config.from_env()
+        config = _config()
         url = config.warehouse_url
         # A DuckDB file has one writer process: hold it only for this run, so `serve` or a later
         # load can open it. A BigQuery client is kept for the next run.
