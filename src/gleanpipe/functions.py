@@ -77,7 +77,7 @@ def submit(request):
         body, status, headers = _json({"error_type": "misconfigured",
                                        "error_message": "the server cannot take pings now (see its log), retry later"},
                                       503)
-        return _Closing(body, status, {**headers, "Retry-After": "60", "Connection": "close"})  # the body is left unread
+        return _Closing(body, status, {**headers, "Retry-After": "60"})  # the body is left unread
     length = request.content_length
     body, problem = read_request_body(handler, request.stream, length, request.environ.get("gunicorn.socket"))
     # functions-framework reads "the entire request" after every answer (its after_request hook
@@ -90,14 +90,15 @@ def submit(request):
     response = handler.handle(request.method, path, request.headers, body, declared_length=length,
                               body_problem=problem)
     if closes_connection(handler, length, body, problem):
-        return _Closing(response.body, response.status, {**response.headers, "Connection": "close"})
+        return _Closing(response.body, response.status, response.headers)
     return response.body, response.status, response.headers
 
 
 class _Closing(flask.Response):
     """An answer after which the connection closes (``closes_connection``). The view never sees
-    the server's start_response, so the answer itself asks the server to close when Flask hands
-    it over (``force_close``)."""
+    the server's start_response, so the answer itself asks the server to close, and to say
+    ``Connection: close``, when Flask hands it over (``force_close``; the hop-by-hop header is the
+    server's to send, as in ``make_wsgi_app``)."""
 
     def __call__(self, environ, start_response):
         force_close(start_response)
