@@ -206,6 +206,24 @@ def test_backlog_counts_what_waits_without_writing_it_out(store, monkeypatch, ch
         writer.close()
 
 
+@pytest.mark.parametrize("chunk", [None, 100])
+def test_the_keys_status_counts_with_serve_stopped_are_the_ones_serve_loads(store, monkeypatch, chunk):
+    """``spooled_keys`` (`status` with serve stopped) stopped at a damaged record and read each
+    segment whole; serve, when it starts, steps over the damage and loads the records after it.
+    Both now read a segment the same way (``segment_keys``), a chunk at a time."""
+    from gleanpipe.storage.spool_reader import spooled_keys
+
+    if chunk:
+        monkeypatch.setattr("gleanpipe.storage.spool_reader.READ_CHUNK", chunk)
+    pings, seg = spooled(store, 5)
+    buf = bytearray(seg.read_bytes())
+    buf[sum(len(encode_record(*p)) for p in pings[:2]) + 30] ^= 0xFF  # the 3rd record damaged
+    seg.write_bytes(bytes(buf))
+    assert spooled_keys(store) == {k for k, _ in [*pings[:2], *pings[3:]]}
+    reader = SpoolReader(store)
+    assert {k for _, k in reader.pending(1_000_000)} == spooled_keys(store)
+
+
 def test_the_reader_syncs_a_record_it_read_before_it_becomes_an_object(store, monkeypatch):
     """A record is readable once its writer's write() returns, before that writer's fdatasync
     has. Before: the reader wrote it out as an object at once, and the object made the edge answer

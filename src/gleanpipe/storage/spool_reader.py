@@ -302,29 +302,36 @@ class SpoolReader(RawStore):
                 log.warning("could not retire spool segments yet (tried again, said once a minute): %s", exc)
 
 
-def count_records(path: Path, offset: int) -> int:
-    """How many intact records a segment holds from ``offset`` on, read a chunk at a time and kept
-    nowhere. Damage between records is stepped over, as the reader does; a record still being
-    written at the end is not counted yet."""
-    count, buf, end_of_file = 0, b"", False
+def segment_keys(path: Path, offset: int = 0) -> Iterator[str]:
+    """The key of each intact record a segment holds from ``offset`` on, read a chunk at a time and
+    kept nowhere. Damage between records is stepped over, as the reader does; a record still being
+    written at the end is not there yet. A segment retired meanwhile ends the keys (its records
+    were read and acknowledged)."""
+    buf, end_of_file = b"", False
     try:
         with open(path, "rb") as f:
             f.seek(offset)
             while True:
                 pos = 0
-                for _, end, _, _ in decode_records(buf):
-                    count, pos = count + 1, end
+                for _, end, key, _ in decode_records(buf):
+                    pos = end
+                    yield key
                 buf = buf[pos:]
                 if buf and (end_of_file or len(buf) > HEAD.size + MAX_BODY):  # no record starts here
                     at = buf.find(MAGIC, 1)
                     buf = buf[at:] if at != -1 else b"" if end_of_file else buf[-len(MAGIC) + 1:]
                     continue
                 if end_of_file:
-                    return count
+                    return
                 more = f.read(READ_CHUNK)
                 buf, end_of_file = buf + more, not more
-    except FileNotFoundError:  # retired meanwhile: its records were read and acknowledged
-        return count
+    except FileNotFoundError:
+        return
+
+
+def count_records(path: Path, offset: int) -> int:
+    """How many intact records a segment holds from ``offset`` on (``segment_keys``)."""
+    return sum(1 for _ in segment_keys(path, offset))
 
 
 def spooled_keys(local: LocalStore) -> set[str]:
@@ -332,15 +339,9 @@ def spooled_keys(local: LocalStore) -> set[str]:
     serve is not running). Serve reads every spool file again when it starts and loads every
     record, whether or not its object was written out before it stopped: serve writes out a whole
     batch before loading it, so a crash often comes in between."""
-    keys = set()
     folder = local.root / SPOOL
     try:
         names = segment_files(folder)[0]
     except FileNotFoundError:
-        return keys
-    for name in names:
-        try:
-            keys.update(key for _, _, key, _ in decode_records((folder / name).read_bytes()))
-        except FileNotFoundError:
-            pass
-    return keys
+        return set()
+    return {key for name in names for key in segment_keys(folder / name)}
