@@ -36,10 +36,8 @@ def warehouse_holder(message: str) -> tuple[int, str | None] | None:
     return None if not found else (int(found[1]), command_line(int(found[1])))
 
 
-def holder_name(message: str) -> str:
-    """"PID n (its command line)" of the holder in DuckDB's lock error ``message``, as far as this
-    system tells."""
-    holder = warehouse_holder(message)
+def holder_name(holder: tuple[int, str | None] | None) -> str:
+    """"PID n (its command line)" of a ``warehouse_holder``, as far as this system tells."""
     if holder is None:
         return "another process"
     pid, command = holder
@@ -64,9 +62,9 @@ def open_when_let_go(url: str, *, config: Config, read_only: bool = False, wait_
                 raise
             holder, waited = warehouse_holder(str(exc)), time.monotonic() - started
             if waited >= wait_s or not wait_for(holder[1] if holder else None):
-                raise WarehouseHeld(str(exc), holder_name(str(exc)), waited >= wait_s > 0) from None
+                raise WarehouseHeld(str(exc), holder_name(holder), waited >= wait_s > 0) from None
             if not said:
-                on_wait(holder_name(str(exc)))
+                on_wait(holder_name(holder))
                 said = True
             time.sleep(0.2)
 
