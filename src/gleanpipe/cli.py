@@ -391,9 +391,9 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
     keys, requests = with_deletion_requests(store, keys)  # deleted clients stay deleted
     with tqdm(total=len(keys), unit="obj", disable=no_progress, file=Drawing(sys.stderr)) as bar:
         if client:  # the running server owns the warehouse: send it the batches
-            from .replay import replay_through
+            from .replay import load_in_batches
 
-            totals = replay_through(client.load_keys, keys, config.load_batch, on_batch=bar.update)
+            totals = load_in_batches(client.load_keys, keys, config.load_batch, on_batch=lambda n, _: bar.update(n))
         else:
             from .load import Loader
             from .replay import replay_local

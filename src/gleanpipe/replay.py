@@ -60,14 +60,17 @@ def chunks(keys: list[str], size: int) -> Iterator[list[str]]:
         yield keys[i : i + size]
 
 
-def replay_through(load_keys: Callable[[list[str]], dict], keys: list[str], batch: int,
-                   on_batch: Callable[[int], None] = lambda n: None) -> dict[str, int]:
-    """Replay ``keys`` through a running serve: each batch goes to its admin API (``load_keys``,
-    AdminClient.load_keys), which loads it; the counts of every batch, added up."""
+def load_in_batches(load_keys: Callable[[list[str]], dict], keys: list[str], batch: int,
+                    on_batch: Callable[[int, dict], None] | None = None) -> dict[str, int]:
+    """Load ``keys`` a batch at a time with ``load_keys`` (a running serve's admin API,
+    AdminClient.load_keys, or a Loader in this process), in this thread; the counts of every
+    batch, added up."""
     totals: dict[str, int] = {}
     for chunk in chunks(keys, batch):
-        add_counts(totals, load_keys(chunk))
-        on_batch(len(chunk))
+        counts = load_keys(chunk)
+        add_counts(totals, counts)
+        if on_batch:
+            on_batch(len(chunk), counts)
     return totals
 
 
@@ -106,9 +109,7 @@ def replay_local(loader: Loader, keys: list[str], batch: int, workers: int | Non
 
     workers = min(os.cpu_count() or 1, 4) if workers is None else workers
     if workers <= 0 or len(keys) <= batch:
-        for chunk in chunks(keys, batch):
-            add(len(chunk), loader.load_keys(chunk))
-        return totals
+        return load_in_batches(lambda chunk: loader.load_keys(chunk).as_dict(), keys, batch, on_batch)
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(loader.store.url, config, os.getpid())) as pool:
         window: deque = deque()
         pending = chunks(keys, batch)
