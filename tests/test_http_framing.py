@@ -5,6 +5,8 @@ never a 500 or a connection held for ever."""
 
 from __future__ import annotations
 
+import http.client
+import contextlib
 import json
 import socket
 import threading
@@ -368,3 +370,149 @@ def test_serve_on_threads_says_close_too(tmp_path):
     finally:
         srv.stop()
     assert "Traceback" not in srv.read_log()
+
+
+# --- the lingering close (linger.py): the answer before a reset ---------------------------------------------
+
+LINGER_S = 0.5  # GLEANPIPE_LINGER_S for these servers
+
+
+@pytest.fixture(scope="module", params=["serve", "serve-threads", "function"])
+def lingering_server(request, tmp_path_factory):
+    """Each way the edge runs: serve's gevent workers, serve's gthread workers (spool off), and the
+    function under functions-framework (gthread), with GLEANPIPE_LINGER_S = LINGER_S; each one
+    started once for the tests below."""
+    data_dir = tmp_path_factory.mktemp(f"linger-{request.param}") / "data"
+    data_dir.mkdir()
+    env = {"GLEANPIPE_LINGER_S": str(LINGER_S)}
+    if request.param == "function":
+        srv = Function(data_dir, env)
+    else:
+        srv = ServeProcess(data_dir, env={**env, **({"GLEANPIPE_SPOOL": "off"} if request.param == "serve-threads"
+                                                    else {})}).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.read_log()
+
+
+def test_a_client_that_sends_a_big_body_before_it_reads_gets_its_413(lingering_server):
+    """http.client sends the whole body, then reads the answer (no Expect: 100-continue). Before:
+    the edge answered a body over GLEANPIPE_MAX_WIRE_BYTES unread and closed at once, the kernel
+    reset the connection for the data still coming, and from 4 MiB on the client got
+    ConnectionResetError instead of its 413. Chunked bodies too (read up to the limit only)."""
+    srv = lingering_server
+    before = len(records(srv.data_dir, "body_too_large"))
+    sizes = (4, 16, 64)
+    for mib in sizes:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        try:
+            conn.request("POST", submit_path(), body=bytes(mib << 20), headers=SDK_HEADERS)
+            resp = conn.getresponse()
+            assert (resp.status, json.loads(resp.read())["error_type"], resp.getheader("Connection")) \
+                == (413, "body_too_large", "close"), mib
+        finally:
+            conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.request("POST", submit_path(), body=iter([bytes(1 << 20)] * 16), headers=SDK_HEADERS,
+                     encode_chunked=True)
+        resp = conn.getresponse()
+        assert (resp.status, json.loads(resp.read())["error_type"]) == (413, "body_too_large")
+    finally:
+        conn.close()
+    kept = records(srv.data_dir, "body_too_large")
+    assert len(kept) == before + len(sizes) + 1 and {r["body_bytes_kept"] for r in kept} == {0}
+    status, _, headers = post(srv.url + submit_path(), gz(make_ping(CLIENT)))  # and it goes on serving
+    assert status == 200 and headers["X-Gleanpipe-Stored"] == "new"
+
+
+def test_a_client_that_keeps_sending_is_cut_off_at_the_linger_bound(lingering_server):
+    """A client that declares 1 GiB and sends 512 bytes every 20 ms gets its 413, and is cut off
+    (its sends fail) GLEANPIPE_LINGER_S after it, not later: under gthread, gunicorn's own
+    graceful close (64 KiB or 2 s, on the worker's main thread) must not add its 2 s. Meanwhile
+    and after, the server answers others."""
+    srv = lingering_server
+    before = len(records(srv.data_dir, "body_too_large"))
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(head(submit_path(), 1 << 30) + b"x" * 1024)
+        stop, cut_at = threading.Event(), []
+
+        def keep_sending():
+            while not stop.wait(0.02):
+                try:
+                    sock.sendall(b"x" * 512)
+                except OSError:
+                    cut_at.append(time.monotonic())
+                    return
+
+        sender = threading.Thread(target=keep_sending)
+        sender.start()
+        try:
+            headers = {}
+            status, answer, _ = read_response(sock, headers=headers)
+            answered = time.monotonic()
+            assert (status, answer["error_type"], headers["connection"]) == (413, "body_too_large", "close")
+            assert post(srv.url + submit_path(), gz(make_ping(CLIENT)))[0] == 200  # while it lingers
+            sender.join(timeout=LINGER_S + 5)
+        finally:
+            stop.set()
+            sender.join()
+    assert cut_at, "the client was never cut off"
+    assert LINGER_S - 0.15 <= cut_at[0] - answered <= LINGER_S + 1.0
+    assert post(srv.url + submit_path(), gz(make_ping(CLIENT)))[0] == 200
+    assert len(records(srv.data_dir, "body_too_large")) == before + 1
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return server, client
+
+
+def test_linger_stops_at_its_byte_and_time_bounds_and_when_the_client_closes():
+    """linger.py on its own, on real loopback TCP sockets: it reads what comes until the client
+    closes; a client that sends more than the byte bound, or sends nothing and stays, is let go
+    at the bound."""
+    from gleanpipe.linger import linger
+
+    server, client = _tcp_pair()  # the client sends 300 KB and closes: all of it is read
+    with server, client:
+        client.sendall(b"x" * 300_000)
+        client.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
+        assert linger(server, 5) == 300_000 and time.monotonic() - started < 1
+        assert client.recv(10) == b""  # the server's side was shut: the client sees the end
+
+    server, client = _tcp_pair()  # more than the byte bound: reading stops there
+    with server, client:
+        def send():
+            with contextlib.suppress(OSError):  # reset once the server closes
+                client.sendall(b"x" * 4_000_000)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        assert linger(server, 5, max_bytes=1_000_000) == 1_000_000
+        server.close()  # what gunicorn does next: the client is reset
+        sender.join(timeout=5)
+        assert not sender.is_alive()
+
+    server, client = _tcp_pair()  # a client that sends nothing and never closes: the time bound
+    with server, client:
+        started = time.monotonic()
+        assert linger(server, 0.3) == 0
+        assert 0.25 <= time.monotonic() - started < 1.5
+
+
+def test_only_http1_answers_under_gunicorn_linger():
+    """Another server gives no socket: nothing to linger on. Over HTTP/2 (gunicorn serves it only
+    when told to) the socket carries other streams, which shutting it would cut."""
+    from gleanpipe.linger import Lingering, lingering
+
+    body = [b"answer"]
+    server, client = _tcp_pair()
+    with server, client:
+        assert lingering(body, {"SERVER_PROTOCOL": "HTTP/1.1"}, 1) is body
+        assert lingering(body, {"gunicorn.socket": server, "SERVER_PROTOCOL": "HTTP/2.0"}, 1) is body
+        wrapped = lingering(body, {"gunicorn.socket": server, "SERVER_PROTOCOL": "HTTP/1.1"}, 1)
+        assert isinstance(wrapped, Lingering) and list(wrapped) == body

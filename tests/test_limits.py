@@ -363,7 +363,7 @@ def test_bad_schema_path_is_a_clear_error_before_serve_starts(tmp_path):
 def test_settings_and_the_readme_settings_table_agree():
     import re
 
-    from gleanpipe.config import MAX_STORE_SECONDS, MAX_VALUE, SETTINGS
+    from gleanpipe.config import MAX_LINGER_SECONDS, MAX_STORE_SECONDS, MAX_VALUE, SETTINGS
 
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## Settings\n", 1)[1].split("\n## ", 1)[0]
@@ -379,6 +379,7 @@ def test_settings_and_the_readme_settings_table_agree():
         assert f"At most {bound}." in rows[name] or f"At most {bound} (" in rows[name], (name, rows[name])
     for name in ("GLEANPIPE_STORE_TIMEOUT_S", "GLEANPIPE_STORE_RETRY_S"):
         assert rows[name].endswith(f"At most {MAX_STORE_SECONDS:.0f}. |"), (name, rows[name])
+    assert rows["GLEANPIPE_LINGER_S"].endswith(f"At most {MAX_LINGER_SECONDS:.0f}. |")
 
 
 def test_a_store_in_trouble_is_answered_before_the_sdk_gives_up():
@@ -403,6 +404,7 @@ def test_documented_defaults():
         "max_uri_bytes": 512, "max_header_bytes": 1024, "load_batch": 1000, "load_interval_ms": 50,
         "debug_max_pings": 100, "debug_retention_hours": 504, "explore_port": 8001, "spool": True,
         "spool_segment_bytes": 16777216, "spool_segment_seconds": 30, "dictionary": True, "body_timeout_s": 30,
+        "linger_s": 2.0,
         "debug_index": True, "query_max_bytes": 268435456, "duckdb_memory_limit": None, "schema_path": "",
         "store_timeout_s": 3.0, "store_retry_s": 3.0, "bigquery_endpoint": "", "bigquery_retry_s": 60,
         "bigquery_deletions_refresh_s": 60, "bigquery_deletions_settle_s": 300}
@@ -568,6 +570,24 @@ def test_a_store_timeout_of_zero_is_refused_and_a_retry_budget_of_zero_is_taken(
             CloudOptions.from_env({"GLEANPIPE_STORE_TIMEOUT_S": raw})
         assert str(info.value) == f"GLEANPIPE_STORE_TIMEOUT_S must be positive, got {raw!r}"
     assert CloudOptions.from_env({"GLEANPIPE_STORE_TIMEOUT_S": "0.001"}).timeout_s == 0.001
+
+
+def test_the_linger_bound_is_positive_finite_seconds_of_at_most_a_minute():
+    """GLEANPIPE_LINGER_S (linger.py): decimals are taken (the tests linger 0.5 s); 0 and
+    negative values are refused, as is anything over a minute, which would hold a greenlet or a
+    thread that long for each client that keeps sending."""
+    from gleanpipe.config import Config, SettingError
+    from gleanpipe.linger import LINGER_MAX_BYTES
+
+    assert Config.from_env(environ={"GLEANPIPE_LINGER_S": "0.5"}).linger_s == 0.5
+    assert Config.from_env(environ={"GLEANPIPE_LINGER_S": "60"}).linger_s == 60.0
+    for raw, said in (("0", "must be positive"), ("-1", "must be positive"), ("60.5", "must be at most 60 seconds"),
+                      ("inf", "must be a finite number of seconds"), ("2s", "must be a number of seconds")):
+        with pytest.raises(SettingError) as info:
+            Config.from_env(environ={"GLEANPIPE_LINGER_S": raw})
+        assert str(info.value) == f"GLEANPIPE_LINGER_S {said}, got {raw!r}"
+    fixed = (ROOT / "README.md").read_text().split("### Fixed limits\n", 1)[1].split("\n## ", 1)[0]
+    assert LINGER_MAX_BYTES == 128 * 1024 * 1024 and "| 128 MiB (`linger.LINGER_MAX_BYTES`)" in fixed
 
 
 def test_infinite_store_retry_is_a_usage_error_before_any_store_call(tmp_path):

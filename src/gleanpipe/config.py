@@ -53,6 +53,13 @@ SETTINGS: dict[str, Setting] = {
             "it a client that stops half-way held its connection for ever.",
         ),
         Setting(
+            "GLEANPIPE_LINGER_S",
+            "2",
+            "Seconds a connection closed while its client may still be sending (a body over "
+            "GLEANPIPE_MAX_WIRE_BYTES, which is not read) reads and drops what still comes, so the "
+            "client reads its answer instead of a connection reset (at most 128 MiB).",
+        ),
+        Setting(
             "GLEANPIPE_MAX_ERROR_BYTES",
             str(1 * MIB),
             "Bytes of a rejected request's body kept in the error store (the rest is cut off and flagged).",
@@ -226,10 +233,15 @@ def _memory(env: str, environ=None) -> int | None:
 # OS timers (about 292 years) raises OverflowError on every call; an hour is already longer than any
 # client waits for an answer.
 MAX_STORE_SECONDS = 3600.0
+# GLEANPIPE_LINGER_S: a minute at most. Each lingering connection holds a greenlet (serve) or a
+# thread (the function, serve with the spool off) that long, for a client that keeps sending.
+MAX_LINGER_SECONDS = 60.0
+_MAX_SECONDS = {"GLEANPIPE_LINGER_S": MAX_LINGER_SECONDS}
 
 
 def _seconds(env: str, environ=None) -> float:
-    """A cloud store's seconds: finite, positive (the retry budget may be 0), at most an hour."""
+    """Seconds in decimals: finite, positive (a cloud store's retry budget may be 0), at most an
+    hour (a minute for GLEANPIPE_LINGER_S)."""
     allow_zero = env == "GLEANPIPE_STORE_RETRY_S"
     raw = _get(env, environ)
     try:
@@ -240,8 +252,9 @@ def _seconds(env: str, environ=None) -> float:
         raise SettingError(f"{env} must be a finite number of seconds, got {raw!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise SettingError(f"{env} must be {'zero or ' if allow_zero else ''}positive, got {raw!r}")
-    if value > MAX_STORE_SECONDS:
-        raise SettingError(f"{env} must be at most {MAX_STORE_SECONDS:.0f} seconds, got {raw!r}")
+    most = _MAX_SECONDS.get(env, MAX_STORE_SECONDS)
+    if value > most:
+        raise SettingError(f"{env} must be at most {most:.0f} seconds, got {raw!r}")
     return value
 
 
@@ -262,6 +275,7 @@ _FIELDS = {
     "max_payload_bytes": (_int, "GLEANPIPE_MAX_PAYLOAD_BYTES"),
     "max_error_bytes": (_int, "GLEANPIPE_MAX_ERROR_BYTES"),
     "body_timeout_s": (_int, "GLEANPIPE_BODY_TIMEOUT_S"),
+    "linger_s": (_seconds, "GLEANPIPE_LINGER_S"),
     "max_uri_bytes": (_int, "GLEANPIPE_MAX_URI_BYTES"),
     "max_header_bytes": (_int, "GLEANPIPE_MAX_HEADER_BYTES"),
     "load_batch": (_int, "GLEANPIPE_LOAD_BATCH"),
@@ -312,6 +326,7 @@ class Config:
     dictionary: bool = True
     debug_index: bool = True
     body_timeout_s: int = 30
+    linger_s: float = 2.0  # linger.py
     query_max_bytes: int = 256 * MIB
     duckdb_memory_limit: int | None = None  # None: DuckDB's own default
     schema_path: str = ""  # "": the bundled glean.1 schema

@@ -16,8 +16,9 @@ import orjson
 from werkzeug.exceptions import ServiceUnavailable
 
 from . import notifications
-from .config import Config, unknown_settings
+from .config import SETTINGS, Config, unknown_settings
 from .http_edge import SubmitHandler, closes_connection, force_close, read_request_body
+from .linger import lingering
 from .load import Loader, LoadResult
 from .storage import StoreError, open_store
 from .warehouse import Warehouse, WarehouseUnavailable, open_warehouse
@@ -90,7 +91,9 @@ def submit(request):
     response = handler.handle(request.method, path, request.headers, body, declared_length=length,
                               body_problem=problem)
     if closes_connection(handler, length, body, problem):
-        return _Closing(response.body, response.status, response.headers)
+        closing = _Closing(response.body, response.status, response.headers)
+        closing.linger_s = handler.config.linger_s
+        return closing
     return response.body, response.status, response.headers
 
 
@@ -98,11 +101,14 @@ class _Closing(flask.Response):
     """An answer after which the connection closes (``closes_connection``). The view never sees
     the server's start_response, so the answer itself asks the server to close, and to say
     ``Connection: close``, when Flask hands it over (``force_close``; the hop-by-hop header is the
-    server's to send, as in ``make_wsgi_app``)."""
+    server's to send, as in ``make_wsgi_app``), and lingers once it is written (linger.py: the
+    client may still be sending the body left unread)."""
+
+    linger_s = float(SETTINGS["GLEANPIPE_LINGER_S"].default)  # when the settings could not be read
 
     def __call__(self, environ, start_response):
         force_close(start_response)
-        return super().__call__(environ, start_response)
+        return lingering(super().__call__(environ, start_response), environ, self.linger_s)
 
 
 class _RetryLater(ServiceUnavailable):

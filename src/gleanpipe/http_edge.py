@@ -34,6 +34,7 @@ import orjson
 from . import rawobject
 from .config import Config
 from .debug_index import DebugIndex
+from .linger import lingering
 from .naming import ERROR_PREFIX, PathError, parse_segments
 from .read_deadline import WATCHER
 from .storage import RawStore, StoreError
@@ -339,7 +340,9 @@ def closes_connection(handler: SubmitHandler, content_length: int | None, body: 
     """Whether the connection cannot carry another request after this one: its body did not
     arrive whole (cut, late or badly framed), or the edge left part of it unread (a body over
     GLEANPIPE_MAX_WIRE_BYTES: gunicorn's gthread worker drains at most 64 KiB of what an app
-    left). The answer then says ``Connection: close`` and the server closes the connection."""
+    left). The answer then says ``Connection: close`` and the server closes the connection,
+    lingering first (linger.py): a client may still be sending the body, and a close with data
+    unread would reset the connection before the client reads its answer."""
     limit = handler.config.max_wire_bytes
     return problem is not None or len(body) > limit or (content_length is not None and content_length > limit)
 
@@ -368,9 +371,13 @@ def make_wsgi_app(handler: SubmitHandler) -> Callable:
         response = handler.handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), headers, body,
                                   declared_length=length, body_problem=problem)
         out_headers = [("Content-Length", str(len(response.body)))] + list(response.headers.items())
-        if closes_connection(handler, length, body, problem):  # the server says Connection: close (a WSGI
-            force_close(start_response)                        # app may not send that hop-by-hop header)
+        closing = closes_connection(handler, length, body, problem)
+        if closing:  # the server says Connection: close (a WSGI app may not send that hop-by-hop header)
+            force_close(start_response)
         start_response(f"{response.status} {STATUS_TEXT.get(response.status, '')}", out_headers)
-        return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [response.body]  # HEAD: the headers only
+        out = [b""] if environ["REQUEST_METHOD"] == "HEAD" else [response.body]  # HEAD: the headers only
+        if closing:  # once the answer is written, read what the client still sends (linger.py)
+            return lingering(out, environ, handler.config.linger_s)
+        return out
 
     return app
