@@ -6,6 +6,7 @@ from __future__ import annotations
 import decimal
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -776,5 +777,184 @@ def test_the_admin_api_tells_serves_trouble_503_from_the_requests_400(tmp_path):
             assert not isinstance(exc.value, QueryRefused)
             assert str(exc.value).startswith("the warehouse is being closed (gleanpipe serve is stopping)"), str(exc.value)
     finally:
+        server.httpd.shutdown()
+        wh.close()
+
+
+SERVE_BUG = "SELECT 'a bug in serve'"  # the SQL the handlers below fail on, on purpose
+
+
+def _failed(kind: str) -> str:
+    """serve's answer to a request it failed on with ``kind``, an error of its own."""
+    return f"{kind} (an error of serve's own, not the request's: serve's log has its traceback)"
+
+
+def _faulty_admin_server(wh):
+    """A real admin server on ``wh`` whose handlers hold a bug of serve's own on purpose: such a
+    fault (a KeyError in a handler, a DuckDB INTERNAL error) cannot be caused by a request, so
+    /query raises it for SERVE_BUG and /status always. Every other query runs as serve runs it."""
+    import duckdb
+
+    from gleanpipe.admin import AdminServer
+    from gleanpipe.read_only_sql import read_only
+
+    def query(sql, params=None):
+        if sql == SERVE_BUG:
+            raise KeyError("no_such_key")  # on purpose: a bug in serve
+        if sql == SERVE_BUG + " -- internal":
+            raise duckdb.InternalException("INTERNAL Error: on purpose\nThis error signals an assertion failure")
+        return read_only(wh.read_query_pages)(sql, params)
+
+    def status():
+        raise TypeError("on purpose: a bug in serve's status")
+
+    return AdminServer(status=status, query=query, load_keys=lambda keys: {}, query_max_bytes=1 << 20)
+
+
+def test_an_error_of_serves_own_is_a_500_logged_with_its_traceback_not_the_requests_400(tmp_path, caplog):
+    """Before: every error of a handler was a 400, the request's fault (`gleanpipe query` showed
+    "Error: 'no_such_key'" as if the SQL were wrong), and nothing was logged. Now a bug in serve (a
+    KeyError, a TypeError, DuckDB's INTERNAL error) is a 500 that says it is serve's, and serve logs
+    it with its traceback; SQL that does not run is still the request's 400, and not logged. Real
+    admin server over real HTTP on a real warehouse; the bugs are raised on purpose."""
+    import logging
+
+    from gleanpipe.admin import QueryRefused, ServeFailed
+
+    caplog.set_level(logging.WARNING)
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    server = _faulty_admin_server(wh)
+    server.start()
+    try:
+        client = AdminClient(server.url, server.token)
+        headers = {TOKEN_HEADER: server.token, "Content-Type": "application/json"}
+        for path, body, said in (
+                ("/query", {"sql": SERVE_BUG}, _failed("KeyError: 'no_such_key'")),
+                ("/query", {"sql": SERVE_BUG + " -- internal"},
+                 _failed("InternalException: INTERNAL Error: on purpose")),
+                ("/status", {}, _failed("TypeError: on purpose: a bug in serve's status"))):
+            caplog.clear()
+            status, answer, _ = post(server.url + path, json.dumps(body).encode(), headers)
+            assert (status, answer) == (500, {"error": said})
+            [record] = caplog.records
+            assert (record.name, record.levelname) == ("gleanpipe.admin", "ERROR")
+            assert record.getMessage() == f"admin API: {path} failed with an error of serve's own"
+            assert "Traceback (most recent call last)" in caplog.text and said.split(" (")[0] in caplog.text
+            assert ", in query\n" in caplog.text or ", in status\n" in caplog.text  # the handler's own frame
+            call = (lambda: client.query(body["sql"])) if path == "/query" else client.status
+            with pytest.raises(ServeFailed) as exc:
+                call()
+            assert str(exc.value) == f"gleanpipe serve answered 500: {said}" and not isinstance(exc.value, QueryRefused)
+        caplog.clear()
+        # SQL that does not run: the request's 400, in DuckDB's words, and nothing in serve's log
+        asof = "SELECT * FROM range(3) a ASOF RIGHT JOIN range(3) b ON a.range >= b.range AND a.range <> b.range"
+        for sql, words in (("SELECT * FROM nowhere", "Catalog Error: Table with name nowhere does not exist"),
+                           ("SELECT 'a'::INTEGER", "Conversion Error: Could not convert string 'a' to INT32"),
+                           ("SELECT error('mine')", "Invalid Input Error: mine"),
+                           ("SELECT * FROM read_csv('/no/such/file.csv')", "IO Error: No files found"),
+                           (asof, "Not implemented Error: Unsupported ASOF JOIN type (RIGHT)"),
+                           ("SELECT 1; SELECT 2", "one statement at a time: this SQL has 2"),
+                           ("DROP TABLE x", "the warehouse is read-only for queries: a DROP statement is not run")):
+            status, answer, _ = post(server.url + "/query", json.dumps({"sql": sql}).encode(), headers)
+            assert status == 400 and answer["error"].startswith(words), (sql, answer)
+            with pytest.raises(QueryRefused, match="^" + re.escape(words)):
+                client.query(sql)
+        assert caplog.records == []
+    finally:
+        server.httpd.shutdown()
+        wh.close()
+
+
+def test_requests_the_admin_api_cannot_take_are_400s_that_say_why_and_log_nothing(tmp_path):
+    """Before: a request without its fields, or with fields of another kind, failed inside a handler
+    (KeyError "'sql'", AttributeError "'str' object has no attribute 'startswith'", or an
+    `apps add` of definitions without their fields: KeyError "'dataset'"), which the admin API
+    answered 400 with those words. Now those are said as what the request lacks, and only they are
+    400s: an error of serve's own is a 500 (above). Real serve over real HTTP."""
+    from pathlib import Path
+
+    from gleanpipe.dictionary.definitions import parse
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir).start()
+    try:
+        state = json.loads((data_dir / STATE_FILE).read_text())
+        headers = {TOKEN_HEADER: state["token"], "Content-Type": "application/json"}
+        glean = Path(__file__).parent / "glean_client"
+        app = parse("org.example.toolbox", [glean / "metrics.yaml"], [glean / "pings.yaml"])
+        for path, body, said in (
+                ("/query", b"SELECT 1", "the request's body is not JSON"),
+                ("/query", b'["SELECT 1"]', "the request's body must be a JSON object, not list"),
+                ("/query", b"{}", "the request has no 'sql' (the SQL, a string)"),
+                ("/query", b'{"sql": 1}', "the request's 'sql' must be the SQL, a string, not int"),
+                ("/query", b'{"sql": "SELECT ?", "params": {"a": 1}}',
+                 "the request's 'params' must be a list of values, not dict"),
+                ("/load", b'{"keys": "raw/x"}', "the request's 'keys' must be a list of object keys, not str"),
+                ("/load", b'{"keys": [1]}', "the request's 'keys' must be a list of object keys (strings)"),
+                ("/apps/add", b"{}", "the request has no 'app' (the app's definitions, an object)"),
+                ("/apps/add", json.dumps({"app": {"app_id": "org.example.toolbox", "dataset": "org_example_toolbox",
+                                                  "metrics": [{"id": "a.b"}], "pings": []}}).encode(),
+                 "the app's definitions are not as `gleanpipe apps add` sends them: "
+                 "metrics[0]: type, column missing or of another type"),
+                ("/apps/add", json.dumps({"app": {**app, "pings": [{"name": "x", "table": 'x"; DROP'}]}}).encode(),
+                 "the app's definitions are not as `gleanpipe apps add` sends them: "
+                 "pings[0]: table 'x\"; DROP' is not a table name (<ping>_v<version>)")):
+            status, answer, _ = post(state["admin_url"] + path, body, headers)
+            assert (status, answer) == (400, {"error": said}), (path, body)
+        status, answer, _ = post(state["admin_url"] + "/apps/add", json.dumps({"app": app}).encode(), headers)
+        assert status == 200 and answer["metrics"] == 28  # the definitions `apps add` sends are stored
+        # an app whose dataset DuckDB cannot hold: the app's fault, said as without serve
+        added = gleanpipe("apps", "add", "--data-dir", str(data_dir), "temp",
+                          "--metrics", str(glean / "metrics.yaml"), "--pings", str(glean / "pings.yaml"))
+        assert (added.returncode, added.stderr) == (1, "Error: the app's dataset name temp is a name DuckDB keeps "
+                                                       "for itself (a built-in catalog or schema), so DuckDB cannot "
+                                                       "hold its tables\n")
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.read_log() and "admin API" not in server.read_log(), server.read_log()
+
+
+def test_query_and_status_say_an_error_of_serves_own_in_one_line_and_exit_1(tmp_path):
+    """What `gleanpipe query` says through serve for each kind of failure: 400 in DuckDB's words
+    (as without serve), 500 as serve's own error (before: "Error: 'no_such_key'", as if the SQL were
+    wrong), 503 as serve's trouble; each in one line, exit 1, no traceback. The serve here is a real
+    admin server in this process, found by the CLI as a running serve is (its lock and state
+    file), whose handlers raise a bug of serve's own on purpose (``_faulty_admin_server``)."""
+    from gleanpipe.serve_state import take_serve_lock, write_state
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    wh = DuckDBWarehouse(str(data_dir / "warehouse.duckdb"))
+    server = _faulty_admin_server(wh)
+    server.start()
+    lock = take_serve_lock(data_dir)
+    try:
+        write_state(data_dir, {"pid": os.getpid(), "admin_url": server.url, "token": server.token,
+                               "warehouse_url": f"duckdb://{data_dir / 'warehouse.duckdb'}",
+                               "store_url": f"file://{data_dir / 'store'}"})
+        data = ("--data-dir", str(data_dir))
+        assert gleanpipe("query", "--format", "csv", "SELECT 42 AS n", *data).stdout == "n\n42\n"  # through it
+        def failed(kind: str) -> str:
+            return "Error: gleanpipe serve answered 500: " + _failed(kind)
+
+        for args, said in (
+                (("query", "SELECT * FROM no_such_table"),
+                 "Error: Catalog Error: Table with name no_such_table does not exist!"),
+                (("query", SERVE_BUG), failed("KeyError: 'no_such_key'")),
+                (("query", "--format", "csv", SERVE_BUG), failed("KeyError: 'no_such_key'")),
+                (("query", SERVE_BUG + " -- internal"), failed("InternalException: INTERNAL Error: on purpose")),
+                (("status",), failed("TypeError: on purpose: a bug in serve's status"))):
+            run = gleanpipe(*args, *data)
+            assert (run.returncode, run.stdout) == (1, ""), (args, run.stdout, run.stderr)
+            assert run.stderr.splitlines()[0] == said, (args, run.stderr)
+            if "no_such_table" not in said:
+                assert run.stderr == said + "\n"
+        wh.close()  # as serve's stop does: its queries are answered 503
+        closing = gleanpipe("query", "SELECT 1", *data)
+        assert (closing.returncode, closing.stderr) == (
+            1, "Error: the warehouse is being closed (gleanpipe serve is stopping): the query was stopped\n")
+    finally:
+        os.close(lock)
         server.httpd.shutdown()
         wh.close()

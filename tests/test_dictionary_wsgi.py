@@ -140,3 +140,25 @@ def test_a_dictionary_answer_over_the_query_limit_is_a_500_that_says_so_not_a_50
     error = json.loads(body)["error"]
     assert error.startswith("ResultTooLarge: ") and "GLEANPIPE_QUERY_MAX_BYTES" in error, error
     assert "not reachable" not in error
+
+
+def test_a_dictionary_query_serve_fails_on_is_a_500_naming_serves_error_not_a_503(tmp_path):
+    """Through admin_query and a real admin server whose query handler raises a bug of serve's own,
+    on purpose (no request can cause one). serve answered it 400, and the page said "QueryRefused:
+    'no_such_key'", the dictionary's query at fault. Now serve answers 500, and the page is a 500
+    that says the error is serve's (not a 503 "the warehouse is not reachable")."""
+    from gleanpipe.admin import AdminServer
+
+    def query(sql, params=None):
+        raise KeyError("no_such_key")  # on purpose: a bug in serve
+
+    server = AdminServer(status=dict, query=query, load_keys=lambda keys: {}, query_max_bytes=1 << 20)
+    server.start()
+    try:
+        status, body = apps_through_serve(tmp_path, server.url, server.token)
+    finally:
+        server.httpd.shutdown()
+    assert status == "500 Internal Server Error"
+    assert json.loads(body)["error"] == (
+        "ServeFailed: gleanpipe serve answered 500: KeyError: 'no_such_key' (an error of serve's own, not the "
+        "request's: serve's log has its traceback)")

@@ -40,14 +40,45 @@ class QueryRefused(ServeError):
     words a command without serve shows. Not "serve cannot be reached"."""
 
 
+class ServeFailed(ServeError):
+    """serve answered 500: an error of its own (a bug), not the request's nor its store's or
+    warehouse's trouble. serve logged it with its traceback; its message says so."""
+
+
 class ResultTooLarge(ServeError):
     """A query's answer is over GLEANPIPE_QUERY_MAX_BYTES: serve answers 413, and the client raises
     this again, so that a caller that can ask for less (explore's pages) knows it from other errors."""
 
 
+class BadRequest(ValueError):
+    """The request's own fault, answered 400: what the admin API and its handlers raise for a
+    request they cannot answer as sent (not a JSON object, a field missing or of another kind, SQL
+    that does not run, definitions that cannot be stored). Any other error of a handler is
+    serve's (500), or its store's or warehouse's trouble (503)."""
+
+
+def field(body: dict, name: str, kind, what: str):
+    """``body[name]``, BadRequest unless it is a ``kind`` (a field left out is None)."""
+    value = body.get(name)
+    if not isinstance(value, kind):
+        raise BadRequest(f"the request has no {name!r} ({what})" if value is None else
+                         f"the request's {name!r} must be {what}, not {type(value).__name__}")
+    return value
+
+
+def serve_failed(exc: BaseException) -> str:
+    """The one line a request that failed in serve itself is answered with (500)."""
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (f"{type(exc).__name__}{': ' + said if said else ''} (an error of serve's own, not the request's: "
+            "serve's log has its traceback)")
+
+
 class AdminServer:
     """Serves /status, /query, /load (and ``extra``: serve's /apps/add) for the process that owns
-    the warehouse."""
+    the warehouse. Each answer is a JSON object: 200 with the handler's result; 400 for BadRequest,
+    the request's own fault (a handler turns what it knows to be one into it); 413 ResultTooLarge;
+    503 for the store's or warehouse's trouble, or serve stopping; 500 for any other error, which is
+    serve's own: logged with its traceback, and said to be serve's, not the request's."""
 
     def __init__(self, *, status, query, load_keys, query_max_bytes: int, extra=None, interrupt=None):
         """``query(sql, params)`` gives the column names, then pages of rows (``read_query_pages``);
@@ -56,7 +87,7 @@ class AdminServer:
         whose client hangs up (killed, or gave up) are interrupted instead of running to the end."""
         self.token = secrets.token_urlsafe(24)
         handlers = {"/status": lambda body: status(), "/query": lambda body: _query(query, body, query_max_bytes),
-                    "/load": lambda body: load_keys(body["keys"]), **(extra or {})}
+                    "/load": lambda body: load_keys(_keys(body)), **(extra or {})}
         token = self.token
         self._active = 0  # requests being answered
         self._idle = threading.Condition()
@@ -92,21 +123,25 @@ class AdminServer:
                 if fn is None:
                     return 404, [dumps({"error": f"no endpoint {self.path}"})]
                 try:
-                    body = orjson.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                    body = _body(self.rfile, self.headers.get("Content-Length"))
                     thread = threading.get_ident()
                     with _HangUpWatch(self.connection, interrupt and (lambda: interrupt(thread))):
                         result = fn(body)
                     return 200, result if isinstance(result, Encoded) else [dumps(result)]
                 except ResultTooLarge as exc:
                     return 413, [dumps({"error": str(exc)})]
-                except Exception as exc:  # report to the CLI instead of dropping the connection
+                except BadRequest as exc:  # the request's own fault: in the words a command without serve shows
+                    return 400, [dumps({"error": str(exc) or type(exc).__name__})]
+                except Exception as exc:  # answered instead of dropping the connection
                     from .storage.base import StoreError
                     from .warehouse.base import WarehouseClosing, WarehouseUnavailable
 
-                    # a store or warehouse out of reach, or serve stopping, is serve's trouble (503),
-                    # not the request's (400)
-                    status = 503 if isinstance(exc, (StoreError, WarehouseUnavailable, WarehouseClosing)) else 400
-                    return status, [dumps({"error": str(exc) or type(exc).__name__})]
+                    # a store or warehouse out of reach, or serve stopping: serve's trouble, in its words
+                    if isinstance(exc, (StoreError, WarehouseUnavailable, WarehouseClosing)):
+                        return 503, [dumps({"error": str(exc) or type(exc).__name__})]
+                    # anything else is an error of serve's own (a bug): logged with its traceback
+                    log.error("admin API: %s failed with an error of serve's own", self.path, exc_info=exc)
+                    return 500, [dumps({"error": serve_failed(exc)})]
 
         self._handler = Handler
         self.httpd: ThreadingHTTPServer | None = None
@@ -132,6 +167,28 @@ class AdminServer:
         """Wait until the requests being answered have had their answers; False after ``timeout``."""
         with self._idle:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+
+def _body(rfile, length: str | None) -> dict:
+    """The request's JSON object, BadRequest for anything else."""
+    try:
+        size = int(length or 0)
+    except ValueError:
+        raise BadRequest(f"Content-Length {length!r} is not a number") from None
+    try:
+        body = orjson.loads(rfile.read(size) or b"{}")
+    except orjson.JSONDecodeError:
+        raise BadRequest("the request's body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request's body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _keys(body: dict) -> list[str]:
+    keys = field(body, "keys", list, "a list of object keys")
+    if not all(isinstance(key, str) for key in keys):
+        raise BadRequest("the request's 'keys' must be a list of object keys (strings)")
+    return keys
 
 
 class _HangUpWatch:
@@ -188,8 +245,20 @@ def _query(query_pages, body: dict, max_bytes: int) -> Encoded:
     With ``"lines": true`` in the request: the column names on the first line, then each page of
     rows as a JSON list on a line of its own (JSON text holds no raw newline), so a client can
     read the answer a page at a time (``AdminClient.query_pages``)."""
+    from .read_only_sql import SqlRefused
+    from .warehouse.duckdb import STATEMENT_ERRORS
+
     lines = body.get("lines") is True
-    pages = query_pages(body["sql"], body.get("params"))
+    sql = field(body, "sql", str, "the SQL, a string")
+    params = field(body, "params", (list, type(None)), "a list of values")
+    try:  # SQL that does not run (a syntax error, a missing table, a value that does not convert, a
+        # write): the request's fault. DuckDB's own failures (InternalException...) are serve's.
+        return _query_answer(query_pages(sql, params), lines, max_bytes)
+    except (SqlRefused, *STATEMENT_ERRORS) as exc:
+        raise BadRequest(str(exc) or type(exc).__name__) from exc
+
+
+def _query_answer(pages, lines: bool, max_bytes: int) -> Encoded:
     try:
         columns = dumps(next(pages))
         head = b'{"columns":' + columns + b',"rows":['
@@ -282,6 +351,8 @@ class AdminClient:
                 raise ResultTooLarge(detail) from None
             if exc.code == 503:  # serve's own trouble, in its words (the warehouse is being closed...)
                 raise ServeError(detail) from None
+            if exc.code == 500:  # an error of serve's own, which it logged (its words say so): in one line
+                raise ServeFailed(f"gleanpipe serve answered 500: {' '.join(str(detail).split())}") from None
             raise ServeError(f"gleanpipe serve answered {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:  # it stopped since its state file was read
             raise ServeError(f"cannot reach gleanpipe serve at {self.url}: {exc}") from None

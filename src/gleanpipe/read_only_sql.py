@@ -32,7 +32,12 @@ EXPLAIN_HEAD = re.compile(rf"{_GAP}EXPLAIN\b{_GAP}(?:ANALY[SZ]E\b{_GAP}|\([^)]*\
 LEADING_WORDS = re.compile(rf"{_GAP}((?:FORCE\s+)?[A-Za-z]+)", re.IGNORECASE | re.DOTALL)
 
 
-class WriteRefused(ValueError):
+class SqlRefused(ValueError):
+    """SQL refused before it runs: not one statement, or not a read. The query's own fault, as
+    DuckDB's errors for a statement that does not parse or bind are."""
+
+
+class WriteRefused(SqlRefused):
     pass
 
 
@@ -48,13 +53,13 @@ def _explains_a_select(query: str) -> bool:
 
 
 def check(sql: str) -> None:
-    """Raise WriteRefused unless every statement of ``sql`` only reads (a syntax error raises
-    DuckDB's own ParserException, as running it would)."""
+    """Raise WriteRefused unless every statement of ``sql`` only reads, SqlRefused unless there is
+    one statement (a syntax error raises DuckDB's own ParserException, as running it would)."""
     statements = duckdb.extract_statements(sql)
     if not statements:  # ";" or a comment alone: DuckDB would answer with nothing at all
-        raise ValueError("no statement in this SQL: give a SELECT")
+        raise SqlRefused("no statement in this SQL: give a SELECT")
     if len(statements) > 1:  # DuckDB runs them all and returns the last one's rows: the others would vanish
-        raise ValueError(f"one statement at a time: this SQL has {len(statements)}")
+        raise SqlRefused(f"one statement at a time: this SQL has {len(statements)}")
     for statement in statements:
         try:
             kind_of = statement.type
@@ -104,12 +109,12 @@ _BQ_READS = ("SELECT", "WITH")
 
 
 def check_bigquery(sql: str) -> None:
-    """Raise WriteRefused unless ``sql`` is one BigQuery statement that starts with SELECT or
-    WITH (after blanks, comments and opening parentheses)."""
+    """Raise WriteRefused (SqlRefused for several statements) unless ``sql`` is one BigQuery
+    statement that starts with SELECT or WITH (after blanks, comments and opening parentheses)."""
     bare = _BQ_SKIP.sub(" ", sql)
     statements = [part for part in bare.split(";") if part.strip()]
     if len(statements) > 1:
-        raise ValueError(f"one statement at a time: this SQL has {len(statements)}")
+        raise SqlRefused(f"one statement at a time: this SQL has {len(statements)}")
     words = re.findall(r"[A-Za-z_]+", statements[0] if statements else "")
     first = (words[0] if words else "").upper()
     if first not in _BQ_READS:

@@ -27,7 +27,7 @@ import time
 from datetime import datetime, timezone
 
 from . import parent_guard
-from .admin import AdminServer
+from .admin import AdminServer, BadRequest, field
 from .config import Config, SettingError
 from .load import Loader
 from .ports import in_url
@@ -242,10 +242,23 @@ class LocalPipeline:
         return self.loader.load_keys(keys).as_dict()
 
     def add_app(self, body: dict) -> dict:
-        """Store app definitions parsed by `gleanpipe apps add` (this process owns the warehouse)."""
+        """Store app definitions parsed by `gleanpipe apps add` (this process owns the warehouse).
+        Definitions not as `apps add` sends them, or of an app whose dataset the warehouse cannot
+        hold, are the request's fault (BadRequest: 400)."""
         from .dictionary.catalog import store_app
+        from .dictionary.definitions import DefinitionError, check_parsed
+        from .warehouse.base import DatasetUnusable
 
-        return store_app(self.warehouse, body["app"])
+        app = field(body, "app", dict, "the app's definitions, an object")
+        try:
+            check_parsed(app)
+        except DefinitionError as exc:
+            raise BadRequest("the app's definitions are not as `gleanpipe apps add` sends them: "
+                             + "; ".join(exc.messages)) from None
+        try:
+            return store_app(self.warehouse, app)
+        except DatasetUnusable as exc:
+            raise BadRequest(str(exc)) from exc
 
     def start(self) -> None:
         cfg = self.config

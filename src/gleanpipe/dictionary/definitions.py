@@ -11,7 +11,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
-from ..naming import APP_ID_RE, DOC_TYPE_RE, column_name, dataset_name, table_name
+from ..naming import APP_ID_RE, DOC_TYPE_RE, TABLE_RE, column_name, dataset_name, is_column_name, table_name
 from ..table_schema import METRIC_TYPES
 
 APP_ID_RULE = "must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit"
@@ -169,6 +169,44 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
     metrics.sort(key=lambda m: m["id"])
     pings.sort(key=lambda p: p["name"])
     return {"app_id": app_id, "dataset": dataset_name(app_id), "metrics": metrics, "pings": pings}
+
+
+def check_parsed(app) -> None:
+    """DefinitionError unless ``app`` has the shape ``parse`` gives, in what storing it reads
+    (``catalog.store_app``, ``columns_to_create``): serve's /apps/add takes it from a client, and
+    a field missing or of another kind is that request's fault, said as such (not a KeyError)."""
+    if not isinstance(app, dict):
+        raise DefinitionError([f"the app's definitions are a {type(app).__name__}, not an object"])
+    problems = []
+    app_id = app.get("app_id")
+    if not isinstance(app_id, str) or not APP_ID_RE.fullmatch(app_id):
+        problems.append(f"app_id {app_id!r}: {APP_ID_RULE}")
+    elif app.get("dataset") != dataset_name(app_id):
+        problems.append(f"dataset {app.get('dataset')!r}: the dataset of app id {app_id} is {dataset_name(app_id)}")
+    for key, fields in (("metrics", {"id": str, "type": str, "column": str, "wire_type": (str, type(None)),
+                                     "send_in_pings": (list, type(None))}),
+                        ("pings", {"name": str, "table": str})):
+        items = app.get(key)
+        if not isinstance(items, list):
+            problems.append(f"{key}: a list is needed, not {type(items).__name__}")
+            continue
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                problems.append(f"{key}[{i}]: an object is needed, not {type(item).__name__}")
+                continue
+            wrong = [name for name, kind in fields.items() if not isinstance(item.get(name), kind)]
+            if wrong:
+                problems.append(f"{key}[{i}]: {', '.join(wrong)} missing or of another type")
+            elif key == "metrics" and not is_column_name(item["column"]):
+                problems.append(f"metrics[{i}]: column {item['column']!r} cannot be a column name")
+            elif key == "metrics" and item["wire_type"] is not None and item["wire_type"] not in METRIC_TYPES:
+                problems.append(f"metrics[{i}]: wire_type {item['wire_type']!r} is no metric type")
+            elif key == "metrics" and not all(isinstance(p, str) for p in item["send_in_pings"] or ()):
+                problems.append(f"metrics[{i}]: send_in_pings holds something other than ping names")
+            elif key == "pings" and not TABLE_RE.fullmatch(item["table"]):
+                problems.append(f"pings[{i}]: table {item['table']!r} is not a table name (<ping>_v<version>)")
+    if problems:
+        raise DefinitionError(problems)
 
 
 def shared_columns(app: dict) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import orjson
 
-from ..admin import AdminClient, QueryRefused, ResultTooLarge, ServeError
+from ..admin import AdminClient, QueryRefused, ResultTooLarge, ServeError, ServeFailed
 from ..jsonvalues import dumps
 from .catalog import Catalog, NotFound
 from .site import RENDER, data_for, route
@@ -33,8 +33,8 @@ def admin_query(data_dir: Path) -> Callable:
             if client is None:
                 raise Unavailable("the warehouse is not reachable: is `gleanpipe serve` running?")
             return client.query(sql, params)
-        except (QueryRefused, ResultTooLarge):  # the catalog's own query failed: a 500 that says why
-            raise
+        except (QueryRefused, ResultTooLarge, ServeFailed):  # the catalog's query failed, or serve failed
+            raise  # on it: a 500 that says why, not "the warehouse is not reachable"
         except (OSError, ServeError) as exc:
             raise Unavailable(f"the warehouse is not reachable: {exc}") from None
     return query

@@ -52,6 +52,11 @@ class RowDataError(ValueError):
     """A row the warehouse refused for its values; the loader writes the batch again by halves to find it."""
 
 
+class DatasetUnusable(ValueError):
+    """An app whose dataset name the warehouse cannot hold (a name DuckDB keeps for itself, or the
+    warehouse file's own): the app's fault, not the warehouse's (`apps add`)."""
+
+
 @dataclass
 class LoadError:
     object_key: str

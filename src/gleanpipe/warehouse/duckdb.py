@@ -30,8 +30,8 @@ from ..table_schema import EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_ST
 from ..transform import PingRow
 from ..views import refresh
 from . import missing_table
-from .base import (DELETION_TABLE, EVENTS_KEY, META, QUERY_PAGE_ROWS, DeletionAttempt, LoadError, RowDataError,
-                   Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query,
+from .base import (DELETION_TABLE, EVENTS_KEY, META, QUERY_PAGE_ROWS, DatasetUnusable, DeletionAttempt, LoadError,
+                   RowDataError, Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query,
                    first_per_document, in_pages, loaded_keys, needed_metrics, without_deleted)
 log = logging.getLogger("gleanpipe.warehouse")
 
@@ -80,6 +80,17 @@ SELECT schema_name FROM duckdb_tables() WHERE table_name = '{EVENTS_STREAM_VIEW}
 # a ping's a_b). Never transient trouble (IO, locks, memory): that is retried.
 DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.TypeMismatchException,
                duckdb.OutOfRangeException, duckdb.BinderException, UnsafeIdentifier)
+# What DuckDB raises for a statement's own fault, in SQL from a user (``read_query_pages``: `gleanpipe
+# query`, serve's admin API, which answers it 400): the SQL does not parse or bind (ProgrammingError:
+# Parser, Binder, Catalog, InvalidInput such as error() or a division by zero, ...), a value does not
+# convert or is out of range (DataError), DuckDB does not do what it asks (NotImplementedException),
+# a file it reads is not there (IOException), currval() of a sequence not used (SequenceException),
+# it needs more than the memory limit (OutOfMemoryException, whose message says to ask for less), or
+# its client hung up (InterruptException: ``interrupt_reads``; serve stopping is WarehouseClosing).
+# Not DuckDB's own failures (InternalException, FatalException: a bug, which can invalidate the
+# database), nor a lost connection or a transaction that fails otherwise than by a write refused.
+STATEMENT_ERRORS = (duckdb.ProgrammingError, duckdb.DataError, duckdb.NotSupportedError, duckdb.IOException,
+                    duckdb.SequenceException, duckdb.OutOfMemoryException, duckdb.InterruptException)
 # Names DuckDB keeps for itself: its built-in catalogs, and the system schemas every catalog has.
 DUCKDB_OWN_NAMES = ("system", "temp", "information_schema", "pg_catalog")
 CLOSE_WAIT_S = 10  # how long close() interrupts the reads and the write still running before it closes anyway
@@ -378,7 +389,7 @@ class DuckDBWarehouse(Warehouse):
             raise RuntimeError("warehouse opened read-only")
         for dataset, _ in tables:
             if dataset in self._unusable:
-                raise RuntimeError(self._unusable_reason(dataset, ping=False))
+                raise DatasetUnusable(self._unusable_reason(dataset, ping=False))
 
         def body() -> list[str]:
             added = []
