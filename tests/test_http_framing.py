@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import contextlib
 import json
+import selectors
 import socket
 import threading
 import time
@@ -17,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path
+from gleanpipe.config import Config
+from gleanpipe.http_worker import HEAD_TIMEOUT_S
+from gleanpipe.serve import KEEPALIVE_S
 from test_functions_framework import start
 CLIENT = "0b7c3d9e-2a4f-4b6c-8d1e-3f5a7b9c1d2e"
 TIMEOUT_S = "1"  # GLEANPIPE_BODY_TIMEOUT_S for these servers
@@ -370,6 +374,112 @@ def test_serve_on_threads_says_close_too(tmp_path):
     finally:
         srv.stop()
     assert "Traceback" not in srv.read_log()
+
+
+# --- request heads that do not arrive whole: serve with GLEANPIPE_SPOOL=off (http_worker.py) ----------------
+
+class CloseWatch(threading.Thread):
+    """Records when the server closes each of ``socks`` (end of stream or a reset), and whether
+    it sent anything on one first, for up to ``timeout`` s."""
+
+    def __init__(self, socks: list[socket.socket], timeout: float):
+        super().__init__(daemon=True)
+        self.socks, self.timeout = socks, timeout
+        self.closed: dict[int, float] = {}
+        self.sent: dict[int, bytes] = {}
+
+    def run(self) -> None:
+        sel = selectors.DefaultSelector()
+        for i, sock in enumerate(self.socks):
+            sel.register(sock, selectors.EVENT_READ, i)
+        end = time.monotonic() + self.timeout
+        while sel.get_map() and (left := end - time.monotonic()) > 0:
+            for key, _ in sel.select(left):
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    data = b""
+                if data:
+                    self.sent[key.data] = self.sent.get(key.data, b"") + data
+                else:
+                    self.closed[key.data] = time.monotonic()
+                    sel.unregister(key.fileobj)
+        sel.close()
+
+
+def test_stalled_request_heads_do_not_hold_serves_threads(tmp_path):
+    """Before: with GLEANPIPE_SPOOL=off, a client that sent "P" and nothing more (a phone that lost
+    its network mid-request) held a thread of gunicorn's gthread worker for ever, as did one that
+    trickled its head: with as many of them as threads, every other ping timed out. Now a thread
+    waits at most http_worker.HEAD_TIMEOUT_S for a head (one that trickles in counts whole, not
+    per read), the connection is then closed without an answer, the ping queued behind them is
+    answered, and keep-alive still works. One worker, so that every stalled connection lands on
+    the threads of the same worker (with two, the kernel splits the connections unevenly)."""
+    env = {"GLEANPIPE_SPOOL": "off", "GLEANPIPE_WORKERS": "1"}
+    config = Config.from_env(environ=env)
+    threads = config.workers * config.threads
+    (tmp_path / "data").mkdir()
+    srv = ServeProcess(tmp_path / "data", env=env).start()
+    stalled, opened = [], []
+    stop = threading.Event()
+    try:
+        trickler = socket.create_connection(("127.0.0.1", srv.port))
+        stalled.append(trickler)
+        request = head(submit_path(), 100)
+
+        def trickle():  # a byte of the head every 0.2 s: never a read that waits 5 s
+            for i in range(len(request)):
+                if stop.wait(0.2):
+                    return
+                try:
+                    trickler.sendall(request[i:i + 1])
+                except OSError:
+                    return
+
+        trickler.sendall(request[:1])
+        opened.append(time.monotonic())
+        sender = threading.Thread(target=trickle, daemon=True)
+        sender.start()
+        for _ in range(threads):  # with the trickler, one more than the threads: one waits behind them
+            sock = socket.create_connection(("127.0.0.1", srv.port))
+            sock.sendall(b"P")
+            opened.append(time.monotonic())
+            stalled.append(sock)
+        watch = CloseWatch(stalled[:threads], timeout=HEAD_TIMEOUT_S + 5)
+        watch.start()
+
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=HEAD_TIMEOUT_S + 5)
+        try:
+            sent = time.monotonic()
+            conn.request("POST", submit_path(), body=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+            resp = conn.getresponse()
+            assert (resp.status, resp.getheader("X-Gleanpipe-Stored")) == (200, "new")
+            resp.read()
+            answered = time.monotonic() - sent
+            assert answered <= HEAD_TIMEOUT_S + 2  # once the threads were let go, not never
+            first = conn.sock
+            time.sleep(1)  # kept alive, idle: in the poller, no thread's head clock runs
+            conn.request("POST", submit_path(), body=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+            resp = conn.getresponse()
+            assert resp.status == 200 and conn.sock is first
+            resp.read()
+        finally:
+            conn.close()
+
+        watch.join()
+        assert watch.sent == {}  # no answer: there is no request to answer
+        assert sorted(watch.closed) == list(range(threads)), "a stalled connection was never closed"
+        held = [watch.closed[i] - opened[i] for i in range(threads)]
+        assert all(HEAD_TIMEOUT_S - 0.25 <= s <= HEAD_TIMEOUT_S + 1.5 for s in held), held
+    finally:
+        stop.set()
+        for sock in stalled:
+            sock.close()
+        srv.stop()
+    assert "Traceback" not in srv.read_log()
+    assert not (tmp_path / "data" / "store" / "errors").exists()  # nothing to record
+    fixed = (Path(__file__).parent.parent / "README.md").read_text().split("### Fixed limits\n", 1)[1].split("\n## ", 1)[0]
+    assert HEAD_TIMEOUT_S == KEEPALIVE_S == 5 and "| 5 s for the whole head" in fixed and "`http_worker.HEAD_TIMEOUT_S`" in fixed
 
 
 # --- the lingering close (linger.py): the answer before a reset ---------------------------------------------

@@ -1,12 +1,14 @@
-"""A wall-clock limit on reading a request's body (GLEANPIPE_BODY_TIMEOUT_S).
+"""A wall-clock limit on reading a request's body (GLEANPIPE_BODY_TIMEOUT_S), and on serve's
+gthread worker (GLEANPIPE_SPOOL=off) on reading its head (http_worker.HEAD_TIMEOUT_S).
 
 A socket timeout bounds one ``recv``, not a body: gunicorn's body reader (and Werkzeug's under
 the function) calls ``recv`` until the body is whole, so a client that sends a byte a second
 never trips it. Instead one watcher per process keeps the deadlines of the bodies being read.
 When one passes, it shuts the read side of that connection down, which ends the blocked read
-at once (end of stream), and marks the deadline expired, so the edge answers 408. Under gevent
-(serve's workers) the watcher is a greenlet, under threads (the function's gthread workers) a
-thread. A body costs a lock and a heap push to watch, and one more lock when it is read.
+at once (end of stream), and marks the deadline expired, so the edge answers 408 (for a head,
+http_worker closes the connection: there is no request to answer). Under gevent
+(serve's workers) the watcher is a greenlet, under threads (the function's gthread workers, and
+serve's with the spool off) a thread. A body costs a lock and a heap push to watch, and one more lock when it is read.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Watcher:
             self._pid = os.getpid()  # last: the others wait above until all of it is there
 
     def watch(self, sock, seconds: float) -> Deadline:
-        """Start the clock for one body read from ``sock``; call ``done`` once it is read."""
+        """Start the clock for one body (or head) read from ``sock``; call ``done`` once it is read."""
         if self._pid != os.getpid():
             self._start()
         deadline = Deadline(time.monotonic() + seconds, sock)

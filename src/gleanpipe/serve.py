@@ -6,7 +6,7 @@ One process owns the DuckDB file and runs:
   (GLEANPIPE_CONNECTIONS each): the workers append pings to a write-ahead spool whose
   fdatasync runs off the event loop, and the loader thread turns the spool into objects
   (storage/spool.py). With =off it runs ``wsgi:app`` on gthread workers (GLEANPIPE_THREADS
-  each), which write one fsynced object per ping;
+  each, http_worker.py), which write one fsynced object per ping;
 - the in-process trigger: a loader thread that, every GLEANPIPE_LOAD_INTERVAL_MS, loads what
   waits (the spool's records, made objects first; with the spool off, the store's inbox of
   objects stored but not yet loaded), at-least-once; what was stored before a crash or stop
@@ -64,6 +64,9 @@ def http_limits(cfg: Config) -> list[str]:
 
 
 GRACEFUL_TIMEOUT_S = 10  # gunicorn's time to finish the requests in flight when it is stopped
+# gunicorn's --keep-alive: how long a kept-alive connection waits for its next request, and (on
+# gevent workers) how long a request's head may take; http_worker.HEAD_TIMEOUT_S is the same on threads
+KEEPALIVE_S = 5
 # how long a new serve waits for the port of a killed one: its gunicorn gets SIGTERM (parent_guard.py)
 KILLED_SERVE_PORT_WAIT_S = GRACEFUL_TIMEOUT_S + 2
 
@@ -74,14 +77,16 @@ def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     Spool on: gevent workers. A request waiting for its spool fdatasync is a parked greenlet,
     not a blocked thread, and the fdatasync itself runs in gevent's thread pool, so one worker
     keeps parsing and validating while the disk syncs (storage/spool.py). Spool off: each ping
-    is its own fsynced file written by the request, so the workers are threads (gthread).
+    is its own fsynced file written by the request, so the workers are threads: gunicorn's
+    gthread worker, whose threads wait at most http_worker.HEAD_TIMEOUT_S for a request's head.
     """
-    common = ["--workers", str(cfg.workers), "--log-level", "warning", "--keep-alive", "5",
+    common = ["--workers", str(cfg.workers), "--log-level", "warning", "--keep-alive", str(KEEPALIVE_S),
               "--graceful-timeout", str(GRACEFUL_TIMEOUT_S), "--timeout", "60", *http_limits(cfg)]
     if spool:
         return ["gleanpipe.wsgi:spool_app", "--worker-class", "gevent",
                 "--worker-connections", str(cfg.connections), *common]
-    return ["gleanpipe.wsgi:app", "--worker-class", "gthread", "--threads", str(cfg.threads), *common]
+    return ["gleanpipe.wsgi:app", "--worker-class", "gleanpipe.http_worker.HeadTimeoutThreadWorker",
+            "--threads", str(cfg.threads), *common]
 
 
 class LoaderThread(threading.Thread):

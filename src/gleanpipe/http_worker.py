@@ -1,0 +1,49 @@
+"""serve's HTTP worker with GLEANPIPE_SPOOL=off: gunicorn's gthread worker, with a wall-clock
+limit on reading a request's head (HEAD_TIMEOUT_S).
+
+gunicorn's gthread worker gives each connection a thread of its pool, which waits (up to 5 s)
+for the first bytes and then reads the request line and headers from a blocking socket with no
+timeout. A client that stopped part-way through its head (``P`` and nothing more: a phone that
+lost its network mid-request) held that thread for ever, and with 2 workers x 8 threads, 16 such
+clients left nobody else an answer. gunicorn's gevent workers (serve's default, spool on) bound
+a head by their keep-alive, 5 s, which serve gives gunicorn (``ggevent``'s ``timeout_ctx`` around
+the parse); this worker gives its threads the same bound.
+
+The clock is read_deadline's watcher, the one that bounds bodies (GLEANPIPE_BODY_TIMEOUT_S). It
+starts when a pool thread takes the connection up (a new connection, or a kept-alive one whose
+next request the poller saw coming), so it bounds how long one thread waits for one head, and a
+request whose head waited whole in the queue for a free thread is not cut. It stops once the head
+is parsed, before the app runs: the app's body read has its own deadline. When it runs out the
+watcher shuts the socket's read side down, the blocked read ends (end of stream), gunicorn drops
+the half-read request as a client that went away and closes the connection. Nothing is answered
+and nothing is recorded in the error store: there is no request yet to answer or record.
+
+A keep-alive connection idle between requests is not a thread's: it waits in the worker's
+poller, for gunicorn's keep-alive, as before. serve speaks plain HTTP/1.1 (no TLS, no HTTP/2).
+"""
+
+from __future__ import annotations
+
+from gunicorn.workers.gthread import ThreadWorker
+
+from .read_deadline import WATCHER
+
+HEAD_TIMEOUT_S = 5.0  # as gunicorn's gevent workers bound a head: serve's --keep-alive (serve.KEEPALIVE_S)
+
+
+class HeadTimeoutThreadWorker(ThreadWorker):
+    """gunicorn's ThreadWorker whose threads wait at most HEAD_TIMEOUT_S for a request's head."""
+
+    def handle(self, conn):
+        conn.head_deadline = WATCHER.watch(conn.sock, HEAD_TIMEOUT_S)
+        try:
+            return super().handle(conn)
+        finally:  # a head that never came whole (the deadline, a client that left), an error
+            WATCHER.done(conn.head_deadline)
+
+    def handle_request(self, req, conn):
+        """The head is whole: the clock stops before the app reads the body and answers."""
+        WATCHER.done(conn.head_deadline)
+        if conn.head_deadline.expired:  # it came whole just as the read side was shut: the
+            return False  # body cannot be read any more, so the connection is closed unanswered
+        return super().handle_request(req, conn)
