@@ -73,15 +73,22 @@ def _error(status: int, error_type: str, message: str, **headers: str) -> Respon
 
 
 def decompress(body: bytes, limit: int) -> bytes:
-    """Gunzip ``body`` (all members), never producing more than ``limit`` bytes."""
+    """Gunzip ``body`` (all members), never producing more than ``limit`` bytes. NUL bytes after
+    the last member are padding (a tape or block device's, say) and are ignored, as GNU gzip does;
+    any other byte after it is a 400."""
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         chunk = d.decompress(body, limit + 1)
     except zlib.error as exc:
         raise Rejected(400, "decompress", f"invalid gzip body: {exc}") from None
-    if d.eof and not d.unused_data and len(chunk) <= limit:
+    if d.eof and len(chunk) <= limit and (not d.unused_data or _zeros(d.unused_data)):
         return chunk  # one gzip member, within the limit: the usual case, no copy
     return _members(memoryview(body), limit)
+
+
+def _zeros(rest: bytes) -> bool:
+    """Whether what follows the last gzip member is only NUL padding."""
+    return not rest.strip(b"\0")
 
 
 GZIP_STEP = 4096  # input fed per call when a body has several members (see _members)
@@ -94,6 +101,8 @@ def _members(body: memoryview, limit: int) -> bytes:
     out, pos, n = bytearray(), 0, len(body)
     while pos < n:
         if pos and body[pos:pos + len(GZIP_MAGIC)] != GZIP_MAGIC:
+            if _zeros(body[pos:].tobytes()):
+                break  # padding after the last member
             raise Rejected(400, "decompress", "trailing bytes after the gzip stream")
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:

@@ -1,0 +1,90 @@
+"""What clients send that the edge must read right, over real HTTP, against both ways it runs:
+`gleanpipe serve` (gunicorn, gevent workers, spool; loads into DuckDB) and the `submit`
+function under functions-framework (gunicorn, gthread). Gzip followed by zero padding.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import time
+import uuid
+
+import orjson
+import pytest
+
+from conftest import APP, SDK_HEADERS, ServeProcess, make_ping, submit_path
+from gleanpipe import rawobject
+from test_http_framing import Function
+
+CLIENT = "5d1e7c2a-8b3f-4a6e-9c0d-1e2f3a4b5c6d"
+
+
+@pytest.fixture(scope="module", params=["serve", "function"])
+def edge(request, tmp_path_factory):
+    """Each server, started once for the tests below (each test uses its own document ids)."""
+    data_dir = tmp_path_factory.mktemp(f"edge-{request.param}") / "data"
+    data_dir.mkdir()
+    srv = ServeProcess(data_dir).start() if request.param == "serve" else Function(data_dir, {})
+    srv.kind = request.param
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.read_log()
+
+
+def send(edge, path: str, body: bytes, headers: dict[str, str | bytes] | None = None) -> tuple[int, dict, dict]:
+    """(status, JSON answer or {}, headers) of one POST. http.client sends the path as given (no
+    slash merged) and a bytes header value as those bytes."""
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=20)
+    try:
+        conn.putrequest("POST", path, skip_accept_encoding=True)
+        for name, value in {**SDK_HEADERS, **(headers or {}), "Content-Length": str(len(body))}.items():
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, (json.loads(raw) if raw else {}), {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+def stored(edge, doc_type: str, doc_id: str, wait: bool = True) -> tuple[dict, bytes] | None:
+    """The metadata and payload of a document's raw object, or None when there is none. serve's
+    200 means the ping is in its spool, which serve turns into the object a moment later: with
+    ``wait`` this waits for it (a rejected ping never gets into the spool: no wait needed)."""
+    path = edge.data_dir / "store" / "raw" / APP / doc_type / "1" / f"{doc_id}.json"
+    deadline = time.monotonic() + (10 if wait and edge.kind == "serve" else 0)
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return rawobject.decode(path.read_bytes()) if path.exists() else None
+
+
+def records(edge, error_type: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (edge.data_dir / "store" / "errors").rglob(f"*/{error_type}/*.json")]
+
+
+# --- 4. gzip followed by zero padding ----------------------------------------------------------------
+
+@pytest.mark.parametrize("members, padding", [(1, 8), (1, 10_000), (2, 8), (2, 10_000)])
+def test_nul_padding_after_the_gzip_stream_is_ignored(edge, members, padding):
+    """GNU gzip ignores trailing zeros (tape or block padding). Before: 400 "trailing bytes after
+    the gzip stream". 10,000 bytes of padding span several of _members' feed steps."""
+    doc = str(uuid.uuid4())
+    ping = orjson.dumps(make_ping(CLIENT, metrics={"counter": {"toolbox.launch_count": 2}}))
+    half = len(ping) // 2
+    body = (gzip.compress(ping) if members == 1 else gzip.compress(ping[:half]) + gzip.compress(ping[half:]))
+    status, answer, _ = send(edge, submit_path("baseline", doc), body + b"\0" * padding)
+    assert status == 200, answer
+    assert stored(edge, "baseline", doc)[1] == ping
+
+
+@pytest.mark.parametrize("tail", [b"\0\0\0x", b"x\0\0", b"\0" * 8 + gzip.compress(b"{}"), b"\x1f"])
+def test_other_bytes_after_the_gzip_stream_stay_a_400(edge, tail):
+    doc = str(uuid.uuid4())
+    status, answer, _ = send(edge, submit_path("baseline", doc), gzip.compress(orjson.dumps(make_ping(CLIENT))) + tail)
+    assert (status, answer["error_type"]) == (400, "decompress")
+    assert answer["error_message"] == "trailing bytes after the gzip stream"
+    [record] = [r for r in records(edge, "decompress") if r["document_id"] == doc]
+    assert record["status"] == 400
+    assert stored(edge, "baseline", doc, wait=False) is None
