@@ -1,6 +1,6 @@
 """What clients send that the edge must read right, over real HTTP, against both ways it runs:
 `gleanpipe serve` (gunicorn, gevent workers, spool; loads into DuckDB) and the `submit`
-function under functions-framework (gunicorn, gthread). Gzip followed by zero padding.
+function under functions-framework (gunicorn, gthread). Content-Encodings other than gzip, gzip followed by zero padding.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import http.client
 import json
 import time
 import uuid
+import zlib
 
 import orjson
 import pytest
@@ -62,6 +63,41 @@ def stored(edge, doc_type: str, doc_id: str, wait: bool = True) -> tuple[dict, b
 
 def records(edge, error_type: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in (edge.data_dir / "store" / "errors").rglob(f"*/{error_type}/*.json")]
+
+
+# --- 3. a Content-Encoding other than gzip -----------------------------------------------------------
+
+@pytest.mark.parametrize("encoding, encode", [
+    ("deflate", zlib.compress),
+    ("deflate", lambda b: zlib.compress(b)[2:-4]),  # raw deflate, as some clients send "deflate"
+    ("br", lambda b: b"\x1b\xe6\x02\x00" + zlib.compress(b)),  # bytes for a brotli body (no brotli module here)
+    ("gzip, br", zlib.compress),
+])
+def test_a_content_encoding_other_than_gzip_says_so(edge, encoding, encode):
+    """Before: 400 "body is not UTF-8 text: byte 0x9c at offset 1", which did not say that only
+    gzip is taken."""
+    doc = str(uuid.uuid4())
+    body = encode(orjson.dumps(make_ping(CLIENT)))
+    status, answer, _ = send(edge, submit_path("baseline", doc), body, {"Content-Encoding": encoding})
+    message = (f'Content-Encoding "{encoding}" is not supported: gleanpipe takes a gzip body '
+               "(Content-Encoding: gzip) or plain JSON")
+    assert (status, answer) == (400, {"error_type": "content_encoding", "error_message": message})
+    [record] = [r for r in records(edge, "content_encoding") if r["document_id"] == doc]
+    assert (record["status"], record["error_message"], record["content_encoding"]) == (400, message, encoding)
+    assert record["body_bytes_kept"] == len(body)
+    assert stored(edge, "baseline", doc, wait=False) is None
+
+
+def test_what_is_json_or_gzip_is_taken_whatever_the_content_encoding_says(edge):
+    """Gzip goes by its magic bytes, so a plain JSON body under another Content-Encoding is still a
+    ping, and a body that is neither under `Content-Encoding: gzip` is still judged as JSON."""
+    ping = orjson.dumps(make_ping(CLIENT))
+    plain, gzipped = str(uuid.uuid4()), str(uuid.uuid4())
+    assert send(edge, submit_path("baseline", plain), ping, {"Content-Encoding": "br"})[0] == 200
+    assert send(edge, submit_path("baseline", gzipped), gzip.compress(ping), {"Content-Encoding": "deflate"})[0] == 200
+    assert stored(edge, "baseline", plain)[1] == ping and stored(edge, "baseline", gzipped)[1] == ping
+    status, answer, _ = send(edge, submit_path(), zlib.compress(ping), {"Content-Encoding": "gzip"})
+    assert (status, answer["error_type"]) == (400, "json")
 
 
 # --- 4. gzip followed by zero padding ----------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Status codes (the SDK deletes a ping on any 4xx and retries on 5xx):
   200 stored (or already stored under the same document id: nothing new is written)
-  400 bad ping: path segment, empty body, bad gzip, not JSON, not a Glean ping; or a body that
-      did not arrive whole (the connection ended early, or its framing is broken)
+  400 bad ping: path segment, empty body, bad gzip, a Content-Encoding other than gzip (and a body
+      that is not plain JSON), not JSON, not a Glean ping; or a body that did not arrive whole (the
+      connection ended early, or its framing is broken)
   404 not a /submit/<app-id>/<doc-type>/<version>/<document-id> path
   405 method other than POST or PUT
   408 the body took over GLEANPIPE_BODY_TIMEOUT_S to arrive
@@ -131,6 +132,16 @@ def _readable(path: str) -> str:
         return path
 
 
+SUPPORTED_ENCODINGS = frozenset({"gzip", "x-gzip", "identity"})
+
+
+def _unsupported_encoding(content_encoding: str | None) -> bool:
+    """Whether a Content-Encoding names a coding other than gzip (``identity`` is none)."""
+    if not content_encoding:
+        return False
+    return any(c.strip().lower() not in SUPPORTED_ENCODINGS for c in content_encoding.split(",") if c.strip())
+
+
 class SubmitHandler:
     """Framework-free core of submit: (method, path, headers, body) -> Response."""
 
@@ -220,6 +231,10 @@ class SubmitHandler:
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
+            if payload is body and _unsupported_encoding(meta["content_encoding"]):  # deflate, br, zstd...
+                raise Rejected(400, "content_encoding",
+                               f'Content-Encoding "{meta["content_encoding"]}" is not supported: gleanpipe takes '
+                               "a gzip body (Content-Encoding: gzip) or plain JSON") from None
             try:  # orjson says "surrogates not allowed" for any byte that is not UTF-8
                 payload.decode("utf-8")
             except UnicodeDecodeError as bad:
