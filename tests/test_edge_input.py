@@ -1,6 +1,7 @@
 """What clients send that the edge must read right, over real HTTP, against both ways it runs:
 `gleanpipe serve` (gunicorn, gevent workers, spool; loads into DuckDB) and the `submit`
-function under functions-framework (gunicorn, gthread). Content-Encodings other than gzip, gzip followed by zero padding.
+function under functions-framework (gunicorn, gthread). Header values that are not ASCII,
+Content-Encodings other than gzip, gzip followed by zero padding.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import zlib
 import orjson
 import pytest
 
-from conftest import APP, SDK_HEADERS, ServeProcess, make_ping, submit_path
+from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, make_ping, submit_path
 from gleanpipe import rawobject
 from test_http_framing import Function
 
@@ -63,6 +64,53 @@ def stored(edge, doc_type: str, doc_id: str, wait: bool = True) -> tuple[dict, b
 
 def records(edge, error_type: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in (edge.data_dir / "store" / "errors").rglob(f"*/{error_type}/*.json")]
+
+
+# --- 2. header values that are not ASCII -----------------------------------------------------------
+
+def test_header_values_are_stored_as_the_client_wrote_them(edge):
+    """Before: X-Debug-ID `café-тест` (UTF-8) was stored as `cafÃ©-Ñ\\x82ÐµÑ\\x81Ñ\\x82` in the raw object,
+    metadata.header.x_debug_id and at /debug. Bytes that are not UTF-8 stay one character each
+    (latin-1), so nothing is lost."""
+    doc = str(uuid.uuid4())
+    headers = {"X-Debug-ID": "café-тест".encode(), "X-Source-Tags": "automation,тест".encode(),
+               "User-Agent": b"Caf\xe9/1.0 (\xff)", "X-Telemetry-Agent": "Glean/71.0.0 (python on Linux)"}
+    status, answer, _ = send(edge, submit_path("baseline", doc), gzip.compress(orjson.dumps(make_ping(CLIENT))),
+                             headers)
+    assert status == 200, answer
+    meta, _ = stored(edge, "baseline", doc)
+    assert meta["headers"]["x_debug_id"] == "café-тест"
+    assert meta["headers"]["x_source_tags"] == "automation,тест"
+    assert meta["headers"]["user_agent"] == "Café/1.0 (ÿ)"
+    assert meta["headers"]["user_agent"].encode("latin-1") == b"Caf\xe9/1.0 (\xff)"
+    assert meta["headers"]["x_telemetry_agent"] == "Glean/71.0.0 (python on Linux)"
+    if edge.kind == "serve":
+        assert edge.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE document_id = '{doc}'", 1) == 1
+        assert edge.query(f"SELECT metadata.header.x_debug_id, metadata.header.x_source_tags, "
+                          f"metadata.header.parsed_x_source_tags, metadata.header.user_agent "
+                          f"FROM {DATASET}.baseline_v1 WHERE document_id = '{doc}'")[1] == [
+            ("café-тест", "automation,тест", ["automation", "тест"], "Café/1.0 (ÿ)")]
+        # not a valid tag ([A-Za-z0-9-]{1,20}): listed under _invalid, with the value it carried
+        conn = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=20)
+        conn.request("GET", "/debug/api/tags/_invalid")
+        listed = json.loads(conn.getresponse().read())
+        conn.close()
+        assert [(p["tag"], p["document_id"]) for p in listed["pings"]] == [("café-тест", doc)]
+
+
+def test_the_header_limit_counts_bytes_as_sent(edge):
+    """GLEANPIPE_MAX_HEADER_BYTES (1024) counts the bytes on the wire, not the characters of the
+    decoded text: 512 × é (1024 bytes) is kept, one byte more is a 431 with a record."""
+    ok, over = str(uuid.uuid4()), str(uuid.uuid4())
+    body = gzip.compress(orjson.dumps(make_ping(CLIENT)))
+    assert send(edge, submit_path("baseline", ok), body, {"User-Agent": ("é" * 512).encode()})[0] == 200
+    assert stored(edge, "baseline", ok)[0]["headers"]["user_agent"] == "é" * 512
+    status, answer, _ = send(edge, submit_path("baseline", over), body, {"User-Agent": ("é" * 512 + "a").encode()})
+    assert (status, answer) == (431, {"error_type": "header_too_large",
+                                      "error_message": "User-Agent header is over 1024 bytes (GLEANPIPE_MAX_HEADER_BYTES)"})
+    [record] = [r for r in records(edge, "header_too_large") if r["document_id"] == over]
+    assert record["headers"]["user_agent"] == "é" * 512 + "a"
+    assert stored(edge, "baseline", over, wait=False) is None
 
 
 # --- 3. a Content-Encoding other than gzip -----------------------------------------------------------

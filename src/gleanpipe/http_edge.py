@@ -132,6 +132,19 @@ def _readable(path: str) -> str:
         return path
 
 
+def header_text(value: str) -> str:
+    """A header value as the client wrote it. WSGI servers (gunicorn, under `serve` and under
+    functions-framework alike, and werkzeug's request.headers over it) give a value's bytes one
+    character each (latin-1), so ``café`` sent as UTF-8 came as ``cafÃ©``. Bytes that are UTF-8
+    are read as UTF-8; other bytes stay one character each (latin-1, HTTP/1.1's old charset for
+    header text): nothing is lost, ``text.encode("latin-1")`` gives the bytes back. Callers
+    check ``value.isascii()`` first, the usual case, which needs nothing done."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not UTF-8 (or text that no WSGI server gave): as it is
+        return value
+
+
 SUPPORTED_ENCODINGS = frozenset({"gzip", "x-gzip", "identity"})
 
 
@@ -173,7 +186,8 @@ class SubmitHandler:
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
                declared_length: int | None = None, body_problem: Rejected | None = None) -> Response:
         """``declared_length``: the Content-Length, when the adapter did not read an oversized body.
-        ``body_problem``: why the body did not arrive whole (``read_body``); ``body`` is what came."""
+        ``body_problem``: why the body did not arrive whole (``read_body``); ``body`` is what came.
+        ``headers``: values as WSGI gives them (latin-1, see ``header_text``)."""
         cfg = self.config
         # ``path`` is WSGI's PATH_INFO (both adapters pass it): its bytes, one character each
         # (decoded as latin-1), so its length is its length in bytes. Encoding it as UTF-8 counted
@@ -186,14 +200,22 @@ class SubmitHandler:
         if method not in METHODS:
             return _error(405, "method_not_allowed", f"use POST or PUT, not {method}", Allow="POST, PUT")
         received = self.now().astimezone(timezone.utc)
+        # the values as sent, for the 431 check: one character per byte, as for ``path`` above
+        sent = kept = {h: headers.get(name) for h, name in _KEPT}
+        encoding = headers.get("content-encoding")
+        for value in sent.values():
+            if value is not None and not value.isascii():  # stored as the client wrote it
+                kept = {h: v if v is None or v.isascii() else header_text(v) for h, v in sent.items()}
+                break
         meta = {
             "submission_timestamp": received.isoformat(timespec="microseconds")[:26] + "Z",
             "uri": _readable(path),
-            "headers": {h: headers.get(name) for h, name in _KEPT},
-            "content_encoding": headers.get("content-encoding"),
+            "headers": kept,
+            "content_encoding": encoding if encoding is None or encoding.isascii() else header_text(encoding),
         }
         try:
-            payload = self._check(parts, meta, body, max(len(body), declared_length or 0), body_problem)
+            payload = self._check(parts, meta, (*sent.items(), ("content_encoding", encoding)), body,
+                                  max(len(body), declared_length or 0), body_problem)
             created = self.store.put_new(meta["key"], rawobject.encode(meta, payload))
         except Rejected as rej:
             return self._reject(rej, meta, body)
@@ -205,7 +227,10 @@ class SubmitHandler:
             self.debug.record(meta, "accepted" if created else "duplicate", 200, meta["key"])
         return Response(200, b"", {"X-Gleanpipe-Stored": "new" if created else "duplicate"})
 
-    def _check(self, parts: list[str], meta: dict, body: bytes, size: int, body_problem: Rejected | None) -> bytes:
+    def _check(self, parts: list[str], meta: dict, sent: tuple[tuple[str, str | None], ...], body: bytes, size: int,
+               body_problem: Rejected | None) -> bytes:
+        """``sent``: (metadata name, value) of the kept headers and Content-Encoding, as WSGI gave
+        them (one character per byte: ``len`` is the length in bytes)."""
         cfg = self.config
         try:
             doc_path = parse_segments(*parts[2:])
@@ -213,7 +238,7 @@ class SubmitHandler:
             raise Rejected(400, "uri", str(exc)) from None
         meta.update(app_id=doc_path.app_id, doc_type=doc_path.doc_type, version=doc_path.version,
                     document_id=doc_path.document_id, key=doc_path.key)
-        for name, value in (*meta["headers"].items(), ("content_encoding", meta["content_encoding"])):
+        for name, value in sent:
             if value is not None and len(value) > cfg.max_header_bytes:
                 raise Rejected(431, "header_too_large", f"{_header_name(name)} header is over {cfg.max_header_bytes} bytes (GLEANPIPE_MAX_HEADER_BYTES)")
         if size > cfg.max_wire_bytes:
