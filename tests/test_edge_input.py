@@ -1,7 +1,7 @@
 """What clients send that the edge must read right, over real HTTP, against both ways it runs:
 `gleanpipe serve` (gunicorn, gevent workers, spool; loads into DuckDB) and the `submit`
-function under functions-framework (gunicorn, gthread). Header values that are not ASCII,
-Content-Encodings other than gzip, gzip followed by zero padding.
+function under functions-framework (gunicorn, gthread). Paths with extra slashes, header
+values that are not ASCII, Content-Encodings other than gzip, gzip followed by zero padding.
 """
 
 from __future__ import annotations
@@ -64,6 +64,56 @@ def stored(edge, doc_type: str, doc_id: str, wait: bool = True) -> tuple[dict, b
 
 def records(edge, error_type: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in (edge.data_dir / "store" / "errors").rglob(f"*/{error_type}/*.json")]
+
+
+def raw_docs(edge) -> set[str]:
+    raw = edge.data_dir / "store" / "raw"
+    return {p.stem for p in raw.rglob("*.json")} if raw.exists() else set()
+
+
+# --- 1. extra slashes in the path ------------------------------------------------------------------
+
+def test_runs_of_slashes_and_a_trailing_slash_reach_the_same_document(edge):
+    """Before: 404 for each (and a 404 is not recorded), so a server_endpoint written with a trailing
+    slash (the SDK then sends //submit/...) lost every ping without a trace."""
+    ping = orjson.dumps(make_ping(CLIENT, metrics={"counter": {"toolbox.launch_count": 4}}))
+    forms = {
+        "leading": "//submit/{app}/baseline/1/{doc}",
+        "middle": "/submit//{app}///baseline/1//{doc}",
+        "trailing": "/submit/{app}/baseline/1/{doc}/",
+    }
+    for name, form in forms.items():
+        doc = str(uuid.uuid4())
+        path = form.format(app=APP, doc=doc)
+        status, answer, headers = send(edge, path, gzip.compress(ping))
+        assert (status, headers.get("x-gleanpipe-stored")) == (200, "new"), (name, answer)
+        meta, payload = stored(edge, "baseline", doc)
+        assert payload == ping
+        assert (meta["app_id"], meta["doc_type"], meta["document_id"], meta["key"]) == \
+            (APP, "baseline", doc, f"raw/{APP}/baseline/1/{doc}.json")
+        assert meta["uri"] == path  # the path as it came
+        # the same document through the clean path, and back: a duplicate, nothing new written
+        assert send(edge, submit_path("baseline", doc), gzip.compress(ping))[2]["x-gleanpipe-stored"] == "duplicate"
+        assert send(edge, path, gzip.compress(ping))[2]["x-gleanpipe-stored"] == "duplicate"
+    if edge.kind == "serve":
+        assert edge.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 3) == 3
+        assert edge.query(f"SELECT DISTINCT metrics.counter.toolbox_launch_count FROM {DATASET}.baseline_v1")[1] == [(4,)]
+
+
+def test_slashes_are_merged_but_percent_2f_and_dot_segments_stay_refused(edge):
+    """A %2F is part of a segment (the path WSGI gives has it as "/", RAW_URI has it as sent), so it
+    is never merged away; `..` is a bad segment as before."""
+    body = gzip.compress(orjson.dumps(make_ping(CLIENT)))
+    before = raw_docs(edge)
+    doc = str(uuid.uuid4())
+    for path in (f"/submit/org%2F/baseline/1/{doc}", f"/submit/{APP}/baseline/1/{doc}%2F",
+                 f"/submit/{APP}%2F%2Fbaseline/1/{doc}", f"//submit/{APP}/baseline%2f/1/{doc}",
+                 f"/submit/{APP}/baseline/1", f"//submit/{APP}//baseline/1//", f"/submit/{APP}/baseline/1/{doc}/x"):
+        status, answer, _ = send(edge, path, body)
+        assert (status, answer["error_type"]) == (404, "not_found"), path
+    status, answer, _ = send(edge, f"/submit//../baseline/1/{doc}", body)
+    assert (status, answer["error_type"]) == (400, "uri")
+    assert raw_docs(edge) == before
 
 
 # --- 2. header values that are not ASCII -----------------------------------------------------------

@@ -198,3 +198,20 @@ def test_deletion_request_from_the_sdk_removes_the_clients_data(serve, tmp_path)
         (client_id, "set_upload_enabled")]
     [(client, rows_deleted)] = serve.query("SELECT client_id, rows_deleted FROM _gleanpipe.deletions")[1]
     assert client == client_id and rows_deleted == 2
+
+
+def test_a_server_endpoint_with_a_trailing_slash_delivers(serve, tmp_path):
+    """The SDK puts its server_endpoint before `/submit/...`, so `http://127.0.0.1:PORT/` sends
+    `POST //submit/...`. Before: a 404 for every ping (the SDK deletes the ping), and nothing
+    recorded, since a 404 is no ping."""
+    sent = run_sdk(serve.url + "/", tmp_path / "glean", "one", "--require-delivery")
+    assert sent["endpoint"].endswith("/")
+    uploads = {u["doc_type"]: u for u in sent["uploads"]}
+    assert set(uploads) == {"health", "toolbox-usage"}
+    assert all(u["status"] == 200 and "//submit/org-example-toolbox/" in u["url"] for u in uploads.values()), uploads
+    assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.toolbox_usage_v1", 1) == 1
+    assert serve.query(f"SELECT document_id, client_info.client_id, metrics.counter.toolbox_launch_count "
+                       f"FROM {DATASET}.toolbox_usage_v1")[1] == [
+        (uploads["toolbox-usage"]["doc_id"], sent["client_id"], 1)]
+    assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.health_v1", 1) == 1
+    assert serve.query(f"SELECT document_id FROM {DATASET}.health_v1")[1] == [(uploads["health"]["doc_id"],)]

@@ -89,7 +89,7 @@ def submit(request):
     # the path as the server got it, as serve sees it (Flask's request.path drops a leading "//")
     path = request.environ.get("PATH_INFO", request.path)
     response = handler.handle(request.method, path, request.headers, body, declared_length=length,
-                              body_problem=problem)
+                              body_problem=problem, raw_uri=request.environ.get("RAW_URI"))
     if closes_connection(handler, length, body, problem):
         closing = _Closing(response.body, response.status, response.headers)
         closing.linger_s = handler.config.linger_s

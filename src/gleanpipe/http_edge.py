@@ -5,7 +5,8 @@ Status codes (the SDK deletes a ping on any 4xx and retries on 5xx):
   400 bad ping: path segment, empty body, bad gzip, a Content-Encoding other than gzip (and a body
       that is not plain JSON), not JSON, not a Glean ping; or a body that did not arrive whole (the
       connection ended early, or its framing is broken)
-  404 not a /submit/<app-id>/<doc-type>/<version>/<document-id> path
+  404 not a /submit/<app-id>/<doc-type>/<version>/<document-id> path (runs of slashes count as
+      one, trailing slashes as none: see ``merged_parts``)
   405 method other than POST or PUT
   408 the body took over GLEANPIPE_BODY_TIMEOUT_S to arrive
   413 body over GLEANPIPE_MAX_WIRE_BYTES, or payload over GLEANPIPE_MAX_PAYLOAD_BYTES
@@ -132,6 +133,23 @@ def _readable(path: str) -> str:
         return path
 
 
+def merged_parts(path: str, raw_uri: str | None = None) -> list[str] | None:
+    """For a path that is not ``/submit/<app-id>/<doc-type>/<version>/<document-id>`` as it is:
+    its parts (``["", "submit", app, doc_type, version, doc_id]``) with runs of slashes counted as
+    one and trailing slashes as none, or None (404). The Glean SDK puts its ``server_endpoint``
+    before ``/submit/...``, so an endpoint written with a trailing slash sends ``//submit/...``;
+    Mozilla's edge has that merged by nginx (``merge_slashes``), and its decoder (ParseUri, with
+    Java's ``split("/")``) drops trailing empty segments.
+
+    ``raw_uri``: the request target as sent (gunicorn's ``RAW_URI``), when ``path`` is WSGI's
+    percent-decoded PATH_INFO: a slash that came as ``%2F`` is part of a segment, and a path that
+    has one is not merged (``/submit/org%2F/...`` stays a 404, not app ``org``)."""
+    if not path.startswith("/") or (raw_uri is not None and "%2f" in raw_uri.partition("?")[0].lower()):
+        return None
+    parts = ["", *filter(None, path.split("/"))]
+    return parts if len(parts) == 6 and parts[1] == "submit" else None
+
+
 def header_text(value: str) -> str:
     """A header value as the client wrote it. WSGI servers (gunicorn, under `serve` and under
     functions-framework alike, and werkzeug's request.headers over it) give a value's bytes one
@@ -184,10 +202,12 @@ class SubmitHandler:
         log.warning("%s%s", line, f" (and {unsaid} more 503s since the last such line)" if unsaid else "")
 
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-               declared_length: int | None = None, body_problem: Rejected | None = None) -> Response:
+               declared_length: int | None = None, body_problem: Rejected | None = None,
+               raw_uri: str | None = None) -> Response:
         """``declared_length``: the Content-Length, when the adapter did not read an oversized body.
         ``body_problem``: why the body did not arrive whole (``read_body``); ``body`` is what came.
-        ``headers``: values as WSGI gives them (latin-1, see ``header_text``)."""
+        ``headers``: values as WSGI gives them (latin-1, see ``header_text``). ``raw_uri``: the
+        request target as sent, when ``path`` was percent-decoded (see ``merged_parts``)."""
         cfg = self.config
         # ``path`` is WSGI's PATH_INFO (both adapters pass it): its bytes, one character each
         # (decoded as latin-1), so its length is its length in bytes. Encoding it as UTF-8 counted
@@ -196,7 +216,9 @@ class SubmitHandler:
             return _error(414, "uri_too_long", f"path is over {cfg.max_uri_bytes} bytes (GLEANPIPE_MAX_URI_BYTES)")
         parts = path.split("/")
         if len(parts) != 6 or parts[0] != "" or parts[1] != "submit" or not all(parts[2:]):
-            return _error(404, "not_found", "use /submit/<app-id>/<doc-type>/<version>/<document-id>")
+            parts = merged_parts(path, raw_uri)  # not the clean path: extra slashes?
+            if parts is None:
+                return _error(404, "not_found", "use /submit/<app-id>/<doc-type>/<version>/<document-id>")
         if method not in METHODS:
             return _error(405, "method_not_allowed", f"use POST or PUT, not {method}", Allow="POST, PUT")
         received = self.now().astimezone(timezone.utc)
@@ -418,7 +440,7 @@ def make_wsgi_app(handler: SubmitHandler) -> Callable:
             length = None
         body, problem = read_request_body(handler, environ["wsgi.input"], length, environ.get("gunicorn.socket"))
         response = handler.handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), headers, body,
-                                  declared_length=length, body_problem=problem)
+                                  declared_length=length, body_problem=problem, raw_uri=environ.get("RAW_URI"))
         out_headers = [("Content-Length", str(len(response.body)))] + list(response.headers.items())
         closing = closes_connection(handler, length, body, problem)
         if closing:  # the server says Connection: close (a WSGI app may not send that hop-by-hop header)
