@@ -1,6 +1,6 @@
-"""What clients send that the edge must read right, over real HTTP, against both ways it runs:
-`gleanpipe serve` (gunicorn, gevent workers, spool; loads into DuckDB) and the `submit`
-function under functions-framework (gunicorn, gthread). Paths with extra slashes, header
+"""What clients send that the edge must read right, over real HTTP, against each way it runs:
+`gleanpipe serve` (gunicorn, gevent workers, spool; loads into DuckDB), serve with the spool off
+(gthread workers) and the `submit` function under functions-framework (gunicorn, gthread). Paths with extra slashes, header
 values that are not ASCII, Content-Encodings other than gzip, gzip followed by zero padding.
 """
 
@@ -23,13 +23,17 @@ from test_http_framing import Function
 CLIENT = "5d1e7c2a-8b3f-4a6e-9c0d-1e2f3a4b5c6d"
 
 
-@pytest.fixture(scope="module", params=["serve", "function"])
+@pytest.fixture(scope="module", params=["serve", "serve-threads", "function"])
 def edge(request, tmp_path_factory):
-    """Each server, started once for the tests below (each test uses its own document ids)."""
+    """Each server, started once for the tests below (each test uses its own document ids).
+    ``kind``: "serve" for both serves (they load into DuckDB), or "function"."""
     data_dir = tmp_path_factory.mktemp(f"edge-{request.param}") / "data"
     data_dir.mkdir()
-    srv = ServeProcess(data_dir).start() if request.param == "serve" else Function(data_dir, {})
-    srv.kind = request.param
+    if request.param == "function":
+        srv = Function(data_dir, {})
+    else:
+        srv = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "off"} if request.param == "serve-threads" else {}).start()
+    srv.kind = request.param.split("-")[0]
     yield srv
     srv.stop()
     assert "Traceback" not in srv.read_log()
