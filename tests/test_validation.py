@@ -350,3 +350,42 @@ def test_only_data_urls_are_refused(url: str, ok: bool) -> None:
     with "data" (`database://...`), and its 400 made the SDK delete the whole ping."""
     errors = validate_ping({"metrics": {"url": {"probe.link": url}}})
     assert (errors == []) is ok, errors
+
+
+# --- values nested too deep for repr() or jsonschema-rs: never a RecursionError or ValueError. The edge
+# refuses them first (nesting.MAX_JSON_DEPTH), but rendering an error must not depend on that.
+
+
+def chain(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+TOO_DEEP_FOR_REPR = sys.getrecursionlimit() + 10  # repr() raises RecursionError on this at any stack depth
+
+
+def test_an_error_beside_a_value_too_deep_for_repr_is_rendered() -> None:
+    """Before: the error's message is quoted without the ping's repr(), but _message took that
+    repr() to look for it (a RecursionError, the edge's 500 from 967 levels under gunicorn)."""
+    doc = ping(x=chain(TOO_DEEP_FOR_REPR))
+    assert validate_ping(doc) == ["$: Additional properties are not allowed ('x' was unexpected)"]
+
+
+def test_an_offending_value_too_deep_for_repr_still_gives_an_error() -> None:
+    """jsonschema's own message repr()s the value (a RecursionError); jsonschema-rs, asked for its
+    first error instead, gives up past about 255 levels: the ping is still reported invalid."""
+    doc = ping(metrics={"string_list": {"toolbox.tags": [chain(TOO_DEEP_FOR_REPR)]}})
+    assert validate_ping(doc) == ["$: document does not match the ping schema"]
+    shallow = ping(metrics={"string_list": {"toolbox.tags": [chain(40)]}})
+    assert validate_ping(shallow) == [f"metrics.string_list.toolbox.tags[0]: {repr(chain(40))[:57]}... is not of type 'string'"]
+
+
+def test_a_large_payload_nested_past_jsonschema_rs_gets_an_error_not_its_value_error() -> None:
+    """Over MAX_LISTED_BYTES only jsonschema-rs's first error is asked for; past about 255 levels it
+    raises ValueError("Recursion limit reached"), which was the edge's 500."""
+    errors = validate_ping(ping(x=chain(300)), MAX_LISTED_BYTES + 1)
+    assert (list(errors), errors.more) == (["$: document does not match the ping schema"], "large")
+    errors = validate_ping(ping(x=chain(200)), MAX_LISTED_BYTES + 1)
+    assert (list(errors), errors.more) == (["$: Additional properties are not allowed ('x' was unexpected)"], "large")

@@ -17,6 +17,7 @@ import functools
 import importlib.resources
 import itertools
 import json
+import reprlib
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -57,8 +58,24 @@ def load_schema(override: str = "") -> dict[str, Any]:
     return json.loads(repo_copy.read_text(encoding="utf-8"))
 
 
+# repr() of a value nested some hundreds of levels deep raises RecursionError (Python's repr of a
+# list or dict recurses); the edge refuses such a ping first (nesting.MAX_JSON_DEPTH), and _repr
+# keeps a deep value that comes here some other way from failing the rendering of its error
+_SHALLOW = reprlib.Repr()
+_SHALLOW.maxlevel, _SHALLOW.maxstring, _SHALLOW.maxother = 6, MAX_REPR, MAX_REPR
+_SHALLOW.maxlist = _SHALLOW.maxdict = _SHALLOW.maxtuple = 10
+
+
+def _repr(value: Any) -> str:
+    """repr(value), or for a value too deep for it, reprlib's short form (``[[[[[[...]]]]]]``)."""
+    try:
+        return repr(value)
+    except RecursionError:
+        return _SHALLOW.repr(value)
+
+
 def _short(value: Any, limit: int = MAX_REPR) -> str:
-    text = repr(value)
+    text = _repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -79,7 +96,7 @@ def _path_key(parts: Iterable[Any]) -> tuple:
 
 def _message(error: jsonschema.ValidationError) -> str:
     msg = error.message
-    full = repr(error.instance)
+    full = _repr(error.instance)
     if len(full) > MAX_REPR:
         msg = msg.replace(full, _short(error.instance))
     return _cut(msg)
@@ -119,20 +136,30 @@ class PingValidator:
         if self.is_valid(doc):
             return SchemaErrors()
         if size > MAX_LISTED_BYTES:
-            try:
-                self._fast.validate(doc)
-            except jsonschema_rs.ValidationError as exc:
-                return SchemaErrors([f"{_path(exc.instance_path)}: {_cut(exc.message)}"], more="large")
-            return SchemaErrors(["$: document does not match the ping schema"], more="large")
+            return SchemaErrors([self._first_error(doc)], more="large")
         if self._slow is None:
             self._slow = jsonschema.Draft7Validator(self.schema)
-        found = [(_path_key(e.absolute_path), _path(e.absolute_path), _message(e))
-                 for e in itertools.islice(self._slow.iter_errors(doc), MAX_ERRORS + 1)]
+        try:
+            found = [(_path_key(e.absolute_path), _path(e.absolute_path), _message(e))
+                     for e in itertools.islice(self._slow.iter_errors(doc), MAX_ERRORS + 1)]
+        except RecursionError:  # jsonschema's own messages repr() the value (see _repr): its first error alone
+            return SchemaErrors([self._first_error(doc)])
         if not found:  # validators disagree: never report a rejected ping as valid
             return SchemaErrors(["$: document does not match the ping schema"])
         capped = len(found) > MAX_ERRORS
         return SchemaErrors([f"{path}: {msg}" for _, path, msg in sorted(found[:MAX_ERRORS])],
                             more="capped" if capped else "")
+
+    def _first_error(self, doc: Any) -> str:
+        """``path: message`` of the first error jsonschema-rs finds. It stops there, but gives up
+        on a value nested about 255 levels deep ("Recursion limit reached", a ValueError)."""
+        try:
+            self._fast.validate(doc)
+        except jsonschema_rs.ValidationError as exc:
+            return f"{_path(exc.instance_path)}: {_cut(exc.message)}"
+        except ValueError:
+            pass
+        return "$: document does not match the ping schema"
 
     @staticmethod
     def render(errors: list[str], limit: int = 10) -> str:
