@@ -6,6 +6,7 @@ values that are not ASCII, Content-Encodings other than gzip, gzip followed by z
 
 from __future__ import annotations
 
+import base64
 import gzip
 import http.client
 import json
@@ -226,3 +227,87 @@ def test_other_bytes_after_the_gzip_stream_stay_a_400(edge, tail):
     [record] = [r for r in records(edge, "decompress") if r["document_id"] == doc]
     assert record["status"] == 400
     assert stored(edge, "baseline", doc, wait=False) is None
+
+
+# --- 5. JSON nested deeper than nesting.MAX_JSON_DEPTH (64 levels) ---------------------------------------
+
+def nested(levels: int, leaf=7):
+    """A value ``levels`` containers deep: lists, with a dict every tenth level, ``leaf`` at the bottom."""
+    value = leaf
+    for i in range(levels):
+        value = {"d": value} if i % 10 == 9 else [value]
+    return value
+
+
+def nested_path(levels: int, steps: int | None = None) -> str:
+    """The path into ``nested(levels)`` from its top, ``steps`` containers down (all the way: to the innermost)."""
+    steps = levels - 1 if steps is None else steps
+    return "".join(".d" if i % 10 == 9 else "[0]" for i in reversed(range(levels - steps, levels)))
+
+
+def object_ping(levels: int) -> dict:
+    """A valid ping whose JSON nests ``levels`` deep, in an object metric (the ping, metrics and
+    metrics.object are 3 of them)."""
+    return make_ping(CLIENT, metrics={"object": {"toolbox.deep": nested(levels - 3)}})
+
+
+def compact(doc) -> bytes:
+    """JSON as the SDK writes it (with json: orjson writes at most 254 levels)."""
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def too_deep(where: str) -> str:
+    shown = where if len(where) <= 100 else where[:97] + "..."
+    return f"body nests JSON deeper than 64 levels, the most a ping may have (MAX_JSON_DEPTH): level 65 begins at {shown}"
+
+
+def test_json_nested_64_levels_is_taken_and_loads_and_65_is_a_400(edge):
+    """63 and 64 levels are taken and load; 65 is a 400 with its reason kept, though the schema
+    takes it and it would have loaded (255 levels would not have: stored with 200, never loaded).
+    Each has over 64 brackets, so the edge's check runs whole (orjson.dumps in padding), not only
+    its count of brackets."""
+    for levels in (63, 64):
+        body = compact(object_ping(levels))
+        assert body.count(b"[") + body.count(b"{") > 64
+        doc = str(uuid.uuid4())
+        assert send(edge, submit_path("baseline", doc), gzip.compress(body))[:2] == (200, {})
+        assert stored(edge, "baseline", doc)[1] == body
+        if edge.kind == "serve":  # its row holds the value whole
+            where = f"FROM {DATASET}.baseline_v1 WHERE document_id = '{doc}'"
+            assert edge.wait_rows(f"SELECT count(*) {where}", 1) == 1
+            [(value,)] = edge.query(f"SELECT metrics.object.toolbox_deep {where}")[1]
+            assert json.loads(value) == nested(levels - 3)
+    doc, body = str(uuid.uuid4()), gzip.compress(compact(object_ping(65)))
+    message = too_deep("metrics.object.toolbox.deep" + nested_path(62))
+    assert send(edge, submit_path("baseline", doc), body)[:2] == (400, {"error_type": "json", "error_message": message})
+    [record] = [r for r in records(edge, "json") if r["document_id"] == doc]
+    assert (record["error_message"], record["status"], record["body_bytes_kept"]) == (message, 400, len(body))
+    assert stored(edge, "baseline", doc, wait=False) is None
+
+
+PING_OPEN = compact(make_ping(CLIENT))[:-1]  # a ping with its closing } left off
+PAST_ORJSON = PING_OPEN + b',"x":' + b"[" * 1100 + b"]" * 1100 + b"}"
+
+
+@pytest.mark.parametrize("body, message", [
+    # invalid (x is no field of a ping) and 991 levels: a 500 before, from the schema error's repr()
+    # of the ping (a RecursionError; under serve from 967 levels)
+    (PING_OPEN + b',"x":' + b"[" * 990 + b"]" * 990 + b"}", too_deep("x" + "[0]" * 63)),
+    # over 64 KiB, invalid and 300 levels: a 500 before (jsonschema-rs: "Recursion limit reached")
+    (compact({**make_ping(CLIENT, metrics={"string": {"toolbox.pad": "p" * 70_000}}), "x": nested(299)}),
+     too_deep("x" + nested_path(299, 63))),
+    # past the 1024 levels orjson reads: before, "body is not valid JSON: depth limit exceeded: line 1 column
+    # 1439 (char 1438)", which named no limit
+    (PAST_ORJSON, "body nests JSON deeper than 64 levels, the most a ping may have (MAX_JSON_DEPTH): over 1024 "
+                  # orjson's position: just past the [ that opens level 1025 (the ping's { is level 1)
+                  f"levels at char {PAST_ORJSON.index(b'[' * 1100) + 1023 + 1}"),
+], ids=["990 levels, invalid", "300 levels in 64 KiB", "1100 levels"])
+def test_json_nested_far_deeper_is_the_same_400_never_a_500(edge, body, message):
+    doc, sent = str(uuid.uuid4()), gzip.compress(body)
+    status, answer, _ = send(edge, submit_path("baseline", doc), sent)
+    assert (status, answer) == (400, {"error_type": "json", "error_message": message})
+    [record] = [r for r in records(edge, "json") if r["document_id"] == doc]
+    assert (record["error_message"], record["status"]) == (message, 400)
+    assert base64.b64decode(record["body_base64"]) == sent
+    assert stored(edge, "baseline", doc, wait=False) is None
+    assert "Traceback" not in edge.read_log()

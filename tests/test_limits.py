@@ -629,3 +629,53 @@ def test_load_batch_setting_sizes_each_write(tmp_path):
         assert wh.query('SELECT count(*) FROM "org_example_toolbox".baseline', None)[1] == [(5,)]
     finally:
         wh.close()
+
+
+# --- nesting.MAX_JSON_DEPTH: the check itself (through the edge: test_edge_input.py; in the loader: test_load.py) --
+
+
+def test_nested_helpers_nest_as_they_say():
+    from gleanpipe.nesting import path_below
+    from test_edge_input import nested, nested_path, object_ping
+
+    assert nested(1) == [7] and nested(10) == {"d": [[[[[[[[[7]]]]]]]]]}
+    assert nested_path(12) == "[0][0].d[0][0][0][0][0][0][0][0]"  # 11 steps: from level 1 down to 12
+    ping = object_ping(65)
+    path = path_below(ping, 64)  # level 65 is the innermost container of the metric's value
+    assert path[:3] == ["metrics", "object", "toolbox.deep"] and len(path) == 64
+    assert "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[3:]) == nested_path(62)
+    assert path_below(ping, 65) is None and path_below(object_ping(64), 64) is None
+
+
+def test_orjson_stops_writing_at_the_depth_the_check_and_the_loader_count_on():
+    """nesting.deeper_than has orjson.dumps count levels (inside padding), and the loader's error for a
+    too deep ping reads orjson's refusal: an orjson that stops elsewhere must fail here, not pass
+    pings it should not (deeper_than would fall back to its walk: right, but slower)."""
+    import orjson
+
+    from gleanpipe import nesting
+    from test_edge_input import nested
+
+    assert nesting.ORJSON_MAX_DEPTH == 254 and nesting._ORJSON_STOPS is True
+    assert orjson.dumps(nested(254)).count(b"[") == 229  # a dict every tenth level
+    with pytest.raises(orjson.JSONEncodeError, match=f"^{nesting.ORJSON_TOO_DEEP}$"):
+        orjson.dumps(nested(255))
+
+
+@pytest.mark.parametrize("way", ["orjson", "walk"])
+def test_the_depth_check_counts_levels_exactly(way, monkeypatch):
+    """``walk``: the check as it runs with an orjson that writes any depth (before 3.11.5), which
+    cannot be installed beside this one: hence the monkeypatch."""
+    from gleanpipe import nesting
+    from test_edge_input import compact, nested
+
+    if way == "walk":
+        monkeypatch.setattr(nesting, "_ORJSON_STOPS", False)
+    for levels in (1, 2, 63, 64, 65, 200, 254, 255, 600):
+        # brackets in strings count for the cheap first scan, not for the depth
+        for doc in (nested(levels), {"s": "[{" * 40, "a": nested(levels - 1)}):
+            for limit in (1, 64, 200):
+                assert nesting.deeper_than(doc, compact(doc), limit) is (levels > limit), (levels, doc is dict, limit)
+    # a value orjson does not write, before the depth: the walk decides (orjson.loads never makes one)
+    assert nesting.deeper_than({"big": 2**70, "a": nested(64)}, b"[" * 65) is True  # 65 levels
+    assert nesting.deeper_than({"big": 2**70, "a": nested(63)}, b"[" * 65) is False

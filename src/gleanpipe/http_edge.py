@@ -3,8 +3,9 @@
 Status codes (the SDK deletes a ping on any 4xx and retries on 5xx):
   200 stored (or already stored under the same document id: nothing new is written)
   400 bad ping: path segment, empty body, bad gzip, a Content-Encoding other than gzip (and a body
-      that is not plain JSON), not JSON, not a Glean ping; or a body that did not arrive whole (the
-      connection ended early, or its framing is broken)
+      that is not plain JSON), not JSON, JSON nested deeper than MAX_JSON_DEPTH (nesting.py), not a
+      Glean ping; or a body that did not arrive whole (the connection ended early, or its framing
+      is broken)
   404 not a /submit/<app-id>/<doc-type>/<version>/<document-id> path (runs of slashes count as
       one, trailing slashes as none: see ``merged_parts``)
   405 method other than POST or PUT
@@ -38,6 +39,7 @@ from .config import Config
 from .debug_index import DebugIndex
 from .linger import lingering
 from .naming import ERROR_PREFIX, PathError, parse_segments
+from .nesting import MAX_JSON_DEPTH, deeper_than, too_deep_message
 from .read_deadline import WATCHER
 from .storage import RawStore, StoreError
 from .validation import PingValidator, default_validator
@@ -290,9 +292,16 @@ class SubmitHandler:
             if str(exc).startswith("number is infinity"):  # valid JSON, but past any number a metric holds
                 raise Rejected(400, "json", "body has a number past the range of a 64-bit float (about 1.8e308), "
                                             f"which no Glean metric can hold, at char {exc.pos}") from None
+            if str(exc).startswith("depth limit exceeded"):  # orjson reads 1024 levels: far past our own limit
+                raise Rejected(400, "json", f"body nests JSON deeper than {MAX_JSON_DEPTH} levels, the most a ping "
+                                            f"may have (MAX_JSON_DEPTH): over 1024 levels at char {exc.pos}") from None
             raise Rejected(400, "json", f"body is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise Rejected(400, "schema", f"a ping is a JSON object, not {type(doc).__name__}")
+        # before the schema: its error messages (and jsonschema-rs) fail on JSON nested some hundreds
+        # of levels deep, and the loader cannot write a row past 254 (nesting.py says why 64)
+        if deeper_than(doc, payload):
+            raise Rejected(400, "json", too_deep_message(doc))
         errors = self.validator.validate(doc, len(payload))
         if errors:
             raise Rejected(400, "schema", self.validator.render(errors))
