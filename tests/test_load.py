@@ -734,3 +734,42 @@ def test_a_rows_file_that_cannot_be_written_is_the_warehouse_out_of_reach_not_a_
     assert str(exc.value) == f"cannot write the rows to load to {rows}: Is a directory"
     os.rmdir(rows)
     assert Loader(store, warehouse).load_keys([key]).inserted == 1
+
+
+def test_a_stored_ping_nested_deeper_than_a_row_can_be_written_says_so(tmp_path):
+    """A ping the edge took before it refused pings nested past nesting.MAX_JSON_DEPTH (64), or stored
+    some other way, then loaded or replayed: 254 levels load; 255 cannot (orjson writes the row, and
+    stops at 254), and the load error says so, and where. Before: "TypeError: Recursion limit reached"."""
+    from gleanpipe.warehouse import open_warehouse
+
+    def chain(levels: int) -> list:
+        value: list = []
+        for _ in range(levels - 1):
+            value = [value]
+        return value
+
+    def cut(path: str) -> str:
+        return path if len(path) <= 100 else path[:97] + "..."
+
+    store = LocalStore(tmp_path / "store")
+    wh = open_warehouse(f"duckdb://{tmp_path / 'wh.duckdb'}")
+    try:
+        # the ping, metrics and metrics.object are 3 levels: the metric's value is at level 4
+        fits = put_ping(store, make_ping(CLIENT_A, metrics={"object": {"toolbox.deep": chain(251)}}))
+        deep_metric = put_ping(store, make_ping(CLIENT_B, metrics={"object": {"toolbox.deep": chain(252)}}))
+        deep_field = put_ping(store, {**make_ping(CLIENT_B), "x": chain(254)})  # additional_properties
+        result = Loader(store, wh).load_keys([fits, deep_metric, deep_field])
+        assert (result.inserted, result.errors) == (1, 2)
+        [(value,)] = wh.query(f"SELECT metrics.object.toolbox_deep FROM {DATASET}.baseline")[1]
+        assert json.loads(value) == chain(251)
+        errors = dict(((k, (t, m)) for k, t, m in wh.query(
+            "SELECT object_key, error_type, error_message FROM _gleanpipe.errors")[1]))
+        tail = " (the edge now refuses pings nested deeper than 64 levels: MAX_JSON_DEPTH)"
+        lead = ("the ping nests JSON deeper than 254 levels, the most its row can be written with, so it cannot load: "
+                "level 255 begins at ")
+        assert errors == {
+            deep_metric: ("transform", lead + cut("metrics.object.toolbox.deep" + "[0]" * 251) + tail),
+            deep_field: ("transform", lead + cut("x" + "[0]" * 253) + tail),
+        }
+    finally:
+        wh.close()

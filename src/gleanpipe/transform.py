@@ -15,6 +15,7 @@ import orjson
 
 from . import rawobject
 from .naming import DocumentPath, column_name, is_column_name, parse_segments, PathError
+from .nesting import MAX_JSON_DEPTH, ORJSON_MAX_DEPTH, ORJSON_TOO_DEEP, path_below, where_deeper
 from .int64 import CLIENT_INFO_INTS, EVENTS_INTS, INT64_MAX, INT64_MIN, METRIC_INTS, PING_INFO_INTS, NotInt64
 from .table_schema import CLIENT_INFO, METRIC_TYPES, PING_INFO
 
@@ -262,7 +263,19 @@ def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRo
     except NotInt64 as exc:
         raise TransformError("transform", str(exc)) from None
     except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        # a row nests an object metric's value (and additional_properties a ping's unknown fields) as
+        # deep as the ping does, and orjson writes at most ORJSON_MAX_DEPTH levels
+        if str(exc) == ORJSON_TOO_DEEP and path_below(ping, ORJSON_MAX_DEPTH) is not None:
+            raise TransformError("transform", too_deep_to_load(ping)) from None
         raise TransformError("transform", f"{type(exc).__name__}: {exc}") from None
+
+
+def too_deep_to_load(ping: dict) -> str:
+    """The load error of a ping nested deeper than its row can be written: one the edge took before
+    it refused pings past MAX_JSON_DEPTH, or stored some other way."""
+    return (f"the ping nests JSON deeper than {ORJSON_MAX_DEPTH} levels, the most its row can be written with, "
+            f"so it cannot load: {where_deeper(ping, ORJSON_MAX_DEPTH)} (the edge now refuses pings nested "
+            f"deeper than {MAX_JSON_DEPTH} levels: MAX_JSON_DEPTH)")
 
 
 def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
