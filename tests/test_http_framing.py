@@ -577,6 +577,22 @@ def test_a_client_that_keeps_sending_is_cut_off_at_the_linger_bound(lingering_se
     assert len(records(srv.data_dir, "body_too_large")) == before + 1
 
 
+def test_an_http_1_0_client_that_sends_a_big_body_before_it_reads_gets_its_413(lingering_server):
+    """HTTP/1.0 is HTTP/1 too: a client of that version that sends its whole body over the wire
+    limit before it reads is lingered for as an HTTP/1.1 one is, and reads its 413, not a reset."""
+    srv = lingering_server
+    before = len(records(srv.data_dir, "body_too_large"))
+    size = 16 << 20
+    request = head(submit_path(), size).replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.settimeout(30)
+        sock.sendall(request + bytes(size))  # all of it, then the answer
+        status, answer, after = read_response(sock)
+        assert (status, answer["error_type"], after) == (413, "body_too_large", b"")
+        assert closed_after(sock, timeout=LINGER_S + 5)
+    assert len(records(srv.data_dir, "body_too_large")) == before + 1
+
+
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
@@ -630,3 +646,36 @@ def test_only_http1_answers_under_gunicorn_linger():
         assert lingering(body, {"gunicorn.socket": server, "SERVER_PROTOCOL": "HTTP/2.0"}, 1) is body
         wrapped = lingering(body, {"gunicorn.socket": server, "SERVER_PROTOCOL": "HTTP/1.1"}, 1)
         assert isinstance(wrapped, Lingering) and list(wrapped) == body
+        assert isinstance(lingering(body, {"gunicorn.socket": server, "SERVER_PROTOCOL": "HTTP/1.0"}, 1), Lingering)
+
+
+def test_a_lingering_answer_closes_its_body_then_lingers_and_a_deadline_already_past_reads_nothing():
+    """Lingering.close closes the answer's own iterable first (PEP 3333: the server calls close()
+    once, and it must reach the app's iterable), then lingers. And linger() with no time left (its
+    deadline passed while it read) stops at once, without an error: real loopback TCP sockets."""
+    from gleanpipe.linger import Lingering, linger
+
+    closed = []
+
+    class Body(list):
+        def close(self):
+            closed.append(time.monotonic())
+
+    server, client = _tcp_pair()
+    with server, client:
+        client.sendall(b"x" * 1000)
+        client.shutdown(socket.SHUT_WR)
+        wrapped = Lingering(Body([b"answer"]), server, 5)
+        assert list(wrapped) == [b"answer"]
+        wrapped.close()
+        assert len(closed) == 1
+        assert client.recv(10) == b""  # and it lingered: the server's sending side is shut
+
+    for seconds in (0, 1e-9):
+        server, client = _tcp_pair()
+        with server, client:
+            client.sendall(b"x" * 1000)
+            started = time.monotonic()
+            assert linger(server, seconds) == 0 and time.monotonic() - started < 0.5
+            client.settimeout(5)
+            assert client.recv(10) == b""
