@@ -171,10 +171,11 @@ class AdminServer:
 
 def _body(rfile, length: str | None) -> dict:
     """The request's JSON object, BadRequest for anything else."""
-    try:
-        size = int(length or 0)
-    except ValueError:
-        raise BadRequest(f"Content-Length {length!r} is not a number") from None
+    digits = (length or "0").strip()
+    # digits only: int() also takes "-1" (read(-1) waited for the client to close) and "1_0"
+    if not (digits.isascii() and digits.isdigit()):
+        raise BadRequest(f"Content-Length {length!r} is not a number of bytes")
+    size = int(digits)
     try:
         body = orjson.loads(rfile.read(size) or b"{}")
     except orjson.JSONDecodeError:
