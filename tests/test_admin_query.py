@@ -803,6 +803,8 @@ def _faulty_admin_server(wh):
             raise KeyError("no_such_key")  # on purpose: a bug in serve
         if sql == SERVE_BUG + " -- internal":
             raise duckdb.InternalException("INTERNAL Error: on purpose\nThis error signals an assertion failure")
+        if sql == SERVE_BUG + " -- bare":
+            raise RuntimeError()  # on purpose: a bug in serve whose error says nothing
         return read_only(wh.read_query_pages)(sql, params)
 
     def status():
@@ -832,6 +834,7 @@ def test_an_error_of_serves_own_is_a_500_logged_with_its_traceback_not_the_reque
                 ("/query", {"sql": SERVE_BUG}, _failed("KeyError: 'no_such_key'")),
                 ("/query", {"sql": SERVE_BUG + " -- internal"},
                  _failed("InternalException: INTERNAL Error: on purpose")),
+                ("/query", {"sql": SERVE_BUG + " -- bare"}, _failed("RuntimeError")),
                 ("/status", {}, _failed("TypeError: on purpose: a bug in serve's status"))):
             caplog.clear()
             status, answer, _ = post(server.url + path, json.dumps(body).encode(), headers)
