@@ -393,7 +393,7 @@ def test_a_store_in_trouble_is_answered_before_the_sdk_gives_up():
 
 
 def test_documented_defaults():
-    from dataclasses import asdict
+    from dataclasses import MISSING, asdict, fields
 
     from gleanpipe.config import Config
 
@@ -408,6 +408,10 @@ def test_documented_defaults():
         "debug_index": True, "query_max_bytes": 268435456, "duckdb_memory_limit": None, "schema_path": "",
         "store_timeout_s": 3.0, "store_retry_s": 3.0, "bigquery_endpoint": "", "bigquery_retry_s": 60,
         "bigquery_deletions_refresh_s": 60, "bigquery_deletions_settle_s": 300}
+    # a Config made in code takes the same defaults as one read from the environment
+    for field in fields(Config):
+        if field.default is not MISSING:
+            assert (field.name, field.default) == (field.name, cfg[field.name])
 
 
 # --- serve: raised path and header limits reach the edge, not gunicorn's own parser limits ----------------
