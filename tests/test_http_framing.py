@@ -326,6 +326,15 @@ def test_a_misconfigured_function_answers_503_without_reading_the_body(tmp_path)
             status, answer, _ = read_response(sock, headers=headers)
             assert headers["connection"] == "close" and closed_after(sock)  # before: keep-alive, closed 5 s later
         assert (status, answer["error_type"]) == (503, "misconfigured")
+        # a client that sends its whole body before it reads gets its 503 too, not a reset: the
+        # function lingers (GLEANPIPE_LINGER_S's default, as its settings are not taken) on that close
+        conn = http.client.HTTPConnection("127.0.0.1", function.port, timeout=30)
+        try:
+            conn.request("POST", submit_path(), body=bytes(16 << 20), headers=SDK_HEADERS)
+            resp = conn.getresponse()
+            assert (resp.status, json.loads(resp.read())["error_type"]) == (503, "misconfigured")
+        finally:
+            conn.close()
     finally:
         function.stop()
 
