@@ -963,10 +963,11 @@ def test_query_and_status_say_an_error_of_serves_own_in_one_line_and_exit_1(tmp_
         wh.close()
 
 
-def test_a_content_length_that_is_no_number_of_bytes_is_a_400_at_once(tmp_path):
+def test_a_content_length_that_is_no_number_of_bytes_is_a_400_at_once_and_no_body_is_an_empty_object(tmp_path):
     """The admin API's Content-Length, on a raw socket to a real admin server: one that is not
     digits is the request's fault, answered 400 at once. Before: "-1" read the body until the
-    client closed (the request hung meanwhile), and "1_0" (which int() takes) waited for 10 bytes."""
+    client closed (the request hung meanwhile), and "1_0" (which int() takes) waited for 10 bytes.
+    A request without a body (none declared, or 0 bytes) is taken as the empty object {}."""
     import socket
 
     from gleanpipe.admin import AdminServer
@@ -975,18 +976,22 @@ def test_a_content_length_that_is_no_number_of_bytes_is_a_400_at_once(tmp_path):
     server.start()
     host, port = server.httpd.server_address[:2]
     try:
-        for length, status, answer in (("-1", 400, {"error": "Content-Length '-1' is not a number of bytes"}),
-                                       ("1_0", 400, {"error": "Content-Length '1_0' is not a number of bytes"}),
-                                       ("abc", 400, {"error": "Content-Length 'abc' is not a number of bytes"}),
-                                       ("2", 200, {"ok": True})):
+        for length, body, status, answer in (
+                ("-1", b"{}", 400, {"error": "Content-Length '-1' is not a number of bytes"}),
+                ("1_0", b"{}", 400, {"error": "Content-Length '1_0' is not a number of bytes"}),
+                ("abc", b"{}", 400, {"error": "Content-Length 'abc' is not a number of bytes"}),
+                ("2", b"{}", 200, {"ok": True}),
+                ("0", b"", 200, {"ok": True}),
+                (None, b"", 200, {"ok": True})):
+            declared = f"Content-Length: {length}\r\n" if length is not None else ""
             with socket.create_connection((host, port), timeout=5) as sock:
-                sock.sendall(f"POST /status HTTP/1.1\r\nHost: x\r\n{TOKEN_HEADER}: {server.token}\r\n"
-                             f"Content-Length: {length}\r\n\r\n{{}}".encode())  # the client does not close
+                sock.sendall(f"POST /status HTTP/1.1\r\nHost: x\r\n{TOKEN_HEADER}: {server.token}\r\n{declared}\r\n"
+                             .encode() + body)  # the client does not close
                 started, got = time.monotonic(), b""
                 while chunk := sock.recv(65536):  # the admin API answers HTTP/1.0: it closes after
                     got += chunk
                 assert time.monotonic() - started < 2, length
-            top, body = got.split(b"\r\n\r\n", 1)
-            assert (int(top.split()[1]), json.loads(body)) == (status, answer), length
+            top, answered = got.split(b"\r\n\r\n", 1)
+            assert (int(top.split()[1]), json.loads(answered)) == (status, answer), length
     finally:
         server.httpd.shutdown()
