@@ -824,6 +824,11 @@ def test_an_error_of_serves_own_is_a_500_logged_with_its_traceback_not_the_reque
     from gleanpipe.admin import QueryRefused, ServeFailed
 
     caplog.set_level(logging.WARNING)
+    import duckdb
+
+    made = duckdb.connect(str(tmp_path / "w.duckdb"))  # a user's own sequence in the warehouse file
+    made.execute("CREATE SEQUENCE user_seq")
+    made.close()
     wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
     server = _faulty_admin_server(wh)
     server.start()
@@ -856,7 +861,9 @@ def test_an_error_of_serves_own_is_a_500_logged_with_its_traceback_not_the_reque
                            ("SELECT error('mine')", "Invalid Input Error: mine"),
                            ("SELECT * FROM read_csv('/no/such/file.csv')", "IO Error: No files found"),
                            (asof, "Not implemented Error: Unsupported ASOF JOIN type (RIGHT)"),
+                           ("SELECT currval('user_seq')", "Sequence Error: currval: sequence is not yet defined"),
                            ("SELECT 1; SELECT 2", "one statement at a time: this SQL has 2"),
+                           ("; -- nothing", "no statement in this SQL: give a SELECT"),
                            ("DROP TABLE x", "the warehouse is read-only for queries: a DROP statement is not run")):
             status, answer, _ = post(server.url + "/query", json.dumps({"sql": sql}).encode(), headers)
             assert status == 400 and answer["error"].startswith(words), (sql, answer)
