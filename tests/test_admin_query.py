@@ -925,6 +925,56 @@ def test_requests_the_admin_api_cannot_take_are_400s_that_say_why_and_log_nothin
     assert "Traceback" not in server.read_log() and "admin API" not in server.read_log(), server.read_log()
 
 
+def test_apps_add_through_serve_refuses_each_malformed_part_and_keeps_the_stored_definitions(tmp_path):
+    """/apps/add takes definitions from any client with the token, not only from `apps add`: each
+    part of them that is missing, of another kind or not a name is the request's 400, said as
+    such, and leaves the stored definitions and the warehouse as they were. Without those checks
+    (check_parsed, each taken away in turn) serve answered 500 "an error of serve's own"
+    (AttributeError, TypeError...), made a schema for an app id that is no app id, or stored an
+    app under another app's dataset, replacing that app's definitions. Real serve over real HTTP."""
+    from pathlib import Path
+
+    from gleanpipe.dictionary.definitions import parse
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir).start()
+    try:
+        state = json.loads((data_dir / STATE_FILE).read_text())
+        headers = {TOKEN_HEADER: state["token"], "Content-Type": "application/json"}
+        glean = Path(__file__).parent / "glean_client"
+        app = parse("org.example.toolbox", [glean / "metrics.yaml"], [glean / "pings.yaml"])
+        assert post(state["admin_url"] + "/apps/add", json.dumps({"app": app}).encode(), headers)[0] == 200
+        metric = app["metrics"][0]
+        rule = "must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit"
+        for sent, said in (
+                ({**app, "app_id": "-toolbox", "dataset": "_toolbox"}, f"app_id '-toolbox': {rule}"),
+                ({**app, "app_id": 7}, f"app_id 7: {rule}"),
+                ({**app, "app_id": "org.example.other"},
+                 "dataset 'org_example_toolbox': the dataset of app id org.example.other is org_example_other"),
+                ({**app, "metrics": {"toolbox.active_theme": metric}}, "metrics: a list is needed, not dict"),
+                ({**app, "pings": None}, "pings: a list is needed, not NoneType"),
+                ({**app, "metrics": ["toolbox.active_theme"]}, "metrics[0]: an object is needed, not str"),
+                ({**app, "metrics": [{**metric, "column": 'x" VARCHAR, "y'}]},
+                 "metrics[0]: column 'x\" VARCHAR, \"y' cannot be a column name"),
+                ({**app, "metrics": [{**metric, "wire_type": "nope"}]}, "metrics[0]: wire_type 'nope' is no metric type"),
+                ({**app, "metrics": [{**metric, "send_in_pings": ["toolbox-usage", 3]}]},
+                 "metrics[0]: send_in_pings holds something other than ping names"),
+                ({**app, "app_id": 7, "pings": [1]}, f"app_id 7: {rule}; pings[0]: an object is needed, not int")):
+            status, answer, _ = post(state["admin_url"] + "/apps/add", json.dumps({"app": sent}).encode(), headers)
+            assert (status, answer) == (400, {"error": "the app's definitions are not as `gleanpipe apps add` sends "
+                                                       f"them: {said}"}), said
+        client = AdminClient(state["admin_url"], state["token"])
+        assert client.query("SELECT dataset, app_id, metrics_defined, pings_defined FROM _gleanpipe.apps") == (
+            ["dataset", "app_id", "metrics_defined", "pings_defined"], [("org_example_toolbox", "org.example.toolbox", 28, 3)])
+        assert client.query("SELECT schema_name FROM duckdb_schemas() WHERE schema_name NOT IN "
+                            "('main', 'information_schema', 'pg_catalog') ORDER BY 1")[1] == [
+            ("_gleanpipe",), ("org_example_toolbox",)]
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.read_log(), server.read_log()
+
+
 def test_query_and_status_say_an_error_of_serves_own_in_one_line_and_exit_1(tmp_path):
     """What `gleanpipe query` says through serve for each kind of failure: 400 in DuckDB's words
     (as without serve), 500 as serve's own error (before: "Error: 'no_such_key'", as if the SQL were
