@@ -652,3 +652,27 @@ def test_status_shows_pending_deletion_requests_and_how_to_retry_them(store, bq_
     out = gleanpipe("status", "--data-dir", str(data_dir), "--warehouse-url", bq_warehouse_url)
     assert out.returncode == 0, out.stderr
     assert "deletion requests carried out: 0, pending: 1 (retry: gleanpipe deletions)\n" in out.stdout
+
+
+def test_a_query_bigquery_refuses_is_the_requests_400_through_serve_as_without_it(bq_warehouse_url, tmp_path):
+    """serve loading into BigQuery: a query naming a dataset that is not there is the query's own
+    fault. Before: serve's admin API answered BigQuery's refusal (a plain ValueError) 500, "an error
+    of serve's own", with a traceback in its log; with serve stopped the command said the same words
+    as a plain error. Now both say BigQuery's words (warehouse.base.QueryFailed, answered 400)."""
+    from conftest import ServeProcess
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = {"GLEANPIPE_WAREHOUSE_URL": bq_warehouse_url,
+           "GLEANPIPE_BIGQUERY_ENDPOINT": os.environ["GLEANPIPE_BIGQUERY_ENDPOINT"]}
+    sql = "SELECT * FROM nowhere.t"
+    said = "BigQuery: 404 Not found: Dataset"
+    server = ServeProcess(data_dir, env=env).start()
+    try:
+        through = gleanpipe("query", sql, "--data-dir", str(data_dir), env=env)
+    finally:
+        server.stop()
+    assert through.returncode == 1 and through.stderr.startswith(f"Error: {said}"), through.stderr
+    assert "answered 500" not in through.stderr and "Traceback" not in server.read_log()
+    alone = gleanpipe("query", sql, "--data-dir", str(data_dir), env=env)
+    assert alone.returncode == 1 and alone.stderr.startswith(f"Error: {said}"), alone.stderr

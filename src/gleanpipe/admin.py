@@ -247,6 +247,7 @@ def _query(query_pages, body: dict, max_bytes: int) -> Encoded:
     rows as a JSON list on a line of its own (JSON text holds no raw newline), so a client can
     read the answer a page at a time (``AdminClient.query_pages``)."""
     from .read_only_sql import SqlRefused
+    from .warehouse.base import QueryFailed
     from .warehouse.duckdb import STATEMENT_ERRORS
 
     lines = body.get("lines") is True
@@ -255,7 +256,7 @@ def _query(query_pages, body: dict, max_bytes: int) -> Encoded:
     try:  # SQL that does not run (a syntax error, a missing table, a value that does not convert, a
         # write): the request's fault. DuckDB's own failures (InternalException...) are serve's.
         return _query_answer(query_pages(sql, params), lines, max_bytes)
-    except (SqlRefused, *STATEMENT_ERRORS) as exc:
+    except (SqlRefused, QueryFailed, *STATEMENT_ERRORS) as exc:
         raise BadRequest(str(exc) or type(exc).__name__) from exc
 
 

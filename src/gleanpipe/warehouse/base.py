@@ -48,6 +48,11 @@ class WarehouseClosing(RuntimeError):
     """A read was refused or stopped because the warehouse is being closed (serve is stopping)."""
 
 
+class QueryFailed(ValueError):
+    """A user's query the warehouse refused for its own fault (a table it names that is not there,
+    a typo): what BigQuery's read_query raises, in one line; serve's admin API answers it 400."""
+
+
 class RowDataError(ValueError):
     """A row the warehouse refused for its values; the loader writes the batch again by halves to find it."""
 

@@ -34,8 +34,8 @@ from ..table_schema import (EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_S
                             TS, INT, T, metrics_struct, struct)
 from ..transform import PingRow
 from ..views import BIGQUERY, build_views
-from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, RowDataError, Warehouse,
-                   WarehouseUnavailable, WriteResult, dedup_view_query, first_per_document, loaded_keys,
+from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, QueryFailed, RowDataError,
+                   Warehouse, WarehouseUnavailable, WriteResult, dedup_view_query, first_per_document, loaded_keys,
                    needed_metrics, without_deleted)
 
 log = logging.getLogger(__name__)
@@ -582,12 +582,12 @@ class BigQueryWarehouse(Warehouse):
             try:
                 return self._run(sql, params)
             except NotFound as exc:  # a dataset or table the query names: not one the loader lost
-                raise ValueError(f"BigQuery: {said(exc)}") from None
+                raise QueryFailed(f"BigQuery: {said(exc)}") from None
 
         try:
             return self._rows(self._guard(run)[1])
         except GoogleAPICallError as exc:  # the query's own fault (a typo, a missing column): one line
-            raise ValueError(f"BigQuery: {said(exc)}") from None
+            raise QueryFailed(f"BigQuery: {said(exc)}") from None
 
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         return self._rows(self._guard(self._run, sql, params)[1])
