@@ -875,24 +875,35 @@ def test_an_error_of_serves_own_is_a_500_logged_with_its_traceback_not_the_reque
         wh.close()
 
 
+def _raw_admin(data_dir):
+    """The state file of the serve running on ``data_dir``, and the headers a request to its admin
+    API needs, for requests AdminClient would not send."""
+    state = json.loads((data_dir / STATE_FILE).read_text())
+    return state, {TOKEN_HEADER: state["token"], "Content-Type": "application/json"}
+
+
+def _toolbox_definitions():
+    """The test client's folder and its definitions, parsed as `gleanpipe apps add` sends them."""
+    from pathlib import Path
+
+    from gleanpipe.dictionary.definitions import parse
+
+    glean = Path(__file__).parent / "glean_client"
+    return glean, parse("org.example.toolbox", [glean / "metrics.yaml"], [glean / "pings.yaml"])
+
+
 def test_requests_the_admin_api_cannot_take_are_400s_that_say_why_and_log_nothing(tmp_path):
     """Before: a request without its fields, or with fields of another kind, failed inside a handler
     (KeyError "'sql'", AttributeError "'str' object has no attribute 'startswith'", or an
     `apps add` of definitions without their fields: KeyError "'dataset'"), which the admin API
     answered 400 with those words. Now those are said as what the request lacks, and only they are
     400s: an error of serve's own is a 500 (above). Real serve over real HTTP."""
-    from pathlib import Path
-
-    from gleanpipe.dictionary.definitions import parse
-
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     server = ServeProcess(data_dir).start()
     try:
-        state = json.loads((data_dir / STATE_FILE).read_text())
-        headers = {TOKEN_HEADER: state["token"], "Content-Type": "application/json"}
-        glean = Path(__file__).parent / "glean_client"
-        app = parse("org.example.toolbox", [glean / "metrics.yaml"], [glean / "pings.yaml"])
+        state, headers = _raw_admin(data_dir)
+        glean, app = _toolbox_definitions()
         for path, body, said in (
                 ("/query", b"SELECT 1", "the request's body is not JSON"),
                 ("/query", b'["SELECT 1"]', "the request's body must be a JSON object, not list"),
@@ -932,18 +943,12 @@ def test_apps_add_through_serve_refuses_each_malformed_part_and_keeps_the_stored
     (check_parsed, each taken away in turn) serve answered 500 "an error of serve's own"
     (AttributeError, TypeError...), made a schema for an app id that is no app id, or stored an
     app under another app's dataset, replacing that app's definitions. Real serve over real HTTP."""
-    from pathlib import Path
-
-    from gleanpipe.dictionary.definitions import parse
-
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     server = ServeProcess(data_dir).start()
     try:
-        state = json.loads((data_dir / STATE_FILE).read_text())
-        headers = {TOKEN_HEADER: state["token"], "Content-Type": "application/json"}
-        glean = Path(__file__).parent / "glean_client"
-        app = parse("org.example.toolbox", [glean / "metrics.yaml"], [glean / "pings.yaml"])
+        state, headers = _raw_admin(data_dir)
+        glean, app = _toolbox_definitions()
         assert post(state["admin_url"] + "/apps/add", json.dumps({"app": app}).encode(), headers)[0] == 200
         metric = app["metrics"][0]
         rule = "must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit"
