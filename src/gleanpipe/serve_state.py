@@ -111,6 +111,20 @@ def command_line(pid: int) -> str | None:
         return None
 
 
+def has_ended(pid: int) -> bool:
+    """Whether /proc tells that process ``pid`` has ended: it is gone, or a zombie not yet reaped
+    (its locks are already let go, and its command line reads empty). False when /proc does not tell."""
+    if pid <= 0 or not os.path.isdir("/proc/self"):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[:1] in ([b"Z"], [b"X"])
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def foreign_holder(data_dir: Path) -> str | None:
     """Why no serve can run on or be found for the data dir, said at once, when /proc tells that
     the process holding its lock is not a gleanpipe serve (`flock data/serve.lock ...`, another

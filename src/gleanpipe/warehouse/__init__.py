@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from ..config import Config, SettingError
-from ..serve_state import command_line
+from ..serve_state import command_line, has_ended
 from .base import LoadError, RowDataError, Warehouse, WarehouseUnavailable, WriteResult
 
 __all__ = ["open_warehouse", "open_when_let_go", "held_by_another", "Warehouse", "WarehouseUnavailable",
@@ -44,12 +44,17 @@ def holder_name(holder: tuple[int, str | None] | None) -> str:
     return f"PID {pid}" if command is None else f"PID {pid} ({command})"
 
 
+ENDED_RETRY_S = 1.0  # how long an open is tried again when the holder DuckDB named has ended since
+
+
 def open_when_let_go(url: str, *, config: Config, read_only: bool = False, wait_s: float = 0.0,
                      wait_for: Callable[[str | None], bool] = lambda command: True,
                      on_wait: Callable[[str], None] = lambda holder: None) -> Warehouse:
     """``open_warehouse``, waiting up to ``wait_s`` while another process holds the DuckDB file and
     ``wait_for(its command line)`` says it will let go (``on_wait(holder)`` once, when the wait
-    begins); then WarehouseHeld naming that process, not DuckDB's lines about the interpreter."""
+    begins); then WarehouseHeld naming that process, not DuckDB's lines about the interpreter. A
+    holder that has ended since DuckDB named it is not asked about: the open is tried again, for up
+    to ENDED_RETRY_S when ``wait_s`` is shorter."""
     started = time.monotonic()
     said = False
     while True:
@@ -61,6 +66,9 @@ def open_when_let_go(url: str, *, config: Config, read_only: bool = False, wait_
             if not held_by_another(exc):
                 raise
             holder, waited = warehouse_holder(str(exc)), time.monotonic() - started
+            if holder and has_ended(holder[0]) and waited < max(wait_s, ENDED_RETRY_S):
+                time.sleep(0.05)  # it ended after DuckDB named it: its lock is gone, its command line unreadable
+                continue
             if waited >= wait_s or not wait_for(holder[1] if holder else None):
                 raise WarehouseHeld(str(exc), holder_name(holder), waited >= wait_s > 0) from None
             if not said:
