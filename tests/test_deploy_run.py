@@ -181,11 +181,15 @@ def test_an_access_token_counts_as_logged_in(tmp_path):
 
 def test_ctrl_c_during_a_deploy_is_a_message_not_a_traceback(tmp_path):
     # gcloud: an account for `auth list`, then every step takes long enough to be interrupted.
+    # `exec`: the kill of the step reaches the sleep, which would hold the output pipe on for 30 s.
     tools = fake_cloud_cli(tmp_path / "bin", '[ "$1" = auth ] && { echo me@example.com; exit 0; }\n'
-                                             'touch "$0.started"; sleep 30')
+                                             'touch "$0.started"; exec sleep 30')
     env = clean_env(PATH=f"{tools}:{os.environ['PATH']}", **ENV)
+    # Ctrl-C as in a terminal, where SIGINT is not ignored: a test run started in the background by
+    # a shell without job control ignores it, and Python's KeyboardInterrupt never came then.
     proc = subprocess.Popen([sys.executable, "infra/deploy.py", "deploy", "--build-dir", str(tmp_path / "b")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not (tools / "gcloud.started").exists() and time.monotonic() < deadline:
