@@ -850,14 +850,17 @@ def test_which_gleanpipe_command_holding_the_warehouse_is_waited_for(tmp_path, h
         assert out.startswith("replayed 1 object: inserted 1, duplicates 0")
 
 
-@pytest.mark.parametrize("ended", ["reaped", "zombie"])
+@pytest.mark.parametrize("ended", ["reaped", "zombie", "exiting"])
 def test_a_holder_that_ends_between_the_lock_error_and_its_command_line_is_not_given_up_on(tmp_path, monkeypatch,
                                                                                             ended):
     """Before: the test above failed now and then for `status`: the holder was killed after DuckDB's
     lock error named it and before /proc gave its command line, which then read as nothing (a zombie)
     or not at all (reaped), so it was no `gleanpipe status` and replay gave up on a holder already
     gone. The kill is put in that gap by wrapping the /proc read: a race that real timing only
-    sometimes gives. Now a holder /proc tells has ended is not asked about: the open is tried again."""
+    sometimes gives. "exiting": a process killed and not yet a zombie has an empty command line in
+    /proc once its memory is let go, which is a moment too short to catch; the wrapped read gives
+    that empty line while the process still runs. Now a holder that has ended, or reads as ending,
+    is not asked about: the open is tried again."""
     import gleanpipe.warehouse as warehouses
     from conftest import holds_open
     from gleanpipe.cli import CLI_HELD_WAIT_S, _ends_soon
@@ -877,6 +880,10 @@ def test_a_holder_that_ends_between_the_lock_error_and_its_command_line_is_not_g
     read = []
 
     def killed_first(pid):
+        if pid == holder.pid and not read and ended == "exiting":
+            read.append("")
+            threading.Timer(0.3, holder.kill).start()  # its lock goes a moment later, as it does then
+            return read[-1]
         if pid == holder.pid and not read:
             holder.kill()
             if ended == "reaped":
@@ -900,8 +907,9 @@ def test_a_holder_that_ends_between_the_lock_error_and_its_command_line_is_not_g
         assert opened.query("SELECT 42")[1] == [(42,)]
     finally:
         opened.close()
-    assert read == ([None] if ended == "reaped" else [""]) and not _ends_soon(read[0])
-    assert has_ended(holder.pid) and took < 1
+    assert read[0] == (None if ended == "reaped" else "") and not _ends_soon(read[0])
+    assert len(read) == 1 or ended == "exiting"  # "exiting" may read the holder again while the kill lands
+    assert has_ended(holder.pid) and took < CLI_HELD_WAIT_S / 2  # not the wait for a `gleanpipe status`
 
 
 def test_a_warehouse_file_that_is_not_duckdb_gets_no_hint_about_other_writers(tmp_path):

@@ -66,8 +66,10 @@ def open_when_let_go(url: str, *, config: Config, read_only: bool = False, wait_
             if not held_by_another(exc):
                 raise
             holder, waited = warehouse_holder(str(exc)), time.monotonic() - started
-            if holder and has_ended(holder[0]) and waited < max(wait_s, ENDED_RETRY_S):
-                time.sleep(0.05)  # it ended after DuckDB named it: its lock is gone, its command line unreadable
+            # Ending since DuckDB named it: gone, a zombie, or on its way (its memory let go, so /proc gives
+            # an empty command line; a process with a file open always has one): its lock is gone or going.
+            if holder and (holder[1] == "" or has_ended(holder[0])) and waited < max(wait_s, ENDED_RETRY_S):
+                time.sleep(0.05)
                 continue
             if waited >= wait_s or not wait_for(holder[1] if holder else None):
                 raise WarehouseHeld(str(exc), holder_name(holder), waited >= wait_s > 0) from None
