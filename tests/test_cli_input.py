@@ -846,7 +846,7 @@ def test_which_gleanpipe_command_holding_the_warehouse_is_waited_for(tmp_path, h
         assert err == (f"Error: the warehouse {path} is held by PID {holder.pid} ({' '.join(args)[:200]}): let that "
                        "process end (or stop it), then run this again\n")
     else:
-        assert waited and (replay.returncode, err) == (0, "")
+        assert waited and (replay.returncode, err) == (0, ""), err  # the whole message when it fails
         assert out.startswith("replayed 1 object: inserted 1, duplicates 0")
 
 
