@@ -903,6 +903,10 @@ def test_kill_9_of_serve_and_gunicorn_mid_load_loses_no_acknowledged_ping(data_d
     server = ServeProcess(data_dir).start()
     with _load(server.port) as acked:
         _wait_acks(acked, 400)
+        deadline = time.monotonic() + 30  # and some loaded (the loader may lag on a busy machine)
+        while not (server.try_query(f"SELECT count(*) > 0 FROM {DATASET}.metrics_v1") or [[False]])[0][0]:
+            assert time.monotonic() < deadline, "serve loaded none of the acknowledged pings in 30 s"
+            time.sleep(0.05)
         for pid in _tree(server.proc.pid):  # the whole pipeline dies at once, mid-request
             try:
                 os.kill(pid, signal.SIGKILL)
