@@ -36,9 +36,10 @@ $(BQEMU_STAMP): tests/bqemu/requirements.txt tests/bqemu/constraints.txt tests/b
 	touch $(BQEMU_STAMP)
 bqemu: $(BQEMU_STAMP)
 
-## test: the full test suite against real components
+## test: the full test suite against real components, in TEST_PROCESSES processes (pytest-xdist)
+TEST_PROCESSES ?= 2
 test: $(STAMP) $(BQEMU_STAMP) chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCESSES)
 
 ## chromium: Debian's Chromium for the browser tests (skipped, with a note, where it cannot be installed)
 chromium:
