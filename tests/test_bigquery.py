@@ -7,6 +7,7 @@ real client's calls below, each with BigQuery's own error shape, and say so.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -676,3 +677,32 @@ def test_a_query_bigquery_refuses_is_the_requests_400_through_serve_as_without_i
     assert "answered 500" not in through.stderr and "Traceback" not in server.read_log()
     alone = gleanpipe("query", sql, "--data-dir", str(data_dir), env=env)
     assert alone.returncode == 1 and alone.stderr.startswith(f"Error: {said}"), alone.stderr
+
+
+def test_a_query_in_bigquerys_own_sql_runs_through_serve_as_without_it(bq_warehouse_url, tmp_path):
+    """Before: serve checked every query with DuckDB's parser, whatever its warehouse, so SQL
+    that BigQuery takes and DuckDB cannot parse (a typed array literal) was refused through serve
+    ("Parser Error") and ran without it. Now serve on BigQuery leaves the check to BigQuery's
+    read_query, as `gleanpipe query` without serve does; a write is still refused both ways."""
+    from conftest import ServeProcess
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = {"GLEANPIPE_WAREHOUSE_URL": bq_warehouse_url,
+           "GLEANPIPE_BIGQUERY_ENDPOINT": os.environ["GLEANPIPE_BIGQUERY_ENDPOINT"]}
+    sql, write = "SELECT ARRAY<INT64>[1, 2] AS a", "DELETE FROM nowhere.t WHERE TRUE"
+    refused = ("Error: the warehouse is read-only for queries: a DELETE statement is not run "
+               "(a query starts with SELECT or WITH)\n")
+    server = ServeProcess(data_dir, env=env).start()
+    try:
+        through = gleanpipe("query", "--format", "json", sql, "--data-dir", str(data_dir), env=env)
+        through_write = gleanpipe("query", write, "--data-dir", str(data_dir), env=env)
+    finally:
+        server.stop()
+    alone = gleanpipe("query", "--format", "json", sql, "--data-dir", str(data_dir), env=env)
+    alone_write = gleanpipe("query", write, "--data-dir", str(data_dir), env=env)
+    assert (through.returncode, through.stderr) == (0, "")
+    assert json.loads(through.stdout) == [{"a": [1, 2]}]
+    assert (alone.returncode, alone.stdout) == (0, through.stdout)
+    assert (through_write.returncode, through_write.stderr) == (1, refused)
+    assert (alone_write.returncode, alone_write.stderr) == (1, refused)

@@ -151,12 +151,11 @@ def _query_pages(config: Config):
     client = _server(config)
     if client:
         return client.query_pages, lambda: None
-    from .read_only_sql import read_only
+    from .read_only_sql import read_only_for
 
     wh = _open_in_process(config, read_only=True)
-    # the same refusal as through serve (DuckDB parses it), and rows as serve's admin API gives them;
-    # BigQuery's read_query makes its own check (read_only_sql.check_bigquery)
-    run = read_only(wh.read_query_pages) if config.warehouse_url.startswith("duckdb://") else wh.read_query_pages
+    # the same refusal as through serve, and rows as serve's admin API gives them
+    run = read_only_for(config.warehouse_url, wh.read_query_pages)
 
     def pages(sql: str, params=None):
         read = run(sql, params)

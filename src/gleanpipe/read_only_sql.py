@@ -100,6 +100,13 @@ def read_only(query):
     return run
 
 
+def read_only_for(warehouse_url: str, query):
+    """``query`` of the warehouse at ``warehouse_url``, run only when it reads: DuckDB's parser
+    checks SQL for DuckDB; BigQuery's ``read_query`` makes its own check (``check_bigquery``),
+    as DuckDB cannot parse BigQuery's SQL (``ARRAY<INT64>[1, 2]``)."""
+    return read_only(query) if warehouse_url.startswith("duckdb://") else query
+
+
 # BigQuery's lexical pieces that may hold a ";" or a keyword without being one: quoted text
 # (raw/bytes prefixes, triple quotes), quoted names, and comments (--, #, /* */).
 _BQ_SKIP = re.compile(

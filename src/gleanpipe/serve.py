@@ -31,7 +31,7 @@ from .admin import AdminServer, BadRequest, field
 from .config import Config, SettingError
 from .load import Loader
 from .ports import in_url
-from .read_only_sql import read_only
+from .read_only_sql import read_only_for
 from .serve_state import absolute, remove_state, write_state
 from .storage import RawStore, StoreError, open_store, store_scheme
 from .storage.local import LocalStore
@@ -223,7 +223,7 @@ class LocalPipeline:
         self.loader = Loader(self.store, self.warehouse)
         self.loader_thread = LoaderThread(self.store, self.loader, config.load_batch,
                                           config.load_interval_ms / 1000)
-        self.admin = AdminServer(status=self.status, query=read_only(self.warehouse.read_query_pages),
+        self.admin = AdminServer(status=self.status, query=read_only_for(config.warehouse_url, self.warehouse.read_query_pages),
                                  load_keys=self.load_keys, extra={"/apps/add": self.add_app},
                                  interrupt=getattr(self.warehouse, "interrupt_reads", None),
                                  query_max_bytes=config.query_max_bytes)
