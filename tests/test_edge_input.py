@@ -107,13 +107,16 @@ def test_runs_of_slashes_and_a_trailing_slash_reach_the_same_document(edge):
 
 def test_slashes_are_merged_but_percent_2f_and_dot_segments_stay_refused(edge):
     """A %2F is part of a segment (the path WSGI gives has it as "/", RAW_URI has it as sent), so it
-    is never merged away; `..` is a bad segment as before."""
+    is never merged away; `..` is a bad segment as before. The last two paths have four segments
+    as sent, and WSGI's decoded path of them is a clean /submit path: they were stored (the app
+    and doc type split at the %2F), while the same with a trailing slash was a 404."""
     body = gzip.compress(orjson.dumps(make_ping(CLIENT)))
     before = raw_docs(edge)
     doc = str(uuid.uuid4())
     for path in (f"/submit/org%2F/baseline/1/{doc}", f"/submit/{APP}/baseline/1/{doc}%2F",
                  f"/submit/{APP}%2F%2Fbaseline/1/{doc}", f"//submit/{APP}/baseline%2f/1/{doc}",
-                 f"/submit/{APP}/baseline/1", f"//submit/{APP}//baseline/1//", f"/submit/{APP}/baseline/1/{doc}/x"):
+                 f"/submit/{APP}/baseline/1", f"//submit/{APP}//baseline/1//", f"/submit/{APP}/baseline/1/{doc}/x",
+                 f"/submit/{APP}%2Fbaseline/1/{doc}", f"/submit/{APP}%2fbaseline/1/{doc}?x=%2F"):
         status, answer, _ = send(edge, path, body)
         assert (status, answer["error_type"]) == (404, "not_found"), path
     status, answer, _ = send(edge, f"/submit//../baseline/1/{doc}", body)

@@ -135,6 +135,12 @@ def _readable(path: str) -> str:
         return path
 
 
+def escaped_slash(raw_uri: str | None) -> bool:
+    """Whether the request target as sent has a ``%2F`` in its path: a slash inside a segment,
+    which WSGI's percent-decoded PATH_INFO shows as a slash between two."""
+    return raw_uri is not None and "%" in raw_uri and "%2f" in raw_uri.partition("?")[0].lower()
+
+
 def merged_parts(path: str, raw_uri: str | None = None) -> list[str] | None:
     """For a path that is not ``/submit/<app-id>/<doc-type>/<version>/<document-id>`` as it is:
     its parts (``["", "submit", app, doc_type, version, doc_id]``) with runs of slashes counted as
@@ -146,7 +152,7 @@ def merged_parts(path: str, raw_uri: str | None = None) -> list[str] | None:
     ``raw_uri``: the request target as sent (gunicorn's ``RAW_URI``), when ``path`` is WSGI's
     percent-decoded PATH_INFO: a slash that came as ``%2F`` is part of a segment, and a path that
     has one is not merged (``/submit/org%2F/...`` stays a 404, not app ``org``)."""
-    if not path.startswith("/") or (raw_uri is not None and "%2f" in raw_uri.partition("?")[0].lower()):
+    if not path.startswith("/") or escaped_slash(raw_uri):
         return None
     parts = ["", *filter(None, path.split("/"))]
     return parts if len(parts) == 6 and parts[1] == "submit" else None
@@ -219,8 +225,10 @@ class SubmitHandler:
         parts = path.split("/")
         if len(parts) != 6 or parts[0] != "" or parts[1] != "submit" or not all(parts[2:]):
             parts = merged_parts(path, raw_uri)  # not the clean path: extra slashes?
-            if parts is None:
-                return _error(404, "not_found", "use /submit/<app-id>/<doc-type>/<version>/<document-id>")
+        elif escaped_slash(raw_uri):  # `/submit/app%2Fbaseline/1/<id>`: four segments as sent
+            parts = None
+        if parts is None:
+            return _error(404, "not_found", "use /submit/<app-id>/<doc-type>/<version>/<document-id>")
         if method not in METHODS:
             return _error(405, "method_not_allowed", f"use POST or PUT, not {method}", Allow="POST, PUT")
         received = self.now().astimezone(timezone.utc)
