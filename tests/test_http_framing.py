@@ -495,6 +495,33 @@ def test_stalled_request_heads_do_not_hold_serves_threads(tmp_path):
     assert HEAD_TIMEOUT_S == KEEPALIVE_S == 5 and "| 5 s for the whole head" in fixed and "`http_worker.HEAD_TIMEOUT_S`" in fixed
 
 
+def test_a_new_connection_quiet_at_first_gets_its_whole_head_time_once_it_begins(tmp_path):
+    """Before: serve's gthread worker (spool off) started a new connection's head clock before
+    gunicorn's own wait of up to 5 s for its first bytes, so the two ran out together. A
+    connection opened and quiet for 4.5 s (a client's pool, a browser's preconnect) had 0.5 s left
+    for its whole head, and a head that then took a second was cut: closed, unanswered. Now the
+    clock starts when the head begins, and the ping is answered."""
+    env = {"GLEANPIPE_SPOOL": "off", "GLEANPIPE_WORKERS": "1"}
+    (tmp_path / "data").mkdir()
+    srv = ServeProcess(tmp_path / "data", env=env).start()
+    try:
+        request = head(submit_path(), len(body := gz(make_ping(CLIENT)))) + body
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=HEAD_TIMEOUT_S + 5)
+        try:
+            time.sleep(HEAD_TIMEOUT_S - 0.5)
+            sock.sendall(request[:1])
+            time.sleep(1)  # past HEAD_TIMEOUT_S since the connection opened; 1 s into the head
+            sock.sendall(request[1:])
+            headers: dict = {}
+            status, _, _ = read_response(sock, headers=headers)
+        finally:
+            sock.close()
+        assert (status, headers.get("x-gleanpipe-stored")) == (200, "new")
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.read_log()
+
+
 # --- the lingering close (linger.py): the answer before a reset ---------------------------------------------
 
 LINGER_S = 0.5  # GLEANPIPE_LINGER_S for these servers

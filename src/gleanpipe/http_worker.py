@@ -10,9 +10,13 @@ a head by their keep-alive, 5 s, which serve gives gunicorn (``ggevent``'s ``tim
 the parse); this worker gives its threads the same bound.
 
 The clock is read_deadline's watcher, the one that bounds bodies (GLEANPIPE_BODY_TIMEOUT_S). It
-starts when a pool thread takes the connection up (a new connection, or a kept-alive one whose
-next request the poller saw coming), so it bounds how long one thread waits for one head, and a
-request whose head waited whole in the queue for a free thread is not cut. It stops once the head
+starts when the head has begun to come and a pool thread has the connection (a kept-alive one
+whose next request the poller saw coming, or a new one once its first bytes are there: gunicorn
+first waits up to 5 s for them, then hands a quiet new connection back to its poller), so it
+bounds how long one thread waits for one head, and a request whose head waited whole in the
+queue for a free thread is not cut. (Started before gunicorn's wait for the first bytes, it ran
+out with it: a new connection quiet for 5 s was closed unanswered, and a head whose first byte
+came at 4.9 s had 0.1 s for the rest.) It stops once the head
 is parsed, before the app runs: the app's body read has its own deadline. When it runs out the
 watcher shuts the socket's read side down, the blocked read ends (end of stream), gunicorn drops
 the half-read request as a client that went away and closes the connection. Nothing is answered
@@ -24,9 +28,15 @@ poller, for gunicorn's keep-alive, as before. serve speaks plain HTTP/1.1 (no TL
 
 from __future__ import annotations
 
+from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker
 
 from .read_deadline import WATCHER
+
+# gunicorn's newer gthread (27 has it): a new connection's thread waits this long for its first bytes, then
+# gives it back to the poller (_DEFER). Older gthread workers give a thread only readable sockets.
+_DEFER = getattr(gthread, "_DEFER", None)
+_FIRST_BYTES_S = getattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT", 5.0)
 
 HEAD_TIMEOUT_S = 5.0  # as gunicorn's gevent workers bound a head: serve's --keep-alive (serve.KEEPALIVE_S)
 
@@ -35,6 +45,9 @@ class HeadTimeoutThreadWorker(ThreadWorker):
     """gunicorn's ThreadWorker whose threads wait at most HEAD_TIMEOUT_S for a request's head."""
 
     def handle(self, conn):
+        if _DEFER is not None and not conn.initialized and not conn.data_ready:
+            if not conn.wait_for_data(_FIRST_BYTES_S):  # gunicorn's own wait, before the head's clock
+                return _DEFER
         conn.head_deadline = WATCHER.watch(conn.sock, HEAD_TIMEOUT_S)
         try:
             return super().handle(conn)
