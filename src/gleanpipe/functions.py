@@ -17,7 +17,8 @@ from werkzeug.exceptions import ServiceUnavailable
 
 from . import notifications
 from .config import SETTINGS, Config, unknown_settings
-from .http_edge import SubmitHandler, closes_connection, force_close, read_request_body
+from .http_edge import (ALLOW_ORIGIN, SubmitHandler, closes_connection, force_close, is_submit_path, preflight,
+                        read_request_body)
 from .linger import lingering
 from .load import Loader, LoadResult
 from .storage import StoreError, open_store
@@ -69,16 +70,24 @@ def loader() -> Loader:
 
 def submit(request):
     """HTTP target: a Flask request in, (body, status, headers) out."""
+    # the path as the server got it, as serve sees it (Flask's request.path drops a leading "//")
+    path = request.environ.get("PATH_INFO", request.path)
     try:
         handler = submit_handler()
     except Exception as exc:  # noqa: BLE001 - a bad setting or store URL: nothing the client did
+        request._cached_data = b""  # functions-framework would read the whole body (see below)
+        if request.method == "OPTIONS" and is_submit_path(path):  # a preflight needs no settings
+            answer = preflight()
+            return _Closing(answer.body, answer.status, answer.headers)
         # 503, not the framework's 500 page: the SDK keeps the ping and retries once this is fixed.
         log.error("submit cannot take pings until its settings are fixed: %s", exc)
-        request._cached_data = b""  # functions-framework would read the whole body (see below)
         body, status, headers = _json({"error_type": "misconfigured",
                                        "error_message": "the server cannot take pings now (see its log), retry later"},
                                       503)
-        return _Closing(body, status, {**headers, "Retry-After": "60"})  # the body is left unread
+        headers["Retry-After"] = "60"
+        if is_submit_path(path):  # a browser's Glean.js reads the 503 (and retries) only with this
+            headers[ALLOW_ORIGIN[0]] = ALLOW_ORIGIN[1]
+        return _Closing(body, status, headers)  # the body is left unread
     length = request.content_length
     body, problem = read_request_body(handler, request.stream, length, request.environ.get("gunicorn.socket"))
     # functions-framework reads "the entire request" after every answer (its after_request hook
@@ -86,8 +95,6 @@ def submit(request):
     # size whole into memory (200 MB declared: 250 MB peak, before the 413 went out), and read on
     # without a deadline after a body timed out. What was read here stands for the body instead.
     request._cached_data = body
-    # the path as the server got it, as serve sees it (Flask's request.path drops a leading "//")
-    path = request.environ.get("PATH_INFO", request.path)
     response = handler.handle(request.method, path, request.headers, body, declared_length=length,
                               body_problem=problem, raw_uri=request.environ.get("RAW_URI"))
     if closes_connection(handler, length, body, problem):

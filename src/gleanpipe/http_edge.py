@@ -14,6 +14,11 @@ Status codes (the SDK deletes a ping on any 4xx and retries on 5xx):
   414 path over GLEANPIPE_MAX_URI_BYTES
   431 a kept header (or Content-Encoding) over GLEANPIPE_MAX_HEADER_BYTES
   503 the store failed (raw or error area): the SDK keeps the ping and retries
+  204 OPTIONS on a submit path: a browser's CORS preflight (``PREFLIGHT_HEADERS``)
+
+Every answer to a submit path (its first segment is ``submit``) carries
+``Access-Control-Allow-Origin: *``, so a web page's Glean.js can read the status and follow the
+SDK's rules; without it the browser hides the answer and the SDK sees a network error.
 
 Every 4xx except 404/405/414 writes a record (error type, message, metadata, the first
 GLEANPIPE_MAX_ERROR_BYTES of the body) to the store's ``errors/`` area first; if that
@@ -51,6 +56,40 @@ METHODS = ("POST", "PUT")
 # (metadata name, request header name) of each header kept with a ping
 _KEPT = tuple((h, h.replace("_", "-")) for h in rawobject.KEPT_HEADERS)
 _SPELLED = {"x_debug_id": "X-Debug-ID"}  # as the Glean SDK sends it, where that is not just title case
+
+
+# CORS, for Glean.js in a web page or extension (see README, "From a web page (Glean.js)"). Its
+# fetch uploader (glean/src/platform/browser/fetch_uploader.ts) posts with Content-Type
+# application/json and Content-Encoding gzip and its own X- headers: none of them is
+# CORS-safelisted, so the browser first sends a preflight OPTIONS, and then shows the page the
+# answer only when it says Access-Control-Allow-Origin. Any origin: submit takes anonymous pings
+# from anyone who can reach it (curl needs no CORS), the request carries no credentials
+# (credentials: "omit"), and an answer says nothing but what became of that ping.
+ALLOW_ORIGIN = ("Access-Control-Allow-Origin", "*")
+# the request headers Glean.js sets that a browser sends (Date and Content-Length, which it sets
+# too, are forbidden request headers: the browser drops them)
+CORS_REQUEST_HEADERS = "Content-Type, Content-Encoding, X-Telemetry-Agent, X-Debug-ID, X-Source-Tags"
+PREFLIGHT_MAX_AGE_S = 86400  # how long a browser may reuse a preflight (Chromium caps it at 7200)
+PREFLIGHT_HEADERS = {
+    ALLOW_ORIGIN[0]: ALLOW_ORIGIN[1],
+    "Access-Control-Allow-Methods": ", ".join(METHODS),
+    "Access-Control-Allow-Headers": CORS_REQUEST_HEADERS,
+    "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
+}
+
+
+def is_submit_path(path: str) -> bool:
+    """Whether a request is for submit: its first segment is ``submit`` (runs of slashes count as
+    one, as in ``merged_parts``). Its answers, whatever their status, are CORS answers; /debug,
+    /dictionary and other paths get none."""
+    return path.startswith("/submit/") or path.lstrip("/").partition("/")[0] == "submit"
+
+
+def preflight() -> "Response":
+    """The answer to OPTIONS on a submit path: a browser's CORS preflight. Given for any submit path,
+    even one the POST will refuse (a bad segment, too long): the POST's own 4xx then reaches the
+    SDK, which drops the ping, where a failed preflight is a network error it retries."""
+    return Response(204, b"", dict(PREFLIGHT_HEADERS))
 
 
 def _header_name(field: str) -> str:
@@ -216,6 +255,16 @@ class SubmitHandler:
         ``body_problem``: why the body did not arrive whole (``read_body``); ``body`` is what came.
         ``headers``: values as WSGI gives them (latin-1, see ``header_text``). ``raw_uri``: the
         request target as sent, when ``path`` was percent-decoded (see ``merged_parts``)."""
+        if not is_submit_path(path):
+            return self._answer(method, path, headers, body, declared_length, body_problem, raw_uri)
+        if method == "OPTIONS":
+            return preflight()
+        response = self._answer(method, path, headers, body, declared_length, body_problem, raw_uri)
+        response.headers[ALLOW_ORIGIN[0]] = ALLOW_ORIGIN[1]
+        return response
+
+    def _answer(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
+                declared_length: int | None, body_problem: Rejected | None, raw_uri: str | None) -> Response:
         cfg = self.config
         # ``path`` is WSGI's PATH_INFO (both adapters pass it): its bytes, one character each
         # (decoded as latin-1), so its length is its length in bytes. Encoding it as UTF-8 counted
@@ -344,7 +393,7 @@ class SubmitHandler:
 
 # --- adapters -----------------------------------------------------------------------
 
-STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+STATUS_TEXT = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                408: "Request Timeout", 411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
                431: "Request Header Fields Too Large", 500: "Internal Server Error",
                503: "Service Unavailable"}
@@ -458,7 +507,9 @@ def make_wsgi_app(handler: SubmitHandler) -> Callable:
         body, problem = read_request_body(handler, environ["wsgi.input"], length, environ.get("gunicorn.socket"))
         response = handler.handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), headers, body,
                                   declared_length=length, body_problem=problem, raw_uri=environ.get("RAW_URI"))
-        out_headers = [("Content-Length", str(len(response.body)))] + list(response.headers.items())
+        out_headers = list(response.headers.items())
+        if response.status != 204:  # a 204 has no Content-Length (RFC 9110, 8.6)
+            out_headers.insert(0, ("Content-Length", str(len(response.body))))
         closing = closes_connection(handler, length, body, problem)
         if closing:  # the server says Connection: close (a WSGI app may not send that hop-by-hop header)
             force_close(start_response)
