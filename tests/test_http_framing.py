@@ -5,11 +5,13 @@ never a 500 or a connection held for ever."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import contextlib
 import json
 import selectors
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -155,7 +157,7 @@ def test_a_body_that_stalls_gets_408_and_others_are_served(server):
         assert answer["error_message"] == f"the body did not arrive within {TIMEOUT_S} s (GLEANPIPE_BODY_TIMEOUT_S)"
         assert closed_after(sock)
     [record] = records(server.data_dir, "body_timeout")
-    assert record["status"] == 408  # what came may be in the server's buffers still, not in the record
+    assert record["status"] == 408  # and it keeps what came: test_a_body_that_times_out_keeps_what_came
     status, _, headers = post(server.url + submit_path(), body)
     assert status == 200 and headers["X-Gleanpipe-Stored"] == "new"
 
@@ -715,3 +717,81 @@ def test_a_lingering_answer_closes_its_body_then_lingers_and_a_deadline_already_
             assert linger(server, seconds) == 0 and time.monotonic() - started < 0.5
             client.settimeout(5)
             assert client.recv(10) == b""
+
+
+# --- what an error record keeps of a body that did not arrive whole -----------------------------------------
+
+@pytest.fixture(scope="module", params=["serve", "serve-threads", "function"])
+def recording_server(request, tmp_path_factory):
+    """Each way the edge runs (serve's gevent workers with the spool, serve's gthread workers, the
+    function under functions-framework), with GLEANPIPE_BODY_TIMEOUT_S = TIMEOUT_S, started once
+    for the tests below (each looks for its own document id in the error records)."""
+    data_dir = tmp_path_factory.mktemp(f"record-{request.param}") / "data"
+    data_dir.mkdir()
+    env = {"GLEANPIPE_BODY_TIMEOUT_S": TIMEOUT_S}
+    if request.param == "function":
+        srv = Function(data_dir, env)
+    else:
+        srv = ServeProcess(data_dir, env={**env, **({"GLEANPIPE_SPOOL": "off"} if request.param == "serve-threads"
+                                                    else {})}).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.read_log()
+
+
+def record_of(srv, error_type: str, doc_id: str, timeout: float = 20) -> dict:
+    """The one error record of ``doc_id``, waiting for it (a client that reset reads no answer)."""
+    found = []
+    until(lambda: found.extend(r for r in records(srv.data_dir, error_type) if r["document_id"] == doc_id) or found,
+          f"the {error_type} record of {doc_id}", timeout=timeout)
+    [record] = found
+    return record
+
+
+def kept(record: dict) -> bytes:
+    body = base64.b64decode(record["body_base64"])
+    assert record["body_bytes_kept"] == len(body)
+    return body
+
+
+def test_a_body_that_times_out_keeps_what_came(recording_server):
+    """Before: with the spool on (gevent workers), the body_timeout record kept none of the bytes
+    that had come; with it off, and under the function, it kept them."""
+    srv, doc = recording_server, str(uuid.uuid4())
+    body = gz(make_ping(CLIENT))
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(head(submit_path(document_id=doc), len(body)) + body[:-10])
+        status, answer, _ = read_response(sock)
+    assert (status, answer["error_type"]) == (408, "body_timeout")
+    record = record_of(srv, "body_timeout", doc)
+    assert (record["status"], kept(record), record["body_truncated"]) == (408, body[:-10], False)
+
+
+@pytest.mark.parametrize("sent", [200, 20_000])
+def test_a_client_that_resets_mid_body_is_recorded_with_what_it_sent(recording_server, sent):
+    """A client that sends part of its body, then resets the connection (SO_LINGER 0): before, the
+    record said "after 0 bytes" and kept nothing, whatever had come."""
+    srv, doc = recording_server, str(uuid.uuid4())
+    data = bytes(range(256)) * 100
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(head(submit_path(document_id=doc), 30_000) + data[:sent])
+    time.sleep(0.3)  # the server has read them
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset
+    record = record_of(srv, "incomplete_body", doc)
+    assert (record["status"], record["error_message"]) == (400, f"the connection ended after {sent} bytes of the body")
+    assert kept(record) == data[:sent]
+
+
+def test_broken_chunked_framing_keeps_the_chunks_before_it(recording_server):
+    """Before: a chunked body whose framing broke after good chunks kept none of them."""
+    srv, doc = recording_server, str(uuid.uuid4())
+    data = bytes(range(256)) * 40
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (data[:4000], data[4000:])) + b"zz\r\nab\r\n0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(head(submit_path(document_id=doc), None, Transfer_Encoding="chunked") + chunks)
+        status, answer, _ = read_response(sock)
+    assert (status, answer["error_type"]) == (400, "body_framing")
+    record = record_of(srv, "body_framing", doc)
+    assert record["error_message"].startswith("the body cannot be read: InvalidChunkSize: ")
+    assert kept(record) == data

@@ -447,7 +447,13 @@ def read_body(stream, content_length: int | None, limit: int, *, sock=None,
             chunks.append(chunk)
             got += len(chunk)
     except Exception as exc:  # noqa: BLE001 - whatever the server's body reader raises is the client's doing
-        # gunicorn's NoMoreData and resets are OSErrors, werkzeug's ClientDisconnected is not
+        # what the failed read had taken in is in the server's buffers, not in ``chunks``
+        rest = taken_in(stream, want - got)
+        if rest:
+            chunks.append(rest)
+            got += len(rest)
+        # gunicorn's NoMoreData and resets are OSErrors (so is gevent's end of a read that the
+        # deadline cut), werkzeug's ClientDisconnected is not
         if isinstance(exc, OSError) or type(exc).__name__ == "ClientDisconnected":
             problem = Rejected(400, "incomplete_body", f"the connection ended after {got} bytes of the body")
         else:
@@ -461,6 +467,37 @@ def read_body(stream, content_length: int | None, limit: int, *, sock=None,
         problem = Rejected(400, "incomplete_body",
                            f"the body ended after {got} of its {content_length} bytes (Content-Length)")
     return b"".join(chunks), problem
+
+
+def taken_in(stream, most: int) -> bytes:
+    """After a read of ``stream`` raised: the body bytes gunicorn's reader had taken in and not
+    handed over yet (at most ``most``), so that the error record keeps what came and says how
+    much. gunicorn's ``Body.read`` gathers a read in its buffer, its ``LengthReader`` in its
+    socket reader's buffer, its ``ChunkedReader`` (the chunks' data, without their framing) in
+    its own buffer; an exception in the middle (a reset, a bad chunk size, a gevent read the
+    deadline cut) leaves them there, and the read returns nothing: a client that reset after
+    200 bytes was "after 0 bytes", a 408 under gevent kept none of the body. ``stream`` is
+    gunicorn's Body (serve) or werkzeug's LimitedStream over it (the function, with a
+    Content-Length; one read of it is one read of the Body, and it keeps nothing itself). Only
+    ever called on this error path, so a good ping pays nothing. Another server's stream, or a
+    gunicorn whose readers changed: nothing (as before)."""
+    try:
+        from gunicorn.http.body import Body, ChunkedReader, LengthReader
+    except ImportError:
+        return b""
+    body = getattr(stream, "_stream", stream)  # werkzeug's LimitedStream keeps the stream it wraps there
+    if not isinstance(body, Body) or most <= 0:
+        return b""
+    try:
+        pieces = [body.buf.getvalue()]
+        reader = body.reader
+        if isinstance(reader, LengthReader):
+            pieces.append(reader.unreader.buf.getvalue())
+        elif isinstance(reader, ChunkedReader):
+            pieces.append(reader.buf.getvalue())
+    except AttributeError:  # not the readers this was written against
+        return b""
+    return b"".join(pieces)[:most]
 
 
 def read_request_body(handler: SubmitHandler, stream, content_length: int | None, sock) -> tuple[bytes, Rejected | None]:
