@@ -195,15 +195,53 @@ def test_a_content_encoding_other_than_gzip_says_so(edge, encoding, encode):
 
 
 def test_what_is_json_or_gzip_is_taken_whatever_the_content_encoding_says(edge):
-    """Gzip goes by its magic bytes, so a plain JSON body under another Content-Encoding is still a
-    ping, and a body that is neither under `Content-Encoding: gzip` is still judged as JSON."""
+    """Gzip goes by its magic bytes, so a plain JSON body under another Content-Encoding, gzip
+    among them, is still a ping, and so is a gzip body under another."""
     ping = orjson.dumps(make_ping(CLIENT))
-    plain, gzipped = str(uuid.uuid4()), str(uuid.uuid4())
+    plain, gzipped, labelled = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     assert send(edge, submit_path("baseline", plain), ping, {"Content-Encoding": "br"})[0] == 200
     assert send(edge, submit_path("baseline", gzipped), gzip.compress(ping), {"Content-Encoding": "deflate"})[0] == 200
+    assert send(edge, submit_path("baseline", labelled), ping, {"Content-Encoding": "gzip"})[0] == 200
     assert stored(edge, "baseline", plain)[1] == ping and stored(edge, "baseline", gzipped)[1] == ping
-    status, answer, _ = send(edge, submit_path(), zlib.compress(ping), {"Content-Encoding": "gzip"})
+    assert stored(edge, "baseline", labelled)[1] == ping
+
+
+NOT_GZIP = "Content-Encoding says gzip, but the body is neither gzip nor plain JSON: it starts with "
+
+
+ZLIB = " (a zlib header: zlib/deflate data, not gzip)"
+
+
+@pytest.mark.parametrize("encoding, encode, starts, note", [
+    ("gzip", zlib.compress, "78 9c", ZLIB),
+    ("x-gzip", lambda b: zlib.compress(b, 9), "78 da", ZLIB),
+    ("gzip", lambda b: b"\x1f{}", "1f 7b 7d", ""),  # half the magic
+    ("gzip", lambda b: b"hello world", "68 65 6c 6c", ""),
+    ("identity, gzip", lambda b: b"\xff", "ff", ""),
+], ids=["zlib", "zlib-x-gzip", "half-gzip-magic", "text", "one-byte"])
+def test_a_body_that_is_not_gzip_under_content_encoding_gzip_says_so(edge, encoding, encode, starts, note):
+    """Before: zlib bytes (what zlib.compress gives, or a client's "deflate") sent as gzip got 400
+    "body is not UTF-8 text: byte 0x9c at offset 1", which named neither gzip nor what came."""
+    doc = str(uuid.uuid4())
+    body = encode(orjson.dumps(make_ping(CLIENT)))
+    status, answer, _ = send(edge, submit_path("baseline", doc), body, {"Content-Encoding": encoding})
+    shown = " ".join(f"{byte:02x}" for byte in body[:4])  # the first 4 bytes
+    assert shown.startswith(starts)
+    message = f"{NOT_GZIP}{shown}{note}, where gzip starts with 1f 8b"
+    assert (status, answer) == (400, {"error_type": "decompress", "error_message": message})
+    [record] = [r for r in records(edge, "decompress") if r["document_id"] == doc]
+    assert (record["status"], record["error_message"], record["content_encoding"]) == (400, message, encoding)
+    assert base64.b64decode(record["body_base64"]) == body and record["body_bytes_kept"] == len(body)
+    assert stored(edge, "baseline", doc, wait=False) is None
+
+
+def test_broken_json_under_content_encoding_gzip_is_still_a_json_error(edge):
+    """A body that begins as JSON does, broken, gets the JSON error under any Content-Encoding:
+    it was meant as plain JSON, which is taken under `Content-Encoding: gzip`."""
+    doc = str(uuid.uuid4())
+    status, answer, _ = send(edge, submit_path("baseline", doc), b' \n{"ping_info": ', {"Content-Encoding": "gzip"})
     assert (status, answer["error_type"]) == (400, "json")
+    assert answer["error_message"].startswith("body is not valid JSON: ")
 
 
 # --- 4. gzip followed by zero padding ----------------------------------------------------------------

@@ -394,7 +394,9 @@ def test_unsafe_keys_are_refused_by_the_store(local_store):
 
 def test_zlib_stream_is_not_gzip(client):
     resp = client.post(submit_path(), data=zlib.compress(orjson.dumps(make_ping(CLIENT))), headers=SDK_HEADERS)
-    assert resp.status_code == 400 and resp.get_json()["error_type"] == "json"
+    assert resp.status_code == 400 and resp.get_json()["error_type"] == "decompress"
+    assert resp.get_json()["error_message"].startswith("Content-Encoding says gzip, but the body is neither gzip "
+                                                       "nor plain JSON: it starts with 78 9c ")
 
 
 def test_error_record_keeps_at_most_max_error_bytes(client, fn_env, monkeypatch, local_store):

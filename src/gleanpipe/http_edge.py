@@ -3,7 +3,7 @@
 Status codes (the SDK deletes a ping on any 4xx and retries on 5xx):
   200 stored (or already stored under the same document id: nothing new is written)
   400 bad ping: path segment, empty body, bad gzip, a Content-Encoding other than gzip (and a body
-      that is not plain JSON), not JSON, JSON nested deeper than MAX_JSON_DEPTH (nesting.py), not a
+      that is not plain JSON), Content-Encoding gzip on a body that is neither gzip nor JSON, not JSON, JSON nested deeper than MAX_JSON_DEPTH (nesting.py), not a
       Glean ping; or a body that did not arrive whole (the connection ended early, or its framing
       is broken)
   404 not a /submit/<app-id>/<doc-type>/<version>/<document-id> path (runs of slashes count as
@@ -220,6 +220,32 @@ def _unsupported_encoding(content_encoding: str | None) -> bool:
     return any(c.strip().lower() not in SUPPORTED_ENCODINGS for c in content_encoding.split(",") if c.strip())
 
 
+def _says_gzip(content_encoding: str | None) -> bool:
+    """Whether a Content-Encoding (of supported codings only) names gzip."""
+    return bool(content_encoding) and any(c.strip().lower() in ("gzip", "x-gzip") for c in content_encoding.split(","))
+
+
+def _meant_as_json(body: bytes) -> bool:
+    """Whether a body that is not gzip reads as an attempt at a JSON ping: it starts with ``{`` or
+    ``[`` (after JSON's whitespace). Such a body, broken, gets the JSON error whatever the
+    Content-Encoding says (a plain JSON body under ``Content-Encoding: gzip`` is taken)."""
+    return body.lstrip(b" \t\r\n")[:1] in (b"{", b"[")
+
+
+def _is_zlib(body: bytes) -> bool:
+    """Whether ``body`` starts with a zlib header (RFC 1950: deflate, a window of at most 32 KiB,
+    and the check bits), as zlib.compress and many an HTTP "deflate" body do: 78 9c, 78 da, 78 01..."""
+    return len(body) >= 2 and body[0] & 0x0F == 8 and body[0] >> 4 <= 7 and (body[0] << 8 | body[1]) % 31 == 0
+
+
+def _not_gzip(body: bytes) -> str:
+    """The 400 for a body under ``Content-Encoding: gzip`` that is neither gzip nor plain JSON,
+    naming what it starts with."""
+    what = " (a zlib header: zlib/deflate data, not gzip)" if _is_zlib(body) else ""
+    return (f"Content-Encoding says gzip, but the body is neither gzip nor plain JSON: it starts with "
+            f"{body[:4].hex(' ')}{what}, where gzip starts with 1f 8b")
+
+
 class SubmitHandler:
     """Framework-free core of submit: (method, path, headers, body) -> Response."""
 
@@ -341,6 +367,8 @@ class SubmitHandler:
                 raise Rejected(400, "content_encoding",
                                f'Content-Encoding "{meta["content_encoding"]}" is not supported: gleanpipe takes '
                                "a gzip body (Content-Encoding: gzip) or plain JSON") from None
+            if payload is body and _says_gzip(meta["content_encoding"]) and not _meant_as_json(body):
+                raise Rejected(400, "decompress", _not_gzip(body)) from None
             try:  # orjson says "surrogates not allowed" for any byte that is not UTF-8
                 payload.decode("utf-8")
             except UnicodeDecodeError as bad:
