@@ -721,14 +721,18 @@ def test_a_lingering_answer_closes_its_body_then_lingers_and_a_deadline_already_
 
 # --- what an error record keeps of a body that did not arrive whole -----------------------------------------
 
+MAX_ERROR_BYTES = 16384  # GLEANPIPE_MAX_ERROR_BYTES for these servers
+
+
 @pytest.fixture(scope="module", params=["serve", "serve-threads", "function"])
 def recording_server(request, tmp_path_factory):
     """Each way the edge runs (serve's gevent workers with the spool, serve's gthread workers, the
-    function under functions-framework), with GLEANPIPE_BODY_TIMEOUT_S = TIMEOUT_S, started once
-    for the tests below (each looks for its own document id in the error records)."""
+    function under functions-framework), with GLEANPIPE_BODY_TIMEOUT_S = TIMEOUT_S and
+    GLEANPIPE_MAX_ERROR_BYTES = MAX_ERROR_BYTES, started once for the tests below (each looks for
+    its own document id in the error records)."""
     data_dir = tmp_path_factory.mktemp(f"record-{request.param}") / "data"
     data_dir.mkdir()
-    env = {"GLEANPIPE_BODY_TIMEOUT_S": TIMEOUT_S}
+    env = {"GLEANPIPE_BODY_TIMEOUT_S": TIMEOUT_S, "GLEANPIPE_MAX_ERROR_BYTES": str(MAX_ERROR_BYTES)}
     if request.param == "function":
         srv = Function(data_dir, env)
     else:
@@ -770,7 +774,8 @@ def test_a_body_that_times_out_keeps_what_came(recording_server):
 @pytest.mark.parametrize("sent", [200, 20_000])
 def test_a_client_that_resets_mid_body_is_recorded_with_what_it_sent(recording_server, sent):
     """A client that sends part of its body, then resets the connection (SO_LINGER 0): before, the
-    record said "after 0 bytes" and kept nothing, whatever had come."""
+    record said "after 0 bytes" and kept nothing, whatever had come. It keeps what came up to
+    GLEANPIPE_MAX_ERROR_BYTES, and the message counts all of it."""
     srv, doc = recording_server, str(uuid.uuid4())
     data = bytes(range(256)) * 100
     sock = socket.create_connection(("127.0.0.1", srv.port))
@@ -780,7 +785,8 @@ def test_a_client_that_resets_mid_body_is_recorded_with_what_it_sent(recording_s
     sock.close()  # a reset
     record = record_of(srv, "incomplete_body", doc)
     assert (record["status"], record["error_message"]) == (400, f"the connection ended after {sent} bytes of the body")
-    assert kept(record) == data[:sent]
+    assert kept(record) == data[:min(sent, MAX_ERROR_BYTES)]
+    assert record["body_truncated"] is (sent > MAX_ERROR_BYTES)
 
 
 def test_broken_chunked_framing_keeps_the_chunks_before_it(recording_server):
