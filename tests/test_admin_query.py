@@ -1058,3 +1058,77 @@ def test_a_content_length_that_is_no_number_of_bytes_is_a_400_at_once_and_no_bod
             assert (int(top.split()[1]), json.loads(answered)) == (status, answer), length
     finally:
         server.httpd.shutdown()
+
+
+def _raw_post(admin_url: str, path: str, head: str, body: bytes = b"") -> tuple[int, dict, float]:
+    """(status, JSON answer, seconds) of one request sent as is on a socket that stays open for
+    writing, so that an answer the server gives without reading the body is seen to come at once."""
+    import socket
+
+    host, port = admin_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + body)
+        started, got = time.monotonic(), b""
+        while chunk := sock.recv(65536):  # the admin API answers HTTP/1.0: it closes after
+            got += chunk
+        took = time.monotonic() - started
+    top, answered = got.split(b"\r\n\r\n", 1)
+    return int(top.split()[1]), json.loads(answered), took
+
+
+def test_a_request_body_over_ADMIN_MAX_BODY_BYTES_is_a_413_at_once_and_apps_add_says_so_without_sending_it(tmp_path):
+    """Before: the admin API read any declared Content-Length, so 10**15 bytes was a MemoryError
+    answered 500 ("an error of serve's own"), and any size under the machine's memory was read
+    whole. Now a body over ADMIN_MAX_BODY_BYTES (64 MiB) is answered 413 at once, unread, naming the
+    limit, and serve answers the next request; a body of exactly the limit is read and answered.
+    `apps add` of definitions over it (one metric with a 64 MiB description: a real metrics.yaml)
+    does not send them, since serve would close the connection while they are still being sent,
+    and says what to do instead; nothing is stored. Real serve over real HTTP."""
+    from pathlib import Path
+
+    from gleanpipe.admin import ADMIN_MAX_BODY_BYTES
+    from gleanpipe.dictionary.definitions import parse
+    from gleanpipe.jsonvalues import dumps
+
+    assert ADMIN_MAX_BODY_BYTES == 64 * 1024 * 1024
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    fixed = readme.split("### Fixed limits\n", 1)[1].split("\n## ", 1)[0]
+    assert "| 64 MiB (`admin.ADMIN_MAX_BODY_BYTES`)" in fixed
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServeProcess(data_dir).start()
+    try:
+        state, headers = _raw_admin(data_dir)
+        token = f"{TOKEN_HEADER}: {state['token']}\r\n"
+        for path in ("/query", "/apps/add", "/load", "/status"):
+            for size in (10**15, ADMIN_MAX_BODY_BYTES + 1):
+                status, answer, took = _raw_post(state["admin_url"], path, f"{token}Content-Length: {size}\r\n",
+                                                 b'{"sql": "SELECT 1"')  # the rest never comes
+                assert (status, answer) == (413, {"error": f"the request's body is {size} bytes, over the 67108864 "
+                                                           "bytes serve's admin API takes (ADMIN_MAX_BODY_BYTES)"})
+                assert took < 2, (path, size, took)
+        # exactly the limit: read whole, and answered
+        body = b'{"sql": "SELECT 42 AS n"}'
+        body += b" " * (ADMIN_MAX_BODY_BYTES - len(body))
+        assert _raw_post(state["admin_url"], "/query", f"{token}Content-Length: {len(body)}\r\n", body)[:2] == (
+            200, {"columns": ["n"], "rows": [[42]]})
+        assert post(state["admin_url"] + "/query", b'{"sql": "SELECT 1 AS one"}', headers)[:2] == (
+            200, {"columns": ["one"], "rows": [[1]]})
+
+        big = tmp_path / "metrics.yaml"  # one metric whose description makes the request 64 MiB and more
+        big.write_text("$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0\nbig:\n  note:\n    type: string\n"
+                       f"    description: {'x' * ADMIN_MAX_BODY_BYTES}\n    lifetime: ping\n"
+                       "    send_in_pings: [metrics]\n    bugs: ['https://example.com/1']\n"
+                       "    data_reviews: ['https://example.com/1']\n    notification_emails: ['a@example.com']\n"
+                       "    expires: never\n")
+        sent = len(dumps({"app": parse("org.example.big", [big], [])}))  # what `apps add` would send
+        added = gleanpipe("apps", "add", "--data-dir", str(data_dir), "org.example.big", "--metrics", str(big))
+        assert (added.returncode, added.stdout, added.stderr) == (
+            1, "", f"Error: this command's request to gleanpipe serve would be {sent} bytes, over the 67108864 bytes "
+                   "its admin API takes (ADMIN_MAX_BODY_BYTES): stop serve and run the command again (it then works "
+                   "on the warehouse file itself, with no such limit)\n")
+        assert server.query("SELECT count(*) FROM duckdb_schemas() WHERE schema_name = 'org_example_big'")[1] == [(0,)]
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.read_log() and "admin API" not in server.read_log(), server.read_log()
+

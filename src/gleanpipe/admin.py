@@ -28,6 +28,12 @@ from .serve_state import (SERVE_START_WAIT_S, STATE_FILE, foreign_holder, lock_h
                           read_state, same_location)
 
 TOKEN_HEADER = "X-Gleanpipe-Token"
+# The largest request body the admin API reads. What commands send: `apps add` its parsed
+# definitions (JSON about 1.3 times the size of the metrics.yaml; Mozilla's largest are a few MB),
+# `replay` a batch of keys (at GLEANPIPE_LOAD_BATCH's most, 100,000 ping keys of at most 179 bytes:
+# about 18 MB), `query` its SQL (a command-line argument, at most 128 KiB on Linux). Over it: 413
+# at once, the body unread (a Content-Length of 10**15 was a MemoryError, answered 500).
+ADMIN_MAX_BODY_BYTES = 64 * 1024 * 1024
 log = logging.getLogger("gleanpipe.admin")
 
 
@@ -48,6 +54,10 @@ class ServeFailed(ServeError):
 class ResultTooLarge(ServeError):
     """A query's answer is over GLEANPIPE_QUERY_MAX_BYTES: serve answers 413, and the client raises
     this again, so that a caller that can ask for less (explore's pages) knows it from other errors."""
+
+
+class RequestTooLarge(ServeError):
+    """A request to serve's admin API over ADMIN_MAX_BODY_BYTES, refused before it is sent."""
 
 
 class BadRequest(ValueError):
@@ -73,10 +83,15 @@ def serve_failed(exc: BaseException) -> str:
             "serve's log has its traceback)")
 
 
+class BodyTooLarge(Exception):
+    """A request body declared over ADMIN_MAX_BODY_BYTES: answered 413 without being read."""
+
+
 class AdminServer:
     """Serves /status, /query, /load (and ``extra``: serve's /apps/add) for the process that owns
     the warehouse. Each answer is a JSON object: 200 with the handler's result; 400 for BadRequest,
-    the request's own fault (a handler turns what it knows to be one into it); 413 ResultTooLarge;
+    the request's own fault (a handler turns what it knows to be one into it); 413 ResultTooLarge,
+    or a body over ADMIN_MAX_BODY_BYTES (not read: the connection is closed after the answer);
     503 for the store's or warehouse's trouble, or serve stopping; 500 for any other error, which is
     serve's own: logged with its traceback, and said to be serve's, not the request's."""
 
@@ -128,7 +143,7 @@ class AdminServer:
                     with _HangUpWatch(self.connection, interrupt and (lambda: interrupt(thread))):
                         result = fn(body)
                     return 200, result if isinstance(result, Encoded) else [dumps(result)]
-                except ResultTooLarge as exc:
+                except (ResultTooLarge, BodyTooLarge) as exc:
                     return 413, [dumps({"error": str(exc)})]
                 except BadRequest as exc:  # the request's own fault: in the words a command without serve shows
                     return 400, [dumps({"error": str(exc) or type(exc).__name__})]
@@ -176,6 +191,9 @@ def _body(rfile, length: str | None) -> dict:
     if not (digits.isascii() and digits.isdigit()):
         raise BadRequest(f"Content-Length {length!r} is not a number of bytes")
     size = int(digits)
+    if size > ADMIN_MAX_BODY_BYTES:  # before any read: HTTP/1.0, the connection closes after the answer
+        raise BodyTooLarge(f"the request's body is {size} bytes, over the {ADMIN_MAX_BODY_BYTES} bytes serve's "
+                           "admin API takes (ADMIN_MAX_BODY_BYTES)")
     try:
         body = orjson.loads(rfile.read(size) or b"{}")
     except orjson.JSONDecodeError:
@@ -338,9 +356,17 @@ class AdminClient:
         return answer
 
     def _open(self, endpoint: str, payload: dict | None, timeout: float):
-        """The answer of ``endpoint`` to be read; ServeError (or ResultTooLarge) for any other status."""
+        """The answer of ``endpoint`` to be read; ServeError (or ResultTooLarge) for any other status.
+        A body over ADMIN_MAX_BODY_BYTES is not sent (RequestTooLarge): serve would answer 413
+        without reading it, and a client still sending gets a broken pipe (or a reset), not that answer."""
+        data = dumps(payload or {})
+        if len(data) > ADMIN_MAX_BODY_BYTES:
+            raise RequestTooLarge(f"this command's request to gleanpipe serve would be {len(data)} bytes, over the "
+                                  f"{ADMIN_MAX_BODY_BYTES} bytes its admin API takes (ADMIN_MAX_BODY_BYTES): stop "
+                                  "serve and run the command again (it then works on the warehouse file itself, "
+                                  "with no such limit)")
         req = urllib.request.Request(
-            self.url + endpoint, data=dumps(payload or {}), method="POST",
+            self.url + endpoint, data=data, method="POST",
             headers={TOKEN_HEADER: self.token, "Content-Type": "application/json"},
         )
         try:
