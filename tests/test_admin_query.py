@@ -804,6 +804,8 @@ def _faulty_admin_server(wh):
             raise KeyError("no_such_key")  # on purpose: a bug in serve
         if sql == SERVE_BUG + " -- internal":
             raise duckdb.InternalException("INTERNAL Error: on purpose\nThis error signals an assertion failure")
+        if sql == SERVE_BUG + " -- plain":  # DuckDB's base class, as its errors without a class of their own
+            raise duckdb.Error("on purpose: not an extension DuckDB lacks")
         if sql == SERVE_BUG + " -- bare":
             raise RuntimeError()  # on purpose: a bug in serve whose error says nothing
         return read_only(wh.read_query_pages)(sql, params)
@@ -841,6 +843,7 @@ def test_an_error_of_serves_own_is_a_500_logged_with_its_traceback_not_the_reque
                 ("/query", {"sql": SERVE_BUG + " -- internal"},
                  _failed("InternalException: INTERNAL Error: on purpose")),
                 ("/query", {"sql": SERVE_BUG + " -- bare"}, _failed("RuntimeError")),
+                ("/query", {"sql": SERVE_BUG + " -- plain"}, _failed("Error: on purpose: not an extension DuckDB lacks")),
                 ("/status", {}, _failed("TypeError: on purpose: a bug in serve's status"))):
             caplog.clear()
             status, answer, _ = post(server.url + path, json.dumps(body).encode(), headers)
@@ -1132,3 +1135,47 @@ def test_a_request_body_over_ADMIN_MAX_BODY_BYTES_is_a_413_at_once_and_apps_add_
         assert server.stop() == 0
     assert "Traceback" not in server.read_log() and "admin API" not in server.read_log(), server.read_log()
 
+
+def test_a_query_needing_a_duckdb_extension_it_does_not_have_is_the_requests_400_as_without_serve(tmp_path):
+    """DuckDB may not download an extension here (autoinstall is off; this machine is offline as
+    well), so a query reading https:// or s3:// (httpfs) or a SQLite file (sqlite_scanner) fails on
+    a plain duckdb.Error ("An error occurred while trying to automatically install the required
+    extension"). Before: serve answered that 500, "an error of serve's own", and logged a
+    traceback, while `gleanpipe query` without serve said DuckDB's words. Now it is the request's
+    400 in DuckDB's words, and the command says the same with and without serve. Real serve."""
+    import duckdb
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    queries = ["SELECT * FROM read_parquet('https://example.com/x.parquet')",
+               "SELECT count(*) FROM 's3://bucket/x.csv'", "SELECT * FROM sqlite_scan('x.db', 't')"]
+    duckdb_says = []  # DuckDB's own words, on a connection of its own that may not download either
+    for sql in queries:
+        con = duckdb.connect(config={"autoinstall_known_extensions": False})
+        with pytest.raises(duckdb.Error) as exc:
+            con.execute(sql)
+        con.close()
+        assert type(exc.value) is duckdb.Error  # no class of its own, nor InternalException's
+        duckdb_says.append(str(exc.value))
+    assert [said.split("\n")[0] for said in duckdb_says] == [
+        f"An error occurred while trying to automatically install the required extension '{name}:"
+        for name in ("httpfs", "httpfs", "sqlite_scanner")]
+
+    def said() -> list[str]:
+        runs = [gleanpipe("query", sql, "--data-dir", str(data_dir)) for sql in queries]
+        assert [(r.returncode, r.stdout) for r in runs] == [(1, "")] * len(runs), [r.stderr for r in runs]
+        return [r.stderr for r in runs]
+
+    server = ServeProcess(data_dir).start()
+    try:
+        state, headers = _raw_admin(data_dir)
+        for sql, words in zip(queries, duckdb_says):
+            assert post(state["admin_url"] + "/query", json.dumps({"sql": sql}).encode(), headers)[:2] == (
+                400, {"error": words}), sql
+        through_serve = said()
+    finally:
+        assert server.stop() == 0
+    log = server.read_log()
+    assert "Traceback" not in log and "admin API" not in log, log
+    assert through_serve == [f"Error: {words}\n" for words in duckdb_says]
+    assert said() == through_serve  # the file itself, serve stopped

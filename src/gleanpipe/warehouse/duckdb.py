@@ -31,8 +31,8 @@ from ..transform import PingRow
 from ..views import refresh
 from . import missing_table
 from .base import (DELETION_TABLE, EVENTS_KEY, META, QUERY_PAGE_ROWS, DatasetUnusable, DeletionAttempt, LoadError,
-                   RowDataError, Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult, dedup_view_query,
-                   first_per_document, in_pages, loaded_keys, needed_metrics, without_deleted)
+                   QueryFailed, RowDataError, Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult,
+                   dedup_view_query, first_per_document, in_pages, loaded_keys, needed_metrics, without_deleted)
 log = logging.getLogger("gleanpipe.warehouse")
 
 
@@ -87,10 +87,27 @@ DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.
 # a file it reads is not there (IOException), currval() of a sequence not used (SequenceException),
 # it needs more than the memory limit (OutOfMemoryException, whose message says to ask for less), or
 # its client hung up (InterruptException: ``interrupt_reads``; serve stopping is WarehouseClosing).
-# Not DuckDB's own failures (InternalException, FatalException: a bug, which can invalidate the
-# database), nor a lost connection or a transaction that fails otherwise than by a write refused.
+# A statement that needs an extension DuckDB does not have is its own fault too (read_query_pages
+# raises ExtensionUnavailable, a QueryFailed). Not DuckDB's own failures (InternalException,
+# FatalException: a bug, which can invalidate the database), nor a lost connection or a transaction
+# that fails otherwise than by a write refused.
 STATEMENT_ERRORS = (duckdb.ProgrammingError, duckdb.DataError, duckdb.NotSupportedError, duckdb.IOException,
                     duckdb.SequenceException, duckdb.OutOfMemoryException, duckdb.InterruptException)
+# DuckDB's words for a statement that needs an extension it does not have and may not fetch
+# (autoinstall is off, ``__init__``): a file on https://, s3:// or hf:// (httpfs), on azure://,
+# sqlite_scan() (sqlite_scanner). The Python module raises these as its base duckdb.Error (DuckDB's
+# AUTOLOAD and MISSING_EXTENSION errors have no class of their own there), so they are told by
+# their words: the first is DuckDB's with autoloading on (gleanpipe's), the second with it off.
+EXTENSION_MISSING = re.compile(r"An error occurred while trying to automatically install the required extension '"
+                               r"|[^\n]* requires the extension [^\n]* to be loaded")
+
+
+class ExtensionUnavailable(QueryFailed):
+    """A query that needs a DuckDB extension this DuckDB does not have (and is not let fetch): the
+    query asks for what the warehouse cannot give, its own fault (serve's admin API answers 400), in
+    DuckDB's words, with and without serve."""
+
+
 # Names DuckDB keeps for itself: its built-in catalogs, and the system schemas every catalog has.
 DUCKDB_OWN_NAMES = ("system", "temp", "information_schema", "pg_catalog")
 CLOSE_WAIT_S = 10  # how long close() interrupts the reads and the write still running before it closes anyway
@@ -699,6 +716,10 @@ class DuckDBWarehouse(Warehouse):
                     raise
                 reason = str(exc).splitlines()[0].removeprefix("TransactionContext Error: ")
                 raise WriteRefused(f"the warehouse is read-only for queries: {reason}") from None
+            except duckdb.Error as exc:
+                if type(exc) is duckdb.Error and EXTENSION_MISSING.match(str(exc)):  # not InternalException...
+                    raise ExtensionUnavailable(str(exc)) from None
+                raise
             finally:
                 cur.abort()  # a result not fetched to its end (the reader stopped early): let it go
                 cur.execute("ROLLBACK")
