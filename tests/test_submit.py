@@ -141,7 +141,7 @@ def test_other_paths_are_404(client, local_store, path):
 def test_other_methods_are_405(client, method):
     resp = client.open(submit_path(), method=method)
     assert resp.status_code == 405
-    assert resp.headers["Allow"] == "POST, PUT"
+    assert resp.headers["Allow"] == "POST, PUT, OPTIONS"  # OPTIONS: the CORS preflight
 
 
 BAD_SEGMENTS = [

@@ -305,7 +305,7 @@ class SubmitHandler:
         if parts is None:
             return _error(404, "not_found", "use /submit/<app-id>/<doc-type>/<version>/<document-id>")
         if method not in METHODS:
-            return _error(405, "method_not_allowed", f"use POST or PUT, not {method}", Allow="POST, PUT")
+            return _error(405, "method_not_allowed", f"use POST or PUT, not {method}", Allow="POST, PUT, OPTIONS")
         received = self.now().astimezone(timezone.utc)
         # the values as sent, for the 431 check: one character per byte, as for ``path`` above
         sent = kept = {h: headers.get(name) for h, name in _KEPT}
