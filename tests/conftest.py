@@ -8,6 +8,7 @@ import gzip
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -393,3 +394,23 @@ def put_many_unsynced(store, n: int) -> None:
         meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "headers": {}, "app_id": path.app_id,
                 "doc_type": "baseline", "version": "1", "document_id": path.document_id, "key": path.key}
         store.put_unsynced(path.key, rawobject.encode(meta, json.dumps(make_ping(seq=i)).encode()))
+
+
+# --- headless Chromium (Debian's, which `make test` installs) through Playwright -----------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for a module's tests (Playwright never downloads a browser here)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian chromium is not installed: run `make test` (it installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -18,10 +18,8 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import shutil
 import threading
 import uuid
-from pathlib import Path
 
 import orjson
 import pytest
@@ -29,9 +27,6 @@ from functions_framework import create_app
 
 from conftest import APP, DATASET, ROOT, SDK_HEADERS, ServeProcess, gz, make_ping, submit_path
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 CLIENT = "5d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 ORIGIN = "http://localhost:3000"
 PREFLIGHT = {
@@ -223,18 +218,6 @@ def web_app():
     server.shutdown()
     server.server_close()
     thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian chromium is not installed: run `make test` (it installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.mark.e2e

@@ -17,23 +17,20 @@ import zlib
 import orjson
 import pytest
 
-from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, make_ping, submit_path
+from conftest import APP, DATASET, SDK_HEADERS, make_ping, submit_path
 from gleanpipe import rawobject
-from test_http_framing import Function
+from test_http_framing import EDGES, edge_server
 
 CLIENT = "5d1e7c2a-8b3f-4a6e-9c0d-1e2f3a4b5c6d"
 
 
-@pytest.fixture(scope="module", params=["serve", "serve-threads", "function"])
+@pytest.fixture(scope="module", params=EDGES)
 def edge(request, tmp_path_factory):
     """Each server, started once for the tests below (each test uses its own document ids).
     ``kind``: "serve" for both serves (they load into DuckDB), or "function"."""
     data_dir = tmp_path_factory.mktemp(f"edge-{request.param}") / "data"
     data_dir.mkdir()
-    if request.param == "function":
-        srv = Function(data_dir, {})
-    else:
-        srv = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "off"} if request.param == "serve-threads" else {}).start()
+    srv = edge_server(request.param, data_dir, {})
     srv.kind = request.param.split("-")[0]
     yield srv
     srv.stop()

@@ -46,6 +46,17 @@ class Function:
         self.proc.wait(timeout=15)
 
 
+EDGES = ["serve", "serve-threads", "function"]  # serve's gevent workers (spool on), its gthread ones, the function
+
+
+def edge_server(kind: str, data_dir: Path, env: dict):
+    """One of EDGES on ``data_dir`` with the settings ``env``, started: a ServeProcess ("serve-threads":
+    GLEANPIPE_SPOOL=off) or a Function. Stop it with ``stop()``."""
+    if kind == "function":
+        return Function(data_dir, env)
+    return ServeProcess(data_dir, env={**env, **({"GLEANPIPE_SPOOL": "off"} if kind == "serve-threads" else {})}).start()
+
+
 @pytest.fixture(params=["serve", "function"])
 def server(request, tmp_path):
     data_dir = tmp_path / "data"
@@ -529,19 +540,14 @@ def test_a_new_connection_quiet_at_first_gets_its_whole_head_time_once_it_begins
 LINGER_S = 0.5  # GLEANPIPE_LINGER_S for these servers
 
 
-@pytest.fixture(scope="module", params=["serve", "serve-threads", "function"])
+@pytest.fixture(scope="module", params=EDGES)
 def lingering_server(request, tmp_path_factory):
     """Each way the edge runs: serve's gevent workers, serve's gthread workers (spool off), and the
     function under functions-framework (gthread), with GLEANPIPE_LINGER_S = LINGER_S; each one
     started once for the tests below."""
     data_dir = tmp_path_factory.mktemp(f"linger-{request.param}") / "data"
     data_dir.mkdir()
-    env = {"GLEANPIPE_LINGER_S": str(LINGER_S)}
-    if request.param == "function":
-        srv = Function(data_dir, env)
-    else:
-        srv = ServeProcess(data_dir, env={**env, **({"GLEANPIPE_SPOOL": "off"} if request.param == "serve-threads"
-                                                    else {})}).start()
+    srv = edge_server(request.param, data_dir, {"GLEANPIPE_LINGER_S": str(LINGER_S)})
     yield srv
     srv.stop()
     assert "Traceback" not in srv.read_log()
@@ -724,7 +730,7 @@ def test_a_lingering_answer_closes_its_body_then_lingers_and_a_deadline_already_
 MAX_ERROR_BYTES = 16384  # GLEANPIPE_MAX_ERROR_BYTES for these servers
 
 
-@pytest.fixture(scope="module", params=["serve", "serve-threads", "function"])
+@pytest.fixture(scope="module", params=EDGES)
 def recording_server(request, tmp_path_factory):
     """Each way the edge runs (serve's gevent workers with the spool, serve's gthread workers, the
     function under functions-framework), with GLEANPIPE_BODY_TIMEOUT_S = TIMEOUT_S and
@@ -732,12 +738,8 @@ def recording_server(request, tmp_path_factory):
     its own document id in the error records)."""
     data_dir = tmp_path_factory.mktemp(f"record-{request.param}") / "data"
     data_dir.mkdir()
-    env = {"GLEANPIPE_BODY_TIMEOUT_S": TIMEOUT_S, "GLEANPIPE_MAX_ERROR_BYTES": str(MAX_ERROR_BYTES)}
-    if request.param == "function":
-        srv = Function(data_dir, env)
-    else:
-        srv = ServeProcess(data_dir, env={**env, **({"GLEANPIPE_SPOOL": "off"} if request.param == "serve-threads"
-                                                    else {})}).start()
+    srv = edge_server(request.param, data_dir, {"GLEANPIPE_BODY_TIMEOUT_S": TIMEOUT_S,
+                                                "GLEANPIPE_MAX_ERROR_BYTES": str(MAX_ERROR_BYTES)})
     yield srv
     srv.stop()
     assert "Traceback" not in srv.read_log()
