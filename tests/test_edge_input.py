@@ -121,6 +121,17 @@ def test_slashes_are_merged_but_percent_2f_and_dot_segments_stay_refused(edge):
     assert raw_docs(edge) == before
 
 
+def test_a_percent_2f_in_the_query_string_alone_is_no_escaped_slash(edge):
+    """Only the path as sent is looked at for a %2F: one in the query string leaves a clean path,
+    and a path of merged slashes, taken (both stored)."""
+    ping = orjson.dumps(make_ping(CLIENT))
+    clean, merged = str(uuid.uuid4()), str(uuid.uuid4())
+    for path in (f"/submit/{APP}/baseline/1/{clean}?x=%2F", f"//submit/{APP}/baseline/1/{merged}?x=a%2fb"):
+        status, answer, _ = send(edge, path, gzip.compress(ping))
+        assert (status, answer) == (200, {}), (path, answer)
+    assert stored(edge, "baseline", clean)[1] == ping and stored(edge, "baseline", merged)[1] == ping
+
+
 # --- 2. header values that are not ASCII -----------------------------------------------------------
 
 def test_header_values_are_stored_as_the_client_wrote_them(edge):
@@ -215,7 +226,11 @@ ZLIB = " (a zlib header: zlib/deflate data, not gzip)"
     ("gzip", lambda b: b"\x1f{}", "1f 7b 7d", ""),  # half the magic
     ("gzip", lambda b: b"hello world", "68 65 6c 6c", ""),
     ("identity, gzip", lambda b: b"\xff", "ff", ""),
-], ids=["zlib", "zlib-x-gzip", "half-gzip-magic", "text", "one-byte"])
+    ("GZIP", zlib.compress, "78 9c", ZLIB),  # coding names are case-insensitive (RFC 9110, 8.4.1)
+    ("gzip", lambda b: b"x", "78", ""),  # the first byte of a zlib header, alone: no header
+    ("gzip", lambda b: b"\x88\x1c\0\0", "88 1c 00 00", ""),  # check bits right, window over 32 KiB: not zlib
+], ids=["zlib", "zlib-x-gzip", "half-gzip-magic", "text", "one-byte", "zlib-upper-case", "one-zlib-byte",
+        "window-too-large"])
 def test_a_body_that_is_not_gzip_under_content_encoding_gzip_says_so(edge, encoding, encode, starts, note):
     """Before: zlib bytes (what zlib.compress gives, or a client's "deflate") sent as gzip got 400
     "body is not UTF-8 text: byte 0x9c at offset 1", which named neither gzip nor what came."""
@@ -235,10 +250,11 @@ def test_a_body_that_is_not_gzip_under_content_encoding_gzip_says_so(edge, encod
 def test_broken_json_under_content_encoding_gzip_is_still_a_json_error(edge):
     """A body that begins as JSON does, broken, gets the JSON error under any Content-Encoding:
     it was meant as plain JSON, which is taken under `Content-Encoding: gzip`."""
-    doc = str(uuid.uuid4())
-    status, answer, _ = send(edge, submit_path("baseline", doc), b' \n{"ping_info": ', {"Content-Encoding": "gzip"})
-    assert (status, answer["error_type"]) == (400, "json")
-    assert answer["error_message"].startswith("body is not valid JSON: ")
+    for body in (b' \n{"ping_info": ', b"[1, ", b'\t{"ping_info": '):  # JSON's whitespace: space, \n, \r, \t
+        doc = str(uuid.uuid4())
+        status, answer, _ = send(edge, submit_path("baseline", doc), body, {"Content-Encoding": "gzip"})
+        assert (status, answer["error_type"]) == (400, "json"), body
+        assert answer["error_message"].startswith("body is not valid JSON: ")
 
 
 # --- 4. gzip followed by zero padding ----------------------------------------------------------------
