@@ -161,8 +161,64 @@ def test_a_misconfigured_function_still_answers_preflights_and_its_503_is_readab
     resp = client.post(submit_path(), data=gz(make_ping(CLIENT)), headers={**SDK_HEADERS, "Origin": ORIGIN})
     assert (resp.status_code, resp.get_json()["error_type"], resp.headers["Access-Control-Allow-Origin"]) == (
         503, "misconfigured", "*")
+    assert resp.headers["Retry-After"] == "60"
     assert "Access-Control-Allow-Origin" not in client.post("/elsewhere", data=b"{}").headers
+    other = client.open("/elsewhere", method="OPTIONS", headers={"Origin": ORIGIN})  # no preflight beside submit
+    assert (other.status_code, other.headers.get("Access-Control-Allow-Origin")) == (503, None)
     functions.submit_handler.cache_clear()
+
+
+def test_a_misconfigured_functions_preflight_does_not_read_a_body_it_was_sent(tmp_path):
+    """An OPTIONS that says it has a body (200 MB declared, 1 KiB sent) to a function whose settings
+    cannot be read gets its 204 at once and the connection closes: functions-framework would read
+    the whole body after the answer (as for the misconfigured 503, test_http_framing.py), and the
+    client that waits for the answer before sending more would never get it. Real functions-framework."""
+    import socket
+
+    from test_http_framing import Function, closed_after
+
+    (tmp_path / "data").mkdir()
+    function = Function(tmp_path / "data", {"GLEANPIPE_STORE_URL": "nowhere://x"})
+    try:
+        with socket.create_connection(("127.0.0.1", function.port)) as sock:
+            sock.sendall(f"OPTIONS {submit_path()} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {ORIGIN}\r\n"
+                         f"Access-Control-Request-Method: POST\r\nContent-Length: {200 << 20}\r\n\r\n".encode()
+                         + b"x" * 1024)
+            sock.settimeout(10)
+            top = b""
+            while b"\r\n\r\n" not in top:
+                chunk = sock.recv(65536)
+                assert chunk, f"closed without an answer: {top!r}"
+                top += chunk
+            lines = top.split(b"\r\n\r\n")[0].decode().split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+            assert (lines[0].split(" ")[1], cors_of(headers)) == ("204", PREFLIGHT)
+            assert closed_after(sock)
+    finally:
+        function.stop()
+
+
+def test_the_wsgi_apps_204_has_no_content_length_and_says_no_content(tmp_path):
+    """make_wsgi_app itself, called as a WSGI server calls it: the preflight's status line says
+    "204 No Content" and it has no Content-Length (RFC 9110, 8.6). gunicorn 27 drops a 204's
+    Content-Length on its own; the gunicorn this project allows (>=22) need not."""
+    import io
+
+    from gleanpipe.config import Config
+    from gleanpipe.http_edge import SubmitHandler, make_wsgi_app
+    from gleanpipe.storage.local import LocalStore
+
+    handler = SubmitHandler(Config.from_env(environ={}, data_dir=tmp_path), LocalStore(tmp_path / "store"))
+    started = []
+    environ = {"REQUEST_METHOD": "OPTIONS", "PATH_INFO": submit_path(), "RAW_URI": submit_path(),
+               "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": io.BytesIO(b""), "HTTP_ORIGIN": ORIGIN,
+               "HTTP_ACCESS_CONTROL_REQUEST_METHOD": "POST"}
+    body = b"".join(make_wsgi_app(handler)(environ, lambda status, headers, exc_info=None: started.append(
+        (status, headers))))
+    [(status, headers)] = started
+    assert (status, body) == ("204 No Content", b"")
+    assert [name for name, _ in headers if name.lower() == "content-length"] == []
+    assert cors_of({k.lower(): v for k, v in headers}) == PREFLIGHT
 
 
 # --- a real browser ------------------------------------------------------------------------------
