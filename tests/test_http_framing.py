@@ -535,6 +535,34 @@ def test_a_new_connection_quiet_at_first_gets_its_whole_head_time_once_it_begins
     assert "Traceback" not in srv.read_log()
 
 
+def test_quiet_new_connections_wait_on_the_poller_without_holding_threads_or_being_closed(tmp_path):
+    """gthread (spool off), one worker of 2 threads, 3 new connections that send nothing: each
+    thread waits at most gunicorn's 5 s for first bytes, then hands its connection back to the
+    poller (not closed: it waits there up to the keep-alive). So a ping on a 4th connection is
+    answered within those 5 s, and a quiet connection that begins its request at 6.5 s is answered."""
+    env = {"GLEANPIPE_SPOOL": "off", "GLEANPIPE_WORKERS": "1", "GLEANPIPE_THREADS": "2"}
+    (tmp_path / "data").mkdir()
+    srv = ServeProcess(tmp_path / "data", env=env).start()
+    quiet = []
+    try:
+        request = head(submit_path(), len(body := gz(make_ping(CLIENT)))) + body
+        opened = time.monotonic()
+        quiet = [socket.create_connection(("127.0.0.1", srv.port), timeout=15) for _ in range(3)]
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            sock.sendall(request)
+            status, _, _ = read_response(sock, timeout=8)
+        assert status == 200 and time.monotonic() - opened < 7
+        time.sleep(max(0.0, opened + 6.5 - time.monotonic()))
+        quiet[0].sendall(request)
+        assert read_response(quiet[0], timeout=5)[0] == 200
+    finally:
+        for sock in quiet:
+            sock.close()
+        srv.stop()
+    assert "Traceback" not in srv.read_log()
+
+
 # --- the lingering close (linger.py): the answer before a reset ---------------------------------------------
 
 LINGER_S = 0.5  # GLEANPIPE_LINGER_S for these servers
@@ -739,7 +767,8 @@ def recording_server(request, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp(f"record-{request.param}") / "data"
     data_dir.mkdir()
     srv = edge_server(request.param, data_dir, {"GLEANPIPE_BODY_TIMEOUT_S": TIMEOUT_S,
-                                                "GLEANPIPE_MAX_ERROR_BYTES": str(MAX_ERROR_BYTES)})
+                                                "GLEANPIPE_MAX_ERROR_BYTES": str(MAX_ERROR_BYTES),
+                                                "GLEANPIPE_MAX_WIRE_BYTES": str(4 << 20)})  # over gunicorn's 1 MiB read step
     yield srv
     srv.stop()
     assert "Traceback" not in srv.read_log()
@@ -789,6 +818,22 @@ def test_a_client_that_resets_mid_body_is_recorded_with_what_it_sent(recording_s
     assert (record["status"], record["error_message"]) == (400, f"the connection ended after {sent} bytes of the body")
     assert kept(record) == data[:min(sent, MAX_ERROR_BYTES)]
     assert record["body_truncated"] is (sent > MAX_ERROR_BYTES)
+
+
+def test_a_client_that_resets_past_a_mebibyte_of_body_is_counted_whole(recording_server):
+    """gunicorn 27 reads a large body in steps of 1 MiB into its Body's own buffer: a reset after
+    1.5 MiB leaves the first MiB there and the rest in the socket reader's buffer. The record counts
+    both and keeps the first GLEANPIPE_MAX_ERROR_BYTES."""
+    srv, doc = recording_server, str(uuid.uuid4())
+    data = bytes(range(256)) * (6 << 10)  # 1.5 MiB
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(head(submit_path(document_id=doc), 3 << 20) + data)
+    time.sleep(0.5)  # the server has read them
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset
+    record = record_of(srv, "incomplete_body", doc)
+    assert record["error_message"] == f"the connection ended after {len(data)} bytes of the body"
+    assert (kept(record), record["body_truncated"]) == (data[:MAX_ERROR_BYTES], True)
 
 
 def test_broken_chunked_framing_keeps_the_chunks_before_it(recording_server):
