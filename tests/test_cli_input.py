@@ -912,6 +912,56 @@ def test_a_holder_that_ends_between_the_lock_error_and_its_command_line_is_not_g
     assert has_ended(holder.pid) and took < CLI_HELD_WAIT_S / 2  # not the wait for a `gleanpipe status`
 
 
+def test_a_holder_that_reads_as_ending_but_holds_on_is_given_up_on_after_ENDED_RETRY_S(tmp_path, monkeypatch):
+    """The other side of the test above: a holder whose command line reads empty (as one ending
+    does) but that keeps its lock is tried again for ENDED_RETRY_S (1 s) when the wait is shorter,
+    for the wait when it is longer, and then named as ever. The empty read is the wrapped /proc
+    read, as there; the holder is a real process with the DuckDB file open."""
+    import gleanpipe.warehouse as warehouses
+    from conftest import holds_open
+    from gleanpipe.config import Config
+    from gleanpipe.serve_state import has_ended
+
+    path = tmp_path / "warehouse.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys; con = duckdb.connect({str(path)!r}); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not holds_open(holder.pid, path):
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        monkeypatch.setattr(warehouses, "command_line", lambda pid: "" if pid == holder.pid else None)
+        assert warehouses.ENDED_RETRY_S == 1.0 and not has_ended(holder.pid)
+        for wait_s, least in ((0.0, 1.0), (2.0, 2.0)):
+            started = time.monotonic()
+            with pytest.raises(warehouses.WarehouseHeld) as held:
+                warehouses.open_when_let_go(f"duckdb://{path}", config=Config.from_env(), wait_s=wait_s)
+            took = time.monotonic() - started
+            assert least <= took < least + 2, (wait_s, took)
+            assert held.value.holder == f"PID {holder.pid} ()"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_has_ended_reads_the_state_after_the_last_parenthesis(tmp_path):
+    """/proc/<pid>/stat gives the command name in parentheses, and a process may name itself
+    anything (`a) Z (` here): the state is the field after the last ")", or a running process
+    would read as a zombie."""
+    from gleanpipe.serve_state import has_ended
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; open('/proc/self/comm', 'w').write('a) Z ('); "
+                             "print(flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        proc.stdout.readline()
+        assert open(f"/proc/{proc.pid}/stat").read().startswith(f"{proc.pid} (a) Z () S ")
+        assert not has_ended(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert has_ended(proc.pid)
+
+
 def test_a_warehouse_file_that_is_not_duckdb_gets_no_hint_about_other_writers(tmp_path):
     (tmp_path / "warehouse.duckdb").write_bytes(b"x" * 5000)
     out = gleanpipe("status", "--data-dir", str(tmp_path))
