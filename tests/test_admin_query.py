@@ -1118,6 +1118,17 @@ def test_a_request_body_over_ADMIN_MAX_BODY_BYTES_is_a_413_at_once_and_apps_add_
         assert post(state["admin_url"] + "/query", b'{"sql": "SELECT 1 AS one"}', headers)[:2] == (
             200, {"columns": ["one"], "rows": [[1]]})
 
+        # AdminClient sends a request of exactly the limit, and refuses one byte more before sending it
+        from gleanpipe.admin import RequestTooLarge
+
+        client = AdminClient.find(data_dir)
+        sql = "SELECT 42 AS n"
+        sql += " " * (ADMIN_MAX_BODY_BYTES - len(dumps({"sql": sql, "params": None})))
+        assert len(dumps({"sql": sql, "params": None})) == ADMIN_MAX_BODY_BYTES
+        assert client.query(sql) == (["n"], [(42,)])
+        with pytest.raises(RequestTooLarge, match=f"would be {ADMIN_MAX_BODY_BYTES + 1} bytes, over the 67108864"):
+            client.query(sql + " ")
+
         big = tmp_path / "metrics.yaml"  # one metric whose description makes the request 64 MiB and more
         big.write_text("$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0\nbig:\n  note:\n    type: string\n"
                        f"    description: {'x' * ADMIN_MAX_BODY_BYTES}\n    lifetime: ping\n"
@@ -1179,3 +1190,19 @@ def test_a_query_needing_a_duckdb_extension_it_does_not_have_is_the_requests_400
     assert "Traceback" not in log and "admin API" not in log, log
     assert through_serve == [f"Error: {words}\n" for words in duckdb_says]
     assert said() == through_serve  # the file itself, serve stopped
+
+
+def test_a_query_needing_an_extension_is_the_queries_fault_also_with_duckdbs_autoloading_off(tmp_path):
+    """A DuckDB whose autoloading is off (a build, or a setting, that turns it off) says another
+    thing ("File https://... requires the extension httpfs to be loaded"): read_query_pages takes
+    it as ExtensionUnavailable too. Autoloading is turned off here on the warehouse's own connection."""
+    from gleanpipe.warehouse.duckdb import ExtensionUnavailable
+
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    try:
+        wh.con.execute("SET autoload_known_extensions = false")
+        with pytest.raises(ExtensionUnavailable, match="^File https://example.com/x.parquet requires the extension "
+                                                       "httpfs to be loaded"):
+            list(wh.read_query_pages("SELECT * FROM read_parquet('https://example.com/x.parquet')"))
+    finally:
+        wh.close()
