@@ -505,8 +505,9 @@ def taken_in(stream, most: int) -> bytes:
     its own buffer; an exception in the middle (a reset, a bad chunk size, a gevent read the
     deadline cut) leaves them there, and the read returns nothing: a client that reset after
     200 bytes was "after 0 bytes", a 408 under gevent kept none of the body. ``stream`` is
-    gunicorn's Body (serve) or werkzeug's LimitedStream over it (the function, with a
-    Content-Length; one read of it is one read of the Body, and it keeps nothing itself). Only
+    gunicorn's Body (serve, and the function under functions-framework: gunicorn says
+    wsgi.input_terminated, so werkzeug hands over its Body as it is), or werkzeug's LimitedStream
+    over a Body (a server that does not say so; one read of it is one read of the Body). Only
     ever called on this error path, so a good ping pays nothing. Another server's stream, or a
     gunicorn whose readers changed: nothing (as before)."""
     try:

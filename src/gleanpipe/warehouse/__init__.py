@@ -41,7 +41,7 @@ def holder_name(holder: tuple[int, str | None] | None) -> str:
     if holder is None:
         return "another process"
     pid, command = holder
-    return f"PID {pid}" if command is None else f"PID {pid} ({command})"
+    return f"PID {pid} ({command})" if command else f"PID {pid}"  # "": a process ending, its memory let go
 
 
 ENDED_RETRY_S = 1.0  # how long an open is tried again when the holder DuckDB named has ended since
