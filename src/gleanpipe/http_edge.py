@@ -3,12 +3,12 @@
 Status codes (the SDK deletes a ping on any 4xx and retries on 5xx):
   200 stored (or already stored under the same document id: nothing new is written)
   400 bad ping: path segment, empty body, bad gzip, a Content-Encoding other than gzip (and a body
-      that is not plain JSON), Content-Encoding gzip on a body that is neither gzip nor JSON, not JSON, JSON nested deeper than MAX_JSON_DEPTH (nesting.py), not a
-      Glean ping; or a body that did not arrive whole (the connection ended early, or its framing
-      is broken)
+      that is not plain JSON), Content-Encoding gzip on a body that is neither gzip nor JSON, not
+      JSON, JSON nested deeper than MAX_JSON_DEPTH (nesting.py), not a Glean ping; or a body that
+      did not arrive whole (the connection ended early, or its framing is broken)
   404 not a /submit/<app-id>/<doc-type>/<version>/<document-id> path (runs of slashes count as
-      one, trailing slashes as none: see ``merged_parts``)
-  405 method other than POST or PUT
+      one, trailing slashes as none: see ``merged_parts``; a %2F as sent is no slash)
+  405 method other than POST, PUT or OPTIONS
   408 the body took over GLEANPIPE_BODY_TIMEOUT_S to arrive
   413 body over GLEANPIPE_MAX_WIRE_BYTES, or payload over GLEANPIPE_MAX_PAYLOAD_BYTES
   414 path over GLEANPIPE_MAX_URI_BYTES
