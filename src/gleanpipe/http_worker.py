@@ -16,11 +16,11 @@ first waits up to 5 s for them, then hands a quiet new connection back to its po
 bounds how long one thread waits for one head, and a request whose head waited whole in the
 queue for a free thread is not cut. (Started before gunicorn's wait for the first bytes, it ran
 out with it: a new connection quiet for 5 s was closed unanswered, and a head whose first byte
-came at 4.9 s had 0.1 s for the rest.) It stops once the head
-is parsed, before the app runs: the app's body read has its own deadline. When it runs out the
-watcher shuts the socket's read side down, the blocked read ends (end of stream), gunicorn drops
-the half-read request as a client that went away and closes the connection. Nothing is answered
-and nothing is recorded in the error store: there is no request yet to answer or record.
+came at 4.9 s had 0.1 s for the rest.) It stops once the head is parsed, before the app runs:
+the app's body read has its own deadline. When it runs out the watcher shuts the socket's read
+side down, the blocked read ends (end of stream), gunicorn drops the half-read request as a client
+that went away and closes the connection. Nothing is answered and nothing is recorded in the
+error store: there is no request yet to answer or record.
 
 A keep-alive connection idle between requests is not a thread's: it waits in the worker's
 poller, for gunicorn's keep-alive, as before. serve speaks plain HTTP/1.1 (no TLS, no HTTP/2).

@@ -223,7 +223,8 @@ class LocalPipeline:
         self.loader = Loader(self.store, self.warehouse)
         self.loader_thread = LoaderThread(self.store, self.loader, config.load_batch,
                                           config.load_interval_ms / 1000)
-        self.admin = AdminServer(status=self.status, query=read_only_for(config.warehouse_url, self.warehouse.read_query_pages),
+        self.admin = AdminServer(status=self.status,
+                                 query=read_only_for(config.warehouse_url, self.warehouse.read_query_pages),
                                  load_keys=self.load_keys, extra={"/apps/add": self.add_app},
                                  interrupt=getattr(self.warehouse, "interrupt_reads", None),
                                  query_max_bytes=config.query_max_bytes)
