@@ -175,7 +175,7 @@ def test_a_misconfigured_functions_preflight_does_not_read_a_body_it_was_sent(tm
     client that waits for the answer before sending more would never get it. Real functions-framework."""
     import socket
 
-    from test_http_framing import Function, closed_after
+    from test_http_framing import Function, closed_after, read_head
 
     (tmp_path / "data").mkdir()
     function = Function(tmp_path / "data", {"GLEANPIPE_STORE_URL": "nowhere://x"})
@@ -184,15 +184,9 @@ def test_a_misconfigured_functions_preflight_does_not_read_a_body_it_was_sent(tm
             sock.sendall(f"OPTIONS {submit_path()} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {ORIGIN}\r\n"
                          f"Access-Control-Request-Method: POST\r\nContent-Length: {200 << 20}\r\n\r\n".encode()
                          + b"x" * 1024)
-            sock.settimeout(10)
-            top = b""
-            while b"\r\n\r\n" not in top:
-                chunk = sock.recv(65536)
-                assert chunk, f"closed without an answer: {top!r}"
-                top += chunk
-            lines = top.split(b"\r\n\r\n")[0].decode().split("\r\n")
-            headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-            assert (lines[0].split(" ")[1], cors_of(headers)) == ("204", PREFLIGHT)
+            headers: dict = {}
+            top, _ = read_head(sock, 10, headers)
+            assert (top.decode().split(" ")[1], cors_of(headers)) == ("204", PREFLIGHT)
             assert closed_after(sock)
     finally:
         function.stop()

@@ -80,8 +80,8 @@ def head(path: str, length: int | None, **extra: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def read_response(sock: socket.socket, timeout: float = 20, headers: dict | None = None) -> tuple[int, dict | None, bytes]:
-    """(status, JSON body or None, anything the server sent after that response); the response's
+def read_head(sock: socket.socket, timeout: float = 20, headers: dict | None = None) -> tuple[bytes, bytes]:
+    """(the response's status line and header lines, what the server sent after them so far); the
     headers (lower-case names) go into ``headers`` when given."""
     sock.settimeout(timeout)
     buf = b""
@@ -90,10 +90,17 @@ def read_response(sock: socket.socket, timeout: float = 20, headers: dict | None
         assert chunk, f"connection closed without an answer: {buf!r}"
         buf += chunk
     top, rest = buf.split(b"\r\n\r\n", 1)
-    status = int(top.split(b" ", 2)[1])
     if headers is not None:
         headers.update((k.strip().lower().decode(), v.strip().decode())
                        for k, v in (line.split(b":", 1) for line in top.split(b"\r\n")[1:]))
+    return top, rest
+
+
+def read_response(sock: socket.socket, timeout: float = 20, headers: dict | None = None) -> tuple[int, dict | None, bytes]:
+    """(status, JSON body or None, anything the server sent after that response); the response's
+    headers (lower-case names) go into ``headers`` when given."""
+    top, rest = read_head(sock, timeout, headers)
+    status = int(top.split(b" ", 2)[1])
     length = next(int(line.split(b":", 1)[1]) for line in top.split(b"\r\n")[1:]
                   if line.lower().startswith(b"content-length:"))
     while len(rest) < length:
@@ -297,13 +304,7 @@ def test_head_gets_the_405_headers_only(server):
     (server.data_dir / "store" / "errors").write_text("not a folder")  # so a rejection logs "503 for"
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(f"HEAD {submit_path()} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        sock.settimeout(10)
-        got = b""
-        while b"\r\n\r\n" not in got:
-            chunk = sock.recv(65536)
-            assert chunk, f"connection closed without an answer: {got!r}"
-            got += chunk
-        top = got.split(b"\r\n\r\n", 1)
+        top = read_head(sock, 10)
         assert top[0].startswith(b"HTTP/1.1 405 ") and top[1] == b""
         sock.sendall(head(submit_path(), len(b"{not json")) + b"{not json")  # not gzip: rejected
         status, answer, _ = read_response(sock)
