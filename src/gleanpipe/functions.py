@@ -77,7 +77,7 @@ def submit(request):
     except Exception as exc:  # noqa: BLE001 - a bad setting or store URL: nothing the client did
         request._cached_data = b""  # functions-framework would read the whole body (see below)
         if request.method == "OPTIONS" and is_submit_path(path):  # a preflight needs no settings
-            answer = preflight()
+            answer = preflight(request.headers.get("Access-Control-Request-Headers"))
             return _Closing(answer.body, answer.status, answer.headers)
         # 503, not the framework's 500 page: the SDK keeps the ping and retries once this is fixed.
         log.error("submit cannot take pings until its settings are fixed: %s", exc)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import threading
 import time
 import uuid
@@ -67,8 +68,11 @@ _SPELLED = {"x_debug_id": "X-Debug-ID"}  # as the Glean SDK sends it, where that
 # (credentials: "omit"), and an answer says nothing but what became of that ping.
 ALLOW_ORIGIN = ("Access-Control-Allow-Origin", "*")
 # the request headers Glean.js sets that a browser sends (Date and Content-Length, which it sets
-# too, are forbidden request headers: the browser drops them)
+# too, are forbidden request headers: the browser drops them): what a preflight allows when it
+# does not say which headers it wants (see ``allowed_headers``)
 CORS_REQUEST_HEADERS = "Content-Type, Content-Encoding, X-Telemetry-Agent, X-Debug-ID, X-Source-Tags"
+# a header name (RFC 9110's token)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 PREFLIGHT_MAX_AGE_S = 86400  # how long a browser may reuse a preflight (Chromium caps it at 7200)
 PREFLIGHT_HEADERS = {
     ALLOW_ORIGIN[0]: ALLOW_ORIGIN[1],
@@ -85,11 +89,29 @@ def is_submit_path(path: str) -> bool:
     return path.startswith("/submit/") or path.lstrip("/").partition("/")[0] == "submit"
 
 
-def preflight() -> "Response":
+def preflight(requested: str | None = None) -> "Response":
     """The answer to OPTIONS on a submit path: a browser's CORS preflight. Given for any submit path,
     even one the POST will refuse (a bad segment, too long): the POST's own 4xx then reaches the
-    SDK, which drops the ping, where a failed preflight is a network error it retries."""
-    return Response(204, b"", dict(PREFLIGHT_HEADERS))
+    SDK, which drops the ping, where a failed preflight is a network error it retries.
+    ``requested``: the preflight's Access-Control-Request-Headers (see ``allowed_headers``)."""
+    headers = dict(PREFLIGHT_HEADERS)
+    headers["Access-Control-Allow-Headers"] = allowed_headers(requested)
+    headers["Vary"] = "Access-Control-Request-Headers"  # the answer depends on it (for caches)
+    return Response(204, b"", headers)
+
+
+def allowed_headers(requested: str | None) -> str:
+    """The request headers a preflight allows: those it asks for, when they are a list of header
+    names, so a header a later Glean.js sends, or a page's own uploader adds, does not fail the
+    preflight (which Glean.js sees as a network error, and retries for ever). The request carries
+    no credentials and the answer nothing but what became of the ping, so any header may come;
+    the edge reads only those it keeps. Without that list, or with one that is not header names,
+    the headers Glean.js sends."""
+    if requested:
+        names = [name.strip() for name in requested.split(",")]
+        if all(_HEADER_NAME.fullmatch(name) for name in names):
+            return ", ".join(names)
+    return CORS_REQUEST_HEADERS
 
 
 def _header_name(field: str) -> str:
@@ -284,7 +306,7 @@ class SubmitHandler:
         if not is_submit_path(path):
             return self._answer(method, path, headers, body, declared_length, body_problem, raw_uri)
         if method == "OPTIONS":
-            return preflight()
+            return preflight(headers.get("access-control-request-headers"))
         response = self._answer(method, path, headers, body, declared_length, body_problem, raw_uri)
         response.headers[ALLOW_ORIGIN[0]] = ALLOW_ORIGIN[1]
         return response
