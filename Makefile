@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean bqemu deploy undeploy chromium emulate constraints
+.PHONY: run test bench clean bqemu deploy undeploy chromium gleanjs emulate constraints
 
 # Python 3.11 or newer (pyproject's requires-python): asked first, so an older python3 (Ubuntu
 # 22.04 has 3.10) gets this line instead of pip failing to resolve the pinned versions.
@@ -38,7 +38,7 @@ bqemu: $(BQEMU_STAMP)
 
 ## test: the full test suite against real components, in TEST_PROCESSES processes (pytest-xdist)
 TEST_PROCESSES ?= 2
-test: $(STAMP) $(BQEMU_STAMP) chromium
+test: $(STAMP) $(BQEMU_STAMP) chromium gleanjs
 	$(PY) -m pytest -n $(TEST_PROCESSES)
 
 ## chromium: Debian's Chromium for the browser tests (skipped, with a note, where it cannot be installed)
@@ -46,6 +46,24 @@ chromium:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium is not installed: the browser tests will be skipped"
+
+## gleanjs: the real Glean.js (the versions in tests/gleanjs/package-lock.json) bundled for its browser test (skipped, with a note, without npm or the npm registry)
+GLEANJS        = build/gleanjs
+GLEANJS_BUNDLE = $(GLEANJS)/page.bundle.js
+# offline, npm gives up in about half a minute (its defaults: up to 5 minutes a request, retried after 10 and 60 s)
+GLEANJS_NPM_NET = --fetch-timeout=10000 --fetch-retries=2 --fetch-retry-mintimeout=1000 --fetch-retry-maxtimeout=4000
+GLEANJS_SKIP   = echo "Glean.js could not be installed ($$why): the Glean.js browser test will be skipped"
+gleanjs: $(GLEANJS_BUNDLE)
+$(GLEANJS_BUNDLE): $(STAMP) $(wildcard tests/gleanjs/*)
+	@command -v npm >/dev/null || { why="npm is not installed"; $(GLEANJS_SKIP); exit 0; }; \
+	rm -rf $(GLEANJS) && mkdir -p $(GLEANJS) && \
+	cp tests/gleanjs/package.json tests/gleanjs/package-lock.json tests/gleanjs/page.js $(GLEANJS)/ && \
+	{ (cd $(GLEANJS) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error $(GLEANJS_NPM_NET)) || \
+	  { why="npm ci failed: offline?"; $(GLEANJS_SKIP); rm -rf $(GLEANJS); exit 0; }; } && \
+	{ out=$$($(VENV)/bin/glean_parser translate --format javascript --output $(GLEANJS)/generated \
+		tests/gleanjs/metrics.yaml tests/gleanjs/pings.yaml 2>&1) || { echo "$$out" >&2; exit 1; }; } && \
+	$(GLEANJS)/node_modules/.bin/esbuild $(GLEANJS)/page.js --bundle --format=iife --log-level=warning \
+		--outfile=$@.tmp && mv $@.tmp $@
 
 ## emulate: the Google Cloud shape on this machine (fake GCS -> Pub/Sub push -> load -> bqemulator); Ctrl-C stops it
 emulate: $(STAMP) $(BQEMU_STAMP)
@@ -82,4 +100,4 @@ constraints:
 	rm -rf build/constraints-venv
 
 clean:
-	rm -rf $(VENV) $(BQEMU) data .pytest_cache test-artifacts
+	rm -rf $(VENV) $(BQEMU) $(GLEANJS) data .pytest_cache test-artifacts
