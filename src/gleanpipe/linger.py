@@ -15,6 +15,11 @@ then resets the connection at the client's next segment, and the graceful close 
 do next (gunicorn's util.close_graceful: up to 2 s or 64 KiB more, on the worker's main thread,
 where it stalls the worker's other connections) ends at once.
 
+On an HTTPS connection (serve with GLEANPIPE_TLS_CERT) the socket's shutdown() also drops its
+TLS layer (ssl.SSLSocket sets ``_sslobj`` to None): the answer is out by then, and what comes
+after is read as the encrypted records it is and thrown away undecrypted, which is all linger
+wants of it.
+
 gunicorn calls the close() of the app's iterable after it has written the answer and before it
 closes the socket, in the request's own greenlet (gevent) or thread (gthread), so ``Lingering``
 does the work there. Only closing answers get one: the answers that keep the connection, pings

@@ -17,6 +17,8 @@ import heapq
 import itertools
 import os
 import socket
+import ssl
+import sys
 import threading
 import time
 
@@ -75,13 +77,36 @@ class Watcher:
                     if deadline.sock is not None:
                         deadline.expired = True
                         try:
-                            deadline.sock.shutdown(socket.SHUT_RD)
+                            shut_read(deadline.sock)
                         except OSError:  # the client is gone already
                             pass
                         deadline.sock = None
                 wait = self._heap[0][0] - now if self._heap else None
                 self._wake.clear()
             self._wake.wait(wait)
+
+
+def _tls_socket_class(sock):
+    """The TLS socket class ``sock`` is an instance of (the standard library's, or gevent's under
+    serve's gevent workers, which patch it into ``ssl`` or not), or None for a plain socket."""
+    gevent_ssl = sys.modules.get("gevent.ssl")
+    for tls in (ssl.SSLSocket, getattr(gevent_ssl, "SSLSocket", None)):
+        if tls is not None and isinstance(sock, tls):
+            return tls
+    return None
+
+
+def shut_read(sock) -> None:
+    """Shut the reading side of the connection under ``sock``, ending a read blocked on it. A TLS
+    socket's own shutdown() also drops its TLS layer (the standard library's and gevent's
+    SSLSocket both set ``_sslobj`` to None), so the 408 written next went out as plain text inside
+    the TLS stream, and the client read it as garbage ("wrong version number"): for a TLS socket
+    the socket under it is shut, and its TLS layer stays for the answer."""
+    tls = _tls_socket_class(sock)
+    if tls is None:
+        sock.shutdown(socket.SHUT_RD)
+    else:
+        super(tls, sock).shutdown(socket.SHUT_RD)
 
 
 WATCHER = Watcher()
