@@ -23,14 +23,18 @@ that went away and closes the connection. Nothing is answered and nothing is rec
 error store: there is no request yet to answer or record.
 
 A keep-alive connection idle between requests is not a thread's: it waits in the worker's
-poller, for gunicorn's keep-alive, as before. serve speaks plain HTTP/1.1 (no TLS, no HTTP/2).
+poller, for gunicorn's keep-alive, as before. serve speaks HTTP/1.1 (no HTTP/2), over TLS with
+GLEANPIPE_TLS_CERT (tls.py): the clock then bounds the handshake and the head together.
 """
 
 from __future__ import annotations
 
+import socket
+
 from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker
 
+from . import tls
 from .read_deadline import WATCHER
 
 # gunicorn's newer gthread (27 has it): a new connection's thread waits this long for its first bytes, then
@@ -42,17 +46,32 @@ HEAD_TIMEOUT_S = 5.0  # as gunicorn's gevent workers bound a head: serve's --kee
 
 
 class HeadTimeoutThreadWorker(ThreadWorker):
-    """gunicorn's ThreadWorker whose threads wait at most HEAD_TIMEOUT_S for a request's head."""
+    """gunicorn's ThreadWorker whose threads wait at most HEAD_TIMEOUT_S for a request's head
+    (and, with HTTPS, for the TLS handshake before it: serve's TLS context, tls.py)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.cfg.is_ssl:
+            self.cfg.set("ssl_context", tls.ssl_context)
 
     def handle(self, conn):
         if _DEFER is not None and not conn.initialized and not conn.data_ready:
             if not conn.wait_for_data(_FIRST_BYTES_S):  # gunicorn's own wait, before the head's clock
                 return _DEFER
-        conn.head_deadline = WATCHER.watch(conn.sock, HEAD_TIMEOUT_S)
+        dup = None
+        if self.cfg.is_ssl and not conn.initialized:
+            # gunicorn wraps a new connection's socket in TLS (conn.init), which takes its descriptor
+            # away from conn.sock (detach): shut down then, it shut nothing, and a client that
+            # stalled in its handshake or head held the thread for ever. The clock gets a
+            # descriptor of its own on the same connection.
+            dup = socket.socket(fileno=socket.dup(conn.sock.fileno()))
+        conn.head_deadline = WATCHER.watch(conn.sock if dup is None else dup, HEAD_TIMEOUT_S)
         try:
             return super().handle(conn)
         finally:  # a head that never came whole (the deadline, a client that left), an error
             WATCHER.done(conn.head_deadline)
+            if dup is not None:
+                dup.close()
 
     def handle_request(self, req, conn):
         """The head is whole: the clock stops before the app reads the body and answers."""

@@ -1,0 +1,58 @@
+"""HTTPS on serve's submit port (GLEANPIPE_TLS_CERT and GLEANPIPE_TLS_KEY): gunicorn's own TLS
+(``--certfile``/``--keyfile``, serve.tls_args), with the TLS context serve's workers give it.
+
+serve's workers (http_worker.py) set ``ssl_context`` below as gunicorn's hook of that name. Its
+context differs from gunicorn's default in three ways, each for something the edge does:
+
+- it is made once per worker process: gunicorn's gthread worker (GLEANPIPE_SPOOL=off) asked its
+  hook for a context for every connection, and the default one reads the PEM files each time;
+- ``OP_IGNORE_UNEXPECTED_EOF``: the edge ends a read that takes too long (a body past
+  GLEANPIPE_BODY_TIMEOUT_S; with the spool off, a head past http_worker.HEAD_TIMEOUT_S) by
+  shutting the reading side of the connection (read_deadline.py). On a thread blocked in
+  OpenSSL's read, that is an end of stream without TLS's close_notify, which OpenSSL 3 takes for
+  a fatal error: it sent the client a ``decode_error`` alert and would write nothing more, so the
+  client never saw its 408. With the option OpenSSL takes it as the end it is, and the 408 goes
+  out. (gunicorn already has Python ignore such ends, ``suppress_ragged_eofs``; a request's end
+  is known from its framing, not from a close_notify.)
+- its sockets leave the handshake to the worker (``do_handshake_on_connect=False``): gevent's
+  server (GLEANPIPE_SPOOL=on) otherwise did it on accepting the connection, in a greenlet of its
+  own, with no time limit (a client that connected and sent nothing held one of the worker's
+  GLEANPIPE_CONNECTIONS for ever) and with a traceback in serve's output for each failure (a
+  plain-HTTP request, a browser that does not trust the certificate, a port probe). The gevent
+  worker (http_worker.TLSGeventWorker) does it within HANDSHAKE_TIMEOUT_S; gunicorn's gthread
+  worker does it in the request's thread, under http_worker's head deadline.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+# how long a TLS handshake may take, as long as a request's head may (serve.KEEPALIVE_S)
+HANDSHAKE_TIMEOUT_S = 5.0
+
+_CONTEXT = None  # this worker process's (see ssl_context)
+
+
+class _HandshakeLater:
+    """A TLS context whose sockets do their handshake when the worker asks (``do_handshake``),
+    not when they are made. gunicorn's workers and gevent's server only call ``wrap_socket``."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+
+    def wrap_socket(self, sock, **kwargs):
+        return self.context.wrap_socket(sock, **{**kwargs, "do_handshake_on_connect": False})
+
+
+def ssl_context(conf, default_ssl_context_factory):
+    """gunicorn's ``ssl_context`` hook for serve's workers: gunicorn's default context (the
+    certificate and key of ``--certfile``/``--keyfile``), made once per worker process, with
+    OpenSSL taking an end of stream without close_notify as an end (see the module's docstring)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        context = default_ssl_context_factory()
+        context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
+        _CONTEXT = _HandshakeLater(context)
+    return _CONTEXT
