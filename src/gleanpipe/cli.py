@@ -244,16 +244,21 @@ def main(verbose: bool) -> None:
               show_default=True, help="Port for /submit (and the debug viewer and dictionary).")
 @click.option("--workers", envvar="GLEANPIPE_WORKERS", cls=SettingOption, type=int, default=None,
               help="HTTP worker processes [default: 2].")
-def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
+@click.option("--tls-cert", envvar="GLEANPIPE_TLS_CERT", cls=SettingOption, default=None, metavar="PEM",
+              help="Certificate file: with --tls-key, serve speaks HTTPS (mkcert 127.0.0.1 localhost makes both).")
+@click.option("--tls-key", envvar="GLEANPIPE_TLS_KEY", cls=SettingOption, default=None, metavar="PEM",
+              help="Private key file of --tls-cert.")
+def serve(data_dir, store_url, warehouse_url, host, port, workers, tls_cert, tls_key) -> None:
     """Run submit and load on this machine: a folder as the bucket, DuckDB as the warehouse."""
-    from .ports import ensure_port_free, in_url
-    from .serve import KILLED_SERVE_PORT_WAIT_S, LocalPipeline, check_settings
+    from .ports import ensure_port_free
+    from .serve import KILLED_SERVE_PORT_WAIT_S, LocalPipeline, check_settings, submit_url
 
     if not host.strip():
         raise click.UsageError("GLEANPIPE_HOST (--host) is empty: give an address, such as 127.0.0.1")
     if host.startswith("[") and host.endswith("]"):  # an IPv6 address as written in a URL
         host = host[1:-1]
-    config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers)
+    config = _config(data_dir, store_url, warehouse_url, host=host, port=port, workers=workers,
+                     tls_cert=tls_cert, tls_key=tls_key)
     _scheme(config, "store")  # a malformed URL: said as such, before serve's own restrictions
     _scheme(config, "warehouse")
     try:
@@ -282,8 +287,7 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers) -> None:
         raise click.ClickException(str(exc)) from None
 
     def ready(p):
-        click.echo(f"gleanpipe {__version__} serving http://{in_url(config.host)}:{config.port}"
-                   "/submit/<app-id>/<doc-type>/1/<document-id>")
+        click.echo(f"gleanpipe {__version__} serving {submit_url(config)}/submit/<app-id>/<doc-type>/1/<document-id>")
         click.echo(f"  raw store:  {absolute(config.store_url)}")
         click.echo(f"  warehouse:  {absolute(config.warehouse_url)}")
         # the data dir of this serve, for a command run in the same folder (but not the same shell

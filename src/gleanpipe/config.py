@@ -36,6 +36,9 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("GLEANPIPE_HOST", "127.0.0.1", "Address `serve` listens on (0.0.0.0 to accept other hosts)."),
         Setting("GLEANPIPE_PORT", "8080", "Port `serve` listens on for /submit."),
+        Setting("GLEANPIPE_TLS_CERT", "",
+                "`serve` only: PEM certificate (chain) file; with GLEANPIPE_TLS_KEY, serve speaks HTTPS. Empty: HTTP."),
+        Setting("GLEANPIPE_TLS_KEY", "", "`serve` only: PEM private key file of GLEANPIPE_TLS_CERT (unencrypted)."),
         Setting("GLEANPIPE_WORKERS", "2", "HTTP worker processes `serve` starts for submit."),
         Setting("GLEANPIPE_CONNECTIONS", "1000",
                 "Connections each HTTP worker serves at once (GLEANPIPE_SPOOL=on: gevent worker)."),
@@ -268,6 +271,8 @@ def value(env: str, environ=None) -> str:
 _FIELDS = {
     "host": (_get, "GLEANPIPE_HOST"),
     "port": (_int, "GLEANPIPE_PORT"),
+    "tls_cert": (_get, "GLEANPIPE_TLS_CERT"),
+    "tls_key": (_get, "GLEANPIPE_TLS_KEY"),
     "workers": (_int, "GLEANPIPE_WORKERS"),
     "connections": (_int, "GLEANPIPE_CONNECTIONS"),
     "threads": (_int, "GLEANPIPE_THREADS"),
@@ -336,6 +341,13 @@ class Config:
     bigquery_retry_s: int = 60
     bigquery_deletions_refresh_s: int = 60
     bigquery_deletions_settle_s: int = 300
+    tls_cert: str = ""  # "": serve speaks plain HTTP (check_tls)
+    tls_key: str = ""
+
+    @property
+    def tls(self) -> bool:
+        """Whether serve speaks HTTPS on its submit port."""
+        return bool(self.tls_cert or self.tls_key)
 
     def as_env(self) -> dict[str, str]:
         """The settings as variables that ``from_env`` reads back as this config: what serve gives
@@ -372,6 +384,51 @@ class Config:
                 _check_int(f"GLEANPIPE_{key.upper()}", value)
             values[key] = value
         return cls(**values)
+
+
+class _EncryptedKey(Exception):
+    """OpenSSL asked for a password: the key file is encrypted."""
+
+
+def _no_password():
+    raise _EncryptedKey  # instead of OpenSSL's prompt on the terminal ("Enter PEM pass phrase:")
+
+
+def check_tls(cert: str, key: str) -> None:
+    """SettingError unless GLEANPIPE_TLS_CERT and GLEANPIPE_TLS_KEY are both empty (plain HTTP) or
+    name a readable PEM certificate and the unencrypted PEM key that goes with it: said before
+    serve starts, naming the variable, instead of a gunicorn worker that fails to boot."""
+    import ssl
+
+    if not cert and not key:
+        return
+    if not cert or not key:
+        given, missing = ("GLEANPIPE_TLS_CERT", "GLEANPIPE_TLS_KEY") if cert else ("GLEANPIPE_TLS_KEY", "GLEANPIPE_TLS_CERT")
+        raise SettingError(f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key "
+                           "(PEM files), plain HTTP neither")
+    for env, path in (("GLEANPIPE_TLS_CERT", cert), ("GLEANPIPE_TLS_KEY", key)):
+        try:
+            with open(path, "rb") as f:
+                text = f.read(1 << 20)
+        except OSError as exc:
+            raise SettingError(f"{env}: cannot read {path}: {exc.strerror or exc}") from None
+        if b"-----BEGIN " not in text:
+            raise SettingError(f"{env}: {path} is not a PEM file (no '-----BEGIN' line)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_verify_locations(cafile=cert)  # the certificate alone: is it one?
+    except ssl.SSLError as exc:
+        raise SettingError(f"GLEANPIPE_TLS_CERT: {cert} holds no PEM certificate OpenSSL can read "
+                           f"({exc.reason or exc})") from None
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except _EncryptedKey:
+        raise SettingError(f"GLEANPIPE_TLS_KEY: {key} is encrypted (it asks for a password): give the key "
+                           "unencrypted (mkcert writes it so; `openssl pkey -in KEY -out NEW` decrypts one)") from None
+    except ssl.SSLError as exc:
+        why = ("it is not the key of the certificate in GLEANPIPE_TLS_CERT" if "MISMATCH" in str(exc)
+               else f"OpenSSL cannot read it as a PEM private key ({exc.reason or exc})")
+        raise SettingError(f"GLEANPIPE_TLS_KEY: {key}: {why}") from None
 
 
 # `make deploy` (src/gleanpipe/deploy/): read by the deploy planner only, never by the functions.

@@ -6,7 +6,8 @@ One process owns the DuckDB file and runs:
   (GLEANPIPE_CONNECTIONS each): the workers append pings to a write-ahead spool whose
   fdatasync runs off the event loop, and the loader thread turns the spool into objects
   (storage/spool.py). With =off it runs ``wsgi:app`` on gthread workers (GLEANPIPE_THREADS
-  each, http_worker.py), which write one fsynced object per ping;
+  each, http_worker.py), which write one fsynced object per ping. With GLEANPIPE_TLS_CERT and
+  GLEANPIPE_TLS_KEY it speaks HTTPS (gunicorn's TLS, with serve's context and handshakes: tls.py);
 - the in-process trigger: a loader thread that, every GLEANPIPE_LOAD_INTERVAL_MS, loads what
   waits (the spool's records, made objects first; with the spool off, the store's inbox of
   objects stored but not yet loaded), at-least-once; what was stored before a crash or stop
@@ -25,10 +26,11 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from . import parent_guard
 from .admin import AdminServer, BadRequest, field
-from .config import Config, SettingError
+from .config import Config, SettingError, check_tls
 from .load import Loader
 from .ports import in_url
 from .read_only_sql import read_only_for
@@ -71,6 +73,19 @@ KEEPALIVE_S = 5
 KILLED_SERVE_PORT_WAIT_S = GRACEFUL_TIMEOUT_S + 2
 
 
+def tls_args(cfg: Config) -> list[str]:
+    """gunicorn's HTTPS flags for GLEANPIPE_TLS_CERT and GLEANPIPE_TLS_KEY (checked by check_settings);
+    none for plain HTTP."""
+    if not cfg.tls:
+        return []
+    return ["--certfile", str(Path(cfg.tls_cert).absolute()), "--keyfile", str(Path(cfg.tls_key).absolute())]
+
+
+def submit_url(cfg: Config) -> str:
+    """Where serve takes pings: ``http://`` or, with GLEANPIPE_TLS_CERT, ``https://``."""
+    return f"{'https' if cfg.tls else 'http'}://{in_url(cfg.host)}:{cfg.port}"
+
+
 def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     """The app and worker settings serve gives gunicorn (bench/run.py uses the same).
 
@@ -81,9 +96,10 @@ def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     gthread worker, whose threads wait at most http_worker.HEAD_TIMEOUT_S for a request's head.
     """
     common = ["--workers", str(cfg.workers), "--log-level", "warning", "--keep-alive", str(KEEPALIVE_S),
-              "--graceful-timeout", str(GRACEFUL_TIMEOUT_S), "--timeout", "60", *http_limits(cfg)]
-    if spool:
-        return ["gleanpipe.wsgi:spool_app", "--worker-class", "gevent",
+              "--graceful-timeout", str(GRACEFUL_TIMEOUT_S), "--timeout", "60", *http_limits(cfg), *tls_args(cfg)]
+    if spool:  # with HTTPS, gevent's worker with serve's TLS handshakes (gevent_worker.py)
+        return ["gleanpipe.wsgi:spool_app", "--worker-class",
+                "gleanpipe.gevent_worker.TLSGeventWorker" if cfg.tls else "gevent",
                 "--worker-connections", str(cfg.connections), *common]
     return ["gleanpipe.wsgi:app", "--worker-class", "gleanpipe.http_worker.HeadTimeoutThreadWorker",
             "--threads", str(cfg.threads), *common]
@@ -147,16 +163,30 @@ class LoaderThread(threading.Thread):
         self.join(timeout=30)
 
 
-def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Return once an HTTP worker answers on ``host:port``, not only once gunicorn listens: a
-    worker still booting ignores SIGTERM (gevent's patching comes before its signal handlers), so
-    a stop in that moment waited out the whole graceful timeout."""
+def _unverified_tls():
+    """A client TLS context for serve's own readiness check: it asks its own port whether a worker
+    answers, not whether a browser would trust the certificate (mkcert's is signed by a CA of the
+    user's machine; a self-signed one by none)."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30, tls: bool = False) -> None:
+    """Return once an HTTP worker answers on ``host:port`` (over TLS with ``tls``), not only once
+    gunicorn listens: a worker still booting ignores SIGTERM (gevent's patching comes before its
+    signal handlers), so a stop in that moment waited out the whole graceful timeout."""
     deadline = time.monotonic() + timeout
+    context = _unverified_tls() if tls else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the HTTP server exited with code {proc.returncode}")
         try:
-            with socket.create_connection((host, port), timeout=0.5) as conn:
+            raw = socket.create_connection((host, port), timeout=0.5)
+            with (context.wrap_socket(raw) if context else raw) as conn:  # the TLS socket takes raw's place
                 conn.settimeout(max(0.5, deadline - time.monotonic()))
                 conn.sendall(b"GET /submit HTTP/1.0\r\n\r\n")  # any answer will do (it is a 404)
                 if conn.recv(16).startswith(b"HTTP/"):
@@ -197,6 +227,7 @@ def check_settings(config: Config) -> None:
             f"GLEANPIPE_MAX_PAYLOAD_BYTES={config.max_payload_bytes} is over the largest payload a spool record "
             f"holds ({largest} bytes with these "
             "GLEANPIPE_MAX_URI_BYTES and GLEANPIPE_MAX_HEADER_BYTES): lower it, or set GLEANPIPE_SPOOL=off")
+    check_tls(config.tls_cert, config.tls_key)  # a worker that cannot load them would fail to boot
     # a bad GLEANPIPE_SCHEMA_PATH (SettingError): say so here, not as a gunicorn worker that fails to boot
     schema = load_schema(config.schema_path)
     try:
@@ -276,10 +307,10 @@ class LocalPipeline:
         # A session of its own: a terminal's Ctrl-C reaches this process only, which stops gunicorn
         # gracefully (SIGTERM); gunicorn takes a SIGINT of its own as "drop the requests in flight".
         self.http = subprocess.Popen(parent_guard.command(os.getpid(), cmd), env=env, start_new_session=True)
-        wait_for_port({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host), cfg.port, self.http)
+        wait_for_port({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host), cfg.port, self.http, tls=cfg.tls)
         self.admin.start()  # after: a port of its own can then not be the submit port (AdminServer.start)
         write_state(cfg.data_dir, {
-            "pid": os.getpid(), "submit_url": f"http://{in_url(cfg.host)}:{cfg.port}", "admin_url": self.admin.url,
+            "pid": os.getpid(), "submit_url": submit_url(cfg), "admin_url": self.admin.url,
             "token": self.admin.token, "warehouse_url": absolute(cfg.warehouse_url), "store_url": absolute(cfg.store_url),
         })
 

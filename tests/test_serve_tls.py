@@ -1,0 +1,247 @@
+"""`gleanpipe serve` over HTTPS (GLEANPIPE_TLS_CERT, GLEANPIPE_TLS_KEY): a real serve with a
+certificate signed by a CA made in the test, real TLS clients trusting that CA, spool on (gevent
+workers) and off (gthread workers)."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import socket
+import ssl
+import time
+import uuid
+
+import pytest
+
+from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, make_ping, run_cli, submit_path
+from test_sdk_e2e import run_sdk
+from tls_certs import make_ca
+
+
+@pytest.fixture
+def certs(tmp_path):
+    return make_ca(tmp_path / "certs")
+
+
+def tls_serve(data_dir, certs, spool: str, **env) -> ServeProcess:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_TLS_CERT": str(certs.cert), "GLEANPIPE_TLS_KEY": str(certs.key),
+                                         "GLEANPIPE_SPOOL": spool, **env})
+    server.url = f"https://127.0.0.1:{server.port}"
+    return server.start()
+
+
+@pytest.fixture(params=["on", "off"], ids=["spool-on", "spool-off"])
+def https_serve(request, data_dir, certs):
+    server = tls_serve(data_dir, certs, request.param, GLEANPIPE_BODY_TIMEOUT_S="1")
+    yield server
+    assert server.stop() == 0
+    assert "Traceback" not in server.read_log()
+
+
+def client_context(certs) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(certs.ca))
+
+
+def post(server, certs, path: str, body: bytes, headers: dict | None = None):
+    """(status, headers, body) of one POST over HTTPS, verifying serve's certificate against the test CA."""
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=client_context(certs), timeout=15)
+    try:
+        conn.request("POST", path, body=body, headers=SDK_HEADERS if headers is None else headers)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def tls_connection(server, certs) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    return client_context(certs).wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def read_all(sock) -> bytes:
+    """What comes on ``sock`` until serve closes the connection."""
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def closed_after(sock) -> float:
+    """Seconds until serve closes ``sock`` without a byte of answer."""
+    started = time.monotonic()
+    sock.settimeout(20)
+    try:
+        got = sock.recv(100)
+    except ConnectionResetError:
+        got = b""
+    assert got == b""
+    return time.monotonic() - started
+
+
+def test_a_gzip_ping_over_https_is_stored_loaded_and_queried_while_serving(https_serve, certs, data_dir):
+    server = https_serve
+    ping = make_ping(client_id="9a1b2c3d-0000-4000-8000-000000000001",
+                     metrics={"counter": {"toolbox.launch_count": 7}})
+    doc_id = str(uuid.uuid4())
+    status, headers, body = post(server, certs, submit_path("metrics", doc_id), gzip.compress(json.dumps(ping).encode()))
+    assert (status, headers["X-Gleanpipe-Stored"], body) == (200, "new", b"")
+    assert headers["Access-Control-Allow-Origin"] == "*"  # CORS on submit answers, over TLS too
+    assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 1) == 1
+    # `gleanpipe query` reaches the running serve (its admin API stays plain HTTP on loopback)
+    out = run_cli("query", "--data-dir", str(data_dir), "--format", "json",
+                  f"SELECT document_id, client_info.client_id, metrics.counter.toolbox_launch_count AS n "
+                  f"FROM {DATASET}.metrics_v1")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [{"document_id": doc_id, "client_id": "9a1b2c3d-0000-4000-8000-000000000001",
+                                       "n": 7}]
+    assert json.loads((data_dir / "serve.json").read_text())["submit_url"] == server.url
+    assert (f"serving https://127.0.0.1:{server.port}/submit/<app-id>/<doc-type>/1/<document-id>"
+            in server.read_log())
+
+
+def test_a_plain_http_request_to_the_https_port_fails_and_serve_goes_on(https_serve, certs):
+    server = https_serve
+    plain = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)
+    try:
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+            plain.request("POST", submit_path(), body=gzip.compress(json.dumps(make_ping()).encode()),
+                          headers=SDK_HEADERS)
+            plain.getresponse()
+    finally:
+        plain.close()
+    status, headers, _ = post(server, certs, submit_path(), gzip.compress(json.dumps(make_ping()).encode()))
+    assert (status, headers["X-Gleanpipe-Stored"]) == (200, "new")
+    assert "Invalid request from ip=127.0.0.1: [SSL: HTTP_REQUEST] http request" in server.read_log()
+
+
+def test_the_edges_error_answers_reach_the_client_over_https(https_serve, certs):
+    server = https_serve
+    status, headers, body = post(server, certs, submit_path(), b"not json", {"Content-Type": "application/json"})
+    assert (status, json.loads(body)["error_type"], headers["Access-Control-Allow-Origin"]) == (400, "json", "*")
+    # over GLEANPIPE_MAX_WIRE_BYTES: answered unread, the rest of the body read and dropped (linger.py)
+    status, headers, body = post(server, certs, submit_path(), b"x" * (8 << 20), {"Content-Type": "application/json"})
+    assert (status, headers["Connection"], json.loads(body)) == (413, "close", {
+        "error_type": "body_too_large", "error_message": "body is over 1048576 bytes (GLEANPIPE_MAX_WIRE_BYTES)"})
+    # a body that stops coming: the 408 after GLEANPIPE_BODY_TIMEOUT_S (1 s here). Before, the cut
+    # took the TLS layer with it (gevent) or made OpenSSL end the connection with an alert (gthread):
+    # the client got "wrong version number" or "decode error" instead of its 408.
+    with tls_connection(server, certs) as sock:
+        sock.sendall(f"POST {submit_path()} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"a".encode())
+        head, _, body = read_all(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"\r\nConnection: close\r\n" in head
+    assert json.loads(body) == {"error_type": "body_timeout",
+                                "error_message": "the body did not arrive within 1 s (GLEANPIPE_BODY_TIMEOUT_S)"}
+    # and an Expect: 100-continue client gets its 100, then its 200
+    with tls_connection(server, certs) as sock:
+        ping = gzip.compress(json.dumps(make_ping()).encode())
+        sock.sendall(f"POST {submit_path()} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nExpect: 100-continue\r\n"
+                     f"Content-Length: {len(ping)}\r\nConnection: close\r\n\r\n".encode())
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(ping)
+        assert read_all(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_a_client_that_stalls_in_its_tls_handshake_or_head_is_cut_off(https_serve, certs):
+    """A connection whose TLS handshake or request head stops coming is closed within 5 s, as a
+    stalled head is over plain HTTP. Before: a stalled handshake held a gevent worker's greenlet
+    (spool on) for ever, and with the spool off the head's clock shut a socket gunicorn had taken
+    the descriptor from (when it wrapped it in TLS), so a stalled handshake or head held a thread
+    for ever."""
+    server = https_serve
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as raw:
+        raw.sendall(b"\x16\x03\x01\x00\xc8\x01")  # the first bytes of a ClientHello, and no more
+        assert 4 < closed_after(raw) < 8
+    with tls_connection(server, certs) as sock:
+        sock.sendall(b"POST /submit/")  # a head that stops half-way, after the handshake
+        assert 4 < closed_after(sock) < 8
+    status, _, _ = post(server, certs, submit_path(), gzip.compress(json.dumps(make_ping()).encode()))
+    assert status == 200
+
+
+def test_the_glean_sdk_delivers_over_https_trusting_the_ca_of_ssl_cert_file(data_dir, certs, tmp_path, monkeypatch):
+    """The Python SDK uploads with http.client and Python's default TLS context, which takes the
+    CA file that SSL_CERT_FILE names (as mkcert's CA would be, or the system's)."""
+    server = tls_serve(data_dir, certs, "on")
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
+        sent = run_sdk(server.url, tmp_path / "glean", "one", "--require-delivery")
+        uploads = {u["doc_type"]: u for u in sent["uploads"]}
+        assert {d: u["status"] for d, u in uploads.items()} == {"health": 200, "toolbox-usage": 200}
+        assert uploads["toolbox-usage"]["url"].startswith(f"https://127.0.0.1:{server.port}/submit/{APP}/")
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.toolbox_usage_v1", 1) == 1
+        assert server.query(f"SELECT document_id, client_info.client_id, metrics.counter.toolbox_launch_count "
+                            f"FROM {DATASET}.toolbox_usage_v1")[1] == [
+            (uploads["toolbox-usage"]["doc_id"], sent["client_id"], 1)]
+    finally:
+        assert server.stop() == 0
+
+
+# --- settings: both files or neither, each readable and what it says it is --------------------------
+
+
+def test_settings_name_the_variable_for_each_bad_certificate_or_key(tmp_path, certs):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    other_key = tmp_path / "other-key.pem"
+    other_key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    not_pem = tmp_path / "cert.der"
+    not_pem.write_bytes(b"\x30\x82\x01\x00")
+    cert, key, missing = str(certs.cert), str(certs.key), str(tmp_path / "nope.pem")
+    cases = [
+        ({"GLEANPIPE_TLS_CERT": cert}, "GLEANPIPE_TLS_CERT is set but GLEANPIPE_TLS_KEY is not: HTTPS needs both "
+                                       "the certificate and its key (PEM files), plain HTTP neither"),
+        ({"GLEANPIPE_TLS_KEY": key}, "GLEANPIPE_TLS_KEY is set but GLEANPIPE_TLS_CERT is not"),
+        ({"GLEANPIPE_TLS_CERT": missing, "GLEANPIPE_TLS_KEY": key},
+         f"GLEANPIPE_TLS_CERT: cannot read {missing}: No such file or directory"),
+        ({"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": str(tmp_path)},
+         f"GLEANPIPE_TLS_KEY: cannot read {tmp_path}: Is a directory"),
+        ({"GLEANPIPE_TLS_CERT": str(not_pem), "GLEANPIPE_TLS_KEY": key},
+         f"GLEANPIPE_TLS_CERT: {not_pem} is not a PEM file (no '-----BEGIN' line)"),
+        ({"GLEANPIPE_TLS_CERT": str(garbage), "GLEANPIPE_TLS_KEY": key},
+         f"GLEANPIPE_TLS_CERT: {garbage} holds no PEM certificate OpenSSL can read"),
+        ({"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": str(garbage)},
+         f"GLEANPIPE_TLS_KEY: {garbage}: OpenSSL cannot read it as a PEM private key"),
+        ({"GLEANPIPE_TLS_CERT": key, "GLEANPIPE_TLS_KEY": key},  # the two files swapped, or the key given twice
+         f"GLEANPIPE_TLS_CERT: {key} holds no PEM certificate OpenSSL can read"),
+        ({"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": str(other_key)},
+         f"GLEANPIPE_TLS_KEY: {other_key}: it is not the key of the certificate in GLEANPIPE_TLS_CERT"),
+        ({"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": str(encrypted)},
+         f"GLEANPIPE_TLS_KEY: {encrypted} is encrypted (it asks for a password): give the key unencrypted"),
+    ]
+    for env, message in cases:
+        out = run_cli("serve", "--data-dir", str(tmp_path / "data"), env=env, timeout=30)
+        assert (out.returncode, out.stdout) == (2, ""), (env, out.stderr)
+        assert f"Error: {message}" in out.stderr, (env, out.stderr)
+        assert "Traceback" not in out.stderr
+        assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # refused before anything was opened
+    # the flags read the same variables, and a flag given wins over its variable
+    out = run_cli("serve", "--data-dir", str(tmp_path / "data"), "--tls-key", key,
+                  env={"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": missing, "GLEANPIPE_STORE_URL": "gs://pings/raw"},
+                  timeout=30)
+    assert "GLEANPIPE_TLS" not in out.stderr and out.returncode == 2  # past the TLS check, refused for the store
+    assert "Error: GLEANPIPE_STORE_URL (--store-url): serve loads in-process from a file:// store only" in out.stderr
+
+
+def test_gunicorn_gets_the_files_and_serves_tls_handshakes_in_serves_workers(tmp_path, certs):
+    from gleanpipe.config import Config
+    from gleanpipe.serve import gunicorn_args
+
+    cfg = Config.from_env(environ={"GLEANPIPE_TLS_CERT": str(certs.cert), "GLEANPIPE_TLS_KEY": str(certs.key)})
+    on, off = gunicorn_args(cfg, spool=True), gunicorn_args(cfg, spool=False)
+    assert on[1:3] == ["--worker-class", "gleanpipe.gevent_worker.TLSGeventWorker"]
+    assert off[1:3] == ["--worker-class", "gleanpipe.http_worker.HeadTimeoutThreadWorker"]
+    for args in (on, off):
+        assert args[-4:] == ["--certfile", str(certs.cert), "--keyfile", str(certs.key)]
+    plain = Config.from_env(environ={})
+    assert "--certfile" not in gunicorn_args(plain, spool=True) and not plain.tls
+    assert gunicorn_args(plain, spool=True)[1:3] == ["--worker-class", "gevent"]  # as before
