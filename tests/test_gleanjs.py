@@ -23,107 +23,28 @@ What Glean.js 5.0.10 does (its package's dist/, read after `npm ci`):
   browser refuses the beacon, it uses fetch (platform/browser/fetch_uploader.js: gzip,
   X-Telemetry-Agent, X-Debug-ID, X-Source-Tags, a preflight).
 
-STAND-IN: serve speaks plain HTTP, so the test puts a small TLS-terminating proxy (TlsStandIn,
-below) in front of it, with a self-signed certificate the browser context is told to accept. It
-goes once serve speaks HTTPS itself (GLEANPIPE_TLS_CERT / GLEANPIPE_TLS_KEY).
+serve speaks HTTPS itself (GLEANPIPE_TLS_CERT / GLEANPIPE_TLS_KEY), with a certificate of a CA
+made by the test (tls_certs.py), which the browser context is told to accept.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import http.server
-import ipaddress
 import json
 import socket
-import ssl
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, ServeProcess
+from tls_certs import make_ca
 
 BUNDLE = ROOT / "build" / "gleanjs" / "page.bundle.js"
 DATASET = "org_example_webtool"
 PAGE = b"""<!doctype html><meta charset="utf-8"><title>web tool</title>
 <script src="/page.bundle.js"></script>"""
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for localhost and 127.0.0.1, and its key (PEM files in ``folder``)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
-
-
-class TlsStandIn:
-    """STAND-IN for serve's own HTTPS (GLEANPIPE_TLS_CERT / GLEANPIPE_TLS_KEY, not there yet):
-    takes TLS on a free loopback port and passes the bytes both ways, as they are, to serve's
-    plain HTTP port (HTTP/1.1 and keep-alive pass through untouched)."""
-
-    def __init__(self, upstream_port: int, cert: Path, key: Path):
-        self.upstream_port = upstream_port
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert, key)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> "TlsStandIn":
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._connection, "127.0.0.1", 0, ssl=self.context), self.loop).result(10)
-        self.url = f"https://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def _connection(self, reader, writer):
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.close()
-            return
-
-        async def pipe(src, dst, half_close: bool):
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, ssl.SSLError):
-                pass
-            finally:
-                if half_close and dst.can_write_eof():
-                    dst.write_eof()  # the client is done sending: serve still answers
-                else:
-                    dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
-        up_writer.close()
-
-    def stop(self) -> None:
-        async def close():
-            self.server.close()
-            await self.server.wait_closed()
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
 
 
 class _PageHandler(http.server.BaseHTTPRequestHandler):
@@ -161,22 +82,21 @@ def web_app():
 
 @pytest.fixture(scope="module")
 def https_serve(tmp_path_factory):
-    """A live `gleanpipe serve`, reached over HTTPS through the stand-in."""
+    """A live `gleanpipe serve` speaking HTTPS itself (GLEANPIPE_TLS_CERT / GLEANPIPE_TLS_KEY)."""
     folder = tmp_path_factory.mktemp("gleanjs")
     data_dir = folder / "data"
     data_dir.mkdir()
-    server = ServeProcess(data_dir).start()
-    proxy = TlsStandIn(server.port, *self_signed(folder)).start()
-    server.https_url = proxy.url
-    yield server
-    proxy.stop()
+    certs = make_ca(folder / "certs")
+    server = ServeProcess(data_dir, env={"GLEANPIPE_TLS_CERT": str(certs.cert), "GLEANPIPE_TLS_KEY": str(certs.key)})
+    server.url = server.https_url = f"https://127.0.0.1:{server.port}"
+    yield server.start()
     server.stop()
 
 
 def open_page(browser, web_app: str):
     """The page in a fresh context (its own storage: a new client), and the list its console
     messages go to."""
-    context = browser.new_context(ignore_https_errors=True)  # the stand-in's self-signed certificate
+    context = browser.new_context(ignore_https_errors=True)  # a certificate of the test's own CA
     page = context.new_page()
     console: list[str] = []
     page.on("console", lambda msg: console.append(msg.text))
@@ -299,10 +219,11 @@ def test_real_glean_js_pings_land_as_rows(web_app, https_serve, browser, options
 @pytest.mark.e2e
 def test_real_glean_js_refuses_an_http_endpoint_and_one_with_a_path(web_app, https_serve, browser):
     """Glean.js 5 throws on an http: serverEndpoint outside its test mode, loopback included, and on
-    an endpoint with a path (the README says so: serve needs an HTTPS proxy in front of it for a
-    web page, at the root of a host)."""
-    localhost = https_serve.url.replace("127.0.0.1", "localhost")
-    for endpoint, says in [(https_serve.url, "must use the HTTPS protocol."), (localhost, "must use the HTTPS protocol."),
+    an endpoint with a path (the README says so: serve needs HTTPS for a web page, at the root of
+    a host)."""
+    plain = f"http://127.0.0.1:{https_serve.port}"
+    localhost = plain.replace("127.0.0.1", "localhost")
+    for endpoint, says in [(plain, "must use the HTTPS protocol."), (localhost, "must use the HTTPS protocol."),
                            (https_serve.https_url + "/glean", "is an invalid URL.")]:
         context, page, _ = open_page(browser, web_app)
         try:
@@ -321,18 +242,15 @@ def test_real_glean_js_with_serve_unreachable(tmp_path, web_app, browser):
     with socket.socket() as closed:  # a port nothing listens on: serve is down
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    proxy = TlsStandIn(port, *self_signed(tmp_path)).start()
-    try:
-        for options, expected in [({}, "successfully sent 200."),
-                                  ({"debugViewTag": "webtool-check"}, "Recoverable upload failure")]:
-            context, page, console = open_page(browser, web_app)
-            try:
-                page.evaluate("([e, o]) => window.webtool.start(e, o)", [proxy.url, options])
-                page.evaluate("window.webtool.use()")
-                wait_console(page, console, expected, 2)
-                assert page.evaluate("localStorage.getItem('pings')") == "{}"
-                assert not [m for m in console if "successfully sent" in m and expected not in m], console
-            finally:
-                context.close()
-    finally:
-        proxy.stop()
+    endpoint = f"https://127.0.0.1:{port}"
+    for options, expected in [({}, "successfully sent 200."),
+                              ({"debugViewTag": "webtool-check"}, "Recoverable upload failure")]:
+        context, page, console = open_page(browser, web_app)
+        try:
+            page.evaluate("([e, o]) => window.webtool.start(e, o)", [endpoint, options])
+            page.evaluate("window.webtool.use()")
+            wait_console(page, console, expected, 2)
+            assert page.evaluate("localStorage.getItem('pings')") == "{}"
+            assert not [m for m in console if "successfully sent" in m and expected not in m], console
+        finally:
+            context.close()
