@@ -30,6 +30,7 @@ GLEANPIPE_TLS_CERT (tls.py): the clock then bounds the handshake and the head to
 from __future__ import annotations
 
 import socket
+import ssl
 
 from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker
@@ -72,6 +73,17 @@ class HeadTimeoutThreadWorker(ThreadWorker):
             WATCHER.done(conn.head_deadline)
             if dup is not None:
                 dup.close()
+
+    def handle_error(self, req, client, addr, exc):
+        """A client that went away during its TLS handshake, or that the head's clock cut off in it,
+        is a debug line, as gunicorn has it without serve's TLS context and as the gevent worker
+        (gevent_worker.py) has it: under OP_IGNORE_UNEXPECTED_EOF (tls.py) OpenSSL reports that end
+        as SSLZeroReturnError, not the SSL_ERROR_EOF gunicorn keeps quiet, and each port probe,
+        unused browser preconnect or stalled handshake was a WARNING "Invalid request"."""
+        if req is None and isinstance(exc, ssl.SSLZeroReturnError):
+            self.log.debug("client %s went away during the TLS handshake", addr)
+            return
+        super().handle_error(req, client, addr, exc)
 
     def handle_request(self, req, conn):
         """The head is whole: the clock stops before the app reads the body and answers."""
