@@ -4,6 +4,7 @@ workers) and off (gthread workers)."""
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import http.client
 import json
@@ -234,6 +235,31 @@ def test_settings_name_the_variable_for_each_bad_certificate_or_key(tmp_path, ce
                   timeout=30)
     assert "GLEANPIPE_TLS" not in out.stderr and out.returncode == 2  # past the TLS check, refused for the store
     assert "Error: GLEANPIPE_STORE_URL (--store-url): serve loads in-process from a file:// store only" in out.stderr
+
+
+def test_an_expired_or_not_yet_valid_certificate_is_a_warning_and_serve_runs(tmp_path, data_dir):
+    """Clients refuse a certificate out of its dates (its check_tls passes): serve says so as it
+    starts, and still serves (a test of how clients take it is a use)."""
+    from gleanpipe.config import tls_cert_warning
+
+    day = datetime.timedelta(days=1)
+    expired = make_ca(tmp_path / "expired", valid=(-2 * day, -day))
+    server = tls_serve(data_dir, expired, "on")
+    try:
+        log = server.read_log()
+        assert (f"warning: GLEANPIPE_TLS_CERT: the certificate in {expired.cert} has expired: browsers, curl and "
+                "the Glean SDKs refuse it (make a new one)\n") in log
+        assert f"serving https://127.0.0.1:{server.port}/submit/" in log
+        with pytest.raises(ssl.SSLCertVerificationError, match="certificate has expired"):
+            tls_connection(server, expired)
+    finally:
+        assert server.stop() == 0
+    early = make_ca(tmp_path / "early", valid=(day, 2 * day))
+    assert tls_cert_warning(str(early.cert), str(early.key)) == (
+        f"GLEANPIPE_TLS_CERT: the certificate in {early.cert} is not valid yet (is this machine's clock right?): "
+        "browsers, curl and the Glean SDKs refuse it")
+    good = make_ca(tmp_path / "good")
+    assert tls_cert_warning(str(good.cert), str(good.key)) is None
 
 
 def test_gunicorn_gets_the_files_and_serves_tls_handshakes_in_serves_workers(tmp_path, certs):

@@ -16,7 +16,7 @@ import orjson
 
 from . import __version__
 from .admin import AdminClient, ServeError
-from .config import SETTINGS, Config, SettingError, unknown_settings
+from .config import SETTINGS, Config, SettingError, tls_cert_warning, unknown_settings
 from .jsonvalues import shown_values
 from .output import counted, format_rows, stream_rows
 from .serve_state import absolute, foreign_holder, lock_holder, remove_state, same_location, take_serve_lock
@@ -265,6 +265,8 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers, tls_cert, tls
         check_settings(config)  # before the lock and the port: a port in use is not the news here
     except SettingError as exc:  # a setting this serve cannot run with: a usage error, as a bad number is
         raise click.UsageError(str(exc)) from None
+    if config.tls and (said := tls_cert_warning(config.tls_cert, config.tls_key)):
+        click.echo(f"warning: {said}", err=True)
     try:  # a data dir that cannot be made is the setting's fault, said as such (not "/x: No such file ...")
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

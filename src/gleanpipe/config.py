@@ -431,6 +431,44 @@ def check_tls(cert: str, key: str) -> None:
         raise SettingError(f"GLEANPIPE_TLS_KEY: {key}: {why}") from None
 
 
+
+def tls_cert_warning(cert: str, key: str) -> str | None:
+    """A warning when the certificate of GLEANPIPE_TLS_CERT (checked by check_tls) has expired or
+    is not valid yet: serve runs with it (a test of how clients take it is a use), but browsers,
+    curl and the Glean SDKs refuse it, and a serve that starts as usual left the user with clients
+    that cannot send. Found with a handshake in memory against serve's own certificate as the
+    trust anchor (the dates are checked, not the CA): the ssl module reads no certificate dates."""
+    import ssl
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.load_verify_locations(cafile=cert)
+    client.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the certificate itself is the anchor
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ends = [client.wrap_bio(to_client, to_server), server.wrap_bio(to_server, to_client, server_side=True)]
+    for _ in range(8):  # a TLS 1.3 handshake takes 2 rounds
+        for end in ends:
+            try:
+                end.do_handshake()
+            except ssl.SSLCertVerificationError as exc:
+                if exc.verify_code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
+                    return (f"GLEANPIPE_TLS_CERT: the certificate in {cert} has expired: browsers, curl and the "
+                            "Glean SDKs refuse it (make a new one)")
+                if exc.verify_code == 9:  # X509_V_ERR_CERT_NOT_YET_VALID
+                    return (f"GLEANPIPE_TLS_CERT: the certificate in {cert} is not valid yet (is this machine's "
+                            "clock right?): browsers, curl and the Glean SDKs refuse it")
+                return None  # not a matter of dates: clients judge the rest
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                return None
+            else:
+                if end is ends[0]:
+                    return None  # the client took it: the dates are right
+    return None
+
 # `make deploy` (src/gleanpipe/deploy/): read by the deploy planner only, never by the functions.
 SETTINGS.update(
     {
