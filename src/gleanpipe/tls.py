@@ -1,8 +1,8 @@
 """HTTPS on serve's submit port (GLEANPIPE_TLS_CERT and GLEANPIPE_TLS_KEY): gunicorn's own TLS
 (``--certfile``/``--keyfile``, serve.tls_args), with the TLS context serve's workers give it.
 
-serve's workers (http_worker.py) set ``ssl_context`` below as gunicorn's hook of that name. Its
-context differs from gunicorn's default in three ways, each for something the edge does:
+serve's workers (http_worker.py, gevent_worker.py) set ``ssl_context`` below as gunicorn's hook
+of that name. Its context differs from gunicorn's default in three ways, each for something the edge does:
 
 - it is made once per worker process: gunicorn's gthread worker (GLEANPIPE_SPOOL=off) asked its
   hook for a context for every connection, and the default one reads the PEM files each time;
@@ -19,8 +19,9 @@ context differs from gunicorn's default in three ways, each for something the ed
   own, with no time limit (a client that connected and sent nothing held one of the worker's
   GLEANPIPE_CONNECTIONS for ever) and with a traceback in serve's output for each failure (a
   plain-HTTP request, a browser that does not trust the certificate, a port probe). The gevent
-  worker (http_worker.TLSGeventWorker) does it within HANDSHAKE_TIMEOUT_S; gunicorn's gthread
-  worker does it in the request's thread, under http_worker's head deadline.
+  worker (gevent_worker.TLSGeventWorker) does it within HANDSHAKE_TIMEOUT_S; gunicorn's gthread
+  worker does it in the request's thread, under http_worker's head deadline (gunicorn's own
+  ``do_handshake`` in its connection's ``init``: its do_handshake_on_connect is off by default).
 """
 
 from __future__ import annotations
