@@ -262,6 +262,32 @@ def test_an_expired_or_not_yet_valid_certificate_is_a_warning_and_serve_runs(tmp
     assert tls_cert_warning(str(good.cert), str(good.key)) is None
 
 
+def test_serves_tls_context_is_made_once_per_worker_and_leaves_the_handshake_to_the_worker(monkeypatch, certs):
+    """tls.ssl_context, gunicorn's hook: gunicorn's context made once (gthread asks for every
+    connection), taking an end of stream without close_notify as an end, and sockets that do not
+    do their handshake when wrapped (gevent's server wraps in the connection's greenlet, untimed)."""
+    from gleanpipe import tls
+
+    monkeypatch.setattr(tls, "_CONTEXT", None)
+    made = []
+
+    def default_factory():
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(certs.cert), str(certs.key))
+        made.append(context)
+        return context
+
+    hook = tls.ssl_context(None, default_factory)
+    assert tls.ssl_context(None, default_factory) is hook and len(made) == 1
+    assert made[0].options & ssl.OP_IGNORE_UNEXPECTED_EOF
+    server_end, client_end = socket.socketpair()
+    with server_end, client_end:
+        server_end.settimeout(1)  # a handshake on wrapping would wait for a ClientHello that never comes
+        wrapped = hook.wrap_socket(server_end, server_side=True)
+        assert wrapped.version() is None  # no handshake yet
+        wrapped.close()
+
+
 def test_gunicorn_gets_the_files_and_serves_tls_handshakes_in_serves_workers(tmp_path, certs):
     from gleanpipe.config import Config
     from gleanpipe.serve import gunicorn_args
