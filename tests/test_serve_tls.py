@@ -235,6 +235,10 @@ def test_settings_name_the_variable_for_each_bad_certificate_or_key(tmp_path, ce
                   timeout=30)
     assert "GLEANPIPE_TLS" not in out.stderr and out.returncode == 2  # past the TLS check, refused for the store
     assert "Error: GLEANPIPE_STORE_URL (--store-url): serve loads in-process from a file:// store only" in out.stderr
+    out = run_cli("serve", "--data-dir", str(tmp_path / "data"), "--tls-cert", cert,
+                  env={"GLEANPIPE_TLS_CERT": missing, "GLEANPIPE_TLS_KEY": key, "GLEANPIPE_STORE_URL": "gs://pings/raw"},
+                  timeout=30)
+    assert "GLEANPIPE_TLS" not in out.stderr and "file:// store only" in out.stderr and out.returncode == 2
 
 
 def test_an_expired_or_not_yet_valid_certificate_is_a_warning_and_serve_runs(tmp_path, data_dir):
