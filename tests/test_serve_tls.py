@@ -165,6 +165,29 @@ def test_a_client_that_stalls_in_its_tls_handshake_or_head_is_cut_off(https_serv
     assert status == 200
 
 
+def test_a_client_that_resets_before_its_handshake_is_no_traceback_and_no_warning(https_serve, certs):
+    """A client that resets its connection (RST) at once, or after the first bytes of its
+    ClientHello, before the worker has begun the handshake: the ssl module's check, as the socket
+    is wrapped, that it is still connected fails ("Closed before TLS handshake with data in recv
+    buffer", or a reset). Before: a traceback in serve's output for each (spool on: gevent's
+    server wraps the socket before the worker's handle() sees it) or a WARNING "Invalid request"
+    (spool off). A port scanner, or a load balancer's health check that resets, is no news."""
+    import struct
+
+    server = https_serve
+    for first in [b"", b"\x16\x03\x01\x00\xc8\x01"] * 10:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+        if first:
+            sock.sendall(first)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        sock.close()
+    time.sleep(1)  # the workers take them up
+    status, _, _ = post(server, certs, submit_path(), gzip.compress(json.dumps(make_ping()).encode()))
+    assert status == 200
+    log = server.read_log()
+    assert ("Traceback" not in log, "WARNING" not in log, "Closed before TLS handshake" not in log) == (True, True, True), log
+
+
 def test_the_glean_sdk_delivers_over_https_trusting_the_ca_of_ssl_cert_file(data_dir, certs, tmp_path, monkeypatch):
     """The Python SDK uploads with http.client and Python's default TLS context, which takes the
     CA file that SSL_CERT_FILE names (as mkcert's CA would be, or the system's)."""

@@ -15,7 +15,6 @@ away during it is none. Plain HTTP (no GLEANPIPE_TLS_CERT) runs gunicorn's own g
 
 from __future__ import annotations
 
-import errno
 import ssl
 
 import gevent
@@ -24,7 +23,6 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from . import tls
 
-_GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF)  # a client that went away mid-handshake
 
 
 class TLSGeventWorker(GeventWorker):
@@ -32,7 +30,7 @@ class TLSGeventWorker(GeventWorker):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.cfg.set("ssl_context", tls.ssl_context)  # its sockets leave the handshake to handle()
+        self.cfg.set("ssl_context", tls.gevent_ssl_context)  # its sockets leave the handshake to handle()
 
     def handle(self, listener, client, addr):
         client.setblocking(1)
@@ -44,9 +42,12 @@ class TLSGeventWorker(GeventWorker):
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
             self.log.debug("client %s went away during the TLS handshake", addr)
         except ssl.SSLError as exc:  # a plain-HTTP request, a client that refused the certificate
-            self.log.warning("Invalid request from ip=%s: %s", addr[0] if addr else "", exc)
+            if exc.errno in tls.GONE_ERRNOS:  # it reset the connection before its handshake (tls._ClientGone)
+                self.log.debug("client %s went away before its TLS handshake: %s", addr, exc)
+            else:
+                self.log.warning("Invalid request from ip=%s: %s", addr[0] if addr else "", exc)
         except OSError as exc:
-            if exc.errno not in _GONE:
+            if exc.errno not in tls.GONE_ERRNOS:
                 self.log.warning("TLS handshake from %s failed: %s", addr, exc)
         else:
             return super().handle(listener, client, addr)

@@ -79,8 +79,11 @@ class HeadTimeoutThreadWorker(ThreadWorker):
         is a debug line, as gunicorn has it without serve's TLS context and as the gevent worker
         (gevent_worker.py) has it: under OP_IGNORE_UNEXPECTED_EOF (tls.py) OpenSSL reports that end
         as SSLZeroReturnError, not the SSL_ERROR_EOF gunicorn keeps quiet, and each port probe,
-        unused browser preconnect or stalled handshake was a WARNING "Invalid request"."""
-        if req is None and isinstance(exc, ssl.SSLZeroReturnError):
+        unused browser preconnect or stalled handshake was a WARNING "Invalid request". So was a
+        client that reset its connection before its handshake (the ssl module's "Closed before TLS
+        handshake with data in recv buffer" as gunicorn wraps the socket)."""
+        if req is None and (isinstance(exc, ssl.SSLZeroReturnError) or (
+                isinstance(exc, ssl.SSLError) and exc.errno in tls.GONE_ERRNOS)):
             self.log.debug("client %s went away during the TLS handshake", addr)
             return
         super().handle_error(req, client, addr, exc)

@@ -26,7 +26,11 @@ of that name. Its context differs from gunicorn's default in three ways, each fo
 
 from __future__ import annotations
 
+import errno
 import ssl
+
+# errors of a client that went away before or during its handshake (a reset, a port probe)
+GONE_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF)
 
 # how long a TLS handshake may take, as long as a request's head may (serve.KEEPALIVE_S)
 HANDSHAKE_TIMEOUT_S = 5.0
@@ -57,3 +61,52 @@ def ssl_context(conf, default_ssl_context_factory):
         context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
         _CONTEXT = _HandshakeLater(context)
     return _CONTEXT
+
+
+class _ClientGone:
+    """What the gevent worker's handle() gets for a connection whose client reset it before its
+    handshake: the ssl module, as it wraps a socket, checks that it is still connected, and that
+    check fails ("Closed before TLS handshake with data in recv buffer", a reset). Its
+    ``do_handshake`` raises that error, in handle(), which says a client that went away in one
+    debug line (gevent_worker.py)."""
+
+    __slots__ = ("sock", "error")
+
+    def __init__(self, sock, error: OSError) -> None:
+        self.sock, self.error = sock, error
+
+    def setblocking(self, flag) -> None:
+        pass
+
+    def do_handshake(self) -> None:
+        raise self.error
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "_ClientGone":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _HandshakeInHandle(_HandshakeLater):
+    """serve's TLS context for gevent's server, which wraps each socket before the worker's handle()
+    sees it: an error in the wrap went to gevent's hub, a traceback in serve's output for every
+    client that reset its connection at once (a port scanner, a health check). It now reaches
+    handle() (``_ClientGone``)."""
+
+    __slots__ = ()
+
+    def wrap_socket(self, sock, **kwargs):
+        try:
+            return super().wrap_socket(sock, **kwargs)
+        except OSError as exc:
+            return _ClientGone(sock, exc)
+
+
+def gevent_ssl_context(conf, default_ssl_context_factory):
+    """``ssl_context`` for the gevent worker (gevent_worker.py): serve's context (``ssl_context``)
+    whose wrap errors reach the worker's handle()."""
+    return _HandshakeInHandle(ssl_context(conf, default_ssl_context_factory).context)
