@@ -431,7 +431,6 @@ def check_tls(cert: str, key: str) -> None:
         raise SettingError(f"GLEANPIPE_TLS_KEY: {key}: {why}") from None
 
 
-
 def tls_cert_warning(cert: str, key: str) -> str | None:
     """A warning when the certificate of GLEANPIPE_TLS_CERT (checked by check_tls) has expired or
     is not valid yet: serve runs with it (a test of how clients take it is a use), but browsers,
@@ -468,6 +467,7 @@ def tls_cert_warning(cert: str, key: str) -> str | None:
                 if end is ends[0]:
                     return None  # the client took it: the dates are right
     return None
+
 
 # `make deploy` (src/gleanpipe/deploy/): read by the deploy planner only, never by the functions.
 SETTINGS.update(
