@@ -102,19 +102,25 @@ def test_a_gzip_ping_over_https_is_stored_loaded_and_queried_while_serving(https
             in server.read_log())
 
 
-def test_a_plain_http_request_to_the_https_port_fails_and_serve_goes_on(https_serve, certs):
+@pytest.mark.parametrize("body_bytes", [0, 2300, 4 << 20], ids=["head", "ping", "4MiB"])
+def test_a_plain_http_request_to_the_https_port_gets_a_503_that_says_so(https_serve, certs, body_bytes):
+    """As nginx does, a plain-HTTP request on the HTTPS port is answered in plain HTTP, saying so,
+    whole even when the client sends a body (4 MiB) before it reads (a lingering close). A 503, so
+    a Glean SDK whose endpoint says http:// keeps its pings for when it is fixed (a 4xx would
+    delete them). Before: a reset (spool on) or an empty reply (spool off), and no word why."""
     server = https_serve
     plain = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)
     try:
-        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
-            plain.request("POST", submit_path(), body=gzip.compress(json.dumps(make_ping()).encode()),
-                          headers=SDK_HEADERS)
-            plain.getresponse()
+        plain.request("POST", submit_path(), body=b"x" * body_bytes, headers=SDK_HEADERS)
+        resp = plain.getresponse()
+        status, body, connection = resp.status, json.loads(resp.read()), resp.getheader("Connection")
     finally:
         plain.close()
+    assert (status, body["error_type"], connection) == (503, "https_only", "close")
+    assert body["error_message"] == "this port speaks HTTPS (GLEANPIPE_TLS_CERT): send to https://, not http://"
     status, headers, _ = post(server, certs, submit_path(), gzip.compress(json.dumps(make_ping()).encode()))
     assert (status, headers["X-Gleanpipe-Stored"]) == (200, "new")
-    assert "Invalid request from ip=127.0.0.1: [SSL: HTTP_REQUEST] http request" in server.read_log()
+    assert "Invalid request from ip=127.0.0.1: plain HTTP on the HTTPS port, answered 503 https_only" in server.read_log()
 
 
 def test_the_edges_error_answers_reach_the_client_over_https(https_serve, certs):

@@ -44,6 +44,9 @@ class TLSGeventWorker(GeventWorker):
         except ssl.SSLError as exc:  # a plain-HTTP request, a client that refused the certificate
             if exc.errno in tls.GONE_ERRNOS:  # it reset the connection before its handshake (tls._ClientGone)
                 self.log.debug("client %s went away before its TLS handshake: %s", addr, exc)
+            elif tls.is_plain_http(exc):
+                self.log.warning(tls.PLAIN_HTTP_SAID, addr[0] if addr else "")
+                tls.answer_plain_http(client)
             else:
                 self.log.warning("Invalid request from ip=%s: %s", addr[0] if addr else "", exc)
         except OSError as exc:

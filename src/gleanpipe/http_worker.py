@@ -86,6 +86,10 @@ class HeadTimeoutThreadWorker(ThreadWorker):
                 isinstance(exc, ssl.SSLError) and exc.errno in tls.GONE_ERRNOS)):
             self.log.debug("client %s went away during the TLS handshake", addr)
             return
+        if req is None and tls.is_plain_http(exc):  # gunicorn wrote its 403 page inside TLS: lost
+            self.log.warning(tls.PLAIN_HTTP_SAID, addr[0] if addr else "")
+            tls.answer_plain_http(client)
+            return
         super().handle_error(req, client, addr, exc)
 
     def handle_request(self, req, conn):

@@ -27,10 +27,22 @@ of that name. Its context differs from gunicorn's default in three ways, each fo
 from __future__ import annotations
 
 import errno
+import os
 import ssl
 
 # errors of a client that went away before or during its handshake (a reset, a port probe)
 GONE_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF)
+
+# The answer to a plain-HTTP request on serve's HTTPS port (``answer_plain_http``): a 503, not the
+# 400 nginx gives, since a Glean SDK deletes a ping on any 4xx, and its server_endpoint saying
+# http:// by mistake makes no ping bad; with a 5xx it keeps them until the endpoint is fixed.
+_PLAIN_HTTP_BODY = (b'{"error_type": "https_only", "error_message": "this port speaks HTTPS '
+                    b'(GLEANPIPE_TLS_CERT): send to https://, not http://"}')
+PLAIN_HTTP_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_PLAIN_HTTP_BODY) + _PLAIN_HTTP_BODY)
+
+# serve's log line for it (as gunicorn words a bad request: "Invalid request from ip=")
+PLAIN_HTTP_SAID = "Invalid request from ip=%s: plain HTTP on the HTTPS port, answered 503 https_only"
 
 # how long a TLS handshake may take, as long as a request's head may (serve.KEEPALIVE_S)
 HANDSHAKE_TIMEOUT_S = 5.0
@@ -110,3 +122,33 @@ def gevent_ssl_context(conf, default_ssl_context_factory):
     """``ssl_context`` for the gevent worker (gevent_worker.py): serve's context (``ssl_context``)
     whose wrap errors reach the worker's handle()."""
     return _HandshakeInHandle(ssl_context(conf, default_ssl_context_factory).context)
+
+
+def is_plain_http(exc: BaseException) -> bool:
+    """Whether a handshake failed because the client spoke plain HTTP (OpenSSL saw a request line)."""
+    return isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None) == "HTTP_REQUEST"
+
+
+def answer_plain_http(sock) -> None:
+    """Answer a plain-HTTP request on the HTTPS port in plain HTTP (``PLAIN_HTTP_ANSWER``), as nginx
+    does, where the client got a reset or an empty reply ("curl: (52) Empty reply from server")
+    and no word why. It is written under the TLS layer, whose handshake failed; then a lingering
+    close (linger.py, GLEANPIPE_LINGER_S), since a client that sends its body before it reads
+    (http.client, the Python SDK) would otherwise get a reset in place of the answer."""
+    from .config import Config
+    from .linger import linger
+
+    # to the descriptor: gevent's socket methods call the TLS socket's own send, whose TLS layer
+    # failed (an SSLEOFError). A new connection's send buffer takes these 250 bytes at once.
+    try:
+        if os.write(sock.fileno(), PLAIN_HTTP_ANSWER) != len(PLAIN_HTTP_ANSWER):
+            return
+    except OSError:  # the client is gone (or, never seen, its buffer is full)
+        return
+    global _LINGER_S
+    if _LINGER_S is None:
+        _LINGER_S = Config.from_env().linger_s
+    linger(sock, _LINGER_S)
+
+
+_LINGER_S = None  # GLEANPIPE_LINGER_S, read by this worker process's first answer_plain_http
