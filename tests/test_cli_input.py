@@ -954,7 +954,12 @@ def test_has_ended_reads_the_state_after_the_last_parenthesis(tmp_path):
                              "print(flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         proc.stdout.readline()
-        assert open(f"/proc/{proc.pid}/stat").read().startswith(f"{proc.pid} (a) Z () S ")
+        # between its print and its read of stdin the child runs ("R"), on a busy machine for a
+        # while: wait until it sleeps in the read, the state this test is about
+        deadline = time.monotonic() + 30
+        while not (stat := open(f"/proc/{proc.pid}/stat").read()).startswith(f"{proc.pid} (a) Z () S "):
+            assert time.monotonic() < deadline, stat
+            time.sleep(0.01)
         assert not has_ended(proc.pid)
     finally:
         proc.kill()
