@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -810,6 +810,7 @@ def test_which_gleanpipe_command_holding_the_warehouse_is_waited_for(tmp_path, h
     nor an option first, nor `status` passed it. A `status` or `serve` is not made to hold the file
     for seconds here: a script named gleanpipe, run with that command, holds it as they do."""
     from conftest import holds_open, put_many_unsynced
+    from gleanpipe.cli import CLI_HELD_WAIT_S
     from gleanpipe.storage.local import LocalStore
     from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
@@ -833,16 +834,21 @@ def test_which_gleanpipe_command_holding_the_warehouse_is_waited_for(tmp_path, h
         while not holds_open(holder.pid, path):
             assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()
             time.sleep(0.1)
+        started = time.monotonic()
         replay = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data),
                                    "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        waited = replay.poll() is None
+        # a serve is not waited for: replay ends on its own while the holder still holds the file (not
+        # always within 1.5 s: on a busy machine replay's start alone may take that long)
+        with suppress(subprocess.TimeoutExpired):
+            replay.wait(timeout=60 if how == "serve" else 1.5)
+        took, waited, held = time.monotonic() - started, replay.poll() is None, holder.poll() is None
     finally:
         holder.kill()
         holder.communicate()
     out, err = replay.communicate(timeout=60)
     if how == "serve":
-        assert not waited and replay.returncode == 1
+        assert not waited and held and replay.returncode == 1, err
+        assert took < CLI_HELD_WAIT_S  # not the wait for a `gleanpipe query` or `status`
         assert err == (f"Error: the warehouse {path} is held by PID {holder.pid} ({' '.join(args)[:200]}): let that "
                        "process end (or stop it), then run this again\n")
     else:
