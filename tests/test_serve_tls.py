@@ -232,25 +232,25 @@ def test_settings_name_the_variable_for_each_bad_certificate_or_key(tmp_path, ce
     not_pem.write_bytes(b"\x30\x82\x01\x00")
     cert, key, missing = str(certs.cert), str(certs.key), str(tmp_path / "nope.pem")
     cases = [
-        ({"GLEANPIPE_TLS_CERT": cert}, "GLEANPIPE_TLS_CERT is set but GLEANPIPE_TLS_KEY is not: HTTPS needs both "
+        ({"GLEANPIPE_TLS_CERT": cert}, "GLEANPIPE_TLS_CERT (--tls-cert) is set but GLEANPIPE_TLS_KEY (--tls-key) is not: HTTPS needs both "
                                        "the certificate and its key (PEM files), plain HTTP neither"),
-        ({"GLEANPIPE_TLS_KEY": key}, "GLEANPIPE_TLS_KEY is set but GLEANPIPE_TLS_CERT is not"),
+        ({"GLEANPIPE_TLS_KEY": key}, "GLEANPIPE_TLS_KEY (--tls-key) is set but GLEANPIPE_TLS_CERT (--tls-cert) is not"),
         ({"GLEANPIPE_TLS_CERT": missing, "GLEANPIPE_TLS_KEY": key},
-         f"GLEANPIPE_TLS_CERT: cannot read {missing}: No such file or directory"),
+         f"GLEANPIPE_TLS_CERT (--tls-cert): cannot read {missing}: No such file or directory"),
         ({"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": str(tmp_path)},
-         f"GLEANPIPE_TLS_KEY: cannot read {tmp_path}: Is a directory"),
+         f"GLEANPIPE_TLS_KEY (--tls-key): cannot read {tmp_path}: Is a directory"),
         ({"GLEANPIPE_TLS_CERT": str(not_pem), "GLEANPIPE_TLS_KEY": key},
-         f"GLEANPIPE_TLS_CERT: {not_pem} is not a PEM file (no '-----BEGIN' line)"),
+         f"GLEANPIPE_TLS_CERT (--tls-cert): {not_pem} is not a PEM file (no '-----BEGIN' line)"),
         ({"GLEANPIPE_TLS_CERT": str(garbage), "GLEANPIPE_TLS_KEY": key},
-         f"GLEANPIPE_TLS_CERT: {garbage} holds no PEM certificate OpenSSL can read"),
+         f"GLEANPIPE_TLS_CERT (--tls-cert): {garbage} holds no PEM certificate OpenSSL can read"),
         ({"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": str(garbage)},
-         f"GLEANPIPE_TLS_KEY: {garbage}: OpenSSL cannot read it as a PEM private key"),
+         f"GLEANPIPE_TLS_KEY (--tls-key): {garbage}: OpenSSL cannot read it as a PEM private key"),
         ({"GLEANPIPE_TLS_CERT": key, "GLEANPIPE_TLS_KEY": key},  # the two files swapped, or the key given twice
-         f"GLEANPIPE_TLS_CERT: {key} holds no PEM certificate OpenSSL can read"),
+         f"GLEANPIPE_TLS_CERT (--tls-cert): {key} holds no PEM certificate OpenSSL can read"),
         ({"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": str(other_key)},
-         f"GLEANPIPE_TLS_KEY: {other_key}: it is not the key of the certificate in GLEANPIPE_TLS_CERT"),
+         f"GLEANPIPE_TLS_KEY (--tls-key): {other_key}: it is not the key of the certificate in GLEANPIPE_TLS_CERT (--tls-cert)"),
         ({"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": str(encrypted)},
-         f"GLEANPIPE_TLS_KEY: {encrypted} is encrypted (it asks for a password): give the key unencrypted"),
+         f"GLEANPIPE_TLS_KEY (--tls-key): {encrypted} is encrypted (it asks for a password): give the key unencrypted"),
     ]
     for env, message in cases:
         out = run_cli("serve", "--data-dir", str(tmp_path / "data"), env=env, timeout=30)
@@ -280,7 +280,7 @@ def test_an_expired_or_not_yet_valid_certificate_is_a_warning_and_serve_runs(tmp
     server = tls_serve(data_dir, expired, "on")
     try:
         log = server.read_log()
-        assert (f"warning: GLEANPIPE_TLS_CERT: the certificate in {expired.cert} has expired: browsers, curl and "
+        assert (f"warning: GLEANPIPE_TLS_CERT (--tls-cert): the certificate in {expired.cert} has expired: browsers, curl and "
                 "the Glean SDKs refuse it (make a new one)\n") in log
         assert f"serving https://127.0.0.1:{server.port}/submit/" in log
         with pytest.raises(ssl.SSLCertVerificationError, match="certificate has expired"):
@@ -289,7 +289,7 @@ def test_an_expired_or_not_yet_valid_certificate_is_a_warning_and_serve_runs(tmp
         assert server.stop() == 0
     early = make_ca(tmp_path / "early", valid=(day, 2 * day))
     assert tls_cert_warning(str(early.cert), str(early.key)) == (
-        f"GLEANPIPE_TLS_CERT: the certificate in {early.cert} is not valid yet (is this machine's clock right?): "
+        f"GLEANPIPE_TLS_CERT (--tls-cert): the certificate in {early.cert} is not valid yet (is this machine's clock right?): "
         "browsers, curl and the Glean SDKs refuse it")
     good = make_ca(tmp_path / "good")
     assert tls_cert_warning(str(good.cert), str(good.key)) is None

@@ -394,6 +394,10 @@ def _no_password():
     raise _EncryptedKey  # instead of OpenSSL's prompt on the terminal ("Enter PEM pass phrase:")
 
 
+# the TLS settings as serve's errors name them: the variable and the flag that reads it
+_CERT, _KEY = "GLEANPIPE_TLS_CERT (--tls-cert)", "GLEANPIPE_TLS_KEY (--tls-key)"
+
+
 def check_tls(cert: str, key: str) -> None:
     """SettingError unless GLEANPIPE_TLS_CERT and GLEANPIPE_TLS_KEY are both empty (plain HTTP) or
     name a readable PEM certificate and the unencrypted PEM key that goes with it: said before
@@ -403,10 +407,10 @@ def check_tls(cert: str, key: str) -> None:
     if not cert and not key:
         return
     if not cert or not key:
-        given, missing = ("GLEANPIPE_TLS_CERT", "GLEANPIPE_TLS_KEY") if cert else ("GLEANPIPE_TLS_KEY", "GLEANPIPE_TLS_CERT")
+        given, missing = (_CERT, _KEY) if cert else (_KEY, _CERT)
         raise SettingError(f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key "
                            "(PEM files), plain HTTP neither")
-    for env, path in (("GLEANPIPE_TLS_CERT", cert), ("GLEANPIPE_TLS_KEY", key)):
+    for env, path in ((_CERT, cert), (_KEY, key)):
         try:
             with open(path, "rb") as f:
                 text = f.read(1 << 20)
@@ -418,17 +422,17 @@ def check_tls(cert: str, key: str) -> None:
     try:
         context.load_verify_locations(cafile=cert)  # the certificate alone: is it one?
     except ssl.SSLError as exc:
-        raise SettingError(f"GLEANPIPE_TLS_CERT: {cert} holds no PEM certificate OpenSSL can read "
+        raise SettingError(f"{_CERT}: {cert} holds no PEM certificate OpenSSL can read "
                            f"({exc.reason or exc})") from None
     try:
         context.load_cert_chain(cert, key, password=_no_password)
     except _EncryptedKey:
-        raise SettingError(f"GLEANPIPE_TLS_KEY: {key} is encrypted (it asks for a password): give the key "
+        raise SettingError(f"{_KEY}: {key} is encrypted (it asks for a password): give the key "
                            "unencrypted (mkcert writes it so; `openssl pkey -in KEY -out NEW` decrypts one)") from None
     except ssl.SSLError as exc:
-        why = ("it is not the key of the certificate in GLEANPIPE_TLS_CERT" if "MISMATCH" in str(exc)
+        why = (f"it is not the key of the certificate in {_CERT}" if "MISMATCH" in str(exc)
                else f"OpenSSL cannot read it as a PEM private key ({exc.reason or exc})")
-        raise SettingError(f"GLEANPIPE_TLS_KEY: {key}: {why}") from None
+        raise SettingError(f"{_KEY}: {key}: {why}") from None
 
 
 def tls_cert_warning(cert: str, key: str) -> str | None:
@@ -453,10 +457,10 @@ def tls_cert_warning(cert: str, key: str) -> str | None:
                 end.do_handshake()
             except ssl.SSLCertVerificationError as exc:
                 if exc.verify_code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
-                    return (f"GLEANPIPE_TLS_CERT: the certificate in {cert} has expired: browsers, curl and the "
+                    return (f"{_CERT}: the certificate in {cert} has expired: browsers, curl and the "
                             "Glean SDKs refuse it (make a new one)")
                 if exc.verify_code == 9:  # X509_V_ERR_CERT_NOT_YET_VALID
-                    return (f"GLEANPIPE_TLS_CERT: the certificate in {cert} is not valid yet (is this machine's "
+                    return (f"{_CERT}: the certificate in {cert} is not valid yet (is this machine's "
                             "clock right?): browsers, curl and the Glean SDKs refuse it")
                 return None  # not a matter of dates: clients judge the rest
             except ssl.SSLWantReadError:
