@@ -16,16 +16,14 @@ the JSON text uncompressed, with no headers of its own (the browser's text/plain
 from __future__ import annotations
 
 import http.client
-import http.server
 import json
-import threading
 import uuid
 
 import orjson
 import pytest
 from functions_framework import create_app
 
-from conftest import APP, DATASET, ROOT, SDK_HEADERS, ServeProcess, gz, make_ping, submit_path
+from conftest import APP, DATASET, ROOT, SDK_HEADERS, ServeProcess, gz, make_ping, submit_path, web_origin
 
 CLIENT = "5d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 ORIGIN = "http://localhost:3000"
@@ -272,29 +270,11 @@ function gleanBeacon(url, ping) { return navigator.sendBeacon(url, JSON.stringif
 </script>"""
 
 
-class _PageHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
-        body = PAGE.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def web_app():
     """The web app's own origin: another server, another port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PageHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://localhost:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with web_origin({"/": (PAGE.encode(), "text/html; charset=utf-8")}) as url:
+        yield url
 
 
 @pytest.mark.e2e

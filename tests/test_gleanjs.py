@@ -30,15 +30,13 @@ made by the test (tls_certs.py), which the browser context is told to accept.
 from __future__ import annotations
 
 import datetime
-import http.server
 import json
 import socket
-import threading
 import time
 
 import pytest
 
-from conftest import ROOT, ServeProcess
+from conftest import ROOT, ServeProcess, web_origin
 from tls_certs import make_ca
 
 BUNDLE = ROOT / "build" / "gleanjs" / "page.bundle.js"
@@ -47,37 +45,14 @@ PAGE = b"""<!doctype html><meta charset="utf-8"><title>web tool</title>
 <script src="/page.bundle.js"></script>"""
 
 
-class _PageHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
-        if self.path == "/":
-            body, kind = PAGE, "text/html; charset=utf-8"
-        elif self.path == "/page.bundle.js":
-            body, kind = BUNDLE.read_bytes(), "text/javascript; charset=utf-8"
-        else:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def web_app():
     """The web app's own origin: another server, another port."""
     if not BUNDLE.exists():
         pytest.skip("Glean.js is not built: run `make gleanjs` (it needs npm and the npm registry)")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PageHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://localhost:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with web_origin({"/": (PAGE, "text/html; charset=utf-8"),
+                     "/page.bundle.js": (BUNDLE.read_bytes(), "text/javascript; charset=utf-8")}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
