@@ -13,7 +13,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-
 from conftest import APP, DATASET, ROOT, gz, make_ping, post, submit_path, free_port
 
 FF = str(Path(sys.executable).parent / "functions-framework")
