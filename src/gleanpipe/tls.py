@@ -115,7 +115,12 @@ class _HandshakeInHandle(_HandshakeLater):
         try:
             return super().wrap_socket(sock, **kwargs)
         except OSError as exc:
-            return _ClientGone(sock, exc)
+            # the error without its traceback or the error it arose in, whose frames hold the
+            # half-made TLS socket: when the ssl module's check is reset it leaves that socket open,
+            # and held by those frames (and by handle()'s raise, a reference cycle) the connection's
+            # descriptor stayed open until a garbage collection, in an idle worker for ever
+            exc.__context__ = exc.__cause__ = None
+            return _ClientGone(sock, exc.with_traceback(None))
 
 
 def gevent_ssl_context(conf, default_ssl_context_factory):
