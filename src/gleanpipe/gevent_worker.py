@@ -24,7 +24,6 @@ from gunicorn.workers.ggevent import GeventWorker
 from . import tls
 
 
-
 class TLSGeventWorker(GeventWorker):
     """gunicorn's GeventWorker whose TLS handshakes are bounded and quiet (see the module)."""
 
