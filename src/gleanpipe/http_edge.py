@@ -74,10 +74,9 @@ CORS_REQUEST_HEADERS = "Content-Type, Content-Encoding, X-Telemetry-Agent, X-Deb
 # a header name (RFC 9110's token)
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 PREFLIGHT_MAX_AGE_S = 86400  # how long a browser may reuse a preflight (Chromium caps it at 7200)
-PREFLIGHT_HEADERS = {
+PREFLIGHT_HEADERS = {  # and Access-Control-Allow-Headers, from the preflight (``preflight``)
     ALLOW_ORIGIN[0]: ALLOW_ORIGIN[1],
     "Access-Control-Allow-Methods": ", ".join(METHODS),
-    "Access-Control-Allow-Headers": CORS_REQUEST_HEADERS,
     "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
 }
 
