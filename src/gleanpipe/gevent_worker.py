@@ -38,18 +38,12 @@ class TLSGeventWorker(GeventWorker):
                 client.do_handshake()
         except gevent.Timeout:
             self.log.debug("TLS handshake from %s took over %g s: closed", addr, tls.HANDSHAKE_TIMEOUT_S)
-        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
-            self.log.debug("client %s went away during the TLS handshake", addr)
-        except ssl.SSLError as exc:  # a plain-HTTP request, a client that refused the certificate
-            if exc.errno in tls.GONE_ERRNOS:  # it reset the connection before its handshake (tls._ClientGone)
-                self.log.debug("client %s went away before its TLS handshake: %s", addr, exc)
-            elif tls.is_plain_http(exc):
-                self.log.warning(tls.PLAIN_HTTP_SAID, addr[0] if addr else "")
-                tls.answer_plain_http(client)
-            else:
+        except OSError as exc:  # SSLError is one
+            if tls.handled_handshake_failure(self.log, client, addr, exc):
+                pass
+            elif isinstance(exc, ssl.SSLError):  # a client that refused the certificate, TLS garbage
                 self.log.warning("Invalid request from ip=%s: %s", addr[0] if addr else "", exc)
-        except OSError as exc:
-            if exc.errno not in tls.GONE_ERRNOS:
+            else:
                 self.log.warning("TLS handshake from %s failed: %s", addr, exc)
         else:
             return super().handle(listener, client, addr)

@@ -30,7 +30,6 @@ GLEANPIPE_TLS_CERT (tls.py): the clock then bounds the handshake and the head to
 from __future__ import annotations
 
 import socket
-import ssl
 
 from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker
@@ -82,14 +81,8 @@ class HeadTimeoutThreadWorker(ThreadWorker):
         unused browser preconnect or stalled handshake was a WARNING "Invalid request". So was a
         client that reset its connection before its handshake (the ssl module's "Closed before TLS
         handshake with data in recv buffer" as gunicorn wraps the socket)."""
-        if req is None and (isinstance(exc, ssl.SSLZeroReturnError) or (
-                isinstance(exc, ssl.SSLError) and exc.errno in tls.GONE_ERRNOS)):
-            self.log.debug("client %s went away during the TLS handshake", addr)
-            return
-        if req is None and tls.is_plain_http(exc):  # gunicorn wrote its 403 page inside TLS: lost
-            self.log.warning(tls.PLAIN_HTTP_SAID, addr[0] if addr else "")
-            tls.answer_plain_http(client)
-            return
+        if req is None and tls.handled_handshake_failure(self.log, client, addr, exc):
+            return  # (gunicorn's own answer to a plain-HTTP request, a 403 page inside TLS, was lost)
         super().handle_error(req, client, addr, exc)
 
     def handle_request(self, req, conn):

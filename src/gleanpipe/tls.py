@@ -134,6 +134,31 @@ def is_plain_http(exc: BaseException) -> bool:
     return isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None) == "HTTP_REQUEST"
 
 
+def went_away(exc: BaseException) -> bool:
+    """Whether a handshake failed because the client left: it closed (an end of stream, which
+    under OP_IGNORE_UNEXPECTED_EOF OpenSSL reports as SSLZeroReturnError), reset the connection,
+    or reset it before the handshake began (the ssl module's "Closed before TLS handshake with
+    data in recv buffer", an SSLError with ENOTCONN: ``_ClientGone``). A port probe, a browser's
+    unused preconnect, a health check, a handshake the clock cut off."""
+    return isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)) or (
+        isinstance(exc, OSError) and exc.errno in GONE_ERRNOS)
+
+
+def handled_handshake_failure(log, sock, addr, exc: BaseException) -> bool:
+    """What both of serve's workers do with a failed TLS handshake that is no news or has an answer
+    of its own: a client that went away is a debug line; a plain-HTTP request gets its 503
+    (``answer_plain_http``) and a warning line. False for any other failure, which the worker
+    reports as it does."""
+    if went_away(exc):
+        log.debug("client %s went away before or during its TLS handshake: %s", addr, exc)
+        return True
+    if is_plain_http(exc):
+        log.warning(PLAIN_HTTP_SAID, addr[0] if addr else "")
+        answer_plain_http(sock)
+        return True
+    return False
+
+
 def answer_plain_http(sock) -> None:
     """Answer a plain-HTTP request on the HTTPS port in plain HTTP (``PLAIN_HTTP_ANSWER``), as nginx
     does, where the client got a reset or an empty reply ("curl: (52) Empty reply from server")
