@@ -368,6 +368,24 @@ def test_a_serve_started_with_a_relative_data_dir_is_used_from_another_folder(tm
     assert f'  query it:   {sys.executable} -m gleanpipe.cli query "SHOW ALL TABLES"   (Ctrl-C stops)\n' in banner
 
 
+def test_serve_reads_no_gunicorn_config_of_the_users_folder_or_environment(tmp_path, monkeypatch):
+    """gunicorn on its own reads ./gunicorn.conf.py and GUNICORN_CMD_ARGS: a user's settings for
+    another app (its hooks, an access log...) must not reach serve's HTTP server."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "hook-ran"
+    (tmp_path / "gunicorn.conf.py").write_text(f"def on_starting(server):\n    open({str(marker)!r}, 'w').close()\n")
+    server = ServeProcess(tmp_path / "data", env={"GUNICORN_CMD_ARGS": "--access-logfile -"}).start()
+    try:
+        assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
+    finally:
+        assert server.stop() == 0
+    assert not marker.exists()  # the folder's gunicorn.conf.py was not run
+    log = server.read_log()
+    assert " serving http://127.0.0.1:" in log
+    assert "POST /submit/" not in log  # GUNICORN_CMD_ARGS's access log is not on
+
+
 def test_a_killed_serve_takes_its_http_server_with_it(data_dir):
     """SIGKILL (or the OOM killer) gives serve no chance to stop its gunicorn; the kernel does
     (parent_guard.py), so the port is free for the next serve and no ping is taken meanwhile."""

@@ -95,7 +95,8 @@ def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     is its own fsynced file written by the request, so the workers are threads: gunicorn's
     gthread worker, whose threads wait at most http_worker.HEAD_TIMEOUT_S for a request's head.
     """
-    common = ["--workers", str(cfg.workers), "--log-level", "warning", "--keep-alive", str(KEEPALIVE_S),
+    common = ["--config", "python:gleanpipe.gunicorn_config",  # not a ./gunicorn.conf.py (gunicorn_config.py)
+              "--workers", str(cfg.workers), "--log-level", "warning", "--keep-alive", str(KEEPALIVE_S),
               "--graceful-timeout", str(GRACEFUL_TIMEOUT_S), "--timeout", "60", *http_limits(cfg), *tls_args(cfg)]
     if spool:  # with HTTPS, gevent's worker with serve's TLS handshakes (gevent_worker.py)
         return ["gleanpipe.wsgi:spool_app", "--worker-class",
@@ -301,6 +302,7 @@ class LocalPipeline:
         cfg = self.config
         self.loader_thread.start()
         env = {**os.environ, **cfg.as_env()}  # each setting as serve took it, flags included
+        env.pop("GUNICORN_CMD_ARGS", None)  # gunicorn's settings are serve's (gunicorn_args), no one else's
         cmd = [sys.executable, "-m", "gunicorn", *gunicorn_args(cfg, spool=isinstance(self.store, SpoolReader)),
                "--bind", f"{in_url(cfg.host)}:{cfg.port}"]
         # gunicorn stops (gracefully) if this process dies, even by SIGKILL: see parent_guard.py.

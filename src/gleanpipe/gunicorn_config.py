@@ -1,0 +1,6 @@
+"""serve's gunicorn configuration file: empty on purpose.
+
+serve gives gunicorn every setting as a command-line flag (serve.gunicorn_args) and names this
+module as its config file, so that gunicorn does not read a ``gunicorn.conf.py`` of the folder
+serve was started from (a user's settings for another app: its hooks, workers, logs).
+"""
