@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -100,6 +101,18 @@ STATEMENT_ERRORS = (duckdb.ProgrammingError, duckdb.DataError, duckdb.NotSupport
 # their words: the first is DuckDB's with autoloading on (gleanpipe's), the second with it off.
 EXTENSION_MISSING = re.compile(r"An error occurred while trying to automatically install the required extension '"
                                r"|[^\n]* requires the extension [^\n]* to be loaded")
+DUCKDB_INSTALL_ADVICE = re.compile(r'^Install it first using "INSTALL (\w+)"\.$', re.M)
+
+
+def extension_unavailable(message: str) -> str:
+    """DuckDB's words for an extension it may not download, with its advice (``INSTALL httpfs``,
+    which gleanpipe's read-only queries refuse) made how to install it for this DuckDB, outside
+    gleanpipe; once installed, DuckDB loads it itself (autoloading is on, only autoinstall is off)."""
+    return DUCKDB_INSTALL_ADVICE.sub(
+        lambda m: (f"gleanpipe never lets DuckDB download an extension and its queries run no INSTALL: "
+                   f"install {m[1]} once (it needs the network) with this Python's DuckDB, "
+                   f"{sys.executable} -c \"import duckdb; duckdb.sql('INSTALL {m[1]}')\", then query again."),
+        message, count=1)
 
 
 class ExtensionUnavailable(QueryFailed):
@@ -718,7 +731,7 @@ class DuckDBWarehouse(Warehouse):
                 raise WriteRefused(f"the warehouse is read-only for queries: {reason}") from None
             except duckdb.Error as exc:
                 if type(exc) is duckdb.Error and EXTENSION_MISSING.match(str(exc)):  # not InternalException...
-                    raise ExtensionUnavailable(str(exc)) from None
+                    raise ExtensionUnavailable(extension_unavailable(str(exc))) from None
                 raise
             finally:
                 cur.abort()  # a result not fetched to its end (the reader stopped early): let it go
