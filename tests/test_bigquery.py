@@ -181,6 +181,98 @@ def test_deletions_made_by_another_instance_are_seen_after_the_refresh(store, bq
         two.close()
 
 
+# The message BigQuery gives when it aborts a DML statement because another one changed the table at
+# the same time (it retries such a statement a few times itself first).
+CONCURRENT_UPDATE_ERROR = "Could not serialize access to table {table} due to concurrent update"
+
+
+def conflict_on(wh: BigQueryWarehouse, statement: str, times: int = 1) -> list[str]:
+    """Fault injection (bqemulator runs one statement at a time, so two never conflict there; on
+    BigQuery two loaders, or a loader and the scheduled `deletions` run, changing
+    _gleanpipe.deletions at once do): the next ``times`` statements starting with ``statement`` raise
+    the BadRequest BigQuery raises for them. Returns the SQL of the statements refused so far."""
+    real, refused = wh.client.query, []
+
+    def query(sql, *args, **kwargs):
+        if sql.startswith(statement) and len(refused) < times:
+            refused.append(sql)
+            raise BadRequest(CONCURRENT_UPDATE_ERROR.format(table=f"{wh.project}:_gleanpipe.deletions"))
+        return real(sql, *args, **kwargs)
+
+    wh.client.query = query
+    return refused
+
+
+def test_a_deletion_request_whose_record_meets_another_loaders_statement_is_retried_as_transient(
+        bq_emulator, bq_warehouse_url, fn_env, monkeypatch, caplog):
+    """The load function records a deletion request with a MERGE into _gleanpipe.deletions, which
+    BigQuery aborts when another instance changes that table at the same moment. Before, that
+    BadRequest left the function as a 500 with a traceback (functions-framework's page), where
+    every other transient trouble is a 503 and one log line; now it is one of those, and the next
+    delivery records the request (once) and carries it out."""
+    from functions_framework import create_app
+
+    from conftest import ROOT
+    from gleanpipe import functions as gp_functions
+    from gleanpipe.storage.local import LocalStore
+    from test_load import storage_event
+
+    monkeypatch.setenv("GLEANPIPE_WAREHOUSE_URL", bq_warehouse_url)  # fn_env cleared GLEANPIPE_*: set again
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_ENDPOINT", bq_emulator.endpoint)
+    monkeypatch.setenv("GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S", "3600")  # stays pending: one DELETE run
+    client = create_app(target="load", source=str(ROOT / "functions" / "main.py"),
+                        signature_type="cloudevent").test_client()
+    store = LocalStore(fn_env / "store")
+    headers, body = storage_event(put_ping(store, make_ping(CLIENT_A)))
+    assert client.post("/", headers=headers, data=body).status_code == 200
+    wh = gp_functions.loader().warehouse
+    refused = conflict_on(wh, "MERGE")
+    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    headers, body = storage_event(deletion)
+    with caplog.at_level("WARNING", logger="gleanpipe.functions"):
+        answer = client.post("/", headers=headers, data=body)
+    assert answer.status_code == 503 and len(refused) == 1
+    [logged] = [r for r in caplog.records if r.name == "gleanpipe.functions"]
+    assert logged.getMessage().startswith(f"load of {deletion} failed, the trigger retries: BigQuery: 400 Could not "
+                                          "serialize access to table"), logged.getMessage()
+    assert "another statement changed the table at the same time" in logged.getMessage()
+    assert logged.exc_info is None
+    assert wh.query("SELECT count(*) FROM _gleanpipe.deletions")[1] == [(0,)]
+
+    headers, body = storage_event(deletion)  # the trigger's next delivery
+    assert client.post("/", headers=headers, data=body).status_code == 200
+    doc = deletion.rsplit("/", 1)[1][:-5]
+    assert wh.query("SELECT document_id, client_id, attempts FROM _gleanpipe.deletions")[1] == [(doc, CLIENT_A, 1)]
+    assert wh.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(0,)]
+
+
+def test_a_deletion_retry_that_meets_another_statement_leaves_that_request_pending_and_tries_the_rest(store, bq):
+    """`gleanpipe deletions` (and the scheduled function) records each attempt with an UPDATE of
+    _gleanpipe.deletions, which BigQuery aborts when a loader records a new request at that moment.
+    Before, that BadRequest ended the whole run (the function answered 500, the requests after it
+    were not tried until the next schedule); now that request stays pending with the reason, and
+    the others are carried out."""
+    loader = Loader(store, bq)
+    loader.load_keys([put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_B))])
+    undo = refuse_deletes_in_streaming_buffer(bq)
+    first = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request", ts="2026-11-23T08:00:00.000000Z")
+    second = put_ping(store, make_ping(CLIENT_B), doc_type="deletion-request", ts="2026-11-23T09:00:00.000000Z")
+    assert loader.load_keys([first, second]).deletions == 2  # both pending: the buffer
+    undo()
+    time.sleep(1.1)  # GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S
+    refused = conflict_on(bq, "UPDATE")
+    one, two = bq.retry_deletions()
+    assert len(refused) == 1
+    assert (one.client_id, one.done) == (CLIENT_A, False)
+    assert one.error.startswith("BigQuery: 400 Could not serialize access to table"), one.error
+    assert (two.client_id, two.done, two.rows_deleted, two.error) == (CLIENT_B, True, 1, None)
+    assert bq.query("SELECT client_id, executed_at IS NULL FROM _gleanpipe.deletions ORDER BY requested_at")[1] == [
+        (CLIENT_A, True), (CLIENT_B, False)]
+    [again] = bq.retry_deletions()  # the next run: no conflict now
+    assert (again.client_id, again.done, again.error) == (CLIENT_A, True, None)
+    assert bq.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(0,)]
+
+
 def refuse_rows(wh: BigQueryWarehouse, bad_ids: set[str], message: str, reason: str = "invalid"):
     """Fault injection: insertAll's per-row refusal, in the shape BigQuery answers it (bqemulator
     answers a bad value with a 500 instead). Rows of a request with a refused row are 'stopped'."""

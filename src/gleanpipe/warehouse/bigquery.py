@@ -174,6 +174,21 @@ def said(exc: BaseException) -> str:
     return f"{code} {first}" if code else first
 
 
+class DMLConflict(WarehouseUnavailable):
+    """BigQuery aborted a DML statement because another one changed the same table at the same
+    time ("Could not serialize access to table ... due to concurrent update", "Transaction is
+    aborted due to concurrent update against table ..."): two loaders recording deletion requests
+    in ``_gleanpipe.deletions`` at once, or a loader beside the scheduled `deletions` run. BigQuery
+    retries such a statement a few times itself and then gives up with a 400; the same statement
+    run again later succeeds, so it is transient, not the statement's fault."""
+
+
+def is_dml_conflict(exc: BaseException) -> bool:
+    from google.api_core import exceptions as gexc
+
+    return isinstance(exc, gexc.BadRequest) and "concurrent update" in str(exc.message).lower()
+
+
 class BigQueryWarehouse(Warehouse):
     def __init__(self, project: str, location: str, config: Config, *, read_only: bool = False, client=None):
         """``config``: its GLEANPIPE_BIGQUERY_* settings."""
@@ -226,6 +241,11 @@ class BigQueryWarehouse(Warehouse):
         except (gexc.RetryError, gexc.ServerError, gexc.TooManyRequests, gexc.Forbidden, gexc.Unauthorized,
                 ConnectionError, TimeoutError) as exc:
             raise WarehouseUnavailable(f"BigQuery: {said(exc)}") from exc
+        except gexc.BadRequest as exc:
+            if is_dml_conflict(exc):  # another statement changed the table meanwhile: run it again later
+                raise DMLConflict(f"BigQuery: {said(exc)} (another statement changed the table at the same "
+                                  "time; tried again later)") from exc
+            raise
         except gexc.NotFound as exc:  # a table or dataset this process knew of was deleted: look again next time
             self._schemas.clear()
             self._datasets.clear()
@@ -566,7 +586,14 @@ class BigQueryWarehouse(Warehouse):
             _, pending = self._guard(self._run, f"SELECT dataset, client_id, document_id, recorded_at FROM "
                                      f"{self._sql_ref(META, 'deletions')} WHERE executed_at IS NULL "
                                      "ORDER BY requested_at, document_id")
-            return [self._guard(self._attempt_deletion, *row.values()) for row in pending]
+            attempts = []
+            for dataset, client_id, document_id, recorded_at in (tuple(row.values()) for row in pending):
+                try:
+                    attempts.append(self._guard(self._attempt_deletion, dataset, client_id, document_id, recorded_at))
+                except DMLConflict as exc:  # this request's statement only: it stays pending, the others go on
+                    log.info("deletion request %s (%s) pending: %s", document_id, dataset, exc)
+                    attempts.append(DeletionAttempt(dataset, client_id, document_id, False, 0, str(exc)))
+            return attempts
 
     # --- reading ------------------------------------------------------------------------
 
