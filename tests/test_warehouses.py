@@ -436,6 +436,44 @@ def test_object_that_cannot_load_goes_to_the_errors_table_until_it_loads(store, 
     assert wh.q("SELECT count(*) FROM _gleanpipe.errors") == [(0,)]
 
 
+def put_with_time(store, doc_type: str, ts) -> str:
+    """A raw object whose metadata line holds ``ts`` as its submission_timestamp (None: no such field)."""
+    path = DocumentPath("org-example-toolbox", doc_type, "1", str(uuid.uuid4()))
+    meta = {"uri": f"/submit/org-example-toolbox/{doc_type}/1/{path.document_id}", "headers": {},
+            "app_id": path.app_id, "doc_type": doc_type, "version": "1", "document_id": path.document_id,
+            "key": path.key}
+    if ts is not None:
+        meta["submission_timestamp"] = ts
+    assert store.put_new(path.key, rawobject.encode(meta, json.dumps(make_ping(CLIENT_A)).encode()))
+    return path.key
+
+
+@pytest.mark.parametrize("ts,says", [
+    (None, "the metadata has no submission_timestamp"),
+    (1764000000, "the metadata's submission_timestamp is not a timestamp with a UTC offset: 1764000000"),
+    ("2026-11-23T08:00:00", 'the metadata\'s submission_timestamp is not a timestamp with a UTC offset: '
+                            '"2026-11-23T08:00:00"')])
+def test_an_object_whose_metadata_has_no_usable_time_is_a_load_error_and_a_deletion_still_deletes(store, wh, ts, says):
+    """Objects not written by the edge (by hand, by another tool) may lack the submission time or
+    hold something else there. Before: no time at all loaded a row with a NULL submission_timestamp
+    (outside every day's partition, first in every dedup view) on both warehouses; and BigQuery's
+    loader failed on a deletion request with anything but a string there (AttributeError: an
+    exception the trigger retried for a day, the deletion never recorded, no load error)."""
+    load(store, wh, put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_B)))
+    baseline = put_with_time(store, "baseline", ts)
+    result = load(store, wh, baseline)
+    assert (result.inserted, result.errors) == (0, 1)
+    assert wh.q(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE submission_timestamp IS NULL") == [(0,)]
+    deletion = put_with_time(store, "deletion-request", ts)
+    result = load(store, wh, deletion)
+    assert (result.deletions, result.errors) == (1, 1)
+    assert wh.q(f"SELECT client_info.client_id FROM {DATASET}.baseline") == [(CLIENT_B,)]
+    assert wh.q("SELECT client_id, requested_at IS NOT NULL FROM _gleanpipe.deletions") == [(CLIENT_A, True)]
+    assert sorted(wh.q("SELECT object_key, error_type, error_message FROM _gleanpipe.errors")) == sorted([
+        (baseline, "raw_object", says),
+        (deletion, "raw_object", f"{says} (the deletion was carried out all the same, from the client id alone)")])
+
+
 @pytest.mark.parametrize("wh", ["duckdb"], indirect=True)
 def test_duckdb_records_an_object_that_fails_again_once(store, wh):
     """An object that cannot load, loaded twice: one row in _gleanpipe.errors, counted once."""

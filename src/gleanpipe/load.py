@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import orjson
 
 from . import rawobject
 from .naming import RESERVED_DOC_TYPES, DocumentPath, parse_key
 from .storage import ObjectMissing, RawStore
-from .transform import DELETION_REQUEST, PingRow, TransformError, transform
+from .transform import DELETION_REQUEST, PingRow, TransformError, submission_time_problem, transform
 from .warehouse import LoadError, RowDataError, Warehouse, WriteResult
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ def failed(key: str, data: bytes, path: DocumentPath, error_type: str, reason: s
 def deletion_only(key: str, data: bytes, path: DocumentPath) -> PingRow | None:
     """For a deletion-request ping whose row cannot be made or stored (a hostile value in some
     field): a row with its client id alone, so the deletion happens all the same. A deletion
-    must not hang on a field it does not need. None for any other ping, or without a client id."""
+    must not hang on a field it does not need: a metadata line without a usable
+    submission_timestamp gives the time of this load instead. None for any other ping, or without
+    a client id."""
     if path.doc_type != DELETION_REQUEST:
         return None
     try:
@@ -99,6 +102,9 @@ def deletion_only(key: str, data: bytes, path: DocumentPath) -> PingRow | None:
         client_id = (orjson.loads(payload).get("client_info") or {}).get("client_id")
         if not isinstance(client_id, str) or not client_id:
             return None
+        if submission_time_problem(meta.get("submission_timestamp")):  # then the request's time is its load's
+            now = datetime.now(timezone.utc).isoformat(timespec="microseconds")[:26] + "Z"
+            meta = {**meta, "submission_timestamp": now}
         row = transform(key, rawobject.encode(meta, orjson.dumps({"client_info": {"client_id": client_id}})), path)
         return dataclasses.replace(row, stripped=True)  # its object's load error stays (see warehouse write)
     except Exception:  # noqa: BLE001 - nothing to delete with: the object's own error is recorded already

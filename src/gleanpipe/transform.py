@@ -237,6 +237,24 @@ def _split_known(section: dict, known: frozenset) -> tuple[dict, dict]:
 
 # --- the transform -------------------------------------------------------------------
 
+# What the edge writes (``2026-11-23T08:00:00.000000Z``), and the other ISO 8601 forms both
+# warehouses read as a point in time: a date, a time to the minute at least, and a UTC offset.
+TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)")
+
+
+def submission_time_problem(value) -> str | None:
+    """Why a raw object's ``submission_timestamp`` (from its metadata line) is not one, or None.
+    The edge always writes one; an object written some other way may lack it or hold anything."""
+    if value is None:
+        return "the metadata has no submission_timestamp"
+    if isinstance(value, str) and TIMESTAMP_RE.fullmatch(value):
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return None
+        except ValueError:
+            pass
+    return f"the metadata's submission_timestamp is not a timestamp with a UTC offset: {str(orjson.dumps(value), 'utf-8')[:60]}"
+
 
 def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRow:
     """Build the row for one raw object. Raises TransformError for objects that cannot load.
@@ -252,6 +270,11 @@ def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRo
             path = parse_segments(meta["app_id"], meta["doc_type"], meta["version"], meta["document_id"])
     except (KeyError, TypeError, PathError) as exc:
         raise TransformError("raw_object", f"bad path metadata: {exc}") from None
+    # before the row: a NULL one made a row outside every day's partition, and BigQuery's loader
+    # failed on anything but a string when it recorded a deletion request (for good: no load error)
+    problem = submission_time_problem(meta.get("submission_timestamp"))
+    if problem:
+        raise TransformError("raw_object", problem)
     try:
         ping = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
