@@ -121,6 +121,28 @@ def test_a_deletion_request_loaded_twice_is_recorded_once(store, bq_warehouse_ur
         wh.close()
 
 
+def test_a_deletion_request_recorded_twice_by_loads_at_the_same_moment_still_loads_and_is_carried_out(store, bq):
+    """Two loads of one deletion request at once can each insert its record (an insert-only MERGE
+    does not see the other's new row; bqemulator runs one statement at a time, so the second record
+    is inserted here by hand). A later load of it, and the retries, still work on both records."""
+    loader = Loader(store, bq)
+    loader.load_keys([put_ping(store, make_ping(CLIENT_A))])
+    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    assert loader.load_keys([deletion]).deletions == 1
+    bq.client.query("INSERT INTO `_gleanpipe`.`deletions` SELECT * FROM `_gleanpipe`.`deletions`").result()
+    assert bq.query("SELECT count(*) FROM _gleanpipe.deletions")[1] == [(2,)]
+    result = loader.load_keys([deletion])  # before: ValueError, too many values to unpack, for ever
+    assert (result.deletions, result.errors) == (1, 0)
+    time.sleep(1.1)  # GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S
+    assert [a.done for a in bq.retry_deletions()] == [True, True]  # one per record: both updated by each
+    records = bq.query("SELECT executed_at IS NOT NULL, attempts FROM _gleanpipe.deletions")[1]
+    assert records == [(True, 4)] * 2  # two loads, then the two retries
+    assert bq.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(0,)]
+    loader.load_keys([deletion])  # carried out: not attempted again
+    assert bq.query("SELECT executed_at IS NOT NULL, attempts FROM _gleanpipe.deletions")[1] == records
+    assert bq.retry_deletions() == []
+
+
 def test_late_ping_from_an_instance_that_did_not_know_yet_is_deleted_by_the_final_run(
         store, bq_warehouse_url, monkeypatch):
     """Instance `two` read the deleted clients before `one` recorded the request, so it still loads

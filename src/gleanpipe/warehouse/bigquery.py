@@ -532,10 +532,14 @@ class BigQueryWarehouse(Warehouse):
         )
         read_at, clients = self._deleted.get(dataset, (time.monotonic(), set()))
         self._deleted[dataset] = (read_at, clients | {r.client_id})
-        [(executed, recorded)] = [tuple(row.values()) for row in self._run(
+        # One record, or more: two loads of one request at the same moment can each insert it (an
+        # insert-only MERGE does not see the other's new row). Carried out if any is; else the
+        # latest record's time is the one its settling counts from.
+        records = [tuple(row.values()) for row in self._run(
             f"SELECT executed_at, recorded_at FROM {deletions} WHERE dataset = ? AND document_id = ?",
             [dataset, r.path.document_id])[1]]
-        if executed is None:
+        if all(executed is None for executed, _ in records):
+            recorded = max((at for _, at in records if at is not None), default=None)
             self._attempt_deletion(dataset, r.client_id, r.path.document_id, recorded)
 
     def _attempt_deletion(self, dataset: str, client_id: str, document_id: str,
