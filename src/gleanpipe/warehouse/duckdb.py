@@ -102,6 +102,11 @@ STATEMENT_ERRORS = (duckdb.ProgrammingError, duckdb.DataError, duckdb.NotSupport
 EXTENSION_MISSING = re.compile(r"An error occurred while trying to automatically install the required extension '"
                                r"|[^\n]* requires the extension [^\n]* to be loaded")
 DUCKDB_INSTALL_ADVICE = re.compile(r'^Install it first using "INSTALL (\w+)"\.$', re.M)
+# DuckDB's words for a write on a file opened read-only (`gleanpipe query` with serve stopped): it
+# checks that before the transaction's own read-only mode, and names the statement's type, which
+# for a DELETE, UPDATE or INSERT inside WITH is "SELECT".
+READ_ONLY_FILE = re.compile(r'Invalid Input Error: Cannot execute statement of type "[^"]*" on database "([^"]*)" '
+                            r'which is attached in read-only mode')
 
 
 def extension_unavailable(message: str) -> str:
@@ -729,6 +734,11 @@ class DuckDBWarehouse(Warehouse):
                     raise
                 reason = str(exc).splitlines()[0].removeprefix("TransactionContext Error: ")
                 raise WriteRefused(f"the warehouse is read-only for queries: {reason}") from None
+            except duckdb.InvalidInputException as exc:  # the same refusal, in the words serve gives it
+                if not (refused := READ_ONLY_FILE.match(str(exc))):
+                    raise
+                raise WriteRefused(f'the warehouse is read-only for queries: Cannot write to database '
+                                   f'"{refused[1]}" - transaction is launched in read-only mode') from None
             except duckdb.Error as exc:
                 if type(exc) is duckdb.Error and EXTENSION_MISSING.match(str(exc)):  # not InternalException...
                     raise ExtensionUnavailable(extension_unavailable(str(exc))) from None
