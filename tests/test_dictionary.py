@@ -265,6 +265,32 @@ def test_apps_add_and_dictionary_build_say_one_of_a_kind_in_the_singular(tmp_pat
     assert built.stdout == f"wrote 10 files to {site}: 1 app, 2 pings, 1 metric; open {site / 'index.html'}\n"
 
 
+def test_dictionary_build_through_serve_over_its_query_limit_says_what_to_do(tmp_path):
+    """`dictionary build` while serve runs reads through serve, which refuses an answer over its
+    GLEANPIPE_QUERY_MAX_BYTES. Before: "the result is over 300 bytes as JSON, the most serve
+    answers (GLEANPIPE_QUERY_MAX_BYTES): add a LIMIT or select fewer columns", for SQL the user
+    never wrote. With serve stopped, as the message says, the build reads the file itself."""
+    from conftest import ServeProcess
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    added = cli(data_dir, "apps", "add", "org.example.toolbox", "--metrics", str(GLEAN / "metrics.yaml"),
+                "--pings", str(GLEAN / "pings.yaml"))
+    assert added.returncode == 0, added.stderr
+    server = ServeProcess(data_dir, env={"GLEANPIPE_QUERY_MAX_BYTES": "300"}).start()
+    try:
+        built = cli(data_dir, "dictionary", "build", "--out", str(tmp_path / "site"))
+    finally:
+        assert server.stop() == 0
+    assert (built.returncode, built.stdout) == (1, "")
+    assert built.stderr == (
+        "Error: the dictionary's data is over 300 bytes as JSON, the most the running serve answers "
+        "(GLEANPIPE_QUERY_MAX_BYTES): restart serve with a higher GLEANPIPE_QUERY_MAX_BYTES, or stop serve and run "
+        "dictionary build again (it then reads the DuckDB file itself, with no such limit)\n")
+    built = cli(data_dir, "dictionary", "build", "--out", str(tmp_path / "site"))
+    assert (built.returncode, built.stderr) == (0, ""), built.stderr
+
+
 class Links(HTMLParser):
     def __init__(self):
         super().__init__()

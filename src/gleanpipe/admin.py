@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import os
 import logging
+import re
 import secrets
 import select
 import socket
@@ -54,6 +55,15 @@ class ServeFailed(ServeError):
 class ResultTooLarge(ServeError):
     """A query's answer is over GLEANPIPE_QUERY_MAX_BYTES: serve answers 413, and the client raises
     this again, so that a caller that can ask for less (explore's pages) knows it from other errors."""
+
+    def for_user_of(self, what: str, command: str) -> "ResultTooLarge":
+        """This refusal in words for the user of ``command`` (explore, the dictionary), who wrote no
+        SQL: what was over, and what to do (serve's own advice, a LIMIT, is no use to them)."""
+        over = re.search(r"over (\d+) bytes", str(self))
+        limit = f"{over[1]} bytes as JSON, the most" if over else "the most"
+        return ResultTooLarge(f"{what} is over {limit} the running serve answers (GLEANPIPE_QUERY_MAX_BYTES): "
+                              f"restart serve with a higher GLEANPIPE_QUERY_MAX_BYTES, or stop serve and run "
+                              f"{command} (it then reads the DuckDB file itself, with no such limit)")
 
 
 class RequestTooLarge(ServeError):

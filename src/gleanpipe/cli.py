@@ -15,7 +15,7 @@ import click
 import orjson
 
 from . import __version__
-from .admin import AdminClient, ServeError
+from .admin import AdminClient, ResultTooLarge, ServeError
 from .config import SETTINGS, Config, SettingError, tls_cert_warning, unknown_settings
 from .jsonvalues import shown_values
 from .output import counted, format_rows, stream_rows
@@ -758,6 +758,8 @@ def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
         counts = build(query, out)
     except OSError as exc:
         raise click.ClickException(f"cannot write {out}: {exc}") from None
+    except ResultTooLarge as exc:  # through serve: serve's advice, a LIMIT, is no use for SQL the user did not write
+        raise click.ClickException(str(exc.for_user_of("the dictionary's data", "dictionary build again"))) from None
     finally:
         close()
     click.echo(f"wrote {counted(counts['files'], 'file')} to {out}: {counted(counts['apps'], 'app')}, "

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -220,14 +219,9 @@ def _named(rel: Relation) -> str:
     return f"the {'view' if rel.is_view else 'table'} {rel.schema}.{rel.name}"
 
 
-def _too_large(what: str, exc: Exception) -> ResultTooLarge:
-    """serve's refusal of an answer over its GLEANPIPE_QUERY_MAX_BYTES, in words for explore's
-    user: what was over, and what to do (serve's own advice, a LIMIT, is no use here)."""
-    over = re.search(r"over (\d+) bytes", str(exc))
-    limit = f"{over[1]} bytes as JSON, the most" if over else "the most"
-    return ResultTooLarge(f"{what} is over {limit} the running serve answers (GLEANPIPE_QUERY_MAX_BYTES): restart "
-                          "serve with a higher GLEANPIPE_QUERY_MAX_BYTES, or stop serve and run explore again (it "
-                          "then reads the DuckDB file itself, with no such limit)")
+def _too_large(what: str, exc: ResultTooLarge) -> ResultTooLarge:
+    """serve's refusal of an answer over its GLEANPIPE_QUERY_MAX_BYTES, in words for explore's user."""
+    return exc.for_user_of(what, "explore again")
 
 
 # --- export --------------------------------------------------------------------------------

@@ -33,7 +33,9 @@ def admin_query(data_dir: Path) -> Callable:
             if client is None:
                 raise Unavailable("the warehouse is not reachable: is `gleanpipe serve` running?")
             return client.query(sql, params)
-        except (QueryRefused, ResultTooLarge, ServeFailed):  # the catalog's query failed, or serve failed
+        except ResultTooLarge as exc:  # as below, in words for a reader who wrote no SQL (not "add a LIMIT")
+            raise exc.for_user_of("this page's data", "`gleanpipe dictionary build`") from None
+        except (QueryRefused, ServeFailed):  # the catalog's query failed, or serve failed
             raise  # on it: a 500 that says why, not "the warehouse is not reachable"
         except (OSError, ServeError) as exc:
             raise Unavailable(f"the warehouse is not reachable: {exc}") from None
