@@ -1327,3 +1327,23 @@ def test_an_unknown_gleanpipe_variable_gets_one_warning_and_changes_nothing(tmp_
     finally:
         assert server.stop() == 0
     assert server.read_log().count("GLEANPIPE_PROT") == 1, server.read_log()
+
+
+def test_query_takes_sql_that_starts_with_a_comment(tmp_path):
+    """SQL that starts with `--` (a .sql file's text, `gleanpipe query "$(cat daily.sql)"`): click read
+    it as an option, "Error: No such option '-- daily users\\nSELECT ...'", exit 2. It is the SQL,
+    wherever it stands among the options; an option of that command is still one."""
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    data = tmp_path / "data"
+    data.mkdir()
+    DuckDBWarehouse(str(data / "warehouse.duckdb")).close()
+    sql = "-- daily users\nSELECT 1 AS one"
+    for args in (["--format", "csv", "--data-dir", str(data), sql], [sql, "--format", "csv", "--data-dir", str(data)],
+                 ["--format=csv", f"--data-dir={data}", sql], ["--format", "csv", "--data-dir", str(data), "--", sql]):
+        out = gleanpipe("query", *args)
+        assert (out.returncode, out.stdout, out.stderr) == (0, "one\n1\n", ""), (args, out.stderr)
+    unknown = gleanpipe("query", "--data-dir", str(data), "--formt", "csv", "SELECT 1")
+    assert unknown.returncode == 2 and "No such option '--formt'. Did you mean '--format'?" in unknown.stderr
+    only = gleanpipe("query", "--data-dir", str(data), "-- nothing but a comment")
+    assert (only.returncode, only.stderr) == (1, "Error: no statement in this SQL: give a SELECT\n")

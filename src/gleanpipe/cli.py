@@ -37,6 +37,26 @@ class SettingOption(click.Option):
         return f"{hint} ({self.envvar})" if isinstance(self.envvar, str) else hint
 
 
+class _SqlCommand(click.Command):
+    """A command whose argument is SQL, which may start with a comment: click reads an argument
+    that starts with "-" as an option, so `gleanpipe query "-- daily users<newline>SELECT ..."` (a
+    .sql file's text, say) was "No such option: -- daily users ...". No option's name holds
+    whitespace, and such SQL does: that argument is taken as the SQL, as after "--"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        options = {name: p.is_flag or p.count for p in self.params if isinstance(p, click.Option)
+                   for name in p.opts + p.secondary_opts} | {name: True for name in self.get_help_option_names(ctx)}
+        for i, arg in enumerate(args):
+            if arg == "--":  # what follows is taken as it is already
+                break
+            takes_value = i > 0 and options.get(args[i - 1]) is False  # `--format X`: X is that option's
+            if (arg.startswith("-") and not takes_value and arg.split("=", 1)[0] not in options
+                    and any(c.isspace() for c in arg)):
+                args = [*args[:i], *args[i + 1:], "--", arg]
+                break
+        return super().parse_args(ctx, args)
+
+
 def _not_empty(ctx, param, value):
     """An empty folder option (an unset shell variable, say) would mean the current folder: refused."""
     if value == "":
@@ -305,7 +325,7 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers, tls_cert, tls
     sys.exit(code)
 
 
-@main.command()
+@main.command(cls=_SqlCommand)
 @DATA_DIR
 @STORE
 @WAREHOUSE
