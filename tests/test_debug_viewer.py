@@ -105,6 +105,7 @@ def test_accepted_and_rejected_debug_pings_are_listed_newest_first(debug_serve):
     tags = api(debug_serve, "tags")
     by_tag = {t["tag"]: t for t in tags["tags"]}
     assert by_tag["tag-a"]["count"] == 2 and by_tag["tag-other"]["count"] == 1
+    assert sorted(by_tag["tag-a"]) == ["count", "latest", "tag", "valid"]  # as README lists them
     assert tags["max_pings_per_tag"] == MAX_PER_TAG and tags["retention_hours"] == 504
     listed = {p["document_id"] for t in by_tag for p in api(debug_serve, f"tags/{t}")["pings"]}
     assert plain_id not in listed and other_id in listed

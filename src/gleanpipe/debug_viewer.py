@@ -131,7 +131,7 @@ class DebugViewer:
     # --- API --------------------------------------------------------------------------
 
     def api_tags(self) -> dict:
-        tags = [{**t, "latest": _iso(t.pop("latest_us"))} for t in self.index.tags()]
+        tags = [{"latest": _iso(t.pop("latest_us")), **t} for t in self.index.tags()]  # popped first
         return {"tags": tags, "max_pings_per_tag": self.index.max_per_tag,
                 "retention_hours": self.index.retention_hours, "poll_ms": POLL_MS, "indexing": self.indexing}
 
