@@ -1063,6 +1063,37 @@ def test_a_content_length_that_is_no_number_of_bytes_is_a_400_at_once_and_no_bod
         server.httpd.shutdown()
 
 
+def test_the_admin_api_answers_json_also_to_what_its_http_server_refuses_itself(tmp_path):
+    """Every admin answer is a JSON object (README), also those http.server gives before any handler:
+    another method than POST (its HTML 501), a header line over its 64 KiB (its HTML 431)."""
+    import socket
+
+    from gleanpipe.admin import AdminServer
+
+    server = AdminServer(status=lambda: {"ok": True}, query=None, load_keys=lambda keys: {}, query_max_bytes=1 << 20)
+    server.start()
+    host, port = server.httpd.server_address[:2]
+    try:
+        answers = []
+        for head in (f"GET /status HTTP/1.1\r\n{TOKEN_HEADER}: {server.token}\r\n",
+                     "DELETE /query HTTP/1.1\r\n", f"POST /status HTTP/1.1\r\nX-Long: {'a' * 70000}\r\n"):
+            with socket.create_connection((host, port), timeout=5) as sock:
+                sock.sendall(f"{head}Host: x\r\n\r\n".encode())
+                got = b""
+                while chunk := sock.recv(65536):
+                    got += chunk
+            top, answered = got.split(b"\r\n\r\n", 1)
+            lines = top.decode().split("\r\n")
+            answers.append((int(lines[0].split()[1]), "Content-Type: application/json" in lines,
+                            [line for line in lines if line.startswith("Allow:")], json.loads(answered)))
+        assert answers == [
+            (405, True, ["Allow: POST"], {"error": "the admin API takes POST only, not GET"}),
+            (405, True, ["Allow: POST"], {"error": "the admin API takes POST only, not DELETE"}),
+            (431, True, [], {"error": "Line too long"})]
+    finally:
+        server.httpd.shutdown()
+
+
 def _raw_post(admin_url: str, path: str, head: str, body: bytes = b"") -> tuple[int, dict, float]:
     """(status, JSON answer, seconds) of one request sent as is on a socket that stays open for
     writing, so that an answer the server gives without reading the body is seen to come at once."""

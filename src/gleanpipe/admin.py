@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -121,6 +122,24 @@ class AdminServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # quiet
                 pass
+
+            def send_error(self, code, message=None, explain=None):
+                """What http.server refuses before any handler runs (another method than POST: its
+                501; a request line or header it cannot read), as JSON like every other answer."""
+                allow = code == HTTPStatus.NOT_IMPLEMENTED and self.command  # a method it has no do_ for
+                if allow:
+                    code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"the admin API takes POST only, not {self.command}"
+                body = dumps({"error": message or HTTPStatus(code).phrase})
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                if allow:
+                    self.send_header("Allow", "POST")
+                self.end_headers()
+                self.close_connection = True
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
             def do_POST(self):
                 with admin._idle:
