@@ -343,6 +343,35 @@ def test_a_large_payload_reports_its_first_error_only() -> None:
                               f"(only the first error is looked for in a payload over {MAX_LISTED_BYTES} bytes)")
 
 
+def test_every_error_is_listed_up_to_exactly_max_listed_bytes() -> None:
+    """README: every schema error is looked for in a payload of up to 64 KiB (MAX_LISTED_BYTES); only
+    a larger one gets its first error alone. The bound itself was not tested: a payload of exactly
+    MAX_LISTED_BYTES bytes passed every test with its errors listed or with only its first."""
+    def doc_of(size: int) -> tuple[dict, int]:
+        doc = {"metrics": {"string_list": {"a.b": [1, 2, ""]}}}
+        pad = size - len(json.dumps(doc, separators=(",", ":")))
+        doc["metrics"]["string_list"]["a.b"][2] = "x" * pad
+        return doc, len(json.dumps(doc, separators=(",", ":")))
+
+    doc, size = doc_of(MAX_LISTED_BYTES)
+    assert size == MAX_LISTED_BYTES
+    errors = validate_ping(doc, size)
+    assert errors == ["metrics.string_list.a.b[0]: 1 is not of type 'string'",
+                      "metrics.string_list.a.b[1]: 2 is not of type 'string'"] and errors.more == ""
+    assert render(errors) == "; ".join(errors)
+    doc, size = doc_of(MAX_LISTED_BYTES + 1)
+    assert size == MAX_LISTED_BYTES + 1
+    errors = validate_ping(doc, size)
+    assert errors == ['metrics.string_list.a.b[0]: 1 is not of type "string"'] and errors.more == "large"
+
+
+def test_render_counts_a_single_error_left_over() -> None:
+    """Eleven errors: ten are shown and "(+1 more)" says so; ten errors need no count."""
+    errors = [f"metrics.counter.m{i}: bad" for i in range(11)]
+    assert render(errors) == "; ".join(errors[:10]) + " (+1 more)"
+    assert render(errors[:10]) == "; ".join(errors[:10])
+
+
 @pytest.mark.parametrize("url, ok", [("database://db.example.com/x", True), ("dataurl:x", True), ("data-sync://x", True),
                                      ("https://example.com/", True), ("data:text/plain,hi", False)])
 def test_only_data_urls_are_refused(url: str, ok: bool) -> None:
