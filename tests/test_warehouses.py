@@ -603,6 +603,9 @@ def test_an_integer_its_column_cannot_hold_as_sent_is_a_load_error_naming_the_fi
             "metrics": {"labeled_counter": {"toolbox.by_tool": {"hammer": 1, "saw": -2**63 - 1}}}},
         "metrics.custom_distribution.toolbox.sizes.values key: 99999999999999999999 is outside": {
             "metrics": {"custom_distribution": {"toolbox.sizes": {"sum": 1, "values": {"99999999999999999999": 1}}}}},
+        # 19 digits, as INT64_MAX has: past the transform's count of digits, to int64's own check of the key
+        "metrics.memory_distribution.toolbox.heap.values key: 9223372036854775808 is outside": {
+            "metrics": {"memory_distribution": {"toolbox.heap": {"sum": 1, "values": {"9223372036854775808": 1}}}}},
         # 4,300 digits or more: int() failed with "Exceeds the limit ... use sys.set_int_max_str_digits()"
         "metrics.labeled_timing_distribution.toolbox.t.values key: 10000000000000000000... (5000 digits) is outside "
         "the 64-bit integer range (-9223372036854775808 to 9223372036854775807)": {
