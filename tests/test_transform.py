@@ -110,3 +110,33 @@ def test_a_date_header_without_a_zone_is_utc_whatever_the_servers_zone(data_dir)
         assert rows == {date: "2026-11-23 09:00:00" for date in dates}
     finally:
         serve.stop()
+
+
+def test_an_object_whose_metadata_names_another_document_gives_the_same_row_with_or_without_its_parsed_key():
+    """transform's ``path`` (the caller's parse of the object's key) only spares parsing the metadata
+    again when the two agree. An object whose metadata names another document (copied in the bucket
+    to another key, say) is read by its metadata either way, and metadata whose path fields do not
+    pass their checks is a raw_object error either way; a shortcut taken on the key alone loaded it
+    under the key's names instead."""
+    import orjson
+
+    from gleanpipe import rawobject
+    from gleanpipe.transform import TransformError, transform
+
+    from conftest import make_ping
+
+    sent = DocumentPath("org-example-toolbox", "metrics", "1", "9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b")
+    copy_key = "raw/org-example-toolbox/baseline/1/0b4c2d1e-9f8a-4b7c-8d6e-5f4a3b2c1d0e.json"
+    meta = {"submission_timestamp": "2026-11-23T08:00:00+00:00", "headers": {}, "key": sent.key,
+            "app_id": sent.app_id, "doc_type": sent.doc_type, "version": sent.version, "document_id": sent.document_id}
+    data = rawobject.encode(meta, orjson.dumps(make_ping()))
+    by_meta, with_key = transform(copy_key, data), transform(copy_key, data, parse_key(copy_key))
+    assert by_meta.path == with_key.path == sent
+    assert by_meta.row_json == with_key.row_json
+    assert orjson.loads(with_key.row_json)["document_id"] == sent.document_id
+
+    bad = rawobject.encode({**meta, "app_id": "../x"}, orjson.dumps(make_ping()))
+    for path in (None, parse_key(copy_key)):
+        with pytest.raises(TransformError) as caught:
+            transform(copy_key, bad, path)
+        assert caught.value.error_type == "raw_object" and str(caught.value).startswith("bad path metadata: app id")
