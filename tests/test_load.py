@@ -24,12 +24,12 @@ CLIENT_B = "0b4c2d1e-9f8a-4b7c-8d6e-5f4a3b2c1d0e"
 
 
 def put_ping(store: LocalStore, ping: dict, doc_type: str = "baseline", document_id: str | None = None,
-             headers: dict | None = None, ts: str = "2026-11-23T08:00:00.000000Z") -> str:
-    path = DocumentPath(APP, doc_type, "1", document_id or str(uuid.uuid4()))
-    meta = {"submission_timestamp": ts, "uri": f"/submit/{APP}/{doc_type}/1/{path.document_id}",
+             headers: dict | None = None, ts: str = "2026-11-23T08:00:00.000000Z", app: str = APP) -> str:
+    path = DocumentPath(app, doc_type, "1", document_id or str(uuid.uuid4()))
+    meta = {"submission_timestamp": ts, "uri": f"/submit/{app}/{doc_type}/1/{path.document_id}",
             "headers": headers or {"date": "Mon, 23 Nov 2026 08:00:00 GMT",
                                    "x_telemetry_agent": "Glean/71.0.0 (python on Linux)"},
-            "app_id": APP, "doc_type": doc_type, "version": "1", "document_id": path.document_id, "key": path.key}
+            "app_id": app, "doc_type": doc_type, "version": "1", "document_id": path.document_id, "key": path.key}
     assert store.put_new(path.key, rawobject.encode(meta, json.dumps(ping).encode()))
     return path.key
 
@@ -775,3 +775,99 @@ def test_a_stored_ping_nested_deeper_than_a_row_can_be_written_says_so(tmp_path)
         }
     finally:
         wh.close()
+
+
+def test_a_metric_id_over_128_characters_as_a_column_goes_to_additional_properties(store, warehouse):
+    """README: an id that makes no column name (over 128 characters, naming.IDENT_RE) goes to
+    additional_properties; one of exactly 128 is a column. The bound was not tested: ids of any
+    length made columns and every test passed."""
+    at = "toolbox." + "a" * 120  # column toolbox_aaa...: 128 characters
+    over = "toolbox." + "b" * 121  # 129
+    ping = make_ping(CLIENT_A, metrics={"counter": {at: 1, over: 2}})
+    result = Loader(store, warehouse).load_keys([put_ping(store, ping)])
+    assert (result.inserted, result.errors) == (1, 0)
+    column = at.replace(".", "_")
+    assert len(column) == 128
+    [(value, extra)] = warehouse.query(
+        f"SELECT metrics.counter.{column}, additional_properties FROM {DATASET}.baseline_v1")[1]
+    assert value == 1
+    assert json.loads(extra or "null") == {"metrics": {"counter": {over: 2}}}
+    assert [c for (c,) in warehouse.query(
+        f"SELECT unnest(struct_keys(metrics.counter)) FROM {DATASET}.baseline_v1 LIMIT 1")[1]] == [column]
+
+
+def test_an_experiment_that_is_no_object_is_kept_in_additional_properties(store, warehouse):
+    """The schema wants each ping_info.experiments value to be an object; one that is not (a raw
+    object from a looser GLEANPIPE_SCHEMA_PATH, or stored before a schema change) makes no row of
+    the experiments column and is kept in additional_properties, as every field without a column is."""
+    ping = make_ping(CLIENT_A)
+    ping["ping_info"]["experiments"] = {"exp-1": {"branch": "control"}, "exp-2": "treatment", "exp-3": None}
+    result = Loader(store, warehouse).load_keys([put_ping(store, ping)])
+    assert (result.inserted, result.errors) == (1, 0)
+    [(experiments, extra)] = warehouse.query(
+        f"SELECT ping_info.experiments, additional_properties FROM {DATASET}.baseline_v1")[1]
+    assert experiments == [{"key": "exp-1", "value": {"branch": "control", "extra": None}}]
+    assert json.loads(extra or "null") == {"ping_info": {"experiments": {"exp-2": "treatment", "exp-3": None}}}
+
+
+def test_an_events_session_is_stored_with_its_fractional_sample_rate(store, warehouse):
+    """An event's session (newer SDKs send it) lands in events[].session, its sample rate a DOUBLE:
+    no test sent one, and a session_sample_rate column of BIGINT refused every such ping."""
+    from gleanpipe.validation import validate_ping
+
+    session = {"session_id": "5d6e7f80-1a2b-4c3d-8e9f-0a1b2c3d4e5f", "session_seq": 3, "event_seq": 7,
+               "session_sample_rate": 0.25, "session_start_time": "2026-11-22T12:00:00.000+00:00"}
+    ping = make_ping(CLIENT_A, events=[{"category": "toolbox", "name": "tool_opened", "timestamp": 5,
+                                        "session": session}])
+    assert validate_ping(ping) == []  # as submit takes it
+    result = Loader(store, warehouse).load_keys([put_ping(store, ping, doc_type="events")])
+    assert (result.inserted, result.errors) == (1, 0)
+    assert warehouse.query(f"SELECT events[1].session FROM {DATASET}.events_v1")[1] == [(session,)]
+
+
+def test_deletion_requests_of_two_apps_with_one_document_id_are_each_recorded(store, tmp_path):
+    """A deletion request is recorded once per (dataset, document_id): loaded again it is not
+    recorded again. Another app's request with the same document id is another request, recorded
+    and carried out in its own dataset, and its record still keeps that app's late pings out after
+    the warehouse is opened again."""
+    other, other_dataset = "org-example-other", "org_example_other"
+    document_id = str(uuid.uuid4())
+    path = tmp_path / "two.duckdb"
+    wh = DuckDBWarehouse(str(path))
+    try:
+        loader = Loader(store, wh)
+        loader.load_keys([put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_A), app=other)])
+        for app in (APP, other):
+            result = loader.load_keys([put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request",
+                                                document_id=document_id, app=app)])
+            assert (result.inserted, result.deletions) == (1, 1)
+        assert sorted(wh.query("SELECT dataset, client_id, document_id, rows_deleted FROM _gleanpipe.deletions")[1]) == [
+            (other_dataset, CLIENT_A, document_id, 1), (DATASET, CLIENT_A, document_id, 1)]
+    finally:
+        wh.close()
+    wh = DuckDBWarehouse(str(path))
+    try:
+        late = Loader(store, wh).load_keys([put_ping(store, make_ping(CLIENT_A, seq=1), app=other)])
+        assert (late.skipped_deleted, late.inserted) == (1, 0)
+        assert wh.query(f"SELECT count(*) FROM {other_dataset}.baseline_v1")[1] == [(0,)]
+    finally:
+        wh.close()
+
+
+def test_a_ping_tables_columns_are_the_readmes_in_its_order(store, warehouse):
+    """README, "Table layout": the columns of a ping table, in Mozilla's order (``metrics`` comes
+    last in DuckDB, added with the first metric). Nothing compared the two."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("The columns follow Mozilla's layout:\n", 1)[1].split("\n\n", 1)[0]
+    documented = [name for line in table.splitlines()[2:] for name in re.findall(r"`([^`]+)`", line.split("|")[1])]
+    assert "metrics.<type>.<category_name>" in documented
+    Loader(store, warehouse).load_keys([put_ping(store, make_ping(CLIENT_A, metrics={"counter": {"toolbox.n": 1}}))])
+    columns = [c for (c,) in warehouse.query(
+        "SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = 'baseline_v1' "
+        "ORDER BY column_index", [DATASET])[1]]
+    assert columns[-1] == "metrics"
+    assert columns[:-1] == [c for c in documented if c != "metrics.<type>.<category_name>"] == [
+        "submission_timestamp", "document_id", "sample_id", "normalized_channel", "normalized_os",
+        "normalized_os_version", "client_info", "ping_info", "metadata", "events", "additional_properties"]
