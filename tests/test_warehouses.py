@@ -606,8 +606,12 @@ def test_an_integer_its_column_cannot_hold_as_sent_is_a_load_error_naming_the_fi
         # 19 digits, as INT64_MAX has: past the transform's count of digits, to int64's own check of the key
         "metrics.memory_distribution.toolbox.heap.values key: 9223372036854775808 is outside": {
             "metrics": {"memory_distribution": {"toolbox.heap": {"sum": 1, "values": {"9223372036854775808": 1}}}}},
-        # 4,300 digits or more: int() failed with "Exceeds the limit ... use sys.set_int_max_str_digits()"
-        "metrics.labeled_timing_distribution.toolbox.t.values key: 10000000000000000000... (5000 digits) is outside "
+        "metrics.labeled_memory_distribution.toolbox.heap['b'].values key: 9223372036854775808 is outside": {
+            "metrics": {"labeled_memory_distribution": {"toolbox.heap": {
+                "a": {"sum": 1, "values": {"1": 1}}, "b": {"sum": 1, "values": {"9223372036854775808": 1}}}}}},
+        # 4,300 digits or more: int() failed with "Exceeds the limit ... use sys.set_int_max_str_digits()". The
+        # label is named, as for a key of 19 digits (before: "toolbox.t.values key", a field a labeled one has not)
+        "metrics.labeled_timing_distribution.toolbox.t['a'].values key: 10000000000000000000... (5000 digits) is outside "
         "the 64-bit integer range (-9223372036854775808 to 9223372036854775807)": {
             "metrics": {"labeled_timing_distribution": {"toolbox.t": {"a": {"sum": 1, "values": {"1" + "0" * 4999: 1}}}}}},
         "metrics.rate.toolbox.hits.denominator: 1.5 is not a whole number": {

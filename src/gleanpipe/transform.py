@@ -172,7 +172,10 @@ def _labeled(convert):
         out = []
         for k, v in value.items():
             left: dict = {}
-            out.append({"key": k, "value": convert(v, left)})
+            try:
+                out.append({"key": k, "value": convert(v, left)})
+            except NotInt64 as exc:  # the label named as int64 names it: [label].values key
+                raise NotInt64(f"[{k!r}].{exc}") from None
             if left:
                 leftovers[k] = left
         return out
@@ -407,8 +410,9 @@ def _metrics(metrics: dict, additional: dict) -> tuple[dict[str, dict], dict[str
             leftovers: dict = {}
             try:
                 columns[col] = convert(value, leftovers)
-            except NotInt64 as exc:
-                raise NotInt64(f"metrics.{metric_type}.{metric_id}.{exc}") from None
+            except NotInt64 as exc:  # where in the value (values key, or [label].values key) and why
+                rest = str(exc)
+                raise NotInt64(f"metrics.{metric_type}.{metric_id}{'' if rest.startswith('[') else '.'}{rest}") from None
             if METRIC_INTS[metric_type]:
                 METRIC_INTS[metric_type](columns[col], f"metrics.{metric_type}.{metric_id}")
             if leftovers:
