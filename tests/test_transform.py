@@ -55,6 +55,8 @@ def test_normalized_channel(raw, expected):
     ("Windows_NT", "Windows"), ("WINNT", "Windows"), ("Darwin", "Mac"), ("Linux", "Linux"),
     ("FreeBSD", "Linux"), ("SunOS", "Linux"), ("iOS", "iOS"), ("iPhone OS", "iOS"), ("Android", "Android"),
     ("Plan9", "Other"), (None, "Other"),
+    # Mozilla's rules match the start of the name: a version after it keeps its family
+    ("Darwin 23.1.0", "Mac"), ("Android 14", "Android"), ("iOS 17.1", "iOS"), ("Windows 11", "Windows"),
 ])
 def test_normalized_os(raw, expected):
     assert normalize_os(raw) == expected

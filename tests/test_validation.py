@@ -295,6 +295,14 @@ def test_render_caps_length_keeping_suffix() -> None:
     assert len(text) == 1024 and text.endswith("... (+9 more)")
 
 
+def test_render_counts_an_error_that_ends_right_at_the_cut_as_shown() -> None:
+    """An error that ends exactly where the 1024 characters are cut is shown whole: only the one
+    after it is counted in "(+N more)" (counting it too passed every test)."""
+    errors = ["a" * 1011, "b" * 20]
+    assert PingValidator.render(errors) == "a" * 1011 + "... (+1 more)"
+    assert len(PingValidator.render(errors)) == 1024
+
+
 def test_default_validator_is_built_once_and_judges_pings() -> None:
     # built once per process (compiling the schema is the dear part), and it is the real schema's
     assert default_validator() is default_validator()
