@@ -44,13 +44,13 @@ def call(client, method="POST"):
     return resp.status_code, orjson.loads(resp.data), resp.headers["Content-Type"]
 
 
-def record_pending(path, client_id: str, document_id: str) -> None:
+def record_pending(path, client_id: str, document_id: str, dataset: str = DATASET) -> None:
     """A pending request as BigQuery's loader records it (its MERGE: not executed, no attempt yet).
     DuckDB carries a deletion out inside the load, so it never leaves one pending itself."""
     con = duckdb.connect(str(path))
     try:
         con.execute("INSERT INTO _gleanpipe.deletions (dataset, client_id, document_id, requested_at, recorded_at, "
-                    "rows_deleted, attempts) VALUES (?, ?, ?, now(), now(), 0, 0)", [DATASET, client_id, document_id])
+                    "rows_deleted, attempts) VALUES (?, ?, ?, now(), now(), 0, 0)", [dataset, client_id, document_id])
     finally:
         con.close()
 
@@ -95,6 +95,38 @@ def test_a_pending_deletion_is_carried_out_and_the_answer_summarises_it(deletion
     # The next scheduled run finds nothing to do.
     assert call(deletions_fn)[:2] == (200, {"warehouse": f"duckdb://{path}", "carried_out": 0, "still_pending": 0,
                                             "rows_deleted": 0, "requests": []})
+
+
+
+def test_pending_deletions_of_two_apps_with_one_document_id_each_update_their_own_record(tmp_path):
+    """retry_deletions carries out each pending request and updates its record, found by dataset
+    and document id: a request of another app with the same document id is another record, with
+    its own rows deleted and its own attempt. Before this test, an update by document id alone
+    passed every test (notes/mut26.tsv D21)."""
+    other, other_dataset = "org-example-other", "org_example_other"
+    document_id = "5e1d0c2a-0000-4000-8000-00000000d0c2"
+    path = tmp_path / "warehouse.duckdb"
+    store = LocalStore(tmp_path / "store")
+    wh = open_warehouse(f"duckdb://{path}")
+    try:
+        Loader(store, wh).load_keys([put_ping(store, make_ping(CLIENT_A)), put_ping(store, make_ping(CLIENT_A, seq=1)),
+                                     put_ping(store, make_ping(CLIENT_A), app=other),
+                                     put_ping(store, make_ping(CLIENT_B), app=other)])
+    finally:
+        wh.close()
+    record_pending(path, CLIENT_A, document_id)
+    record_pending(path, CLIENT_A, document_id, dataset=other_dataset)
+    wh = open_warehouse(f"duckdb://{path}")
+    try:
+        done = wh.retry_deletions()
+        assert sorted((a.dataset, a.document_id, a.done, a.rows_deleted) for a in done) == [
+            (other_dataset, document_id, True, 1), (DATASET, document_id, True, 2)]
+        assert sorted(wh.query("SELECT dataset, rows_deleted, attempts, executed_at IS NOT NULL "
+                               "FROM _gleanpipe.deletions")[1]) == [(other_dataset, 1, 1, True), (DATASET, 2, 1, True)]
+        assert wh.query(f"SELECT client_info.client_id FROM {other_dataset}.baseline_v1")[1] == [(CLIENT_B,)]
+        assert wh.query(f"SELECT count(*) FROM {DATASET}.baseline_v1")[1] == [(0,)]
+    finally:
+        wh.close()
 
 
 def test_only_post_is_accepted(deletions_fn, duckdb_with_a_pending_deletion):

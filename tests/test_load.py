@@ -206,6 +206,18 @@ def test_error_area_and_foreign_objects_are_ignored(load_client, fn_store):
     assert functions.loader().warehouse.status()["tables"] == []
 
 
+
+def test_a_loads_counts_say_how_many_keys_were_ignored_and_how_many_were_missing(store, warehouse):
+    """LoadResult.as_dict, what `gleanpipe replay`, serve's admin /load and the load function's log
+    give: keys outside raw/ are ignored, a raw key whose object is not there is missing (serve's
+    loader keeps its receipt for a while). Nothing told the two counts apart."""
+    present = put_ping(store, make_ping(CLIENT_A))
+    absent = DocumentPath(APP, "baseline", "1", str(uuid.uuid4())).key
+    counts = Loader(store, warehouse).load_keys(
+        [present, absent, "errors/2026-11-23/json/x.json", "something/else.txt"]).as_dict()
+    assert counts == {"inserted": 1, "duplicates": 0, "skipped_deleted": 0, "events": 0, "deletions": 0, "errors": 0,
+                      "ignored": 2, "missing": 1}
+
 def test_object_that_cannot_transform_goes_to_errors_table(load_client, fn_store):
     path = DocumentPath(APP, "baseline", "1", str(uuid.uuid4()))
     fn_store.put_new(path.key, b"this is not a raw object")
