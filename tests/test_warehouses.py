@@ -437,14 +437,16 @@ def test_object_that_cannot_load_goes_to_the_errors_table_until_it_loads(store, 
 
 
 def put_with_time(store, doc_type: str, ts) -> str:
-    """A raw object whose metadata line holds ``ts`` as its submission_timestamp (None: no such field)."""
+    """A raw object whose metadata line holds ``ts`` as its submission_timestamp (None: no such field;
+    bytes: that JSON text, which orjson may not write itself)."""
     path = DocumentPath("org-example-toolbox", doc_type, "1", str(uuid.uuid4()))
     meta = {"uri": f"/submit/org-example-toolbox/{doc_type}/1/{path.document_id}", "headers": {},
             "app_id": path.app_id, "doc_type": doc_type, "version": "1", "document_id": path.document_id,
             "key": path.key}
     if ts is not None:
-        meta["submission_timestamp"] = ts
-    assert store.put_new(path.key, rawobject.encode(meta, json.dumps(make_ping(CLIENT_A)).encode()))
+        meta["submission_timestamp"] = "@TS@" if isinstance(ts, bytes) else ts
+    data = rawobject.encode(meta, json.dumps(make_ping(CLIENT_A)).encode())
+    assert store.put_new(path.key, data.replace(b'"@TS@"', ts, 1) if isinstance(ts, bytes) else data)
     return path.key
 
 
@@ -452,7 +454,14 @@ def put_with_time(store, doc_type: str, ts) -> str:
     (None, "the metadata has no submission_timestamp"),
     (1764000000, "the metadata's submission_timestamp is not a timestamp with a UTC offset: 1764000000"),
     ("2026-11-23T08:00:00", 'the metadata\'s submission_timestamp is not a timestamp with a UTC offset: '
-                            '"2026-11-23T08:00:00"')])
+                            '"2026-11-23T08:00:00"'),
+    # a point in time before 0001-01-01 UTC (or after 9999-12-31): BigQuery's loader raised OverflowError
+    # on such a deletion request (its MERGE's TIMESTAMP parameter), a 500 the trigger retried for a day
+    ("0001-01-01T00:30:00+01:00", "the metadata's submission_timestamp is before 0001-01-01 or after 9999-12-31 "
+                                  "in UTC: 0001-01-01T00:30:00+01:00"),
+    # nested deeper than orjson writes: its error message raised TypeError out of the load
+    (b"[" * 300 + b"]" * 300, "the metadata's submission_timestamp is not a timestamp with a UTC offset: "
+                              "a JSON array nested too deep to show")])
 def test_an_object_whose_metadata_has_no_usable_time_is_a_load_error_and_a_deletion_still_deletes(store, wh, ts, says):
     """Objects not written by the edge (by hand, by another tool) may lack the submission time or
     hold something else there. Before: no time at all loaded a row with a NULL submission_timestamp

@@ -252,11 +252,20 @@ def submission_time_problem(value) -> str | None:
         return "the metadata has no submission_timestamp"
     if isinstance(value, str) and TIMESTAMP_RE.fullmatch(value):
         try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return None
+            at = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            pass
-    return f"the metadata's submission_timestamp is not a timestamp with a UTC offset: {str(orjson.dumps(value), 'utf-8')[:60]}"
+            at = None
+        if at is not None:
+            try:  # BigQuery's TIMESTAMP (and Python's datetime) holds 0001-01-01..9999-12-31 in UTC
+                at.astimezone(timezone.utc)
+                return None
+            except OverflowError:
+                return f"the metadata's submission_timestamp is before 0001-01-01 or after 9999-12-31 in UTC: {value}"
+    try:
+        shown = str(orjson.dumps(value), "utf-8")[:60]
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
+        shown = f"a JSON {'array' if isinstance(value, list) else 'object'} nested too deep to show"
+    return f"the metadata's submission_timestamp is not a timestamp with a UTC offset: {shown}"
 
 
 def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRow:
