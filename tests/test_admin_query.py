@@ -1090,6 +1090,18 @@ def test_the_admin_api_answers_json_also_to_what_its_http_server_refuses_itself(
             (405, True, ["Allow: POST"], {"error": "the admin API takes POST only, not GET"}),
             (405, True, ["Allow: POST"], {"error": "the admin API takes POST only, not DELETE"}),
             (431, True, [], {"error": "Line too long"})]
+        # HEAD: the same head (its Content-Length the body's a GET gets), and no body
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"HEAD /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+        top, answered = got.split(b"\r\n\r\n", 1)
+        lines = top.decode().split("\r\n")
+        assert (lines[0], answered) == ("HTTP/1.0 405 Method Not Allowed", b"")
+        length = len(json.dumps({"error": "the admin API takes POST only, not HEAD"}, separators=(",", ":")))
+        assert {"Allow: POST", "Content-Type: application/json", "Connection: close",
+                f"Content-Length: {length}"} <= set(lines)
     finally:
         server.httpd.shutdown()
 

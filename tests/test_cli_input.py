@@ -1347,3 +1347,23 @@ def test_query_takes_sql_that_starts_with_a_comment(tmp_path):
     assert unknown.returncode == 2 and "No such option '--formt'. Did you mean '--format'?" in unknown.stderr
     only = gleanpipe("query", "--data-dir", str(data), "-- nothing but a comment")
     assert (only.returncode, only.stderr) == (1, "Error: no statement in this SQL: give a SELECT\n")
+
+
+def test_query_tells_an_options_value_from_sql_that_starts_with_a_comment(tmp_path):
+    """What query's parser takes as the SQL (an argument that starts with "-" and holds whitespace)
+    is not an option's value: not `--opt=value` with whitespace in the value (a data dir with a
+    space), nor the value after an option that takes one, even when that starts with "-" and holds
+    whitespace (then it is that option's value, refused in that option's words)."""
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    data = tmp_path / "my data"
+    data.mkdir()
+    DuckDBWarehouse(str(data / "warehouse.duckdb")).close()
+    sql = "-- daily users\nSELECT 1 AS one"
+    for args in ([f"--data-dir={data}", "--format=csv", sql], [sql, f"--data-dir={data}", "--format", "csv"]):
+        out = gleanpipe("query", *args)
+        assert (out.returncode, out.stdout, out.stderr) == (0, "one\n1\n", ""), (args, out.stderr)
+    value = gleanpipe("query", "--data-dir", str(data), "--warehouse-url", "-- not a url", "SELECT 1")
+    assert value.returncode == 2 and value.stderr.endswith(
+        "Error: GLEANPIPE_WAREHOUSE_URL (--warehouse-url): warehouse URL must look like duckdb://PATH or "
+        "bigquery://PROJECT/LOCATION, got '-- not a url'\n"), value.stderr
