@@ -143,6 +143,29 @@ def test_a_deletion_request_recorded_twice_by_loads_at_the_same_moment_still_loa
     assert bq.retry_deletions() == []
 
 
+def test_a_deletion_request_recorded_twice_settles_from_its_latest_record_and_is_done_once_either_is(store, bq):
+    """Of a request's two records (two loads at the same moment), a later load settles it from the
+    latest one (the later loader's deleted clients may be the last ones re-read), and does not
+    attempt it again once either record says it was carried out: the other is for `deletions`."""
+    loader = Loader(store, bq)
+    loader.load_keys([put_ping(store, make_ping(CLIENT_A))])
+    deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    assert loader.load_keys([deletion]).deletions == 1  # recorded now: pending (settles in 1 s)
+    bq.client.query("INSERT INTO `_gleanpipe`.`deletions` SELECT dataset, client_id, document_id, requested_at, "
+                    "executed_at, rows_deleted, attempts, last_error, TIMESTAMP_ADD(recorded_at, INTERVAL 1 HOUR) "
+                    "FROM `_gleanpipe`.`deletions`").result()  # the other loader's record, an hour later
+    time.sleep(1.1)  # GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S after the first record, not after the second
+    loader.load_keys([deletion])
+    records = bq.query("SELECT executed_at IS NULL, attempts, last_error FROM _gleanpipe.deletions")[1]
+    assert [(pending, attempts) for pending, attempts, _ in records] == [(True, 2)] * 2
+    assert all(error.startswith("rows deleted; to run again from 1 s after the request") for *_, error in records)
+    bq.client.query("UPDATE `_gleanpipe`.`deletions` SET executed_at = CURRENT_TIMESTAMP() "
+                    "WHERE recorded_at = (SELECT MIN(recorded_at) FROM `_gleanpipe`.`deletions`)").result()
+    loader.load_keys([deletion])  # one record carried out: the load leaves the request alone
+    assert sorted(bq.query("SELECT executed_at IS NULL, attempts FROM _gleanpipe.deletions")[1]) == [
+        (False, 2), (True, 2)]
+
+
 def test_late_ping_from_an_instance_that_did_not_know_yet_is_deleted_by_the_final_run(
         store, bq_warehouse_url, monkeypatch):
     """Instance `two` read the deleted clients before `one` recorded the request, so it still loads
@@ -223,6 +246,23 @@ def conflict_on(wh: BigQueryWarehouse, statement: str, times: int = 1) -> list[s
 
     wh.client.query = query
     return refused
+
+
+@pytest.mark.parametrize("message,conflict", [
+    # BigQuery's two wordings (kafka-connect-bigquery#279 and m-lab/etl-gardener#272; dlt#2892 and
+    # estuary/connectors#111), both a 400 "invalidQuery"
+    ("Could not serialize access to table p:_gleanpipe.deletions due to concurrent update", True),
+    ("Query error: Transaction is aborted due to concurrent update against table p:_gleanpipe.deletions. "
+     "Transaction ID: 61e30eea-0000-2dab-8e60-94eb2c1b1a92 at [1:1]", True),
+    ("UPDATE/MERGE must match at most one source row for each target row", False),
+    ("Syntax error: Unexpected keyword UPDATE at [1:1]", False)])
+def test_both_of_bigquerys_wordings_of_a_dml_conflict_and_no_other_400_are_transient(message, conflict):
+    from google.api_core.exceptions import Conflict
+
+    from gleanpipe.warehouse.bigquery import is_dml_conflict
+
+    assert is_dml_conflict(BadRequest(message)) is conflict
+    assert is_dml_conflict(Conflict(message)) is False  # a 409 (a job id or table already there) is none
 
 
 def test_a_deletion_request_whose_record_meets_another_loaders_statement_is_retried_as_transient(

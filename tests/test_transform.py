@@ -142,3 +142,27 @@ def test_an_object_whose_metadata_names_another_document_gives_the_same_row_with
         with pytest.raises(TransformError) as caught:
             transform(copy_key, bad, path)
         assert caught.value.error_type == "raw_object" and str(caught.value).startswith("bad path metadata: app id")
+
+
+@pytest.mark.parametrize("value", [
+    "2026-11-23T08:00:00.000000Z",  # what the edge writes, and always has
+    "2026-11-23T08:00:00Z", "2026-11-23T08:00Z", "2026-11-23 08:00:00.5+00:00", "2026-11-23T09:30:00+01:30",
+    "2026-11-23T08:00:00-0500", "2026-11-23T08:00:00+05", "9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00Z"])
+def test_a_submission_timestamp_both_warehouses_read_as_a_point_in_time_is_one(value):
+    from gleanpipe.transform import submission_time_problem
+
+    assert submission_time_problem(value) is None
+
+
+@pytest.mark.parametrize("value,why", [
+    ("2026-11-23T08:00:00.000000", "no UTC offset"), ("2026-11-23", "a date alone"),
+    ("2026-11-23T08Z", "no minutes"), ("2026-11-23T08:00:00.1234567Z", "more than microseconds (BigQuery's most)"),
+    ("2026-02-30T08:00:00Z", "no such day"), ("2026-11-23T24:00:00Z", "no such hour"),
+    ("2026-11-23T08:00:00Z ", "anything after it"), (" 2026-11-23T08:00:00Z", "anything before it"),
+    ("2026-11-23T08:00:00+24:00", "no such offset"), ("2026-11-23T08:00:00+05:30:15", "an offset with seconds"), ("9999-12-31T23:00:00-01:00", "after 9999-12-31 in UTC"),
+    ("\u0662\u0660\u0662\u0666-11-23T08:00:00Z", "digits that are not ASCII"), ("", "empty"), (True, "a boolean")])
+def test_a_submission_timestamp_that_is_no_point_in_time_both_warehouses_read_is_refused(value, why):
+    from gleanpipe.transform import submission_time_problem
+
+    problem = submission_time_problem(value)
+    assert problem is not None and problem.startswith("the metadata's submission_timestamp is "), (why, problem)
