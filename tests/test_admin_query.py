@@ -7,6 +7,7 @@ import decimal
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -1221,7 +1222,7 @@ def test_a_query_needing_a_duckdb_extension_it_does_not_have_is_the_requests_400
     words = [said.replace(f'Install it first using "INSTALL {name}".',
                           "gleanpipe never lets DuckDB download an extension and its queries run no INSTALL: "
                           f"install {name} once (it needs the network) with this Python's DuckDB, "
-                          f"{sys.executable} -c \"import duckdb; duckdb.sql('INSTALL {name}')\", then query again.")
+                          f"{shlex.quote(sys.executable)} -c \"import duckdb; duckdb.sql('INSTALL {name}')\", then query again.")
              for said, name in zip(duckdb_says, names)]
     assert all(ours != its for ours, its in zip(words, duckdb_says))  # its advice was there to replace
 

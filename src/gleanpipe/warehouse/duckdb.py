@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -116,7 +117,8 @@ def extension_unavailable(message: str) -> str:
     return DUCKDB_INSTALL_ADVICE.sub(
         lambda m: (f"gleanpipe never lets DuckDB download an extension and its queries run no INSTALL: "
                    f"install {m[1]} once (it needs the network) with this Python's DuckDB, "
-                   f"{sys.executable} -c \"import duckdb; duckdb.sql('INSTALL {m[1]}')\", then query again."),
+                   f"{shlex.quote(sys.executable)} -c \"import duckdb; duckdb.sql('INSTALL {m[1]}')\", then query "
+                   "again."),
         message, count=1)
 
 
