@@ -254,9 +254,16 @@ def conflict_on(wh: BigQueryWarehouse, statement: str, times: int = 1) -> list[s
     ("Could not serialize access to table p:_gleanpipe.deletions due to concurrent update", True),
     ("Query error: Transaction is aborted due to concurrent update against table p:_gleanpipe.deletions. "
      "Transaction ID: 61e30eea-0000-2dab-8e60-94eb2c1b1a92 at [1:1]", True),
+    # too many at once (m-lab/etl-gardener#293: a 400 "resourcesExceeded"; dlt#161: a 400 when it is
+    # not the 403 rate limit, which is transient as a Forbidden already)
+    ("Resources exceeded during query execution: Too many DML statements outstanding against table "
+     "p:_gleanpipe.errors, limit is 20", True),
+    ("Exceeded rate limits: too many table update operations for this table. For more information, see "
+     "https://cloud.google.com/bigquery/troubleshooting-errors", True),
+    ("Resources exceeded during query execution: The query could not be executed in the allotted memory", False),
     ("UPDATE/MERGE must match at most one source row for each target row", False),
     ("Syntax error: Unexpected keyword UPDATE at [1:1]", False)])
-def test_both_of_bigquerys_wordings_of_a_dml_conflict_and_no_other_400_are_transient(message, conflict):
+def test_bigquerys_wordings_of_a_dml_conflict_or_too_many_at_once_and_no_other_400_are_transient(message, conflict):
     from google.api_core.exceptions import Conflict
 
     from gleanpipe.warehouse.bigquery import is_dml_conflict

@@ -175,18 +175,36 @@ def said(exc: BaseException) -> str:
 
 
 class DMLConflict(WarehouseUnavailable):
-    """BigQuery aborted a DML statement because another one changed the same table at the same
-    time ("Could not serialize access to table ... due to concurrent update", "Transaction is
-    aborted due to concurrent update against table ..."): two loaders recording deletion requests
-    in ``_gleanpipe.deletions`` at once, or a loader beside the scheduled `deletions` run. BigQuery
-    retries such a statement a few times itself and then gives up with a 400; the same statement
-    run again later succeeds, so it is transient, not the statement's fault."""
+    """BigQuery refused a statement for what other statements do on the same table at the same
+    time, not for the statement itself (a 400 all the same; ``DML_CONFLICTS``): it aborted it
+    because another one changed the table ("Could not serialize access to table ... due to
+    concurrent update", "Transaction is aborted due to concurrent update against table ..."; two
+    loaders recording deletion requests in ``_gleanpipe.deletions`` at once, or a loader beside
+    the scheduled `deletions` run), or too many run or change it at once ("Too many DML
+    statements outstanding against table ..., limit is 20", "Exceeded rate limits: too many table
+    update operations for this table"). The same statement run again later succeeds: transient."""
+
+
+# BigQuery's words for those refusals (lower case), and what gleanpipe adds to them.
+DML_CONFLICTS = {
+    "concurrent update": "another statement changed the table at the same time",
+    "too many dml statements outstanding": "more statements on the table at once than BigQuery runs",
+    "too many table update operations": "more changes to the table than BigQuery's rate limit takes",
+}
+
+
+def dml_conflict(exc: BaseException) -> str | None:
+    """What the refusal ``exc`` was, in gleanpipe's words, when it is one of ``DML_CONFLICTS``."""
+    from google.api_core import exceptions as gexc
+
+    if not isinstance(exc, gexc.BadRequest):
+        return None
+    said_lower = str(exc.message).lower()
+    return next((why for words, why in DML_CONFLICTS.items() if words in said_lower), None)
 
 
 def is_dml_conflict(exc: BaseException) -> bool:
-    from google.api_core import exceptions as gexc
-
-    return isinstance(exc, gexc.BadRequest) and "concurrent update" in str(exc.message).lower()
+    return dml_conflict(exc) is not None
 
 
 class BigQueryWarehouse(Warehouse):
@@ -242,9 +260,9 @@ class BigQueryWarehouse(Warehouse):
                 ConnectionError, TimeoutError) as exc:
             raise WarehouseUnavailable(f"BigQuery: {said(exc)}") from exc
         except gexc.BadRequest as exc:
-            if is_dml_conflict(exc):  # another statement changed the table meanwhile: run it again later
-                raise DMLConflict(f"BigQuery: {said(exc)} (another statement changed the table at the same "
-                                  "time; tried again later)") from exc
+            why = dml_conflict(exc)
+            if why:  # other statements on the table meanwhile, not this one's fault: run it again later
+                raise DMLConflict(f"BigQuery: {said(exc)} ({why}; tried again later)") from exc
             raise
         except gexc.NotFound as exc:  # a table or dataset this process knew of was deleted: look again next time
             self._schemas.clear()
