@@ -779,6 +779,43 @@ def test_a_deletion_request_loaded_again_after_it_was_carried_out_is_not_run_aga
     assert bq.retry_deletions() == []
 
 
+def test_a_query_naming_a_table_or_dataset_bigquery_does_not_have_says_what_it_has(store, bq):
+    """As on DuckDB (missing_table): the README's baseline query right after a metrics ping got
+    BigQuery's bare "Not found"; it now also says when a table is made and what the dataset has."""
+    from gleanpipe.warehouse.base import QueryFailed
+
+    Loader(store, bq).load_keys([put_ping(store, make_ping(CLIENT_A), doc_type="metrics")])
+    said = {}
+    for sql in (f"SELECT count(*) FROM {DATASET}.baseline", "SELECT * FROM nowhere.metrics",
+                f"SELECT nope FROM {DATASET}.metrics"):
+        with pytest.raises(QueryFailed) as refused:
+            bq.read_query(sql)
+        said[sql] = str(refused.value)
+    has = "daily_active_clients, events_daily, metric_daily, metrics, metrics_v1"
+    first, hint = said[f"SELECT count(*) FROM {DATASET}.baseline"].split("\n\n")
+    # (bqemulator writes project.dataset.table; BigQuery project:dataset.table: missing_table reads both)
+    assert first.startswith(f"BigQuery: 404 Not found: Table {bq.project}.{DATASET}.baseline was not found")
+    assert hint == (f"{DATASET} has no table or view baseline yet: a ping's table and its view are made when the "
+                    f"first ping of that type is loaded. {DATASET} has: {has}.")
+    first, hint = said["SELECT * FROM nowhere.metrics"].split("\n\n")
+    assert first.startswith(f"BigQuery: 404 Not found: Dataset {bq.project}:nowhere was not found")
+    assert hint == ("There is no dataset nowhere: an app's dataset is made when its first ping is loaded, named "
+                    f"after the app id with dots and dashes as underscores. Datasets: {DATASET}.")
+    assert "\n" not in said[f"SELECT nope FROM {DATASET}.metrics"]  # not a missing table: BigQuery's words alone
+
+
+@pytest.mark.parametrize("message,missing", [
+    ("BigQuery: 404 Not found: Table my-project:app.baseline was not found in location US", (None, "app")),
+    ("BigQuery: 404 Not found: Table example.com:my-project:app.baseline was not found in location EU", (None, "app")),
+    ("BigQuery: 404 Not found: Table my-project.app.baseline was not found in location US", (None, "app")),
+    ("BigQuery: 404 Not found: Dataset my-project:nowhere was not found in location US", ("nowhere", None)),
+    ("BigQuery: 404 Not found: Job my-project:US.bquxjob_1 was not found", (None, None))])
+def test_bigquerys_words_for_a_missing_dataset_or_table_are_read_in_every_project_form(message, missing):
+    from gleanpipe.warehouse.missing_table import bigquery_missing
+
+    assert bigquery_missing(message) == missing
+
+
 def test_what_bigquery_said_is_one_line_without_the_repeated_reason(bq):
     """BigQuery's error message repeats itself after "; reason: ..." (with the job's location and
     id on more lines): gleanpipe shows the code and the first part only (warehouse.bigquery.said)."""

@@ -34,6 +34,7 @@ from ..table_schema import (EVENTS_STREAM_COLUMNS, EVENTS_STREAM_TABLE, EVENTS_S
                             TS, INT, T, metrics_struct, struct)
 from ..transform import PingRow
 from ..views import BIGQUERY, build_views
+from . import missing_table
 from .base import (DELETION_TABLE, EVENTS_KEY, META, DeletionAttempt, LoadError, QueryFailed, RowDataError,
                    Warehouse, WarehouseUnavailable, WriteResult, dedup_view_query, first_per_document, loaded_keys,
                    needed_metrics, without_deleted)
@@ -631,7 +632,11 @@ class BigQueryWarehouse(Warehouse):
             try:
                 return self._run(sql, params)
             except NotFound as exc:  # a dataset or table the query names: not one the loader lost
-                raise QueryFailed(f"BigQuery: {said(exc)}") from None
+                message = f"BigQuery: {said(exc)}"
+                gone, within = missing_table.bigquery_missing(message)
+                if gone or within:  # with what the warehouse has, as DuckDB's query says it
+                    message = missing_table.bigquery_hint(message, sql, self._app_datasets(within))
+                raise QueryFailed(message) from None
 
         try:
             return self._rows(self._guard(run)[1])
@@ -640,6 +645,19 @@ class BigQueryWarehouse(Warehouse):
 
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         return self._rows(self._guard(self._run, sql, params)[1])
+
+    def _app_datasets(self, listed: str | None) -> dict[str, list[str]]:
+        """The project's datasets but gleanpipe's own (``missing_table.advise``), with the tables
+        and views of ``listed`` only (one call, not one per dataset)."""
+        names = [d.dataset_id for d in self.client.list_datasets(retry=self.retry, timeout=self.retry_s)
+                 if d.dataset_id != META]
+        found = {name: [] for name in names}
+        lowered = {name.lower(): name for name in names}
+        if listed is not None and listed.lower() in lowered:
+            name = lowered[listed.lower()]
+            found[name] = sorted(t.table_id for t in self.client.list_tables(
+                f"{self.project}.{name}", retry=self.retry, timeout=self.retry_s))
+        return found
 
     @staticmethod
     def _rows(result) -> tuple[list[str], list[tuple]]:

@@ -1,10 +1,11 @@
-"""What to tell a user whose query names a table the DuckDB warehouse does not have (yet).
+"""What to tell a user whose query names a table the warehouse does not have (yet).
 
 A ping's table and its view are made when the first ping of that type is loaded, so a query
 from the README (``org_example_toolbox.baseline``) fails until the app sends a baseline ping.
 DuckDB's own message then suggests the nearest name, which can be another thing entirely
-("Did you mean daily_active_clients?", or "pg_settings" for a name without its dataset).
-``hint`` adds what the warehouse does have, in the words of the pipeline.
+("Did you mean daily_active_clients?", or "pg_settings" for a name without its dataset), and
+BigQuery's says only "Not found". ``with_hint`` (DuckDB) and ``bigquery_hint`` add what the
+warehouse does have, in the words of the pipeline.
 """
 
 from __future__ import annotations
@@ -35,14 +36,23 @@ def _advice(message: str, sql: str, datasets: dict[str, list[str]]) -> str | Non
     table = _NO_TABLE.search(message)
     if schema is None and table is None:  # a function, a type, a three-part name...: DuckDB's words
         return None
+    return advise(sql, datasets, missing_dataset=schema and schema.group(1), table=table and table.group(1))
+
+
+def advise(sql: str, datasets: dict[str, list[str]], *, missing_dataset: str | None = None,
+           table: str | None = None, dataset: str | None = None) -> str:
+    """What the warehouse has, for a query that named a dataset it does not have
+    (``missing_dataset``), or a ``table`` it does not have: in ``dataset`` when the warehouse said
+    which, else in the dataset the SQL puts before it. ``datasets``: the app datasets, each with
+    its tables and views (those of datasets the advice cannot name may be left empty)."""
     if not datasets:
         return "The warehouse has no tables yet: a ping's table is made when the first ping of its type is loaded."
-    if schema is not None:
-        return (f"There is no dataset {schema.group(1)}: an app's dataset is made when its first ping is loaded, "
+    if missing_dataset is not None:
+        return (f"There is no dataset {missing_dataset}: an app's dataset is made when its first ping is loaded, "
                 f"named after the app id with dots and dashes as underscores. Datasets: {_listed(sorted(datasets))}.")
-    name = table.group(1)
+    name = table
     lowered = {d.lower(): d for d in datasets}
-    named = [lowered[s.lower()] for s in _qualifiers(sql, name) if s.lower() in lowered]
+    named = [lowered[s.lower()] for s in ([dataset] if dataset else _qualifiers(sql, name)) if s.lower() in lowered]
     if named:
         return (f"{named[0]} has no table or view {name} yet: a ping's table and its view are made when the "
                 f"first ping of that type is loaded. {named[0]} has: {_listed(datasets[named[0]])}.")
@@ -62,3 +72,31 @@ def with_hint(message: str, sql: str, datasets: dict[str, list[str]]) -> str | N
     if advice is None:
         return None
     return f"{_DID_YOU_MEAN.sub('', message).rstrip()}\n\n{advice}"
+
+
+# BigQuery's 404 for a query's missing dataset or table ("Not found: Dataset my-project:nowhere was
+# not found in location US", "Not found: Table my-project:app.baseline was not found in ..."; the
+# emulator puts a dot after the project); a project id may hold dashes, and a domain-scoped one a
+# colon of its own (example.com:project).
+_BQ_NO_DATASET = re.compile(r"Not found: Dataset (?:\S+[:.])?(\w+) was not found")
+_BQ_NO_TABLE = re.compile(r"Not found: Table (?:\S+[:.])?(\w+)\.(\w+) was not found")
+
+
+def bigquery_missing(message: str) -> tuple[str | None, str | None]:
+    """(the dataset BigQuery's ``message`` says is not there, None) or (None, the dataset whose
+    table it says is not there), or (None, None) for any other message."""
+    if (gone := _BQ_NO_DATASET.search(message)) is not None:
+        return gone.group(1), None
+    if (gone := _BQ_NO_TABLE.search(message)) is not None:
+        return None, gone.group(1)
+    return None, None
+
+
+def bigquery_hint(message: str, sql: str, datasets: dict[str, list[str]]) -> str:
+    """BigQuery's 404 ``message`` for the query ``sql``, with what the warehouse has (``advise``)."""
+    gone, within = _BQ_NO_DATASET.search(message), _BQ_NO_TABLE.search(message)
+    if gone is not None:
+        advice = advise(sql, datasets, missing_dataset=gone.group(1))
+    else:
+        advice = advise(sql, datasets, table=within.group(2), dataset=within.group(1))
+    return f"{message}\n\n{advice}"
