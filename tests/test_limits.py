@@ -471,6 +471,97 @@ def test_serve_answers_raised_uri_and_header_limits_itself(tmp_path):
 # --- fixed caps on what an answer or the debug viewer shows (README "Fixed limits") -------------------------
 
 
+# Each constant the README's "Fixed limits" table names, with its value written out and how the
+# table says it: a constant moved by one fails here even where the test of its behaviour reads the
+# constant itself (validation.MAX_LISTED_BYTES, spool.MAX_BODY and local.STALE_TMP_S could each
+# be moved by one with every test passing), and a row naming a constant that is not here fails too.
+FIXED_LIMITS = {
+    "serve.KEEPALIVE_S": (5, "| 5 s for the whole head"),
+    "http_worker.HEAD_TIMEOUT_S": (5.0, "`http_worker.HEAD_TIMEOUT_S`"),
+    "tls.HANDSHAKE_TIMEOUT_S": (5.0, "it has 5 s of its own (`tls.HANDSHAKE_TIMEOUT_S`)"),
+    "spool.MAX_BODY": (64 * 1024 * 1024, "| 64 MiB (`spool.MAX_BODY`)"),
+    "local.STALE_TMP_S": (3600.0, "| 1 hour (`local.STALE_TMP_S`)"),
+    "spool_writer.RECENT_KEYS": (100_000, "| 100,000 (`spool_writer.RECENT_KEYS`)"),
+    "validation.MAX_REPR": (60, "| 60 characters (`validation.MAX_REPR`)"),
+    "validation.MAX_ERROR": (200, "| 200 characters (`validation.MAX_ERROR`)"),
+    "validation.MAX_SHOWN_ERRORS": (10, "| 10 errors (`validation.MAX_SHOWN_ERRORS`)"),
+    "validation.MAX_RENDER": (1024, "1024 characters (`validation.MAX_RENDER`)"),
+    "validation.MAX_ERRORS": (100, "| 100 (`validation.MAX_ERRORS`)"),
+    "validation.MAX_LISTED_BYTES": (65536, "| 64 KiB (`validation.MAX_LISTED_BYTES`)"),
+    "debug_index.MAX_SHOWN_TAG": (100, "| 100 characters (`debug_index.MAX_SHOWN_TAG`)"),
+    "debug_index.MAX_ERROR_CHARS": (16_384, "| 16,384 characters (`debug_index.MAX_ERROR_CHARS`)"),
+    "debug_index.MAX_BODY_TEXT": (262_144, "| 262,144 bytes (`debug_index.MAX_BODY_TEXT`)"),
+    "bigquery.MAX_INSERT_ROWS": (500, "| 500 rows or 9 MiB (`bigquery.MAX_INSERT_ROWS`, `MAX_INSERT_BYTES`)"),
+    "bigquery.MAX_INSERT_BYTES": (9 * 1024 * 1024, "| 500 rows or 9 MiB (`bigquery.MAX_INSERT_ROWS`, `MAX_INSERT_BYTES`)"),
+    "worker.MAX_BATCH": (10, "| 10 (`worker.MAX_BATCH`)"),
+    "cloud.POOL_SIZE": (32, "| 32 kept per process (`cloud.POOL_SIZE`)"),
+    "serve.MISSING_GRACE_S": (60.0, "| 60 s (`serve.MISSING_GRACE_S`)"),
+    "explore.PAGE_ROWS": (20_000, "| 20,000 (`explore.PAGE_ROWS`)"),
+    "nesting.MAX_JSON_DEPTH": (64, "| 64 levels (`nesting.MAX_JSON_DEPTH`)"),
+    "output.TABLE_CELL_CHARS": (60, "| 60 characters (`output.TABLE_CELL_CHARS`)"),
+    "admin.ADMIN_MAX_BODY_BYTES": (64 * 1024 * 1024, "| 64 MiB (`admin.ADMIN_MAX_BODY_BYTES`)"),
+    "linger.LINGER_MAX_BYTES": (128 * 1024 * 1024, "| 128 MiB (`linger.LINGER_MAX_BYTES`)"),
+}
+MODULES = {"spool": "storage.spool", "local": "storage.local", "spool_writer": "storage.spool_writer",
+           "cloud": "storage.cloud", "bigquery": "warehouse.bigquery"}
+
+
+def test_each_fixed_limit_is_named_has_its_value_and_is_in_the_readme_as_it_is():
+    import importlib
+    import re
+
+    fixed = (ROOT / "README.md").read_text().split("### Fixed limits\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([a-z_]+\.[A-Z][A-Z0-9_]+)`", fixed))
+    bare = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", fixed)) - {n for n in re.findall(r"`([A-Z][A-Z0-9_]+)`", fixed)
+                                                               if n.startswith("GLEANPIPE_")}
+    assert named == set(FIXED_LIMITS) - {"bigquery.MAX_INSERT_BYTES"}  # a row per constant, and no other
+    assert bare == {"MAX_INSERT_BYTES"}
+    for ref, (value, said) in FIXED_LIMITS.items():
+        module, name = ref.split(".")
+        found = getattr(importlib.import_module(f"gleanpipe.{MODULES.get(module, module)}"), name)
+        assert (ref, found, type(found)) == (ref, value, type(value))
+        assert said in fixed, ref
+
+
+def test_serves_gunicorn_line_limits_are_raised_to_the_settings_and_capped():
+    """README, Fixed limits: gunicorn's request line is 4094 bytes, raised to fit 3 bytes per path
+    byte of GLEANPIPE_MAX_URI_BYTES (and 64 for the method, query and version), at most 8190; a
+    header line is 8190, raised to fit GLEANPIPE_MAX_HEADER_BYTES. Nothing held these numbers: each
+    could be moved by one with every test passing."""
+    from gleanpipe.config import Config
+    from gleanpipe.serve import http_limits
+
+    def limits(uri: int, header: int) -> tuple[int, int]:
+        flags = http_limits(Config.from_env(environ={"GLEANPIPE_MAX_URI_BYTES": str(uri),
+                                                     "GLEANPIPE_MAX_HEADER_BYTES": str(header)}))
+        assert flags[0::2] == ["--limit-request-line", "--limit-request-field_size"]
+        return int(flags[1]), int(flags[3])
+
+    assert limits(512, 1024) == (4094, 8190)  # the defaults: gunicorn's own
+    assert limits(1343, 8126) == (4094, 8190)  # 3 * 1343 + 64 = 4093: not raised yet
+    assert limits(1344, 8127) == (4096, 8191)  # one byte more each: raised
+    assert limits(2708, 65536) == (8188, 65600)
+    assert limits(2709, 65536) == (8190, 65600)  # 3 * 2709 + 64 = 8191: capped at gunicorn's most
+    assert limits(65536, 65536) == (8190, 65600)
+
+
+def test_a_temp_file_goes_only_once_it_is_an_hour_old(tmp_path):
+    """local.STALE_TMP_S (1 hour): under a second either side of it (serve's own test is a minute
+    either side, so a bound moved by a second passed it)."""
+    import os
+    import time
+
+    from gleanpipe.storage.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    old, fresh = store.tmp / "old", store.tmp / "fresh"
+    for path, age in ((old, 3600.75), (fresh, 3599.25)):
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - age,) * 2)
+    assert store.remove_stale_tmp() == 1
+    assert (old.exists(), fresh.exists()) == (False, True)
+
+
 def test_a_schema_error_bomb_is_answered_with_its_first_error(client):
     """A 2 KB gzip body holding a million schema errors (before: 11 s of CPU and 271 MB to collect
     them all). Over validation.MAX_LISTED_BYTES of payload only the first error is looked for."""

@@ -31,6 +31,7 @@ SCHEMA_ENV = "GLEANPIPE_SCHEMA_PATH"
 MAX_REPR = 60
 MAX_ERROR = 200
 MAX_RENDER = 1024
+MAX_SHOWN_ERRORS = 10  # schema errors listed in a 400's message; the rest are counted (+N more)
 MAX_ERRORS = 100  # schema errors collected for one ping; the count in the message stops there
 MAX_LISTED_BYTES = 64 * 1024  # above this payload size, only the first schema error is reported
 
@@ -162,7 +163,7 @@ class PingValidator:
         return "$: document does not match the ping schema"
 
     @staticmethod
-    def render(errors: list[str], limit: int = 10) -> str:
+    def render(errors: list[str], limit: int = MAX_SHOWN_ERRORS) -> str:
         """Join up to ``limit`` errors with '; ' in at most MAX_RENDER characters; ``(+N more)``
         counts the errors not shown whole (left out, or cut by the character cap)."""
         kind = getattr(errors, "more", "")
@@ -204,6 +205,6 @@ def validate_ping(doc: Any, size: int = 0) -> SchemaErrors:
     return default_validator().validate(doc, size)
 
 
-def render(errors: list[str], limit: int = 10) -> str:
+def render(errors: list[str], limit: int = MAX_SHOWN_ERRORS) -> str:
     """Module-level alias of :meth:`PingValidator.render`."""
     return PingValidator.render(errors, limit)
