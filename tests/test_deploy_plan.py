@@ -419,13 +419,53 @@ def test_settings_file_then_environment(tmp_path):
         load_settings({}, settings_file=str(tmp_path / "missing.env"))
 
 
+DEPLOY_BOUNDS = {  # whole numbers: (least, most); sizes: the same in MiB
+    "GLEANPIPE_DEPLOY_RAW_DAYS": (1, 36500), "GLEANPIPE_DEPLOY_SUBMIT_MAX_INSTANCES": (1, 1000),
+    "GLEANPIPE_DEPLOY_LOAD_MAX_INSTANCES": (1, 1000), "GLEANPIPE_DEPLOY_LOAD_TIMEOUT": (1, 540),
+    "GLEANPIPE_DEPLOY_SUBMIT_MEMORY": (128, 32768), "GLEANPIPE_DEPLOY_LOAD_MEMORY": (128, 32768),
+}
+
+
 def test_every_deploy_setting_is_in_the_readme_with_its_default():
+    """The README's Deploy settings table holds every GLEANPIPE_DEPLOY_* setting and nothing else,
+    each with its default in its default column and its bounds in its row (before: a row anywhere in
+    the README would do, a default anywhere in the row, and no bound was given)."""
+    import re
+
     readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Deploy settings\n", 1)[1].split("\n#", 1)[0]
+    rows = {name: (default.strip(), meaning) for name, default, meaning in
+            re.findall(r"^\| `(GLEANPIPE_[A-Z0-9_]+)` \| ([^|]*) \|(.*)$", table, re.M)}
     names = [n for n in SETTINGS if n.startswith("GLEANPIPE_DEPLOY_")]
-    assert len(names) == 18
+    assert len(names) == 18 and sorted(rows) == sorted(names)
     for name in names:
         default = SETTINGS[name].default
-        rows = [line for line in readme.splitlines() if line.startswith(f"| `{name}` |")]
-        assert len(rows) == 1, name
         if default:
-            assert f"`{default}`" in rows[0], name
+            assert rows[name][0] == f"`{default}`", name
+    for name, (least, most) in DEPLOY_BOUNDS.items():
+        said = (f"between {least}Mi and {most // 1024}Gi" if name.endswith("_MEMORY")
+                else f"Between {least} and {most}.")
+        assert said in rows[name][1], (name, rows[name][1])
+
+
+@pytest.mark.parametrize("name, bounds", sorted(DEPLOY_BOUNDS.items()))
+def test_each_bounded_deploy_setting_at_its_bounds_and_one_past(name, bounds):
+    least, most = bounds
+    if name.endswith("_MEMORY"):
+        taken, refused = (f"{least}Mi", f"{most}Mi", f"{most // 1024}Gi"), (f"{least - 1}Mi", f"{most + 1}Mi", "33Gi")
+        field = name.removeprefix("GLEANPIPE_DEPLOY_").lower()
+        for value in taken:
+            assert getattr(load_settings({**ENV, name: value}), field) == value
+        for value in refused:
+            with pytest.raises(DeploySettingsError) as exc:
+                load_settings({**ENV, name: value})
+            assert exc.value.problems == [
+                f"{name}: must be a size like 256Mi or 1Gi between 128Mi and 32Gi, got {value!r}"]
+        return
+    field = name.removeprefix("GLEANPIPE_DEPLOY_").lower()
+    for value in (least, most):
+        assert getattr(load_settings({**ENV, name: str(value)}), field) == value
+    for value in (least - 1, most + 1):
+        with pytest.raises(DeploySettingsError) as exc:
+            load_settings({**ENV, name: str(value)})
+        assert exc.value.problems == [f"{name}: must be between {least} and {most}, got {value}"]
