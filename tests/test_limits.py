@@ -78,6 +78,14 @@ from gleanpipe.validation import MAX_LISTED_BYTES
          "Invalid value for '--port' (GLEANPIPE_EXPLORE_PORT): 0 is not in the range 1<=x<=65535."),
         (["worker", "--queue", "q"], {"GLEANPIPE_WORKER_WAIT_S": "25"},
          "Invalid value for '--wait' (GLEANPIPE_WORKER_WAIT_S): 25 is not in the range 0<=x<=20."),
+        # the range flags one past each end (their bounds themselves: test_range_flags_take_their_bounds)
+        (["worker", "--queue", "q"], {"GLEANPIPE_WORKER_WAIT_S": "21"},
+         "Invalid value for '--wait' (GLEANPIPE_WORKER_WAIT_S): 21 is not in the range 0<=x<=20."),
+        (["worker", "--queue", "q", "--wait", "-1"], {},
+         "Invalid value for '--wait' (GLEANPIPE_WORKER_WAIT_S): -1 is not in the range 0<=x<=20."),
+        (["explore", "--no-open", "--port", "65536"], {},
+         "Invalid value for '--port' (GLEANPIPE_EXPLORE_PORT): 65536 is not in the range 1<=x<=65535."),
+        (["replay", "--workers", "65"], {}, "Invalid value for '--workers': 65 is not in the range 0<=x<=64."),
         # flags without a variable
         (["replay", "--workers", "-3"], {}, "Invalid value for '--workers': -3 is not in the range 0<=x<=64."),
         (["query", "  "], {}, 'no SQL given: gleanpipe query "SELECT ..."'),
@@ -92,6 +100,58 @@ def test_bad_setting_values_are_usage_errors_naming_the_variable(tmp_path, args,
     assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # refused before anything was opened
 
 
+# Each whole-number setting's upper bound, written out (not read from config.MAX_VALUE), so that a
+# bound moved by one in the code fails here. Before, 5 of the 21 were tried only far past the bound
+# (GLEANPIPE_EXPLORE_PORT at 99999, GLEANPIPE_CONNECTIONS at 1e20...), the two BigQuery deletion
+# settings not at all (only the README's table held them), and 19 were never tried at the bound itself.
+WHOLE_NUMBER_BOUNDS = {
+    "GLEANPIPE_PORT": 65535, "GLEANPIPE_EXPLORE_PORT": 65535, "GLEANPIPE_WORKERS": 64,
+    "GLEANPIPE_CONNECTIONS": 100_000, "GLEANPIPE_THREADS": 1024, "GLEANPIPE_MAX_URI_BYTES": 65536,
+    "GLEANPIPE_MAX_HEADER_BYTES": 65536, "GLEANPIPE_LOAD_INTERVAL_MS": 60_000,
+    "GLEANPIPE_SPOOL_SEGMENT_SECONDS": 86_400, "GLEANPIPE_BODY_TIMEOUT_S": 3600, "GLEANPIPE_BIGQUERY_RETRY_S": 3600,
+    "GLEANPIPE_BIGQUERY_DELETIONS_REFRESH_S": 86_400, "GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S": 604_800,
+    "GLEANPIPE_MAX_WIRE_BYTES": 1_073_741_824, "GLEANPIPE_MAX_PAYLOAD_BYTES": 1_073_741_824,
+    "GLEANPIPE_MAX_ERROR_BYTES": 1_073_741_824, "GLEANPIPE_SPOOL_SEGMENT_BYTES": 1_073_741_824,
+    "GLEANPIPE_LOAD_BATCH": 100_000, "GLEANPIPE_DEBUG_MAX_PINGS": 100_000, "GLEANPIPE_DEBUG_RETENTION_HOURS": 87_600,
+    "GLEANPIPE_QUERY_MAX_BYTES": 17_179_869_184,
+}
+
+
+def test_every_whole_number_setting_has_a_bound_written_out_here():
+    from gleanpipe.config import _FIELDS, _int
+
+    assert sorted(WHOLE_NUMBER_BOUNDS) == sorted(env for read, env in _FIELDS.values() if read is _int)
+
+
+@pytest.mark.parametrize("env, most", sorted(WHOLE_NUMBER_BOUNDS.items()))
+def test_each_whole_number_setting_at_its_bounds_and_one_past(env, most):
+    """1 and the upper bound are taken, as the variable and as the flag value (Config.from_env's
+    keyword, what a CLI flag gives); 0 and the bound plus one are refused, naming the variable."""
+    from gleanpipe.config import Config, SettingError
+
+    field = env.removeprefix("GLEANPIPE_").lower()
+    for value in (1, most):
+        assert getattr(Config.from_env(environ={env: str(value)}), field) == value
+        assert getattr(Config.from_env(environ={}, **{field: value}), field) == value
+    for value, said in ((0, "must be positive, got 0"), (most + 1, f"must be at most {most}, got {most + 1}")):
+        for given in ({"environ": {env: str(value)}}, {"environ": {}, field: value}):
+            with pytest.raises(SettingError) as info:
+                Config.from_env(**given)
+            assert str(info.value) == f"{env} {said}"
+
+
+def test_the_duckdb_memory_limit_at_its_bounds_and_one_byte_past():
+    """At least 64MiB, at most 1024TiB (1 << 50 bytes): tried before only at 32MiB and 2000TiB."""
+    from gleanpipe.config import Config, SettingError
+
+    for raw, taken in (("64MiB", 64 << 20), ("67108864B", 64 << 20), ("1024TiB", 1 << 50), ("1125899906842624B", 1 << 50)):
+        assert Config.from_env(environ={"GLEANPIPE_DUCKDB_MEMORY_LIMIT": raw}).duckdb_memory_limit == taken
+    for raw, said in (("67108863B", "must be at least 64MiB"), ("1125899906842625B", "must be at most 1024TiB")):
+        with pytest.raises(SettingError) as info:
+            Config.from_env(environ={"GLEANPIPE_DUCKDB_MEMORY_LIMIT": raw})
+        assert str(info.value) == f"GLEANPIPE_DUCKDB_MEMORY_LIMIT {said}, got {raw!r}"
+
+
 def test_flag_values_get_the_checks_of_their_variable():
     from gleanpipe.config import Config
 
@@ -101,6 +161,24 @@ def test_flag_values_get_the_checks_of_their_variable():
         Config.from_env(environ={}, port=65536)
     cfg = Config.from_env(environ={}, port=65535, workers=1, load_batch=1)
     assert (cfg.port, cfg.workers, cfg.load_batch) == (65535, 1, 1)
+
+
+@pytest.mark.parametrize("args, env", [(["--wait", "20"], {}), ([], {"GLEANPIPE_WORKER_WAIT_S": "0"})])
+def test_the_workers_wait_takes_both_ends_of_its_range(tmp_path, args, env):
+    """GLEANPIPE_WORKER_WAIT_S (--wait), 0-20 (README): at either end the command gets past its
+    flags, to its refusal of a store that is not s3://."""
+    out = gleanpipe("worker", "--queue", "q", *args, "--data-dir", str(tmp_path / "data"), env=env)
+    assert out.returncode == 2
+    assert f"Error: the worker loads from the s3:// store whose bucket notifies the queue, not file://{tmp_path}/data/store" \
+        in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("port", ["65536", "-1"])
+def test_emulates_port_one_past_its_range(port):
+    """`gleanpipe emulate --port` (GLEANPIPE_PORT) takes 0 (any free port) to 65535."""
+    out = gleanpipe("emulate", "--port", port)
+    assert out.returncode == 2
+    assert f"Error: Invalid value for '--port' (GLEANPIPE_PORT): {port} is not in the range 0<=x<=65535." in out.stderr
 
 
 def test_a_config_read_back_from_its_variables_is_the_same_config():
@@ -380,6 +458,65 @@ def test_settings_and_the_readme_settings_table_agree():
     for name in ("GLEANPIPE_STORE_TIMEOUT_S", "GLEANPIPE_STORE_RETRY_S"):
         assert rows[name].endswith(f"At most {MAX_STORE_SECONDS:.0f}. |"), (name, rows[name])
     assert rows["GLEANPIPE_LINGER_S"].endswith(f"At most {MAX_LINGER_SECONDS:.0f}. |")
+    assert "`0`: no retries." in rows["GLEANPIPE_STORE_RETRY_S"]  # the one that takes 0 (config._seconds)
+    assert rows["GLEANPIPE_DUCKDB_MEMORY_LIMIT"].endswith("at most 1024TiB. |")  # config._memory's bounds
+    assert "At least 64MiB (" in rows["GLEANPIPE_DUCKDB_MEMORY_LIMIT"]
+
+
+def _setting_flags() -> list[tuple[str, "object"]]:
+    """(command, click option) of every CLI option that reads a GLEANPIPE_* variable."""
+    import click
+
+    from gleanpipe.cli import main
+
+    found = []
+
+    def walk(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+        found.extend((" ".join(path), p) for p in command.params if isinstance(p, click.Option) and p.envvar)
+
+    walk(main, [])
+    return found
+
+
+def test_the_cli_flags_read_the_settings_with_their_defaults_and_bounds():
+    """"The CLI flags accept the same variables" (README, Settings), mechanically: each flag that
+    reads a variable reads a setting, its default (shown, or in its help) is the setting's, and a
+    flag with a range of its own has the setting's bounds. A default written twice, in the
+    setting and in a flag, could drift apart without this."""
+    import re
+
+    import click
+
+    from gleanpipe.config import SETTINGS
+
+    flags = _setting_flags()
+    assert {(c, p.opts[0], p.envvar) for c, p in flags if p.opts[0] not in ("--data-dir", "--store-url",
+                                                                             "--warehouse-url")} == {
+        ("serve", "--host", "GLEANPIPE_HOST"), ("serve", "--port", "GLEANPIPE_PORT"),
+        ("serve", "--workers", "GLEANPIPE_WORKERS"), ("serve", "--tls-cert", "GLEANPIPE_TLS_CERT"),
+        ("serve", "--tls-key", "GLEANPIPE_TLS_KEY"), ("replay", "--batch", "GLEANPIPE_LOAD_BATCH"),
+        ("explore", "--port", "GLEANPIPE_EXPLORE_PORT"), ("worker", "--wait", "GLEANPIPE_WORKER_WAIT_S"),
+        ("emulate", "--port", "GLEANPIPE_PORT")}
+    ranges = {}
+    for command, p in flags:
+        setting = SETTINGS[p.envvar]  # a KeyError: a flag reading a variable that is no setting
+        if p.default is not None:
+            assert str(p.default) == setting.default, (command, p.opts)
+        said = re.search(r"\[default: ([^\]]*)\]", p.help or "")
+        if said:
+            assert said.group(1) == setting.default, (command, p.opts, p.help)
+        if isinstance(p.type, click.IntRange):
+            ranges[(command, p.opts[0])] = (p.type.min, p.type.max)
+    # GLEANPIPE_EXPLORE_PORT: 1-65535 as config reads it; --wait: 0-20 (README); emulate: 0 picks a free port
+    assert ranges == {("explore", "--port"): (1, WHOLE_NUMBER_BOUNDS["GLEANPIPE_EXPLORE_PORT"]),
+                      ("worker", "--wait"): (0, 20), ("emulate", "--port"): (0, WHOLE_NUMBER_BOUNDS["GLEANPIPE_PORT"])}
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(GLEANPIPE_[A-Z0-9_]+)` \|(.*)$", readme, re.M))
+    assert "SQS long-poll seconds per receive (0–20)." in rows["GLEANPIPE_WORKER_WAIT_S"]
+    assert "`gleanpipe emulate` reads it too" in rows["GLEANPIPE_PORT"] and "takes 0 there" in rows["GLEANPIPE_PORT"]
+    assert SETTINGS["GLEANPIPE_WORKER_WAIT_S"].help.endswith("(0-20).")
 
 
 def test_a_store_in_trouble_is_answered_before_the_sdk_gives_up():
