@@ -616,6 +616,8 @@ FIXED_LIMITS = {
     "serve.KEEPALIVE_S": (5, "| 5 s for the whole head"),
     "http_worker.HEAD_TIMEOUT_S": (5.0, "`http_worker.HEAD_TIMEOUT_S`"),
     "tls.HANDSHAKE_TIMEOUT_S": (5.0, "it has 5 s of its own (`tls.HANDSHAKE_TIMEOUT_S`)"),
+    "tls.CERT_CHECK_S": (1.0, "at most 1 s after the files change (`tls.CERT_CHECK_S`"),
+    "tls.CERT_WAIT_S": (10.0, "waits up to 10 s (`tls.CERT_WAIT_S`)"),
     "spool.MAX_BODY": (64 * 1024 * 1024, "| 64 MiB (`spool.MAX_BODY`)"),
     "local.STALE_TMP_S": (3600.0, "| 1 hour (`local.STALE_TMP_S`)"),
     "spool_writer.RECENT_KEYS": (100_000, "| 100,000 (`spool_writer.RECENT_KEYS`)"),

@@ -129,6 +129,114 @@ def test_a_gzip_ping_over_https_is_stored_loaded_and_queried_while_serving(https
             in server.read_log())
 
 
+def _der(path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(Encoding.DER)
+
+
+def _renew(path, new, scratch) -> None:
+    """Put ``new``'s bytes at ``path`` as certbot and editors do: a new file renamed over the old."""
+    (scratch / "next").write_bytes(new.read_bytes())
+    os.replace(scratch / "next", path)
+
+
+def test_a_renewed_certificate_is_served_to_the_next_connections_without_a_restart(https_serve, certs, tmp_path):
+    """certbot (or mkcert run again) replaces the files: each worker makes its context again at
+    most tls.CERT_CHECK_S after they changed, for the connections that come after; no restart."""
+    from gleanpipe.tls import CERT_CHECK_S
+
+    server = https_serve
+    renewed = make_ca(tmp_path / "renewed")  # another CA: the client below trusts both
+    trusting = client_context(certs)
+    trusting.load_verify_locations(cafile=str(renewed.ca))
+
+    def served() -> list[bytes]:  # the certificate each of six new connections is given
+        got = []
+        for _ in range(6):
+            with trusting.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=15),
+                                      server_hostname="127.0.0.1") as sock:
+                got.append(sock.getpeercert(binary_form=True))
+        return got
+
+    assert served() == [_der(certs.cert)] * 6
+    _renew(certs.key, renewed.key, tmp_path)
+    _renew(certs.cert, renewed.cert, tmp_path)
+    time.sleep(CERT_CHECK_S + 0.1)  # a worker's next connection after that has looked at the files
+    assert served() == [_der(renewed.cert)] * 6
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=trusting, timeout=15)
+    try:
+        conn.request("POST", submit_path("metrics", str(uuid.uuid4())),
+                     body=gzip.compress(json.dumps(make_ping()).encode()), headers=SDK_HEADERS)
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+def test_a_worker_keeps_its_certificate_while_the_new_files_do_not_fit_and_waits_for_them_at_start(
+        certs, tmp_path, monkeypatch, caplog):
+    """tls._Certificate, the context behind serve's TLS hook, with gunicorn's factory (the files'
+    certificate and key): a certificate renewed before its key makes no context, so the one read
+    before is served (a warning, once for that pair) until the key comes; a worker that starts in
+    between (gunicorn restarting one) waits up to CERT_WAIT_S for the pair to fit, then fails."""
+    import threading
+    from types import SimpleNamespace
+
+    from gleanpipe import tls
+
+    conf = SimpleNamespace(certfile=str(certs.cert), keyfile=str(certs.key))
+
+    def factory():
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(conf.certfile, conf.keyfile)
+        return context
+
+    def served(context: ssl.SSLContext) -> bytes:  # the certificate a handshake with it gives
+        server_end, client_end = socket.socketpair()
+        with server_end, client_end:
+            client = ssl.create_default_context()
+            client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+            got = {}
+            side = threading.Thread(target=lambda: got.update(
+                cert=client.wrap_socket(client_end, server_hostname="x").getpeercert(binary_form=True)))
+            side.start()
+            context.wrap_socket(server_end, server_side=True)
+            side.join(5)
+            return got["cert"]
+
+    monkeypatch.setattr(tls, "CERT_CHECK_S", 0.0)  # look at the files at every connection
+    original = _der(certs.cert)
+    certificate = tls._Certificate(conf, factory)
+    first = certificate.current()
+    assert certificate.current() is first  # files unchanged: the same context, not made again
+    renewed = make_ca(tmp_path / "renewed")
+    _renew(certs.cert, renewed.cert, tmp_path)
+    with caplog.at_level("WARNING", logger="gleanpipe.tls"):
+        assert certificate.current() is first and certificate.current() is first
+    assert [r.getMessage()[:63] for r in caplog.records] == [
+        "the certificate or key file changed, but they make no TLS conte"]  # once for this pair
+    assert served(first) == original
+    _renew(certs.key, renewed.key, tmp_path)
+    now = certificate.current()
+    assert now is not first and now.options & ssl.OP_IGNORE_UNEXPECTED_EOF
+    assert served(now) == _der(renewed.cert)
+
+    later = make_ca(tmp_path / "later")  # a worker starting while only the certificate is new
+    _renew(certs.cert, later.cert, tmp_path)
+    fit = threading.Timer(0.5, _renew, (certs.key, later.key, tmp_path))
+    fit.start()
+    started = time.monotonic()
+    booted = tls._Certificate(conf, factory)
+    assert 0.4 < time.monotonic() - started < 5
+    assert served(booted.current()) == _der(later.cert)
+    fit.join()
+    _renew(certs.cert, renewed.cert, tmp_path)  # and one whose pair never fits: it gives up
+    monkeypatch.setattr(tls, "CERT_WAIT_S", 0.3)
+    with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH"):
+        tls._Certificate(conf, factory)
+
+
 @pytest.mark.parametrize("body_bytes", [0, 2300, 4 << 20], ids=["head", "ping", "4MiB"])
 def test_a_plain_http_request_to_the_https_port_gets_a_503_that_says_so(https_serve, certs, body_bytes):
     """As nginx does, a plain-HTTP request on the HTTPS port is answered in plain HTTP, saying so,

@@ -22,13 +22,21 @@ of that name. Its context differs from gunicorn's default in three ways, each fo
   worker (gevent_worker.TLSGeventWorker) does it within HANDSHAKE_TIMEOUT_S; gunicorn's gthread
   worker does it in the request's thread, under http_worker's head deadline (gunicorn's own
   ``do_handshake`` in its connection's ``init``: its do_handshake_on_connect is off by default).
+
+It is also made again when the certificate or key file changes (a renewal: certbot's, mkcert run
+again), for the connections that come after: each worker looks at the files' stat at most once
+every CERT_CHECK_S, as it takes a connection. New files that make no context (a key that is not
+the new certificate's, half-way through a renewal) leave the context it has, with a warning; a
+worker that starts meanwhile (gunicorn restarts one that died) waits up to CERT_WAIT_S for them.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import ssl
+import time
 
 # errors of a client that went away before or during its handshake (a reset, a port probe)
 GONE_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF)
@@ -47,31 +55,94 @@ PLAIN_HTTP_SAID = "Invalid request from ip=%s: plain HTTP on the HTTPS port, ans
 # how long a TLS handshake may take, as long as a request's head may (serve.KEEPALIVE_S)
 HANDSHAKE_TIMEOUT_S = 5.0
 
+# how often, at most, a worker looks whether the certificate or key file changed (``_Certificate``),
+# and how long a worker that starts while they do not fit (half-way through a renewal) waits for them
+CERT_CHECK_S = 1.0
+CERT_WAIT_S = 10.0
+
+log = logging.getLogger("gleanpipe.tls")
+
 _CONTEXT = None  # this worker process's (see ssl_context)
+
+
+def _stamps(files: tuple[str, ...]):
+    """What tells a changed file (a new inode: certbot's symlinks; a rewrite: its time or size)."""
+    try:
+        return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in map(os.stat, files))
+    except OSError:  # gone for a moment, half-way through a renewal: a change, whose context fails
+        return None
+
+
+class _Certificate:
+    """This worker's TLS context (gunicorn's default one, from ``--certfile``/``--keyfile``, with
+    OP_IGNORE_UNEXPECTED_EOF), made again from the files when they change (see the module's
+    docstring). Connections already made keep the context they were made with."""
+
+    __slots__ = ("factory", "files", "stamps", "refused", "checked", "context")
+
+    def __init__(self, conf, factory) -> None:
+        self.factory = factory
+        self.files = tuple(f for f in (getattr(conf, "certfile", None), getattr(conf, "keyfile", None)) if f)
+        self.stamps = _stamps(self.files) if self.files else None
+        self.refused = None
+        self.checked = time.monotonic()
+        # a worker that starts (or restarts) in the middle of a renewal waits for a pair that fits
+        deadline = self.checked + CERT_WAIT_S
+        while True:
+            try:
+                self.context = self._made()
+                return
+            except (OSError, ssl.SSLError, ValueError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _made(self) -> ssl.SSLContext:
+        context = self.factory()
+        context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
+        return context
+
+    def current(self) -> ssl.SSLContext:
+        now = time.monotonic()
+        if not self.files or now - self.checked < CERT_CHECK_S:
+            return self.context
+        self.checked = now
+        stamps = _stamps(self.files)
+        if stamps == self.stamps or stamps == self.refused:
+            return self.context
+        try:
+            self.context = self._made()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.refused = stamps  # tried again once the files change again
+            log.warning("the certificate or key file changed, but they make no TLS context (%s): serving the "
+                        "certificate read before", exc)
+        else:
+            self.stamps = stamps
+            log.info("serving the certificate of %s, which changed", self.files[0])
+        return self.context
 
 
 class _HandshakeLater:
     """A TLS context whose sockets do their handshake when the worker asks (``do_handshake``),
     not when they are made. gunicorn's workers and gevent's server only call ``wrap_socket``."""
 
-    __slots__ = ("context",)
+    __slots__ = ("certificate",)
 
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.context = context
+    def __init__(self, certificate: _Certificate) -> None:
+        self.certificate = certificate
 
     def wrap_socket(self, sock, **kwargs):
-        return self.context.wrap_socket(sock, **{**kwargs, "do_handshake_on_connect": False})
+        return self.certificate.current().wrap_socket(sock, **{**kwargs, "do_handshake_on_connect": False})
 
 
 def ssl_context(conf, default_ssl_context_factory):
     """gunicorn's ``ssl_context`` hook for serve's workers: gunicorn's default context (the
-    certificate and key of ``--certfile``/``--keyfile``), made once per worker process, with
-    OpenSSL taking an end of stream without close_notify as an end (see the module's docstring)."""
+    certificate and key of ``--certfile``/``--keyfile``), made once per worker process (and again
+    when those files change), with OpenSSL taking an end of stream without close_notify as an end
+    (see the module's docstring)."""
     global _CONTEXT
     if _CONTEXT is None:
-        context = default_ssl_context_factory()
-        context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
-        _CONTEXT = _HandshakeLater(context)
+        _CONTEXT = _HandshakeLater(_Certificate(conf, default_ssl_context_factory))
     return _CONTEXT
 
 
@@ -126,7 +197,7 @@ class _HandshakeInHandle(_HandshakeLater):
 def gevent_ssl_context(conf, default_ssl_context_factory):
     """``ssl_context`` for the gevent worker (gevent_worker.py): serve's context (``ssl_context``)
     whose wrap errors reach the worker's handle()."""
-    return _HandshakeInHandle(ssl_context(conf, default_ssl_context_factory).context)
+    return _HandshakeInHandle(ssl_context(conf, default_ssl_context_factory).certificate)
 
 
 def is_plain_http(exc: BaseException) -> bool:
