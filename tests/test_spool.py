@@ -1115,3 +1115,131 @@ def test_a_segment_that_cannot_be_retired_is_said_once_a_minute_not_per_look(tmp
         warnings = [r.getMessage() for r in caplog.records if "could not retire spool segments yet" in r.getMessage()]
         assert len(warnings) == 1 and "Read-only file system" in warnings[0] and seg.name in warnings[0], warnings
         assert len(segments(store)) == 1  # kept until it can be retired
+
+
+def test_a_record_of_exactly_the_largest_body_is_loaded_and_one_byte_more_is_refused(store):
+    """The reader takes a record whose body is at most MAX_BODY bytes as intact (spool.py), so the
+    writer must refuse (503) one byte more rather than acknowledge it: the reader would skip such
+    a record as damage, and the ping it had acknowledged would be lost. A body of exactly MAX_BODY
+    is written, read back and made the object, whole."""
+    from gleanpipe.storage.spool import HEAD, KEYLEN, MAX_BODY
+
+    writer = SpoolWriter(store.root / SPOOL, 1 << 30, 3600)
+    key, _ = raw()
+    room = MAX_BODY - KEYLEN.size - len(key)  # object bytes that make a body of exactly MAX_BODY
+    with pytest.raises(StoreError, match=f"^a spool record holds at most {MAX_BODY} bytes, this one has {MAX_BODY + 1}$"):
+        writer.append(key, b"x" * (room + 1))
+    data = b"y" * room
+    writer.append(key, data)
+    writer.close()
+    (seg,) = segments(store)
+    assert seg.stat().st_size == HEAD.size + MAX_BODY  # the header and the one record: nothing of the refused one
+    reader = SpoolReader(store)
+    [(receipt, got)] = reader.pending(10)
+    assert got == key and store.get(key) == data
+    reader.ack([receipt])
+    assert segments(store) == [] and reader.stats["torn_bytes"] == 0
+
+
+def test_each_new_segments_name_is_fsynced_before_its_first_record_is_acknowledged(store, monkeypatch):
+    """A record's fdatasync makes its bytes durable, not the segment's name in the spool folder:
+    after a power cut a segment whose name was never synced may be gone, with every record the
+    edge acknowledged in it. So each new segment (the first, and each one after a rotation) has
+    its folder fsynced once it has its name, before the append that opened it returns. A power
+    cut cannot be caused here: the real fsyncs run, the wrapper records which .seg names the
+    folder held at each one."""
+    from gleanpipe.storage import spool_writer
+
+    folder = store.root / SPOOL
+    events, real = [], spool_writer.fsync_dir
+
+    def recording(path):
+        real(path)
+        if os.fspath(path) == os.fspath(folder):
+            events.append(("fsync_dir", {p.name for p in folder.glob("*.seg")}))
+
+    monkeypatch.setattr(spool_writer, "fsync_dir", recording)
+    writer = SpoolWriter(folder, 1, 3600)  # a new segment for each batch (rotation by size)
+    for seq in range(3):
+        writer.append(*raw(seq=seq))
+        events.append(("acked", {p.name for p in folder.glob("*.seg")}))
+    writer.close()
+    names = [p.name for p in segments(store)]
+    assert len(names) == 3
+    for name in names:
+        acked = next(i for i, (what, seen) in enumerate(events) if what == "acked" and name in seen)
+        assert any(what == "fsync_dir" and name in seen for what, seen in events[:acked]), (name, events)
+
+
+def test_damage_in_a_records_object_bytes_is_caught_by_its_checksum(store, caplog):
+    """Only the crc32 tells damage in a record's object bytes (or a key byte changed to another
+    ASCII one) from an intact record: the length, magic and key all still read. The damaged
+    record must not become an object (create-only, it would stay the ping for ever): the reader
+    skips it, and says so, and the records around it load as they were written."""
+    import logging
+
+    pings, seg = spooled(store, 3)
+    buf = bytearray(seg.read_bytes())
+    first, second = (len(encode_record(*p)) for p in pings[:2])
+    assert [k for _, _, k, _ in decode_records(bytes(buf))] == [k for k, _ in pings]
+    buf[first + second - 5] ^= 0x01  # in the second record's object bytes: its last few, the ping's JSON
+    buf[first + 12 + 2 + 4] ^= 0x01  # and a key byte ("raw/" + 1 byte on): still ASCII
+    assert [k for _, _, k, _ in decode_records(bytes(buf))] == [pings[0][0]]
+    seg.write_bytes(bytes(buf))
+    reader = SpoolReader(store)
+    with caplog.at_level(logging.WARNING, logger="gleanpipe.spool"):
+        assert [k for _, k in reader.pending(10)] == [pings[0][0], pings[2][0]]
+    assert [store.get(k) for k in (pings[0][0], pings[2][0])] == [pings[0][1], pings[2][1]]
+    assert list(store.list("raw/")) == sorted([pings[0][0], pings[2][0]])  # nothing of the damaged one
+    assert reader.stats["torn_bytes"] == second
+    (said,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert f"skipped {second} damaged bytes at offset {first}" in said
+
+
+def test_a_segment_is_deleted_only_after_a_syncfs_that_made_its_objects_durable(store, monkeypatch):
+    """The reader writes objects out unsynced (put_unsynced); the segment is their only durable
+    copy until one syncfs of the store's file system. Deleting it first, a power cut could take
+    both the objects and the records of pings that were acknowledged. A power cut cannot be
+    caused here: a spy (which calls through) records, at each syncfs, which segments and objects
+    there were; the segment must be there at a syncfs that came after its objects, and go after it."""
+    from gleanpipe.storage import spool_reader
+
+    pings, seg = spooled(store, 2)
+    events, real = [], spool_reader._syncfs
+
+    def syncfs(path):
+        real(path)
+        events.append((seg.exists(), all((store.root / k).exists() for k, _ in pings)))
+
+    monkeypatch.setattr(spool_reader, "_syncfs", syncfs)
+    reader = SpoolReader(store)
+    got = reader.pending(10)
+    assert [k for _, k in got] == [k for k, _ in pings] and events == []  # nothing retired yet
+    reader.ack([r for r, _ in got])
+    assert segments(store) == [] and reader.stats["segments_deleted"] == 1
+    assert events == [(True, True)]  # one syncfs, with the objects written and the segment not yet deleted
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, which needs root")
+def test_a_record_that_cannot_be_written_out_is_not_handed_to_the_loader(tmp_path):
+    """A full disk while serve writes spooled pings out as objects: the look fails (the loader
+    logs it and tries again) and hands out no receipt for a record whose object was not written;
+    else the loader would find no object, drop the receipt after its grace, and the segment, the
+    ping's only copy, would be retired. A real full disk: a 1 MiB tmpfs, filled, emptied again."""
+    with small_disk(tmp_path) as disk:
+        store = LocalStore(disk / "store")
+        pings, seg = spooled(store, 2)
+        filler = disk / "filler"
+        fill_disk(filler)
+        reader = SpoolReader(store)
+        with pytest.raises(StoreError, match="No space left on device"):
+            reader.pending(10)
+        assert list(store.list("raw/")) == [] and segments(store) == [seg]
+        with pytest.raises(StoreError, match="No space left on device"):  # and at each look while it is full
+            reader.pending(10)
+        filler.unlink()
+        got = reader.pending(10)
+        assert [k for _, k in got] == [k for k, _ in pings]
+        assert [store.get(k) for k, _ in pings] == [d for _, d in pings]  # whole
+        reader.ack([r for r, _ in got])
+        assert segments(store) == [] and reader.stats["materialised"] == 2
