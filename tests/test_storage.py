@@ -6,6 +6,7 @@ prefix handling is exercised everywhere.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -297,6 +298,7 @@ class FlakyProxy:
 
         self.planned: list[tuple[int, bytes]] = []
         self.seen: list[tuple[str, int]] = []  # (method, status answered)
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []  # (method, headers, body) as they came
         up = urlsplit(upstream)
         proxy = self
 
@@ -308,6 +310,7 @@ class FlakyProxy:
 
             def _any(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.requests.append((self.command, {k.lower(): v for k, v in self.headers.items()}, body))
                 if proxy.planned:
                     status, out, headers = *proxy.planned.pop(0), {}
                 else:
@@ -523,3 +526,71 @@ def test_cloud_clients_keep_pool_size_connections(store):
     else:
         list(store.list("raw/"))  # the session is made on first use
         assert {a._pool_maxsize for a in store._session.adapters.values()} == {POOL_SIZE}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, which needs root")
+def test_a_write_the_disk_takes_only_part_of_is_a_store_error_and_leaves_nothing(tmp_path):
+    """A nearly full disk takes part of a write (os.write returns less than it was given) before it
+    refuses the rest: put_new (the function's 200, and every error record) and put_unsynced (serve
+    writing a spooled ping out) must fail, not store the cut bytes as the object, whose create-only
+    write would then keep them for ever. A real disk: a 1 MiB tmpfs, filled, then 20 KB freed."""
+    import os
+
+    from conftest import fill_disk, small_disk
+    from gleanpipe.storage.local import LocalStore
+
+    with small_disk(tmp_path) as disk:
+        store = LocalStore(disk / "store")
+        assert store.put_new(KEY, b"first") is True  # the folders exist before the disk fills
+        store.ack([r for r, _ in store.pending(10)])
+        filler = disk / "filler"
+        fill_disk(filler)
+        os.truncate(filler, filler.stat().st_size - 20_000)
+        data = b"x" * 100_000  # more than is free: the first write takes part of it
+        other, spooled = KEY.replace("001.json", "002.json"), KEY.replace("001.json", "003.json")
+        with pytest.raises(StoreError, match="No space left on device"):
+            store.put_new(other, data)
+        with pytest.raises(OSError, match="No space left on device"):
+            store.put_unsynced(spooled, data)
+        assert list(store.list("raw/")) == [KEY]  # no cut object under either key
+        assert store.pending(10) == [] and list(store.tmp.iterdir()) == []
+        filler.unlink()
+        assert store.put_new(other, data) is True and store.get(other) == data  # written whole later
+        assert store.put_unsynced(spooled, data) is True and store.get(spooled) == data
+
+
+@pytest.mark.parametrize("cloud_store_url", ["gcs", "s3"], indirect=True)
+def test_a_create_only_write_carries_the_checksum_of_its_bytes(proxied, monkeypatch):
+    """gcs.py and s3.py: each upload carries the CRC32C (Cloud Storage) or CRC32 (S3) of the
+    object's bytes, which the service checks before it keeps the object: bytes damaged on the way
+    are refused (a 5xx for the edge, so the SDK retries), never stored as the ping. Neither
+    emulator checks them (both took a wrong one), so this checks what goes over the wire, through
+    FlakyProxy: the checksum is there, and it is that of the bytes sent. For S3 also with
+    AWS_REQUEST_CHECKSUM_CALCULATION=when_required, where boto3 adds none of its own."""
+    import base64
+    import zlib
+
+    import google_crc32c
+    import orjson
+
+    store, proxy, s3 = proxied
+    if s3:
+        monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+        store.close()
+        store = open_store(store.url)  # its client reads the setting when it is made
+    data = b"the object's bytes " * 100
+    assert store.put_new(KEY, data) is True
+    [(method, headers, body)] = proxy.requests
+    if s3:
+        assert method == "PUT"
+        checksum = headers.get("x-amz-checksum-crc32")
+        if checksum is None:  # sent as a trailer of an aws-chunked body
+            assert headers["x-amz-trailer"] == "x-amz-checksum-crc32"
+            checksum = body.rpartition(b"x-amz-checksum-crc32:")[2].split(b"\r\n")[0].decode()
+        assert checksum == base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        store.close()
+    else:
+        assert method == "POST"
+        metadata = orjson.loads(body.split(b"\r\n\r\n", 1)[1].split(b"\r\n--", 1)[0])
+        assert metadata["crc32c"] == base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+        assert data in body
