@@ -538,3 +538,45 @@ def test_a_client_disconnect_under_werkzeug_is_an_incomplete_body(client, local_
     [record] = error_records(local_store)
     assert (record["error_type"], record["body_bytes_kept"]) == ("incomplete_body", len(body))
     assert raw_keys(local_store) == []
+
+
+def test_a_gzip_payload_of_exactly_its_limit_is_taken_in_several_members_too(client, fn_env, monkeypatch, local_store):
+    """README: 413 for a payload *over* GLEANPIPE_MAX_PAYLOAD_BYTES. A gzip body of several
+    members (decompress's general path, _members) whose payload is exactly the limit is taken,
+    as one member and a plain body are; one byte more is 413 and kept in the error store."""
+    from gleanpipe import functions
+
+    monkeypatch.setenv("GLEANPIPE_MAX_PAYLOAD_BYTES", "100")
+    functions.submit_handler.cache_clear()
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    payload = b"{}" + b" " * 98
+    at = client.post(submit_path(), data=gzip.compress(payload[:60]) + gzip.compress(payload[60:]), headers=headers)
+    assert (at.status_code, at.headers["X-Gleanpipe-Stored"]) == (200, "new")
+    [key] = raw_keys(local_store)
+    assert rawobject.decode(local_store.get(key))[1] == payload
+    over = client.post(submit_path(), data=gzip.compress(payload[:60]) + gzip.compress(payload[60:] + b" "),
+                       headers=headers)
+    assert (over.status_code, over.get_json()) == (413, {
+        "error_type": "payload_too_large",
+        "error_message": "payload is over 100 bytes after decompression (GLEANPIPE_MAX_PAYLOAD_BYTES)"})
+    assert [r["error_type"] for r in error_records(local_store)] == ["payload_too_large"]
+    assert len(raw_keys(local_store)) == 1
+
+
+def test_a_bug_in_the_handler_is_not_answered_as_storage_trouble(fn_env, local_store):
+    """503 means "the store failed" (its reason goes to the log in one line, the SDK retries);
+    any other exception is a bug and must surface as one (the server's 500 and its traceback),
+    not be taken for storage trouble. A validator that raises stands in for such a bug."""
+    from gleanpipe.config import Config
+    from gleanpipe.http_edge import SubmitHandler
+    from gleanpipe.validation import PingValidator
+
+    class Broken(PingValidator):
+        def validate(self, doc, size=0):
+            raise KeyError("a bug")
+
+    handler = SubmitHandler(Config.from_env(), local_store, validator=Broken())
+    headers = {k.lower(): v for k, v in {**SDK_HEADERS, "Content-Encoding": "gzip"}.items()}
+    with pytest.raises(KeyError, match="a bug"):
+        handler.handle("POST", submit_path(), headers, gz(make_ping(CLIENT)))
+    assert raw_keys(local_store) == [] and error_records(local_store) == []
