@@ -546,11 +546,15 @@ def test_load_function_and_cli_query_on_bigquery(bq_emulator, bq_warehouse_url, 
     count = gleanpipe("query", "--format", "json", "--data-dir", str(tmp_path / "none"),
                       f"SELECT count(*) AS n FROM `{table}` -- counted; after the refusals")
     assert json.loads(count.stdout) == [{"n": 2}], count.stderr
-    # BigQuery's own refusals in one line (before: five, with the job's location and id, the message twice)
-    for sql in ("SELECT * FROM nowhere.nothing", f"SELECT no_such_column FROM {table}"):
+    # BigQuery's own refusals in one line (before: five, with the job's location and id, the message
+    # twice); a missing dataset's is followed by what the warehouse has (missing_table), after a blank line
+    for sql, hint in (("SELECT * FROM nowhere.nothing", "There is no dataset nowhere: "),
+                      (f"SELECT no_such_column FROM {table}", None)):
         bad = gleanpipe("query", "--data-dir", str(tmp_path / "none"), sql)
         assert bad.returncode == 1 and bad.stderr.startswith("Error: BigQuery: "), bad.stderr
-        assert len(bad.stderr.strip().splitlines()) == 1 and "Job ID" not in bad.stderr, bad.stderr
+        said, *advice = bad.stderr.strip().split("\n\n")
+        assert len(said.splitlines()) == 1 and "Job ID" not in bad.stderr, bad.stderr
+        assert [a[:len(hint)] for a in advice] == ([hint] if hint else []), bad.stderr
         # a dataset the query names is its own mistake, not one the loader makes again
         assert "made again" not in bad.stderr, bad.stderr
 
