@@ -266,10 +266,10 @@ def conflict_on(wh: BigQueryWarehouse, statement: str, times: int = 1) -> list[s
 def test_bigquerys_wordings_of_a_dml_conflict_or_too_many_at_once_and_no_other_400_are_transient(message, conflict):
     from google.api_core.exceptions import Conflict
 
-    from gleanpipe.warehouse.bigquery import is_dml_conflict
+    from gleanpipe.warehouse.bigquery import dml_conflict
 
-    assert is_dml_conflict(BadRequest(message)) is conflict
-    assert is_dml_conflict(Conflict(message)) is False  # a 409 (a job id or table already there) is none
+    assert (dml_conflict(BadRequest(message)) is not None) is conflict
+    assert dml_conflict(Conflict(message)) is None  # a 409 (a job id or table already there) is none
 
 
 def test_a_deletion_request_whose_record_meets_another_loaders_statement_is_retried_as_transient(
@@ -815,9 +815,17 @@ def test_a_query_naming_a_table_or_dataset_bigquery_does_not_have_says_what_it_h
     ("BigQuery: 404 Not found: Dataset my-project:nowhere was not found in location US", ("nowhere", None)),
     ("BigQuery: 404 Not found: Job my-project:US.bquxjob_1 was not found", (None, None))])
 def test_bigquerys_words_for_a_missing_dataset_or_table_are_read_in_every_project_form(message, missing):
-    from gleanpipe.warehouse.missing_table import bigquery_missing
+    from gleanpipe.warehouse.missing_table import bigquery_hint
 
-    assert bigquery_missing(message) == missing
+    gone, within = missing
+    listed = []  # the dataset whose tables the hint asks for (None: the datasets' names only)
+    hint = bigquery_hint(message, "SELECT 1", lambda name: listed.append(name) or {"app": ["metrics"]})
+    if gone is None and within is None:
+        assert (hint, listed) == (None, [])
+    elif gone is not None:
+        assert listed == [None] and f"\n\nThere is no dataset {gone}: " in hint
+    else:
+        assert listed == [within] and f"\n\n{within} has no table or view baseline yet" in hint
 
 
 def test_what_bigquery_said_is_one_line_without_the_repeated_reason(bq):

@@ -204,10 +204,6 @@ def dml_conflict(exc: BaseException) -> str | None:
     return next((why for words, why in DML_CONFLICTS.items() if words in said_lower), None)
 
 
-def is_dml_conflict(exc: BaseException) -> bool:
-    return dml_conflict(exc) is not None
-
-
 class BigQueryWarehouse(Warehouse):
     def __init__(self, project: str, location: str, config: Config, *, read_only: bool = False, client=None):
         """``config``: its GLEANPIPE_BIGQUERY_* settings."""
@@ -632,11 +628,8 @@ class BigQueryWarehouse(Warehouse):
             try:
                 return self._run(sql, params)
             except NotFound as exc:  # a dataset or table the query names: not one the loader lost
-                message = f"BigQuery: {said(exc)}"
-                gone, within = missing_table.bigquery_missing(message)
-                if gone or within:  # with what the warehouse has, as DuckDB's query says it
-                    message = missing_table.bigquery_hint(message, sql, self._app_datasets(within))
-                raise QueryFailed(message) from None
+                message = f"BigQuery: {said(exc)}"  # with what the warehouse has, as DuckDB's query says it
+                raise QueryFailed(missing_table.bigquery_hint(message, sql, self._app_datasets) or message) from None
 
         try:
             return self._rows(self._guard(run)[1])

@@ -11,6 +11,7 @@ warehouse does have, in the words of the pipeline.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 SHOWN = 12  # names listed at most per dataset, and datasets at most
 
@@ -82,21 +83,14 @@ _BQ_NO_DATASET = re.compile(r"Not found: Dataset (?:\S+[:.])?(\w+) was not found
 _BQ_NO_TABLE = re.compile(r"Not found: Table (?:\S+[:.])?(\w+)\.(\w+) was not found")
 
 
-def bigquery_missing(message: str) -> tuple[str | None, str | None]:
-    """(the dataset BigQuery's ``message`` says is not there, None) or (None, the dataset whose
-    table it says is not there), or (None, None) for any other message."""
+def bigquery_hint(message: str, sql: str, app_datasets: Callable[[str | None], dict[str, list[str]]]) -> str | None:
+    """BigQuery's 404 ``message`` for the query ``sql``, with what the warehouse has (``advise``);
+    None when it is not about a missing dataset or table. ``app_datasets(listed)`` gives the app
+    datasets, with the tables and views of ``listed`` (the dataset whose table is missing) only."""
     if (gone := _BQ_NO_DATASET.search(message)) is not None:
-        return gone.group(1), None
-    if (gone := _BQ_NO_TABLE.search(message)) is not None:
-        return None, gone.group(1)
-    return None, None
-
-
-def bigquery_hint(message: str, sql: str, datasets: dict[str, list[str]]) -> str:
-    """BigQuery's 404 ``message`` for the query ``sql``, with what the warehouse has (``advise``)."""
-    gone, within = _BQ_NO_DATASET.search(message), _BQ_NO_TABLE.search(message)
-    if gone is not None:
-        advice = advise(sql, datasets, missing_dataset=gone.group(1))
+        advice = advise(sql, app_datasets(None), missing_dataset=gone.group(1))
+    elif (within := _BQ_NO_TABLE.search(message)) is not None:
+        advice = advise(sql, app_datasets(within.group(1)), table=within.group(2), dataset=within.group(1))
     else:
-        advice = advise(sql, datasets, table=within.group(2), dataset=within.group(1))
+        return None
     return f"{message}\n\n{advice}"
