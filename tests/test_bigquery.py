@@ -128,12 +128,16 @@ def test_a_deletion_request_recorded_twice_by_loads_at_the_same_moment_still_loa
     loader = Loader(store, bq)
     loader.load_keys([put_ping(store, make_ping(CLIENT_A))])
     deletion = put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    # both loads leave it pending however slow bqemulator is (a second between them made it settle)
+    bq.deletions_settle_s = 3600
     assert loader.load_keys([deletion]).deletions == 1
     bq.client.query("INSERT INTO `_gleanpipe`.`deletions` SELECT * FROM `_gleanpipe`.`deletions`").result()
     assert bq.query("SELECT count(*) FROM _gleanpipe.deletions")[1] == [(2,)]
     result = loader.load_keys([deletion])  # before: ValueError, too many values to unpack, for ever
     assert (result.deletions, result.errors) == (1, 0)
-    time.sleep(1.1)  # GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S
+    assert bq.query("SELECT executed_at IS NULL, attempts FROM _gleanpipe.deletions")[1] == [(True, 2)] * 2
+    bq.deletions_settle_s = 1  # the fixture's GLEANPIPE_BIGQUERY_DELETIONS_SETTLE_S, for the retries
+    time.sleep(1.1)
     assert [a.done for a in bq.retry_deletions()] == [True, True]  # one per record: both updated by each
     records = bq.query("SELECT executed_at IS NOT NULL, attempts FROM _gleanpipe.deletions")[1]
     assert records == [(True, 4)] * 2  # two loads, then the two retries
