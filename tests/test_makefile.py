@@ -8,6 +8,7 @@ import glob
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -78,3 +79,19 @@ def test_the_makefile_asks_for_the_python_pyproject_requires():
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     checked = re.search(r"sys\.version_info < \((\d+), (\d+)\)", (ROOT / "Makefile").read_text())
     assert requires == f">={checked[1]}.{checked[2]}" == ">=3.11"
+
+
+def test_a_test_that_hangs_fails_after_the_suites_timeout_and_the_run_goes_on(tmp_path):
+    """pyproject's `timeout` (pytest-timeout) with the suite's own options: a hung test fails with
+    "Timeout" and the tests after it still run, where a hang held CI until its 90 minutes ran out.
+    The suite's 300 s is lowered to 2 here with -o, so that only the mechanism is under test."""
+    (tmp_path / "test_hang.py").write_text(
+        "import threading, time\n"
+        "def test_hangs():\n    threading.Event().wait()\n"
+        "def test_after():\n    assert True\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path),
+                          "-p", "no:cacheprovider", "-o", "timeout=2", "-q", str(tmp_path / "test_hang.py")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout
+    assert "Failed: Timeout (>2.0s) from pytest-timeout" in out.stdout and "1 failed, 1 passed" in out.stdout, out.stdout
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["timeout"] == 300
