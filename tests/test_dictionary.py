@@ -291,6 +291,44 @@ def test_dictionary_build_through_serve_over_its_query_limit_says_what_to_do(tmp
     assert (built.returncode, built.stderr) == (0, ""), built.stderr
 
 
+def test_dictionary_pages_over_serves_query_limit_are_a_413_with_one_log_line(tmp_path):
+    """A real serve whose GLEANPIPE_QUERY_MAX_BYTES (300) the app's definitions are over: its
+    /dictionary page and API answer 413 with the limit named and what to do, and serve logs one
+    line. Before: a 500 ("ResultTooLarge: ..."), which the README keeps for serve's own bugs, and
+    a traceback in serve's log for a limit the user set."""
+    import urllib.error
+    import urllib.request
+
+    from conftest import ServeProcess
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    added = cli(data_dir, "apps", "add", "org.example.toolbox", "--metrics", str(GLEAN / "metrics.yaml"),
+                "--pings", str(GLEAN / "pings.yaml"))
+    assert added.returncode == 0, added.stderr
+    message = ("this page's data is over 300 bytes as JSON, the most the running serve answers "
+               "(GLEANPIPE_QUERY_MAX_BYTES): restart serve with a higher GLEANPIPE_QUERY_MAX_BYTES, or stop serve "
+               "and run `gleanpipe dictionary build` (it then reads the DuckDB file itself, with no such limit)")
+    server = ServeProcess(data_dir, env={"GLEANPIPE_QUERY_MAX_BYTES": "300"}).start()
+    try:
+        answers = {}
+        for path in ("/dictionary/api/apps/org_example_toolbox.json", "/dictionary/apps/org_example_toolbox/"):
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(server.url + path, timeout=30)
+            answers[path] = (caught.value.code, caught.value.headers["Content-Type"], caught.value.read().decode())
+    finally:
+        assert server.stop() == 0
+    assert answers["/dictionary/api/apps/org_example_toolbox.json"] == (
+        413, "application/json", json.dumps({"error": message}, separators=(",", ":")))
+    status, ctype, page = answers["/dictionary/apps/org_example_toolbox/"]
+    assert (status, ctype) == (413, "text/html; charset=utf-8")
+    assert "<h1>413 Content Too Large</h1>" in page
+    assert "run `gleanpipe dictionary build` (it then reads the DuckDB file itself, with no such limit)" in page
+    log = server.read_log()
+    assert "Traceback" not in log and "ResultTooLarge" not in log, log
+    assert log.count(f"dictionary page /api/apps/org_example_toolbox.json: {message}\n") == 1, log
+
+
 class Links(HTMLParser):
     def __init__(self):
         super().__init__()

@@ -122,10 +122,11 @@ def test_a_dictionary_query_that_fails_in_serve_is_a_500_that_says_why_not_a_503
     assert error.startswith("QueryRefused: ") and "not reachable" not in error, error
 
 
-def test_a_dictionary_answer_over_the_query_limit_is_a_500_that_says_so_not_a_503(tmp_path):
+def test_a_dictionary_answer_over_the_query_limit_is_a_413_that_says_so_not_a_500_or_503(tmp_path):
     """Through admin_query and a real admin server whose GLEANPIPE_QUERY_MAX_BYTES the catalog's
-    answer is over (413): as for a refused query, a 500 naming the limit, not 503 "the warehouse
-    is not reachable" for a serve that is running."""
+    answer is over: the page is a 413 naming the limit, as the admin API answers it. Not 503 "the
+    warehouse is not reachable" for a serve that is running, and not the 500 it was (with
+    "ResultTooLarge: " before the message), which the README keeps for errors of serve's own."""
     from pathlib import Path
 
     from gleanpipe.dictionary.catalog import store_app
@@ -136,10 +137,10 @@ def test_a_dictionary_answer_over_the_query_limit_is_a_500_that_says_so_not_a_50
     glean = Path(__file__).parent / "glean_client"
     store_app(wh, parse("org.example.toolbox", [glean / "metrics.yaml"], [glean / "pings.yaml"]))
     status, body = _apps_through_an_admin_server(tmp_path, wh, query_max_bytes=64)
-    assert status == "500 Internal Server Error"
+    assert status == "413 Content Too Large"
     error = json.loads(body)["error"]
     # before: serve's advice for SQL of one's own, "add a LIMIT or select fewer columns", to a reader of a page
-    assert error == ("ResultTooLarge: this page's data is over 64 bytes as JSON, the most the running serve "
+    assert error == ("this page's data is over 64 bytes as JSON, the most the running serve "
                      "answers (GLEANPIPE_QUERY_MAX_BYTES): restart serve with a higher GLEANPIPE_QUERY_MAX_BYTES, "
                      "or stop serve and run `gleanpipe dictionary build` (it then reads the DuckDB file itself, "
                      "with no such limit)"), error
