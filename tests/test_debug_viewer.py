@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from pathlib import Path
 
 import orjson
@@ -615,3 +616,37 @@ def test_a_store_out_of_reach_is_a_503_that_keeps_its_details_in_the_log(monkeyp
     assert out["status"] == "503 Service Unavailable" and out["headers"]["Retry-After"] == "5"
     assert orjson.loads(body) == {"error": "the store cannot be read now (see the server's log); retry later"}
     assert any("secret-bucket-name" in r.getMessage() for r in caplog.records)
+
+
+def test_a_rejected_gzip_body_is_shown_as_the_edge_read_it_and_a_cut_one_says_so(debug_serve):
+    """A real serve. A ping the edge gunzipped from two gzip members (as it takes them) and then
+    refused on the schema is shown as that ping, parsed; before, only the first member was read,
+    so the page showed `{"metrics": {"counter": ` as text that is not JSON. A body cut short inside
+    its gzip stream (a 400 `decompress`) shows what it decompresses to, with a note that it was cut;
+    before, the same text with no note, or for a body cut in its first bytes an empty body."""
+    bad = make_ping(metrics={"counter": {"toolbox.launch_count": "seven"}})
+    text = json.dumps(bad).encode()
+    headers = {**SDK_HEADERS, "X-Debug-ID": "gzip-view", "Content-Encoding": "gzip"}
+    two_members = gzip.compress(text[:20]) + gzip.compress(text[20:])
+    status, err, _ = post(debug_serve.url + submit_path("metrics", str(uuid.uuid4())), two_members, headers)
+    assert (status, err["error_type"]) == (400, "schema")
+    whole = gzip.compress(text)
+    cut = whole[:len(whole) - 20]  # the deflate data cut short, and no trailer
+    status, err, _ = post(debug_serve.url + submit_path("metrics", str(uuid.uuid4())), cut, headers)
+    assert (status, err) == (400, {"error_type": "decompress", "error_message": "truncated gzip body"})
+    header_only = b"\x1f\x8b\x08\x00garbage"
+    status, err, _ = post(debug_serve.url + submit_path("metrics", str(uuid.uuid4())), header_only, headers)
+    assert (status, err["error_type"]) == (400, "decompress")
+
+    short, cut_entry, members = api(debug_serve, "tags/gzip-view")["pings"]  # newest first
+    assert (members["ping"], members["body_text"], members["note"]) == (bad, None, None)
+    partial = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(cut)
+    assert 0 < len(partial) < len(text) and text.startswith(partial)
+    assert (cut_entry["ping"], cut_entry["body_text"]) == (None, partial.decode())
+    assert cut_entry["note"] == (f"the {len(cut)}-byte gzip body ends before its gzip stream does: what it "
+                                 f"decompresses to ({len(partial)} bytes) is shown, as text")
+    assert (short["ping"], short["body_text"]) == (None, "")
+    assert short["note"] == ("the 11-byte gzip body ends before its gzip stream does: what it decompresses to "
+                             "(0 bytes) is shown, as text")
+    status, page, _ = get(f"{debug_serve.url}/debug/gzip-view")
+    assert status == 200 and b"ends before its gzip stream does" in page

@@ -207,7 +207,9 @@ class DebugIndex:
             out["metadata"] = record
             if record.get("body_truncated"):
                 out["note"] = f"the body was cut to {record.get('body_bytes_kept')} bytes when it was kept"
-            body = _gunzip_for_view(body, max_payload_bytes)
+            body, cut = _gunzip_for_view(body, max_payload_bytes)
+            if cut:
+                out["note"] = _join(out["note"], cut)
         else:
             try:
                 out["metadata"], body = rawobject.decode(data)
@@ -236,15 +238,33 @@ def _join(note: str | None, more: str) -> str:
     return f"{note}; {more}" if note else more
 
 
-def _gunzip_for_view(body: bytes, limit: int) -> bytes | str:
-    """A kept rejected body as the viewer shows it: gunzipped when it is gzip (bounded)."""
+def _gunzip_for_view(body: bytes, limit: int) -> tuple[bytes | str, str | None]:
+    """A kept rejected body as the viewer shows it, and a note: gunzipped as the edge gunzips it
+    (every member, bounded), or a line that says why it is not shown. A body cut short (the
+    client's, or the error record's GLEANPIPE_MAX_ERROR_BYTES) gives what its whole members and
+    its last, cut one decompress to, with a note that says so. Before, only the first member was
+    read: a ping the edge took whole from several members showed as its first part, not JSON,
+    and a body cut short showed what its first bytes decompress to (often nothing), unremarked."""
     if not body.startswith(b"\x1f\x8b"):
-        return body
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return body, None
+    from .http_edge import Rejected, decompress  # http_edge imports this module
+
     try:
-        out = d.decompress(body, limit)
-    except zlib.error as exc:
-        return f"(gzip body that does not decompress: {exc}; {len(body)} bytes)"
-    if d.unconsumed_tail:
-        return f"(gzip body over {limit} bytes once decompressed: not shown)"
-    return out
+        return decompress(body, limit), None
+    except Rejected as exc:
+        if exc.error_type == "payload_too_large":
+            return f"(gzip body over {limit} bytes once decompressed: not shown)", None
+        if exc.message != "truncated gzip body":
+            return f"(gzip body that does not decompress: {exc.message}; {len(body)} bytes)", None
+    out, rest = bytearray(), body
+    while rest.startswith(b"\x1f\x8b") and len(out) < limit:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += d.decompress(rest, limit - len(out))
+        except zlib.error:
+            break
+        if not d.eof:
+            break
+        rest = d.unused_data
+    return bytes(out), (f"the {len(body)}-byte gzip body ends before its gzip stream does: what it "
+                        f"decompresses to ({len(out)} bytes) is shown, as text")
