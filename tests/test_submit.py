@@ -128,6 +128,19 @@ def test_uppercase_document_id_is_the_same_document(client, local_store):
     assert raw_keys(local_store) == [f"raw/{APP}/baseline/1/{doc_id}.json"]
 
 
+def test_an_upper_case_app_id_is_the_same_app_stored_lower_case(client, local_store):
+    """As the README's path table says (the Glean SDK sends app ids lower-case itself): the app id
+    is stored lower-case, so `Org-Example-Toolbox` is the app `org-example-toolbox`, and a re-send
+    under either spelling is a duplicate."""
+    doc_id = "bbbbbbbb-bbbb-4ccc-8ddd-eeeeeeeeeeee"
+    first = client.post(f"/submit/{APP.title()}/baseline/1/{doc_id}", data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    again = client.post(submit_path(document_id=doc_id), data=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    assert APP.title() == "Org-Example-Toolbox" and (first.status_code, again.status_code) == (200, 200)
+    assert first.headers["X-Gleanpipe-Stored"] == "new" and again.headers["X-Gleanpipe-Stored"] == "duplicate"
+    assert raw_keys(local_store) == [f"raw/{APP}/baseline/1/{doc_id}.json"]
+    assert rawobject.decode(local_store.get(raw_keys(local_store)[0]))[0]["app_id"] == APP
+
+
 @pytest.mark.parametrize("path", ["/", "/submit", "/submit/a/b/1", f"/submit/{APP}/baseline/1/x/extra",
                                   "/other/a/b/1/9e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "/submit/a/b/1/"])
 def test_other_paths_are_404(client, local_store, path):
