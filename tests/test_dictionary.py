@@ -291,6 +291,33 @@ def test_dictionary_build_through_serve_over_its_query_limit_says_what_to_do(tmp
     assert (built.returncode, built.stderr) == (0, ""), built.stderr
 
 
+def test_apps_list_through_serve_over_its_query_limit_says_what_to_do(tmp_path):
+    """`apps list` while serve runs reads through serve, which refuses an answer over its
+    GLEANPIPE_QUERY_MAX_BYTES. Before: "the result is over 200 bytes as JSON, the most serve answers
+    (GLEANPIPE_QUERY_MAX_BYTES): add a LIMIT or select fewer columns", for SQL the user never wrote.
+    With serve stopped, as the message says, it reads the file itself."""
+    from conftest import ServeProcess
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    added = cli(data_dir, "apps", "add", "org.example.toolbox", "--metrics", str(GLEAN / "metrics.yaml"),
+                "--pings", str(GLEAN / "pings.yaml"))
+    assert added.returncode == 0, added.stderr
+    server = ServeProcess(data_dir, env={"GLEANPIPE_QUERY_MAX_BYTES": "200"}).start()
+    try:
+        listed = cli(data_dir, "apps", "list")
+    finally:
+        assert server.stop() == 0
+    assert (listed.returncode, listed.stdout) == (1, "")
+    assert listed.stderr == (
+        "Error: the list of apps is over 200 bytes as JSON, the most the running serve answers "
+        "(GLEANPIPE_QUERY_MAX_BYTES): restart serve with a higher GLEANPIPE_QUERY_MAX_BYTES, or stop serve and run "
+        "apps list again (it then reads the DuckDB file itself, with no such limit)\n")
+    listed = cli(data_dir, "apps", "list", "--format", "csv")
+    assert (listed.returncode, listed.stderr) == (0, "")
+    assert listed.stdout.splitlines()[1].startswith("org.example.toolbox,org_example_toolbox,true,")
+
+
 def test_dictionary_pages_over_serves_query_limit_are_a_413_with_one_log_line(tmp_path):
     """A real serve whose GLEANPIPE_QUERY_MAX_BYTES (300) the app's definitions are over: its
     /dictionary page and API answer 413 with the limit named and what to do, and serve logs one

@@ -748,6 +748,8 @@ def apps_list(data_dir, store_url, warehouse_url, fmt) -> None:
     query, close = _read_query(config)
     try:
         listed = Catalog(query).apps()
+    except ResultTooLarge as exc:  # through serve: serve's advice, a LIMIT, is no use for SQL the user did not write
+        raise click.ClickException(str(exc.for_user_of("the list of apps", "apps list again"))) from None
     except Exception as exc:
         raise click.ClickException(str(exc)) from None
     finally:
