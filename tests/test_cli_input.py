@@ -1367,3 +1367,35 @@ def test_query_tells_an_options_value_from_sql_that_starts_with_a_comment(tmp_pa
     assert value.returncode == 2 and value.stderr.endswith(
         "Error: GLEANPIPE_WAREHOUSE_URL (--warehouse-url): warehouse URL must look like duckdb://PATH or "
         "bigquery://PROJECT/LOCATION, got '-- not a url'\n"), value.stderr
+
+
+def test_a_pivot_duckdb_runs_as_several_statements_is_refused_in_words_that_say_what_to_do(tmp_path):
+    """A PIVOT whose ON has no IN list is DuckDB's MULTI statement (it first makes a type of the
+    values it finds), alone or inside a SELECT. Before: "a PIVOT statement is not run", and for
+    `SELECT * FROM (PIVOT ...)` the contradiction "a SELECT statement is not run (SELECT, ... are)".
+    Now it says why and what runs instead: the same PIVOT with its values named, which a real
+    `gleanpipe query` on a warehouse file answers."""
+    import duckdb
+
+    from gleanpipe.read_only_sql import WriteRefused, check
+
+    says = ("the warehouse is read-only for queries: DuckDB runs this SQL as several statements, which is not run "
+            "(a PIVOT whose ON has no IN list first makes a type of the values it finds): name the values, "
+            "PIVOT ... ON name IN ('a', 'b') ...")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
+    con.execute("CREATE SCHEMA app; CREATE TABLE app.daily AS "
+                "SELECT * FROM (VALUES ('d1', 'open', 2), ('d1', 'close', 1), ('d2', 'open', 5)) t(day, name, n)")
+    con.close()
+    for sql in ("PIVOT app.daily ON name USING sum(n) GROUP BY day",
+                "SELECT * FROM (PIVOT app.daily ON name USING sum(n) GROUP BY day)"):
+        with pytest.raises(WriteRefused) as info:
+            check(sql)
+        assert str(info.value) == says
+        refused = gleanpipe("query", sql, "--data-dir", str(data_dir))
+        assert (refused.returncode, refused.stdout, refused.stderr) == (1, "", f"Error: {says}\n")
+    named = gleanpipe("query", "--format", "csv", "SELECT * FROM (PIVOT app.daily ON name IN ('open', 'close') "
+                      "USING sum(n) GROUP BY day) ORDER BY day", "--data-dir", str(data_dir))
+    assert (named.returncode, named.stderr) == (0, "")
+    assert named.stdout.splitlines() == ["day,open,close", "d1,2,1", "d2,5,"]

@@ -22,6 +22,9 @@ import duckdb
 # DESCRIBE, SHOW, SUMMARIZE and FROM-first queries parse as SELECT.
 SELECT = duckdb.StatementType.SELECT
 EXPLAIN = duckdb.StatementType.EXPLAIN
+# a PIVOT whose ON has no IN list: DuckDB runs it as several statements, the first of which makes
+# a type of the values it finds (even inside a SELECT: `SELECT * FROM (PIVOT ...)`)
+MULTI = duckdb.StatementType.MULTI
 # EXPLAIN's own words before the statement it explains: ANALYZE, or options in parentheses,
 # with blanks and comments between them (DuckDB 2 keeps a statement's leading comment).
 _GAP = r"(?:\s|/\*.*?\*/|--[^\n]*(?:\n|$))*"
@@ -68,6 +71,11 @@ def check(sql: str) -> None:
         if kind_of == EXPLAIN and not _explains_a_select(statement.query):
             raise WriteRefused("the warehouse is read-only for queries: EXPLAIN is run on a SELECT only "
                                "(EXPLAIN ANALYZE runs the statement it explains)")
+        if kind_of == MULTI:  # before: "a SELECT statement is not run (SELECT, ... are)", for SELECT ... (PIVOT ...)
+            raise WriteRefused(
+                "the warehouse is read-only for queries: DuckDB runs this SQL as several statements, which is not "
+                "run (a PIVOT whose ON has no IN list first makes a type of the values it finds): name the values, "
+                "PIVOT ... ON name IN ('a', 'b') ...")
         if kind_of not in (SELECT, EXPLAIN):
             kind = _kind(statement.query, kind_of)
             raise WriteRefused(
