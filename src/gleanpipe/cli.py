@@ -77,7 +77,18 @@ def _config(data_dir, store_url, warehouse_url, **extra) -> Config:
     try:
         return Config.from_env(data_dir=data_dir, store_url=store_url, warehouse_url=warehouse_url, **extra)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(_with_flag(str(exc))) from None
+
+
+def _with_flag(message: str) -> str:
+    """A setting's error, which begins with its variable, with the flag of this command that reads
+    it as well: `replay --batch 0` said "GLEANPIPE_LOAD_BATCH must be positive", naming a variable
+    the user had not set. Now "GLEANPIPE_LOAD_BATCH (--batch) must be positive"."""
+    ctx = click.get_current_context(silent=True)
+    for param in ctx.command.params if ctx else ():
+        if isinstance(param, SettingOption) and isinstance(param.envvar, str) and message.startswith(param.envvar + " "):
+            return f"{param.envvar} ({param.opts[0]}){message[len(param.envvar):]}"
+    return message
 
 
 def _scheme(config: Config, part: str) -> str:
