@@ -233,6 +233,10 @@ def test_bad_requests_get_clear_errors(site):
     assert status == 404 and "no metric 'no.such'" in json.loads(body)["error"]
     status, headers, body = get(f"{site.url}/dictionary/apps/{DATASET}/pings/nope.html")
     assert status == 404 and headers["Content-Type"].startswith("text/html") and b"no ping" in body
+    for table_spelling in ("toolbox_usage", "toolbox_usage_v1"):  # the ping's table, not its name
+        status, _, body = get(f"{site.url}/dictionary/api/apps/{DATASET}/pings/{table_spelling}.json")
+        assert (status, json.loads(body)) == (404, {"error": f"no ping {table_spelling!r} in {DATASET}: pings go "
+                                                             "by their Glean name, 'toolbox-usage'"})
     for path in ("/dictionary/apps/..%2F..%2Fetc/index.html", "/dictionary/apps/a/b/c/d", "/dictionary/x';--"):
         assert get(site.url + path)[0] == 404
     status, headers, _ = get(f"{site.url}/dictionary")

@@ -334,8 +334,11 @@ class Catalog:
     def ping(self, dataset: str, name: str) -> dict:
         app = self.app(dataset)
         ping = next((p for p in app["pings"] if p["name"] == name), None)
-        if ping is None:
-            raise NotFound(f"no ping {name!r} in {dataset}")
+        if ping is None:  # named as its table (`toolbox_usage`, `toolbox_usage_v1`): say the ping's own name
+            spelled = next((p["name"] for p in app["pings"]
+                            if name.replace("-", "_") in (p["name"].replace("-", "_"), p["table"])), None)
+            raise NotFound(f"no ping {name!r} in {dataset}" + (
+                f": pings go by their Glean name, {spelled!r}" if spelled else ""))
         _, ping_defs = self._definitions(dataset)
         definition = next((p for p in ping_defs if p["name"] == name), {})
         out = {**ping, "app_id": app["app_id"], "dataset": dataset,
