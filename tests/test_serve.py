@@ -324,6 +324,39 @@ def test_a_killed_replay_takes_its_worker_processes_with_it(data_dir):
     assert wait_gone(workers, timeout=10) == []  # those left are reported (and killed)
 
 
+def test_a_replay_whose_worker_process_is_killed_says_so_and_a_rerun_finishes_it(data_dir):
+    """Before: a replay worker process killed under the replay (here a real SIGKILL, as from the OOM
+    killer) ended the replay with a traceback of concurrent.futures' BrokenProcessPool. Now one line
+    saying what happened and what to do, exit code 1 (not 130: it was no Ctrl-C); a rerun finishes it."""
+    import signal
+
+    from gleanpipe.storage.local import LocalStore
+    from test_load import put_ping
+
+    store = LocalStore(data_dir / "store")
+    for _ in range(3000):
+        put_ping(store, make_ping(CLIENT))
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data_dir),
+                             "--batch", "20", "--workers", "2", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(workers := children(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert len(workers) >= 2, "replay ended before its workers could be seen"
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (1, "", (
+        "Error: a worker process of the replay ended abruptly (killed, or out of memory): the batches loaded so far "
+        "stay; run the same replay again to finish (it is idempotent), with fewer --workers or a smaller --batch if "
+        "memory is short\n"))
+    assert wait_gone(workers, timeout=10) == []
+    again = cli("replay", "--no-progress", data_dir=data_dir)
+    assert again.stdout.startswith("replayed 3000 objects: ")
+    rows = json.loads(cli("query", "--format", "json", f"SELECT count(*) AS n FROM {DATASET}.baseline_v1",
+                          data_dir=data_dir).stdout)
+    assert rows == [{"n": 3000}]
+
+
 def test_commands_aimed_at_another_warehouse_do_not_go_through_serve(serve, tmp_path):
     """serve owns its own DuckDB file only: replay/query/status with another --warehouse-url use that file."""
     for seq in range(2):

@@ -431,6 +431,8 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
 
             totals = load_in_batches(client.load_keys, keys, config.load_batch, on_batch=lambda n, _: bar.update(n))
         else:
+            from concurrent.futures.process import BrokenProcessPool
+
             from .load import Loader
             from .replay import replay_local
 
@@ -438,6 +440,12 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
             try:
                 totals = replay_local(Loader(store, wh), keys, config.load_batch, workers,
                                       on_batch=lambda n, _: bar.update(n), config=config)
+            except BrokenProcessPool:  # a RuntimeError, but no Ctrl-C: a worker process was killed
+                bar.close()
+                raise click.ClickException(
+                    "a worker process of the replay ended abruptly (killed, or out of memory): the batches loaded "
+                    "so far stay; run the same replay again to finish (it is idempotent), with fewer --workers "
+                    "or a smaller --batch if memory is short") from None
             except (KeyboardInterrupt, RuntimeError) as exc:  # DuckDB turns Ctrl-C in a query into RuntimeError
                 if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
                     raise
