@@ -67,3 +67,22 @@ def test_s3_keys_are_url_decoded_and_test_events_ignored():
 def test_malformed_s3_messages(body, error):
     with pytest.raises(BadNotification, match=error):
         from_s3_message(body)
+
+
+@pytest.mark.parametrize("event_name", ["ObjectCreated:Put", "ObjectCreated:Post", "ObjectCreated:Copy",
+                                        "ObjectCreated:CompleteMultipartUpload"])
+def test_every_kind_of_s3_object_creation_names_its_object(event_name):
+    """s3:ObjectCreated:* (what the worker's queue is sent): a multipart upload or a copy creates
+    an object as a PUT does."""
+    record = {"eventName": event_name, "s3": {"bucket": {"name": "b"}, "object": {"key": "env%3Dprod%2Fa.json"}}}
+    assert from_s3_message(json.dumps({"Records": [record]})) == [Created("b", "env=prod/a.json")]
+
+
+def test_an_empty_object_id_falls_back_to_the_payload():
+    """An objectId attribute that is empty names no object: the payload's name is taken, as when
+    the attribute is missing."""
+    payload = base64.b64encode(json.dumps({"bucket": "from-data", "name": "data-name"}).encode()).decode()
+    assert from_pubsub_message({"data": payload, "attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": "b",
+                                                                "objectId": ""}}) == Created("from-data", "data-name")
+    with pytest.raises(BadNotification, match="no objectId and its data is not a JSON object"):
+        from_pubsub_message({"data": "", "attributes": {"eventType": "OBJECT_FINALIZE", "objectId": ""}})

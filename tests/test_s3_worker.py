@@ -151,6 +151,51 @@ def test_one_receive_takes_at_most_max_batch_messages(s3_pipeline):
     assert queue_depth(p) == 0
 
 
+def test_max_messages_past_one_batch_is_received_a_batch_at_a_time(s3_pipeline):
+    """`--max-messages 13`: SQS takes at most 10 per receive, so the worker asks for 10, then for
+    the 3 still wanted, and stops."""
+    p = s3_pipeline
+    p["sqs"].set_queue_attributes(QueueUrl=p["queue"], Attributes={"VisibilityTimeout": "60"})
+    submit(12)  # 13 messages: S3's s3:TestEvent, then one per ping
+    w, wh = worker_for(p)
+    receives = []  # (messages asked for, messages received) of each receive
+    real = w.sqs.receive_message
+
+    def receive(**kwargs):  # a spy that calls through
+        resp = real(**kwargs)
+        receives.append((kwargs["MaxNumberOfMessages"], len(resp.get("Messages", []))))
+        return resp
+
+    w.sqs.receive_message = receive
+    try:
+        stats = w.run(max_messages=13)
+    finally:
+        wh.close()
+    assert receives == [(10, 10), (3, 3)]
+    assert (stats.received, stats.deleted, stats.objects, stats.counts["inserted"]) == (13, 13, 12, 12)
+    assert queue_depth(p) == 0
+
+
+def test_two_notifications_of_one_object_in_one_receive_load_it_once(s3_pipeline):
+    """The same object named by two messages of one receive is loaded (and counted) once."""
+    p = s3_pipeline
+    [doc] = submit(1)
+    received = p["sqs"].receive_message(QueueUrl=p["queue"], MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    [body] = [m["Body"] for m in received if "Records" in orjson.loads(m["Body"])]
+    p["sqs"].send_message(QueueUrl=p["queue"], MessageBody=body)
+    for m in received:  # visible again, with the copy: three messages, two of them naming the ping
+        p["sqs"].change_message_visibility(QueueUrl=p["queue"], ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+    w, wh = worker_for(p)
+    try:
+        assert w.poll_once() == 3
+    finally:
+        wh.close()
+    assert (w.stats.received, w.stats.deleted, w.stats.ignored, w.stats.objects) == (3, 3, 1, 1)
+    assert (w.stats.counts["inserted"], w.stats.counts["duplicates"]) == (1, 0)
+    assert rows(p["warehouse"]) == [(doc, 1)]
+    assert queue_depth(p) == 0
+
+
 def test_a_failed_load_leaves_the_message_for_redelivery(s3_pipeline, monkeypatch):
     p = s3_pipeline
     [doc] = submit(1, launches_from=42)
@@ -202,6 +247,22 @@ def test_worker_cli_rejects_a_queue_that_does_not_exist(aws_env, tmp_path):
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "cannot consume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_long_running_worker_stops_at_once_for_a_queue_that_does_not_exist(aws_env, tmp_path):
+    """A missing queue is no trouble to wait out (queue_trouble_is_transient): the worker without
+    --once, which waits out an outage, ends at the first receive with exit code 1 and the reason.
+    Untested before: only --once was run against a missing queue, and --once retries nothing."""
+    queue = f"{aws_env.url}/123456789012/missing-queue"
+    started = time.monotonic()
+    proc = subprocess.run(  # the timeout is the failure of a worker that keeps retrying
+        [sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", queue, "--data-dir", str(tmp_path),
+         "--store-url", f"s3://{unique_bucket()}", "--wait", "0"],
+        capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert f"Error: cannot consume {queue}: An error occurred (AWS.SimpleQueueService.NonExistentQueue)" in proc.stderr
+    assert "trying again" not in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 20
 
 
 def test_the_region_comes_from_aws_region_too(aws_env, monkeypatch, tmp_path):
