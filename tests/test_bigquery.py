@@ -472,6 +472,33 @@ def test_deletions_command_on_duckdb(tmp_path):
         wh.close()
 
 
+def test_deletions_while_serve_runs_lists_the_pending_ones_and_leaves_the_file_to_serve(tmp_path):
+    """`gleanpipe deletions` while serve owns the DuckDB file: it asks serve for the pending
+    requests (it does not open the file serve holds), lists them and exits 1 while any is left."""
+    from conftest import ServeProcess
+    from gleanpipe.storage.local import LocalStore
+
+    data = tmp_path / "data"
+    store = LocalStore(data / "store")
+    wh = open_warehouse(f"duckdb://{data / 'warehouse.duckdb'}")
+    Loader(store, wh).load_keys([put_ping(store, make_ping(CLIENT_A))])
+    wh.con.execute("INSERT INTO _gleanpipe.deletions (dataset, client_id, document_id, requested_at) "
+                   "VALUES (?, ?, 'd0c', now())", [DATASET, CLIENT_A])
+    wh.close()
+    server = ServeProcess(data).start()
+    try:
+        out = gleanpipe("deletions", "--data-dir", str(data))
+    finally:
+        assert server.stop() == 0
+    assert (out.returncode, out.stderr) == (1, "")
+    assert out.stdout.splitlines() == [
+        f"pending  {DATASET}  client {CLIENT_A}  (request d0c)",
+        f"1 pending; `gleanpipe serve` is running and owns duckdb://{data / 'warehouse.duckdb'}: stop it and run "
+        "`gleanpipe deletions` again to retry them"]
+    out = gleanpipe("deletions", "--data-dir", str(data))  # serve stopped: carried out on the file
+    assert out.stdout.splitlines()[-1] == f"1 carried out, 0 still pending (duckdb://{data / 'warehouse.duckdb'})"
+
+
 def test_status_and_deletions_on_an_empty_project(bq):
     assert bq.status() == {"tables": [], "load_errors": {}, "deletions": 0, "deletions_pending": 0}
     assert bq.retry_deletions() == []

@@ -282,6 +282,31 @@ def test_a_foreign_process_that_holds_the_serve_lock_is_named_at_once(tmp_path):
     assert AdminClient.find(data_dir, wait_s=0.2) is None  # let go: no serve
 
 
+def test_a_state_file_that_is_not_json_yet_is_waited_for_as_a_serve_starting(tmp_path):
+    """A serve.json that is not JSON (cut short, or being written) while a gleanpipe process holds
+    the lock is read as no state file yet: the command waits for it as for a serve still starting,
+    then names that serve, rather than failing on the JSON."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / STATE_FILE).write_text('{"pid": ')
+    script = ("from gleanpipe.serve_state import take_serve_lock; import sys; "
+              "assert take_serve_lock(sys.argv[1]) is not None; print('locked', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(data_dir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert lock_holder(data_dir) == holder.pid
+        with pytest.raises(ServeError) as info:
+            AdminClient.find(data_dir, wait_s=0.3)
+        assert str(info.value) == (f"a gleanpipe serve (pid {holder.pid}) holds {data_dir / 'serve.lock'} but no "
+                                   "serve.json was written after 0 s: it is still starting (see its output), or the "
+                                   "file was removed (restart that serve)")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert AdminClient.find(data_dir, wait_s=0.2) is None  # let go: the file is a stopped serve's
+
+
 def test_serve_after_a_kill_waits_for_the_dead_serves_port(tmp_path):
     """Before: after a kill -9 of serve's main process, its gunicorn holds the port for a moment
     while it finishes its requests, and a serve started then exited 1 "Address already in use".
@@ -978,6 +1003,23 @@ def test_has_ended_reads_the_state_after_the_last_parenthesis(tmp_path):
     assert has_ended(proc.pid)
 
 
+def test_has_ended_takes_a_zombie_not_yet_reaped_as_ended():
+    """A process that has exited but that its parent has not reaped yet (a zombie, "Z") holds no
+    lock any more: has_ended says so, and says it again once it is reaped and gone."""
+    from gleanpipe.serve_state import has_ended
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while (stat := open(f"/proc/{proc.pid}/stat").read().rpartition(")")[2].split()[0]) != "Z":
+            assert time.monotonic() < deadline, stat
+            time.sleep(0.01)
+        assert has_ended(proc.pid)
+    finally:
+        proc.wait()
+    assert has_ended(proc.pid)
+
+
 def test_a_warehouse_file_that_is_not_duckdb_gets_no_hint_about_other_writers(tmp_path):
     (tmp_path / "warehouse.duckdb").write_bytes(b"x" * 5000)
     out = gleanpipe("status", "--data-dir", str(tmp_path))
@@ -1084,6 +1126,54 @@ def test_replay_of_part_of_the_store_keeps_deleted_clients_deleted(tmp_path):
     out = gleanpipe("query", "--data-dir", str(tmp_path / "data"), "--format", "json",
                     f"SELECT client_info.client_id AS c FROM {DATASET}.baseline")
     assert json.loads(out.stdout) == [{"c": CLIENT_B}]
+
+
+def test_a_whole_replay_counts_each_deletion_request_once(tmp_path):
+    """A replay of the whole store lists every deletion request already: none is added again
+    (with_deletion_requests adds only those outside the prefix), so the count is of objects in the store."""
+    from conftest import DATASET, make_ping
+    from gleanpipe.storage.local import LocalStore
+    from test_load import CLIENT_A, CLIENT_B, put_ping
+
+    store = LocalStore(tmp_path / "data" / "store")
+    for client in (CLIENT_A, CLIENT_B):
+        put_ping(store, make_ping(client))
+    put_ping(store, make_ping(CLIENT_A), doc_type="deletion-request")
+    out = gleanpipe("replay", "--data-dir", str(tmp_path / "data"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ("replayed 3 objects: inserted 3, duplicates 0, skipped_deleted 0, events 0, deletions 1, "
+                          "errors 0, ignored 0, missing 0\n")
+    out = gleanpipe("query", "--data-dir", str(tmp_path / "data"), "--format", "json",
+                    f"SELECT client_info.client_id AS c FROM {DATASET}.baseline")
+    assert json.loads(out.stdout) == [{"c": CLIENT_B}]
+
+
+def test_status_without_serve_says_so_and_reads_the_file(tmp_path):
+    """`status` with no serve running: it says so, and counts from the warehouse file and the store."""
+    from conftest import DATASET, make_ping
+    from gleanpipe.storage.local import LocalStore
+    from test_load import CLIENT_A, CLIENT_B, put_ping
+
+    data = tmp_path / "data"
+    store = LocalStore(data / "store")
+    for client in (CLIENT_A, CLIENT_B):
+        put_ping(store, make_ping(client))
+    assert gleanpipe("replay", "--data-dir", str(data), "--no-progress").returncode == 0
+    out = gleanpipe("status", "--data-dir", str(data), "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert (info["server"], info["deletions"], info["rejected"]) == ("not running", 0, {})
+    assert {"dataset": DATASET, "table": "baseline_v1", "rows": 2} in info["tables"]
+    out = gleanpipe("status", "--data-dir", str(data))
+    assert out.stdout == (f"server: not running   warehouse: duckdb://{data / 'warehouse.duckdb'}\n"
+                          "dataset              table        rows\n"
+                          "-------------------  -----------  ----\n"
+                          f"{DATASET}  baseline_v1  2\n"
+                          "(1 row)\n"
+                          "waiting to load: 0\n"
+                          "deletion requests carried out: 0\n"
+                          "load errors: none\n"
+                          "rejected at submit: none\n")
 
 
 def test_apps_add_for_an_app_duckdb_cannot_hold_says_why(tmp_path):

@@ -154,6 +154,26 @@ def test_status_shows_while_the_spool_cannot_be_written_out(serve):
     assert json.loads(cli("status", "--json", data_dir=serve.data_dir).stdout)["pending"] == 0
 
 
+def test_status_through_serve_says_why_it_cannot_count_what_waits(serve):
+    """serve's status (the admin API `status` asks) when the store's inbox cannot be read (an
+    OSError that is no StoreError; here a real fault: a file where the inbox folder goes): the
+    rest still shows, and what waits is unknown with the reason, not a failed admin request."""
+    assert post(serve.url + submit_path("metrics"), gz(make_ping(CLIENT)))[0] == 200
+    assert serve.wait_rows(f"SELECT count(*) FROM {DATASET}.metrics_v1", 1) == 1
+    inbox = serve.data_dir / "store" / ".inbox"
+    assert not any(inbox.iterdir())
+    inbox.rmdir()
+    inbox.write_bytes(b"")
+    try:
+        info = serve.admin.status()
+        assert (info["pending"], info["store_error"]) == (None, f"[Errno 20] Not a directory: '{inbox}'")
+        assert {"dataset": DATASET, "table": "metrics_v1", "rows": 1} in info["tables"]
+    finally:
+        inbox.unlink()
+        inbox.mkdir()
+    assert json.loads(cli("status", "--json", data_dir=serve.data_dir).stdout)["pending"] == 0
+
+
 def test_ctrl_c_in_a_terminal_stops_serve_gracefully(data_dir):
     """A terminal's Ctrl-C sends SIGINT to the whole foreground process group. Before, gunicorn
     got it too and took it as a quick shutdown: a request in flight was cut off. Now only serve
