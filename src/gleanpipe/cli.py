@@ -160,6 +160,15 @@ def _server(config: Config) -> AdminClient | None:
     return AdminClient.find(config.data_dir, config.warehouse_url)
 
 
+def _serve_of_data_dir(config: Config) -> str | None:
+    """The warehouse URL of a serve running on this data dir (whatever warehouse it loads into)."""
+    try:
+        client = AdminClient.find(config.data_dir, wait_s=0)
+    except ServeError:
+        return None
+    return client.warehouse_url if client else None
+
+
 def _read_query(config: Config):
     """(query callable, close) through the running serve, or on the file opened read-only."""
     pages_of, close = _query_pages(config)
@@ -488,6 +497,8 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     rejected = None if no_store else rejected_by_type(store)
     info["rejected"] = rejected
     info["server"] = "running" if client else "not running"
+    if not client and (theirs := _serve_of_data_dir(config)):  # it runs, loading elsewhere: not "not running"
+        info["server"] = f"running for another warehouse ({theirs})"
     if as_json:
         click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return
