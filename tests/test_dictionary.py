@@ -712,3 +712,21 @@ def test_an_app_whose_tables_are_empty_keeps_its_dataset_name_as_app_id(store, w
     warehouse.execute([(f"DELETE FROM {DATASET}.baseline_v1", None)])
     apps = Catalog(warehouse.query).apps()
     assert [(a["app_id"], a["dataset"], a["pings_received"]) for a in apps] == [(DATASET, DATASET, 0)]
+
+
+def test_the_event_query_finds_a_category_and_name_with_a_quote_and_a_backslash(store, warehouse):
+    """An event's category and name are text from pings. The literal doubled backslashes in
+    DuckDB too, where a backslash is no escape ('a\\\\b' there is four characters: the query found
+    nothing), and doubled quotes for BigQuery, where '' ends one literal and starts another."""
+    from gleanpipe.dictionary import sqlgen
+
+    client = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+    odd = ("it's", "a\\b")
+    _load(store, warehouse, "events", make_ping(client, events=[
+        {"category": odd[0], "name": odd[1], "timestamp": 0}, {"category": odd[0], "name": odd[1], "timestamp": 1},
+        {"category": "it", "name": "a", "timestamp": 2}]))
+    sql = sqlgen.metric_sql("duckdb", DATASET, "events_stream_v1", None, "", event=odd)
+    assert "WHERE category = 'it''s' AND name = 'a\\b'\n" in sql
+    assert [tuple(r[1:]) for r in warehouse.query(sql)[1]] == [(2, 1)]
+    bq = sqlgen.metric_sql("bigquery", DATASET, "events_stream_v1", None, "", event=("it's\n", "a\\b"))
+    assert "WHERE category = 'it\\'s\\n' AND name = 'a\\\\b'\n" in bq

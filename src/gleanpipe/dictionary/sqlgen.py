@@ -1,7 +1,7 @@
 """Ready-to-run SQL for one metric, for DuckDB (local) and BigQuery (same tables, same columns).
 
 Identifiers come from checked names (naming.quote_ident for DuckDB; the same safe charset in
-BigQuery backticks); event category/name are SQL string literals with quotes doubled.
+BigQuery backticks); event category/name are SQL string literals, quoted as each dialect reads them.
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ def _ident(name: str) -> str:
     return name
 
 
-def _lit(value: str) -> str:
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
+def _lit(value: str, dialect: str) -> str:
+    """A string literal: DuckDB's doubles a quote and takes a backslash as it is; BigQuery's
+    escapes both with a backslash ('' there ends one literal and starts another), and its quoted
+    strings cannot hold a newline."""
+    text = str(value)
+    if dialect == "bigquery":
+        text = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+    else:
+        text = text.replace("'", "''")
+    return f"'{text}'"
 
 
 def utc_day(dialect: str) -> str:
@@ -50,7 +58,7 @@ def metric_sql(dialect: str, dataset: str, table: str, wire_type: str | None, co
         category, name = event
         return (f"SELECT {day}, COUNT(*) AS events, COUNT(DISTINCT client_id) AS clients\n"
                 f"FROM {table_ref(dataset, EVENTS_STREAM_TABLE, dialect)}\n"
-                f"WHERE category = {_lit(category)} AND name = {_lit(name)}\n"
+                f"WHERE category = {_lit(category, dialect)} AND name = {_lit(name, dialect)}\n"
                 "GROUP BY day\nORDER BY day")
     # The table gets an alias: in BigQuery the name of the `metrics` table would otherwise win over
     # its `metrics` column (Mozilla's docs alias it for this reason); DuckDB takes either.
