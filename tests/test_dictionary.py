@@ -730,3 +730,40 @@ def test_the_event_query_finds_a_category_and_name_with_a_quote_and_a_backslash(
     assert [tuple(r[1:]) for r in warehouse.query(sql)[1]] == [(2, 1)]
     bq = sqlgen.metric_sql("bigquery", DATASET, "events_stream_v1", None, "", event=("it's\n", "a\\b"))
     assert "WHERE category = 'it\\'s\\n' AND name = 'a\\\\b'\n" in bq
+
+
+def test_the_sql_of_a_metric_takes_only_plain_names_as_identifiers():
+    """Names reach the SQL as identifiers unquoted (BigQuery's backticks hold the whole path): one
+    that is not [A-Za-z0-9_] is refused, not pasted in."""
+    from gleanpipe.dictionary import sqlgen
+
+    for dataset, table, wire, column in ((f"{DATASET}; DROP TABLE x", "metrics_v1", "counter", "c"),
+                                         (DATASET, "metrics_v1`", "counter", "c"),
+                                         (DATASET, "metrics_v1", "counter) FROM t --", "c"),
+                                         (DATASET, "metrics_v1", "counter", "c.x")):
+        for dialect in sqlgen.DIALECTS:
+            with pytest.raises(ValueError, match="not a safe identifier"):
+                sqlgen.metric_sql(dialect, dataset, table, wire, column)
+
+
+def test_the_string_query_lists_the_most_sent_values_first(store, warehouse):
+    """The page's SQL for a string metric, run: the values by the pings that carry them, most first."""
+    from gleanpipe.dictionary.catalog import Catalog
+
+    client = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+    for theme in ("light", "dark", "dark", "blue", "dark", "blue"):
+        _load(store, warehouse, "metrics", make_ping(client, {"string": {"toolbox.theme": theme}}))
+    [query] = Catalog(warehouse.query).metric(DATASET, "toolbox_theme")["queries"]
+    assert [tuple(r) for r in warehouse.query(query["sql"]["duckdb"])[1]] == [("dark", 3), ("blue", 2), ("light", 1)]
+
+
+def test_a_pings_daily_volume_counts_each_client_once_a_day(store, warehouse):
+    """The ping page's daily rows: pings, and distinct clients (one client's two pings are one)."""
+    from gleanpipe.dictionary.catalog import Catalog
+
+    first, second = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", "4a6c7b9f-2d3e-4f60-9bac-1d2e3f4a5b6c"
+    for client, ts in ((first, "2026-11-23T08:00:00.000000Z"), (first, "2026-11-23T23:59:59.000000Z"),
+                       (second, "2026-11-23T09:00:00.000000Z"), (first, "2026-11-24T00:00:00.000000Z")):
+        _load(store, warehouse, "baseline", make_ping(client), ts)
+    assert Catalog(warehouse.query).ping(DATASET, "baseline")["daily"] == [
+        {"day": "2026-11-23", "pings": 3, "clients": 2}, {"day": "2026-11-24", "pings": 1, "clients": 1}]
