@@ -564,6 +564,8 @@ def test_query_shows_inf_nan_intervals_and_hugeints_as_duckdb_does_with_and_with
     ("EXPLAIN SELECT 1", True), ("EXPLAIN ANALYZE SELECT * FROM t", True), ("EXPLAIN (FORMAT json) FROM t", True),
     ("/* x */ explain analyse with x AS (SELECT 1) SELECT * FROM x", True), ("EXPLAIN ANALYZE SELECT 2;", True),
     ("-- c\nEXPLAIN ANALYZE -- c\nDELETE FROM t", False), ("/* a */ EXPLAIN /* b */ ANALYZE /* c */ SELECT 1", True),
+    # an option with a ")" in quotes: what follows the head does not parse, and what cannot be told apart is refused
+    ('EXPLAIN (ANALYZE, FORMAT "x)") DELETE FROM t', False), ("EXPLAIN (FORMAT 'j)son') DELETE FROM t", False),
 ])
 def test_explain_reads_only_when_it_explains_a_select(sql, reads):
     """EXPLAIN ANALYZE runs the statement it explains: through serve, `EXPLAIN ANALYZE DELETE`
@@ -627,6 +629,21 @@ def test_bigquery_read_only_check_refuses_anything_else(sql, says):
     with pytest.raises(WriteRefused) as info:
         check_bigquery(sql)
     assert str(info.value) == f"the warehouse is read-only for queries: {says} (a query starts with SELECT or WITH)"
+
+
+@pytest.mark.parametrize("sql, n", [
+    ("SELECT 1; DELETE FROM d.t WHERE true", 2), ("select 1;\nDROP TABLE d.t;", 2),
+    ("WITH x AS (SELECT 1) SELECT * FROM x; SELECT 2; TRUNCATE TABLE d.t", 3),
+])
+def test_bigquery_read_only_check_refuses_a_select_with_another_statement_after_it(sql, n):
+    """BigQuery runs a script of several statements: only the first was looked at, so a SELECT
+    could carry a DELETE behind it. More than one statement is refused, as on DuckDB."""
+    from gleanpipe.read_only_sql import SqlRefused, WriteRefused, check_bigquery
+
+    with pytest.raises(SqlRefused) as info:
+        check_bigquery(sql)
+    assert not isinstance(info.value, WriteRefused)
+    assert str(info.value) == f"one statement at a time: this SQL has {n}"
 
 
 def test_a_bigquery_write_is_refused_before_bigquery_is_reached(tmp_path):
