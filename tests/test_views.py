@@ -362,3 +362,29 @@ def test_metric_daily_sums_counters_near_2_to_the_63(store, warehouse):
     assert Loader(store, warehouse).load_keys(keys).inserted == 2
     [r] = metric(warehouse, "toolbox_big")
     assert (r["pings"], r["samples"], r["sum_value"], r["max_value"]) == (2, 2.0, 2.0**63 + 1000, 2.0**63)
+
+
+def test_opening_a_file_makes_the_derived_views_of_every_app_and_of_no_internal_schema(tmp_path):
+    """A file whose tables have no derived views yet (an older version, a copy): opening it makes
+    them in each app's schema, not in the first one only, and none in a schema starting with "_"."""
+    from gleanpipe.warehouse import open_warehouse
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    for schema, clients in (("app_one", ["a"]), ("app_two", ["a", "b", "b"]), ("_private", ["c"])):
+        con.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.baseline_v1 (document_id VARCHAR, "
+                    "submission_timestamp TIMESTAMPTZ, client_info STRUCT(client_id VARCHAR))")
+        for i, client in enumerate(clients):
+            con.execute(f"INSERT INTO {schema}.baseline_v1 VALUES (?, TIMESTAMPTZ '2026-11-21 10:00:00+00', "
+                        "{'client_id': ?})", [f"d{i}", client])
+    con.close()
+    wh = open_warehouse(f"duckdb://{path}")
+    try:
+        for schema, want in (("app_one", [("2026-11-21", 1, 1)]), ("app_two", [("2026-11-21", 2, 3)])):
+            assert wh.query(f"SELECT CAST(day AS VARCHAR), clients, pings FROM {schema}.daily_active_clients")[1] == want
+        assert wh.query("SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal AND view_name IN "
+                        "('daily_active_clients', 'events_daily', 'metric_daily') ORDER BY 1, 2")[1] == [
+            (schema, view) for schema in ("app_one", "app_two")
+            for view in ("daily_active_clients", "events_daily", "metric_daily")]
+    finally:
+        wh.close()
