@@ -767,3 +767,25 @@ def test_a_pings_daily_volume_counts_each_client_once_a_day(store, warehouse):
         _load(store, warehouse, "baseline", make_ping(client), ts)
     assert Catalog(warehouse.query).ping(DATASET, "baseline")["daily"] == [
         {"day": "2026-11-23", "pings": 3, "clients": 2}, {"day": "2026-11-24", "pings": 1, "clients": 1}]
+
+
+def test_a_column_left_by_dropped_definitions_is_listed_only_once_values_arrive(store, warehouse, tmp_path):
+    """`apps add` again without a metric leaves its pre-created column: an empty column is no
+    metric seen, so the app lists it only when pings carry it (then as undocumented)."""
+    from gleanpipe.dictionary.catalog import Catalog, store_app
+    from gleanpipe.dictionary.definitions import parse
+
+    (tmp_path / "two.yaml").write_text(SMALL_METRICS + SMALL_METRICS.split("toolbox:\n")[1].replace(
+        "launch_count:", "tools_opened:"))
+    (tmp_path / "one.yaml").write_text(SMALL_METRICS)
+    store_app(warehouse, parse("org-example-toolbox", [tmp_path / "two.yaml"], []))
+    assert [m["id"] for m in Catalog(warehouse.query).app(DATASET)["metrics"]] == [
+        "toolbox.launch_count", "toolbox.tools_opened"]
+    store_app(warehouse, parse("org-example-toolbox", [tmp_path / "one.yaml"], []))
+    listed = Catalog(warehouse.query).app(DATASET)["metrics"]
+    assert [(m["id"], m["status"], m["values_seen"]) for m in listed] == [("toolbox.launch_count", "no data yet", 0)]
+    _load(store, warehouse, "metrics", make_ping("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+                                                 {"counter": {"toolbox.tools_opened": 2}}))
+    listed = Catalog(warehouse.query).app(DATASET)["metrics"]
+    assert [(m["id"], m["status"], m["values_seen"]) for m in listed] == [
+        ("toolbox.launch_count", "no data yet", 0), ("toolbox_tools_opened", "undocumented", 1)]
