@@ -20,7 +20,7 @@ from gleanpipe.dictionary.pages import PAGE_ID_RE
 from gleanpipe.table_schema import METRIC_TYPES
 
 from conftest import DATASET, gz, make_ping, post, submit_path
-from dictionary_site import EVIL_EVENT, EVIL_LABEL, GLEAN, api, cli, get, site  # noqa: F401 (site: fixture)
+from dictionary_site import EVIL, EVIL_EVENT, EVIL_LABEL, GLEAN, api, cli, get, site  # noqa: F401 (site: fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -224,6 +224,26 @@ def test_user_text_is_escaped(site):
     assert EVIL_LABEL not in body.decode() and "&lt;img src=x onerror=&quot;window.__xss=3&quot;&gt;" in body.decode()
     _, _, body = get(f"{site.url}/dictionary/apps/{DATASET}/metrics/toolbox.active_theme.html")
     assert "<script>window.__xss" not in body.decode()
+
+
+def test_quotes_in_a_description_stay_inside_the_attribute_that_holds_it(site):
+    """The app page's search reads each metric row's data-search attribute, made of the id, the
+    description and the type: a description's quote must not end the attribute (its text would
+    become attributes of the row, an onerror= among them)."""
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr" and attrs:
+                self.rows.append(attrs)
+
+    _, _, body = get(f"{site.url}/dictionary/apps/org_example_xss/index.html")
+    parser = Rows()
+    parser.feed(body.decode())
+    assert [name for attrs in parser.rows for name, _ in attrs] == ["data-search"] * len(parser.rows)
+    assert [("data-search", f"evil.payload {EVIL.lower()} counter")] in parser.rows
 
 
 def test_bad_requests_get_clear_errors(site):
