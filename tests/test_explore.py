@@ -381,6 +381,29 @@ def test_a_flat_view_has_one_column_per_field_and_metric_and_no_metadata(tmp_pat
     assert row[:5] == ("d-1", "c", "Linux", 4, 5) and json.loads(row[5]) == [{"key": "k", "value": 2}]
 
 
+def test_a_refresh_writes_a_dataset_again_when_only_a_column_type_changed(tmp_path):
+    """`gleanpipe apps add` widens a table's metrics STRUCT without adding rows: the rows and the
+    column names are the same, the fingerprint's column types are not, so the dataset is written
+    again and its flat view gets the new metric's column."""
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE SCHEMA app; CREATE TABLE app.metrics_v1 (document_id VARCHAR, "
+                "metrics STRUCT(counter STRUCT(a_b BIGINT)))")
+    con.execute("INSERT INTO app.metrics_v1 VALUES ('d-1', {'counter': {'a_b': 5}})")
+    first = ex.export(ex.Source.from_duckdb(con, "w"), tmp_path / "out")
+    assert (first.written, first.unchanged) == (["app"], [])
+    con.execute("ALTER TABLE app.metrics_v1 ADD COLUMN metrics.counter.e_f BIGINT")
+    second = ex.export(ex.Source.from_duckdb(con, "w"), tmp_path / "out")
+    con.close()
+    assert (second.written, second.unchanged, second.rows) == (["app"], [], 1)
+    out = sqlite3.connect(second.databases["app"])
+    try:
+        assert [r[1] for r in out.execute("PRAGMA table_info(metrics_v1_flat)")] == [
+            "document_id", "counter.a_b", "counter.e_f"]
+        assert out.execute("SELECT * FROM metrics_v1_flat").fetchall() == [("d-1", 5, None)]
+    finally:
+        out.close()
+
+
 def test_timestamps_inside_nested_columns_are_iso_utc_text_as_the_top_level_ones(tmp_path):
     """to_json writes a TIMESTAMPTZ as "2026-11-23 08:00:00+00": ping_info.parsed_start_time in a
     _flat view did not compare as text with submission_timestamp ("2026-11-23T08:00:00.000000Z")."""
