@@ -663,6 +663,36 @@ odd-links:
     assert "<li>data:text/html;base64,PHNjcmlwdD4=</li>" in html
 
 
+def test_a_pings_description_and_reasons_are_escaped_on_the_app_and_ping_pages(warehouse, tmp_path):
+    """pings.yaml text (description, reasons) is the app's to write, and shown on two pages: the
+    app page's ping table and the ping's own page. Neither may carry it as markup."""
+    from gleanpipe.dictionary.catalog import Catalog, store_app
+    from gleanpipe.dictionary.definitions import parse
+    from gleanpipe.dictionary.pages import render_app, render_ping
+
+    (tmp_path / "pings.yaml").write_text(f"""---
+$schema: moz://mozilla.org/schemas/glean/pings/2-0-0
+odd-text:
+  description: {json.dumps(EVIL)}
+  include_client_id: true
+  reasons:
+    {json.dumps(EVIL_EVENT)}: {json.dumps(EVIL_LABEL)}
+  bugs: [https://example.com/bug/1]
+  data_reviews: [https://example.com/review/1]
+  notification_emails: [x@example.com]
+""")
+    store_app(warehouse, parse("org-example-toolbox", [], [tmp_path / "pings.yaml"]))
+    catalog = Catalog(warehouse.query)
+    escaped = "&lt;/script&gt;&lt;script&gt;window.__xss=1&lt;/script&gt;&lt;img src=x onerror=&quot;window.__xss=2&quot;&gt;"
+    for html in (render_app(catalog.app(DATASET)), render_ping(catalog.ping(DATASET, "odd-text"))):
+        assert "<img src=x" not in html and "window.__xss=1</script>" not in html
+        assert escaped in html
+        assert html.count("<script") == 2  # the page's own JSON and JS
+    ping_html = render_ping(catalog.ping(DATASET, "odd-text"))
+    assert ("<dt><code>&lt;svg onload=window.__xss=4&gt;</code></dt>"
+            "<dd class=\"desc\">&lt;img src=x onerror=&quot;window.__xss=3&quot;&gt;</dd>") in ping_html
+
+
 def test_each_metric_status_has_its_own_badge_style(store, warehouse, tmp_path):
     """The app page's badges are styled by status: undocumented (orange), no data yet (grey),
     built-in (purple)."""
