@@ -222,6 +222,8 @@ def test_user_text_is_escaped(site):
     assert "&lt;svg onload=window.__xss=4&gt;.x" in app_html  # listed, escaped, without a page link
     _, _, body = get(f"{site.url}/dictionary/apps/{DATASET}/metrics/toolbox_hostile.html")
     assert EVIL_LABEL not in body.decode() and "&lt;img src=x onerror=&quot;window.__xss=3&quot;&gt;" in body.decode()
+    # the chart's legend shows the label's first 16 characters: escaped too, not a cut-off tag
+    assert "<img" not in body.decode() and '<text class="legend" x="70" y="229">&lt;img src=x onerr</text>' in body.decode()
     _, _, body = get(f"{site.url}/dictionary/apps/{DATASET}/metrics/toolbox.active_theme.html")
     assert "<script>window.__xss" not in body.decode()
 
