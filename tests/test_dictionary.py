@@ -695,6 +695,23 @@ odd-text:
             "<dd class=\"desc\">&lt;img src=x onerror=&quot;window.__xss=3&quot;&gt;</dd>") in ping_html
 
 
+def test_a_ping_whose_name_can_have_no_page_is_listed_without_a_link(warehouse):
+    """serve's /apps/add checks a ping's table, not its name (`gleanpipe apps add` sends what
+    glean_parser allows; another client may not): a name no page can have is listed as text,
+    with no link to a page that does not exist."""
+    from gleanpipe.dictionary.catalog import Catalog, store_app
+    from gleanpipe.dictionary.pages import render_app
+
+    store_app(warehouse, {"app_id": "org-example-toolbox", "dataset": DATASET, "metrics": [],
+                          "pings": [{"name": "two words", "table": "two_words_v1"},
+                                    {"name": "fine-name", "table": "fine_name_v1"}]})
+    html = render_app(Catalog(warehouse.query).app(DATASET))
+    assert re.findall(r'<a href="([^"]*)">', html) == ["../../index.html",
+                                                        f"../../apps/{DATASET}/index.html",
+                                                        f"../../apps/{DATASET}/pings/fine-name.html"]
+    assert "<tr><td>two words</td>" in html
+
+
 def test_each_metric_status_has_its_own_badge_style(store, warehouse, tmp_path):
     """The app page's badges are styled by status: undocumented (orange), no data yet (grey),
     built-in (purple)."""
