@@ -261,6 +261,10 @@ def test_bad_requests_get_clear_errors(site):
                                                              "by their Glean name, 'toolbox-usage'"})
     for path in ("/dictionary/apps/..%2F..%2Fetc/index.html", "/dictionary/apps/a/b/c/d", "/dictionary/x';--"):
         assert get(site.url + path)[0] == 404
+    # the path is in the 404 page's text: escaped, so a link to it cannot put markup on the page
+    status, headers, body = get(f"{site.url}/dictionary/%3Cimg%20src=x%20onerror=%22window.__xss=5%22%3E")
+    assert (status, headers["Content-Type"]) == (404, "text/html; charset=utf-8")
+    assert b"<img" not in body and b"<p>no page &#x27;&lt;img src=x onerror=&quot;window.__xss=5&quot;&gt;&#x27;</p>" in body
     status, headers, _ = get(f"{site.url}/dictionary")
     assert status == 301 and headers["Location"] == "/dictionary/"
     status, _, _ = post(f"{site.url}/dictionary/api/apps.json", b"{}", {"Content-Type": "application/json"})
