@@ -42,6 +42,10 @@ def test_dictionary_wsgi_app_in_process_mounted_or_not(warehouse):
         status, _, body = call(app, f"/dictionary/apps/{DATASET}/metrics/toolbox.launch_count.html")
         assert status == "200 OK" and b"no data yet" in body
         assert call(app, "/dictionary/api/apps.json", "DELETE")[0] == "405 Method Not Allowed"
+        # HEAD: GET's status and headers (its Content-Length too), and no body
+        got, head = call(app, "/dictionary/api/apps.json"), call(app, "/dictionary/api/apps.json", "HEAD")
+        assert head[:2] == got[:2] and int(head[1]["Content-Length"]) == len(got[2]) > 0
+        assert head[2] == b""
     assert call(mounted, "/submit/x")[2] == b"submit"
     assert call(mounted, "/dictionaryx")[2] == b"submit"
 
