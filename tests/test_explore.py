@@ -616,3 +616,24 @@ def test_ctrl_c_stops_an_export_from_the_file_whenever_it_comes(tmp_path):
         con.close()
     assert result.written == ["app"] and list(out.glob("*.tmp")) == []
     assert sqlite3.connect(out / "app.db").execute("SELECT document_id FROM metrics_v1").fetchall() == [("d-1",)]
+
+
+def test_a_table_of_the_users_own_with_a_name_explore_cannot_quote_is_left_out_and_named(tmp_path):
+    """A table or column the user made in the DuckDB file with a space or a quote in its name
+    (`CREATE TABLE main."my notes"`) stopped the whole export with UnsafeIdentifier; now the others
+    are exported, and the summary names what was left out."""
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE SCHEMA app; CREATE TABLE app.baseline_v1 (document_id VARCHAR, n BIGINT); "
+                "INSERT INTO app.baseline_v1 VALUES ('d-1', 1)")
+    con.execute('CREATE TABLE main."my notes" (x INTEGER); CREATE TABLE app.mine ("odd ""col""" INTEGER); '
+                'CREATE TABLE app.nested (s STRUCT("a b" TIMESTAMPTZ)); CREATE TABLE app.fine (y INTEGER)')
+    result = ex.export(ex.Source.from_duckdb(con, "w"), tmp_path / "out")
+    con.close()
+    assert result.skipped == ["app.mine", "app.nested", 'main.my notes']
+    assert result.written == ["app"] and result.rows == 1
+    out = sqlite3.connect(result.databases["app"])
+    assert sorted(r[0] for r in out.execute("SELECT name FROM sqlite_master WHERE type = 'table'")) == [
+        "baseline_v1", "fine"]
+    assert out.execute("SELECT document_id, n FROM baseline_v1").fetchall() == [("d-1", 1)]
+    assert result.summary().endswith("; not exported, for names other than letters, digits and _ in them or their "
+                                     "columns: app.mine, app.nested, main.my notes")

@@ -236,11 +236,15 @@ class ExportResult:
     rows: int
     seconds: float
     source: str
+    skipped: list[str] = field(default_factory=list)  # schema.name of relations with names explore cannot quote
 
     def summary(self) -> str:
         parts = [f"exported {counted(self.rows, 'row')} into {counted(len(self.written), 'file')} in {self.seconds:.1f}s from {self.source}"]
         if self.unchanged:
             parts.append(f"unchanged since the last export: {', '.join(self.unchanged)}")
+        if self.skipped:
+            parts.append(f"not exported, for names other than letters, digits and _ in them or their columns: "
+                         f"{', '.join(self.skipped)}")
         return "; ".join(parts)
 
 
@@ -272,6 +276,20 @@ def _relations(source: Source) -> list[Relation]:
             continue
         out.append(Relation(schema, name, bool(is_view), by_rel.get((schema, name), [])))
     return out
+
+
+def _exportable(rel: Relation) -> bool:
+    """Whether every name the copy of ``rel`` quotes is one ``quote_ident`` takes. gleanpipe's own
+    tables are; a table of the user's own in the DuckDB file (`CREATE TABLE "my notes"`) may not be,
+    and stopped the whole export with UnsafeIdentifier."""
+    try:
+        rel.ref
+        for c in rel.columns:
+            c.select()
+        flat_view_sql(rel)
+    except ValueError:  # UnsafeIdentifier, or _json_key's unexpected field name
+        return False
+    return True
 
 
 def fingerprint(source: Source, rel: Relation) -> list:
@@ -311,8 +329,12 @@ def _export(source: Source, out_dir: Path, page_rows: int, force: bool) -> Expor
     current = isinstance(old, dict) and old.get("format") == EXPORT_FORMAT
     old_dbs = old.get("databases", {}) if current else {}
     by_schema: dict[str, list[Relation]] = {}
+    skipped = []
     for rel in relations(source):
-        by_schema.setdefault(rel.schema, []).append(rel)
+        if _exportable(rel):
+            by_schema.setdefault(rel.schema, []).append(rel)
+        else:
+            skipped.append(f"{rel.schema}.{rel.name}")
     databases, written, unchanged, total = {}, [], [], 0
     new_dbs = {}
     for schema, rels in sorted(by_schema.items()):  # one SQLite file per schema, named as the schema
@@ -334,7 +356,8 @@ def _export(source: Source, out_dir: Path, page_rows: int, force: bool) -> Expor
     tmp.write_bytes(orjson.dumps({"format": EXPORT_FORMAT, "source": source.where, "databases": new_dbs},
                                  option=orjson.OPT_INDENT_2))
     os.replace(tmp, manifest_path)
-    return ExportResult(out_dir, databases, written, unchanged, total, time.perf_counter() - started, source.where)
+    return ExportResult(out_dir, databases, written, unchanged, total, time.perf_counter() - started, source.where,
+                        skipped)
 
 
 def _write_db(source: Source, rels: list[Relation], path: Path, page_rows: int) -> int:
