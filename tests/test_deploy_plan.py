@@ -175,6 +175,12 @@ def test_functions_run_as_their_own_accounts_with_their_settings():
                             "GLEANPIPE_WAREHOUSE_URL": f"bigquery://{PROJECT}/europe-west1"}
     assert flag(submit, "memory") == "512Mi" and flag(submit, "max-instances") == "10"
     assert flag(load, "memory") == "512Mi" and flag(load, "max-instances") == "3"
+    assert flag(submit, "timeout") == "60s" and flag(load, "timeout") == "120s"  # GLEANPIPE_DEPLOY_LOAD_TIMEOUT
+    assert flag(deploy_of(make_plan(GLEANPIPE_DEPLOY_LOAD_TIMEOUT="540"), "gleanpipe-load"), "timeout") == "540s"
+    # Reachable from outside Google: the Glean SDK posts to submit's URL (public by the invoker grant,
+    # but internal-only ingress would refuse it before that), and Cloud Scheduler calls deletions.
+    for name in ("gleanpipe-submit", "gleanpipe-load", "gleanpipe-deletions"):
+        assert flag(deploy_of(plan, name), "ingress-settings") == "all", name
     assert not [a for a in submit + load if a.startswith("--build-service-account")]
 
 
@@ -236,6 +242,44 @@ def test_undeploy_keeps_data_and_removes_only_what_deploy_made():
     assert f"gs://{BUCKET}" in plan.notes[0] and "_gleanpipe" in plan.notes[0]
 
 
+def test_steps_that_change_iam_are_tried_three_times_and_project_bindings_are_unconditional():
+    """README: "Steps that change IAM are tried up to 3 times, 20 s apart". And a project binding
+    names --condition=None: without it, gcloud refuses (in --quiet mode) to add a binding to a
+    project whose policy has conditional bindings. Neither was asserted (mutation audit)."""
+    plan = make_plan()
+    iam = [s for s in plan.steps if {"add-iam-policy-binding", "add-invoker-policy-binding"} & set(s.argv)
+           or (s.argv[0] == "bq" and s.argv[-1].startswith("GRANT "))]
+    assert len(iam) == 2 + 3 + 3 + 2  # bucket, dataset GRANTs, project, function invokers
+    assert [s.title for s in iam if s.attempts != 3] == []
+    assert [s.grant for s in iam if s.grant is None] == []  # each is in the plan's list of grants
+    for argv in commands(plan, "gcloud", "projects", "add-iam-policy-binding"):
+        assert flag(argv, "condition") == "None" and "--quiet" in argv
+    undeploy = undeploy_plan(load_settings(ENV))
+    removals = [s for s in undeploy.steps if "remove-iam-policy-binding" in s.argv]
+    assert [flag(s.argv, "role") for s in removals] == ["roles/bigquery.jobUser", "roles/eventarc.eventReceiver"]
+    for step in removals:
+        assert flag(step.argv, "condition") == "None"
+        # gcloud fails when the binding is not there: undeploy goes on (test_deploy_run.py runs it so)
+        assert step.tolerate.startswith("the binding is already gone")
+
+
+def test_a_bigquery_location_apart_from_the_region_moves_the_datasets_only():
+    """GLEANPIPE_DEPLOY_BQ_LOCATION is the datasets' location; the bucket, the functions and the
+    trigger stay in the region (Eventarc wants the trigger in the bucket's location). The tests
+    used the default, where both are the same, so either could stand for the other."""
+    plan = make_plan(GLEANPIPE_DEPLOY_BQ_LOCATION="EU")
+    (create,) = commands(plan, "gcloud", "storage", "buckets", "create")
+    assert flag(create, "location") == "europe-west1"
+    load = deploy_of(plan, "gleanpipe-load")
+    assert flag(load, "trigger-location") == "europe-west1"
+    for name in ("gleanpipe-submit", "gleanpipe-load", "gleanpipe-deletions"):
+        assert flag(deploy_of(plan, name), "region") == "europe-west1"
+    bq = commands(plan, "bq")
+    assert len(bq) == 6 and all(flag(argv, "location") == "EU" for argv in bq)
+    assert env_of(load)["GLEANPIPE_WAREHOUSE_URL"] == f"bigquery://{PROJECT}/EU"
+    assert env_of(deploy_of(plan, "gleanpipe-deletions"))["GLEANPIPE_WAREHOUSE_URL"] == f"bigquery://{PROJECT}/EU"
+
+
 # --- deletions: the function and its schedule ------------------------------------------------
 
 def test_deletions_is_a_private_http_function_running_as_load():
@@ -286,6 +330,8 @@ def test_the_scheduler_job_calls_the_deletions_url_with_an_oidc_token_of_the_cro
         assert flag(argv, "oidc-service-account-email") == SA["cron"]
         assert not [a for a in argv if a.startswith("--oauth")]  # OIDC (Cloud Run), not an OAuth access token
         assert flag(argv, "attempt-deadline") == "1800s" and flag(argv, "max-retry-attempts") == "3"
+        # README: "a failed run is retried 3 times, 60 s to 10 min apart"
+        assert flag(argv, "min-backoff") == "60s" and flag(argv, "max-backoff") == "600s"
     # The URL is read from the deployed function before the job uses it.
     titles = [s.title for s in plan.steps]
     (read_at,) = [i for i, s in enumerate(plan.steps) if s.capture == "DELETIONS_URL"]
@@ -319,6 +365,14 @@ def test_deletions_schedule_from_the_example_settings_file(tmp_path):
     path.write_text(example.replace("# GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE=*/30 * * * *",
                                     "GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE='0 */6 * * *'"))
     assert load_settings({}, settings_file=str(path)).deletions_schedule == "0 */6 * * *"
+
+
+@pytest.mark.parametrize("schedule", ["0 0 1 JAN *", "0 0 1 dec *", "0 0 * JAN-MAR,OCT-DEC *", "0 9-9 * * *",
+                                      "0 0 * * SUN-SAT", "59 23 31 12 7"])
+def test_month_and_day_names_and_the_edges_of_each_field_are_accepted(schedule):
+    """Month names are 1-12 (JAN is 1), a range may be one value, and each field's last value is
+    in range. Before this test, only SUN-SAT names were used, so JAN counted as month 0 unnoticed."""
+    assert load_settings({**ENV, "GLEANPIPE_DEPLOY_DELETIONS_SCHEDULE": schedule}).deletions_schedule == schedule
 
 
 @pytest.mark.parametrize("schedule, why", [
@@ -366,6 +420,37 @@ def test_bad_bucket_names(bucket):
         load_settings({**ENV, "GLEANPIPE_DEPLOY_BUCKET": bucket})
     (problem,) = exc.value.problems
     assert problem.startswith(f"GLEANPIPE_DEPLOY_BUCKET: {bucket!r} is not a usable bucket name")
+
+
+@pytest.mark.parametrize("project, ok", [("abcdef", True), ("a" + "b" * 28 + "c", True), ("abcde", False),
+                                         ("a" + "b" * 29 + "c", False), ("1abcdef", False), ("abcdef-", False)])
+def test_project_ids_are_6_to_30_characters(project, ok):
+    env = {**ENV, "GLEANPIPE_DEPLOY_PROJECT": project, "GLEANPIPE_DEPLOY_BUCKET": "raw-bucket"}
+    if ok:
+        assert load_settings(env).project == project
+        return
+    with pytest.raises(DeploySettingsError) as exc:
+        load_settings(env)
+    (problem,) = exc.value.problems
+    assert problem.startswith(f"GLEANPIPE_DEPLOY_PROJECT: {project!r} is not a project id (6-30 characters")
+
+
+def test_a_name_prefix_of_22_characters_is_the_longest_so_service_account_ids_stay_within_30():
+    longest = "g" + "p" * 21
+    s = load_settings({**ENV, "GLEANPIPE_DEPLOY_NAME_PREFIX": longest})
+    assert max(len(s.service_account_id(role)) for role in ("submit", "load", "trigger", "cron")) == 30
+    assert load_settings({**ENV, "GLEANPIPE_DEPLOY_NAME_PREFIX": "gp"}).function_name("load") == "gp-load"
+    for bad in (longest + "p", "g", "1gleanpipe", "gleanpipe-"):
+        with pytest.raises(DeploySettingsError) as exc:
+            load_settings({**ENV, "GLEANPIPE_DEPLOY_NAME_PREFIX": bad})
+        (problem,) = exc.value.problems
+        assert problem.startswith(f"GLEANPIPE_DEPLOY_NAME_PREFIX: {bad!r} must be 2-22 characters"), problem
+
+
+@pytest.mark.parametrize("region", ["europe-west10", "me-central2", "northamerica-northeast1", "us-east5"])
+def test_regions_with_one_or_two_digits_are_accepted(region):
+    s = load_settings({**ENV, "GLEANPIPE_DEPLOY_REGION": region})
+    assert (s.region, s.bq_location) == (region, region)
 
 
 @pytest.mark.parametrize("region", ["us-central", "US", "europe_west1", "europe-west1 ", "eu-west-1a", "mars"])

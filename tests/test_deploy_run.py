@@ -177,6 +177,10 @@ def test_an_access_token_counts_as_logged_in(tmp_path):
     assert check_cloud_cli({**env, "CLOUDSDK_AUTH_ACCESS_TOKEN": "ya29.x"}) == "the access token in CLOUDSDK_AUTH_ACCESS_TOKEN"
     assert check_cloud_cli({**env, "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE": "/run/token"}) == \
         "the access token in CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"
+    # an empty one is no token (as a CI secret that is not set comes out): still logged out
+    for token in ("CLOUDSDK_AUTH_ACCESS_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"):
+        with pytest.raises(DeployError, match="gcloud is not authenticated: no active account"):
+            check_cloud_cli({**env, token: ""})
 
 
 def test_ctrl_c_during_a_deploy_is_a_message_not_a_traceback(tmp_path):
@@ -204,6 +208,27 @@ def test_ctrl_c_during_a_deploy_is_a_message_not_a_traceback(tmp_path):
     assert "[1/" in out
     assert "interrupted: deploy stopped part-way. Run the same command again to finish it" in err
     assert "Traceback" not in err
+
+
+def test_undeploy_goes_on_past_a_project_binding_that_is_already_gone(tmp_path):
+    """A second `make undeploy`, or one after a manual clean-up: gcloud fails to remove a binding
+    that is not there, and the undeploy must still delete the service accounts after it. The
+    gcloud stand-in fails `remove-iam-policy-binding` as gcloud does and finds every resource."""
+    from gleanpipe.deploy.plan import undeploy_plan
+
+    tools = fake_cloud_cli(tmp_path / "bin", 'echo "$*" >> "$0.log"\n'
+                                             'case "$*" in *remove-iam-policy-binding*) echo "ERROR: Policy binding '
+                                             'with the specified principal, role, and condition not found!" >&2; '
+                                             'exit 1;; esac\nexit 0')
+    out = io.StringIO()
+    run_plan(undeploy_plan(load_settings(ENV)), out, env=clean_env(PATH=f"{tools}:{os.environ['PATH']}"),
+             retry_delay=0, sleep=lambda s: None)
+    calls = (tools / "gcloud.log").read_text().splitlines()
+    assert [c.split()[:3] for c in calls if "remove-iam-policy-binding" in c] == [
+        ["projects", "remove-iam-policy-binding", "gp-test-123"]] * 2
+    assert [c.split()[3] for c in calls if c.startswith("iam service-accounts delete")] == [
+        f"gleanpipe-{role}@gp-test-123.iam.gserviceaccount.com" for role in ("submit", "load", "trigger", "cron")]
+    assert out.getvalue().count("failed (exit 1), going on: the binding is already gone") == 2
 
 
 # --- the runner, on real local commands ---------------------------------------------------------
