@@ -206,3 +206,76 @@ def test_other_cloud_event_types_are_acknowledged_and_ignored(fn_env, caplog):
     resp = load_client().post("/", data=json.dumps(event), headers={"Content-Type": "application/cloudevents+json"})
     assert resp.status_code == 200
     assert any("google.cloud.storage.object.v1.deleted" in r.getMessage() for r in caplog.records)
+
+
+# --- load: Eventarc events, payload-less notifications, a store out of reach ------------------------
+
+def post_finalized(client, bucket: str, name: str):
+    """Structured-mode google.cloud.storage.object.v1.finalized, as an Eventarc storage trigger delivers it."""
+    event = {"specversion": "1.0", "id": str(uuid.uuid4()), "type": "google.cloud.storage.object.v1.finalized",
+             "source": f"//storage.googleapis.com/projects/_/buckets/{bucket}", "subject": f"objects/{name}",
+             "datacontenttype": "application/json", "data": gcs_object_resource(bucket, name)}
+    return client.post("/", data=json.dumps(event), headers={"Content-Type": "application/cloudevents+json"})
+
+
+@pytest.mark.parametrize("cloud_fn", ["gcs"], indirect=True)
+def test_an_eventarc_event_of_another_bucket_is_ignored_even_when_the_name_is_in_this_store(cloud_fn, caplog):
+    """The event's data.bucket is checked against the store's bucket (it was checked for Pub/Sub
+    notifications only): an object of another bucket is not loaded, though this bucket holds an
+    object of that name."""
+    doc_id = str(uuid.uuid4())
+    assert submit_client().post(submit_path("baseline", doc_id), data=gz(make_ping(CLIENT, metrics={"counter": {"toolbox.launch_count": 5}})),
+                                headers=SDK_HEADERS).status_code == 200
+    name = f"pings/raw/{APP}/baseline/1/{doc_id}.json"
+    client = load_client()
+    caplog.set_level(logging.INFO, logger="gleanpipe")
+    assert post_finalized(client, "someone-elses-bucket", name).status_code == 200
+    [message] = [r.getMessage() for r in caplog.records if r.name == "gleanpipe.functions"]
+    assert message == f"ignoring gs://someone-elses-bucket/{name}: not in the raw store {cloud_fn['url']}"
+    assert gp_functions.loader().warehouse.query(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'baseline_v1'")[1] == [(0,)]
+    assert post_finalized(client, cloud_fn["bucket"], name).status_code == 200  # this bucket's: loaded
+    assert loaded_rows() == [(doc_id, CLIENT, 5)]
+
+
+@pytest.mark.parametrize("cloud_fn", ["gcs"], indirect=True)
+def test_a_notification_without_payload_is_loaded_from_its_attributes(cloud_fn):
+    """A bucket notification config with payload format NONE sends the attributes only: no data.
+    The object is named by objectId (the payload is only the fallback). Delivered as Eventarc's
+    messagePublished CloudEvent: functions-framework answers a raw push without message.data 400
+    before the function runs."""
+    doc_id = str(uuid.uuid4())
+    assert submit_client().post(submit_path("baseline", doc_id), data=gz(make_ping(CLIENT, metrics={"counter": {"toolbox.launch_count": 5}})),
+                                headers=SDK_HEADERS).status_code == 200
+    message = pubsub_message(cloud_fn["bucket"], f"pings/raw/{APP}/baseline/1/{doc_id}.json")
+    del message["data"]
+    message["attributes"]["payloadFormat"] = "NONE"
+    assert post_pubsub_cloud_event(load_client(), message).status_code == 200
+    assert loaded_rows() == [(doc_id, CLIENT, 5)]
+
+
+@BOTH
+def test_a_store_out_of_reach_during_a_load_is_a_503_and_one_log_line(cloud_fn, monkeypatch, caplog):
+    """The object cannot be read (the store's endpoint is down): the trigger must deliver the
+    event again, so 503 (not functions-framework's 500 page with a traceback), one log line;
+    the next delivery, with the store back, loads it."""
+    doc_id = str(uuid.uuid4())
+    assert submit_client().post(submit_path("baseline", doc_id), data=gz(make_ping(CLIENT, metrics={"counter": {"toolbox.launch_count": 5}})),
+                                headers=SDK_HEADERS).status_code == 200
+    name = f"pings/raw/{APP}/baseline/1/{doc_id}.json"
+    port = closed_port()
+    with monkeypatch.context() as down:
+        down.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        down.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        gp_functions.loader.cache_clear()
+        with caplog.at_level("WARNING", logger="gleanpipe.functions"):
+            resp = post_finalized(load_client(), cloud_fn["bucket"], name)
+        assert resp.status_code == 503
+        [record] = [r for r in caplog.records if r.name == "gleanpipe.functions"]
+        assert record.getMessage().startswith(f"load of raw/{APP}/baseline/1/{doc_id}.json failed, the trigger "
+                                              "retries: ")
+        assert record.exc_info is None
+        gp_functions.loader().warehouse.close()
+        gp_functions.loader.cache_clear()
+    assert post_finalized(load_client(), cloud_fn["bucket"], name).status_code == 200  # the redelivery
+    assert loaded_rows() == [(doc_id, CLIENT, 5)]
