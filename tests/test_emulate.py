@@ -196,3 +196,28 @@ def test_a_killed_emulate_takes_every_process_it_started_with_it(tmp_path):
     parent.kill()
     parent.wait()
     assert wait_gone(pids) == []
+
+
+def test_the_users_gleanpipe_variables_do_not_reach_the_emulated_functions(tmp_path, monkeypatch):
+    """README: the functions run with the settings emulate gives them; the user's own GLEANPIPE_*
+    variables do not reach them. A submit started by emulate's launcher, in a shell whose
+    GLEANPIPE_MAX_PAYLOAD_BYTES (100) would refuse any ping and whose GLEANPIPE_DATA_DIR points
+    elsewhere, takes a ping into the store emulate names."""
+    import uuid
+
+    from conftest import APP, SDK_HEADERS, gz, make_ping, post
+    from gleanpipe.emulate import function
+
+    monkeypatch.setenv("GLEANPIPE_MAX_PAYLOAD_BYTES", "100")
+    monkeypatch.setenv("GLEANPIPE_DATA_DIR", str(tmp_path / "users-data"))
+    submit = function("submit", tmp_path / "logs", {"GLEANPIPE_STORE_URL": f"file://{tmp_path / 'store'}"})
+    assert not [k for k in submit.env if k.startswith("GLEANPIPE_") and k != "GLEANPIPE_STORE_URL"]
+    submit.start()
+    try:
+        doc_id = str(uuid.uuid4())
+        status, _, _ = post(f"{submit.url}/submit/{APP}/baseline/1/{doc_id}", gz(make_ping()), SDK_HEADERS)
+    finally:
+        submit.stop()
+    assert status == 200, submit.read_log()
+    assert (tmp_path / "store" / f"raw/{APP}/baseline/1/{doc_id}.json").is_file()
+    assert not (tmp_path / "users-data").exists()
