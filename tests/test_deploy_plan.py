@@ -217,6 +217,11 @@ def test_every_creating_step_is_safe_to_run_again():
             assert step.skip_if and "describe" in step.skip_if, step.title
         if step.argv[0] == "bq" and "mk" in step.argv:
             assert "--force" in step.argv
+    # `service-accounts describe` takes the email (or the numeric unique id), not the id it was
+    # created with: describing by the id always fails, and a second deploy would create again.
+    assert [s.skip_if for s in plan.steps if s.argv[:4] == ("gcloud", "iam", "service-accounts", "create")] == [
+        ("gcloud", "iam", "service-accounts", "describe", SA[role], f"--project={PROJECT}", "--format=value(email)")
+        for role in ("submit", "load", "trigger", "cron")]
 
 
 def test_build_service_account_setting():
