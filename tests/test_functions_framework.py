@@ -150,3 +150,21 @@ def test_a_gleanpipe_variable_that_is_no_setting_is_logged_once_by_the_function(
     assert len(said) == 1, said
     assert said[0].endswith("GLEANPIPE_PROT is not a gleanpipe setting, so it is ignored (did you mean "
                             "GLEANPIPE_PORT? the settings are listed in the README, section Settings)")
+
+
+def test_the_deletions_function_logs_an_unknown_gleanpipe_variable_once_too(tmp_path):
+    """deletions reads its settings on every call (submit and load build their handler once), so
+    only the once-per-process check kept the warning from repeating on every scheduled run."""
+    log = tmp_path / "ff.log"
+    deletions, url = start("deletions", tmp_path, env={"GLEANPIPE_PROT": "9000"}, log=log)
+    try:
+        for _ in range(3):
+            status, body, _ = post(url + "/", b"", headers={"Content-Type": "application/json"})
+            assert (status, body["carried_out"], body["still_pending"]) == (200, 0, 0)
+    finally:
+        deletions.terminate()
+        deletions.wait(timeout=10)
+    said = [line for line in log.read_text(errors="replace").splitlines() if "GLEANPIPE_PROT" in line]
+    assert len(said) == 1, said
+    assert said[0].endswith("GLEANPIPE_PROT is not a gleanpipe setting, so it is ignored (did you mean "
+                            "GLEANPIPE_PORT? the settings are listed in the README, section Settings)")
