@@ -196,6 +196,7 @@ def test_invalid_tag_does_not_reject_the_ping(debug_serve):
     assert all(p["tag_valid"] is False and p["status"] == "accepted" for p in data["pings"])
     page = get(f"{debug_serve.url}/debug/{INVALID_GROUP}")[1].decode()
     assert "<b>bold" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+    assert 'data-mode="tag" data-tag="_invalid"' in page  # what the page script polls: the group, not its title
     tags = {t["tag"]: t for t in api(debug_serve, "tags")["tags"]}
     assert tags[INVALID_GROUP]["valid"] is False
 
@@ -207,6 +208,11 @@ def test_bad_requests_get_clear_errors(debug_serve):
     assert status == 404 and "no debug ping" in orjson.loads(body)["error"]
     status, body, _ = get(f"{debug_serve.url}/debug/api/tags/tag-a/../../raw")
     assert status == 404
+    status, body, _ = get(f"{debug_serve.url}/debug/api/tags/tag-a/not-a-ping-id")
+    assert (status, orjson.loads(body)) == (404, {"error": "not a debug ping id"})
+    for name in ("viewer.html", "..", "__init__.py"):  # only the two static files: others are 404s, not 500s
+        status, body, headers = get(f"{debug_serve.url}/debug/static/{name}")
+        assert status == 404 and headers["Content-Type"].startswith("text/html"), name
     status, body, _ = get(f"{debug_serve.url}/debug/api/nothing")
     assert status == 404 and orjson.loads(body)["error"] == "no API endpoint /api/nothing"
     status, body, headers = get(f"{debug_serve.url}/debug/a/b/c")
@@ -216,6 +222,9 @@ def test_bad_requests_get_clear_errors(debug_serve):
     # paths that only look like the mount still go to submit
     status, body, _ = get(f"{debug_serve.url}/debugging")
     assert status == 404 and body and orjson.loads(body)["error_type"] == "not_found"
+    for path in ("//debug", "//debug/api/tags", "/Debug/api/tags"):  # no path is folded into the mount
+        status, body, _ = get(f"{debug_serve.url}{path}")
+        assert status == 404 and orjson.loads(body)["error_type"] == "not_found", path
 
 
 def test_tags_page_lists_tags_and_updates_itself(debug_serve):
@@ -373,6 +382,14 @@ def test_dispatcher_moves_the_prefix_to_script_name():
         d.mount("/debug", app("again"))
     with pytest.raises(ValueError):
         d.mount("dictionary/", app("bad"))
+    with pytest.raises(ValueError):  # "/debug/x" would never match it
+        d.mount("/dictionary/", app("bad"))
+    # under a SCRIPT_NAME of its own (gunicorn's, from the variable SCRIPT_NAME, behind a proxy at
+    # /pipe), the mounted app's base keeps it: its links must too
+    seen.clear()
+    for script_name in ("/pipe", "/pipe/"):
+        d({"SCRIPT_NAME": script_name, "PATH_INFO": "/debug/api/tags"}, None)
+    assert seen == [("debug", "/pipe/debug", "/api/tags")] * 2
 
 
 def test_viewer_works_whether_or_not_the_dispatcher_moves_the_prefix(tmp_path):
@@ -650,3 +667,84 @@ def test_a_rejected_gzip_body_is_shown_as_the_edge_read_it_and_a_cut_one_says_so
                              "(0 bytes) is shown, as text")
     status, page, _ = get(f"{debug_serve.url}/debug/gzip-view")
     assert status == 200 and b"ends before its gzip stream does" in page
+
+
+def test_files_in_debug_that_are_no_index_entries_are_not_listed_and_break_nothing(debug_serve):
+    """Only ``debug/<tag or _invalid>/<17 digits>-<8 hex>.json`` is an index entry. Other files in
+    the store's debug/ folder (a copy someone made, notes, a folder that is no tag) are neither
+    listed nor counted, and the tag's page, API and its next write's prune work as before. Untested
+    before: taking any .json as an entry made the tag's API fail on it (its name is no time), an
+    id with a suffix was listed twice, and a folder that is no tag was listed as one. Real serve,
+    real files in its store."""
+    store = debug_serve.data_dir / "store" / DEBUG_PREFIX
+    stamp = f"{time.time_ns() // 1000:017d}-0123abcd"
+    (store / "tag-foreign").mkdir(parents=True, exist_ok=True)
+    (store / "has space").mkdir(parents=True, exist_ok=True)
+    entry = orjson.dumps({"id": stamp, "tag": "x", "status": "accepted", "object_key": None})
+    (store / "tag-foreign" / "notes.json").write_bytes(b"{}")
+    (store / "tag-foreign" / f"{stamp}-copy.json").write_bytes(entry)
+    (store / "has space" / f"{stamp}.json").write_bytes(entry)
+    assert send(debug_serve, make_ping(), "tag-foreign")[0] == 200  # its write prunes the tag's folder
+    data = api(debug_serve, "tags/tag-foreign")
+    assert len(data["ids"]) == 1 and [p["status"] for p in data["pings"]] == ["accepted"]
+    tags = {t["tag"]: t["count"] for t in api(debug_serve, "tags")["tags"]}
+    assert tags["tag-foreign"] == 1 and "has space" not in tags
+    assert get(f"{debug_serve.url}/debug/tag-foreign")[0] == 200
+    assert sorted(p.name for p in (store / "tag-foreign").iterdir()) == sorted(
+        ["notes.json", f"{stamp}-copy.json", f"{data['ids'][0]}.json"])  # what is not an entry is not pruned
+
+
+def test_every_viewer_answer_carries_the_security_headers(debug_serve):
+    """Pages, API answers, static files and errors: no caching (a ping is someone's data), no
+    referrer, no sniffing; pages also the whole Content-Security-Policy, framing included. Only
+    nosniff and script-src were checked before: the other headers and directives could go unnoticed."""
+    send(debug_serve, make_ping(), "tag-headers")
+    expected_csp = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+                    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    for path, status, html_page in (("/debug", 200, True), ("/debug/tag-headers", 200, True),
+                                    ("/debug/a/b/c", 404, True), ("/debug/api/tags", 200, False),
+                                    ("/debug/api/tags/tag-headers", 200, False), ("/debug/api/nothing", 404, False),
+                                    ("/debug/static/viewer.js", 200, False)):
+        got, _, headers = get(debug_serve.url + path)
+        assert got == status, path
+        assert (headers["Cache-Control"], headers["Referrer-Policy"], headers["X-Content-Type-Options"]) == (
+            "no-store", "no-referrer", "nosniff"), path
+        assert headers.get("Content-Security-Policy") == (expected_csp if html_page else None), path
+    # HEAD: the GET's head, no body (on serve, and from the WSGI app itself: not every server drops
+    # a body sent to HEAD, as gunicorn does)
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", debug_serve.port, timeout=10)
+    try:
+        conn.request("HEAD", "/debug/api/tags")
+        resp = conn.getresponse()
+        assert (resp.status, resp.read(), resp.getheader("Cache-Control")) == (200, b"", "no-store")
+    finally:
+        conn.close()
+    viewer = DebugViewer.from_config(Config.from_env(environ={}), LocalStore(debug_serve.data_dir / "store"))
+    for method, status in (("HEAD", "200 OK"), ("GET", "200 OK")):
+        out = {}
+        body = b"".join(viewer({"REQUEST_METHOD": method, "SCRIPT_NAME": "/debug", "PATH_INFO": "/api/tags"},
+                               lambda s, headers: out.update(status=s, headers=dict(headers))))
+        assert out["status"] == status and int(out["headers"]["Content-Length"]) > 0
+        assert (body == b"") is (method == "HEAD"), method
+
+
+def test_a_debug_index_that_cannot_be_written_changes_no_answer_and_loses_no_ping(tmp_path, caplog):
+    """README: writing the index is best effort; the ping is durable before, so a failed write is
+    logged and the client's answer stays the same. Untested before. The fault is real: the store's
+    debug/ is a file, not a folder, so no entry can be created under it."""
+    from gleanpipe.http_edge import SubmitHandler
+
+    store = LocalStore(tmp_path / "store")
+    (tmp_path / "store" / "debug").write_text("not a folder")
+    handler = SubmitHandler(Config.from_env(environ={}), store)
+    doc_id = str(uuid.uuid4())
+    headers = {"x-debug-id": "my-tag", "content-encoding": "gzip", "content-type": "application/json"}
+    with caplog.at_level("WARNING", logger="gleanpipe.debug_index"):
+        accepted = handler.handle("POST", submit_path("metrics", doc_id), headers, gz(make_ping()))
+        rejected = handler.handle("POST", submit_path("metrics"), headers, gz(b"not json"))
+    assert (accepted.status, rejected.status) == (200, 400)
+    assert list(store.list("raw/")) == [f"raw/org-example-toolbox/metrics/1/{doc_id}.json"]
+    assert len(list(store.list("errors/"))) == 1
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["could not index debug ping (tag 'my-tag')"] * 2
