@@ -194,9 +194,18 @@ def test_the_admin_api_refuses_a_missing_or_wrong_token_and_its_token_file_is_pr
                     {**json_type, TOKEN_HEADER: state["token"][:-1]}):
         assert post(state["admin_url"] + "/query", body, headers)[:2] == refused, headers
         assert post(state["admin_url"] + "/no-such-endpoint", body, headers)[:2] == refused, headers
+    # the token compared exactly: not in another case (token_urlsafe has both), nor a part of it
+    swapped = state["token"].swapcase()
+    assert swapped != state["token"]
+    for wrong in (swapped, state["token"][1:], state["token"] + "x"):
+        assert post(state["admin_url"] + "/query", body, {**json_type, TOKEN_HEADER: wrong})[:2] == refused, wrong
     # the same request with the token is answered (a check of the check above)
     assert post(state["admin_url"] + "/query", body, {**json_type, TOKEN_HEADER: state["token"]})[:2] == \
         (200, {"columns": ["n"], "rows": [[42]]})
+    # and only at its endpoint's exact path
+    for path in ("/query/", "/query?x=1"):
+        assert post(state["admin_url"] + path, body, {**json_type, TOKEN_HEADER: state["token"]})[:2] == \
+            (404, {"error": f"no endpoint {path}"}), path
 
 
 def test_query_shows_64_bit_whole_numbers_as_numbers_and_larger_ones_as_digits(tmp_path):
@@ -1259,4 +1268,83 @@ def test_a_query_needing_an_extension_is_the_queries_fault_also_with_duckdbs_aut
                                                        "httpfs to be loaded"):
             list(wh.read_query_pages("SELECT * FROM read_parquet('https://example.com/x.parquet')"))
     finally:
+        wh.close()
+
+
+def test_stop_waits_for_the_admin_answers_being_given(tmp_path):
+    """serve's stop closes the admin server, then waits (AdminServer.wait, up to 5 s) until the
+    requests being answered have their answers, so that their clients get them, not a connection
+    closed as serve exits. Untested before: a wait that returned at once passed every test, as the
+    answers of the queries interrupted at a stop come within milliseconds. A real admin server whose
+    /status takes a second."""
+    from gleanpipe.admin import AdminServer
+
+    inside, answered = threading.Event(), {}
+
+    def slow_status():
+        inside.set()
+        time.sleep(1)
+        return {"ok": True}
+
+    server = AdminServer(status=slow_status, query=None, load_keys=lambda keys: {}, query_max_bytes=1 << 20)
+    server.start()
+    client = AdminClient(server.url, server.token)
+    asking = threading.Thread(target=lambda: answered.update(status=client.status()))
+    asking.start()
+    try:
+        assert inside.wait(10)
+        server.stop()  # no new requests; the one being answered goes on
+        assert server.wait(0.2) is False  # still being answered
+        assert server.wait(5) is True
+        asking.join(5)
+        assert answered == {"status": {"ok": True}}
+    finally:
+        asking.join(10)
+
+
+def test_a_client_that_hangs_up_between_two_statements_still_has_its_read_interrupted(tmp_path):
+    """_HangUpWatch calls the interrupt again every 0.1 s while the work goes on, since DuckDB forgets
+    an interrupt that comes while none of the connection's statements runs. Here the client hangs up
+    while the request is between statements (its first interrupt is lost), then a read of a minute
+    starts: it is interrupted within moments, and the request ends. Before, nothing checked the
+    repeat: one interrupt only passed every test. A real admin server, a real DuckDB warehouse;
+    the gap between statements is the test's own query function, which waits there until the
+    first interrupt has come."""
+    import socket
+
+    from gleanpipe.admin import AdminServer
+
+    wh = DuckDBWarehouse(str(tmp_path / "w.duckdb"))
+    interrupts: list[float] = []
+
+    def interrupt(thread):
+        interrupts.append(time.monotonic())
+        wh.interrupt_reads(thread)
+
+    def query(sql, params):  # between statements until the hang-up is seen, then the long read
+        deadline = time.monotonic() + 10
+        while not interrupts and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return wh.read_query_pages(sql, params)
+
+    server = AdminServer(status=dict, query=query, load_keys=lambda keys: {}, query_max_bytes=1 << 20,
+                         interrupt=interrupt)
+    server.start()
+    try:
+        body = json.dumps({"sql": LONG_QUERY}).encode()
+        host, port = server.httpd.server_address[:2]
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(f"POST /query HTTP/1.1\r\nHost: x\r\n{TOKEN_HEADER}: {server.token}\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            until(lambda: server._active == 1, "the request being answered")
+        until(lambda: interrupts, "the hang-up seen")
+        hung_up = interrupts[0]
+        done = server.wait(5)
+        assert done, f"the read ran on after the hang-up: {len(interrupts)} interrupt(s)"
+        assert len(interrupts) >= 2 and time.monotonic() - hung_up < 5
+    finally:
+        if server._active:
+            wh.interrupt_reads()  # the read of a mutant that did not repeat its interrupt
+            server.wait(30)
+        server.stop()
         wh.close()
