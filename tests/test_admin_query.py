@@ -1276,14 +1276,14 @@ def test_stop_waits_for_the_admin_answers_being_given(tmp_path):
     requests being answered have their answers, so that their clients get them, not a connection
     closed as serve exits. Untested before: a wait that returned at once passed every test, as the
     answers of the queries interrupted at a stop come within milliseconds. A real admin server whose
-    /status takes a second."""
+    /status takes three seconds."""
     from gleanpipe.admin import AdminServer
 
     inside, answered = threading.Event(), {}
 
     def slow_status():
         inside.set()
-        time.sleep(1)
+        time.sleep(3)  # stop's shutdown alone may take its poll interval, 0.5 s, more on a busy machine
         return {"ok": True}
 
     server = AdminServer(status=slow_status, query=None, load_keys=lambda keys: {}, query_max_bytes=1 << 20)
