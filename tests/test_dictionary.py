@@ -348,11 +348,12 @@ def test_apps_list_through_serve_over_its_query_limit_says_what_to_do(tmp_path):
     assert listed.stdout.splitlines()[1].startswith("org.example.toolbox,org_example_toolbox,true,")
 
 
-def test_dictionary_pages_over_serves_query_limit_are_a_413_with_one_log_line(tmp_path):
+def test_dictionary_pages_over_serves_query_limit_are_a_500_that_says_what_to_do_with_one_log_line(tmp_path):
     """A real serve whose GLEANPIPE_QUERY_MAX_BYTES (300) the app's definitions are over: its
-    /dictionary page and API answer 413 with the limit named and what to do, and serve logs one
-    line. Before: a 500 ("ResultTooLarge: ..."), which the README keeps for serve's own bugs, and
-    a traceback in serve's log for a limit the user set."""
+    /dictionary page and API answer 500 with the limit named and what to do, and serve logs one
+    line. Before: "ResultTooLarge: ..." and a traceback in serve's log for a limit the user set;
+    then a 413 "Content Too Large", which is for a request's content (these GETs have none) and
+    put serve's fault on the reader: a 4xx."""
     import urllib.error
     import urllib.request
 
@@ -376,10 +377,10 @@ def test_dictionary_pages_over_serves_query_limit_are_a_413_with_one_log_line(tm
     finally:
         assert server.stop() == 0
     assert answers["/dictionary/api/apps/org_example_toolbox.json"] == (
-        413, "application/json", json.dumps({"error": message}, separators=(",", ":")))
+        500, "application/json", json.dumps({"error": message}, separators=(",", ":")))
     status, ctype, page = answers["/dictionary/apps/org_example_toolbox/"]
-    assert (status, ctype) == (413, "text/html; charset=utf-8")
-    assert "<h1>413 Content Too Large</h1>" in page
+    assert (status, ctype) == (500, "text/html; charset=utf-8")
+    assert "<h1>500 Internal Server Error</h1>" in page
     assert "run `gleanpipe dictionary build` (it then reads the DuckDB file itself, with no such limit)" in page
     log = server.read_log()
     assert "Traceback" not in log and "ResultTooLarge" not in log, log

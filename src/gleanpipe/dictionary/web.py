@@ -64,9 +64,12 @@ def make_dictionary_app(query: Callable, prefix: str = PREFIX) -> Callable:
             return _send(start_response, 404, is_api, str(exc))
         except Unavailable as exc:
             return _send(start_response, 503, is_api, str(exc))
-        except ResultTooLarge as exc:  # a limit that was set (GLEANPIPE_QUERY_MAX_BYTES), not a bug: 413 as the
-            log.warning("dictionary page %s: %s", path, exc)  # admin API answers it, one line, no traceback
-            return _send(start_response, 413, is_api, str(exc))
+        except ResultTooLarge as exc:  # serve's own limit (GLEANPIPE_QUERY_MAX_BYTES), not a bug: one line, no
+            # traceback. A 5xx: the request (a GET, no content) is not at fault and no other request would do
+            # better; a 413 ("Content Too Large") is for a request's content, and a 4xx hid the fault from
+            # whoever watches serve's 5xx while every reader got the error page.
+            log.warning("dictionary page %s: %s", path, exc)
+            return _send(start_response, 500, is_api, str(exc))
         except Exception as exc:  # a query that failed: say so, never a bare 500 without a body
             log.exception("dictionary page %s failed", path)
             return _send(start_response, 500, is_api, f"{type(exc).__name__}: {exc}")
@@ -94,7 +97,7 @@ def _headers(ctype: str, body: bytes) -> list[tuple[str, str]]:
 
 
 def _send(start_response, status: int, is_api: bool, message: str, extra=()):
-    text = {404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+    text = {404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}
     if is_api:
         body, ctype = orjson.dumps({"error": message}), "application/json"
     else:
