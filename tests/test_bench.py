@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 CORRECTNESS_ROWS = ("submit: edge, objects under raw/ vs 2xx", "submit: serve, objects under raw/ vs 2xx",
@@ -20,6 +22,9 @@ SPEED_ROWS = ("submit: edge =", "submit: trivial WSGI app", "submit: ratio edge 
               "replay: 1,000 pings", "latency 200 -> queryable")
 
 
+# the quick benchmark takes about a minute on a busy 2-core VM, and a machine's speed is what it
+# measures: its own 600 s limit holds, not the suite's 300 s (pyproject's timeout)
+@pytest.mark.timeout(660)
 def test_the_quick_benchmark_makes_every_measurement_and_its_checks_pass(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
