@@ -254,15 +254,15 @@ def test_the_long_running_worker_stops_at_once_for_a_queue_that_does_not_exist(a
     --once, which waits out an outage, ends at the first receive with exit code 1 and the reason.
     Untested before: only --once was run against a missing queue, and --once retries nothing."""
     queue = f"{aws_env.url}/123456789012/missing-queue"
-    started = time.monotonic()
-    proc = subprocess.run(  # the timeout is the failure of a worker that keeps retrying
+    # a worker that retried would log "trying again" after its first receive and never end: the
+    # timeout ends it (no clock is asserted: a Python start with boto3 on a busy 2-core VM varies)
+    proc = subprocess.run(
         [sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", queue, "--data-dir", str(tmp_path),
          "--store-url", f"s3://{unique_bucket()}", "--wait", "0"],
-        capture_output=True, text=True, timeout=30)
+        capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
     assert f"Error: cannot consume {queue}: An error occurred (AWS.SimpleQueueService.NonExistentQueue)" in proc.stderr
     assert "trying again" not in proc.stderr and "Traceback" not in proc.stderr
-    assert time.monotonic() - started < 20
 
 
 def test_the_region_comes_from_aws_region_too(aws_env, monkeypatch, tmp_path):
