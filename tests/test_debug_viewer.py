@@ -661,10 +661,10 @@ def test_a_rejected_gzip_body_is_shown_as_the_edge_read_it_and_a_cut_one_says_so
     assert 0 < len(partial) < len(text) and text.startswith(partial)
     assert (cut_entry["ping"], cut_entry["body_text"]) == (None, partial.decode())
     assert cut_entry["note"] == (f"the {len(cut)}-byte gzip body ends before its gzip stream does: what it "
-                                 f"decompresses to ({len(partial)} bytes) is shown, as text")
+                                 f"decompresses to ({len(partial)} bytes) is shown")
     assert (short["ping"], short["body_text"]) == (None, "")
     assert short["note"] == ("the 11-byte gzip body ends before its gzip stream does: what it decompresses to "
-                             "(0 bytes) is shown, as text")
+                             "(0 bytes) is shown")
     status, page, _ = get(f"{debug_serve.url}/debug/gzip-view")
     assert status == 200 and b"ends before its gzip stream does" in page
 
@@ -748,3 +748,19 @@ def test_a_debug_index_that_cannot_be_written_changes_no_answer_and_loses_no_pin
     assert list(store.list("raw/")) == [f"raw/org-example-toolbox/metrics/1/{doc_id}.json"]
     assert len(list(store.list("errors/"))) == 1
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["could not index debug ping (tag 'my-tag')"] * 2
+
+
+def test_a_whole_ping_before_a_gzip_member_cut_short_is_shown_as_the_ping_with_a_note_not_called_text(debug_serve):
+    """The ping whole in its first gzip member, then a member cut short: the edge refuses the body
+    (400 `decompress`), and the viewer shows the ping, parsed. Its note said "is shown, as text"
+    over a ping shown as JSON; it says what was shown, and the fields say how."""
+    ping = make_ping()
+    text = json.dumps(ping).encode()
+    headers = {**SDK_HEADERS, "X-Debug-ID": "gzip-view-whole", "Content-Encoding": "gzip"}
+    ping_then_cut = gzip.compress(text) + gzip.compress(b"  ")[:-8]
+    status, err, _ = post(debug_serve.url + submit_path("metrics", str(uuid.uuid4())), ping_then_cut, headers)
+    assert (status, err) == (400, {"error_type": "decompress", "error_message": "truncated gzip body"})
+    [entry] = api(debug_serve, "tags/gzip-view-whole")["pings"]
+    assert (entry["ping"], entry["body_text"]) == (ping, None)
+    assert entry["note"] == (f"the {len(ping_then_cut)}-byte gzip body ends before its gzip stream does: what it "
+                             f"decompresses to ({len(text) + 2} bytes) is shown")

@@ -266,5 +266,7 @@ def _gunzip_for_view(body: bytes, limit: int) -> tuple[bytes | str, str | None]:
         if not d.eof:
             break
         rest = d.unused_data
+    # the note does not say "as text": whole members before the cut one may hold the whole ping,
+    # which is then shown as JSON
     return bytes(out), (f"the {len(body)}-byte gzip body ends before its gzip stream does: what it "
-                        f"decompresses to ({len(out)} bytes) is shown, as text")
+                        f"decompresses to ({len(out)} bytes) is shown")
