@@ -395,7 +395,7 @@ def test_commands_aimed_at_another_warehouse_do_not_go_through_serve(serve, tmp_
     assert {"dataset": DATASET, "table": "baseline_v1", "rows": 2} in status["tables"]
     # serve runs, on this data dir: it loads elsewhere (it said "not running")
     theirs = f"duckdb://{serve.data_dir.resolve() / 'warehouse.duckdb'}"
-    assert status["server"] == f"running for another warehouse ({theirs})"
+    assert (status["server"], status["server_warehouse_url"]) == ("running for another warehouse", theirs)
     text = cli("status", "--warehouse-url", other, data_dir=serve.data_dir).stdout
     assert text.splitlines()[0] == f"server: running for another warehouse ({theirs})   warehouse: {other}"
     # serve's warehouse, but another store: serve would load from its own store, so refuse

@@ -498,11 +498,12 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     info["rejected"] = rejected
     info["server"] = "running" if client else "not running"
     if not client and (theirs := _serve_of_data_dir(config)):  # it runs, loading elsewhere: not "not running"
-        info["server"] = f"running for another warehouse ({theirs})"
+        info["server"], info["server_warehouse_url"] = "running for another warehouse", theirs
     if as_json:
         click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return
-    click.echo(f"server: {info['server']}   warehouse: {config.warehouse_url}")
+    theirs = f" ({info['server_warehouse_url']})" if info.get("server_warehouse_url") else ""
+    click.echo(f"server: {info['server']}{theirs}   warehouse: {config.warehouse_url}")
     click.echo(format_rows(["dataset", "table", "rows"], [[t["dataset"], t["table"], t["rows"]] for t in info["tables"]],
                        "table"))
     note = f" ({info['pending_note']})" if info.get("pending_note") else ""
