@@ -69,6 +69,23 @@ def test_query_shows_timetz_and_map_keys_of_every_type_with_and_without_serve(tm
     assert table[-1] == "(1 row)"
 
 
+
+def test_a_timetz_offset_of_seconds_only_keeps_its_minutes_as_duckdb_prints_it(tmp_path):
+    """An offset of 15 seconds is "+00:00:15" in DuckDB's text: the minutes field stays, or it
+    would read as 15 minutes ("+00:15"). Each value is compared with DuckDB's own cast to text."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    DuckDBWarehouse(str(data_dir / "warehouse.duckdb")).close()
+    values = ["08:00:00+00:00:15", "08:00:00-00:00:15", "08:00:00.25+01:00:05", "08:00:00+01:30"]
+    sql = "SELECT " + ", ".join(f"TIMETZ '{v}' AS t{i}, CAST(TIMETZ '{v}' AS VARCHAR) AS s{i}"
+                                for i, v in enumerate(values))
+    out = gleanpipe("query", "--format", "json", sql, "--data-dir", str(data_dir))
+    assert out.returncode == 0, out.stderr
+    [row] = json.loads(out.stdout)
+    assert [row[f"t{i}"] for i in range(len(values))] == [row[f"s{i}"] for i in range(len(values))] == \
+        ["08:00:00+00:00:15", "08:00:00-00:00:15", "08:00:00.25+01:00:05", "08:00:00+01:30"]
+
+
 LONG_QUERY = "SELECT sum(hash(i)::HUGEINT) FROM range(20000000000) t(i)"  # a minute or more of work
 
 
