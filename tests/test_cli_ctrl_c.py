@@ -85,6 +85,30 @@ def test_ctrl_c_while_a_command_starts_is_interrupted_and_130(tmp_path):
     assert (done.returncode, done.stdout) == (0, "a\n1\n")
 
 
+def test_ctrl_c_with_nobody_reading_stderr_is_still_130(tmp_path):
+    """`gleanpipe status 2>&1 | head -c 0`, then Ctrl-C: "interrupted" cannot be written, and the
+    exit code alone says it. Not 1 (click's answer to a broken pipe) nor a traceback. The SIGINT
+    comes as in the test above: sent by the command to itself as it imports."""
+    duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()
+    script = ("import importlib.abc, os, signal, sys\n"
+              "class CtrlC(importlib.abc.MetaPathFinder):\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'gleanpipe.storage.base':\n"
+              "            os.kill(os.getpid(), signal.SIGINT)\n"
+              "from gleanpipe.cli import main\n"
+              "sys.meta_path.insert(0, CtrlC())\n"
+              "main()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
+    read, write = os.pipe()
+    os.close(read)  # nobody reads stderr
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, "status", "--data-dir", str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=write, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stdout) == (130, "")
+
+
 def test_ctrl_c_while_replay_starts_its_worker_processes_stops_it_with_its_message(tmp_path):
     """Before: "RuntimeError: cannot join thread before it is started", a traceback: the Ctrl-C came
     inside ProcessPoolExecutor's start, which left its thread made but not started, and its shutdown
