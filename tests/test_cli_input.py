@@ -764,6 +764,20 @@ def test_replay_and_deletions_on_a_data_dir_with_nothing_there_create_nothing(tm
     assert not typo.exists()
 
 
+def test_commands_that_only_read_a_missing_warehouse_say_how_to_make_one_and_create_nothing(tmp_path):
+    """query, status and apps list on a data dir with no warehouse (a typo, or serve not run yet):
+    what to run to have one, not DuckDB's "Cannot open database ... in read-only mode: database
+    does not exist"."""
+    typo = tmp_path / "dta"
+    said = (f"Error: no warehouse at {typo}/warehouse.duckdb yet: run `gleanpipe serve` and send a ping, or "
+            "`gleanpipe replay`. A serve started with another data dir is found with the same --data-dir (or "
+            "GLEANPIPE_DATA_DIR).\n")
+    for args in (["query", "SELECT 1"], ["status"], ["apps", "list"]):
+        out = gleanpipe(*args, "--data-dir", str(typo))
+        assert (out.returncode, out.stdout, out.stderr) == (1, "", said), args
+    assert not typo.exists()
+
+
 def test_a_warehouse_another_process_holds_names_that_process_not_a_guessed_writer(tmp_path):
     """Before: DuckDB's text naming only the interpreter ("Conflicting lock is held in .../python3.11
     (PID n). However, you would be able to open this database in read-only mode...") and a hint
@@ -1450,6 +1464,9 @@ def test_query_takes_sql_that_starts_with_a_comment(tmp_path):
                  ["--format=csv", f"--data-dir={data}", sql], ["--format", "csv", "--data-dir", str(data), "--", sql]):
         out = gleanpipe("query", *args)
         assert (out.returncode, out.stdout, out.stderr) == (0, "one\n1\n", ""), (args, out.stderr)
+    for sql in ("--daily\nSELECT\n1\nAS\none", "--\tdaily\nSELECT\t1\tAS\tone"):  # no space: newlines, tabs
+        out = gleanpipe("query", "--format", "csv", "--data-dir", str(data), sql)
+        assert (out.returncode, out.stdout, out.stderr) == (0, "one\n1\n", ""), (sql, out.stderr)
     unknown = gleanpipe("query", "--data-dir", str(data), "--formt", "csv", "SELECT 1")
     assert unknown.returncode == 2 and "No such option '--formt'. Did you mean '--format'?" in unknown.stderr
     only = gleanpipe("query", "--data-dir", str(data), "-- nothing but a comment")
