@@ -696,6 +696,27 @@ def test_explore_refuses_a_busy_port_before_exporting(tmp_path):
                            "that port? choose another one with --port or GLEANPIPE_EXPLORE_PORT)\n")
     assert proc.stdout == ""
     assert not (data_dir / "explore").exists()  # nothing exported
+    with socket.socket() as other:  # --export-only starts no Datasette: the port is none of its business
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        exported = gleanpipe("explore", "--export-only", "--port", str(port), "--data-dir", str(data_dir), timeout=60)
+    assert (exported.returncode, exported.stderr) == (0, ""), exported.stderr
+    assert (data_dir / "explore" / "org_example_toolbox.db").is_file()
+
+
+def test_dictionary_build_into_a_folder_it_cannot_make_says_so_in_one_line(tmp_path):
+    """--out under a regular file: "cannot write <out>: ..." and exit 1, not a traceback."""
+    data_dir = tmp_path / "data"
+    added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
+                      "--data-dir", str(data_dir))
+    assert added.returncode == 0, added.stderr
+    (tmp_path / "a-file").write_text("x")
+    out = tmp_path / "a-file" / "site"
+    built = gleanpipe("dictionary", "build", "--out", str(out), "--data-dir", str(data_dir))
+    assert (built.returncode, built.stdout) == (1, "")
+    assert built.stderr.startswith(f"Error: cannot write {out}: ") and built.stderr.count("\n") == 1, built.stderr
+    assert "Not a directory" in built.stderr
 
 
 @pytest.mark.parametrize("command", ["status", "replay"])
