@@ -705,8 +705,9 @@ def test_explore_refuses_a_busy_port_before_exporting(tmp_path):
     assert (data_dir / "explore" / "org_example_toolbox.db").is_file()
 
 
-def test_dictionary_build_into_a_folder_it_cannot_make_says_so_in_one_line(tmp_path):
-    """--out under a regular file: "cannot write <out>: ..." and exit 1, not a traceback."""
+def test_dictionary_build_and_explore_into_a_folder_they_cannot_make_say_so_in_one_line(tmp_path):
+    """--out under a regular file: "cannot write <out>: ..." (dictionary build) or "export failed:
+    ..." (explore), and exit 1, not a traceback."""
     data_dir = tmp_path / "data"
     added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
                       "--data-dir", str(data_dir))
@@ -717,6 +718,10 @@ def test_dictionary_build_into_a_folder_it_cannot_make_says_so_in_one_line(tmp_p
     assert (built.returncode, built.stdout) == (1, "")
     assert built.stderr.startswith(f"Error: cannot write {out}: ") and built.stderr.count("\n") == 1, built.stderr
     assert "Not a directory" in built.stderr
+    explored = gleanpipe("explore", "--export-only", "--out", str(out), "--data-dir", str(data_dir))
+    assert (explored.returncode, explored.stdout) == (1, "")
+    assert explored.stderr.startswith("Error: export failed: ") and explored.stderr.count("\n") == 1, explored.stderr
+    assert "Not a directory" in explored.stderr
 
 
 @pytest.mark.parametrize("command", ["status", "replay"])
@@ -1349,7 +1354,12 @@ def test_hints_name_the_command_as_it_can_be_run_here(tmp_path):
     script = venv_bin / "gleanpipe"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
     runs = {}
-    for name, path in (("off_path", str(tmp_path / "empty")), ("on_path", str(venv_bin))):
+    other = tmp_path / "other"  # another gleanpipe first on PATH: not the one serve runs
+    other.mkdir()
+    (other / "gleanpipe").write_text("#!/bin/sh\nexit 1\n")
+    (other / "gleanpipe").chmod(0o755)
+    for name, path in (("off_path", str(tmp_path / "empty")), ("on_path", str(venv_bin)),
+                       ("other_on_path", f"{other}:{venv_bin}")):
         data_dir = tmp_path / name
         proc = subprocess.Popen([str(script), "serve", "--data-dir", str(data_dir), "--port", str(free_port())],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -1378,6 +1388,9 @@ def test_hints_name_the_command_as_it_can_be_run_here(tmp_path):
     hint = [line for line in outs["on_path"].splitlines() if "query it:" in line]
     where = f"--data-dir {tmp_path / 'on_path'}"
     assert hint == [f'  query it:   gleanpipe query {where} "SHOW ALL TABLES"   (Ctrl-C stops)']
+    hint = [line for line in outs["other_on_path"].splitlines() if "query it:" in line]
+    where = f"--data-dir {tmp_path / 'other_on_path'}"
+    assert hint == [f'  query it:   {script} query {where} "SHOW ALL TABLES"   (Ctrl-C stops)']
     # a command that finds neither serve nor a file says how a serve of another data dir is found
     lost = gleanpipe("query", "SELECT 1", "--data-dir", str(tmp_path / "nowhere"))
     assert lost.returncode == 1 and lost.stderr.strip().endswith(
