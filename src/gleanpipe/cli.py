@@ -561,7 +561,9 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
             wh = _open_in_process(config, read_only=True)
             source = ex.Source.from_duckdb(wh.con, wh.path)
         result = off_main(lambda: ex.export(source, out_dir, force=force), source.interrupt)
-    except (RuntimeError, OSError, ValueError) as exc:
+    except OSError as exc:  # "/x/explore: Not a directory", where str(exc) said the path twice
+        raise click.ClickException(f"export failed: {_os_error(exc)}") from None
+    except (RuntimeError, ValueError) as exc:
         raise click.ClickException(f"export failed: {exc}") from None
     finally:
         if wh is not None:
@@ -809,8 +811,9 @@ def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
     query, close = _read_query(config)
     try:
         counts = build(query, out)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {out}: {exc}") from None
+    except OSError as exc:  # the path once: "cannot write /x/site: Not a directory"
+        why = _os_error(exc) if exc.filename is not None and str(exc.filename) != str(out) else exc.strerror or str(exc)
+        raise click.ClickException(f"cannot write {out}: {why}") from None
     except ResultTooLarge as exc:  # through serve: serve's advice, a LIMIT, is no use for SQL the user did not write
         raise click.ClickException(str(exc.for_user_of("the dictionary's data", "dictionary build again"))) from None
     finally:
