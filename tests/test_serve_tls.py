@@ -221,6 +221,17 @@ def test_a_worker_keeps_its_certificate_while_the_new_files_do_not_fit_and_waits
     now = certificate.current()
     assert now is not first and now.options & ssl.OP_IGNORE_UNEXPECTED_EOF
     assert served(now) == _der(renewed.cert)
+    assert certificate.current() is now  # the new files are the ones read: not made again at each check
+    # a file gone for a moment, half-way through a renewal: the context read before, and a warning
+    os.replace(certs.key, tmp_path / "key-aside")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gleanpipe.tls"):
+        assert certificate.current() is now and certificate.current() is now
+    assert [r.getMessage() for r in caplog.records] == [
+        "the certificate or key file changed, but they make no TLS context ([Errno 2] No such file or directory): "
+        "serving the certificate read before"]
+    os.replace(tmp_path / "key-aside", certs.key)  # back as it was: the same files, nothing made again
+    assert certificate.current() is now
 
     later = make_ca(tmp_path / "later")  # a worker starting while only the certificate is new
     _renew(certs.cert, later.cert, tmp_path)
@@ -302,6 +313,28 @@ def test_a_client_that_stalls_in_its_tls_handshake_or_head_is_cut_off(https_serv
     with tls_connection(server, certs) as sock:
         sock.sendall(b"POST /submit/")  # a head that stops half-way, after the handshake
         assert 4 < closed_after(sock) < 8
+    status, _, _ = post(server, certs, submit_path(), gzip.compress(json.dumps(make_ping()).encode()))
+    assert status == 200
+
+
+def test_a_client_that_refuses_the_certificate_is_a_warning_that_says_why(https_serve, certs):
+    """A client that does not trust serve's certificate (a browser or an SDK without the CA, as
+    mkcert's CA not installed) ends the handshake with an alert: the one failure of a handshake
+    that is news to the operator, a WARNING "Invalid request" naming the alert, with the spool on
+    (gevent_worker.py) as gunicorn's gthread worker writes it with the spool off. serve goes on."""
+    server = https_serve
+    untrusting = ssl.create_default_context()  # the system's CAs: not the test CA
+    untrusting.load_verify_locations(cafile=str(make_ca(certs.ca.parent.parent / "other").ca))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as raw:
+        with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer certificate"):
+            untrusting.wrap_socket(raw, server_hostname="127.0.0.1")
+    said = "Invalid request from ip=127.0.0.1: [SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca"
+    deadline = time.monotonic() + 20
+    while said not in (log := server.read_log()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in log.splitlines() if said in line]
+    assert len(lines) == 1 and "[WARNING]" in lines[0], log
+    assert "Traceback" not in log
     status, _, _ = post(server, certs, submit_path(), gzip.compress(json.dumps(make_ping()).encode()))
     assert status == 200
 
