@@ -536,6 +536,35 @@ def test_a_new_connection_quiet_at_first_gets_its_whole_head_time_once_it_begins
     assert "Traceback" not in srv.read_log()
 
 
+def test_a_body_that_takes_longer_than_the_head_time_is_read_whole_and_answered(tmp_path):
+    """serve's gthread worker (spool off) stops a request's head clock (http_worker.HEAD_TIMEOUT_S)
+    once the head is whole: the body has its own, GLEANPIPE_BODY_TIMEOUT_S. A body that comes
+    slowly, one part a second, for longer than HEAD_TIMEOUT_S since its head (a phone on a poor
+    network) is read whole and stored; a head clock still running would shut the read side under
+    the app's body read part-way through."""
+    env = {"GLEANPIPE_SPOOL": "off", "GLEANPIPE_WORKERS": "1", "GLEANPIPE_BODY_TIMEOUT_S": "60"}
+    (tmp_path / "data").mkdir()
+    srv = ServeProcess(tmp_path / "data", env=env).start()
+    try:
+        body = gz(make_ping(CLIENT))
+        parts = int(HEAD_TIMEOUT_S) + 3
+        cut = [len(body) * i // parts for i in range(parts + 1)]
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=HEAD_TIMEOUT_S + 20)
+        try:
+            sock.sendall(head(submit_path(), len(body)))
+            for i in range(parts):
+                time.sleep(1)
+                sock.sendall(body[cut[i]:cut[i + 1]])
+            headers: dict = {}
+            status, _, _ = read_response(sock, headers=headers)
+        finally:
+            sock.close()
+        assert (status, headers.get("x-gleanpipe-stored")) == (200, "new")
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.read_log()
+
+
 def test_quiet_new_connections_wait_on_the_poller_without_holding_threads_or_being_closed(tmp_path):
     """gthread (spool off), one worker of 2 threads, 3 new connections that send nothing: each
     thread waits at most gunicorn's 5 s for first bytes, then hands its connection back to the
