@@ -881,6 +881,24 @@ def test_nested_helpers_nest_as_they_say():
     assert path_below(ping, 65) is None and path_below(object_ping(64), 64) is None
 
 
+def test_the_depth_messages_edges_limit_zero_and_the_cut_of_a_long_path():
+    """path_below's limit 0 (the document itself is the level past it) and path_text's cut at
+    exactly SHOWN_PATH characters: a path of SHOWN_PATH characters is shown whole, one longer is
+    cut to SHOWN_PATH characters ending in "..."."""
+    from gleanpipe import nesting
+
+    assert nesting.path_below({"a": 1}, 0) == [] and nesting.path_below([], 0) == []
+    assert nesting.path_below(7, 0) is None  # not a container: no level at all
+    assert nesting.deeper_than({"a": 1}, b'{"a": 1}', 0) is True
+    assert nesting.where_deeper({"a": 1}, 0) == "level 1 begins at $"
+    assert nesting.SHOWN_PATH == 100
+    fits = ["k" * 100]
+    assert nesting.path_text(fits) == "k" * 100
+    assert nesting.path_text(["k" * 101]) == "k" * 97 + "..."
+    assert nesting.path_text(["k" * 97, 0]) == "k" * 97 + "[0]"  # 100 characters: whole
+    assert nesting.path_text(["k" * 98, 0]) == "k" * 97 + "..."  # 101: cut
+
+
 def test_orjson_stops_writing_at_the_depth_the_check_and_the_loader_count_on():
     """nesting.deeper_than has orjson.dumps count levels (inside padding), and the loader's error for a
     too deep ping reads orjson's refusal: an orjson that stops elsewhere must fail here, not pass
