@@ -62,19 +62,24 @@ def test_ctrl_c_while_duckdb_works_in_a_command_is_interrupted_and_130(data_dir,
         con.close()
 
 
+# `python -c CTRL_C_AT_IMPORT <command>...`: the gleanpipe command, with a real SIGINT that the process
+# sends itself as it imports the first module of the command's start-up
+CTRL_C_AT_IMPORT = ("import importlib.abc, os, signal, sys\n"
+                    "class CtrlC(importlib.abc.MetaPathFinder):\n"
+                    "    def find_spec(self, name, path=None, target=None):\n"
+                    "        if name == 'gleanpipe.storage.base':\n"
+                    "            os.kill(os.getpid(), signal.SIGINT)\n"
+                    "from gleanpipe.cli import main\n"
+                    "sys.meta_path.insert(0, CtrlC())\n"
+                    "main()\n")
+
+
 def test_ctrl_c_while_a_command_starts_is_interrupted_and_130(tmp_path):
     """Before: the imports at the start of every command ran before the Ctrl-C handling, and a
     Ctrl-C then gave click's "Aborted!" and exit 1. Here the SIGINT comes exactly then: a real one,
     sent by the command's process to itself as it imports the first of them."""
     duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()
-    script = ("import importlib.abc, os, signal, sys\n"
-              "class CtrlC(importlib.abc.MetaPathFinder):\n"
-              "    def find_spec(self, name, path=None, target=None):\n"
-              "        if name == 'gleanpipe.storage.base':\n"
-              "            os.kill(os.getpid(), signal.SIGINT)\n"
-              "from gleanpipe.cli import main\n"
-              "sys.meta_path.insert(0, CtrlC())\n"
-              "main()\n")
+    script = CTRL_C_AT_IMPORT
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
     for command in (["status"], ["query", "SELECT 1"]):
         proc = subprocess.run([sys.executable, "-c", script, *command, "--data-dir", str(tmp_path)], env=env,
@@ -90,14 +95,7 @@ def test_ctrl_c_with_nobody_reading_stderr_is_still_130(tmp_path):
     exit code alone says it. Not 1 (click's answer to a broken pipe) nor a traceback. The SIGINT
     comes as in the test above: sent by the command to itself as it imports."""
     duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()
-    script = ("import importlib.abc, os, signal, sys\n"
-              "class CtrlC(importlib.abc.MetaPathFinder):\n"
-              "    def find_spec(self, name, path=None, target=None):\n"
-              "        if name == 'gleanpipe.storage.base':\n"
-              "            os.kill(os.getpid(), signal.SIGINT)\n"
-              "from gleanpipe.cli import main\n"
-              "sys.meta_path.insert(0, CtrlC())\n"
-              "main()\n")
+    script = CTRL_C_AT_IMPORT
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")}
     read, write = os.pipe()
     os.close(read)  # nobody reads stderr

@@ -124,21 +124,28 @@ def test_a_message_delivered_twice_leaves_one_row(s3_pipeline):
     assert queue_depth(p) == 0
 
 
+def spy_on_receives(w) -> list[tuple[int, int]]:
+    """(messages asked for, messages received) of each receive of worker ``w`` from now on: a spy
+    on its SQS client that calls through to moto."""
+    receives = []
+    real = w.sqs.receive_message
+
+    def receive(**kwargs):
+        resp = real(**kwargs)
+        receives.append((kwargs["MaxNumberOfMessages"], len(resp.get("Messages", []))))
+        return resp
+
+    w.sqs.receive_message = receive
+    return receives
+
+
 def test_one_receive_takes_at_most_max_batch_messages(s3_pipeline):
     p = s3_pipeline
     # a visibility timeout longer than the test, so a receive sees no message handed out before
     p["sqs"].set_queue_attributes(QueueUrl=p["queue"], Attributes={"VisibilityTimeout": "60"})
     docs = submit(12)  # 13 messages: S3's s3:TestEvent, then one per ping
     w, wh = worker_for(p)
-    receives = []  # (messages asked for, messages received) of each receive
-    real = w.sqs.receive_message
-
-    def receive(**kwargs):  # a spy that calls through
-        resp = real(**kwargs)
-        receives.append((kwargs["MaxNumberOfMessages"], len(resp.get("Messages", []))))
-        return resp
-
-    w.sqs.receive_message = receive
+    receives = spy_on_receives(w)
     try:
         w.run(once=True)
         assert receives == [(MAX_BATCH, 10)] and w.stats.received == w.stats.deleted == 10
@@ -158,15 +165,7 @@ def test_max_messages_past_one_batch_is_received_a_batch_at_a_time(s3_pipeline):
     p["sqs"].set_queue_attributes(QueueUrl=p["queue"], Attributes={"VisibilityTimeout": "60"})
     submit(12)  # 13 messages: S3's s3:TestEvent, then one per ping
     w, wh = worker_for(p)
-    receives = []  # (messages asked for, messages received) of each receive
-    real = w.sqs.receive_message
-
-    def receive(**kwargs):  # a spy that calls through
-        resp = real(**kwargs)
-        receives.append((kwargs["MaxNumberOfMessages"], len(resp.get("Messages", []))))
-        return resp
-
-    w.sqs.receive_message = receive
+    receives = spy_on_receives(w)
     try:
         stats = w.run(max_messages=13)
     finally:
