@@ -160,15 +160,6 @@ def _server(config: Config) -> AdminClient | None:
     return AdminClient.find(config.data_dir, config.warehouse_url)
 
 
-def _serve_of_data_dir(config: Config) -> str | None:
-    """The warehouse URL of a serve running on this data dir (whatever warehouse it loads into)."""
-    try:
-        client = AdminClient.find(config.data_dir, wait_s=0)
-    except ServeError:
-        return None
-    return client.warehouse_url if client else None
-
-
 def _read_query(config: Config):
     """(query callable, close) through the running serve, or on the file opened read-only."""
     pages_of, close = _query_pages(config)
@@ -254,10 +245,13 @@ def _this_command() -> str:
     return str(Path(sys.argv[0])) if mine and mine.name == "gleanpipe" else f"{sys.executable} -m gleanpipe.cli"
 
 
-def _os_error(exc: OSError) -> str:
-    """One line for an OSError: what it is about, then why ("/x/data: Not a directory")."""
+def _os_error(exc: OSError, said: object = None) -> str:
+    """One line for an OSError: what it is about, then why ("/x/data: Not a directory"); without
+    the path when it is ``said``, the one the message names already ("cannot write /x/site: ...")."""
     why = exc.strerror or str(exc)
     names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    if said is not None and names == [str(said)]:
+        return why
     return f"{' -> '.join(names)}: {why}" if names else why
 
 
@@ -477,7 +471,9 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     from .status import rejected_by_type, waiting_to_load
 
     config = _config(data_dir, store_url, warehouse_url)
-    client = _server(config)
+    # the serve of this data dir, found once: `_server`'s, if it loads into this warehouse
+    running = AdminClient.find(config.data_dir)
+    client = running if running and same_location(config.warehouse_url, running.warehouse_url) else None
     no_store = _missing(config.store_url, "file://")  # say so; do not create it
     store = None if no_store else _store(config)
     if client:
@@ -497,8 +493,8 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
     rejected = None if no_store else rejected_by_type(store)
     info["rejected"] = rejected
     info["server"] = "running" if client else "not running"
-    if not client and (theirs := _serve_of_data_dir(config)):  # it runs, loading elsewhere: not "not running"
-        info["server"], info["server_warehouse_url"] = "running for another warehouse", theirs
+    if running and not client:  # it runs, loading elsewhere: not "not running"
+        info["server"], info["server_warehouse_url"] = "running for another warehouse", running.warehouse_url
     if as_json:
         click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return
@@ -812,8 +808,7 @@ def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
     try:
         counts = build(query, out)
     except OSError as exc:  # the path once: "cannot write /x/site: Not a directory"
-        why = _os_error(exc) if exc.filename is not None and str(exc.filename) != str(out) else exc.strerror or str(exc)
-        raise click.ClickException(f"cannot write {out}: {why}") from None
+        raise click.ClickException(f"cannot write {out}: {_os_error(exc, said=out)}") from None
     except ResultTooLarge as exc:  # through serve: serve's advice, a LIMIT, is no use for SQL the user did not write
         raise click.ClickException(str(exc.for_user_of("the dictionary's data", "dictionary build again"))) from None
     finally:
