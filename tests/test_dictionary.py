@@ -295,11 +295,15 @@ def test_apps_add_and_dictionary_build_say_one_of_a_kind_in_the_singular(tmp_pat
     assert built.stdout == f"wrote 10 files to {site}: 1 app, 2 pings, 1 metric; open {site / 'index.html'}\n"
 
 
-def test_dictionary_build_through_serve_over_its_query_limit_says_what_to_do(tmp_path):
-    """`dictionary build` while serve runs reads through serve, which refuses an answer over its
-    GLEANPIPE_QUERY_MAX_BYTES. Before: "the result is over 300 bytes as JSON, the most serve
-    answers (GLEANPIPE_QUERY_MAX_BYTES): add a LIMIT or select fewer columns", for SQL the user
-    never wrote. With serve stopped, as the message says, the build reads the file itself."""
+@pytest.mark.parametrize("command, limit, what", [
+    (["dictionary", "build", "--out", "site"], 300, "the dictionary's data"),
+    (["apps", "list"], 200, "the list of apps"),
+], ids=["dictionary build", "apps list"])
+def test_a_command_through_serve_over_its_query_limit_says_what_to_do(tmp_path, command, limit, what):
+    """`dictionary build` and `apps list` while serve runs read through serve, which refuses an
+    answer over its GLEANPIPE_QUERY_MAX_BYTES. Before: "the result is over 300 bytes as JSON, the
+    most serve answers (GLEANPIPE_QUERY_MAX_BYTES): add a LIMIT or select fewer columns", for SQL
+    the user never wrote. With serve stopped, as the message says, the command reads the file itself."""
     from conftest import ServeProcess
 
     data_dir = tmp_path / "data"
@@ -307,45 +311,19 @@ def test_dictionary_build_through_serve_over_its_query_limit_says_what_to_do(tmp
     added = cli(data_dir, "apps", "add", "org.example.toolbox", "--metrics", str(GLEAN / "metrics.yaml"),
                 "--pings", str(GLEAN / "pings.yaml"))
     assert added.returncode == 0, added.stderr
-    server = ServeProcess(data_dir, env={"GLEANPIPE_QUERY_MAX_BYTES": "300"}).start()
+    args = [str(tmp_path / a) if a == "site" else a for a in command]
+    server = ServeProcess(data_dir, env={"GLEANPIPE_QUERY_MAX_BYTES": str(limit)}).start()
     try:
-        built = cli(data_dir, "dictionary", "build", "--out", str(tmp_path / "site"))
+        refused = cli(data_dir, *args)
     finally:
         assert server.stop() == 0
-    assert (built.returncode, built.stdout) == (1, "")
-    assert built.stderr == (
-        "Error: the dictionary's data is over 300 bytes as JSON, the most the running serve answers "
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (
+        f"Error: {what} is over {limit} bytes as JSON, the most the running serve answers "
         "(GLEANPIPE_QUERY_MAX_BYTES): restart serve with a higher GLEANPIPE_QUERY_MAX_BYTES, or stop serve and run "
-        "dictionary build again (it then reads the DuckDB file itself, with no such limit)\n")
-    built = cli(data_dir, "dictionary", "build", "--out", str(tmp_path / "site"))
-    assert (built.returncode, built.stderr) == (0, ""), built.stderr
-
-
-def test_apps_list_through_serve_over_its_query_limit_says_what_to_do(tmp_path):
-    """`apps list` while serve runs reads through serve, which refuses an answer over its
-    GLEANPIPE_QUERY_MAX_BYTES. Before: "the result is over 200 bytes as JSON, the most serve answers
-    (GLEANPIPE_QUERY_MAX_BYTES): add a LIMIT or select fewer columns", for SQL the user never wrote.
-    With serve stopped, as the message says, it reads the file itself."""
-    from conftest import ServeProcess
-
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    added = cli(data_dir, "apps", "add", "org.example.toolbox", "--metrics", str(GLEAN / "metrics.yaml"),
-                "--pings", str(GLEAN / "pings.yaml"))
-    assert added.returncode == 0, added.stderr
-    server = ServeProcess(data_dir, env={"GLEANPIPE_QUERY_MAX_BYTES": "200"}).start()
-    try:
-        listed = cli(data_dir, "apps", "list")
-    finally:
-        assert server.stop() == 0
-    assert (listed.returncode, listed.stdout) == (1, "")
-    assert listed.stderr == (
-        "Error: the list of apps is over 200 bytes as JSON, the most the running serve answers "
-        "(GLEANPIPE_QUERY_MAX_BYTES): restart serve with a higher GLEANPIPE_QUERY_MAX_BYTES, or stop serve and run "
-        "apps list again (it then reads the DuckDB file itself, with no such limit)\n")
-    listed = cli(data_dir, "apps", "list", "--format", "csv")
-    assert (listed.returncode, listed.stderr) == (0, "")
-    assert listed.stdout.splitlines()[1].startswith("org.example.toolbox,org_example_toolbox,true,")
+        f"{' '.join(command[:2])} again (it then reads the DuckDB file itself, with no such limit)\n")
+    again = cli(data_dir, *args)
+    assert (again.returncode, again.stderr) == (0, ""), again.stderr
 
 
 def test_dictionary_pages_over_serves_query_limit_are_a_500_that_says_what_to_do_with_one_log_line(tmp_path):

@@ -134,6 +134,14 @@ def test_the_first_deliveries_at_once_all_load_with_no_traceback(tmp_path):
         con.close()
 
 
+def assert_warned_once_of_GLEANPIPE_PROT(log) -> None:
+    """The function's log holds one line about the mistyped GLEANPIPE_PROT, naming GLEANPIPE_PORT."""
+    said = [line for line in log.read_text(errors="replace").splitlines() if "GLEANPIPE_PROT" in line]
+    assert len(said) == 1, said
+    assert said[0].endswith("GLEANPIPE_PROT is not a gleanpipe setting, so it is ignored (did you mean "
+                            "GLEANPIPE_PORT? the settings are listed in the README, section Settings)")
+
+
 def test_a_gleanpipe_variable_that_is_no_setting_is_logged_once_by_the_function(tmp_path):
     """A typo in the deployed function's environment (GLEANPIPE_PROT) was ignored without a word,
     as the CLI's was: the function logs it once, on its first request, and answers as before."""
@@ -146,10 +154,7 @@ def test_a_gleanpipe_variable_that_is_no_setting_is_logged_once_by_the_function(
     finally:
         submit.terminate()
         submit.wait(timeout=10)
-    said = [line for line in log.read_text(errors="replace").splitlines() if "GLEANPIPE_PROT" in line]
-    assert len(said) == 1, said
-    assert said[0].endswith("GLEANPIPE_PROT is not a gleanpipe setting, so it is ignored (did you mean "
-                            "GLEANPIPE_PORT? the settings are listed in the README, section Settings)")
+    assert_warned_once_of_GLEANPIPE_PROT(log)
 
 
 def test_the_deletions_function_logs_an_unknown_gleanpipe_variable_once_too(tmp_path):
@@ -164,7 +169,4 @@ def test_the_deletions_function_logs_an_unknown_gleanpipe_variable_once_too(tmp_
     finally:
         deletions.terminate()
         deletions.wait(timeout=10)
-    said = [line for line in log.read_text(errors="replace").splitlines() if "GLEANPIPE_PROT" in line]
-    assert len(said) == 1, said
-    assert said[0].endswith("GLEANPIPE_PROT is not a gleanpipe setting, so it is ignored (did you mean "
-                            "GLEANPIPE_PORT? the settings are listed in the README, section Settings)")
+    assert_warned_once_of_GLEANPIPE_PROT(log)
