@@ -426,16 +426,44 @@ def test_a_serve_started_with_a_relative_data_dir_is_used_from_another_folder(tm
     assert f'  query it:   {sys.executable} -m gleanpipe.cli query "SHOW ALL TABLES"   (Ctrl-C stops)\n' in banner
 
 
+def _post_from(source: str, port: int, path: str, headers: dict) -> tuple[int, bytes]:
+    """(status, body) of one ping POSTed to 127.0.0.1:port from the local address ``source``."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request("POST", path, gz(make_ping(CLIENT)), {**SDK_HEADERS, **headers})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
 def test_serve_reads_no_gunicorn_config_of_the_users_folder_or_environment(tmp_path, monkeypatch):
-    """gunicorn on its own reads ./gunicorn.conf.py and GUNICORN_CMD_ARGS: a user's settings for
-    another app (its hooks, an access log...) must not reach serve's HTTP server."""
+    """gunicorn on its own reads ./gunicorn.conf.py, GUNICORN_CMD_ARGS and variables of its own
+    (serve.GUNICORN_PINNED, GUNICORN_UNSET): a user's settings for another app (its hooks, an access
+    log, a proxy it trusts, a path prefix, a control socket...) must not reach serve's HTTP server."""
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "hook-ran"
     (tmp_path / "gunicorn.conf.py").write_text(f"def on_starting(server):\n    open({str(marker)!r}, 'w').close()\n")
-    server = ServeProcess(tmp_path / "data", env={"GUNICORN_CMD_ARGS": "--access-logfile -"}).start()
+    runtime = tmp_path / "xdg-runtime"  # where gunicorn puts its control socket (else ~/.gunicorn/)
+    runtime.mkdir()
+    server = ServeProcess(tmp_path / "data", env={
+        "GUNICORN_CMD_ARGS": "--access-logfile -", "FORWARDED_ALLOW_IPS": "*", "SCRIPT_NAME": "/pipe",
+        "XDG_RUNTIME_DIR": str(runtime)}).start()
+    # gunicorn trusts the forwarding headers of loopback's 127.0.0.1 and ::1 only, so 127.0.0.2 is
+    # another machine's proxy; with FORWARDED_ALLOW_IPS=* gunicorn took its headers: a scheme
+    # contradicted was its own 400 page, a SCRIPT_NAME header moved the path (404)
+    forwarded = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "off"}
     try:
-        assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200
-        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
+        assert runtime.exists() and list(runtime.iterdir()) == []  # no gunicorn.ctl: a worker answered already
+        assert post(server.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200  # was a 500 (SCRIPT_NAME)
+        assert _post_from("127.0.0.2", server.port, submit_path(), forwarded) == (200, b"")
+        assert _post_from("127.0.0.2", server.port, submit_path(), {"SCRIPT_NAME": "/submit"}) == (200, b"")
+        # from 127.0.0.1, as without the variable (gunicorn's default): the proxy's headers are taken
+        status, body = _post_from("127.0.0.1", server.port, submit_path(), {"SCRIPT_NAME": "/submit"})
+        assert (status, json.loads(body)["error_type"]) == (404, "not_found")
+        assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 3) == 3
     finally:
         assert server.stop() == 0
     assert not marker.exists()  # the folder's gunicorn.conf.py was not run

@@ -86,6 +86,19 @@ def submit_url(cfg: Config) -> str:
     return f"{'https' if cfg.tls else 'http'}://{in_url(cfg.host)}:{cfg.port}"
 
 
+# gunicorn reads some variables of its own, which a user's shell may have set for another app. Those
+# with a flag get the value serve means: FORWARDED_ALLOW_IPS (whose peers' X-Forwarded-Proto/-Ssl and
+# SCRIPT_NAME/PATH_INFO headers gunicorn takes: gunicorn's default, loopback only) and XDG_RUNTIME_DIR
+# (where gunicorn puts a control socket for `gunicornc`, the same path for every gunicorn of the user:
+# serve's gunicorn took over another app's, and the user's `gunicornc` reached serve's; serve needs none).
+# PORT and WEB_CONCURRENCY are --bind's and --workers' defaults, which serve always gives.
+GUNICORN_PINNED = ["--forwarded-allow-ips", "127.0.0.1,::1", "--no-control-socket"]
+# ... and those without a flag are left out of its environment: GUNICORN_CMD_ARGS (flags of another app),
+# SCRIPT_NAME (a path prefix: every request outside it was a 500), SENDFILE, and gunicorn's own re-exec
+# handoff (GUNICORN_PID, GUNICORN_FD: listening sockets to take in place of --bind)
+GUNICORN_UNSET = ("GUNICORN_CMD_ARGS", "SCRIPT_NAME", "SENDFILE", "GUNICORN_PID", "GUNICORN_FD")
+
+
 def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     """The app and worker settings serve gives gunicorn (bench/run.py uses the same).
 
@@ -96,8 +109,9 @@ def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     gthread worker, whose threads wait at most http_worker.HEAD_TIMEOUT_S for a request's head.
     """
     common = ["--config", "python:gleanpipe.gunicorn_config",  # not a ./gunicorn.conf.py (gunicorn_config.py)
-              "--workers", str(cfg.workers), "--log-level", "warning", "--keep-alive", str(KEEPALIVE_S),
-              "--graceful-timeout", str(GRACEFUL_TIMEOUT_S), "--timeout", "60", *http_limits(cfg), *tls_args(cfg)]
+              *GUNICORN_PINNED, "--workers", str(cfg.workers), "--log-level", "warning",
+              "--keep-alive", str(KEEPALIVE_S), "--graceful-timeout", str(GRACEFUL_TIMEOUT_S), "--timeout", "60",
+              *http_limits(cfg), *tls_args(cfg)]
     if spool:  # with HTTPS, gevent's worker with serve's TLS handshakes (gevent_worker.py)
         return ["gleanpipe.wsgi:spool_app", "--worker-class",
                 "gleanpipe.gevent_worker.TLSGeventWorker" if cfg.tls else "gevent",
@@ -302,7 +316,8 @@ class LocalPipeline:
         cfg = self.config
         self.loader_thread.start()
         env = {**os.environ, **cfg.as_env()}  # each setting as serve took it, flags included
-        env.pop("GUNICORN_CMD_ARGS", None)  # gunicorn's settings are serve's (gunicorn_args), no one else's
+        for name in GUNICORN_UNSET:  # gunicorn's settings are serve's (gunicorn_args), no one else's
+            env.pop(name, None)
         cmd = [sys.executable, "-m", "gunicorn", *gunicorn_args(cfg, spool=isinstance(self.store, SpoolReader)),
                "--bind", f"{in_url(cfg.host)}:{cfg.port}"]
         # gunicorn stops (gracefully) if this process dies, even by SIGKILL: see parent_guard.py.
