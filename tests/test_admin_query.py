@@ -996,7 +996,20 @@ def test_apps_add_through_serve_refuses_each_malformed_part_and_keeps_the_stored
                 ({**app, "metrics": [{**metric, "wire_type": "nope"}]}, "metrics[0]: wire_type 'nope' is no metric type"),
                 ({**app, "metrics": [{**metric, "send_in_pings": ["toolbox-usage", 3]}]},
                  "metrics[0]: send_in_pings holds something other than ping names"),
-                ({**app, "app_id": 7, "pings": [1]}, f"app_id 7: {rule}; pings[0]: an object is needed, not int")):
+                ({**app, "app_id": 7, "pings": [1]}, f"app_id 7: {rule}; pings[0]: an object is needed, not int"),
+                # before, any ping name was stored (and its table made): listed as a defined ping that no
+                # ping can be sent under, or (its table another's) not listed at all
+                ({**app, "pings": [{"name": "two words", "table": "two_words_v1"}]},
+                 "pings[0]: name 'two words' is not a ping name: it must be 1-30 chars of [a-z0-9_-], starting "
+                 "with a letter or digit"),
+                ({**app, "pings": [{"name": "../" + "a" * 50, "table": "a_v1"}]},
+                 f"pings[0]: name '../{'a' * 37}'... is not a ping name: it must be 1-30 chars of [a-z0-9_-], "
+                 "starting with a letter or digit"),
+                ({**app, "pings": [{"name": "events_stream", "table": "events_stream_v1"}]},
+                 "pings[0]: name 'events_stream' is the name of the table that holds every ping's events: "
+                 "no ping of that name is loaded"),
+                ({**app, "pings": [app["pings"][0], {"name": "baseline", "table": "metrics_v1"}]},
+                 "pings[1]: table 'metrics_v1' is not the table of ping 'baseline', baseline_v1")):
             status, answer, _ = post(state["admin_url"] + "/apps/add", json.dumps({"app": sent}).encode(), headers)
             assert (status, answer) == (400, {"error": "the app's definitions are not as `gleanpipe apps add` sends "
                                                        f"them: {said}"}), said
@@ -1006,6 +1019,9 @@ def test_apps_add_through_serve_refuses_each_malformed_part_and_keeps_the_stored
         assert client.query("SELECT schema_name FROM duckdb_schemas() WHERE schema_name NOT IN "
                             "('main', 'information_schema', 'pg_catalog') ORDER BY 1")[1] == [
             ("_gleanpipe",), ("org_example_toolbox",)]
+        assert client.query("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'org_example_toolbox' "
+                            "ORDER BY 1")[1] == [(t,) for t in ("anonymous_report_v1", "baseline_v1", "metrics_v1",
+                                                                "no_info_v1", "toolbox_usage_v1")]  # no table made
     finally:
         assert server.stop() == 0
     assert "Traceback" not in server.read_log(), server.read_log()

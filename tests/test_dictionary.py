@@ -679,9 +679,8 @@ odd-text:
 
 
 def test_a_ping_whose_name_can_have_no_page_is_listed_without_a_link(warehouse):
-    """serve's /apps/add checks a ping's table, not its name (`gleanpipe apps add` sends what
-    glean_parser allows; another client may not): a name no page can have is listed as text,
-    with no link to a page that does not exist."""
+    """A ping name no page can have, stored before serve's /apps/add checked ping names (it checked
+    their tables only), is listed as text, with no link to a page that does not exist."""
     from gleanpipe.dictionary.catalog import Catalog, store_app
     from gleanpipe.dictionary.pages import render_app
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 APP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Upstream limit for ping names: 30 chars of [a-z0-9-_].
 DOC_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,29}")
+DOC_TYPE_RULE = "must be 1-30 chars of [a-z0-9_-], starting with a letter or digit"
 VERSION_RE = re.compile(r"[0-9]{1,4}")
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 SUPPORTED_VERSIONS = ("1",)
@@ -61,7 +62,7 @@ def parse_segments(app_id: str, doc_type: str, version: str, document_id: str) -
     if not APP_ID_RE.fullmatch(app_id):
         raise PathError("app id must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit")
     if not DOC_TYPE_RE.fullmatch(doc_type):
-        raise PathError("document type must be 1-30 chars of [a-z0-9_-], starting with a letter or digit")
+        raise PathError(f"document type {DOC_TYPE_RULE}")
     if not VERSION_RE.fullmatch(version):
         raise PathError("document version must be a number")
     if version not in SUPPORTED_VERSIONS:

@@ -11,7 +11,8 @@ import textwrap
 import warnings
 from pathlib import Path
 
-from ..naming import APP_ID_RE, DOC_TYPE_RE, TABLE_RE, column_name, dataset_name, is_column_name, table_name
+from ..naming import (APP_ID_RE, DOC_TYPE_RE, DOC_TYPE_RULE, RESERVED_DOC_TYPES, TABLE_RE, column_name, dataset_name,
+                      is_column_name, table_name)
 from ..table_schema import METRIC_TYPES
 
 APP_ID_RULE = "must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit"
@@ -205,8 +206,25 @@ def check_parsed(app) -> None:
                 problems.append(f"metrics[{i}]: send_in_pings holds something other than ping names")
             elif key == "pings" and not TABLE_RE.fullmatch(item["table"]):
                 problems.append(f"pings[{i}]: table {item['table']!r} is not a table name (<ping>_v<version>)")
+            elif key == "pings":  # the name a ping is sent under (the submit edge's rule), and its table
+                problems += _ping_name_problems(i, item["name"], item["table"])
     if problems:
         raise DefinitionError(problems)
+
+
+def _ping_name_problems(i: int, name: str, table: str) -> list[str]:
+    """What is wrong with ping ``name`` stored with ``table`` (check_parsed). Before, /apps/add took
+    any name: one no ping can be sent under was listed as a defined ping that never gets data, and a
+    table not the name's left the definition unseen (the table's own ping took its place)."""
+    if not DOC_TYPE_RE.fullmatch(name):
+        shown = f"{name[:40]!r}{'...' if len(name) > 40 else ''}"  # a name of any length: not all of it
+        return [f"pings[{i}]: name {shown} is not a ping name: it {DOC_TYPE_RULE}"]
+    if name.replace("-", "_") in RESERVED_DOC_TYPES:
+        return [f"pings[{i}]: name {name!r} is the name of the table that holds every ping's events: "
+                "no ping of that name is loaded"]
+    if table != table_name(name, "1"):
+        return [f"pings[{i}]: table {table!r} is not the table of ping {name!r}, {table_name(name, '1')}"]
+    return []
 
 
 def shared_columns(app: dict) -> list[str]:
