@@ -522,6 +522,28 @@ def test_a_pending_ping_older_than_a_complete_one_is_shown_once_its_object_is_th
             browser.close()
 
 
+def test_readme_names_a_debug_pings_fields_as_the_api_answers_them(debug_serve):
+    """The README's row for /debug/api/tags/<tag>/<id> lists the fields of its answer and the values
+    of `status`. Before, the README called that field "outcome" (the API's is `status`) and left out
+    most fields, `pending` among them."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [row] = [line for line in readme.splitlines() if line.startswith("| `GET /debug/api/tags/<tag>/<id>` |")]
+    statuses = re.search(r"`status` is ((?:`\w+`[, a-z]*)+)", row)
+    assert statuses and re.findall(r"`(\w+)`", statuses.group(1)) == ["accepted", "duplicate", "rejected"], row
+    good_id = str(uuid.uuid4())
+    assert send(debug_serve, make_ping(), "fields", document_id=good_id)[0] == 200
+    assert send(debug_serve, make_ping(), "fields", document_id=good_id)[0] == 200  # a duplicate
+    assert send(debug_serve, make_ping(metrics={"counter": {"toolbox.launch_count": "x"}}), "fields")[0] == 400
+    listed = api(debug_serve, "tags/fields")["pings"]
+    answers = [api(debug_serve, f"tags/fields/{p['id']}") for p in listed]
+    assert [a["status"] for a in answers] == ["rejected", "duplicate", "accepted"]  # newest first
+    for answer in answers:
+        assert sorted(answer) == sorted(re.findall(r'"(\w+)"', row)), answer
+    assert listed == answers  # the tag's list holds the same entries
+
+
 def test_new_settings_are_in_the_readme_settings_table():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for env, default in (("GLEANPIPE_DEBUG_MAX_PINGS", "100"), ("GLEANPIPE_DEBUG_RETENTION_HOURS", "504"),

@@ -2,7 +2,7 @@
 
 For every request carrying ``X-Debug-ID`` that submit answers 200 or 4xx, the edge writes one
 small entry under ``debug/<tag>/<received µs, 17 digits>-<8 hex>.json`` holding the tag, the
-time, the outcome (accepted / duplicate / rejected), the path parts, the key of the object
+time, its ``status`` (accepted / duplicate / rejected), the path parts, the key of the object
 that holds the ping (``raw/...`` or the ``errors/...`` record) and, for rejections, the
 validation error. The viewer lists one tag's folder and never scans ``raw/``; the full JSON of
 a ping is read from the object its entry names. Nothing here needs more from a store than

@@ -2,7 +2,7 @@
 
 Pages (rendered on the server, every value HTML-escaped, so they work without JavaScript):
     /debug                  debug tags, newest activity first, with ping counts
-    /debug/<tag>            that tag's pings, newest first: outcome, validation error, metadata, full JSON
+    /debug/<tag>            that tag's pings, newest first: status, validation error, metadata, full JSON
 JSON API (what the pages poll to stay live):
     /debug/api/tags                       {"tags": [{"tag", "valid", "count", "latest"}], ...}
     /debug/api/tags/<tag>[?after=<id>]    {"tag", "ids": [live ids, newest first], "pings": [details newer than after]}
