@@ -321,6 +321,26 @@ def test_metric_ids_that_make_no_column_never_stop_serve_or_replay(data_dir, tmp
         dict(zip(["seq", "toolbox_n", "a_b", "additional_properties"], r)) for r in expected]
 
 
+def test_replay_workers_run_under_the_forkserver_start_method(data_dir):
+    """Python 3.14 starts pool workers from a fork server (its default start method on Linux;
+    3.11-3.13 fork them from the replay itself). Before, a worker took a parent other than the
+    replay for a replay already dead, and exited: under forkserver every replay with workers ended
+    "a worker process of the replay ended abruptly". Forced here with set_start_method."""
+    from gleanpipe.storage.local import LocalStore
+    from test_load import put_ping
+
+    store = LocalStore(data_dir / "store")
+    for seq in range(12):
+        put_ping(store, make_ping(CLIENT, seq=seq))
+    forkserver = ("import multiprocessing, sys\nmultiprocessing.set_start_method('forkserver')\n"
+                  "from gleanpipe.cli import main\nsys.argv = ['gleanpipe', *sys.argv[1:]]\nmain()\n")
+    out = subprocess.run([sys.executable, "-c", forkserver, "replay", "--data-dir", str(data_dir), "--batch", "3",
+                          "--workers", "2", "--no-progress"], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("GLEANPIPE_")})
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout.startswith("replayed 12 objects: inserted 12, duplicates 0, ")
+
+
 def test_a_killed_replay_takes_its_worker_processes_with_it(data_dir):
     """Before: after a kill -9 of `gleanpipe replay`, its worker processes stayed, idle, for ever."""
     import signal

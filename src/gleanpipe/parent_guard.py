@@ -39,6 +39,15 @@ def die_with_parent() -> bool:
     return libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent of process ``pid`` (Linux /proc); None if that cannot be read (gone, elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def command(parent_pid: int, argv: list[str], *, group: bool = False) -> list[str]:
     """The argv that runs ``argv`` under this guard for ``parent_pid``."""
     return [sys.executable, "-m", __name__, *(["--group"] if group else []), str(parent_pid), "--", *argv]

@@ -29,8 +29,11 @@ def _init_worker(store_url: str, config: Config | None, parent_pid: int) -> None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # a replay killed with SIGKILL (or by the OOM killer) takes its worker processes with it
     parent_guard.die_with_parent()
-    if os.getppid() != parent_pid:  # it died before the setting took effect
-        os._exit(parent_guard.ORPHANED)
+    # The parent is the replay (the `fork` start method, Python 3.11-3.13's default on Linux) or its
+    # fork server (`forkserver`, 3.14's default), which exits when the replay does. Before, only the
+    # first was taken: under forkserver every worker exited at once, and so did any replay with workers.
+    if parent_pid not in (os.getppid(), parent_guard.parent_of(os.getppid())):  # it died before the setting
+        os._exit(parent_guard.ORPHANED)  # took effect
     _worker_store = open_store(store_url, config)
 
 
