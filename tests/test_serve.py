@@ -477,7 +477,7 @@ def _post_from(source: str, port: int, path: str, headers: dict) -> tuple[int, b
 
 def test_serve_reads_no_gunicorn_config_of_the_users_folder_or_environment(tmp_path, monkeypatch):
     """gunicorn on its own reads ./gunicorn.conf.py, GUNICORN_CMD_ARGS and variables of its own
-    (serve.GUNICORN_PINNED, GUNICORN_UNSET): a user's settings for another app (its hooks, an access
+    (serve.gunicorn_pinned, GUNICORN_UNSET): a user's settings for another app (its hooks, an access
     log, a proxy it trusts, a path prefix, a control socket...) must not reach serve's HTTP server."""
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "hook-ran"

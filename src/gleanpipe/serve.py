@@ -17,6 +17,7 @@ One process owns the DuckDB file and runs:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -90,9 +91,19 @@ def submit_url(cfg: Config) -> str:
 # with a flag get the value serve means: FORWARDED_ALLOW_IPS (whose peers' X-Forwarded-Proto/-Ssl and
 # SCRIPT_NAME/PATH_INFO headers gunicorn takes: gunicorn's default, loopback only) and XDG_RUNTIME_DIR
 # (where gunicorn puts a control socket for `gunicornc`, the same path for every gunicorn of the user:
-# serve's gunicorn took over another app's, and the user's `gunicornc` reached serve's; serve needs none).
-# PORT and WEB_CONCURRENCY are --bind's and --workers' defaults, which serve always gives.
-GUNICORN_PINNED = ["--forwarded-allow-ips", "127.0.0.1,::1", "--no-control-socket"]
+# serve's gunicorn took over another app's, and the user's `gunicornc` reached serve's; serve needs none;
+# gunicorn before 25.1 has no control socket, nor the flag). PORT and WEB_CONCURRENCY are --bind's and
+# --workers' defaults, which serve always gives.
+@functools.cache
+def gunicorn_pinned() -> tuple[str, ...]:
+    try:
+        from gunicorn.config import KNOWN_SETTINGS
+    except ImportError:  # no gunicorn here (Windows): serve cannot run, but its module is imported
+        return ()
+    control = any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS)
+    return ("--forwarded-allow-ips", "127.0.0.1,::1", *(["--no-control-socket"] if control else []))
+
+
 # ... and those without a flag are left out of its environment: GUNICORN_CMD_ARGS (flags of another app),
 # SCRIPT_NAME (a path prefix: every request outside it was a 500), SENDFILE, and gunicorn's own re-exec
 # handoff (GUNICORN_PID, GUNICORN_FD: listening sockets to take in place of --bind)
@@ -109,7 +120,7 @@ def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     gthread worker, whose threads wait at most http_worker.HEAD_TIMEOUT_S for a request's head.
     """
     common = ["--config", "python:gleanpipe.gunicorn_config",  # not a ./gunicorn.conf.py (gunicorn_config.py)
-              *GUNICORN_PINNED, "--workers", str(cfg.workers), "--log-level", "warning",
+              *gunicorn_pinned(), "--workers", str(cfg.workers), "--log-level", "warning",
               "--keep-alive", str(KEEPALIVE_S), "--graceful-timeout", str(GRACEFUL_TIMEOUT_S), "--timeout", "60",
               *http_limits(cfg), *tls_args(cfg)]
     if spool:  # with HTTPS, gevent's worker with serve's TLS handshakes (gevent_worker.py)
