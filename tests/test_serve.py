@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -411,6 +412,106 @@ def test_a_replay_whose_worker_process_is_killed_says_so_and_a_rerun_finishes_it
     rows = json.loads(cli("query", "--format", "json", f"SELECT count(*) AS n FROM {DATASET}.baseline_v1",
                           data_dir=data_dir).stdout)
     assert rows == [{"n": 3000}]
+
+
+def _in_pipe_write(pid: int) -> bool:
+    """Whether process ``pid`` waits in the kernel to write to a full pipe (its wchan)."""
+    try:
+        return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def test_a_replay_worker_killed_half_way_through_sending_its_batch_does_not_hang_the_replay(data_dir):
+    """Before: a worker sent its prepared batch (tens of kB and more) back through the pool's pipe;
+    killed half-way through (the OOM killer; here a real SIGKILL), the replay's pool thread waited
+    for the rest of a message that never came, and the replay hung for ever. Now a worker sends the
+    name of a file holding its batch, a few bytes that a pipe takes whole, and the replay ends as
+    for any worker killed. Made certain here by stopping the replay (SIGSTOP) until its pipe is
+    full and a worker waits half-way through its write; with files, no worker ever waits there,
+    and one is killed after 5 s."""
+    import signal
+
+    from gleanpipe.storage.local import LocalStore
+    from test_load import put_ping
+
+    store = LocalStore(data_dir / "store")
+    for _ in range(1000):
+        put_ping(store, make_ping(CLIENT))
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data_dir),
+                             "--batch", "100", "--workers", "2", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := replay_workers(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert len(workers) >= 2, "replay ended before its workers could be seen"
+        os.kill(proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not (writing := [p for p in workers if _in_pipe_write(p)]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill((writing or workers)[0], signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT) if proc.poll() is None else None
+        proc.kill()
+        proc.wait()
+    assert (proc.returncode, out) == (1, "")
+    assert err.startswith("Error: a worker process of the replay ended abruptly (killed, or out of memory)")
+    assert wait_gone(workers, timeout=10) == []
+    assert list(Path(os.environ.get("TMPDIR", "/tmp")).glob(f"gleanpipe-replay-{proc.pid}-*")) == []
+
+
+def test_a_replay_whose_batches_find_no_room_in_tmpdir_says_so_and_runs_without_workers(data_dir, tmp_path):
+    """The workers' batches pass through files in TMPDIR (replay._spill_dir). One too full for them
+    (a real tmpfs, filled to its last 16 kB) stops the replay with one line naming it, not a traceback; --workers 0 needs no
+    such file."""
+    from gleanpipe.storage.local import LocalStore
+    from test_load import put_ping
+
+    store = LocalStore(data_dir / "store")
+    for seq in range(60):
+        put_ping(store, make_ping(CLIENT, seq=seq))
+    with small_disk(tmp_path, "1m") as disk:
+        fill_disk(disk / "filler")
+        # room for what tempfile writes to check a folder is usable (it takes another one when not), not for a batch
+        os.truncate(disk / "filler", (disk / "filler").stat().st_size - 16384)
+        args = ("replay", "--data-dir", str(data_dir), "--batch", "20", "--workers", "2", "--no-progress")
+        out = run_cli(*args, env={"TMPDIR": str(disk)})
+        assert (out.returncode, out.stdout) == (1, "")
+        assert re.fullmatch(
+            rf"Error: replay stopped: {re.escape(str(disk))}/gleanpipe-replay-[0-9]+-[a-z0-9_]+: No space left on "
+            r"device: the batches loaded so far stay; run the same replay again to finish \(it is idempotent\), "
+            r"with room in TMPDIR or with --workers 0\n", out.stderr), out.stderr
+        again = run_cli(*args[:-2], "0", "--no-progress", env={"TMPDIR": str(disk)})
+        assert (again.returncode, again.stderr) == (0, "") and again.stdout.startswith("replayed 60 objects: ")
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no batch file nor folder left
+    rows = json.loads(cli("query", "--format", "json", f"SELECT count(*) AS n FROM {DATASET}.baseline_v1",
+                          data_dir=data_dir).stdout)
+    assert rows == [{"n": 60}]
+
+
+def test_a_replay_killed_with_sigkill_leaves_its_batch_folder_to_the_next_replay(data_dir, tmp_path):
+    """A replay killed with SIGKILL cannot remove its folder of batches (replay._spill_dir); the
+    next replay removes it, once its pid is gone, and leaves those of running processes alone."""
+    from gleanpipe.storage.local import LocalStore
+    from test_load import put_ping
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp / f"gleanpipe-replay-{dead}-abc").mkdir()
+    (tmp / f"gleanpipe-replay-{dead}-abc" / "batch").write_bytes(b"x" * 1000)
+    (tmp / f"gleanpipe-replay-{os.getpid()}-def").mkdir()  # a live process's
+    store = LocalStore(data_dir / "store")
+    for seq in range(30):
+        put_ping(store, make_ping(CLIENT, seq=seq))
+    out = run_cli("replay", "--data-dir", str(data_dir), "--batch", "10", "--workers", "2", "--no-progress",
+                  env={"TMPDIR": str(tmp)})
+    assert (out.returncode, out.stderr) == (0, "") and out.stdout.startswith("replayed 30 objects: inserted 30,")
+    assert sorted(p.name for p in tmp.iterdir()) == [f"gleanpipe-replay-{os.getpid()}-def"]
 
 
 def test_commands_aimed_at_another_warehouse_do_not_go_through_serve(serve, tmp_path):

@@ -449,6 +449,11 @@ def replay(data_dir, store_url, warehouse_url, batch, prefix, workers, no_progre
                     "a worker process of the replay ended abruptly (killed, or out of memory): the batches loaded "
                     "so far stay; run the same replay again to finish (it is idempotent), with fewer --workers "
                     "or a smaller --batch if memory is short") from None
+            except OSError as exc:  # a worker's batch file (replay._spill_dir): a full or unwritable TMPDIR
+                bar.close()
+                raise click.ClickException(
+                    f"replay stopped: {_os_error(exc)}: the batches loaded so far stay; run the same replay again "
+                    "to finish (it is idempotent), with room in TMPDIR or with --workers 0") from None
             except (KeyboardInterrupt, RuntimeError) as exc:  # DuckDB turns Ctrl-C in a query into RuntimeError
                 if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
                     raise

@@ -8,12 +8,16 @@ Through a running `serve`, batches go to its admin API instead.
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import signal
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 from . import parent_guard
 from .config import Config
@@ -21,10 +25,14 @@ from .load import Loader, Prepared, prepare
 from .storage import RawStore, open_store
 
 _worker_store: RawStore | None = None
+_worker_spill: str | None = None  # the replay's folder for prepared batches (_prepare_chunk)
+
+# that folder, in the temporary directory (TMPDIR), named for the replay's pid (``_spill_dir``)
+SPILL_PREFIX = "gleanpipe-replay-"
 
 
-def _init_worker(store_url: str, config: Config | None, parent_pid: int) -> None:
-    global _worker_store
+def _init_worker(store_url: str, config: Config | None, parent_pid: int, spill: str) -> None:
+    global _worker_store, _worker_spill
     # Ctrl-C reaches the whole process group: the parent stops the replay, the workers say nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # a replay killed with SIGKILL (or by the OOM killer) takes its worker processes with it
@@ -35,10 +43,60 @@ def _init_worker(store_url: str, config: Config | None, parent_pid: int) -> None
     if parent_pid not in (os.getppid(), parent_guard.parent_of(os.getppid())):  # it died before the setting
         os._exit(parent_guard.ORPHANED)  # took effect
     _worker_store = open_store(store_url, config)
+    _worker_spill = spill
 
 
-def _prepare_chunk(keys: list[str]) -> Prepared:
-    return prepare(_worker_store, keys)
+def _prepare_chunk(keys: list[str]) -> str:
+    """Read and transform ``keys``; the batch goes to a file in the replay's folder, and back
+    through the pool's pipe goes only that file's name. A batch is tens of kB or more: a worker
+    killed half-way through sending one (the OOM killer) left the replay's pool thread waiting for
+    the rest of a message that never came, and the replay hung for ever. A name is one write of
+    a few bytes, which a pipe takes whole or not at all, so the pool sees a killed worker as it
+    is, and the replay ends saying so."""
+    prepared = prepare(_worker_store, keys)
+    try:
+        fd, path = tempfile.mkstemp(dir=_worker_spill)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(prepared, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError as exc:  # a write's error names no file: name the folder, in TMPDIR
+        raise OSError(exc.errno, exc.strerror, _worker_spill) from None
+    return path
+
+
+def _take(path: str) -> Prepared:
+    """The batch a worker left in ``path`` (_prepare_chunk); the file is removed."""
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    finally:
+        os.unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's
+        pass
+    return True
+
+
+@contextmanager
+def _spill_dir() -> Iterator[str]:
+    """A folder for the workers' batches, removed with what is left in it when the replay ends.
+    One a replay killed with SIGKILL left (``gleanpipe-replay-<its pid>-...``) is removed by the
+    next replay, once no process has that pid."""
+    base = tempfile.gettempdir()
+    for old in Path(base).glob(f"{SPILL_PREFIX}*-*"):
+        pid = old.name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=base)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def with_deletion_requests(store: RawStore, keys: list[str]) -> tuple[list[str], int]:
@@ -113,7 +171,8 @@ def replay_local(loader: Loader, keys: list[str], batch: int, workers: int | Non
     workers = min(os.cpu_count() or 1, 4) if workers is None else workers
     if workers <= 0 or len(keys) <= batch:
         return load_in_batches(lambda chunk: loader.load_keys(chunk).as_dict(), keys, batch, on_batch)
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(loader.store.url, config, os.getpid())) as pool:
+    with _spill_dir() as spill, ProcessPoolExecutor(
+            workers, initializer=_init_worker, initargs=(loader.store.url, config, os.getpid(), spill)) as pool:
         window: deque = deque()
         pending = chunks(keys, batch)
         with _ctrl_c_held():  # the first submit starts the worker processes and the pool's thread
@@ -123,8 +182,8 @@ def replay_local(loader: Loader, keys: list[str], batch: int, workers: int | Non
             window.append((len(chunk), pool.submit(_prepare_chunk, chunk)))
             if len(window) > workers:  # keep a few batches in flight, not the whole store in memory
                 n, future = window.popleft()
-                add(n, loader.write(future.result()))
+                add(n, loader.write(_take(future.result())))
         while window:
             n, future = window.popleft()
-            add(n, loader.write(future.result()))
+            add(n, loader.write(_take(future.result())))
     return totals
