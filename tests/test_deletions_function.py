@@ -8,6 +8,7 @@ just-streamed rows); the locked DuckDB file is a real second process holding it.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -87,6 +88,12 @@ def test_a_pending_deletion_is_carried_out_and_the_answer_summarises_it(deletion
                     "requests": [{"dataset": DATASET, "document_id": "5e1d0c2a-0000-4000-8000-00000000d0c1",
                                   "done": True, "rows_deleted": 4, "error": None}]}
     assert CLIENT_A not in orjson.dumps(body).decode()  # the client being forgotten is not echoed
+    # the README names the summary's fields as it has them (it said "outcome" for `done`)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = readme.split("It answers 200 with a JSON summary (", 1)[1].split("; client ids are left out)", 1)[0]
+    top, per_request = said.split(": per request its", 1)
+    assert (re.findall(r"`(\w+)`", top), re.findall(r"`(\w+)`", per_request)) == (
+        list(body), list(body["requests"][0])), said
     # 2 baseline rows and 2 events_stream rows of client A are gone; client B is untouched.
     assert rows(path, f"SELECT client_info.client_id FROM {DATASET}.baseline_v1") == [(CLIENT_B,)]
     assert rows(path, f"SELECT count(*) FROM {DATASET}.events_stream_v1") == [(0,)]
