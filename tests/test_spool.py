@@ -1046,6 +1046,42 @@ def test_serve_with_the_spool_off_writes_one_object_per_ping(data_dir):
         assert server.stop() == 0
 
 
+@pytest.mark.parametrize("stop", ["kill -9", "Ctrl-C"])
+def test_serve_with_the_spool_off_loads_what_a_spool_left_behind(data_dir, stop):
+    """Found by a randomized crash soak that switched GLEANPIPE_SPOOL between restarts: a serve
+    started with the spool off never read the spool an earlier serve left (by a kill -9, or by a
+    clean stop before its loader's next look). Its acknowledged pings were no rows, `status`
+    through serve said nothing waited, and a re-send of one with another body was stored `new`
+    and became its row, until a serve with the spool on ran again."""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_LOAD_INTERVAL_MS": "60000"}).start()  # the loader sleeps
+    docs = [str(uuid.uuid4()) for _ in range(5)]
+    for seq, doc_id in enumerate(docs):
+        status, _, headers = post(server.url + submit_path("metrics", doc_id), gz(make_ping(CLIENT, seq=seq)))
+        assert (status, headers["X-Gleanpipe-Stored"]) == (200, "new")
+    if stop == "kill -9":
+        for pid in _tree(server.proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        server.proc.wait()
+        server.log.close()
+    else:
+        assert server.stop() == 0
+    assert list((data_dir / "store" / SPOOL).glob("*.seg")), "nothing was left in the spool"
+    restarted = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "off"}).start()
+    try:
+        sql = f"SELECT count(*) FROM {DATASET}.metrics_v1"
+        assert restarted.wait_rows(sql, 5, timeout=30) == 5
+        status, _, headers = post(restarted.url + submit_path("metrics", docs[0]), gz(make_ping(CLIENT, seq=99)))
+        assert (status, headers["X-Gleanpipe-Stored"]) == (200, "duplicate")
+        assert restarted.query(f"SELECT document_id, ping_info.seq FROM {DATASET}.metrics_v1 ORDER BY 2")[1] \
+            == [(d, seq) for seq, d in enumerate(docs)]
+        until(lambda: restarted.admin.status()["pending"] == 0, "nothing waiting", timeout=30)
+        until(lambda: not list((data_dir / "store" / SPOOL).glob("*.seg")), "the spool's files deleted once loaded",
+              timeout=30)
+    finally:
+        assert restarted.stop() == 0
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, which needs root")
 def test_a_full_disk_gets_503s_and_no_new_segment_per_batch(tmp_path):
     """Before: every batch that failed on a full disk left its segment and opened a new one, which

@@ -274,8 +274,11 @@ class LocalPipeline:
         self.store = open_store(config.store_url, config)
         if isinstance(self.store, LocalStore) and (stale := self.store.remove_stale_tmp()):
             log.warning("removed %d temp files of writes that never finished (a killed writer)", stale)
-        if config.spool and isinstance(self.store, LocalStore):
-            self.store = SpoolReader(self.store)  # drains the HTTP workers' spool (storage/spool.py)
+        if isinstance(self.store, LocalStore):
+            # drains the HTTP workers' spool (storage/spool.py), and with the spool off what an
+            # earlier serve with it on left there (a crash, or a stop before its loader's next look):
+            # acknowledged pings that only a reader of the spool loads
+            self.store = SpoolReader(self.store)
         self.warehouse: Warehouse = _open_warehouse(config.warehouse_url, config)
         self.loader = Loader(self.store, self.warehouse)
         self.loader_thread = LoaderThread(self.store, self.loader, config.load_batch,
@@ -329,7 +332,7 @@ class LocalPipeline:
         env = {**os.environ, **cfg.as_env()}  # each setting as serve took it, flags included
         for name in GUNICORN_UNSET:  # gunicorn's settings are serve's (gunicorn_args), no one else's
             env.pop(name, None)
-        cmd = [sys.executable, "-m", "gunicorn", *gunicorn_args(cfg, spool=isinstance(self.store, SpoolReader)),
+        cmd = [sys.executable, "-m", "gunicorn", *gunicorn_args(cfg, spool=cfg.spool),
                "--bind", f"{in_url(cfg.host)}:{cfg.port}"]
         # gunicorn stops (gracefully) if this process dies, even by SIGKILL: see parent_guard.py.
         # A session of its own: a terminal's Ctrl-C reaches this process only, which stops gunicorn
