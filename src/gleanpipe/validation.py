@@ -59,8 +59,9 @@ def load_schema(override: str = "") -> dict[str, Any]:
     return json.loads(repo_copy.read_text(encoding="utf-8"))
 
 
-# repr() of a value nested some hundreds of levels deep raises RecursionError (Python's repr of a
-# list or dict recurses); the edge refuses such a ping first (nesting.MAX_JSON_DEPTH), and _repr
+# repr() of a value nested deep enough raises RecursionError (Python's repr of a list or dict
+# recurses: 3.11 stops at its recursion limit, about 1,000 levels; 3.12 and 3.13 at a C limit of their
+# own, some thousands); the edge refuses such a ping first (nesting.MAX_JSON_DEPTH), and _repr
 # keeps a deep value that comes here some other way from failing the rendering of its error
 _SHALLOW = reprlib.Repr()
 _SHALLOW.maxlevel, _SHALLOW.maxstring, _SHALLOW.maxother = 6, MAX_REPR, MAX_REPR
