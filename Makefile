@@ -8,9 +8,20 @@ STAMP   = $(VENV)/.installed
 
 # Python 3.11 or newer (pyproject's requires-python): asked first, so an older python3 (Ubuntu
 # 22.04 has 3.10) gets this line instead of pip failing to resolve the pinned versions.
+# One that is there but does not run (pyenv's shim for a version pyenv has not made active says
+# "pyenv: python3.13: command not found" and exits 127) is quoted, not taken for its version.
 PYTHON_CHECK = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
-	echo "gleanpipe needs Python 3.11 or newer, and '$(PYTHON)' is $$(command -v $(PYTHON) >/dev/null && $(PYTHON) --version 2>&1 || echo 'not found')." \
-	     "Give make a newer one: make $(or $(MAKECMDGOALS),run) PYTHON=python3.12" >&2; exit 1; }
+	if ! command -v $(PYTHON) >/dev/null; then \
+	  echo "gleanpipe needs Python 3.11 or newer, and '$(PYTHON)' is not found." \
+	       "Give make a newer one: make $(or $(MAKECMDGOALS),run) PYTHON=python3.12" >&2; \
+	elif said=$$($(PYTHON) --version 2>&1); then \
+	  echo "gleanpipe needs Python 3.11 or newer, and '$(PYTHON)' is $$said." \
+	       "Give make a newer one: make $(or $(MAKECMDGOALS),run) PYTHON=python3.12" >&2; \
+	else \
+	  echo "gleanpipe needs Python 3.11 or newer, and '$(PYTHON)' does not run (exit status $$?); it says:" >&2; \
+	  printf '%s\n' "$$said" | sed '/./s/^/    /' >&2; \
+	  echo "Give make one that runs: make $(or $(MAKECMDGOALS),run) PYTHON=python3.12" >&2; \
+	fi; exit 1; }
 
 # The versions in constraints.txt: the ones the tests last passed with (a new release of a
 # dependency cannot turn a fresh clone red). `make constraints` moves them on.

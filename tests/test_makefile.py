@@ -5,6 +5,7 @@ to resolve the pinned versions."""
 from __future__ import annotations
 
 import glob
+import os
 import re
 import shutil
 import subprocess
@@ -17,9 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make(goal: str, python: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def make(goal: str, python: str, tmp_path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "--no-print-directory", goal, f"PYTHON={python}", f"VENV={tmp_path / 'venv'}",
-                           f"BQEMU={tmp_path / 'bqemu'}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                           f"BQEMU={tmp_path / 'bqemu'}"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=env)
 
 
 def older_python() -> tuple[str, str] | None:
@@ -58,6 +60,51 @@ def test_make_test_with_a_python_that_is_not_there_says_so(tmp_path):
     assert result.returncode == 2
     assert (f"gleanpipe needs Python 3.11 or newer, and '{missing}' is not found. "
             "Give make a newer one: make test PYTHON=python3.12") in result.stderr
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "bqemu").exists()
+
+
+def test_make_with_a_python_whose_interpreter_is_gone_quotes_it_and_makes_no_venv(tmp_path):
+    """A python that is there but does not run (a script whose interpreter was removed): before, make
+    said "'X' is /bin/sh: 1: X: not found not found. Give make a newer one", as if it were too old."""
+    gone = tmp_path / "python3.13"
+    gone.write_text(f"#!{tmp_path / 'removed' / 'python3.13'}\n")
+    gone.chmod(0o755)
+
+    result = make("run", str(gone), tmp_path)
+
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"gleanpipe needs Python 3.11 or newer, and '{gone}' does not run (exit status 127); it says:"
+    assert lines[1].startswith("    ") and str(gone) in lines[1] and "not found" in lines[1]
+    assert lines[2] == "Give make one that runs: make run PYTHON=python3.12"
+    assert not (tmp_path / "venv").exists()
+
+
+def test_make_with_a_pyenv_shim_of_a_version_not_made_active_quotes_pyenv(tmp_path):
+    """pyenv puts a shim for every version it has on PATH (python3.12, python3.13), and one whose
+    version `pyenv global`, `shell` or `local` has not made active says "pyenv: python3.13: command
+    not found" and which versions have it, exit 127. Before, make said "'python3.13' is pyenv:
+    python3.13: command not found [...] not found. Give make a newer one: make test PYTHON=python3.12".
+    The real shim, with PYENV_VERSION naming another installed version."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    have = {p.name: p.parent.parent.name for p in root.glob("versions/3.*/bin/python3.[0-9]*")
+            if re.fullmatch(r"python3\.\d+", p.name)}  # command -> a version that has it
+    versions = sorted({v.parent.parent.name for v in root.glob("versions/3.*/bin/python3")})
+    pairs = [(cmd, other) for cmd, own in sorted(have.items()) for other in versions
+             if other != own and not (root / "versions" / other / "bin" / cmd).exists()]
+    if not (root / "shims").is_dir() or not pairs:
+        pytest.skip("no pyenv with two Python versions here")
+    command, other = pairs[0]
+    env = {**os.environ, "PATH": f"{root / 'shims'}:{os.environ['PATH']}", "PYENV_VERSION": other}
+
+    result = make("test", command, tmp_path, env=env)
+
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"gleanpipe needs Python 3.11 or newer, and '{command}' does not run (exit status 127); it says:"
+    assert lines[1] == f"    pyenv: {command}: command not found"
+    assert f"    The `{command}' command exists in these Python versions:" in lines
+    assert lines[-2] == "Give make one that runs: make test PYTHON=python3.12"
     assert not (tmp_path / "venv").exists() and not (tmp_path / "bqemu").exists()
 
 
