@@ -396,12 +396,16 @@ def test_a_replay_whose_worker_process_is_killed_says_so_and_a_rerun_finishes_it
     proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data_dir),
                              "--batch", "20", "--workers", "2", "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while len(workers := replay_workers(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert len(workers) >= 2, "replay ended before its workers could be seen"
-    os.kill(workers[0], signal.SIGKILL)
-    out, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := replay_workers(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert len(workers) >= 2, "replay ended before its workers could be seen"
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:  # a replay that hangs (it did: test_a_replay_worker_killed_half_way_...) is not left running
+        proc.kill()
+        proc.wait()
     assert (proc.returncode, out, err) == (1, "", (
         "Error: a worker process of the replay ended abruptly (killed, or out of memory): the batches loaded so far "
         "stay; run the same replay again to finish (it is idempotent), with fewer --workers or a smaller --batch if "
@@ -453,8 +457,7 @@ def test_a_replay_worker_killed_half_way_through_sending_its_batch_does_not_hang
         os.kill((writing or workers)[0], signal.SIGKILL)
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=60)
-    finally:
-        os.kill(proc.pid, signal.SIGCONT) if proc.poll() is None else None
+    finally:  # a replay that hangs is not left running
         proc.kill()
         proc.wait()
     assert (proc.returncode, out) == (1, "")
