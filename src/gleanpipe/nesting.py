@@ -7,7 +7,8 @@ is 6 levels (``metrics.labeled_timing_distribution.<id>.<label>.values``); an ``
 nests as its metrics.yaml structure says, and no SDK sends anything near 64 levels.
 
 What nests deeper fails further on: the edge's schema errors quote the offending value with
-Python's recursive repr (a RecursionError, a 500, from about 967 levels under gunicorn);
+Python's recursive repr (a RecursionError, a 500, from about 967 levels under gunicorn on 3.11;
+3.12 and 3.13 refuse later);
 jsonschema-rs gives up from about 255 levels (its "Recursion limit reached" when it reports the
 first error of a payload over 64 KiB, a 500 too); the loader writes rows with orjson.dumps, which
 writes at most 254 levels (ORJSON_MAX_DEPTH), and a row nests an object metric's value (and
