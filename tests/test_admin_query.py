@@ -1006,8 +1006,8 @@ def test_apps_add_through_serve_refuses_each_malformed_part_and_keeps_the_stored
                  f"pings[0]: name '../{'a' * 37}'... is not a ping name: it must be 1-30 chars of [a-z0-9_-], "
                  "starting with a letter or digit"),
                 ({**app, "pings": [{"name": "events_stream", "table": "events_stream_v1"}]},
-                 "pings[0]: name 'events_stream' is the name of the table that holds every ping's events: "
-                 "no ping of that name is loaded"),
+                 "pings[0]: name 'events_stream' is the name of the table that holds every ping's events "
+                 "(events_stream): no ping of that name is loaded; rename the ping"),
                 ({**app, "pings": [app["pings"][0], {"name": "baseline", "table": "metrics_v1"}]},
                  "pings[1]: table 'metrics_v1' is not the table of ping 'baseline', baseline_v1")):
             status, answer, _ = post(state["admin_url"] + "/apps/add", json.dumps({"app": sent}).encode(), headers)

@@ -72,6 +72,32 @@ def test_apps_add_shows_parse_errors_compactly(tmp_path):
     assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # nothing written on bad input
 
 
+def test_apps_add_refuses_a_ping_named_as_the_events_table_with_or_without_serve(tmp_path):
+    """glean_parser allows a ping named `events-stream`, whose table would be the one that holds
+    every ping's events. Before: without serve, `apps add` failed with DuckDB's "Binder Error:
+    Referenced column event_index not found in FROM clause..."; through serve, with "the app's
+    definitions are not as `gleanpipe apps add` sends them", which they were. Now both refuse it
+    as the parse errors are said, naming the file and the ping, and store nothing."""
+    from conftest import ServeProcess
+
+    pings = tmp_path / "pings.yaml"
+    ping = ("  description: A ping.\n  include_client_id: true\n  bugs: [https://example.com/1]\n"
+            "  data_reviews: [https://example.com/1]\n  notification_emails: [t@example.com]\n")
+    pings.write_text(f"---\n$schema: moz://mozilla.org/schemas/glean/pings/2-0-0\nevents-stream:\n{ping}usage:\n{ping}")
+    said = (f"Error: the definitions do not parse:\n  {pings}: events-stream: the name of the table that holds every "
+            "ping's events (events_stream): no ping of that name is loaded; rename the ping\n")
+    out = cli(tmp_path / "data", "apps", "add", "one", "--pings", str(pings))
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", said)
+    assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # nothing written
+    server = ServeProcess(tmp_path / "served").start()
+    try:
+        through = cli(tmp_path / "served", "apps", "add", "one", "--pings", str(pings))
+        assert (through.returncode, through.stdout, through.stderr) == (1, "", said)
+        assert json.loads(cli(tmp_path / "served", "apps", "list", "--format", "json").stdout) == []
+    finally:
+        assert server.stop() == 0
+
+
 def test_apps_add_warns_of_metrics_that_share_a_column(tmp_path):
     """a.b_c and a_b.c are both valid Glean ids and both become the column a_b_c: a counter of each
     lands in one column, and nothing said so."""

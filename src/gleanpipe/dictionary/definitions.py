@@ -16,6 +16,8 @@ from ..naming import (APP_ID_RE, DOC_TYPE_RE, DOC_TYPE_RULE, RESERVED_DOC_TYPES,
 from ..table_schema import METRIC_TYPES
 
 APP_ID_RULE = "must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit"
+RESERVED_PING_RULE = ("the name of the table that holds every ping's events (events_stream): no ping of that "
+                      "name is loaded; rename the ping")
 
 # glean_parser metric type -> the key it has under "metrics" in a ping (table_schema.METRIC_TYPES).
 WIRE_TYPE = {name: name for name in METRIC_TYPES}
@@ -149,12 +151,18 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
         raise DefinitionError([f"{type(exc).__name__}: {exc}"]) from None
     if errors:
         raise DefinitionError(errors)
-    metrics, pings = [], []
+    metrics, pings, reserved = [], [], []
     for category, objects in result.value.items():
         if category == "tags":
             continue
         for name, obj in objects.items():
             serialized = obj.serialize()
+            if category == "pings" and name.replace("-", "_") in RESERVED_DOC_TYPES:
+                # glean_parser allows `events-stream`, whose table is the events table: storing it failed
+                # on DuckDB's "Binder Error: Referenced column event_index not found"
+                where = (getattr(obj, "defined_in", None) or {}).get("filepath", "pings")
+                reserved.append(f"{where}: {name}: {RESERVED_PING_RULE}")
+                continue
             if category == "pings":
                 ping = {"name": name, "table": table_name(name, "1")}
                 ping.update({k: _jsonable(serialized.get(k)) for k in PING_FIELDS})
@@ -167,6 +175,8 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
             metric["wire_type"] = WIRE_TYPE.get(metric["type"])  # None for events
             metric["column"] = column_name(metric["id"])
             metrics.append(metric)
+    if reserved:
+        raise DefinitionError(reserved)
     metrics.sort(key=lambda m: m["id"])
     pings.sort(key=lambda p: p["name"])
     return {"app_id": app_id, "dataset": dataset_name(app_id), "metrics": metrics, "pings": pings}
@@ -220,8 +230,7 @@ def _ping_name_problems(i: int, name: str, table: str) -> list[str]:
         shown = f"{name[:40]!r}{'...' if len(name) > 40 else ''}"  # a name of any length: not all of it
         return [f"pings[{i}]: name {shown} is not a ping name: it {DOC_TYPE_RULE}"]
     if name.replace("-", "_") in RESERVED_DOC_TYPES:
-        return [f"pings[{i}]: name {name!r} is the name of the table that holds every ping's events: "
-                "no ping of that name is loaded"]
+        return [f"pings[{i}]: name {name!r} is {RESERVED_PING_RULE}"]
     if table != table_name(name, "1"):
         return [f"pings[{i}]: table {table!r} is not the table of ping {name!r}, {table_name(name, '1')}"]
     return []
