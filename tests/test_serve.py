@@ -517,6 +517,25 @@ def test_a_replay_killed_with_sigkill_leaves_its_batch_folder_to_the_next_replay
     assert sorted(p.name for p in tmp.iterdir()) == [f"gleanpipe-replay-{os.getpid()}-def"]
 
 
+def test_a_replay_removes_a_batch_folder_left_by_a_dead_replay_that_had_its_pid(tmp_path, monkeypatch):
+    """In a container each run gets the same pids: the folder a killed replay left has the pid of the
+    next replay, alive, so it was kept (and one more left by every killed run). A replay's own folder
+    is made after the look, so one of its pid is a dead replay's. Run here in this process, whose pid
+    the folder has; TMPDIR is the test's folder (tempfile.tempdir)."""
+    import tempfile
+
+    from gleanpipe.replay import _spill_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    left = tmp_path / f"gleanpipe-replay-{os.getpid()}-abc"
+    left.mkdir()
+    (left / "batch").write_bytes(b"x" * 1000)
+    with _spill_dir() as spill:
+        assert [p.name for p in tmp_path.iterdir()] == [Path(spill).name]
+        assert Path(spill).name.startswith(f"gleanpipe-replay-{os.getpid()}-")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_commands_aimed_at_another_warehouse_do_not_go_through_serve(serve, tmp_path):
     """serve owns its own DuckDB file only: replay/query/status with another --warehouse-url use that file."""
     for seq in range(2):

@@ -86,11 +86,12 @@ def _alive(pid: int) -> bool:
 def _spill_dir() -> Iterator[str]:
     """A folder for the workers' batches, removed with what is left in it when the replay ends.
     One a replay killed with SIGKILL left (``gleanpipe-replay-<its pid>-...``) is removed by the
-    next replay, once no process has that pid."""
+    next replay, once no process has that pid, or when this replay has it: its own folder is not
+    made yet, so one of its pid is a dead replay's (in a container each run gets the same pids)."""
     base = tempfile.gettempdir()
     for old in Path(base).glob(f"{SPILL_PREFIX}*-*"):
         pid = old.name[len(SPILL_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
             shutil.rmtree(old, ignore_errors=True)
     path = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=base)
     try:
