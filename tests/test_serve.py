@@ -839,6 +839,66 @@ def test_status_says_when_loading_fails_and_when_it_works_again(tmp_path):
             server.stop()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, which needs root")
+def test_serve_killed_on_a_full_disk_starts_again_on_it_and_answers_503(tmp_path):
+    """Before: serve wrote its state file last, once its HTTP server answered; on a full disk that
+    write failed and serve stopped with a bare "Error: No space left on device" (exit code 1),
+    after its workers had answered pings for a while (a randomized full-disk soak saw it at each
+    start on a full disk). Now the room for the file is taken first, and a killed serve's state
+    file is that room: serve starts, answers 503 while the disk is full, and loads once it is
+    not. A real disk: a 32 MiB tmpfs, filled to its last byte by a file."""
+    with small_disk(tmp_path, "32m") as disk:
+        data_dir = disk  # the data dir is the disk (serve's log is beside it, on another one)
+        first = ServeProcess(data_dir).start()
+        try:
+            assert post(first.url + submit_path(), gz(make_ping(CLIENT, seq=0)))[0] == 200
+            assert first.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
+        finally:
+            first.proc.kill()  # kill -9: its state file stays
+            first.proc.wait()
+            first.log.close()
+        assert wait_gone(children(first.proc.pid) + [first.proc.pid]) == []
+        filler = disk / "filler"
+        fill_disk(filler)
+        server = ServeProcess(data_dir).start()
+        try:
+            assert f"serving {server.url}/submit/" in server.read_log()
+            doc, body = submit_path(), gz(make_ping(CLIENT, seq=1))
+            status, answer, _ = post(server.url + doc, body)
+            assert (status, answer["error_type"]) == (503, "store_unavailable")
+            out = run_cli("status", "--json", "--data-dir", str(data_dir))
+            assert out.returncode == 0 and json.loads(out.stdout)["server"] == "running", out
+            filler.unlink()
+            assert post(server.url + doc, body)[0] == 200  # the SDK's retry
+            assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 2, timeout=30) == 2
+        finally:
+            assert server.stop() == 0
+        assert sorted(p.name for p in data_dir.iterdir() if p.name.startswith("serve")) == ["serve.lock"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, which needs root")
+def test_serve_started_on_a_full_disk_says_why_it_cannot_before_it_takes_pings(tmp_path):
+    """Without a killed serve's state file to reuse, a disk full to its last byte leaves no room
+    for serve's state file: serve says so, and what to do, before its HTTP server starts (before:
+    a bare "Error: No space left on device" once its workers had answered pings), and leaves no
+    temp file. A real disk: a 32 MiB tmpfs, filled to its last byte by a file."""
+    with small_disk(tmp_path, "32m") as disk:
+        data_dir = disk
+        assert ServeProcess(data_dir).start().stop() == 0
+        fill_disk(disk / "filler")
+        port = free_port()
+        out = run_cli("serve", "--data-dir", str(data_dir), "--port", str(port), timeout=60)
+        assert (out.returncode, out.stdout) == (1, "")
+        assert out.stderr == (
+            f"Error: serve cannot start: it cannot write its state file {data_dir}/serve.tmp: No space left on "
+            "device (it needs 4 kB there; once started it answers 503 while the disk is full, and the Glean SDK "
+            "keeps its pings): make room on that disk and start serve again\n")
+        assert sorted(p.name for p in data_dir.iterdir() if p.name.startswith("serve")) == ["serve.lock"]
+        (disk / "filler").unlink()
+        again = ServeProcess(data_dir, port=port).start()  # the port was never taken
+        assert again.stop() == 0
+
+
 def test_a_trickle_of_pings_into_a_big_table_takes_the_loader_half_the_time_at_most(store, warehouse):
     """Each load checks its document ids against the whole table, so a batch costs more as the
     table grows (about 35 ms at 1M rows, 110 ms at 5M on a 2-core VM). Before: with pings

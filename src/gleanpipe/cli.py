@@ -19,7 +19,8 @@ from .admin import AdminClient, ResultTooLarge, ServeError
 from .config import SETTINGS, Config, SettingError, tls_cert_warning, unknown_settings
 from .jsonvalues import shown_values
 from .output import counted, format_rows, stream_rows
-from .serve_state import absolute, foreign_holder, lock_holder, remove_state, same_location, take_serve_lock
+from .serve_state import (absolute, foreign_holder, lock_holder, remove_state, reserve_state, same_location,
+                          state_room_message, take_serve_lock)
 from .terminal import CtrlC, Drawing, beside, interrupted, off_main, quiet
 
 
@@ -311,16 +312,24 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers, tls_cert, tls
         holder = lock_holder(config.data_dir)  # another program holding the lock is named, not called a serve
         raise click.ClickException(foreign_holder(config.data_dir) or (
             f"a gleanpipe serve{f' (pid {holder})' if holder else ''} is already running for {config.data_dir}"))
-    killed = remove_state(config.data_dir)  # a killed serve's: not to be taken for this one's
+    try:  # the state file's room, first: a full disk is said here, before serve takes a port or pings
+        killed = reserve_state(config.data_dir)  # a killed serve's state file is not taken for this one's
+    except OSError as exc:
+        raise click.ClickException(state_room_message(config.data_dir, exc)) from None
     try:
         # first: nothing is opened yet that a refusal must close. After a kill, the dead serve's
         # gunicorn may still be finishing its requests on this port.
         ensure_port_free(config.host, config.port, wait_s=KILLED_SERVE_PORT_WAIT_S if killed else 0.0)
         pipeline = LocalPipeline(config)
     except SettingError as exc:  # a setting this serve cannot run with: a usage error, as a bad number is
+        remove_state(config.data_dir)  # the room reserved for it
         raise click.UsageError(str(exc)) from None
     except (RuntimeError, ValueError) as exc:  # ValueError: a store or warehouse URL that cannot be opened
+        remove_state(config.data_dir)
         raise click.ClickException(str(exc)) from None
+    except BaseException:
+        remove_state(config.data_dir)
+        raise
 
     def ready(p):
         click.echo(f"gleanpipe {__version__} serving {submit_url(config)}/submit/<app-id>/<doc-type>/1/<document-id>")

@@ -35,7 +35,7 @@ from .config import Config, SettingError, check_tls
 from .load import Loader
 from .ports import in_url
 from .read_only_sql import read_only_for
-from .serve_state import absolute, remove_state, write_state
+from .serve_state import absolute, remove_state, state_room_message, write_state
 from .storage import RawStore, StoreError, open_store, store_scheme
 from .storage.local import LocalStore
 from .storage.spool import largest_payload
@@ -340,10 +340,13 @@ class LocalPipeline:
         self.http = subprocess.Popen(parent_guard.command(os.getpid(), cmd), env=env, start_new_session=True)
         wait_for_port({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host), cfg.port, self.http, tls=cfg.tls)
         self.admin.start()  # after: a port of its own can then not be the submit port (AdminServer.start)
-        write_state(cfg.data_dir, {
-            "pid": os.getpid(), "submit_url": submit_url(cfg), "admin_url": self.admin.url,
-            "token": self.admin.token, "warehouse_url": absolute(cfg.warehouse_url), "store_url": absolute(cfg.store_url),
-        })
+        try:  # in the room the CLI reserved (serve_state.reserve_state): a full disk does not refuse it
+            write_state(cfg.data_dir, {
+                "pid": os.getpid(), "submit_url": submit_url(cfg), "admin_url": self.admin.url, "token": self.admin.token,
+                "warehouse_url": absolute(cfg.warehouse_url), "store_url": absolute(cfg.store_url),
+            })
+        except OSError as exc:  # no room reserved (LocalPipeline run directly), another file system's refusal
+            raise RuntimeError(state_room_message(cfg.data_dir, exc)) from None
 
     def stop(self) -> None:
         try:

@@ -22,12 +22,65 @@ SERVE_START_WAIT_S = 30.0
 PID_WIDTH = 10  # the lock file holds its holder's pid, right-aligned in this many characters
 
 
+# Room on disk for the state file, taken as serve starts (reserve_state), before it opens anything:
+# serve that wrote its state file last, after its HTTP server was up, could not write it on a full
+# disk, and stopped with a bare "Error: No space left on device" after answering pings for a while.
+STATE_ROOM = 4096
+
+
+def state_tmp(data_dir: Path) -> Path:
+    return Path(data_dir) / (STATE_FILE.removesuffix(".json") + ".tmp")
+
+
+def reserve_state(data_dir: Path) -> bool:
+    """Take the room the state file will need (``STATE_ROOM`` bytes of its temp file), so that
+    write_state, later, needs no new space. A killed serve's state file (which must not be taken
+    for this one's) becomes that temp file: its blocks are the room, so a serve killed on a full
+    disk starts again on it. Returns whether there was such a file. OSError (ENOSPC, say) when
+    the room cannot be had: no temp file is left then."""
+    path, tmp = Path(data_dir) / STATE_FILE, state_tmp(data_dir)
+    try:
+        os.rename(path, tmp)
+        killed = True
+    except FileNotFoundError:
+        killed = False
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        while size < STATE_ROOM:
+            size += os.pwrite(fd, b" " * (STATE_ROOM - size), size)
+    except OSError:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return killed
+
+
+def state_room_message(data_dir: Path, exc: OSError) -> str:
+    """Why serve cannot start when its state file cannot be written (reserve_state, write_state)."""
+    import errno
+
+    said = f"serve cannot start: it cannot write its state file {state_tmp(data_dir)}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        said += (f" (it needs {STATE_ROOM // 1024} kB there; once started it answers 503 while the disk is "
+                 "full, and the Glean SDK keeps its pings): make room on that disk and start serve again")
+    return said
+
+
 def write_state(data_dir: Path, state: dict) -> Path:
-    path = Path(data_dir) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f)
+    """Write the state file whole (a temp file renamed into place), in the room reserve_state took
+    for it, if it did: written over, not truncated first, so a full disk cannot refuse it."""
+    path, tmp = Path(data_dir) / STATE_FILE, state_tmp(data_dir)
+    data = json.dumps(state).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     return path
 
@@ -155,8 +208,9 @@ def no_state_message(data_dir: Path, holder: int, wait_s: float) -> str:
 
 
 def remove_state(data_dir: Path) -> bool:
-    """Remove serve's state file (on a clean stop, or a killed serve's when the next one has the
-    lock); False if there was none."""
+    """Remove serve's state file, and the room reserved for it (at a stop, or a start that failed);
+    False if there was no state file."""
+    state_tmp(data_dir).unlink(missing_ok=True)  # the room reserve_state took, if serve stops before it wrote
     try:
         (Path(data_dir) / STATE_FILE).unlink()
     except FileNotFoundError:
