@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -358,6 +359,31 @@ def test_replay_workers_run_under_the_forkserver_start_method(data_dir):
     assert out.stdout.startswith("replayed 12 objects: inserted 12, duplicates 0, ")
 
 
+@contextlib.contextmanager
+def replay_with_workers(data_dir: Path, pings: int, batch: int):
+    """(process, worker pids) of `gleanpipe replay --workers 2` of ``pings`` stored pings, once both
+    its worker processes run; its output piped. Killed at the end if it still runs: a replay that
+    hangs (one did: test_a_replay_worker_killed_half_way_...) is not left running after the test."""
+    from gleanpipe.storage.local import LocalStore
+    from test_load import put_ping
+
+    store = LocalStore(data_dir / "store")
+    for _ in range(pings):
+        put_ping(store, make_ping(CLIENT))
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data_dir),
+                             "--batch", str(batch), "--workers", "2", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := replay_workers(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert len(workers) >= 2, "replay ended before its workers could be seen"
+        yield proc, workers
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_killed_replay_takes_its_worker_processes_with_it(data_dir):
     """Before: after a kill -9 of `gleanpipe replay`, its worker processes stayed, idle, for ever."""
     import signal
@@ -387,25 +413,9 @@ def test_a_replay_whose_worker_process_is_killed_says_so_and_a_rerun_finishes_it
     saying what happened and what to do, exit code 1 (not 130: it was no Ctrl-C); a rerun finishes it."""
     import signal
 
-    from gleanpipe.storage.local import LocalStore
-    from test_load import put_ping
-
-    store = LocalStore(data_dir / "store")
-    for _ in range(3000):
-        put_ping(store, make_ping(CLIENT))
-    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data_dir),
-                             "--batch", "20", "--workers", "2", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while len(workers := replay_workers(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-        assert len(workers) >= 2, "replay ended before its workers could be seen"
+    with replay_with_workers(data_dir, pings=3000, batch=20) as (proc, workers):
         os.kill(workers[0], signal.SIGKILL)
         out, err = proc.communicate(timeout=60)
-    finally:  # a replay that hangs (it did: test_a_replay_worker_killed_half_way_...) is not left running
-        proc.kill()
-        proc.wait()
     assert (proc.returncode, out, err) == (1, "", (
         "Error: a worker process of the replay ended abruptly (killed, or out of memory): the batches loaded so far "
         "stay; run the same replay again to finish (it is idempotent), with fewer --workers or a smaller --batch if "
@@ -436,20 +446,7 @@ def test_a_replay_worker_killed_half_way_through_sending_its_batch_does_not_hang
     and one is killed after 5 s."""
     import signal
 
-    from gleanpipe.storage.local import LocalStore
-    from test_load import put_ping
-
-    store = LocalStore(data_dir / "store")
-    for _ in range(1000):
-        put_ping(store, make_ping(CLIENT))
-    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data_dir),
-                             "--batch", "100", "--workers", "2", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while len(workers := replay_workers(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-        assert len(workers) >= 2, "replay ended before its workers could be seen"
+    with replay_with_workers(data_dir, pings=1000, batch=100) as (proc, workers):
         os.kill(proc.pid, signal.SIGSTOP)
         deadline = time.monotonic() + 5
         while not (writing := [p for p in workers if _in_pipe_write(p)]) and time.monotonic() < deadline:
@@ -457,9 +454,6 @@ def test_a_replay_worker_killed_half_way_through_sending_its_batch_does_not_hang
         os.kill((writing or workers)[0], signal.SIGKILL)
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=60)
-    finally:  # a replay that hangs is not left running
-        proc.kill()
-        proc.wait()
     assert (proc.returncode, out) == (1, "")
     assert err.startswith("Error: a worker process of the replay ended abruptly (killed, or out of memory)")
     assert wait_gone(workers, timeout=10) == []
