@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import orjson
 
 from . import rawobject
-from .naming import RESERVED_DOC_TYPES, DocumentPath, parse_key
+from .naming import DocumentPath, is_reserved_ping, parse_key
 from .storage import ObjectMissing, RawStore
 from .transform import DELETION_REQUEST, PingRow, TransformError, submission_time_problem, transform
 from .warehouse import LoadError, RowDataError, Warehouse, WriteResult
@@ -56,7 +56,7 @@ def prepare(store: RawStore, keys: list[str]) -> Prepared:
         if path is None:
             out.ignored += 1
             continue
-        if path.doc_type.replace("-", "_") in RESERVED_DOC_TYPES:
+        if is_reserved_ping(path.doc_type):
             out.errors.append(LoadError(key, "reserved", f"the ping name {path.doc_type} is the name of the table that "
                                         "holds every ping's events (events_stream): it cannot be loaded; the ping "
                                         "stays in the raw store (rename the ping in pings.yaml)",

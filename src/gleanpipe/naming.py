@@ -24,6 +24,11 @@ SUPPORTED_VERSIONS = ("1",)
 # a ping of that name is stored (the SDK would delete it on a 4xx) but not loaded (load.prepare).
 RESERVED_DOC_TYPES = frozenset({"events_stream"})
 
+
+def is_reserved_ping(doc_type: str) -> bool:
+    """Whether a ping of this name would be loaded into a table RESERVED_DOC_TYPES keeps for itself."""
+    return doc_type.replace("-", "_") in RESERVED_DOC_TYPES
+
 RAW_PREFIX = "raw/"
 ERROR_PREFIX = "errors/"
 

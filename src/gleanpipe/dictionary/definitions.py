@@ -11,8 +11,8 @@ import textwrap
 import warnings
 from pathlib import Path
 
-from ..naming import (APP_ID_RE, DOC_TYPE_RE, DOC_TYPE_RULE, RESERVED_DOC_TYPES, TABLE_RE, column_name, dataset_name,
-                      is_column_name, table_name)
+from ..naming import (APP_ID_RE, DOC_TYPE_RE, DOC_TYPE_RULE, TABLE_RE, column_name, dataset_name, is_column_name,
+                      is_reserved_ping, table_name)
 from ..table_schema import METRIC_TYPES
 
 APP_ID_RULE = "must be 1-100 chars of [A-Za-z0-9._-], starting with a letter or digit"
@@ -157,7 +157,7 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
             continue
         for name, obj in objects.items():
             serialized = obj.serialize()
-            if category == "pings" and name.replace("-", "_") in RESERVED_DOC_TYPES:
+            if category == "pings" and is_reserved_ping(name):
                 # glean_parser allows `events-stream`, whose table is the events table: storing it failed
                 # on DuckDB's "Binder Error: Referenced column event_index not found"
                 where = (getattr(obj, "defined_in", None) or {}).get("filepath", "pings")
@@ -229,7 +229,7 @@ def _ping_name_problems(i: int, name: str, table: str) -> list[str]:
     if not DOC_TYPE_RE.fullmatch(name):
         shown = f"{name[:40]!r}{'...' if len(name) > 40 else ''}"  # a name of any length: not all of it
         return [f"pings[{i}]: name {shown} is not a ping name: it {DOC_TYPE_RULE}"]
-    if name.replace("-", "_") in RESERVED_DOC_TYPES:
+    if is_reserved_ping(name):
         return [f"pings[{i}]: name {name!r} is {RESERVED_PING_RULE}"]
     if table != table_name(name, "1"):
         return [f"pings[{i}]: table {table!r} is not the table of ping {name!r}, {table_name(name, '1')}"]
