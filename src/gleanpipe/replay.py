@@ -22,6 +22,7 @@ from pathlib import Path
 from . import parent_guard
 from .config import Config
 from .load import Loader, Prepared, prepare
+from .serve_state import has_ended
 from .storage import RawStore, open_store
 
 _worker_store: RawStore | None = None
@@ -72,26 +73,16 @@ def _take(path: str) -> Prepared:
         os.unlink(path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's
-        pass
-    return True
-
-
 @contextmanager
 def _spill_dir() -> Iterator[str]:
     """A folder for the workers' batches, removed with what is left in it when the replay ends.
     One a replay killed with SIGKILL left (``gleanpipe-replay-<its pid>-...``) is removed by the
-    next replay, once no process has that pid, or when this replay has it: its own folder is not
+    next replay, once /proc tells that process has ended, or when this replay has its pid: its own folder is not
     made yet, so one of its pid is a dead replay's (in a container each run gets the same pids)."""
     base = tempfile.gettempdir()
     for old in Path(base).glob(f"{SPILL_PREFIX}*-*"):
         pid = old.name[len(SPILL_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or has_ended(int(pid))):
             shutil.rmtree(old, ignore_errors=True)
     path = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=base)
     try:
