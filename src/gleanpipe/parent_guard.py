@@ -39,13 +39,20 @@ def die_with_parent() -> bool:
     return libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
 
 
-def parent_of(pid: int) -> int | None:
-    """The parent of process ``pid`` (Linux /proc); None if that cannot be read (gone, elsewhere)."""
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session, ...);
+    None if that cannot be read (gone, not Linux)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent of process ``pid`` (Linux /proc); None if that cannot be read (gone, elsewhere)."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields and len(fields) > 1 else None
 
 
 def command(parent_pid: int, argv: list[str], *, group: bool = False) -> list[str]:
@@ -59,11 +66,8 @@ def _session() -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
-        try:
-            fields = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # fields: state, ppid, pgrp, session
+        fields = _stat(name)
+        if fields and int(fields[3]) == sid and fields[0] != "Z":  # fields: state, ppid, pgrp, session
             out.append(int(name))
     return out
 
