@@ -321,14 +321,12 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers, tls_cert, tls
         # gunicorn may still be finishing its requests on this port.
         ensure_port_free(config.host, config.port, wait_s=KILLED_SERVE_PORT_WAIT_S if killed else 0.0)
         pipeline = LocalPipeline(config)
-    except SettingError as exc:  # a setting this serve cannot run with: a usage error, as a bad number is
+    except BaseException as exc:
         remove_state(config.data_dir)  # the room reserved for it
-        raise click.UsageError(str(exc)) from None
-    except (RuntimeError, ValueError) as exc:  # ValueError: a store or warehouse URL that cannot be opened
-        remove_state(config.data_dir)
-        raise click.ClickException(str(exc)) from None
-    except BaseException:
-        remove_state(config.data_dir)
+        if isinstance(exc, SettingError):  # a setting this serve cannot run with: a usage error, as a bad number is
+            raise click.UsageError(str(exc)) from None
+        if isinstance(exc, (RuntimeError, ValueError)):  # ValueError: a store or warehouse URL that cannot be opened
+            raise click.ClickException(str(exc)) from None
         raise
 
     def ready(p):

@@ -50,10 +50,10 @@ def reserve_state(data_dir: Path) -> bool:
         while size < STATE_ROOM:
             size += os.pwrite(fd, b" " * (STATE_ROOM - size), size)
     except OSError:
-        os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    os.close(fd)
+    finally:
+        os.close(fd)
     return killed
 
 
