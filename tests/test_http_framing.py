@@ -509,31 +509,41 @@ def test_stalled_request_heads_do_not_hold_serves_threads(tmp_path):
     assert HEAD_TIMEOUT_S == KEEPALIVE_S == 5 and "| 5 s for the whole head" in fixed and "`http_worker.HEAD_TIMEOUT_S`" in fixed
 
 
+def answer_to_a_slow_sender(tmp_path, env: dict, send, timeout: float) -> tuple[int, str | None]:
+    """(status, X-Gleanpipe-Stored) of one ping whose request ``send(sock, head, body)`` writes, as
+    slowly as it likes, on one connection to a serve with the spool off, one HTTP worker and
+    ``env``; serve's log holds no traceback."""
+    (tmp_path / "data").mkdir()
+    srv = ServeProcess(tmp_path / "data", env={"GLEANPIPE_SPOOL": "off", "GLEANPIPE_WORKERS": "1", **env}).start()
+    try:
+        body = gz(make_ping(CLIENT))
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=timeout)
+        try:
+            send(sock, head(submit_path(), len(body)), body)
+            headers: dict = {}
+            status, _, _ = read_response(sock, headers=headers)
+        finally:
+            sock.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.read_log()
+    return status, headers.get("x-gleanpipe-stored")
+
+
 def test_a_new_connection_quiet_at_first_gets_its_whole_head_time_once_it_begins(tmp_path):
     """Before: serve's gthread worker (spool off) started a new connection's head clock before
     gunicorn's own wait of up to 5 s for its first bytes, so the two ran out together. A
     connection opened and quiet for 4.5 s (a client's pool, a browser's preconnect) had 0.5 s left
     for its whole head, and a head that then took a second was cut: closed, unanswered. Now the
     clock starts when the head begins, and the ping is answered."""
-    env = {"GLEANPIPE_SPOOL": "off", "GLEANPIPE_WORKERS": "1"}
-    (tmp_path / "data").mkdir()
-    srv = ServeProcess(tmp_path / "data", env=env).start()
-    try:
-        request = head(submit_path(), len(body := gz(make_ping(CLIENT)))) + body
-        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=HEAD_TIMEOUT_S + 5)
-        try:
-            time.sleep(HEAD_TIMEOUT_S - 0.5)
-            sock.sendall(request[:1])
-            time.sleep(1)  # past HEAD_TIMEOUT_S since the connection opened; 1 s into the head
-            sock.sendall(request[1:])
-            headers: dict = {}
-            status, _, _ = read_response(sock, headers=headers)
-        finally:
-            sock.close()
-        assert (status, headers.get("x-gleanpipe-stored")) == (200, "new")
-    finally:
-        srv.stop()
-    assert "Traceback" not in srv.read_log()
+    def send(sock, request_head: bytes, body: bytes) -> None:
+        request = request_head + body
+        time.sleep(HEAD_TIMEOUT_S - 0.5)
+        sock.sendall(request[:1])
+        time.sleep(1)  # past HEAD_TIMEOUT_S since the connection opened; 1 s into the head
+        sock.sendall(request[1:])
+
+    assert answer_to_a_slow_sender(tmp_path, {}, send, timeout=HEAD_TIMEOUT_S + 5) == (200, "new")
 
 
 def test_a_body_that_takes_longer_than_the_head_time_is_read_whole_and_answered(tmp_path):
@@ -542,27 +552,16 @@ def test_a_body_that_takes_longer_than_the_head_time_is_read_whole_and_answered(
     slowly, one part a second, for longer than HEAD_TIMEOUT_S since its head (a phone on a poor
     network) is read whole and stored; a head clock still running would shut the read side under
     the app's body read part-way through."""
-    env = {"GLEANPIPE_SPOOL": "off", "GLEANPIPE_WORKERS": "1", "GLEANPIPE_BODY_TIMEOUT_S": "60"}
-    (tmp_path / "data").mkdir()
-    srv = ServeProcess(tmp_path / "data", env=env).start()
-    try:
-        body = gz(make_ping(CLIENT))
+    def send(sock, request_head: bytes, body: bytes) -> None:
         parts = int(HEAD_TIMEOUT_S) + 3
         cut = [len(body) * i // parts for i in range(parts + 1)]
-        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=HEAD_TIMEOUT_S + 20)
-        try:
-            sock.sendall(head(submit_path(), len(body)))
-            for i in range(parts):
-                time.sleep(1)
-                sock.sendall(body[cut[i]:cut[i + 1]])
-            headers: dict = {}
-            status, _, _ = read_response(sock, headers=headers)
-        finally:
-            sock.close()
-        assert (status, headers.get("x-gleanpipe-stored")) == (200, "new")
-    finally:
-        srv.stop()
-    assert "Traceback" not in srv.read_log()
+        sock.sendall(request_head)
+        for i in range(parts):
+            time.sleep(1)
+            sock.sendall(body[cut[i]:cut[i + 1]])
+
+    env = {"GLEANPIPE_BODY_TIMEOUT_S": "60"}
+    assert answer_to_a_slow_sender(tmp_path, env, send, timeout=HEAD_TIMEOUT_S + 20) == (200, "new")
 
 
 def test_quiet_new_connections_wait_on_the_poller_without_holding_threads_or_being_closed(tmp_path):

@@ -388,22 +388,9 @@ def test_a_killed_replay_takes_its_worker_processes_with_it(data_dir):
     """Before: after a kill -9 of `gleanpipe replay`, its worker processes stayed, idle, for ever."""
     import signal
 
-    from gleanpipe.storage.local import LocalStore
-
-    store = LocalStore(data_dir / "store")
-    ping = gz(make_ping(CLIENT))
-    for _ in range(3000):
-        store.put_new(f"raw/{APP}/baseline/1/{uuid.uuid4()}.json", b'{"submission_timestamp": '
-                      b'"2026-11-23T08:00:00.000000Z"}\n' + ping, notify=False)
-    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data_dir),
-                             "--batch", "20", "--workers", "2", "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while len(workers := replay_workers(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert len(workers) >= 2, "replay ended before its workers could be seen"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    with replay_with_workers(data_dir, pings=3000, batch=20) as (proc, workers):
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
     assert wait_gone(workers, timeout=10) == []  # those left are reported (and killed)
 
 
