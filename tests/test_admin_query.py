@@ -1009,7 +1009,16 @@ def test_apps_add_through_serve_refuses_each_malformed_part_and_keeps_the_stored
                  "pings[0]: name 'events_stream' is the name of the table that holds every ping's events "
                  "(events_stream): no ping of that name is loaded; rename the ping"),
                 ({**app, "pings": [app["pings"][0], {"name": "baseline", "table": "metrics_v1"}]},
-                 "pings[1]: table 'metrics_v1' is not the table of ping 'baseline', baseline_v1")):
+                 "pings[1]: table 'metrics_v1' is not the table of ping 'baseline', baseline_v1"),
+                # before, the second of two definitions of one metric, ping or ping table replaced the first
+                # without a word (as a metric written twice in one metrics.yaml did: test_dictionary)
+                ({**app, "metrics": [metric, app["metrics"][1], {**metric, "description": "again"}]},
+                 "metrics[2]: metric 'toolbox.active_theme' is defined twice (metrics[0] and metrics[2])"),
+                ({**app, "pings": [*app["pings"], {**app["pings"][1], "description": "again"}]},
+                 "pings[3]: ping 'no-info' is defined twice (pings[1] and pings[3])"),
+                ({**app, "pings": [app["pings"][2], {**app["pings"][2], "name": "toolbox_usage"}]},
+                 "pings[1]: ping 'toolbox_usage' has the table of ping 'toolbox-usage' (pings[0]), "
+                 "toolbox_usage_v1: one definition per table")):
             status, answer, _ = post(state["admin_url"] + "/apps/add", json.dumps({"app": sent}).encode(), headers)
             assert (status, answer) == (400, {"error": "the app's definitions are not as `gleanpipe apps add` sends "
                                                        f"them: {said}"}), said

@@ -98,6 +98,63 @@ def test_apps_add_refuses_a_ping_named_as_the_events_table_with_or_without_serve
         assert server.stop() == 0
 
 
+def test_apps_add_refuses_a_metric_category_or_ping_defined_twice_with_or_without_serve(tmp_path):
+    """YAML keeps the last of two equal keys, and so does glean_parser's parse: a metric, or a
+    whole category, written twice in one metrics.yaml was stored as its last copy, the first one
+    dropped without a word (glean_parser's lint calls both errors: REDEFINED_METRIC,
+    REDEFINED_CATEGORY). Now they are refused as glean_parser refuses the same metric in two files
+    and a ping twice in one pings.yaml, with the lines of both, the same with and without serve,
+    and nothing is stored: the app keeps its definitions."""
+    from conftest import ServeProcess
+
+    head = "---\n$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0\n"
+    body = ("    lifetime: ping\n    send_in_pings: [metrics]\n    bugs: [https://example.com/1]\n"
+            "    data_reviews: [https://example.com/1]\n    notification_emails: [t@example.com]\n"
+            "    expires: never\n    description: A metric.\n")  # 7 lines
+    twice = tmp_path / "twice.yaml"  # lines 4 and 13
+    twice.write_text(f"{head}toolbox:\n  launch_count:\n    type: counter\n{body}"
+                     f"  launch_count:\n    type: string\n{body}")
+    categories = tmp_path / "categories.yaml"  # toolbox at lines 3 and 13 (with `<<:` merges, which may repeat keys)
+    categories.write_text(f"{head}toolbox:\n  a: &a\n    type: counter\n{body}"
+                          f"toolbox:\n  b:\n    <<: *a\n    type: string\n")
+    other = tmp_path / "other.yaml"
+    other.write_text(f"{head}toolbox:\n  launch_count:\n    type: counter\n{body}")
+    pings = tmp_path / "pings.yaml"
+    ping = ("  description: A ping.\n  include_client_id: true\n  bugs: [https://example.com/1]\n"
+            "  data_reviews: [https://example.com/1]\n  notification_emails: [t@example.com]\n")
+    pings.write_text(f"---\n$schema: moz://mozilla.org/schemas/glean/pings/2-0-0\nusage:\n{ping}usage:\n{ping}")
+    said = {
+        ("--metrics", str(twice)): [f"{twice}:13: Duplicate metric name 'toolbox.launch_count' already defined at "
+                                    "line 4: YAML keeps only the last definition"],
+        ("--metrics", str(categories)): [f"{categories}:13: Duplicate category 'toolbox' already defined at line 3: "
+                                         "YAML keeps only this one, without the metrics of the first; write each "
+                                         "category once"],
+        ("--metrics", str(other), "--metrics", str(twice)): [  # ours first, then glean_parser's own
+            f"{twice}:13: Duplicate metric name 'toolbox.launch_count' already defined at line 4: YAML keeps only "
+            "the last definition",
+            f"{twice}:13: Duplicate metric name 'toolbox.launch_count' already defined in '{other}'"],
+        ("--pings", str(pings)): [f"{pings}: Duplicate ping named 'usage'."],  # glean_parser's, as before
+    }
+    glean = ("--metrics", str(GLEAN / "metrics.yaml"), "--pings", str(GLEAN / "pings.yaml"))
+    assert cli(tmp_path / "data", "apps", "add", "org.example.toolbox", *glean).returncode == 0
+    for args, lines in said.items():
+        out = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", *args)
+        assert (out.returncode, out.stdout, out.stderr) == (
+            1, "", "Error: the definitions do not parse:\n" + "".join(f"  {line}\n" for line in lines)), args
+    kept = [{"app_id": "org.example.toolbox", "dataset": DATASET, "defined": True, "ping_types": 0,
+             "pings_received": 0, "metrics_defined": 28, "last_seen": None}]
+    assert json.loads(cli(tmp_path / "data", "apps", "list", "--format", "json").stdout) == kept
+    server = ServeProcess(tmp_path / "data").start()
+    try:
+        for args, lines in said.items():
+            out = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", *args)
+            assert (out.returncode, out.stdout, out.stderr) == (
+                1, "", "Error: the definitions do not parse:\n" + "".join(f"  {line}\n" for line in lines)), args
+        assert json.loads(cli(tmp_path / "data", "apps", "list", "--format", "json").stdout) == kept
+    finally:
+        assert server.stop() == 0
+
+
 def test_apps_add_warns_of_metrics_that_share_a_column(tmp_path):
     """a.b_c and a_b.c are both valid Glean ids and both become the column a_b_c: a counter of each
     lands in one column, and nothing said so."""

@@ -33,6 +33,9 @@ PING_FIELDS = ("description", "include_client_id", "send_if_empty", "reasons", "
                "notification_emails", "include_info_sections", "enabled", "metadata")
 
 
+METRICS_SCHEMA_PREFIX = "moz://mozilla.org/schemas/glean/metrics/"
+
+
 class DefinitionError(ValueError):
     """metrics.yaml / pings.yaml that glean_parser refuses; str() is the compact list."""
 
@@ -129,6 +132,60 @@ def _not_definitions(files: list[Path]) -> list[str]:
     return messages
 
 
+def _redefined(files: list[Path]) -> list[str]:
+    """A category, or a metric of a category, written twice in one metrics.yaml. YAML keeps the
+    last of two equal keys, and glean_parser's parse does too: the first definition (or the first
+    category's metrics) was dropped without a word. glean_parser's lint calls both an error
+    (REDEFINED_CATEGORY, REDEFINED_METRIC); across two files its parse refuses them itself
+    ("Duplicate metric name ..."), as it does a ping written twice in a pings.yaml. Said in the
+    words of that refusal, with the lines of both."""
+    import yaml
+
+    messages = []
+    for path in files:
+        if path.suffix not in (".yml", ".yaml", ".yamlx"):  # a .json file: glean_parser reads it as JSON
+            continue
+        try:
+            root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):  # glean_parser reports it, with the line
+            continue
+        if not isinstance(root, yaml.MappingNode):
+            continue
+        schema = [v.value for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value == "$schema"
+                  and isinstance(v, yaml.ScalarNode)]
+        if not schema or not schema[-1].startswith(METRICS_SCHEMA_PREFIX):  # a pings.yaml: glean_parser says it
+            continue
+        for category, line, first in _repeated_keys(root):
+            messages.append(f"{path}:{line}: Duplicate category '{category}' already defined at line {first}: "
+                            "YAML keeps only this one, without the metrics of the first; write each category once")
+        for key, value in root.value:
+            if isinstance(key, yaml.ScalarNode) and not key.value.startswith("$"):
+                for name, line, first in _repeated_keys(value):
+                    messages.append(f"{path}:{line}: Duplicate metric name '{key.value}.{name}' already defined "
+                                    f"at line {first}: YAML keeps only the last definition")
+    return messages
+
+
+def _repeated_keys(node) -> list[tuple[str, int, int]]:
+    """(key, its line, the line of its first occurrence) for each key written again in the mapping
+    ``node``; keys a merge (``<<: *defaults``) brings in are meant to be overridden, and not counted."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    first: dict[str, int] = {}
+    repeated = []
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        if key.value in first:
+            repeated.append((key.value, line, first[key.value]))
+        else:
+            first[key.value] = line
+    return repeated
+
+
 def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> dict:
     from glean_parser import parser
 
@@ -149,6 +206,7 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
         errors = [compact_error(e) for e in result]
     except Exception as exc:  # glean_parser raises on some unreadable input instead of yielding
         raise DefinitionError([f"{type(exc).__name__}: {exc}"]) from None
+    errors = _redefined(files) + errors
     if errors:
         raise DefinitionError(errors)
     metrics, pings, reserved = [], [], []
@@ -201,6 +259,7 @@ def check_parsed(app) -> None:
         if not isinstance(items, list):
             problems.append(f"{key}: a list is needed, not {type(items).__name__}")
             continue
+        seen: dict[str, int] = {}  # metric id, or ping table -> the index of the first that has it
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 problems.append(f"{key}[{i}]: an object is needed, not {type(item).__name__}")
@@ -216,8 +275,10 @@ def check_parsed(app) -> None:
                 problems.append(f"metrics[{i}]: send_in_pings holds something other than ping names")
             elif key == "pings" and not TABLE_RE.fullmatch(item["table"]):
                 problems.append(f"pings[{i}]: table {item['table']!r} is not a table name (<ping>_v<version>)")
-            elif key == "pings":  # the name a ping is sent under (the submit edge's rule), and its table
-                problems += _ping_name_problems(i, item["name"], item["table"])
+            elif key == "pings" and (named := _ping_name_problems(i, item["name"], item["table"])):
+                problems += named  # the name a ping is sent under (the submit edge's rule), and its table
+            else:  # stored twice, the second replaced the first without a word (glean_parser refuses both)
+                problems += _defined_twice(key, i, item, items, seen)
     if problems:
         raise DefinitionError(problems)
 
@@ -234,6 +295,22 @@ def _ping_name_problems(i: int, name: str, table: str) -> list[str]:
     if table != table_name(name, "1"):
         return [f"pings[{i}]: table {table!r} is not the table of ping {name!r}, {table_name(name, '1')}"]
     return []
+
+
+def _defined_twice(key: str, i: int, item: dict, items: list, seen: dict[str, int]) -> list[str]:
+    """``metrics[i]`` with the id of one before it, or ``pings[i]`` with the name or the table of
+    one before it (check_parsed): one definition per metric and per ping table."""
+    mark = item["id"] if key == "metrics" else item["table"]
+    first = seen.setdefault(mark, i)
+    if first == i:
+        return []
+    if key == "metrics":
+        return [f"metrics[{i}]: metric {mark!r} is defined twice (metrics[{first}] and metrics[{i}])"]
+    other = items[first]["name"]
+    if other == item["name"]:
+        return [f"pings[{i}]: ping {other!r} is defined twice (pings[{first}] and pings[{i}])"]
+    return [f"pings[{i}]: ping {item['name']!r} has the table of ping {other!r} (pings[{first}]), {mark}: "
+            "one definition per table"]
 
 
 def shared_columns(app: dict) -> list[str]:
