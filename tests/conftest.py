@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -290,6 +291,18 @@ def post(url: str, body: bytes, headers: dict | None = None, method: str = "POST
     except urllib.error.HTTPError as exc:
         raw, status, hdrs = exc.read(), exc.code, dict(exc.headers)
     return status, (json.loads(raw) if raw else None), hdrs
+
+
+@contextlib.contextmanager
+def taken_port():
+    """A loopback port a socket of this test listens on, for a serve that must refuse to start
+    before it looks at its port: a free_port() could be taken by another process before serve
+    checks it (seen under a soak), and a refusal said only after the port check would be "Address
+    already in use" here, not the refusal the test expects."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
 
 
 @contextlib.contextmanager

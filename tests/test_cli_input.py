@@ -22,7 +22,7 @@ from gleanpipe.serve_state import STATE_FILE, lock_holder, take_serve_lock
 from gleanpipe.dictionary.definitions import DefinitionError, parse
 from gleanpipe.emulate import free_port
 
-from conftest import run_cli as gleanpipe
+from conftest import run_cli as gleanpipe, taken_port
 
 GLEAN_CLIENT = Path(__file__).resolve().parent / "glean_client"
 METRICS_ID = "moz://mozilla.org/schemas/glean/metrics/2-0-0"
@@ -64,7 +64,8 @@ def test_serve_names_the_host_when_it_is_no_address_of_this_machine(tmp_path, ho
      "Error: GLEANPIPE_STORE_URL (--store-url): store URL must look like file://PATH, gs://BUCKET/PREFIX"),
 ])
 def test_serve_with_a_url_it_cannot_open_says_so_in_one_line(tmp_path, args, message):
-    proc = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), *args, timeout=60)
+    with taken_port() as port:  # said from the settings alone, whatever the port
+        proc = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(port), *args, timeout=60)
     assert usage_error(proc).startswith(message), proc.stderr
 
 
@@ -83,8 +84,9 @@ def test_serve_says_what_is_wrong_with_a_store_url_before_its_own_restriction(tm
     """Before: serve answered every store URL that is not file:// with "serve loads in-process from
     a file:// store only ... run the load function", also ftp://, a plain path and a gs:// with no
     bucket, where status and replay said what is wrong with the URL."""
-    proc = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
-                     env={"GLEANPIPE_STORE_URL": url}, timeout=60)
+    with taken_port() as port:  # said from the settings alone, whatever the port
+        proc = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(port),
+                         env={"GLEANPIPE_STORE_URL": url}, timeout=60)
     assert usage_error(proc) == f"Error: GLEANPIPE_STORE_URL (--store-url): {message}"
     assert not (tmp_path / "data" / "warehouse.duckdb").exists()
 
@@ -176,7 +178,8 @@ def test_a_state_file_left_by_a_killed_serve_is_stale_even_if_its_pid_lives(tmp_
     server = ServeProcess(data_dir).start()
     try:
         assert AdminClient.find(data_dir).url != "http://127.0.0.1:9"
-        again = gleanpipe("serve", "--data-dir", str(data_dir), "--port", str(free_port()), timeout=60)
+        # on the running serve's own port: the lock is said before the port is looked at
+        again = gleanpipe("serve", "--data-dir", str(data_dir), "--port", str(server.port), timeout=60)
         assert (again.returncode, again.stderr) == (
             1, f"Error: a gleanpipe serve (pid {server.proc.pid}) is already running for {data_dir}\n")
     finally:
@@ -271,9 +274,10 @@ def test_a_foreign_process_that_holds_the_serve_lock_is_named_at_once(tmp_path):
         with pytest.raises(ServeError) as info:
             AdminClient.find(data_dir)  # its default wait: 30 s
         assert str(info.value) == said and time.monotonic() - started < 5
-        for args in (["status"], ["serve", "--port", str(free_port())]):
+        for args in (["status"], ["serve", "--port"]):
             started = time.monotonic()
-            out = gleanpipe(*args, "--data-dir", str(data_dir))
+            with taken_port() as port:  # the lock is said before the port is looked at
+                out = gleanpipe(*args, *([str(port)] if args[-1] == "--port" else []), "--data-dir", str(data_dir))
             assert (out.returncode, out.stderr) == (1, f"Error: {said}\n"), args
             assert time.monotonic() - started < 10, args  # a command's start, not 30 s
     finally:
@@ -1096,11 +1100,17 @@ def test_a_data_dir_with_a_question_mark_is_refused_before_duckdb_misreads_it(tm
 
     data_dir = tmp_path / "q?x"
     put_ping(LocalStore(data_dir / "store"), make_ping())  # a ping to replay
-    for args in (("replay", "--no-progress"), ("serve", "--port", str(free_port()))):
-        out = gleanpipe(*args, "--data-dir", str(data_dir), timeout=60)
-        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-        assert "has a '?', which DuckDB takes for the start of its options" in out.stderr
-    assert not list(tmp_path.rglob("*.duckdb*"))
+    said = (f"Error: the warehouse path {data_dir}/warehouse.duckdb has a '?', which DuckDB takes for the start of "
+            "its options; use a data dir (or GLEANPIPE_WAREHOUSE_URL) without one\n")
+    out = gleanpipe("replay", "--no-progress", "--data-dir", str(data_dir), timeout=60)
+    assert (out.returncode, out.stderr) == (1, said)
+    # serve says it from the settings alone, before its lock and its port: it said it once the port
+    # was found free, so with the port taken (by another process, between a test's free_port() and
+    # serve's check) it said "Address already in use" instead
+    with taken_port() as port:
+        out = gleanpipe("serve", "--port", str(port), "--data-dir", str(data_dir), timeout=60)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", said)
+    assert not list(tmp_path.rglob("*.duckdb*")) and not (data_dir / "serve.lock").exists()
 
 
 def test_serve_on_a_data_dir_it_cannot_make_says_so_in_one_line(tmp_path):
@@ -1108,10 +1118,11 @@ def test_serve_on_a_data_dir_it_cannot_make_says_so_in_one_line(tmp_path):
     "Error: /proc/nope: No such file or directory" (exit 1), which named neither the setting nor
     what failed. Now a usage error (exit 2) naming GLEANPIPE_DATA_DIR and the folder."""
     (tmp_path / "a-file").write_text("x")
-    proc = gleanpipe("serve", "--data-dir", str(tmp_path / "a-file" / "data"), "--port", str(free_port()), timeout=60)
-    assert usage_error(proc) == ("Error: GLEANPIPE_DATA_DIR (--data-dir): cannot make the folder "
-                                 f"{tmp_path / 'a-file' / 'data'}: Not a directory")
-    proc = gleanpipe("serve", "--port", str(free_port()), env={"GLEANPIPE_DATA_DIR": "/proc/nope"}, timeout=60)
+    with taken_port() as port:  # the data dir is said before the port is looked at
+        proc = gleanpipe("serve", "--data-dir", str(tmp_path / "a-file" / "data"), "--port", str(port), timeout=60)
+        assert usage_error(proc) == ("Error: GLEANPIPE_DATA_DIR (--data-dir): cannot make the folder "
+                                     f"{tmp_path / 'a-file' / 'data'}: Not a directory")
+        proc = gleanpipe("serve", "--port", str(port), env={"GLEANPIPE_DATA_DIR": "/proc/nope"}, timeout=60)
     assert usage_error(proc) == ("Error: GLEANPIPE_DATA_DIR (--data-dir): cannot make the folder /proc/nope: "
                                  "No such file or directory")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import ROOT, SDK_HEADERS, gz, make_ping, submit_path
-from conftest import run_cli as gleanpipe
+from conftest import run_cli as gleanpipe, taken_port
 from gleanpipe.emulate import free_port
 from gleanpipe.validation import MAX_LISTED_BYTES
 
@@ -266,8 +266,9 @@ def test_serve_refuses_a_payload_limit_its_spool_records_cannot_hold(tmp_path):
 
     largest = largest_payload(512, 1024)
     assert 60 * 1024 * 1024 < largest < 64 * 1024 * 1024  # the default 8 MiB is far below it
-    out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
-                    env={"GLEANPIPE_MAX_PAYLOAD_BYTES": str(largest + 1)})
+    with taken_port() as port:  # said from the settings alone, whatever the port
+        out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(port),
+                        env={"GLEANPIPE_MAX_PAYLOAD_BYTES": str(largest + 1)})
     assert out.returncode == 2, out.stderr  # a bad setting value: a usage error, as a bad number is (was 1)
     assert (f"Error: GLEANPIPE_MAX_PAYLOAD_BYTES={largest + 1} is over the largest payload a spool record holds "
             f"({largest} bytes") in out.stderr
@@ -429,8 +430,9 @@ def test_bad_schema_path_is_a_clear_error_before_serve_starts(tmp_path):
         str(tmp_path / "invalid.json"): "GLEANPIPE_SCHEMA_PATH: not a valid JSON schema: 5 is not valid",
     }
     for path, message in cases.items():
-        out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
-                        env={"GLEANPIPE_SCHEMA_PATH": path})
+        with taken_port() as port:  # said from the settings alone, whatever the port
+            out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(port),
+                            env={"GLEANPIPE_SCHEMA_PATH": path})
         assert out.returncode == 2 and f"Error: {message}" in out.stderr, out.stderr  # a usage error (was 1)
         assert "Traceback" not in out.stderr and "serving" not in out.stdout
 

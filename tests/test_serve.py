@@ -676,7 +676,7 @@ def test_parent_guard_runs_the_command_and_refuses_an_orphan():
 
 def test_second_serve_on_the_same_data_dir_is_refused(serve):
     proc = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "serve", "--data-dir", str(serve.data_dir),
-                           "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+                           "--port", str(serve.port)], capture_output=True, text=True, timeout=60)  # the lock first
     assert proc.returncode == 1 and "already running" in proc.stderr
 
 

@@ -300,6 +300,8 @@ def serve(data_dir, store_url, warehouse_url, host, port, workers, tls_cert, tls
         check_settings(config)  # before the lock and the port: a port in use is not the news here
     except SettingError as exc:  # a setting this serve cannot run with: a usage error, as a bad number is
         raise click.UsageError(str(exc)) from None
+    except ValueError as exc:  # a warehouse path DuckDB would misread: as opening it says it, and replay does
+        raise click.ClickException(str(exc)) from None
     if config.tls and (said := tls_cert_warning(config.tls_cert, config.tls_key)):
         click.echo(f"warning: {said}", err=True)
     try:  # a data dir that cannot be made is the setting's fault, said as such (not "/x: No such file ...")

@@ -41,7 +41,8 @@ from .storage.local import LocalStore
 from .storage.spool import largest_payload
 from .storage.spool_reader import SpoolReader
 from .validation import SCHEMA_ENV, PingValidator, load_schema
-from .warehouse import Warehouse, WarehouseHeld, WarehouseUnavailable, open_when_let_go
+from .warehouse import Warehouse, WarehouseHeld, WarehouseUnavailable, open_when_let_go, warehouse_scheme
+from .warehouse.base import duckdb_path_refused
 
 log = logging.getLogger("gleanpipe.serve")
 
@@ -246,7 +247,10 @@ def _open_warehouse(url: str, config: Config) -> Warehouse:
 def check_settings(config: Config) -> None:
     """SettingError for a setting serve cannot run with, found from the settings alone: said
     before serve takes its data dir's lock or its port (a port in use is not the first news of a
-    store it cannot load from), and again by LocalPipeline for callers that start it directly."""
+    store it cannot load from), and again by LocalPipeline for callers that start it directly.
+    ValueError, in the words of opening it, for a DuckDB warehouse path DuckDB would misread (a
+    data dir with a '?'): that was found only once the port was checked, so a port taken in
+    between was said instead."""
     largest = largest_payload(config.max_uri_bytes, config.max_header_bytes)
     if config.spool and config.max_payload_bytes > largest:
         raise SettingError(
@@ -264,6 +268,9 @@ def check_settings(config: Config) -> None:
         raise SettingError(f"GLEANPIPE_STORE_URL (--store-url): serve loads in-process from a file:// store only, "
                            f"not {config.store_url}: with a cloud store run the load function (gs://) or "
                            "`gleanpipe worker` (s3://)")
+    if warehouse_scheme(config.warehouse_url) == "duckdb" and (
+            refused := duckdb_path_refused(config.warehouse_url.removeprefix("duckdb://"))):
+        raise ValueError(refused)
 
 
 class LocalPipeline:

@@ -15,6 +15,15 @@ QUERY_PAGE_ROWS = 2_000  # rows a query result is fetched in at a time (read_que
 EVENTS_KEY = "document_id, event_index"
 
 
+def duckdb_path_refused(path: str) -> str | None:
+    """Why ``path`` cannot be a DuckDB warehouse file, from the path alone (serve says it before it
+    takes its lock and port: check_settings), or None."""
+    if "?" in path:  # DuckDB reads what follows a "?" as connection options: a warehouse elsewhere
+        return (f"the warehouse path {path} has a '?', which DuckDB takes for the start of its options; use a "
+                "data dir (or GLEANPIPE_WAREHOUSE_URL) without one")
+    return None
+
+
 def in_pages(rows: list, page_rows: int) -> Iterator[list]:
     """``rows`` fetched whole, as read_query_pages gives them: lists of at most ``page_rows``."""
     for start in range(0, len(rows), page_rows):

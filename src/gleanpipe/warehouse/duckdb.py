@@ -34,7 +34,8 @@ from ..views import refresh
 from . import missing_table
 from .base import (DELETION_TABLE, EVENTS_KEY, META, QUERY_PAGE_ROWS, DatasetUnusable, DeletionAttempt, LoadError,
                    QueryFailed, RowDataError, Warehouse, WarehouseClosing, WarehouseUnavailable, WriteResult,
-                   dedup_view_query, first_per_document, in_pages, loaded_keys, needed_metrics, without_deleted)
+                   dedup_view_query, duckdb_path_refused, first_per_document, in_pages, loaded_keys, needed_metrics,
+                   without_deleted)
 log = logging.getLogger("gleanpipe.warehouse")
 
 
@@ -203,9 +204,8 @@ class DuckDBWarehouse(Warehouse):
         self.path = path
         self.url = f"duckdb://{path}"
         self.read_only = read_only
-        if "?" in path:  # DuckDB reads what follows a "?" as connection options: a warehouse elsewhere
-            raise ValueError(f"the warehouse path {path} has a '?', which DuckDB takes for the start of its "
-                             "options; use a data dir (or GLEANPIPE_WAREHOUSE_URL) without one")
+        if refused := duckdb_path_refused(path):
+            raise ValueError(refused)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
