@@ -314,6 +314,34 @@ def test_unknown_fields_are_kept_in_additional_properties(store, warehouse):
     assert dist == {"sum": 3, "values": [{"key": 1, "value": 3}]}
 
 
+def test_an_integer_past_64_bits_in_an_object_metric_or_an_unknown_field_is_stored_as_sent(store, warehouse):
+    """Found by fuzzing (fuzz29). orjson reads an integer outside -2**63..2**64-1 as the nearest float:
+    the edge took such a ping (the schema asks for any integer, or any JSON in an object metric) and
+    the row held another number, without an error: 100000000000000000000000000001 in an object metric
+    read back as 1e+29, a distribution's legacy ``count`` of 2**64 in additional_properties as
+    1.8446744073709552e+19. The transform now reads such a ping with its integers as sent (only a
+    payload with a run of 19 digits or more is read again): JSON values keep their digits, and a BIGINT
+    field names the integer it cannot hold, where it named a rounded float."""
+    big = 10**29 + 1
+    ping = make_ping(CLIENT_A, metrics={
+        "object": {"toolbox.obj": {"n": big, "neg": -2**63 - 1, "u64": 2**64 - 1, "list": [big, 1.5, "x"]}},
+        "custom_distribution": {"toolbox.d": {"sum": 3, "values": {"1": 3}, "count": 2**64}}})
+    ping["ping_info"]["server_knobs_config"] = {"n": -(10**25)}
+    kept = put_ping(store, ping)
+    refused = put_ping(store, make_ping(CLIENT_B, metrics={"counter": {"toolbox.c": -2**63 - 1}}))
+    result = Loader(store, warehouse).load_keys([kept, refused])
+    assert (result.inserted, result.errors) == (1, 1)
+    [(obj, extra)] = warehouse.query(
+        f"SELECT metrics.object.toolbox_obj::VARCHAR, additional_properties FROM {DATASET}.baseline_v1")[1]
+    assert json.loads(obj) == {"n": big, "neg": -2**63 - 1, "u64": 2**64 - 1, "list": [big, 1.5, "x"]}
+    assert '"n":100000000000000000000000000001' in obj
+    assert json.loads(extra) == {"ping_info": {"server_knobs_config": {"n": -(10**25)}},
+                                 "metrics": {"custom_distribution": {"toolbox.d": {"count": 2**64}}}}
+    assert warehouse.query("SELECT object_key, error_type, error_message FROM _gleanpipe.errors")[1] == [
+        (refused, "transform", "metrics.counter.toolbox.c: -9223372036854775809 is outside the 64-bit integer "
+                               "range (-9223372036854775808 to 9223372036854775807)")]
+
+
 def test_fields_inside_known_structs_without_a_column_are_kept_too(store, warehouse):
     """Extra fields inside attribution, distribution, an experiment, a timespan, a rate, and a
     distribution bucket key that is not in canonical form: all passed the schema and were dropped."""

@@ -5,6 +5,7 @@ columns the row needs. Follows Mozilla's normalisation rules (see README, "Table
 from __future__ import annotations
 
 import functools
+import json
 import re
 import zlib
 from dataclasses import dataclass
@@ -293,8 +294,11 @@ def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRo
         raise TransformError("json", f"payload is not JSON: {exc}") from None
     if not isinstance(ping, dict):
         raise TransformError("schema", "payload is not a JSON object")
+    exact = exact_integers(payload)
+    dumps = orjson.dumps if exact is None else _dumps
+    ping = exact if exact is not None else ping
     try:
-        return _build(key, path, meta, ping)
+        return _build(key, path, meta, ping, dumps)
     except NotInt64 as exc:
         raise TransformError("transform", str(exc)) from None
     except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
@@ -305,6 +309,49 @@ def transform(key: str, data: bytes, path: DocumentPath | None = None) -> PingRo
         raise TransformError("transform", f"{type(exc).__name__}: {exc}") from None
 
 
+class WideInt(int):
+    """A JSON integer outside what orjson reads as one (-2**63 to 2**64-1): orjson reads it as the
+    nearest float, so that ``{"n": 100000000000000000000000000001}`` in an object metric, or in a
+    field that goes to additional_properties, was stored as ``1e+29``. Kept as the integer sent: a
+    BIGINT field refuses it by its value (int64.py), and the row writes it as its digits
+    (``_dumps``)."""
+
+
+# an integer orjson does not read exactly has at least 19 digits (-9223372036854775809,
+# 18446744073709551616): a payload without such a run of digits needs nothing more
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _wide_or_int(text: str) -> int:
+    value = int(text)
+    return value if INT64_MIN <= value < 2**64 else WideInt(value)
+
+
+def exact_integers(payload: bytes) -> dict | None:
+    """The ping read again with its integers as sent, when it may have one that orjson read as a
+    rounded float (a run of 19 digits or more); None when it has none (the usual case), or cannot be
+    read that way (it is read as orjson read it). orjson has read the same payload already, so the
+    JSON is valid and both readers agree on everything else (a repeated key: the last one)."""
+    if not _LONG_DIGITS.search(payload):
+        return None
+    try:
+        doc = json.loads(payload, parse_int=_wide_or_int)
+    except (ValueError, RecursionError):  # 4,300 digits or more, or nested past Python's recursion limit
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _wide_default(value):
+    if isinstance(value, WideInt):
+        return orjson.Fragment(str(int(value)).encode())
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _dumps(value) -> bytes:
+    """orjson.dumps, writing a WideInt as its digits (orjson refuses an int past 64 bits)."""
+    return orjson.dumps(value, default=_wide_default, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
 def too_deep_to_load(ping: dict) -> str:
     """The load error of a ping nested deeper than its row can be written: one the edge took before
     it refused pings past MAX_JSON_DEPTH, or stored some other way."""
@@ -313,7 +360,8 @@ def too_deep_to_load(ping: dict) -> str:
             f"deeper than {MAX_JSON_DEPTH} levels: MAX_JSON_DEPTH)")
 
 
-def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
+def _build(key: str, path: DocumentPath, meta: dict, ping: dict, dumps=orjson.dumps) -> PingRow:
+    """``dumps``: what writes the row (``_dumps`` for a ping read by ``exact_integers``)."""
     additional: dict = {k: v for k, v in ping.items() if k not in ("client_info", "ping_info", "metrics", "events")}
     client_info = _client_info(ping.get("client_info") or {}, additional)
     ping_info = _ping_info(ping.get("ping_info") or {}, additional)
@@ -354,11 +402,11 @@ def _build(key: str, path: DocumentPath, meta: dict, ping: dict) -> PingRow:
         # lists are [] when absent, never NULL: a BigQuery REPEATED column cannot be NULL, so
         # ARRAY_LENGTH(events) (and an AVG over it) gives the same on both warehouses
         "events": events,
-        "additional_properties": orjson.dumps(additional).decode() if additional else None,
+        "additional_properties": dumps(additional).decode() if additional else None,
     }
     if metrics_row:
         row["metrics"] = metrics_row
-    return PingRow(key, path, orjson.dumps(row), [orjson.dumps(e) for e in stream], metric_columns, client_id,
+    return PingRow(key, path, dumps(row), [dumps(e) for e in stream], metric_columns, client_id,
                    submission_timestamp)
 
 
