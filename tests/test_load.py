@@ -314,6 +314,22 @@ def test_unknown_fields_are_kept_in_additional_properties(store, warehouse):
     assert dist == {"sum": 3, "values": [{"key": 1, "value": 3}]}
 
 
+def test_event_timestamp_is_exact_to_the_ms_and_null_for_a_glean_timestamp_that_is_not_digits(store, warehouse):
+    """Found by fuzzing (fuzz29). events_stream.event_timestamp came from int(glean_timestamp) / 1000 as a
+    float: Python's int() took "1_763_814_865_443" and other scripts' digits (which BigQuery's SAFE_CAST
+    to INT64 makes NULL, as Mozilla's events_stream does), and the float was off by microseconds in far
+    years (a client clock in year 9999: .998993 for .999)."""
+    stamps = ["1763814865443", " 1763814865443 ", "1_763_814_865_443", "\u0661\u0667\u0666\u0663", "253402300799999",
+              "253402300800000", "-1", "1e3", ""]
+    events = [{"category": "toolbox", "name": f"e{i}", "timestamp": i, "extra": {"glean_timestamp": s}}
+              for i, s in enumerate(stamps)]
+    Loader(store, warehouse).load_keys([put_ping(store, make_ping(CLIENT_A, events=events))])
+    got = warehouse.query(f"SELECT strftime(event_timestamp AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S.%f') "
+                          f"FROM {DATASET}.events_stream ORDER BY event_index")[1]
+    assert [g for (g,) in got] == ["2025-11-22 12:34:25.443000", "2025-11-22 12:34:25.443000", None, None,
+                                  "9999-12-31 23:59:59.999000", None, "1969-12-31 23:59:59.999000", None, None]
+
+
 def test_an_integer_past_64_bits_in_an_object_metric_or_an_unknown_field_is_stored_as_sent(store, warehouse):
     """Found by fuzzing (fuzz29). orjson reads an integer outside -2**63..2**64-1 as the nearest float:
     the edge took such a ping (the schema asks for any integer, or any JSON in an object metric) and

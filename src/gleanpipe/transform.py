@@ -9,7 +9,7 @@ import json
 import re
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
 import orjson
@@ -529,9 +529,22 @@ def _metadata(headers: dict, path: DocumentPath) -> dict:
     }
 
 
+# Unix ms as the Glean SDK writes extra.glean_timestamp: ASCII digits (int() also took "1_000" and
+# other scripts' digits, "١٢٣", which BigQuery's SAFE_CAST to INT64 makes NULL)
+UNIX_MS_RE = re.compile(r"[ \t\n\r\f\v]*[+-]?[0-9]+[ \t\n\r\f\v]*")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _unix_ms(value) -> str | None:
+    """extra.glean_timestamp as ISO UTC, exact to the millisecond, or None. Counted from the epoch
+    with a timedelta: fromtimestamp(ms / 1000) went through a float, which past about year 2200 is
+    off by microseconds (253402300799999 gave 9999-12-31T23:59:59.998993)."""
+    if isinstance(value, str):
+        if not UNIX_MS_RE.fullmatch(value):
+            return None
+    elif not isinstance(value, int) or isinstance(value, bool):
+        return None
     try:
-        ms = int(value)
-        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
-    except (TypeError, ValueError, OverflowError, OSError):
+        return (EPOCH + timedelta(milliseconds=int(value))).isoformat()
+    except (ValueError, OverflowError):  # before year 1 or after 9999; ValueError: 4,300 digits or more
         return None
