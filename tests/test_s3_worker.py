@@ -471,3 +471,34 @@ def test_the_worker_takes_a_long_poll_of_0_to_20_seconds(aws_env):
         with pytest.raises(ValueError) as info:
             S3QueueWorker("q", None, wait_s=bad)
         assert str(info.value) == f"GLEANPIPE_WORKER_WAIT_S must be 0-20 (SQS's long-poll limit), got {bad}"
+
+
+def test_a_second_worker_on_the_same_duckdb_file_is_refused_and_the_first_loads_on(s3_pipeline):
+    """README: one worker per warehouse; a worker holds its duckdb:// file while it runs. A second
+    worker started beside it (found by the cloud soak, which starts one now and then) ends at once
+    with exit code 1, naming the first by pid and command line, and receives nothing: the first
+    goes on loading. Untested before: only query, status and replay were run against a held file."""
+    p = s3_pipeline
+    path = p["warehouse"]
+    args = [sys.executable, "-m", "gleanpipe.cli", "worker", "--queue", p["queue"], "--store-url", p["store_url"],
+            "--warehouse-url", f"duckdb://{path}", "--wait", "1"]
+    first = subprocess.Popen([*args, "--max-messages", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = first.stderr.readline()  # printed once the worker holds the warehouse
+        assert started.startswith("gleanpipe worker: "), started
+        second = subprocess.run([*args, "--once"], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and second.stdout == ""
+        assert second.stderr == (f"Error: the warehouse {path} is held by PID {first.pid} "
+                                 f"({' '.join([*args, '--max-messages', '2'])[:200]}): let that process end (or stop "
+                                 "it), then run this again\n")
+        [doc] = submit(1, launches_from=3)
+        out, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0 and "Traceback" not in err, err
+    stats = json.loads(out.strip().splitlines()[-1])  # the s3:TestEvent, then the ping
+    assert (stats["received"], stats["deleted"], stats["objects"], stats["load"]["inserted"]) == (2, 2, 1, 1)
+    assert rows(path) == [(doc, 3)]
+    assert queue_depth(p) == 0
