@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -630,6 +631,35 @@ def test_a_killed_serve_takes_its_http_server_with_it(data_dir):
     try:
         assert post(again.url + submit_path(), gz(make_ping(CLIENT, seq=2)))[0] == 200
         assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 2) == 2
+    finally:
+        assert again.stop() == 0
+
+
+def test_a_serve_killed_while_a_worker_boots_frees_its_port_at_once(data_dir):
+    """A worker that is still booting (here the one gunicorn starts in place of a killed one)
+    when serve is killed: gunicorn stops (parent_guard.py) and sends it SIGTERM, which it used to
+    lose (it came before the worker set its signal handlers), so it served on until gunicorn
+    killed it at the end of the graceful timeout, and the next serve on the port failed with
+    "Address already in use" for those 10 s. Found by an SDK soak (kills timed to uploads). The
+    bound tells "stopped when asked" from "killed at the end of the timeout"."""
+    from gleanpipe.serve import GRACEFUL_TIMEOUT_S
+
+    server = ServeProcess(data_dir).start()
+    (master,) = children(server.proc.pid)
+    workers = children(master)
+    os.kill(workers[0], signal.SIGKILL)
+    new: list[int] = []
+    until(lambda: new.extend(w for w in children(master) if w not in workers) or new, "a new worker")
+    server.proc.kill()  # while the new worker boots (gevent's patching alone takes longer than this)
+    killed = time.monotonic()
+    server.proc.wait()
+    server.log.close()
+    assert wait_gone([master, *workers[1:], *new], timeout=GRACEFUL_TIMEOUT_S / 2) == [], server.read_log()
+    assert time.monotonic() - killed < GRACEFUL_TIMEOUT_S / 2
+    again = ServeProcess(data_dir, port=server.port).start()  # the same port: nobody holds it
+    try:
+        assert post(again.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200
+        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
     finally:
         assert again.stop() == 0
 
