@@ -927,3 +927,35 @@ def test_a_ping_tables_columns_are_the_readmes_in_its_order(store, warehouse):
     assert columns[:-1] == [c for c in documented if c != "metrics.<type>.<category_name>"] == [
         "submission_timestamp", "document_id", "sample_id", "normalized_channel", "normalized_os",
         "normalized_os_version", "client_info", "ping_info", "metadata", "events", "additional_properties"]
+
+
+class StatementLog:
+    """The warehouse's real DuckDB connection, which records each statement it runs (a spy, not a
+    mock: what the test checks is which statement loads a batch, a cost no result shows)."""
+
+    def __init__(self, con):
+        self._con, self.statements = con, []
+
+    def execute(self, sql, *args):
+        self.statements.append(sql)
+        return self._con.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def test_a_batch_goes_in_with_a_plain_insert_of_its_new_rows(store, warehouse):
+    """The rows of documents already in the table are left out before the INSERT, found by their
+    ids; an INSERT ... WHERE NOT EXISTS (anti-join on document_id) cost 100 ms more per batch of 10
+    than the plain INSERT on a table with 1,800 metric columns (228 against 131 ms, 2 cores)."""
+    old = put_ping(store, make_ping(CLIENT_A, {"counter": {"toolbox.launch_count": 1}}))
+    assert Loader(store, warehouse).load_keys([old]).inserted == 1
+    warehouse.con = log = StatementLog(warehouse.con)
+    new = [put_ping(store, make_ping(CLIENT_B, {"counter": {"toolbox.launch_count": n}})) for n in (2, 3)]
+    result = Loader(store, warehouse).load_keys([old, *new])
+    assert (result.inserted, result.duplicates) == (2, 1)
+    inserts = [s for s in log.statements if s.startswith(f'INSERT INTO "{DATASET}"."baseline_v1" ')]
+    assert len(inserts) == 1 and "NOT EXISTS" not in inserts[0]
+    warehouse.con = log._con
+    assert warehouse.query(f"SELECT client_info.client_id, metrics.counter.toolbox_launch_count FROM "
+                           f"{DATASET}.baseline_v1 ORDER BY 2")[1] == [(CLIENT_A, 1), (CLIENT_B, 2), (CLIENT_B, 3)]
