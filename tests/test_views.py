@@ -294,7 +294,7 @@ def test_apps_add_makes_the_views_with_the_tables(warehouse):
     assert seen == [[("daily_active_clients",), ("events_daily",), ("metric_daily",), ("metrics",)]]
     sql = warehouse.read_query("SELECT sql FROM duckdb_views() WHERE schema_name = ? AND view_name = 'metric_daily'",
                                [DATASET])[1][0][0]
-    assert "'toolbox_launch_count' AS metric" in sql
+    assert "'toolbox_launch_count'" in sql  # the metric's name, in the list metric_daily unnests
 
 
 def test_a_view_duckdb_refuses_does_not_fail_the_load(config, store, caplog):
@@ -386,5 +386,33 @@ def test_opening_a_file_makes_the_derived_views_of_every_app_and_of_no_internal_
                         "('daily_active_clients', 'events_daily', 'metric_daily') ORDER BY 1, 2")[1] == [
             (schema, view) for schema in ("app_one", "app_two")
             for view in ("daily_active_clients", "events_daily", "metric_daily")]
+    finally:
+        wh.close()
+
+
+def test_metric_daily_lists_together_only_metrics_of_one_value_type(tmp_path):
+    """metric_daily unnests one list of (metric, value) per metric type, and a list has one type: a
+    counter stored as text (in a table another tool made) in the list of its BIGINT neighbours made
+    DuckDB refuse the view, so the app had no metric_daily at all. Columns of another value type go
+    in a list of their own, and each metric gives the rows it gave alone."""
+    from gleanpipe.views import view_sql
+    from gleanpipe.warehouse import open_warehouse
+
+    path = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE SCHEMA app_x; CREATE TABLE app_x.metrics_v1 (document_id VARCHAR, submission_timestamp "
+                "TIMESTAMPTZ, client_info STRUCT(client_id VARCHAR), metrics STRUCT(counter STRUCT(a BIGINT, "
+                "b VARCHAR, c BIGINT)))")
+    for i, (a, b) in enumerate([(9, "9"), (10, "10")]):
+        con.execute("INSERT INTO app_x.metrics_v1 VALUES (?, TIMESTAMPTZ '2026-11-21 10:00:00+00', {'client_id': ?}, "
+                    "{'counter': {'a': ?, 'b': ?, 'c': ?}})", [f"d{i}", f"c{i}", a, b, a + 1])
+    assert view_sql(con, "app_x")["metric_daily"].count("UNION ALL") == 1  # a and c together, b alone
+    con.close()
+    wh = open_warehouse(f"duckdb://{path}")
+    try:
+        got = wh.query("SELECT metric, pings, clients, sum_value, min_value, max_value FROM app_x.metric_daily "
+                       "ORDER BY metric")[1]
+        assert got[0] == ("a", 2, 2, 19.0, 9.0, 10.0) and got[2] == ("c", 2, 2, 21.0, 10.0, 11.0)
+        assert got[1][:4] == ("b", 2, 2, 19.0)  # compared as the text it is, as before
     finally:
         wh.close()

@@ -60,6 +60,9 @@ class Dialect:
     # (cols, src, ref, alias) -> SELECT cols and one row per element of the list ref (as alias) from src
     unnest: Callable[[str, str, str, str], str]
     empty_from: str  # FROM of a SELECT that returns no row
+    # (cols, src, list, alias) -> SELECT cols and one row per element of a list literal (as alias) from src
+    unnest_list: Callable[[str, str, str, str], str]
+    struct: Callable[[tuple[tuple[str, str], ...]], str]  # ((field name, expression), ...) -> a STRUCT value
 
     def type(self, duck_type: str) -> str:
         return self.types.get(duck_type, duck_type)
@@ -68,13 +71,18 @@ class Dialect:
 DUCKDB = Dialect(day=DAY, types={}, quote=q, empty_from="",
                  dist_n=lambda ref: f"list_sum(list_transform({ref}.\"values\", lambda b: b.value))",
                  unnest=lambda cols, src, ref, alias:
-                     f"SELECT {cols}, UNNEST({ref}) AS {alias} FROM {src} WHERE {ref} IS NOT NULL")
+                     f"SELECT {cols}, UNNEST({ref}) AS {alias} FROM {src} WHERE {ref} IS NOT NULL",
+                 unnest_list=lambda cols, src, lst, alias: f"SELECT {cols}, UNNEST({lst}) AS {alias} FROM {src}",
+                 struct=lambda fields: "{" + ", ".join(f"'{n}': {e}" for n, e in fields) + "}")
 BIGQUERY = Dialect(day="DATE(submission_timestamp)",
                    types={"INTEGER": "INT64", "BIGINT": "INT64", "DOUBLE": "FLOAT64", "VARCHAR": "STRING"},
                    quote=bq_quote, empty_from=" FROM UNNEST([1])",
                    dist_n=lambda ref: f"(SELECT SUM(CAST(b.value AS FLOAT64)) FROM UNNEST({ref}.`values`) AS b)",
                    unnest=lambda cols, src, ref, alias:
-                       f"SELECT {cols}, u AS {alias} FROM {src} CROSS JOIN UNNEST({ref}) AS u")
+                       f"SELECT {cols}, u AS {alias} FROM {src} CROSS JOIN UNNEST({ref}) AS u",
+                   unnest_list=lambda cols, src, lst, alias:
+                       f"SELECT {cols}, u AS {alias} FROM {src} CROSS JOIN UNNEST({lst}) AS u",
+                   struct=lambda fields: "STRUCT(" + ", ".join(f"{e} AS {n}" for n, e in fields) + ")")
 
 
 def _lit(value: str) -> str:
@@ -94,29 +102,43 @@ def _scalar(d: Dialect, mtype: str, ref: str) -> str:
     return ref
 
 
-def metric_part(src: str, table: str, mtype: str, column: str, d: Dialect) -> str | None:
-    """SELECT of metric_daily's columns for one metric column of the table ``src`` refers to (named
-    ``table``), or None for types not aggregated.
+def _metric_rows(src: str, mtype: str, columns: list[str], d: Dialect) -> str:
+    """(day, cid, metric, x) for every value of these metric columns (of type ``mtype``, all of one
+    value type) that is not NULL: one row per ping and metric, from one list of (name, value)
+    structs per row, so the SQL is one SELECT whatever the number of metrics."""
+    elems = ", ".join(d.struct((("metric", _lit(c)), ("x", f"metrics.{d.quote(mtype)}.{d.quote(c)}")))
+                      for c in columns)
+    each = d.unnest_list(f"{d.day} AS day, client_info.client_id AS cid", src, f"[{elems}]", "m")
+    return f"SELECT day, cid, m.metric AS metric, m.x AS x FROM ({each}) WHERE m.x IS NOT NULL"
 
-    Every part first builds (day, cid, label, v, n, mm): v is summed, n counts samples (the
+
+def metric_part(src: str, table: str, mtype: str, columns: str | list[str], d: Dialect) -> str | None:
+    """SELECT of metric_daily's columns for metric columns of one type (one column, or several
+    whose values have one type) of the table ``src`` refers to (named ``table``), or None for types
+    not aggregated.
+
+    Every part first builds (day, cid, metric, label, v, n, mm): v is summed, n counts samples (the
     average is sum(v)/sum(n)), mm feeds min/max. Sums are of doubles: BigQuery's SUM of INT64
     fails on overflow, and one client's counter near 2^63 would fail the app's whole view.
     """
-    ref = f"metrics.{d.quote(mtype)}.{d.quote(column)}"
-    base = f"{d.day} AS day, client_info.client_id AS cid"
+    if mtype not in AGGREGATED_TYPES:
+        return None
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    src = f"({_metric_rows(src, mtype, columns, d)})"
+    ref = "x"
+    base = "day, cid, metric"
     no_label, no_mm = _cast(d, "NULL", "VARCHAR"), _cast(d, "NULL", "DOUBLE")
     if mtype in SCALAR:
         inner = f"SELECT {base}, {no_label} AS label, {_scalar(d, mtype, ref)} AS v, 1 AS n, " \
-                f"{_scalar(d, mtype, ref)} AS mm FROM {src} WHERE {ref} IS NOT NULL"
+                f"{_scalar(d, mtype, ref)} AS mm FROM {src}"
     elif mtype == "string":
-        inner = f"SELECT {base}, {ref} AS label, 1 AS v, 1 AS n, {no_mm} AS mm FROM {src} WHERE {ref} IS NOT NULL"
+        inner = f"SELECT {base}, {ref} AS label, 1 AS v, 1 AS n, {no_mm} AS mm FROM {src}"
     elif mtype in DISTRIBUTIONS:
-        inner = f"SELECT {base}, {no_label} AS label, {ref}.sum AS v, {d.dist_n(ref)} AS n, {no_mm} AS mm " \
-                f"FROM {src} WHERE {ref} IS NOT NULL"
+        inner = f"SELECT {base}, {no_label} AS label, {ref}.sum AS v, {d.dist_n(ref)} AS n, {no_mm} AS mm FROM {src}"
     elif mtype == "rate":
         inner = f"SELECT {base}, {no_label} AS label, {ref}.numerator AS v, {ref}.denominator AS n, {no_mm} AS mm " \
-                f"FROM {src} WHERE {ref} IS NOT NULL"
-    elif mtype in LABELED_SCALAR or mtype in LABELED_DISTRIBUTIONS or mtype in ("labeled_rate", "dual_labeled_counter"):
+                f"FROM {src}"
+    else:  # labeled_*, dual_labeled_counter
         unnested = d.unnest(base, src, ref, "l")
         if mtype in LABELED_SCALAR:
             value = _scalar(d, mtype[len("labeled_"):], "l.value")
@@ -126,19 +148,17 @@ def metric_part(src: str, table: str, mtype: str, column: str, d: Dialect) -> st
         elif mtype == "labeled_rate":
             cols = f"l.key AS label, l.value.numerator AS v, l.value.denominator AS n, {no_mm} AS mm"
         else:  # dual_labeled_counter: one more level of labels
-            unnested = d.unnest("day, cid, l.key AS k1", f"({unnested})", "l.value", "l")
+            unnested = d.unnest(f"{base}, l.key AS k1", f"({unnested})", "l.value", "l")
             cols = "k1 || '/' || l.key AS label, l.value AS v, 1 AS n, l.value AS mm"
-        inner = f"SELECT day, cid, {cols} FROM ({unnested})"
-    else:
-        return None
+        inner = f"SELECT {base}, {cols} FROM ({unnested})"
     double = d.type("DOUBLE")
     return (
-        f"SELECT day, {_lit(table)} AS ping_table, {_lit(mtype)} AS metric_type, {_lit(column)} AS metric, "
+        f"SELECT day, {_lit(table)} AS ping_table, {_lit(mtype)} AS metric_type, metric, "
         f"label, count(*) AS pings, count(DISTINCT cid) AS clients, sum(CAST(n AS {double})) AS samples, "
         f"sum(CAST(v AS {double})) AS sum_value, "
         f"sum(CAST(v AS {double})) / NULLIF(sum(CAST(n AS {double})), 0) AS avg_value, "
         f"CAST(min(mm) AS {double}) AS min_value, CAST(max(mm) AS {double}) AS max_value "
-        f"FROM ({inner}) GROUP BY day, label"
+        f"FROM ({inner}) GROUP BY day, metric, label"
     )
 
 
@@ -147,11 +167,13 @@ def _empty(columns, d: Dialect) -> str:
         + f"{d.empty_from} WHERE false"
 
 
-def build_views(tables: dict[str, list[tuple[str, str]]], ref: Callable[[str, bool], str],
+def build_views(tables: dict[str, list[tuple]], ref: Callable[[str, bool], str],
                 d: Dialect) -> dict[str, str]:
     """The SELECT behind each view of one app's dataset, from its tables now: ``tables`` maps each
     table name to its (metric type, column) pairs, ``ref(table, metrics)`` makes a table name a
-    reference (``metrics``: the view reads the table's ``metrics`` column)."""
+    reference (``metrics``: the view reads the table's ``metrics`` column). A pair can carry a third
+    item, the column's value type (anything comparable): metric_daily lists only columns of one
+    type and one value type together."""
     ping_tables = sorted(t for t in tables if TABLE_RE.fullmatch(t))
     # an alias, so a subquery can be a source too
     source = lambda table, metrics=False: f"{ref(table, metrics)} AS p"  # noqa: E731
@@ -169,19 +191,27 @@ def build_views(tables: dict[str, list[tuple[str, str]]], ref: Callable[[str, bo
     else:
         out["events_daily"] = _empty(("day DATE", "category VARCHAR", "name VARCHAR", "events BIGINT",
                                       "clients BIGINT"), d)
-    parts = [p for t in ping_tables for mtype, col in tables[t] if (p := metric_part(source(t, True), t, mtype, col, d))]
+    parts = []
+    for t in ping_tables:
+        # one part per metric type and value type: the values of one list must have one type, and a
+        # column's type is the one it was made with (a table from an older version, or widened on
+        # BigQuery, can hold two metrics of one type with different STRUCTs)
+        groups: dict[tuple, list[str]] = {}
+        for mtype, col, *value_type in tables[t]:
+            groups.setdefault((mtype, *value_type), []).append(col)
+        parts += [p for (mtype, *_), cols in groups.items() if (p := metric_part(source(t, True), t, mtype, cols, d))]
     out["metric_daily"] = "\nUNION ALL\n".join(parts) if parts else _empty(METRIC_DAILY_COLUMNS, d)
     return out
 
 
-def metric_columns(con, dataset: str, table: str) -> list[tuple[str, str]]:
-    """(metric type, column) pairs of a table's ``metrics`` STRUCT."""
+def metric_columns(con, dataset: str, table: str) -> list[tuple[str, str, str]]:
+    """(metric type, column, its DuckDB type) of a table's ``metrics`` STRUCT."""
     has = con.execute("SELECT 1 FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
                       "AND column_name = 'metrics'", [dataset, table]).fetchall()
     if not has:
         return []
     struct = con.sql(f"SELECT metrics FROM {q(dataset)}.{q(table)} LIMIT 0").types[0]
-    return [(mtype, col) for mtype, t in struct.children for col, _ in t.children]
+    return [(mtype, col, str(ctype)) for mtype, t in struct.children for col, ctype in t.children]
 
 
 def view_sql(con, dataset: str) -> dict[str, str]:

@@ -157,11 +157,20 @@ def _scalar_type(value) -> str:
     return "STRING"
 
 
-def metric_fields(schema: list[dict]) -> list[tuple[str, str]]:
-    """(metric type, column) pairs of a table's ``metrics`` RECORD, from its schema (API form)."""
+def field_type(field: dict) -> tuple:
+    """A schema field's type (API form) without its name: type, mode and, for a RECORD, its fields
+    in order (two RECORDs that differ in any of these are different types to BigQuery)."""
+    inner = tuple((f["name"], field_type(f)) for f in field.get("fields") or ())
+    return field.get("type"), field.get("mode") or "NULLABLE", inner
+
+
+def metric_fields(schema: list[dict]) -> list[tuple[str, str, tuple]]:
+    """(metric type, column, its type: ``field_type``) of a table's ``metrics`` RECORD, from its
+    schema (API form)."""
     for field in schema:
         if field["name"] == "metrics":
-            return [(mtype["name"], col["name"]) for mtype in field.get("fields", []) for col in mtype.get("fields", [])]
+            return [(mtype["name"], col["name"], field_type(col))
+                    for mtype in field.get("fields", []) for col in mtype.get("fields", [])]
     return []
 
 
@@ -367,7 +376,7 @@ class BigQueryWarehouse(Warehouse):
         from google.api_core import exceptions as gexc
         from google.cloud import bigquery
 
-        tables: dict[str, list[tuple[str, str]]] = {}
+        tables: dict[str, list[tuple]] = {}
         for item in self.client.list_tables(f"{self.project}.{dataset}", retry=self.retry, timeout=self.retry_s):
             if item.table_type != "TABLE":
                 continue
