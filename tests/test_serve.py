@@ -621,16 +621,27 @@ def test_a_killed_serve_takes_its_http_server_with_it(data_dir):
     (master,) = children(server.proc.pid)
     workers = children(master)
     assert len(workers) == 2
-    server.proc.kill()
-    server.proc.wait()
-    server.log.close()
+    kill_serve(server)
     assert wait_gone([master, *workers]) == []
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
-    again = ServeProcess(data_dir, port=server.port).start()  # the same port: nobody holds it
+    serves_again_on_its_port(server, rows=2)
+
+
+def kill_serve(server: ServeProcess) -> None:
+    """SIGKILL serve itself (not its gunicorn), as the OOM killer would."""
+    server.proc.kill()
+    server.proc.wait()
+    server.log.close()
+
+
+def serves_again_on_its_port(server: ServeProcess, rows: int) -> None:
+    """A new serve on the data dir and port of the killed ``server`` starts (nobody holds the
+    port), takes one more ping and loads it: ``rows`` baseline rows in all."""
+    again = ServeProcess(server.data_dir, port=server.port).start()
     try:
-        assert post(again.url + submit_path(), gz(make_ping(CLIENT, seq=2)))[0] == 200
-        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 2) == 2
+        assert post(again.url + submit_path(), gz(make_ping(CLIENT, seq=rows)))[0] == 200
+        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", rows) == rows
     finally:
         assert again.stop() == 0
 
@@ -650,18 +661,11 @@ def test_a_serve_killed_while_a_worker_boots_frees_its_port_at_once(data_dir):
     os.kill(workers[0], signal.SIGKILL)
     new: list[int] = []
     until(lambda: new.extend(w for w in children(master) if w not in workers) or new, "a new worker")
-    server.proc.kill()  # while the new worker boots (gevent's patching alone takes longer than this)
     killed = time.monotonic()
-    server.proc.wait()
-    server.log.close()
+    kill_serve(server)  # while the new worker boots (gevent's patching alone takes longer than this)
     assert wait_gone([master, *workers[1:], *new], timeout=GRACEFUL_TIMEOUT_S / 2) == [], server.read_log()
     assert time.monotonic() - killed < GRACEFUL_TIMEOUT_S / 2
-    again = ServeProcess(data_dir, port=server.port).start()  # the same port: nobody holds it
-    try:
-        assert post(again.url + submit_path(), gz(make_ping(CLIENT, seq=1)))[0] == 200
-        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 1) == 1
-    finally:
-        assert again.stop() == 0
+    serves_again_on_its_port(server, rows=1)
 
 
 def test_serve_takes_its_worker_count_and_load_interval_from_the_environment(data_dir):
