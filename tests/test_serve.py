@@ -878,12 +878,20 @@ def test_serve_killed_on_a_full_disk_starts_again_on_it_and_answers_503(tmp_path
         server = ServeProcess(data_dir).start()
         try:
             assert f"serving {server.url}/submit/" in server.read_log()
+            # the killed serve's spool segment holds a ping that is a row already: loading it again
+            # writes nothing, so serve removes the segment even on the full disk, and its block is
+            # free for the next ping (which is then durably stored: a 200). Once it is gone, the
+            # disk is filled again to its last byte.
+            spool = data_dir / "store" / ".spool"
+            until(lambda: not list(spool.glob("*.seg")), "the killed serve's spool segment removed", timeout=30)
+            fill_disk(disk / "filler-2")
             doc, body = submit_path(), gz(make_ping(CLIENT, seq=1))
             status, answer, _ = post(server.url + doc, body)
             assert (status, answer["error_type"]) == (503, "store_unavailable")
             out = run_cli("status", "--json", "--data-dir", str(data_dir))
             assert out.returncode == 0 and json.loads(out.stdout)["server"] == "running", out
             filler.unlink()
+            (disk / "filler-2").unlink()
             assert post(server.url + doc, body)[0] == 200  # the SDK's retry
             assert server.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1", 2, timeout=30) == 2
         finally:
