@@ -816,6 +816,9 @@ def test_an_app_with_data_but_no_definitions_is_listed_under_its_app_id(store, w
         assert [(a["app_id"], a["dataset"]) for a in api(server, "apps.json")] == [(APP, DATASET)]
         app = api(server, f"apps/{DATASET}.json")
         assert (app["app_id"], app["dataset"], app["defined"]) == (APP, DATASET, False)
+        # a metric seen in the rows: how many carry it, and when the last of them came
+        assert [(m["id"], m["values_seen"], m["last_seen"]) for m in app["metrics"] if m["type"] == "counter"] == [
+            ("a_b", 1, "2026-11-23T08:00:00+00:00")]
         assert api(server, f"apps/{DATASET}/pings/baseline.json")["app_id"] == APP
         status, _, page = get(f"{server.url}/dictionary/")
         assert status == 200 and f">{APP}</a></td><td><code>{DATASET}</code>" in page.decode()

@@ -229,7 +229,10 @@ class Catalog:
             exprs = []
             for i, (mtype, col) in enumerate(cols):
                 ref = f"metrics.{q(mtype)}.{q(col)}"
-                exprs.append(f"count({ref}) AS n{i}, max(submission_timestamp) FILTER (WHERE {ref} IS NOT NULL) AS t{i}")
+                # a CASE, not an aggregate's FILTER: with 1,000 metric columns the FILTERs took 3.0-3.3 s
+                # on 3 rows and 8.8 s on 21,000, the CASEs 0.8 s on either (same results; 2 cores)
+                exprs.append(f"count({ref}) AS n{i}, "
+                             f"max(CASE WHEN {ref} IS NOT NULL THEN submission_timestamp END) AS t{i}")
             r = self.rows(f"SELECT {', '.join(exprs)} FROM {q(dataset)}.{q(table)}")[0]
             for i, key in enumerate(cols):
                 entry = seen.setdefault(key, {"tables": {}})
