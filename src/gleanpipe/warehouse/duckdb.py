@@ -493,9 +493,7 @@ class DuckDBWarehouse(Warehouse):
         metric columns) that anti-join cost 100 ms more per batch than the plain INSERT."""
         if not rows:
             return 0
-        present = {r[0] for r in self.con.execute(
-            f"SELECT document_id FROM {q(dataset)}.{q(table)} WHERE list_contains(?, document_id)",
-            [[r.path.document_id for r in rows]]).fetchall()}
+        present = self._present(self.con, dataset, table, "document_id", [r.path.document_id for r in rows])
         fresh = [r.row_json for r in rows if r.path.document_id not in present]
         return self._insert_json(dataset, table, fresh) if fresh else 0
 
@@ -634,15 +632,8 @@ class DuckDBWarehouse(Warehouse):
 
     def _insert_events(self, dataset: str, rows: list[PingRow]) -> int:
         """events_stream rows, once per document (a document's events go in together)."""
-        ids = sorted({r.path.document_id for r in rows})
-        present = {
-            r[0]
-            for r in self.con.execute(
-                f"SELECT DISTINCT document_id FROM {q(dataset)}.{q(EVENTS_STREAM_TABLE)} "
-                "WHERE list_contains(?, document_id)",
-                [ids],
-            ).fetchall()
-        }
+        ids = {r.path.document_id for r in rows}
+        present = self._present(self.con, dataset, EVENTS_STREAM_TABLE, "document_id", ids)
         fresh = [e for r in rows if r.path.document_id not in present for e in r.events_json]
         return self._insert_json(dataset, EVENTS_STREAM_TABLE, fresh) if fresh else 0
 
