@@ -351,7 +351,7 @@ def test_metric_daily_sums_doubles_so_a_huge_counter_cannot_fail_bigquerys_view(
 
     for mtype in sorted(AGGREGATED_TYPES):
         for dialect, double in ((BIGQUERY, "FLOAT64"), (DUCKDB, "DOUBLE")):
-            sql = metric_part("src", "metrics_v1", mtype, "toolbox_x", dialect)
+            sql = metric_part("src", "metrics_v1", mtype, ["toolbox_x"], dialect)
             sums = re.findall(r"(?i)\bsum\((.*?)\)", sql)
             assert len(sums) >= 4, (mtype, sql)  # samples, sum_value and avg_value's two
             assert all(s.startswith("CAST(") and s.endswith(f" AS {double}") for s in sums), (mtype, dialect, sums)

@@ -112,9 +112,9 @@ def _metric_rows(src: str, mtype: str, columns: list[str], d: Dialect) -> str:
     return f"SELECT day, cid, m.metric AS metric, m.x AS x FROM ({each}) WHERE m.x IS NOT NULL"
 
 
-def metric_part(src: str, table: str, mtype: str, columns: str | list[str], d: Dialect) -> str | None:
-    """SELECT of metric_daily's columns for metric columns of one type (one column, or several
-    whose values have one type) of the table ``src`` refers to (named ``table``), or None for types
+def metric_part(src: str, table: str, mtype: str, columns: list[str], d: Dialect) -> str | None:
+    """SELECT of metric_daily's columns for metric columns of one type whose values have one
+    type (one column, or several) of the table ``src`` refers to (named ``table``), or None for types
     not aggregated.
 
     Every part first builds (day, cid, metric, label, v, n, mm): v is summed, n counts samples (the
@@ -123,7 +123,6 @@ def metric_part(src: str, table: str, mtype: str, columns: str | list[str], d: D
     """
     if mtype not in AGGREGATED_TYPES:
         return None
-    columns = [columns] if isinstance(columns, str) else list(columns)
     src = f"({_metric_rows(src, mtype, columns, d)})"
     ref = "x"
     base = "day, cid, metric"
