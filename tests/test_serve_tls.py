@@ -296,6 +296,23 @@ def test_the_edges_error_answers_reach_the_client_over_https(https_serve, certs)
         assert read_all(sock).startswith(b"HTTP/1.1 200 OK\r\n")
 
 
+def test_a_request_gunicorn_cannot_parse_gets_the_edges_json_error_over_https(https_serve, certs):
+    """http_errors.py behind serve's TLS workers too (tests/test_edge_parse_errors.py: plain HTTP)."""
+    for head, status, error in [
+        ("Transfer-Encoding: br\r\n", 400, {"error_type": "transfer_encoding", "error_message": (
+            "Transfer-Encoding 'br' is not supported: send the body with Content-Length, "
+            "or with Transfer-Encoding: chunked alone")}),  # gunicorn: 501, an HTML page
+        ("".join(f"X-H{i}: v\r\n" for i in range(101)), 431, {
+            "error_type": "too_many_headers", "error_message": "the request has over 100 headers"}),
+    ]:
+        with tls_connection(https_serve, certs) as sock:
+            sock.sendall(f"POST {submit_path()} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+            top, _, body = read_all(sock).partition(b"\r\n\r\n")
+        assert top.split(b"\r\n")[0].split(b" ", 2)[1] == str(status).encode()
+        assert b"\r\nConnection: close\r\n" in top and b"\r\nContent-Type: application/json\r\n" in top
+        assert json.loads(body) == error
+
+
 def test_a_client_that_stalls_in_its_tls_handshake_or_head_is_cut_off(https_serve, certs):
     """A connection whose TLS handshake or request head stops coming is closed within 5 s, as a
     stalled head is over plain HTTP. Before: a stalled handshake held a gevent worker's greenlet
@@ -504,4 +521,5 @@ def test_gunicorn_gets_the_files_and_serves_tls_handshakes_in_serves_workers(tmp
         assert args[-4:] == ["--certfile", str(certs.cert), "--keyfile", str(certs.key)]
     plain = Config.from_env(environ={})
     assert "--certfile" not in gunicorn_args(plain, spool=True) and not plain.tls
-    assert gunicorn_args(plain, spool=True)[1:3] == ["--worker-class", "gevent"]  # as before
+    # gevent's worker with the JSON answers of http_errors.py, without serve's TLS handshakes
+    assert gunicorn_args(plain, spool=True)[1:3] == ["--worker-class", "gleanpipe.gevent_worker.JSONGeventWorker"]

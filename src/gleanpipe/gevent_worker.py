@@ -10,7 +10,9 @@ serve's own readiness check while the worker was still booting). Here a handshak
 end in time closes the connection, unanswered, as a head that does not come whole does (gevent
 workers bound a head by gunicorn's keep-alive, serve.KEEPALIVE_S); one that fails is a line in
 the log, as gunicorn's gthread worker writes it (GLEANPIPE_SPOOL=off), and a client that went
-away during it is none. Plain HTTP (no GLEANPIPE_TLS_CERT) runs gunicorn's own gevent worker.
+away during it is none. Plain HTTP (no GLEANPIPE_TLS_CERT) runs JSONGeventWorker: gunicorn's own
+gevent worker, whose answer to a request gunicorn cannot parse is JSON (http_errors.py), as
+TLSGeventWorker's is.
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
 
 from . import tls
+from .http_errors import JSONParseErrors
 
 
-class TLSGeventWorker(GeventWorker):
+class JSONGeventWorker(JSONParseErrors, GeventWorker):
+    """gunicorn's GeventWorker whose answer to a request gunicorn cannot parse is JSON (http_errors.py)."""
+
+
+class TLSGeventWorker(JSONGeventWorker):
     """gunicorn's GeventWorker whose TLS handshakes are bounded and quiet (see the module)."""
 
     def __init__(self, *args, **kwargs):

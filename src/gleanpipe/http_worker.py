@@ -35,6 +35,7 @@ from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker
 
 from . import tls
+from .http_errors import JSONParseErrors
 from .read_deadline import WATCHER
 
 # gunicorn's newer gthread (27 has it): a new connection's thread waits this long for its first bytes, then
@@ -45,9 +46,10 @@ _FIRST_BYTES_S = getattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT", 5.0)
 HEAD_TIMEOUT_S = 5.0  # as gunicorn's gevent workers bound a head: serve's --keep-alive (serve.KEEPALIVE_S)
 
 
-class HeadTimeoutThreadWorker(ThreadWorker):
+class HeadTimeoutThreadWorker(JSONParseErrors, ThreadWorker):
     """gunicorn's ThreadWorker whose threads wait at most HEAD_TIMEOUT_S for a request's head
-    (and, with HTTPS, for the TLS handshake before it: serve's TLS context, tls.py)."""
+    (and, with HTTPS, for the TLS handshake before it: serve's TLS context, tls.py), and whose
+    answer to a request gunicorn cannot parse is JSON (http_errors.py)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

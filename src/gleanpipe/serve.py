@@ -119,14 +119,15 @@ def gunicorn_args(cfg: Config, spool: bool) -> list[str]:
     keeps parsing and validating while the disk syncs (storage/spool.py). Spool off: each ping
     is its own fsynced file written by the request, so the workers are threads: gunicorn's
     gthread worker, whose threads wait at most http_worker.HEAD_TIMEOUT_S for a request's head.
+    Both answer a request gunicorn cannot parse in JSON, as the edge answers (http_errors.py).
     """
     common = ["--config", "python:gleanpipe.gunicorn_config",  # not a ./gunicorn.conf.py (gunicorn_config.py)
               *gunicorn_pinned(), "--workers", str(cfg.workers), "--log-level", "warning",
               "--keep-alive", str(KEEPALIVE_S), "--graceful-timeout", str(GRACEFUL_TIMEOUT_S), "--timeout", "60",
               *http_limits(cfg), *tls_args(cfg)]
-    if spool:  # with HTTPS, gevent's worker with serve's TLS handshakes (gevent_worker.py)
+    if spool:  # gevent's worker (gevent_worker.py); with HTTPS, with serve's TLS handshakes
         return ["gleanpipe.wsgi:spool_app", "--worker-class",
-                "gleanpipe.gevent_worker.TLSGeventWorker" if cfg.tls else "gevent",
+                "gleanpipe.gevent_worker.TLSGeventWorker" if cfg.tls else "gleanpipe.gevent_worker.JSONGeventWorker",
                 "--worker-connections", str(cfg.connections), *common]
     return ["gleanpipe.wsgi:app", "--worker-class", "gleanpipe.http_worker.HeadTimeoutThreadWorker",
             "--threads", str(cfg.threads), *common]
