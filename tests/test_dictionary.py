@@ -797,6 +797,24 @@ def test_each_metric_status_has_its_own_badge_style(store, warehouse, tmp_path):
                       "toolbox_secret": '<span class="badge undocumented">undocumented</span>'}
 
 
+def test_a_metrics_last_seen_is_the_time_of_the_last_ping_that_carries_it(store, warehouse):
+    """An observed metric's last_seen is the latest submission_timestamp of the rows that have a
+    value for it (catalog._observed_metrics' max(CASE ...)), not the table's latest row: a metric
+    the app stopped sending keeps the time it was last sent. Its tests had one row, where every
+    version of that aggregate gives the same (found by a mutation round, review30)."""
+    from gleanpipe.dictionary.catalog import Catalog
+
+    client = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+    _load(store, warehouse, "metrics", make_ping(client, {"counter": {"toolbox.old": 1, "toolbox.both": 1}}),
+          ts="2026-11-20T08:00:00.000000Z")
+    _load(store, warehouse, "metrics", make_ping(client, {"counter": {"toolbox.both": 2}}))  # 2026-11-23
+    _load(store, warehouse, "metrics", make_ping(client, {"counter": {"toolbox.mid": 3}}), ts="2026-11-21T08:00:00.000000Z")
+    app = Catalog(warehouse.query).app(DATASET)
+    assert sorted((m["id"], m["values_seen"], m["last_seen"]) for m in app["metrics"] if m["type"] == "counter") == [
+        ("toolbox_both", 2, "2026-11-23T08:00:00+00:00"), ("toolbox_mid", 1, "2026-11-21T08:00:00+00:00"),
+        ("toolbox_old", 1, "2026-11-20T08:00:00+00:00")]
+
+
 def test_an_app_with_data_but_no_definitions_is_listed_under_its_app_id(store, warehouse, data_dir):
     """Before `apps add`, an app that has sent pings was listed (apps list, the JSON API, the
     pages) with its dataset name as app id, org_example_toolbox; the id its pings were sent under,

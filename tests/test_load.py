@@ -833,6 +833,30 @@ def test_a_stored_ping_nested_deeper_than_a_row_can_be_written_says_so(tmp_path)
         wh.close()
 
 
+def test_a_ping_too_deep_for_pythons_json_with_a_long_number_is_the_too_deep_load_error(store, warehouse):
+    """A payload with a run of 19 digits is read again with Python's json (transform.exact_integers),
+    whose recursion limit (about 1,000 levels) is below orjson's (1,024): that read gives up with a
+    RecursionError, and the ping is what orjson read, here a load error as too deep. Without that
+    fallback the RecursionError left transform and failed the whole batch, the good ping too, on
+    every retry. Found by a mutation round (review30)."""
+    levels = 1010
+    payload = (json.dumps(make_ping(CLIENT_A))[:-1].encode() + b', "n": 123456789012345678901234, "x": '
+               + b"[" * levels + b"]" * levels + b"}")
+    with pytest.raises(RecursionError):  # what the test is about: Python's json cannot read it, orjson can
+        json.loads(payload)
+    path = DocumentPath(APP, "baseline", "1", str(uuid.uuid4()))
+    meta = {"submission_timestamp": "2026-11-23T08:00:00.000000Z", "app_id": APP, "doc_type": "baseline",
+            "version": "1", "document_id": path.document_id, "key": path.key}
+    assert store.put_new(path.key, rawobject.encode(meta, payload))
+    good = put_ping(store, make_ping(CLIENT_B))
+    result = Loader(store, warehouse).load_keys([path.key, good])
+    assert (result.inserted, result.errors) == (1, 1)
+    [(error_type, message)] = warehouse.query("SELECT error_type, error_message FROM _gleanpipe.errors")[1]
+    assert error_type == "transform" and message.startswith(
+        "the ping nests JSON deeper than 254 levels, the most its row can be written with, so it cannot load: "
+        "level 255 begins at x[0][0]"), message
+
+
 def test_a_metric_id_over_128_characters_as_a_column_goes_to_additional_properties(store, warehouse):
     """README: an id that makes no column name (over 128 characters, naming.IDENT_RE) goes to
     additional_properties; one of exactly 128 is a column. The bound was not tested: ids of any
