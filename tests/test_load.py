@@ -318,16 +318,19 @@ def test_event_timestamp_is_exact_to_the_ms_and_null_for_a_glean_timestamp_that_
     """Found by fuzzing (fuzz29). events_stream.event_timestamp came from int(glean_timestamp) / 1000 as a
     float: Python's int() took "1_763_814_865_443" and other scripts' digits (which BigQuery's SAFE_CAST
     to INT64 makes NULL, as Mozilla's events_stream does), and the float was off by microseconds in far
-    years (a client clock in year 9999: .998993 for .999)."""
+    years (a client clock in year 9999: .998993 for .999). Also NULL: whitespace other than ASCII's, and
+    digits past Python's int() limit (4,300), which must not make the whole ping a load error; a JSON
+    number (not what the schema asks for, but a stored ping may have it) is read, a boolean is not."""
     stamps = ["1763814865443", " 1763814865443 ", "1_763_814_865_443", "\u0661\u0667\u0666\u0663", "253402300799999",
-              "253402300800000", "-1", "1e3", ""]
+              "253402300800000", "-1", "1e3", "", "\u00a01763814865443", "1" * 5000, 1763814865443, True]
     events = [{"category": "toolbox", "name": f"e{i}", "timestamp": i, "extra": {"glean_timestamp": s}}
               for i, s in enumerate(stamps)]
     Loader(store, warehouse).load_keys([put_ping(store, make_ping(CLIENT_A, events=events))])
     got = warehouse.query(f"SELECT strftime(event_timestamp AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S.%f') "
                           f"FROM {DATASET}.events_stream ORDER BY event_index")[1]
     assert [g for (g,) in got] == ["2025-11-22 12:34:25.443000", "2025-11-22 12:34:25.443000", None, None,
-                                  "9999-12-31 23:59:59.999000", None, "1969-12-31 23:59:59.999000", None, None]
+                                  "9999-12-31 23:59:59.999000", None, "1969-12-31 23:59:59.999000", None, None,
+                                  None, None, "2025-11-22 12:34:25.443000", None]
 
 
 def test_an_integer_past_64_bits_in_an_object_metric_or_an_unknown_field_is_stored_as_sent(store, warehouse):
