@@ -361,6 +361,20 @@ def test_an_integer_past_64_bits_in_an_object_metric_or_an_unknown_field_is_stor
                                "range (-9223372036854775808 to 9223372036854775807)")]
 
 
+def test_an_event_extra_past_64_bits_is_kept_as_its_digits_in_the_row_and_in_events_stream(store, warehouse):
+    """The schema asks for a string in an event's extra, but a ping stored some other way may hold a
+    number there: an integer past 64 bits is its digits in the row's events and in events_stream (both
+    written by the transform's _dumps). Written with orjson's own dumps, events_stream's rows failed
+    the whole ping ("Integer exceeds 64-bit range"); a mutant that did so survived (review30)."""
+    big = 10**29 + 1
+    events = [{"category": "toolbox", "name": "e", "timestamp": 1, "extra": {"n": big, "neg": -big}}]
+    result = Loader(store, warehouse).load_keys([put_ping(store, make_ping(CLIENT_A, events=events))])
+    assert (result.inserted, result.errors) == (1, 0)
+    want = [{"key": "n", "value": str(big)}, {"key": "neg", "value": str(-big)}]
+    assert warehouse.query(f"SELECT events[1].extra FROM {DATASET}.baseline_v1")[1] == [(want,)]
+    assert warehouse.query(f"SELECT extra FROM {DATASET}.events_stream")[1] == [(want,)]
+
+
 def test_fields_inside_known_structs_without_a_column_are_kept_too(store, warehouse):
     """Extra fields inside attribution, distribution, an experiment, a timespan, a rate, and a
     distribution bucket key that is not in canonical form: all passed the schema and were dropped."""
