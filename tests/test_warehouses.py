@@ -1074,3 +1074,30 @@ def test_metric_daily_of_a_table_with_300_metrics_is_one_part_per_metric_type(st
     if wh.kind == "duckdb":
         (sql,), = wh.q(f"SELECT sql FROM duckdb_views() WHERE schema_name = '{DATASET}' AND view_name = 'metric_daily'")
         assert sql.count("UNION ALL") == 6
+
+
+@pytest.mark.parametrize("wh", ["bigquery"], indirect=True)
+def test_bigquery_metric_daily_lists_together_only_metrics_of_one_value_type(wh):
+    """BigQuery's side of test_views' test_metric_daily_lists_together_only_metrics_of_one_value_type:
+    a table another tool made, with a counter stored as STRING between two INTEGER ones. metric_daily
+    unnests one list per metric type and value type (bigquery.field_type); in one list the view
+    was refused, and the app had no metric_daily. No BigQuery test had two value types in one
+    metric type; a mutant that listed them together survived (review30). The views are remade
+    with the warehouse's own _refresh_views, as after a load that reshapes a table."""
+    from google.cloud import bigquery
+
+    client, p = wh.wh.client, wh.wh.project
+    client.create_dataset(bigquery.Dataset(f"{p}.{DATASET}"), exists_ok=True)
+    counter = [bigquery.SchemaField("a", "INTEGER"), bigquery.SchemaField("b", "STRING"),
+               bigquery.SchemaField("c", "INTEGER")]
+    schema = [bigquery.SchemaField("document_id", "STRING"), bigquery.SchemaField("submission_timestamp", "TIMESTAMP"),
+              bigquery.SchemaField("client_info", "RECORD", fields=[bigquery.SchemaField("client_id", "STRING")]),
+              bigquery.SchemaField("metrics", "RECORD", fields=[bigquery.SchemaField("counter", "RECORD", fields=counter)])]
+    client.create_table(bigquery.Table(f"{p}.{DATASET}.metrics_v1", schema=schema))
+    rows = [{"document_id": f"d{i}", "submission_timestamp": "2026-11-21T10:00:00Z", "client_info": {"client_id": f"c{i}"},
+             "metrics": {"counter": {"a": a, "b": str(a), "c": a + 1}}} for i, a in enumerate((9, 10))]
+    assert client.insert_rows_json(f"{p}.{DATASET}.metrics_v1", rows) == []
+    wh.wh._refresh_views(DATASET)
+    got = sorted(wh.q(f"SELECT metric, pings, clients, sum_value, min_value, max_value FROM {DATASET}.metric_daily"))
+    assert got[0] == ("a", 2, 2, 19.0, 9.0, 10.0) and got[2] == ("c", 2, 2, 21.0, 10.0, 11.0)
+    assert got[1][:4] == ("b", 2, 2, 19.0)  # compared as the text it is, as on DuckDB
