@@ -944,3 +944,94 @@ def test_a_column_left_by_dropped_definitions_is_listed_only_once_values_arrive(
     listed = Catalog(warehouse.query).app(DATASET)["metrics"]
     assert [(m["id"], m["status"], m["values_seen"]) for m in listed] == [
         ("toolbox.launch_count", "no data yet", 0), ("toolbox_tools_opened", "undocumented", 1)]
+
+
+def _metrics_yaml(n: int) -> str:
+    """n metrics for the metrics ping, five types in turn: two aggregated in metric_daily (one
+    labeled), a string (metric_daily's labels are its values), a distribution, a uuid (counted)."""
+    out = ["---", "$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0", "big:"]
+    for i in range(n):
+        kind = ("counter", "labeled_counter", "string", "timing_distribution", "uuid")[i % 5]
+        out.append(f"  m{i:03d}:\n    type: {kind}\n    description: Metric {i}.\n    lifetime: ping\n"
+                   "    send_in_pings: [metrics]\n    bugs: [https://example.com/bug/1]\n"
+                   "    data_reviews: [https://example.com/review/1]\n    notification_emails: [x@example.com]\n"
+                   "    expires: never\n" + ("    time_unit: millisecond\n" if kind == "timing_distribution" else ""))
+    return "\n".join(out) + "\n"
+
+
+def _metric_values(n: int, day: int) -> dict:
+    values: dict[str, dict] = {}
+    for i in range(n):
+        kind = ("counter", "labeled_counter", "string", "timing_distribution", "uuid")[i % 5]
+        values.setdefault(kind, {})[f"big.m{i:03d}"] = {
+            "counter": i + day, "labeled_counter": {f"l{k}": k + day for k in range(7)}, "string": f"s{day % 2}",
+            "timing_distribution": {"sum": 30, "values": {"19951584": 1 + day}},
+            "uuid": "6c8e8b0a-2f0f-4f7a-9c6b-2f0a2f0a2f0a"}[kind]
+    return values
+
+
+def test_a_build_reads_each_apps_definitions_once_and_no_metric_chart_reads_the_whole_app(tmp_path):
+    """`dictionary build` of an app with 2N metric columns runs the queries of one with N plus one
+    or two small ones per added metric (its chart). Before, every metric page read the app's whole
+    metric_daily view again (one to two queries whose cost grows with the app's metric columns: a
+    build took time in their square; 1,000 columns did not finish in 15 minutes) and all the app's
+    definitions (two queries). The charts stay those of the view's rows."""
+    from gleanpipe.dictionary.build import build
+    from gleanpipe.dictionary.catalog import Catalog, store_app
+    from gleanpipe.dictionary.definitions import parse
+    from gleanpipe.storage.local import LocalStore
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    clients = ("3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", "4a4b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b")
+    runs = {}
+    for n in (10, 20):
+        (tmp_path / f"m{n}.yaml").write_text(_metrics_yaml(n))
+        store, warehouse = LocalStore(str(tmp_path / f"store{n}")), DuckDBWarehouse(str(tmp_path / f"w{n}.duckdb"))
+        try:
+            store_app(warehouse, parse("org-example-toolbox", [tmp_path / f"m{n}.yaml"], []))
+            for day, client in ((23, clients[0]), (23, clients[1]), (24, clients[0])):
+                _load(store, warehouse, "metrics", make_ping(client, _metric_values(n, day)),
+                      f"2026-11-{day}T08:00:00.000000Z")
+            sent: list[str] = []
+
+            def query(sql, params=None, warehouse=warehouse, sent=sent):
+                sent.append(sql)
+                return warehouse.query(sql, params)
+
+            counts = build(query, tmp_path / f"site{n}")
+            # the charts are the view's rows (the same SQL, read for one column)
+            catalog = Catalog(warehouse.query)
+            for i in range(0, n, 5):
+                [counter] = catalog.metric(DATASET, f"big.m{i:03d}")["charts"]
+                assert counter["series"][0]["points"] == [[d, s] for d, s in warehouse.query(
+                    f"SELECT CAST(day AS VARCHAR), sum_value FROM {DATASET}.metric_daily WHERE metric = ? "
+                    "ORDER BY day", [f"big_m{i:03d}"])[1]]
+        finally:
+            warehouse.close()
+        runs[n] = counts, sent
+
+    (small, sent_small), (big, sent_big) = runs[10], runs[20]
+    assert (small["metrics"], big["metrics"]) == (10, 20)
+    for sent in (sent_small, sent_big):
+        # read once for the app, not again for each metric
+        assert sum("_gleanpipe.metric_definitions" in s for s in sent) == 1
+        assert sum("AS n0" in s for s in sent) == 1  # the counts per metric column of metrics_v1
+        assert not [s for s in sent if f'"{DATASET}".metric_daily' in s]  # the app's whole view
+    # per added metric: counter 1 (its daily rows), labeled_counter and string 2 (top labels, their
+    # rows), timing_distribution 1 (its buckets), uuid 1 (pings per day); 7 per 5 metrics
+    assert len(sent_big) - len(sent_small) == 14
+
+    built = tmp_path / "site20"
+    counter = json.loads((built / "api/apps" / DATASET / "metrics/big.m015.json").read_text())
+    assert (counter["status"], counter["values_seen"], counter["chart"]["title"]) == ("defined", 3, "daily sum")
+    assert counter["chart"]["series"] == [{"name": "sum", "points": [["2026-11-23", 76.0], ["2026-11-24", 39.0]]}]
+    labeled = json.loads((built / "api/apps" / DATASET / "metrics/big.m016.json").read_text())
+    assert labeled["chart"]["title"] == "daily sum per label (top 5)"
+    assert [(s["name"], s["points"]) for s in labeled["chart"]["series"]] == [
+        (f"l{k}", [["2026-11-23", 2.0 * (k + 23)], ["2026-11-24", float(k + 24)]]) for k in (6, 5, 4, 3, 2)]
+    string = json.loads((built / "api/apps" / DATASET / "metrics/big.m017.json").read_text())
+    assert [(s["name"], s["points"]) for s in string["chart"]["series"]] == [
+        ("s1", [["2026-11-23", 2.0]]), ("s0", [["2026-11-24", 1.0]])]
+    page = (built / "apps" / DATASET / "metrics/big.m015.html").read_text()
+    assert "<p class=\"muted\">daily sum · <code>metrics_v1</code></p>" in page
+    assert "<title>sum 2026-11-23: 76</title>" in page

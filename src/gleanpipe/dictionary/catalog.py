@@ -16,7 +16,7 @@ import orjson
 
 from ..naming import IDENT_RE, TABLE_RE, column_name, quote_ident as q, table_name
 from ..table_schema import EVENTS_STREAM_TABLE
-from ..views import AGGREGATED_TYPES, DISTRIBUTIONS
+from ..views import AGGREGATED_TYPES, DISTRIBUTIONS, DUCKDB, metric_part
 from . import sqlgen
 from .definitions import columns_to_create
 
@@ -120,9 +120,14 @@ class Catalog:
 
     def __init__(self, query):
         self._query = query
-        # app() per dataset, and the catalog reads below, for the life of this object (one request/build)
+        # app() per dataset, and the catalog reads below, for the life of this object (one request/build):
+        # what reads a whole app or a whole table is read once, not again for each of its metrics
         self._apps: dict[str, dict] = {}
         self._app_ids: dict[str, str] = {}  # dataset -> app id read from its rows (_app_id)
+        self._stats: dict[tuple[str, str], dict] = {}  # (dataset, table) -> _table_stats
+        self._columns: dict[str, dict[str, list[tuple[str, str]]]] = {}  # dataset -> _metric_columns
+        self._defs: dict[str, tuple[list[dict], list[dict]]] = {}  # dataset -> _definitions
+        self._by_id: dict[str, tuple[dict, dict, dict]] = {}  # dataset -> metric summaries, definitions, pings
 
     def rows(self, sql: str, params=None) -> list[dict]:
         columns, rows = self._query(sql, params)
@@ -151,12 +156,22 @@ class Catalog:
         return out
 
     def _table_stats(self, dataset: str, table: str) -> dict:
+        if (dataset, table) not in self._stats:
+            self._stats[dataset, table] = self._read_table_stats(dataset, table)
+        return self._stats[dataset, table]
+
+    def _read_table_stats(self, dataset: str, table: str) -> dict:
         r = self.rows(f"SELECT count(*) AS n, max(submission_timestamp) AS last_seen, "
                       f"any_value(metadata.document_type) AS doc_type FROM {q(dataset)}.{q(table)}")[0]
         return {"rows": r["n"], "last_seen": _iso(r["last_seen"]), "doc_type": r["doc_type"]}
 
     def _metric_columns(self, dataset: str) -> dict[str, list[tuple[str, str]]]:
         """Ping table -> [(metric type, column)] of its ``metrics`` STRUCT."""
+        if dataset not in self._columns:
+            self._columns[dataset] = self._read_metric_columns(dataset)
+        return self._columns[dataset]
+
+    def _read_metric_columns(self, dataset: str) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}
         for r in self.rows("SELECT table_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
                            "AND column_name = 'metrics' ORDER BY 1", [dataset]):
@@ -212,6 +227,12 @@ class Catalog:
         return out
 
     def _definitions(self, dataset: str) -> tuple[list[dict], list[dict]]:
+        """The app's stored metric and ping definitions (read once: every metric page needs its own)."""
+        if dataset not in self._defs:
+            self._defs[dataset] = self._read_definitions(dataset)
+        return self._defs[dataset]
+
+    def _read_definitions(self, dataset: str) -> tuple[list[dict], list[dict]]:
         if not self._has_catalog:
             return [], []
         metrics = [orjson.loads(r["definition"]) for r in self.rows(
@@ -334,6 +355,21 @@ class Catalog:
                 "defined": dataset in defined_apps, "pings": sorted(pings.values(), key=lambda p: p["name"]),
                 "metrics": metrics, "daily_active_clients": dau}
 
+    def _index(self, dataset: str) -> tuple[dict, dict, dict]:
+        """(metric summaries of app(), metric definitions, ping definitions) by id and name, the first
+        of each (a lookup per page, not a walk through the whole app for each metric)."""
+        if dataset not in self._by_id:
+            metric_defs, ping_defs = self._definitions(dataset)
+            index: tuple[dict, dict, dict] = ({}, {}, {})
+            for m in self.app(dataset)["metrics"]:
+                index[0].setdefault(m["id"], m)
+            for m in metric_defs:
+                index[1].setdefault(m["id"], m)
+            for p in ping_defs:
+                index[2].setdefault(p["name"], p)
+            self._by_id[dataset] = index
+        return self._by_id[dataset]
+
     def ping(self, dataset: str, name: str) -> dict:
         app = self.app(dataset)
         ping = next((p for p in app["pings"] if p["name"] == name), None)
@@ -342,8 +378,7 @@ class Catalog:
                             if name.replace("-", "_") in (p["name"].replace("-", "_"), p["table"])), None)
             raise NotFound(f"no ping {name!r} in {dataset}" + (
                 f": pings go by their Glean name, {spelled!r}" if spelled else ""))
-        _, ping_defs = self._definitions(dataset)
-        definition = next((p for p in ping_defs if p["name"] == name), {})
+        definition = self._index(dataset)[2].get(name, {})
         out = {**ping, "app_id": app["app_id"], "dataset": dataset,
                "reasons": definition.get("reasons") or {},
                "include_client_id": definition.get("include_client_id", BUILTIN_CLIENT_ID.get(name)),
@@ -364,11 +399,11 @@ class Catalog:
 
     def metric(self, dataset: str, metric_id: str) -> dict:
         app = self.app(dataset)
-        summary = next((m for m in app["metrics"] if m["id"] == metric_id), None)
+        summaries, metric_defs, _ = self._index(dataset)
+        summary = summaries.get(metric_id)
         if summary is None:
             raise NotFound(f"no metric {metric_id!r} in {dataset}")
-        metric_defs, _ = self._definitions(dataset)
-        definition = next((m for m in metric_defs if m["id"] == metric_id), {})
+        definition = metric_defs.get(metric_id, {})
         tables = set(self._tables.get(dataset, []))
         out = {**definition, **summary, "app_id": app["app_id"], "dataset": dataset,
                "app_pings": [p["name"] for p in app["pings"]]}
@@ -413,20 +448,21 @@ class Catalog:
                     "series": [{"name": "pings", "points": [[_iso(r["day"]), r["n"]] for r in rows]}] if rows else []}
         params = [table, wire, column]
         where = "ping_table = ? AND metric_type = ? AND metric = ?"
-        view = f"{q(dataset)}.metric_daily"
+        view = self._metric_daily_of(dataset, table, wire, column)
+        daily = lambda sql, p: self.rows(sql, p) if view else []  # noqa: E731 (no such column: no rows)
         if wire.startswith("labeled_") or wire in ("dual_labeled_counter", "string"):
             value = "samples" if "distribution" in wire else ("avg_value" if wire == "labeled_rate" else "sum_value")
-            top = [r["label"] for r in self.rows(
+            top = [r["label"] for r in daily(
                 f"SELECT label, sum({value}) AS total FROM {view} WHERE {where} GROUP BY label "
                 "ORDER BY total DESC, label LIMIT 5", params)]
-            rows = self.rows(f"SELECT day, label, {value} AS v FROM {view} WHERE {where} AND list_contains(?, label) "
-                             "ORDER BY day", params + [top]) if top else []
+            rows = daily(f"SELECT day, label, {value} AS v FROM {view} WHERE {where} AND list_contains(?, label) "
+                         "ORDER BY day", params + [top]) if top else []
             series = [{"name": label, "points": [[_iso(r["day"]), r["v"]] for r in rows if r["label"] == label]}
                       for label in top]
             what = {"string": "pings per value (top 5)", "labeled_rate": "rate per label (top 5)"}.get(
                 wire, "samples per label (top 5)" if "distribution" in wire else "daily sum per label (top 5)")
             return {**base, "title": what, "unit": "", "series": series}
-        rows = self.rows(f"SELECT day, sum_value, avg_value, max_value FROM {view} WHERE {where} ORDER BY day", params)
+        rows = daily(f"SELECT day, sum_value, avg_value, max_value FROM {view} WHERE {where} ORDER BY day", params)
         pts = lambda key: [[_iso(r["day"]), r[key]] for r in rows]
         if not rows:
             return {**base, "title": "", "unit": "", "series": []}
@@ -440,6 +476,16 @@ class Catalog:
                     "series": [{"name": "rate", "points": pts("avg_value")}]}
         return {**base, "title": "daily average and maximum", "unit": "",
                 "series": [{"name": "average", "points": pts("avg_value")}, {"name": "maximum", "points": pts("max_value")}]}
+
+    def _metric_daily_of(self, dataset: str, table: str, wire: str, column: str) -> str | None:
+        """The rows of ``<dataset>.metric_daily`` for one metric column, as a subquery: the view's own SQL
+        for that column alone (views.metric_part), the same rows. A query of the view itself binds and
+        plans every metric column of the app (0.3 s a query with 1,000 columns, so `dictionary build`
+        took time in the square of the columns); this reads the one column (about 10 ms there).
+        None if the table has no such column (the view has no row for it)."""
+        if (wire, column) not in self._metric_columns(dataset).get(table, []):
+            return None
+        return f"({metric_part(f'{q(dataset)}.{q(table)} AS p', table, wire, [column], DUCKDB)}) AS metric_daily"
 
     def _percentile_chart(self, dataset: str, table: str, wire: str, column: str) -> dict:
         rows = self.rows(
