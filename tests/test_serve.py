@@ -20,7 +20,7 @@ from gleanpipe.admin import AdminClient
 from gleanpipe.emulate import free_port
 
 from conftest import (APP, DATASET, ROOT, SDK_HEADERS, ServeProcess, children, fill_disk, gz, holds_open, make_ping,
-                      post, run_cli, small_disk, submit_path, until, wait_gone)
+                      post, put_many_unsynced, run_cli, small_disk, submit_path, until, wait_gone)
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
@@ -366,11 +366,9 @@ def replay_with_workers(data_dir: Path, pings: int, batch: int):
     its worker processes run; its output piped. Killed at the end if it still runs: a replay that
     hangs (one did: test_a_replay_worker_killed_half_way_...) is not left running after the test."""
     from gleanpipe.storage.local import LocalStore
-    from test_load import put_ping
 
-    store = LocalStore(data_dir / "store")
-    for _ in range(pings):
-        put_ping(store, make_ping(CLIENT))
+    # unsynced: 3000 durable puts (an fsync each) took 18 s of the test, and no durability is tested
+    put_many_unsynced(LocalStore(data_dir / "store"), pings)
     proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "replay", "--data-dir", str(data_dir),
                              "--batch", str(batch), "--workers", "2", "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
