@@ -24,13 +24,17 @@ CLIENT_B = "0b4c2d1e-9f8a-4b7c-8d6e-5f4a3b2c1d0e"
 
 
 def put_ping(store: LocalStore, ping: dict, doc_type: str = "baseline", document_id: str | None = None,
-             headers: dict | None = None, ts: str = "2026-11-23T08:00:00.000000Z", app: str = APP) -> str:
+             headers: dict | None = None, ts: str = "2026-11-23T08:00:00.000000Z", app: str = APP,
+             synced: bool = True) -> str:
+    """Store ``ping`` as serve would have, durably (put_new); ``synced=False``: put_unsynced, no
+    fsync, for tests that need many objects and not their durability."""
     path = DocumentPath(app, doc_type, "1", document_id or str(uuid.uuid4()))
     meta = {"submission_timestamp": ts, "uri": f"/submit/{app}/{doc_type}/1/{path.document_id}",
             "headers": headers or {"date": "Mon, 23 Nov 2026 08:00:00 GMT",
                                    "x_telemetry_agent": "Glean/71.0.0 (python on Linux)"},
             "app_id": app, "doc_type": doc_type, "version": "1", "document_id": path.document_id, "key": path.key}
-    assert store.put_new(path.key, rawobject.encode(meta, json.dumps(ping).encode()))
+    put = store.put_new if synced else store.put_unsynced
+    assert put(path.key, rawobject.encode(meta, json.dumps(ping).encode()))
     return path.key
 
 
