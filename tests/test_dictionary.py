@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -69,6 +70,45 @@ def test_apps_add_shows_parse_errors_compactly(tmp_path):
     badid = cli(tmp_path / "data", "apps", "add", "../etc", "--metrics", str(GLEAN / "metrics.yaml"))
     assert badid.returncode == 2 and "Invalid value for 'APP_ID': '../etc'" in badid.stderr
     assert "Traceback" not in badid.stderr
+    assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # nothing written on bad input
+
+
+def test_apps_add_refuses_alias_bombs_and_deep_nesting_in_one_line_each(tmp_path):
+    """A "billion laughs" of YAML aliases kept `apps add` busy for ever (glean_parser checks the
+    definitions as the aliases expand them), a smaller one gave a 5.8 MB error message, and a
+    file nested a few hundred deep ended in a RecursionError's traceback. Each is refused at once,
+    in one line, naming the file and the line; a file within the limits parses as before."""
+    schema = "$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0\n"
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text(schema + 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{n}: &{n} [{','.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi")))
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(schema + "deep: " + "[" * 1000 + "]" * 1000 + "\n")
+    block = tmp_path / "block.yaml"
+    block.write_text(schema + "deep:\n" + "".join("  " * i + "k:\n" for i in range(1, 400)) + "  " * 400 + "x\n")
+    json_file = tmp_path / "deep.json"
+    json_file.write_text('{"$schema": "moz://mozilla.org/schemas/glean/metrics/2-0-0", "x": '
+                         + "[" * 3000 + "]" * 3000 + "}")
+    said = {
+        laughs: f"{laughs}:6: its aliases (*name) make it more than 100000 nodes larger than it is written "
+                "(MAX_ALIAS_NODES): write the definitions out, or use fewer aliases",
+        flow: f"{flow}:2: nests deeper than the 64 levels a definitions file may have (MAX_NESTING)",
+        block: f"{block}:66: nests deeper than the 64 levels a definitions file may have (MAX_NESTING)",
+        json_file: f"{json_file}: nests 3001 deep, over the 64 levels a definitions file may have (MAX_NESTING)",
+    }
+    for path, line in said.items():
+        started = time.monotonic()
+        out = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", "--metrics", str(path))
+        assert (out.returncode, out.stdout, out.stderr) == (1, "", f"Error: the definitions do not parse:\n  {line}\n")
+        assert time.monotonic() - started < 30
+    # within the limits: glean_parser's own words, each problem cut to 500 characters at most
+    small = tmp_path / "small.yaml"
+    small.write_text(schema + "big: " + "x" * 10_000 + "\nsixty: " + "[" * 62 + "]" * 62 + "\n")
+    out = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", "--metrics", str(small))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    lines = out.stderr.splitlines()[1:]
+    assert lines and all(len(line) <= 2 + 500 + len("... (99999 more characters)") for line in lines)
+    assert any(line.startswith(f"  {small}: 'xxx") and line.endswith(" more characters)") for line in lines)
     assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # nothing written on bad input
 
 

@@ -641,9 +641,13 @@ FIXED_LIMITS = {
     "nesting.MAX_JSON_DEPTH": (64, "| 64 levels (`nesting.MAX_JSON_DEPTH`)"),
     "output.TABLE_CELL_CHARS": (60, "| 60 characters (`output.TABLE_CELL_CHARS`)"),
     "admin.ADMIN_MAX_BODY_BYTES": (64 * 1024 * 1024, "| 64 MiB (`admin.ADMIN_MAX_BODY_BYTES`)"),
+    "definitions.MAX_NESTING": (64, "| 64 levels of nesting (`definitions.MAX_NESTING`)"),
+    "definitions.MAX_ALIAS_NODES": (100_000, "100,000 nodes that YAML aliases (`*name`) add to what the file writes "
+                                             "(`definitions.MAX_ALIAS_NODES`)"),
+    "definitions.MAX_MESSAGE_CHARS": (500, "500 characters per problem said (`definitions.MAX_MESSAGE_CHARS`)"),
     "linger.LINGER_MAX_BYTES": (128 * 1024 * 1024, "| 128 MiB (`linger.LINGER_MAX_BYTES`)"),
 }
-MODULES = {"spool": "storage.spool", "local": "storage.local", "spool_writer": "storage.spool_writer",
+MODULES = {"definitions": "dictionary.definitions", "spool": "storage.spool", "local": "storage.local", "spool_writer": "storage.spool_writer",
            "cloud": "storage.cloud", "bigquery": "warehouse.bigquery"}
 
 

@@ -7,6 +7,7 @@ glean_parser's own errors are long (the YAML node, then the schema's documentati
 from __future__ import annotations
 
 import contextlib
+import re
 import textwrap
 import warnings
 from pathlib import Path
@@ -35,6 +36,21 @@ PING_FIELDS = ("description", "include_client_id", "send_if_empty", "reasons", "
 
 METRICS_SCHEMA_PREFIX = "moz://mozilla.org/schemas/glean/metrics/"
 
+# How deep a metrics.yaml or pings.yaml may nest its mappings and lists. glean_parser's checks and
+# PyYAML's composer recurse once per level (or more): a file nested some hundreds deep ended
+# `apps add` with a RecursionError's traceback. Glean's own files nest 6 deep at most
+# (category, metric, extra_keys, key, its field, a list).
+MAX_NESTING = 64
+# How many nodes the aliases of a YAML file (``*name``, the copy of an ``&name`` node) may add to
+# the nodes it writes. glean_parser checks (and reports) the definitions as aliases expand them, so
+# ten lines of aliases, each listing the one before ten times (a "billion laughs"), kept `apps add`
+# busy for ever, and 100,000 nodes of them gave a 5.8 MB error message. A ``<<: *defaults`` merge
+# in each metric of a large file adds some thousands.
+MAX_ALIAS_NODES = 100_000
+# The longest line a problem of a definitions file is said in: glean_parser's messages quote the
+# value they are about, whatever its size.
+MAX_MESSAGE_CHARS = 500
+
 
 class DefinitionError(ValueError):
     """metrics.yaml / pings.yaml that glean_parser refuses; str() is the compact list."""
@@ -62,6 +78,13 @@ def compact_error(message: str) -> str:
     where = ".".join(node)
     reason_text = " ".join(" ".join(reason).split())
     return ": ".join(x for x in (head.rstrip(":"), where, reason_text) if x)
+
+
+def _shortened(message: str) -> str:
+    """``message`` cut to MAX_MESSAGE_CHARS, saying how much was left out."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} more characters)"
 
 
 def _jsonable(value):
@@ -132,6 +155,81 @@ def _not_definitions(files: list[Path]) -> list[str]:
     return messages
 
 
+def _too_big(files: list[Path]) -> list[str]:
+    """Files nested deeper than MAX_NESTING, or whose aliases expand to more than MAX_ALIAS_NODES
+    nodes, said before glean_parser reads them (see both). Read as YAML events, which takes no
+    recursion and does not expand an alias; a file that is not YAML is left to glean_parser."""
+    import yaml
+
+    messages = []
+    for path in files:
+        if path.suffix == ".json":  # glean_parser reads it as JSON: nesting only (JSON has no aliases)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            depth = deepest = 0
+            for char in re.sub(r'"(?:[^"\\]|\\.)*"', "", text):
+                if char in "[{":
+                    depth += 1
+                    deepest = max(deepest, depth)
+                elif char in "]}":
+                    depth -= 1
+            if deepest > MAX_NESTING:
+                messages.append(f"{path}: nests {deepest} deep, over the {MAX_NESTING} levels a definitions file "
+                                "may have (MAX_NESTING)")
+            continue
+        if path.suffix not in (".yml", ".yaml", ".yamlx"):  # glean_parser says it takes no other
+            continue
+        for loader in (getattr(yaml, "CSafeLoader", yaml.SafeLoader), yaml.SafeLoader):
+            try:
+                said = _yaml_too_big(path, loader)
+            except (yaml.YAMLError, OSError, UnicodeDecodeError):  # glean_parser reports it, with the line
+                continue  # (libyaml's own nesting limit is said so before its events come: PyYAML's next)
+            if said:
+                messages.append(said)
+            break
+    return messages
+
+
+def _yaml_too_big(path: Path, loader) -> str | None:
+    """_too_big of one YAML file, read with ``loader``: what is wrong, or None."""
+    import yaml
+
+    sizes: dict[str, int] = {}  # anchor -> the nodes its node holds, itself included
+    open_nodes: list[list] = []  # [anchor, nodes so far] of each collection being read
+    written = expanded = 0
+    with path.open("rb") as stream:
+        for event in yaml.parse(stream, Loader=loader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                written += 1
+                open_nodes.append([event.anchor, 1])
+                if len(open_nodes) > MAX_NESTING:
+                    return (f"{path}:{event.start_mark.line + 1}: nests deeper than the {MAX_NESTING} levels a "
+                            "definitions file may have (MAX_NESTING)")
+                continue
+            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                anchor, size = open_nodes.pop()
+            elif isinstance(event, yaml.ScalarEvent):
+                written += 1
+                anchor, size = event.anchor, 1
+            elif isinstance(event, yaml.AliasEvent):
+                anchor, size = None, sizes.get(event.anchor, 1)
+            else:
+                continue
+            if anchor is not None:
+                sizes[anchor] = size
+            if open_nodes:
+                open_nodes[-1][1] += size
+            else:
+                expanded += size
+            if sum(n for _, n in open_nodes) + expanded - written > MAX_ALIAS_NODES:
+                return (f"{path}:{event.start_mark.line + 1}: its aliases (*name) make it more than "
+                        f"{MAX_ALIAS_NODES} nodes larger than it is written (MAX_ALIAS_NODES): write the "
+                        "definitions out, or use fewer aliases")
+    return None
+
+
 def _redefined(files: list[Path]) -> list[str]:
     """A category, or a metric of a category, written twice in one metrics.yaml. YAML keeps the
     last of two equal keys, and glean_parser's parse does too: the first definition (or the first
@@ -200,7 +298,7 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
         raise DefinitionError(unreadable)
     if not files:
         raise DefinitionError(["give at least one --metrics or --pings file"])
-    unusable = _not_definitions(files)
+    unusable = _too_big(files) or _not_definitions(files)
     if unusable:
         raise DefinitionError(unusable)
     result = parser.parse_objects(files)
@@ -210,7 +308,7 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
         raise DefinitionError([f"{type(exc).__name__}: {exc}"]) from None
     errors = _redefined(files) + errors
     if errors:
-        raise DefinitionError(errors)
+        raise DefinitionError([_shortened(message) for message in errors])
     metrics, pings, reserved = [], [], []
     for category, objects in result.value.items():
         if category == "tags":
