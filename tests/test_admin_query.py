@@ -22,6 +22,7 @@ from gleanpipe.warehouse.base import WarehouseClosing
 from gleanpipe.warehouse.duckdb import DuckDBWarehouse
 
 from conftest import ServeProcess, ctrl_c_when_open, post, thread_at_line, until
+from dictionary_site import get
 from conftest import run_cli as gleanpipe
 
 UUID_KEY = "8f2c6f1e-3d4b-4a5c-9e7f-0a1b2c3d4e5f"
@@ -1019,7 +1020,19 @@ def test_apps_add_through_serve_refuses_each_malformed_part_and_keeps_the_stored
                  "pings[3]: ping 'no-info' is defined twice (pings[1] and pings[3])"),
                 ({**app, "pings": [app["pings"][2], {**app["pings"][2], "name": "toolbox_usage"}]},
                  "pings[1]: ping 'toolbox_usage' has the table of ping 'toolbox-usage' (pings[0]), "
-                 "toolbox_usage_v1: one definition per table")):
+                 "toolbox_usage_v1: one definition per table"),
+                # before, stored, and every page of the app (or of the metric, the ping) a 500: a field the
+                # dictionary shows, not as glean_parser gives it (found by fuzzing /apps/add)
+                ({**app, "metrics": [{**metric, "description": ["a", "list"]}]},
+                 "metrics[0]: description not as glean_parser gives it"),
+                ({**app, "metrics": [{**metric, "extra_keys": ["x"], "data_sensitivity": [1], "lifetime": True}]},
+                 "metrics[0]: lifetime, extra_keys, data_sensitivity not as glean_parser gives them"),
+                ({**app, "metrics": [{**metric, "notification_emails": "t@example.com"}]},
+                 "metrics[0]: notification_emails not as glean_parser gives it"),
+                ({**app, "pings": [{**app["pings"][0], "reasons": ["manual"]}]},
+                 "pings[0]: reasons not as glean_parser gives it"),
+                ({**app, "pings": [{**app["pings"][0], "description": 5, "bugs": 7}]},
+                 "pings[0]: description, bugs not as glean_parser gives them")):
             status, answer, _ = post(state["admin_url"] + "/apps/add", json.dumps({"app": sent}).encode(), headers)
             assert (status, answer) == (400, {"error": "the app's definitions are not as `gleanpipe apps add` sends "
                                                        f"them: {said}"}), said
@@ -1032,6 +1045,9 @@ def test_apps_add_through_serve_refuses_each_malformed_part_and_keeps_the_stored
         assert client.query("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'org_example_toolbox' "
                             "ORDER BY 1")[1] == [(t,) for t in ("anonymous_report_v1", "baseline_v1", "metrics_v1",
                                                                 "no_info_v1", "toolbox_usage_v1")]  # no table made
+        for page in ("apps/org_example_toolbox/", f"apps/org_example_toolbox/metrics/{metric['id']}.html",
+                     f"apps/org_example_toolbox/pings/{app['pings'][0]['name']}.html"):
+            assert get(f"{server.url}/dictionary/{page}")[0] == 200, page
     finally:
         assert server.stop() == 0
     assert "Traceback" not in server.read_log(), server.read_log()

@@ -340,6 +340,32 @@ def _parse(app_id: str, metrics_files: list[Path], pings_files: list[Path]) -> d
     return {"app_id": app_id, "dataset": dataset_name(app_id), "metrics": metrics, "pings": pings}
 
 
+def _list_of(*kinds):
+    return lambda value: isinstance(value, list) and all(isinstance(v, kinds) for v in value)
+
+
+def _dict_of(*kinds):
+    return lambda value: isinstance(value, dict) and all(isinstance(v, kinds) for v in value.values())
+
+
+def _is(*kinds):
+    return lambda value: isinstance(value, kinds) and not (bool not in kinds and isinstance(value, bool))
+
+
+# The fields of a definition the dictionary's pages show, and what glean_parser gives for each (each
+# may be left out, or null): check_parsed refuses others, which made every page of the app a 500.
+SHOWN_FIELDS = {
+    "metrics": {"category": _is(str), "name": _is(str), "description": _is(str), "lifetime": _is(str),
+                "expires": _is(str, int), "labels": _list_of(str), "extra_keys": _dict_of(dict, str),
+                "bugs": _list_of(str, int), "data_reviews": _list_of(str, int),
+                "notification_emails": _list_of(str), "data_sensitivity": _list_of(str), "unit": _is(str),
+                "time_unit": _is(str), "memory_unit": _is(str)},
+    "pings": {"description": _is(str), "reasons": _dict_of(str), "bugs": _list_of(str, int),
+              "data_reviews": _list_of(str, int), "notification_emails": _list_of(str),
+              "include_client_id": _is(bool), "send_if_empty": _is(bool)},
+}
+
+
 def check_parsed(app) -> None:
     """DefinitionError unless ``app`` has the shape ``parse`` gives, in what storing it reads
     (``catalog.store_app``, ``columns_to_create``): serve's /apps/add takes it from a client, and
@@ -365,8 +391,13 @@ def check_parsed(app) -> None:
                 problems.append(f"{key}[{i}]: an object is needed, not {type(item).__name__}")
                 continue
             wrong = [name for name, kind in fields.items() if not isinstance(item.get(name), kind)]
+            shown = [name for name, fits in SHOWN_FIELDS[key].items() if item.get(name) is not None
+                     and not fits(item[name])]
             if wrong:
                 problems.append(f"{key}[{i}]: {', '.join(wrong)} missing or of another type")
+            elif shown:  # stored, every page of the app was a 500 (a description that is a list, say)
+                problems.append(f"{key}[{i}]: {', '.join(shown)} not as glean_parser gives "
+                                f"{'it' if len(shown) == 1 else 'them'}")
             elif key == "metrics" and not is_column_name(item["column"]):
                 problems.append(f"metrics[{i}]: column {item['column']!r} cannot be a column name")
             elif key == "metrics" and item["wire_type"] is not None and item["wire_type"] not in METRIC_TYPES:
