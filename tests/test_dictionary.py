@@ -817,6 +817,33 @@ def test_a_ping_whose_name_can_have_no_page_is_listed_without_a_link(warehouse):
     assert "<tr><td>two words</td>" in html
 
 
+def test_a_page_that_fails_to_render_is_a_500_that_says_why(tmp_path):
+    """A definition the pages cannot show (a description that is a list, stored by an /apps/add that
+    did not check it, which test_admin_query now refuses) made every page of its app gunicorn's bare
+    "Internal Server Error": the rendering ran outside the code that answers a failed query with a
+    500 that says why. Now it is that 500, with the error; the JSON API still answers."""
+    from conftest import ServeProcess
+    from gleanpipe.dictionary.catalog import store_app
+    from gleanpipe.warehouse.duckdb import DuckDBWarehouse
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    wh = DuckDBWarehouse(str(data_dir / "warehouse.duckdb"))
+    metric = {"id": "toolbox.x", "category": "toolbox", "name": "x", "type": "counter", "description": ["a", "list"],
+              "send_in_pings": ["metrics"], "wire_type": "counter", "column": "toolbox_x", "labels": None}
+    store_app(wh, {"app_id": "org-example-toolbox", "dataset": DATASET, "metrics": [metric], "pings": []})
+    wh.close()
+    server = ServeProcess(data_dir).start()
+    try:
+        status, headers, body = get(f"{server.url}/dictionary/apps/{DATASET}/")
+        assert (status, headers["Content-Type"]) == (500, "text/html; charset=utf-8")
+        assert "<p>TypeError: can only concatenate str (not &quot;list&quot;) to str</p>" in body.decode()
+        assert get(f"{server.url}/dictionary/api/apps/{DATASET}.json")[0] == 200
+    finally:
+        assert server.stop() == 0
+    assert f"dictionary page /apps/{DATASET}/ failed" in server.read_log()
+
+
 def test_each_metric_status_has_its_own_badge_style(store, warehouse, tmp_path):
     """The app page's badges are styled by status: undocumented (orange), no data yet (grey),
     built-in (purple)."""

@@ -60,6 +60,10 @@ def make_dictionary_app(query: Callable, prefix: str = PREFIX) -> Callable:
         kind, args = found
         try:
             data = data_for(Catalog(query), kind, args)
+            if kind.startswith("api:"):
+                body, ctype = dumps(data), "application/json"
+            else:  # in the try: a page that fails to render is a 500 that says why, as a failed query is
+                body, ctype = RENDER[kind](data).encode(), "text/html; charset=utf-8"
         except NotFound as exc:
             return _send(start_response, 404, is_api, str(exc))
         except Unavailable as exc:
@@ -73,10 +77,6 @@ def make_dictionary_app(query: Callable, prefix: str = PREFIX) -> Callable:
         except Exception as exc:  # a query that failed: say so, never a bare 500 without a body
             log.exception("dictionary page %s failed", path)
             return _send(start_response, 500, is_api, f"{type(exc).__name__}: {exc}")
-        if kind.startswith("api:"):
-            body, ctype = dumps(data), "application/json"
-        else:
-            body, ctype = RENDER[kind](data).encode(), "text/html; charset=utf-8"
         start_response("200 OK", _headers(ctype, body))
         return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
 
