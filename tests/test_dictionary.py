@@ -112,6 +112,44 @@ def test_apps_add_refuses_alias_bombs_and_deep_nesting_in_one_line_each(tmp_path
     assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # nothing written on bad input
 
 
+def test_apps_add_refuses_a_field_written_twice_in_a_metric_or_a_ping(tmp_path):
+    """`type: counter` and, lower down, `type: quantity` in one metric: YAML keeps the last, and the
+    metric was stored as a quantity without a word (found by fuzzing apps add). Refused as a
+    metric written twice is, with the lines of both; a merge (`<<: *defaults`) is meant to be
+    overridden and still works."""
+    common = ("    lifetime: ping\n    send_in_pings: [metrics]\n    bugs: [https://example.com/1]\n"
+              "    data_reviews: [https://example.com/1]\n    notification_emails: [t@example.com]\n"
+              "    expires: never\n")
+    metrics = tmp_path / "metrics.yaml"
+    metrics.write_text("---\n$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0\ntoolbox:\n"
+                       "  launch_count:\n    type: counter\n    description: Launches.\n    type: quantity\n"
+                       "    unit: launches\n" + common +
+                       "  opened:\n    type: event\n    description: Opened.\n    extra_keys:\n"
+                       "      tab: {type: string, description: one, description: two}\n" + common)
+    pings = tmp_path / "pings.yaml"
+    ping = ("  bugs: [https://example.com/1]\n  data_reviews: [https://example.com/1]\n"
+            "  notification_emails: [t@example.com]\n")
+    pings.write_text("---\n$schema: moz://mozilla.org/schemas/glean/pings/2-0-0\nusage:\n  description: Usage.\n"
+                     "  include_client_id: true\n  include_client_id: false\n" + ping)
+    out = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", "--metrics", str(metrics), "--pings", str(pings))
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", (
+        "Error: the definitions do not parse:\n"
+        f"  {metrics}:7: Duplicate key 'type' in toolbox.launch_count already defined at line 5: YAML keeps only "
+        "the last\n"
+        f"  {metrics}:19: Duplicate key 'description' in toolbox.opened.extra_keys.tab already defined at line 19: "
+        "YAML keeps only the last\n"
+        f"  {pings}:6: Duplicate key 'include_client_id' in usage already defined at line 5: YAML keeps only the "
+        "last\n"))
+    assert not (tmp_path / "data" / "warehouse.duckdb").exists()  # nothing written on bad input
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("---\n$schema: moz://mozilla.org/schemas/glean/metrics/2-0-0\ntoolbox:\n"
+                      "  launch_count: &counter\n    type: counter\n    description: Launches.\n" + common +
+                      "  crash_count:\n    <<: *counter\n    description: Crashes.\n")
+    out = cli(tmp_path / "data", "apps", "add", "org.example.toolbox", "--metrics", str(merged))
+    assert (out.returncode, out.stderr) == (0, ""), out.stderr
+    assert out.stdout.startswith("org.example.toolbox (dataset org_example_toolbox): 2 metrics, 0 pings")
+
+
 def test_apps_add_refuses_a_ping_named_as_the_events_table_with_or_without_serve(tmp_path):
     """glean_parser allows a ping named `events-stream`, whose table would be the one that holds
     every ping's events. Before: without serve, `apps add` failed with DuckDB's "Binder Error:

@@ -253,7 +253,15 @@ def _redefined(files: list[Path]) -> list[str]:
             continue
         schema = [v.value for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value == "$schema"
                   and isinstance(v, yaml.ScalarNode)]
-        if not schema or not schema[-1].startswith(METRICS_SCHEMA_PREFIX):  # a pings.yaml: glean_parser says it
+        metrics_file = bool(schema) and schema[-1].startswith(METRICS_SCHEMA_PREFIX)
+        # a field written twice in a metric or a ping (`type: counter`, later `type: quantity`): YAML kept
+        # the last one and nothing said so. Both kinds of file; glean_parser says a ping written twice itself
+        for item_path, item in _items(root, 2 if metrics_file else 1):
+            for trail, node in _mappings(item, item_path):
+                for key, line, first in _repeated_keys(node):
+                    messages.append(f"{path}:{line}: Duplicate key '{key}' in {trail} already defined at line "
+                                    f"{first}: YAML keeps only the last")
+        if not metrics_file:
             continue
         for category, line, first in _repeated_keys(root):
             messages.append(f"{path}:{line}: Duplicate category '{category}' already defined at line {first}: "
@@ -264,6 +272,32 @@ def _redefined(files: list[Path]) -> list[str]:
                     messages.append(f"{path}:{line}: Duplicate metric name '{key.value}.{name}' already defined "
                                     f"at line {first}: YAML keeps only the last definition")
     return messages
+
+
+def _items(root, depth: int):
+    """(dotted name, node) of each definition in a file's tree: a metric (``category.name``,
+    ``depth`` 2) or a ping (``depth`` 1); keys starting with ``$`` are not definitions."""
+    import yaml
+
+    level = [("", root)]
+    for _ in range(depth):
+        level = [(f"{name}.{key.value}" if name else key.value, value) for name, node in level
+                 if isinstance(node, yaml.MappingNode) for key, value in node.value
+                 if isinstance(key, yaml.ScalarNode) and not key.value.startswith("$")]
+    return level
+
+
+def _mappings(node, trail: str):
+    """(dotted path, node) of ``node`` and of every mapping inside it (MAX_NESTING bounds the depth)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        yield trail, node
+        for key, value in node.value:
+            yield from _mappings(value, f"{trail}.{key.value}" if isinstance(key, yaml.ScalarNode) else trail)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            yield from _mappings(value, f"{trail}[{i}]")
 
 
 def _repeated_keys(node) -> list[tuple[str, int, int]]:
