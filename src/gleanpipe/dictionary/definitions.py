@@ -434,9 +434,10 @@ def check_parsed(app) -> None:
                                 f"{'it' if len(shown) == 1 else 'them'}")
             elif key == "metrics" and not is_column_name(item["column"]):
                 problems.append(f"metrics[{i}]: column {item['column']!r} cannot be a column name")
-            elif key == "metrics" and item["wire_type"] is not None and item["wire_type"] not in METRIC_TYPES:
+            # .get: wire_type and send_in_pings may be left out, as null (a KeyError was a 500)
+            elif key == "metrics" and item.get("wire_type") is not None and item["wire_type"] not in METRIC_TYPES:
                 problems.append(f"metrics[{i}]: wire_type {item['wire_type']!r} is no metric type")
-            elif key == "metrics" and not all(isinstance(p, str) for p in item["send_in_pings"] or ()):
+            elif key == "metrics" and not all(isinstance(p, str) for p in item.get("send_in_pings") or ()):
                 problems.append(f"metrics[{i}]: send_in_pings holds something other than ping names")
             elif key == "pings" and not TABLE_RE.fullmatch(item["table"]):
                 problems.append(f"pings[{i}]: table {item['table']!r} is not a table name (<ping>_v<version>)")
