@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -428,11 +429,19 @@ def test_bad_schema_path_is_a_clear_error_before_serve_starts(tmp_path):
         str(tmp_path / "list.json"): f"GLEANPIPE_SCHEMA_PATH: {tmp_path / 'list.json'} holds a JSON list, "
                                      "not a schema object",
         str(tmp_path / "invalid.json"): "GLEANPIPE_SCHEMA_PATH: not a valid JSON schema: 5 is not valid",
+        # before, serve read /dev/zero and the FIFO for ever, taking memory, and the deep one was a
+        # RecursionError's traceback (found by fuzzing the settings)
+        "/dev/zero": "GLEANPIPE_SCHEMA_PATH: /dev/zero is not a regular file",
+        str(tmp_path / "fifo"): f"GLEANPIPE_SCHEMA_PATH: {tmp_path / 'fifo'} is not a regular file",
+        str(tmp_path / "deep.json"): f"GLEANPIPE_SCHEMA_PATH: {tmp_path / 'deep.json'} is not a JSON file: maximum "
+                                     "recursion depth exceeded while decoding a JSON array",
     }
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
     for path, message in cases.items():
         with taken_port() as port:  # said from the settings alone, whatever the port
             out = gleanpipe("serve", "--data-dir", str(tmp_path / "data"), "--port", str(port),
-                            env={"GLEANPIPE_SCHEMA_PATH": path})
+                            env={"GLEANPIPE_SCHEMA_PATH": path}, timeout=60)
         assert out.returncode == 2 and f"Error: {message}" in out.stderr, out.stderr  # a usage error (was 1)
         assert "Traceback" not in out.stderr and "serving" not in out.stdout
 

@@ -40,11 +40,14 @@ def load_schema(override: str = "") -> dict[str, Any]:
     """Load the ping schema: ``override`` (Config.schema_path, GLEANPIPE_SCHEMA_PATH) when given,
     else the package data, then the repo copy."""
     if override:
+        if Path(override).exists() and not Path(override).is_dir() and not Path(override).is_file():
+            # /dev/zero, a FIFO: read_text read for ever (serve hung at its start, taking memory)
+            raise SettingError(f"{SCHEMA_ENV}: {override} is not a regular file")
         try:
             schema = json.loads(Path(override).read_text(encoding="utf-8"))
         except OSError as exc:
             raise SettingError(f"{SCHEMA_ENV}: cannot read {override}: {exc.strerror or exc}") from None
-        except ValueError as exc:  # not JSON, or not UTF-8
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested past what json reads
             raise SettingError(f"{SCHEMA_ENV}: {override} is not a JSON file: {exc}") from None
         if not isinstance(schema, dict):
             raise SettingError(f"{SCHEMA_ENV}: {override} holds a JSON {type(schema).__name__}, not a schema object")
