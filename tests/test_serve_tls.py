@@ -419,6 +419,7 @@ def test_settings_name_the_variable_for_each_bad_certificate_or_key(tmp_path, ce
     not_pem = tmp_path / "cert.der"
     not_pem.write_bytes(b"\x30\x82\x01\x00")
     cert, key, missing = str(certs.cert), str(certs.key), str(tmp_path / "nope.pem")
+    fifo = tmp_path / "fifo.pem"
     cases = [
         ({"GLEANPIPE_TLS_CERT": cert}, "GLEANPIPE_TLS_CERT (--tls-cert) is set but GLEANPIPE_TLS_KEY (--tls-key) is not: HTTPS needs both "
                                        "the certificate and its key (PEM files), plain HTTP neither"),
@@ -439,7 +440,13 @@ def test_settings_name_the_variable_for_each_bad_certificate_or_key(tmp_path, ce
          f"GLEANPIPE_TLS_KEY (--tls-key): {other_key}: it is not the key of the certificate in GLEANPIPE_TLS_CERT (--tls-cert)"),
         ({"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": str(encrypted)},
          f"GLEANPIPE_TLS_KEY (--tls-key): {encrypted} is encrypted (it asks for a password): give the key unencrypted"),
+        # a FIFO: serve's open() waited for a writer, for ever (found by fuzzing the settings)
+        ({"GLEANPIPE_TLS_CERT": str(fifo), "GLEANPIPE_TLS_KEY": key},
+         f"GLEANPIPE_TLS_CERT (--tls-cert): {fifo} is not a regular file"),
+        ({"GLEANPIPE_TLS_CERT": cert, "GLEANPIPE_TLS_KEY": "/dev/zero"},
+         "GLEANPIPE_TLS_KEY (--tls-key): /dev/zero is not a regular file"),
     ]
+    os.mkfifo(fifo)
     for env, message in cases:
         out = run_cli("serve", "--data-dir", str(tmp_path / "data"), env=env, timeout=30)
         assert (out.returncode, out.stdout) == (2, ""), (env, out.stderr)

@@ -411,6 +411,9 @@ def check_tls(cert: str, key: str) -> None:
         raise SettingError(f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key "
                            "(PEM files), plain HTTP neither")
     for env, path in ((_CERT, cert), (_KEY, key)):
+        if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+            # a FIFO: open() waited for a writer, and serve hung at its start (and so did OpenSSL's read)
+            raise SettingError(f"{env}: {path} is not a regular file")
         try:
             with open(path, "rb") as f:
                 text = f.read(1 << 20)
