@@ -395,6 +395,14 @@ def _no_password():
 
 
 # the TLS settings as serve's errors name them: the variable and the flag that reads it
+def refuse_special_file(env: str, path: str) -> None:
+    """SettingError when the file a setting names exists but is neither a regular file nor a folder
+    (a FIFO, ``/dev/zero``): reading it waits for a writer, or never ends, and serve hung at its start.
+    A missing file or a folder is left to the caller's read, which says so in its words."""
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        raise SettingError(f"{env}: {path} is not a regular file")
+
+
 _CERT, _KEY = "GLEANPIPE_TLS_CERT (--tls-cert)", "GLEANPIPE_TLS_KEY (--tls-key)"
 
 
@@ -411,9 +419,7 @@ def check_tls(cert: str, key: str) -> None:
         raise SettingError(f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key "
                            "(PEM files), plain HTTP neither")
     for env, path in ((_CERT, cert), (_KEY, key)):
-        if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
-            # a FIFO: open() waited for a writer, and serve hung at its start (and so did OpenSSL's read)
-            raise SettingError(f"{env}: {path} is not a regular file")
+        refuse_special_file(env, path)  # a FIFO: open() waited for a writer (and so did OpenSSL's read)
         try:
             with open(path, "rb") as f:
                 text = f.read(1 << 20)

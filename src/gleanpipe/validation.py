@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import jsonschema
 import jsonschema_rs
 
-from .config import SettingError
+from .config import SettingError, refuse_special_file
 
 SCHEMA_NAME = "glean.1.schema.json"
 SCHEMA_ENV = "GLEANPIPE_SCHEMA_PATH"
@@ -40,9 +40,7 @@ def load_schema(override: str = "") -> dict[str, Any]:
     """Load the ping schema: ``override`` (Config.schema_path, GLEANPIPE_SCHEMA_PATH) when given,
     else the package data, then the repo copy."""
     if override:
-        if Path(override).exists() and not Path(override).is_dir() and not Path(override).is_file():
-            # /dev/zero, a FIFO: read_text read for ever (serve hung at its start, taking memory)
-            raise SettingError(f"{SCHEMA_ENV}: {override} is not a regular file")
+        refuse_special_file(SCHEMA_ENV, override)  # /dev/zero, a FIFO: read_text read for ever, taking memory
         try:
             schema = json.loads(Path(override).read_text(encoding="utf-8"))
         except OSError as exc:
