@@ -155,6 +155,14 @@ def _not_definitions(files: list[Path]) -> list[str]:
     return messages
 
 
+def _safe_loader():
+    """libyaml's safe loader where PyYAML has it, as glean_parser's own, else PyYAML's pure-Python one
+    (half a second a MiB: 35 s for a metrics.yaml of 64 MiB)."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _too_big(files: list[Path]) -> list[str]:
     """Files nested deeper than MAX_NESTING, or whose aliases expand to more than MAX_ALIAS_NODES
     nodes, said before glean_parser reads them (see both). Read as YAML events, which takes no
@@ -181,7 +189,7 @@ def _too_big(files: list[Path]) -> list[str]:
             continue
         if path.suffix not in (".yml", ".yaml", ".yamlx"):  # glean_parser says it takes no other
             continue
-        for loader in (getattr(yaml, "CSafeLoader", yaml.SafeLoader), yaml.SafeLoader):
+        for loader in (_safe_loader(), yaml.SafeLoader):
             try:
                 said = _yaml_too_big(path, loader)
             except (yaml.YAMLError, OSError, UnicodeDecodeError):  # glean_parser reports it, with the line
@@ -244,9 +252,7 @@ def _redefined(files: list[Path]) -> list[str]:
         if path.suffix not in (".yml", ".yaml", ".yamlx"):  # a .json file: glean_parser reads it as JSON
             continue
         try:
-            # libyaml's loader where PyYAML has it, as glean_parser's own (the pure-Python one took
-            # half a second a MiB: 35 s for a metrics.yaml of 64 MiB)
-            root = yaml.compose(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            root = yaml.compose(path.read_text(encoding="utf-8"), Loader=_safe_loader())
         except (yaml.YAMLError, OSError, UnicodeDecodeError):  # glean_parser reports it, with the line
             continue
         if not isinstance(root, yaml.MappingNode):
