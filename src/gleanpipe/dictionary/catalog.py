@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timezone
-from functools import cached_property
+from functools import cached_property, wraps
 
 import orjson
 
@@ -115,19 +115,34 @@ def _iso(value):
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
+def _per_catalog(read):
+    """A Catalog method whose result, per arguments, is kept for the life of the Catalog (one request
+    in serve, one build): what reads a whole app or a whole table is read once, not again for each
+    of its metrics."""
+    @wraps(read)
+    def once(self, *args):
+        key = (read.__name__, *args)
+        if key not in self._kept:
+            self._kept[key] = read(self, *args)
+        return self._kept[key]
+    return once
+
+
+def _first_by(items: list[dict], key: str) -> dict:
+    """``items`` by their ``key``, the first of each."""
+    out: dict = {}
+    for item in items:
+        out.setdefault(item[key], item)
+    return out
+
+
 class Catalog:
     """Read side: apps, pings and metrics as plain dicts (the JSON API returns these as they are)."""
 
     def __init__(self, query):
         self._query = query
-        # app() per dataset, and the catalog reads below, for the life of this object (one request/build):
-        # what reads a whole app or a whole table is read once, not again for each of its metrics
-        self._apps: dict[str, dict] = {}
+        self._kept: dict[tuple, object] = {}  # (method, its arguments) -> its result (_per_catalog)
         self._app_ids: dict[str, str] = {}  # dataset -> app id read from its rows (_app_id)
-        self._stats: dict[tuple[str, str], dict] = {}  # (dataset, table) -> _table_stats
-        self._columns: dict[str, dict[str, list[tuple[str, str]]]] = {}  # dataset -> _metric_columns
-        self._defs: dict[str, tuple[list[dict], list[dict]]] = {}  # dataset -> _definitions
-        self._by_id: dict[str, tuple[dict, dict, dict]] = {}  # dataset -> metric summaries, definitions, pings
 
     def rows(self, sql: str, params=None) -> list[dict]:
         columns, rows = self._query(sql, params)
@@ -155,23 +170,15 @@ class Catalog:
                 out.setdefault(r["schema_name"], []).append(r["table_name"])
         return out
 
+    @_per_catalog
     def _table_stats(self, dataset: str, table: str) -> dict:
-        if (dataset, table) not in self._stats:
-            self._stats[dataset, table] = self._read_table_stats(dataset, table)
-        return self._stats[dataset, table]
-
-    def _read_table_stats(self, dataset: str, table: str) -> dict:
         r = self.rows(f"SELECT count(*) AS n, max(submission_timestamp) AS last_seen, "
                       f"any_value(metadata.document_type) AS doc_type FROM {q(dataset)}.{q(table)}")[0]
         return {"rows": r["n"], "last_seen": _iso(r["last_seen"]), "doc_type": r["doc_type"]}
 
+    @_per_catalog
     def _metric_columns(self, dataset: str) -> dict[str, list[tuple[str, str]]]:
         """Ping table -> [(metric type, column)] of its ``metrics`` STRUCT."""
-        if dataset not in self._columns:
-            self._columns[dataset] = self._read_metric_columns(dataset)
-        return self._columns[dataset]
-
-    def _read_metric_columns(self, dataset: str) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}
         for r in self.rows("SELECT table_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
                            "AND column_name = 'metrics' ORDER BY 1", [dataset]):
@@ -226,13 +233,9 @@ class Catalog:
             })
         return out
 
+    @_per_catalog
     def _definitions(self, dataset: str) -> tuple[list[dict], list[dict]]:
         """The app's stored metric and ping definitions (read once: every metric page needs its own)."""
-        if dataset not in self._defs:
-            self._defs[dataset] = self._read_definitions(dataset)
-        return self._defs[dataset]
-
-    def _read_definitions(self, dataset: str) -> tuple[list[dict], list[dict]]:
         if not self._has_catalog:
             return [], []
         metrics = [orjson.loads(r["definition"]) for r in self.rows(
@@ -268,11 +271,9 @@ class Catalog:
                                    f"FROM {q(dataset)}.{q(EVENTS_STREAM_TABLE)} GROUP BY 1, 2")}
 
     def app(self, dataset: str) -> dict:
-        dataset = self._resolve(dataset)
-        if dataset not in self._apps:
-            self._apps[dataset] = self._app(dataset)
-        return self._apps[dataset]
+        return self._app(self._resolve(dataset))
 
+    @_per_catalog
     def _app(self, dataset: str) -> dict:
         defined_apps = self._defined_apps
         metric_defs, ping_defs = self._definitions(dataset)
@@ -355,20 +356,12 @@ class Catalog:
                 "defined": dataset in defined_apps, "pings": sorted(pings.values(), key=lambda p: p["name"]),
                 "metrics": metrics, "daily_active_clients": dau}
 
+    @_per_catalog
     def _index(self, dataset: str) -> tuple[dict, dict, dict]:
         """(metric summaries of app(), metric definitions, ping definitions) by id and name, the first
         of each (a lookup per page, not a walk through the whole app for each metric)."""
-        if dataset not in self._by_id:
-            metric_defs, ping_defs = self._definitions(dataset)
-            index: tuple[dict, dict, dict] = ({}, {}, {})
-            for m in self.app(dataset)["metrics"]:
-                index[0].setdefault(m["id"], m)
-            for m in metric_defs:
-                index[1].setdefault(m["id"], m)
-            for p in ping_defs:
-                index[2].setdefault(p["name"], p)
-            self._by_id[dataset] = index
-        return self._by_id[dataset]
+        metric_defs, ping_defs = self._definitions(dataset)
+        return _first_by(self.app(dataset)["metrics"], "id"), _first_by(metric_defs, "id"), _first_by(ping_defs, "name")
 
     def ping(self, dataset: str, name: str) -> dict:
         app = self.app(dataset)
