@@ -131,9 +131,14 @@ class Rejected(Exception):
         self.status, self.error_type, self.message = status, error_type, message
 
 
+def error_body(error_type: str, message: str) -> bytes:
+    """The body of every error answer of the edge (and of serve's answers to what gunicorn cannot
+    parse, http_errors.py): ``{"error_type": ..., "error_message": ...}``."""
+    return orjson.dumps({"error_type": error_type, "error_message": message})
+
+
 def _error(status: int, error_type: str, message: str, **headers: str) -> Response:
-    body = orjson.dumps({"error_type": error_type, "error_message": message})
-    return Response(status, body, {"Content-Type": "application/json", **headers})
+    return Response(status, error_body(error_type, message), {"Content-Type": "application/json", **headers})
 
 
 def decompress(body: bytes, limit: int) -> bytes:

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import orjson
 from gunicorn import util
 from gunicorn.http import errors, message
+
+from .http_edge import ALLOW_ORIGIN, error_body
 
 SHOWN_CHARS = 100  # at most this much of the client's own bytes an error message repeats
 BARE_LF = "bare LF as line terminator"  # gunicorn's word for a line that ends in LF, not CRLF
@@ -161,9 +162,9 @@ def parse_error_answer(exc: BaseException, cfg) -> ParseAnswer | None:
 
 def answer_bytes(answer: ParseAnswer) -> bytes:
     """The whole HTTP answer: gunicorn's status line and ``Connection: close``, the edge's JSON body."""
-    body = orjson.dumps({"error_type": answer.error_type, "error_message": answer.message})
+    body = error_body(answer.error_type, answer.message)
     head = (f"HTTP/1.1 {answer.status} {answer.reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nAccess-Control-Allow-Origin: *\r\n\r\n")
+            f"Content-Length: {len(body)}\r\n{': '.join(ALLOW_ORIGIN)}\r\n\r\n")
     return head.encode("ascii") + body
 
 
