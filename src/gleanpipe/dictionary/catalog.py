@@ -143,6 +143,7 @@ class Catalog:
         self._query = query
         self._kept: dict[tuple, object] = {}  # (method, its arguments) -> its result (_per_catalog)
         self._app_ids: dict[str, str] = {}  # dataset -> app id read from its rows (_app_id)
+        self._counted: dict[tuple, dict] = {}  # (dataset, table, (type, column)) -> its counts (_column_counts)
 
     def rows(self, sql: str, params=None) -> list[dict]:
         columns, rows = self._query(sql, params)
@@ -244,24 +245,34 @@ class Catalog:
             f"SELECT definition FROM {META}.ping_definitions WHERE dataset = ? ORDER BY ping", [dataset])]
         return metrics, pings
 
-    def _observed_metrics(self, dataset: str) -> dict[tuple[str, str], dict]:
-        """(metric type, column) -> {tables: {table: {rows, last_seen}}} for columns with data."""
+    def _observed_metrics(self, dataset: str, cells: frozenset | None = None) -> dict[tuple[str, str], dict]:
+        """(metric type, column) -> {tables: {table: {rows, last_seen}}} for every metric column of every
+        ping table, or only for ``cells``, a set of (table, (metric type, column)); in the order of
+        the tables and of their columns either way."""
         seen: dict[tuple[str, str], dict] = {}
         for table, cols in self._metric_columns(dataset).items():
-            if not cols:
-                continue
+            wanted = [key for key in cols if cells is None or (table, key) in cells]
+            counts = self._column_counts(dataset, table, wanted)
+            for key in wanted:
+                seen.setdefault(key, {"tables": {}})["tables"][table] = counts[key]
+        return seen
+
+    def _column_counts(self, dataset: str, table: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """(metric type, column) -> {rows, last_seen} of these columns of one ping table: one query for
+        those this Catalog has not counted yet (app() counts all of them, a metric page a few)."""
+        missing = [key for key in keys if (dataset, table, key) not in self._counted]
+        if missing:
             exprs = []
-            for i, (mtype, col) in enumerate(cols):
+            for i, (mtype, col) in enumerate(missing):
                 ref = f"metrics.{q(mtype)}.{q(col)}"
                 # a CASE, not an aggregate's FILTER: with 1,000 metric columns the FILTERs took 3.0-3.3 s
                 # on 3 rows and 8.8 s on 21,000, the CASEs 0.8 s on either (same results; 2 cores)
                 exprs.append(f"count({ref}) AS n{i}, "
                              f"max(CASE WHEN {ref} IS NOT NULL THEN submission_timestamp END) AS t{i}")
             r = self.rows(f"SELECT {', '.join(exprs)} FROM {q(dataset)}.{q(table)}")[0]
-            for i, key in enumerate(cols):
-                entry = seen.setdefault(key, {"tables": {}})
-                entry["tables"][table] = {"rows": r[f"n{i}"], "last_seen": _iso(r[f"t{i}"])}
-        return seen
+            for i, key in enumerate(missing):
+                self._counted[(dataset, table, key)] = {"rows": r[f"n{i}"], "last_seen": _iso(r[f"t{i}"])}
+        return {key: self._counted[(dataset, table, key)] for key in keys}
 
     def _observed_events(self, dataset: str) -> dict[tuple[str, str], dict]:
         if EVENTS_STREAM_TABLE not in self._tables.get(dataset, []):
@@ -275,12 +286,22 @@ class Catalog:
 
     @_per_catalog
     def _app(self, dataset: str) -> dict:
-        defined_apps = self._defined_apps
+        pings = self._pings(dataset)
+        metrics = self._metric_summaries(dataset, self._observed_metrics(dataset))
+        dau = []
+        if self.rows("SELECT 1 FROM duckdb_views() WHERE schema_name = ? AND view_name = 'daily_active_clients'",
+                     [dataset]):
+            dau = [{"day": _iso(r["day"]), "clients": r["clients"]} for r in self.rows(
+                f"SELECT day, clients FROM {q(dataset)}.daily_active_clients ORDER BY day")]
+        return {"dataset": dataset, "app_id": self._app_id(dataset),
+                "defined": dataset in self._defined_apps, "pings": pings, "metrics": metrics,
+                "daily_active_clients": dau}
+
+    @_per_catalog
+    def _pings(self, dataset: str) -> list[dict]:
+        """The app's pings by name: defined, Glean's own, or only seen (a table), with their tables' rows."""
         metric_defs, ping_defs = self._definitions(dataset)
         tables = self._tables.get(dataset, [])
-        observed = self._observed_metrics(dataset)
-        events = self._observed_events(dataset)
-
         pings = {}
         for p in ping_defs:
             pings[p["name"]] = {"name": p["name"], "table": p["table"], "defined": True, "builtin": False,
@@ -302,7 +323,15 @@ class Catalog:
             p["status"] = "defined" if p["defined"] else ("built-in" if p["builtin"] else "undocumented")
             if p["rows"] == 0:
                 p["status"] += ", no data yet"
+        return sorted(pings.values(), key=lambda p: p["name"])
 
+    def _metric_summaries(self, dataset: str, observed: dict[tuple[str, str], dict]) -> list[dict]:
+        """The app's metrics as app() lists them, by id, from the column counts in ``observed``
+        (_observed_metrics): with all of them, app()'s list; with some, the entries of those columns
+        are app()'s (their counts are all that an entry reads, but for an undocumented column's id:
+        the others of its name decide it, `t_x` or `t_x.counter`)."""
+        metric_defs, _ = self._definitions(dataset)
+        events = self._observed_events(dataset)
         metrics = []
         claimed: set[tuple[str, str]] = set()
         for m in metric_defs:
@@ -347,38 +376,71 @@ class Catalog:
                             "values_seen": obs["rows"], "last_seen": obs["last_seen"],
                             "where": [{"table": EVENTS_STREAM_TABLE, "column": None}]})
         metrics.sort(key=lambda m: m["id"])
-        dau = []
-        if self.rows("SELECT 1 FROM duckdb_views() WHERE schema_name = ? AND view_name = 'daily_active_clients'",
-                     [dataset]):
-            dau = [{"day": _iso(r["day"]), "clients": r["clients"]} for r in self.rows(
-                f"SELECT day, clients FROM {q(dataset)}.daily_active_clients ORDER BY day")]
-        return {"dataset": dataset, "app_id": self._app_id(dataset),
-                "defined": dataset in defined_apps, "pings": sorted(pings.values(), key=lambda p: p["name"]),
-                "metrics": metrics, "daily_active_clients": dau}
+        return metrics
+
+    def _app_read(self, dataset: str) -> bool:
+        """Whether this Catalog has read app() of ``dataset`` already (a build: app(), then each of its
+        pages): then a page takes its metrics from there, with no query."""
+        return ("_app", dataset) in self._kept
 
     @_per_catalog
-    def _index(self, dataset: str) -> tuple[dict, dict, dict]:
-        """(metric summaries of app(), metric definitions, ping definitions) by id and name, the first
-        of each (a lookup per page, not a walk through the whole app for each metric)."""
+    def _app_metrics_by_id(self, dataset: str) -> dict[str, dict]:
+        return _first_by(self._app(dataset)["metrics"], "id")
+
+    def _cells_of_metric(self, dataset: str, metric_id: str) -> frozenset[tuple[str, tuple[str, str]]]:
+        """The metric columns (table, (type, column)) whose counts make ``metric_id``'s entry in app():
+        the column of the defined metric of that id, and every column an undocumented metric of that
+        id could be (`t_x`, `t_x.counter`) with the others of its name, under any type, in every table."""
+        metric_defs, _ = self._definitions(dataset)
+        keys = {(m.get("wire_type"), m["column"]) for m in metric_defs
+                if m["id"] == metric_id and m["type"] != "event"}
+        tables = self._metric_columns(dataset)
+        names = {col for cols in tables.values() for mtype, col in cols if metric_id in (col, f"{col}.{mtype}")}
+        return frozenset((t, key) for t, cols in tables.items() for key in cols if key in keys or key[1] in names)
+
+    def _cells_of_ping(self, dataset: str, table: str) -> frozenset[tuple[str, tuple[str, str]]]:
+        """The metric columns (table, (type, column)) whose counts tell which metrics app() lists in
+        ``table`` and their ids: the table's own (which of them have values there), and, for each name
+        with values there, the columns of that name that have none there, in the other tables (whether
+        they have values elsewhere decides between `t_x` and `t_x.counter`)."""
+        tables = self._metric_columns(dataset)
+        own = self._column_counts(dataset, table, tables.get(table, []))
+        names = {col for (_, col), counts in own.items() if counts["rows"]}
+        return frozenset([(table, key) for key in own] + [
+            (t, key) for t, cols in tables.items() if t != table for key in cols
+            if key[1] in names and not (key in own and own[key]["rows"])])
+
+    @_per_catalog
+    def _index(self, dataset: str) -> tuple[dict, dict]:
+        """(metric definitions by id, ping definitions by name), the first of each (a lookup per page,
+        not a walk through the whole app for each metric)."""
         metric_defs, ping_defs = self._definitions(dataset)
-        return _first_by(self.app(dataset)["metrics"], "id"), _first_by(metric_defs, "id"), _first_by(ping_defs, "name")
+        return _first_by(metric_defs, "id"), _first_by(ping_defs, "name")
 
     def ping(self, dataset: str, name: str) -> dict:
-        app = self.app(dataset)
-        ping = next((p for p in app["pings"] if p["name"] == name), None)
+        """A ping's page; it counts only the metric columns that decide its list of metrics, not all
+        of the app's (app(): 1 s a request at 1,000 columns)."""
+        dataset = self._resolve(dataset)
+        pings = self._pings(dataset)
+        ping = next((p for p in pings if p["name"] == name), None)
         if ping is None:  # named as its table (`toolbox_usage`, `toolbox_usage_v1`): say the ping's own name
-            spelled = next((p["name"] for p in app["pings"]
+            spelled = next((p["name"] for p in pings
                             if name.replace("-", "_") in (p["name"].replace("-", "_"), p["table"])), None)
             raise NotFound(f"no ping {name!r} in {dataset}" + (
                 f": pings go by their Glean name, {spelled!r}" if spelled else ""))
-        definition = self._index(dataset)[2].get(name, {})
-        out = {**ping, "app_id": app["app_id"], "dataset": dataset,
+        definition = self._index(dataset)[1].get(name, {})
+        if self._app_read(dataset):
+            metrics = self._app(dataset)["metrics"]
+        else:
+            metrics = self._metric_summaries(dataset, self._observed_metrics(dataset, self._cells_of_ping(
+                dataset, ping["table"])))
+        out = {**ping, "app_id": self._app_id(dataset), "dataset": dataset,
                "reasons": definition.get("reasons") or {},
                "include_client_id": definition.get("include_client_id", BUILTIN_CLIENT_ID.get(name)),
                "send_if_empty": definition.get("send_if_empty"), "bugs": definition.get("bugs") or [],
                "data_reviews": definition.get("data_reviews") or [],
                "notification_emails": definition.get("notification_emails") or [],
-               "metrics": [m["id"] for m in app["metrics"] if any(w["table"] == ping["table"] for w in m["where"])]}
+               "metrics": [m["id"] for m in metrics if any(w["table"] == ping["table"] for w in m["where"])]}
         out["daily"] = []
         if ping["rows"]:
             out["daily"] = [{"day": _iso(r["day"]), "pings": r["pings"], "clients": r["clients"]} for r in self.rows(
@@ -391,15 +453,20 @@ class Catalog:
         return out
 
     def metric(self, dataset: str, metric_id: str) -> dict:
-        app = self.app(dataset)
-        summaries, metric_defs, _ = self._index(dataset)
-        summary = summaries.get(metric_id)
+        """A metric's page; it counts only the metric columns its entry in app() comes from, not all
+        of the app's (app(): 1 s a request at 1,000 columns)."""
+        dataset = self._resolve(dataset)
+        if self._app_read(dataset):
+            summary = self._app_metrics_by_id(dataset).get(metric_id)
+        else:
+            observed = self._observed_metrics(dataset, self._cells_of_metric(dataset, metric_id))
+            summary = _first_by(self._metric_summaries(dataset, observed), "id").get(metric_id)
         if summary is None:
             raise NotFound(f"no metric {metric_id!r} in {dataset}")
-        definition = metric_defs.get(metric_id, {})
+        definition = self._index(dataset)[0].get(metric_id, {})
         tables = set(self._tables.get(dataset, []))
-        out = {**definition, **summary, "app_id": app["app_id"], "dataset": dataset,
-               "app_pings": [p["name"] for p in app["pings"]]}
+        out = {**definition, **summary, "app_id": self._app_id(dataset), "dataset": dataset,
+               "app_pings": [p["name"] for p in self._pings(dataset)]}
         out.setdefault("labels", None)
         if summary["type"] == "event":
             category, _, name = metric_id.rpartition(".")
