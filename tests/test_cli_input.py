@@ -726,6 +726,30 @@ def test_dictionary_build_and_explore_into_a_folder_they_cannot_make_say_so_in_o
     assert explored.stderr == f"Error: export failed: {out}: Not a directory\n"
 
 
+def test_dictionary_build_out_a_device_or_a_file_is_a_usage_error_that_wants_a_folder(tmp_path):
+    """`dictionary build --out /dev/null` said "cannot write /dev/null: File exists" (exit 1), --out a
+    regular file click's "Directory '...' is a file.": each is one line naming the path, what it
+    is and what --out must be (exit 2), before the warehouse is read; a folder already there is
+    written into."""
+    data_dir = tmp_path / "data"
+    added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
+                      "--data-dir", str(data_dir))
+    assert added.returncode == 0, added.stderr
+    (tmp_path / "a-file").write_text("x")
+    os.mkfifo(tmp_path / "a-fifo")
+    for out, what in (("/dev/null", "a device"), (tmp_path / "a-file", "a file"), (tmp_path / "a-fifo", "a FIFO")):
+        built = gleanpipe("dictionary", "build", "--out", str(out), "--data-dir", str(data_dir))
+        assert usage_error(built) == (f"Error: Invalid value for '--out': {out} is {what}, not a folder: give a "
+                                      "folder (made if missing; an earlier build's files in it are replaced)")
+    assert (tmp_path / "a-file").read_text() == "x"
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("an earlier build")
+    built = gleanpipe("dictionary", "build", "--out", str(tmp_path / "site"), "--data-dir", str(data_dir))
+    assert (built.returncode, built.stderr) == (0, "")
+    assert built.stdout.startswith(f"wrote 70 files to {tmp_path / 'site'}: 1 app, 5 pings, 28 metrics")
+    assert "Applications" in (tmp_path / "site" / "index.html").read_text()
+
+
 @pytest.mark.parametrize("command", ["status", "replay"])
 def test_a_store_url_naming_a_file_is_an_error_not_a_traceback(tmp_path, command):
     a_file = tmp_path / "not-a-folder"

@@ -6,6 +6,7 @@ Every option that is also a setting reads the same GLEANPIPE_* environment varia
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 from collections import Counter
@@ -801,6 +802,25 @@ def apps_list(data_dir, store_url, warehouse_url, fmt) -> None:
     click.echo(format_rows(columns, [[a[c] for c in columns] for a in listed], fmt))
 
 
+def _out_folder(ctx, param, value):
+    """`dictionary build --out`: a folder, or nothing yet (it is made). A file, a device (/dev/null) or a
+    FIFO there is refused in one line before anything is read: it was the "File exists" of making the
+    folder, or click's "Directory ... is a file". (A file above it is the "Not a directory" of the write.)"""
+    import stat
+
+    path = _not_empty(ctx, param, value)
+    if path.is_dir() or not os.path.lexists(path):
+        return path
+    try:
+        mode = path.stat().st_mode
+        what = ("a file" if stat.S_ISREG(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "something else")
+    except OSError:
+        what = "a link to nothing"
+    raise click.BadParameter(f"{path} is {what}, not a folder: give a folder (made if missing; an earlier "
+                             "build's files in it are replaced)")
+
+
 @main.group()
 def dictionary() -> None:
     """The data dictionary (served by `gleanpipe serve` under /dictionary)."""
@@ -810,7 +830,7 @@ def dictionary() -> None:
 @DATA_DIR
 @STORE
 @WAREHOUSE
-@click.option("--out", required=True, type=click.Path(file_okay=False), callback=_not_empty,
+@click.option("--out", required=True, type=click.Path(), metavar="DIRECTORY", callback=_out_folder,
               help="Folder for the static copy (created if missing).")
 def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
     """Write the dictionary as static files (open OUT/index.html, or serve OUT with any web server)."""
