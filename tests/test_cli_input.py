@@ -726,11 +726,11 @@ def test_dictionary_build_and_explore_into_a_folder_they_cannot_make_say_so_in_o
     assert explored.stderr == f"Error: export failed: {out}: Not a directory\n"
 
 
-def test_dictionary_build_out_a_device_or_a_file_is_a_usage_error_that_wants_a_folder(tmp_path):
-    """`dictionary build --out /dev/null` said "cannot write /dev/null: File exists" (exit 1), --out a
-    regular file click's "Directory '...' is a file.": each is one line naming the path, what it
-    is and what --out must be (exit 2), before the warehouse is read; a folder already there is
-    written into."""
+def test_build_or_explore_out_a_device_or_a_file_is_a_usage_error_that_wants_a_folder(tmp_path):
+    """`dictionary build --out /dev/null` said "cannot write /dev/null: File exists" (exit 1), and
+    `explore --export-only --out /dev/null` "export failed: /dev/null: File exists"; --out a regular
+    file click's "Directory '...' is a file.": each is one line naming the path, what it is and
+    what --out must be (exit 2), before the warehouse is read; a folder already there is written into."""
     data_dir = tmp_path / "data"
     added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
                       "--data-dir", str(data_dir))
@@ -738,9 +738,10 @@ def test_dictionary_build_out_a_device_or_a_file_is_a_usage_error_that_wants_a_f
     (tmp_path / "a-file").write_text("x")
     os.mkfifo(tmp_path / "a-fifo")
     for out, what in (("/dev/null", "a device"), (tmp_path / "a-file", "a file"), (tmp_path / "a-fifo", "a FIFO")):
-        built = gleanpipe("dictionary", "build", "--out", str(out), "--data-dir", str(data_dir))
-        assert usage_error(built) == (f"Error: Invalid value for '--out': {out} is {what}, not a folder: give a "
-                                      "folder (made if missing; an earlier build's files in it are replaced)")
+        for command in (("dictionary", "build"), ("explore", "--export-only")):
+            refused = gleanpipe(*command, "--out", str(out), "--data-dir", str(data_dir))
+            assert usage_error(refused) == (f"Error: Invalid value for '--out': {out} is {what}, not a folder: "
+                                            "give a folder (made if missing)"), command
     assert (tmp_path / "a-file").read_text() == "x"
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "index.html").write_text("an earlier build")

@@ -66,6 +66,25 @@ def _not_empty(ctx, param, value):
     return Path(value) if value is not None else None
 
 
+def _folder_to_write(ctx, param, value):
+    """A folder to write into (`dictionary build --out`, `explore --out`), or nothing yet (it is made).
+    A file, a device (/dev/null) or a FIFO there is refused in one line before anything is read: it was
+    the "File exists" of making the folder, or click's "Directory ... is a file". (A file above it is
+    the "Not a directory" of the write.)"""
+    import stat
+
+    path = _not_empty(ctx, param, value)
+    if path is None or path.is_dir() or not os.path.lexists(path):
+        return path
+    try:
+        mode = path.stat().st_mode
+        what = ("a file" if stat.S_ISREG(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "something else")
+    except OSError:
+        what = "a link to nothing"
+    raise click.BadParameter(f"{path} is {what}, not a folder: give a folder (made if missing)")
+
+
 DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False), envvar="GLEANPIPE_DATA_DIR", cls=SettingOption,
                         default=SETTINGS["GLEANPIPE_DATA_DIR"].default, show_default=True, callback=_not_empty,
                         help="Local mode folder (raw store, DuckDB file, server state).")
@@ -538,7 +557,7 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
 @click.option("--port", envvar="GLEANPIPE_EXPLORE_PORT", cls=SettingOption, type=click.IntRange(1, 65535),
               default=int(SETTINGS["GLEANPIPE_EXPLORE_PORT"].default), show_default=True,
               help="Port Datasette listens on (always 127.0.0.1).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, callback=_not_empty,
+@click.option("--out", type=click.Path(), metavar="DIRECTORY", default=None, callback=_folder_to_write,
               help="Folder for the SQLite copies [default: <data dir>/explore].")
 @click.option("--no-open", is_flag=True, help="Do not open a web browser.")
 @click.option("--export-only", is_flag=True, help="Write the SQLite files and exit; do not start Datasette.")
@@ -802,25 +821,6 @@ def apps_list(data_dir, store_url, warehouse_url, fmt) -> None:
     click.echo(format_rows(columns, [[a[c] for c in columns] for a in listed], fmt))
 
 
-def _out_folder(ctx, param, value):
-    """`dictionary build --out`: a folder, or nothing yet (it is made). A file, a device (/dev/null) or a
-    FIFO there is refused in one line before anything is read: it was the "File exists" of making the
-    folder, or click's "Directory ... is a file". (A file above it is the "Not a directory" of the write.)"""
-    import stat
-
-    path = _not_empty(ctx, param, value)
-    if path.is_dir() or not os.path.lexists(path):
-        return path
-    try:
-        mode = path.stat().st_mode
-        what = ("a file" if stat.S_ISREG(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "something else")
-    except OSError:
-        what = "a link to nothing"
-    raise click.BadParameter(f"{path} is {what}, not a folder: give a folder (made if missing; an earlier "
-                             "build's files in it are replaced)")
-
-
 @main.group()
 def dictionary() -> None:
     """The data dictionary (served by `gleanpipe serve` under /dictionary)."""
@@ -830,7 +830,7 @@ def dictionary() -> None:
 @DATA_DIR
 @STORE
 @WAREHOUSE
-@click.option("--out", required=True, type=click.Path(), metavar="DIRECTORY", callback=_out_folder,
+@click.option("--out", required=True, type=click.Path(), metavar="DIRECTORY", callback=_folder_to_write,
               help="Folder for the static copy (created if missing).")
 def dictionary_build(data_dir, store_url, warehouse_url, out) -> None:
     """Write the dictionary as static files (open OUT/index.html, or serve OUT with any web server)."""
