@@ -253,16 +253,19 @@ def test_a_plain_http_request_to_the_https_port_gets_a_503_that_says_so(https_se
     """As nginx does, a plain-HTTP request on the HTTPS port is answered in plain HTTP, saying so,
     whole even when the client sends a body (4 MiB) before it reads (a lingering close). A 503, so
     a Glean SDK whose endpoint says http:// keeps its pings for when it is fixed (a 4xx would
-    delete them). Before: a reset (spool on) or an empty reply (spool off), and no word why."""
+    delete them). Before: a reset (spool on) or an empty reply (spool off), and no word why. It
+    carries the CORS header every answer on the submit port has (README, The submit contract): a
+    page's fetch read a network error without it."""
     server = https_serve
     plain = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)
     try:
         plain.request("POST", submit_path(), body=b"x" * body_bytes, headers=SDK_HEADERS)
         resp = plain.getresponse()
         status, body, connection = resp.status, json.loads(resp.read()), resp.getheader("Connection")
+        allow_origin = resp.getheader("Access-Control-Allow-Origin")
     finally:
         plain.close()
-    assert (status, body["error_type"], connection) == (503, "https_only", "close")
+    assert (status, body["error_type"], connection, allow_origin) == (503, "https_only", "close", "*")
     assert body["error_message"] == "this port speaks HTTPS (GLEANPIPE_TLS_CERT): send to https://, not http://"
     status, headers, _ = post(server, certs, submit_path(), gzip.compress(json.dumps(make_ping()).encode()))
     assert (status, headers["X-Gleanpipe-Stored"]) == (200, "new")

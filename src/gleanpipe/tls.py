@@ -38,16 +38,21 @@ import os
 import ssl
 import time
 
+from .http_edge import ALLOW_ORIGIN
+
 # errors of a client that went away before or during its handshake (a reset, a port probe)
 GONE_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF)
 
 # The answer to a plain-HTTP request on serve's HTTPS port (``answer_plain_http``): a 503, not the
 # 400 nginx gives, since a Glean SDK deletes a ping on any 4xx, and its server_endpoint saying
-# http:// by mistake makes no ping bad; with a 5xx it keeps them until the endpoint is fixed.
+# http:// by mistake makes no ping bad; with a 5xx it keeps them until the endpoint is fixed. With
+# the edge's CORS header, as every answer on the submit port has (README, The submit contract):
+# without it a page's fetch saw a network error instead of the 503 that says why.
 _PLAIN_HTTP_BODY = (b'{"error_type": "https_only", "error_message": "this port speaks HTTPS '
                     b'(GLEANPIPE_TLS_CERT): send to https://, not http://"}')
 PLAIN_HTTP_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_PLAIN_HTTP_BODY) + _PLAIN_HTTP_BODY)
+                     b"Content-Length: %d\r\nConnection: close\r\n%s\r\n\r\n"
+                     % (len(_PLAIN_HTTP_BODY), ": ".join(ALLOW_ORIGIN).encode()) + _PLAIN_HTTP_BODY)
 
 # serve's log line for it (as gunicorn words a bad request: "Invalid request from ip=")
 PLAIN_HTTP_SAID = "Invalid request from ip=%s: plain HTTP on the HTTPS port, answered 503 https_only"
