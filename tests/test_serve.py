@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from gleanpipe.admin import AdminClient
 from gleanpipe.emulate import free_port
 
 from conftest import (APP, DATASET, ROOT, SDK_HEADERS, ServeProcess, children, fill_disk, gz, holds_open, make_ping,
-                      post, put_many_unsynced, run_cli, small_disk, submit_path, until, wait_gone)
+                      post, put_many_unsynced, run_cli, running, small_disk, submit_path, until, wait_gone)
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
@@ -207,6 +208,83 @@ def test_ctrl_c_in_a_terminal_stops_serve_gracefully(data_dir):
         assert proc.wait(timeout=30) == 0
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     again = ServeProcess(data_dir).start()  # and it was stored: it is a row (at the latest once serve starts again)
+    try:
+        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE document_id = '{doc_id}'", 1) == 1
+    finally:
+        assert again.stop() == 0
+
+
+def _kept_alive(port: int, doc_id: str) -> http.client.HTTPConnection:
+    """A connection on which one ping was answered 200, kept alive by serve and idle since."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.request("POST", submit_path("baseline", doc_id), body=gz(make_ping(CLIENT)), headers=SDK_HEADERS)
+    answer = conn.getresponse()
+    assert (answer.status, answer.getheader("Connection"), answer.read()) == (200, "keep-alive", b"")
+    return conn
+
+
+def _workers_gone_after(workers: list[int], since: float) -> float:
+    until(lambda: not any(running(pid) for pid in workers), "serve's gunicorn workers gone", 30)
+    return time.monotonic() - since
+
+
+@pytest.mark.parametrize("spool", ["on", "off"], ids=["gevent", "gthread"])
+def test_a_stop_ends_an_idle_kept_alive_connection_at_once(data_dir, spool):
+    """Before: a gevent worker (spool on) looked once a second whether it was asked to stop, and then
+    once a second whether its connections had ended; a connection kept alive between two requests
+    counted until its keep-alive (serve.KEEPALIVE_S) ran out: with one idle client each stop took over
+    5 s. A gthread worker (spool off) kept it 2 s more (gunicorn's STOP_KEEPALIVE_LINGER). Now the
+    idle connection is closed as the stop begins. The bound tells those apart without timing the
+    new code closely: the old waits were at least 1 s of the worker's (a drain round with the
+    connection open) and here at least 2 s; a stop now takes about 0.1 s."""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": spool}).start()
+    (master,) = children(server.proc.pid)
+    workers = children(master)
+    conn = _kept_alive(server.port, str(uuid.uuid4()))
+    try:
+        asked = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert conn.sock.recv(1) == b""  # closed by serve, unanswered: nothing was asked on it
+        closed = time.monotonic() - asked
+        gone = _workers_gone_after(workers, asked)
+    finally:
+        conn.close()
+        assert server.stop() == 0
+    assert closed < 1.0 and gone < 1.0, (closed, gone, server.read_log())
+    assert "Traceback" not in server.read_log()
+
+
+@pytest.mark.parametrize("spool", ["on", "off"], ids=["gevent", "gthread"])
+def test_a_stop_answers_the_request_in_flight_while_it_closes_the_idle_connections(data_dir, spool):
+    """SIGTERM while one request's body is half sent and another connection is idle between two
+    requests: the idle one is closed at once, serve waits for the request in flight, whose 200
+    comes once its body is whole, and its ping is stored (a row once serve starts again). The
+    connection it came on is closed after its answer, not kept until its keep-alive runs out."""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": spool}).start()
+    doc_id, body = str(uuid.uuid4()), gz(make_ping(CLIENT, seq=7))
+    idle = _kept_alive(server.port, str(uuid.uuid4()))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as busy:
+            busy.sendall(f"POST {submit_path('baseline', doc_id)} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+            mine = busy.getsockname()[1]
+            until(lambda: _server_end(server.port, mine) == 0, "the connection accepted and all of what was sent read")
+            server.proc.send_signal(signal.SIGTERM)
+            assert idle.sock.recv(1) == b""  # closed at once ...
+            assert server.proc.poll() is None  # ... while serve waits for the request in flight
+            busy.sendall(body[10:])
+            answer = b""
+            while chunk := busy.recv(65536):  # the answer, then the end of the connection
+                answer += chunk
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        idle.close()
+        server.stop()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert "Traceback" not in server.read_log()
+    again = ServeProcess(data_dir).start()
     try:
         assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE document_id = '{doc_id}'", 1) == 1
     finally:

@@ -9,6 +9,7 @@ import gzip
 import http.client
 import json
 import os
+import signal
 import socket
 import ssl
 import time
@@ -140,6 +141,26 @@ def _renew(path, new, scratch) -> None:
     """Put ``new``'s bytes at ``path`` as certbot and editors do: a new file renamed over the old."""
     (scratch / "next").write_bytes(new.read_bytes())
     os.replace(scratch / "next", path)
+
+
+def test_a_stop_over_https_ends_an_idle_kept_alive_connection_at_once(https_serve, certs):
+    """As over plain HTTP (test_serve's test_a_stop_ends_an_idle_kept_alive_connection_at_once), for
+    serve's HTTPS workers: a connection idle between two requests is closed as the stop begins, not
+    once its keep-alive has run out (5 s, gevent; 2 s more, gthread), and serve exits well before."""
+    conn = http.client.HTTPSConnection("127.0.0.1", https_serve.port, context=client_context(certs), timeout=20)
+    try:
+        conn.request("POST", submit_path(), body=gzip.compress(json.dumps(make_ping()).encode()), headers=SDK_HEADERS)
+        answer = conn.getresponse()
+        assert (answer.status, answer.getheader("Connection"), answer.read()) == (200, "keep-alive", b"")
+        asked = time.monotonic()
+        https_serve.proc.send_signal(signal.SIGTERM)
+        assert conn.sock.recv(1) == b""  # closed by serve (TLS close_notify or not: the end of the stream)
+        closed = time.monotonic() - asked
+        assert https_serve.proc.wait(timeout=30) == 0
+        stopped = time.monotonic() - asked
+    finally:
+        conn.close()
+    assert closed < 1.0 and stopped < 2.0, (closed, stopped, https_serve.read_log())
 
 
 def test_a_renewed_certificate_is_served_to_the_next_connections_without_a_restart(https_serve, certs, tmp_path):

@@ -25,11 +25,18 @@ error store: there is no request yet to answer or record.
 A keep-alive connection idle between requests is not a thread's: it waits in the worker's
 poller, for gunicorn's keep-alive, as before. serve speaks HTTP/1.1 (no HTTP/2), over TLS with
 GLEANPIPE_TLS_CERT (tls.py): the clock then bounds the handshake and the head together.
+
+A stop (SIGTERM) wakes gunicorn's gthread worker at once, but gunicorn (27) keeps its kept-alive
+connections open for up to 2 s more (STOP_KEEPALIVE_LINGER), in case a client is sending its next
+request already: an idle keep-alive client held each stop of serve 2 s. Here a stopping worker
+closes them at its next look at its poller, which first hands on those whose next request has
+begun (its bytes make the socket readable): those are answered, with ``Connection: close``.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 
 from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker
@@ -86,6 +93,20 @@ class HeadTimeoutThreadWorker(JSONParseErrors, ThreadWorker):
         if req is None and tls.handled_handshake_failure(self.log, client, addr, exc):
             return  # (gunicorn's own answer to a plain-HTTP request, a 403 page inside TLS, was lost)
         super().handle_error(req, client, addr, exc)
+
+    def _cap_keepalive(self, deadline):
+        """gunicorn's stopping worker caps its kept-alive connections' keep-alive at ``deadline``
+        (2 s on); here they are closed at once, unless a request of theirs has begun (see the
+        module). gunicorn's gthread calls this when the stop begins; finish_request, below, for
+        each connection kept after an answer given during the stop."""
+        now = time.monotonic()
+        for conn in self.keepalived_conns:
+            conn.timeout = min(conn.timeout, now)
+
+    def finish_request(self, conn, fs):
+        super().finish_request(conn, fs)
+        if not self.alive:  # stopping: the connection of a request answered now is not kept either
+            self._cap_keepalive(time.monotonic())
 
     def handle_request(self, req, conn):
         """The head is whole: the clock stops before the app reads the body and answers."""
