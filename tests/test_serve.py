@@ -800,6 +800,9 @@ def test_serve_takes_its_worker_count_and_load_interval_from_the_environment(dat
                                          "GLEANPIPE_LOAD_INTERVAL_MS": str(int(interval_s * 1000))}).start()
     try:
         (master,) = children(server.proc.pid)
+        # serve is ready once one worker answers; gunicorn forks the others after pauses of its own
+        until(lambda: len(children(master)) >= 3, "gunicorn's third worker")
+        time.sleep(0.3)  # a fourth would come as soon
         assert len(children(master)) == 3
         count = f"SELECT count(*) FROM {DATASET}.baseline_v1"
         a_sent = time.monotonic()
