@@ -291,6 +291,68 @@ def test_a_stop_answers_the_request_in_flight_while_it_closes_the_idle_connectio
         assert again.stop() == 0
 
 
+@pytest.mark.parametrize("spool", ["on", "off"], ids=["gevent", "gthread"])
+def test_a_stop_answers_a_request_whose_head_had_begun(data_dir, spool):
+    """SIGTERM while a client's head is half sent, and read by serve already (its bytes are in the
+    parser, none waits on the socket): the request has begun, so serve answers it once the rest
+    comes, and stores its ping. Before (gevent): the stop looked only for bytes not read yet on
+    the socket, found none and closed the connection unanswered, as if it were idle."""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": spool}).start()
+    doc_id, body = str(uuid.uuid4()), gz(make_ping(CLIENT, seq=3))
+    head = (f"POST {submit_path('baseline', doc_id)} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as slow:
+            slow.sendall(head[:25])
+            mine = slow.getsockname()[1]
+            until(lambda: _server_end(server.port, mine) == 0, "the connection accepted and its 25 bytes read")
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)  # the stop is under way (a stop ends an idle connection in about 0.01 s)
+            slow.sendall(head[25:] + body)
+            answer = b""
+            while chunk := slow.recv(65536):
+                answer += chunk
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    again = ServeProcess(data_dir).start()
+    try:
+        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE document_id = '{doc_id}'", 1) == 1
+    finally:
+        assert again.stop() == 0
+
+
+@pytest.mark.parametrize("spool", ["on", "off"], ids=["gevent", "gthread"])
+def test_a_stop_ends_at_once_a_connection_that_sent_nothing(data_dir, spool):
+    """A connection open with no byte sent on it (a browser's preconnect, a port probe, a client
+    that connected just before the stop) when SIGTERM comes is closed at once and held no worker.
+    Before (gthread): the thread given a new connection waited for its first byte for up to 5 s
+    (gunicorn's DEFAULT_WORKER_DATA_TIMEOUT) and the stop with it; closed then, gunicorn's lingering
+    close waited up to 2 s more for the client's end. The old waits were at least 4 s here (the
+    connection is made just before the stop) and 2 s; a stop now takes about 0.3 s."""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": spool}).start()
+    (master,) = children(server.proc.pid)
+    until(lambda: len(children(master)) == 2, "gunicorn's two workers")
+    workers = children(master)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as quiet:
+            mine = quiet.getsockname()[1]
+            until(lambda: _server_end(server.port, mine) == 0, "the connection accepted")
+            asked = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            assert quiet.recv(1) == b""  # closed by serve, unanswered: nothing was asked on it
+            closed = time.monotonic() - asked
+            gone = _workers_gone_after(workers, asked)  # the client still holds its end open
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    assert closed < 1.5 and gone < 1.5, (closed, gone, server.read_log())
+    assert "Traceback" not in server.read_log()
+
+
 def _tcp_sockets(port: int):
     """(remote port, state, bytes received not yet read, inode) of each TCP socket on local
     ``port`` (/proc/net/tcp and tcp6). inode is 0 for a connection not accepted yet."""

@@ -163,6 +163,38 @@ def test_a_stop_over_https_ends_an_idle_kept_alive_connection_at_once(https_serv
     assert closed < 1.0 and stopped < 2.0, (closed, stopped, https_serve.read_log())
 
 
+def test_a_stop_over_https_ends_at_once_a_connection_whose_handshake_has_not_begun(https_serve):
+    """A TCP connection to the HTTPS port with no byte of a ClientHello on it (a port probe, a
+    preconnect) when SIGTERM comes is closed at once. Before: serve waited for its handshake
+    (gevent, tls.HANDSHAKE_TIMEOUT_S) or its first byte (gthread, 5 s), at least 4 s from here."""
+    with socket.create_connection(("127.0.0.1", https_serve.port), timeout=20) as quiet:
+        time.sleep(0.2)  # accepted (a worker waits for its first byte)
+        asked = time.monotonic()
+        https_serve.proc.send_signal(signal.SIGTERM)
+        assert quiet.recv(1) == b""
+        closed = time.monotonic() - asked
+        assert https_serve.proc.wait(timeout=30) == 0
+        stopped = time.monotonic() - asked
+    assert closed < 1.5 and stopped < 2.5, (closed, stopped, https_serve.read_log())
+
+
+def test_a_stop_over_https_answers_a_request_whose_head_had_begun(https_serve, certs):
+    """SIGTERM while a client's head is half sent over TLS (read by serve already): it is answered
+    once whole. Before (gevent): closed unanswered, as an idle connection is."""
+    body = gzip.compress(json.dumps(make_ping()).encode())
+    head = (f"POST {submit_path()} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with tls_connection(https_serve, certs) as slow:
+        slow.sendall(head[:25])
+        time.sleep(0.3)  # read by serve (no way to see inside TLS what it took)
+        https_serve.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        slow.sendall(head[25:] + body)
+        answer = read_all(slow)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert https_serve.proc.wait(timeout=30) == 0
+
+
 def test_a_renewed_certificate_is_served_to_the_next_connections_without_a_restart(https_serve, certs, tmp_path):
     """certbot (or mkcert run again) replaces the files: each worker makes its context again at
     most tls.CERT_CHECK_S after they changed, for the connections that come after; no restart."""

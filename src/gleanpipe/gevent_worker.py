@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import socket
 import ssl
 import struct
 import sys
@@ -64,16 +65,44 @@ def request_waiting(client) -> bool:
     return struct.unpack("i", unread)[0] > 0
 
 
+def bytes_taken(client) -> int | None:
+    """How many bytes of the connection ``client`` has read from the kernel: those TCP received
+    (Linux's TCP_INFO, tcpi_bytes_received, at offset 128) less those not read yet; None where the
+    kernel does not say. A wait that began at n has seen a request begin once more than n came,
+    read already (the parser takes a head's bytes as they come, and waits for the rest) or not."""
+    try:
+        info = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+        unread = fcntl.ioctl(client.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):  # closed, not TCP
+        return None
+    if len(info) < 136:
+        return None
+    return struct.unpack_from("Q", info, 128)[0] - struct.unpack("i", unread)[0]
+
+
+def request_begun(client, taken: int | None) -> bool:
+    """Whether a byte came on ``client`` since it had read ``taken`` (bytes_taken at a wait's start)."""
+    if request_waiting(client):
+        return True
+    now = bytes_taken(client) if taken is not None else None
+    return now is not None and now > taken
+
+
 class HeadWait:
     """A connection's wait for the head of its next request (gunicorn's timeout_ctx around the
-    parse): gunicorn's own bound, a gevent.Timeout of the keep-alive that ends the connection
-    quietly, which a stopping worker also fires at once (StopPromptly.end_if_idle)."""
+    parse), or for a TLS handshake (TLSGeventWorker): gunicorn's own bound, a gevent.Timeout of
+    the keep-alive that ends the connection quietly, which a stopping worker also fires at once
+    (StopPromptly.end_if_idle) unless a byte has come since the wait began."""
 
-    def __init__(self, worker: StopPromptly, seconds: float):
+    def __init__(self, worker: StopPromptly, seconds: float, client=None):
         self.worker, self.timeout, self.greenlet = worker, gevent.Timeout(seconds, False), None
+        self.client, self.taken = client, None
 
     def __enter__(self) -> HeadWait:
         self.greenlet = gevent.getcurrent()
+        if self.client is None:
+            self.client = self.worker.clients.get(self.greenlet)
+        self.taken = bytes_taken(self.client) if self.client is not None else None
         self.worker.head_waits[self.greenlet] = self
         self.timeout.start()
         if self.worker.stopping:  # a request answered during the stop: no next one is waited for
@@ -121,12 +150,13 @@ class StopPromptly(GeventWorker):
         return HeadWait(self, self.cfg.keepalive)
 
     def end_when_idle(self, wait: HeadWait) -> None:
-        """End ``wait``'s connection if no byte of a request has come on it, from gevent's loop:
+        """End ``wait``'s connection if no byte of a request has come on it since the wait began
+        (read by the parser or not: a head half sent is answered once whole), from gevent's loop:
         there the check and the end are one step, with the connection's greenlet still in its wait."""
         gevent.get_hub().loop.run_callback(self.end_if_idle, wait)
 
     def end_if_idle(self, wait: HeadWait) -> None:
-        if self.head_waits.get(wait.greenlet) is not wait or request_waiting(self.clients.get(wait.greenlet)):
+        if self.head_waits.get(wait.greenlet) is not wait or request_begun(wait.client, wait.taken):
             return  # its head was read meanwhile, or a request has begun: it is answered
         try:
             wait.greenlet.throw(wait.timeout)  # as if the keep-alive ran out: the connection is closed
@@ -181,11 +211,12 @@ class TLSGeventWorker(JSONGeventWorker):
 
     def handle(self, listener, client, addr):
         client.setblocking(1)
+        shaken = False
         try:
-            with gevent.Timeout(tls.HANDSHAKE_TIMEOUT_S):
+            # a HeadWait: a stop ends at once a connection none of whose handshake has come
+            with HeadWait(self, tls.HANDSHAKE_TIMEOUT_S, client):
                 client.do_handshake()
-        except gevent.Timeout:
-            self.log.debug("TLS handshake from %s took over %g s: closed", addr, tls.HANDSHAKE_TIMEOUT_S)
+                shaken = True
         except OSError as exc:  # SSLError is one
             if tls.handled_handshake_failure(self.log, client, addr, exc):
                 pass
@@ -194,5 +225,8 @@ class TLSGeventWorker(JSONGeventWorker):
             else:
                 self.log.warning("TLS handshake from %s failed: %s", addr, exc)
         else:
-            return super().handle(listener, client, addr)
+            if shaken:
+                return super().handle(listener, client, addr)
+            self.log.debug("TLS handshake from %s took over %g s or none came as serve stopped: closed", addr,
+                           tls.HANDSHAKE_TIMEOUT_S)
         util.close(client)

@@ -30,11 +30,17 @@ A stop (SIGTERM) wakes gunicorn's gthread worker at once, but gunicorn (27) keep
 connections open for up to 2 s more (STOP_KEEPALIVE_LINGER), in case a client is sending its next
 request already: an idle keep-alive client held each stop of serve 2 s. Here a stopping worker
 closes them at its next look at its poller, which first hands on those whose next request has
-begun (its bytes make the socket readable): those are answered, with ``Connection: close``.
+begun (its bytes make the socket readable): those are answered, with ``Connection: close``. So
+are new connections that have sent nothing yet (a browser's preconnect, a port probe): gunicorn's
+thread waited up to 5 s for their first byte (_FIRST_BYTES_S) and held the stop that long, and
+one given back to the poller waited for its keep-alive; a stop ends both at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import socket
 import time
 
@@ -63,9 +69,40 @@ class HeadTimeoutThreadWorker(JSONParseErrors, ThreadWorker):
         if self.cfg.is_ssl:
             self.cfg.set("ssl_context", tls.ssl_context)
 
+    def init_process(self):
+        # a pipe that a stop makes readable for good (handle_exit): a thread waiting for a new
+        # connection's first byte waits on it too. Here, in the worker's own process, not in
+        # __init__ (gunicorn makes the worker object in its master, before the fork)
+        self.stop_read, self.stop_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        super().init_process()
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        try:
+            os.write(self.stop_write, b"x")
+        except OSError:  # written already (a second signal): it stays readable
+            pass
+
+    def first_bytes(self, conn) -> bool | None:
+        """gunicorn's wait for a new connection's first byte (TConn.wait_for_data), which a stop
+        also ends: True once a byte came, None if the stop came first, False at _FIRST_BYTES_S."""
+        poll = select.poll()
+        poll.register(conn.sock, select.POLLIN)
+        poll.register(self.stop_read, select.POLLIN)
+        ready = {fd for fd, _ in poll.poll(_FIRST_BYTES_S * 1000)}
+        if conn.sock.fileno() in ready:
+            conn.data_ready = True
+            return True
+        return None if ready else False
+
     def handle(self, conn):
         if _DEFER is not None and not conn.initialized and not conn.data_ready:
-            if not conn.wait_for_data(_FIRST_BYTES_S):  # gunicorn's own wait, before the head's clock
+            came = self.first_bytes(conn)  # gunicorn's own wait, before the head's clock
+            if came is None:  # a stop, and nothing asked on it: closed. Shut first, or gunicorn's
+                with contextlib.suppress(OSError):  # lingering close waits up to 2 s for the client's
+                    conn.sock.shutdown(socket.SHUT_RDWR)  # end, in the loop the stop runs in
+                return False
+            if not came:
                 return _DEFER
         dup = None
         if self.cfg.is_ssl and not conn.initialized:
@@ -101,6 +138,8 @@ class HeadTimeoutThreadWorker(JSONParseErrors, ThreadWorker):
         each connection kept after an answer given during the stop."""
         now = time.monotonic()
         for conn in self.keepalived_conns:
+            conn.timeout = min(conn.timeout, now)
+        for conn in getattr(self, "pending_conns", ()):  # new connections given back to the poller (_DEFER)
             conn.timeout = min(conn.timeout, now)
 
     def finish_request(self, conn, fs):
