@@ -555,7 +555,8 @@ def test_documented_defaults():
         "linger_s": 2.0,
         "debug_index": True, "query_max_bytes": 268435456, "duckdb_memory_limit": None, "schema_path": "",
         "store_timeout_s": 3.0, "store_retry_s": 3.0, "bigquery_endpoint": "", "bigquery_retry_s": 60,
-        "bigquery_deletions_refresh_s": 60, "bigquery_deletions_settle_s": 300, "tls_cert": "", "tls_key": ""}
+        "bigquery_deletions_refresh_s": 60, "bigquery_deletions_settle_s": 300, "tls_cert": "", "tls_key": "",
+        "allowed_hosts": ()}
     # a Config made in code takes the same defaults as one read from the environment
     for field in fields(Config):
         if field.default is not MISSING:

@@ -36,6 +36,9 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("GLEANPIPE_HOST", "127.0.0.1", "Address `serve` listens on (0.0.0.0 to accept other hosts)."),
         Setting("GLEANPIPE_PORT", "8080", "Port `serve` listens on for /submit."),
+        Setting("GLEANPIPE_ALLOWED_HOSTS", "",
+                "`serve` on loopback only: Host names (comma-separated; .name for a name and all under it) its "
+                "pages (/debug, /dictionary) answer besides localhost, 127.x.x.x and [::1] (host_check.py)."),
         Setting("GLEANPIPE_TLS_CERT", "",
                 "`serve` only: PEM certificate (chain) file; with GLEANPIPE_TLS_KEY, serve speaks HTTPS. Empty: HTTP."),
         Setting("GLEANPIPE_TLS_KEY", "", "`serve` only: PEM private key file of GLEANPIPE_TLS_CERT (unencrypted)."),
@@ -261,6 +264,25 @@ def _seconds(env: str, environ=None) -> float:
     return value
 
 
+# an entry of GLEANPIPE_ALLOWED_HOSTS: a host name or IPv4 address (a leading dot: the name and every name under it)
+_ALLOWED_NAME = re.compile(r"\.?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+_ALLOWED_IPV6 = re.compile(r"\[[0-9a-f:.]+\]")
+
+
+def _hosts(env: str, environ=None) -> tuple[str, ...]:
+    """Comma-separated host names, lower case (GLEANPIPE_ALLOWED_HOSTS); an IPv6 address in brackets,
+    as a Host header has it. A port, a scheme or a path is refused: a Host is checked by its name."""
+    out = []
+    for entry in (part.strip().lower() for part in _get(env, environ).split(",")):
+        if not entry:
+            continue
+        if not (_ALLOWED_NAME.fullmatch(entry) or _ALLOWED_IPV6.fullmatch(entry)):
+            raise SettingError(f"{env}: {entry!r} is not a host name: give names without scheme, port or path "
+                               "(gleanpipe.test, or .example.test for it and every name under it), separated by commas")
+        out.append(entry)
+    return tuple(out)
+
+
 def value(env: str, environ=None) -> str:
     """A setting as given (its default when unset or empty), for what no ``Config`` field holds:
     GLEANPIPE_BQEMULATOR, read by `emulate` and the tests."""
@@ -271,6 +293,7 @@ def value(env: str, environ=None) -> str:
 _FIELDS = {
     "host": (_get, "GLEANPIPE_HOST"),
     "port": (_int, "GLEANPIPE_PORT"),
+    "allowed_hosts": (_hosts, "GLEANPIPE_ALLOWED_HOSTS"),
     "tls_cert": (_get, "GLEANPIPE_TLS_CERT"),
     "tls_key": (_get, "GLEANPIPE_TLS_KEY"),
     "workers": (_int, "GLEANPIPE_WORKERS"),
@@ -343,6 +366,7 @@ class Config:
     bigquery_deletions_settle_s: int = 300
     tls_cert: str = ""  # "": serve speaks plain HTTP (check_tls)
     tls_key: str = ""
+    allowed_hosts: tuple[str, ...] = ()  # GLEANPIPE_ALLOWED_HOSTS (host_check.py)
 
     @property
     def tls(self) -> bool:
@@ -359,6 +383,8 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool):
                 env[var] = "on" if value else "off"
+            elif isinstance(value, tuple):
+                env[var] = ",".join(value)
             elif name == "duckdb_memory_limit":
                 env[var] = "" if value is None else f"{value}B"
             else:
