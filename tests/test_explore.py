@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -179,6 +181,89 @@ def test_a_killed_explore_takes_datasette_with_it(loaded):
     assert wait_gone([datasette]) == []
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/-/versions.json", timeout=2)
+
+
+def host_request(port: int, method: str, path: str, host: str | None, version: str = "HTTP/1.1") -> tuple[int, bytes]:
+    """(status, body) of one request to 127.0.0.1:``port`` with the Host ``host`` (None: no Host header),
+    on a real socket: the Host a browser sends after a DNS rebinding is the page's own name."""
+    if version == "HTTP/1.0":  # http.client speaks HTTP/1.1 only; a 1.0 answer is not chunked
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"{method} {path} HTTP/1.0\r\n".encode() + (f"Host: {host}\r\n\r\n" if host else "\r\n").encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), body
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def explore_refusal(value: str) -> dict:
+    return {"error_type": "host_not_allowed",
+            "error_message": f"Host {value!r} is not allowed here: explore's Datasette listens on loopback (127.0.0.1) "
+                             "and answers its pages only to a loopback Host (localhost, 127.0.0.1, [::1]) or a name of "
+                             "GLEANPIPE_ALLOWED_HOSTS, so that a web page cannot read them through DNS rebinding"}
+
+
+def test_explores_datasette_answers_only_a_loopback_host_or_an_allowed_name(loaded):
+    """DNS rebinding: a web page whose name (evil.example) came to resolve to 127.0.0.1 must not read
+    the warehouse's copy through Datasette, as it must not read serve's pages (test_rebinding.py)."""
+    server, ids = loaded
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gleanpipe.cli", "explore", "--data-dir", str(server.data_dir),
+                             "--port", str(port), "--no-open"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "GLEANPIPE_ALLOWED_HOSTS": "gleanpipe.test,.example.test"})
+    sql = f"/{DATASET}.json?_shape=array&sql=" + urllib.parse.quote("SELECT document_id FROM metrics ORDER BY 1")
+    paths = ["/", f"/{DATASET}", f"/{DATASET}/metrics_v1", f"/{DATASET}.json", "/-/versions.json",
+             f"/{DATASET}/metrics_v1.json?_shape=array", sql, "/-/metadata.json", "/-/static/app.css", "/no-such-db"]
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/versions.json", proc)
+        for path in paths:
+            for host in (f"evil.example:{port}", "evil.example", "localhost.evil.example", "127.0.0.1.evil.example",
+                         f"192.168.1.20:{port}", "[::2]", "notexample.test", "localhost:x"):
+                status, body = host_request(port, "GET", path, host)
+                assert status == 403, (path, host, status, body[:200])  # not Datasette's answer, with the data
+                assert json.loads(body) == explore_refusal(host), (path, host, body)
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "app.localhost", "127.0.0.2",
+                         f"gleanpipe.test:{port}", "example.test", f"a.b.example.test:{port}"):
+                status, body = host_request(port, "GET", path, host)
+                assert status == (404 if path == "/no-such-db" else 200), (path, host, body[:300])
+        # what the allowed Hosts were answered: the warehouse's data
+        status, body = host_request(port, "GET", "/-/versions.json", f"localhost:{port}")
+        assert json.loads(body)["datasette"]["version"] == "0.65.5"
+        status, body = host_request(port, "GET", sql, f"gleanpipe.test:{port}")
+        assert [r["document_id"] for r in json.loads(body)] == sorted([ids["known"], *ids["plain"]])
+        status, body = host_request(port, "GET", f"/{DATASET}.json", f"127.0.0.1:{port}")
+        assert "metrics_v1" in {t["name"] for t in json.loads(body)["tables"]}
+        # whatever the method; a HEAD's refusal has no body
+        assert host_request(port, "HEAD", f"/{DATASET}.json", "evil.example") == (403, b"")
+        status, body = host_request(port, "POST", f"/{DATASET}.json", "evil.example")
+        assert (status, json.loads(body)) == (403, explore_refusal("evil.example"))
+        # no Host: HTTP/1.1 requires one, and is refused (by uvicorn's h11 parser before Datasette, or else by the
+        # check); an HTTP/1.0 request is no browser's, and is answered
+        status, body = host_request(port, "GET", "/-/versions.json", None)
+        assert (status, body) == (400, b"Invalid HTTP request received.") or (
+            status == 403 and json.loads(body)["error_message"].startswith(
+                "a request without a Host header (HTTP/1.1 requires one) is not allowed here: explore's Datasette")), body
+        status, body = host_request(port, "GET", "/-/versions.json", None, "HTTP/1.0")
+        assert status == 200 and json.loads(body)["datasette"]["version"] == "0.65.5"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    bad = subprocess.run([sys.executable, "-m", "gleanpipe.cli", "explore", "--data-dir", str(server.data_dir),
+                          "--port", str(port), "--no-open"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "GLEANPIPE_ALLOWED_HOSTS": "gleanpipe.test:8001"})
+    assert bad.returncode == 2 and "GLEANPIPE_ALLOWED_HOSTS: 'gleanpipe.test:8001' is not a host name" in bad.stderr
+    assert "exported" not in bad.stdout  # checked before the export
 
 
 def test_paged_export_through_serve_reads_every_row_once(loaded, tmp_path):

@@ -550,6 +550,9 @@ def status(data_dir, store_url, warehouse_url, as_json) -> None:
                                          ", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"))
 
 
+EXPLORE_HOST = "127.0.0.1"  # explore's Datasette listens here only, with a Host check (DNS rebinding)
+
+
 @main.command()
 @DATA_DIR
 @STORE
@@ -578,7 +581,7 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
         from .ports import ensure_port_free
 
         try:
-            ensure_port_free("127.0.0.1", port, setting="GLEANPIPE_EXPLORE_PORT")
+            ensure_port_free(EXPLORE_HOST, port, setting="GLEANPIPE_EXPLORE_PORT")
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
     out_dir = out or config.data_dir / "explore"
@@ -608,15 +611,17 @@ def explore(data_dir, store_url, warehouse_url, port, out, no_open, export_only,
     if importlib.util.find_spec("datasette") is None:
         raise click.ClickException("Datasette is not installed: pip install 'gleanpipe[explore]'")
     metadata_path = out_dir / "datasette-metadata.json"
-    metadata_path.write_bytes(orjson.dumps(ex.datasette_metadata(result), option=orjson.OPT_INDENT_2))
-    click.echo(f"Datasette on http://127.0.0.1:{port}/ (read-only; Ctrl-C stops)")
+    # with the settings of Datasette's Host check (DNS rebinding: datasette_plugins/host_check_plugin.py)
+    metadata_path.write_bytes(orjson.dumps(ex.datasette_metadata(result, EXPLORE_HOST, config.allowed_hosts),
+                                           option=orjson.OPT_INDENT_2))
+    click.echo(f"Datasette on http://{EXPLORE_HOST}:{port}/ (read-only; Ctrl-C stops)")
     import signal
 
     from . import parent_guard
 
     # Datasette stops with this command: on Ctrl-C or a kill (stop below), and on SIGKILL (parent_guard)
     proc = subprocess.Popen(parent_guard.command(
-        os.getpid(), ex.datasette_command(result, "127.0.0.1", port, not no_open, metadata_path)))
+        os.getpid(), ex.datasette_command(result, EXPLORE_HOST, port, not no_open, metadata_path)))
 
     def stop(*_):
         if proc.poll() is None:

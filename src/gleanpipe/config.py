@@ -37,8 +37,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("GLEANPIPE_HOST", "127.0.0.1", "Address `serve` listens on (0.0.0.0 to accept other hosts)."),
         Setting("GLEANPIPE_PORT", "8080", "Port `serve` listens on for /submit."),
         Setting("GLEANPIPE_ALLOWED_HOSTS", "",
-                "`serve` on loopback only: Host names (comma-separated; .name for a name and all under it) its "
-                "pages (/debug, /dictionary) answer besides localhost, 127.x.x.x and [::1] (host_check.py)."),
+                "`serve` on loopback and `explore`'s Datasette: Host names (comma-separated; .name for a name and "
+                "all under it) their pages (/debug, /dictionary; Datasette's) answer besides localhost, 127.x.x.x "
+                "and [::1] (host_check.py)."),
         Setting("GLEANPIPE_TLS_CERT", "",
                 "`serve` only: PEM certificate (chain) file; with GLEANPIPE_TLS_KEY, serve speaks HTTPS. Empty: HTTP."),
         Setting("GLEANPIPE_TLS_KEY", "", "`serve` only: PEM private key file of GLEANPIPE_TLS_CERT (unencrypted)."),

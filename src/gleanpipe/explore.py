@@ -452,7 +452,13 @@ def _json_key(name: str) -> str:
 # --- Datasette ------------------------------------------------------------------------------
 
 
-def datasette_metadata(result: ExportResult) -> dict:
+PLUGINS_DIR = Path(__file__).parent / "datasette_plugins"  # Datasette's --plugins-dir: the Host check
+HOST_CHECK_PLUGIN = "gleanpipe-host-check"  # its settings' key in the metadata (host_check_plugin.PLUGIN)
+
+
+def datasette_metadata(result: ExportResult, bind_host: str = "127.0.0.1", allowed_hosts: tuple[str, ...] = ()) -> dict:
+    """Datasette's metadata: titles, and the settings of the Host check (datasette_plugins/): the
+    address Datasette listens on and GLEANPIPE_ALLOWED_HOSTS."""
     dbs = {}
     for name in result.databases:
         dbs[name] = {
@@ -466,6 +472,7 @@ def datasette_metadata(result: ExportResult) -> dict:
                         "the *_flat views have one column per client_info/ping_info field and per metric."),
         "source": result.source,
         "databases": dbs,
+        "plugins": {HOST_CHECK_PLUGIN: {"bind_host": bind_host, "allowed_hosts": list(allowed_hosts)}},
     }
 
 
@@ -477,7 +484,7 @@ def datasette_command(result: ExportResult, host: str, port: int, open_browser: 
     for path in result.databases.values():
         cmd += ["-i", str(path)]  # immutable: opened read-only
     cmd += ["--host", host, "--port", str(port), "--metadata", str(metadata_path),
-            "--setting", "sql_time_limit_ms", "10000"]
+            "--setting", "sql_time_limit_ms", "10000", "--plugins-dir", str(PLUGINS_DIR)]
     if open_browser:
         cmd.append("--open")
     return cmd

@@ -97,15 +97,17 @@ def _shown(value: str) -> str:
 
 class HostGuard:
     """The check of a request's Host for serve's pages (see the module); ``for_bind`` makes one
-    only when serve listens on loopback."""
+    only when serve listens on loopback. ``server`` names, in the refusal, who listens: explore's
+    Datasette has the same check (datasette_plugins/host_check_plugin.py)."""
 
-    def __init__(self, bind_host: str, allowed: tuple[str, ...] = ()):
+    def __init__(self, bind_host: str, allowed: tuple[str, ...] = (), server: str = "serve"):
         self.bind_host = bind_host
         self.allowed = tuple(allowed)
+        self.server = server
 
     @classmethod
-    def for_bind(cls, bind_host: str, allowed: tuple[str, ...] = ()) -> "HostGuard | None":
-        return cls(bind_host, allowed) if listens_on_loopback(bind_host) else None
+    def for_bind(cls, bind_host: str, allowed: tuple[str, ...] = (), server: str = "serve") -> "HostGuard | None":
+        return cls(bind_host, allowed, server) if listens_on_loopback(bind_host) else None
 
     def refusal(self, environ: dict) -> str | None:
         """Why this request's Host is refused (one line), or None when it is allowed."""
@@ -119,7 +121,7 @@ class HostGuard:
             if name is not None and allowed_host(name, self.allowed):
                 return None
             said = f"Host {_shown(value)}"
-        return (f"{said} is not allowed here: serve listens on loopback ({self.bind_host}) and answers its pages "
+        return (f"{said} is not allowed here: {self.server} listens on loopback ({self.bind_host}) and answers its pages "
                 "only to a loopback Host (localhost, 127.0.0.1, [::1]) or a name of GLEANPIPE_ALLOWED_HOSTS, so "
                 "that a web page cannot read them through DNS rebinding")
 
