@@ -17,7 +17,9 @@ A serve that listens on another address was exposed on purpose: no check (``Host
 gives None).
 
 The check runs where the PrefixDispatcher (wsgi_mounts.py) sends a request to a mounted app, or
-to the submit app for a path that is not submit's: a submit request never reaches it.
+to the submit app for a path that is not submit's: a submit request never reaches it. `gleanpipe
+explore`'s Datasette, on 127.0.0.1 over a copy of the warehouse, gets the same check through a
+Datasette plugin (datasette_plugins/host_check_plugin.py), on every path.
 """
 
 from __future__ import annotations
