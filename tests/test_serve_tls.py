@@ -4,6 +4,7 @@ workers) and off (gthread workers)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import http.client
@@ -191,6 +192,45 @@ def test_a_stop_over_https_answers_a_request_whose_head_had_begun(https_serve, c
         time.sleep(0.3)
         slow.sendall(head[25:] + body)
         answer = read_all(slow)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert https_serve.proc.wait(timeout=30) == 0
+
+
+def test_a_stop_over_https_answers_a_request_whose_handshake_had_begun(https_serve, certs):
+    """SIGTERM while a client's ClientHello is half sent (read by serve already): the connection
+    has begun, so its handshake goes on once the rest comes, and its request is answered. The
+    client is the ssl module's own, over memory buffers, so the test says which bytes go when."""
+    body = gzip.compress(json.dumps(make_ping()).encode())
+    request = (f"POST {submit_path()} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(certs).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    assert len(hello) > 100, len(hello)
+    with socket.create_connection(("127.0.0.1", https_serve.port), timeout=15) as raw:
+        raw.sendall(hello[:50])
+        time.sleep(0.3)  # read by serve (the handshake has begun)
+        https_serve.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the stop is under way (a stop ends an idle connection in about 0.01 s)
+        raw.sendall(hello[50:])
+        while True:  # the rest of the handshake
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                got = raw.recv(65536)
+                assert got, "serve closed the connection during the handshake"
+                incoming.write(got)
+        tls.write(request)
+        raw.sendall(outgoing.read())
+        answer = b""
+        while got := raw.recv(65536):
+            incoming.write(got)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                answer += tls.read(65536)
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     assert https_serve.proc.wait(timeout=30) == 0
 

@@ -114,6 +114,20 @@ class HeadWait:
         return bool(self.timeout.__exit__(kind, value, traceback))  # True: its own timeout, swallowed
 
 
+class ListenerName:
+    """What gunicorn's handle takes of the listening socket a connection came on: its name, read
+    here once, when the worker begins to listen. A stop closes that socket (StreamServer.close)
+    while the open connections go on; a connection whose handle read the name after it (over
+    HTTPS: one whose TLS handshake ended during the stop) met a closed socket, OSError EBADF: a
+    traceback in serve's log, and its request unanswered."""
+
+    def __init__(self, sock):
+        self.name = sock.getsockname()
+
+    def getsockname(self):
+        return self.name
+
+
 class StopPromptly(GeventWorker):
     """gunicorn's GeventWorker that stops as soon as it is asked and as soon as its requests in
     flight are answered (see the module). Its run() is a loop of its own, which differs from
@@ -166,8 +180,8 @@ class StopPromptly(GeventWorker):
     def listen(self, sock) -> StreamServer:
         sock.setblocking(1)
         extra = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
-        server = StreamServer(sock, handle=functools.partial(self.handle, sock), spawn=Pool(self.worker_connections),
-                              **extra)
+        handle = functools.partial(self.handle, ListenerName(sock))
+        server = StreamServer(sock, handle=handle, spawn=Pool(self.worker_connections), **extra)
         if self.cfg.workers > 1:
             server.max_accept = 1  # one connection per wake-up: the other workers get theirs
         server.start()
