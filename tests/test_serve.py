@@ -297,12 +297,15 @@ def test_a_stop_answers_the_request_in_flight_while_it_closes_the_idle_connectio
         assert again.stop() == 0
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["sent-at-once", "sent-after-a-pause"])
 @pytest.mark.parametrize("spool", ["on", "off"], ids=["gevent", "gthread"])
-def test_a_stop_answers_a_request_whose_head_had_begun(data_dir, spool):
+def test_a_stop_answers_a_request_whose_head_had_begun(data_dir, spool, late):
     """SIGTERM while a client's head is half sent, and read by serve already (its bytes are in the
     parser, none waits on the socket): the request has begun, so serve answers it once the rest
     comes, and stores its ping. Before (gevent): the stop looked only for bytes not read yet on
-    the socket, found none and closed the connection unanswered, as if it were idle."""
+    the socket, found none and closed the connection unanswered, as if it were idle. Its first
+    bytes come with the connection, or once serve has waited for them a while (the gevent
+    worker's wait for the head had begun: what it counts as come since then is the head's)."""
     data_dir.mkdir(parents=True)
     server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": spool}).start()
     doc_id, body = str(uuid.uuid4()), gz(make_ping(CLIENT, seq=3))
@@ -310,8 +313,11 @@ def test_a_stop_answers_a_request_whose_head_had_begun(data_dir, spool):
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=20) as slow:
-            slow.sendall(head[:25])
             mine = slow.getsockname()[1]
+            if late:
+                until(lambda: _server_end(server.port, mine) == 0, "the connection accepted")
+                time.sleep(0.3)  # serve waits for the head
+            slow.sendall(head[:25])
             until(lambda: _server_end(server.port, mine) == 0, "the connection accepted and its 25 bytes read")
             server.proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)  # the stop is under way (a stop ends an idle connection in about 0.01 s)
