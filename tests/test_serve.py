@@ -19,6 +19,7 @@ import pytest
 
 from gleanpipe.admin import AdminClient
 from gleanpipe.emulate import free_port
+from gleanpipe.http_worker import _FIRST_BYTES_S
 
 from conftest import (APP, DATASET, ROOT, SDK_HEADERS, ServeProcess, children, fill_disk, gz, holds_open, make_ping,
                       post, put_many_unsynced, run_cli, running, small_disk, submit_path, until, wait_gone)
@@ -362,6 +363,30 @@ def test_a_stop_ends_at_once_a_connection_that_sent_nothing(data_dir, spool):
     finally:
         server.stop()
     assert closed < 1.5 and gone < 1.5, (closed, gone, server.read_log())
+    assert "Traceback" not in server.read_log()
+
+
+def test_a_stop_ends_promptly_a_quiet_connection_gthread_had_given_back_to_its_poller(data_dir):
+    """gunicorn's gthread worker (spool off) gives a new connection that sent nothing for 5 s (its
+    DEFAULT_WORKER_DATA_TIMEOUT, http_worker._FIRST_BYTES_S) back to its poller, which keeps it
+    for a keep-alive (serve.KEEPALIVE_S, 5 s) more. A stop then closes it at the worker's next
+    look at its poller (about 1 s: its stop loop waits up to 1 s between looks), not at the end of
+    that keep-alive (about 5 s from here)."""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "off"}).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as quiet:
+            mine = quiet.getsockname()[1]
+            until(lambda: _server_end(server.port, mine) == 0, "the connection accepted")
+            time.sleep(_FIRST_BYTES_S + 0.5)  # given back to the poller
+            asked = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            assert quiet.recv(1) == b""  # closed unanswered: nothing was asked on it
+            closed = time.monotonic() - asked
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    assert closed < 2.5, (closed, server.read_log())
     assert "Traceback" not in server.read_log()
 
 
