@@ -390,6 +390,39 @@ def test_a_stop_ends_promptly_a_quiet_connection_gthread_had_given_back_to_its_p
     assert "Traceback" not in server.read_log()
 
 
+def test_a_stop_closes_serves_port_at_once_and_waits_for_the_request_in_flight_past_a_second(data_dir):
+    """gevent workers (spool on): SIGTERM while a request's body is half sent. The workers stop
+    listening at once (a new connection is refused, not taken by a worker that would close it
+    unanswered), and the request in flight has gunicorn's graceful timeout (serve's 10 s) to end:
+    its body's rest, sent 2 s into the stop, is read and answered. (gunicorn's gthread worker
+    keeps its listening socket open until it exits, so this is the gevent worker's.)"""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "on"}).start()
+    doc_id, body = str(uuid.uuid4()), gz(make_ping(CLIENT, seq=5))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as busy:
+            busy.sendall(f"POST {submit_path('baseline', doc_id)} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+            mine = busy.getsockname()[1]
+            until(lambda: _server_end(server.port, mine) == 0, "the connection accepted and all of what was sent read")
+            asked = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            until(lambda: not _listening(server.port), "serve's port closed", 5)
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+            time.sleep(max(0.0, asked + 2 - time.monotonic()))
+            assert server.proc.poll() is None  # still waiting for the request in flight
+            busy.sendall(body[10:])
+            answer = b""
+            while chunk := busy.recv(65536):
+                answer += chunk
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert "Traceback" not in server.read_log() and "graceful timeout" not in server.read_log(), server.read_log()
+
+
 def _tcp_sockets(port: int):
     """(remote port, state, bytes received not yet read, inode) of each TCP socket on local
     ``port`` (/proc/net/tcp and tcp6). inode is 0 for a connection not accepted yet."""
