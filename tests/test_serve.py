@@ -423,6 +423,29 @@ def test_a_stop_closes_serves_port_at_once_and_waits_for_the_request_in_flight_p
     assert "Traceback" not in server.read_log() and "graceful timeout" not in server.read_log(), server.read_log()
 
 
+def test_a_gevent_worker_takes_at_most_gleanpipe_connections_connections_at_once(data_dir):
+    """GLEANPIPE_CONNECTIONS bounds each gevent worker's connections (its pool): with 2 open on a
+    single worker allowed 2, a third waits in the kernel's queue, not accepted, until one ends."""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "on", "GLEANPIPE_WORKERS": "1",
+                                         "GLEANPIPE_CONNECTIONS": "2"}).start()
+    try:
+        first, second = (socket.create_connection(("127.0.0.1", server.port), timeout=20) for _ in range(2))
+        for sock in (first, second):
+            until(lambda sock=sock: _server_end(server.port, sock.getsockname()[1]) == 0, "the connection accepted")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as third:
+            mine = third.getsockname()[1]
+            time.sleep(0.5)
+            assert _server_end(server.port, mine) == "queued"
+            first.close()  # a place in the pool
+            until(lambda: _server_end(server.port, mine) == 0, "the third connection accepted")
+            third.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert third.recv(9) == b"HTTP/1.1 "  # served (a 405: submit takes POST)
+        second.close()
+    finally:
+        server.stop()
+
+
 def _tcp_sockets(port: int):
     """(remote port, state, bytes received not yet read, inode) of each TCP socket on local
     ``port`` (/proc/net/tcp and tcp6). inode is 0 for a connection not accepted yet."""
