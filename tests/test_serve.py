@@ -423,6 +423,33 @@ def test_a_stop_closes_serves_port_at_once_and_waits_for_the_request_in_flight_p
     assert "Traceback" not in server.read_log() and "graceful timeout" not in server.read_log(), server.read_log()
 
 
+def test_a_stop_gives_up_on_a_stalled_request_at_the_graceful_timeout(data_dir):
+    """gevent workers (spool on): SIGTERM while a request's body is half sent and its client sends
+    no more (its body's own limit, GLEANPIPE_BODY_TIMEOUT_S, is an hour). The worker waits for it
+    gunicorn's graceful timeout (serve.GRACEFUL_TIMEOUT_S, 10 s), then closes it, says so in its
+    log and ends: serve is gone within that timeout and a margin, not held by the client."""
+    from gleanpipe.serve import GRACEFUL_TIMEOUT_S
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "on"}).start()
+    body = gz(make_ping(CLIENT, seq=6))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=GRACEFUL_TIMEOUT_S + 20) as stalled:
+            stalled.sendall(f"POST {submit_path('baseline', str(uuid.uuid4()))} HTTP/1.1\r\nHost: x\r\n"
+                            f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+            mine = stalled.getsockname()[1]
+            until(lambda: _server_end(server.port, mine) == 0, "the connection accepted and all of what was sent read")
+            asked = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(timeout=GRACEFUL_TIMEOUT_S + 5) == 0
+            stopped = time.monotonic() - asked
+            with contextlib.suppress(ConnectionResetError):
+                assert stalled.recv(65536) == b""  # closed unanswered
+    finally:
+        server.stop()
+    assert GRACEFUL_TIMEOUT_S - 0.5 < stopped < GRACEFUL_TIMEOUT_S + 5, (stopped, server.read_log())
+    assert "Worker graceful timeout" in server.read_log(), server.read_log()
+
+
 def test_a_gevent_worker_takes_at_most_gleanpipe_connections_connections_at_once(data_dir):
     """GLEANPIPE_CONNECTIONS bounds each gevent worker's connections (its pool): with 2 open on a
     single worker allowed 2, a third waits in the kernel's queue, not accepted, until one ends."""
