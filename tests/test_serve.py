@@ -215,6 +215,26 @@ def test_ctrl_c_in_a_terminal_stops_serve_gracefully(data_dir):
         assert again.stop() == 0
 
 
+@pytest.mark.parametrize("spool", ["on", "off"], ids=["gevent", "gthread"])
+def test_a_kept_alive_connection_idle_for_over_a_second_takes_its_next_request(data_dir, spool):
+    """While serve is not stopping, a connection kept alive after an answer stays open for its
+    keep-alive (serve.KEEPALIVE_S, 5 s): a request 1.5 s later on it is answered. (The workers'
+    look at their kept-alive connections comes at most 1 s apart: a worker that closed them as
+    if stopping would have closed this one by then.)"""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": spool}).start()
+    conn = _kept_alive(server.port, str(uuid.uuid4()))
+    try:
+        time.sleep(1.5)
+        conn.request("POST", submit_path("baseline", str(uuid.uuid4())), body=gz(make_ping(CLIENT, seq=2)),
+                     headers=SDK_HEADERS)
+        answer = conn.getresponse()
+        assert (answer.status, answer.getheader("Connection"), answer.read()) == (200, "keep-alive", b"")
+    finally:
+        conn.close()
+        assert server.stop() == 0
+
+
 def _kept_alive(port: int, doc_id: str) -> http.client.HTTPConnection:
     """A connection on which one ping was answered 200, kept alive by serve and idle since."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
