@@ -235,6 +235,35 @@ def test_a_kept_alive_connection_idle_for_over_a_second_takes_its_next_request(d
         assert server.stop() == 0
 
 
+def test_a_gevent_worker_stops_at_once_right_after_its_heartbeat(data_dir):
+    """A gevent worker tells gunicorn's master it lives, then waits up to a second (HEARTBEAT_S)
+    for the next heartbeat or a stop. SIGTERM sent just after a heartbeat ends its idle
+    connection at once: the signal wakes the wait (a worker it did not wake saw the stop at the
+    wait's end, up to a second later; the other stop tests, whose signal comes at any point of
+    that second, see that in some runs only). The heartbeat's time is that of gunicorn's file
+    for it (its mtime is set to time.monotonic()), read here through the worker's /proc fd."""
+    data_dir.mkdir(parents=True)
+    server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "on", "GLEANPIPE_WORKERS": "1"}).start()
+    (master,) = children(server.proc.pid)
+    until(lambda: len(children(master)) == 1, "gunicorn's worker")
+    (worker,) = children(master)
+    fds = f"/proc/{worker}/fd"
+    (beat,) = [f"{fds}/{fd}" for fd in os.listdir(fds) if "wgunicorn-" in os.readlink(f"{fds}/{fd}")]
+    idle = _kept_alive(server.port, str(uuid.uuid4()))
+    try:
+        last = os.stat(beat).st_mtime
+        # polled every 5 ms; one comes while it serves, too (gunicorn's master kills a silent worker)
+        until(lambda: os.stat(beat).st_mtime != last, "a heartbeat", 5)
+        asked = time.monotonic()
+        os.kill(worker, signal.SIGTERM)
+        assert idle.sock.recv(1) == b""
+        closed = time.monotonic() - asked
+    finally:
+        idle.close()
+        assert server.stop() == 0
+    assert closed < 0.6, (closed, server.read_log())  # about 0.001 s; not woken, about 1 s here
+
+
 def _kept_alive(port: int, doc_id: str) -> http.client.HTTPConnection:
     """A connection on which one ping was answered 200, kept alive by serve and idle since."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
