@@ -730,19 +730,25 @@ def test_build_or_explore_out_a_device_or_a_file_is_a_usage_error_that_wants_a_f
     """`dictionary build --out /dev/null` said "cannot write /dev/null: File exists" (exit 1), and
     `explore --export-only --out /dev/null` "export failed: /dev/null: File exists"; --out a regular
     file click's "Directory '...' is a file.": each is one line naming the path, what it is and
-    what --out must be (exit 2), before the warehouse is read; a folder already there is written into."""
+    what --out must be (exit 2), before the warehouse is read; a folder already there is written into.
+    So are a FIFO, a Unix socket and a link to nothing (which is not followed: nothing is made there)."""
     data_dir = tmp_path / "data"
     added = gleanpipe("apps", "add", "org.example.toolbox", "--metrics", str(GLEAN_CLIENT / "metrics.yaml"),
                       "--data-dir", str(data_dir))
     assert added.returncode == 0, added.stderr
     (tmp_path / "a-file").write_text("x")
     os.mkfifo(tmp_path / "a-fifo")
-    for out, what in (("/dev/null", "a device"), (tmp_path / "a-file", "a file"), (tmp_path / "a-fifo", "a FIFO")):
+    (tmp_path / "a-link").symlink_to(tmp_path / "nothing")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(tmp_path / "a-socket"))
+    for out, what in (("/dev/null", "a device"), (tmp_path / "a-file", "a file"), (tmp_path / "a-fifo", "a FIFO"),
+                      (tmp_path / "a-socket", "a socket"), (tmp_path / "a-link", "a link to nothing")):
         for command in (("dictionary", "build"), ("explore", "--export-only")):
             refused = gleanpipe(*command, "--out", str(out), "--data-dir", str(data_dir))
             assert usage_error(refused) == (f"Error: Invalid value for '--out': {out} is {what}, not a folder: "
                                             "give a folder (made if missing)"), command
-    assert (tmp_path / "a-file").read_text() == "x"
+    listening.close()
+    assert (tmp_path / "a-file").read_text() == "x" and not (tmp_path / "nothing").exists()
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "index.html").write_text("an earlier build")
     built = gleanpipe("dictionary", "build", "--out", str(tmp_path / "site"), "--data-dir", str(data_dir))
