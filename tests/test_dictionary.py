@@ -365,6 +365,9 @@ def test_metric_page_html(site):
     assert "SUM(p.metrics.counter.toolbox_launch_count)" in html
     assert "How many times a tool was launched" in html
     assert "https://github.com/example/gleanpipe/issues/1" in html
+    # "sent in pings": a link to the page of each of the app's pings it names
+    assert (f'<a href="../../../apps/{DATASET}/pings/baseline.html">baseline</a>, '
+            f'<a href="../../../apps/{DATASET}/pings/toolbox-usage.html">toolbox-usage</a></dd>') in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html.replace(
         'href="https://github.com/example/gleanpipe/issues/1"', ""))  # no network assets
 
