@@ -33,7 +33,9 @@ closes them at its next look at its poller, which first hands on those whose nex
 begun (its bytes make the socket readable): those are answered, with ``Connection: close``. So
 are new connections that have sent nothing yet (a browser's preconnect, a port probe): gunicorn's
 thread waited up to 5 s for their first byte (_FIRST_BYTES_S) and held the stop that long, and
-one given back to the poller waited for its keep-alive; a stop ends both at once.
+one given back to the poller waited for its keep-alive; a stop ends the first at once and the
+second at the stopping worker's next look at its poller (gunicorn's stop loop looks about once a
+second).
 """
 
 from __future__ import annotations
