@@ -208,11 +208,7 @@ def test_ctrl_c_in_a_terminal_stops_serve_gracefully(data_dir):
             answer = conn.recv(65536)
         assert proc.wait(timeout=30) == 0
     assert answer.startswith(b"HTTP/1.1 200 "), answer
-    again = ServeProcess(data_dir).start()  # and it was stored: it is a row (at the latest once serve starts again)
-    try:
-        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE document_id = '{doc_id}'", 1) == 1
-    finally:
-        assert again.stop() == 0
+    assert_stored_once(data_dir, doc_id)  # at the latest once serve starts again
 
 
 @pytest.mark.parametrize("spool", ["on", "off"], ids=["gevent", "gthread"])
@@ -262,6 +258,16 @@ def test_a_gevent_worker_stops_at_once_right_after_its_heartbeat(data_dir):
         idle.close()
         assert server.stop() == 0
     assert closed < 0.6, (closed, server.read_log())  # about 0.001 s; not woken, about 1 s here
+
+
+def assert_stored_once(data_dir, doc_id: str) -> None:
+    """The ping ``doc_id`` is one row of baseline_v1, at the latest once a new serve on ``data_dir``
+    has loaded what the last one stored."""
+    again = ServeProcess(data_dir).start()
+    try:
+        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE document_id = '{doc_id}'", 1) == 1
+    finally:
+        assert again.stop() == 0
 
 
 def _kept_alive(port: int, doc_id: str) -> http.client.HTTPConnection:
@@ -340,11 +346,7 @@ def test_a_stop_answers_the_request_in_flight_while_it_closes_the_idle_connectio
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     assert ended < 1.5, (ended, answer, server.read_log())  # about 0.001 s; kept: 5 s (gevent), 2 s (gthread)
     assert "Traceback" not in server.read_log()
-    again = ServeProcess(data_dir).start()
-    try:
-        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE document_id = '{doc_id}'", 1) == 1
-    finally:
-        assert again.stop() == 0
+    assert_stored_once(data_dir, doc_id)  # at the latest once serve starts again
 
 
 @pytest.mark.parametrize("late", [False, True], ids=["sent-at-once", "sent-after-a-pause"])
@@ -379,11 +381,7 @@ def test_a_stop_answers_a_request_whose_head_had_begun(data_dir, spool, late):
     finally:
         server.stop()
     assert answer.startswith(b"HTTP/1.1 200 "), answer
-    again = ServeProcess(data_dir).start()
-    try:
-        assert again.wait_rows(f"SELECT count(*) FROM {DATASET}.baseline_v1 WHERE document_id = '{doc_id}'", 1) == 1
-    finally:
-        assert again.stop() == 0
+    assert_stored_once(data_dir, doc_id)  # at the latest once serve starts again
 
 
 @pytest.mark.parametrize("spool", ["on", "off"], ids=["gevent", "gthread"])
