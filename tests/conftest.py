@@ -360,6 +360,14 @@ def until(condition, what: str, timeout: float = 10) -> None:
         time.sleep(0.005)
 
 
+def read_all(sock) -> bytes:
+    """What comes on ``sock`` until the server closes the connection."""
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
 def thread_at_line(thread: threading.Thread, function, text: str) -> bool:
     """Whether ``thread`` is running (or blocked in) the line of ``function`` that holds ``text``,
     seen in its current frame (sys._current_frames: the real thread's state, nothing patched)."""

@@ -22,7 +22,7 @@ from gleanpipe.emulate import free_port
 from gleanpipe.http_worker import _FIRST_BYTES_S
 
 from conftest import (APP, DATASET, ROOT, SDK_HEADERS, ServeProcess, children, fill_disk, gz, holds_open, make_ping,
-                      post, put_many_unsynced, run_cli, running, small_disk, submit_path, until, wait_gone)
+                      post, put_many_unsynced, read_all, run_cli, running, small_disk, submit_path, until, wait_gone)
 
 CLIENT = "3f5b6a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
@@ -374,9 +374,7 @@ def test_a_stop_answers_a_request_whose_head_had_begun(data_dir, spool, late):
             server.proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)  # the stop is under way (a stop ends an idle connection in about 0.01 s)
             slow.sendall(head[25:] + body)
-            answer = b""
-            while chunk := slow.recv(65536):
-                answer += chunk
+            answer = read_all(slow)
         assert server.proc.wait(timeout=30) == 0
     finally:
         server.stop()
@@ -460,9 +458,7 @@ def test_a_stop_closes_serves_port_at_once_and_waits_for_the_request_in_flight_p
             time.sleep(max(0.0, asked + 2 - time.monotonic()))
             assert server.proc.poll() is None  # still waiting for the request in flight
             busy.sendall(body[10:])
-            answer = b""
-            while chunk := busy.recv(65536):
-                answer += chunk
+            answer = read_all(busy)
         assert server.proc.wait(timeout=30) == 0
     finally:
         server.stop()

@@ -18,7 +18,8 @@ import uuid
 
 import pytest
 
-from conftest import APP, DATASET, SDK_HEADERS, ServeProcess, children, make_ping, run_cli, submit_path
+from conftest import (APP, DATASET, SDK_HEADERS, ServeProcess, children, make_ping, read_all, run_cli,
+                      submit_path)
 from test_sdk_e2e import run_sdk
 from tls_certs import make_ca
 
@@ -62,14 +63,6 @@ def post(server, certs, path: str, body: bytes, headers: dict | None = None):
 def tls_connection(server, certs) -> ssl.SSLSocket:
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=15)
     return client_context(certs).wrap_socket(raw, server_hostname="127.0.0.1")
-
-
-def read_all(sock) -> bytes:
-    """What comes on ``sock`` until serve closes the connection."""
-    out = b""
-    while chunk := sock.recv(65536):
-        out += chunk
-    return out
 
 
 def closed_after(sock) -> float:
