@@ -324,11 +324,7 @@ def test_a_stop_answers_the_request_in_flight_while_it_closes_the_idle_connectio
     doc_id, body = str(uuid.uuid4()), gz(make_ping(CLIENT, seq=7))
     idle = _kept_alive(server.port, str(uuid.uuid4()))
     try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as busy:
-            busy.sendall(f"POST {submit_path('baseline', doc_id)} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
-            mine = busy.getsockname()[1]
-            until(lambda: _server_end(server.port, mine) == 0, "the connection accepted and all of what was sent read")
+        with _ping_half_sent(server.port, doc_id, body) as busy:
             server.proc.send_signal(signal.SIGTERM)
             assert idle.sock.recv(1) == b""  # closed at once ...
             assert server.proc.poll() is None  # ... while serve waits for the request in flight
@@ -445,11 +441,7 @@ def test_a_stop_closes_serves_port_at_once_and_waits_for_the_request_in_flight_p
     server = ServeProcess(data_dir, env={"GLEANPIPE_SPOOL": "on"}).start()
     doc_id, body = str(uuid.uuid4()), gz(make_ping(CLIENT, seq=5))
     try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as busy:
-            busy.sendall(f"POST {submit_path('baseline', doc_id)} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
-            mine = busy.getsockname()[1]
-            until(lambda: _server_end(server.port, mine) == 0, "the connection accepted and all of what was sent read")
+        with _ping_half_sent(server.port, doc_id, body) as busy:
             asked = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             until(lambda: not _listening(server.port), "serve's port closed", 5)
@@ -524,6 +516,17 @@ def _tcp_sockets(port: int):
             f = line.split()
             if int(f[1].rsplit(":", 1)[1], 16) == port:
                 yield int(f[2].rsplit(":", 1)[1], 16), f[3], int(f[4].split(":")[1], 16), int(f[9])
+
+
+def _ping_half_sent(port: int, doc_id: str, body: bytes) -> socket.socket:
+    """A connection on which a ping's head and the first 10 bytes of its body were sent, once serve
+    has accepted it and read all of that (a request in flight, its body's rest to send)."""
+    busy = socket.create_connection(("127.0.0.1", port), timeout=20)
+    busy.sendall(f"POST {submit_path('baseline', doc_id)} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    mine = busy.getsockname()[1]
+    until(lambda: _server_end(port, mine) == 0, "the connection accepted and all of what was sent read")
+    return busy
 
 
 def _server_end(port: int, client_port: int) -> int | str | None:
