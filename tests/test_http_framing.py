@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SDK_HEADERS, ServeProcess, gz, make_ping, post, submit_path, until
+from conftest import SDK_HEADERS, ServeProcess, gz, make_ping, post, read_all, submit_path, until
 from gleanpipe.config import Config
 from gleanpipe.http_worker import HEAD_TIMEOUT_S
 from gleanpipe.serve import KEEPALIVE_S
@@ -877,3 +877,29 @@ def test_broken_chunked_framing_keeps_the_chunks_before_it(recording_server):
     record = record_of(srv, "body_framing", doc)
     assert record["error_message"].startswith("the body cannot be read: InvalidChunkSize: ")
     assert kept(record) == data
+
+
+@pytest.mark.parametrize("kind", ["serve", "serve-threads"])
+def test_a_client_that_asks_for_close_and_holds_its_socket_holds_no_other_ping(tmp_path, kind):
+    """A client sends a ping with "Connection: close", reads its 200 and keeps its socket open. With
+    the spool off, gunicorn's gthread worker closed such a connection on its main thread, waiting
+    there up to 2 s for the client to close its end (util.close_graceful): every other connection
+    of the worker waited with it, and a ping sent meanwhile took about 1.95 s to be answered. Now
+    the wait is in the request's own thread (http_worker.CLOSE_LINGER_S), the other ping is answered
+    at once (about 3 ms; bound 1 s), and the holding client still sees its answer end (EOF)."""
+    server = edge_server(kind, tmp_path / "data", {"GLEANPIPE_WORKERS": "1"})
+    try:
+        body = gz(make_ping(CLIENT))
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=20) as holder:
+                holder.sendall(f"POST {submit_path()} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                               f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                answer = read_all(holder)  # the answer, then the end of the connection
+                assert answer.startswith(b"HTTP/1.1 200 ") and b"X-Gleanpipe-Stored: new" in answer, answer
+                asked = time.monotonic()
+                status, _, headers = post(f"http://127.0.0.1:{server.port}{submit_path()}", body)
+                took = time.monotonic() - asked
+                assert (status, headers["X-Gleanpipe-Stored"]) == (200, "new")
+                assert took < 1.0, (kind, took)
+    finally:
+        server.stop()

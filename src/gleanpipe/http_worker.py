@@ -51,6 +51,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from . import tls
 from .http_errors import JSONParseErrors
+from .linger import linger
 from .read_deadline import WATCHER
 
 # gunicorn's newer gthread (27 has it): a new connection's thread waits this long for its first bytes, then
@@ -59,6 +60,9 @@ _DEFER = getattr(gthread, "_DEFER", None)
 _FIRST_BYTES_S = getattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT", 5.0)
 
 HEAD_TIMEOUT_S = 5.0  # as gunicorn's gevent workers bound a head: serve's --keep-alive (serve.KEEPALIVE_S)
+# a connection closed after its answer waits this long at most for the client to close its end, in
+# the request's own thread (gunicorn's graceful close waits as long, on the worker's main thread)
+CLOSE_LINGER_S = 2.0
 
 
 class HeadTimeoutThreadWorker(JSONParseErrors, ThreadWorker):
@@ -115,11 +119,19 @@ class HeadTimeoutThreadWorker(JSONParseErrors, ThreadWorker):
             dup = socket.socket(fileno=socket.dup(conn.sock.fileno()))
         conn.head_deadline = WATCHER.watch(conn.sock if dup is None else dup, HEAD_TIMEOUT_S)
         try:
-            return super().handle(conn)
+            kept = super().handle(conn)
         finally:  # a head that never came whole (the deadline, a client that left), an error
             WATCHER.done(conn.head_deadline)
             if dup is not None:
                 dup.close()
+        if kept is False:
+            # closed after its answer (the client asked for it, HTTP/1.0, an error): gunicorn closes it
+            # on the worker's main thread, waiting there up to 2 s for the client to close its end
+            # (util.close_graceful), and every other connection of the worker waited with it: a client
+            # that sent "Connection: close" and held its socket held each ping of that worker 2 s.
+            # The wait is here, in this request's thread; both sides shut, gunicorn's ends at once.
+            linger(conn.sock, CLOSE_LINGER_S)
+        return kept
 
     def handle_error(self, req, client, addr, exc):
         """A client that went away during its TLS handshake, or that the head's clock cut off in it,
