@@ -38,21 +38,20 @@ import os
 import ssl
 import time
 
-from .http_edge import ALLOW_ORIGIN
+from .http_errors import ParseAnswer, answer_bytes
 
 # errors of a client that went away before or during its handshake (a reset, a port probe)
 GONE_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF)
 
 # The answer to a plain-HTTP request on serve's HTTPS port (``answer_plain_http``): a 503, not the
 # 400 nginx gives, since a Glean SDK deletes a ping on any 4xx, and its server_endpoint saying
-# http:// by mistake makes no ping bad; with a 5xx it keeps them until the endpoint is fixed. With
-# the edge's CORS header, as every answer on the submit port has (README, The submit contract):
-# without it a page's fetch saw a network error instead of the 503 that says why.
-_PLAIN_HTTP_BODY = (b'{"error_type": "https_only", "error_message": "this port speaks HTTPS '
-                    b'(GLEANPIPE_TLS_CERT): send to https://, not http://"}')
-PLAIN_HTTP_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n%s\r\n\r\n"
-                     % (len(_PLAIN_HTTP_BODY), ": ".join(ALLOW_ORIGIN).encode()) + _PLAIN_HTTP_BODY)
+# http:// by mistake makes no ping bad; with a 5xx it keeps them until the endpoint is fixed. Written
+# as serve's answers to what gunicorn cannot parse are (http_errors.answer_bytes): the edge's JSON
+# body, Connection: close, and the CORS header every answer on the submit port has (README, The
+# submit contract): without it a page's fetch saw a network error instead of the 503 that says why.
+PLAIN_HTTP_ANSWER = answer_bytes(ParseAnswer(
+    503, "Service Unavailable", "https_only",
+    "this port speaks HTTPS (GLEANPIPE_TLS_CERT): send to https://, not http://"))
 
 # serve's log line for it (as gunicorn words a bad request: "Invalid request from ip=")
 PLAIN_HTTP_SAID = "Invalid request from ip=%s: plain HTTP on the HTTPS port, answered 503 https_only"
@@ -245,7 +244,7 @@ def answer_plain_http(sock) -> None:
     from .linger import linger
 
     # to the descriptor: gevent's socket methods call the TLS socket's own send, whose TLS layer
-    # failed (an SSLEOFError). A new connection's send buffer takes these 250 bytes at once.
+    # failed (an SSLEOFError). A new connection's send buffer takes these 260 bytes at once.
     try:
         if os.write(sock.fileno(), PLAIN_HTTP_ANSWER) != len(PLAIN_HTTP_ANSWER):
             return
