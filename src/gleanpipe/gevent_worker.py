@@ -50,6 +50,15 @@ from .http_errors import JSONParseErrors
 HEARTBEAT_S = 1.0  # how often a worker tells gunicorn's master that it lives, while it serves and while it stops
 
 
+def _unread(client) -> int | None:
+    """How many bytes the kernel holds for ``client``'s socket, not read yet (FIONREAD); None once
+    the socket is closed (fileno -1). Never blocks."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(client.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return None
+
+
 def request_waiting(client) -> bool:
     """Whether bytes the client sent wait on ``client``, not read yet: the start of a request it
     has sent (on a TLS socket, also what was decrypted but not taken). Never blocks."""
@@ -58,11 +67,7 @@ def request_waiting(client) -> bool:
     pending = getattr(client, "pending", None)  # ssl sockets
     if pending is not None and pending():
         return True
-    try:
-        unread = fcntl.ioctl(client.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    except (OSError, ValueError):  # closed already (fileno -1)
-        return False
-    return struct.unpack("i", unread)[0] > 0
+    return (_unread(client) or 0) > 0
 
 
 def bytes_taken(client) -> int | None:
@@ -72,12 +77,12 @@ def bytes_taken(client) -> int | None:
     read already (the parser takes a head's bytes as they come, and waits for the rest) or not."""
     try:
         info = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
-        unread = fcntl.ioctl(client.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    except (OSError, ValueError, AttributeError):  # closed, not TCP
+    except (OSError, ValueError, AttributeError):  # closed, not TCP, no TCP_INFO (not Linux)
         return None
-    if len(info) < 136:
+    unread = _unread(client)
+    if len(info) < 136 or unread is None:
         return None
-    return struct.unpack_from("Q", info, 128)[0] - struct.unpack("i", unread)[0]
+    return struct.unpack_from("Q", info, 128)[0] - unread
 
 
 def request_begun(client, taken: int | None) -> bool:
