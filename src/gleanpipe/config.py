@@ -421,7 +421,6 @@ def _no_password():
     raise _EncryptedKey  # instead of OpenSSL's prompt on the terminal ("Enter PEM pass phrase:")
 
 
-# the TLS settings as serve's errors name them: the variable and the flag that reads it
 def refuse_special_file(env: str, path: str) -> None:
     """SettingError when the file a setting names exists but is neither a regular file nor a folder
     (a FIFO, ``/dev/zero``): reading it waits for a writer, or never ends, and serve hung at its start.
@@ -430,6 +429,7 @@ def refuse_special_file(env: str, path: str) -> None:
         raise SettingError(f"{env}: {path} is not a regular file")
 
 
+# the TLS settings as serve's errors name them: the variable and the flag that reads it
 _CERT, _KEY = "GLEANPIPE_TLS_CERT (--tls-cert)", "GLEANPIPE_TLS_KEY (--tls-key)"
 
 
