@@ -29,9 +29,8 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 
-from .http_edge import error_body
+from .http_edge import error_body, shown
 
-SHOWN_CHARS = 100  # at most this much of a refused Host is repeated in the answer
 # a Host header: a name or IPv4 address, or an IPv6 address in brackets, then an optional port
 _HOST = re.compile(r"(\[[0-9A-Za-z:.%]*\]|[^:\[\]]*)(?::([0-9]*))?")
 
@@ -92,11 +91,6 @@ def allowed_host(name: str, allowed: tuple[str, ...] = ()) -> bool:
                for entry in allowed)
 
 
-def _shown(value: str) -> str:
-    text = repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
-
-
 class HostGuard:
     """The check of a request's Host for serve's pages (see the module); ``for_bind`` makes one
     only when serve listens on loopback. ``server`` names, in the refusal, who listens: explore's
@@ -122,7 +116,7 @@ class HostGuard:
             name = host_name(value)
             if name is not None and allowed_host(name, self.allowed):
                 return None
-            said = f"Host {_shown(value)}"
+            said = f"Host {shown(value)}"
         return (f"{said} is not allowed here: {self.server} listens on loopback ({self.bind_host}) and answers its pages "
                 "only to a loopback Host (localhost, 127.0.0.1, [::1]) or a name of GLEANPIPE_ALLOWED_HOSTS, so "
                 "that a web page cannot read them through DNS rebinding")

@@ -131,6 +131,17 @@ class Rejected(Exception):
         self.status, self.error_type, self.message = status, error_type, message
 
 
+SHOWN_CHARS = 100  # at most this much of the client's own words (a header, a request line) an error message repeats
+
+
+def shown(value) -> str:
+    """A piece of the client's request, as an error message repeats it: quoted, on one line, cut at
+    SHOWN_CHARS (serve's answers to what gunicorn cannot parse, http_errors.py; to a refused Host,
+    host_check.py)."""
+    text = repr(str(value))
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
 def error_body(error_type: str, message: str) -> bytes:
     """The body of every error answer of the edge (and of serve's answers to what gunicorn cannot
     parse, http_errors.py): ``{"error_type": ..., "error_message": ...}``."""

@@ -35,9 +35,8 @@ from typing import NamedTuple
 from gunicorn import util
 from gunicorn.http import errors, message
 
-from .http_edge import ALLOW_ORIGIN, error_body
+from .http_edge import ALLOW_ORIGIN, error_body, shown as _shown  # gunicorn gives the bytes one character each
 
-SHOWN_CHARS = 100  # at most this much of the client's own bytes an error message repeats
 BARE_LF = "bare LF as line terminator"  # gunicorn's word for a line that ends in LF, not CRLF
 # the headers a request may have once (RFC 9110 5.3): gunicorn refuses a second one
 ONCE = getattr(message, "RFC9110_5_3_SINGLETON_FIELDS", frozenset(("HOST", "CONTENT-TYPE")))
@@ -48,13 +47,6 @@ class ParseAnswer(NamedTuple):
     reason: str
     error_type: str
     message: str
-
-
-def _shown(value) -> str:
-    """A piece of the request as the client sent it (gunicorn gives its bytes one character each),
-    quoted, on one line, cut at SHOWN_CHARS."""
-    text = repr(str(value))
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
 
 
 def _header_values(req, name: str) -> list[str]:
