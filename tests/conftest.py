@@ -368,6 +368,15 @@ def read_all(sock) -> bytes:
     return out
 
 
+def host_refusal(host: str, server: str = "serve") -> dict:
+    """The JSON body of a 403 host_not_allowed (host_check.py) to the Host ``host``, from ``server``
+    ("serve", or "explore's Datasette"), both on 127.0.0.1."""
+    return {"error_type": "host_not_allowed",
+            "error_message": f"Host {host!r} is not allowed here: {server} listens on loopback (127.0.0.1) and "
+                             "answers its pages only to a loopback Host (localhost, 127.0.0.1, [::1]) or a name of "
+                             "GLEANPIPE_ALLOWED_HOSTS, so that a web page cannot read them through DNS rebinding"}
+
+
 def thread_at_line(thread: threading.Thread, function, text: str) -> bool:
     """Whether ``thread`` is running (or blocked in) the line of ``function`` that holds ``text``,
     seen in its current frame (sys._current_frames: the real thread's state, nothing patched)."""

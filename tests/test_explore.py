@@ -21,14 +21,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import (DATASET, ServeProcess, children, ctrl_c_when_open, free_port, gz, make_ping, post, submit_path,
-                      wait_gone)
+from conftest import (DATASET, ServeProcess, children, ctrl_c_when_open, free_port, gz, host_refusal, make_ping, post,
+                      submit_path, wait_gone)
 from gleanpipe import explore as ex
 from gleanpipe import rawobject
 from gleanpipe.admin import ServeError
 from gleanpipe.naming import DocumentPath
 
 CLIENT = str(uuid.uuid4())
+EXPLORER = "explore's Datasette"  # who refuses a Host, as its 403 says (host_check_plugin.SERVER)
 METRICS = {
     "counter": {"toolbox.launch_count": 7},
     "string": {"toolbox.active_theme": "monokai ✓"},
@@ -206,13 +207,6 @@ def host_request(port: int, method: str, path: str, host: str | None, version: s
         conn.close()
 
 
-def explore_refusal(value: str) -> dict:
-    return {"error_type": "host_not_allowed",
-            "error_message": f"Host {value!r} is not allowed here: explore's Datasette listens on loopback (127.0.0.1) "
-                             "and answers its pages only to a loopback Host (localhost, 127.0.0.1, [::1]) or a name of "
-                             "GLEANPIPE_ALLOWED_HOSTS, so that a web page cannot read them through DNS rebinding"}
-
-
 def test_explores_datasette_answers_only_a_loopback_host_or_an_allowed_name(loaded):
     """DNS rebinding: a web page whose name (evil.example) came to resolve to 127.0.0.1 must not read
     the warehouse's copy through Datasette, as it must not read serve's pages (test_rebinding.py)."""
@@ -231,7 +225,7 @@ def test_explores_datasette_answers_only_a_loopback_host_or_an_allowed_name(load
                          f"192.168.1.20:{port}", "[::2]", "notexample.test", "localhost:x"):
                 status, body = host_request(port, "GET", path, host)
                 assert status == 403, (path, host, status, body[:200])  # not Datasette's answer, with the data
-                assert json.loads(body) == explore_refusal(host), (path, host, body)
+                assert json.loads(body) == host_refusal(host, EXPLORER), (path, host, body)
             for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "app.localhost", "127.0.0.2",
                          f"gleanpipe.test:{port}", "example.test", f"a.b.example.test:{port}"):
                 status, body = host_request(port, "GET", path, host)
@@ -246,7 +240,7 @@ def test_explores_datasette_answers_only_a_loopback_host_or_an_allowed_name(load
         # whatever the method; a HEAD's refusal has no body
         assert host_request(port, "HEAD", f"/{DATASET}.json", "evil.example") == (403, b"")
         status, body = host_request(port, "POST", f"/{DATASET}.json", "evil.example")
-        assert (status, json.loads(body)) == (403, explore_refusal("evil.example"))
+        assert (status, json.loads(body)) == (403, host_refusal("evil.example", EXPLORER))
         # no Host: HTTP/1.1 requires one, and is refused (by uvicorn's h11 parser before Datasette, or else by the
         # check); an HTTP/1.0 request is no browser's, and is answered
         status, body = host_request(port, "GET", "/-/versions.json", None)

@@ -12,7 +12,7 @@ import uuid
 import orjson
 import pytest
 
-from conftest import SDK_HEADERS, ServeProcess, gz, make_ping, run_cli, submit_path, taken_port
+from conftest import SDK_HEADERS, ServeProcess, gz, host_refusal, make_ping, run_cli, submit_path, taken_port
 from gleanpipe.config import Config, SettingError
 from gleanpipe.host_check import allowed_host, host_name, listens_on_loopback
 
@@ -37,13 +37,6 @@ def request(server, method: str, path: str, host: str | None, body: bytes = b"",
         return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
     finally:
         conn.close()
-
-
-def refusal(host: str) -> dict:
-    return {"error_type": "host_not_allowed",
-            "error_message": f"Host {host!r} is not allowed here: serve listens on loopback (127.0.0.1) and answers "
-                             "its pages only to a loopback Host (localhost, 127.0.0.1, [::1]) or a name of "
-                             "GLEANPIPE_ALLOWED_HOSTS, so that a web page cannot read them through DNS rebinding"}
 
 
 def send_debug_ping(server, host: str) -> str:
@@ -95,13 +88,13 @@ def test_pages_refuse_a_host_that_is_not_loopback(loopback_serve):
         for host in (f"evil.example:{loopback_serve.port}", "evil.example", "127.0.0.1.evil.example",
                      "localhost.evil.example", f"192.168.1.20:{loopback_serve.port}", "[::2]", "localhost:x"):
             status, body, headers = request(loopback_serve, "GET", path, host)
-            assert (status, orjson.loads(body)) == (403, refusal(host)), (path, host, body)
+            assert (status, orjson.loads(body)) == (403, host_refusal(host)), (path, host, body)
             assert headers["content-type"] == "application/json" and headers["cache-control"] == "no-store"
             assert "access-control-allow-origin" not in headers  # not a submit answer
     for method in ("HEAD", "POST", "OPTIONS", "DELETE"):  # whatever the method
         status, body, _ = request(loopback_serve, method, "/debug/api/tags", "evil.example")
         assert (status, body if method == "HEAD" else orjson.loads(body)) == (
-            403, b"" if method == "HEAD" else refusal("evil.example")), (method, body)
+            403, b"" if method == "HEAD" else host_refusal("evil.example")), (method, body)
 
 
 def test_pages_answer_a_loopback_host_or_an_allowed_name(loopback_serve):
@@ -115,7 +108,7 @@ def test_pages_answer_a_loopback_host_or_an_allowed_name(loopback_serve):
             if expected == 404:
                 assert orjson.loads(body)["error_type"] != "host_not_allowed"
     status, body, _ = request(loopback_serve, "GET", "/debug/api/tags", "notexample.test")  # not under .example.test
-    assert (status, orjson.loads(body)) == (403, refusal("notexample.test"))
+    assert (status, orjson.loads(body)) == (403, host_refusal("notexample.test"))
 
 
 def test_submit_takes_a_ping_whatever_its_host(loopback_serve):
@@ -125,7 +118,7 @@ def test_submit_takes_a_ping_whatever_its_host(loopback_serve):
     entry = listed(loopback_serve, doc_id)
     assert (entry["status"], entry["http_status"]) == ("accepted", 200)
     status, body, _ = request(loopback_serve, "GET", f"/debug/api/tags/{TAG}/{entry['id']}", "evil.example")
-    assert (status, orjson.loads(body)) == (403, refusal("evil.example"))  # taken, but not read back so
+    assert (status, orjson.loads(body)) == (403, host_refusal("evil.example"))  # taken, but not read back so
     key = f"raw/org-example-toolbox/metrics/1/{doc_id}"
     assert entry["object_key"].startswith(key)
     assert loopback_serve.wait_rows(f"SELECT count(*) FROM org_example_toolbox.metrics WHERE document_id = '{doc_id}'",
